@@ -1,0 +1,1 @@
+//! Sans-IO SIP/WebRTC bridge. Built up by the SIP core, browser and bridge issues.
