@@ -29,7 +29,11 @@ pub fn speech_like(rate: u32, len: usize) -> Vec<i16> {
             let f0 = 160.0 + 60.0 * (2.0 * PI * 1.3 * t).sin();
             phase += 2.0 * PI * f0 / fs;
             let cycle = t % 0.35;
-            let env = if cycle < 0.25 { (PI * cycle / 0.25).sin() } else { 0.0 };
+            let env = if cycle < 0.25 {
+                (PI * cycle / 0.25).sin()
+            } else {
+                0.0
+            };
             let mut v = 0.0;
             let mut k = 1.0;
             while k * f0 < (fs / 2.0).min(4000.0) {
@@ -166,10 +170,11 @@ fn solve3(mut m: [[f64; 3]; 3], mut b: [f64; 3]) -> [f64; 3] {
         if m[col][col].abs() < 1e-300 {
             return [0.0; 3];
         }
+        let pivot_row = m[col];
         for row in col + 1..3 {
-            let f = m[row][col] / m[col][col];
-            for k in col..3 {
-                m[row][k] -= f * m[col][k];
+            let f = m[row][col] / pivot_row[col];
+            for (x, p) in m[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * p;
             }
             b[row] -= f * b[col];
         }

@@ -42,8 +42,22 @@ impl Digit {
         const COLS: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
         // Keypad position of each event code: (row, col).
         const POS: [(usize, usize); 16] = [
-            (3, 1), (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0),
-            (2, 1), (2, 2), (3, 0), (3, 2), (0, 3), (1, 3), (2, 3), (3, 3),
+            (3, 1),
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (1, 0),
+            (1, 1),
+            (1, 2),
+            (2, 0),
+            (2, 1),
+            (2, 2),
+            (3, 0),
+            (3, 2),
+            (0, 3),
+            (1, 3),
+            (2, 3),
+            (3, 3),
         ];
         let (r, c) = POS[self.0 as usize];
         (ROWS[r], COLS[c])
@@ -304,11 +318,16 @@ pub fn detect_inband(pcm: &[i16], rate: u32) -> Option<Digit> {
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))?;
-        let clear = levels.iter().enumerate().all(|(j, &l)| j == i || l < best - 10.0);
+        let clear = levels
+            .iter()
+            .enumerate()
+            .all(|(j, &l)| j == i || l < best - 10.0);
         (best > -40.0 && clear).then_some(i)
     };
     let (r, c) = (pick(&ROWS)?, pick(&COLS)?);
-    (0u8..16).map(Digit).find(|d| d.frequencies() == (ROWS[r], COLS[c]))
+    (0u8..16)
+        .map(Digit)
+        .find(|d| d.frequencies() == (ROWS[r], COLS[c]))
 }
 
 #[cfg(test)]
@@ -327,13 +346,24 @@ mod tests {
         }
         assert_eq!(Digit::from_char('x'), None);
         assert_eq!(Digit::from_event(16), None);
-        assert_eq!(Digit::from_char('5').unwrap().frequencies(), (770.0, 1336.0));
-        assert_eq!(Digit::from_char('0').unwrap().frequencies(), (941.0, 1336.0));
+        assert_eq!(
+            Digit::from_char('5').unwrap().frequencies(),
+            (770.0, 1336.0)
+        );
+        assert_eq!(
+            Digit::from_char('0').unwrap().frequencies(),
+            (941.0, 1336.0)
+        );
     }
 
     #[test]
     fn event_block_round_trips() {
-        let ev = TelephoneEvent { event: 11, end: true, volume: 10, duration: 1600 };
+        let ev = TelephoneEvent {
+            event: 11,
+            end: true,
+            volume: 10,
+            duration: 1600,
+        };
         let mut b = [0u8; 4];
         ev.write(&mut b);
         assert_eq!(b, [11, 0x8a, 0x06, 0x40]);
@@ -344,8 +374,18 @@ mod tests {
     #[test]
     fn sipp_captures_give_their_digit() {
         for (file, expect) in [
-            ("0", '0'), ("1", '1'), ("2", '2'), ("3", '3'), ("4", '4'), ("5", '5'),
-            ("6", '6'), ("7", '7'), ("8", '8'), ("9", '9'), ("star", '*'), ("pound", '#'),
+            ("0", '0'),
+            ("1", '1'),
+            ("2", '2'),
+            ("3", '3'),
+            ("4", '4'),
+            ("5", '5'),
+            ("6", '6'),
+            ("7", '7'),
+            ("8", '8'),
+            ("9", '9'),
+            ("star", '*'),
+            ("pound", '#'),
         ] {
             let pcap = testdata::read(&format!("rtp-pcaps/dtmf_2833_{file}.pcap"));
             let mut rx = DtmfReceiver::new();
@@ -367,7 +407,16 @@ mod tests {
     fn sender_emits_start_updates_and_three_ends() {
         let mut tx = DtmfSender::new(ClockRate(8000), 10);
         tx.enqueue("1#", Millis(100)).unwrap();
-        let mut out = [EventPacket { marker: false, timestamp: RtpTimestamp(0), event: TelephoneEvent { event: 0, end: false, volume: 0, duration: 0 } }; 3];
+        let mut out = [EventPacket {
+            marker: false,
+            timestamp: RtpTimestamp(0),
+            event: TelephoneEvent {
+                event: 0,
+                end: false,
+                volume: 0,
+                duration: 0,
+            },
+        }; 3];
         let mut ts = RtpTimestamp(1000);
         let mut sent = Vec::new();
         for _ in 0..20 {
@@ -380,7 +429,10 @@ mod tests {
         assert_eq!(one.len(), 7);
         assert!(one[0].marker && one[1..].iter().all(|p| !p.marker));
         assert!(one.iter().all(|p| p.timestamp == RtpTimestamp(1000)));
-        assert_eq!(one.iter().map(|p| p.event.duration).collect::<Vec<_>>(), vec![160, 320, 480, 640, 800, 800, 800]);
+        assert_eq!(
+            one.iter().map(|p| p.event.duration).collect::<Vec<_>>(),
+            vec![160, 320, 480, 640, 800, 800, 800]
+        );
         assert_eq!(one.iter().filter(|p| p.event.end).count(), 3);
         // '#' follows after the 60 ms gap, with a later timestamp.
         let pound: Vec<_> = sent.iter().filter(|p| p.event.event == 11).collect();
@@ -389,14 +441,21 @@ mod tests {
         assert!(tx.is_idle());
         // And a receiver sees exactly the two digits.
         let mut rx = DtmfReceiver::new();
-        let got: String = sent.iter().filter_map(|p| rx.handle(p.timestamp, &p.event)).map(|d| d.as_char()).collect();
+        let got: String = sent
+            .iter()
+            .filter_map(|p| rx.handle(p.timestamp, &p.event))
+            .map(|d| d.as_char())
+            .collect();
         assert_eq!(got, "1#");
     }
 
     #[test]
     fn sender_rejects_bad_digits_and_overflow_atomically() {
         let mut tx = DtmfSender::new(ClockRate(48000), 10);
-        assert_eq!(tx.enqueue("12x", Millis(100)), Err(DtmfError::BadDigit('x')));
+        assert_eq!(
+            tx.enqueue("12x", Millis(100)),
+            Err(DtmfError::BadDigit('x'))
+        );
         assert!(tx.is_idle());
         tx.enqueue(&"1".repeat(32), Millis(100)).unwrap();
         assert_eq!(tx.enqueue("2", Millis(100)), Err(DtmfError::QueueFull));

@@ -44,7 +44,11 @@ pub fn udp_datagrams(file: &[u8]) -> Result<Vec<UdpDatagram<'_>>, PcapError> {
     };
     let u32_at = |b: &[u8], at: usize| {
         let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if big_endian { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) }
+        if big_endian {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        }
     };
     let link = u32_at(head, 20);
     let mut out = Vec::new();
@@ -52,15 +56,22 @@ pub fn udp_datagrams(file: &[u8]) -> Result<Vec<UdpDatagram<'_>>, PcapError> {
     while at < file.len() {
         let rec = file.get(at..at + 16).ok_or(PcapError::Truncated(at))?;
         let (sec, frac, incl) = (u32_at(rec, 0), u32_at(rec, 4), u32_at(rec, 8) as usize);
-        let data = file.get(at + 16..at + 16 + incl).ok_or(PcapError::Truncated(at))?;
+        let data = file
+            .get(at + 16..at + 16 + incl)
+            .ok_or(PcapError::Truncated(at))?;
         at += 16 + incl;
-        let micros = sec as u64 * 1_000_000 + if nanos { frac as u64 / 1000 } else { frac as u64 };
+        let micros = sec as u64 * 1_000_000
+            + if nanos {
+                frac as u64 / 1000
+            } else {
+                frac as u64
+            };
         let ip = match link {
-            0 => data.get(4..),                                        // BSD loopback
-            1 => ethernet_payload(data),                               // Ethernet
-            101 | 12 | 228 | 229 => Some(data),                        // raw IP
-            113 => data.get(16..),                                     // Linux SLL
-            276 => data.get(20..),                                     // Linux SLL2
+            0 => data.get(4..),                 // BSD loopback
+            1 => ethernet_payload(data),        // Ethernet
+            101 | 12 | 228 | 229 => Some(data), // raw IP
+            113 => data.get(16..),              // Linux SLL
+            276 => data.get(20..),              // Linux SLL2
             l => return Err(PcapError::LinkType(l)),
         };
         if let Some(d) = ip.and_then(|ip| udp_in_ip(ip, micros)) {
@@ -133,7 +144,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert_eq!(udp_datagrams(&[0; 10]), Err(PcapError::Truncated(0)));
-        assert!(matches!(udp_datagrams(&[7; 40]), Err(PcapError::BadMagic(_))));
+        assert!(matches!(
+            udp_datagrams(&[7; 40]),
+            Err(PcapError::BadMagic(_))
+        ));
         let mut file = testdata::read("rtp-pcaps/dtmf_2833_1.pcap");
         file.truncate(file.len() - 3);
         assert!(matches!(udp_datagrams(&file), Err(PcapError::Truncated(_))));

@@ -195,7 +195,11 @@ mod tests {
         let expect = words("sweep-r.u");
         let mut out = vec![0u8; src.len()];
         ulaw_encode(&src, &mut out);
-        let bad = out.iter().zip(&expect).filter(|(a, b)| **a as u16 != **b).count();
+        let bad = out
+            .iter()
+            .zip(&expect)
+            .filter(|(a, b)| **a as u16 != **b)
+            .count();
         assert_eq!(bad, 0, "u-law encode mismatches");
     }
 
@@ -205,7 +209,11 @@ mod tests {
         let expect = words("sweep-r.a");
         let mut out = vec![0u8; src.len()];
         alaw_encode(&src, &mut out);
-        let bad = out.iter().zip(&expect).filter(|(a, b)| **a as u16 != **b).count();
+        let bad = out
+            .iter()
+            .zip(&expect)
+            .filter(|(a, b)| **a as u16 != **b)
+            .count();
         assert_eq!(bad, 0, "A-law encode mismatches");
     }
 

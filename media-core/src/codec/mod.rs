@@ -133,6 +133,14 @@ impl AudioEncoder {
         }
     }
 
+    /// Delay the codec adds, in microseconds (Opus lookahead; G.711 has none).
+    pub fn delay_micros(&self) -> u64 {
+        match self {
+            AudioEncoder::Opus(e) => e.lookahead() as u64 * 1_000_000 / e.sample_rate().hz() as u64,
+            _ => 0,
+        }
+    }
+
     /// Encodes one frame of `pcm` into `out`; returns the payload length.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         match self {
@@ -239,7 +247,9 @@ impl AudioDecoder {
     /// when the codec has any, else by concealment.
     pub fn recover(&mut self, next_payload: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
         match self {
-            AudioDecoder::Opus(d) if opus::has_fec(next_payload) => d.recover_fec(next_payload, out),
+            AudioDecoder::Opus(d) if opus::has_fec(next_payload) => {
+                d.recover_fec(next_payload, out)
+            }
             _ => self.conceal(out),
         }
     }

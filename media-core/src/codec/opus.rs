@@ -44,11 +44,14 @@ pub const MAX_PACKET: usize = 4000;
 pub struct OpusEncoder {
     inner: opus::Encoder,
     config: OpusEncoderConfig,
+    lookahead: usize,
 }
 
 impl std::fmt::Debug for OpusEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusEncoder").field("config", &self.config).finish()
+        f.debug_struct("OpusEncoder")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -81,7 +84,12 @@ impl OpusEncoder {
         inner
             .set_packet_loss_perc(config.expected_loss_percent as i32)
             .map_err(opus_err)?;
-        Ok(OpusEncoder { inner, config })
+        let lookahead = inner.get_lookahead().map_err(opus_err)?.max(0) as usize;
+        Ok(OpusEncoder {
+            inner,
+            config,
+            lookahead,
+        })
     }
 
     /// The settings.
@@ -92,6 +100,11 @@ impl OpusEncoder {
     /// Rate of the PCM this encoder takes.
     pub fn sample_rate(&self) -> SampleRate {
         self.config.sample_rate
+    }
+
+    /// Delay the codec adds (encoder lookahead), in samples at its rate.
+    pub fn lookahead(&self) -> usize {
+        self.lookahead
     }
 
     /// Encodes one frame (2.5 to 60 ms of mono PCM) into `out`; returns its length.
@@ -129,7 +142,9 @@ pub struct OpusDecoder {
 
 impl std::fmt::Debug for OpusDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusDecoder").field("rate", &self.rate).finish()
+        f.debug_struct("OpusDecoder")
+            .field("rate", &self.rate)
+            .finish()
     }
 }
 
@@ -176,7 +191,11 @@ impl OpusDecoder {
     /// Recovers the frame lost just before `next_packet` from its in-band FEC data,
     /// filling all of `out` (the lost frame's duration). Without FEC data in
     /// `next_packet` libopus falls back to PLC.
-    pub fn recover_fec(&mut self, next_packet: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
+    pub fn recover_fec(
+        &mut self,
+        next_packet: &[u8],
+        out: &mut [i16],
+    ) -> Result<usize, CodecError> {
         if next_packet.is_empty() {
             return self.conceal(out);
         }
@@ -305,7 +324,10 @@ mod tests {
             let tail = &out[out.len() / 2..];
             let level = goertzel_level_db(tail, rate.hz(), 1000.0);
             let expected = goertzel_level_db(&input[input.len() / 2..], rate.hz(), 1000.0);
-            assert!((level - expected).abs() < 1.5, "{rate:?}: {level} vs {expected}");
+            assert!(
+                (level - expected).abs() < 1.5,
+                "{rate:?}: {level} vs {expected}"
+            );
         }
     }
 
@@ -330,7 +352,10 @@ mod tests {
             })
             .collect();
         // Voiced frames carry LBRR; the pauses between syllables do not.
-        assert!(packets[19..31].iter().all(|p| has_fec(p)), "LBRR at 20% expected loss");
+        assert!(
+            packets[19..31].iter().all(|p| has_fec(p)),
+            "LBRR at 20% expected loss"
+        );
         assert!(!has_fec(&packets[15]));
         let mut no_fec = OpusEncoder::new(OpusEncoderConfig {
             sample_rate: rate,
@@ -359,7 +384,11 @@ mod tests {
         // the signal rather than going silent.
         let lost = energy(&input[24 * n..25 * n]);
         let db = |a: f64, b: f64| 10.0 * (a / b).log10();
-        assert!(db(fec_energy, lost).abs() < 6.0, "FEC {:.1} dB", db(fec_energy, lost));
+        assert!(
+            db(fec_energy, lost).abs() < 6.0,
+            "FEC {:.1} dB",
+            db(fec_energy, lost)
+        );
         assert!(plc_energy > 0.0);
     }
 
@@ -374,10 +403,12 @@ mod tests {
             let _ = dec.decode(&[b, 0xff, 0x01, b], &mut pcm);
             let _ = dec.packet_samples(&[b, 0xff]);
         }
-        assert!(OpusEncoder::new(OpusEncoderConfig {
-            complexity: 11,
-            ..Default::default()
-        })
-        .is_err());
+        assert!(
+            OpusEncoder::new(OpusEncoderConfig {
+                complexity: 11,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

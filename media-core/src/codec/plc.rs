@@ -169,10 +169,19 @@ mod tests {
         }
         let mut lost = vec![0i16; 80]; // first 10 ms: full level, same pitch
         c.conceal(&mut lost);
-        assert!((goertzel_level_db(&lost, 8000, 200.0) - goertzel_level_db(&tone[..80], 8000, 200.0)).abs() < 1.0);
+        assert!(
+            (goertzel_level_db(&lost, 8000, 200.0) - goertzel_level_db(&tone[..80], 8000, 200.0))
+                .abs()
+                < 1.0
+        );
         // Continues smoothly: the first concealed sample follows the waveform.
         let next_expected = sine(8000, 200.0, 10000.0, 801)[800];
-        assert!((lost[0] as i32 - next_expected as i32).abs() < 1500, "{} vs {}", lost[0], next_expected);
+        assert!(
+            (lost[0] as i32 - next_expected as i32).abs() < 1500,
+            "{} vs {}",
+            lost[0],
+            next_expected
+        );
         let mut more = vec![0i16; 400]; // 10..60 ms
         c.conceal(&mut more);
         assert!(rms_db(&more[320..]) < rms_db(&more[..80]) - 6.0);
@@ -198,7 +207,11 @@ mod tests {
         // 20 ms loss -> 8 ms fade: samples after it are the real ones.
         assert_eq!(&back[100..], &untouched[..]);
         // No sample jumps by more than a tone step allows.
-        let max_step = back.windows(2).map(|w| (w[1] as i32 - w[0] as i32).abs()).max().unwrap();
+        let max_step = back
+            .windows(2)
+            .map(|w| (w[1] as i32 - w[0] as i32).abs())
+            .max()
+            .unwrap();
         assert!(max_step < 3000, "{max_step}");
     }
 

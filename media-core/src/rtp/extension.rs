@@ -54,7 +54,9 @@ pub struct ExtensionIter<'a> {
 }
 
 impl<'a> ExtensionIter<'a> {
-    pub(crate) fn new(profile: u16, block: &'a [u8]) -> Self {
+    /// Elements of an extension block with the given profile (opaque profiles
+    /// yield nothing).
+    pub fn new(profile: u16, block: &'a [u8]) -> Self {
         match ExtensionProfile::from_u16(profile) {
             ExtensionProfile::OneByte => ExtensionIter {
                 one_byte: true,
@@ -131,8 +133,14 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                HeaderExtension { id: 1, data: &[0xaa, 0xbb] },
-                HeaderExtension { id: 2, data: &[0xcc] },
+                HeaderExtension {
+                    id: 1,
+                    data: &[0xaa, 0xbb]
+                },
+                HeaderExtension {
+                    id: 2,
+                    data: &[0xcc]
+                },
             ]
         );
     }
@@ -147,7 +155,13 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], HeaderExtension { id: 5, data: &[] });
-        assert_eq!(got[1], HeaderExtension { id: 255, data: &[1, 2, 3] });
+        assert_eq!(
+            got[1],
+            HeaderExtension {
+                id: 255,
+                data: &[1, 2, 3]
+            }
+        );
         assert_eq!(got[2].id, 200);
         assert_eq!(got[2].data.len(), 20);
         assert_eq!(

@@ -28,7 +28,11 @@ impl PayloadType {
 
     /// A payload type; `None` above 127.
     pub const fn new(pt: u8) -> Option<PayloadType> {
-        if pt < 128 { Some(PayloadType(pt)) } else { None }
+        if pt < 128 {
+            Some(PayloadType(pt))
+        } else {
+            None
+        }
     }
 
     /// The 7-bit value.

@@ -287,7 +287,13 @@ mod tests {
         assert_eq!(p.csrcs().collect::<Vec<_>>(), vec![7, 8]);
         assert_eq!(p.extension_profile(), Some(ExtensionProfile::OneByte));
         let ext: Vec<_> = p.extensions().collect::<Result<_, _>>().unwrap();
-        assert_eq!(ext, vec![HeaderExtension { id: 1, data: &[0xaa] }]);
+        assert_eq!(
+            ext,
+            vec![HeaderExtension {
+                id: 1,
+                data: &[0xaa]
+            }]
+        );
         assert_eq!(p.payload_bytes(), &[5, 6]);
         assert_eq!(p.header().padding_len(), 3);
     }
@@ -299,19 +305,33 @@ mod tests {
             (&[0x40; 12], RtpError::BadVersion(1)),
             (
                 &[0x81, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
-                RtpError::Truncated { needed: 16, len: 12 },
+                RtpError::Truncated {
+                    needed: 16,
+                    len: 12,
+                },
             ),
             (
-                &[0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xde, 0, 2, 0, 0, 0, 0],
-                RtpError::Truncated { needed: 24, len: 20 },
+                &[
+                    0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xde, 0, 2, 0, 0, 0, 0,
+                ],
+                RtpError::Truncated {
+                    needed: 24,
+                    len: 20,
+                },
             ),
             (
                 &[0xa0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-                RtpError::BadPadding { count: 0, available: 2 },
+                RtpError::BadPadding {
+                    count: 0,
+                    available: 2,
+                },
             ),
             (
                 &[0xa0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 9],
-                RtpError::BadPadding { count: 9, available: 2 },
+                RtpError::BadPadding {
+                    count: 9,
+                    available: 2,
+                },
             ),
         ];
         for (bytes, err) in cases {
@@ -349,7 +369,10 @@ mod tests {
         let h = RtpHeader::parse(&b).unwrap();
         assert!(h.marker);
         assert_eq!(h.payload_type.value(), 111);
-        assert_eq!((h.sequence_number, h.timestamp, h.ssrc), (SeqNo(9), RtpTimestamp(10), Ssrc(11)));
+        assert_eq!(
+            (h.sequence_number, h.timestamp, h.ssrc),
+            (SeqNo(9), RtpTimestamp(10), Ssrc(11))
+        );
         assert_eq!(&b[12..], &[7, 7]);
     }
 }

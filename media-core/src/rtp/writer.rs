@@ -146,14 +146,22 @@ mod tests {
     use bytes::Bytes;
 
     fn base() -> RtpWriter<'static> {
-        RtpWriter::new(PayloadType::PCMU, SeqNo(65535), RtpTimestamp(u32::MAX), Ssrc(42))
+        RtpWriter::new(
+            PayloadType::PCMU,
+            SeqNo(65535),
+            RtpTimestamp(u32::MAX),
+            Ssrc(42),
+        )
     }
 
     #[test]
     fn round_trips_through_the_parser() {
         let ext = [
             HeaderExtension { id: 1, data: &[1] },
-            HeaderExtension { id: 3, data: &[2, 3, 4] },
+            HeaderExtension {
+                id: 3,
+                data: &[2, 3, 4],
+            },
         ];
         let w = RtpWriter {
             marker: true,
@@ -176,12 +184,21 @@ mod tests {
     #[test]
     fn picks_two_byte_form_when_needed() {
         let big = [0u8; 40];
-        let ext = [HeaderExtension { id: 20, data: &big }, HeaderExtension { id: 2, data: &[] }];
-        let w = RtpWriter { extensions: &ext, ..base() };
+        let ext = [
+            HeaderExtension { id: 20, data: &big },
+            HeaderExtension { id: 2, data: &[] },
+        ];
+        let w = RtpWriter {
+            extensions: &ext,
+            ..base()
+        };
         let mut buf = [0u8; 128];
         let n = w.write(&mut buf).unwrap();
         let p = RtpPacket::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
-        assert!(matches!(p.extension_profile(), Some(ExtensionProfile::TwoByte { .. })));
+        assert!(matches!(
+            p.extension_profile(),
+            Some(ExtensionProfile::TwoByte { .. })
+        ));
         let got: Vec<_> = p.extensions().collect::<Result<_, _>>().unwrap();
         assert_eq!(got, ext);
     }
@@ -191,12 +208,19 @@ mod tests {
         let mut small = [0u8; 11];
         assert_eq!(
             base().write(&mut small),
-            Err(RtpError::BufferTooSmall { needed: 12, len: 11 })
+            Err(RtpError::BufferTooSmall {
+                needed: 12,
+                len: 11
+            })
         );
         let ext = [HeaderExtension { id: 0, data: &[1] }];
         let mut buf = [0u8; 64];
         assert!(matches!(
-            RtpWriter { extensions: &ext, ..base() }.write(&mut buf),
+            RtpWriter {
+                extensions: &ext,
+                ..base()
+            }
+            .write(&mut buf),
             Err(RtpError::BadExtension { id: 0, .. })
         ));
     }

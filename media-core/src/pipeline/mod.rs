@@ -1,0 +1,736 @@
+//! The media path of one call direction:
+//!
+//! ```text
+//! RTP in -> depacketize -> decode (PLC/FEC on gaps) -> resample -> reframe to 20 ms
+//!        -> encode -> packetize (own SSRC/seq/timestamp) -> RTP out
+//! ```
+//!
+//! or, when both sides use the same codec and packetization, a **relay** that
+//! rewrites the RTP header in place and never touches the payload. Either end can
+//! also be raw PCM (an AI agent's 24 kHz stream).
+//!
+//! One pipeline per direction, owned by its call. It is sans-IO: packets go in with
+//! `handle_*`, packets and events come out with `poll_*`. All buffers are allocated
+//! when it is built; in steady state it allocates nothing per packet.
+
+mod fifo;
+mod relay;
+mod transcode;
+
+use std::collections::VecDeque;
+
+use crate::codec::{Codec, CodecError, OpusEncoderConfig};
+use crate::dtmf::{Digit, DtmfError, DtmfReceiver, TelephoneEvent};
+use crate::rtp::{PayloadType, RtpError, RtpPacket, RtpTimestamp, Ssrc};
+use crate::time::{Instant, Millis, SampleRate, SeededRng};
+
+use relay::Relay;
+use transcode::Transcode;
+
+/// Frame duration the pipeline emits.
+pub const OUTPUT_PTIME: Millis = Millis(20);
+
+/// How an RTP side of the pipeline is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtpFormat {
+    /// Audio codec.
+    pub codec: Codec,
+    /// Its negotiated payload type.
+    pub payload_type: PayloadType,
+    /// The negotiated telephone-event payload type (RFC 4733), if any.
+    pub telephone_event: Option<PayloadType>,
+    /// Packetization time: expected on input, produced on output.
+    pub ptime: Millis,
+}
+
+impl RtpFormat {
+    /// `codec` on its static or a dynamic PT, 20 ms, no telephone-event.
+    pub fn new(codec: Codec, payload_type: PayloadType) -> Self {
+        RtpFormat {
+            codec,
+            payload_type,
+            telephone_event: None,
+            ptime: Millis(20),
+        }
+    }
+}
+
+/// One end of a pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// RTP in a codec.
+    Rtp(RtpFormat),
+    /// Linear 16-bit mono PCM at a rate, in 20 ms frames.
+    Pcm(SampleRate),
+}
+
+/// What a pipeline is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineConfig {
+    /// What arrives.
+    pub input: Endpoint,
+    /// What leaves.
+    pub output: Endpoint,
+    /// Our SSRC on the output.
+    pub ssrc: Ssrc,
+    /// Seeds the random initial sequence number and timestamp (RFC 3550 section 5.1).
+    pub seed: u64,
+    /// Opus encoder settings when the output is Opus (its rate is chosen here).
+    pub opus: OpusEncoderConfig,
+}
+
+impl PipelineConfig {
+    /// `input` to `output` with default Opus settings.
+    pub fn new(input: Endpoint, output: Endpoint, ssrc: Ssrc, seed: u64) -> Self {
+        PipelineConfig {
+            input,
+            output,
+            ssrc,
+            seed,
+            opus: OpusEncoderConfig::default(),
+        }
+    }
+}
+
+/// Pipeline errors. `Rtp` and `Codec(Malformed)` are the peer's doing and only cost
+/// the packet; the rest are caller misuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The packet is not valid RTP.
+    #[error("bad RTP: {0}")]
+    Rtp(#[from] RtpError),
+    /// A codec failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// DTMF request refused.
+    #[error(transparent)]
+    Dtmf(#[from] DtmfError),
+    /// The call does not fit this pipeline (e.g. RTP handed to a PCM input).
+    #[error("wrong input for this pipeline: {0}")]
+    WrongInput(&'static str),
+}
+
+/// Something the pipeline noticed, for its call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PipelineEvent {
+    /// A DTMF digit began (RFC 4733 telephone-event from the input).
+    Dtmf {
+        /// The digit.
+        digit: Digit,
+        /// The event's RTP timestamp on the input.
+        timestamp: RtpTimestamp,
+    },
+    /// The input switched to a new SSRC.
+    SourceChanged {
+        /// The new source.
+        ssrc: Ssrc,
+    },
+}
+
+/// Counters for one pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// RTP packets accepted on input (audio and events).
+    pub packets_in: u64,
+    /// Payload bytes accepted on input.
+    pub bytes_in: u64,
+    /// Packets produced.
+    pub packets_out: u64,
+    /// Bytes produced (whole packets).
+    pub bytes_out: u64,
+    /// Input packets inferred lost from sequence gaps.
+    pub lost: u64,
+    /// Packets that arrived after a later one had been played (dropped).
+    pub late: u64,
+    /// Packets that were not valid RTP.
+    pub malformed: u64,
+    /// Payloads the decoder refused (concealed instead).
+    pub decode_errors: u64,
+    /// Packets with a payload type not negotiated for this stream.
+    pub unknown_payload_type: u64,
+    /// Milliseconds of audio synthesised by PLC.
+    pub concealed_ms: u64,
+    /// Frames rebuilt from Opus in-band FEC.
+    pub fec_recovered: u64,
+    /// Frames or packets dropped because the consumer did not poll.
+    pub overflow_drops: u64,
+    /// DTMF events received.
+    pub dtmf_received: u64,
+    /// Telephone-event packets sent.
+    pub dtmf_packets_sent: u64,
+}
+
+/// A processed outgoing RTP packet, borrowed from the pipeline until the next call.
+#[derive(Debug)]
+pub struct OutPacket<'a> {
+    /// The whole packet.
+    pub bytes: &'a [u8],
+}
+
+#[derive(Debug)]
+// One per call direction, built once: keeping both inline costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Mode {
+    Relay(Relay),
+    Transcode(Transcode),
+}
+
+/// One direction of media. See the module docs.
+#[derive(Debug)]
+pub struct MediaPipeline {
+    mode: Mode,
+    stats: PipelineStats,
+    events: VecDeque<PipelineEvent>,
+    last_input: Option<Instant>,
+}
+
+const MAX_EVENTS: usize = 16;
+
+impl MediaPipeline {
+    /// Builds the pipeline, relaying when input and output are the same RTP format.
+    pub fn new(config: PipelineConfig) -> Result<Self, PipelineError> {
+        let mut rng = SeededRng::new(config.seed);
+        let seq = rng.next_u32() as u16;
+        let ts = rng.next_u32();
+        let mode = match (config.input, config.output) {
+            (Endpoint::Rtp(i), Endpoint::Rtp(o)) if i.codec == o.codec && i.ptime == o.ptime => {
+                Mode::Relay(Relay::new(i, o, config.ssrc, seq, ts))
+            }
+            _ => Mode::Transcode(Transcode::new(&config, seq, ts)?),
+        };
+        Ok(MediaPipeline {
+            mode,
+            stats: PipelineStats::default(),
+            events: VecDeque::with_capacity(MAX_EVENTS),
+            last_input: None,
+        })
+    }
+
+    /// Whether this pipeline relays without decoding.
+    pub fn is_relay(&self) -> bool {
+        matches!(self.mode, Mode::Relay(_))
+    }
+
+    /// The delay the pipeline's signal processing adds (resampling filter and codec
+    /// lookahead), not counting framing or buffering. Zero for a relay.
+    pub fn algorithmic_delay(&self) -> std::time::Duration {
+        match &self.mode {
+            Mode::Relay(_) => std::time::Duration::ZERO,
+            Mode::Transcode(t) => std::time::Duration::from_micros(t.delay_micros()),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    /// When input last arrived (for media timeouts).
+    pub fn last_input(&self) -> Option<Instant> {
+        self.last_input
+    }
+
+    /// Mutes the output: silence is sent in place of the input's audio (the far end
+    /// keeps receiving a live stream).
+    pub fn set_muted(&mut self, muted: bool) {
+        match &mut self.mode {
+            Mode::Relay(r) => r.muted = muted,
+            Mode::Transcode(t) => t.set_muted(muted),
+        }
+    }
+
+    /// Queues DTMF digits to send as RFC 4733 events on the output, each lasting
+    /// `duration`. Fails if the output has no telephone-event payload type.
+    pub fn send_dtmf(&mut self, digits: &str, duration: Millis) -> Result<(), PipelineError> {
+        let sender = match &mut self.mode {
+            Mode::Relay(r) => r.dtmf_sender(),
+            Mode::Transcode(t) => t.dtmf_sender(),
+        };
+        sender
+            .ok_or(PipelineError::WrongInput("output has no telephone-event"))?
+            .enqueue(digits, duration)?;
+        Ok(())
+    }
+
+    /// Relay path: rewrites the RTP packet in `buf` in place for the output (our
+    /// SSRC, continuous sequence and timestamp, output payload type) and returns
+    /// the length to send, or `None` if it is to be dropped. The payload is not
+    /// copied. Only for relay pipelines (see [`MediaPipeline::is_relay`]).
+    pub fn relay_in_place(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, PipelineError> {
+        let Mode::Relay(r) = &mut self.mode else {
+            return Err(PipelineError::WrongInput(
+                "relay_in_place on a transcoding pipeline",
+            ));
+        };
+        let res = r.relay(buf, &mut self.stats, &mut self.events);
+        if res.is_ok() {
+            self.last_input = Some(now);
+        } else {
+            self.stats.malformed += 1;
+        }
+        res
+    }
+
+    /// Transcoding path: takes one received RTP packet. Output is ready to poll
+    /// right after. A relay pipeline takes this too (the packet is copied once).
+    pub fn handle_rtp(&mut self, now: Instant, packet: &RtpPacket) -> Result<(), PipelineError> {
+        self.last_input = Some(now);
+        match &mut self.mode {
+            Mode::Transcode(t) => t.handle_rtp(packet, &mut self.stats, &mut self.events),
+            Mode::Relay(r) => r.handle_copy(packet, &mut self.stats, &mut self.events),
+        }
+    }
+
+    /// Takes PCM at the input rate (PCM-input pipelines only), any length.
+    pub fn handle_pcm(&mut self, now: Instant, pcm: &[i16]) -> Result<(), PipelineError> {
+        let Mode::Transcode(t) = &mut self.mode else {
+            return Err(PipelineError::WrongInput("PCM into a relay"));
+        };
+        self.last_input = Some(now);
+        t.handle_pcm(pcm, &mut self.stats)
+    }
+
+    /// The next outgoing RTP packet, if any.
+    pub fn poll_packet(&mut self) -> Option<OutPacket<'_>> {
+        let ring = match &mut self.mode {
+            Mode::Relay(r) => &mut r.ring,
+            Mode::Transcode(t) => t.ring()?,
+        };
+        let bytes = ring.pop()?;
+        Some(OutPacket { bytes })
+    }
+
+    /// The next 20 ms output frame (PCM-output pipelines): copies it into `out`
+    /// (which must hold a frame) and returns its length.
+    pub fn poll_frame(&mut self, out: &mut [i16]) -> Option<usize> {
+        match &mut self.mode {
+            Mode::Transcode(t) => t.poll_frame(out),
+            Mode::Relay(_) => None,
+        }
+    }
+
+    /// Samples in one output frame (PCM outputs) or 0.
+    pub fn frame_samples(&self) -> usize {
+        match &self.mode {
+            Mode::Transcode(t) => t.frame_samples(),
+            Mode::Relay(_) => 0,
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<PipelineEvent> {
+        self.events.pop_front()
+    }
+}
+
+/// Reports the digit if this telephone-event packet starts a new event.
+fn receive_dtmf(
+    rx: &mut DtmfReceiver,
+    payload: &[u8],
+    timestamp: RtpTimestamp,
+    stats: &mut PipelineStats,
+    events: &mut VecDeque<PipelineEvent>,
+) {
+    if let Ok(ev) = TelephoneEvent::parse(payload)
+        && let Some(digit) = rx.handle(timestamp, &ev)
+    {
+        stats.dtmf_received += 1;
+        push_event(events, PipelineEvent::Dtmf { digit, timestamp });
+    }
+}
+
+/// Bounded event push: the oldest event gives way.
+fn push_event(events: &mut VecDeque<PipelineEvent>, e: PipelineEvent) {
+    if events.len() == MAX_EVENTS {
+        events.pop_front();
+    }
+    events.push_back(e);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{dominant_frequency, goertzel_level_db, sine};
+    use crate::codec::{AudioDecoder, g711};
+    use crate::rtp::{RtpHeader, RtpWriter, SeqNo};
+    use bytes::Bytes;
+
+    const PCMU: RtpFormat = RtpFormat {
+        codec: Codec::Pcmu,
+        payload_type: PayloadType::PCMU,
+        telephone_event: None,
+        ptime: Millis(20),
+    };
+
+    fn opus(pt: u8) -> RtpFormat {
+        RtpFormat {
+            codec: Codec::Opus,
+            payload_type: PayloadType::new(pt).unwrap(),
+            telephone_event: None,
+            ptime: Millis(20),
+        }
+    }
+
+    fn pcmu_packet(seq: u16, ts: u32, ssrc: u32, pcm: &[i16]) -> RtpPacket {
+        let mut payload = vec![0u8; pcm.len()];
+        g711::ulaw_encode(pcm, &mut payload);
+        packet(PayloadType::PCMU, seq, ts, ssrc, false, &payload)
+    }
+
+    fn packet(
+        pt: PayloadType,
+        seq: u16,
+        ts: u32,
+        ssrc: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> RtpPacket {
+        let mut w = RtpWriter::new(pt, SeqNo(seq), RtpTimestamp(ts), Ssrc(ssrc));
+        w.marker = marker;
+        let mut buf = vec![0u8; 12 + payload.len()];
+        let n = w.write_packet(payload, &mut buf).unwrap();
+        buf.truncate(n);
+        RtpPacket::parse(Bytes::from(buf)).unwrap()
+    }
+
+    fn drain(p: &mut MediaPipeline) -> Vec<RtpPacket> {
+        let mut v = Vec::new();
+        while let Some(o) = p.poll_packet() {
+            v.push(RtpPacket::parse(Bytes::copy_from_slice(o.bytes)).unwrap());
+        }
+        v
+    }
+
+    fn pipeline(input: Endpoint, output: Endpoint) -> MediaPipeline {
+        MediaPipeline::new(PipelineConfig::new(input, output, Ssrc(0xabc), 1)).unwrap()
+    }
+
+    #[test]
+    fn relay_rewrites_the_header_in_place_only() {
+        let mut p = pipeline(
+            Endpoint::Rtp(PCMU),
+            Endpoint::Rtp(RtpFormat {
+                payload_type: PayloadType::new(0).unwrap(),
+                ..PCMU
+            }),
+        );
+        assert!(p.is_relay());
+        let pkt = pcmu_packet(100, 8000, 7, &sine(8000, 1000.0, 8000.0, 160));
+        let mut buf = pkt.as_bytes().to_vec();
+        let payload_before = buf[12..].to_vec();
+        let n = p.relay_in_place(Instant::ZERO, &mut buf).unwrap().unwrap();
+        assert_eq!(n, buf.len());
+        assert_eq!(&buf[12..], &payload_before[..]);
+        let h = RtpHeader::parse(&buf).unwrap();
+        assert_eq!(h.ssrc, Ssrc(0xabc));
+        assert!(h.marker, "first packet of our stream");
+        // Next packet: +1 seq, +160 ts; a gap in input stays a gap in output.
+        let first = (h.sequence_number.0, h.timestamp.0);
+        let mut b2 = pcmu_packet(102, 8320, 7, &[0; 160]).as_bytes().to_vec();
+        p.relay_in_place(Instant::ZERO, &mut b2).unwrap();
+        let h2 = RtpHeader::parse(&b2).unwrap();
+        assert_eq!(h2.sequence_number.0, first.0.wrapping_add(2));
+        assert_eq!(h2.timestamp.0, first.1.wrapping_add(320));
+        assert!(!h2.marker);
+        // New source: our stream continues right after the last packet, marked.
+        let mut b3 = pcmu_packet(5000, 123456, 8, &[0; 160]).as_bytes().to_vec();
+        p.relay_in_place(Instant::ZERO, &mut b3).unwrap();
+        let h3 = RtpHeader::parse(&b3).unwrap();
+        assert_eq!(h3.sequence_number.0, first.0.wrapping_add(3));
+        assert_eq!(h3.timestamp.0, first.1.wrapping_add(480));
+        assert!(h3.marker);
+        assert_eq!(
+            p.poll_event(),
+            Some(PipelineEvent::SourceChanged { ssrc: Ssrc(8) })
+        );
+    }
+
+    #[test]
+    fn relay_maps_telephone_events_and_mutes() {
+        let input = RtpFormat {
+            telephone_event: PayloadType::new(101),
+            ..opus(111)
+        };
+        let output = RtpFormat {
+            telephone_event: PayloadType::new(126),
+            ..opus(109)
+        };
+        let mut p = pipeline(Endpoint::Rtp(input), Endpoint::Rtp(output));
+        assert!(p.is_relay());
+        let mut ev = [0u8; 4];
+        crate::dtmf::TelephoneEvent {
+            event: 5,
+            end: false,
+            volume: 10,
+            duration: 960,
+        }
+        .write(&mut ev);
+        let mut b = packet(PayloadType::new(101).unwrap(), 1, 960, 3, true, &ev)
+            .as_bytes()
+            .to_vec();
+        let n = p.relay_in_place(Instant::ZERO, &mut b).unwrap().unwrap();
+        assert_eq!(RtpHeader::parse(&b[..n]).unwrap().payload_type.value(), 126);
+        assert!(
+            matches!(p.poll_event(), Some(PipelineEvent::Dtmf { digit, .. }) if digit.as_char() == '5')
+        );
+        p.set_muted(true);
+        let mut b = packet(
+            PayloadType::new(111).unwrap(),
+            2,
+            1920,
+            3,
+            false,
+            &[0x78; 80],
+        )
+        .as_bytes()
+        .to_vec();
+        let n = p.relay_in_place(Instant::ZERO, &mut b).unwrap().unwrap();
+        assert_eq!(&b[12..n], &[0xf8, 0xff, 0xfe]);
+        assert_eq!(RtpHeader::parse(&b[..n]).unwrap().payload_type.value(), 109);
+        // Unknown payload types are dropped, garbage is an error.
+        let mut b = packet(PayloadType::new(96).unwrap(), 3, 2880, 3, false, &[1])
+            .as_bytes()
+            .to_vec();
+        assert_eq!(p.relay_in_place(Instant::ZERO, &mut b).unwrap(), None);
+        assert!(p.relay_in_place(Instant::ZERO, &mut [0x80, 0]).is_err());
+        assert_eq!(p.stats().unknown_payload_type, 1);
+        assert_eq!(p.stats().malformed, 1);
+    }
+
+    #[test]
+    fn pcmu_to_opus_carries_a_tone_in_20ms_packets() {
+        let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(opus(111)));
+        assert!(!p.is_relay());
+        let tone = sine(8000, 1000.0, 10000.0, 160 * 50);
+        let mut out = Vec::new();
+        for (i, f) in tone.chunks(160).enumerate() {
+            p.handle_rtp(Instant::ZERO, &pcmu_packet(i as u16, i as u32 * 160, 1, f))
+                .unwrap();
+            out.extend(drain(&mut p));
+        }
+        assert_eq!(out.len(), 50);
+        for w in out.windows(2) {
+            assert_eq!(
+                w[1].sequence_number().0,
+                w[0].sequence_number().0.wrapping_add(1)
+            );
+            assert_eq!(w[1].timestamp().0, w[0].timestamp().0.wrapping_add(960));
+            assert_eq!(w[1].payload_type().value(), 111);
+        }
+        assert!(out[0].marker() && !out[1].marker());
+        let mut dec = AudioDecoder::new(Codec::Opus, SampleRate::HZ_48000).unwrap();
+        let mut pcm = Vec::new();
+        let mut buf = vec![0i16; 5760];
+        for pkt in &out {
+            let n = dec.decode(pkt.payload_bytes(), &mut buf).unwrap();
+            pcm.extend_from_slice(&buf[..n]);
+        }
+        let tail = &pcm[pcm.len() / 2..];
+        assert!((dominant_frequency(tail, 48000, 200.0, 3000.0) - 1000.0).abs() < 3.0);
+        assert!(
+            (goertzel_level_db(tail, 48000, 1000.0) - goertzel_level_db(&tone, 8000, 1000.0)).abs()
+                < 1.5
+        );
+    }
+
+    #[test]
+    fn any_input_ptime_becomes_20ms_frames() {
+        for ptime in [10u32, 20, 30, 60] {
+            let mut input = PCMU;
+            input.ptime = Millis(ptime);
+            let mut p = pipeline(
+                Endpoint::Rtp(input),
+                Endpoint::Rtp(RtpFormat {
+                    codec: Codec::Pcma,
+                    payload_type: PayloadType::PCMA,
+                    ..PCMU
+                }),
+            );
+            let n = 8 * ptime as usize;
+            let tone = sine(8000, 440.0, 8000.0, 8000 * 6 / 10); // 600 ms
+            let mut out = Vec::new();
+            for (i, f) in tone.chunks(n).enumerate() {
+                p.handle_rtp(Instant::ZERO, &pcmu_packet(i as u16, (i * n) as u32, 1, f))
+                    .unwrap();
+                out.extend(drain(&mut p));
+            }
+            assert_eq!(out.len(), 30, "{ptime} ms");
+            assert!(out.iter().all(|p| p.payload_bytes().len() == 160));
+            assert!(
+                out.windows(2)
+                    .all(|w| w[1].timestamp().0 == w[0].timestamp().0.wrapping_add(160))
+            );
+        }
+    }
+
+    #[test]
+    fn losses_are_concealed_and_gaps_restart_with_a_marker() {
+        let mut p = pipeline(
+            Endpoint::Rtp(PCMU),
+            Endpoint::Rtp(RtpFormat {
+                codec: Codec::Pcma,
+                payload_type: PayloadType::PCMA,
+                ..PCMU
+            }),
+        );
+        let tone = sine(8000, 300.0, 8000.0, 160 * 40);
+        let mut out = Vec::new();
+        for i in 0..20u16 {
+            if i == 8 || i == 9 {
+                continue; // lost
+            }
+            let f = &tone[i as usize * 160..(i as usize + 1) * 160];
+            p.handle_rtp(Instant::ZERO, &pcmu_packet(i, i as u32 * 160, 1, f))
+                .unwrap();
+            out.extend(drain(&mut p));
+        }
+        // Loss: no hole in output, 40 ms concealed.
+        assert_eq!(out.len(), 20);
+        assert!(
+            out.windows(2)
+                .all(|w| w[1].timestamp().0 == w[0].timestamp().0.wrapping_add(160))
+        );
+        assert_eq!(p.stats().lost, 2);
+        assert_eq!(p.stats().concealed_ms, 40);
+        // Silence suppression: ts jumps 1 s with no seq gap -> output ts jumps, marked.
+        let last = out.last().unwrap().timestamp().0;
+        p.handle_rtp(
+            Instant::ZERO,
+            &pcmu_packet(20, 20 * 160 + 8000, 1, &tone[..160]),
+        )
+        .unwrap();
+        let after = drain(&mut p);
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].timestamp().0, last.wrapping_add(160 + 8000));
+        assert!(after[0].marker());
+        // A late packet is dropped.
+        p.handle_rtp(Instant::ZERO, &pcmu_packet(15, 15 * 160, 1, &tone[..160]))
+            .unwrap();
+        assert!(drain(&mut p).is_empty());
+        assert_eq!(p.stats().late, 1);
+    }
+
+    #[test]
+    fn pcmu_to_pcm24k_and_back() {
+        let mut down = pipeline(Endpoint::Rtp(PCMU), Endpoint::Pcm(SampleRate::HZ_24000));
+        assert_eq!(down.frame_samples(), 480);
+        let tone = sine(8000, 1000.0, 10000.0, 160 * 25);
+        let mut pcm24 = Vec::new();
+        let mut frame = [0i16; 480];
+        for (i, f) in tone.chunks(160).enumerate() {
+            down.handle_rtp(Instant::ZERO, &pcmu_packet(i as u16, i as u32 * 160, 1, f))
+                .unwrap();
+            while let Some(n) = down.poll_frame(&mut frame) {
+                pcm24.extend_from_slice(&frame[..n]);
+            }
+        }
+        assert_eq!(pcm24.len(), 25 * 480);
+        assert!((dominant_frequency(&pcm24[4800..], 24000, 200.0, 3000.0) - 1000.0).abs() < 2.0);
+        let mut up = pipeline(Endpoint::Pcm(SampleRate::HZ_24000), Endpoint::Rtp(PCMU));
+        let mut back = Vec::new();
+        for f in pcm24.chunks(480) {
+            up.handle_pcm(Instant::ZERO, f).unwrap();
+            for pkt in drain(&mut up) {
+                let mut s = [0i16; 160];
+                g711::ulaw_decode(pkt.payload_bytes(), &mut s);
+                back.extend_from_slice(&s);
+            }
+        }
+        assert_eq!(back.len(), 25 * 160);
+        assert!((dominant_frequency(&back[1600..], 8000, 200.0, 3000.0) - 1000.0).abs() < 2.0);
+        assert!(
+            up.handle_rtp(Instant::ZERO, &pcmu_packet(0, 0, 1, &[0; 160]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn sent_dtmf_replaces_audio_frames() {
+        let out_fmt = RtpFormat {
+            telephone_event: PayloadType::new(126),
+            ..opus(111)
+        };
+        let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(out_fmt));
+        p.send_dtmf("7", Millis(100)).unwrap();
+        let mut out = Vec::new();
+        for i in 0..10u16 {
+            p.handle_rtp(Instant::ZERO, &pcmu_packet(i, i as u32 * 160, 1, &[0; 160]))
+                .unwrap();
+            out.extend(drain(&mut p));
+        }
+        let events: Vec<_> = out
+            .iter()
+            .filter(|p| p.payload_type().value() == 126)
+            .collect();
+        assert_eq!(events.len(), 7); // 4 updates + end x3
+        assert!(events[0].marker());
+        assert!(
+            out.windows(2)
+                .all(|w| w[1].sequence_number().0 == w[0].sequence_number().0.wrapping_add(1))
+        );
+        assert!(p.send_dtmf("x", Millis(100)).is_err());
+        let mut no_te = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(opus(111)));
+        assert!(matches!(
+            no_te.send_dtmf("1", Millis(100)),
+            Err(PipelineError::WrongInput(_))
+        ));
+    }
+
+    #[test]
+    fn received_dtmf_is_reported_once() {
+        let input = RtpFormat {
+            telephone_event: PayloadType::new(101),
+            ..PCMU
+        };
+        let mut p = pipeline(Endpoint::Rtp(input), Endpoint::Rtp(opus(111)));
+        for (i, end) in [(0u16, false), (1, false), (2, true), (3, true), (4, true)] {
+            let mut ev = [0u8; 4];
+            crate::dtmf::TelephoneEvent {
+                event: 11,
+                end,
+                volume: 10,
+                duration: 160 * (i + 1),
+            }
+            .write(&mut ev);
+            p.handle_rtp(
+                Instant::ZERO,
+                &packet(PayloadType::new(101).unwrap(), i, 800, 1, i == 0, &ev),
+            )
+            .unwrap();
+        }
+        assert!(
+            matches!(p.poll_event(), Some(PipelineEvent::Dtmf { digit, .. }) if digit.as_char() == '#')
+        );
+        assert_eq!(p.poll_event(), None);
+    }
+
+    #[test]
+    fn garbage_payloads_are_concealed_not_fatal() {
+        let mut p = pipeline(Endpoint::Rtp(opus(111)), Endpoint::Rtp(PCMU));
+        let mut rng = SeededRng::new(5);
+        for i in 0..200u16 {
+            let len = (rng.next_u32() % 300) as usize;
+            let payload: Vec<u8> = (0..len).map(|_| rng.next_u32() as u8).collect();
+            let _ = p.handle_rtp(
+                Instant::ZERO,
+                &packet(
+                    PayloadType::new(111).unwrap(),
+                    i,
+                    i as u32 * 960,
+                    1,
+                    false,
+                    &payload,
+                ),
+            );
+            drain(&mut p);
+        }
+        assert!(p.stats().decode_errors > 0);
+        assert!(p.stats().packets_out > 0);
+    }
+}

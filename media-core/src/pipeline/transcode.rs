@@ -1,0 +1,432 @@
+//! Transcoding: decode (with PLC/FEC on gaps), resample, reframe to 20 ms, encode.
+//!
+//! Packets are decoded on arrival and timing is carried through: output timestamps
+//! follow input timestamps, so gaps (silence suppression, DTX) stay gaps with a
+//! marker at the next talkspurt, and losses up to 120 ms are concealed so the far
+//! end keeps a continuous stream.
+
+use std::collections::VecDeque;
+
+use super::fifo::{PacketRing, PcmFifo};
+use super::{
+    Endpoint, OUTPUT_PTIME, PipelineConfig, PipelineError, PipelineEvent, PipelineStats, RtpFormat,
+    push_event, receive_dtmf,
+};
+use crate::codec::{AudioDecoder, AudioEncoder, Codec, OpusEncoderConfig, opus};
+use crate::dtmf::{DtmfReceiver, DtmfSender, EventPacket, TelephoneEvent};
+use crate::resample::Resampler;
+use crate::rtp::{
+    RtpPacket, RtpTimestamp, RtpWriter, SeqNo, SeqUnwrapper, Ssrc, TimestampUnwrapper,
+};
+use crate::time::{ClockRate, Millis, SampleRate};
+
+/// Longest loss that is concealed; longer gaps restart the stream with a marker.
+const MAX_CONCEAL: Millis = Millis(120);
+/// Decoded audio is resampled in chunks of at most this many samples.
+const CHUNK: usize = 960;
+/// PCM held between decode and encode (or until a PCM consumer polls).
+const FIFO: Millis = Millis(240);
+
+#[derive(Debug)]
+struct RtpIn {
+    format: RtpFormat,
+    decoder: AudioDecoder,
+    clock: ClockRate,
+    source: Option<Ssrc>,
+    seq: SeqUnwrapper,
+    ts: TimestampUnwrapper,
+    /// Next expected (extended sequence, extended timestamp).
+    expected: Option<(i64, i64)>,
+    dtmf_rx: DtmfReceiver,
+}
+
+#[derive(Debug)]
+struct RtpOut {
+    format: RtpFormat,
+    encoder: AudioEncoder,
+    clock: ClockRate,
+    ssrc: Ssrc,
+    seq: u16,
+    /// Timestamp of the frame at the head of the FIFO.
+    ts: u32,
+    marker: bool,
+    frame_ticks: u32,
+    dtmf_tx: Option<DtmfSender>,
+    /// (input extended timestamp, output timestamp) of the current segment start.
+    anchor: Option<(i64, u32)>,
+}
+
+/// Everything after the decoder: resampler, reframing FIFO, encoder and packets.
+#[derive(Debug)]
+struct Back {
+    /// Rate of the decoded (or PCM input) audio.
+    input_rate: SampleRate,
+    output: Option<RtpOut>,
+    resampler: Resampler,
+    fifo: PcmFifo,
+    frame: usize,
+    ring: Option<PacketRing>,
+    muted: bool,
+    res_buf: Vec<i16>,
+    frame_buf: Vec<i16>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Transcode {
+    input: Option<RtpIn>,
+    dec_buf: Vec<i16>,
+    back: Back,
+}
+
+impl Transcode {
+    pub(crate) fn new(config: &PipelineConfig, seq: u16, ts: u32) -> Result<Self, PipelineError> {
+        // Pick the PCM rates: G.711 is 8 kHz; Opus meets the other side's rate so
+        // libopus does the resampling for free.
+        let (dec_rate, input) = match config.input {
+            Endpoint::Rtp(f) => {
+                let toward = match config.output {
+                    Endpoint::Rtp(o) => o.codec.natural_rate(),
+                    Endpoint::Pcm(r) => r,
+                };
+                let rate = f.codec.pcm_rate_toward(toward);
+                let input = RtpIn {
+                    format: f,
+                    decoder: AudioDecoder::new(f.codec, rate)?,
+                    clock: f.codec.clock_rate(),
+                    source: None,
+                    seq: SeqUnwrapper::new(),
+                    ts: TimestampUnwrapper::new(),
+                    expected: None,
+                    dtmf_rx: DtmfReceiver::new(),
+                };
+                (rate, Some(input))
+            }
+            Endpoint::Pcm(r) => (r, None),
+        };
+        let enc_rate = match config.output {
+            Endpoint::Rtp(f) => f.codec.pcm_rate_toward(dec_rate),
+            Endpoint::Pcm(r) => r,
+        };
+        let output = match config.output {
+            Endpoint::Rtp(f) => {
+                let clock = f.codec.clock_rate();
+                let opus = OpusEncoderConfig {
+                    sample_rate: enc_rate,
+                    ..config.opus
+                };
+                Some(RtpOut {
+                    format: f,
+                    encoder: AudioEncoder::new(f.codec, opus)?,
+                    clock,
+                    ssrc: config.ssrc,
+                    seq,
+                    ts,
+                    marker: true,
+                    frame_ticks: clock.ticks_in(OUTPUT_PTIME),
+                    dtmf_tx: f.telephone_event.map(|_| DtmfSender::new(clock, 10)),
+                    anchor: None,
+                })
+            }
+            Endpoint::Pcm(_) => None,
+        };
+        let resampler = Resampler::new(dec_rate, enc_rate);
+        let frame = enc_rate.samples_in(OUTPUT_PTIME);
+        Ok(Transcode {
+            input,
+            dec_buf: vec![0; SampleRate::HZ_48000.samples_in(Millis(120))],
+            back: Back {
+                input_rate: dec_rate,
+                ring: output.as_ref().map(|_| PacketRing::new(8)),
+                output,
+                fifo: PcmFifo::new(enc_rate.samples_in(FIFO)),
+                frame,
+                muted: false,
+                res_buf: vec![0; resampler.max_output(CHUNK)],
+                frame_buf: vec![0; frame],
+                resampler,
+            },
+        })
+    }
+
+    /// Resampler delay plus encoder lookahead.
+    pub(crate) fn delay_micros(&self) -> u64 {
+        self.back.resampler.delay_micros()
+            + self
+                .back
+                .output
+                .as_ref()
+                .map_or(0, |o| o.encoder.delay_micros())
+    }
+
+    pub(crate) fn set_muted(&mut self, muted: bool) {
+        self.back.muted = muted;
+    }
+
+    pub(crate) fn ring(&mut self) -> Option<&mut PacketRing> {
+        self.back.ring.as_mut()
+    }
+
+    pub(crate) fn frame_samples(&self) -> usize {
+        if self.back.output.is_none() {
+            self.back.frame
+        } else {
+            0
+        }
+    }
+
+    pub(crate) fn dtmf_sender(&mut self) -> Option<&mut DtmfSender> {
+        self.back.output.as_mut().and_then(|o| o.dtmf_tx.as_mut())
+    }
+
+    pub(crate) fn handle_rtp(
+        &mut self,
+        packet: &RtpPacket,
+        stats: &mut PipelineStats,
+        events: &mut VecDeque<PipelineEvent>,
+    ) -> Result<(), PipelineError> {
+        let Transcode {
+            input,
+            dec_buf,
+            back,
+        } = self;
+        let Some(input) = input.as_mut() else {
+            return Err(PipelineError::WrongInput("RTP into a PCM-input pipeline"));
+        };
+        let h = packet.header();
+        let payload = packet.payload_bytes();
+        if Some(h.payload_type) == input.format.telephone_event {
+            stats.packets_in += 1;
+            receive_dtmf(&mut input.dtmf_rx, payload, h.timestamp, stats, events);
+            return Ok(());
+        }
+        if h.payload_type != input.format.payload_type {
+            stats.unknown_payload_type += 1;
+            return Ok(());
+        }
+        stats.packets_in += 1;
+        stats.bytes_in += payload.len() as u64;
+        if input.source != Some(h.ssrc) {
+            if input.source.is_some() {
+                push_event(events, PipelineEvent::SourceChanged { ssrc: h.ssrc });
+            }
+            input.source = Some(h.ssrc);
+            input.seq.reset();
+            input.ts.reset();
+            input.expected = None;
+        }
+        let ext_seq = input.seq.peek(h.sequence_number.0);
+        let ext_ts = input.ts.peek(h.timestamp.0);
+        let mut restart = false;
+        let mut conceal_ticks = 0i64;
+        match input.expected {
+            None => restart = true,
+            Some((eseq, ets)) => {
+                if ext_seq < eseq {
+                    stats.late += 1;
+                    return Ok(());
+                }
+                let lost = ext_seq - eseq;
+                let gap = ext_ts - ets;
+                let max = input.clock.ticks_in(MAX_CONCEAL) as i64;
+                stats.lost += lost as u64;
+                if gap != 0 && (lost == 0 || gap < 0 || gap > max) {
+                    restart = true; // talkspurt, DTX, clock jump or long outage
+                } else if lost > 0 {
+                    conceal_ticks = gap;
+                }
+            }
+        }
+        input.seq.unwrap(h.sequence_number.0);
+        input.ts.unwrap(h.timestamp.0);
+        let in_clock = input.clock.0 as i64;
+        if restart {
+            back.restart_segment(ext_ts, in_clock);
+        }
+        let rate = back.input_rate.hz() as i64;
+        let frame_in = back.input_rate.samples_in(OUTPUT_PTIME);
+        if conceal_ticks > 0 {
+            let quantum = rate / 400; // 2.5 ms: Opus PLC granularity
+            let mut samples = (conceal_ticks * rate / in_clock) / quantum * quantum;
+            let fec_samples =
+                if matches!(input.decoder, AudioDecoder::Opus(_)) && opus::has_fec(payload) {
+                    input
+                        .decoder
+                        .payload_samples(payload)
+                        .map_or(0, |n| n as i64)
+                        .min(samples)
+                } else {
+                    0
+                };
+            samples -= fec_samples;
+            stats.concealed_ms += (samples * 1000 / rate) as u64;
+            while samples > 0 {
+                let n = (samples as usize).min(frame_in);
+                let k = input.decoder.conceal(&mut dec_buf[..n]).unwrap_or(0);
+                if k == 0 {
+                    break;
+                }
+                back.feed(&dec_buf[..k], stats);
+                samples -= k as i64;
+            }
+            if fec_samples > 0
+                && let Ok(k) = input
+                    .decoder
+                    .recover(payload, &mut dec_buf[..fec_samples as usize])
+            {
+                stats.fec_recovered += 1;
+                back.feed(&dec_buf[..k], stats);
+            }
+        }
+        let n = match input.decoder.decode(payload, dec_buf) {
+            Ok(n) => n,
+            Err(_) => {
+                // Bad payload: conceal one frame rather than leave a hole.
+                stats.decode_errors += 1;
+                input.decoder.conceal(&mut dec_buf[..frame_in]).unwrap_or(0)
+            }
+        };
+        input.expected = Some((ext_seq + 1, ext_ts + n as i64 * in_clock / rate));
+        back.feed(&dec_buf[..n], stats);
+        Ok(())
+    }
+
+    pub(crate) fn handle_pcm(
+        &mut self,
+        pcm: &[i16],
+        stats: &mut PipelineStats,
+    ) -> Result<(), PipelineError> {
+        if self.input.is_some() {
+            return Err(PipelineError::WrongInput("PCM into an RTP-input pipeline"));
+        }
+        stats.packets_in += 1;
+        stats.bytes_in += 2 * pcm.len() as u64;
+        self.back.feed(pcm, stats);
+        Ok(())
+    }
+
+    pub(crate) fn poll_frame(&mut self, out: &mut [i16]) -> Option<usize> {
+        let b = &mut self.back;
+        if b.output.is_some() || out.len() < b.frame || !b.fifo.pop_into(&mut out[..b.frame]) {
+            return None;
+        }
+        if b.muted {
+            out[..b.frame].fill(0);
+        }
+        Some(b.frame)
+    }
+}
+
+impl Back {
+    /// Starts a new output segment for input extended timestamp `ext_ts`: the
+    /// partial frame is completed with silence and sent, the output timestamp jumps
+    /// by the input's gap (never backwards), and the next packet gets the marker.
+    fn restart_segment(&mut self, ext_ts: i64, in_clock: i64) {
+        if self.output.is_none() {
+            return;
+        }
+        let partial = self.fifo.len() % self.frame;
+        if partial > 0 {
+            self.fifo.push_silence(self.frame - partial);
+        }
+        self.drain_frames(&mut PipelineStats::default());
+        let Some(out) = self.output.as_mut() else {
+            return;
+        };
+        if let Some((a_in, a_out)) = out.anchor {
+            let target =
+                a_out.wrapping_add(((ext_ts - a_in) * out.clock.0 as i64 / in_clock) as u32);
+            if (target.wrapping_sub(out.ts) as i32) > 0 {
+                out.ts = target;
+            }
+        }
+        out.anchor = Some((ext_ts, out.ts));
+        out.marker = true;
+        self.resampler.reset();
+    }
+
+    /// Resamples `pcm` into the FIFO and encodes whole frames.
+    fn feed(&mut self, pcm: &[i16], stats: &mut PipelineStats) {
+        for chunk in pcm.chunks(CHUNK) {
+            let m = self
+                .resampler
+                .process(chunk, &mut self.res_buf)
+                .unwrap_or(0);
+            stats.overflow_drops += self.fifo.push(&self.res_buf[..m]) as u64;
+        }
+        self.drain_frames(stats);
+    }
+
+    /// Encodes every whole frame in the FIFO (RTP outputs; PCM outputs are polled).
+    fn drain_frames(&mut self, stats: &mut PipelineStats) {
+        let (Some(out), Some(ring)) = (self.output.as_mut(), self.ring.as_mut()) else {
+            return;
+        };
+        while self.fifo.pop_into(&mut self.frame_buf) {
+            if self.muted {
+                self.frame_buf.fill(0);
+            }
+            emit_frame(out, ring, &self.frame_buf, stats);
+        }
+    }
+}
+
+/// Packetizes one 20 ms frame (or the DTMF events that replace it).
+fn emit_frame(out: &mut RtpOut, ring: &mut PacketRing, frame: &[i16], stats: &mut PipelineStats) {
+    let ts = out.ts;
+    out.ts = out.ts.wrapping_add(out.frame_ticks);
+    if let (Some(tx), Some(te)) = (out.dtmf_tx.as_mut(), out.format.telephone_event) {
+        let mut evs = [EventPacket {
+            marker: false,
+            timestamp: RtpTimestamp(0),
+            event: TelephoneEvent {
+                event: 0,
+                end: false,
+                volume: 0,
+                duration: 0,
+            },
+        }; 3];
+        let n = tx.tick(RtpTimestamp(ts), out.frame_ticks, &mut evs);
+        for ev in &evs[..n] {
+            let mut w = RtpWriter::new(te, SeqNo(out.seq), ev.timestamp, out.ssrc);
+            w.marker = ev.marker;
+            let mut payload = [0u8; 4];
+            ev.event.write(&mut payload);
+            let (slot, dropped) = ring.claim();
+            if let Ok(len) = w.write_packet(&payload, slot) {
+                ring.commit(len);
+                out.seq = out.seq.wrapping_add(1);
+                stats.overflow_drops += dropped as u64;
+                stats.dtmf_packets_sent += 1;
+                stats.packets_out += 1;
+                stats.bytes_out += len as u64;
+            }
+        }
+        if n > 0 {
+            return;
+        }
+    }
+    let mut w = RtpWriter::new(
+        out.format.payload_type,
+        SeqNo(out.seq),
+        RtpTimestamp(ts),
+        out.ssrc,
+    );
+    w.marker = out.marker;
+    let (slot, dropped) = ring.claim();
+    let Ok(h) = w.write(slot) else {
+        return;
+    };
+    let Ok(len) = out.encoder.encode(frame, &mut slot[h..]) else {
+        return;
+    };
+    if out.format.codec == Codec::Opus && len <= 2 {
+        out.marker = true; // DTX: nothing to send; the next packet starts a talkspurt
+        return;
+    }
+    ring.commit(h + len);
+    out.seq = out.seq.wrapping_add(1);
+    out.marker = false;
+    stats.overflow_drops += dropped as u64;
+    stats.packets_out += 1;
+    stats.bytes_out += (h + len) as u64;
+}

@@ -1,0 +1,6 @@
+//! The session border controller: I/O drivers, configuration and operations around
+//! the sans-IO `sip-bridge` and `media-core` cores. The `sbc` binary is a thin
+//! shell over this library.
+
+pub mod cli;
+pub mod media;

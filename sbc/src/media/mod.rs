@@ -1,0 +1,3 @@
+//! Media tools built on `media-core`.
+
+pub mod transcode;
