@@ -13,6 +13,7 @@
 pub mod analysis;
 pub mod codec;
 pub mod dtmf;
+pub mod jitter;
 pub mod pcap;
 pub mod pipeline;
 pub mod resample;

@@ -9,9 +9,10 @@ use std::cell::Cell;
 use bytes::{Bytes, BytesMut};
 use media_core::analysis::sine;
 use media_core::codec::{Codec, OpusEncoder, OpusEncoderConfig, g711};
+use media_core::jitter::JitterConfig;
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
 use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
-use media_core::{Instant, Millis, SampleRate};
+use media_core::{ClockRate, Instant, Millis, SampleRate};
 
 struct Counting;
 
@@ -204,6 +205,35 @@ fn pcmu_to_pcm16_24k_allocates_nothing() {
         &packets(PayloadType::PCMU, 160, &pcmu_payloads(550)),
         true,
     );
+}
+
+#[test]
+fn pcmu_to_opus_through_the_jitter_buffer_allocates_nothing() {
+    let mut cfg = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(opus_fmt()), Ssrc(1), 1);
+    cfg.jitter = Some(JitterConfig::new(ClockRate(8000)));
+    let mut p = MediaPipeline::new(cfg).unwrap();
+    let pkts = packets(PayloadType::PCMU, 160, &pcmu_payloads(1050));
+    // Packets every 20 ms with a little jitter; the pipeline ticks on its own clock.
+    let run = |p: &mut MediaPipeline, range: std::ops::Range<usize>| {
+        let mut out = 0usize;
+        for i in range {
+            let arrival = Instant::from_micros(i as u64 * 20_000 + (i as u64 * 7919 % 9) * 1000);
+            while let Some(due) = p.poll_timeout().filter(|d| *d <= arrival) {
+                p.handle_timeout(due);
+                while let Some(o) = p.poll_packet() {
+                    out += o.bytes.len();
+                }
+            }
+            p.handle_rtp(arrival, &pkts[i]).unwrap();
+        }
+        out
+    };
+    assert!(run(&mut p, 0..50) > 0);
+    let mut produced = 0;
+    let allocs = allocations_during(|| produced = run(&mut p, 50..1050));
+    assert!(produced > 0);
+    assert_eq!(allocs, 0, "allocations with the jitter buffer in the path");
+    assert!(p.jitter_stats().unwrap().received >= 1000);
 }
 
 #[test]

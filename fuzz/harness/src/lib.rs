@@ -7,11 +7,12 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use media_core::codec::{Codec, OpusDecoder, opus};
 use media_core::dtmf::{DtmfReceiver, TelephoneEvent};
+use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket};
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
 use media_core::rtp::{
     ExtensionIter, PayloadType, RtpHeader, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc,
 };
-use media_core::{Instant, Millis, SampleRate};
+use media_core::{ClockRate, Instant, Millis, SampleRate};
 
 /// The RTP view: parse, walk every accessor; a valid packet re-serialises to
 /// the same fixed header.
@@ -202,6 +203,85 @@ pub fn pipeline(data: &[u8]) {
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
 
+#[derive(Arbitrary, Debug)]
+enum JitterOp {
+    Insert {
+        seq_step: i16,
+        ts_step: i32,
+        ssrc: u8,
+        duration: u16,
+        fec: bool,
+        marker: bool,
+        dt_us: u32,
+    },
+    Tick {
+        dt_us: u16,
+    },
+    Consume(u16),
+    FollowClock,
+}
+
+/// The jitter buffer under arbitrary sequences of inserts (any sequence number,
+/// timestamp, SSRC, duration and arrival time), ticks and consumption: no panic,
+/// and memory stays within the configured bounds whatever arrives.
+pub fn jitter(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(ops) = Vec::<JitterOp>::arbitrary(&mut u) else {
+        return;
+    };
+    let cfg = JitterConfig::new(ClockRate(8000));
+    let mut jb = JitterBuffer::new(cfg);
+    let max_ticks = cfg.clock.ticks_in(cfg.max_buffered) as i64;
+    let (mut seq, mut ts, mut now) = (0u16, 0u32, 0u64);
+    for op in ops.into_iter().take(2000) {
+        match op {
+            JitterOp::Insert {
+                seq_step,
+                ts_step,
+                ssrc,
+                duration,
+                fec,
+                marker,
+                dt_us,
+            } => {
+                seq = seq.wrapping_add(seq_step as u16);
+                ts = ts.wrapping_add(ts_step as u32);
+                now = now.saturating_add(u64::from(dt_us % 5_000_000));
+                let p = JitterPacket {
+                    sequence_number: SeqNo(seq),
+                    timestamp: RtpTimestamp(ts),
+                    ssrc: Ssrc(u32::from(ssrc % 4)),
+                    marker,
+                    duration: u32::from(duration),
+                    fec,
+                    payload: Bytes::from_static(&[0xff; 4]),
+                };
+                let _ = jb.insert(Instant::from_micros(now), p);
+            }
+            JitterOp::Tick { dt_us } => {
+                now = now.saturating_add(u64::from(dt_us));
+                let t = jb.tick(Instant::from_micros(now));
+                assert!(t.steps().count() <= 8);
+            }
+            JitterOp::Consume(n) => jb.consume(u32::from(n)),
+            JitterOp::FollowClock => {
+                if let Some(due) = jb.poll_timeout() {
+                    now = now.max(due.as_micros());
+                    let _ = jb.tick(Instant::from_micros(now));
+                    jb.consume(160);
+                }
+            }
+        }
+        assert!(jb.len() <= cfg.max_packets, "{} packets held", jb.len());
+        assert!(
+            jb.held_ticks() <= max_ticks + i64::from(u16::MAX),
+            "{} ticks held",
+            jb.held_ticks()
+        );
+        assert!(jb.buffered_ticks() <= 32 * 2 * u32::from(u16::MAX));
+    }
+}
+
 /// All targets by name, for replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("rtp_packet", rtp_packet),
@@ -209,6 +289,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("telephone_event", telephone_event),
     ("opus_decode", opus_decode),
     ("pipeline", pipeline),
+    ("jitter", jitter),
 ];
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 
 use crate::codec::{Codec, CodecError, OpusEncoderConfig};
 use crate::dtmf::{Digit, DtmfError, DtmfReceiver, TelephoneEvent};
+use crate::jitter::{JitterConfig, JitterStats};
 use crate::rtp::{PayloadType, RtpError, RtpPacket, RtpTimestamp, Ssrc};
 use crate::time::{Instant, Millis, SampleRate, SeededRng};
 
@@ -77,6 +78,11 @@ pub struct PipelineConfig {
     pub seed: u64,
     /// Opus encoder settings when the output is Opus (its rate is chosen here).
     pub opus: OpusEncoderConfig,
+    /// Play RTP input out through an adaptive jitter buffer (its clock rate is
+    /// taken from the input codec). Without it, packets are decoded on arrival
+    /// and their timing is carried through, for a far end that buffers itself.
+    /// Relay pipelines never buffer.
+    pub jitter: Option<JitterConfig>,
 }
 
 impl PipelineConfig {
@@ -88,6 +94,7 @@ impl PipelineConfig {
             ssrc,
             seed,
             opus: OpusEncoderConfig::default(),
+            jitter: None,
         }
     }
 }
@@ -282,8 +289,33 @@ impl MediaPipeline {
     pub fn handle_rtp(&mut self, now: Instant, packet: &RtpPacket) -> Result<(), PipelineError> {
         self.last_input = Some(now);
         match &mut self.mode {
-            Mode::Transcode(t) => t.handle_rtp(packet, &mut self.stats, &mut self.events),
+            Mode::Transcode(t) => t.handle_rtp(now, packet, &mut self.stats, &mut self.events),
             Mode::Relay(r) => r.handle_copy(packet, &mut self.stats, &mut self.events),
+        }
+    }
+
+    /// When [`MediaPipeline::handle_timeout`] is next due (jitter-buffered
+    /// pipelines: the buffer's playout clock). Ask again after every input.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.mode {
+            Mode::Transcode(t) => t.poll_timeout(),
+            Mode::Relay(_) => None,
+        }
+    }
+
+    /// Plays out the frames due by `now` (jitter-buffered pipelines); their
+    /// packets or PCM frames are then ready to poll.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Mode::Transcode(t) = &mut self.mode {
+            t.handle_timeout(now, &mut self.stats);
+        }
+    }
+
+    /// The jitter buffer's counters and delays, for jitter-buffered pipelines.
+    pub fn jitter_stats(&self) -> Option<&JitterStats> {
+        match &self.mode {
+            Mode::Transcode(t) => t.jitter_stats(),
+            Mode::Relay(_) => None,
         }
     }
 
@@ -358,6 +390,7 @@ mod tests {
     use super::*;
     use crate::analysis::{dominant_frequency, goertzel_level_db, sine};
     use crate::codec::{AudioDecoder, g711};
+    use crate::jitter::JitterConfig;
     use crate::rtp::{RtpHeader, RtpWriter, SeqNo};
     use bytes::Bytes;
 
@@ -708,6 +741,65 @@ mod tests {
             matches!(p.poll_event(), Some(PipelineEvent::Dtmf { digit, .. }) if digit.as_char() == '#')
         );
         assert_eq!(p.poll_event(), None);
+    }
+
+    #[test]
+    fn jitter_buffered_pipeline_smooths_a_jittery_reordered_stream() {
+        let mut cfg =
+            PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(opus(111)), Ssrc(5), 3);
+        cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
+        let mut p = MediaPipeline::new(cfg).unwrap();
+        let tone = sine(8000, 1000.0, 10000.0, 160 * 200);
+        let mut rng = SeededRng::new(8);
+        // Arrival = send + 0-30 ms jitter (not FIFO: some overtake others).
+        let mut arrivals: Vec<(u64, u16)> = (0..200u16)
+            .map(|i| (i as u64 * 20_000 + (rng.next_f64() * 30_000.0) as u64, i))
+            .collect();
+        arrivals.sort();
+        let mut out = Vec::new();
+        let mut next = 0;
+        let mut now = 0u64;
+        while now < 4_600_000 {
+            let arrival = arrivals.get(next).map_or(u64::MAX, |a| a.0);
+            let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
+            now = arrival.min(due).min(4_600_000);
+            if arrival <= due && next < arrivals.len() {
+                let i = arrivals[next].1 as usize;
+                p.handle_rtp(
+                    Instant::from_micros(now),
+                    &pcmu_packet(i as u16, i as u32 * 160, 1, &tone[i * 160..(i + 1) * 160]),
+                )
+                .unwrap();
+                next += 1;
+            } else if due <= now {
+                p.handle_timeout(Instant::from_micros(now));
+            }
+            out.extend(drain(&mut p));
+        }
+        let j = *p.jitter_stats().unwrap();
+        assert!(j.reordered > 0 && j.late <= 2, "{j:?}");
+        // A continuous 20 ms stream: timestamps step by 960, sequence by 1.
+        assert!(out.len() >= 195, "{}", out.len());
+        assert!(
+            out.windows(2)
+                .all(|w| w[1].timestamp().0 == w[0].timestamp().0.wrapping_add(960))
+        );
+        let mut dec = AudioDecoder::new(Codec::Opus, SampleRate::HZ_48000).unwrap();
+        let mut pcm = Vec::new();
+        let mut buf = vec![0i16; 5760];
+        for pkt in &out[20..180] {
+            let n = dec.decode(pkt.payload_bytes(), &mut buf).unwrap();
+            pcm.extend_from_slice(&buf[..n]);
+        }
+        assert!((dominant_frequency(&pcm, 48000, 200.0, 3000.0) - 1000.0).abs() < 3.0);
+        assert!(
+            (goertzel_level_db(&pcm, 48000, 1000.0) - goertzel_level_db(&tone, 8000, 1000.0)).abs()
+                < 2.0
+        );
+        assert!(
+            j.target_delay_ms >= 20.0 && j.target_delay_ms <= 40.0,
+            "{j:?}"
+        );
     }
 
     #[test]

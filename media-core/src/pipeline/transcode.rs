@@ -14,10 +14,12 @@ use super::{
 };
 use crate::codec::{AudioDecoder, AudioEncoder, Codec, OpusEncoderConfig, opus};
 use crate::dtmf::{DtmfReceiver, DtmfSender, EventPacket, TelephoneEvent};
+use crate::jitter::{InsertOutcome, JitterStats, Playout};
 use crate::resample::Resampler;
 use crate::rtp::{
     RtpPacket, RtpTimestamp, RtpWriter, SeqNo, SeqUnwrapper, Ssrc, TimestampUnwrapper,
 };
+use crate::time::Instant;
 use crate::time::{ClockRate, Millis, SampleRate};
 
 /// Longest loss that is concealed; longer gaps restart the stream with a marker.
@@ -38,6 +40,19 @@ struct RtpIn {
     /// Next expected (extended sequence, extended timestamp).
     expected: Option<(i64, i64)>,
     dtmf_rx: DtmfReceiver,
+}
+
+/// How received audio reaches the decoder.
+#[derive(Debug)]
+enum Front {
+    /// Decoded on arrival, timing carried through (the far end buffers).
+    Direct(RtpIn),
+    /// Through the adaptive jitter buffer, played out on its clock.
+    Jitter {
+        format: RtpFormat,
+        playout: Box<Playout>,
+        dtmf_rx: DtmfReceiver,
+    },
 }
 
 #[derive(Debug)]
@@ -73,7 +88,7 @@ struct Back {
 
 #[derive(Debug)]
 pub(crate) struct Transcode {
-    input: Option<RtpIn>,
+    input: Option<Front>,
     dec_buf: Vec<i16>,
     back: Back,
 }
@@ -89,17 +104,28 @@ impl Transcode {
                     Endpoint::Pcm(r) => r,
                 };
                 let rate = f.codec.pcm_rate_toward(toward);
-                let input = RtpIn {
-                    format: f,
-                    decoder: AudioDecoder::new(f.codec, rate)?,
-                    clock: f.codec.clock_rate(),
-                    source: None,
-                    seq: SeqUnwrapper::new(),
-                    ts: TimestampUnwrapper::new(),
-                    expected: None,
-                    dtmf_rx: DtmfReceiver::new(),
+                let decoder = AudioDecoder::new(f.codec, rate)?;
+                let front = match config.jitter {
+                    Some(mut j) => {
+                        j.clock = f.codec.clock_rate();
+                        Front::Jitter {
+                            format: f,
+                            playout: Box::new(Playout::new(j, decoder)),
+                            dtmf_rx: DtmfReceiver::new(),
+                        }
+                    }
+                    None => Front::Direct(RtpIn {
+                        format: f,
+                        decoder,
+                        clock: f.codec.clock_rate(),
+                        source: None,
+                        seq: SeqUnwrapper::new(),
+                        ts: TimestampUnwrapper::new(),
+                        expected: None,
+                        dtmf_rx: DtmfReceiver::new(),
+                    }),
                 };
-                (rate, Some(input))
+                (rate, Some(front))
             }
             Endpoint::Pcm(r) => (r, None),
         };
@@ -178,8 +204,52 @@ impl Transcode {
         self.back.output.as_mut().and_then(|o| o.dtmf_tx.as_mut())
     }
 
+    /// The jitter buffer's counters, in jitter mode.
+    pub(crate) fn jitter_stats(&self) -> Option<&JitterStats> {
+        match &self.input {
+            Some(Front::Jitter { playout, .. }) => Some(playout.jitter().stats()),
+            _ => None,
+        }
+    }
+
+    /// When the jitter buffer wants its next frame pulled.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match &self.input {
+            Some(Front::Jitter { playout, .. }) => playout.jitter().poll_timeout(),
+            _ => None,
+        }
+    }
+
+    /// Plays out every frame due by `now` (jitter mode).
+    pub(crate) fn handle_timeout(&mut self, now: Instant, stats: &mut PipelineStats) {
+        let Transcode {
+            input,
+            dec_buf,
+            back,
+        } = self;
+        let Some(Front::Jitter { playout, .. }) = input.as_mut() else {
+            return;
+        };
+        // A frame per due time; a driver that woke late catches up by a few.
+        for _ in 0..4 {
+            match playout.jitter().poll_timeout() {
+                Some(due) if due <= now => {}
+                _ => break,
+            }
+            let n = playout.pull(now, dec_buf);
+            back.feed(&dec_buf[..n], stats);
+        }
+        let j = playout.jitter().stats();
+        stats.lost = j.lost;
+        stats.late = j.late;
+        stats.fec_recovered = j.fec_recovered;
+        let clock = playout.jitter().config().clock.0 as u64;
+        stats.concealed_ms = (j.concealed_ticks + j.underrun_ticks) * 1000 / clock;
+    }
+
     pub(crate) fn handle_rtp(
         &mut self,
+        now: Instant,
         packet: &RtpPacket,
         stats: &mut PipelineStats,
         events: &mut VecDeque<PipelineEvent>,
@@ -189,8 +259,29 @@ impl Transcode {
             dec_buf,
             back,
         } = self;
-        let Some(input) = input.as_mut() else {
-            return Err(PipelineError::WrongInput("RTP into a PCM-input pipeline"));
+        let input = match input.as_mut() {
+            None => return Err(PipelineError::WrongInput("RTP into a PCM-input pipeline")),
+            Some(Front::Jitter {
+                format,
+                playout,
+                dtmf_rx,
+            }) => {
+                let h = packet.header();
+                if Some(h.payload_type) == format.telephone_event {
+                    stats.packets_in += 1;
+                    receive_dtmf(dtmf_rx, packet.payload_bytes(), h.timestamp, stats, events);
+                } else if h.payload_type == format.payload_type {
+                    stats.packets_in += 1;
+                    stats.bytes_in += packet.payload_bytes().len() as u64;
+                    if playout.insert(now, packet) == InsertOutcome::Resync {
+                        push_event(events, PipelineEvent::SourceChanged { ssrc: h.ssrc });
+                    }
+                } else {
+                    stats.unknown_payload_type += 1;
+                }
+                return Ok(());
+            }
+            Some(Front::Direct(input)) => input,
         };
         let h = packet.header();
         let payload = packet.payload_bytes();
