@@ -1,1 +1,8 @@
-//! Sans-IO SIP/WebRTC bridge. Built up by the SIP core, browser and bridge issues.
+//! Sans-IO SIP/WebRTC bridge: the SIP core (messages, transactions, dialogs, SDP,
+//! digest authentication), the browser side and the calls that join them.
+//!
+//! Like `media-core`, nothing here opens a socket or reads a clock: inputs come
+//! with `now`, outputs are polled.
+
+pub mod sdp;
+pub mod sip;

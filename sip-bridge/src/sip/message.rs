@@ -1,0 +1,951 @@
+//! Receiving SIP messages robustly (RFC 3261 sections 7, 8.2, 18.3; RFC 4475).
+//!
+//! Every datagram or framed stream message goes through [`classify`]: a raw scan
+//! (our own, tolerant: unfolds lines, maps compact names, slices the body by
+//! Content-Length) checks what the `rsip` types do not (duplicated single-value
+//! headers, Content-Length against the body, request-line whitespace, bracket and
+//! quote balance, the version, the URI scheme, Require, Content-Type), then the
+//! message is parsed into `rsip` types for typed access. Whatever fails gets the
+//! most specific error response that can be built from the bytes that could be
+//! read (400 with a reason, 416, 420, 501, 505, 513, ...), or is dropped when no
+//! response can be routed (no Via) or it is itself a response. Never a panic.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+pub use rsipstack::sip::{Header, Headers, Method, Request, Response, SipMessage, Uri};
+
+/// SIP transports (RFC 3261 section 18, RFC 7118).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+    /// WebSocket.
+    Ws,
+    /// Secure WebSocket.
+    Wss,
+}
+
+impl Transport {
+    /// Whether the transport retransmits for us (no SIP retransmission timers).
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// The token in a Via header.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        }
+    }
+}
+
+/// Methods this element implements (sent in `Allow`).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+
+/// What the validation accepts.
+#[derive(Clone, Debug)]
+pub struct ValidationConfig {
+    /// Largest message (answer 513 above).
+    pub max_message: usize,
+    /// Option tags we support (anything else in Require gets 420).
+    pub supported: Vec<String>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_message: super::framing::DEFAULT_MAX_MESSAGE,
+            supported: Vec::new(),
+        }
+    }
+}
+
+/// A message refused before any transaction saw it, and the response to send
+/// back to where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase sent.
+    pub reason: String,
+    /// The whole response.
+    pub response: Vec<u8>,
+}
+
+/// The outcome of [`classify`].
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    /// A valid request.
+    Request(Box<Request>),
+    /// A valid response.
+    Response(Box<Response>),
+    /// An invalid request: send the response back.
+    Reject(Reject),
+    /// Nothing can or should be answered (a bad response, no Via).
+    Drop(&'static str),
+}
+
+/// Header names we care about, compact forms folded in (RFC 3261 section 7.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Name {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    ContentLength,
+    ContentType,
+    Contact,
+    Require,
+    Accept,
+    Other,
+}
+
+fn name_of(s: &str) -> Name {
+    let eq = |a: &str| s.eq_ignore_ascii_case(a);
+    if eq("via") || eq("v") {
+        Name::Via
+    } else if eq("from") || eq("f") {
+        Name::From
+    } else if eq("to") || eq("t") {
+        Name::To
+    } else if eq("call-id") || eq("i") {
+        Name::CallId
+    } else if eq("cseq") {
+        Name::CSeq
+    } else if eq("max-forwards") {
+        Name::MaxForwards
+    } else if eq("content-length") || eq("l") {
+        Name::ContentLength
+    } else if eq("content-type") || eq("c") {
+        Name::ContentType
+    } else if eq("contact") || eq("m") {
+        Name::Contact
+    } else if eq("require") {
+        Name::Require
+    } else if eq("accept") {
+        Name::Accept
+    } else {
+        Name::Other
+    }
+}
+
+/// A header line as received, unfolded.
+#[derive(Debug)]
+pub(crate) struct RawHeader<'a> {
+    pub(crate) name: Name,
+    pub(crate) value: Cow<'a, str>,
+}
+
+/// The tolerant first look at a message.
+#[derive(Debug)]
+pub(crate) struct Raw<'a> {
+    pub(crate) start: &'a str,
+    pub(crate) headers: Vec<RawHeader<'a>>,
+    /// Bytes after the blank line (the whole rest, before Content-Length).
+    pub(crate) rest: &'a [u8],
+    /// Header lines without a colon.
+    pub(crate) junk_lines: usize,
+}
+
+impl<'a> Raw<'a> {
+    pub(crate) fn scan(bytes: &'a [u8]) -> Option<Raw<'a>> {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&bytes[..end]).ok()?;
+        let mut lines = head.split("\r\n").peekable();
+        let start = lines.next()?;
+        let mut headers: Vec<RawHeader<'a>> = Vec::new();
+        let mut junk_lines = 0;
+        while let Some(line) = lines.next() {
+            let Some((name, value)) = line.split_once(':') else {
+                junk_lines += 1;
+                continue;
+            };
+            let mut v = Cow::Borrowed(value.trim());
+            while let Some(cont) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+                let s = v.to_mut();
+                s.push(' ');
+                s.push_str(cont.trim());
+            }
+            headers.push(RawHeader {
+                name: name_of(name.trim()),
+                value: v,
+            });
+        }
+        Some(Raw {
+            start,
+            headers,
+            rest: &bytes[end + 4..],
+            junk_lines,
+        })
+    }
+
+    pub(crate) fn all(&self, n: Name) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == n)
+            .map(|h| h.value.as_ref())
+    }
+
+    pub(crate) fn first(&self, n: Name) -> Option<&str> {
+        self.all(n).next()
+    }
+
+    fn count(&self, n: Name) -> usize {
+        self.all(n).count()
+    }
+}
+
+/// Splits a header value on commas outside quotes and angle brackets.
+pub(crate) fn split_list(v: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quote, mut angle, mut start) = (false, 0i32, 0);
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if quote => i += 1,
+            b'"' => quote = !quote,
+            b'<' if !quote => angle += 1,
+            b'>' if !quote => angle -= 1,
+            b',' if !quote && angle == 0 => {
+                out.push(v[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(v[start..].trim());
+    out
+}
+
+/// The value of header parameter `name` (`;name=value` after the URI part),
+/// tolerant of LWS around `=` (RFC 4475 wsinv).
+pub fn header_param<'v>(value: &'v str, name: &str) -> Option<&'v str> {
+    // Parameters start after the closing '>' of a name-addr, else after the URI.
+    let tail = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value.find(';').map_or("", |i| &value[i..]),
+    };
+    tail.split(';').find_map(|p| {
+        let (k, v) = match p.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (p.trim(), ""),
+        };
+        k.eq_ignore_ascii_case(name).then_some(v.trim_matches('"'))
+    })
+}
+
+/// The URI inside a name-addr or addr-spec header value.
+pub fn header_uri(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => value[a + 1..b].trim(),
+        _ => value.split(';').next().unwrap_or(value).trim(),
+    }
+}
+
+fn quotes_balanced(v: &str) -> bool {
+    let mut quote = false;
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quote => {
+                chars.next();
+            }
+            '"' => quote = !quote,
+            _ => {}
+        }
+    }
+    !quote
+}
+
+/// Checks a From/To/Contact name-addr beyond what the types catch: balanced
+/// quotes (quotbal), no spaces inside `<...>` (badaspec), a display name with
+/// characters outside `token` quoted (baddn), `?`/`,`/`;` URIs in brackets (regbadct).
+fn name_addr_ok(v: &str, contact: bool) -> Result<(), &'static str> {
+    if !quotes_balanced(v) {
+        return Err("unterminated quoted string");
+    }
+    match (v.find('<'), v.find('>')) {
+        (Some(a), Some(b)) if a < b => {
+            let inner = &v[a + 1..b];
+            if inner.starts_with(char::is_whitespace) || inner.ends_with(char::is_whitespace) {
+                return Err("spaces inside <addr-spec>");
+            }
+            let display = v[..a].trim();
+            if !display.is_empty() && !display.starts_with('"') {
+                let token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~ \t".contains(c);
+                if !display.chars().all(token) {
+                    return Err("display name needs quotes");
+                }
+            }
+        }
+        (None, None) => {
+            if contact && v.trim() != "*" && header_uri(v).contains('?') {
+                return Err("URI with headers must be in <>");
+            }
+        }
+        _ => return Err("unbalanced <>"),
+    }
+    Ok(())
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
+}
+
+/// Looks at one received message. `transport` decides body framing (a datagram's
+/// body may run to its end when Content-Length is absent).
+pub fn classify(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> Inbound {
+    let Some(raw) = Raw::scan(bytes) else {
+        return Inbound::Drop("no header end or not UTF-8");
+    };
+    if raw.start.starts_with("SIP/") {
+        return classify_response(bytes, &raw);
+    }
+    let vias = raw.count(Name::Via);
+    if vias == 0 {
+        // No Via: a response has nowhere to go (RFC 3261 section 18.2.2).
+        return Inbound::Drop("request without Via");
+    }
+    let reject =
+        |status: u16, reason: &str| Inbound::Reject(reject_response(&raw, status, reason, &[]));
+    if bytes.len() > cfg.max_message {
+        return reject(513, "Message Too Large");
+    }
+
+    // Request line: exactly "METHOD SP Request-URI SP SIP-Version" (RFC 3261 25.1).
+    let start = raw.start.trim_end_matches(' '); // trailing SP tolerated (RFC 4475 trws)
+    let parts: Vec<&str> = start.split(' ').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return reject(400, "Malformed Request-Line");
+    }
+    let (method, ruri, version) = (parts[0], parts[1], parts[2]);
+    if !is_token(method) {
+        return reject(400, "Malformed Method");
+    }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return if version.to_ascii_uppercase().starts_with("SIP/") {
+            reject(505, "Version Not Supported")
+        } else {
+            reject(400, "Malformed SIP-Version")
+        };
+    }
+    if ruri.starts_with('<') || ruri.ends_with('>') {
+        return reject(400, "Request-URI in <>");
+    }
+    let scheme = ruri.split(':').next().unwrap_or("");
+    if !(scheme.eq_ignore_ascii_case("sip")
+        || scheme.eq_ignore_ascii_case("sips")
+        || scheme.eq_ignore_ascii_case("tel"))
+    {
+        return reject(416, "Unsupported URI Scheme");
+    }
+    // `?` may appear in the user part; after the host it starts headers, which a
+    // Request-URI must not carry (RFC 3261 section 19.1.1, RFC 4475 escruri).
+    if ruri
+        .rsplit('@')
+        .next()
+        .is_some_and(|host_part| host_part.contains('?'))
+    {
+        return reject(400, "Headers in Request-URI");
+    }
+
+    // Mandatory, single-valued headers (RFC 3261 section 8.1.1, 20).
+    for (n, label) in [
+        (Name::From, "From"),
+        (Name::To, "To"),
+        (Name::CallId, "Call-ID"),
+        (Name::CSeq, "CSeq"),
+    ] {
+        match raw.count(n) {
+            0 => return reject(400, &format!("Missing {label}")),
+            1 => {}
+            _ => return reject(400, &format!("Multiple {label}")),
+        }
+    }
+    for (n, label) in [
+        (Name::MaxForwards, "Max-Forwards"),
+        (Name::ContentLength, "Content-Length"),
+        (Name::ContentType, "Content-Type"),
+    ] {
+        if raw.count(n) > 1 {
+            return reject(400, &format!("Multiple {label}"));
+        }
+    }
+    if raw.junk_lines > 0 {
+        return reject(400, "Malformed Header Line");
+    }
+    // Via: every comma-separated value non-empty, with a real branch if it has
+    // one (RFC 4475 badinv01, badbranch); branch-less RFC 2543 Vias are accepted.
+    for v in raw.all(Name::Via) {
+        for hop in split_list(v) {
+            if hop.is_empty() || hop.contains(";;") || hop.ends_with(';') {
+                return reject(400, "Malformed Via");
+            }
+        }
+    }
+    if let Some(top) = raw
+        .first(Name::Via)
+        .map(split_list)
+        .and_then(|l| l.first().copied())
+        && let Some(b) = header_param(top, "branch")
+        && b.eq_ignore_ascii_case("z9hG4bK")
+    {
+        return reject(400, "Malformed Via branch");
+    }
+    // CSeq: 32-bit number and the request's method (RFC 3261 section 8.1.1.5).
+    let cseq = raw.first(Name::CSeq).unwrap_or("");
+    let mut cs = cseq.split_whitespace();
+    let (Some(num), Some(cmethod), None) = (cs.next(), cs.next(), cs.next()) else {
+        return reject(400, "Malformed CSeq");
+    };
+    if num.parse::<u32>().is_err() {
+        return reject(400, "CSeq Out Of Range");
+    }
+    let known = method.parse::<Method>().is_ok() && method.chars().all(|c| c.is_ascii_uppercase());
+    if cmethod != method {
+        return if known {
+            reject(400, "CSeq Method Mismatch")
+        } else {
+            reject(501, "Not Implemented")
+        };
+    }
+    for (n, contact) in [(Name::From, false), (Name::To, false)] {
+        if let Some(v) = raw.first(n)
+            && let Err(why) = name_addr_ok(v, contact)
+        {
+            return reject(400, why);
+        }
+    }
+    for c in raw.all(Name::Contact) {
+        for one in split_list(c) {
+            if let Err(why) = name_addr_ok(one, true) {
+                return reject(400, why);
+            }
+        }
+    }
+    if let Some(mf) = raw.first(Name::MaxForwards)
+        && mf.trim().parse::<u32>().is_err()
+    {
+        return reject(400, "Malformed Max-Forwards");
+    }
+    // Body framing (RFC 3261 section 18.3).
+    let body: &[u8] = match raw.first(Name::ContentLength) {
+        Some(cl) => match cl.trim().parse::<usize>() {
+            Ok(n) if n <= raw.rest.len() => &raw.rest[..n], // extra bytes in a datagram are noise
+            Ok(_) => return reject(400, "Content-Length Exceeds Body"),
+            Err(_) => return reject(400, "Malformed Content-Length"),
+        },
+        None if transport.is_reliable() => return reject(400, "Missing Content-Length"),
+        None => raw.rest,
+    };
+    if !known {
+        return Inbound::Reject(reject_response(
+            &raw,
+            501,
+            "Not Implemented",
+            &[("Allow", ALLOW)],
+        ));
+    }
+    // Extensions the request requires (RFC 3261 section 8.2.2.3).
+    let unsupported: Vec<&str> = raw
+        .all(Name::Require)
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !cfg.supported.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    if !unsupported.is_empty() && method != "ACK" && method != "CANCEL" {
+        let list = unsupported.join(", ");
+        return Inbound::Reject(reject_response(
+            &raw,
+            420,
+            "Bad Extension",
+            &[("Unsupported", &list)],
+        ));
+    }
+    // What an INVITE carries and accepts must be SDP (RFC 3261 section 8.2.3; RFC 4475 invut, sdp01).
+    if method == "INVITE" {
+        if !body.is_empty()
+            && let Some(ct) = raw.first(Name::ContentType)
+            && !ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/sdp")
+        {
+            return Inbound::Reject(reject_response(
+                &raw,
+                415,
+                "Unsupported Media Type",
+                &[("Accept", "application/sdp")],
+            ));
+        }
+        if let Some(accept) = raw.first(Name::Accept) {
+            let ok = accept
+                .split(',')
+                .map(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .any(|t| {
+                    t == "application/sdp" || t == "application/*" || t == "*/*" || t.is_empty()
+                });
+            if !ok {
+                return Inbound::Reject(reject_response(
+                    &raw,
+                    406,
+                    "Not Acceptable",
+                    &[(
+                        "Warning",
+                        "399 - \"only application/sdp answers are possible\"",
+                    )],
+                ));
+            }
+        }
+    }
+    // Now the typed parse (rsip), with the body as framed above.
+    let head_len = bytes.len() - raw.rest.len();
+    let mut framed = Vec::with_capacity(head_len + body.len());
+    framed.extend_from_slice(&bytes[..head_len]);
+    framed.extend_from_slice(body);
+    match rsipstack::sip::parser::parse_message(&framed) {
+        Ok(SipMessage::Request(mut r)) => {
+            // rsip reads an absent Content-Length as an empty body; RFC 3261 section
+            // 18.3 gives a datagram's body the rest of the datagram.
+            r.body = body.to_vec();
+            if r.from_header_ok() {
+                Inbound::Request(Box::new(r))
+            } else {
+                reject(400, "Malformed From or To")
+            }
+        }
+        Ok(SipMessage::Response(_)) => reject(400, "Malformed Request"),
+        Err(_) => reject(400, "Malformed Request"),
+    }
+}
+
+trait FromOk {
+    fn from_header_ok(&self) -> bool;
+}
+
+impl FromOk for Request {
+    fn from_header_ok(&self) -> bool {
+        use rsipstack::sip::prelude::*;
+        self.from_header().is_ok_and(|f| f.typed().is_ok())
+            && self.to_header().is_ok_and(|t| t.typed().is_ok())
+    }
+}
+
+fn classify_response(bytes: &[u8], raw: &Raw<'_>) -> Inbound {
+    let mut parts = raw.start.splitn(3, ' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Inbound::Drop("malformed Status-Line");
+    };
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Inbound::Drop("unsupported version");
+    }
+    match code.parse::<u16>() {
+        Ok(100..=699) => {}
+        _ => return Inbound::Drop("status code out of range"),
+    }
+    for n in [Name::Via, Name::From, Name::To, Name::CallId, Name::CSeq] {
+        if raw.count(n) == 0 {
+            return Inbound::Drop("missing header");
+        }
+    }
+    if raw
+        .first(Name::CSeq)
+        .and_then(|c| c.split_whitespace().next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_none()
+    {
+        return Inbound::Drop("bad CSeq");
+    }
+    let body_len = match raw
+        .first(Name::ContentLength)
+        .map(|v| v.trim().parse::<usize>())
+    {
+        Some(Ok(n)) if n <= raw.rest.len() => n,
+        Some(_) => return Inbound::Drop("bad Content-Length"),
+        None => raw.rest.len(),
+    };
+    let head_len = bytes.len() - raw.rest.len();
+    match rsipstack::sip::parser::parse_message(&bytes[..head_len + body_len]) {
+        Ok(SipMessage::Response(mut r)) => {
+            r.body = raw.rest[..body_len].to_vec();
+            Inbound::Response(Box::new(r))
+        }
+        _ => Inbound::Drop("unparseable response"),
+    }
+}
+
+/// Builds a response to a request seen only raw: its Vias, From, To (with a tag
+/// added), Call-ID and CSeq copied as received (RFC 3261 section 8.2.6.2).
+fn reject_response(raw: &Raw<'_>, status: u16, reason: &str, extra: &[(&str, &str)]) -> Reject {
+    let mut out = format!("SIP/2.0 {status} {reason}\r\n");
+    for v in raw.all(Name::Via) {
+        let _ = write!(out, "Via: {v}\r\n");
+    }
+    if let Some(f) = raw.first(Name::From) {
+        let _ = write!(out, "From: {f}\r\n");
+    }
+    if let Some(t) = raw.first(Name::To) {
+        if header_param(t, "tag").is_some() || status == 100 {
+            let _ = write!(out, "To: {t}\r\n");
+        } else {
+            // A deterministic tag: the same request gets the same response.
+            let _ = write!(
+                out,
+                "To: {t};tag=r{:08x}\r\n",
+                fnv(raw.first(Name::CallId).unwrap_or(""))
+            );
+        }
+    }
+    for n in [Name::CallId, Name::CSeq] {
+        if let Some(v) = raw.first(n) {
+            let label = if n == Name::CallId { "Call-ID" } else { "CSeq" };
+            let _ = write!(out, "{label}: {v}\r\n");
+        }
+    }
+    for (k, v) in extra {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    Reject {
+        status,
+        reason: reason.into(),
+        response: out.into_bytes(),
+    }
+}
+
+/// FNV-1a, for deterministic tags.
+pub(crate) fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Where a message came from or goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Transport.
+    pub transport: Transport,
+    /// Remote address.
+    pub addr: std::net::SocketAddr,
+    /// The stream connection it arrived on (TCP/TLS/WS), chosen by the driver.
+    pub conn: Option<u64>,
+}
+
+impl Peer {
+    /// A UDP peer.
+    pub fn udp(addr: std::net::SocketAddr) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr,
+            conn: None,
+        }
+    }
+}
+
+/// The first value of untyped header `name` (compact forms included).
+fn untyped<'a>(headers: &'a Headers, want: Name) -> Option<&'a str> {
+    headers.iter().find_map(|h| {
+        let (n, v) = match h {
+            Header::Via(v) => (Name::Via, v.0.as_str()),
+            Header::From(v) => (Name::From, v.0.as_str()),
+            Header::To(v) => (Name::To, v.0.as_str()),
+            Header::CallId(v) => (Name::CallId, v.0.as_str()),
+            Header::CSeq(v) => (Name::CSeq, v.0.as_str()),
+            Header::Contact(v) => (Name::Contact, v.0.as_str()),
+            _ => return None,
+        };
+        (n == want).then_some(v)
+    })
+}
+
+/// Accessors done right for the layers above (tolerant of LWS in parameters,
+/// first value of comma-joined Vias), on requests and responses alike.
+pub trait SipHeaders {
+    /// The headers.
+    fn header_list(&self) -> &Headers;
+
+    /// The top Via value (first of a comma-joined list).
+    fn top_via(&self) -> Option<&str> {
+        untyped(self.header_list(), Name::Via).and_then(|v| split_list(v).into_iter().next())
+    }
+
+    /// The top Via's branch.
+    fn branch(&self) -> Option<&str> {
+        self.top_via().and_then(|v| header_param(v, "branch"))
+    }
+
+    /// The top Via's sent-by (`host[:port]`).
+    fn sent_by(&self) -> Option<&str> {
+        let v = self.top_via()?;
+        // "SIP/2.0/UDP host:port;params"
+        let after = v
+            .split_once(char::is_whitespace)
+            .map(|(_, r)| r.trim_start())?;
+        Some(after.split(';').next().unwrap_or(after).trim())
+    }
+
+    /// Call-ID.
+    fn call_id(&self) -> Option<&str> {
+        untyped(self.header_list(), Name::CallId)
+    }
+
+    /// From value.
+    fn from_value(&self) -> Option<&str> {
+        untyped(self.header_list(), Name::From)
+    }
+
+    /// To value.
+    fn to_value(&self) -> Option<&str> {
+        untyped(self.header_list(), Name::To)
+    }
+
+    /// From tag.
+    fn from_tag(&self) -> Option<&str> {
+        self.from_value().and_then(|v| header_param(v, "tag"))
+    }
+
+    /// To tag.
+    fn to_tag(&self) -> Option<&str> {
+        self.to_value().and_then(|v| header_param(v, "tag"))
+    }
+
+    /// CSeq number and method text.
+    fn cseq(&self) -> Option<(u32, &str)> {
+        let mut it = untyped(self.header_list(), Name::CSeq)?.split_whitespace();
+        Some((it.next()?.parse().ok()?, it.next()?))
+    }
+
+    /// The first Contact URI.
+    fn contact_uri(&self) -> Option<&str> {
+        untyped(self.header_list(), Name::Contact)
+            .and_then(|v| split_list(v).into_iter().next())
+            .map(header_uri)
+    }
+
+    /// Every value of header `name` (case-insensitive, canonical or as written),
+    /// comma-split.
+    fn values(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in self.header_list().iter() {
+            if h.name().eq_ignore_ascii_case(name) {
+                out.extend(split_list(h.value()).into_iter().map(String::from));
+            }
+        }
+        out
+    }
+}
+
+impl SipHeaders for Request {
+    fn header_list(&self) -> &Headers {
+        &self.headers
+    }
+}
+
+impl SipHeaders for Response {
+    fn header_list(&self) -> &Headers {
+        &self.headers
+    }
+}
+
+/// A response to `req` (RFC 3261 section 8.2.6): its Vias, From, To, Call-ID and
+/// CSeq copied as received, a To tag added when given and absent.
+pub fn response_to(req: &Request, status: u16, to_tag: Option<&str>) -> Response {
+    let mut headers = Vec::new();
+    for h in req.headers.iter() {
+        match h {
+            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
+                headers.push(h.clone())
+            }
+            Header::To(t) => match to_tag {
+                Some(tag) if header_param(&t.0, "tag").is_none() => {
+                    headers.push(Header::To(format!("{};tag={tag}", t.0).into()));
+                }
+                _ => headers.push(h.clone()),
+            },
+            _ => {}
+        }
+    }
+    Response {
+        status_code: status.into(),
+        wire_reason: None,
+        version: rsipstack::sip::Version::V2,
+        headers: headers.into(),
+        body: Vec::new(),
+    }
+}
+
+/// Serialises a message with the right Content-Length (replacing any), header
+/// values exactly as stored.
+pub fn to_wire(msg: &SipMessage) -> bytes::Bytes {
+    let (start, headers, body) = match msg {
+        SipMessage::Request(r) => (
+            format!("{} {} SIP/2.0", r.method, r.uri),
+            &r.headers,
+            &r.body,
+        ),
+        SipMessage::Response(r) => {
+            let code = r.status_code.code();
+            let reason = match &r.status_code {
+                rsipstack::sip::StatusCode::Other(_, p) if p != "Other" => p.clone(),
+                sc => sc.text().to_string(),
+            };
+            (format!("SIP/2.0 {code} {reason}"), &r.headers, &r.body)
+        }
+    };
+    let mut out = Vec::with_capacity(512 + body.len());
+    out.extend_from_slice(start.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers.iter() {
+        if matches!(h, Header::ContentLength(_)) {
+            continue;
+        }
+        out.extend_from_slice(h.name().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(Lossy(&mut out), "Content-Length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
+    out.into()
+}
+
+struct Lossy<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Lossy<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Vec<u8> {
+        s.replace('\n', "\r\n").into_bytes()
+    }
+
+    fn classify_udp(s: &str) -> Inbound {
+        classify(&msg(s), Transport::Udp, &ValidationConfig::default())
+    }
+
+    const OPTIONS: &str = "OPTIONS sip:a@b.example SIP/2.0\nVia: SIP/2.0/UDP h.example;branch=z9hG4bK1\nFrom: <sip:x@y>;tag=1\nTo: <sip:a@b.example>\nCall-ID: c1\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n";
+
+    #[test]
+    fn accepts_a_plain_request() {
+        assert!(
+            matches!(classify_udp(OPTIONS), Inbound::Request(r) if r.method == Method::Options)
+        );
+    }
+
+    #[test]
+    fn reject_copies_headers_and_adds_a_to_tag() {
+        let m = OPTIONS.replace("SIP/2.0\n", "SIP/3.0\n");
+        let Inbound::Reject(r) = classify_udp(&m) else {
+            panic!()
+        };
+        assert_eq!(r.status, 505);
+        let text = String::from_utf8(r.response).unwrap();
+        assert!(text.starts_with("SIP/2.0 505 Version Not Supported\r\n"));
+        assert!(text.contains("Via: SIP/2.0/UDP h.example;branch=z9hG4bK1\r\n"));
+        assert!(text.contains("To: <sip:a@b.example>;tag=r"));
+        assert!(text.contains("Call-ID: c1\r\nCSeq: 1 OPTIONS\r\n"));
+        // And the response itself is a valid SIP response.
+        assert!(matches!(
+            classify(
+                text.as_bytes(),
+                Transport::Udp,
+                &ValidationConfig::default()
+            ),
+            Inbound::Response(_)
+        ));
+    }
+
+    #[test]
+    fn params_tolerate_lws() {
+        assert_eq!(
+            header_param("<sip:a@b>;tag = 98asjd8", "tag"),
+            Some("98asjd8")
+        );
+        assert_eq!(header_param("sip:a@b;tag=x;foo", "tag"), Some("x"));
+        assert_eq!(
+            header_param("\"A;B\" <sip:a@b;tag=no>;tag=yes", "tag"),
+            Some("yes")
+        );
+        assert_eq!(
+            header_param("SIP/2.0/UDP h;branch=z9hG4bKx;rport", "branch"),
+            Some("z9hG4bKx")
+        );
+        assert_eq!(header_uri("\"A\" <sip:a@b;lr>;tag=1"), "sip:a@b;lr");
+        assert_eq!(
+            split_list("\"a,b\" <sip:x>, <sip:y;p=1,2>"),
+            vec!["\"a,b\" <sip:x>", "<sip:y;p=1,2>"]
+        );
+    }
+
+    #[test]
+    fn oversize_and_stream_framing() {
+        let cfg = ValidationConfig {
+            max_message: 100,
+            ..Default::default()
+        };
+        assert!(matches!(
+            classify(&msg(OPTIONS), Transport::Udp, &cfg),
+            Inbound::Reject(Reject { status: 513, .. })
+        ));
+        let no_cl = OPTIONS.replace("Content-Length: 0\n", "");
+        assert!(matches!(
+            classify(&msg(&no_cl), Transport::Tcp, &ValidationConfig::default()),
+            Inbound::Reject(Reject { status: 400, .. })
+        ));
+        assert!(matches!(
+            classify(&msg(&no_cl), Transport::Udp, &ValidationConfig::default()),
+            Inbound::Request(_)
+        ));
+    }
+
+    #[test]
+    fn never_panics_on_mutations() {
+        let base = msg(OPTIONS);
+        let mut rng = media_core::SeededRng::new(4);
+        for _ in 0..20_000 {
+            let mut m = base.clone();
+            for _ in 0..(1 + rng.next_u32() % 4) {
+                let i = rng.next_u32() as usize % m.len();
+                match rng.next_u32() % 3 {
+                    0 => m[i] = rng.next_u32() as u8,
+                    1 => {
+                        m.remove(i);
+                    }
+                    _ => m.insert(i, b" :;,<>\"\\\r\n"[rng.next_u32() as usize % 10]),
+                }
+            }
+            let _ = classify(&m, Transport::Udp, &ValidationConfig::default());
+            let _ = classify(&m, Transport::Tcp, &ValidationConfig::default());
+        }
+    }
+}
