@@ -346,13 +346,10 @@ impl JitterBuffer {
         self.packets.is_empty()
     }
 
-    /// Media held in packets (first to last, ticks): bounded by `max_buffered`
-    /// plus one packet.
+    /// Media held in packets (sum of their durations, ticks): at most
+    /// `max_buffered`.
     pub fn held_ticks(&self) -> i64 {
-        match (self.packets.front(), self.packets.back()) {
-            (Some(f), Some(l)) => l.ts + l.ticks as i64 - f.ts,
-            _ => 0,
-        }
+        self.packets.iter().map(|p| p.ticks as i64).sum()
     }
 
     /// Media ticks in the sync buffer (handed out, not yet consumed).
@@ -483,12 +480,11 @@ impl JitterBuffer {
         self.estimator.observe(now, transit);
     }
 
+    /// Keeps the media held within `max_buffered` (summed packet durations, so
+    /// nonsense timestamps cannot defeat it), dropping the oldest first.
     fn enforce_duration_bound(&mut self) {
         let max = self.cfg.clock.ticks_in(self.cfg.max_buffered) as i64;
-        while let (Some(first), Some(last)) = (self.packets.front(), self.packets.back()) {
-            if last.ts + last.ticks as i64 - first.ts <= max {
-                break;
-            }
+        while self.held_ticks() > max {
             self.packets.pop_front();
             self.stats.discarded += 1;
         }

@@ -91,7 +91,7 @@ impl StreamFramer {
     }
 
     /// The next complete item, `None` if more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Framed>, FramingError> {
+    pub fn next_item(&mut self) -> Result<Option<Framed>, FramingError> {
         // Keep-alives and blank lines between messages.
         let crlfs = self
             .buf
@@ -178,7 +178,7 @@ mod tests {
             let mut got = Vec::new();
             for c in stream.chunks(chunk) {
                 f.push(c).unwrap();
-                while let Some(item) = f.next().unwrap() {
+                while let Some(item) = f.next_item().unwrap() {
                     got.push(item);
                 }
             }
@@ -200,9 +200,9 @@ mod tests {
     fn keepalives() {
         let mut f = StreamFramer::new(DEFAULT_MAX_MESSAGE);
         f.push(b"\r\n\r\n").unwrap();
-        assert_eq!(f.next().unwrap(), Some(Framed::Ping));
+        assert_eq!(f.next_item().unwrap(), Some(Framed::Ping));
         f.push(b"\r\n").unwrap();
-        assert_eq!(f.next().unwrap(), Some(Framed::Pong));
+        assert_eq!(f.next_item().unwrap(), Some(Framed::Pong));
         assert_eq!(
             datagram(Bytes::from_static(b"\r\n\r\n"), 100),
             Ok(Framed::Ping)
@@ -223,21 +223,21 @@ mod tests {
         let mut f = StreamFramer::new(DEFAULT_MAX_MESSAGE);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n")
             .unwrap();
-        assert_eq!(f.next(), Err(FramingError::MissingContentLength));
+        assert_eq!(f.next_item(), Err(FramingError::MissingContentLength));
         let mut f = StreamFramer::new(DEFAULT_MAX_MESSAGE);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: abc\r\n\r\n")
             .unwrap();
-        assert_eq!(f.next(), Err(FramingError::BadContentLength));
+        assert_eq!(f.next_item(), Err(FramingError::BadContentLength));
         let mut f = StreamFramer::new(1000);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 5000\r\n\r\n")
             .unwrap();
-        assert!(matches!(f.next(), Err(FramingError::TooLarge(_))));
+        assert!(matches!(f.next_item(), Err(FramingError::TooLarge(_))));
         // A flood without a header end is cut off, not buffered forever.
         let mut f = StreamFramer::new(1000);
         let junk = vec![b'x'; 4096];
         let mut failed = false;
         for _ in 0..10 {
-            if f.push(&junk).is_err() || f.next().is_err() {
+            if f.push(&junk).is_err() || f.next_item().is_err() {
                 failed = true;
                 break;
             }

@@ -531,7 +531,7 @@ pub fn classify(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
             // rsip reads an absent Content-Length as an empty body; RFC 3261 section
             // 18.3 gives a datagram's body the rest of the datagram.
             r.body = body.to_vec();
-            if r.from_header_ok() {
+            if r.addresses_parse() {
                 Inbound::Request(Box::new(r))
             } else {
                 reject(400, "Malformed From or To")
@@ -542,12 +542,12 @@ pub fn classify(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
     }
 }
 
-trait FromOk {
-    fn from_header_ok(&self) -> bool;
+trait AddressesOk {
+    fn addresses_parse(&self) -> bool;
 }
 
-impl FromOk for Request {
-    fn from_header_ok(&self) -> bool {
+impl AddressesOk for Request {
+    fn addresses_parse(&self) -> bool {
         use rsipstack::sip::prelude::*;
         self.from_header().is_ok_and(|f| f.typed().is_ok())
             && self.to_header().is_ok_and(|t| t.typed().is_ok())
@@ -666,7 +666,7 @@ impl Peer {
 }
 
 /// The first value of untyped header `name` (compact forms included).
-fn untyped<'a>(headers: &'a Headers, want: Name) -> Option<&'a str> {
+fn untyped(headers: &Headers, want: Name) -> Option<&str> {
     headers.iter().find_map(|h| {
         let (n, v) = match h {
             Header::Via(v) => (Name::Via, v.0.as_str()),
@@ -713,23 +713,24 @@ pub trait SipHeaders {
     }
 
     /// From value.
-    fn from_value(&self) -> Option<&str> {
+    fn header_from(&self) -> Option<&str> {
         untyped(self.header_list(), Name::From)
     }
 
     /// To value.
-    fn to_value(&self) -> Option<&str> {
+    fn header_to(&self) -> Option<&str> {
         untyped(self.header_list(), Name::To)
     }
 
-    /// From tag.
+    /// From tag (the RFC 3261 name, hence the `from_` prefix).
+    #[allow(clippy::wrong_self_convention)]
     fn from_tag(&self) -> Option<&str> {
-        self.from_value().and_then(|v| header_param(v, "tag"))
+        self.header_from().and_then(|v| header_param(v, "tag"))
     }
 
     /// To tag.
     fn to_tag(&self) -> Option<&str> {
-        self.to_value().and_then(|v| header_param(v, "tag"))
+        self.header_to().and_then(|v| header_param(v, "tag"))
     }
 
     /// CSeq number and method text.

@@ -824,7 +824,7 @@ fn ack_for(invite: &Request, resp: &Response) -> Bytes {
             _ => {}
         }
     }
-    if let Some(to) = resp.to_value() {
+    if let Some(to) = resp.header_to() {
         headers.push(Header::To(to.to_string().into()));
     }
     let n = invite.cseq().map_or(1, |c| c.0);
