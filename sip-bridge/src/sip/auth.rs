@@ -242,7 +242,7 @@ pub fn response(
 }
 
 /// Answers challenges for one set of credentials, tracking the nonce count.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DigestClient {
     creds: Credentials,
     rng: SeededRng,

@@ -757,6 +757,16 @@ pub trait SipHeaders {
         }
         out
     }
+
+    /// Every line of header `name`, not split: for headers whose grammar has
+    /// commas inside one value (`WWW-Authenticate`, RFC 3261 section 7.3.1).
+    fn lines(&self, name: &str) -> Vec<&str> {
+        self.header_list()
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+            .map(|h| h.value())
+            .collect()
+    }
 }
 
 impl SipHeaders for Request {

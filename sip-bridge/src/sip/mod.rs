@@ -2,6 +2,7 @@
 //! (section 12), transport framing, digest authentication (section 22).
 
 pub mod auth;
+pub mod dialog;
 pub mod framing;
 pub mod message;
 pub mod transaction;

@@ -216,6 +216,8 @@ struct Tx {
     interval: Duration,
     /// ICT: a CANCEL waits for the first provisional response (RFC 3261 9.1).
     cancel_pending: bool,
+    /// ICT: CANCEL sent; the INVITE gets 64*T1 more for its final response (9.1).
+    cancel_sent: bool,
     /// ICT: the ACK for a non-2xx final, to resend on its retransmissions.
     ack: Option<Bytes>,
 }
@@ -364,6 +366,7 @@ impl TransactionLayer {
                 timers: TimerTable::default(),
                 interval: self.cfg.t1,
                 cancel_pending: false,
+                cancel_sent: false,
                 ack: None,
             },
         );
@@ -439,6 +442,12 @@ impl TransactionLayer {
             headers: headers.into(),
             body: Vec::new(),
         };
+        // No final response within 64*T1 of the CANCEL: the INVITE is given up (9.1).
+        let t64 = self.cfg.t1 * 64;
+        if let Some(tx) = self.txs.get_mut(&invite) {
+            tx.cancel_sent = true;
+        }
+        self.set_timer(invite, Timer::B, now + t64);
         self.send_request(now, cancel, to)
     }
 
@@ -587,6 +596,7 @@ impl TransactionLayer {
                 timers: TimerTable::default(),
                 interval: self.cfg.t1,
                 cancel_pending: false,
+                cancel_sent: false,
                 ack: None,
             },
         );
@@ -652,6 +662,11 @@ impl TransactionLayer {
                 if code < 200 {
                     let first = tx.state == State::Calling;
                     tx.state = State::Proceeding;
+                    // Timer B only covers Calling (17.1.1.2); a ringing call's
+                    // limit is the UA's (Timer C's role, 16.6), or 64*T1 after CANCEL.
+                    if !tx.cancel_sent {
+                        tx.timers.clear(Timer::B);
+                    }
                     let cancel = first && std::mem::take(&mut tx.cancel_pending);
                     self.events.push_back(TxEvent::Response {
                         id,
@@ -782,7 +797,14 @@ impl TransactionLayer {
                 self.set_timer(id, t, now + next);
             }
             Timer::B | Timer::F => {
-                if matches!(tx.state, State::Calling | State::Trying | State::Proceeding) {
+                let live = match t {
+                    Timer::B => {
+                        tx.state == State::Calling
+                            || (tx.state == State::Proceeding && tx.cancel_sent)
+                    }
+                    _ => matches!(tx.state, State::Trying | State::Proceeding),
+                };
+                if live {
                     self.stats.timeouts += 1;
                     self.events.push_back(TxEvent::Timeout { id });
                     self.remove(id);

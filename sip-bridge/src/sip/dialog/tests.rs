@@ -1,0 +1,1392 @@
+//! UA core tests on virtual time: two `UserAgent`s on a simulated network (with
+//! seeded loss and message filters), or one `UserAgent` against a scripted peer.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use media_core::{Instant, SeededRng};
+use rsipstack::sip::{Header, Request, Response, SipMessage};
+
+use super::*;
+use crate::sip::auth::{self, Algorithm};
+use crate::sip::message::{
+    self, Inbound, Peer, SipHeaders, Transport, ValidationConfig, response_to,
+};
+
+const SDP_A: &[u8] = b"v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+const SDP_B: &[u8] = b"v=0\r\no=b 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+
+fn addr(last: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, last], 5060))
+}
+
+fn ua(last: u8, seed: u64) -> UserAgent {
+    UserAgent::new(UaConfig::new(LocalAddr::udp(addr(last).ip(), 5060), seed))
+}
+
+fn params(to: u8) -> InviteParams {
+    InviteParams {
+        request_uri: format!("sip:+15550100@10.0.0.{to}"),
+        from: "\"Alice\" <sip:+15550111@10.0.0.1>".into(),
+        to: format!("<sip:+15550100@10.0.0.{to}>"),
+        peer: Peer::udp(addr(to)),
+        sdp: Some(SDP_A.to_vec()),
+        headers: Vec::new(),
+        credentials: None,
+    }
+}
+
+/// The first line of a message (for filters and logs).
+fn first_line(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// CSeq method of a message.
+fn cseq_method(b: &[u8]) -> String {
+    let text = String::from_utf8_lossy(b);
+    text.lines()
+        .find_map(|l| l.strip_prefix("CSeq: "))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// What a node does on its own.
+#[derive(Clone, Copy, Default)]
+struct Auto {
+    /// Answer incoming INVITEs: 180 then this final status.
+    answer: Option<u16>,
+    /// Answer in-dialog offers 200 with SDP.
+    offers: bool,
+}
+
+struct Node {
+    ua: UserAgent,
+    addr: SocketAddr,
+    events: Vec<UaEvent>,
+    auto: Auto,
+}
+
+type Filter = Box<dyn FnMut(usize, &[u8]) -> bool>;
+
+/// Nodes on a network with latency, seeded loss and a drop filter. Messages to an
+/// address without a node land in `outside` (for scripted peers).
+struct Net {
+    nodes: Vec<Node>,
+    now: Instant,
+    wire: Vec<(Instant, SocketAddr, Peer, Bytes)>,
+    outside: Vec<(SocketAddr, Bytes)>,
+    latency: Duration,
+    loss: f64,
+    rng: SeededRng,
+    /// `(sender index, bytes) -> drop?`
+    drop: Option<Filter>,
+    log: Vec<(usize, String)>,
+}
+
+impl Net {
+    fn new(nodes: Vec<UserAgent>, seed: u64) -> Net {
+        let nodes = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, ua)| Node {
+                ua,
+                addr: addr(i as u8 + 1),
+                events: Vec::new(),
+                auto: Auto::default(),
+            })
+            .collect();
+        Net {
+            nodes,
+            now: Instant::ZERO,
+            wire: Vec::new(),
+            outside: Vec::new(),
+            latency: Duration::from_millis(10),
+            loss: 0.0,
+            rng: SeededRng::new(seed),
+            drop: None,
+            log: Vec::new(),
+        }
+    }
+
+    fn pair(seed: u64) -> Net {
+        Net::new(vec![ua(1, seed), ua(2, seed + 1000)], seed)
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                while let Some(t) = self.nodes[i].ua.poll_transmit() {
+                    any = true;
+                    self.log.push((i, first_line(&t.bytes)));
+                    if self.drop.as_mut().is_some_and(|f| f(i, &t.bytes))
+                        || (self.loss > 0.0 && self.rng.chance(self.loss))
+                    {
+                        continue;
+                    }
+                    let from = Peer::udp(self.nodes[i].addr);
+                    self.wire
+                        .push((self.now + self.latency, t.to.addr, from, t.bytes));
+                }
+                while let Some(ev) = self.nodes[i].ua.poll_event() {
+                    any = true;
+                    self.react(i, &ev);
+                    self.nodes[i].events.push(ev);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn react(&mut self, i: usize, ev: &UaEvent) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        match ev {
+            UaEvent::IncomingInvite { leg, .. } => {
+                if let Some(status) = n.auto.answer {
+                    n.ua.respond(now, *leg, 180, None, &[]).unwrap();
+                    let sdp = (200..300).contains(&status).then_some(SDP_B);
+                    n.ua.respond(now, *leg, status, sdp, &[]).unwrap();
+                }
+            }
+            UaEvent::Offer { leg, .. } if n.auto.offers => {
+                n.ua.answer_offer(now, *leg, 200, Some(SDP_B)).unwrap();
+            }
+            _ => {}
+        }
+    }
+
+    fn next_at(&self) -> Option<Instant> {
+        let wire = self.wire.iter().map(|w| w.0).min();
+        self.nodes
+            .iter()
+            .filter_map(|n| n.ua.poll_timeout())
+            .chain(wire)
+            .min()
+    }
+
+    /// Runs until `until` or until `done` holds (checked after every step).
+    fn run_until(&mut self, until: Instant, mut done: impl FnMut(&Net) -> bool) -> bool {
+        self.pump();
+        loop {
+            if done(self) {
+                return true;
+            }
+            let Some(at) = self.next_at().filter(|&t| t <= until) else {
+                self.now = self.now.max(until);
+                return done(self);
+            };
+            self.now = self.now.max(at);
+            let now = self.now;
+            let (due, rest): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|w| w.0 <= now);
+            self.wire = rest;
+            for (_, to, from, bytes) in due {
+                match self.nodes.iter_mut().find(|n| n.addr == to) {
+                    Some(n) => n.ua.handle_bytes(now, &bytes, from),
+                    None => self.outside.push((to, bytes)),
+                }
+            }
+            for n in &mut self.nodes {
+                if n.ua.poll_timeout().is_some_and(|t| t <= now) {
+                    n.ua.handle_timeout(now);
+                }
+            }
+            self.pump();
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until, |_| false);
+    }
+
+    fn ua(&mut self, i: usize) -> &mut UserAgent {
+        &mut self.nodes[i].ua
+    }
+
+    fn events(&self, i: usize) -> &[UaEvent] {
+        &self.nodes[i].events
+    }
+
+    fn terminated(&self, i: usize, leg: LegId) -> Option<EndReason> {
+        self.events(i).iter().find_map(|e| match e {
+            UaEvent::Terminated { leg: l, reason } if *l == leg => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    fn incoming(&self, i: usize) -> Vec<LegId> {
+        self.events(i)
+            .iter()
+            .filter_map(|e| match e {
+                UaEvent::IncomingInvite { leg, .. } => Some(*leg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sent(&self, i: usize, prefix: &str) -> usize {
+        self.log
+            .iter()
+            .filter(|(n, l)| *n == i && l.starts_with(prefix))
+            .count()
+    }
+
+    fn assert_idle(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            assert_eq!(
+                (n.ua.legs(), n.ua.dialogs(), n.ua.transactions()),
+                (0, 0, 0),
+                "node {i} keeps state"
+            );
+        }
+    }
+}
+
+fn answered(events: &[UaEvent], leg: LegId) -> Option<Option<Bytes>> {
+    events.iter().find_map(|e| match e {
+        UaEvent::Answered { leg: l, sdp } if *l == leg => Some(sdp.clone()),
+        _ => None,
+    })
+}
+
+fn failed(events: &[UaEvent], leg: LegId) -> Option<u16> {
+    events.iter().find_map(|e| match e {
+        UaEvent::Failed { leg: l, status, .. } if *l == leg => Some(*status),
+        _ => None,
+    })
+}
+
+fn at(s: u64) -> Instant {
+    Instant::from_millis(s * 1000)
+}
+
+#[test]
+fn basic_call_then_bye_reaps_everything() {
+    let mut net = Net::pair(1);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    assert!(net.run_until(at(1), |n| !n.incoming(1).is_empty()));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Progress { status: 180, .. }))
+    );
+    assert_eq!(
+        net.ua(0).dialogs(),
+        1,
+        "180 with a tag makes an early dialog"
+    );
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 200, Some(SDP_B), &[])
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        answered(net.events(0), leg),
+        Some(Some(Bytes::from_static(SDP_B)))
+    );
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Acked { .. }))
+    );
+    assert_eq!(
+        net.sent(1, "SIP/2.0 200"),
+        1,
+        "ACK stopped the 2xx retransmissions"
+    );
+
+    let now = net.now;
+    net.ua(0).hangup(now, leg).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::Local));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteBye));
+    // Transactions linger for Timer K/J (T4 / 64*T1) and then go.
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn rejected_call_reports_status_and_ends_both_legs() {
+    let mut net = Net::pair(2);
+    net.nodes[1].auto.answer = Some(486);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(failed(net.events(0), leg), Some(486));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::Failed(486)));
+    let b_leg = net.incoming(1)[0];
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::Failed(486)));
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut net = Net::pair(3);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let now = net.now;
+    net.ua(0).cancel(now, leg).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteCancel));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::Local));
+    assert_eq!(
+        failed(net.events(0), leg),
+        None,
+        "a cancelled call is not a failure"
+    );
+    assert!(
+        net.log
+            .iter()
+            .any(|(n, l)| *n == 1 && l.starts_with("SIP/2.0 487"))
+    );
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_for_one() {
+    // RFC 3261 9.1: no CANCEL before a provisional response.
+    let mut net = Net::pair(4);
+    net.drop = Some(Box::new(|from, b| {
+        from == 1 && first_line(b).starts_with("SIP/2.0 100")
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.ua(0).cancel(Instant::ZERO, leg).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(0, "CANCEL"), 0);
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(0, "CANCEL"), 1);
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteCancel));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::Local));
+}
+
+#[test]
+fn two_hundred_crossing_cancel_is_acked_then_byed() {
+    let mut net = Net::pair(5);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_millis(50));
+    // Both at once: the CANCEL and the 200 cross on the wire.
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 200, Some(SDP_B), &[])
+        .unwrap();
+    net.ua(0).cancel(now, leg).unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(
+        answered(net.events(0), leg),
+        None,
+        "the app asked to cancel; no Answered"
+    );
+    assert_eq!(net.sent(0, "ACK"), 1);
+    assert_eq!(net.sent(0, "BYE"), 1);
+    assert_eq!(net.terminated(0, leg), Some(EndReason::Local));
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Acked { .. }))
+    );
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteBye));
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn lost_ack_is_recovered_by_2xx_retransmission() {
+    let mut net = Net::pair(6);
+    net.nodes[1].auto.answer = Some(200);
+    let mut dropped = 0;
+    net.drop = Some(Box::new(move |from, b| {
+        if from == 0 && first_line(b).starts_with("ACK") && dropped < 2 {
+            dropped += 1;
+            return true;
+        }
+        false
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_secs(3));
+    assert!(answered(net.events(0), leg).is_some());
+    assert_eq!(
+        net.events(0)
+            .iter()
+            .filter(|e| matches!(e, UaEvent::Answered { .. }))
+            .count(),
+        1
+    );
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Acked { .. }))
+    );
+    assert_eq!(
+        net.sent(1, "SIP/2.0 200"),
+        3,
+        "two retransmissions, each answered by an ACK"
+    );
+    assert_eq!(net.sent(0, "ACK"), 3);
+    assert_eq!(net.terminated(0, leg), None);
+}
+
+#[test]
+fn no_ack_ends_the_call_with_bye() {
+    // RFC 3261 13.3.1.4: no ACK within 64*T1 -> BYE.
+    let mut net = Net::pair(7);
+    net.nodes[1].auto.answer = Some(200);
+    net.drop = Some(Box::new(|from, b| {
+        from == 0 && first_line(b).starts_with("ACK")
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_secs(31));
+    let b_leg = net.incoming(1)[0];
+    assert_eq!(
+        net.terminated(1, b_leg),
+        None,
+        "still retransmitting at 31 s"
+    );
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::NoAck));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::RemoteBye));
+    // 500 ms doubling to 4 s: 0.5 1 2 4 4 4 4 4 4 4 -> 10 retransmissions + the first.
+    assert_eq!(net.sent(1, "SIP/2.0 200 OK"), 11);
+    assert_eq!(net.sent(1, "BYE"), 1);
+    assert_eq!(
+        net.events(1)
+            .iter()
+            .filter(|e| matches!(e, UaEvent::Terminated { .. }))
+            .count(),
+        1
+    );
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn callee_hangup_before_ack_waits_for_the_ack() {
+    // RFC 3261 15: the callee must not BYE before the ACK of its 2xx arrives.
+    let mut net = Net::pair(16);
+    let mut held = true;
+    net.drop = Some(Box::new(move |from, b| {
+        // Lose the first 2xx so the ACK comes only after the first retransmission.
+        if from == 1
+            && first_line(b).starts_with("SIP/2.0 200")
+            && cseq_method(b) == "INVITE"
+            && held
+        {
+            held = false;
+            return true;
+        }
+        false
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 200, Some(SDP_B), &[])
+        .unwrap();
+    net.ua(1).hangup(now, b_leg).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "BYE"), 0, "BYE held until the ACK");
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.sent(1, "BYE"), 1);
+    assert!(answered(net.events(0), leg).is_some());
+    assert_eq!(net.terminated(0, leg), Some(EndReason::RemoteBye));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::Local));
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn reinvite_without_final_answer_is_cancelled_after_64_t1() {
+    let mut net = Net::pair(17);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(200));
+    // The callee's app never answers the offer (auto.offers is off).
+    let t0 = net.now;
+    net.ua(0).reinvite(t0, leg, SDP_A.to_vec()).unwrap();
+    net.run_until(t0 + Duration::from_secs(31), |_| false);
+    assert!(
+        !net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OfferAnswered { .. }))
+    );
+    net.run_until(t0 + Duration::from_secs(33), |_| false);
+    assert!(
+        net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OfferAnswered { status: 408, .. }))
+    );
+    assert_eq!(net.sent(0, "CANCEL"), 1);
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OfferCancelled { .. }))
+    );
+    assert_eq!(
+        net.terminated(0, leg),
+        None,
+        "the call goes on with the old session"
+    );
+    // The offer is no longer pending: a new one may go out.
+    let now = net.now;
+    net.nodes[1].auto.offers = true;
+    net.ua(0).reinvite(now, leg, SDP_A.to_vec()).unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert!(
+        net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OfferAnswered { status: 200, .. }))
+    );
+}
+
+#[test]
+fn reinvite_hold_and_info() {
+    let mut net = Net::pair(8);
+    net.nodes[1].auto = Auto {
+        answer: Some(200),
+        offers: true,
+    };
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let now = net.now;
+    let hold = [SDP_A, b"a=sendonly\r\n"].concat();
+    net.ua(0).reinvite(now, leg, hold.clone()).unwrap();
+    assert_eq!(
+        net.ua(0).reinvite(now, leg, hold.clone()),
+        Err(UaError::WrongState("an offer is already in progress"))
+    );
+    net.run_for(Duration::from_millis(200));
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Offer { sdp, .. } if sdp[..] == hold[..]))
+    );
+    assert!(net.events(0).iter().any(|e| matches!(
+        e,
+        UaEvent::OfferAnswered {
+            status: 200,
+            sdp: Some(_),
+            ..
+        }
+    )));
+    assert_eq!(
+        net.sent(0, "ACK"),
+        2,
+        "ACK for the initial 2xx and for the re-INVITE's"
+    );
+    let now = net.now;
+    net.ua(0)
+        .info(
+            now,
+            leg,
+            "application/dtmf-relay",
+            b"Signal=5\r\nDuration=160\r\n",
+        )
+        .unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Info { content_type, body, .. }
+        if content_type == "application/dtmf-relay" && body.starts_with(b"Signal=5")))
+    );
+    // The callee can re-INVITE too (its own CSeq space, requests to our Contact).
+    let b_leg = net.incoming(1)[0];
+    net.nodes[0].auto.offers = true;
+    let now = net.now;
+    net.ua(1).reinvite(now, b_leg, SDP_B.to_vec()).unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert!(
+        net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OfferAnswered { status: 200, .. }))
+    );
+    let now = net.now;
+    net.ua(1).hangup(now, b_leg).unwrap();
+    net.run_for(Duration::from_secs(40));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::RemoteBye));
+    net.assert_idle();
+}
+
+#[test]
+fn reinvite_glare_is_resolved_by_491_and_randomised_retry() {
+    // RFC 3261 14.1: both offer at once; both get 491; the Call-ID owner (caller)
+    // retries after 2.1-4 s, the other after 0-2 s; both offers then go through.
+    let mut net = Net::pair(9);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let b_leg = net.incoming(1)[0];
+    net.nodes[0].auto.offers = true;
+    net.nodes[1].auto.offers = true;
+    let t0 = net.now;
+    net.ua(0).reinvite(t0, leg, SDP_A.to_vec()).unwrap();
+    net.ua(1).reinvite(t0, b_leg, SDP_B.to_vec()).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(0, "SIP/2.0 491"), 1);
+    assert_eq!(net.sent(1, "SIP/2.0 491"), 1);
+    assert_eq!(net.sent(0, "INVITE"), 2);
+    assert_eq!(net.sent(1, "INVITE"), 1);
+    net.run_until(t0 + Duration::from_millis(2000), |_| false);
+    assert_eq!(net.sent(1, "INVITE"), 2, "the callee retried within 2 s");
+    assert_eq!(net.sent(0, "INVITE"), 2, "the caller waits at least 2.1 s");
+    net.run_until(t0 + Duration::from_millis(4200), |_| false);
+    assert_eq!(net.sent(0, "INVITE"), 3, "the caller retried by 4 s");
+    for i in 0..2 {
+        let ok = net
+            .events(i)
+            .iter()
+            .filter(|e| matches!(e, UaEvent::OfferAnswered { status: 200, .. }))
+            .count();
+        assert_eq!(ok, 1, "node {i}");
+    }
+    assert_eq!(net.terminated(0, leg), None);
+}
+
+#[test]
+fn bye_on_early_dialog_gets_200_and_invite_487() {
+    // RFC 3261 15.1.2 / 15.2: the caller may BYE an early dialog.
+    let mut net = Net::pair(10);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 183, Some(SDP_B), &[])
+        .unwrap();
+    net.run_for(Duration::from_millis(50));
+    // Craft the BYE the caller would send in the early dialog, from a third address.
+    let invite = net
+        .events(1)
+        .iter()
+        .find_map(|e| match e {
+            UaEvent::IncomingInvite { request, .. } => Some(request.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(net.events(0).iter().any(|e| matches!(
+        e,
+        UaEvent::Progress {
+            status: 183,
+            sdp: Some(_),
+            ..
+        }
+    )));
+    let b_tag = net.nodes[1].ua.legs[&b_leg].local_tag.clone();
+    let bye = format!(
+        "BYE sip:sbc@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKearlybye\r\nMax-Forwards: 70\r\n\
+         From: {}\r\nTo: {};tag={b_tag}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        invite.header_from().unwrap(),
+        invite.header_to().unwrap(),
+        invite.call_id().unwrap()
+    );
+    let now = net.now;
+    net.ua(1).handle_bytes(
+        now,
+        bye.as_bytes(),
+        Peer::udp("10.0.0.9:5060".parse().unwrap()),
+    );
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteBye));
+    assert!(
+        net.outside
+            .iter()
+            .any(|(_, b)| first_line(b).starts_with("SIP/2.0 200") && cseq_method(b) == "BYE")
+    );
+    assert_eq!(failed(net.events(0), leg), Some(487));
+}
+
+#[test]
+fn in_dialog_request_for_unknown_dialog_gets_481_and_stray_methods_405() {
+    let mut ua = ua(2, 11);
+    let from = Peer::udp("10.0.0.9:5060".parse().unwrap());
+    let req = |method: &str, to_tag: &str| {
+        format!(
+            "{method} sip:sbc@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK{method}{to_tag}\r\nMax-Forwards: 70\r\n\
+             From: <sip:x@10.0.0.9>;tag=1\r\nTo: <sip:sbc@10.0.0.2>{to_tag}\r\nCall-ID: nope@10.0.0.9\r\nCSeq: 5 {method}\r\n\
+             Contact: <sip:x@10.0.0.9>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let status = |ua: &mut UserAgent, text: String| {
+        ua.handle_bytes(Instant::ZERO, text.as_bytes(), from);
+        let t = ua.poll_transmit().expect("a response");
+        (
+            first_line(&t.bytes),
+            String::from_utf8_lossy(&t.bytes).to_string(),
+        )
+    };
+    assert!(
+        status(&mut ua, req("BYE", ";tag=zz"))
+            .0
+            .starts_with("SIP/2.0 481")
+    );
+    let (line, text) = status(&mut ua, req("MESSAGE", ""));
+    assert!(line.starts_with("SIP/2.0 405"), "{line}");
+    assert!(text.contains("Allow: INVITE, ACK"), "{text}");
+    let (line, text) = status(&mut ua, req("OPTIONS", ""));
+    assert!(line.starts_with("SIP/2.0 200"));
+    assert!(text.contains("Accept: application/sdp"));
+    assert_eq!(ua.legs(), 0);
+}
+
+#[test]
+fn options_ping_reports_status_or_timeout() {
+    let mut net = Net::pair(12);
+    let ping = net
+        .ua(0)
+        .options(Instant::ZERO, "sip:10.0.0.2", Peer::udp(addr(2)))
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.events(0).iter().any(
+            |e| matches!(e, UaEvent::OptionsResult { ping: p, status: Some(200) } if *p == ping)
+        )
+    );
+    // Nobody at 10.0.0.7: Timer F (64*T1 = 32 s).
+    let now = net.now;
+    let lost = net
+        .ua(0)
+        .options(now, "sip:10.0.0.7", Peer::udp(addr(7)))
+        .unwrap();
+    net.run_for(Duration::from_secs(31));
+    assert!(
+        !net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OptionsResult { ping: p, .. } if *p == lost))
+    );
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OptionsResult { ping: p, status: None } if *p == lost))
+    );
+}
+
+#[test]
+fn leg_limit_answers_503_with_retry_after() {
+    let mut b = UaConfig::new(LocalAddr::udp(addr(2).ip(), 5060), 13);
+    b.max_legs = 2;
+    let mut net = Net::new(vec![ua(1, 13), UserAgent::new(b)], 13);
+    let legs: Vec<_> = (0..3)
+        .map(|_| net.ua(0).invite(Instant::ZERO, params(2)).unwrap())
+        .collect();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.incoming(1).len(), 2);
+    assert_eq!(failed(net.events(0), legs[2]), Some(503));
+    assert!(
+        net.log
+            .iter()
+            .any(|(n, l)| *n == 1 && l.starts_with("SIP/2.0 503"))
+    );
+    // The caller side is bounded as well.
+    let mut a = UaConfig::new(LocalAddr::udp(addr(1).ip(), 5060), 1);
+    a.max_legs = 1;
+    let mut a = UserAgent::new(a);
+    a.invite(Instant::ZERO, params(2)).unwrap();
+    assert_eq!(
+        a.invite(Instant::ZERO, params(2)).unwrap_err(),
+        UaError::Overloaded
+    );
+}
+
+#[test]
+fn ring_timeout_gives_up_on_both_sides() {
+    // A caller that gives up: CANCEL at ring_timeout, reported as 408.
+    let mut b = UaConfig::new(LocalAddr::udp(addr(2).ip(), 5060), 14);
+    b.ring_timeout = Duration::from_secs(3600);
+    let mut net = Net::new(vec![ua(1, 14), UserAgent::new(b)], 14);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_until(at(179), |_| false);
+    assert_eq!(net.terminated(0, leg), None);
+    net.run_until(at(181), |_| false);
+    assert_eq!(failed(net.events(0), leg), Some(408));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::Failed(408)));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteCancel));
+
+    // A callee that never answers: 480 at ring_timeout.
+    let mut a = UaConfig::new(LocalAddr::udp(addr(1).ip(), 5060), 15);
+    a.ring_timeout = Duration::from_secs(3600);
+    let mut net = Net::new(vec![UserAgent::new(a), ua(2, 15)], 15);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_until(at(181), |_| false);
+    assert_eq!(failed(net.events(0), leg), Some(480));
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+// ----- against a scripted peer -----
+
+/// One UA and the messages it sends, with helpers to answer them by hand.
+struct Scripted {
+    ua: UserAgent,
+    now: Instant,
+    events: Vec<UaEvent>,
+}
+
+impl Scripted {
+    fn new(seed: u64) -> Scripted {
+        Scripted {
+            ua: ua(1, seed),
+            now: Instant::ZERO,
+            events: Vec::new(),
+        }
+    }
+
+    /// Everything sent so far, parsed.
+    fn sent(&mut self) -> Vec<(Peer, Request)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.ua.poll_transmit() {
+            if let Inbound::Request(r) =
+                message::classify(&t.bytes, Transport::Udp, &ValidationConfig::default())
+            {
+                out.push((t.to, *r));
+            }
+        }
+        while let Some(e) = self.ua.poll_event() {
+            self.events.push(e);
+        }
+        out
+    }
+
+    fn deliver(&mut self, resp: Response, from: SocketAddr) {
+        let bytes = message::to_wire(&SipMessage::Response(resp));
+        self.ua.handle_bytes(self.now, &bytes, Peer::udp(from));
+        while let Some(e) = self.ua.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        while let Some(t) = self.ua.poll_timeout().filter(|&t| t <= until) {
+            self.now = self.now.max(t);
+            self.ua.handle_timeout(self.now);
+        }
+        self.now = until;
+        while let Some(e) = self.ua.poll_event() {
+            self.events.push(e);
+        }
+    }
+}
+
+fn reply(
+    req: &Request,
+    status: u16,
+    tag: &str,
+    contact: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut r = response_to(req, status, Some(tag));
+    if !contact.is_empty() {
+        r.headers.push(Header::Contact(contact.to_string().into()));
+    }
+    for (k, v) in headers {
+        r.headers
+            .push(rsipstack::sip::headers::make_header(k, v.to_string()));
+    }
+    if !body.is_empty() {
+        r.headers
+            .push(Header::ContentType("application/sdp".into()));
+        r.body = body.to_vec();
+    }
+    r
+}
+
+#[test]
+fn forked_call_confirms_first_2xx_and_byes_the_second() {
+    // RFC 3261 13.2.2.4: every 2xx is ACKed; a second dialog is ended with BYE.
+    let mut s = Scripted::new(20);
+    let proxy: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+    let mut p = params(9);
+    p.peer = Peer::udp(proxy);
+    let leg = s.ua.invite(Instant::ZERO, p).unwrap();
+    let invite = s.sent().remove(0).1;
+    s.deliver(
+        reply(&invite, 180, "f1", "<sip:f1@10.0.0.11>", &[], b""),
+        proxy,
+    );
+    s.deliver(
+        reply(&invite, 183, "f2", "<sip:f2@10.0.0.12>", &[], SDP_B),
+        proxy,
+    );
+    assert_eq!(s.ua.dialogs(), 2, "two early dialogs");
+    s.deliver(
+        reply(&invite, 200, "f1", "<sip:f1@10.0.0.11>", &[], SDP_B),
+        proxy,
+    );
+    s.deliver(
+        reply(&invite, 200, "f2", "<sip:f2@10.0.0.12>", &[], SDP_B),
+        proxy,
+    );
+    let out = s.sent();
+    let methods: Vec<_> = out
+        .iter()
+        .map(|(p, r)| {
+            (
+                r.method.to_string(),
+                r.to_tag().unwrap().to_string(),
+                p.addr,
+            )
+        })
+        .collect();
+    assert_eq!(
+        methods,
+        vec![
+            ("ACK".into(), "f1".into(), "10.0.0.11:5060".parse().unwrap()),
+            ("ACK".into(), "f2".into(), "10.0.0.12:5060".parse().unwrap()),
+            ("BYE".into(), "f2".into(), "10.0.0.12:5060".parse().unwrap()),
+        ]
+    );
+    assert_eq!(
+        s.events
+            .iter()
+            .filter(|e| matches!(e, UaEvent::Answered { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(
+        s.events
+            .iter()
+            .filter(|e| matches!(e, UaEvent::Progress { .. }))
+            .count(),
+        2
+    );
+    assert_eq!((s.ua.legs(), s.ua.dialogs()), (1, 1));
+    // A retransmission of the confirmed 2xx gets the same ACK, not a BYE.
+    s.deliver(
+        reply(&invite, 200, "f1", "<sip:f1@10.0.0.11>", &[], SDP_B),
+        proxy,
+    );
+    let again = s.sent();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1.method, Method::Ack);
+    assert_eq!(s.ua.hangup(s.now, leg), Ok(()));
+    let bye = s.sent().remove(0).1;
+    assert_eq!(bye.method, Method::Bye);
+    assert_eq!(bye.to_tag(), Some("f1"));
+    assert_eq!(bye.cseq().unwrap().0, 2);
+}
+
+#[test]
+fn stray_2xx_for_an_unknown_call_is_ignored() {
+    let mut s = Scripted::new(21);
+    let proxy: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+    let mut p = params(9);
+    p.peer = Peer::udp(proxy);
+    s.ua.invite(Instant::ZERO, p).unwrap();
+    let mut invite = s.sent().remove(0).1;
+    // Someone else's Call-ID and branch.
+    for h in invite.headers.iter_mut() {
+        match h {
+            Header::CallId(c) => *c = "forged@x".to_string().into(),
+            Header::Via(v) => {
+                *v = "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKforged"
+                    .to_string()
+                    .into()
+            }
+            _ => {}
+        }
+    }
+    s.deliver(
+        reply(&invite, 200, "x", "<sip:x@10.0.0.13>", &[], SDP_B),
+        proxy,
+    );
+    assert!(s.sent().is_empty(), "no ACK/BYE reflected for a forged 2xx");
+}
+
+/// The Authorization parameters a test server checks.
+fn digest_param<'a>(v: &'a str, name: &str) -> &'a str {
+    v.split(',')
+        .map(str::trim)
+        .find_map(|kv| {
+            let kv = kv.strip_prefix("Digest ").unwrap_or(kv);
+            let (k, val) = kv.split_once('=')?;
+            (k.trim() == name).then(|| val.trim().trim_matches('"'))
+        })
+        .unwrap_or("")
+}
+
+fn verify(req: &Request, header: &str, creds: &auth::Credentials, realm: &str, nonce: &str) {
+    let v = req.values(header).join(", ");
+    assert!(!v.is_empty(), "{header} missing");
+    let nc = u32::from_str_radix(digest_param(&v, "nc"), 16).unwrap();
+    let cnonce = digest_param(&v, "cnonce");
+    let uri = digest_param(&v, "uri");
+    assert_eq!(uri, req.uri.to_string());
+    let want = auth::response(
+        Algorithm::Md5,
+        creds,
+        realm,
+        nonce,
+        &req.method.to_string(),
+        uri,
+        Some(("auth", nc, cnonce)),
+    );
+    assert_eq!(digest_param(&v, "response"), want);
+    assert_eq!(digest_param(&v, "username"), creds.username);
+}
+
+#[test]
+fn invite_answers_401_and_407_then_gives_up_on_a_third_challenge() {
+    let creds = auth::Credentials {
+        username: "trunk1".into(),
+        password: "s3cret".into(),
+    };
+    let mut s = Scripted::new(22);
+    let carrier: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+    let mut p = params(9);
+    p.peer = Peer::udp(carrier);
+    p.credentials = Some(creds.clone());
+    let leg = s.ua.invite(Instant::ZERO, p).unwrap();
+    let i1 = s.sent().remove(0).1;
+    s.deliver(
+        reply(
+            &i1,
+            401,
+            "c1",
+            "",
+            &[(
+                "WWW-Authenticate",
+                "Digest realm=\"carrier\", nonce=\"n1\", qop=\"auth\"",
+            )],
+            b"",
+        ),
+        carrier,
+    );
+    let out = s.sent();
+    assert_eq!(
+        out[0].1.method,
+        Method::Ack,
+        "the 401 is ACKed by the transaction"
+    );
+    let i2 = out[1].1.clone();
+    assert_eq!(i2.method, Method::Invite);
+    assert_eq!(i2.cseq().unwrap().0, 2);
+    assert_eq!(i2.call_id(), i1.call_id());
+    assert_eq!(i2.from_tag(), i1.from_tag());
+    assert_ne!(i2.branch(), i1.branch());
+    assert_eq!(i2.body, SDP_A);
+    verify(&i2, "Authorization", &creds, "carrier", "n1");
+    s.deliver(
+        reply(
+            &i2,
+            407,
+            "c2",
+            "",
+            &[(
+                "Proxy-Authenticate",
+                "Digest realm=\"proxy\", nonce=\"n2\", qop=\"auth\"",
+            )],
+            b"",
+        ),
+        carrier,
+    );
+    let i3 = s.sent().remove(1).1;
+    verify(&i3, "Proxy-Authorization", &creds, "proxy", "n2");
+    assert_eq!(i3.cseq().unwrap().0, 3);
+    s.deliver(
+        reply(
+            &i3,
+            401,
+            "c3",
+            "",
+            &[(
+                "WWW-Authenticate",
+                "Digest realm=\"carrier\", nonce=\"n3\", qop=\"auth\"",
+            )],
+            b"",
+        ),
+        carrier,
+    );
+    assert_eq!(s.sent().len(), 1, "only the ACK: no endless challenge loop");
+    assert_eq!(failed(&s.events, leg), Some(401));
+    assert_eq!(s.ua.legs(), 0);
+}
+
+#[test]
+fn register_authenticates_refreshes_and_backs_off() {
+    let creds = auth::Credentials {
+        username: "1001".into(),
+        password: "pw".into(),
+    };
+    let mut s = Scripted::new(23);
+    let registrar: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+    let reg = s.ua.register(
+        Instant::ZERO,
+        RegisterParams {
+            registrar: "sip:carrier.example".into(),
+            aor: "sip:1001@carrier.example".into(),
+            expires: Duration::from_secs(120),
+            peer: Peer::udp(registrar),
+            credentials: Some(creds.clone()),
+        },
+    );
+    let r1 = s.sent().remove(0).1;
+    assert_eq!(r1.method, Method::Register);
+    assert_eq!(r1.values("Expires"), vec!["120"]);
+    s.deliver(
+        reply(
+            &r1,
+            401,
+            "r",
+            "",
+            &[(
+                "WWW-Authenticate",
+                "Digest realm=\"carrier.example\", nonce=\"abc\", qop=\"auth\"",
+            )],
+            b"",
+        ),
+        registrar,
+    );
+    let r2 = s.sent().remove(0).1;
+    verify(&r2, "Authorization", &creds, "carrier.example", "abc");
+    assert_eq!(r2.cseq().unwrap().0, r1.cseq().unwrap().0 + 1);
+    s.deliver(
+        reply(
+            &r2,
+            200,
+            "r",
+            "<sip:sbc@10.0.0.1:5060>;expires=100",
+            &[],
+            b"",
+        ),
+        registrar,
+    );
+    assert!(s.events.iter().any(|e| matches!(e, UaEvent::Registered { reg: r, expires } if *r == reg && expires.as_secs() == 100)));
+    // Refresh at max(half, expiry - 60 s) = 50 s, same Call-ID.
+    s.advance(Duration::from_secs(49));
+    assert!(s.sent().is_empty());
+    s.advance(Duration::from_secs(2));
+    let r3 = s.sent().remove(0).1;
+    assert_eq!(r3.call_id(), r1.call_id());
+    assert!(r3.cseq().unwrap().0 > r2.cseq().unwrap().0);
+    // 423 Interval Too Brief: ask again at once with Min-Expires.
+    s.deliver(
+        reply(&r3, 423, "r", "", &[("Min-Expires", "300")], b""),
+        registrar,
+    );
+    let r4 = s.sent().remove(0).1;
+    assert_eq!(r4.values("Expires"), vec!["300"]);
+    // 503: failure reported, retry 30 s later, then 60 s after a second failure.
+    s.deliver(reply(&r4, 503, "r", "", &[], b""), registrar);
+    assert!(
+        s.events
+            .iter()
+            .any(|e| matches!(e, UaEvent::RegistrationFailed { status: 503, .. }))
+    );
+    s.advance(Duration::from_secs(29));
+    assert!(s.sent().is_empty());
+    s.advance(Duration::from_secs(2));
+    let r5 = s.sent().remove(0).1;
+    s.deliver(reply(&r5, 500, "r", "", &[], b""), registrar);
+    s.advance(Duration::from_secs(59));
+    assert!(s.sent().iter().all(|(_, r)| r.method != Method::Register));
+    s.advance(Duration::from_secs(2));
+    let r6 = s
+        .sent()
+        .into_iter()
+        .find(|(_, r)| r.method == Method::Register)
+        .unwrap()
+        .1;
+    // Unregister: Expires 0, and the binding is forgotten.
+    s.deliver(
+        reply(
+            &r6,
+            200,
+            "r",
+            "<sip:sbc@10.0.0.1:5060>;expires=300",
+            &[],
+            b"",
+        ),
+        registrar,
+    );
+    s.ua.unregister(s.now, reg);
+    let r7 = s
+        .sent()
+        .into_iter()
+        .find(|(_, r)| r.method == Method::Register)
+        .unwrap()
+        .1;
+    assert_eq!(r7.values("Expires"), vec!["0"]);
+    s.advance(Duration::from_secs(3600));
+    let later = s.sent();
+    assert!(
+        !later.is_empty(),
+        "the unregister is retransmitted until answered"
+    );
+    assert!(
+        later.iter().all(|(_, r)| r.cseq() == r7.cseq()),
+        "no refresh after unregister"
+    );
+}
+
+// ----- many random calls -----
+
+#[test]
+fn ten_thousand_random_call_sequences_leave_no_state() {
+    // Random calls between two UAs with 5% loss: answered, rejected, cancelled,
+    // hung up by either side, re-INVITEd, INFO'd. Afterwards nothing is left, and
+    // every leg was reported Terminated exactly once on each side.
+    let mut net = Net::pair(30);
+    net.loss = 0.05;
+    let mut rng = SeededRng::new(30);
+    let mut uac_legs: Vec<LegId> = Vec::new();
+    let mut started = 0;
+    while started < 10_000 {
+        // Start a few calls, then act on what is live.
+        for _ in 0..1 + rng.next_u32() % 4 {
+            let now = net.now;
+            if let Ok(leg) = net.ua(0).invite(now, params(2)) {
+                uac_legs.push(leg);
+                started += 1;
+            }
+        }
+        net.run_for(Duration::from_millis(20 + u64::from(rng.next_u32() % 200)));
+        let now = net.now;
+        // Callee decisions.
+        let fresh: Vec<LegId> = net.nodes[1]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                UaEvent::IncomingInvite { leg, .. } => Some(*leg),
+                _ => None,
+            })
+            .collect();
+        for leg in fresh {
+            match rng.next_u32() % 6 {
+                0 => drop(net.ua(1).respond(now, leg, 486, None, &[])),
+                1 => drop(net.ua(1).respond(now, leg, 180, None, &[])), // ring; decided later or times out
+                _ => {
+                    let _ = net.ua(1).respond(now, leg, 180, None, &[]);
+                    let _ = net.ua(1).respond(now, leg, 200, Some(SDP_B), &[]);
+                }
+            }
+        }
+        // Other actions on random live legs of either side.
+        for side in 0..2 {
+            let live: Vec<LegId> = net.nodes[side].ua.legs.keys().copied().collect();
+            for leg in live {
+                let now = net.now;
+                match rng.next_u32() % 20 {
+                    0 | 1 => drop(net.ua(side).hangup(now, leg)),
+                    2 => drop(net.ua(side).reinvite(now, leg, SDP_A.to_vec())),
+                    3 => {
+                        drop(
+                            net.ua(side)
+                                .info(now, leg, "application/dtmf-relay", b"Signal=1\r\n"),
+                        )
+                    }
+                    4 if side == 1 => drop(net.ua(side).respond(now, leg, 200, Some(SDP_B), &[])),
+                    _ => {}
+                }
+            }
+        }
+        // Answer offers (or refuse some with 488).
+        for side in 0..2 {
+            let offers: Vec<LegId> = net.nodes[side]
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    UaEvent::Offer { leg, .. } => Some(*leg),
+                    _ => None,
+                })
+                .collect();
+            for leg in offers {
+                let now = net.now;
+                let status = if rng.chance(0.1) { 488 } else { 200 };
+                let _ =
+                    net.ua(side)
+                        .answer_offer(now, leg, status, (status == 200).then_some(SDP_B));
+            }
+        }
+        // Keep events small: only what the checks below need.
+        for side in 0..2 {
+            net.nodes[side]
+                .events
+                .retain(|e| matches!(e, UaEvent::Terminated { .. }));
+        }
+    }
+    // Hang up everything still up, then let every timer run out.
+    for side in 0..2 {
+        let live: Vec<LegId> = net.nodes[side].ua.legs.keys().copied().collect();
+        for leg in live {
+            let now = net.now;
+            let _ = net.ua(side).hangup(now, leg);
+        }
+    }
+    net.loss = 0.0;
+    net.run_for(Duration::from_secs(300));
+    for side in 0..2 {
+        let live: Vec<LegId> = net.nodes[side].ua.legs.keys().copied().collect();
+        for leg in live {
+            let now = net.now;
+            let _ = net.ua(side).hangup(now, leg);
+        }
+    }
+    net.run_for(Duration::from_secs(300));
+    net.assert_idle();
+    let mut seen = HashSet::new();
+    let mut reasons: Vec<HashSet<String>> = vec![HashSet::new(), HashSet::new()];
+    for (side, found) in reasons.iter_mut().enumerate() {
+        for e in net.events(side) {
+            if let UaEvent::Terminated { leg, reason } = e {
+                assert!(side == 1 || seen.insert(*leg), "{leg:?} terminated twice");
+                found.insert(format!("{reason:?}"));
+            }
+        }
+    }
+    assert!(
+        uac_legs.iter().all(|l| seen.contains(l)),
+        "every call reported its end"
+    );
+    // The mix really covered the paths (not just quick rejects).
+    for r in ["Local", "RemoteBye", "Failed(486)"] {
+        assert!(
+            reasons[0].contains(r),
+            "caller never saw {r}: {:?}",
+            reasons[0]
+        );
+    }
+    for r in ["Local", "RemoteBye", "RemoteCancel", "Failed(486)"] {
+        assert!(
+            reasons[1].contains(r),
+            "callee never saw {r}: {:?}",
+            reasons[1]
+        );
+    }
+    let stats = net.nodes[0].ua.transaction_stats();
+    assert!(
+        stats.retransmissions > 1000,
+        "loss was exercised: {stats:?}"
+    );
+}
