@@ -282,6 +282,415 @@ pub fn jitter(data: &[u8]) {
     }
 }
 
+// ----- SIP -----
+
+use sip_bridge::sdp::{
+    AudioCaps, LocalMedia, SessionDescription, answer_audio, negotiated_from_answer,
+};
+use sip_bridge::sip::dialog::{InviteParams, LegId, LocalAddr, UaConfig, UaEvent, UserAgent};
+use sip_bridge::sip::message::{
+    self as sipmsg, Inbound, Peer, SipHeaders, Transport, ValidationConfig,
+};
+use std::time::Duration;
+
+/// Message handling: classify arbitrary bytes (parse + validate). Whatever is
+/// accepted prints back to bytes that are accepted again as the same kind of
+/// message; every rejection is a response that itself parses.
+pub fn sip_message(data: &[u8]) {
+    let cfg = ValidationConfig::default();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        match sipmsg::classify(data, transport, &cfg) {
+            Inbound::Request(r) => {
+                let wire =
+                    sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Request(*r.clone()));
+                match sipmsg::classify(&wire, transport, &cfg) {
+                    Inbound::Request(again) => {
+                        assert_eq!(again.method, r.method);
+                        assert_eq!(again.call_id(), r.call_id());
+                        assert_eq!(again.body, r.body);
+                    }
+                    other => panic!("printed request not accepted again: {other:?}"),
+                }
+            }
+            Inbound::Response(r) => {
+                let wire =
+                    sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Response(*r.clone()));
+                assert!(
+                    matches!(
+                        sipmsg::classify(&wire, transport, &cfg),
+                        Inbound::Response(_)
+                    ),
+                    "printed response not accepted again"
+                );
+            }
+            Inbound::Reject(rej) => {
+                // A well-formed response: status line, "Name: value" lines, blank
+                // line, no body. (It echoes the request's headers, so a broken
+                // CSeq stays broken: the peer could not match it anyway.)
+                let text = std::str::from_utf8(&rej.response).expect("rejection is UTF-8");
+                let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+                assert!(body.is_empty());
+                let mut lines = head.split("\r\n");
+                let status = lines.next().unwrap();
+                assert!(
+                    status.starts_with("SIP/2.0 4") || status.starts_with("SIP/2.0 5"),
+                    "{status}"
+                );
+                for l in lines {
+                    assert!(
+                        l.contains(':') && !l.contains('\n') && !l.contains('\r'),
+                        "bad header line {l:?}"
+                    );
+                }
+            }
+            Inbound::Drop(_) => {}
+        }
+    }
+}
+
+/// SDP: parse arbitrary text; what parses prints and parses back to the same
+/// description, and answering or reading it as an answer never panics.
+pub fn sdp(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(sd) = SessionDescription::parse(text) else {
+        return;
+    };
+    let printed = sd.to_string();
+    let again = SessionDescription::parse(&printed).expect("printed SDP parses");
+    assert_eq!(again, sd, "print/parse round trip");
+    let local = LocalMedia::rtp([192, 0, 2, 1].into(), 40000, 1);
+    let caps = AudioCaps::standard();
+    if let Ok((answer, _)) = answer_audio(&sd, &caps, &local) {
+        SessionDescription::parse(&answer.to_string()).expect("our answer parses");
+    }
+    let offer = sip_bridge::sdp::create_offer(&caps, &local);
+    let _ = negotiated_from_answer(&offer, &sd);
+}
+
+/// One step of the structure-aware dialog fuzzer.
+#[derive(Arbitrary, Debug)]
+enum SipOp {
+    /// A request from the peer, built from parts drawn from small sets so that
+    /// Call-IDs, tags and branches collide with live state.
+    Request {
+        method: u8,
+        call: u8,
+        from_tag: u8,
+        to_tag: Option<u8>,
+        branch: u8,
+        cseq: u16,
+        sdp: bool,
+    },
+    /// A response to something we sent (picked by index), with a status and tag.
+    Respond {
+        sent: u8,
+        status: u16,
+        tag: u8,
+        sdp: bool,
+    },
+    /// An in-dialog request mirroring something we sent (swapped tags).
+    Mirror {
+        sent: u8,
+        method: u8,
+        cseq_delta: i8,
+    },
+    /// Raw bytes as a datagram.
+    Raw(Vec<u8>),
+    /// A mutated copy of something we sent, fed back to us.
+    Echo {
+        sent: u8,
+        flip: u16,
+    },
+    /// API calls.
+    Invite,
+    Answer {
+        leg: u8,
+        status: u16,
+    },
+    Hangup {
+        leg: u8,
+    },
+    Reinvite {
+        leg: u8,
+    },
+    AnswerOffer {
+        leg: u8,
+        status: u16,
+    },
+    Info {
+        leg: u8,
+    },
+    Cancel {
+        leg: u8,
+    },
+    /// Time passes.
+    Advance {
+        ms: u16,
+    },
+}
+
+const METHODS: [&str; 10] = [
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER", "PRACK", "MESSAGE",
+];
+const STATUSES: [u16; 14] = [
+    100, 180, 183, 200, 202, 302, 401, 407, 408, 481, 486, 487, 491, 503,
+];
+const SDP_BODY: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn with_body(mut head: String, sdp: bool) -> String {
+    if sdp {
+        head.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_BODY}",
+            SDP_BODY.len()
+        ));
+    } else {
+        head.push_str("Content-Length: 0\r\n\r\n");
+    }
+    head
+}
+
+/// The UA core under arbitrary interleavings of peer messages (well-formed,
+/// mirrored from its own output, or raw), API calls and time. Invariants: no
+/// panic, the limits hold, and once every call is hung up and the timers have run
+/// out, no leg, dialog or transaction is left.
+pub fn sip_dialog(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(ops) = Vec::<SipOp>::arbitrary(&mut u) else {
+        return;
+    };
+    let mut cfg = UaConfig::new(LocalAddr::udp([192, 0, 2, 1].into(), 5060), 7);
+    cfg.max_legs = 8;
+    cfg.max_transactions = 64;
+    let mut ua = UserAgent::new(cfg);
+    let peer = Peer::udp(([192, 0, 2, 9], 5060).into());
+    let mut now = Instant::ZERO;
+    let mut sent: Vec<bytes::Bytes> = Vec::new();
+    let mut legs: Vec<LegId> = Vec::new();
+    let mut offers: Vec<LegId> = Vec::new();
+    let drain = |ua: &mut UserAgent,
+                 sent: &mut Vec<bytes::Bytes>,
+                 legs: &mut Vec<LegId>,
+                 offers: &mut Vec<LegId>| {
+        while let Some(t) = ua.poll_transmit() {
+            if sent.len() >= 32 {
+                sent.remove(0);
+            }
+            sent.push(t.bytes);
+        }
+        while let Some(e) = ua.poll_event() {
+            match e {
+                UaEvent::IncomingInvite { leg, .. } => legs.push(leg),
+                UaEvent::Offer { leg, .. } => offers.push(leg),
+                UaEvent::Terminated { leg, .. } => legs.retain(|l| *l != leg),
+                _ => {}
+            }
+        }
+    };
+    let pick = |v: &[LegId], i: u8| v.get(i as usize % v.len().max(1)).copied();
+    for op in ops.into_iter().take(300) {
+        match op {
+            SipOp::Request {
+                method,
+                call,
+                from_tag,
+                to_tag,
+                branch,
+                cseq,
+                sdp,
+            } => {
+                let m = METHODS[method as usize % METHODS.len()];
+                let to = to_tag.map_or(String::new(), |t| format!(";tag=t{t}"));
+                let head = format!(
+                    "{m} sip:sbc@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
+                     From: <sip:a@192.0.2.9>;tag=f{from_tag}\r\nTo: <sip:b@192.0.2.1>{to}\r\nCall-ID: c{call}@192.0.2.9\r\n\
+                     CSeq: {cseq} {m}\r\nContact: <sip:a@192.0.2.9>\r\n"
+                );
+                ua.handle_bytes(now, with_body(head, sdp).as_bytes(), peer);
+            }
+            SipOp::Respond {
+                sent: i,
+                status,
+                tag,
+                sdp,
+            } => {
+                let Some(b) = sent.get(i as usize % sent.len().max(1)) else {
+                    continue;
+                };
+                if let Inbound::Request(req) =
+                    sipmsg::classify(b, Transport::Udp, &ValidationConfig::default())
+                {
+                    let st = if status < 700 && status >= 100 {
+                        status
+                    } else {
+                        STATUSES[status as usize % STATUSES.len()]
+                    };
+                    let mut resp = sipmsg::response_to(&req, st, Some(&format!("r{}", tag % 4)));
+                    resp.headers.push(sip_bridge::sip::message::Header::Contact(
+                        "<sip:b@192.0.2.9>".to_string().into(),
+                    ));
+                    if sdp {
+                        resp.headers
+                            .push(sip_bridge::sip::message::Header::ContentType(
+                                "application/sdp".into(),
+                            ));
+                        resp.body = SDP_BODY.as_bytes().to_vec();
+                    }
+                    let wire =
+                        sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Response(resp));
+                    ua.handle_bytes(now, &wire, peer);
+                }
+            }
+            SipOp::Mirror {
+                sent: i,
+                method,
+                cseq_delta,
+            } => {
+                let Some(b) = sent.get(i as usize % sent.len().max(1)) else {
+                    continue;
+                };
+                let cfg = ValidationConfig::default();
+                let (call_id, from, to, cseq) = match sipmsg::classify(b, Transport::Udp, &cfg) {
+                    Inbound::Request(r) => (
+                        r.call_id().map(String::from),
+                        r.header_to().map(String::from),
+                        r.header_from().map(String::from),
+                        r.cseq().map(|c| c.0),
+                    ),
+                    Inbound::Response(r) => (
+                        r.call_id().map(String::from),
+                        r.header_to().map(String::from),
+                        r.header_from().map(String::from),
+                        r.cseq().map(|c| c.0),
+                    ),
+                    _ => continue,
+                };
+                let (Some(call_id), Some(from), Some(to), Some(cseq)) = (call_id, from, to, cseq)
+                else {
+                    continue;
+                };
+                let m = METHODS[method as usize % METHODS.len()];
+                let from = if from.contains("tag=") {
+                    from
+                } else {
+                    format!("{from};tag=m1")
+                };
+                let n = (i64::from(cseq) + 100 + i64::from(cseq_delta)).max(1);
+                let head = format!(
+                    "{m} sip:sbc@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKm{n}{method}\r\nMax-Forwards: 70\r\n\
+                     From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {n} {m}\r\nContact: <sip:a@192.0.2.9>\r\n"
+                );
+                ua.handle_bytes(now, with_body(head, method % 2 == 0).as_bytes(), peer);
+            }
+            SipOp::Raw(bytes) => ua.handle_bytes(now, &bytes, peer),
+            SipOp::Echo { sent: i, flip } => {
+                let Some(b) = sent.get(i as usize % sent.len().max(1)) else {
+                    continue;
+                };
+                let mut v = b.to_vec();
+                if !v.is_empty() {
+                    let k = flip as usize % v.len();
+                    v[k] ^= (flip >> 8) as u8 | 1;
+                }
+                ua.handle_bytes(now, &v, peer);
+            }
+            SipOp::Invite => {
+                if let Ok(leg) = ua.invite(
+                    now,
+                    InviteParams {
+                        request_uri: "sip:+15550100@192.0.2.9".into(),
+                        from: "<sip:+15550111@192.0.2.1>".into(),
+                        to: "<sip:+15550100@192.0.2.9>".into(),
+                        peer,
+                        sdp: Some(SDP_BODY.as_bytes().to_vec()),
+                        headers: Vec::new(),
+                        credentials: None,
+                    },
+                ) {
+                    legs.push(leg);
+                }
+            }
+            SipOp::Answer { leg, status } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let st = STATUSES[status as usize % STATUSES.len()];
+                    let _ = ua.respond(
+                        now,
+                        l,
+                        st,
+                        (200..300).contains(&st).then_some(SDP_BODY.as_bytes()),
+                        &[],
+                    );
+                }
+            }
+            SipOp::Hangup { leg } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let _ = ua.hangup(now, l);
+                }
+            }
+            SipOp::Reinvite { leg } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let _ = ua.reinvite(now, l, SDP_BODY.as_bytes().to_vec());
+                }
+            }
+            SipOp::AnswerOffer { leg, status } => {
+                if let Some(l) = pick(&offers, leg) {
+                    let st = if status % 4 == 0 { 488 } else { 200 };
+                    let _ = ua.answer_offer(now, l, st, (st == 200).then_some(SDP_BODY.as_bytes()));
+                }
+            }
+            SipOp::Info { leg } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let _ = ua.info(now, l, "application/dtmf-relay", b"Signal=1\r\n");
+                }
+            }
+            SipOp::Cancel { leg } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let _ = ua.cancel(now, l);
+                }
+            }
+            SipOp::Advance { ms } => {
+                let until = now + Duration::from_millis(u64::from(ms) * 8);
+                while let Some(t) = ua.poll_timeout().filter(|t| *t <= until) {
+                    now = now.max(t);
+                    ua.handle_timeout(now);
+                    drain(&mut ua, &mut sent, &mut legs, &mut offers);
+                }
+                now = until;
+            }
+        }
+        drain(&mut ua, &mut sent, &mut legs, &mut offers);
+        assert!(ua.legs() <= 8);
+        assert!(
+            ua.transactions() <= 64 + 8,
+            "transactions {}",
+            ua.transactions()
+        );
+    }
+    // Wind down: answer what is pending, hang up everything, let all timers run.
+    for round in 0..3 {
+        for l in std::mem::take(&mut offers) {
+            let _ = ua.answer_offer(now, l, 488, None);
+        }
+        for l in legs.clone() {
+            let _ = ua.hangup(now, l);
+        }
+        drain(&mut ua, &mut sent, &mut legs, &mut offers);
+        let until = now + Duration::from_secs(if round == 0 { 240 } else { 600 });
+        while let Some(t) = ua.poll_timeout().filter(|t| *t <= until) {
+            now = now.max(t);
+            ua.handle_timeout(now);
+            drain(&mut ua, &mut sent, &mut legs, &mut offers);
+        }
+        now = until;
+    }
+    assert_eq!(
+        (ua.legs(), ua.dialogs(), ua.transactions()),
+        (0, 0, 0),
+        "state left after wind-down"
+    );
+}
+
 /// All targets by name, for replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("rtp_packet", rtp_packet),
@@ -290,6 +699,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("opus_decode", opus_decode),
     ("pipeline", pipeline),
     ("jitter", jitter),
+    ("sip_message", sip_message),
+    ("sdp", sdp),
+    ("sip_dialog", sip_dialog),
 ];
 
 #[cfg(test)]
@@ -312,6 +724,30 @@ mod tests {
             }
         }
         assert!(replayed > 0, "no corpus found under {}", root.display());
+    }
+
+    /// The shared SIP and SDP vectors (RFC 4475 torture messages, browser offers)
+    /// through the SIP targets; the fuzzer takes them as a read-only seed corpus.
+    #[test]
+    fn shared_sip_vectors_replay() {
+        let root = std::env::var("SHARED_TESTDATA").map_or_else(
+            |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"),
+            std::path::PathBuf::from,
+        );
+        let mut n = 0;
+        for (dir, f) in [
+            ("sip-rfc4475", sip_message as Target),
+            ("sdp-browser-offers", sdp),
+        ] {
+            for entry in std::fs::read_dir(root.join(dir))
+                .expect("shared testdata")
+                .flatten()
+            {
+                f(&std::fs::read(entry.path()).unwrap());
+                n += 1;
+            }
+        }
+        assert!(n >= 50, "{n} vectors");
     }
 
     /// Writes seed inputs built from our own encoders into fuzz/corpus (run once,
