@@ -10,6 +10,7 @@ need=()
 command -v cmake >/dev/null || need+=(cmake)   # libopus is built by cmake
 command -v make >/dev/null || need+=(make)     # cmake's default generator
 command -v c++ >/dev/null || need+=(g++)       # libFuzzer (fuzz target build)
+command -v sipp >/dev/null || need+=(sip-tester) # SIPp: SIP interop and load tests
 if ((${#need[@]})); then
   echo "ci: installing ${need[*]}"
   SUDO=""

@@ -3,4 +3,6 @@
 //! shell over this library.
 
 pub mod cli;
+pub mod clock;
 pub mod media;
+pub mod sip;

@@ -601,6 +601,24 @@ fn classify_response(bytes: &[u8], raw: &Raw<'_>) -> Inbound {
 /// added), Call-ID and CSeq copied as received (RFC 3261 section 8.2.6.2).
 fn reject_response(raw: &Raw<'_>, status: u16, reason: &str, extra: &[(&str, &str)]) -> Reject {
     let mut out = format!("SIP/2.0 {status} {reason}\r\n");
+    // Echoed values lose their control characters: a bare CR or LF inside one
+    // would otherwise split our response into injected header lines (found by
+    // the sip_message fuzz target).
+    let v_clean: Vec<Cow<'_, str>> = raw.headers.iter().map(|h| clean(&h.value)).collect();
+    let raw = Raw {
+        start: raw.start,
+        headers: raw
+            .headers
+            .iter()
+            .zip(v_clean)
+            .map(|(h, value)| RawHeader {
+                name: h.name,
+                value,
+            })
+            .collect(),
+        rest: raw.rest,
+        junk_lines: raw.junk_lines,
+    };
     for v in raw.all(Name::Via) {
         let _ = write!(out, "Via: {v}\r\n");
     }
@@ -633,6 +651,19 @@ fn reject_response(raw: &Raw<'_>, status: u16, reason: &str, extra: &[(&str, &st
         status,
         reason: reason.into(),
         response: out.into_bytes(),
+    }
+}
+
+/// `v` with control characters (but tab) replaced by spaces.
+fn clean(v: &str) -> Cow<'_, str> {
+    if v.chars().any(|c| c.is_control() && c != '\t') {
+        Cow::Owned(
+            v.chars()
+                .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(v)
     }
 }
 
@@ -865,6 +896,29 @@ mod tests {
     }
 
     const OPTIONS: &str = "OPTIONS sip:a@b.example SIP/2.0\nVia: SIP/2.0/UDP h.example;branch=z9hG4bK1\nFrom: <sip:x@y>;tag=1\nTo: <sip:a@b.example>\nCall-ID: c1\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n";
+
+    #[test]
+    fn echoed_values_cannot_inject_header_lines() {
+        // A bare LF and CR inside Call-ID (fuzz finding): the 400 must not carry
+        // them into its own header block.
+        let bytes = b"REGISTER sip:example.com SIP/2.0\r\nTo: isbn:2983792873\r\nFrom: <http://www.example.com>;tag=3\r\n\
+Call-ID: u@h.example.com\nC\rSeq: 234902 REGISTER\r\nMax-Forwards: 70\r\nVia: SIP/2.0/UDP 192.0.2.21:5060;branch=z9hG4bKk\r\nl: 0\r\n\r\n";
+        let Inbound::Reject(r) = classify(bytes, Transport::Udp, &ValidationConfig::default())
+        else {
+            panic!("not rejected");
+        };
+        let text = String::from_utf8(r.response).unwrap();
+        let head = text.split("\r\n\r\n").next().unwrap();
+        assert!(
+            head.split("\r\n")
+                .all(|l| !l.contains('\n') && !l.contains('\r')),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("Call-ID: u@h.example.com C Seq: 234902 REGISTER\r\n"),
+            "{text:?}"
+        );
+    }
 
     #[test]
     fn accepts_a_plain_request() {

@@ -47,6 +47,38 @@ pub struct PingId(u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RegId(u64);
 
+/// A snapshot of a leg, from [`UserAgent::leg_info`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LegInfo {
+    /// We placed the call (UAC).
+    pub outgoing: bool,
+    /// `calling`, `early`, `confirmed`, `confirmed-awaiting-ack`, `ending`.
+    pub state: &'static str,
+    /// Call-ID.
+    pub call_id: String,
+    /// Where the INVITE came from or went.
+    pub peer: Peer,
+}
+
+/// UA counters (for metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UaStats {
+    /// Calls received.
+    pub incoming: u64,
+    /// Calls placed.
+    pub outgoing: u64,
+    /// INVITEs refused with 503 at the leg limit.
+    pub overload_rejects: u64,
+    /// 2xx responses we retransmitted while waiting for the ACK.
+    pub retransmitted_2xx: u64,
+    /// Our 2xx never ACKed (dialog ended with BYE).
+    pub no_ack: u64,
+    /// Stray 2xx (late forks) ACKed and ended with BYE.
+    pub stray_2xx: u64,
+}
+
 /// UA settings.
 #[derive(Clone, Debug)]
 pub struct UaConfig {
@@ -383,6 +415,7 @@ pub struct UserAgent {
     events: VecDeque<UaEvent>,
     rng: SeededRng,
     next_id: u64,
+    stats: UaStats,
 }
 
 fn body_of(body: &[u8]) -> Option<Bytes> {
@@ -406,12 +439,37 @@ impl UserAgent {
             out: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 1,
+            stats: UaStats::default(),
         }
     }
 
     /// Live legs.
     pub fn legs(&self) -> usize {
         self.legs.len()
+    }
+
+    /// What a live leg is doing (for operators and diagnostics).
+    pub fn leg_info(&self, leg: LegId) -> Option<LegInfo> {
+        let l = self.legs.get(&leg)?;
+        Some(LegInfo {
+            outgoing: l.role == Role::Uac,
+            state: match l.state {
+                LegState::Calling => "calling",
+                LegState::Early => "early",
+                LegState::Confirmed if l.retx.is_some() => "confirmed-awaiting-ack",
+                LegState::Confirmed => "confirmed",
+                LegState::Ending => "ending",
+            },
+            call_id: l.call_id.clone(),
+            peer: l.peer,
+        })
+    }
+
+    /// Every live leg.
+    pub fn leg_ids(&self) -> Vec<LegId> {
+        let mut v: Vec<LegId> = self.legs.keys().copied().collect();
+        v.sort();
+        v
     }
 
     /// Live dialogs (early and confirmed).
@@ -422,6 +480,11 @@ impl UserAgent {
     /// Live transactions.
     pub fn transactions(&self) -> usize {
         self.tl.len()
+    }
+
+    /// The UA's counters.
+    pub fn stats(&self) -> &UaStats {
+        &self.stats
     }
 
     /// The transaction layer's counters.
@@ -544,6 +607,7 @@ impl UserAgent {
         self.purposes.insert(tx, Purpose::Invite(leg));
         l.invite_tx = Some(tx);
         self.uac_calls.insert(l.call_id.clone(), leg);
+        self.stats.outgoing += 1;
         self.legs.insert(leg, l);
         self.timers
             .push(Reverse((now + self.cfg.ring_timeout, UaTimer::Ring(leg))));
@@ -1081,8 +1145,10 @@ impl UserAgent {
         match req.method {
             Method::Invite => {
                 if self.legs.len() >= self.cfg.max_legs {
+                    self.stats.overload_rejects += 1;
                     return self.reply(now, tx, &req, 503, &[("Retry-After", "5")]);
                 }
+                self.stats.incoming += 1;
                 let Some(contact) = req.contact_uri().map(String::from) else {
                     return self.reply(now, tx, &req, 400, &[]);
                 };
@@ -1280,6 +1346,7 @@ impl UserAgent {
         if now >= r.deadline {
             // No ACK (13.3.1.4): end the dialog with BYE.
             l.retx = None;
+            self.stats.no_ack += 1;
             l.end_reason = Some(EndReason::NoAck);
             if self.bye(now, leg).is_err() {
                 self.end(now, leg, EndReason::NoAck);
@@ -1291,6 +1358,7 @@ impl UserAgent {
             to: peer,
             bytes: r.bytes.clone(),
         });
+        self.stats.retransmitted_2xx += 1;
         r.interval = (r.interval * 2).min(self.cfg.timers.t2);
         r.next = (now + r.interval).min(r.deadline);
         let next = r.next;
@@ -1630,6 +1698,7 @@ impl UserAgent {
         if target.is_empty() {
             return;
         }
+        self.stats.stray_2xx += 1;
         let mut routes = resp.values("Record-Route");
         routes.reverse();
         let fallback = if from.addr.port() == 0 {
