@@ -37,6 +37,12 @@ impl Clock {
         Instant::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
     }
 
+    /// The `std::time::Instant` that `media_core::Instant::ZERO` stands for (str0m
+    /// takes std instants).
+    pub fn std_epoch(&self) -> std::time::Instant {
+        self.epoch.into_std()
+    }
+
     /// The runtime instant of a core deadline, for `sleep_until`.
     pub fn deadline(&self, at: Instant) -> tokio::time::Instant {
         self.epoch + Duration::from_micros(at.as_micros())

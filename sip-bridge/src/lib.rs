@@ -4,5 +4,11 @@
 //! Like `media-core`, nothing here opens a socket or reads a clock: inputs come
 //! with `now`, outputs are polled.
 
+pub mod bridge;
+pub mod media;
+pub mod presence;
 pub mod sdp;
+pub mod signalling;
 pub mod sip;
+pub mod token;
+pub mod webrtc;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sip_bridge::sip::framing::{Framed, FramingError, PONG, StreamFramer};
+use sip_bridge::sip::message::Transport;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -30,6 +31,7 @@ pub(crate) enum ConnEvent {
     Message {
         id: ConnId,
         addr: SocketAddr,
+        transport: Transport,
         bytes: Bytes,
     },
     /// A message that could not be framed: answer it (400/513) if possible, then the
@@ -54,6 +56,7 @@ pub(crate) async fn run<S>(
     stream: S,
     id: ConnId,
     addr: SocketAddr,
+    transport: Transport,
     limits: ConnLimits,
     events: mpsc::UnboundedSender<ConnEvent>,
     mut writes: mpsc::Receiver<Bytes>,
@@ -77,7 +80,7 @@ pub(crate) async fn run<S>(
                 loop {
                     match framer.next_item() {
                         Ok(Some(Framed::Message(bytes))) => {
-                            if events.send(ConnEvent::Message { id, addr, bytes }).is_err() {
+                            if events.send(ConnEvent::Message { id, addr, transport, bytes }).is_err() {
                                 return;
                             }
                         }

@@ -1,13 +1,14 @@
-//! The SIP endpoint task: owns the sans-IO `UserAgent` and its sockets (UDP, TCP
-//! listener and connections, outgoing TCP), feeds it bytes and timer ticks, sends
-//! what it polls out and forwards its events. It is the only owner of SIP state;
-//! everything else talks to it through [`SipHandle`] (a closure run on the UA) and
-//! the event channel. One task is enough: the whole SIP work of a call costs
-//! microseconds (see `benches/benches/sip.rs`).
+//! The SIP transport task: owns a sans-IO SIP core (the bridge, or a bare
+//! `UserAgent` in tests) and its sockets (UDP, TCP and TLS listeners and
+//! connections, outgoing TCP/TLS), feeds it bytes and timer ticks and sends what
+//! it polls out. It is the only owner of that state; everything else talks to it
+//! through [`Handle`] (a closure run on the core, in the task). One task is
+//! enough: a whole call's SIP work costs microseconds (`benches/benches/sip.rs`).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,23 +21,40 @@ use sip_bridge::sip::message::{Peer, Transport};
 use sip_bridge::sip::transaction::Transmit;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::conn::{self, ConnEvent, ConnId, ConnLimits};
 use crate::clock::Clock;
 
-/// Where and how the endpoint listens.
+/// A sans-IO SIP core the transport task can drive.
+pub trait SipCore: Send + 'static {
+    /// A datagram or framed stream message.
+    fn handle_sip(&mut self, now: Instant, bytes: &[u8], from: Peer);
+    /// Due timers.
+    fn handle_timeout(&mut self, now: Instant);
+    /// When `handle_timeout` is next due.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next message to send.
+    fn poll_sip_transmit(&mut self) -> Option<Transmit>;
+    /// After every input, job or timer: move the core's other outputs out.
+    fn after_io(&mut self, _now: Instant) {}
+}
+
+/// Where and how the transport listens.
 #[derive(Clone, Debug)]
 pub struct SipConfig {
     /// UDP bind address (port 0 picks one).
     pub udp: Option<SocketAddr>,
     /// TCP bind address.
     pub tcp: Option<SocketAddr>,
+    /// TLS bind address and server configuration.
+    pub tls: Option<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
     /// The address peers should use for us (Via, Contact): a public IP in front of
-    /// NAT. Default: the bind address, or the loopback address for 0.0.0.0.
+    /// NAT. Default: the bind address, or loopback for 0.0.0.0.
     pub advertise: Option<IpAddr>,
     /// User-Agent / Server header.
     pub user_agent: String,
-    /// Most calls in progress.
+    /// Most calls in progress (UA legs).
     pub max_legs: usize,
     /// Most transactions.
     pub max_transactions: usize,
@@ -48,22 +66,10 @@ pub struct SipConfig {
     pub idle_timeout: Duration,
     /// How long an unanswered call rings.
     pub ring_timeout: Duration,
-    /// Seeds tags, Call-IDs and branches (set from the OS in production).
+    /// Seeds tags, Call-IDs and branches.
     pub seed: u64,
     /// Test-only impairment: drop this fraction of UDP datagrams each way.
     pub udp_loss: Option<UdpLoss>,
-}
-
-/// Seeded loss on the UDP socket, both directions (an in-process netem: this
-/// kernel has none). For interop tests under loss.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct UdpLoss {
-    /// Fraction of received datagrams dropped (0..1).
-    pub inbound: f64,
-    /// Fraction of sent datagrams dropped (0..1).
-    pub outbound: f64,
-    /// Seed of the loss pattern.
-    pub seed: u64,
 }
 
 impl Default for SipConfig {
@@ -71,6 +77,7 @@ impl Default for SipConfig {
         SipConfig {
             udp: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5060))),
             tcp: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5060))),
+            tls: None,
             advertise: None,
             user_agent: concat!("sbc/", env!("CARGO_PKG_VERSION")).into(),
             max_legs: 10_000,
@@ -85,7 +92,19 @@ impl Default for SipConfig {
     }
 }
 
-/// Endpoint errors.
+/// Seeded loss on the UDP socket, both directions (an in-process netem: this
+/// kernel has none). For interop tests under loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UdpLoss {
+    /// Fraction of received datagrams dropped (0..1).
+    pub inbound: f64,
+    /// Fraction of sent datagrams dropped (0..1).
+    pub outbound: f64,
+    /// Seed of the loss pattern.
+    pub seed: u64,
+}
+
+/// Transport errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SipError {
@@ -97,12 +116,12 @@ pub enum SipError {
         /// Why.
         source: io::Error,
     },
-    /// The endpoint task has stopped.
-    #[error("SIP endpoint stopped")]
+    /// The transport task has stopped.
+    #[error("SIP transport stopped")]
     Closed,
 }
 
-/// Transport counters (read with [`SipHandle::stats`]).
+/// Transport counters (read with [`Handle::stats`]).
 #[derive(Debug, Default)]
 pub struct TransportStats {
     /// Datagrams and stream messages received.
@@ -117,28 +136,63 @@ pub struct TransportStats {
     pub impaired: AtomicU64,
 }
 
-type Job = Box<dyn FnOnce(&mut UserAgent, Instant) + Send>;
+type Job<C> = Box<dyn FnOnce(&mut C, Instant) + Send>;
 
-/// A cheap, cloneable way to act on the UA from any task.
-#[derive(Clone, Debug)]
-pub struct SipHandle {
-    jobs: mpsc::Sender<Job>,
+/// A cheap, cloneable way to act on the core from any task.
+pub struct Handle<C> {
+    jobs: mpsc::Sender<Job<C>>,
     stats: Arc<TransportStats>,
     local: Arc<LocalAddr>,
 }
 
-impl SipHandle {
-    /// Runs `f` on the UA (in the endpoint task) and returns its result.
+impl<C> Clone for Handle<C> {
+    fn clone(&self) -> Self {
+        Handle {
+            jobs: self.jobs.clone(),
+            stats: self.stats.clone(),
+            local: self.local.clone(),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Handle<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: 'static> Handle<C> {
+    /// Runs `f` on the core (in the transport task) and returns its result.
     pub async fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut UserAgent, Instant) -> R + Send + 'static,
+        f: impl FnOnce(&mut C, Instant) -> R + Send + 'static,
     ) -> Result<R, SipError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |ua, now| {
-            let _ = tx.send(f(ua, now));
+        let job: Job<C> = Box::new(move |core, now| {
+            let _ = tx.send(f(core, now));
         });
         self.jobs.send(job).await.map_err(|_| SipError::Closed)?;
         rx.await.map_err(|_| SipError::Closed)
+    }
+
+    /// Queues `f` without waiting (for tasks that must not block on the core).
+    pub fn post(&self, f: impl FnOnce(&mut C, Instant) + Send + 'static) -> Result<(), SipError> {
+        self.jobs
+            .try_send(Box::new(f))
+            .map_err(|_| SipError::Closed)
+    }
+
+    /// Queues `f`, waiting for room in the queue.
+    pub async fn send(
+        &self,
+        f: impl FnOnce(&mut C, Instant) + Send + 'static,
+    ) -> Result<(), SipError> {
+        self.jobs
+            .send(Box::new(f))
+            .await
+            .map_err(|_| SipError::Closed)
     }
 
     /// Transport counters.
@@ -152,7 +206,196 @@ impl SipHandle {
     }
 }
 
-/// A running endpoint.
+/// Bound sockets, before the task starts.
+pub struct SipSockets {
+    udp: Option<UdpSocket>,
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    /// Bound UDP address.
+    pub udp_addr: Option<SocketAddr>,
+    /// Bound TCP address.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Bound TLS address.
+    pub tls_addr: Option<SocketAddr>,
+    /// What we advertise.
+    pub local: LocalAddr,
+    cfg: SipConfig,
+}
+
+impl std::fmt::Debug for SipSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipSockets")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SipSockets {
+    /// Binds every configured listener.
+    pub async fn bind(cfg: SipConfig) -> Result<SipSockets, SipError> {
+        let bind_err = |addr| move |source| SipError::Bind { addr, source };
+        let udp = match cfg.udp {
+            Some(a) => Some(UdpSocket::bind(a).await.map_err(bind_err(a))?),
+            None => None,
+        };
+        let tcp = match cfg.tcp {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(bind_err(a))?),
+            None => None,
+        };
+        let tls = match &cfg.tls {
+            Some((a, server)) => Some((
+                TcpListener::bind(*a).await.map_err(bind_err(*a))?,
+                TlsAcceptor::from(server.clone()),
+            )),
+            None => None,
+        };
+        let udp_addr = udp.as_ref().and_then(|s| s.local_addr().ok());
+        let tcp_addr = tcp.as_ref().and_then(|s| s.local_addr().ok());
+        let tls_addr = tls.as_ref().and_then(|(s, _)| s.local_addr().ok());
+        let bound_ip = udp_addr
+            .or(tcp_addr)
+            .or(tls_addr)
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let host = cfg
+            .advertise
+            .or(bound_ip)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let mut ports = Vec::new();
+        for (t, a) in [
+            (Transport::Udp, udp_addr),
+            (Transport::Tcp, tcp_addr),
+            (Transport::Tls, tls_addr),
+        ] {
+            if let Some(a) = a {
+                ports.push((t, a.port()));
+            }
+        }
+        Ok(SipSockets {
+            udp,
+            tcp,
+            tls,
+            udp_addr,
+            tcp_addr,
+            tls_addr,
+            local: LocalAddr {
+                host: host.to_string(),
+                ports,
+            },
+            cfg,
+        })
+    }
+
+    /// The UA settings these sockets imply (for cores built on a `UserAgent`).
+    pub fn ua_config(&self) -> UaConfig {
+        let mut ua = UaConfig::new(self.local.clone(), self.cfg.seed);
+        ua.user_agent = self.cfg.user_agent.clone();
+        ua.max_legs = self.cfg.max_legs;
+        ua.max_transactions = self.cfg.max_transactions;
+        ua.ring_timeout = self.cfg.ring_timeout;
+        ua.validation.max_message = self.cfg.max_message;
+        ua
+    }
+
+    /// Starts the transport task around `core`.
+    pub fn spawn<C: SipCore>(self, core: C) -> (Handle<C>, tokio::task::JoinHandle<()>) {
+        self.spawn_with_clock(core, Clock::new())
+    }
+
+    /// Starts the transport task around `core` on a shared clock.
+    pub fn spawn_with_clock<C: SipCore>(
+        self,
+        core: C,
+        clock: Clock,
+    ) -> (Handle<C>, tokio::task::JoinHandle<()>) {
+        let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+        let stats = Arc::new(TransportStats::default());
+        let local = Arc::new(self.local.clone());
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let client = tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let task = Task {
+            core,
+            clock,
+            udp: self.udp,
+            tcp: self.tcp,
+            tls: self.tls,
+            tls_client: TlsConnector::from(Arc::new(client)),
+            limits: ConnLimits {
+                max_message: self.cfg.max_message,
+                idle: self.cfg.idle_timeout,
+            },
+            max_connections: self.cfg.max_connections,
+            conns: HashMap::new(),
+            by_addr: HashMap::new(),
+            connecting: HashMap::new(),
+            next_conn: 1,
+            stats: stats.clone(),
+            loss: self
+                .cfg
+                .udp_loss
+                .map(|l| (l, media_core::SeededRng::new(l.seed))),
+        };
+        let join = tokio::spawn(task.run(jobs_rx));
+        (
+            Handle {
+                jobs: jobs_tx,
+                stats,
+                local,
+            },
+            join,
+        )
+    }
+}
+
+/// A bare `UserAgent` as a core: its events go to a channel. For tests and tools
+/// that speak SIP without the bridge.
+#[derive(Debug)]
+pub struct UaCore {
+    /// The UA.
+    pub ua: UserAgent,
+    events: mpsc::UnboundedSender<UaEvent>,
+}
+
+impl Deref for UaCore {
+    type Target = UserAgent;
+    fn deref(&self) -> &UserAgent {
+        &self.ua
+    }
+}
+
+impl DerefMut for UaCore {
+    fn deref_mut(&mut self) -> &mut UserAgent {
+        &mut self.ua
+    }
+}
+
+impl SipCore for UaCore {
+    fn handle_sip(&mut self, now: Instant, bytes: &[u8], from: Peer) {
+        self.ua.handle_bytes(now, bytes, from);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.ua.handle_timeout(now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.ua.poll_timeout()
+    }
+    fn poll_sip_transmit(&mut self) -> Option<Transmit> {
+        self.ua.poll_transmit()
+    }
+    fn after_io(&mut self, _now: Instant) {
+        while let Some(e) = self.ua.poll_event() {
+            let _ = self.events.send(e);
+        }
+    }
+}
+
+/// Acts on a [`UaCore`].
+pub type SipHandle = Handle<UaCore>;
+
+/// A running UA endpoint (a `UserAgent` on sockets, events on a channel).
 #[derive(Debug)]
 pub struct SipEndpoint {
     /// Acts on the UA.
@@ -168,82 +411,19 @@ pub struct SipEndpoint {
 }
 
 impl SipEndpoint {
-    /// Binds the sockets and starts the endpoint task.
+    /// Binds the sockets and starts a UA on them.
     pub async fn start(cfg: SipConfig) -> Result<SipEndpoint, SipError> {
-        let udp = match cfg.udp {
-            Some(addr) => Some(
-                UdpSocket::bind(addr)
-                    .await
-                    .map_err(|source| SipError::Bind { addr, source })?,
-            ),
-            None => None,
+        let sockets = SipSockets::bind(cfg).await?;
+        let (udp_addr, tcp_addr) = (sockets.udp_addr, sockets.tcp_addr);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = UaCore {
+            ua: UserAgent::new(sockets.ua_config()),
+            events: tx,
         };
-        let tcp = match cfg.tcp {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| SipError::Bind { addr, source })?,
-            ),
-            None => None,
-        };
-        let udp_addr = udp.as_ref().and_then(|s| s.local_addr().ok());
-        let tcp_addr = tcp.as_ref().and_then(|s| s.local_addr().ok());
-        let bound_ip = udp_addr
-            .or(tcp_addr)
-            .map(|a| a.ip())
-            .filter(|ip| !ip.is_unspecified());
-        let host = cfg
-            .advertise
-            .or(bound_ip)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let mut ports = Vec::new();
-        if let Some(a) = udp_addr {
-            ports.push((Transport::Udp, a.port()));
-        }
-        if let Some(a) = tcp_addr {
-            ports.push((Transport::Tcp, a.port()));
-        }
-        let local = LocalAddr {
-            host: host.to_string(),
-            ports,
-        };
-        let mut ua_cfg = UaConfig::new(local.clone(), cfg.seed);
-        ua_cfg.user_agent = cfg.user_agent.clone();
-        ua_cfg.max_legs = cfg.max_legs;
-        ua_cfg.max_transactions = cfg.max_transactions;
-        ua_cfg.ring_timeout = cfg.ring_timeout;
-        ua_cfg.validation.max_message = cfg.max_message;
-        let (jobs_tx, jobs_rx) = mpsc::channel(1024);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(TransportStats::default());
-        let task = Task {
-            ua: UserAgent::new(ua_cfg),
-            clock: Clock::new(),
-            udp,
-            tcp,
-            limits: ConnLimits {
-                max_message: cfg.max_message,
-                idle: cfg.idle_timeout,
-            },
-            max_connections: cfg.max_connections,
-            conns: HashMap::new(),
-            by_addr: HashMap::new(),
-            connecting: HashMap::new(),
-            next_conn: 1,
-            events: events_tx,
-            stats: stats.clone(),
-            loss: cfg
-                .udp_loss
-                .map(|l| (l, media_core::SeededRng::new(l.seed))),
-        };
-        let task = tokio::spawn(task.run(jobs_rx));
+        let (handle, task) = sockets.spawn(core);
         Ok(SipEndpoint {
-            handle: SipHandle {
-                jobs: jobs_tx,
-                stats,
-                local: Arc::new(local),
-            },
-            events: events_rx,
+            handle,
+            events: rx,
             udp_addr,
             tcp_addr,
             task,
@@ -255,14 +435,16 @@ impl SipEndpoint {
 const MAX_QUEUED_PER_CONNECT: usize = 64;
 /// Messages queued to one connection's writer before it counts as stuck.
 const WRITE_QUEUE: usize = 256;
-/// How long opening an outgoing connection may take.
+/// How long opening an outgoing connection (and its TLS handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Task {
-    ua: UserAgent,
+struct Task<C> {
+    core: C,
     clock: Clock,
     udp: Option<UdpSocket>,
     tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    tls_client: TlsConnector,
     limits: ConnLimits,
     max_connections: usize,
     conns: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
@@ -271,17 +453,16 @@ struct Task {
     /// Outgoing connections being opened, with what waits for them.
     connecting: HashMap<SocketAddr, Vec<Bytes>>,
     next_conn: ConnId,
-    events: mpsc::UnboundedSender<UaEvent>,
     stats: Arc<TransportStats>,
     loss: Option<(UdpLoss, media_core::SeededRng)>,
 }
 
-impl Task {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+impl<C: SipCore> Task<C> {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job<C>>) {
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<ConnEvent>();
         let mut buf = vec![0u8; 65_536];
         loop {
-            let deadline = self.ua.poll_timeout().map(|t| self.clock.deadline(t));
+            let deadline = self.core.poll_timeout().map(|t| self.clock.deadline(t));
             tokio::select! {
                 r = recv_from(self.udp.as_ref(), &mut buf) => {
                     if let Ok((n, from)) = r {
@@ -290,16 +471,23 @@ impl Task {
                 }
                 r = accept(self.tcp.as_ref()) => {
                     if let Ok((stream, addr)) = r {
-                        self.on_accept(stream, addr, &conn_tx);
+                        self.on_accept(stream, addr, Transport::Tcp, &conn_tx);
+                    }
+                }
+                r = accept(self.tls.as_ref().map(|(l, _)| l)) => {
+                    if let Ok((stream, addr)) = r {
+                        self.on_accept(stream, addr, Transport::Tls, &conn_tx);
                     }
                 }
                 job = jobs.recv() => {
                     let Some(job) = job else { break }; // every handle dropped
-                    job(&mut self.ua, self.clock.now());
+                    job(&mut self.core, self.clock.now());
                 }
                 Some(ev) = conn_rx.recv() => self.on_conn_event(ev),
-                _ = sleep_until(deadline) => self.ua.handle_timeout(self.clock.now()),
+                _ = sleep_until(deadline) => self.core.handle_timeout(self.clock.now()),
             }
+            let now = self.clock.now();
+            self.core.after_io(now);
             self.flush(&conn_tx).await;
         }
     }
@@ -313,8 +501,8 @@ impl Task {
             return;
         }
         if let Ok(Framed::Message(bytes)) = framing::datagram(data, self.limits.max_message) {
-            self.ua
-                .handle_bytes(self.clock.now(), &bytes, Peer::udp(from));
+            self.core
+                .handle_sip(self.clock.now(), &bytes, Peer::udp(from));
         }
     }
 
@@ -322,6 +510,7 @@ impl Task {
         &mut self,
         stream: TcpStream,
         addr: SocketAddr,
+        transport: Transport,
         conn_tx: &mpsc::UnboundedSender<ConnEvent>,
     ) {
         if self.conns.len() + self.connecting.len() >= self.max_connections {
@@ -329,37 +518,57 @@ impl Task {
             return; // dropped: closes it
         }
         let _ = stream.set_nodelay(true);
-        let id = self.add_conn(addr);
-        let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
-        self.conns.insert(id, (addr, wtx));
-        tokio::spawn(conn::run(
-            stream,
-            id,
-            addr,
-            self.limits,
-            conn_tx.clone(),
-            wrx,
-        ));
-    }
-
-    fn add_conn(&mut self, addr: SocketAddr) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
         self.by_addr.insert(addr, id);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        id
+        let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+        self.conns.insert(id, (addr, wtx));
+        let limits = self.limits;
+        let events = conn_tx.clone();
+        match (transport, &self.tls) {
+            (Transport::Tls, Some((_, acceptor))) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            conn::run(tls, id, addr, Transport::Tls, limits, events, wrx).await
+                        }
+                        _ => {
+                            let _ = events.send(ConnEvent::Closed { id });
+                        }
+                    }
+                });
+            }
+            _ => {
+                tokio::spawn(conn::run(
+                    stream,
+                    id,
+                    addr,
+                    Transport::Tcp,
+                    limits,
+                    events,
+                    wrx,
+                ));
+            }
+        }
     }
 
     fn on_conn_event(&mut self, ev: ConnEvent) {
         match ev {
-            ConnEvent::Message { id, addr, bytes } => {
+            ConnEvent::Message {
+                id,
+                addr,
+                transport,
+                bytes,
+            } => {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
                 let peer = Peer {
-                    transport: Transport::Tcp,
+                    transport,
                     addr,
                     conn: Some(id),
                 };
-                self.ua.handle_bytes(self.clock.now(), &bytes, peer);
+                self.core.handle_sip(self.clock.now(), &bytes, peer);
             }
             ConnEvent::Connected { id, addr, writer } => {
                 let queued = self.connecting.remove(&addr).unwrap_or_default();
@@ -391,12 +600,9 @@ impl Task {
     }
 
     async fn flush(&mut self, conn_tx: &mpsc::UnboundedSender<ConnEvent>) {
-        while let Some(t) = self.ua.poll_transmit() {
+        while let Some(t) = self.core.poll_sip_transmit() {
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
             self.send(t, conn_tx).await;
-        }
-        while let Some(e) = self.ua.poll_event() {
-            let _ = self.events.send(e);
         }
     }
 
@@ -413,7 +619,7 @@ impl Task {
                     let _ = s.send_to(&t.bytes, t.to.addr).await;
                 }
             }
-            _ => {
+            transport => {
                 // The connection it came on, else any to that address, else open one.
                 let id =
                     t.to.conn
@@ -428,7 +634,7 @@ impl Task {
                     }
                     return;
                 }
-                self.connect(t.to.addr, t.bytes, conn_tx);
+                self.connect(t.to.addr, transport, t.bytes, conn_tx);
             }
         }
     }
@@ -436,6 +642,7 @@ impl Task {
     fn connect(
         &mut self,
         addr: SocketAddr,
+        transport: Transport,
         bytes: Bytes,
         conn_tx: &mpsc::UnboundedSender<ConnEvent>,
     ) {
@@ -454,20 +661,42 @@ impl Task {
         self.next_conn += 1;
         let limits = self.limits;
         let events = conn_tx.clone();
+        let tls = (transport == Transport::Tls).then(|| self.tls_client.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+            let Ok(Ok(stream)) = opened else {
+                let _ = events.send(ConnEvent::Failed { addr });
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+            match tls {
+                Some(connector) => {
+                    // Carriers are addressed by IP here: verify against it.
+                    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                    match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = events.send(ConnEvent::Connected {
+                                id,
+                                addr,
+                                writer: wtx,
+                            });
+                            conn::run(tls, id, addr, Transport::Tls, limits, events, wrx).await;
+                        }
+                        _ => {
+                            let _ = events.send(ConnEvent::Failed { addr });
+                        }
+                    }
+                }
+                None => {
                     let _ = events.send(ConnEvent::Connected {
                         id,
                         addr,
                         writer: wtx,
                     });
-                    conn::run(stream, id, addr, limits, events, wrx).await;
-                }
-                _ => {
-                    let _ = events.send(ConnEvent::Failed { addr });
+                    conn::run(stream, id, addr, Transport::Tcp, limits, events, wrx).await;
                 }
             }
         });

@@ -3,4 +3,7 @@
 mod conn;
 mod endpoint;
 
-pub use endpoint::{SipConfig, SipEndpoint, SipError, SipHandle, TransportStats, UdpLoss};
+pub use endpoint::{
+    Handle, SipConfig, SipCore, SipEndpoint, SipError, SipHandle, SipSockets, TransportStats,
+    UaCore, UdpLoss,
+};

@@ -313,8 +313,26 @@ pub fn classify(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
     let Some(raw) = Raw::scan(bytes) else {
         return Inbound::Drop("no header end or not UTF-8");
     };
+    // Lines end in CRLF (RFC 3261 section 7); a bare CR or LF in the header block
+    // would make our scan and the typed parser see different headers (fuzz finding).
+    let head = &bytes[..bytes.len() - raw.rest.len()];
+    let bare = head.iter().enumerate().any(|(i, &b)| match b {
+        b'\n' => i == 0 || head[i - 1] != b'\r',
+        b'\r' => head.get(i + 1) != Some(&b'\n'),
+        _ => false,
+    });
     if raw.start.starts_with("SIP/") {
+        if bare {
+            return Inbound::Drop("bare CR or LF in headers");
+        }
         return classify_response(bytes, &raw);
+    }
+    if bare {
+        return if raw.count(Name::Via) == 0 {
+            Inbound::Drop("request without Via")
+        } else {
+            Inbound::Reject(reject_response(&raw, 400, "Bad Line Ending", &[]))
+        };
     }
     let vias = raw.count(Name::Via);
     if vias == 0 {
@@ -667,8 +685,13 @@ fn clean(v: &str) -> Cow<'_, str> {
     }
 }
 
+/// A header from a name and a value (a typed one when the name is known).
+pub fn make_header(name: &str, value: &str) -> Header {
+    rsipstack::sip::headers::make_header(name, value.to_string())
+}
+
 /// FNV-1a, for deterministic tags.
-pub(crate) fn fnv(s: &str) -> u32 {
+pub fn fnv(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     })

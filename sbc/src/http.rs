@@ -1,0 +1,397 @@
+//! HTTP and WebSocket (axum): session tokens, the operator signalling socket, the
+//! JavaScript SDK and demo page, metrics and health. Handlers are thin: tokens are
+//! signed here (no shared state), everything about operators and calls goes to the
+//! control task as a job.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use sip_bridge::signalling::{NumberInfo, SessionOutput};
+use sip_bridge::token::{ApiKeys, TokenError, TokenGrant, TokenIssuer};
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::control::ControlCore;
+use crate::sip::Handle;
+
+/// What the HTTP layer needs.
+pub struct HttpState {
+    /// The control task.
+    pub control: Handle<ControlCore>,
+    /// Signs and checks session tokens.
+    pub tokens: TokenIssuer,
+    /// Configured API keys (hashed).
+    pub api_keys: ApiKeys,
+    /// Every configured number.
+    pub numbers: Vec<NumberInfo>,
+    /// Whether the demo token endpoint exists.
+    pub demo: bool,
+    /// WebSocket `Origin` allow-list (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket message.
+    pub max_message: usize,
+    /// Renders `/metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// False while draining: `/readyz` answers 503.
+    pub ready: Arc<AtomicBool>,
+    /// Signalling session ids.
+    pub next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("demo", &self.demo)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    let mut r = Router::new()
+        .route("/v1/tokens", post(tokens))
+        .route("/v1/numbers", get(numbers))
+        .route("/v1/operator", get(operator_ws))
+        .route(
+            "/sdk/operator.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("../web/operator.js"),
+                )
+            }),
+        )
+        .route(
+            "/",
+            get(|| async {
+                asset(
+                    "text/html; charset=utf-8",
+                    include_str!("../web/index.html"),
+                )
+            }),
+        )
+        .route(
+            "/demo.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("../web/demo.js"),
+                )
+            }),
+        )
+        .route(
+            "/demo.css",
+            get(|| async { asset("text/css; charset=utf-8", include_str!("../web/demo.css")) }),
+        )
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if state.demo {
+        // Demo only: a token without a customer backend. Absent from any other
+        // configuration (the route does not exist: 404).
+        r = r.route("/demo/token", post(demo_token));
+    }
+    r.with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenRequest {
+    operator_ref: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    numbers: Option<Vec<String>>,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+/// RFC 3339 UTC time of Unix seconds `t` (civil-from-days, proleptic Gregorian).
+pub fn rfc3339(t: u64) -> String {
+    let (days, secs) = (t / 86_400, t % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn issue(app: &HttpState, req: TokenRequest, allowed: &[String]) -> Response {
+    let mut ids = Vec::new();
+    let requested = req.numbers.unwrap_or_else(|| {
+        if allowed.is_empty() {
+            app.numbers.iter().map(|n| n.id.clone()).collect()
+        } else {
+            allowed.to_vec()
+        }
+    });
+    for n in &requested {
+        let digits = n.trim_start_matches('+');
+        let Some(num) = app.numbers.iter().find(|x| {
+            x.id == *n || (!digits.is_empty() && x.e164.trim_start_matches('+') == digits)
+        }) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("unknown number `{n}`"),
+            );
+        };
+        if !allowed.is_empty() && !allowed.contains(&num.id) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN_NUMBER",
+                &format!("this API key may not use `{n}`"),
+            );
+        }
+        if !ids.contains(&num.id) {
+            ids.push(num.id.clone());
+        }
+    }
+    let grant = TokenGrant {
+        display_name: req.display_name.unwrap_or_else(|| req.operator_ref.clone()),
+        operator_ref: req.operator_ref,
+        numbers: ids,
+        ttl_secs: req.ttl,
+    };
+    match app.tokens.issue(Clock::unix_secs(), &grant) {
+        Ok((token, exp)) => {
+            axum::Json(serde_json::json!({"token": token, "expiresAt": rfc3339(exp)}))
+                .into_response()
+        }
+        Err(e @ (TokenError::BadOperatorRef | TokenError::BadDisplayName | TokenError::BadTtl)) => {
+            error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn tokens(State(app): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(entry) = app.api_keys.check(key) else {
+        metrics::counter!("sbc_http_unauthorized_total").increment(1);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or invalid X-API-Key",
+        );
+    };
+    let allowed = entry.numbers.clone();
+    match serde_json::from_slice::<TokenRequest>(&body) {
+        Ok(req) => issue(&app, req, &allowed),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            &format!("bad body: {e}"),
+        ),
+    }
+}
+
+async fn demo_token(State(app): State<Arc<HttpState>>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Demo {
+        operator_ref: String,
+        #[serde(default)]
+        display_name: Option<String>,
+    }
+    match serde_json::from_slice::<Demo>(&body) {
+        Ok(d) => issue(
+            &app,
+            TokenRequest {
+                operator_ref: d.operator_ref,
+                display_name: d.display_name,
+                numbers: None,
+                ttl: None,
+            },
+            &[],
+        ),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            &format!("bad body: {e}"),
+        ),
+    }
+}
+
+async fn numbers(State(app): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match app.tokens.verify(Clock::unix_secs(), token.trim()) {
+        Ok(claims) => {
+            let list: Vec<&NumberInfo> = app
+                .numbers
+                .iter()
+                .filter(|n| claims.allows(&n.id))
+                .collect();
+            axum::Json(serde_json::json!({ "numbers": list })).into_response()
+        }
+        Err(e) => error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", &e.to_string()),
+    }
+}
+
+async fn metrics(State(app): State<Arc<HttpState>>) -> Response {
+    match &app.metrics {
+        Some(h) => asset_owned("text/plain; version=0.0.4", h.render()),
+        None => (StatusCode::NOT_FOUND, "metrics disabled\n").into_response(),
+    }
+}
+
+fn asset_owned(content_type: &'static str, body: String) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn readyz(State(app): State<Arc<HttpState>>) -> Response {
+    if app.ready.load(Ordering::Relaxed) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+fn origin_allowed(app: &HttpState, headers: &HeaderMap) -> bool {
+    if app.allowed_origins.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(o) => app.allowed_origins.iter().any(|a| a == o || a == "*"),
+        // Non-browser clients send no Origin; browsers always do.
+        None => true,
+    }
+}
+
+async fn operator_ws(
+    State(app): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&app, &headers) {
+        metrics::counter!("sbc_ws_rejected_total", "reason" => "origin").increment(1);
+        return error(StatusCode::FORBIDDEN, "FORBIDDEN", "origin not allowed");
+    }
+    let max = app.max_message;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run_ws(app, socket))
+}
+
+async fn run_ws(app: Arc<HttpState>, socket: WebSocket) {
+    let sid = app.next_session.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<SessionOutput>(256);
+    if app
+        .control
+        .send(move |c, now| c.ws_open(now, sid, tx))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let text = t.to_string();
+                    if app.control.send(move |c, now| c.bridge.handle_ws_text(now, sid, &text)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    let len = b.len();
+                    let _ = app.control.send(move |c, now| c.bridge.handle_ws_binary(now, sid, len)).await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            out = rx.recv() => match out {
+                Some(SessionOutput::Send(m)) => {
+                    if sink.send(Message::Text(m.to_json().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(SessionOutput::Close { code, reason }) => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = app.control.send(move |c, now| c.ws_closed(now, sid)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_230_057), "2026-11-21T03:00:57Z");
+    }
+}

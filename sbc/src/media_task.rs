@@ -1,0 +1,216 @@
+//! One task per call for its media: owns the call's sans-IO `MediaSession` and
+//! its RTP sockets, takes commands from control and datagrams from its sockets and
+//! the shared WebRTC port, sends what the session polls out, and reports media
+//! events back to control. Calls are spread over the runtime's workers this way,
+//! and a slow call never holds up another.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
+use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, Via};
+use sip_bridge::webrtc::WebRtcConfig;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::control::ControlCore;
+use crate::sip::Handle;
+use crate::webrtc_port::{MuxCmd, WebRtcPort};
+
+/// What a media task receives.
+#[derive(Debug)]
+pub enum MediaIn {
+    /// From control.
+    Command(MediaCommand),
+    /// From the shared WebRTC port, already routed to `leg`.
+    WebRtc {
+        /// The leg.
+        leg: LegKey,
+        /// The browser.
+        from: SocketAddr,
+        /// Our port.
+        to: SocketAddr,
+        /// The datagram.
+        data: Bytes,
+    },
+    /// From one of the call's RTP sockets.
+    Rtp {
+        /// Our port.
+        port: u16,
+        /// The peer.
+        from: SocketAddr,
+        /// The datagram.
+        data: BytesMut,
+    },
+}
+
+/// What every media task shares.
+#[derive(Debug)]
+pub struct MediaCtx {
+    /// Browser legs.
+    pub webrtc: WebRtcConfig,
+    /// The shared WebRTC port.
+    pub port: WebRtcPort,
+    /// Where RTP sockets bind.
+    pub rtp_bind: IpAddr,
+    /// No RTP for this long ends a call.
+    pub media_timeout: Duration,
+    /// The clock.
+    pub clock: Clock,
+}
+
+fn call_number(id: &str) -> u64 {
+    id.trim_start_matches("c-").parse().unwrap_or(0)
+}
+
+/// Starts the media task of call `id`.
+pub fn spawn(
+    id: String,
+    ctx: Arc<MediaCtx>,
+    control: Handle<ControlCore>,
+    seed: u64,
+) -> mpsc::UnboundedSender<MediaIn> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(id, ctx, control, seed, tx.clone(), rx));
+    tx
+}
+
+async fn run(
+    id: String,
+    ctx: Arc<MediaCtx>,
+    control: Handle<ControlCore>,
+    seed: u64,
+    me: mpsc::UnboundedSender<MediaIn>,
+    mut rx: mpsc::UnboundedReceiver<MediaIn>,
+) {
+    let mut cfg = MediaConfig::new(Some(ctx.webrtc.clone()), seed);
+    cfg.media_timeout = ctx.media_timeout;
+    let mut session = MediaSession::new(cfg);
+    let mut sockets: HashMap<u16, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut legs_in_mux: Vec<LegKey> = Vec::new();
+    let number = call_number(&id);
+    loop {
+        let deadline = session.poll_timeout().map(|t| ctx.clock.deadline(t));
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                let now = ctx.clock.now();
+                match msg {
+                    MediaIn::Command(cmd) => {
+                        if let MediaCommand::AddRtp { leg, local_port, .. } = &cmd
+                            && !sockets.contains_key(local_port)
+                        {
+                            match UdpSocket::bind((ctx.rtp_bind, *local_port)).await {
+                                Ok(s) => {
+                                    let s = Arc::new(s);
+                                    let reader = tokio::spawn(read_rtp(s.clone(), *local_port, me.clone()));
+                                    sockets.insert(*local_port, (s, reader));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(call = %id, port = local_port, error = %e, "cannot bind RTP port");
+                                    let (id2, leg) = (id.clone(), *leg);
+                                    let _ = control.send(move |c, now| c.media_event(now, &id2, MediaEvent::PortFailed { leg })).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        if let MediaCommand::Remove { leg } = &cmd {
+                            legs_in_mux.retain(|l| l != leg);
+                        }
+                        session.handle_command(now, cmd);
+                    }
+                    MediaIn::WebRtc { leg, from, to, data } => session.handle_webrtc(now, leg, from, to, &data),
+                    MediaIn::Rtp { port, from, data } => session.handle_rtp(now, port, from, data),
+                }
+            }
+            _ = sleep_until(deadline) => session.handle_timeout(ctx.clock.now()),
+        }
+        while let Some(t) = session.poll_transmit() {
+            match t.via {
+                Via::Rtp(port) => {
+                    if let Some((s, _)) = sockets.get(&port) {
+                        let _ = s.try_send_to(&t.bytes, t.to);
+                    }
+                }
+                Via::WebRtc => {
+                    let _ = ctx.port.socket.try_send_to(&t.bytes, t.to);
+                }
+            }
+        }
+        while let Some(u) = session.poll_mux_update() {
+            match u {
+                MuxUpdate::Insert { leg, credentials } => {
+                    legs_in_mux.push(leg);
+                    let _ = ctx.port.mux.send(MuxCmd::Insert {
+                        key: (number, leg),
+                        credentials,
+                        to: me.clone(),
+                    });
+                }
+                MuxUpdate::Remove { leg } => {
+                    legs_in_mux.retain(|l| *l != leg);
+                    let _ = ctx.port.mux.send(MuxCmd::Remove { key: (number, leg) });
+                }
+            }
+        }
+        while let Some(ev) = session.poll_event() {
+            let id2 = id.clone();
+            if control
+                .send(move |c, now| c.media_event(now, &id2, ev))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Ports whose legs are gone are closed at once.
+        let live = session.rtp_ports();
+        sockets.retain(|port, (_, reader)| {
+            let keep = live.contains(port);
+            if !keep {
+                reader.abort();
+            }
+            keep
+        });
+        if session.is_stopped() {
+            break;
+        }
+    }
+    for leg in legs_in_mux {
+        let _ = ctx.port.mux.send(MuxCmd::Remove { key: (number, leg) });
+    }
+    for (_, (_, reader)) in sockets {
+        reader.abort();
+    }
+}
+
+async fn read_rtp(socket: Arc<UdpSocket>, port: u16, to: mpsc::UnboundedSender<MediaIn>) {
+    loop {
+        let mut buf = BytesMut::zeroed(1500);
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        buf.truncate(n);
+        if to
+            .send(MediaIn::Rtp {
+                port,
+                from,
+                data: buf,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

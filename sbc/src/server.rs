@@ -1,0 +1,316 @@
+//! The SBC as a library: [`Server::builder`] starts every task (SIP transport and
+//! control, the WebRTC port, per-call media, HTTP) and returns a [`ServerHandle`]
+//! with the bound addresses and a graceful [`ServerHandle::shutdown`]. The `sbc`
+//! binary is a thin shell over this.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sip_bridge::bridge::{Bridge, BridgeConfig, CallEvent};
+use sip_bridge::signalling::NumberInfo;
+use sip_bridge::token::{ApiKeys, TokenIssuer};
+use sip_bridge::webrtc::{DtlsIdentity, WebRtcConfig};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::Clock;
+use crate::control::ControlCore;
+use crate::events::{EventSink, WebhookSink};
+use crate::http::{self, HttpState};
+use crate::media_task::MediaCtx;
+use crate::protect::{Protection, ProtectionConfig};
+use crate::sip::{Handle, SipConfig, SipSockets};
+use crate::webrtc_port::WebRtcPort;
+
+/// Everything a server is started with (the TOML config maps onto this; an
+/// embedding service may build it directly).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// SIP listeners and transport limits.
+    pub sip: SipConfig,
+    /// Numbers, trunks, call limits.
+    pub bridge: BridgeConfig,
+    /// HTTP + WebSocket listener.
+    pub http: SocketAddr,
+    /// WebSocket `Origin` allow-list (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// The shared WebRTC UDP port.
+    pub webrtc: SocketAddr,
+    /// The WebRTC port as browsers reach it (default: the bound address, with
+    /// the media IP when bound to 0.0.0.0).
+    pub webrtc_advertise: Option<SocketAddr>,
+    /// Where SIP-side RTP sockets bind.
+    pub rtp_bind: IpAddr,
+    /// No RTP for this long ends a call.
+    pub media_timeout: Duration,
+    /// HS256 secret for session tokens (32+ bytes).
+    pub token_secret: Vec<u8>,
+    /// API keys (hashed).
+    pub api_keys: ApiKeys,
+    /// The SIP front door.
+    pub protection: ProtectionConfig,
+    /// Call-event webhook: URL and signing secret.
+    pub webhook: Option<(String, Vec<u8>)>,
+    /// The demo token endpoint exists.
+    pub demo: bool,
+}
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// SIP sockets.
+    #[error(transparent)]
+    Sip(#[from] crate::sip::SipError),
+    /// Another socket.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The DTLS certificate could not be made.
+    #[error("DTLS certificate: {0}")]
+    Dtls(String),
+}
+
+/// Builds a server.
+pub struct ServerBuilder {
+    cfg: ServerConfig,
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("sinks", &self.sinks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The entry point.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder for `cfg`.
+    pub fn builder(cfg: ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            cfg,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder (metrics has one global recorder).
+fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+        })
+        .clone()
+}
+
+impl ServerBuilder {
+    /// Adds a receiver of call events.
+    pub fn events(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Binds everything and starts.
+    pub async fn start(self) -> Result<ServerHandle, ServerError> {
+        let ServerBuilder { cfg, mut sinks } = self;
+        let metrics_handle = prometheus();
+        let clock = Clock::new();
+        let unix_base = Clock::unix_secs();
+
+        let (port, port_task) =
+            WebRtcPort::start(cfg.webrtc)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "WebRTC",
+                    addr: cfg.webrtc,
+                    source,
+                })?;
+        let webrtc_public = cfg.webrtc_advertise.unwrap_or_else(|| {
+            if port.local.ip().is_unspecified() {
+                SocketAddr::new(cfg.bridge.media_ip, port.local.port())
+            } else {
+                port.local
+            }
+        });
+        let identity = DtlsIdentity::generate().map_err(|e| ServerError::Dtls(e.to_string()))?;
+        let media_ctx = Arc::new(MediaCtx {
+            webrtc: WebRtcConfig::new(webrtc_public, identity, clock.std_epoch()),
+            port: port.clone(),
+            rtp_bind: cfg.rtp_bind,
+            media_timeout: cfg.media_timeout,
+            clock,
+        });
+
+        let sockets = SipSockets::bind(cfg.sip.clone()).await?;
+        let (sip_udp, sip_tcp, sip_tls) = (sockets.udp_addr, sockets.tcp_addr, sockets.tls_addr);
+        let mut bridge = Bridge::new(
+            cfg.bridge.clone(),
+            sockets.local.clone(),
+            TokenIssuer::new(&cfg.token_secret),
+            unix_base,
+        );
+        bridge.start(clock.now());
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CallEvent>();
+        let core = ControlCore::new(
+            bridge,
+            Protection::new(cfg.protection.clone()),
+            media_ctx,
+            events_tx,
+            cfg.bridge.seed,
+        );
+        let (control, sip_task) = sockets.spawn_with_clock(core, clock);
+        let me = control.clone();
+        let _ = control.send(move |c, _| c.set_handle(me)).await;
+
+        if let Some((url, secret)) = &cfg.webhook {
+            sinks.push(WebhookSink::start(url.clone(), secret.clone()));
+        }
+        let events_task = tokio::spawn(async move {
+            while let Some(ev) = events_rx.recv().await {
+                for s in &sinks {
+                    s.call_event(&ev);
+                }
+            }
+        });
+
+        let listener = tokio::net::TcpListener::bind(cfg.http)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "HTTP",
+                addr: cfg.http,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "HTTP",
+            addr: cfg.http,
+            source,
+        })?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = Arc::new(HttpState {
+            control: control.clone(),
+            tokens: TokenIssuer::new(&cfg.token_secret),
+            api_keys: cfg.api_keys.clone(),
+            numbers: cfg
+                .bridge
+                .numbers
+                .iter()
+                .map(|n| NumberInfo {
+                    id: n.id.clone(),
+                    e164: n.e164.clone(),
+                    name: n.name.clone(),
+                })
+                .collect(),
+            demo: cfg.demo,
+            allowed_origins: cfg.allowed_origins.clone(),
+            max_message: cfg.bridge.session.max_message,
+            metrics: metrics_handle,
+            ready: ready.clone(),
+            next_session: AtomicU64::new(1),
+        });
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let http_task = tokio::spawn(http::serve(listener, http::router(state), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        Ok(ServerHandle {
+            sip_udp,
+            sip_tcp,
+            sip_tls,
+            http: http_addr,
+            webrtc: port.local,
+            webrtc_public,
+            control,
+            ready,
+            stop: stop_tx,
+            tasks: vec![sip_task, port_task, events_task],
+            http_task,
+        })
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// SIP UDP address.
+    pub sip_udp: Option<SocketAddr>,
+    /// SIP TCP address.
+    pub sip_tcp: Option<SocketAddr>,
+    /// SIP TLS address.
+    pub sip_tls: Option<SocketAddr>,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// The WebRTC port (bound).
+    pub webrtc: SocketAddr,
+    /// The WebRTC port as browsers reach it.
+    pub webrtc_public: SocketAddr,
+    /// The control task (calls, operators, SIP).
+    pub control: Handle<ControlCore>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// Calls in progress.
+    pub async fn calls(&self) -> usize {
+        self.control
+            .call(|c, _| c.bridge.calls())
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Graceful stop: take no new calls, let the active ones finish for up to
+    /// `deadline`, then end the rest cleanly (BYE to SIP peers, `ended` to
+    /// browsers) and stop every task. Returns how many calls had to be ended.
+    pub async fn shutdown(self, deadline: Duration) -> usize {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.control.call(|c, _| c.set_draining(true)).await;
+        let step = Duration::from_millis(100);
+        let mut waited = Duration::ZERO;
+        while waited < deadline && self.calls().await > 0 {
+            tokio::time::sleep(step).await;
+            waited += step;
+        }
+        let ended = self.control.call(|c, now| {
+            let n = c.bridge.calls();
+            c.bridge.end_all(now);
+            n
+        });
+        let ended = ended.await.unwrap_or(0);
+        // Give the BYEs their answers (or a short while) before the sockets go.
+        let mut waited = Duration::ZERO;
+        while waited < Duration::from_secs(3)
+            && self
+                .control
+                .call(|c, _| c.bridge.ua().legs())
+                .await
+                .unwrap_or(0)
+                > 0
+        {
+            tokio::time::sleep(step).await;
+            waited += step;
+        }
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        ended
+    }
+}

@@ -1,0 +1,344 @@
+// The demo page: static checks of index.html/demo.js/demo.css, then demo.js driven through a
+// tiny DOM shim against the real SDK and the fakes (a smoke test; Playwright does the rest).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { register } from 'node:module';
+import { makeEnv, flush, ready } from './fakes.mjs';
+
+register('./sdk-path-hook.mjs', import.meta.url);
+
+const web = new URL('../', import.meta.url);
+const html = readFileSync(new URL('index.html', web), 'utf8');
+const demoJs = readFileSync(new URL('demo.js', web), 'utf8');
+const css = readFileSync(new URL('demo.css', web), 'utf8');
+
+const REQUIRED_IDS = [
+  'operator-name', 'go-online', 'go-offline', 'presence', 'numbers', 'incoming', 'answer', 'decline',
+  'dial-to', 'caller-id', 'call', 'hangup', 'mute', 'hold', 'dialpad', 'call-state', 'errors', 'remote-audio',
+];
+
+const htmlIds = [...html.matchAll(/\sid="([^"]+)"/g)].map((m) => m[1]);
+
+test('index.html has every stable id, once, and a full dial pad', () => {
+  for (const id of REQUIRED_IDS) assert.equal(htmlIds.filter((x) => x === id).length, 1, `#${id}`);
+  const digits = [...html.matchAll(/data-digit="([^"]+)"/g)].map((m) => m[1]);
+  assert.deepEqual(digits.sort(), ['#', '*', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+  assert.match(html, /<audio id="remote-audio" autoplay>/);
+});
+
+test('every element demo.js looks up exists in index.html', () => {
+  for (const [, id] of demoJs.matchAll(/\$\('([^']+)'\)/g)) assert.ok(htmlIds.includes(id), `#${id}`);
+});
+
+test('no external resources, relative URLs only', () => {
+  for (const [, url] of html.matchAll(/(?:src|href)="([^"]+)"/g)) assert.doesNotMatch(url, /^(\/|[a-z]+:)/i, url);
+  assert.doesNotMatch(css, /@import|url\(/);
+  assert.doesNotMatch(demoJs, /https?:\/\//);
+  assert.match(demoJs, /from '\.\/sdk\/operator\.js'/);
+});
+
+// ---- a DOM just big enough for demo.js ----
+
+class FakeElement {
+  constructor(tag) {
+    this.tagName = tag.toUpperCase();
+    this.children = [];
+    this.parent = null;
+    this.listeners = {};
+    this.dataset = {};
+    this.attributes = {};
+    this.hidden = false;
+    this.disabled = false;
+    this.className = '';
+    this.type = '';
+    this.checked = false;
+    this.srcObject = null;
+    this._text = '';
+    this._value = '';
+  }
+  get textContent() {
+    return this.children.length ? this.children.map((c) => c.textContent).join('') : this._text;
+  }
+  set textContent(v) {
+    this.children = [];
+    this._text = String(v);
+  }
+  get value() {
+    if (this.tagName !== 'SELECT') return this._value;
+    return this.children.some((o) => o.value === this._value) ? this._value : (this.children[0]?.value ?? '');
+  }
+  set value(v) {
+    this._value = String(v);
+  }
+  setAttribute(k, v) {
+    this.attributes[k] = String(v);
+  }
+  getAttribute(k) {
+    return this.attributes[k] ?? null;
+  }
+  addEventListener(type, fn) {
+    (this.listeners[type] ??= []).push(fn);
+  }
+  dispatch(type, init = {}) {
+    const ev = { type, target: this, ...init };
+    for (let n = this; n; n = n.parent) for (const fn of n.listeners[type] ?? []) fn(ev);
+  }
+  click() {
+    if (this.disabled) return;
+    if (this.type === 'checkbox') this.checked = !this.checked;
+    this.dispatch('click');
+    if (this.type === 'checkbox') this.dispatch('change');
+  }
+  append(...nodes) {
+    for (const n of nodes) {
+      n.remove();
+      n.parent = this;
+      this.children.push(n);
+    }
+  }
+  prepend(...nodes) {
+    for (const n of nodes.reverse()) {
+      n.remove();
+      n.parent = this;
+      this.children.unshift(n);
+    }
+  }
+  replaceChildren(...nodes) {
+    for (const c of this.children) c.parent = null;
+    this.children = [];
+    this.append(...nodes);
+  }
+  remove() {
+    if (!this.parent) return;
+    this.parent.children = this.parent.children.filter((c) => c !== this);
+    this.parent = null;
+  }
+  get lastElementChild() {
+    return this.children[this.children.length - 1] ?? null;
+  }
+  *descendants() {
+    for (const c of this.children) {
+      yield c;
+      yield* c.descendants();
+    }
+  }
+  querySelectorAll(sel) {
+    return [...this.descendants()].filter((e) => e.matches(sel));
+  }
+  /** Supports `tag`, `[attr]`, `[attr=value]` and `:checked`, combined. */
+  matches(sel) {
+    const m = /^(\w+)?(?:\[([\w-]+)(?:=(\w+))?\])?(:checked)?$/.exec(sel);
+    if (!m) throw new Error(`selector not supported by the shim: ${sel}`);
+    const [, tag, attr, val, checked] = m;
+    if (tag && this.tagName !== tag.toUpperCase()) return false;
+    if (attr) {
+      const v = attr.startsWith('data-') ? this.dataset[attr.slice(5)] : attr === 'type' ? this.type : this.attributes[attr];
+      if (v == null || (val !== undefined && v !== val)) return false;
+    }
+    return !checked || this.checked;
+  }
+  closest(sel) {
+    for (let n = this; n; n = n.parent) if (n.matches(sel)) return n;
+    return null;
+  }
+  focus() {}
+  play() {
+    return Promise.resolve();
+  }
+}
+
+function buildDocument() {
+  const byId = new Map();
+  for (const m of html.matchAll(/<(\w+)([^>]*)\sid="([^"]+)"([^>]*)>/g)) {
+    const e = new FakeElement(m[1]);
+    e.id = m[3];
+    const attrs = m[2] + m[4];
+    e.hidden = /\shidden(\s|$)/.test(attrs);
+    e.disabled = /\sdisabled(\s|$)/.test(attrs);
+    byId.set(e.id, e);
+  }
+  for (const [, d] of html.matchAll(/<button[^>]*data-digit="([^"]+)"/g)) {
+    const b = new FakeElement('button');
+    b.dataset.digit = d;
+    byId.get('dialpad').append(b);
+  }
+  return { getElementById: (id) => byId.get(id) ?? null, createElement: (tag) => new FakeElement(tag) };
+}
+
+function response(status, body) {
+  return { ok: status >= 200 && status < 300, status, json: async () => body };
+}
+
+const NUMBERS = [
+  { id: 'support', e164: '+15550100', name: 'Support' },
+  { id: 'sales', e164: '+15550101', name: 'Sales' },
+];
+
+let loads = 0;
+
+/** Load a fresh copy of demo.js on a fresh DOM, with `env`'s fakes as the browser globals. */
+async function loadDemo(env, fetchImpl) {
+  const doc = buildDocument();
+  globalThis.document = doc;
+  globalThis.window = globalThis;
+  globalThis.location = new URL('http://localhost:8080/');
+  globalThis.fetch = fetchImpl;
+  globalThis.WebSocket = env.WebSocket;
+  globalThis.RTCPeerConnection = env.RTCPeerConnection;
+  Object.defineProperty(globalThis, 'navigator', { value: { mediaDevices: env.mediaDevices }, configurable: true, writable: true });
+  const realSetInterval = globalThis.setInterval;
+  globalThis.setInterval = () => 0; // no call-timer ticking in tests
+  try {
+    await import(`../demo.js?load=${++loads}`);
+  } finally {
+    globalThis.setInterval = realSetInterval;
+  }
+  return { $: (id) => doc.getElementById(id), demo: globalThis.demo };
+}
+
+test('demo page: go online, answer, DTMF, mute, hold, hang up, dial error, go offline', async () => {
+  const env = makeEnv();
+  const calls = [];
+  const { $, demo } = await loadDemo(env, async (url, init) => {
+    calls.push({ url: String(url), init });
+    const path = new URL(url).pathname;
+    if (path === '/demo/token') return response(200, { token: `demo-tok-${calls.length}`, expiresAt: '2030-01-01T00:00:00Z' });
+    if (path === '/v1/numbers') return response(200, { numbers: NUMBERS });
+    return response(404, {});
+  });
+  assert.equal($('presence').textContent, 'offline');
+  assert.equal($('go-offline').disabled, true);
+  assert.equal(demo.call, null);
+
+  $('go-online').click(); // no name yet
+  assert.equal($('errors').children[0].dataset.code, 'NAME_REQUIRED');
+
+  $('operator-name').value = 'Alice Martin';
+  $('go-online').click();
+  await flush();
+  assert.equal(calls[0].url, 'http://localhost:8080/demo/token');
+  assert.equal(calls[0].init.method, 'POST');
+  assert.deepEqual(JSON.parse(calls[0].init.body), { operatorRef: 'alice.martin', displayName: 'Alice Martin' });
+  assert.equal(calls[1].url, 'http://localhost:8080/v1/numbers');
+  assert.equal(calls[1].init.headers.Authorization, 'Bearer demo-tok-1');
+  const ws = env.sockets[0];
+  assert.equal(ws.url, 'ws://localhost:8080/v1/operator');
+  ws.open();
+  assert.equal(ws.sent[0].token, 'demo-tok-3');
+  ws.push(ready());
+  await flush();
+  const online = ws.last();
+  assert.deepEqual(online.numbers, ['support', 'sales']);
+  ws.push({ type: 'availability', accepted: ['support', 'sales'], rejected: [], ref: online.ref });
+  await flush();
+  assert.equal($('presence').textContent, 'online');
+  assert.equal($('presence').dataset.state, 'online');
+  assert.equal($('go-online').disabled, true);
+  assert.equal($('operator-name').disabled, true);
+  const boxes = $('numbers').querySelectorAll('input[type=checkbox]');
+  assert.deepEqual(boxes.map((b) => [b.value, b.checked]), [['support', true], ['sales', true]]);
+  assert.deepEqual($('numbers').children.map((li) => li.dataset.status), ['accepted', 'accepted']);
+  assert.equal($('caller-id').value, 'support');
+
+  boxes[1].click(); // uncheck sales
+  await flush();
+  assert.deepEqual(ws.last().numbers, ['support']);
+  ws.push({ type: 'availability', accepted: ['support'], rejected: [], ref: ws.last().ref });
+  await flush();
+  assert.deepEqual($('numbers').children.map((li) => li.dataset.status), ['accepted', 'off']);
+
+  // Inbound call.
+  ws.push({ type: 'incoming', callId: 'c-2', from: '+15550111', to: '+15550100', number: 'support' });
+  await flush();
+  assert.equal($('incoming').hidden, false);
+  assert.match($('incoming-from').textContent, /\+15550111/);
+  assert.equal(demo.call.callId, 'c-2');
+  $('answer').click();
+  await flush();
+  const accept = ws.last();
+  assert.equal(accept.type, 'accept');
+  ws.push({ type: 'answer', callId: 'c-2', sdp: 'v=0', ref: accept.ref });
+  ws.push({ type: 'connected', callId: 'c-2' });
+  await flush();
+  assert.equal($('incoming').hidden, true);
+  assert.equal($('call-state').dataset.state, 'connected');
+  assert.match($('call-state').textContent, /Connected with \+15550111 · 00:0\d/);
+  assert.equal($('remote-audio').srcObject, env.pcs[0].remoteStream);
+  assert.equal($('hangup').disabled, false);
+  assert.equal(demo.call.state, 'connected');
+
+  $('dialpad').children.find((b) => b.dataset.digit === '5').click();
+  assert.deepEqual([ws.last().type, ws.last().digits], ['dtmf', '5']);
+  $('mute').click();
+  assert.deepEqual([ws.last().type, ws.last().on], ['mute', true]);
+  assert.equal($('mute').textContent, 'Unmute');
+  assert.equal(env.mediaDevices.streams[0].tracks[0].enabled, false);
+  $('hold').click();
+  assert.deepEqual([ws.last().type, ws.last().on], ['hold', true]);
+  ws.push({ type: 'callUpdated', callId: 'c-2', muted: true, held: true, remoteHeld: false });
+  await flush();
+  assert.equal($('hold').textContent, 'Resume');
+  assert.match($('call-state').textContent, /on hold/);
+
+  $('hangup').click();
+  assert.deepEqual([ws.last().type, ws.last().callId], ['hangup', 'c-2']);
+  ws.push({ type: 'ended', callId: 'c-2', reason: 'hangup' });
+  await flush();
+  assert.equal($('call-state').dataset.state, 'ended');
+  assert.match($('call-state').textContent, /you hung up/);
+  assert.equal($('remote-audio').srcObject, null);
+  assert.equal(demo.call.endReason, 'hangup');
+
+  // The dial pad types the number when there is no call; a refused dial shows the error.
+  $('dialpad').children.find((b) => b.dataset.digit === '1').click();
+  assert.equal($('dial-to').value, '1');
+  $('dial-to').value = '+15550199';
+  $('call').click();
+  await flush();
+  const dial = ws.last();
+  assert.deepEqual([dial.type, dial.to, dial.callerId], ['dial', '+15550199', 'support']);
+  ws.push({ type: 'error', code: 'FORBIDDEN_NUMBER', message: 'not allowed', ref: dial.ref });
+  await flush();
+  assert.equal($('errors').children[0].dataset.code, 'FORBIDDEN_NUMBER');
+  assert.equal($('errors').children.filter((li) => li.dataset.code === 'FORBIDDEN_NUMBER').length, 1, 'shown once');
+  assert.equal($('call').disabled, false);
+
+  $('go-offline').click();
+  await flush();
+  assert.equal($('presence').textContent, 'offline');
+  assert.equal(ws.closedWith.code, 1000);
+});
+
+test('demo page: a 404 from the demo token endpoint offers to paste a token', async () => {
+  const env = makeEnv();
+  const calls = [];
+  const { $ } = await loadDemo(env, async (url, init) => {
+    calls.push({ url: String(url), init });
+    const path = new URL(url).pathname;
+    if (path === '/v1/numbers') return response(200, { numbers: NUMBERS });
+    return response(404, {});
+  });
+  $('operator-name').value = 'Bob';
+  $('go-online').click();
+  await flush();
+  assert.equal($('token-paste').hidden, false);
+  assert.equal($('presence').textContent, 'offline');
+  assert.equal(env.sockets.length, 0);
+  assert.ok($('errors').children.length >= 1);
+  $('token-input').value = ' pasted-token ';
+  $('use-token').click();
+  await flush();
+  assert.equal($('token-paste').hidden, true);
+  const numbersCall = calls.find((c) => c.url.endsWith('/v1/numbers'));
+  assert.equal(numbersCall.init.headers.Authorization, 'Bearer pasted-token');
+  const ws = env.sockets[0];
+  ws.open();
+  assert.deepEqual(ws.sent[0], { type: 'hello', token: 'pasted-token', protocol: 1 });
+  ws.push(ready());
+  await flush();
+  assert.equal($('presence').textContent, 'online');
+  $('go-offline').click();
+  await flush();
+});

@@ -1,0 +1,236 @@
+//! What the bridge is configured with (the SBC maps its TOML file onto this).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use media_core::codec::Codec;
+
+use super::plan::DialPlan;
+use crate::signalling::SessionConfig;
+use crate::sip::auth::Credentials;
+use crate::sip::message::{Peer, Transport};
+
+/// A number calls arrive on and operators use as caller ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberConfig {
+    /// Short id (`support`).
+    pub id: String,
+    /// E.164 (`+15550100`).
+    pub e164: String,
+    /// Label for people.
+    pub name: String,
+    /// What rings when it is called.
+    pub plan: DialPlan,
+}
+
+/// How DTMF goes to a trunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DtmfMode {
+    /// RFC 4733 telephone-events in the RTP stream.
+    #[default]
+    Rfc4733,
+    /// SIP INFO with `application/dtmf-relay`.
+    Info,
+}
+
+/// An address block (`203.0.113.0/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let p = u32::from(self.prefix.min(32));
+                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let p = u32::from(self.prefix.min(128));
+                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.trim()
+                .parse()
+                .ok()
+                .filter(|v| *v <= max)
+                .ok_or(format!("bad prefix in `{s}`"))?
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// A SIP trunk (carrier).
+#[derive(Clone, Debug)]
+pub struct TrunkConfig {
+    /// Name for logs, metrics and `pstn:+E164@name`.
+    pub name: String,
+    /// Host for Request-URIs (`carrier.example`).
+    pub host: String,
+    /// Addresses in failover order (resolved by the driver).
+    pub peers: Vec<SocketAddr>,
+    /// Transport to them.
+    pub transport: Transport,
+    /// Digest credentials for our requests.
+    pub credentials: Option<Credentials>,
+    /// Register to the first peer (an AOR `sip:user@host`).
+    pub register: Option<String>,
+    /// Sources allowed to send us INVITEs through this trunk (besides `peers`).
+    pub inbound: Vec<Cidr>,
+    /// Codecs in preference order.
+    pub codecs: Vec<Codec>,
+    /// DTMF toward this trunk.
+    pub dtmf: DtmfMode,
+    /// OPTIONS ping interval; `None` disables health checks.
+    pub ping_interval: Option<Duration>,
+}
+
+impl TrunkConfig {
+    /// Whether a request from `ip` belongs to this trunk.
+    pub fn accepts_from(&self, ip: IpAddr) -> bool {
+        self.peers.iter().any(|p| p.ip() == ip) || self.inbound.iter().any(|c| c.contains(ip))
+    }
+
+    /// The peer at failover position `i`.
+    pub fn peer(&self, i: usize) -> Option<Peer> {
+        self.peers.get(i).map(|&addr| Peer {
+            transport: self.transport,
+            addr,
+            conn: None,
+        })
+    }
+}
+
+/// The bridge's configuration.
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// Numbers and their plans.
+    pub numbers: Vec<NumberConfig>,
+    /// Trunks.
+    pub trunks: Vec<TrunkConfig>,
+    /// The address in our SDP for SIP-side RTP.
+    pub media_ip: IpAddr,
+    /// SIP-side RTP ports.
+    pub rtp_ports: (u16, u16),
+    /// Ring time of an outbound call (an operator's `dial`).
+    pub outbound_ring_timeout: Duration,
+    /// Most calls at once (503 beyond).
+    pub max_calls: usize,
+    /// Longest call.
+    pub max_call_duration: Duration,
+    /// Operator connections.
+    pub session: SessionConfig,
+    /// Reconnect grace period.
+    pub grace: Duration,
+    /// Most operators.
+    pub max_operators: usize,
+    /// Accept calls from any source (the demo's loopback setup); otherwise an
+    /// INVITE must come from a trunk.
+    pub open_inbound: bool,
+    /// Seeds ids.
+    pub seed: u64,
+}
+
+impl BridgeConfig {
+    /// A configuration with defaults around `numbers` and `trunks`.
+    pub fn new(numbers: Vec<NumberConfig>, trunks: Vec<TrunkConfig>, media_ip: IpAddr) -> Self {
+        BridgeConfig {
+            numbers,
+            trunks,
+            media_ip,
+            rtp_ports: (20000, 30000),
+            outbound_ring_timeout: Duration::from_secs(60),
+            max_calls: 5000,
+            max_call_duration: Duration::from_secs(4 * 3600),
+            session: SessionConfig::default(),
+            grace: Duration::from_secs(30),
+            max_operators: 10_000,
+            open_inbound: false,
+            seed: 1,
+        }
+    }
+
+    /// The number whose id or E.164 (with or without `+`) is `s`.
+    pub fn number(&self, s: &str) -> Option<&NumberConfig> {
+        let digits = s.trim_start_matches('+');
+        self.numbers
+            .iter()
+            .find(|n| n.id == s || (!digits.is_empty() && n.e164.trim_start_matches('+') == digits))
+    }
+
+    /// The trunk a source belongs to.
+    pub fn trunk_for_source(&self, ip: IpAddr) -> Option<usize> {
+        self.trunks.iter().position(|t| t.accepts_from(ip))
+    }
+
+    /// A trunk by name.
+    pub fn trunk_named(&self, name: &str) -> Option<usize> {
+        self.trunks.iter().position(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let c: Cidr = "203.0.113.0/24".parse().unwrap();
+        assert!(c.contains("203.0.113.77".parse().unwrap()));
+        assert!(!c.contains("203.0.114.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let one: Cidr = "198.51.100.7".parse().unwrap();
+        assert!(
+            one.contains("198.51.100.7".parse().unwrap())
+                && !one.contains("198.51.100.8".parse().unwrap())
+        );
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.com".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn numbers_by_id_or_e164() {
+        let cfg = BridgeConfig::new(
+            vec![NumberConfig {
+                id: "support".into(),
+                e164: "+15550100".into(),
+                name: "Support".into(),
+                plan: DialPlan::default(),
+            }],
+            vec![],
+            "127.0.0.1".parse().unwrap(),
+        );
+        for s in ["support", "+15550100", "15550100"] {
+            assert_eq!(cfg.number(s).map(|n| n.id.as_str()), Some("support"), "{s}");
+        }
+        assert!(cfg.number("+").is_none() && cfg.number("sales").is_none());
+    }
+}

@@ -1,0 +1,242 @@
+//! Dial plans (`ARCHITECTURE.md`, "Calls, legs and dial plans"): a list of steps,
+//! each ringing one or more targets at once for at most its timeout. The first
+//! answer in a step wins and ends the others; when every target of a step fails or
+//! it times out, the next step starts.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Where a step rings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Target {
+    /// Every online, non-busy operator available on the call's number.
+    Operators,
+    /// One operator by operatorRef.
+    Operator(String),
+    /// A SIP URI, through the trunk whose host matches, else directly.
+    Sip(String),
+    /// A phone number through a trunk (`pstn:+E164`; the trunk by name with
+    /// `pstn:+E164@trunk`, else the first trunk).
+    Pstn {
+        /// E.164.
+        number: String,
+        /// Trunk name.
+        trunk: Option<String>,
+    },
+    /// An AI agent over WebSocket (`stream:wss://...`).
+    Stream(String),
+    /// Built-in test target: plays the caller's audio back.
+    Echo,
+    /// Built-in test target: a 1 kHz tone (`tone`) or another frequency (`tone:440`).
+    Tone(u32),
+}
+
+/// A target that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad dial target `{0}`: expected operators, operator:REF, sip:URI, pstn:+E164[@trunk], stream:ws(s)://..., echo or tone[:HZ]"
+)]
+pub struct TargetError(pub String);
+
+fn e164(s: &str) -> bool {
+    s.strip_prefix('+')
+        .is_some_and(|d| (3..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl std::str::FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Target, TargetError> {
+        let err = || TargetError(s.to_string());
+        let s = s.trim();
+        if s == "operators" {
+            return Ok(Target::Operators);
+        }
+        if s == "echo" {
+            return Ok(Target::Echo);
+        }
+        if s == "tone" {
+            return Ok(Target::Tone(1000));
+        }
+        if let Some(hz) = s.strip_prefix("tone:") {
+            return hz
+                .parse()
+                .ok()
+                .filter(|h| (50..=4000).contains(h))
+                .map(Target::Tone)
+                .ok_or_else(err);
+        }
+        if let Some(r) = s.strip_prefix("operator:") {
+            let ok = (1..=64).contains(&r.len())
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+            return ok.then(|| Target::Operator(r.into())).ok_or_else(err);
+        }
+        if let Some(rest) = s.strip_prefix("pstn:") {
+            let (number, trunk) = match rest.split_once('@') {
+                Some((n, t)) if !t.is_empty() => (n, Some(t.to_string())),
+                Some(_) => return Err(err()),
+                None => (rest, None),
+            };
+            return e164(number)
+                .then(|| Target::Pstn {
+                    number: number.into(),
+                    trunk,
+                })
+                .ok_or_else(err);
+        }
+        if s.starts_with("sip:") || s.starts_with("sips:") {
+            return s
+                .parse::<rsipstack::sip::Uri>()
+                .ok()
+                .map(|_| Target::Sip(s.into()))
+                .ok_or_else(err);
+        }
+        if let Some(url) = s.strip_prefix("stream:") {
+            return (url.starts_with("ws://") || url.starts_with("wss://"))
+                .then(|| Target::Stream(url.into()))
+                .ok_or_else(err);
+        }
+        Err(err())
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Operators => f.write_str("operators"),
+            Target::Operator(r) => write!(f, "operator:{r}"),
+            Target::Sip(u) => f.write_str(u),
+            Target::Pstn {
+                number,
+                trunk: None,
+            } => write!(f, "pstn:{number}"),
+            Target::Pstn {
+                number,
+                trunk: Some(t),
+            } => write!(f, "pstn:{number}@{t}"),
+            Target::Stream(u) => write!(f, "stream:{u}"),
+            Target::Echo => f.write_str("echo"),
+            Target::Tone(1000) => f.write_str("tone"),
+            Target::Tone(hz) => write!(f, "tone:{hz}"),
+        }
+    }
+}
+
+/// One step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Rung at once.
+    pub targets: Vec<Target>,
+    /// How long the step rings.
+    pub timeout: Duration,
+}
+
+/// A dial plan.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DialPlan {
+    /// In order.
+    pub steps: Vec<Step>,
+}
+
+impl DialPlan {
+    /// One step ringing `targets` for `timeout`.
+    pub fn single(targets: Vec<Target>, timeout: Duration) -> Self {
+        DialPlan {
+            steps: vec![Step { targets, timeout }],
+        }
+    }
+}
+
+/// Parses a duration like `15s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
+}
+
+/// Twilio-style outcome of a dial (`DialCallStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DialStatus {
+    /// Answered and ended normally.
+    Completed,
+    /// Answered (still up).
+    Answered,
+    /// Every target was busy.
+    Busy,
+    /// Nobody answered.
+    NoAnswer,
+    /// Failed (unreachable, rejected with an error, no target available).
+    Failed,
+    /// The caller hung up before an answer.
+    Canceled,
+}
+
+impl DialStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialStatus::Completed => "completed",
+            DialStatus::Answered => "answered",
+            DialStatus::Busy => "busy",
+            DialStatus::NoAnswer => "no-answer",
+            DialStatus::Failed => "failed",
+            DialStatus::Canceled => "canceled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_print_back() {
+        for s in [
+            "operators",
+            "operator:alice",
+            "sip:bob@198.51.100.7:5070",
+            "pstn:+15550111",
+            "pstn:+15550111@carrier2",
+            "stream:wss://agent.example/ws",
+            "echo",
+            "tone",
+            "tone:440",
+        ] {
+            let t: Target = s.parse().unwrap();
+            assert_eq!(t.to_string(), s);
+        }
+        for bad in [
+            "",
+            "sip:",
+            "operator:",
+            "operator:a b",
+            "pstn:15550111",
+            "pstn:+1",
+            "pstn:+15550111@",
+            "stream:http://x",
+            "tone:9",
+            "fax",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("15"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}

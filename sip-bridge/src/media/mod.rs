@@ -1,0 +1,833 @@
+//! One call's media session: its RTP legs toward SIP peers, its WebRTC legs toward
+//! browsers, and the pipelines between them (relay when both sides speak the same
+//! format, else jitter buffer + transcoding), plus generated tones, echo, mute,
+//! hold and DTMF. Sans-IO: the SBC runs one per call in its own task, feeding it
+//! datagrams and [`MediaCommand`]s, sending what it polls out and forwarding its
+//! [`MediaEvent`]s to the control plane ([`crate::bridge::Bridge`]).
+//!
+//! RTP legs latch to their peer like rtpengine's strict-source: packets are taken
+//! from the signalled address, or, when that is a private or unspecified address
+//! (a NATed peer), from the first source with the signalled IP... or the first
+//! source at all when the IP cannot match; once latched, other sources are dropped
+//! so a stray sender cannot hijack the stream.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use media_core::analysis::ToneGenerator;
+use media_core::codec::Codec;
+use media_core::jitter::JitterConfig;
+use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, PipelineEvent, RtpFormat};
+use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, Ssrc};
+use media_core::{Instant, Millis, SampleRate, SeededRng};
+
+use crate::bridge::{LegKey, MediaCommand, MediaEvent, Tone};
+use crate::webrtc::{MuxCredentials, WebRtcConfig, WebRtcEvent, WebRtcLeg};
+
+/// Media session settings.
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    /// Browser legs (`None`: this session cannot take [`MediaCommand::AddWebRtc`]).
+    pub webrtc: Option<WebRtcConfig>,
+    /// No RTP from a connected, unheld SIP leg for this long ends the call.
+    pub media_timeout: Duration,
+    /// Seeds SSRCs and sequence numbers.
+    pub seed: u64,
+}
+
+impl MediaConfig {
+    /// Defaults: 60 s media timeout.
+    pub fn new(webrtc: Option<WebRtcConfig>, seed: u64) -> Self {
+        MediaConfig {
+            webrtc,
+            media_timeout: Duration::from_secs(60),
+            seed,
+        }
+    }
+}
+
+/// Which socket a datagram leaves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The RTP socket on this local port.
+    Rtp(u16),
+    /// The shared WebRTC socket.
+    WebRtc,
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaTransmit {
+    /// From which socket.
+    pub via: Via,
+    /// To.
+    pub to: SocketAddr,
+    /// Payload.
+    pub bytes: Bytes,
+}
+
+/// Changes for the shared WebRTC port's demultiplexer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MuxUpdate {
+    /// Route this leg's ICE ufrag and validated addresses here.
+    Insert {
+        /// The leg.
+        leg: LegKey,
+        /// Its ICE credentials.
+        credentials: MuxCredentials,
+    },
+    /// Forget the leg.
+    Remove {
+        /// The leg.
+        leg: LegKey,
+    },
+}
+
+/// Session counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaStats {
+    /// RTP packets received on RTP legs.
+    pub rtp_in: u64,
+    /// RTP packets sent on RTP legs.
+    pub rtp_out: u64,
+    /// Packets dropped: from a source other than the latched one.
+    pub foreign_source: u64,
+    /// Packets that were not RTP.
+    pub malformed: u64,
+    /// Datagrams for a WebRTC leg.
+    pub webrtc_in: u64,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Rtp {
+        port: u16,
+        signalled: Option<SocketAddr>,
+        latched: Option<SocketAddr>,
+        format: RtpFormat,
+    },
+    WebRtc {
+        leg: Box<WebRtcLeg>,
+        format: RtpFormat,
+    },
+}
+
+/// What feeds a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Nothing,
+    Leg(LegKey),
+    Tone(Tone),
+}
+
+#[derive(Debug)]
+struct MLeg {
+    kind: Kind,
+    source: Source,
+    /// Produces what this leg receives.
+    to_me: Option<MediaPipeline>,
+    tone: Option<(ToneGenerator, Instant)>,
+    /// What this leg sends is replaced by silence for the others.
+    muted: bool,
+    /// Nothing is sent to this leg.
+    held: bool,
+    last_rx: Instant,
+    timed_out: bool,
+}
+
+impl MLeg {
+    fn format(&self) -> RtpFormat {
+        match &self.kind {
+            Kind::Rtp { format, .. } | Kind::WebRtc { format, .. } => *format,
+        }
+    }
+}
+
+/// One call's media. See the module docs.
+#[derive(Debug)]
+pub struct MediaSession {
+    cfg: MediaConfig,
+    legs: BTreeMap<LegKey, MLeg>,
+    by_port: BTreeMap<u16, LegKey>,
+    out: VecDeque<MediaTransmit>,
+    events: VecDeque<MediaEvent>,
+    mux: VecDeque<MuxUpdate>,
+    rng: SeededRng,
+    next_tick: Option<Instant>,
+    stats: MediaStats,
+    stopped: bool,
+    pcm: Vec<i16>,
+}
+
+/// Frame of generated tones: 20 ms at 8 kHz.
+const TONE_RATE: u32 = 8000;
+const FRAME: Duration = Duration::from_millis(20);
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            v.is_private()
+                || v.is_unspecified()
+                || v.is_link_local()
+                || v.octets()[0] == 100 && (64..128).contains(&v.octets()[1])
+        }
+        IpAddr::V6(v) => v.is_unspecified() || (v.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+impl MediaSession {
+    /// An empty session.
+    pub fn new(cfg: MediaConfig) -> Self {
+        let rng = SeededRng::new(cfg.seed ^ 0x3ed1a);
+        MediaSession {
+            cfg,
+            legs: BTreeMap::new(),
+            by_port: BTreeMap::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            mux: VecDeque::new(),
+            rng,
+            next_tick: None,
+            stats: MediaStats::default(),
+            stopped: false,
+            pcm: vec![0; 960],
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MediaStats {
+        self.stats
+    }
+
+    /// Legs.
+    pub fn legs(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// Whether [`MediaCommand::Stop`] came: the driver drops the session.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The local RTP ports in use (the driver binds them).
+    pub fn rtp_ports(&self) -> Vec<u16> {
+        self.by_port.keys().copied().collect()
+    }
+
+    /// Jitter-buffer delay of what leg `leg` receives (ms), for metrics.
+    pub fn jitter_delay_ms(&self, leg: LegKey) -> Option<u32> {
+        let p = self.legs.get(&leg)?.to_me.as_ref()?;
+        p.jitter_stats().map(|s| s.current_delay_ms.round() as u32)
+    }
+
+    // ----- commands -----
+
+    /// A command from control.
+    pub fn handle_command(&mut self, now: Instant, cmd: MediaCommand) {
+        match cmd {
+            MediaCommand::AddRtp {
+                leg,
+                local_port,
+                remote,
+                format,
+            } => {
+                self.legs.insert(
+                    leg,
+                    MLeg {
+                        kind: Kind::Rtp {
+                            port: local_port,
+                            signalled: remote,
+                            latched: None,
+                            format,
+                        },
+                        source: Source::Nothing,
+                        to_me: None,
+                        tone: None,
+                        muted: false,
+                        held: false,
+                        last_rx: now,
+                        timed_out: false,
+                    },
+                );
+                self.by_port.insert(local_port, leg);
+                self.rebuild_for_source(leg);
+            }
+            MediaCommand::UpdateRtp {
+                leg,
+                remote,
+                format,
+            } => {
+                if let Some(l) = self.legs.get_mut(&leg)
+                    && let Kind::Rtp {
+                        signalled,
+                        latched,
+                        format: f,
+                        ..
+                    } = &mut l.kind
+                {
+                    if *signalled != remote {
+                        *latched = None;
+                    }
+                    *signalled = remote;
+                    let changed = *f != format;
+                    *f = format;
+                    l.last_rx = now;
+                    if changed {
+                        self.rebuild(leg);
+                        self.rebuild_for_source(leg);
+                    }
+                }
+            }
+            MediaCommand::AddWebRtc { leg, offer } => self.add_webrtc(now, leg, &offer),
+            MediaCommand::Tone { leg, tone } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.source = tone.map_or(Source::Nothing, Source::Tone);
+                    l.tone = tone.map(|t| {
+                        let g = match t {
+                            // About -20 dBFS each: the level of a real ringback.
+                            Tone::Ringback => {
+                                ToneGenerator::new(TONE_RATE, &[(440.0, 3000.0), (480.0, 3000.0)])
+                            }
+                            Tone::Hz(hz) => {
+                                ToneGenerator::new(TONE_RATE, &[(f64::from(hz), 8000.0)])
+                            }
+                        };
+                        (g, now)
+                    });
+                    self.rebuild(leg);
+                    self.schedule_tick(now);
+                }
+            }
+            MediaCommand::Connect { a, b } => {
+                for (x, y) in [(a, b), (b, a)] {
+                    if let Some(l) = self.legs.get_mut(&x) {
+                        l.source = Source::Leg(y);
+                        l.tone = None;
+                    }
+                }
+                self.rebuild(a);
+                self.rebuild(b);
+            }
+            MediaCommand::Echo { leg } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.source = Source::Leg(leg);
+                    l.tone = None;
+                }
+                self.rebuild(leg);
+            }
+            MediaCommand::Disconnect { leg } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.source = Source::Nothing;
+                    l.tone = None;
+                    l.to_me = None;
+                }
+            }
+            MediaCommand::Mute { leg, on } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.muted = on;
+                }
+                for l in self.legs.values_mut() {
+                    if l.source == Source::Leg(leg)
+                        && let Some(p) = l.to_me.as_mut()
+                    {
+                        p.set_muted(on);
+                    }
+                }
+            }
+            MediaCommand::Hold { leg, on } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.held = on;
+                    l.last_rx = now;
+                }
+            }
+            MediaCommand::SendDtmf { leg, digits } => {
+                if let Some(p) = self.legs.get_mut(&leg).and_then(|l| l.to_me.as_mut()) {
+                    let _ = p.send_dtmf(&digits, Millis(160));
+                }
+            }
+            MediaCommand::Remove { leg } => self.remove(leg),
+            MediaCommand::Stop => {
+                let keys: Vec<LegKey> = self.legs.keys().copied().collect();
+                for k in keys {
+                    self.remove(k);
+                }
+                self.stopped = true;
+            }
+        }
+        self.drain(now);
+    }
+
+    fn remove(&mut self, leg: LegKey) {
+        if let Some(mut l) = self.legs.remove(&leg) {
+            match &mut l.kind {
+                Kind::Rtp { port, .. } => {
+                    self.by_port.remove(port);
+                }
+                Kind::WebRtc { leg: w, .. } => {
+                    w.close();
+                    while let Some(t) = w.poll_transmit() {
+                        self.out.push_back(MediaTransmit {
+                            via: Via::WebRtc,
+                            to: t.to,
+                            bytes: t.bytes,
+                        });
+                    }
+                    self.mux.push_back(MuxUpdate::Remove { leg });
+                }
+            }
+        }
+        for l in self.legs.values_mut() {
+            if l.source == Source::Leg(leg) {
+                l.source = Source::Nothing;
+                l.to_me = None;
+            }
+        }
+    }
+
+    fn add_webrtc(&mut self, now: Instant, leg: LegKey, offer: &str) {
+        let Some(cfg) = self.cfg.webrtc.clone() else {
+            self.events.push_back(MediaEvent::WebRtcFailed {
+                leg,
+                reason: "browser legs are not enabled".into(),
+            });
+            return;
+        };
+        match WebRtcLeg::accept_offer(now, offer, &cfg) {
+            Ok((w, answer)) => {
+                let pts = w.payload_types();
+                let format = RtpFormat {
+                    codec: Codec::Opus,
+                    payload_type: PayloadType::new(pts.opus).unwrap_or(PayloadType::PCMU),
+                    telephone_event: pts.telephone_event_48k.and_then(PayloadType::new),
+                    ptime: Millis(20),
+                };
+                self.mux.push_back(MuxUpdate::Insert {
+                    leg,
+                    credentials: w.mux_credentials(),
+                });
+                // A re-offer replaces the leg's peer connection, keeping its links.
+                let (source, muted, held) =
+                    self.legs
+                        .remove(&leg)
+                        .map_or((Source::Nothing, false, false), |old| {
+                            if let Kind::WebRtc { leg: mut ow, .. } = old.kind {
+                                ow.close();
+                            }
+                            (old.source, old.muted, old.held)
+                        });
+                self.legs.insert(
+                    leg,
+                    MLeg {
+                        kind: Kind::WebRtc {
+                            leg: Box::new(w),
+                            format,
+                        },
+                        source,
+                        to_me: None,
+                        tone: None,
+                        muted,
+                        held,
+                        last_rx: now,
+                        timed_out: false,
+                    },
+                );
+                self.rebuild(leg);
+                self.rebuild_for_source(leg);
+                self.events
+                    .push_back(MediaEvent::WebRtcAnswer { leg, sdp: answer });
+            }
+            Err(e) => self.events.push_back(MediaEvent::WebRtcFailed {
+                leg,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Rebuilds the pipeline that feeds `leg` from its source.
+    fn rebuild(&mut self, leg: LegKey) {
+        let Some(l) = self.legs.get(&leg) else { return };
+        let output = Endpoint::Rtp(l.format());
+        let input = match l.source {
+            Source::Nothing => None,
+            Source::Tone(_) => Some(Endpoint::Pcm(SampleRate::HZ_8000)),
+            Source::Leg(src) => self.legs.get(&src).map(|s| Endpoint::Rtp(s.format())),
+        };
+        let source_muted = match l.source {
+            Source::Leg(src) => self.legs.get(&src).is_some_and(|s| s.muted),
+            _ => false,
+        };
+        let pipeline = input.and_then(|input| {
+            let ssrc = Ssrc(self.rng.next_u32());
+            let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
+            let relay = input == output
+                && matches!(self.legs.get(&leg).map(|l| &l.kind), Some(Kind::Rtp { .. }));
+            if !relay && matches!(input, Endpoint::Rtp(_)) {
+                // Transcoding (or a browser on either side): smooth the input.
+                if let Endpoint::Rtp(f) = input {
+                    cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
+                }
+            }
+            MediaPipeline::new(cfg).ok()
+        });
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.to_me = pipeline;
+            if let Some(p) = l.to_me.as_mut() {
+                p.set_muted(source_muted);
+            }
+        }
+    }
+
+    /// Rebuilds every pipeline fed by `src` (its format changed).
+    fn rebuild_for_source(&mut self, src: LegKey) {
+        let fed: Vec<LegKey> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.source == Source::Leg(src))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in fed {
+            self.rebuild(k);
+        }
+    }
+
+    // ----- input -----
+
+    /// An RTP datagram on local port `port` from `source`.
+    pub fn handle_rtp(&mut self, now: Instant, port: u16, source: SocketAddr, data: BytesMut) {
+        let Some(&leg) = self.by_port.get(&port) else {
+            return;
+        };
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let Kind::Rtp {
+            signalled, latched, ..
+        } = &mut l.kind
+        else {
+            return;
+        };
+        match (*latched, *signalled) {
+            (Some(a), _) if a != source => {
+                self.stats.foreign_source += 1;
+                return;
+            }
+            (Some(_), _) => {}
+            (None, Some(s)) if s == source => *latched = Some(source),
+            (None, Some(s)) if s.ip() == source.ip() || is_private(s.ip()) => {
+                *latched = Some(source)
+            }
+            (None, Some(_)) => {
+                self.stats.foreign_source += 1;
+                return;
+            }
+            (None, None) => *latched = Some(source),
+        }
+        if RtpHeader::parse(&data).is_err() {
+            self.stats.malformed += 1;
+            return;
+        }
+        self.stats.rtp_in += 1;
+        l.last_rx = now;
+        l.timed_out = false;
+        self.deliver(now, leg, data);
+        self.drain(now);
+    }
+
+    /// A datagram on the shared WebRTC port that the demultiplexer routed to `leg`.
+    pub fn handle_webrtc(
+        &mut self,
+        now: Instant,
+        leg: LegKey,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) {
+        self.stats.webrtc_in += 1;
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let Kind::WebRtc { leg: w, .. } = &mut l.kind else {
+            return;
+        };
+        if !w.accepts(source, datagram) {
+            return; // not validated by ICE: dropped (CVE-2023-49786 class)
+        }
+        let _ = w.handle_input(now, source, destination, datagram);
+        self.webrtc_events(now, leg);
+        self.drain(now);
+    }
+
+    fn webrtc_events(&mut self, now: Instant, leg: LegKey) {
+        let mut rtp = Vec::new();
+        if let Some(l) = self.legs.get_mut(&leg)
+            && let Kind::WebRtc { leg: w, .. } = &mut l.kind
+        {
+            while let Some(ev) = w.poll_event() {
+                match ev {
+                    WebRtcEvent::Connected => {
+                        l.last_rx = now;
+                        self.events.push_back(MediaEvent::WebRtcConnected { leg });
+                    }
+                    WebRtcEvent::Rtp(b) => rtp.push(b),
+                    WebRtcEvent::Disconnected(_) => {
+                        self.events.push_back(MediaEvent::WebRtcGone { leg })
+                    }
+                    WebRtcEvent::Failed(f) => self.events.push_back(MediaEvent::WebRtcFailed {
+                        leg,
+                        reason: format!("{f:?}"),
+                    }),
+                }
+            }
+        }
+        for b in rtp {
+            if let Some(l) = self.legs.get_mut(&leg) {
+                l.last_rx = now;
+            }
+            self.deliver(now, leg, BytesMut::from(&b[..]));
+        }
+    }
+
+    /// Hands a packet from `from` to every leg it feeds.
+    fn deliver(&mut self, now: Instant, from: LegKey, mut data: BytesMut) {
+        let fed: Vec<LegKey> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.source == Source::Leg(from))
+            .map(|(k, _)| *k)
+            .collect();
+        // Telephone-events are reported even when nothing is connected yet.
+        if fed.is_empty() {
+            let te = self
+                .legs
+                .get(&from)
+                .and_then(|l| l.format().telephone_event);
+            if let (Some(te), Ok(h)) = (te, RtpHeader::parse(&data))
+                && h.payload_type == te
+                && let Ok(ev) = media_core::dtmf::TelephoneEvent::parse(&data[h.payload_range()])
+                && let Some(d) = ev.digit()
+            {
+                self.events.push_back(MediaEvent::Dtmf {
+                    leg: from,
+                    digit: d.as_char(),
+                    relayed: false,
+                });
+            }
+            return;
+        }
+        let n = fed.len();
+        for (i, to) in fed.into_iter().enumerate() {
+            let Some(l) = self.legs.get_mut(&to) else {
+                continue;
+            };
+            let Some(p) = l.to_me.as_mut() else { continue };
+            if p.is_relay() && i + 1 == n {
+                if let Ok(Some(len)) = p.relay_in_place(now, &mut data) {
+                    let pkt = data.split_to(len).freeze();
+                    Self::send_to(
+                        &mut self.out,
+                        &mut self.stats,
+                        now,
+                        l.held,
+                        &mut l.kind,
+                        pkt,
+                    );
+                }
+            } else if let Ok(pkt) = RtpPacket::parse(Bytes::copy_from_slice(&data)) {
+                let _ = p.handle_rtp(now, &pkt);
+            }
+            let relayed = p.is_relay();
+            while let Some(ev) = p.poll_event() {
+                if let PipelineEvent::Dtmf { digit, .. } = ev {
+                    self.events.push_back(MediaEvent::Dtmf {
+                        leg: from,
+                        digit: digit.as_char(),
+                        relayed,
+                    });
+                }
+            }
+        }
+    }
+
+    fn send_to(
+        out: &mut VecDeque<MediaTransmit>,
+        stats: &mut MediaStats,
+        now: Instant,
+        held: bool,
+        kind: &mut Kind,
+        pkt: Bytes,
+    ) {
+        if held {
+            return;
+        }
+        match kind {
+            Kind::Rtp {
+                port,
+                signalled,
+                latched,
+                ..
+            } => {
+                if let Some(to) = latched.or(*signalled) {
+                    stats.rtp_out += 1;
+                    out.push_back(MediaTransmit {
+                        via: Via::Rtp(*port),
+                        to,
+                        bytes: pkt,
+                    });
+                }
+            }
+            Kind::WebRtc { leg, .. } => {
+                let _ = leg.send_rtp(now, &pkt);
+            }
+        }
+    }
+
+    /// Moves pipeline output to the wire.
+    fn drain(&mut self, now: Instant) {
+        for (k, l) in self.legs.iter_mut() {
+            if let Some(p) = l.to_me.as_mut() {
+                let mut pkts = Vec::new();
+                while let Some(o) = p.poll_packet() {
+                    pkts.push(Bytes::copy_from_slice(o.bytes));
+                }
+                let relayed = p.is_relay();
+                let source = l.source;
+                while let Some(ev) = p.poll_event() {
+                    if let (PipelineEvent::Dtmf { digit, .. }, Source::Leg(from)) = (ev, source) {
+                        self.events.push_back(MediaEvent::Dtmf {
+                            leg: from,
+                            digit: digit.as_char(),
+                            relayed,
+                        });
+                    }
+                }
+                for pkt in pkts {
+                    Self::send_to(
+                        &mut self.out,
+                        &mut self.stats,
+                        now,
+                        l.held,
+                        &mut l.kind,
+                        pkt,
+                    );
+                }
+            }
+            if let Kind::WebRtc { leg: w, .. } = &mut l.kind {
+                while let Some(t) = w.poll_transmit() {
+                    self.out.push_back(MediaTransmit {
+                        via: Via::WebRtc,
+                        to: t.to,
+                        bytes: t.bytes,
+                    });
+                }
+            }
+            let _ = k;
+        }
+    }
+
+    fn schedule_tick(&mut self, now: Instant) {
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + FRAME);
+        }
+    }
+
+    /// When [`MediaSession::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.next_tick;
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for l in self.legs.values() {
+            min(l.to_me.as_ref().and_then(|p| p.poll_timeout()));
+            if let Kind::WebRtc { leg, .. } = &l.kind {
+                min(leg.poll_timeout());
+            }
+            if matches!(l.kind, Kind::Rtp { .. })
+                && l.source != Source::Nothing
+                && !l.held
+                && !l.timed_out
+            {
+                min(Some(l.last_rx + self.cfg.media_timeout));
+            }
+        }
+        t
+    }
+
+    /// Runs timers: jitter-buffer playout, tones, WebRTC, media timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let keys: Vec<LegKey> = self.legs.keys().copied().collect();
+        for k in &keys {
+            if let Some(l) = self.legs.get_mut(k) {
+                if let Some(p) = l.to_me.as_mut()
+                    && p.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    p.handle_timeout(now);
+                }
+                if let Kind::WebRtc { leg, .. } = &mut l.kind
+                    && leg.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    leg.handle_timeout(now);
+                }
+                if matches!(l.kind, Kind::Rtp { .. })
+                    && l.source != Source::Nothing
+                    && !l.held
+                    && !l.timed_out
+                    && now >= l.last_rx + self.cfg.media_timeout
+                {
+                    l.timed_out = true;
+                    self.events.push_back(MediaEvent::MediaTimeout { leg: *k });
+                }
+            }
+            self.webrtc_events(now, *k);
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.next_tick = None;
+            let mut any = false;
+            for l in self.legs.values_mut() {
+                let Some((tone_gen, started)) = l.tone.as_mut() else {
+                    continue;
+                };
+                let Source::Tone(kind) = l.source else {
+                    continue;
+                };
+                any = true;
+                let frame = &mut self.pcm[..(TONE_RATE / 50) as usize];
+                tone_gen.fill(frame);
+                if kind == Tone::Ringback {
+                    // 2 s on, 4 s off.
+                    let phase = now.saturating_duration_since(*started).as_millis() % 6000;
+                    if phase >= 2000 {
+                        frame.fill(0);
+                    }
+                }
+                if let Some(p) = l.to_me.as_mut() {
+                    let _ = p.handle_pcm(now, frame);
+                }
+            }
+            if any {
+                self.next_tick = Some(now + FRAME);
+            }
+        }
+        self.drain(now);
+    }
+
+    // ----- output -----
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<MediaTransmit> {
+        self.out.pop_front()
+    }
+
+    /// The next event for control.
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next change for the WebRTC demultiplexer.
+    pub fn poll_mux_update(&mut self) -> Option<MuxUpdate> {
+        self.mux.pop_front()
+    }
+}

@@ -1,0 +1,1037 @@
+//! A whole deployment on virtual time, in one thread: the bridge's control plane,
+//! one media session per call (as the SBC runs them), the WebRTC demultiplexer, a
+//! carrier (a real `UserAgent` with PCMU RTP that can play and hear tones), and
+//! operators (signalling sessions plus str0m peers as browsers, sending and
+//! hearing Opus). Messages and datagrams cross a simulated network with a small
+//! delay. Scenario tests drive it and look at what each party saw and heard.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use media_core::analysis::{ToneGenerator, dominant_frequency, goertzel_level_db};
+use media_core::codec::g711;
+use media_core::codec::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig};
+use media_core::dtmf::{DtmfReceiver, DtmfSender, EventPacket, TelephoneEvent};
+use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
+use media_core::{ClockRate, Instant, Millis, SampleRate};
+use serde_json::Value;
+use sip_bridge::bridge::{
+    Bridge, BridgeConfig, CallEvent, DialPlan, LegKey, MediaCommand, NumberConfig, Step, Target,
+    TrunkConfig,
+};
+use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, Via};
+use sip_bridge::sdp::{self, AudioCaps, LocalMedia, SessionDescription};
+use sip_bridge::signalling::SessionOutput;
+use sip_bridge::sip::dialog::{InviteParams, LegId, LocalAddr, UaConfig, UaEvent, UserAgent};
+use sip_bridge::sip::message::{Peer, Transport};
+use sip_bridge::token::{TokenGrant, TokenIssuer};
+use sip_bridge::webrtc::{DtlsIdentity, MuxConfig, WebRtcConfig, WebRtcMux};
+use str0m::change::SdpAnswer;
+use str0m::format::{Codec as SCodec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+pub const SBC_SIP: &str = "10.0.0.1:5060";
+pub const SBC_WEBRTC: &str = "10.0.0.1:3478";
+pub const SBC_IP: &str = "10.0.0.1";
+pub const CARRIER_SIP: &str = "10.0.0.2:5060";
+pub const CARRIER_IP: &str = "10.0.0.2";
+pub const ONE_WAY: Duration = Duration::from_millis(2);
+pub const UNIX: u64 = 1_795_000_000;
+
+fn seq(call: &str) -> u64 {
+    call.trim_start_matches("c-").parse().unwrap()
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// The test deployment's numbers and trunk.
+pub fn config(plan: DialPlan) -> BridgeConfig {
+    let trunk = TrunkConfig {
+        name: "carrier".into(),
+        host: "carrier.example".into(),
+        peers: vec![addr(CARRIER_SIP)],
+        transport: Transport::Udp,
+        credentials: None,
+        register: None,
+        inbound: vec![],
+        codecs: vec![
+            media_core::codec::Codec::Pcmu,
+            media_core::codec::Codec::Pcma,
+        ],
+        dtmf: sip_bridge::bridge::DtmfMode::Rfc4733,
+        ping_interval: None,
+    };
+    let mut cfg = BridgeConfig::new(
+        vec![
+            NumberConfig {
+                id: "support".into(),
+                e164: "+15550100".into(),
+                name: "Support".into(),
+                plan,
+            },
+            NumberConfig {
+                id: "sales".into(),
+                e164: "+15550200".into(),
+                name: "Sales".into(),
+                plan: DialPlan::single(vec![Target::Operators], ms(20_000)),
+            },
+        ],
+        vec![trunk],
+        SBC_IP.parse().unwrap(),
+    );
+    cfg.rtp_ports = (20000, 20200);
+    cfg
+}
+
+pub fn plan(steps: &[(&[&str], u64)]) -> DialPlan {
+    DialPlan {
+        steps: steps
+            .iter()
+            .map(|(targets, secs)| Step {
+                targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
+                timeout: Duration::from_secs(*secs),
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug)]
+struct Datagram {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Bytes,
+}
+
+/// The carrier's side of one call: PCMU RTP at 8 kHz.
+#[derive(Debug)]
+pub struct CarrierMedia {
+    pub local: SocketAddr,
+    pub remote: Option<SocketAddr>,
+    pub pt: u8,
+    pub te: Option<u8>,
+    pub tone: Option<ToneGenerator>,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    pub heard: Vec<i16>,
+    pub digits: Vec<char>,
+    dtmf_rx: DtmfReceiver,
+    dtmf_tx: DtmfSender,
+    pub packets_in: usize,
+}
+
+impl CarrierMedia {
+    fn new(local: SocketAddr) -> Self {
+        CarrierMedia {
+            local,
+            remote: None,
+            pt: 0,
+            te: None,
+            tone: None,
+            seq: 100,
+            ts: 1000,
+            ssrc: 0xcafe,
+            heard: Vec::new(),
+            digits: Vec::new(),
+            dtmf_rx: DtmfReceiver::new(),
+            dtmf_tx: DtmfSender::new(ClockRate(8000), 10),
+            packets_in: 0,
+        }
+    }
+
+    fn receive(&mut self, data: &[u8]) {
+        let Ok(p) = RtpPacket::parse(Bytes::copy_from_slice(data)) else {
+            return;
+        };
+        if std::env::var("WORLD_DEBUG").is_ok() && p.payload_type().value() != 0 {
+            eprintln!("CARRIER RX pt {}", p.payload_type().value());
+        }
+        self.packets_in += 1;
+        if Some(p.payload_type().value()) == self.te {
+            if let Ok(ev) = TelephoneEvent::parse(p.payload_bytes())
+                && let Some(d) = self.dtmf_rx.handle(p.timestamp(), &ev)
+            {
+                self.digits.push(d.as_char());
+            }
+            return;
+        }
+        let mut out = vec![0i16; p.payload_bytes().len()];
+        let n = if p.payload_type().value() == 8 {
+            g711::alaw_decode(p.payload_bytes(), &mut out)
+        } else {
+            g711::ulaw_decode(p.payload_bytes(), &mut out)
+        };
+        self.heard.extend_from_slice(&out[..n]);
+    }
+
+    /// One 20 ms frame (tone or silence), plus DTMF events when queued.
+    fn frame(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if self.remote.is_none() {
+            return out;
+        }
+        let mut pcm = [0i16; 160];
+        if let Some(t) = self.tone.as_mut() {
+            t.fill(&mut pcm);
+        }
+        if let Some(te) = self.te
+            && !self.dtmf_tx.is_idle()
+        {
+            let blank = EventPacket {
+                marker: false,
+                timestamp: RtpTimestamp(0),
+                event: TelephoneEvent {
+                    event: 0,
+                    end: false,
+                    volume: 0,
+                    duration: 0,
+                },
+            };
+            let mut evs = [blank; 3];
+            let n = self.dtmf_tx.tick(RtpTimestamp(self.ts), 160, &mut evs);
+            if std::env::var("WORLD_DEBUG").is_ok() {
+                eprintln!("CARRIER DTMF TX {n}");
+            }
+            for e in &evs[..n] {
+                let mut payload = [0u8; 4];
+                e.event.write(&mut payload);
+                let mut w = RtpWriter::new(
+                    PayloadType::new(te).unwrap(),
+                    SeqNo(self.seq),
+                    e.timestamp,
+                    Ssrc(self.ssrc),
+                );
+                w.marker = e.marker;
+                let mut buf = [0u8; 64];
+                let len = w.write_packet(&payload, &mut buf).unwrap();
+                out.push(Bytes::copy_from_slice(&buf[..len]));
+                self.seq = self.seq.wrapping_add(1);
+            }
+            self.ts = self.ts.wrapping_add(160);
+            return out;
+        }
+        let mut payload = [0u8; 160];
+        if self.pt == 8 {
+            g711::alaw_encode(&pcm, &mut payload);
+        } else {
+            g711::ulaw_encode(&pcm, &mut payload);
+        }
+        let w = RtpWriter::new(
+            PayloadType::new(self.pt).unwrap(),
+            SeqNo(self.seq),
+            RtpTimestamp(self.ts),
+            Ssrc(self.ssrc),
+        );
+        let mut buf = [0u8; 200];
+        let len = w.write_packet(&payload, &mut buf).unwrap();
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(160);
+        out.push(Bytes::copy_from_slice(&buf[..len]));
+        out
+    }
+
+    pub fn send_dtmf(&mut self, digits: &str) {
+        self.dtmf_tx.enqueue(digits, Millis(100)).unwrap();
+    }
+}
+
+/// The carrier: a UA plus media per call.
+pub struct Carrier {
+    pub ua: UserAgent,
+    pub events: Vec<UaEvent>,
+    pub media: HashMap<LegId, CarrierMedia>,
+    next_port: u16,
+    /// How incoming INVITEs are answered: None leaves them to the test.
+    pub auto_answer: Option<Vec<(u16, bool)>>,
+}
+
+impl Carrier {
+    fn new() -> Self {
+        Carrier {
+            ua: UserAgent::new(UaConfig::new(
+                LocalAddr::udp(CARRIER_IP.parse().unwrap(), 5060),
+                77,
+            )),
+            events: Vec::new(),
+            media: HashMap::new(),
+            next_port: 30000,
+            auto_answer: None,
+        }
+    }
+
+    fn port(&mut self) -> SocketAddr {
+        self.next_port += 2;
+        SocketAddr::new(CARRIER_IP.parse().unwrap(), self.next_port)
+    }
+
+    /// An SDP offer (PCMU, PCMA, telephone-event) on a new port, remembered for `leg` later.
+    fn offer(&mut self) -> (SocketAddr, String) {
+        let local = self.port();
+        let mut caps = AudioCaps::standard();
+        caps.codecs
+            .retain(|c| c.codec != media_core::codec::Codec::Opus);
+        let sd = sdp::create_offer(&caps, &LocalMedia::rtp(local.ip(), local.port(), 9));
+        (local, sd.to_string())
+    }
+
+    /// Answers an INVITE's offer with PCMU on a new port.
+    pub fn answer_for(&mut self, leg: LegId, offer: &[u8]) -> String {
+        let local = self.port();
+        let offer = SessionDescription::parse(std::str::from_utf8(offer).unwrap()).unwrap();
+        let mut caps = AudioCaps::standard();
+        caps.codecs
+            .retain(|c| c.codec == media_core::codec::Codec::Pcmu);
+        let (answer, n) =
+            sdp::answer_audio(&offer, &caps, &LocalMedia::rtp(local.ip(), local.port(), 9))
+                .unwrap();
+        let mut m = CarrierMedia::new(local);
+        m.remote = n.remote;
+        m.pt = n.payload_type.value();
+        m.te = n.telephone_event.map(|p| p.value());
+        self.media.insert(leg, m);
+        answer.to_string()
+    }
+}
+
+/// A browser operator.
+pub struct Browser {
+    pub op: String,
+    pub session: u64,
+    pub addr: SocketAddr,
+    /// Every signalling message received, in order.
+    pub inbox: Vec<Value>,
+    pub closed: Option<u16>,
+    pub connected_ws: bool,
+    pub rtc: Option<Rtc>,
+    mid: Option<Mid>,
+    pending: Option<str0m::change::SdpPendingOffer>,
+    deadline: Instant,
+    pub rtc_connected: bool,
+    pub call: Option<String>,
+    pub heard: Vec<i16>,
+    decoder: OpusDecoder,
+    encoder: OpusEncoder,
+    pub tone: Option<ToneGenerator>,
+    ts: u64,
+}
+
+/// The deployment.
+pub struct World {
+    pub now: Instant,
+    epoch: std::time::Instant,
+    pub bridge: Bridge,
+    pub media: BTreeMap<String, MediaSession>,
+    port_owner: HashMap<u16, String>,
+    mux: WebRtcMux<(u64, LegKey)>,
+    webrtc: WebRtcConfig,
+    net: Vec<Datagram>,
+    pub carrier: Carrier,
+    pub browsers: Vec<Browser>,
+    pub events: Vec<CallEvent>,
+    next_session: u64,
+    next_tick: Instant,
+    /// Browsers ping like the JS client, every 15 s.
+    next_ping: Instant,
+    pub media_commands: Vec<(String, MediaCommand)>,
+    /// Drop every datagram to/from this address (a vanished browser).
+    pub blackhole: Option<SocketAddr>,
+}
+
+impl World {
+    pub fn new(cfg: BridgeConfig) -> World {
+        #[allow(clippy::disallowed_methods)] // the one clock read: virtual time's epoch
+        let epoch = std::time::Instant::now();
+        let tokens = TokenIssuer::new(b"test secret test secret test sec");
+        let local = LocalAddr::udp(SBC_IP.parse().unwrap(), 5060);
+        let mut bridge = Bridge::new(cfg, local, tokens, UNIX);
+        bridge.start(Instant::ZERO);
+        let webrtc = WebRtcConfig::new(addr(SBC_WEBRTC), DtlsIdentity::generate().unwrap(), epoch);
+        World {
+            now: Instant::ZERO,
+            epoch,
+            bridge,
+            media: BTreeMap::new(),
+            port_owner: HashMap::new(),
+            mux: WebRtcMux::new(MuxConfig::default()),
+            webrtc,
+            net: Vec::new(),
+            carrier: Carrier::new(),
+            browsers: Vec::new(),
+            events: Vec::new(),
+            next_session: 1,
+            next_tick: Instant::ZERO,
+            next_ping: Instant::from_millis(15_000),
+            media_commands: Vec::new(),
+            blackhole: None,
+        }
+    }
+
+    fn std(&self, t: Instant) -> std::time::Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    // ----- operators -----
+
+    /// A browser for `op` that connects and goes online on `numbers`.
+    pub fn operator(&mut self, op: &str, numbers: &[&str]) -> usize {
+        let i = self.browsers.len();
+        let addr = SocketAddr::new(format!("10.0.1.{}", i + 1).parse().unwrap(), 50000);
+        self.browsers.push(Browser {
+            op: op.into(),
+            session: 0,
+            addr,
+            inbox: Vec::new(),
+            closed: None,
+            connected_ws: false,
+            rtc: None,
+            mid: None,
+            pending: None,
+            deadline: Instant::ZERO,
+            rtc_connected: false,
+            call: None,
+            heard: Vec::new(),
+            decoder: OpusDecoder::new(SampleRate::HZ_48000).unwrap(),
+            encoder: OpusEncoder::new(OpusEncoderConfig::default()).unwrap(),
+            tone: None,
+            ts: 0,
+        });
+        self.connect(i, numbers);
+        i
+    }
+
+    /// (Re)connects browser `i`'s signalling with a fresh token.
+    pub fn connect(&mut self, i: usize, numbers: &[&str]) {
+        let sid = self.next_session;
+        self.next_session += 1;
+        let op = self.browsers[i].op.clone();
+        let unix = UNIX + self.now.as_micros() / 1_000_000;
+        let (token, _) = self
+            .bridge
+            .tokens()
+            .issue(
+                unix,
+                &TokenGrant {
+                    operator_ref: op.clone(),
+                    display_name: op.to_uppercase(),
+                    numbers: vec!["support".into(), "sales".into()],
+                    ttl_secs: None,
+                },
+            )
+            .unwrap();
+        self.browsers[i].session = sid;
+        self.browsers[i].closed = None;
+        self.browsers[i].connected_ws = true;
+        self.bridge.handle_ws_open(self.now, sid);
+        self.send(
+            i,
+            serde_json::json!({"type": "hello", "token": token, "protocol": 1}),
+        );
+        if !numbers.is_empty() {
+            self.send(i, serde_json::json!({"type": "online", "numbers": numbers}));
+        }
+    }
+
+    /// Sends a signalling message from browser `i`.
+    pub fn send(&mut self, i: usize, msg: Value) {
+        let sid = self.browsers[i].session;
+        self.bridge.handle_ws_text(self.now, sid, &msg.to_string());
+        self.pump();
+    }
+
+    /// Drops browser `i`'s WebSocket (the peer connection stays).
+    pub fn drop_ws(&mut self, i: usize) {
+        let sid = self.browsers[i].session;
+        self.browsers[i].connected_ws = false;
+        self.bridge.handle_ws_closed(self.now, sid);
+        self.pump();
+    }
+
+    /// The messages of `type` browser `i` got.
+    pub fn got(&self, i: usize, ty: &str) -> Vec<&Value> {
+        self.browsers[i]
+            .inbox
+            .iter()
+            .filter(|m| m["type"] == ty)
+            .collect()
+    }
+
+    pub fn last_incoming(&self, i: usize) -> Option<String> {
+        self.got(i, "incoming")
+            .last()
+            .map(|m| m["callId"].as_str().unwrap().to_string())
+    }
+
+    /// A fresh str0m peer for browser `i` with an audio offer (Opus + telephone-event).
+    fn new_offer(&mut self, i: usize) -> String {
+        let mut cfg = Rtc::builder().clear_codecs().enable_opus(true, false);
+        cfg.codec_config().add_config(
+            110.into(),
+            None,
+            SCodec::Tele,
+            Frequency::FORTY_EIGHT_KHZ,
+            None,
+            FormatParams::default(),
+        );
+        let mut rtc = cfg.build(self.epoch);
+        let b = &mut self.browsers[i];
+        rtc.add_local_candidate(Candidate::host(b.addr, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        b.rtc = Some(rtc);
+        b.mid = Some(mid);
+        b.pending = Some(pending);
+        b.rtc_connected = false;
+        offer.to_sdp_string()
+    }
+
+    pub fn accept(&mut self, i: usize, call: &str) {
+        let sdp = self.new_offer(i);
+        self.browsers[i].call = Some(call.into());
+        self.send(
+            i,
+            serde_json::json!({"type": "accept", "callId": call, "sdp": sdp}),
+        );
+    }
+
+    pub fn dial(&mut self, i: usize, to: &str, caller_id: &str) {
+        let sdp = self.new_offer(i);
+        self.send(i, serde_json::json!({"type": "dial", "to": to, "callerId": caller_id, "sdp": sdp, "ref": "d1"}));
+    }
+
+    /// After a page reload: a new peer connection for the resumed call.
+    pub fn reoffer(&mut self, i: usize, call: &str) {
+        let sdp = self.new_offer(i);
+        self.send(
+            i,
+            serde_json::json!({"type": "reoffer", "callId": call, "sdp": sdp}),
+        );
+    }
+
+    fn on_ws(&mut self, sid: u64, out: SessionOutput) {
+        let Some(i) = self
+            .browsers
+            .iter()
+            .position(|b| b.session == sid && b.connected_ws)
+        else {
+            return;
+        };
+        match out {
+            SessionOutput::Send(m) => {
+                let v: Value = serde_json::from_str(&m.to_json()).unwrap();
+                if v["type"] == "answer" {
+                    let sdp = v["sdp"].as_str().unwrap().to_string();
+                    let b = &mut self.browsers[i];
+                    if b.call.is_none() {
+                        b.call = v["callId"].as_str().map(String::from);
+                    }
+                    if let (Some(rtc), Some(p)) = (b.rtc.as_mut(), b.pending.take()) {
+                        rtc.sdp_api()
+                            .accept_answer(p, SdpAnswer::from_sdp_string(&sdp).unwrap())
+                            .unwrap();
+                    }
+                }
+                self.browsers[i].inbox.push(v);
+            }
+            SessionOutput::Close { code, .. } => {
+                self.browsers[i].closed = Some(code);
+                self.browsers[i].connected_ws = false;
+                self.bridge.handle_ws_closed(self.now, sid);
+            }
+        }
+    }
+
+    // ----- carrier -----
+
+    /// The carrier calls `to`, playing a tone of `hz` once answered.
+    pub fn carrier_call(&mut self, to: &str, hz: f64) -> LegId {
+        let (local, sdp) = self.carrier.offer();
+        let leg = self
+            .carrier
+            .ua
+            .invite(
+                self.now,
+                InviteParams {
+                    request_uri: format!("sip:{to}@{SBC_IP}"),
+                    from: "\"Carrier Caller\" <sip:+15550111@10.0.0.2>".into(),
+                    to: format!("<sip:{to}@{SBC_IP}>"),
+                    peer: Peer::udp(addr(SBC_SIP)),
+                    sdp: Some(sdp.into_bytes()),
+                    headers: vec![],
+                    credentials: None,
+                },
+            )
+            .unwrap();
+        let mut m = CarrierMedia::new(local);
+        m.tone = Some(ToneGenerator::new(8000, &[(hz, 6000.0)]));
+        self.carrier.media.insert(leg, m);
+        self.pump();
+        leg
+    }
+
+    pub fn carrier_events(&self) -> &[UaEvent] {
+        &self.carrier.events
+    }
+
+    pub fn carrier_incoming(&self) -> Vec<(LegId, Bytes)> {
+        self.carrier
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                UaEvent::IncomingInvite { leg, request, .. } => {
+                    Some((*leg, Bytes::from(request.body.clone())))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    // ----- running -----
+
+    fn sbc_owned(&self, a: SocketAddr) -> bool {
+        a.ip().to_string() == SBC_IP
+    }
+
+    /// Moves everything the parties have to say.
+    pub fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut any = false;
+            let now = self.now;
+            while let Some(t) = self.bridge.poll_sip_transmit() {
+                any = true;
+                self.net.push(Datagram {
+                    at: now + ONE_WAY,
+                    from: addr(SBC_SIP),
+                    to: t.to.addr,
+                    bytes: t.bytes,
+                });
+            }
+            while let Some((sid, o)) = self.bridge.poll_ws_output() {
+                any = true;
+                self.on_ws(sid, o);
+            }
+            while let Some((call, cmd)) = self.bridge.poll_media_command() {
+                any = true;
+                self.media_commands.push((call.clone(), cmd.clone()));
+                if let MediaCommand::AddRtp { local_port, .. } = &cmd {
+                    self.port_owner.insert(*local_port, call.clone());
+                }
+                let s = self.media.entry(call.clone()).or_insert_with(|| {
+                    MediaSession::new(MediaConfig::new(Some(self.webrtc.clone()), 5))
+                });
+                s.handle_command(now, cmd);
+            }
+            while let Some(e) = self.bridge.poll_event() {
+                any = true;
+                self.events.push(e);
+            }
+            // Media sessions.
+            let ids: Vec<String> = self.media.keys().cloned().collect();
+            for id in ids {
+                let s = self.media.get_mut(&id).unwrap();
+                let mut evs = Vec::new();
+                while let Some(t) = s.poll_transmit() {
+                    any = true;
+                    let from = match t.via {
+                        Via::Rtp(p) => SocketAddr::new(SBC_IP.parse().unwrap(), p),
+                        Via::WebRtc => addr(SBC_WEBRTC),
+                    };
+                    self.net.push(Datagram {
+                        at: now + ONE_WAY,
+                        from,
+                        to: t.to,
+                        bytes: t.bytes,
+                    });
+                }
+                while let Some(u) = s.poll_mux_update() {
+                    any = true;
+                    match u {
+                        MuxUpdate::Insert { leg, credentials } => {
+                            let _ = self.mux.insert((seq(&id), leg), credentials);
+                        }
+                        MuxUpdate::Remove { leg } => {
+                            self.mux.remove((seq(&id), leg));
+                        }
+                    }
+                }
+                while let Some(e) = s.poll_event() {
+                    evs.push(e);
+                }
+                let stopped = s.is_stopped();
+                for e in evs {
+                    if std::env::var("WORLD_DEBUG").is_ok() {
+                        eprintln!("MEDIA EVENT {id} {e:?}");
+                    }
+                    any = true;
+                    self.bridge.handle_media_event(now, &id, e);
+                }
+                if stopped {
+                    self.media.remove(&id);
+                    self.port_owner.retain(|_, c| *c != id);
+                }
+            }
+            // Carrier.
+            while let Some(t) = self.carrier.ua.poll_transmit() {
+                any = true;
+                self.net.push(Datagram {
+                    at: now + ONE_WAY,
+                    from: addr(CARRIER_SIP),
+                    to: t.to.addr,
+                    bytes: t.bytes,
+                });
+            }
+            while let Some(e) = self.carrier.ua.poll_event() {
+                any = true;
+                self.on_carrier(e);
+            }
+            // Browsers.
+            for i in 0..self.browsers.len() {
+                any |= self.browser_poll(i);
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("pump did not settle");
+    }
+
+    fn on_carrier(&mut self, e: UaEvent) {
+        let now = self.now;
+        match &e {
+            UaEvent::IncomingInvite { leg, request, .. } => {
+                if let Some(plan) = self.carrier.auto_answer.clone() {
+                    let answer = self.carrier.answer_for(*leg, &request.body);
+                    for (status, with_sdp) in plan {
+                        let sdp = with_sdp.then_some(answer.as_bytes());
+                        let _ = self.carrier.ua.respond(now, *leg, status, sdp, &[]);
+                    }
+                }
+            }
+            UaEvent::Answered {
+                leg,
+                sdp: Some(sdp),
+            }
+            | UaEvent::Progress {
+                leg,
+                sdp: Some(sdp),
+                ..
+            } => {
+                if let Some(m) = self.carrier.media.get_mut(leg)
+                    && let Ok(sd) = SessionDescription::parse(std::str::from_utf8(sdp).unwrap())
+                {
+                    let a = sd.audio().unwrap();
+                    let c = sd.connection_for(a).unwrap();
+                    m.remote = Some(SocketAddr::new(c.ip().unwrap(), a.port));
+                    let pt: u8 = a.formats[0].parse().unwrap();
+                    m.pt = pt;
+                    m.te = a
+                        .rtpmaps()
+                        .iter()
+                        .find(|r| r.encoding.eq_ignore_ascii_case("telephone-event"))
+                        .map(|r| r.payload_type);
+                }
+            }
+            UaEvent::Offer { leg, sdp } => {
+                // The carrier answers re-INVITEs like a phone: same codec, reversed direction.
+                let offer = SessionDescription::parse(std::str::from_utf8(sdp).unwrap()).unwrap();
+                let mut caps = AudioCaps::standard();
+                caps.codecs
+                    .retain(|c| c.codec == media_core::codec::Codec::Pcmu);
+                let local = self
+                    .carrier
+                    .media
+                    .get(leg)
+                    .map_or(addr("10.0.0.2:39998"), |m| m.local);
+                let mut lm = LocalMedia::rtp(local.ip(), local.port(), 9);
+                lm.session_version = 2;
+                let (answer, _) = sdp::answer_audio(&offer, &caps, &lm).unwrap();
+                let _ = self.carrier.ua.answer_offer(
+                    now,
+                    *leg,
+                    200,
+                    Some(answer.to_string().as_bytes()),
+                );
+            }
+            UaEvent::Terminated { leg, .. } => {
+                if let Some(m) = self.carrier.media.get_mut(leg) {
+                    m.tone = None;
+                    m.remote = None;
+                }
+            }
+            _ => {}
+        }
+        self.carrier.events.push(e);
+    }
+
+    fn browser_poll(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let mut any = false;
+        let mut out = Vec::new();
+        let b = &mut self.browsers[i];
+        let Some(rtc) = b.rtc.as_mut() else {
+            return false;
+        };
+        loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    let d = t.saturating_duration_since(self.epoch);
+                    b.deadline =
+                        Instant::from_micros(d.as_micros().min(u64::MAX as u128 / 2) as u64);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    any = true;
+                    out.push(Datagram {
+                        at: now + ONE_WAY,
+                        from: t.source,
+                        to: t.destination,
+                        bytes: Bytes::copy_from_slice(&t.contents),
+                    });
+                }
+                Ok(Output::Event(Event::Connected)) => {
+                    any = true;
+                    b.rtc_connected = true;
+                }
+                Ok(Output::Event(Event::MediaData(d))) => {
+                    if d.params.spec().codec == SCodec::Opus {
+                        let mut pcm = [0i16; 5760];
+                        if let Ok(n) = b.decoder.decode(&d.data, &mut pcm) {
+                            b.heard.extend_from_slice(&pcm[..n]);
+                        }
+                    }
+                }
+                Ok(Output::Event(_)) => {}
+                Err(_) => break,
+            }
+        }
+        self.net.extend(out);
+        any
+    }
+
+    fn deliver(&mut self, d: Datagram) {
+        let now = self.now;
+        if self.blackhole.is_some_and(|a| a == d.from || a == d.to) {
+            return;
+        }
+        if d.to == addr(SBC_SIP) {
+            self.bridge.handle_sip(now, &d.bytes, Peer::udp(d.from));
+        } else if d.to == addr(SBC_WEBRTC) {
+            if let Some((call, leg)) = self.mux.route(d.from, &d.bytes)
+                && let Some(s) = self.media.get_mut(&format!("c-{call}"))
+            {
+                s.handle_webrtc(now, leg, d.from, d.to, &d.bytes);
+            }
+        } else if self.sbc_owned(d.to) {
+            if let Some(call) = self.port_owner.get(&d.to.port()).cloned()
+                && let Some(s) = self.media.get_mut(&call)
+            {
+                s.handle_rtp(now, d.to.port(), d.from, BytesMut::from(&d.bytes[..]));
+            }
+        } else if d.to == addr(CARRIER_SIP) {
+            self.carrier
+                .ua
+                .handle_bytes(now, &d.bytes, Peer::udp(d.from));
+        } else if d.to.ip().to_string() == CARRIER_IP {
+            if let Some(m) = self.carrier.media.values_mut().find(|m| m.local == d.to) {
+                m.receive(&d.bytes);
+            }
+        } else if let Some(b) = self.browsers.iter_mut().find(|b| b.addr == d.to) {
+            let t = self.epoch + Duration::from_micros(now.as_micros());
+            if let (Some(rtc), Ok(r)) = (
+                b.rtc.as_mut(),
+                Receive::new(Protocol::Udp, d.from, d.to, &d.bytes),
+            ) {
+                let input = Input::Receive(t, r);
+                if rtc.accepts(&input) {
+                    let _ = rtc.handle_input(input);
+                }
+            }
+        }
+    }
+
+    /// Sends one 20 ms frame from every talking party.
+    fn tick_audio(&mut self) {
+        let now = self.now;
+        for m in self.carrier.media.values_mut() {
+            if m.tone.is_some() || !m.dtmf_tx.is_idle() {
+                for pkt in m.frame() {
+                    if let Some(to) = m.remote {
+                        self.net.push(Datagram {
+                            at: now + ONE_WAY,
+                            from: m.local,
+                            to,
+                            bytes: pkt,
+                        });
+                    }
+                }
+            }
+        }
+        let t = self.std(now);
+        for b in &mut self.browsers {
+            let (Some(rtc), Some(mid), Some(tone)) = (b.rtc.as_mut(), b.mid, b.tone.as_mut())
+            else {
+                continue;
+            };
+            if !b.rtc_connected {
+                continue;
+            }
+            let mut pcm = [0i16; 960];
+            tone.fill(&mut pcm);
+            let mut payload = [0u8; 1500];
+            let n = b.encoder.encode(&pcm, &mut payload).unwrap();
+            if let Some(w) = rtc.writer(mid) {
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == SCodec::Opus)
+                    .map(|p| p.pt());
+                if let Some(pt) = pt {
+                    let _ = w.write(
+                        pt,
+                        t,
+                        MediaTime::new(b.ts, Frequency::FORTY_EIGHT_KHZ),
+                        payload[..n].to_vec(),
+                    );
+                }
+            }
+            b.ts += 960;
+        }
+    }
+
+    /// Runs the world for `d`.
+    pub fn run(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.pump();
+        for _ in 0..10_000_000 {
+            let mut next = until.min(self.next_tick).min(self.next_ping);
+            let mut consider = |t: Option<Instant>| {
+                if let Some(t) = t {
+                    next = next.min(t);
+                }
+            };
+            consider(self.bridge.poll_timeout());
+            consider(self.carrier.ua.poll_timeout());
+            for s in self.media.values() {
+                consider(s.poll_timeout());
+            }
+            for b in &self.browsers {
+                if b.rtc.is_some() {
+                    consider(Some(b.deadline));
+                }
+            }
+            consider(self.net.iter().map(|d| d.at).min());
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            let (due, rest): (Vec<Datagram>, Vec<Datagram>) =
+                self.net.drain(..).partition(|d| d.at <= now);
+            self.net = rest;
+            for d in due {
+                self.deliver(d);
+            }
+            if self.bridge.poll_timeout().is_some_and(|t| t <= now) {
+                self.bridge.handle_timeout(now);
+            }
+            if self.carrier.ua.poll_timeout().is_some_and(|t| t <= now) {
+                self.carrier.ua.handle_timeout(now);
+            }
+            for s in self.media.values_mut() {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+            }
+            let t = self.std(now);
+            for b in &mut self.browsers {
+                if let Some(rtc) = b.rtc.as_mut()
+                    && b.deadline <= now
+                {
+                    let _ = rtc.handle_input(Input::Timeout(t));
+                }
+            }
+            if self.next_ping <= now {
+                self.next_ping = now + ms(15_000);
+                for i in 0..self.browsers.len() {
+                    if self.browsers[i].connected_ws {
+                        let sid = self.browsers[i].session;
+                        self.bridge.handle_ws_text(now, sid, r#"{"type":"ping"}"#);
+                    }
+                }
+            }
+            if self.next_tick <= now {
+                self.tick_audio();
+                self.next_tick = now + ms(20);
+            }
+            self.pump();
+            if now >= until {
+                break;
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    // ----- checks -----
+
+    /// Asserts the last `secs` seconds of `pcm` at `rate` carry a tone of `hz`.
+    pub fn assert_tone(pcm: &[i16], rate: u32, hz: f64, what: &str) {
+        let take = rate as usize; // the last second
+        assert!(
+            pcm.len() >= take,
+            "{what}: heard only {} samples",
+            pcm.len()
+        );
+        let tail = &pcm[pcm.len() - take..];
+        let f = dominant_frequency(tail, rate, 100.0, 3800.0);
+        assert!(
+            (f - hz).abs() <= 5.0,
+            "{what}: dominant {f:.0} Hz, expected {hz} Hz"
+        );
+        let level = goertzel_level_db(tail, rate, hz);
+        assert!(level > -30.0, "{what}: {hz} Hz at only {level:.1} dB");
+    }
+
+    /// Everything reaped: no calls, no media sessions, no SIP legs or ports.
+    pub fn assert_idle(&self) {
+        assert_eq!(
+            self.bridge.calls(),
+            0,
+            "calls left: {:?}",
+            self.bridge.call_ids()
+        );
+        assert!(
+            self.media.is_empty(),
+            "media sessions left: {:?}",
+            self.media.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(self.bridge.ports_in_use(), 0, "RTP ports left");
+        assert_eq!(self.bridge.ua().legs(), 0, "SBC SIP legs left");
+        assert_eq!(self.bridge.ua().dialogs(), 0, "SBC dialogs left");
+    }
+
+    pub fn ended_reason(&self, i: usize, call: &str) -> Option<String> {
+        self.got(i, "ended")
+            .iter()
+            .find(|m| m["callId"] == call)
+            .map(|m| m["reason"].as_str().unwrap().to_string())
+    }
+
+    pub fn completed(&self) -> Vec<&CallEvent> {
+        self.events
+            .iter()
+            .filter(|e| e.kind == sip_bridge::bridge::CallEventKind::Completed)
+            .collect()
+    }
+}
