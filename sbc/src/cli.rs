@@ -1,4 +1,5 @@
-//! Command line: `sbc media transcode ...` (more commands come with the SBC).
+//! Command line. `sbc` alone runs the embedded demo on loopback; `sbc --config
+//! FILE` runs a deployment; the subcommands are tools.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,22 +10,35 @@ use media_core::codec::Codec;
 
 use crate::media::transcode::{TranscodeOptions, transcode_wav};
 
-/// SIP/WebRTC session border controller.
+/// SIP/WebRTC session border controller. Without arguments it runs the embedded
+/// demo configuration on loopback (open the printed URL).
 #[derive(Parser, Debug)]
-#[command(
-    name = "sbc",
-    version,
-    about,
-    subcommand_required = true,
-    arg_required_else_help = true
-)]
+#[command(name = "sbc", version, about)]
 pub struct Cli {
+    /// Run with this configuration file (see sbc/sbc.example.toml).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, let calls finish for this long before ending them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, global = true)]
+    drain: u64,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Check a config file and the files it names (token secret, TLS key and
+    /// certificate) without starting anything.
+    CheckConfig {
+        /// The config file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the SHA-256 of an API key, for `[[auth.api_keys]] sha256`.
+    HashKey {
+        /// The API key.
+        key: String,
+    },
     /// Media tools.
     Media {
         #[command(subcommand)]
@@ -88,7 +102,59 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             };
         }
     };
-    match cli.command {
+    let command = match cli.command {
+        None => {
+            let cfg = match &cli.config {
+                Some(path) => match crate::config::SbcConfig::load(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => crate::config::SbcConfig::demo(),
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sbc: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return match rt.block_on(crate::run::run(
+                cfg,
+                std::time::Duration::from_secs(cli.drain),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sbc: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(c) => c,
+    };
+    match command {
+        Command::CheckConfig { file } => match crate::config::check_config_file(&file) {
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                println!("ok: {}", cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::HashKey { key } => {
+            println!("{}", sip_bridge::token::hash_api_key(&key));
+            ExitCode::SUCCESS
+        }
         Command::Media {
             command:
                 MediaCommand::Transcode {

@@ -4,12 +4,14 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod control;
 pub mod events;
 pub mod http;
 pub mod media;
 pub mod media_task;
 pub mod protect;
+pub mod run;
 pub mod server;
 pub mod sip;
 pub mod webrtc_port;

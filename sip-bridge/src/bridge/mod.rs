@@ -296,7 +296,11 @@ impl Bridge {
         let ids: Vec<String> = self.calls.keys().cloned().collect();
         for id in ids {
             if let Some(mut call) = self.calls.remove(&id) {
-                let status = if call.winner.is_some() { DialStatus::Completed } else { DialStatus::Canceled };
+                let status = if call.winner.is_some() {
+                    DialStatus::Completed
+                } else {
+                    DialStatus::Canceled
+                };
                 self.end_call(now, &mut call, status, EndReason::RemoteHangup, None);
             }
         }
