@@ -233,6 +233,16 @@ impl SipCore for ControlCore {
         metrics::gauge!("sbc_operators").set(self.bridge.presence().len() as f64);
         metrics::gauge!("sbc_rtp_ports_in_use").set(self.bridge.ports_in_use() as f64);
         metrics::gauge!("sbc_media_sessions").set(self.media.len() as f64);
+        let ua = self.bridge.ua();
+        metrics::gauge!("sbc_sip_legs").set(ua.legs() as f64);
+        metrics::gauge!("sbc_sip_dialogs").set(ua.dialogs() as f64);
+        metrics::gauge!("sbc_sip_transactions").set(ua.transactions() as f64);
+        let tx = ua.transaction_stats();
+        metrics::gauge!("sbc_sip_retransmissions").set(tx.retransmissions as f64);
+        let p = self.protect.stats();
+        metrics::gauge!("sbc_sip_bans").set(p.bans as f64);
+        metrics::gauge!("sbc_sip_banned_drops").set(p.banned_drops as f64);
+        metrics::gauge!("sbc_sip_scanner_drops").set(p.scanner_drops as f64);
     }
 }
 
