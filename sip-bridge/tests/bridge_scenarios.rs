@@ -535,3 +535,95 @@ fn echo_and_tone_test_numbers_answer_inside_the_sbc() {
         "the tone number plays 440 Hz",
     );
 }
+
+#[test]
+fn operator_requests_out_of_state_get_bad_request_and_change_nothing() {
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    let a = w.operator("alice", &["support", "nope"]);
+    let avail = w.got(a, "availability");
+    assert_eq!(avail[0]["rejected"][0]["id"], "nope");
+    assert_eq!(avail[0]["rejected"][0]["code"], "BAD_REQUEST");
+    let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n";
+    let on_unknown = [
+        serde_json::json!({"type": "accept", "callId": "c-77", "sdp": sdp}),
+        serde_json::json!({"type": "reject", "callId": "c-77"}),
+        serde_json::json!({"type": "hangup", "callId": "c-77"}),
+        serde_json::json!({"type": "mute", "callId": "c-77", "on": true}),
+        serde_json::json!({"type": "hold", "callId": "c-77", "on": true}),
+        serde_json::json!({"type": "dtmf", "callId": "c-77", "digits": "1"}),
+        serde_json::json!({"type": "reoffer", "callId": "c-77", "sdp": sdp}),
+    ];
+    for (n, m) in on_unknown.iter().enumerate() {
+        w.send(a, m.clone());
+        let errors = w.got(a, "error");
+        assert_eq!(errors.len(), n + 1, "{m}");
+        assert_eq!(errors[n]["code"], "BAD_REQUEST", "{m}");
+        assert_eq!(errors[n]["callId"], "c-77");
+    }
+    // A ringing call: in-call actions are refused until it is accepted.
+    w.carrier_call("+15550100", 1000.0);
+    w.run(ms(200));
+    let call = w.last_incoming(a).unwrap();
+    for m in [
+        serde_json::json!({"type": "mute", "callId": call, "on": true}),
+        serde_json::json!({"type": "hold", "callId": call, "on": true}),
+        serde_json::json!({"type": "dtmf", "callId": call, "digits": "1"}),
+        serde_json::json!({"type": "reoffer", "callId": call, "sdp": sdp}),
+    ] {
+        let before = w.got(a, "error").len();
+        w.send(a, m.clone());
+        assert_eq!(w.got(a, "error").len(), before + 1, "{m}");
+        assert_eq!(w.got(a, "error")[before]["code"], "BAD_REQUEST");
+    }
+    assert_eq!(carrier_answered(&w), 0, "still ringing");
+    w.accept(a, &call);
+    w.run(ms(500));
+    // Accepted: accepting or rejecting again is refused; the call goes on.
+    for m in [
+        serde_json::json!({"type": "accept", "callId": call, "sdp": sdp}),
+        serde_json::json!({"type": "reject", "callId": call}),
+    ] {
+        let before = w.got(a, "error").len();
+        w.send(a, m.clone());
+        assert_eq!(w.got(a, "error")[before]["code"], "BAD_REQUEST", "{m}");
+    }
+    // A second dial while busy.
+    w.send(
+        a,
+        serde_json::json!({"type": "dial", "to": "+15559999", "callerId": "support", "sdp": sdp}),
+    );
+    assert_eq!(w.got(a, "error").last().unwrap()["code"], "BUSY");
+    assert_eq!(carrier_answered(&w), 1);
+    assert!(w.ended_reason(a, &call).is_none());
+    assert_eq!(w.bridge.calls(), 1);
+}
+
+#[test]
+fn a_sip_caller_holding_a_sip_callee_passes_the_hold_on() {
+    let mut w = World::new(config(plan(&[(&["pstn:+15550111"], 20)])));
+    w.carrier.auto_answer = Some(vec![(200, true)]);
+    let leg = w.carrier_call("+15550100", 1000.0);
+    w.run(ms(500));
+    assert_eq!(carrier_answered(&w), 1);
+    let sdp = {
+        let m = &w.carrier.media[&leg];
+        format!(
+            "v=0\r\no=c 9 3 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n",
+            m.local.port()
+        )
+    };
+    let now = w.now;
+    w.carrier.ua.reinvite(now, leg, sdp.into_bytes()).unwrap();
+    w.run(ms(500));
+    // The callee (the carrier's other leg) got a sendonly offer from the SBC.
+    let offers: Vec<String> = w
+        .carrier_events()
+        .iter()
+        .filter_map(|e| match e {
+            UaEvent::Offer { sdp, .. } => Some(String::from_utf8_lossy(sdp).to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offers.len(), 1, "the hold went on to the callee");
+    assert!(offers[0].contains("a=sendonly"), "{}", offers[0]);
+}

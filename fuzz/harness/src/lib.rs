@@ -688,6 +688,463 @@ pub fn sip_dialog(data: &[u8]) {
     );
 }
 
+// ----- signalling, tokens, calls -----
+
+use sip_bridge::bridge::{
+    Bridge, BridgeConfig, DialPlan, MediaCommand, MediaEvent, NumberConfig, Target as DialTarget,
+};
+use sip_bridge::signalling::{Session, SessionConfig, SessionOutput, decode as decode_signalling};
+use sip_bridge::token::{TokenGrant, TokenIssuer};
+
+const FUZZ_SECRET: &[u8] = b"fuzz secret fuzz secret fuzz sec";
+const UNIX: u64 = 1_795_000_000;
+
+fn fuzz_token(issuer: &TokenIssuer, op: &str) -> String {
+    issuer
+        .issue(
+            UNIX,
+            &TokenGrant {
+                operator_ref: op.into(),
+                display_name: op.into(),
+                numbers: vec!["support".into()],
+                ttl_secs: None,
+            },
+        )
+        .map(|t| t.0)
+        .unwrap_or_default()
+}
+
+/// Operator signalling: arbitrary frames (NUL-separated) into one connection,
+/// with time moving; every decision is a valid message or a close, nothing
+/// after a close, never a panic.
+pub fn signalling(data: &[u8]) {
+    let issuer = TokenIssuer::new(FUZZ_SECRET);
+    let mut s = Session::new(Instant::ZERO, SessionConfig::default());
+    let mut now = 0u64;
+    let mut closed = false;
+    for (i, frame) in data.split(|&b| b == 0).take(200).enumerate() {
+        let text = String::from_utf8_lossy(frame);
+        let _ = decode_signalling(&text);
+        now += u64::from(frame.first().copied().unwrap_or(1)) * 10;
+        // Every 7th frame starts with a real hello so the ready state gets fuzzed.
+        let text = if i == 1 {
+            format!(
+                r#"{{"type":"hello","token":"{}","protocol":1}}"#,
+                fuzz_token(&issuer, "alice")
+            )
+        } else {
+            text.into_owned()
+        };
+        let _ = s.handle_text(Instant::from_millis(now), UNIX, &text, &issuer);
+        s.handle_timeout(Instant::from_millis(now));
+        while let Some(o) = s.poll_output() {
+            assert!(!closed, "output after close");
+            match o {
+                SessionOutput::Send(m) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&m.to_json()).expect("valid JSON");
+                    assert!(v["type"].is_string());
+                }
+                SessionOutput::Close { code, .. } => {
+                    assert!(
+                        code == 1000
+                            || code == 1002
+                            || code == 1009
+                            || (4000..5000).contains(&code)
+                    );
+                    closed = true;
+                }
+            }
+        }
+    }
+}
+
+/// Token verification: arbitrary strings never verify, and a real token with
+/// arbitrary edits either fails or still carries exactly its original claims.
+pub fn token(data: &[u8]) {
+    let issuer = TokenIssuer::new(FUZZ_SECRET);
+    let text = String::from_utf8_lossy(data);
+    assert!(
+        issuer.verify(UNIX, &text).is_err() || text.starts_with("eyJ"),
+        "garbage verified"
+    );
+    let good = fuzz_token(&issuer, "alice");
+    let original = issuer.verify(UNIX, &good).expect("our token verifies");
+    let mut bytes = good.into_bytes();
+    for pair in data.chunks(2) {
+        if let [pos, val] = pair {
+            let n = bytes.len();
+            if n > 0 {
+                bytes[*pos as usize % n] = *val;
+            }
+        }
+    }
+    if let Ok(edited) = String::from_utf8(bytes)
+        && let Ok(claims) = issuer.verify(UNIX, &edited)
+    {
+        assert_eq!(
+            claims, original,
+            "an edited token verified with other claims"
+        );
+    }
+}
+
+/// One step of the call fuzzer.
+#[derive(Arbitrary, Debug)]
+enum CallOp {
+    /// An operator connects (0-3), says hello and goes online.
+    Connect(u8),
+    /// An operator's connection drops.
+    Drop(u8),
+    /// An operator sends a message about the n-th call it heard of.
+    Operator { op: u8, kind: u8, call: u8 },
+    /// Raw text from an operator.
+    Raw { op: u8, text: String },
+    /// The carrier calls (number 0 or 1).
+    CarrierCall(u8),
+    /// The carrier acts on one of its legs.
+    Carrier { leg: u8, kind: u8 },
+    /// A media event for a call.
+    Media { call: u8, kind: u8, leg: u8 },
+    /// Time passes.
+    Advance(u16),
+}
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+/// The bridge's control plane under arbitrary operator messages, carrier calls
+/// and actions, media events and time: no panic, bounded state, and once every
+/// party is gone and the timers have run, nothing is left (calls, ports, SIP legs,
+/// operators).
+pub fn call(data: &[u8]) {
+    use sip_bridge::sip::dialog::{InviteParams, LocalAddr, UaConfig, UaEvent, UserAgent};
+    use sip_bridge::sip::message::Peer;
+    use std::time::Duration;
+    let mut u = Unstructured::new(data);
+    let Ok(ops) = Vec::<CallOp>::arbitrary(&mut u) else {
+        return;
+    };
+    let trace = format!("{ops:?}");
+    let plan = DialPlan {
+        steps: vec![
+            sip_bridge::bridge::Step {
+                targets: vec![DialTarget::Operators],
+                timeout: Duration::from_secs(15),
+            },
+            sip_bridge::bridge::Step {
+                targets: vec![DialTarget::Pstn {
+                    number: "+15550111".into(),
+                    trunk: None,
+                }],
+                timeout: Duration::from_secs(20),
+            },
+        ],
+    };
+    let trunk = sip_bridge::bridge::TrunkConfig {
+        name: "c".into(),
+        host: "carrier.example".into(),
+        peers: vec!["192.0.2.20:5060".parse().unwrap()],
+        transport: sip_bridge::sip::message::Transport::Udp,
+        credentials: None,
+        register: None,
+        inbound: vec![],
+        codecs: vec![],
+        dtmf: Default::default(),
+        ping_interval: None,
+    };
+    let numbers = vec![
+        NumberConfig {
+            id: "support".into(),
+            e164: "+15550100".into(),
+            name: "S".into(),
+            plan,
+        },
+        NumberConfig {
+            id: "echo".into(),
+            e164: "+15550001".into(),
+            name: "E".into(),
+            plan: DialPlan::single(vec![DialTarget::Echo], Duration::from_secs(5)),
+        },
+    ];
+    let mut cfg = BridgeConfig::new(numbers, vec![trunk], [192, 0, 2, 10].into());
+    cfg.rtp_ports = (20000, 20100);
+    cfg.max_calls = 20;
+    let issuer = TokenIssuer::new(FUZZ_SECRET);
+    let mut b = Bridge::new(
+        cfg,
+        LocalAddr::udp([192, 0, 2, 10].into(), 5060),
+        TokenIssuer::new(FUZZ_SECRET),
+        UNIX,
+    );
+    let mut carrier = UserAgent::new(UaConfig::new(
+        LocalAddr::udp([192, 0, 2, 20].into(), 5060),
+        3,
+    ));
+    let sbc = Peer::udp(([192, 0, 2, 10], 5060).into());
+    let car = Peer::udp(([192, 0, 2, 20], 5060).into());
+    let mut now = Instant::ZERO;
+    let mut sessions: [Option<u64>; 4] = [None; 4];
+    let mut next_sid = 1u64;
+    let mut heard: Vec<Vec<String>> = vec![Vec::new(); 4];
+    let mut carrier_legs = Vec::new();
+    let mut calls: Vec<String> = Vec::new();
+    // Moves messages until quiet.
+    let pump = |b: &mut Bridge,
+                carrier: &mut UserAgent,
+                now: Instant,
+                sessions: &mut [Option<u64>; 4],
+                heard: &mut Vec<Vec<String>>,
+                legs: &mut Vec<sip_bridge::sip::dialog::LegId>,
+                calls: &mut Vec<String>| {
+        for _ in 0..1000 {
+            let mut any = false;
+            while let Some(t) = b.poll_sip_transmit() {
+                any = true;
+                carrier.handle_bytes(now, &t.bytes, sbc);
+            }
+            while let Some(t) = carrier.poll_transmit() {
+                any = true;
+                b.handle_sip(now, &t.bytes, car);
+            }
+            while let Some(e) = carrier.poll_event() {
+                any = true;
+                match e {
+                    UaEvent::IncomingInvite { leg, .. } => legs.push(leg),
+                    UaEvent::Offer { leg, .. } => {
+                        let _ = carrier.answer_offer(now, leg, 200, Some(OFFER.as_bytes()));
+                    }
+                    _ => {}
+                }
+            }
+            while let Some((sid, out)) = b.poll_ws_output() {
+                any = true;
+                let Some(i) = sessions.iter().position(|s| *s == Some(sid)) else {
+                    continue;
+                };
+                match out {
+                    SessionOutput::Send(m) => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&m.to_json()).expect("JSON");
+                        if let Some(c) = v["callId"].as_str()
+                            && !heard[i].iter().any(|h| h == c)
+                        {
+                            heard[i].push(c.to_string());
+                        }
+                    }
+                    SessionOutput::Close { .. } => {
+                        sessions[i] = None;
+                        b.handle_ws_closed(now, sid);
+                    }
+                }
+            }
+            while let Some((call, cmd)) = b.poll_media_command() {
+                any = true;
+                if !calls.contains(&call) && cmd != MediaCommand::Stop {
+                    calls.push(call.clone());
+                }
+            }
+            while b.poll_event().is_some() {}
+            if !any {
+                break;
+            }
+        }
+    };
+    for op in ops.into_iter().take(300) {
+        match op {
+            CallOp::Connect(i) => {
+                let i = usize::from(i % 4);
+                let sid = next_sid;
+                next_sid += 1;
+                sessions[i] = Some(sid);
+                b.handle_ws_open(now, sid);
+                let hello = format!(
+                    r#"{{"type":"hello","token":"{}","protocol":1}}"#,
+                    fuzz_token(&issuer, &format!("op{i}"))
+                );
+                b.handle_ws_text(now, sid, &hello);
+                b.handle_ws_text(now, sid, r#"{"type":"online","numbers":["support"]}"#);
+            }
+            CallOp::Drop(i) => {
+                if let Some(sid) = sessions[usize::from(i % 4)].take() {
+                    b.handle_ws_closed(now, sid);
+                }
+            }
+            CallOp::Operator { op, kind, call } => {
+                let i = usize::from(op % 4);
+                let Some(sid) = sessions[i] else { continue };
+                let c = heard[i]
+                    .get(usize::from(call) % heard[i].len().max(1))
+                    .cloned()
+                    .unwrap_or_else(|| "c-999".into());
+                let msg = match kind % 10 {
+                    0 => format!(r#"{{"type":"accept","callId":"{c}","sdp":"v=0\r\n"}}"#),
+                    1 => format!(r#"{{"type":"reject","callId":"{c}"}}"#),
+                    2 => format!(r#"{{"type":"hangup","callId":"{c}"}}"#),
+                    3 => format!(r#"{{"type":"mute","callId":"{c}","on":true}}"#),
+                    4 => format!(r#"{{"type":"hold","callId":"{c}","on":{}}}"#, kind % 2 == 0),
+                    5 => format!(r#"{{"type":"dtmf","callId":"{c}","digits":"1#"}}"#),
+                    6 => r#"{"type":"dial","to":"+15559999","callerId":"support","sdp":"v=0\r\n"}"#
+                        .to_string(),
+                    7 => r#"{"type":"dial","to":"+15550001","callerId":"support","sdp":"v=0\r\n"}"#
+                        .to_string(),
+                    8 => r#"{"type":"offline"}"#.to_string(),
+                    _ => format!(r#"{{"type":"reoffer","callId":"{c}","sdp":"v=0\r\n"}}"#),
+                };
+                b.handle_ws_text(now, sid, &msg);
+            }
+            CallOp::Raw { op, text } => {
+                if let Some(sid) = sessions[usize::from(op % 4)] {
+                    b.handle_ws_text(now, sid, &text);
+                }
+            }
+            CallOp::CarrierCall(n) => {
+                let to = if n % 2 == 0 { "+15550100" } else { "+15550001" };
+                if let Ok(leg) = carrier.invite(
+                    now,
+                    InviteParams {
+                        request_uri: format!("sip:{to}@192.0.2.10"),
+                        from: "<sip:+15550111@192.0.2.20>".into(),
+                        to: format!("<sip:{to}@192.0.2.10>"),
+                        peer: sbc,
+                        sdp: Some(OFFER.as_bytes().to_vec()),
+                        headers: vec![],
+                        credentials: None,
+                    },
+                ) {
+                    carrier_legs.push(leg);
+                }
+            }
+            CallOp::Carrier { leg, kind } => {
+                let Some(&l) = carrier_legs.get(usize::from(leg) % carrier_legs.len().max(1))
+                else {
+                    continue;
+                };
+                let _ = match kind % 6 {
+                    0 => carrier.hangup(now, l),
+                    1 => carrier.respond(now, l, 180, None, &[]),
+                    2 => carrier.respond(now, l, 200, Some(OFFER.as_bytes()), &[]),
+                    3 => carrier.respond(now, l, 486, None, &[]),
+                    4 => carrier.reinvite(
+                        now,
+                        l,
+                        OFFER.replace("t=0 0", "t=0 0\r\na=sendonly").into_bytes(),
+                    ),
+                    _ => carrier.info(now, l, "application/dtmf-relay", b"Signal=5\r\n"),
+                };
+            }
+            CallOp::Media { call, kind, leg } => {
+                let Some(c) = calls.get(usize::from(call) % calls.len().max(1)).cloned() else {
+                    continue;
+                };
+                let leg = u32::from(leg % 4);
+                let ev = match kind % 6 {
+                    0 => MediaEvent::WebRtcAnswer {
+                        leg,
+                        sdp: "v=0\r\n".into(),
+                    },
+                    1 => MediaEvent::WebRtcFailed {
+                        leg,
+                        reason: "x".into(),
+                    },
+                    2 => MediaEvent::WebRtcGone { leg },
+                    3 => MediaEvent::Dtmf {
+                        leg,
+                        digit: '7',
+                        relayed: kind % 2 == 0,
+                    },
+                    4 => MediaEvent::MediaTimeout { leg },
+                    _ => MediaEvent::WebRtcConnected { leg },
+                };
+                b.handle_media_event(now, &c, ev);
+            }
+            CallOp::Advance(ms) => {
+                let until = now + Duration::from_millis(u64::from(ms) * 4);
+                while let Some(t) = [b.poll_timeout(), carrier.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .filter(|t| *t <= until)
+                {
+                    now = now.max(t);
+                    b.handle_timeout(now);
+                    carrier.handle_timeout(now);
+                    pump(
+                        &mut b,
+                        &mut carrier,
+                        now,
+                        &mut sessions,
+                        &mut heard,
+                        &mut carrier_legs,
+                        &mut calls,
+                    );
+                }
+                now = until;
+            }
+        }
+        pump(
+            &mut b,
+            &mut carrier,
+            now,
+            &mut sessions,
+            &mut heard,
+            &mut carrier_legs,
+            &mut calls,
+        );
+        assert!(b.calls() <= 20, "call limit");
+        assert!(b.presence().len() <= 4);
+    }
+    // Wind down: everyone leaves, every carrier leg hangs up, timers run out.
+    for round in 0..3 {
+        for s in sessions.iter_mut() {
+            if let Some(sid) = s.take() {
+                b.handle_ws_closed(now, sid);
+            }
+        }
+        for l in carrier.leg_ids() {
+            let _ = carrier.hangup(now, l);
+        }
+        pump(
+            &mut b,
+            &mut carrier,
+            now,
+            &mut sessions,
+            &mut heard,
+            &mut carrier_legs,
+            &mut calls,
+        );
+        let until = now + Duration::from_secs(if round == 0 { 240 } else { 600 });
+        while let Some(t) = [b.poll_timeout(), carrier.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|t| *t <= until)
+        {
+            now = now.max(t);
+            b.handle_timeout(now);
+            carrier.handle_timeout(now);
+            pump(
+                &mut b,
+                &mut carrier,
+                now,
+                &mut sessions,
+                &mut heard,
+                &mut carrier_legs,
+                &mut calls,
+            );
+        }
+        now = until;
+    }
+    assert_eq!(b.calls(), 0, "calls left: {:?}", b.call_ids());
+    assert_eq!(
+        b.ports_in_use(),
+        0,
+        "RTP ports left after {}",
+        &trace[..trace.len().min(3000)]
+    );
+    assert_eq!((b.ua().legs(), b.ua().dialogs()), (0, 0), "SIP state left");
+    assert!(b.presence().is_empty(), "operators left");
+}
+
 /// All targets by name, for replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("rtp_packet", rtp_packet),
@@ -699,6 +1156,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sip_message", sip_message),
     ("sdp", sdp),
     ("sip_dialog", sip_dialog),
+    ("signalling", signalling),
+    ("token", token),
+    ("call", call),
 ];
 
 #[cfg(test)]

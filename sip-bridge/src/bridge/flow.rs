@@ -649,6 +649,7 @@ impl Bridge {
             port,
             negotiated,
             sdp_version,
+            remote_held: was_held,
             ..
         }) = call.legs.get(&key).map(|l| l.kind.clone())
         else {
@@ -703,6 +704,21 @@ impl Bridge {
         let _ = self
             .ua
             .answer_offer(now, ua, 200, Some(answer.to_string().as_bytes()));
+        // SIP to SIP: the hold goes on to the other side (its hold music flows back).
+        let across = if key == call.caller {
+            call.winner
+        } else {
+            Some(call.caller)
+        };
+        if remote_held != was_held
+            && let Some(a) = across
+            && matches!(
+                call.legs.get(&a).map(|l| &l.kind),
+                Some(LegKind::Sip { .. })
+            )
+        {
+            self.hold_sip(now, call, a, remote_held);
+        }
         self.notify_update(call, key);
     }
 
@@ -956,7 +972,16 @@ impl Bridge {
             self.end_call(now, call, status, reason, None);
             return true;
         }
-        // A ringing operator whose offer failed: drop it from the step.
+        // A ringing target whose media failed: drop it from the step (a SIP one
+        // is hung up; its port goes back when the UA reports it terminated).
+        match call.legs.get(&leg).map(|l| l.kind.clone()) {
+            Some(LegKind::Sip { .. }) => {
+                self.drop_ringing(now, call, leg, EndReason::Failed);
+                return self.after_target_gone(now, call);
+            }
+            Some(LegKind::Operator { .. }) => {}
+            _ => return false,
+        }
         if let Some(LegKind::Operator { op, .. }) = call.legs.remove(&leg).map(|l| l.kind) {
             self.send_operator(
                 &op,

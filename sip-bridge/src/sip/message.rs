@@ -320,7 +320,12 @@ pub fn classify(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
         b'\n' => i == 0 || head[i - 1] != b'\r',
         b'\r' => head.get(i + 1) != Some(&b'\n'),
         _ => false,
-    });
+    }) || {
+        // A folded first header line continues nothing (RFC 3261 7.3.1): parsers
+        // disagree on it, so it is refused like a bad line ending (fuzz finding).
+        let first_header = head.windows(2).position(|w| w == b"\r\n").map(|i| i + 2);
+        first_header.is_some_and(|i| matches!(head.get(i), Some(b' ' | b'\t')))
+    };
     if raw.start.starts_with("SIP/") {
         if bare {
             return Inbound::Drop("bare CR or LF in headers");
