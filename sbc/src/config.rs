@@ -74,6 +74,9 @@ pub struct SbcConfig {
     /// `[[numbers]]`: numbers and their dial plans.
     #[serde(default)]
     pub numbers: Vec<NumberEntry>,
+    /// `[[streams]]`: options of AI agent targets (`stream:URL`).
+    #[serde(default)]
+    pub streams: Vec<StreamEntry>,
     /// `[webhooks]`: call events to the customer's backend.
     #[serde(default)]
     pub webhooks: Option<WebhooksSection>,
@@ -494,6 +497,25 @@ pub struct DialStep {
     /// How long the step rings (default 30 s).
     #[serde(default = "step_timeout", deserialize_with = "values::one")]
     pub timeout: Duration,
+}
+
+/// `[[streams]]`: how to reach one AI agent URL used as `stream:URL` in a plan.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamEntry {
+    /// The URL as written after `stream:` (`wss://agent.example/ws`).
+    pub url: String,
+    /// `pcm16-24k` (native: binary PCM16 24 kHz + JSON control) or `twilio`
+    /// (Media Streams framing, base64 u-law 8 kHz).
+    #[serde(default = "default_stream_format")]
+    pub format: String,
+    /// Extra HTTP headers of the WebSocket request (`Authorization = "Bearer ..."`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn default_stream_format() -> String {
+    "pcm16-24k".into()
 }
 
 /// `[webhooks]`.
@@ -971,6 +993,20 @@ impl SbcConfig {
         b.max_operators = self.limits.max_operators;
         b.open_inbound = self.sip.open_inbound;
         b.seed = seed;
+        b.streams = self
+            .streams
+            .iter()
+            .map(|s| sip_bridge::bridge::StreamTarget {
+                url: s.url.clone(),
+                // Checked when parsing.
+                format: s.format.parse().unwrap_or_default(),
+                headers: s
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect();
         Ok(b)
     }
 

@@ -2,6 +2,7 @@
 //! the sans-IO `sip-bridge` and `media-core` cores. The `sbc` binary is a thin
 //! shell over this library.
 
+pub mod agent_ws;
 pub mod cli;
 pub mod clock;
 pub mod config;

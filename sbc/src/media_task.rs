@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
-use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, Via};
+use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
+use sip_bridge::stream::AgentMessage;
 use sip_bridge::webrtc::WebRtcConfig;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::agent_ws::{self, AgentLink};
 use crate::clock::Clock;
 use crate::control::ControlCore;
 use crate::sip::Handle;
@@ -36,6 +38,27 @@ pub enum MediaIn {
         to: SocketAddr,
         /// The datagram.
         data: Bytes,
+    },
+    /// An agent's WebSocket is up.
+    StreamUp {
+        /// The leg.
+        leg: LegKey,
+        /// Where to send.
+        link: AgentLink,
+    },
+    /// A message from an agent.
+    StreamMessage {
+        /// The leg.
+        leg: LegKey,
+        /// The message.
+        msg: AgentMessage,
+    },
+    /// An agent's WebSocket is gone (or never came).
+    StreamClosed {
+        /// The leg.
+        leg: LegKey,
+        /// Why.
+        reason: String,
     },
     /// From one of the call's RTP sockets.
     Rtp {
@@ -92,6 +115,7 @@ async fn run(
     let mut session = MediaSession::new(cfg);
     let mut sockets: HashMap<u16, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
+    let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
     let number = call_number(&id);
     loop {
         let deadline = session.poll_timeout().map(|t| ctx.clock.deadline(t));
@@ -125,6 +149,17 @@ async fn run(
                     }
                     MediaIn::WebRtc { leg, from, to, data } => session.handle_webrtc(now, leg, from, to, &data),
                     MediaIn::Rtp { port, from, data } => session.handle_rtp(now, port, from, data),
+                    MediaIn::StreamUp { leg, link } => {
+                        agents.insert(leg, link);
+                        session.handle_stream_connected(now, leg);
+                    }
+                    MediaIn::StreamMessage { leg, msg } => session.handle_stream_message(now, leg, msg),
+                    MediaIn::StreamClosed { leg, reason } => {
+                        if agents.remove(&leg).is_some() || !reason.is_empty() {
+                            tracing::info!(call = %id, leg, %reason, "agent stream ended");
+                        }
+                        session.handle_stream_closed(now, leg, &reason);
+                    }
                 }
             }
             _ = sleep_until(deadline) => session.handle_timeout(ctx.clock.now()),
@@ -138,6 +173,25 @@ async fn run(
                 }
                 Via::WebRtc => {
                     let _ = ctx.port.socket.try_send_to(&t.bytes, t.to);
+                }
+            }
+        }
+        while let Some(io) = session.poll_stream_io() {
+            match io {
+                StreamIo::Connect { leg, url, headers } => {
+                    agent_ws::spawn(leg, url, headers, me.clone())
+                }
+                StreamIo::Send { leg, msg } => {
+                    if let Some(link) = agents.get(&leg)
+                        && !link.send(msg)
+                    {
+                        agents.remove(&leg);
+                        tracing::warn!(call = %id, leg, "agent stalled: closing its stream");
+                        session.handle_stream_closed(ctx.clock.now(), leg, "agent stalled");
+                    }
+                }
+                StreamIo::Close { leg } => {
+                    agents.remove(&leg);
                 }
             }
         }

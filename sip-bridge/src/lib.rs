@@ -10,5 +10,6 @@ pub mod presence;
 pub mod sdp;
 pub mod signalling;
 pub mod sip;
+pub mod stream;
 pub mod token;
 pub mod webrtc;

@@ -28,6 +28,28 @@ pub(super) fn check(c: &SbcConfig) -> Found {
     signalling(c, &mut f);
     trunks(c, &mut f);
     numbers(c, &mut f);
+    for (i, st) in c.streams.iter().enumerate() {
+        if !(st.url.starts_with("ws://") || st.url.starts_with("wss://")) || st.url.len() < 8 {
+            f.push((
+                format!("streams[{i}].url"),
+                format!("\"{}\" is not a ws:// or wss:// URL", st.url),
+            ));
+        }
+        if let Err(e) = st.format.parse::<sip_bridge::stream::StreamFormat>() {
+            f.push((format!("streams[{i}].format"), e));
+        }
+        for (k, v) in &st.headers {
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || v.chars().any(char::is_control)
+            {
+                f.push((
+                    format!("streams[{i}].headers.{k}"),
+                    "not a valid HTTP header".into(),
+                ));
+            }
+        }
+    }
     if let Some(w) = &c.webhooks {
         if !is_url(&w.url) {
             f.push(("webhooks.url".into(), not_url(&w.url)));

@@ -81,6 +81,10 @@ pub(crate) enum LegKind {
     },
     Echo,
     Tone(u32),
+    /// An AI agent over WebSocket (media plane); answered when it connects.
+    Stream {
+        connected: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +145,7 @@ impl Call {
                     && match &l.kind {
                         LegKind::Sip { state, .. } => *state == SipState::Ringing,
                         LegKind::Operator { state, .. } => *state == OpState::Ringing,
+                        LegKind::Stream { connected } => !connected,
                         _ => false,
                     }
             })

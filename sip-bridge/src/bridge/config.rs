@@ -125,6 +125,17 @@ impl TrunkConfig {
     }
 }
 
+/// Options of an AI agent target (`stream:URL`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamTarget {
+    /// The URL as written in dial plans (`wss://agent.example/ws`).
+    pub url: String,
+    /// Framing.
+    pub format: crate::stream::StreamFormat,
+    /// Extra request headers (an `Authorization: Bearer ...`).
+    pub headers: Vec<(String, String)>,
+}
+
 /// The bridge's configuration.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -132,6 +143,8 @@ pub struct BridgeConfig {
     pub numbers: Vec<NumberConfig>,
     /// Trunks.
     pub trunks: Vec<TrunkConfig>,
+    /// Options per AI agent URL (absent: native framing, no extra headers).
+    pub streams: Vec<StreamTarget>,
     /// The address in our SDP for SIP-side RTP.
     pub media_ip: IpAddr,
     /// SIP-side RTP ports.
@@ -161,6 +174,7 @@ impl BridgeConfig {
         BridgeConfig {
             numbers,
             trunks,
+            streams: Vec::new(),
             media_ip,
             rtp_ports: (20000, 30000),
             outbound_ring_timeout: Duration::from_secs(60),

@@ -107,7 +107,10 @@ impl Bridge {
 
     /// No step is left: the caller gets the outcome.
     pub(crate) fn plan_exhausted(&mut self, now: Instant, call: &mut Call) -> bool {
-        let status = if call.busy {
+        let status = if call.answered_at.is_some() {
+            // Someone (an agent) talked to the caller before the plan ran out.
+            DialStatus::Completed
+        } else if call.busy {
             DialStatus::Busy
         } else if call.fail_code.is_some() && !call.rung.is_empty() && call.step_deadline.is_none()
         {
@@ -183,6 +186,10 @@ impl Bridge {
                     },
                 );
             }
+            LegKind::Stream { connected: false } => {
+                call.legs.remove(&key);
+                self.media(call, MediaCommand::Remove { leg: key });
+            }
             _ => {}
         }
     }
@@ -201,7 +208,8 @@ impl Bridge {
     /// `key` answered first.
     pub(crate) fn win(&mut self, now: Instant, call: &mut Call, key: LegKey) {
         call.winner = Some(key);
-        call.answered_at = Some(now);
+        // A caller handed on (an agent's transfer) keeps its first answer time.
+        call.answered_at.get_or_insert(now);
         call.answered_by = call.legs.get(&key).map(|l| match (&l.kind, &l.target) {
             (LegKind::Operator { op, .. }, _) => format!("operator:{op}"),
             (_, Some(t)) => t.to_string(),
@@ -230,6 +238,14 @@ impl Bridge {
             Some(LegKind::Sip { .. }) => {
                 self.media(call, MediaCommand::Connect { a: caller, b: key })
             }
+            Some(LegKind::Stream { .. }) => {
+                if let Some(LegKind::Stream { connected, .. }) =
+                    call.legs.get_mut(&key).map(|l| &mut l.kind)
+                {
+                    *connected = true;
+                }
+                self.media(call, MediaCommand::Connect { a: caller, b: key })
+            }
             Some(LegKind::Echo) => self.media(call, MediaCommand::Echo { leg: caller }),
             Some(LegKind::Tone(hz)) => self.media(
                 call,
@@ -241,7 +257,12 @@ impl Bridge {
             _ => {}
         }
         match call.legs.get(&caller).map(|l| l.kind.clone()) {
-            Some(LegKind::Sip { ua, local_sdp, .. }) => {
+            Some(LegKind::Sip {
+                ua,
+                local_sdp,
+                state: SipState::Ringing,
+                ..
+            }) => {
                 let _ = self
                     .ua
                     .respond(now, ua, 200, Some(local_sdp.as_bytes()), &[]);
@@ -791,6 +812,13 @@ impl Bridge {
                     );
                 }
             }
+            Some(LegKind::Stream { .. }) => self.media(
+                call,
+                MediaCommand::SendDtmf {
+                    leg: to,
+                    digits: digits.to_string(),
+                },
+            ),
             Some(LegKind::Sip { ua, trunk, .. }) => {
                 let mode = trunk.map_or(DtmfMode::Rfc4733, |t| self.cfg.trunks[t].dtmf);
                 let rfc = call.legs.get(&to).is_some_and(|l| matches!(&l.kind, LegKind::Sip { negotiated: Some(n), .. } if n.telephone_event.is_some()));
@@ -930,7 +958,97 @@ impl Bridge {
                 false
             }
             MediaEvent::WebRtcConnected { .. } => false,
+            MediaEvent::StreamConnected { leg } => {
+                if !matches!(
+                    call.legs.get(&leg).map(|l| &l.kind),
+                    Some(LegKind::Stream { .. })
+                ) {
+                    return false;
+                }
+                if call.winner.is_none() {
+                    self.win(now, call, leg);
+                } else {
+                    // Someone else answered first.
+                    call.legs.remove(&leg);
+                    self.media(call, MediaCommand::Remove { leg });
+                }
+                false
+            }
+            MediaEvent::StreamFailed { leg, .. } => {
+                if !matches!(
+                    call.legs.get(&leg).map(|l| &l.kind),
+                    Some(LegKind::Stream { .. })
+                ) {
+                    return false;
+                }
+                if Some(leg) == call.winner {
+                    // The agent died mid-call: the caller goes on to the next step
+                    // instead of sitting in silence.
+                    self.hand_on(now, call, leg, None)
+                } else {
+                    call.legs.remove(&leg);
+                    self.media(call, MediaCommand::Remove { leg });
+                    call.fail_code.get_or_insert(503);
+                    self.after_target_gone(now, call)
+                }
+            }
+            MediaEvent::StreamHangup { leg } => {
+                if Some(leg) != call.winner {
+                    return false;
+                }
+                self.end_call(
+                    now,
+                    call,
+                    DialStatus::Completed,
+                    EndReason::RemoteHangup,
+                    None,
+                );
+                true
+            }
+            MediaEvent::StreamTransfer { leg, target } => {
+                if Some(leg) != call.winner {
+                    return false;
+                }
+                match target.parse::<Target>() {
+                    Ok(t) => self.hand_on(now, call, leg, Some(t)),
+                    Err(_) => false, // the agent keeps the call
+                }
+            }
         }
+    }
+
+    /// The answered leg `leg` (an agent) leaves but the caller stays: ringback
+    /// again, then `next` (a transfer) or the plan's next step.
+    pub(crate) fn hand_on(
+        &mut self,
+        now: Instant,
+        call: &mut Call,
+        leg: LegKey,
+        next: Option<Target>,
+    ) -> bool {
+        call.legs.remove(&leg);
+        self.media(call, MediaCommand::Remove { leg });
+        call.winner = None;
+        let caller = call.caller;
+        self.media(
+            call,
+            MediaCommand::Tone {
+                leg: caller,
+                tone: Some(Tone::Ringback),
+            },
+        );
+        if let Some(t) = next {
+            call.plan.steps.insert(
+                call.step + 1,
+                super::plan::Step {
+                    targets: vec![t],
+                    timeout: std::time::Duration::from_secs(30),
+                },
+            );
+        }
+        call.step += 1;
+        call.step_deadline = None;
+        self.start_step(now, call)
     }
 
     /// A leg's media died: the call ends if it was the caller or the winner.

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use media_core::pipeline::RtpFormat;
 
+use crate::stream::{StreamFormat, StreamStart};
+
 /// A leg within one call.
 pub type LegKey = u32;
 
@@ -52,6 +54,20 @@ pub enum MediaCommand {
         leg: LegKey,
         /// The browser's offer.
         offer: String,
+    },
+    /// An AI agent leg over WebSocket; [`MediaEvent::StreamConnected`] once the
+    /// agent is there.
+    AddStream {
+        /// The leg.
+        leg: LegKey,
+        /// `ws://` or `wss://` URL.
+        url: String,
+        /// Framing.
+        format: StreamFormat,
+        /// Extra request headers.
+        headers: Vec<(String, String)>,
+        /// What the agent is told in `start`.
+        start: StreamStart,
     },
     /// Plays a tone into a leg (ringback while targets ring), or stops it.
     Tone {
@@ -155,6 +171,30 @@ pub enum MediaEvent {
     PortFailed {
         /// The leg.
         leg: LegKey,
+    },
+    /// The agent's WebSocket is up.
+    StreamConnected {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The agent never came, stalled, or went away.
+    StreamFailed {
+        /// The leg.
+        leg: LegKey,
+        /// Why.
+        reason: String,
+    },
+    /// The agent hung up the call.
+    StreamHangup {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The agent hands the caller to a dial-plan target.
+    StreamTransfer {
+        /// The leg.
+        leg: LegKey,
+        /// The target (`operators`, `operator:REF`, `pstn:+1555...`).
+        target: String,
     },
 }
 

@@ -24,7 +24,7 @@ mod operators;
 mod plan;
 
 pub use call::{CallEvent, CallEventKind, Direction};
-pub use config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, TrunkConfig};
+pub use config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use media::{LegKey, MediaCommand, MediaEvent, PortPool, Tone};
 pub use plan::{DialPlan, DialStatus, Step, Target, TargetError, parse_duration};
 
@@ -839,11 +839,31 @@ impl Bridge {
                 self.win(now, call, key);
                 1
             }
-            Target::Stream(_) => {
-                // AI agent legs need the media plane's WebSocket client; until a
-                // driver provides one, a stream target fails like an unreachable one.
-                call.fail_code = Some(503);
-                0
+            Target::Stream(url) => {
+                let key = call.leg_key();
+                call.legs.insert(
+                    key,
+                    Leg {
+                        kind: LegKind::Stream { connected: false },
+                        target: Some(target.clone()),
+                        step: call.step,
+                    },
+                );
+                let opts = self.cfg.streams.iter().find(|s| s.url == *url);
+                let cmd = MediaCommand::AddStream {
+                    leg: key,
+                    url: url.clone(),
+                    format: opts.map_or_else(Default::default, |o| o.format),
+                    headers: opts.map_or_else(Vec::new, |o| o.headers.clone()),
+                    start: crate::stream::StreamStart {
+                        call_id: call.id.clone(),
+                        from: call.from.clone(),
+                        to: call.to.clone(),
+                        number: call.number.clone(),
+                    },
+                };
+                self.media(call, cmd);
+                1
             }
         }
     }

@@ -24,6 +24,7 @@ use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, Ssrc};
 use media_core::{Instant, Millis, SampleRate, SeededRng};
 
 use crate::bridge::{LegKey, MediaCommand, MediaEvent, Tone};
+use crate::stream::{AgentMessage, StreamEvent, StreamLeg};
 use crate::webrtc::{MuxCredentials, WebRtcConfig, WebRtcEvent, WebRtcLeg};
 
 /// Media session settings.
@@ -85,6 +86,34 @@ pub enum MuxUpdate {
     },
 }
 
+/// WebSocket work for AI agent legs, for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamIo {
+    /// Open the agent's WebSocket; report back with
+    /// [`MediaSession::handle_stream_connected`] or
+    /// [`MediaSession::handle_stream_closed`].
+    Connect {
+        /// The leg.
+        leg: LegKey,
+        /// `ws://` or `wss://` URL.
+        url: String,
+        /// Extra request headers (authorization...).
+        headers: Vec<(String, String)>,
+    },
+    /// Send a message.
+    Send {
+        /// The leg.
+        leg: LegKey,
+        /// The message.
+        msg: AgentMessage,
+    },
+    /// Close the WebSocket (after sending what was queued).
+    Close {
+        /// The leg.
+        leg: LegKey,
+    },
+}
+
 /// Session counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MediaStats {
@@ -112,6 +141,10 @@ enum Kind {
         leg: Box<WebRtcLeg>,
         format: RtpFormat,
     },
+    Stream {
+        leg: Box<StreamLeg>,
+        connected: bool,
+    },
 }
 
 /// What feeds a leg.
@@ -138,9 +171,18 @@ struct MLeg {
 }
 
 impl MLeg {
-    fn format(&self) -> RtpFormat {
+    /// What this leg speaks: RTP in a format, or PCM (an agent's stream).
+    fn endpoint(&self) -> Endpoint {
         match &self.kind {
-            Kind::Rtp { format, .. } | Kind::WebRtc { format, .. } => *format,
+            Kind::Rtp { format, .. } | Kind::WebRtc { format, .. } => Endpoint::Rtp(*format),
+            Kind::Stream { leg, .. } => Endpoint::Pcm(leg.format().sample_rate()),
+        }
+    }
+
+    fn telephone_event(&self) -> Option<PayloadType> {
+        match self.endpoint() {
+            Endpoint::Rtp(f) => f.telephone_event,
+            Endpoint::Pcm(_) => None,
         }
     }
 }
@@ -154,6 +196,7 @@ pub struct MediaSession {
     out: VecDeque<MediaTransmit>,
     events: VecDeque<MediaEvent>,
     mux: VecDeque<MuxUpdate>,
+    stream_io: VecDeque<StreamIo>,
     rng: SeededRng,
     next_tick: Option<Instant>,
     stats: MediaStats,
@@ -188,6 +231,7 @@ impl MediaSession {
             out: VecDeque::new(),
             events: VecDeque::new(),
             mux: VecDeque::new(),
+            stream_io: VecDeque::new(),
             rng,
             next_tick: None,
             stats: MediaStats::default(),
@@ -281,6 +325,32 @@ impl MediaSession {
                 }
             }
             MediaCommand::AddWebRtc { leg, offer } => self.add_webrtc(now, leg, &offer),
+            MediaCommand::AddStream {
+                leg,
+                url,
+                format,
+                headers,
+                start,
+            } => {
+                self.legs.insert(
+                    leg,
+                    MLeg {
+                        kind: Kind::Stream {
+                            leg: Box::new(StreamLeg::new(format, &start)),
+                            connected: false,
+                        },
+                        source: Source::Nothing,
+                        to_me: None,
+                        tone: None,
+                        muted: false,
+                        held: false,
+                        last_rx: now,
+                        timed_out: false,
+                    },
+                );
+                self.stream_io
+                    .push_back(StreamIo::Connect { leg, url, headers });
+            }
             MediaCommand::Tone { leg, tone } => {
                 if let Some(l) = self.legs.get_mut(&leg) {
                     l.source = tone.map_or(Source::Nothing, Source::Tone);
@@ -343,8 +413,18 @@ impl MediaSession {
                 }
             }
             MediaCommand::SendDtmf { leg, digits } => {
-                if let Some(p) = self.legs.get_mut(&leg).and_then(|l| l.to_me.as_mut()) {
-                    let _ = p.send_dtmf(&digits, Millis(160));
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    match &mut l.kind {
+                        Kind::Stream { leg: st, .. } => digits
+                            .chars()
+                            .filter(|c| *c != ',')
+                            .for_each(|d| st.send_dtmf(d)),
+                        _ => {
+                            if let Some(p) = l.to_me.as_mut() {
+                                let _ = p.send_dtmf(&digits, Millis(160));
+                            }
+                        }
+                    }
                 }
             }
             MediaCommand::Remove { leg } => self.remove(leg),
@@ -375,6 +455,13 @@ impl MediaSession {
                         });
                     }
                     self.mux.push_back(MuxUpdate::Remove { leg });
+                }
+                Kind::Stream { leg: st, .. } => {
+                    st.stop();
+                    while let Some(msg) = st.poll_message() {
+                        self.stream_io.push_back(StreamIo::Send { leg, msg });
+                    }
+                    self.stream_io.push_back(StreamIo::Close { leg });
                 }
             }
         }
@@ -448,11 +535,11 @@ impl MediaSession {
     /// Rebuilds the pipeline that feeds `leg` from its source.
     fn rebuild(&mut self, leg: LegKey) {
         let Some(l) = self.legs.get(&leg) else { return };
-        let output = Endpoint::Rtp(l.format());
+        let output = l.endpoint();
         let input = match l.source {
             Source::Nothing => None,
             Source::Tone(_) => Some(Endpoint::Pcm(SampleRate::HZ_8000)),
-            Source::Leg(src) => self.legs.get(&src).map(|s| Endpoint::Rtp(s.format())),
+            Source::Leg(src) => self.legs.get(&src).map(MLeg::endpoint),
         };
         let source_muted = match l.source {
             Source::Leg(src) => self.legs.get(&src).is_some_and(|s| s.muted),
@@ -490,6 +577,57 @@ impl MediaSession {
         for k in fed {
             self.rebuild(k);
         }
+    }
+
+    // ----- AI agent streams -----
+
+    /// The agent's WebSocket opened.
+    pub fn handle_stream_connected(&mut self, now: Instant, leg: LegKey) {
+        if let Some(l) = self.legs.get_mut(&leg)
+            && let Kind::Stream { connected, .. } = &mut l.kind
+        {
+            *connected = true;
+            l.last_rx = now;
+            self.events.push_back(MediaEvent::StreamConnected { leg });
+            self.schedule_tick(now);
+        }
+        self.drain(now);
+    }
+
+    /// A message from the agent.
+    pub fn handle_stream_message(&mut self, now: Instant, leg: LegKey, msg: AgentMessage) {
+        if let Some(l) = self.legs.get_mut(&leg)
+            && let Kind::Stream { leg: st, .. } = &mut l.kind
+        {
+            l.last_rx = now;
+            let _ = st.handle_agent(msg);
+            while let Some(ev) = st.poll_event() {
+                self.events.push_back(match ev {
+                    StreamEvent::Hangup => MediaEvent::StreamHangup { leg },
+                    StreamEvent::Transfer(target) => MediaEvent::StreamTransfer { leg, target },
+                });
+            }
+        }
+        self.drain(now);
+    }
+
+    /// The agent's WebSocket closed or could not be opened.
+    pub fn handle_stream_closed(&mut self, now: Instant, leg: LegKey, reason: &str) {
+        if matches!(
+            self.legs.get(&leg).map(|l| &l.kind),
+            Some(Kind::Stream { .. })
+        ) {
+            self.events.push_back(MediaEvent::StreamFailed {
+                leg,
+                reason: reason.into(),
+            });
+        }
+        self.drain(now);
+    }
+
+    /// The next WebSocket action for an agent leg.
+    pub fn poll_stream_io(&mut self) -> Option<StreamIo> {
+        self.stream_io.pop_front()
     }
 
     // ----- input -----
@@ -599,10 +737,7 @@ impl MediaSession {
             .collect();
         // Telephone-events are reported even when nothing is connected yet.
         if fed.is_empty() {
-            let te = self
-                .legs
-                .get(&from)
-                .and_then(|l| l.format().telephone_event);
+            let te = self.legs.get(&from).and_then(MLeg::telephone_event);
             if let (Some(te), Ok(h)) = (te, RtpHeader::parse(&data))
                 && h.payload_type == te
                 && let Ok(ev) = media_core::dtmf::TelephoneEvent::parse(&data[h.payload_range()])
@@ -680,6 +815,8 @@ impl MediaSession {
             Kind::WebRtc { leg, .. } => {
                 let _ = leg.send_rtp(now, &pkt);
             }
+            // A stream leg takes PCM frames (see `drain`), never packets.
+            Kind::Stream { .. } => {}
         }
     }
 
@@ -687,6 +824,19 @@ impl MediaSession {
     fn drain(&mut self, now: Instant) {
         for (k, l) in self.legs.iter_mut() {
             if let Some(p) = l.to_me.as_mut() {
+                // A stream leg takes PCM frames, queued for its agent.
+                if let Kind::Stream {
+                    leg: st,
+                    connected: true,
+                } = &mut l.kind
+                {
+                    let mut frame = [0i16; 960];
+                    while let Some(n) = p.poll_frame(&mut frame) {
+                        if !l.held {
+                            st.push_caller_audio(&frame[..n]);
+                        }
+                    }
+                }
                 let mut pkts = Vec::new();
                 while let Some(o) = p.poll_packet() {
                     pkts.push(Bytes::copy_from_slice(o.bytes));
@@ -722,7 +872,15 @@ impl MediaSession {
                     });
                 }
             }
-            let _ = k;
+            if let Kind::Stream {
+                leg: st,
+                connected: true,
+            } = &mut l.kind
+            {
+                while let Some(msg) = st.poll_message() {
+                    self.stream_io.push_back(StreamIo::Send { leg: *k, msg });
+                }
+            }
         }
     }
 
@@ -805,6 +963,32 @@ impl MediaSession {
                 }
                 if let Some(p) = l.to_me.as_mut() {
                     let _ = p.handle_pcm(now, frame);
+                }
+            }
+            // Each connected agent plays one 20 ms frame (or silence) to the legs
+            // it feeds: pacing, whatever the agent's bursts.
+            let mut frames: Vec<(LegKey, Vec<i16>)> = Vec::new();
+            for (k, l) in self.legs.iter_mut() {
+                if let Kind::Stream {
+                    leg: st,
+                    connected: true,
+                } = &mut l.kind
+                {
+                    any = true;
+                    let mut f = vec![0i16; st.format().frame_samples()];
+                    st.next_frame(&mut f);
+                    if !l.muted {
+                        frames.push((*k, f));
+                    }
+                }
+            }
+            for (from, f) in frames {
+                for l in self.legs.values_mut() {
+                    if l.source == Source::Leg(from)
+                        && let Some(p) = l.to_me.as_mut()
+                    {
+                        let _ = p.handle_pcm(now, &f);
+                    }
                 }
             }
             if any {

@@ -23,11 +23,12 @@ use sip_bridge::bridge::{
     Bridge, BridgeConfig, CallEvent, DialPlan, LegKey, MediaCommand, NumberConfig, Step, Target,
     TrunkConfig,
 };
-use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, Via};
+use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use sip_bridge::sdp::{self, AudioCaps, LocalMedia, SessionDescription};
 use sip_bridge::signalling::SessionOutput;
 use sip_bridge::sip::dialog::{InviteParams, LegId, LocalAddr, UaConfig, UaEvent, UserAgent};
 use sip_bridge::sip::message::{Peer, Transport};
+use sip_bridge::stream::{AgentMessage, StreamFormat};
 use sip_bridge::token::{TokenGrant, TokenIssuer};
 use sip_bridge::webrtc::{DtlsIdentity, MuxConfig, WebRtcConfig, WebRtcMux};
 use str0m::change::SdpAnswer;
@@ -328,6 +329,30 @@ pub struct Browser {
     ts: u64,
 }
 
+/// How a test agent behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Connects at once.
+    Up,
+    /// Never accepts the connection (the driver gives up after 5 s).
+    NeverConnects,
+}
+
+/// A virtual AI agent at a `stream:` URL.
+#[derive(Debug)]
+pub struct Agent {
+    pub format: StreamFormat,
+    pub mode: AgentMode,
+    /// (call, leg) it talks to.
+    pub leg: Option<(String, LegKey)>,
+    /// JSON messages received.
+    pub texts: Vec<Value>,
+    /// Caller audio received (24 kHz native, 8 kHz Twilio), decoded.
+    pub heard: Vec<i16>,
+    pub closed: bool,
+    pub connect_at: Option<Instant>,
+}
+
 /// The deployment.
 pub struct World {
     pub now: Instant,
@@ -348,6 +373,8 @@ pub struct World {
     pub media_commands: Vec<(String, MediaCommand)>,
     /// Drop every datagram to/from this address (a vanished browser).
     pub blackhole: Option<SocketAddr>,
+    /// AI agents by URL.
+    pub agents: BTreeMap<String, Agent>,
 }
 
 impl World {
@@ -376,6 +403,7 @@ impl World {
             next_ping: Instant::from_millis(15_000),
             media_commands: Vec::new(),
             blackhole: None,
+            agents: BTreeMap::new(),
         }
     }
 
@@ -667,6 +695,39 @@ impl World {
                         }
                     }
                 }
+                while let Some(io) = s.poll_stream_io() {
+                    any = true;
+                    match io {
+                        StreamIo::Connect { leg, url, .. } => {
+                            if let Some(a) = self.agents.get_mut(&url) {
+                                a.leg = Some((id.clone(), leg));
+                                a.closed = false;
+                                a.connect_at = Some(match a.mode {
+                                    AgentMode::Up => now + ONE_WAY,
+                                    AgentMode::NeverConnects => now + ms(5000),
+                                });
+                            }
+                        }
+                        StreamIo::Send { leg, msg } => {
+                            if let Some(a) = self
+                                .agents
+                                .values_mut()
+                                .find(|a| a.leg == Some((id.clone(), leg)))
+                            {
+                                a.receive(msg);
+                            }
+                        }
+                        StreamIo::Close { leg } => {
+                            if let Some(a) = self
+                                .agents
+                                .values_mut()
+                                .find(|a| a.leg == Some((id.clone(), leg)))
+                            {
+                                a.closed = true;
+                            }
+                        }
+                    }
+                }
                 while let Some(e) = s.poll_event() {
                     evs.push(e);
                 }
@@ -932,6 +993,7 @@ impl World {
                 }
             }
             consider(self.net.iter().map(|d| d.at).min());
+            consider(self.agents.values().filter_map(|a| a.connect_at).min());
             if next > until {
                 break;
             }
@@ -962,6 +1024,27 @@ impl World {
                     let _ = rtc.handle_input(Input::Timeout(t));
                 }
             }
+            let due: Vec<String> = self
+                .agents
+                .iter()
+                .filter(|(_, a)| a.connect_at.is_some_and(|t| t <= now))
+                .map(|(u, _)| u.clone())
+                .collect();
+            for url in due {
+                let a = self.agents.get_mut(&url).unwrap();
+                a.connect_at = None;
+                let mode = a.mode;
+                if let Some((call, leg)) = a.leg.clone()
+                    && let Some(s) = self.media.get_mut(&call)
+                {
+                    match mode {
+                        AgentMode::Up => s.handle_stream_connected(now, leg),
+                        AgentMode::NeverConnects => {
+                            s.handle_stream_closed(now, leg, "connect timeout")
+                        }
+                    }
+                }
+            }
             if self.next_ping <= now {
                 self.next_ping = now + ms(15_000);
                 for i in 0..self.browsers.len() {
@@ -981,6 +1064,73 @@ impl World {
             }
         }
         self.now = self.now.max(until);
+    }
+
+    // ----- agents -----
+
+    /// An agent at `url`.
+    pub fn agent(&mut self, url: &str, format: StreamFormat, mode: AgentMode) {
+        self.agents.insert(
+            url.to_string(),
+            Agent {
+                format,
+                mode,
+                leg: None,
+                texts: Vec::new(),
+                heard: Vec::new(),
+                closed: false,
+                connect_at: None,
+            },
+        );
+    }
+
+    /// The agent at `url` sends `msg`.
+    pub fn agent_send(&mut self, url: &str, msg: AgentMessage) {
+        let now = self.now;
+        let Some((call, leg)) = self.agents[url].leg.clone() else {
+            return;
+        };
+        if let Some(s) = self.media.get_mut(&call) {
+            s.handle_stream_message(now, leg, msg);
+        }
+        self.pump();
+    }
+
+    /// The agent at `url` sends `secs` of a tone at once (faster than real time).
+    pub fn agent_tone(&mut self, url: &str, hz: f64, secs: f64) {
+        let format = self.agents[url].format;
+        let rate = format.sample_rate().hz();
+        let mut g = ToneGenerator::new(rate, &[(hz, 8000.0)]);
+        let mut pcm = vec![0i16; (f64::from(rate) * secs) as usize];
+        g.fill(&mut pcm);
+        match format {
+            StreamFormat::Pcm24k => {
+                let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+                self.agent_send(url, AgentMessage::Binary(Bytes::from(bytes)));
+            }
+            StreamFormat::Twilio => {
+                use base64::Engine;
+                for chunk in pcm.chunks(160) {
+                    let mut ulaw = vec![0u8; chunk.len()];
+                    g711::ulaw_encode(chunk, &mut ulaw);
+                    let payload = base64::engine::general_purpose::STANDARD.encode(&ulaw);
+                    let msg = serde_json::json!({"event": "media", "streamSid": "x", "media": {"payload": payload}});
+                    self.agent_send(url, AgentMessage::Text(msg.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The agent's WebSocket dies.
+    pub fn agent_crash(&mut self, url: &str) {
+        let now = self.now;
+        let Some((call, leg)) = self.agents[url].leg.clone() else {
+            return;
+        };
+        if let Some(s) = self.media.get_mut(&call) {
+            s.handle_stream_closed(now, leg, "connection reset");
+        }
+        self.pump();
     }
 
     // ----- checks -----
@@ -1032,6 +1182,39 @@ impl World {
         self.events
             .iter()
             .filter(|e| e.kind == sip_bridge::bridge::CallEventKind::Completed)
+            .collect()
+    }
+}
+
+impl Agent {
+    fn receive(&mut self, msg: AgentMessage) {
+        match msg {
+            AgentMessage::Binary(b) => {
+                self.heard
+                    .extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])));
+            }
+            AgentMessage::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["event"] == "media" {
+                    use base64::Engine;
+                    let ulaw = base64::engine::general_purpose::STANDARD
+                        .decode(v["media"]["payload"].as_str().unwrap())
+                        .unwrap();
+                    let mut pcm = vec![0i16; ulaw.len()];
+                    g711::ulaw_decode(&ulaw, &mut pcm);
+                    self.heard.extend(pcm);
+                } else {
+                    self.texts.push(v);
+                }
+            }
+        }
+    }
+
+    /// JSON messages of `kind` (`type` native, `event` Twilio).
+    pub fn got(&self, kind: &str) -> Vec<&Value> {
+        self.texts
+            .iter()
+            .filter(|v| v["type"] == kind || v["event"] == kind)
             .collect()
     }
 }
