@@ -74,6 +74,9 @@ pub struct SbcConfig {
     /// `[[numbers]]`: numbers and their dial plans.
     #[serde(default)]
     pub numbers: Vec<NumberEntry>,
+    /// `[routing]`: ask the customer's backend for each call's plan.
+    #[serde(default)]
+    pub routing: Option<RoutingSection>,
     /// `[[streams]]`: options of AI agent targets (`stream:URL`).
     #[serde(default)]
     pub streams: Vec<StreamEntry>,
@@ -497,6 +500,23 @@ pub struct DialStep {
     /// How long the step rings (default 30 s).
     #[serde(default = "step_timeout", deserialize_with = "values::one")]
     pub timeout: Duration,
+}
+
+/// `[routing]`: the routing webhook (see README "Routing per call").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Where call facts are POSTed.
+    pub url: String,
+    /// Signs each request (`X-Sbc-Signature`), like webhooks.
+    pub secret: Secret,
+    /// How long a call waits for the answer before its static plan applies.
+    #[serde(default = "default_routing_timeout", deserialize_with = "values::one")]
+    pub timeout: std::time::Duration,
+}
+
+fn default_routing_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
 }
 
 /// `[[streams]]`: how to reach one AI agent URL used as `stream:URL` in a plan.

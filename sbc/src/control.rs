@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::media_task::{self, MediaCtx, MediaIn};
 use crate::protect::{Protection, Verdict};
+use crate::router::Router;
 use crate::sip::{Handle, SipCore};
 
 /// Outbound queue of one operator WebSocket.
@@ -35,6 +36,7 @@ pub struct ControlCore {
     stateless: VecDeque<Transmit>,
     draining: bool,
     seed: u64,
+    router: Option<Arc<dyn Router>>,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -65,7 +67,13 @@ impl ControlCore {
             stateless: VecDeque::new(),
             draining: false,
             seed,
+            router: None,
         }
+    }
+
+    /// Routes every call through `router` (the bridge asks before ringing).
+    pub fn set_router(&mut self, router: Arc<dyn Router>) {
+        self.router = Some(router);
     }
 
     /// Gives the core its own handle (for the media tasks it starts).
@@ -222,6 +230,25 @@ impl SipCore for ControlCore {
             }
             if stop {
                 self.media.remove(&call);
+            }
+        }
+        while let Some(facts) = self.bridge.poll_route_request() {
+            match (&self.router, &self.me) {
+                (Some(router), Some(me)) => {
+                    let (router, me) = (router.clone(), me.clone());
+                    tokio::spawn(async move {
+                        let id = facts.call_id.clone();
+                        let decision = router.route(facts).await;
+                        let _ = me
+                            .send(move |c, now| c.bridge.handle_route(now, &id, decision))
+                            .await;
+                    });
+                }
+                _ => self.bridge.handle_route(
+                    _now,
+                    &facts.call_id,
+                    sip_bridge::bridge::RouteDecision::Default,
+                ),
             }
         }
         while let Some(ev) = self.bridge.poll_event() {

@@ -12,6 +12,7 @@ pub mod http;
 pub mod media;
 pub mod media_task;
 pub mod protect;
+pub mod router;
 pub mod run;
 pub mod server;
 pub mod sip;

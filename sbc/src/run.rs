@@ -113,6 +113,13 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
             .as_ref()
             .map(|w| (w.url.clone(), w.secret.expose().as_bytes().to_vec())),
         demo: cfg.demo.enabled,
+        routing: cfg.routing.as_ref().map(|r| {
+            (
+                r.url.clone(),
+                r.secret.expose().as_bytes().to_vec(),
+                r.timeout,
+            )
+        }),
     })
 }
 

@@ -20,6 +20,7 @@ use crate::events::{EventSink, WebhookSink};
 use crate::http::{self, HttpState};
 use crate::media_task::MediaCtx;
 use crate::protect::{Protection, ProtectionConfig};
+use crate::router::{HttpRouter, Router};
 use crate::sip::{Handle, SipConfig, SipSockets};
 use crate::webrtc_port::WebRtcPort;
 
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub webhook: Option<(String, Vec<u8>)>,
     /// The demo token endpoint exists.
     pub demo: bool,
+    /// The routing webhook: URL, signing secret, timeout.
+    pub routing: Option<(String, Vec<u8>, Duration)>,
 }
 
 /// Startup failures.
@@ -82,6 +85,7 @@ pub enum ServerError {
 pub struct ServerBuilder {
     cfg: ServerConfig,
     sinks: Vec<Arc<dyn EventSink>>,
+    router: Option<Arc<dyn Router>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -102,6 +106,7 @@ impl Server {
         ServerBuilder {
             cfg,
             sinks: Vec::new(),
+            router: None,
         }
     }
 }
@@ -120,6 +125,18 @@ fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 }
 
 impl ServerBuilder {
+    /// Decides each call's plan with `router` instead of the static config (a
+    /// router answering `Default` falls back to it).
+    pub fn router(mut self, router: Arc<dyn Router>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    fn events_all(mut self, sinks: Vec<Arc<dyn EventSink>>) -> Self {
+        self.sinks.extend(sinks);
+        self
+    }
+
     /// Adds a receiver of call events.
     pub fn events(mut self, sink: Arc<dyn EventSink>) -> Self {
         self.sinks.push(sink);
@@ -128,7 +145,19 @@ impl ServerBuilder {
 
     /// Binds everything and starts.
     pub async fn start(self) -> Result<ServerHandle, ServerError> {
-        let ServerBuilder { cfg, mut sinks } = self;
+        let ServerBuilder {
+            mut cfg,
+            mut sinks,
+            router,
+        } = self;
+        if router.is_none()
+            && let Some((url, secret, timeout)) = cfg.routing.clone()
+        {
+            // The config's routing webhook, unless the embedder gave its own router.
+            let http = Arc::new(HttpRouter::new(url, secret, timeout));
+            return Box::pin(Server::builder(cfg).router(http).events_all(sinks).start()).await;
+        }
+        cfg.bridge.external_routing = router.is_some();
         let metrics_handle = prometheus();
         let clock = Clock::new();
         let unix_base = Clock::unix_secs();
@@ -176,7 +205,14 @@ impl ServerBuilder {
         );
         let (control, sip_task) = sockets.spawn_with_clock(core, clock);
         let me = control.clone();
-        let _ = control.send(move |c, _| c.set_handle(me)).await;
+        let _ = control
+            .send(move |c, _| {
+                c.set_handle(me);
+                if let Some(r) = router {
+                    c.set_router(r);
+                }
+            })
+            .await;
 
         if let Some((url, secret)) = &cfg.webhook {
             sinks.push(WebhookSink::start(url.clone(), secret.clone()));

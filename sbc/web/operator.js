@@ -26,8 +26,8 @@
  * request waited), `REPLACED` (closed 4009: this operator connected elsewhere),
  * `PROTOCOL_ERROR` (an unreadable server frame), `MEDIA_ERROR` (WebRTC failed),
  * `HTTP_ERROR` (an HTTP request could not be made). Closes 4001, 4009 and 1002 (protocol
- * version refused) stop reconnecting; any other unexpected close reconnects with backoff. `accept()` rejects with `CALL_ENDED`
- * (not emitted as an `error` event) when the call ends before the answer is applied.
+ * version refused) stop reconnecting; any other unexpected close reconnects with backoff. `accept()` and `dial()` reject
+ * with `CALL_ENDED` (not emitted as an `error` event) when the call ends before the answer is applied.
  *
  * Every error is emitted once through the `error` event; methods returning a promise also
  * reject with it (an `OperatorError`, whose `code` is the same).
@@ -407,6 +407,7 @@ export class Operator extends Emitter {
     this._calls = new Map(); // callId -> Call
     this._current = null;
     this._hangupOnResume = new Set();
+    this._finished = new Set(); // ids of calls that ended here (never adopted by a dial)
     this._ids = null; // numbers to be online on (re-sent after a reconnect)
     this._resend = null; // {ids, promise} of the `online` re-sent after the last reconnect
 
@@ -510,10 +511,10 @@ export class Operator extends Emitter {
         return call;
       } catch (err) {
         if (call.callId && call.state !== 'ended') {
-          // The server has the call but we cannot use it: hang it up.
-          this._sendMsg({ type: 'hangup', callId: call.callId, ref: this._nextRef() });
+          // The server has the call but we cannot use it: hang it up (on resume if the socket is down).
+          if (!this._sendMsg({ type: 'hangup', callId: call.callId, ref: this._nextRef() })) this._hangupOnResume.add(call.callId);
           call._end('failed');
-        } else {
+        } else if (call.state !== 'ended') {
           call._closeMedia();
           call.state = 'ended';
           call.endReason = 'failed';
@@ -809,7 +810,7 @@ export class Operator extends Emitter {
       case 'callUpdated':
       case 'dtmf':
       case 'ended': {
-        const call = this._calls.get(msg.callId);
+        const call = this._calls.get(msg.callId) ?? this._adoptDialed(msg.callId);
         if (call) call._enqueue(() => call._handle(msg));
         else this._log('debug', `${msg.type} for unknown call ${msg.callId}`);
         return;
@@ -821,6 +822,25 @@ export class Operator extends Emitter {
       default:
         this._log('debug', `ignoring message type ${msg.type}`);
     }
+  }
+
+  /**
+   * A call message for a callId we do not know: the server may report a dial's progress
+   * (`ringing`, even `ended`) before the `answer` that names the call, because the far end's
+   * 183 can beat the media answer. Only one dial waits for its answer at a time, so the
+   * message is about that call: take its callId now. Null when no dial is waiting.
+   */
+  _adoptDialed(callId) {
+    if (typeof callId !== 'string' || !callId || this._finished.has(callId)) return null;
+    for (const p of this._pending.values()) {
+      const call = p.type === 'dial' ? p.call : null;
+      if (call && !call.callId && call.state !== 'ended') {
+        call.callId = callId;
+        this._calls.set(callId, call);
+        return call;
+      }
+    }
+    return null;
   }
 
   _onReady(msg) {
@@ -942,7 +962,9 @@ export class Operator extends Emitter {
   _onAnswer(msg) {
     const p = this._takePending(
       msg.ref,
-      (q) => (q.type === 'dial' && !q.call.callId) || ((q.type === 'accept' || q.type === 'reoffer') && q.callId === msg.callId),
+      (q) =>
+        (q.type === 'dial' && (!q.call.callId || q.call.callId === msg.callId)) ||
+        ((q.type === 'accept' || q.type === 'reoffer') && q.callId === msg.callId),
     );
     if (!p || !p.call) return this._log('warn', `unexpected answer for ${msg.callId}`);
     const call = p.call;
@@ -1036,6 +1058,10 @@ export class Operator extends Emitter {
 
   _forgetCall(call) {
     if (call.callId && this._calls.get(call.callId) === call) this._calls.delete(call.callId);
+    if (call.callId) {
+      this._finished.add(call.callId);
+      if (this._finished.size > FIRE_AND_FORGET_REFS) this._finished.delete(this._finished.values().next().value);
+    }
     if (this._current === call) this._current = null;
     for (const [ref, p] of this._pending) {
       if (p.call === call) {

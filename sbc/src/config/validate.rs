@@ -28,6 +28,17 @@ pub(super) fn check(c: &SbcConfig) -> Found {
     signalling(c, &mut f);
     trunks(c, &mut f);
     numbers(c, &mut f);
+    if let Some(r) = &c.routing {
+        if !is_url(&r.url) {
+            f.push(("routing.url".into(), not_url(&r.url)));
+        }
+        if r.timeout.is_zero() || r.timeout > std::time::Duration::from_secs(4) {
+            f.push((
+                "routing.timeout".into(),
+                "must be above 0 and at most 4s (a call waits at most 5 s for its route)".into(),
+            ));
+        }
+    }
     for (i, st) in c.streams.iter().enumerate() {
         if !(st.url.starts_with("ws://") || st.url.starts_with("wss://")) || st.url.len() < 8 {
             f.push((

@@ -124,6 +124,8 @@ pub(crate) struct Call {
     pub rung: Vec<String>,
     /// Who answered (`operator:alice`, `pstn:+1555...`).
     pub answered_by: Option<String>,
+    /// Waiting for an external router's plan.
+    pub routing: bool,
     /// Legs ended, with the reason given to their operator (for the CDR).
     pub ended_legs: Vec<(String, EndReason)>,
 }

@@ -164,6 +164,9 @@ pub struct BridgeConfig {
     /// Accept calls from any source (the demo's loopback setup); otherwise an
     /// INVITE must come from a trunk.
     pub open_inbound: bool,
+    /// Ask an external router for each call's plan (see
+    /// [`super::Bridge::poll_route_request`]) instead of using the static plans.
+    pub external_routing: bool,
     /// Seeds ids.
     pub seed: u64,
 }
@@ -184,6 +187,7 @@ impl BridgeConfig {
             grace: Duration::from_secs(30),
             max_operators: 10_000,
             open_inbound: false,
+            external_routing: false,
             seed: 1,
         }
     }

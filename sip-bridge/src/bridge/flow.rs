@@ -41,9 +41,10 @@ fn caller_status(status: DialStatus, code: Option<u16>) -> u16 {
     match status {
         DialStatus::Busy => 486,
         DialStatus::NoAnswer | DialStatus::Canceled => 480,
-        // Statuses that mean something to a caller pass; others become 480.
+        // A target's (or a router's) status passes, but for challenges and our
+        // own 487, which mean nothing to the caller.
         _ => code
-            .filter(|c| matches!(c, 403 | 404 | 410 | 484 | 488 | 500..=699))
+            .filter(|c| (400..700).contains(c) && !matches!(c, 401 | 407 | 487))
             .unwrap_or(480),
     }
 }

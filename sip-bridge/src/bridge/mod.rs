@@ -24,6 +24,7 @@ mod operators;
 mod plan;
 
 pub use call::{CallEvent, CallEventKind, Direction};
+
 pub use config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use media::{LegKey, MediaCommand, MediaEvent, PortPool, Tone};
 pub use plan::{DialPlan, DialStatus, Step, Target, TargetError, parse_duration};
@@ -70,6 +71,53 @@ enum Timer {
     MaxDuration(u64),
     Session(SessionId),
     Ping(usize),
+    Route(u64),
+}
+
+/// How long a call waits for an external router before its static plan applies.
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SIP headers passed to an external router (plus every `X-` header).
+const ROUTED_HEADERS: [&str; 4] = [
+    "P-Asserted-Identity",
+    "Diversion",
+    "Referred-By",
+    "User-Agent",
+];
+
+/// What an external router is told about a call (`sbc`'s `Router`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteFacts {
+    /// The call.
+    pub call_id: String,
+    /// Inbound from a trunk, or dialled by an operator.
+    pub direction: Direction,
+    /// Caller.
+    pub from: String,
+    /// Called number or target.
+    pub to: String,
+    /// Our number id involved.
+    pub number: Option<String>,
+    /// The trunk it came from.
+    pub trunk: Option<String>,
+    /// The operator who dialled.
+    pub operator: Option<String>,
+    /// Selected SIP headers (P-Asserted-Identity, Diversion, X-...).
+    pub headers: Vec<(String, String)>,
+    /// What the static configuration would do.
+    pub default_plan: DialPlan,
+}
+
+/// A router's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteDecision {
+    /// The static plan.
+    Default,
+    /// This plan.
+    Plan(DialPlan),
+    /// Refuse the call with this SIP status (inbound) or as `failed` (outbound).
+    Reject(u16),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -95,6 +143,7 @@ pub struct Bridge {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     ws_out: VecDeque<(SessionId, SessionOutput)>,
     media_out: VecDeque<(String, MediaCommand)>,
+    routes_out: VecDeque<RouteFacts>,
     events: VecDeque<CallEvent>,
     rng: SeededRng,
     next_call: u64,
@@ -209,6 +258,7 @@ impl Bridge {
             timers: BinaryHeap::new(),
             ws_out: VecDeque::new(),
             media_out: VecDeque::new(),
+            routes_out: VecDeque::new(),
             events: VecDeque::new(),
             rng: SeededRng::new(cfg.seed ^ 0xb41d),
             next_call: 1,
@@ -457,6 +507,13 @@ impl Bridge {
                     }
                 }
                 Timer::Ping(i) => self.ping_trunk(now, i),
+                Timer::Route(seq) => {
+                    // The router did not answer: the static plan applies.
+                    let id = format!("c-{seq}");
+                    if self.calls.get(&id).is_some_and(|c| c.routing) {
+                        self.handle_route(now, &id, RouteDecision::Default);
+                    }
+                }
             }
         }
         self.pump(now);
@@ -648,6 +705,7 @@ impl Bridge {
             caller_progress: false,
             rung: Vec::new(),
             answered_by: None,
+            routing: false,
             ended_legs: Vec::new(),
         }
     }
@@ -749,8 +807,93 @@ impl Bridge {
             },
         );
         self.event(now, &call, CallEventKind::Initiated, None, None);
-        let done = self.start_step(now, &mut call);
+        let mut headers = Vec::new();
+        for name in ROUTED_HEADERS {
+            for v in req.lines(name) {
+                headers.push((name.to_string(), v.to_string()));
+            }
+        }
+        for h in req.headers.iter() {
+            let (n, v) = (h.name(), h.value());
+            if n.len() > 2 && n[..2].eq_ignore_ascii_case("x-") && headers.len() < 32 {
+                headers.push((n.to_string(), v.to_string()));
+            }
+        }
+        let facts = RouteFacts {
+            call_id: call.id.clone(),
+            direction: Direction::Inbound,
+            from: call.from.clone(),
+            to: call.to.clone(),
+            number: call.number.clone(),
+            trunk: trunk.map(|t| self.cfg.trunks[t].name.clone()),
+            operator: None,
+            headers,
+            default_plan: call.plan.clone(),
+        };
+        let done = self.route_or_start(now, &mut call, facts);
         self.put_back(call, done);
+    }
+
+    /// With an external router, asks it (the call waits, caller on 100 Trying,
+    /// at most [`ROUTE_TIMEOUT`]); else starts the static plan.
+    pub(crate) fn route_or_start(
+        &mut self,
+        now: Instant,
+        call: &mut Call,
+        facts: RouteFacts,
+    ) -> bool {
+        if !self.cfg.external_routing {
+            return self.start_step(now, call);
+        }
+        call.routing = true;
+        self.routes_out.push_back(facts);
+        self.timers.push(Reverse((
+            now + ROUTE_TIMEOUT,
+            Timer::Route(call_seq(&call.id)),
+        )));
+        false
+    }
+
+    /// The next call to route (external routing on).
+    pub fn poll_route_request(&mut self) -> Option<RouteFacts> {
+        self.routes_out.pop_front()
+    }
+
+    /// The router's decision for `call_id`.
+    pub fn handle_route(&mut self, now: Instant, call_id: &str, decision: RouteDecision) {
+        let Some(mut call) = self.calls.remove(call_id) else {
+            return;
+        };
+        if !call.routing {
+            self.calls.insert(call.id.clone(), call);
+            return;
+        }
+        call.routing = false;
+        let done = match decision {
+            RouteDecision::Default => self.start_step(now, &mut call),
+            RouteDecision::Plan(plan) => {
+                call.plan = plan;
+                call.step = 0;
+                self.start_step(now, &mut call)
+            }
+            RouteDecision::Reject(status) => {
+                let status = if (400..700).contains(&status) {
+                    status
+                } else {
+                    403
+                };
+                self.end_call(
+                    now,
+                    &mut call,
+                    DialStatus::Failed,
+                    EndReason::Failed,
+                    Some(status),
+                );
+                true
+            }
+        };
+        self.put_back(call, done);
+        self.pump(now);
     }
 
     /// Starts `call.step`; moves on while steps have nothing to ring. Returns

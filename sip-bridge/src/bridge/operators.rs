@@ -608,7 +608,18 @@ impl Bridge {
             },
         );
         self.event(now, &call, CallEventKind::Initiated, None, None);
-        let done = self.start_step(now, &mut call);
+        let facts = super::RouteFacts {
+            call_id: call.id.clone(),
+            direction: Direction::Outbound,
+            from: call.from.clone(),
+            to: call.to.clone(),
+            number: call.number.clone(),
+            trunk: None,
+            operator: Some(op.to_string()),
+            headers: Vec::new(),
+            default_plan: call.plan.clone(),
+        };
+        let done = self.route_or_start(now, &mut call, facts);
         self.put_back(call, done);
     }
 

@@ -1,0 +1,282 @@
+//! Per-call routing decided outside the static config: the [`Router`] trait (an
+//! embedding service implements it in-process), and [`HttpRouter`], which asks the
+//! customer's backend over HTTP (body signed like webhooks) and falls back to the
+//! static plan on a timeout, a non-2xx answer or bad JSON.
+//!
+//! Request (POST, `application/json`):
+//! ```json
+//! {"callId": "c-12", "direction": "inbound", "from": "+15550111", "to": "+15550100",
+//!  "number": "support", "trunk": "carrier", "operator": null,
+//!  "headers": {"P-Asserted-Identity": "<sip:+15550111@carrier.example>"},
+//!  "defaultPlan": [{"ring": ["operators"], "timeout": "30s"}]}
+//! ```
+//! Answers: `{"dial": [{"ring": ["operators"], "timeout": "15s"}, {"ring": ["pstn:+15550111"]}]}`,
+//! `{"reject": 486}`, or `{}` for the static plan.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sip_bridge::bridge::{DialPlan, RouteDecision, RouteFacts, Step, Target, parse_duration};
+
+use crate::clock::Clock;
+use crate::events::signature;
+
+/// A boxed future, for the object-safe trait.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Decides each call's dial plan. Called once per call, before anything rings.
+pub trait Router: Send + Sync + 'static {
+    /// The plan for a call (or `Default` for the static one, or a rejection).
+    fn route(&self, facts: RouteFacts) -> BoxFuture<RouteDecision>;
+}
+
+/// Why an HTTP router answer was not used (for logs and metrics).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Not reachable.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// A non-2xx status.
+    #[error("status {0}")]
+    Status(u16),
+    /// A body we cannot read.
+    #[error("bad answer: {0}")]
+    BadJson(String),
+}
+
+impl RouterError {
+    fn kind(&self) -> &'static str {
+        match self {
+            RouterError::Timeout(_) => "timeout",
+            RouterError::Request(_) => "request",
+            RouterError::Status(_) => "status",
+            RouterError::BadJson(_) => "json",
+        }
+    }
+}
+
+/// JSON of a dial plan (the config's `dial` shape).
+pub fn plan_json(plan: &DialPlan) -> serde_json::Value {
+    serde_json::Value::Array(
+        plan.steps
+            .iter()
+            .map(|s| serde_json::json!({"ring": s.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "timeout": format!("{}s", s.timeout.as_secs())}))
+            .collect(),
+    )
+}
+
+/// The request body for `facts`.
+pub fn facts_json(facts: &RouteFacts) -> serde_json::Value {
+    let headers: serde_json::Map<String, serde_json::Value> = facts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::json!({
+        "callId": facts.call_id,
+        "direction": facts.direction.as_str(),
+        "from": facts.from,
+        "to": facts.to,
+        "number": facts.number,
+        "trunk": facts.trunk,
+        "operator": facts.operator,
+        "headers": headers,
+        "defaultPlan": plan_json(&facts.default_plan),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireStep {
+    ring: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireAnswer {
+    #[serde(default)]
+    dial: Option<Vec<WireStep>>,
+    #[serde(default)]
+    reject: Option<u16>,
+}
+
+/// Reads a router's answer.
+pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
+    let a: WireAnswer =
+        serde_json::from_slice(body).map_err(|e| RouterError::BadJson(e.to_string()))?;
+    match (a.dial, a.reject) {
+        (Some(_), Some(_)) => Err(RouterError::BadJson("both dial and reject".into())),
+        (None, Some(status)) if (400..700).contains(&status) => Ok(RouteDecision::Reject(status)),
+        (None, Some(status)) => Err(RouterError::BadJson(format!(
+            "reject status {status} is not 4xx-6xx"
+        ))),
+        (None, None) => Ok(RouteDecision::Default),
+        (Some(steps), None) => {
+            if steps.is_empty() || steps.len() > 16 {
+                return Err(RouterError::BadJson("dial needs 1 to 16 steps".into()));
+            }
+            let mut plan = DialPlan::default();
+            for s in steps {
+                if s.ring.is_empty() || s.ring.len() > 32 {
+                    return Err(RouterError::BadJson("a step rings 1 to 32 targets".into()));
+                }
+                let targets = s
+                    .ring
+                    .iter()
+                    .map(|t| {
+                        t.parse::<Target>()
+                            .map_err(|e| RouterError::BadJson(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let timeout = match s.timeout {
+                    Some(t) => parse_duration(&t)
+                        .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
+                        .ok_or_else(|| RouterError::BadJson(format!("bad timeout `{t}`")))?,
+                    None => Duration::from_secs(30),
+                };
+                plan.steps.push(Step { targets, timeout });
+            }
+            Ok(RouteDecision::Plan(plan))
+        }
+    }
+}
+
+/// Asks an HTTP endpoint; see the module docs.
+#[derive(Debug, Clone)]
+pub struct HttpRouter {
+    url: String,
+    secret: Vec<u8>,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl HttpRouter {
+    /// A router POSTing to `url`, signing with `secret`, waiting at most `timeout`.
+    pub fn new(url: String, secret: Vec<u8>, timeout: Duration) -> Self {
+        HttpRouter {
+            url,
+            secret,
+            timeout,
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// One request: the decision, or why the static plan applies.
+    pub async fn ask(&self, facts: &RouteFacts) -> Result<RouteDecision, RouterError> {
+        let body = facts_json(facts).to_string();
+        let ts = Clock::unix_secs();
+        let send = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("x-sbc-timestamp", ts.to_string())
+            .header(
+                "x-sbc-signature",
+                signature(&self.secret, ts, body.as_bytes()),
+            )
+            .body(body)
+            .send();
+        let r = match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => return Err(RouterError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(RouterError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(RouterError::Request(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        if !r.status().is_success() {
+            return Err(RouterError::Status(r.status().as_u16()));
+        }
+        let body = tokio::time::timeout(self.timeout, r.bytes())
+            .await
+            .map_err(|_| RouterError::Timeout(self.timeout))?
+            .map_err(|e| RouterError::Request(e.to_string()))?;
+        parse_answer(&body)
+    }
+}
+
+impl Router for HttpRouter {
+    fn route(&self, facts: RouteFacts) -> BoxFuture<RouteDecision> {
+        let me = self.clone();
+        Box::pin(async move {
+            match me.ask(&facts).await {
+                Ok(d) => {
+                    metrics::counter!("sbc_router_answers_total").increment(1);
+                    d
+                }
+                Err(e) => {
+                    metrics::counter!("sbc_router_errors_total", "kind" => e.kind()).increment(1);
+                    tracing::warn!(call = %facts.call_id, url = %me.url, error = %e, "routing webhook failed; using the static plan");
+                    RouteDecision::Default
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        assert_eq!(parse_answer(b"{}"), Ok(RouteDecision::Default));
+        assert_eq!(
+            parse_answer(br#"{"reject": 486}"#),
+            Ok(RouteDecision::Reject(486))
+        );
+        let RouteDecision::Plan(p) = parse_answer(br#"{"dial": [{"ring": ["operators"], "timeout": "15s"}, {"ring": ["pstn:+15550111"]}]}"#).unwrap() else {
+            panic!("a plan");
+        };
+        assert_eq!(p.steps.len(), 2);
+        assert_eq!(p.steps[0].timeout, Duration::from_secs(15));
+        assert_eq!(p.steps[1].timeout, Duration::from_secs(30));
+        for bad in [
+            &b"nope"[..],
+            br#"{"dial": []}"#,
+            br#"{"dial": [{"ring": ["fax:1"]}]}"#,
+            br#"{"reject": 200}"#,
+            br#"{"dial": [{"ring": ["echo"]}], "reject": 486}"#,
+            br#"{"extra": 1}"#,
+        ] {
+            assert!(
+                parse_answer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn facts_round_trip_the_default_plan() {
+        let facts = RouteFacts {
+            call_id: "c-1".into(),
+            direction: sip_bridge::bridge::Direction::Inbound,
+            from: "+1".into(),
+            to: "+2".into(),
+            number: None,
+            trunk: None,
+            operator: None,
+            headers: vec![("X-Campaign".into(), "spring".into())],
+            default_plan: DialPlan::single(vec![Target::Operators], Duration::from_secs(20)),
+        };
+        let j = facts_json(&facts);
+        assert_eq!(j["headers"]["X-Campaign"], "spring");
+        let again = parse_answer(
+            serde_json::json!({"dial": j["defaultPlan"]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(again, RouteDecision::Plan(facts.default_plan));
+    }
+}
