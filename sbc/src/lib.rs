@@ -1,6 +1,40 @@
-//! The session border controller: I/O drivers, configuration and operations around
-//! the sans-IO `sip-bridge` and `media-core` cores. The `sbc` binary is a thin
-//! shell over this library.
+//! The session border controller: the I/O drivers, configuration and operations
+//! around the sans-IO `sip-bridge` and `media-core` cores. The `sbc` binary is a
+//! thin shell over this library; a Rust service can run the same server
+//! in-process ([`server::Server::builder`]), decide routing per call
+//! ([`router::Router`]) and receive call events ([`events::EventSink`]).
+//!
+//! # Tasks
+//!
+//! One task owns SIP and call control (the bridge), one task per call owns its
+//! media, one the shared WebRTC port, and axum serves HTTP and WebSockets; see
+//! `ARCHITECTURE.md`. Other tasks act on the control task through
+//! [`sip::Handle::call`], a closure run inside it.
+//!
+//! # Time
+//!
+//! [`clock::Clock`] is the one place the clock is read (the cores take `now`).
+//! Being tokio's clock, `tokio::time::pause` puts a whole server on virtual time.
+//!
+//! # Panics
+//!
+//! Peer input never panics a task. Startup errors (a busy port, a bad config) are
+//! returned as errors, with the offending config key.
+//!
+//! # Example: an embedded server
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! let cfg = sbc::config::SbcConfig::demo();
+//! let server = sbc::server::Server::builder(sbc::run::server_config(&cfg).await?).start().await?;
+//! println!("SIP on {:?}, HTTP on {}", server.sip_udp, server.http);
+//! server.shutdown(Duration::from_secs(30)).await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod agent_ws;
 pub mod cli;
