@@ -37,6 +37,7 @@ pub struct ControlCore {
     draining: bool,
     seed: u64,
     router: Option<Arc<dyn Router>>,
+    trunks_exported: Option<Instant>,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -68,6 +69,7 @@ impl ControlCore {
             draining: false,
             seed,
             router: None,
+            trunks_exported: None,
         }
     }
 
@@ -199,7 +201,20 @@ impl SipCore for ControlCore {
             .or_else(|| self.bridge.poll_sip_transmit())
     }
 
-    fn after_io(&mut self, _now: Instant) {
+    fn after_io(&mut self, now: Instant) {
+        if self
+            .trunks_exported
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1))
+        {
+            self.trunks_exported = Some(now);
+            let cfg = self.bridge.config();
+            for (t, trunk) in cfg.trunks.iter().enumerate() {
+                for (p, peer) in trunk.peers.iter().enumerate() {
+                    let up = if self.bridge.peer_up(t, p) { 1.0 } else { 0.0 };
+                    metrics::gauge!("sbc_trunk_peer_up", "trunk" => trunk.name.clone(), "peer" => peer.to_string()).set(up);
+                }
+            }
+        }
         while let Some((sid, out)) = self.bridge.poll_ws_output() {
             if let Some(tx) = self.ws.get(&sid)
                 && tx.try_send(out).is_err()
@@ -245,7 +260,7 @@ impl SipCore for ControlCore {
                     });
                 }
                 _ => self.bridge.handle_route(
-                    _now,
+                    now,
                     &facts.call_id,
                     sip_bridge::bridge::RouteDecision::Default,
                 ),

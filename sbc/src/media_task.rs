@@ -117,9 +117,12 @@ async fn run(
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
     let number = call_number(&id);
+    let mut exported = Exported::default();
+    let mut export_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let deadline = session.poll_timeout().map(|t| ctx.clock.deadline(t));
         tokio::select! {
+            _ = export_tick.tick() => exported.export(&session),
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 let now = ctx.clock.now();
@@ -234,6 +237,7 @@ async fn run(
             break;
         }
     }
+    exported.export(&session);
     for leg in legs_in_mux {
         let _ = ctx.port.mux.send(MuxCmd::Remove { key: (number, leg) });
     }
@@ -266,5 +270,51 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a media task already added to the process counters.
+#[derive(Default)]
+struct Exported {
+    stats: sip_bridge::media::MediaStats,
+    totals: sip_bridge::media::MediaTotals,
+}
+
+impl Exported {
+    /// Adds what changed since the last export (pipelines may be rebuilt, so
+    /// their counters only ever count up from what was exported).
+    fn export(&mut self, session: &MediaSession) {
+        let (s, t) = (session.stats(), session.totals());
+        let d = |now: u64, was: u64| now.saturating_sub(was);
+        metrics::counter!("sbc_rtp_packets_total", "direction" => "in")
+            .increment(d(s.rtp_in, self.stats.rtp_in));
+        metrics::counter!("sbc_rtp_packets_total", "direction" => "out")
+            .increment(d(s.rtp_out, self.stats.rtp_out));
+        metrics::counter!("sbc_rtp_bytes_total", "direction" => "in")
+            .increment(d(s.rtp_bytes_in, self.stats.rtp_bytes_in));
+        metrics::counter!("sbc_rtp_bytes_total", "direction" => "out")
+            .increment(d(s.rtp_bytes_out, self.stats.rtp_bytes_out));
+        metrics::counter!("sbc_rtp_foreign_source_total")
+            .increment(d(s.foreign_source, self.stats.foreign_source));
+        metrics::counter!("sbc_media_lost_packets_total").increment(d(t.lost, self.totals.lost));
+        metrics::counter!("sbc_media_late_packets_total").increment(d(t.late, self.totals.late));
+        metrics::counter!("sbc_media_concealed_ms_total")
+            .increment(d(t.concealed_ms, self.totals.concealed_ms));
+        if t.max_jitter_delay_ms > 0 {
+            metrics::histogram!("sbc_jitter_delay_ms").record(f64::from(t.max_jitter_delay_ms));
+        }
+        // Transcoding pipelines: a gauge maintained by differences.
+        let tr = t.transcoding as f64 - self.totals.transcoding as f64;
+        if tr != 0.0 {
+            metrics::gauge!("sbc_transcoding_pipelines").increment(tr);
+        }
+        let mut totals = t;
+        if session.is_stopped() {
+            // Gone: its pipelines leave the gauge.
+            metrics::gauge!("sbc_transcoding_pipelines").decrement(t.transcoding as f64);
+            totals.transcoding = 0;
+        }
+        self.stats = s;
+        self.totals = totals;
     }
 }

@@ -78,6 +78,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
         udp: cfg.sip.udp,
         tcp: cfg.sip.tcp,
         tls: cfg.sip.tls.zip(tls),
+        tls_client: None,
         advertise: cfg.sip.advertise,
         user_agent: cfg.sip.user_agent.clone(),
         max_legs: cfg.limits.max_calls.saturating_mul(4),

@@ -49,6 +49,9 @@ pub struct SipConfig {
     pub tcp: Option<SocketAddr>,
     /// TLS bind address and server configuration.
     pub tls: Option<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
+    /// TLS toward peers (trunks over TLS): default verifies against the Mozilla
+    /// roots; a carrier with a private CA gets its own.
+    pub tls_client: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// The address peers should use for us (Via, Contact): a public IP in front of
     /// NAT. Default: the bind address, or loopback for 0.0.0.0.
     pub advertise: Option<IpAddr>,
@@ -78,6 +81,7 @@ impl Default for SipConfig {
             udp: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5060))),
             tcp: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5060))),
             tls: None,
+            tls_client: None,
             advertise: None,
             user_agent: concat!("sbc/", env!("CARGO_PKG_VERSION")).into(),
             max_legs: 10_000,
@@ -311,18 +315,22 @@ impl SipSockets {
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let stats = Arc::new(TransportStats::default());
         let local = Arc::new(self.local.clone());
-        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let client = tokio_rustls::rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client = self.cfg.tls_client.clone().unwrap_or_else(|| {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            Arc::new(
+                tokio_rustls::rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        });
         let task = Task {
             core,
             clock,
             udp: self.udp,
             tcp: self.tcp,
             tls: self.tls,
-            tls_client: TlsConnector::from(Arc::new(client)),
+            tls_client: TlsConnector::from(client),
             limits: ConnLimits {
                 max_message: self.cfg.max_message,
                 idle: self.cfg.idle_timeout,

@@ -127,6 +127,25 @@ pub struct MediaStats {
     pub malformed: u64,
     /// Datagrams for a WebRTC leg.
     pub webrtc_in: u64,
+    /// RTP bytes received on RTP legs.
+    pub rtp_bytes_in: u64,
+    /// RTP bytes sent on RTP legs.
+    pub rtp_bytes_out: u64,
+}
+
+/// Sums over a session's pipelines, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaTotals {
+    /// Input packets inferred lost.
+    pub lost: u64,
+    /// Packets that came too late to play.
+    pub late: u64,
+    /// Milliseconds of audio concealed.
+    pub concealed_ms: u64,
+    /// Pipelines that transcode (not relay).
+    pub transcoding: u64,
+    /// The largest current jitter-buffer delay (ms).
+    pub max_jitter_delay_ms: u32,
 }
 
 #[derive(Debug)]
@@ -243,6 +262,25 @@ impl MediaSession {
     /// Counters.
     pub fn stats(&self) -> MediaStats {
         self.stats
+    }
+
+    /// Loss, concealment and jitter over every pipeline.
+    pub fn totals(&self) -> MediaTotals {
+        let mut t = MediaTotals::default();
+        for l in self.legs.values() {
+            if let Some(p) = &l.to_me {
+                let s = p.stats();
+                t.lost += s.lost;
+                t.late += s.late;
+                t.concealed_ms += s.concealed_ms;
+                t.transcoding += u64::from(!p.is_relay());
+                if let Some(j) = p.jitter_stats() {
+                    t.max_jitter_delay_ms =
+                        t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
+                }
+            }
+        }
+        t
     }
 
     /// Legs.
@@ -667,6 +705,7 @@ impl MediaSession {
             return;
         }
         self.stats.rtp_in += 1;
+        self.stats.rtp_bytes_in += data.len() as u64;
         l.last_rx = now;
         l.timed_out = false;
         self.deliver(now, leg, data);
@@ -805,6 +844,7 @@ impl MediaSession {
             } => {
                 if let Some(to) = latched.or(*signalled) {
                     stats.rtp_out += 1;
+                    stats.rtp_bytes_out += pkt.len() as u64;
                     out.push_back(MediaTransmit {
                         via: Via::Rtp(*port),
                         to,
@@ -1013,5 +1053,157 @@ impl MediaSession {
     /// The next change for the WebRTC demultiplexer.
     pub fn poll_mux_update(&mut self) -> Option<MuxUpdate> {
         self.mux.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use media_core::rtp::{RtpTimestamp, RtpWriter, SeqNo};
+
+    fn pcmu() -> RtpFormat {
+        RtpFormat::new(Codec::Pcmu, PayloadType::PCMU)
+    }
+
+    fn packet(seq: u16) -> BytesMut {
+        let w = RtpWriter::new(
+            PayloadType::PCMU,
+            SeqNo(seq),
+            RtpTimestamp(u32::from(seq) * 160),
+            Ssrc(5),
+        );
+        let mut b = BytesMut::zeroed(200);
+        let n = w.write_packet(&[0xff; 160], &mut b).unwrap();
+        b.truncate(n);
+        b
+    }
+
+    fn two_legs(a_remote: Option<SocketAddr>) -> MediaSession {
+        let mut s = MediaSession::new(MediaConfig::new(None, 1));
+        let now = Instant::ZERO;
+        for (leg, port, remote) in [
+            (0, 20000, a_remote),
+            (1, 20002, Some("198.51.100.9:4000".parse().unwrap())),
+        ] {
+            s.handle_command(
+                now,
+                MediaCommand::AddRtp {
+                    leg,
+                    local_port: port,
+                    remote,
+                    format: pcmu(),
+                },
+            );
+        }
+        s.handle_command(now, MediaCommand::Connect { a: 0, b: 1 });
+        s
+    }
+
+    fn sent(s: &mut MediaSession) -> Vec<MediaTransmit> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn relays_between_rtp_legs_from_our_ports() {
+        let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
+        s.handle_rtp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.5:30000".parse().unwrap(),
+            packet(1),
+        );
+        let out = sent(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].via, Via::Rtp(20002));
+        assert_eq!(out[0].to, "198.51.100.9:4000".parse().unwrap());
+        let h = RtpHeader::parse(&out[0].bytes).unwrap();
+        assert_ne!(
+            h.ssrc,
+            Ssrc(5),
+            "our own SSRC on the far side (topology hiding)"
+        );
+    }
+
+    #[test]
+    fn a_stray_source_cannot_hijack_a_latched_stream() {
+        let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
+        // Another host first: dropped, the signalled peer latches.
+        s.handle_rtp(
+            Instant::ZERO,
+            20000,
+            "192.0.2.66:30000".parse().unwrap(),
+            packet(1),
+        );
+        assert!(sent(&mut s).is_empty());
+        s.handle_rtp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.5:30000".parse().unwrap(),
+            packet(2),
+        );
+        assert_eq!(sent(&mut s).len(), 1);
+        // Same IP, another port after latching: dropped too.
+        s.handle_rtp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.5:30002".parse().unwrap(),
+            packet(3),
+        );
+        assert!(sent(&mut s).is_empty());
+        assert_eq!(s.stats().foreign_source, 2);
+    }
+
+    #[test]
+    fn a_natted_peer_latches_to_its_real_address() {
+        // Signalled a private address: the first source is the peer behind NAT.
+        let mut s = two_legs(Some("10.1.2.3:4000".parse().unwrap()));
+        s.handle_rtp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.77:61000".parse().unwrap(),
+            packet(1),
+        );
+        assert_eq!(sent(&mut s).len(), 1);
+        // Replies to leg 0 go where it really is.
+        s.handle_rtp(
+            Instant::ZERO,
+            20002,
+            "198.51.100.9:4000".parse().unwrap(),
+            packet(1),
+        );
+        let back = sent(&mut s);
+        assert_eq!(back[0].to, "203.0.113.77:61000".parse().unwrap());
+    }
+
+    #[test]
+    fn media_timeout_and_hold() {
+        let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
+        s.handle_rtp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.5:30000".parse().unwrap(),
+            packet(1),
+        );
+        let t = s.poll_timeout().unwrap();
+        assert_eq!(t, Instant::from_millis(60_000));
+        s.handle_timeout(t);
+        let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(evs.contains(&MediaEvent::MediaTimeout { leg: 0 }));
+        // A held leg is not timed out (peers often stop sending on hold).
+        let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
+        s.handle_command(Instant::ZERO, MediaCommand::Hold { leg: 0, on: true });
+        s.handle_command(Instant::ZERO, MediaCommand::Hold { leg: 1, on: true });
+        s.handle_timeout(Instant::from_millis(120_000));
+        assert!(std::iter::from_fn(|| s.poll_event()).next().is_none());
+    }
+
+    #[test]
+    fn stop_releases_everything() {
+        let mut s = two_legs(None);
+        assert_eq!(s.rtp_ports(), vec![20000, 20002]);
+        s.handle_command(Instant::ZERO, MediaCommand::Stop);
+        assert!(s.is_stopped());
+        assert_eq!(s.legs(), 0);
+        assert!(s.rtp_ports().is_empty());
     }
 }
