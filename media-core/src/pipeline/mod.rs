@@ -167,6 +167,9 @@ pub struct PipelineStats {
     pub dtmf_received: u64,
     /// Telephone-event packets sent.
     pub dtmf_packets_sent: u64,
+    /// Times the jitter-buffered output paused (a stall waited out) and its
+    /// timestamps jumped across the pause.
+    pub playout_pauses: u64,
 }
 
 /// A processed outgoing RTP packet, borrowed from the pipeline until the next call.
@@ -762,7 +765,7 @@ mod tests {
         while now < 4_600_000 {
             let arrival = arrivals.get(next).map_or(u64::MAX, |a| a.0);
             let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
-            now = arrival.min(due).min(4_600_000);
+            now = arrival.min(due).clamp(now, 4_600_000);
             if arrival <= due && next < arrivals.len() {
                 let i = arrivals[next].1 as usize;
                 p.handle_rtp(
@@ -778,11 +781,22 @@ mod tests {
         }
         let j = *p.jitter_stats().unwrap();
         assert!(j.reordered > 0 && j.late <= 2, "{j:?}");
-        // A continuous 20 ms stream: timestamps step by 960, sequence by 1.
+        // A 20 ms stream: timestamps step by 960, or jump on (with the marker)
+        // where the buffer's clock waited out a stall (rarely: at most twice).
         assert!(out.len() >= 195, "{}", out.len());
+        let steps: Vec<u32> = out
+            .windows(2)
+            .map(|w| w[1].timestamp().0.wrapping_sub(w[0].timestamp().0))
+            .collect();
         assert!(
             out.windows(2)
-                .all(|w| w[1].timestamp().0 == w[0].timestamp().0.wrapping_add(960))
+                .zip(&steps)
+                .all(|(w, &d)| d == 960 || (d > 960 && w[1].header().marker)),
+            "{steps:?}"
+        );
+        assert!(
+            steps.iter().filter(|&&d| d != 960).count() <= 2,
+            "{steps:?}"
         );
         let mut dec = AudioDecoder::new(Codec::Opus, SampleRate::HZ_48000).unwrap();
         let mut pcm = Vec::new();
@@ -800,6 +814,82 @@ mod tests {
             j.target_delay_ms >= 20.0 && j.target_delay_ms <= 40.0,
             "{j:?}"
         );
+    }
+
+    #[test]
+    fn a_stall_moves_the_output_timestamps_across_the_pause() {
+        let pcma = RtpFormat {
+            codec: Codec::Pcma,
+            payload_type: PayloadType::PCMA,
+            telephone_event: None,
+            ptime: Millis(20),
+        };
+        let mut cfg = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma), Ssrc(5), 3);
+        cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
+        let mut p = MediaPipeline::new(cfg).unwrap();
+        let tone = sine(8000, 700.0, 8000.0, 160 * 250);
+        // Every 20 ms, except that packets 100-104 are held for 100 ms and then
+        // arrive in one burst with packet 105.
+        let arrivals: Vec<u64> = (0..250u64)
+            .map(|i| {
+                if (100..105).contains(&i) {
+                    105 * 20_000
+                } else {
+                    i * 20_000
+                }
+            })
+            .collect();
+        // (send instant, RTP timestamp, marker) of every output packet.
+        let mut out: Vec<(u64, u32, bool)> = Vec::new();
+        let (mut next, mut now) = (0usize, 0u64);
+        let end = 5_200_000;
+        while now < end {
+            let arrival = arrivals.get(next).copied().unwrap_or(u64::MAX);
+            let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
+            now = arrival.min(due).clamp(now, end);
+            if arrival <= due && next < arrivals.len() {
+                let i = next;
+                let pkt = pcmu_packet(i as u16, i as u32 * 160, 1, &tone[i * 160..(i + 1) * 160]);
+                p.handle_rtp(Instant::from_micros(now), &pkt).unwrap();
+                next += 1;
+            } else if due <= now {
+                p.handle_timeout(Instant::from_micros(now));
+            }
+            for pkt in drain(&mut p) {
+                out.push((now, pkt.timestamp().0, pkt.header().marker));
+            }
+        }
+        // Timestamp minus wall clock, in 8 kHz ticks: what the far end's jitter
+        // estimate sees.
+        let transit = |&(t, ts, _): &(u64, u32, bool)| ts as i64 - (t * 8 / 1000) as i64;
+        let before: Vec<i64> = out
+            .iter()
+            .filter(|o| o.0 < 1_900_000)
+            .map(transit)
+            .collect();
+        let after: Vec<i64> = out
+            .iter()
+            .filter(|o| o.0 > 3_500_000 && o.0 <= 5_000_000)
+            .map(transit)
+            .collect();
+        let base = *before.iter().max().unwrap();
+        assert!(before.iter().all(|t| base - t <= 40), "{before:?}");
+        // Back on the pre-stall line: not behind it (it was 100 ms behind for good
+        // before the fix); ahead by what the buffer's clock gained playing the
+        // backlog early, which the next pause uses up.
+        assert!(
+            after.iter().all(|t| (-40..=320).contains(&(t - base))),
+            "{base} {after:?}"
+        );
+        let marked: Vec<_> = out
+            .iter()
+            .filter(|o| o.2 && (1_000_000..5_000_000).contains(&o.0))
+            .collect();
+        assert!(
+            marked.len() == 1 && (2_000_000..2_200_000).contains(&marked[0].0),
+            "{marked:?}"
+        );
+        assert!(p.stats().playout_pauses >= 1);
     }
 
     #[test]

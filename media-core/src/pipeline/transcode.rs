@@ -3,7 +3,9 @@
 //! Packets are decoded on arrival and timing is carried through: output timestamps
 //! follow input timestamps, so gaps (silence suppression, DTX) stay gaps with a
 //! marker at the next talkspurt, and losses up to 120 ms are concealed so the far
-//! end keeps a continuous stream.
+//! end keeps a continuous stream. Through the jitter buffer, output timestamps
+//! follow the playout clock instead: a pause of that clock (a stall waited out)
+//! becomes a timestamp jump with the marker, never a lasting delay at the far end.
 
 use std::collections::VecDeque;
 
@@ -52,6 +54,11 @@ enum Front {
         format: RtpFormat,
         playout: Box<Playout>,
         dtmf_rx: DtmfReceiver,
+        /// When the last frame was played out.
+        played: Option<Instant>,
+        /// How far the playout clock has run ahead of the wall clock (playing a
+        /// backlog early), up to a frame: a later pause first uses it up.
+        lead: std::time::Duration,
     },
 }
 
@@ -112,6 +119,8 @@ impl Transcode {
                             format: f,
                             playout: Box::new(Playout::new(j, decoder)),
                             dtmf_rx: DtmfReceiver::new(),
+                            played: None,
+                            lead: std::time::Duration::ZERO,
                         }
                     }
                     None => Front::Direct(RtpIn {
@@ -227,15 +236,41 @@ impl Transcode {
             dec_buf,
             back,
         } = self;
-        let Some(Front::Jitter { playout, .. }) = input.as_mut() else {
+        let Some(Front::Jitter {
+            playout,
+            played,
+            lead,
+            ..
+        }) = input.as_mut()
+        else {
             return;
         };
+        let frame = std::time::Duration::from_millis(playout.jitter().config().frame.0 as u64);
         // A frame per due time; a driver that woke late catches up by a few.
         for _ in 0..4 {
             match playout.jitter().poll_timeout() {
                 Some(due) if due <= now => {}
                 _ => break,
             }
+            // The buffer paused its clock (waiting out a stall, or the task was
+            // starved): the output's timestamps jump across the pause, so the far
+            // end sees a gap rather than every later packet late (RFC 3550 §5.1:
+            // the timestamp follows the sampling instant). Steering (2 ms a frame,
+            // 10 in silence) stays inside the stream, so clock drift never jumps.
+            if let Some(prev) = *played {
+                let nominal = prev + frame;
+                if now < nominal {
+                    *lead = (*lead + (nominal - now)).min(frame);
+                } else {
+                    let late = now.saturating_duration_since(nominal);
+                    let pause = late.saturating_sub(*lead);
+                    *lead = lead.saturating_sub(late);
+                    if pause > frame / 2 {
+                        back.skip(pause, stats);
+                    }
+                }
+            }
+            *played = Some(now);
             let n = playout.pull(now, dec_buf);
             back.feed(&dec_buf[..n], stats);
         }
@@ -265,6 +300,7 @@ impl Transcode {
                 format,
                 playout,
                 dtmf_rx,
+                ..
             }) => {
                 let h = packet.header();
                 if Some(h.payload_type) == format.telephone_event {
@@ -433,6 +469,18 @@ impl Back {
         out.anchor = Some((ext_ts, out.ts));
         out.marker = true;
         self.resampler.reset();
+    }
+
+    /// Moves the output timestamp on by `pause` of wall-clock time with nothing
+    /// sent, and marks the next packet as the start of a talkspurt.
+    fn skip(&mut self, pause: std::time::Duration, stats: &mut PipelineStats) {
+        let Some(out) = self.output.as_mut() else {
+            return;
+        };
+        let ticks = pause.as_micros() as u64 * out.clock.0 as u64 / 1_000_000;
+        out.ts = out.ts.wrapping_add(ticks as u32);
+        out.marker = true;
+        stats.playout_pauses += 1;
     }
 
     /// Resamples `pcm` into the FIFO and encodes whole frames.
