@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sip_bridge::sip::framing::DEFAULT_MAX_MESSAGE;
 
-use crate::config::{DEMO_API_KEY, LogFormat, SbcConfig};
+use crate::config::{DEMO_API_KEY, DEMO_API_KEY_SHA256, LogFormat, SbcConfig};
 use crate::protect::ProtectionConfig;
 use crate::server::{Server, ServerConfig, ServerHandle};
 use crate::sip::SipConfig;
@@ -177,12 +177,26 @@ pub fn banner(cfg: &SbcConfig, h: &ServerHandle) -> String {
         for n in &cfg.numbers {
             s.push_str(&format!("  {:<16} {:<8} {}\n", n.e164, n.id, n.name));
         }
+        if accepts_demo_key(cfg) {
+            s.push_str(&format!(
+                "Demo API key (for POST /v1/tokens with X-API-Key): {DEMO_API_KEY}\n"
+            ));
+        }
         s.push_str(&format!(
-            "Demo API key (for POST /v1/tokens with X-API-Key): {DEMO_API_KEY}\nA SIP phone or SIPp on this machine may call {} too.\n",
+            "A SIP phone or SIPp on this machine may call {} too.\n",
             h.sip_udp.map_or("-".into(), |a| a.to_string())
         ));
     }
     s
+}
+
+/// Whether the config takes the well-known demo API key (only then does the
+/// banner name it).
+fn accepts_demo_key(cfg: &SbcConfig) -> bool {
+    cfg.auth
+        .api_keys
+        .iter()
+        .any(|k| k.sha256.eq_ignore_ascii_case(DEMO_API_KEY_SHA256))
 }
 
 /// Runs until SIGTERM or SIGINT, then drains for up to `drain`.
@@ -223,5 +237,20 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_names_the_demo_key_only_where_it_works() {
+        assert!(accepts_demo_key(&SbcConfig::demo()));
+        let mut own = SbcConfig::demo();
+        own.auth
+            .api_keys
+            .retain(|k| !k.sha256.eq_ignore_ascii_case(DEMO_API_KEY_SHA256));
+        assert!(own.demo.enabled && !accepts_demo_key(&own));
     }
 }

@@ -810,7 +810,7 @@ export class Operator extends Emitter {
       case 'callUpdated':
       case 'dtmf':
       case 'ended': {
-        const call = this._calls.get(msg.callId) ?? this._adoptDialed(msg.callId);
+        const call = this._calls.get(msg.callId) ?? this._adoptDialed(msg.callId, msg.ref);
         if (call) call._enqueue(() => call._handle(msg));
         else this._log('debug', `${msg.type} for unknown call ${msg.callId}`);
         return;
@@ -825,14 +825,17 @@ export class Operator extends Emitter {
   }
 
   /**
-   * A call message for a callId we do not know: the server may report a dial's progress
-   * (`ringing`, even `ended`) before the `answer` that names the call, because the far end's
-   * 183 can beat the media answer. Only one dial waits for its answer at a time, so the
-   * message is about that call: take its callId now. Null when no dial is waiting.
+   * A call message for a callId we do not know: a dial that ended before its `answer`
+   * (`ended` carries the dial's `ref`), or an older server reporting a dial's progress
+   * before the `answer`. Only one dial waits for its answer at a time, so the message is
+   * about that call: take its callId now. Null when no dial is waiting.
    */
-  _adoptDialed(callId) {
+  _adoptDialed(callId, ref) {
     if (typeof callId !== 'string' || !callId || this._finished.has(callId)) return null;
-    for (const p of this._pending.values()) {
+    // Our server names the dial (`ended` with its `ref`); an older one did not.
+    const named = ref != null ? this._pending.get(ref) : null;
+    const candidates = named ? [named] : this._pending.values();
+    for (const p of candidates) {
       const call = p.type === 'dial' ? p.call : null;
       if (call && !call.callId && call.state !== 'ended') {
         call.callId = callId;

@@ -244,6 +244,60 @@ fn an_operator_going_offline_stops_ringing_and_the_busy_one_is_skipped() {
     assert_eq!(w.got(b, "incoming").len(), 1, "bob is on a call: skipped");
 }
 
+/// Message types browser `i` got, in order.
+fn kinds(w: &World, i: usize) -> Vec<String> {
+    w.browsers[i]
+        .inbox
+        .iter()
+        .filter_map(|m| m["type"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn nothing_about_a_dialled_call_reaches_the_operator_before_its_answer() {
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    let a = w.operator("alice", &["support"]);
+    // The far end's 183 comes before the (slow) media task has made the answer.
+    w.hold_answers = true;
+    w.dial(a, "+15559999", "support");
+    w.run(ms(100));
+    let (leg, offer) = w.carrier_incoming()[0].clone();
+    let sdp = w.carrier.answer_for(leg, &offer);
+    let now = w.now;
+    w.carrier
+        .ua
+        .respond(now, leg, 183, Some(sdp.as_bytes()), &[])
+        .unwrap();
+    w.run(ms(200));
+    assert!(w.got(a, "ringing").is_empty(), "{:?}", kinds(&w, a));
+    w.release_answers();
+    let k = kinds(&w, a);
+    let first = k.iter().position(|t| t == "answer").unwrap();
+    assert_eq!(k[first + 1], "ringing", "{k:?}");
+    assert_eq!(w.got(a, "ringing")[0]["earlyMedia"], true);
+
+    // A dial that fails before its answer: `ended` names the dial's `ref`.
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    let a = w.operator("alice", &["support"]);
+    w.hold_answers = true;
+    w.dial(a, "+15559999", "support");
+    w.run(ms(100));
+    let (leg, _) = w.carrier_incoming()[0].clone();
+    let now = w.now;
+    w.carrier.ua.respond(now, leg, 486, None, &[]).unwrap();
+    w.run(ms(200));
+    let ended = w.got(a, "ended");
+    assert_eq!(ended.len(), 1, "{:?}", kinds(&w, a));
+    assert_eq!(ended[0]["reason"], "busy");
+    assert_eq!(ended[0]["ref"], "d1");
+    assert!(w.got(a, "answer").is_empty() && w.got(a, "ringing").is_empty());
+    // The answer that comes after the call is gone goes nowhere.
+    w.release_answers();
+    w.run(ms(100));
+    assert!(w.got(a, "answer").is_empty(), "{:?}", kinds(&w, a));
+    w.assert_idle();
+}
+
 #[test]
 fn an_operator_dials_out_hears_early_media_then_talks_and_sends_dtmf() {
     let mut w = World::new(config(plan(&[(&["operators"], 20)])));

@@ -120,6 +120,8 @@ pub(crate) struct Call {
     pub fail_code: Option<u16>,
     /// The caller has heard 18x (inbound).
     pub caller_progress: bool,
+    /// A `ringing` (its `earlyMedia`) held back until the dial's `answer` is out.
+    pub ringing_deferred: Option<bool>,
     /// Targets rung (for events).
     pub rung: Vec<String>,
     /// Who answered (`operator:alice`, `pstn:+1555...`).

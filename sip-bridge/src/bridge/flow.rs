@@ -85,13 +85,7 @@ impl Bridge {
                 });
                 if operator_ringing {
                     call.caller_progress = true;
-                    self.send_operator(
-                        &op,
-                        ServerMessage::Ringing {
-                            call_id: call.id.clone(),
-                            early_media: false,
-                        },
-                    );
+                    self.send_ringing(call, &op, false);
                     self.media(
                         call,
                         MediaCommand::Tone {
@@ -104,6 +98,26 @@ impl Bridge {
             }
             _ => {}
         }
+    }
+
+    /// Tells the dialling operator its call rings. Nothing about a call goes out
+    /// before the dial's `answer` names it (protocol.md section 3), and the far
+    /// end's 183 can beat the media task's SDP answer: then it waits for it.
+    fn send_ringing(&mut self, call: &mut Call, op: &str, early_media: bool) {
+        if let Some(LegKind::Operator {
+            answered: false, ..
+        }) = call.legs.get(&call.caller).map(|l| &l.kind)
+        {
+            call.ringing_deferred = Some(early_media);
+            return;
+        }
+        self.send_operator(
+            op,
+            ServerMessage::Ringing {
+                call_id: call.id.clone(),
+                early_media,
+            },
+        );
     }
 
     /// No step is left: the caller gets the outcome.
@@ -184,6 +198,7 @@ impl Bridge {
                         reason,
                         code: None,
                         message: None,
+                        reference: None,
                     },
                 );
             }
@@ -334,6 +349,7 @@ impl Bridge {
             .map(|(k, l)| (*k, l.kind.clone()))
             .collect();
         for (k, kind) in legs {
+            let waiting = waiting_ref(Some(&kind));
             match kind {
                 LegKind::Sip {
                     ua, state, port, ..
@@ -364,6 +380,7 @@ impl Bridge {
                             reason: r,
                             code,
                             message: None,
+                            reference: waiting,
                         },
                     );
                     if state == OpState::Active {
@@ -474,13 +491,7 @@ impl Bridge {
                         },
                     );
                 }
-                self.send_operator(
-                    &op,
-                    ServerMessage::Ringing {
-                        call_id: call.id.clone(),
-                        early_media: early,
-                    },
-                );
+                self.send_ringing(call, &op, early);
                 if !call.caller_progress {
                     self.event(now, call, CallEventKind::Ringing, None, None);
                 }
@@ -906,6 +917,18 @@ impl Bridge {
                         reference,
                     },
                 );
+                if leg == call.caller
+                    && let Some(early_media) = call.ringing_deferred.take()
+                    && call.winner.is_none()
+                {
+                    self.send_operator(
+                        &op,
+                        ServerMessage::Ringing {
+                            call_id: call.id.clone(),
+                            early_media,
+                        },
+                    );
+                }
                 let connected =
                     (leg == call.caller && call.winner.is_some()) || Some(leg) == call.winner;
                 if connected {
@@ -1076,6 +1099,7 @@ impl Bridge {
                 {
                     self.presence.set_free(&op, &call.id);
                 }
+                let waiting = waiting_ref(call.legs.get(&leg).map(|l| &l.kind));
                 call.legs.remove(&leg);
                 call.ended_legs.push((op.clone(), EndReason::Failed));
                 self.send_operator(
@@ -1085,6 +1109,7 @@ impl Bridge {
                         reason: EndReason::Failed,
                         code: None,
                         message: Some("media lost".into()),
+                        reference: waiting,
                     },
                 );
             }
@@ -1101,18 +1126,34 @@ impl Bridge {
             Some(LegKind::Operator { .. }) => {}
             _ => return false,
         }
-        if let Some(LegKind::Operator { op, .. }) = call.legs.remove(&leg).map(|l| l.kind) {
-            self.send_operator(
-                &op,
-                ServerMessage::Ended {
-                    call_id: call.id.clone(),
-                    reason: EndReason::Failed,
-                    code: None,
-                    message: None,
-                },
-            );
+        if let Some(kind @ LegKind::Operator { .. }) = call.legs.remove(&leg).map(|l| l.kind) {
+            let waiting = waiting_ref(Some(&kind));
+            if let LegKind::Operator { op, .. } = kind {
+                self.send_operator(
+                    &op,
+                    ServerMessage::Ended {
+                        call_id: call.id.clone(),
+                        reason: EndReason::Failed,
+                        code: None,
+                        message: None,
+                        reference: waiting,
+                    },
+                );
+            }
         }
         self.after_target_gone(now, call)
+    }
+}
+
+/// The `ref` of the request an operator leg still owes an `answer` to.
+fn waiting_ref(kind: Option<&LegKind>) -> Option<String> {
+    match kind {
+        Some(LegKind::Operator {
+            answered: false,
+            reference,
+            ..
+        }) => reference.clone(),
+        _ => None,
     }
 }
 

@@ -703,6 +703,7 @@ impl Bridge {
             busy: false,
             fail_code: None,
             caller_progress: false,
+            ringing_deferred: None,
             rung: Vec::new(),
             answered_by: None,
             routing: false,

@@ -428,6 +428,10 @@ pub enum ServerMessage {
         /// For people.
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// The `ref` of the request (`dial`, `accept`) still waiting for its
+        /// `answer` when the call ended.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
     },
     /// A request failed.
     Error {
@@ -588,6 +592,7 @@ mod tests {
             reason: EndReason::TakenByOther,
             code: None,
             message: None,
+            reference: None,
         };
         assert_eq!(
             m.to_json(),

@@ -11,7 +11,7 @@ use media_core::Instant;
 
 use super::close;
 use super::message::{ClientMessage, ErrorCode, ServerMessage, decode};
-use crate::token::{SessionClaims, TokenError, TokenIssuer};
+use crate::token::{SessionClaims, TokenIssuer};
 
 /// Connection limits and timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,13 +203,8 @@ impl Session {
                         Some(Request::Hello(claims))
                     }
                     Err(e) => {
-                        let why = match e {
-                            TokenError::Expired => "token expired",
-                            TokenError::NotYetValid => "token not yet valid",
-                            TokenError::BadSignature => "token signature invalid",
-                            _ => "token invalid",
-                        };
-                        self.error(ErrorCode::Unauthorized, why, reference);
+                        // The same words as the HTTP API's for the same token.
+                        self.error(ErrorCode::Unauthorized, &e.to_string(), reference);
                         self.close(close::UNAUTHORIZED, "unauthorized");
                         None
                     }
@@ -418,7 +413,8 @@ mod tests {
     fn bad_tokens_and_versions_close() {
         let t = issuer();
         let other = TokenIssuer::new(b"ffffffffffffffffffffffffffffffff");
-        for (text, now, code) in [
+        // The error's words are the token error's, as the HTTP API says them.
+        for (text, now, code, words) in [
             (
                 format!(
                     r#"{{"type":"hello","token":"{}","protocol":1}}"#,
@@ -426,17 +422,20 @@ mod tests {
                 ),
                 UNIX,
                 close::UNAUTHORIZED,
+                "bad token signature",
             ),
-            (hello(&t), UNIX + 3600, close::UNAUTHORIZED), // expired
+            (hello(&t), UNIX + 3600, close::UNAUTHORIZED, "token expired"),
             (
                 r#"{"type":"hello","token":"x.y.z","protocol":1}"#.to_string(),
                 UNIX,
                 close::UNAUTHORIZED,
+                "malformed token",
             ),
             (
                 format!(r#"{{"type":"hello","token":"{}","protocol":2}}"#, token(&t)),
                 UNIX,
                 close::PROTOCOL,
+                "",
             ),
         ] {
             let mut s = Session::new(at(0), SessionConfig::default());
@@ -446,6 +445,7 @@ mod tests {
                 matches!(out.last(), Some(SessionOutput::Close { code: c, .. }) if *c == code),
                 "{out:?}"
             );
+            assert!(format!("{out:?}").contains(words), "{out:?}");
             assert_eq!(s.state(), &SessionState::Closed);
         }
     }
@@ -483,6 +483,7 @@ mod tests {
             reason: EndReason::Hangup,
             code: None,
             message: None,
+            reference: None,
         });
         assert_eq!(drain(&mut s).len(), 1);
     }

@@ -20,8 +20,8 @@ use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ss
 use media_core::{ClockRate, Instant, Millis, SampleRate};
 use serde_json::Value;
 use sip_bridge::bridge::{
-    Bridge, BridgeConfig, CallEvent, DialPlan, LegKey, MediaCommand, NumberConfig, Step, Target,
-    TrunkConfig,
+    Bridge, BridgeConfig, CallEvent, DialPlan, LegKey, MediaCommand, MediaEvent, NumberConfig,
+    Step, Target, TrunkConfig,
 };
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use sip_bridge::sdp::{self, AudioCaps, LocalMedia, SessionDescription};
@@ -375,6 +375,10 @@ pub struct World {
     pub blackhole: Option<SocketAddr>,
     /// AI agents by URL.
     pub agents: BTreeMap<String, Agent>,
+    /// Hold the media tasks' SDP answers back (a slow media task) until
+    /// [`World::release_answers`].
+    pub hold_answers: bool,
+    held: Vec<(String, MediaEvent)>,
 }
 
 impl World {
@@ -404,6 +408,8 @@ impl World {
             media_commands: Vec::new(),
             blackhole: None,
             agents: BTreeMap::new(),
+            hold_answers: false,
+            held: Vec::new(),
         }
     }
 
@@ -737,6 +743,10 @@ impl World {
                         eprintln!("MEDIA EVENT {id} {e:?}");
                     }
                     any = true;
+                    if self.hold_answers && matches!(e, MediaEvent::WebRtcAnswer { .. }) {
+                        self.held.push((id.clone(), e));
+                        continue;
+                    }
                     self.bridge.handle_media_event(now, &id, e);
                 }
                 if stopped {
@@ -972,6 +982,16 @@ impl World {
     }
 
     /// Runs the world for `d`.
+    /// Delivers the SDP answers held back by `hold_answers`.
+    pub fn release_answers(&mut self) {
+        self.hold_answers = false;
+        let now = self.now;
+        for (id, e) in std::mem::take(&mut self.held) {
+            self.bridge.handle_media_event(now, &id, e);
+        }
+        self.pump();
+    }
+
     pub fn run(&mut self, d: Duration) {
         let until = self.now + d;
         self.pump();
