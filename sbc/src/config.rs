@@ -108,6 +108,9 @@ pub struct SipSection {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates trusted for TLS trunks beside the public web roots
+    /// (a carrier with a private CA).
+    pub tls_ca: Option<PathBuf>,
     /// Our address in Via/Contact when we are behind NAT; see
     /// [`SbcConfig::sip_advertise`] for the default.
     #[serde(deserialize_with = "values::opt")]
@@ -126,6 +129,7 @@ impl Default for SipSection {
             tls: None,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
             advertise: None,
             user_agent: concat!("sbc/", env!("CARGO_PKG_VERSION")).into(),
             open_inbound: false,
@@ -185,6 +189,11 @@ pub struct HttpSection {
     pub allowed_origins: Vec<String>,
     /// The URL browsers reach us at (behind a TLS proxy: its `https://` URL).
     pub public_url: Option<String>,
+    /// PEM certificate chain: serve HTTPS/WSS ourselves (browsers need a secure
+    /// page for the microphone) instead of behind a TLS proxy.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpSection {
@@ -193,6 +202,8 @@ impl Default for HttpSection {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080)),
             allowed_origins: Vec::new(),
             public_url: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -1118,6 +1129,9 @@ pub fn check_config_file(path: &Path) -> Result<SbcConfig, ConfigError> {
     for (key, file) in [
         ("sip.tls_cert", &cfg.sip.tls_cert),
         ("sip.tls_key", &cfg.sip.tls_key),
+        ("sip.tls_ca", &cfg.sip.tls_ca),
+        ("http.tls_cert", &cfg.http.tls_cert),
+        ("http.tls_key", &cfg.http.tls_key),
     ] {
         if let Some(f) = file
             && let Err(e) = std::fs::File::open(f)
@@ -1541,6 +1555,11 @@ mod tests {
         assert!(e.contains("sip.tls_key: required with sip.tls"), "{e}");
         let e = error(&MINIMAL.replace("[sip]\n", "[sip]\ntls_key = \"/k.pem\"\n"));
         assert!(e.contains("sip.tls_key: set only with sip.tls"), "{e}");
+        let e = error(&format!("{MINIMAL}[http]\ntls_cert = \"/c.pem\"\n"));
+        assert!(
+            e.contains("http.tls_key: required with http.tls_cert"),
+            "{e}"
+        );
         let e = error(&MINIMAL.replace("[sip]\n", "[sip]\nuser_agent = \"sbc\\r\\nX-Evil: 1\"\n"));
         assert!(e.contains("sip.user_agent: "), "{e}");
         let e = error(&MINIMAL.replace("127.0.0.1:5060", "0.0.0.0:5060"));

@@ -22,23 +22,77 @@ pub fn os_seed() -> u64 {
 }
 
 fn tls_config(cfg: &SbcConfig) -> Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let (Some(_), Some(cert), Some(key)) = (cfg.sip.tls, &cfg.sip.tls_cert, &cfg.sip.tls_key)
     else {
         return Ok(None);
     };
+    server_tls("sip", cert, key).map(|s| Some(Arc::new(s)))
+}
+
+/// HTTPS for browsers when `[http]` names a certificate.
+fn http_tls_config(
+    cfg: &SbcConfig,
+) -> Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>, String> {
+    let (Some(cert), Some(key)) = (&cfg.http.tls_cert, &cfg.http.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = server_tls("http", cert, key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(tls)))
+}
+
+/// A TLS server config from PEM files; errors name `section.tls_cert`/`tls_key`.
+fn server_tls(
+    section: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::rustls::ServerConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("sip.tls_cert: {}: {e}", cert.display()))?
+        .map_err(|e| format!("{section}.tls_cert: {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("sip.tls_cert: {}: {e}", cert.display()))?;
+        .map_err(|e| format!("{section}.tls_cert: {}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("sip.tls_key: {}: {e}", key.display()))?;
-    let server = tokio_rustls::rustls::ServerConfig::builder()
+        .map_err(|e| format!("{section}.tls_key: {}: {e}", key.display()))?;
+    tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("sip.tls_cert/tls_key: {e}"))?;
-    Ok(Some(Arc::new(server)))
+        .map_err(|e| format!("{section}.tls_cert/tls_key: {e}"))
+}
+
+/// The client side of TLS trunks: the public web roots, plus `sip.tls_ca`.
+fn tls_client_config(
+    cfg: &SbcConfig,
+) -> Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(ca) = &cfg.sip.tls_ca else {
+        return Ok(None);
+    };
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("sip.tls_ca: {}: {e}", ca.display()))?
+    {
+        let cert = cert.map_err(|e| format!("sip.tls_ca: {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("sip.tls_ca: {}: {e}", ca.display()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(format!(
+            "sip.tls_ca: {}: no certificate in it",
+            ca.display()
+        ));
+    }
+    Ok(Some(Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )))
 }
 
 /// Resolves the trunks' host names (once, at start).
@@ -78,7 +132,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
         udp: cfg.sip.udp,
         tcp: cfg.sip.tcp,
         tls: cfg.sip.tls.zip(tls),
-        tls_client: None,
+        tls_client: tls_client_config(cfg)?,
         advertise: cfg.sip.advertise,
         user_agent: cfg.sip.user_agent.clone(),
         max_legs: cfg.limits.max_calls.saturating_mul(4),
@@ -94,6 +148,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
         sip,
         bridge,
         http: cfg.http.listen,
+        http_tls: http_tls_config(cfg)?,
         allowed_origins: cfg.websocket_origins(),
         webrtc: cfg.media.webrtc,
         webrtc_advertise: Some(cfg.webrtc_advertise()),
@@ -144,7 +199,12 @@ pub fn banner(cfg: &SbcConfig, h: &ServerHandle) -> String {
     let mut s = String::new();
     let http = h.http;
     let page = format!(
-        "http://{}:{}/",
+        "{}://{}:{}/",
+        if cfg.http.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         if http.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -243,6 +303,34 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_ca_adds_trusted_roots_or_says_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("sbc-tls-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = SbcConfig::demo();
+        assert!(tls_client_config(&cfg).unwrap().is_none(), "default roots");
+        let ca = rcgen::generate_simple_self_signed(vec!["carrier.test".into()]).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        cfg.sip.tls_ca = Some(good);
+        assert!(tls_client_config(&cfg).unwrap().is_some());
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        cfg.sip.tls_ca = Some(empty);
+        let e = tls_client_config(&cfg).unwrap_err();
+        assert!(
+            e.starts_with("sip.tls_ca:") && e.contains("no certificate"),
+            "{e}"
+        );
+        cfg.sip.tls_ca = Some(dir.join("missing.pem"));
+        assert!(
+            tls_client_config(&cfg)
+                .unwrap_err()
+                .starts_with("sip.tls_ca:")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_banner_names_the_demo_key_only_where_it_works() {

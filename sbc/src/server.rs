@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub bridge: BridgeConfig,
     /// HTTP + WebSocket listener.
     pub http: SocketAddr,
+    /// Serve HTTPS/WSS on it with this (ALPN http/1.1); `None`: plain HTTP.
+    pub http_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// WebSocket `Origin` allow-list (empty: any).
     pub allowed_origins: Vec<String>,
     /// The shared WebRTC UDP port.
@@ -260,9 +262,14 @@ impl ServerBuilder {
             next_session: AtomicU64::new(1),
         });
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let http_task = tokio::spawn(http::serve(listener, http::router(state), async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        }));
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            cfg.http_tls.clone(),
+            http::router(state),
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ));
         Ok(ServerHandle {
             sip_udp,
             sip_tcp,

@@ -221,3 +221,57 @@ fn base64_url(s: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn https_when_the_config_names_a_certificate() {
+    let dir = std::env::temp_dir().join(format!("sbc-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["sbc.test".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let mut cfg = SbcConfig::demo();
+    cfg.http.tls_cert = Some(dir.join("cert.pem"));
+    cfg.http.tls_key = Some(dir.join("key.pem"));
+    let mut sc = sbc::run::server_config(&cfg).await.unwrap();
+    assert!(sc.http_tls.is_some());
+    sc.sip.udp = Some("127.0.0.1:0".parse().unwrap());
+    sc.sip.tcp = None;
+    sc.http = "127.0.0.1:0".parse().unwrap();
+    sc.webrtc = "127.0.0.1:0".parse().unwrap();
+    sc.webrtc_advertise = None;
+    sc.bridge.rtp_ports = (41200, 41300);
+    let h = Server::builder(sc).start().await.unwrap();
+    // A client that connects and never says anything holds up nobody.
+    let _silent = tokio::net::TcpStream::connect(h.http).await.unwrap();
+    let https = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .resolve("sbc.test", h.http)
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("https://sbc.test:{}/healthz", h.http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+    let sdk = https
+        .get(format!(
+            "https://sbc.test:{}/sdk/operator.js",
+            h.http.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sdk.status().as_u16(), 200);
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(
+        client()
+            .get(format!("http://{}/healthz", h.http))
+            .send()
+            .await
+            .is_err()
+    );
+    h.shutdown(Duration::from_secs(1)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

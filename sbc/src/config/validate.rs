@@ -116,6 +116,12 @@ fn sip(c: &SbcConfig, f: &mut Found) {
             _ => {}
         }
     }
+    let h = &c.http;
+    match (&h.tls_cert, &h.tls_key) {
+        (Some(_), None) => push(f, "http.tls_key", "required with http.tls_cert"),
+        (None, Some(_)) => push(f, "http.tls_cert", "required with http.tls_key"),
+        _ => {}
+    }
     if !is_header_text(&s.user_agent) {
         push(
             f,
