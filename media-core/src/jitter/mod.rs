@@ -258,6 +258,9 @@ struct Segment {
 const MAX_SEGMENTS: usize = 32;
 /// Timestamp jumps beyond this (same SSRC, no sequence gap) resynchronise.
 const RESYNC_JUMP: Millis = Millis(10_000);
+/// Packets further behind the newest than this are a restart candidate (RFC 3550
+/// A.1's MAX_MISORDER).
+const MAX_MISORDER: i64 = 100;
 /// Isolated delay peaks above `target + PEAK_MARGIN` stay out of the histogram.
 const PEAK_MARGIN_US: i64 = 60_000;
 /// Peaks recurring within this window raise the target to cover them.
@@ -281,6 +284,9 @@ pub struct JitterBuffer {
     pos: i64,
     next_seq: i64,
     highest_seq: Option<i64>,
+    /// A packet far behind the stream, kept to see whether the next one follows it
+    /// (RFC 3550 A.1: a restarted sender).
+    restart_probe: Option<u16>,
     segments: VecDeque<Segment>,
     /// Waiting concealment not yet classified as a stall or a DTX silence.
     pending_wait: u64,
@@ -315,6 +321,7 @@ impl JitterBuffer {
             pos: 0,
             next_seq: 0,
             highest_seq: None,
+            restart_probe: None,
             segments: VecDeque::with_capacity(MAX_SEGMENTS),
             pending_wait: 0,
             pending_giveup: 0,
@@ -394,6 +401,16 @@ impl JitterBuffer {
             let jump = self.us(ts - self.pos).abs() > RESYNC_JUMP.0 as i64 * 1000;
             if (seq - h).abs() > 1000 || (self.playing && jump && (seq - h).abs() <= 2) {
                 outcome = self.resync(Some(p.ssrc));
+            } else if h - seq > MAX_MISORDER {
+                // Far behind: late, unless the next packet follows this one, which
+                // says the sender started over (a looping file, a restarted
+                // process keeping its SSRC).
+                let n = p.sequence_number.0;
+                if self.restart_probe == Some(n.wrapping_sub(1)) {
+                    outcome = self.resync(Some(p.ssrc));
+                } else {
+                    self.restart_probe = Some(n);
+                }
             }
         }
         let seq = self.seq.unwrap(p.sequence_number.0);
@@ -503,6 +520,7 @@ impl JitterBuffer {
         self.playing = false;
         self.next_due = None;
         self.highest_seq = None;
+        self.restart_probe = None;
         // Audio already decoded keeps playing; it no longer maps to media.
         for s in &mut self.segments {
             s.start = None;
@@ -1282,6 +1300,25 @@ mod tests {
         assert_eq!(sim.jb.stats().resyncs, 1);
         assert!(sim.decoded.len() >= 98, "{}", sim.decoded.len());
         assert_eq!(*sim.decoded.last().unwrap(), 99);
+    }
+
+    #[test]
+    fn a_sender_that_starts_over_with_its_ssrc_is_followed() {
+        // A looped capture (SIPp's pcap play): the same 150 packets twice, on time.
+        let arrivals: Vec<_> = (0..300u64)
+            .map(|k| {
+                let i = 1000 + (k % 150) as u16;
+                (k * 20_000, pkt(i, i as u32 * F, 1, F))
+            })
+            .collect();
+        let mut sim = Sim::new(cfg());
+        sim.run(arrivals, 6_300_000, true);
+        let s = *sim.jb.stats();
+        assert_eq!(s.resyncs, 1, "{s:?}");
+        // RFC 3550 A.1: the first packet of the new run is taken for late; the
+        // one after it confirms the restart.
+        assert!(s.late <= 2, "{s:?}");
+        assert!(sim.decoded.len() >= 290, "{}", sim.decoded.len());
     }
 
     #[test]

@@ -893,6 +893,32 @@ mod tests {
     }
 
     #[test]
+    fn a_looped_capture_is_followed_not_dropped_as_late() {
+        let pcma = RtpFormat {
+            codec: Codec::Pcma,
+            payload_type: PayloadType::PCMA,
+            telephone_event: None,
+            ptime: Millis(20),
+        };
+        let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma));
+        let tone = sine(8000, 500.0, 8000.0, 160);
+        let mut out = Vec::new();
+        // The same 150 packets (sequence numbers and timestamps) twice, one SSRC.
+        for k in 0..300u32 {
+            let i = 500 + k % 150;
+            let pkt = pcmu_packet(i as u16, i * 160, 7, &tone);
+            p.handle_rtp(Instant::from_micros(k as u64 * 20_000), &pkt)
+                .unwrap();
+            out.extend(drain(&mut p));
+        }
+        // One packet goes as late while the restart is confirmed (RFC 3550 A.1).
+        assert_eq!(p.stats().late, 1);
+        assert!(out.len() >= 298, "{}", out.len());
+        let marked = out.iter().skip(1).filter(|o| o.header().marker).count();
+        assert_eq!(marked, 1, "the restart starts a new segment");
+    }
+
+    #[test]
     fn garbage_payloads_are_concealed_not_fatal() {
         let mut p = pipeline(Endpoint::Rtp(opus(111)), Endpoint::Rtp(PCMU));
         let mut rng = SeededRng::new(5);

@@ -26,6 +26,8 @@ use crate::time::{ClockRate, Millis, SampleRate};
 
 /// Longest loss that is concealed; longer gaps restart the stream with a marker.
 const MAX_CONCEAL: Millis = Millis(120);
+/// Packets further behind than this may mean a restarted sender (RFC 3550 A.1).
+const MAX_MISORDER: i64 = 100;
 /// Decoded audio is resampled in chunks of at most this many samples.
 const CHUNK: usize = 960;
 /// PCM held between decode and encode (or until a PCM consumer polls).
@@ -41,6 +43,8 @@ struct RtpIn {
     ts: TimestampUnwrapper,
     /// Next expected (extended sequence, extended timestamp).
     expected: Option<(i64, i64)>,
+    /// A packet far behind the stream: a restart if the next one follows it.
+    restart_probe: Option<u16>,
     dtmf_rx: DtmfReceiver,
 }
 
@@ -131,6 +135,7 @@ impl Transcode {
                         seq: SeqUnwrapper::new(),
                         ts: TimestampUnwrapper::new(),
                         expected: None,
+                        restart_probe: None,
                         dtmf_rx: DtmfReceiver::new(),
                     }),
                 };
@@ -340,6 +345,23 @@ impl Transcode {
             input.seq.reset();
             input.ts.reset();
             input.expected = None;
+        }
+        // RFC 3550 A.1: a packet more than MAX_MISORDER behind is late, unless the
+        // next one follows it: the sender started over with the same SSRC.
+        if let Some((eseq, _)) = input.expected
+            && eseq - input.seq.peek(h.sequence_number.0) > MAX_MISORDER
+        {
+            let n = h.sequence_number.0;
+            if input.restart_probe == Some(n.wrapping_sub(1)) {
+                input.seq.reset();
+                input.ts.reset();
+                input.expected = None;
+                input.restart_probe = None;
+            } else {
+                input.restart_probe = Some(n);
+                stats.late += 1;
+                return Ok(());
+            }
         }
         let ext_seq = input.seq.peek(h.sequence_number.0);
         let ext_ts = input.ts.peek(h.timestamp.0);
