@@ -683,6 +683,7 @@ impl Bridge {
             negotiated,
             sdp_version,
             remote_held: was_held,
+            local_sdp: earlier,
             ..
         }) = call.legs.get(&key).map(|l| l.kind.clone())
         else {
@@ -697,7 +698,12 @@ impl Bridge {
         };
         // Keep the codec in use; the media session is built for it.
         let codecs: Vec<_> = negotiated.iter().map(|n| n.codec).collect();
-        let mut local = LocalMedia::rtp(self.cfg.media_ip, port, 1);
+        // RFC 3264 section 8: same o= session id as our earlier SDP, version + 1.
+        let session_id = SessionDescription::parse(&earlier)
+            .ok()
+            .and_then(|sd| sd.origin.session_id.parse().ok())
+            .unwrap_or(1);
+        let mut local = LocalMedia::rtp(self.cfg.media_ip, port, session_id);
         local.session_version = sdp_version + 1;
         let Ok((answer, n)) = sdp::answer_audio(&offer, &caps_for(&codecs), &local) else {
             let _ = self.ua.answer_offer(now, ua, 488, None);
