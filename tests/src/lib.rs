@@ -1,5 +1,7 @@
 //! Helpers shared by the cross-crate integration tests in `tests/tests/`.
 
+pub mod sbc_process;
+
 use std::path::PathBuf;
 
 /// The repository root.

@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# Load test of the sbc binary on loopback: SIPp caller (127.0.0.2, the carrier)
+# -> sbc (127.0.0.1) -> SIPp far end (127.0.0.3), with one of three media modes,
+# and a report of calls, rate, retransmissions, and the sbc's CPU time and memory.
+# See tests/load/README.md for how to read it. Needs bash, awk, sed, grep, SIPp;
+# root (or CAP_NET_RAW) for the media modes (SIPp plays captures on raw sockets).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+scenarios="$repo/tests/sipp"
+
+usage() {
+  cat <<EOF
+usage: tests/load/run.sh [options]
+  -m, --mode MODE    signalling | relay | transcode            (default signalling)
+                       signalling: PCMU offer and answer, no RTP from the SIPps
+                       relay:      PCMA both sides; the caller plays g711a.pcap,
+                                   the far end echoes it (-rtp_echo): relayed RTP
+                       transcode:  the caller plays PCMA, the far end answers
+                                   opus/48000/2 and echoes: PCMA<->Opus each way
+  -r, --rate CPS     new calls per second            (default 200; media modes 20)
+  -d, --hold SECS    talk time per call, decimals ok (default 1; media modes 7.08,
+                     rounded to whole plays of the 7.08 s capture)
+  -n, --calls N      calls in all                    (default 2000; media modes 400)
+      --answer-ptime MS  the far end's a=ptime (default 20; relay 30, as the
+                     capture: equal formats are relayed in place, a ptime that
+                     differs makes the sbc repacketize through its jitter buffer)
+  -b, --sbc PATH     the sbc binary                  (default target/release/sbc)
+      --log LEVEL    the sbc's log level             (default info)
+      --keep         keep the work directory (configs, logs, samples)
+  -h, --help
+Environment: SHARED_TESTDATA (default ../shared/testdata next to the checkout),
+LOAD_PORT_BASE (default 9000: SIP 9060, far end 9070, caller 9090, HTTP 9080,
+WebRTC 9478; RTP 10000-31999).
+EOF
+}
+
+mode=signalling rate="" hold="" calls="" answer_ptime="" sbc="$repo/target/release/sbc" log=info keep=0
+while (($#)); do
+  case "$1" in
+    -m|--mode) mode="$2"; shift 2 ;;
+    -r|--rate) rate="$2"; shift 2 ;;
+    -d|--hold) hold="$2"; shift 2 ;;
+    -n|--calls) calls="$2"; shift 2 ;;
+    --answer-ptime) answer_ptime="$2"; shift 2 ;;
+    -b|--sbc) sbc="$2"; shift 2 ;;
+    --log) log="$2"; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$mode" in
+  signalling) : "${rate:=200}" "${hold:=1}" "${calls:=2000}" ;;
+  relay) : "${rate:=20}" "${hold:=7.08}" "${calls:=400}" "${answer_ptime:=30}" ;;
+  transcode) : "${rate:=20}" "${hold:=7.08}" "${calls:=400}" ;;
+  *) echo "run.sh: --mode must be signalling, relay or transcode" >&2; exit 2 ;;
+esac
+num() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $2 must be a number, not '$1'" >&2; exit 2; }; }
+: "${answer_ptime:=20}"
+num "$rate" --rate; num "$hold" --hold; num "$calls" --calls
+num "$answer_ptime" --answer-ptime
+command -v sipp >/dev/null || { echo "run.sh: SIPp is missing: apt-get install -y sip-tester" >&2; exit 2; }
+[ -x "$sbc" ] || { echo "run.sh: no sbc binary at $sbc: cargo build --release -p sbc" >&2; exit 2; }
+testdata="${SHARED_TESTDATA:-$repo/../shared/testdata}"
+pcap="$testdata/rtp-pcaps/g711a.pcap"
+if [ "$mode" != signalling ]; then
+  [ -r "$pcap" ] || { echo "run.sh: cannot read $pcap (set SHARED_TESTDATA)" >&2; exit 2; }
+fi
+
+base="${LOAD_PORT_BASE:-9000}"
+sip_port=$((base + 60)) uas_port=$((base + 70)) uac_port=$((base + 90))
+http_port=$((base + 80)) webrtc_port=$((base + 478))
+sbc_ip=127.0.0.1 uac_ip=127.0.0.2 uas_ip=127.0.0.3
+
+# Fails early when a port is taken (ports in /proc/net/* are hex).
+port_in_use() {
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v p="$hex" 'FNR > 1 { split($2, a, ":"); if (a[2] == p && (FILENAME ~ /udp/ || $4 == "0A")) found = 1 } END { exit !found }' \
+    /proc/net/udp /proc/net/tcp
+}
+for p in $sip_port $uas_port $uac_port $http_port $webrtc_port; do
+  if port_in_use "$p"; then
+    echo "run.sh: port $p is in use (another run?); set LOAD_PORT_BASE" >&2
+    exit 2
+  fi
+done
+
+work="$(mktemp -d /tmp/sbc-load.XXXXXX)"
+sbc_pid="" uas_pid="" uac_pid="" sampler_pid=""
+cleanup() {
+  for p in $sampler_pid $uac_pid $uas_pid $sbc_pid; do
+    kill "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  if ((keep)); then echo "work directory kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# ----- mode -----
+plays=0
+case "$mode" in
+  signalling)
+    caller_sf=caller.xml answer_pt=0 answer_codec=PCMU/8000 echo_flag=()
+    hold_ms=$(awk -v h="$hold" 'BEGIN { printf "%d", h * 1000 + 0.5 }')
+    media_timeout="1h"
+    ;;
+  relay|transcode)
+    caller_sf=caller_rtp.xml echo_flag=(-rtp_echo)
+    if [ "$mode" = relay ]; then answer_pt=8 answer_codec=PCMA/8000; else answer_pt=111 answer_codec=opus/48000/2; fi
+    plays=$(awk -v h="$hold" 'BEGIN { p = int(h / 7.08 + 0.5); if (p < 1) p = 1; print p }')
+    hold_ms=$((plays * 7080))
+    media_timeout="60s"
+    ln -s "$(cd "$(dirname "$pcap")" && pwd)/$(basename "$pcap")" "$work/g711a.pcap"
+    ;;
+esac
+hold_s=$(awk -v m="$hold_ms" 'BEGIN { printf "%.2f", m / 1000 }')
+# SIPp's limit on calls at once: twice what the rate and hold need.
+limit=$(awk -v r="$rate" -v h="$hold_s" 'BEGIN { l = int(2 * r * (h + 5)); if (l < 100) l = 100; print l }')
+
+cat >"$work/sbc.toml" <<EOF
+# tests/load/run.sh, mode $mode
+[sip]
+udp = "$sbc_ip:$sip_port"
+user_agent = "sbc-load"
+
+[media]
+rtp_bind = "$sbc_ip"
+rtp_ports = "10000-31999"
+webrtc = "$sbc_ip:$webrtc_port"
+media_timeout = "$media_timeout"
+
+[http]
+listen = "$sbc_ip:$http_port"
+
+[auth]
+token_secret = "sbc-load-test-token-secret-0123456789abcdef"
+
+[log]
+level = "$log"
+
+[limits]
+max_calls = 20000
+max_cps = 100000
+
+[protection]
+# One caller address sends every request of the load: no flood limit.
+rate_limit_requests = 10000000
+rate_limit_window = "1s"
+
+[[trunks]]
+name = "carrier"
+host = "carrier.test"
+peers = ["$uas_ip:$uas_port"]
+inbound = ["$uac_ip/32"]
+codecs = ["PCMU", "PCMA"]
+
+[[numbers]]
+id = "load"
+e164 = "+15550100"
+dial = [ { ring = ["sip:service@$uas_ip:$uas_port"], timeout = "30s" } ]
+EOF
+
+# ----- helpers -----
+http_get() { # path -> body on stdout (bash's /dev/tcp: no curl needed)
+  local fd
+  exec {fd}<>"/dev/tcp/$sbc_ip/$http_port" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: sbc\r\n\r\n' "$1" >&"$fd"
+  sed '1,/^\r\{0,1\}$/d' <&"$fd"
+  exec {fd}>&-
+}
+metric() { # name [label filter] -> summed value
+  http_get /metrics | awk -v n="$1" -v f="${2:-}" '
+    /^#/ { next }
+    { split($1, k, "{"); if (k[1] == n && index($1, f)) s += $NF }
+    END { printf "%.0f", s + 0 }'
+}
+cpu_ticks() { # utime + stime of a process, or - when it is gone
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo -; return; }
+  echo "${s##*) }" | awk '{ print $12 + $13 }'
+}
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+now() { date +%s.%N; }
+udp_counters() { awk '/^Udp:/ && ++n == 2 { print $2, $3, $6 }' /proc/net/snmp; } # InDatagrams NoPorts RcvbufErrors
+sbc_drops() { # datagrams dropped so far by the sbc's live sockets (SIP, RTP range)
+  awk -v lo="$(printf %04X 10000)" -v hi="$(printf %04X 31999)" -v sip="$(printf %04X "$sip_port")" '
+    FNR > 1 { split($2, a, ":"); p = "x" a[2]
+      if (a[1] == "0100007F" && ((p >= "x" lo && p <= "x" hi) || a[2] == sip)) d += $NF }
+    END { print d + 0 }' /proc/net/udp
+}
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; } # busy idle
+sipp_drops() { # datagrams dropped so far by the caller's and the far end's sockets
+  awk 'FNR > 1 { split($2, a, ":"); if (a[1] == "0200007F") c += $NF; if (a[1] == "0300007F") f += $NF }
+    END { print c + 0, f + 0 }' /proc/net/udp
+}
+hz=$(getconf CLK_TCK)
+
+# ----- start -----
+"$sbc" --config "$work/sbc.toml" --drain 5 >"$work/sbc.out" 2>"$work/sbc.err" &
+sbc_pid=$!
+for _ in $(seq 100); do
+  [ "$(http_get /healthz 2>/dev/null || true)" = ok ] && break
+  kill -0 "$sbc_pid" 2>/dev/null || { echo "sbc did not start:" >&2; cat "$work/sbc.err" >&2; exit 1; }
+  sleep 0.1
+done
+[ "$(http_get /healthz 2>/dev/null || true)" = ok ] || { echo "sbc not healthy" >&2; exit 1; }
+
+(cd "$work" && exec sipp -sf "$scenarios/callee.xml" -i "$uas_ip" -bind_local -p "$uas_port" -t u1 \
+  -key answer_pt "$answer_pt" -key answer_codec "$answer_codec" -key answer_ptime "$answer_ptime" "${echo_flag[@]}" \
+  -m "$calls" -nostdin -trace_screen -screen_file "$work/uas.screen" \
+  -trace_err -error_file "$work/uas.errors" >"$work/uas.out" 2>&1) &
+uas_pid=$!
+for _ in $(seq 100); do
+  awk -v p="$(printf '%04X' "$uas_port")" 'NR > 1 { split($2, a, ":"); if (a[2] == p) f = 1 } END { exit !f }' /proc/net/udp && break
+  sleep 0.1
+done
+
+rss0=$(status_kb "$sbc_pid" VmRSS)
+read -r udp_in0 udp_noport0 udp_rcvbuf0 < <(udp_counters)
+# How busy the machine is without us (the sbc and the far end idle): other
+# jobs disturb every figure below.
+read -r qb0 qi0 < <(machine_ticks); sleep 2; read -r qb1 qi1 < <(machine_ticks)
+quiet_busy=$(( 100 * (qb1 - qb0) / (qb1 - qb0 + qi1 - qi0 + 1) ))
+cpu0=$(cpu_ticks "$sbc_pid")
+sipp_extra=()
+((plays > 0)) && sipp_extra=(-set plays "$plays")
+echo "mode $mode (far end answers $answer_codec ptime $answer_ptime): $calls calls at $rate/s, hold ${hold_s} s$( ((plays > 0)) && echo " ($plays plays of the capture)"); sbc $sbc (pid $sbc_pid)"
+t0=$(now)
+(cd "$work" && exec sipp -sf "$scenarios/$caller_sf" -i "$uac_ip" -bind_local -p "$uac_port" -t u1 \
+  -s +15550100 -r "$rate" -m "$calls" -l "$limit" -d "$hold_ms" "${sipp_extra[@]}" \
+  -nostdin -timeout "$(awk -v n="$calls" -v r="$rate" -v h="$hold_s" 'BEGIN { printf "%d", n / r + h + 120 }')s" \
+  -trace_screen -screen_file "$work/uac.screen" -trace_err -error_file "$work/uac.errors" \
+  "$sbc_ip:$sip_port" >"$work/uac.out" 2>&1) &
+uac_pid=$!
+
+# Samples once a second: time, sbc CPU ticks, VmRSS kB, calls active, sbc socket
+# drops, SIPp caller and far end CPU ticks, sbc SIP transactions, drops at the
+# SIPp caller's and far end's sockets.
+(
+  while kill -0 "$sbc_pid" 2>/dev/null; do
+    echo "$(now) $(cpu_ticks "$sbc_pid") $(status_kb "$sbc_pid" VmRSS) $(metric sbc_calls_active 2>/dev/null || echo 0) $(sbc_drops) $(cpu_ticks "$uac_pid") $(cpu_ticks "$uas_pid") $(metric sbc_sip_transactions 2>/dev/null || echo 0) $(sipp_drops)"
+    sleep 1
+  done
+) >"$work/samples" 2>/dev/null &
+sampler_pid=$!
+
+uac_rc=0
+wait "$uac_pid" || uac_rc=$?
+uac_pid=""
+t1=$(now)
+read -r udp_in1 udp_noport1 udp_rcvbuf1 < <(udp_counters)
+cpu1=$(cpu_ticks "$sbc_pid")
+hwm=$(status_kb "$sbc_pid" VmHWM)
+retrans_sbc=$(metric sbc_sip_retransmissions)
+media=$(http_get /metrics | awk '
+  /^#/ { next }
+  { split($1, k, "{") }
+  k[1] == "sbc_rtp_packets_total" && /direction="in"/ { i += $NF }
+  k[1] == "sbc_rtp_packets_total" && /direction="out"/ { o += $NF }
+  k[1] == "sbc_media_late_packets_total" { l += $NF }
+  k[1] == "sbc_media_lost_packets_total" { x += $NF }
+  k[1] == "sbc_media_concealed_ms_total" { c += $NF }
+  END { printf "%.0f %.0f %.0f %.0f %.0f", i, o, l, x, c }')
+ended=$(http_get /metrics | awk '/^sbc_calls_ended_total/ { match($1, /status="[^"]*"/); s = substr($1, RSTART + 8, RLENGTH - 9); printf "%s%s=%.0f", sep, s, $NF; sep = " " }')
+# The far end is done when its calls are (or give it 15 s).
+for _ in $(seq 150); do kill -0 "$uas_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$uas_pid" 2>/dev/null; then
+  kill "$uas_pid"; wait "$uas_pid" 2>/dev/null || true; uas_rc="killed (calls left)"
+else
+  uas_rc=0; wait "$uas_pid" || uas_rc=$?
+fi
+uas_pid=""
+kill "$sampler_pid" 2>/dev/null || true
+wait "$sampler_pid" 2>/dev/null || true
+sampler_pid=""
+kill -TERM "$sbc_pid"
+wait "$sbc_pid" || true
+sbc_pid=""
+
+# ----- SIPp's final screens -----
+last_screen() { awk '/Scenario Screen/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$1"; }
+stat_value() { # screen, counter name -> cumulative value
+  last_screen "$1" | awk -F'|' -v n="$2" 'index($1, n) { v = $3 } END { gsub(/[^0-9.]/, "", v); print v + 0 }'
+}
+retrans_of() { # sum of the Retrans column of the message table
+  last_screen "$1" | awk '
+    /---------->|<----------/ {
+      # UAC lines: NAME ARROW [RTD] MESSAGES RETRANS ...; UAS lines: ARROW NAME ...
+      for (i = 1; i <= NF; i++) if ($i ~ /^(---------->|<----------)$/) { j = (i == 1) ? i + 2 : i + 1; break }
+      if ($j ~ /RTD/) j++
+      r += $(j + 1)
+    }
+    END { print r + 0 }'
+}
+created=$(stat_value "$work/uac.screen" "Outgoing calls created")
+ok=$(stat_value "$work/uac.screen" "Successful call")
+failed=$(stat_value "$work/uac.screen" "Failed call")
+rx_uac=$(retrans_of "$work/uac.screen")
+rx_uas=$(retrans_of "$work/uas.screen")
+
+awk -v t0="$t0" -v t1="$t1" -v hold="$hold_s" -v created="$created" -v ok="$ok" -v failed="$failed" \
+  -v rate="$rate" -v c0="$cpu0" -v c1="$cpu1" -v hz="$hz" -v rss0="$rss0" -v hwm="$hwm" \
+  -v rx_uac="$rx_uac" -v rx_uas="$rx_uas" -v rx_sbc="$retrans_sbc" -v ended="$ended" \
+  -v udp_in=$((udp_in1 - udp_in0)) -v udp_noport=$((udp_noport1 - udp_noport0)) -v udp_rcvbuf=$((udp_rcvbuf1 - udp_rcvbuf0)) \
+  -v media="$media" \
+  -v quiet_busy="$quiet_busy" \
+  -v ncpu="$(getconf _NPROCESSORS_ONLN)" -v load="$(cut -d" " -f1-3 /proc/loadavg)" \
+  -v uac_rc="$uac_rc" -v uas_rc="$uas_rc" -v mode="$mode" -v samples="$work/samples" '
+BEGIN {
+  wall = t1 - t0; cpu = (c1 - c0) / hz
+  gen = wall - hold; if (gen <= 0) gen = wall
+  # Steady state: the samples while the calls at once are within 10 % of their peak.
+  n = 0
+  while ((getline line < samples) > 0) { split(line, f, " "); n++; T[n] = f[1]; C[n] = f[2]; R[n] = f[3]; A[n] = f[4]; if (f[5] > drops) drops = f[5]; if (f[6] != "-" && f[6] != "") uacT = f[6]; if (f[7] != "-" && f[7] != "") uasT = f[7]; if (f[8] > txpeak) txpeak = f[8]; if (f[9] > cdrops) cdrops = f[9]; if (f[10] > fdrops) fdrops = f[10] }
+  peak = 0; for (i = 1; i <= n; i++) if (A[i] > peak) { peak = A[i]; rpeak = R[i] }
+  first = 0; last = 0; sum = 0; k = 0
+  for (i = 1; i <= n; i++) if (peak > 0 && A[i] >= 0.9 * peak) { if (!first) first = i; last = i }
+  for (i = first; first && i <= last; i++) { sum += A[i]; k++ }
+  printf "\n== result (%s) ==\n", mode
+  printf "calls attempted %d, completed %d, failed %d   (SIPp caller exit %s, far end exit %s)\n", created, ok, failed, uac_rc, uas_rc
+  printf "sbc calls ended by status: %s\n", ended
+  printf "achieved rate: %.1f calls/s (asked %s; %d calls in %.2f s of wall time less the hold)\n", created / gen, rate, created, gen
+  printf "retransmissions: SIPp caller %d, SIPp far end %d, sbc %d\n", rx_uac, rx_uas, rx_sbc
+  printf "UDP datagrams delivered on this host: %d (%.0f per completed call); to no socket %d; dropped for full buffers %d\n", udp_in, udp_in / (ok > 0 ? ok : 1), udp_noport, udp_rcvbuf
+  printf "  dropped by (most seen at once in /proc/net/udp): the sbc sockets %d; the SIPp caller %d (its RTP sink: it does not read); the far end %d\n", drops, cdrops, fdrops
+  split(media, M, " ")
+  printf "sbc RTP: %d packets in, %d out (%.0f and %.0f per completed call); late (dropped) %d, lost %d, concealed %d ms\n", M[1], M[2], M[1] / (ok > 0 ? ok : 1), M[2] / (ok > 0 ? ok : 1), M[3], M[4], M[5]
+  printf "sbc CPU: %.2f s (user+system) in %.2f s wall = %.1f %% of a core on average; %.3f ms per call\n", cpu, wall, 100 * cpu / wall, 1000 * cpu / (ok > 0 ? ok : 1)
+  printf "SIPp CPU (last 1 s sample): caller %.2f s, far end %.2f s\n", uacT / hz, uasT / hz
+  printf "machine: %d CPUs, %d %% busy in the 2 s before the run (sbc and SIPps idle); load average now %s\n", ncpu, quiet_busy, load
+  if (quiet_busy > 10) printf "  WARNING: other jobs were using the machine (%d %% busy before the run): every figure here is disturbed; measure on a quiet machine\n", quiet_busy
+  printf "sbc memory: RSS %d kB before the calls, peak (VmHWM) %d kB; %d calls at once at the peak\n", rss0, hwm, peak
+  printf "  SIP transactions alive at most: %d (they outlive their calls: RFC 3261 Timers J/K/I, RFC 6026 L/M)\n", txpeak
+  if (peak > 0) printf "  RSS per call at the peak: %.1f kB (VmRSS %d kB at the peak sample), %.1f kB by VmHWM\n", (rpeak - rss0) / peak, rpeak, (hwm - rss0) / peak
+  if (hold > 0 && ok > 0) printf "  CPU per call over the run (CPU s / call s): %.4f %% of a core\n", 100 * cpu / (ok * hold)
+  if (k >= 3) {
+    dcpu = (C[last] - C[first]) / hz; dt = T[last] - T[first]
+    printf "steady state: %.1f s at %.0f calls at once (samples %d..%d): %.1f %% of a core, %.4f %% of a core per call\n", dt, sum / k, first, last, 100 * dcpu / dt, 100 * dcpu / dt / (sum / k)
+  }
+  bad = (failed > 0 || uac_rc != 0)
+  exit bad
+}' || { echo "(failures: see the logs)"; keep=1; }

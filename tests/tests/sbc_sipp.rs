@@ -1,0 +1,603 @@
+//! System tests of the `sbc` binary against SIPp (Debian package `sip-tester`):
+//! a carrier's SIPp calls through the real process to a second SIPp, on
+//! loopback, with our scenarios from `tests/sipp/`. The caller is 127.0.0.2 (the
+//! trunk's inbound range), the far end 127.0.0.3, the SBC 127.0.0.1, strangers
+//! and flooders other 127/8 addresses.
+//!
+//! Needs `target/debug/sbc`: `cargo build -p sbc` first (tests/ci.sh does).
+//! Each test starts its own sbc with its own ports and RTP range; they run one
+//! at a time (a lock), so that a loaded 2-core machine only carries one call
+//! flow at once. Outcomes do not depend on timing; timeouts are generous.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use integration_tests::sbc_process::{Sbc, SbcSpec, Sipp, SippCmd, TracedMessage, lo};
+
+/// How long a SIPp run may take before the test gives up on it (SIPp's own
+/// `-timeout` is 60 s).
+const SIPP_DONE: Duration = Duration::from_secs(90);
+/// How long the SBC may take to let go of everything after the calls.
+const IDLE: Duration = Duration::from_secs(40);
+
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Each test's own RTP range (even start, 50 port pairs).
+fn rtp(test: u16) -> (u16, u16) {
+    let lo = 12_000 + test * 100;
+    (lo, lo + 99)
+}
+
+/// The carrier: calls from 127.0.0.2 are its calls; `pstn:` targets go to
+/// `peer`.
+fn carrier_trunk(peer: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"{peer}\"]\n\
+         inbound = [\"127.0.0.2/32\"]\n{extra}\n"
+    )
+}
+
+/// A number whose plan rings `target` for 20 s.
+fn number(id: &str, e164: &str, target: &str) -> String {
+    format!(
+        "[[numbers]]\nid = \"{id}\"\ne164 = \"{e164}\"\n\
+         dial = [ {{ ring = [\"{target}\"], timeout = \"20s\" }} ]\n\n"
+    )
+}
+
+/// The far end answering PCMU.
+fn pcmu_callee(name: &str, calls: usize) -> SippCmd {
+    SippCmd::new(name, "callee.xml", lo(3))
+        .calls(calls)
+        .key("answer_pt", "0")
+        .key("answer_codec", "PCMU/8000")
+        .key("answer_ptime", "20")
+}
+
+fn caller(name: &str, scenario: &str, sbc: &Sbc, number: &str, calls: usize) -> SippCmd {
+    SippCmd::new(name, scenario, lo(2))
+        .remote(sbc.sip)
+        .service(number)
+        .calls(calls)
+        .rate(10)
+}
+
+/// The config of the common case: the carrier trunk and number +15550100
+/// ringing the far end `callee` as a SIP URI.
+fn to_sip_target(callee: SocketAddr, extra: &str) -> String {
+    format!(
+        "{extra}\n{}{}",
+        carrier_trunk(callee, ""),
+        number("service", "+15550100", &format!("sip:service@{callee}"))
+    )
+}
+
+#[test]
+fn carrier_call_to_a_sip_target_is_bridged() {
+    let _serial = serial();
+    let calls = 10;
+    let callee = pcmu_callee("callee", calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "bridged",
+        rtp(0),
+        to_sip_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    let mut caller = caller("caller", "caller.xml", &sbc, "+15550100", calls)
+        .hold_ms(300)
+        .spawn();
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+
+    assert_eq!(
+        sbc.wait_metric("sbc_calls_active", &[], IDLE, |v| v == 0.0),
+        0.0
+    );
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(m.value("sbc_calls_started_total", &[]), calls as f64);
+    assert_eq!(m.value("sbc_calls_answered_total", &[]), calls as f64);
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    // The far end was rung by the SBC itself (a B2BUA), once per call.
+    let invites: Vec<TracedMessage> = callee
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("INVITE"))
+        .collect();
+    assert_eq!(distinct(&invites, "Call-ID"), calls);
+    assert!(
+        invites.iter().all(|m| m
+            .start_line()
+            .starts_with(&format!("INVITE sip:service@{} ", callee.addr))),
+        "{}",
+        invites[0].text
+    );
+}
+
+#[test]
+fn caller_cancels_while_the_target_rings() {
+    let _serial = serial();
+    let calls = 3;
+    let callee = SippCmd::new("ringing-callee", "callee_ring.xml", lo(3)).calls(calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "cancel",
+        rtp(1),
+        to_sip_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    // The caller: 183, CANCEL after 1 s, 200 for the CANCEL, 487 for the INVITE.
+    let mut caller = caller(
+        "cancelling-caller",
+        "caller_cancel.xml",
+        &sbc,
+        "+15550100",
+        calls,
+    )
+    .spawn();
+    caller.assert_success(SIPP_DONE);
+    // The far end: INVITE, CANCEL (answered 200, INVITE 487), ACK.
+    callee.assert_success(SIPP_DONE);
+
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"canceled\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    assert_eq!(m.value("sbc_calls_answered_total", &[]), 0.0);
+    let cancels = callee
+        .received()
+        .iter()
+        .filter(|m| m.is_request("CANCEL"))
+        .count();
+    assert_eq!(cancels, calls);
+}
+
+#[test]
+fn busy_target_gives_the_caller_486() {
+    let _serial = serial();
+    let calls = 3;
+    let callee = SippCmd::new("busy-callee", "callee_busy.xml", lo(3)).calls(calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "busy",
+        rtp(2),
+        to_sip_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    let mut caller = caller("caller", "caller_busy.xml", &sbc, "+15550100", calls).spawn();
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+
+    sbc.assert_idle(IDLE);
+    assert_eq!(
+        sbc.metric("sbc_calls_ended_total", &["status=\"busy\""]),
+        calls as f64
+    );
+    let busy = caller
+        .received()
+        .iter()
+        .filter(|m| m.status() == Some(486))
+        .count();
+    assert_eq!(busy, calls);
+}
+
+/// Runs `calls` calls of caller_hold.xml (re-INVITE with a=sendonly; SIPp fails
+/// the call unless the 200 says a=recvonly) and returns the caller.
+fn hold_calls(name: &str, test: u16, calls: usize) -> (Sbc, Sipp, Sipp) {
+    let callee = pcmu_callee("callee", calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        name,
+        rtp(test),
+        to_sip_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    let mut caller = caller(
+        "holding-caller",
+        "caller_hold.xml",
+        &sbc,
+        "+15550100",
+        calls,
+    )
+    .hold_ms(300)
+    .spawn();
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    (sbc, caller, callee)
+}
+
+#[test]
+fn reinvite_hold_is_answered_recvonly() {
+    let _serial = serial();
+    let calls = 3;
+    let (sbc, caller, callee) = hold_calls("hold", 3, calls);
+    assert_eq!(
+        sbc.metric("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64
+    );
+    // SIPp checked a=recvonly (check_it); check it here too, on every answer.
+    let received = caller.received();
+    let answers = answers_to(&received, 2);
+    assert_eq!(answers.len(), calls);
+    for a in answers {
+        assert!(
+            a.body().lines().any(|l| l.trim() == "a=recvonly")
+                && !a
+                    .body()
+                    .lines()
+                    .any(|l| ["a=sendrecv", "a=sendonly", "a=inactive"].contains(&l.trim())),
+            "{}",
+            a.text
+        );
+    }
+    // The B2BUA holds the far end in turn: a re-INVITE with a=sendonly, which
+    // the far end (callee.xml) answers a=recvonly.
+    let held = callee
+        .received()
+        .into_iter()
+        .filter(|m| {
+            m.is_request("INVITE")
+                && m.header("To").is_some_and(|t| t.contains(";tag="))
+                && m.body().lines().any(|l| l.trim() == "a=sendonly")
+        })
+        .count();
+    assert_eq!(held, calls, "the hold did not reach the far end");
+}
+
+/// RFC 3264 section 8 (and RFC 6337 5.2.5): every later SDP of a session keeps
+/// the `o=` line of the first, with the version incremented.
+#[test]
+fn reinvite_answer_keeps_the_sdp_origin() {
+    let _serial = serial();
+    let (_sbc, caller, _callee) = hold_calls("hold-origin", 4, 1);
+    let received = caller.received();
+    let first = answers_to(&received, 1);
+    let hold = answers_to(&received, 2);
+    let origin = |m: &TracedMessage| -> Vec<String> {
+        let o = m
+            .body()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("o="))
+            .unwrap_or_else(|| panic!("no o= in\n{}", m.text));
+        o.split_whitespace().map(str::to_string).collect()
+    };
+    let (o1, o2) = (origin(first[0]), origin(hold[0]));
+    assert_eq!(o1.len(), 6, "{o1:?}");
+    assert_eq!(
+        (&o1[0], &o1[1], &o1[3..]),
+        (&o2[0], &o2[1], &o2[3..]),
+        "the re-INVITE's answer changed the origin's username, session id or address: {o1:?} -> {o2:?}"
+    );
+    let (v1, v2): (u64, u64) = (o1[2].parse().unwrap(), o2[2].parse().unwrap());
+    assert_eq!(v2, v1 + 1, "{o1:?} -> {o2:?}");
+}
+
+#[test]
+fn digest_auth_toward_the_trunk() {
+    let _serial = serial();
+    let calls = 3;
+    let carrier = SippCmd::new("carrier-with-auth", "callee_auth.xml", lo(3)).calls(calls);
+    let cfg = format!(
+        "{}{}",
+        carrier_trunk(
+            carrier.addr(),
+            "username = \"acme\"\npassword = \"sbc-test-secret\""
+        ),
+        number("pstn-out", "+15550200", "pstn:+15550123")
+    );
+    let sbc = Sbc::start(&SbcSpec::new("digest", rtp(5), cfg));
+    let mut carrier = carrier.spawn();
+    let mut caller = caller("caller", "caller.xml", &sbc, "+15550200", calls)
+        .hold_ms(200)
+        .spawn();
+    caller.assert_success(SIPP_DONE);
+    // The carrier verified every retried INVITE's Authorization (verifyauth).
+    carrier.assert_success(SIPP_DONE);
+
+    sbc.assert_idle(IDLE);
+    assert_eq!(
+        sbc.metric("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64
+    );
+    let invites: Vec<TracedMessage> = carrier
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("INVITE"))
+        .collect();
+    assert_eq!(invites.len(), 2 * calls, "one challenged, one retried");
+    assert!(
+        invites
+            .iter()
+            .all(|m| m.start_line() == "INVITE sip:+15550123@carrier.test SIP/2.0"),
+        "{}",
+        invites[0].text
+    );
+    let with_auth = invites
+        .iter()
+        .filter(|m| m.header("Authorization").is_some())
+        .count();
+    assert_eq!(with_auth, calls);
+}
+
+#[test]
+fn a_stranger_gets_a_stateless_403() {
+    let _serial = serial();
+    let calls = 3;
+    let cfg = to_sip_target("127.0.0.3:5060".parse().unwrap(), "");
+    let sbc = Sbc::start(&SbcSpec::new("stranger", rtp(6), cfg));
+    // 127.0.0.9 is no trunk's. Its scenario waits 2 s before it ACKs each 403.
+    let mut stranger = SippCmd::new("stranger", "caller_forbidden.xml", lo(9))
+        .remote(sbc.sip)
+        .service("+15550100")
+        .calls(calls)
+        .rate(10)
+        .spawn();
+    // While it runs, the SBC holds no state for it.
+    let mut stateful = Vec::new();
+    while stranger.wait(Duration::from_millis(100)).is_none() {
+        let seen = sbc.metrics();
+        for g in [
+            "sbc_sip_transactions",
+            "sbc_sip_legs",
+            "sbc_sip_dialogs",
+            "sbc_calls_active",
+        ] {
+            if seen.value(g, &[]) != 0.0 {
+                stateful.push(format!("{g}={}", seen.value(g, &[])));
+            }
+        }
+    }
+    stranger.assert_success(SIPP_DONE);
+    assert!(stateful.is_empty(), "state for a stranger: {stateful:?}");
+
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_sip_rejected_total", &["status=\"403\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    for g in [
+        "sbc_sip_transactions",
+        "sbc_sip_legs",
+        "sbc_sip_dialogs",
+        "sbc_calls_active",
+        "sbc_calls_started_total",
+        "sbc_sip_retransmissions",
+    ] {
+        assert_eq!(m.value(g, &[]), 0.0, "{g}: {:?}", m.samples);
+    }
+    // Stateless: one 403 per INVITE, never retransmitted although the ACK came
+    // only 2 s later (a stateful server resends its 403 at 0.5 s, 1.5 s...).
+    let invites_sent = stranger
+        .sent()
+        .iter()
+        .filter(|m| m.is_request("INVITE"))
+        .count();
+    let forbidden: Vec<TracedMessage> = stranger
+        .received()
+        .into_iter()
+        .filter(|m| m.status() == Some(403))
+        .collect();
+    assert_eq!(invites_sent, calls);
+    assert_eq!(
+        forbidden.len(),
+        invites_sent,
+        "{}",
+        forbidden.first().map_or("", |m| m.text.as_str())
+    );
+}
+
+#[test]
+fn a_flood_is_banned_while_another_source_completes_its_calls() {
+    let _serial = serial();
+    let calls = 20;
+    let callee = pcmu_callee("callee", calls);
+    let protection =
+        "[protection]\nrate_limit_requests = 100\nrate_limit_window = \"1s\"\nban_time = \"60s\"\n";
+    let sbc = Sbc::start(&SbcSpec::new(
+        "flood",
+        rtp(7),
+        to_sip_target(callee.addr(), protection),
+    ));
+    let mut callee = callee.spawn();
+    // 500 OPTIONS per second for 5 s from 127.0.0.5.
+    let flood_total = 2500;
+    let mut flood = SippCmd::new("flood", "flood_options.xml", lo(5))
+        .remote(sbc.sip)
+        .service("flood")
+        .calls(flood_total)
+        .rate(500)
+        .spawn();
+    let bans = sbc.wait_metric("sbc_sip_bans", &[], Duration::from_secs(20), |v| v >= 1.0);
+    assert_eq!(bans, 1.0, "the flood was not banned\n{}", sbc.logs());
+    // The carrier calls while the flood goes on (3 requests per call at 10 calls
+    // per second: well within its limit of 100 per second).
+    let mut caller = caller("caller", "caller.xml", &sbc, "+15550100", calls)
+        .hold_ms(200)
+        .spawn();
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    flood.assert_success(SIPP_DONE);
+
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64
+    );
+    assert_eq!(m.value("sbc_sip_bans", &[]), 1.0, "only the flooder");
+    let dropped = m.value("sbc_sip_banned_drops", &[]);
+    assert!(
+        dropped >= (flood_total - 100 - 200) as f64,
+        "only {dropped} of {flood_total} flood messages were dropped: {:?}",
+        m.samples
+    );
+}
+
+#[test]
+fn sigterm_ends_active_calls_with_bye_and_exits() {
+    let _serial = serial();
+    let calls = 5;
+    let callee = pcmu_callee("callee", calls);
+    let mut spec = SbcSpec::new("sigterm", rtp(8), to_sip_target(callee.addr(), ""));
+    spec.drain_secs = 2;
+    let mut sbc = Sbc::start(&spec);
+    let mut callee = callee.spawn();
+    // Callers that stay until the SBC hangs up.
+    let mut caller = caller(
+        "caller-until-bye",
+        "caller_until_bye.xml",
+        &sbc,
+        "+15550100",
+        calls,
+    )
+    .hold_ms(60_000)
+    .spawn();
+    let up = sbc.wait_metric("sbc_calls_active", &[], Duration::from_secs(30), |v| {
+        v == calls as f64
+    });
+    assert_eq!(up, calls as f64, "{}", sbc.logs());
+
+    let clock = sbc::clock::Clock::new();
+    sbc.terminate();
+    let status = sbc.wait_exit(Duration::from_secs(20));
+    let took = clock.now().as_micros() as f64 / 1e6;
+    let status = status.unwrap_or_else(|| panic!("sbc still runs 20 s after SIGTERM"));
+    eprintln!("sbc exited {took:.2} s after SIGTERM");
+    assert!(status.success(), "sbc exited with {status}\n{}", sbc.logs());
+    // It drains for 2 s, then ends the calls, waits (up to 3 s) for the BYEs'
+    // answers and stops.
+    assert!(
+        (1.9..=7.0).contains(&took),
+        "sbc exited {took:.2} s after SIGTERM (drain 2 s)\n{}",
+        sbc.logs()
+    );
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    let byes = caller
+        .received()
+        .iter()
+        .filter(|m| m.is_request("BYE"))
+        .count();
+    assert_eq!(byes, calls, "every caller got a BYE");
+    let byes = callee
+        .received()
+        .iter()
+        .filter(|m| m.is_request("BYE"))
+        .count();
+    assert_eq!(byes, calls, "every far end got a BYE");
+}
+
+#[test]
+fn topology_is_hidden_both_ways() {
+    let _serial = serial();
+    let calls = 2;
+    let callee = pcmu_callee("callee", calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "topology",
+        rtp(9),
+        to_sip_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    let mut caller = caller("caller", "caller.xml", &sbc, "+15550100", calls)
+        .hold_ms(200)
+        .spawn();
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+
+    let caller_sent = caller.sent();
+    let callee_sent = callee.sent();
+    let caller_got = caller.received();
+    let callee_got = callee.received();
+    assert!(
+        ["INVITE", "ACK", "BYE"]
+            .iter()
+            .all(|m| callee_got.iter().any(|x| x.is_request(m))),
+        "the far end got INVITE, ACK and BYE"
+    );
+    // What identifies the caller's side must not reach the far end...
+    let mut caller_side = vec!["127.0.0.2".to_string(), caller.addr.to_string()];
+    caller_side.extend(values(&caller_sent, "Call-ID"));
+    caller_side.extend(caller_sent.iter().flat_map(TracedMessage::via_branches));
+    caller_side.extend(tags(&caller_sent, "From"));
+    assert_hidden(&callee_got, &caller_side, "the far end");
+    // ... and the far end's side must not reach the caller.
+    let mut callee_side = vec!["127.0.0.3".to_string(), callee.addr.to_string()];
+    callee_side.extend(values(&callee_got, "Call-ID"));
+    callee_side.extend(callee_got.iter().flat_map(TracedMessage::via_branches));
+    callee_side.extend(tags(&callee_sent, "To"));
+    assert_hidden(&caller_got, &callee_side, "the caller");
+}
+
+// ----- trace helpers -----
+
+/// The 200s to INVITEs with CSeq number `cseq`, in order.
+fn answers_to(received: &[TracedMessage], cseq: u32) -> Vec<&TracedMessage> {
+    received
+        .iter()
+        .filter(|m| {
+            m.status() == Some(200)
+                && m.header("CSeq").is_some_and(|c| {
+                    c.split_whitespace()
+                        .eq([cseq.to_string().as_str(), "INVITE"])
+                })
+        })
+        .collect()
+}
+
+fn values(msgs: &[TracedMessage], header: &str) -> Vec<String> {
+    let mut v: Vec<String> = msgs
+        .iter()
+        .flat_map(|m| m.headers(header))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn distinct(msgs: &[TracedMessage], header: &str) -> usize {
+    values(msgs, header).len()
+}
+
+/// The `tag` parameters of `header` (From or To) in `msgs`.
+fn tags(msgs: &[TracedMessage], header: &str) -> Vec<String> {
+    let mut v: Vec<String> = msgs
+        .iter()
+        .flat_map(|m| m.headers(header))
+        .filter_map(|h| {
+            h.split(';')
+                .find_map(|p| p.trim().strip_prefix("tag="))
+                .map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn assert_hidden(got: &[TracedMessage], secrets: &[String], who: &str) {
+    assert!(!secrets.is_empty() && !got.is_empty());
+    for m in got {
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            assert!(
+                !m.text.contains(s.as_str()),
+                "{who} received `{s}` from the other side:\n{}",
+                m.text
+            );
+        }
+    }
+}
