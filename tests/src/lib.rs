@@ -1,5 +1,6 @@
 //! Helpers shared by the cross-crate integration tests in `tests/tests/`.
 
+pub mod agent;
 pub mod sbc_process;
 
 use std::path::PathBuf;
