@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Run every test"; .ci/run runs exactly it).
 # On a fresh Debian machine with only Rust and gcc it installs what is missing
-# (as root, with apt-get) and runs every test: format, lints, unit, integration,
-# doc and bench-smoke tests, and the fuzz corpus replay.
+# (as root, with apt-get; Node.js 20 from the npm registry when the machine has no
+# Node 20+) and runs every test: format, lints, unit, integration (SIPp, real
+# sockets), doc and bench-smoke tests, the fuzz corpus replay, the SDK's node
+# tests and the browser end-to-end suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +13,9 @@ command -v cmake >/dev/null || need+=(cmake)   # libopus is built by cmake
 command -v make >/dev/null || need+=(make)     # cmake's default generator
 command -v c++ >/dev/null || need+=(g++)       # libFuzzer (fuzz target build)
 command -v sipp >/dev/null || need+=(sip-tester) # SIPp: SIP interop and load tests
+[ -n "${CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium) # browser e2e
+command -v curl >/dev/null || need+=(curl ca-certificates) # Node.js, when missing
+command -v python3 >/dev/null || need+=(python3)           # checks what curl fetched
 if ((${#need[@]})); then
   echo "ci: installing ${need[*]}"
   SUDO=""
@@ -19,8 +24,13 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Node.js 20+ for the SDK tests and the browser suite (tests/tools/node.sh).
+source tests/tools/node.sh
+ensure_node
+
 export CARGO_TERM_COLOR=never
 step() { echo; echo "=== $* ($(date +%T))"; }
+start=$(date +%s)
 
 step "format"
 cargo fmt --all -- --check
@@ -28,8 +38,17 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "binaries (sbc, test-carrier, test-agent: the real-socket tests run them)"
+cargo build --workspace --bins --locked
+
 step "tests (unit, integration, doc)"
 cargo test --workspace --locked
+
+step "rustdoc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "SDK and demo page (node)"
+node --test sbc/web/test/
 
 step "bench smoke (each bench once, debug build)"
 cargo test --workspace --benches --locked
@@ -37,4 +56,7 @@ cargo test --workspace --benches --locked
 step "fuzz targets build"
 CARGO_TARGET_DIR=target cargo build --manifest-path fuzz/Cargo.toml --bins --locked
 
-step "all passed"
+step "browser end-to-end (Chromium against the real sbc)"
+tests/e2e/run.sh
+
+step "all passed in $(($(date +%s) - start)) s"

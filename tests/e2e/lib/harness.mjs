@@ -1,0 +1,587 @@
+// The end-to-end harness: the real `sbc` binary on free loopback ports with a
+// generated config, `test-carrier` processes on the SIP side, and Chromium
+// (playwright-core, Debian's /usr/bin/chromium) running the served demo page.
+// Every process's output goes to the run's artifacts folder with the screenshots.
+
+import { spawn } from 'node:child_process';
+import { createHash, createHmac } from 'node:crypto';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(REPO, process.env.CARGO_TARGET_DIR) : path.join(REPO, 'target');
+export const SBC_BIN = process.env.SBC_BIN || path.join(TARGET, 'debug', 'sbc');
+export const CARRIER_BIN = process.env.CARRIER_BIN || path.join(TARGET, 'debug', 'test-carrier');
+export const AGENT_BIN = process.env.AGENT_BIN || path.join(TARGET, 'debug', 'test-agent');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const API_KEY = 'e2e-backend-key';
+const TOKEN_SECRET = 'e2e-token-secret-0123456789abcdef-0123456789';
+
+/** The run's artifacts folder (E2E_ARTIFACTS, else a new temp dir), printed once. */
+export function artifactsRoot() {
+  if (!process.env.E2E_ARTIFACTS) {
+    // `node --test` runs each file in a child: share one folder per run (the runner's pid).
+    process.env.E2E_ARTIFACTS = path.join(os.tmpdir(), `sbc-e2e-${process.ppid}`);
+  }
+  fs.mkdirSync(process.env.E2E_ARTIFACTS, { recursive: true });
+  return process.env.E2E_ARTIFACTS;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const near = (f, hz, tol = 20) => typeof f === 'number' && Math.abs(f - hz) <= tol;
+
+/** A port free for both UDP and TCP on 127.0.0.1 (not reserved: good enough on a test box). */
+export async function freePort() {
+  for (let i = 0; i < 50; i++) {
+    const udp = dgram.createSocket('udp4');
+    const port = await new Promise((res, rej) => {
+      udp.once('error', rej);
+      udp.bind(0, '127.0.0.1', () => res(udp.address().port));
+    });
+    const tcpOk = await new Promise((res) => {
+      const s = net.createServer();
+      s.once('error', () => res(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => res(true)));
+    });
+    udp.close();
+    if (tcpOk) return port;
+  }
+  throw new Error('no free port');
+}
+
+/** Writes a 16-bit mono PCM WAV of a sine tone (the fake microphone). */
+export function writeToneWav(file, { hz = 440, seconds = 10, rate = 48000, amplitude = 0.5 } = {}) {
+  const n = Math.round(seconds * rate);
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write('RIFF', 0);
+  buf.writeUInt32LE(36 + n * 2, 4);
+  buf.write('WAVE', 8);
+  buf.write('fmt ', 12);
+  buf.writeUInt32LE(16, 16);
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(rate, 24);
+  buf.writeUInt32LE(rate * 2, 28);
+  buf.writeUInt16LE(2, 32);
+  buf.writeUInt16LE(16, 34);
+  buf.write('data', 36);
+  buf.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) {
+    buf.writeInt16LE(Math.round(amplitude * 32767 * Math.sin((2 * Math.PI * hz * i) / rate)), 44 + i * 2);
+  }
+  fs.writeFileSync(file, buf);
+  return file;
+}
+
+/** Every child still running, killed if this test process exits early. */
+const LIVE = new Set();
+process.on('exit', () => {
+  for (const child of LIVE) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+
+/** A child process whose stdout lines are collected (JSON-parsed when they are JSON). */
+export class Proc {
+  constructor(name, cmd, args, { logDir, env } = {}) {
+    this.name = name;
+    this.lines = [];
+    this.events = [];
+    this.waiters = new Set();
+    this.exited = null;
+    const logFile = path.join(logDir, `${name}.log`);
+    this.log = fs.createWriteStream(logFile);
+    this.logFile = logFile;
+    this.log.write(`$ ${cmd} ${args.join(' ')}\n`);
+    this.child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    LIVE.add(this.child);
+    this.child.stdin.on('error', () => {}); // EPIPE after an exit: the exit is what matters
+    this.child.on('error', (err) => {
+      this.exited = { error: err.message };
+      this._wake();
+    });
+    this.child.on('exit', (code, signal) => {
+      LIVE.delete(this.child);
+      this.exited = { code, signal };
+      this.log.write(`[exit code=${code} signal=${signal}]\n`);
+      this._wake();
+    });
+    let out = '';
+    this.child.stdout.on('data', (d) => {
+      out += d;
+      let i;
+      while ((i = out.indexOf('\n')) >= 0) {
+        const line = out.slice(0, i);
+        out = out.slice(i + 1);
+        this._line(line);
+      }
+    });
+    this.child.stderr.on('data', (d) => this.log.write(d));
+  }
+
+  _line(line) {
+    // Each line is stamped with this process's clock too (performance.now, ms).
+    this.log.write(`${line}\n`);
+    this.lines.push(line);
+    let ev = null;
+    try {
+      ev = JSON.parse(line);
+    } catch {
+      /* not JSON: a banner line */
+    }
+    if (ev && typeof ev === 'object') {
+      ev.at = performance.now();
+      this.events.push(ev);
+    }
+    this._wake();
+  }
+
+  _wake() {
+    for (const w of [...this.waiters]) w();
+  }
+
+  /** Resolves with the first event (from `from` on) for which `pred` holds. */
+  waitFor(pred, { timeout = 10000, what = 'event', from = 0 } = {}) {
+    return new Promise((resolve, reject) => {
+      let timer = null;
+      const check = () => {
+        for (let i = from; i < this.events.length; i++) {
+          if (pred(this.events[i])) {
+            this.waiters.delete(check);
+            clearTimeout(timer);
+            resolve(this.events[i]);
+            return;
+          }
+        }
+        if (this.exited) {
+          this.waiters.delete(check);
+          clearTimeout(timer);
+          reject(new Error(`${this.name} exited (${JSON.stringify(this.exited)}) while waiting for ${what}; log: ${this.logFile}`));
+        }
+      };
+      timer = setTimeout(() => {
+        this.waiters.delete(check);
+        reject(new Error(`${this.name}: timed out after ${timeout} ms waiting for ${what}; log: ${this.logFile}\nlast events:\n${this.events.slice(-8).map((e) => JSON.stringify(e)).join('\n')}`));
+      }, timeout);
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  /** Resolves with the first stdout line matching `re`. */
+  waitLine(re, { timeout = 15000 } = {}) {
+    return new Promise((resolve, reject) => {
+      let timer = null;
+      const check = () => {
+        const l = this.lines.find((x) => re.test(x));
+        if (l || this.exited) {
+          this.waiters.delete(check);
+          clearTimeout(timer);
+          if (l) resolve(l);
+          else reject(new Error(`${this.name} exited (${JSON.stringify(this.exited)}) before printing ${re}; log: ${this.logFile}`));
+        }
+      };
+      timer = setTimeout(() => {
+        this.waiters.delete(check);
+        reject(new Error(`${this.name}: no line ${re} within ${timeout} ms; log: ${this.logFile}`));
+      }, timeout);
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  send(obj) {
+    if (!this.exited) this.child.stdin.write(`${JSON.stringify(obj)}\n`);
+  }
+
+  async stop(signal = 'SIGTERM', graceMs = 3000) {
+    if (this.exited) return;
+    const done = new Promise((r) => this.child.once('exit', r));
+    this.child.kill(signal);
+    const timer = sleep(graceMs).then(() => 'timeout');
+    if ((await Promise.race([done, timer])) === 'timeout' && !this.exited) {
+      this.child.kill('SIGKILL');
+      await done;
+    }
+    await new Promise((r) => this.log.end(r));
+  }
+}
+
+/** A test-carrier process. */
+export class Carrier extends Proc {
+  /** Events whose `event` is `name` (optionally only from process time `afterMs` on). */
+  all(name, afterMs = -Infinity) {
+    return this.events.filter((e) => e.event === name && e.t_ms >= afterMs);
+  }
+
+  /** Waits for `need` consecutive tone reports near `hz` (after carrier time `afterMs`). */
+  async hears(hz, { afterMs = -Infinity, from = 0, need = 2, minDb = -40, timeout = 10000, tol = 20 } = {}) {
+    let run = 0;
+    const ev = await this.waitFor(
+      (e) => {
+        if (e.event !== 'tone' || e.t_ms < afterMs) return false;
+        run = near(e.freq, hz, tol) && e.level_db > minDb ? run + 1 : 0;
+        return run >= need;
+      },
+      { timeout, from, what: `${need} tone reports of ${hz} Hz after t=${afterMs}` },
+    );
+    return ev;
+  }
+
+  /** Stops (closing stdin first makes it hang up and exit on its own). */
+  async stop() {
+    if (!this.exited) {
+      this.child.stdin.end();
+      await Promise.race([new Promise((r) => this.child.once('exit', r)), sleep(1500)]);
+    }
+    await super.stop();
+  }
+}
+
+/** The TOML of an sbc config. */
+export function sbcToml(o) {
+  const q = (s) => JSON.stringify(String(s));
+  const list = (a) => `[${a.map(q).join(', ')}]`;
+  const lines = [
+    '# generated by tests/e2e/lib/harness.mjs',
+    '[sip]',
+    `udp = ${q(`127.0.0.1:${o.sip}`)}`,
+    `user_agent = "sbc-e2e"`,
+    '',
+    '[media]',
+    `rtp_bind = "127.0.0.1"`,
+    `rtp_ports = ${q(`${o.rtpLo}-${o.rtpLo + 199}`)}`,
+    `webrtc = ${q(`127.0.0.1:${o.webrtc}`)}`,
+    ...(o.webrtcAdvertise ? [`webrtc_advertise = ${q(o.webrtcAdvertise)}`] : []),
+    `media_timeout = "30s"`,
+    '',
+    '[http]',
+    `listen = ${q(`127.0.0.1:${o.http}`)}`,
+    `allowed_origins = ${list([`http://127.0.0.1:${o.http}`])}`,
+    '',
+    '[auth]',
+    `token_secret = ${q(TOKEN_SECRET)}`,
+    '',
+    '[[auth.api_keys]]',
+    'name = "e2e"',
+    `sha256 = ${q(createHash('sha256').update(API_KEY).digest('hex'))}`,
+    '',
+    '[limits]',
+    `reconnect_grace = ${q(o.grace || '30s')}`,
+    '',
+  ];
+  for (const t of o.trunks || []) {
+    lines.push(
+      '[[trunks]]',
+      `name = ${q(t.name)}`,
+      `host = ${q(t.host || `${t.name}.test`)}`,
+      `peers = ${list(t.peers)}`,
+      `inbound = ${list(t.inbound || ['127.0.0.1'])}`,
+      `codecs = ${list(t.codecs || ['PCMU'])}`,
+      `dtmf = ${q(t.dtmf || 'rfc4733')}`,
+      '',
+    );
+  }
+  for (const st of o.streams || []) {
+    lines.push('[[streams]]', `url = ${q(st.url)}`, `format = ${q(st.format || 'pcm16-24k')}`, '');
+  }
+  for (const n of o.numbers || []) {
+    const steps = n.dial.map((s) => `{ ring = ${list(s.ring)}${s.timeout ? `, timeout = ${q(s.timeout)}` : ''} }`);
+    lines.push('[[numbers]]', `id = ${q(n.id)}`, `e164 = ${q(n.e164)}`, `name = ${q(n.name || n.id)}`, `dial = [${steps.join(', ')}]`, '');
+  }
+  lines.push('[log]', `level = ${q(o.logLevel || 'info,sbc=debug,sip_bridge=debug')}`, '', '[demo]', `enabled = ${o.demo === false ? 'false' : 'true'}`, '');
+  return lines.join('\n');
+}
+
+/** An HS256 JWT signed with `secret` (for bad-token tests: a foreign secret). */
+export function jwt(claims, secret) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}
+
+const CHROMIUM_ARGS = (wav) => [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  `--use-file-for-fake-audio-capture=${wav}`,
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+/**
+ * Runs in every operator page before its scripts: the SDK's default `getUserMedia({audio:
+ * true})` gets Chromium's voice processing, whose noise suppressor takes a steady test tone
+ * for noise and fades it by about 6 dB a second; ask for the raw fake microphone instead.
+ */
+const RAW_MIC = () => {
+  const md = navigator.mediaDevices;
+  if (!md || !md.getUserMedia) return;
+  const orig = md.getUserMedia.bind(md);
+  md.getUserMedia = (c) =>
+    orig(c && c.audio === true ? { ...c, audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } } : c);
+};
+
+/**
+ * One scenario's world: an sbc, carriers, a Chromium. `stop()` ends them all
+ * (registered with the test's `after`).
+ */
+export class Env {
+  static async start(name, o = {}) {
+    const env = new Env(name);
+    try {
+      await env._start(o);
+    } catch (err) {
+      await env.stop();
+      throw err;
+    }
+    return env;
+  }
+
+  constructor(name) {
+    this.name = name;
+    this.dir = path.join(artifactsRoot(), name);
+    fs.mkdirSync(this.dir, { recursive: true });
+    this.procs = [];
+    this.pages = [];
+    this.shotSeq = 0;
+    this.browser = null;
+    console.log(`# ${name}: screenshots and logs in ${this.dir}`);
+  }
+
+  async _start(o) {
+    const [sip, webrtc, http] = [await freePort(), o.webrtcPort || (await freePort()), await freePort()];
+    // RTP below the kernel's ephemeral range (32768+), where carriers bind.
+    const rtpLo = 20000 + 2 * Math.floor(Math.random() * 5000);
+    this.ports = { sip, webrtc, http, rtpLo };
+    // Trunk peers are answering carriers, started before the sbc (`o.answerCarriers`:
+    // name -> extra args); a trunk names them in `peers`.
+    this.carriers = {};
+    for (const [key, args] of Object.entries(o.answerCarriers || {})) {
+      const port = await freePort();
+      this.carriers[key] = await this.carrier(key, ['answer', '--listen', `127.0.0.1:${port}`, ...args]);
+      this.carriers[key].sip = `127.0.0.1:${port}`;
+    }
+    const trunks = (o.trunks || []).map((t) => ({ ...t, peers: t.peers.map((p) => this.carriers[p]?.sip || p) }));
+    const toml = sbcToml({ ...o, sip, webrtc, http, rtpLo, trunks, webrtcAdvertise: o.webrtcAdvertise });
+    this.configFile = path.join(this.dir, 'sbc.toml');
+    fs.writeFileSync(this.configFile, toml);
+    this.sbc = new Proc('sbc', SBC_BIN, ['--config', this.configFile, '--drain', '1'], {
+      logDir: this.dir,
+      env: { RUST_LOG: process.env.E2E_RUST_LOG || 'info,sbc=debug,sip_bridge=debug', NO_COLOR: '1' },
+    });
+    this.procs.push(this.sbc);
+    await this.sbc.waitLine(/HTTP\s/);
+    this.sbcSip = `127.0.0.1:${sip}`;
+    this.url = `http://127.0.0.1:${http}/`;
+    // Chromium, with the fake microphone playing a 440 Hz tone.
+    this.wav = writeToneWav(path.join(this.dir, 'mic-440.wav'), { hz: 440, seconds: 10 });
+    this.browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS(this.wav),
+    });
+  }
+
+  /** Starts a test-carrier and waits until it listens. */
+  async carrier(name, args) {
+    const c = new Carrier(`carrier-${name}`, CARRIER_BIN, args, { logDir: this.dir });
+    this.procs.push(c);
+    await c.waitFor((e) => e.event === 'ready', { timeout: 10000, what: 'ready' });
+    return c;
+  }
+
+  /** Starts a test-agent (AI voice agent over WebSocket) and waits until it listens. */
+  async agent(name, args) {
+    const a = new Proc(`agent-${name}`, AGENT_BIN, args, { logDir: this.dir });
+    this.procs.push(a);
+    await a.waitFor((e) => e.event === 'ready', { timeout: 10000, what: 'ready' });
+    return a;
+  }
+
+  /** A new browser context + page on the demo, with an event recorder. */
+  async operator(name, { initScript, rawMic = true } = {}) {
+    const context = await this.browser.newContext({ permissions: ['microphone'], viewport: { width: 1100, height: 900 } });
+    if (rawMic) await context.addInitScript(RAW_MIC);
+    if (initScript) await context.addInitScript(initScript);
+    const page = await context.newPage();
+    const log = fs.createWriteStream(path.join(this.dir, `page-${name}.log`));
+    page.on('console', (m) => log.write(`[${m.type()}] ${m.text()}\n`));
+    page.on('pageerror', (e) => log.write(`[pageerror] ${e.stack || e}\n`));
+    // Every signalling frame, for post-mortems (SDP bodies shortened).
+    const short = (p) => String(p).replace(/"sdp":"(?:[^"\\]|\\.)*"/, '"sdp":"..."');
+    page.on('websocket', (ws) => {
+      const t = () => (performance.now() / 1000).toFixed(3);
+      log.write(`[ws ${t()}] open ${ws.url()}\n`);
+      ws.on('framesent', (f) => log.write(`[ws ${t()}] > ${short(f.payload)}\n`));
+      ws.on('framereceived', (f) => log.write(`[ws ${t()}] < ${short(f.payload)}\n`));
+      ws.on('close', () => log.write(`[ws ${t()}] closed\n`));
+    });
+    const op = new OperatorPage(this, name, context, page, log);
+    this.pages.push(op);
+    await op.open();
+    return op;
+  }
+
+  async shot(page, label) {
+    const file = path.join(this.dir, `${String(++this.shotSeq).padStart(2, '0')}-${label}.png`);
+    await page.screenshot({ path: file }).catch(() => {});
+    return file;
+  }
+
+  /** POST /v1/tokens with the configured (or another) API key. */
+  async apiToken(body, key = API_KEY) {
+    const res = await fetch(`${this.url}v1/tokens`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-API-Key': key },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, body: await res.json().catch(() => null) };
+  }
+
+  async stop() {
+    for (const p of this.pages) await p.close().catch(() => {});
+    if (this.browser) await this.browser.close().catch(() => {});
+    for (const p of [...this.procs].reverse()) await p.stop().catch(() => {});
+  }
+}
+
+/** One operator: a browser context on the demo page. */
+export class OperatorPage {
+  constructor(env, name, context, page, log) {
+    this.env = env;
+    this.name = name;
+    this.context = context;
+    this.page = page;
+    this.log = log;
+    this.tokenRequests = 0;
+    page.on('request', (r) => {
+      if (r.url().endsWith('/demo/token')) this.tokenRequests++;
+    });
+  }
+
+  async open() {
+    await this.page.goto(this.env.url);
+    await this.page.waitForFunction(() => window.demo && window.demo.operator);
+    // Record what the SDK emits, for assertions.
+    await this.page.evaluate(() => {
+      const ev = (window.__events = []);
+      const op = window.demo.operator;
+      const t = () => Math.round(performance.now());
+      op.on('incomingCall', (c) => ev.push({ type: 'incomingCall', callId: c.callId, from: c.from, to: c.to, t: t() }));
+      op.on('callStarted', (c) => ev.push({ type: 'callStarted', callId: c.callId, t: t() }));
+      op.on('callEnded', (c) => ev.push({ type: 'callEnded', callId: c.callId, reason: c.endReason, code: c.endCode, t: t() }));
+      op.on('error', (e) => ev.push({ type: 'error', code: e.code, message: e.message, callId: e.callId, t: t() }));
+      op.on('presenceStateChanged', (s) => ev.push({ type: 'presence', state: s.state, previous: s.previous, t: t() }));
+    });
+  }
+
+  shot(label) {
+    return this.env.shot(this.page, `${this.name}-${label}`);
+  }
+
+  events() {
+    return this.page.evaluate(() => window.__events);
+  }
+
+  /** Waits for a recorded SDK event matching `pred` (a function source run in the page). */
+  async waitEvent(pred, { timeout = 10000, what = 'event' } = {}) {
+    try {
+      await this.page.waitForFunction((src) => window.__events.some(new Function('e', `return (${src})(e)`)), pred.toString(), { timeout });
+    } catch (err) {
+      throw new Error(`${this.name}: no ${what} within ${timeout} ms; events: ${JSON.stringify(await this.events().catch(() => null))}`);
+    }
+    return this.page.evaluate((src) => window.__events.find(new Function('e', `return (${src})(e)`)), pred.toString());
+  }
+
+  /** Types the name and clicks "Go online"; waits until online with numbers taken. */
+  async goOnline() {
+    await this.page.fill('#operator-name', this.name);
+    await this.page.click('#go-online');
+    await this.page.waitForSelector('#presence[data-state="online"]', { timeout: 10000 });
+    await this.page.waitForSelector('#numbers li[data-status="accepted"]', { timeout: 10000 });
+  }
+
+  async callState() {
+    return this.page.evaluate(() => {
+      const c = window.demo.call;
+      return c && { callId: c.callId, state: c.state, direction: c.direction, earlyMedia: c.earlyMedia, endReason: c.endReason };
+    });
+  }
+
+  async waitCallState(state, timeout = 10000) {
+    try {
+      await this.page.waitForFunction((s) => window.demo.call && window.demo.call.state === s, state, { timeout });
+    } catch {
+      throw new Error(`${this.name}: call not ${state} within ${timeout} ms: ${JSON.stringify(await this.callState())}`);
+    }
+  }
+
+  /**
+   * Listens to the call's remote stream with an AnalyserNode until `need` consecutive
+   * 100 ms readings have their peak (100-4000 Hz) within `tol` of `hz`. Returns
+   * `{ok, freq, db, readings}`.
+   */
+  hear(hz, { timeout = 8000, need = 3, tol = 20, minDb = -70 } = {}) {
+    return this.page.evaluate(
+      async ({ hz, timeout, need, tol, minDb }) => {
+        const stream = window.demo.call && window.demo.call.remoteStream;
+        if (!stream) return { ok: false, error: 'no remote stream', readings: [] };
+        const ctx = (window.__ac ||= new AudioContext());
+        if (ctx.state !== 'running') await ctx.resume();
+        const src = ctx.createMediaStreamSource(stream);
+        const an = ctx.createAnalyser();
+        an.fftSize = 8192;
+        an.smoothingTimeConstant = 0;
+        src.connect(an);
+        const bins = new Float32Array(an.frequencyBinCount);
+        const hzPerBin = ctx.sampleRate / an.fftSize;
+        const readings = [];
+        let run = 0;
+        const t0 = performance.now();
+        try {
+          while (performance.now() - t0 < timeout) {
+            await new Promise((r) => setTimeout(r, 100));
+            an.getFloatFrequencyData(bins);
+            let best = -1;
+            for (let i = Math.ceil(100 / hzPerBin); i < Math.min(bins.length - 1, 4000 / hzPerBin); i++) {
+              if (best < 0 || bins[i] > bins[best]) best = i;
+            }
+            // Parabolic interpolation around the peak bin.
+            const [a, b, c] = [bins[best - 1], bins[best], bins[best + 1]];
+            const p = a - 2 * b + c === 0 ? 0 : (0.5 * (a - c)) / (a - 2 * b + c);
+            const freq = Math.round((best + p) * hzPerBin);
+            const db = Math.round(b * 10) / 10;
+            readings.push({ freq, db });
+            run = Math.abs(freq - hz) <= tol && db > minDb ? run + 1 : 0;
+            if (run >= need) return { ok: true, freq, db, readings };
+          }
+          const last = readings[readings.length - 1] || {};
+          return { ok: false, freq: last.freq, db: last.db, readings };
+        } finally {
+          src.disconnect();
+        }
+      },
+      { hz, timeout, need, tol, minDb },
+    );
+  }
+
+  async close() {
+    await this.context.close().catch(() => {});
+    this.log.end();
+  }
+}

