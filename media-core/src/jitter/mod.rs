@@ -296,6 +296,11 @@ pub struct JitterBuffer {
     /// When the frame after the last tick is due (the buffer's own clock).
     next_due: Option<Instant>,
     last_tick: Option<Instant>,
+    /// The time the last tick stands for on the buffer's own clock: when it was
+    /// due, if the driver woke within half a frame of that (a runtime timer rounds
+    /// up, 1-2 ms in tokio), else when it woke. The next frame is due a period
+    /// after it, so a driver's lateness never accumulates into a slow clock.
+    clock_at: Option<Instant>,
     /// Recent fraction of packets arriving after a later one (EWMA).
     reorder_rate: f64,
     stats: JitterStats,
@@ -327,6 +332,7 @@ impl JitterBuffer {
             pending_giveup: 0,
             next_due: None,
             last_tick: None,
+            clock_at: None,
             reorder_rate: 0.0,
             stats: JitterStats::default(),
             cfg,
@@ -622,19 +628,29 @@ impl JitterBuffer {
         };
         let target = self.target_us();
         self.stats.target_delay_ms = target as f64 / 1000.0;
-        // A tick later than scheduled waited for media (on the buffer's own clock
-        // it emits nothing meanwhile; the far end conceals). Account it like
-        // waiting concealment: a stall if the media comes, credited if not.
+        // A tick the buffer put off past its nominal time waited for media (on
+        // its own clock it emits nothing meanwhile; the far end conceals). Account
+        // it like waiting concealment: a stall if the media comes, credited if not.
+        // A driver waking a little after the time asked for is not a wait.
+        let mut clock_at = now;
         if self.playing
             && !self.cfg.external_clock
-            && self.pending_giveup == 0
             && let Some(due) = self.next_due
-            && now.saturating_duration_since(due).as_micros() > 1_000
         {
-            let late = now.saturating_duration_since(due).as_micros() as i64;
-            self.pending_wait += self.ticks(late) as u64;
+            let asked = self.poll_timeout().unwrap_or(due).max(due);
+            let half = std::time::Duration::from_micros(self.us(frame as i64 / 2) as u64);
+            let on_time = now >= asked && now.saturating_duration_since(asked) < half;
+            let waited_until = if on_time { asked } else { now };
+            let late = waited_until.saturating_duration_since(due).as_micros() as i64;
+            if self.pending_giveup == 0 && late > 1_000 {
+                self.pending_wait += self.ticks(late) as u64;
+            }
+            if now >= asked {
+                clock_at = waited_until;
+            }
         }
         self.last_tick = Some(now);
+        self.clock_at = Some(clock_at);
         if !self.playing {
             let Some(first) = self.packets.front() else {
                 self.fill_silence(&mut tick, frame);
@@ -954,11 +970,11 @@ impl JitterBuffer {
     /// target delay, moving at most 2 ms from the nominal frame period (half a
     /// frame in silence, where nothing is heard moving).
     fn schedule(&mut self) {
-        let Some(last) = self.last_tick else {
+        let (Some(last), Some(clock_at)) = (self.last_tick, self.clock_at) else {
             return;
         };
         let nominal =
-            last.as_micros() as i64 + self.us(self.cfg.clock.ticks_in(self.cfg.frame) as i64);
+            clock_at.as_micros() as i64 + self.us(self.cfg.clock.ticks_in(self.cfg.frame) as i64);
         let (head, ahead) = self.head();
         let Some(floor) = self.estimator.floor(last) else {
             self.next_due = Some(Self::instant(nominal));
@@ -1050,6 +1066,9 @@ mod tests {
         max_len: usize,
         /// (tick time, listener delay ms) per tick once playing.
         delays: Vec<(Instant, f64)>,
+        /// How late the driver wakes for each own-clock tick (tick index -> us):
+        /// a runtime's timer rounds up to its resolution.
+        wake_late: fn(usize) -> u64,
     }
 
     impl Sim {
@@ -1060,6 +1079,7 @@ mod tests {
                 decoded: Vec::new(),
                 max_len: 0,
                 delays: Vec::new(),
+                wake_late: |_| 0,
             }
         }
 
@@ -1096,7 +1116,9 @@ mod tests {
             loop {
                 let arrival = arrivals.get(next).map_or(u64::MAX, |a| a.0);
                 let due = if own_clock {
-                    self.jb.poll_timeout().map_or(u64::MAX, |d| d.as_micros())
+                    self.jb.poll_timeout().map_or(u64::MAX, |d| {
+                        d.as_micros() + (self.wake_late)(self.log.len())
+                    })
                 } else {
                     fixed
                 };
@@ -1141,6 +1163,40 @@ mod tests {
 
     fn cfg() -> JitterConfig {
         JitterConfig::new(ClockRate(8000))
+    }
+
+    /// A runtime's timer wakes a little late every time (tokio rounds up to the
+    /// millisecond: 1-2 ms measured in the SBC). The playout clock keeps to its
+    /// own schedule: it must not lose that time on every frame, which played
+    /// 30 ms packets 7 % slow, accelerated away the backlog and counted the
+    /// lateness as concealment.
+    #[test]
+    fn a_driver_that_wakes_late_does_not_slow_the_playout_clock() {
+        let mut sim = Sim::new(cfg());
+        sim.wake_late = |i| 1_000 + (i as u64 * 7919) % 1_000;
+        // 30 ms packets, as SIPp plays its PCMA capture, for 7.2 s.
+        let arrivals: Vec<_> = (0..240u16)
+            .map(|i| (i as u64 * 30_000 + 5_000, pkt(i, i as u32 * 240, 1, 240)))
+            .collect();
+        sim.run(arrivals, 7_300_000, true);
+        let s = sim.jb.stats();
+        assert_eq!(
+            (
+                s.late,
+                s.lost,
+                s.concealed_ticks,
+                s.underrun_ticks,
+                s.accelerated
+            ),
+            (0, 0, 0, 0, 0),
+            "{s:?}"
+        );
+        // Every packet played, at the pace it came: 7.2 s is 360 frames.
+        assert_eq!(sim.decoded.len(), 240);
+        let frames = sim.log.len();
+        assert!((355..=362).contains(&frames), "{frames} frames in 7.3 s");
+        let (_, d) = sim.delays[300];
+        assert!((19.0..27.0).contains(&d), "{d}");
     }
 
     #[test]
