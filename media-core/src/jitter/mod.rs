@@ -1487,6 +1487,7 @@ mod tests {
             }
         });
         let mut sim = Sim::new(cfg());
+        sim.wake_late = |i| 1_000 + (i as u64 * 7919) % 1_000;
         sim.run(arrivals, 10_500_000, true);
         let s = sim.jb.stats();
         // Adapts up at once: the stall is waited for or concealed, nothing breaks.
