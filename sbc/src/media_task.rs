@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use sip_bridge::stream::AgentMessage;
@@ -60,15 +61,6 @@ pub enum MediaIn {
         /// Why.
         reason: String,
     },
-    /// From one of the call's RTP sockets.
-    Rtp {
-        /// Our port.
-        port: u16,
-        /// The peer.
-        from: SocketAddr,
-        /// The datagram.
-        data: BytesMut,
-    },
 }
 
 /// What every media task shares.
@@ -113,34 +105,66 @@ async fn run(
     let mut cfg = MediaConfig::new(Some(ctx.webrtc.clone()), seed);
     cfg.media_timeout = ctx.media_timeout;
     let mut session = MediaSession::new(cfg);
-    let mut sockets: HashMap<u16, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut rtp = RtpSockets::default();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
     let number = call_number(&id);
     let mut exported = Exported::default();
     let mut export_tick = tokio::time::interval(Duration::from_secs(1));
+    // One timer, moved when the session's deadline moves (not a new one per wake-up).
+    let idle = || {
+        ctx.clock
+            .deadline(ctx.clock.now() + Duration::from_secs(3600))
+    };
+    let timer = tokio::time::sleep_until(idle());
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         let deadline = session.poll_timeout().map(|t| ctx.clock.deadline(t));
-        tokio::select! {
-            _ = export_tick.tick() => exported.export(&session),
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break };
+        if deadline != armed {
+            timer.as_mut().reset(deadline.unwrap_or_else(idle));
+            armed = deadline;
+        }
+        let wake = tokio::select! {
+            _ = export_tick.tick() => Wake::Export,
+            msg = rx.recv() => Wake::Message(msg),
+            (port, from, data) = std::future::poll_fn(|cx| rtp.poll_recv(cx)) => Wake::Rtp { port, from, data },
+            _ = timer.as_mut() => Wake::Timer,
+        };
+        let mut ports_changed = false;
+        match wake {
+            Wake::Export => exported.export(&session),
+            Wake::Timer => {
+                // Spent: idle until the session asks again.
+                timer.as_mut().reset(idle());
+                armed = None;
+                ports_changed = true; // a media timeout may end a leg
+                session.handle_timeout(ctx.clock.now());
+            }
+            Wake::Rtp { port, from, data } => session.handle_rtp(ctx.clock.now(), port, from, data),
+            Wake::Message(None) => break,
+            Wake::Message(Some(msg)) => {
                 let now = ctx.clock.now();
                 match msg {
                     MediaIn::Command(cmd) => {
-                        if let MediaCommand::AddRtp { leg, local_port, .. } = &cmd
-                            && !sockets.contains_key(local_port)
+                        ports_changed = true;
+                        if let MediaCommand::AddRtp {
+                            leg, local_port, ..
+                        } = &cmd
+                            && !rtp.map.contains_key(local_port)
                         {
                             match UdpSocket::bind((ctx.rtp_bind, *local_port)).await {
                                 Ok(s) => {
-                                    let s = Arc::new(s);
-                                    let reader = tokio::spawn(read_rtp(s.clone(), *local_port, me.clone()));
-                                    sockets.insert(*local_port, (s, reader));
+                                    rtp.map.insert(*local_port, Arc::new(s));
                                 }
                                 Err(e) => {
                                     tracing::warn!(call = %id, port = local_port, error = %e, "cannot bind RTP port");
                                     let (id2, leg) = (id.clone(), *leg);
-                                    let _ = control.send(move |c, now| c.media_event(now, &id2, MediaEvent::PortFailed { leg })).await;
+                                    let _ = control
+                                        .send(move |c, now| {
+                                            c.media_event(now, &id2, MediaEvent::PortFailed { leg })
+                                        })
+                                        .await;
                                     continue;
                                 }
                             }
@@ -150,13 +174,19 @@ async fn run(
                         }
                         session.handle_command(now, cmd);
                     }
-                    MediaIn::WebRtc { leg, from, to, data } => session.handle_webrtc(now, leg, from, to, &data),
-                    MediaIn::Rtp { port, from, data } => session.handle_rtp(now, port, from, data),
+                    MediaIn::WebRtc {
+                        leg,
+                        from,
+                        to,
+                        data,
+                    } => session.handle_webrtc(now, leg, from, to, &data),
                     MediaIn::StreamUp { leg, link } => {
                         agents.insert(leg, link);
                         session.handle_stream_connected(now, leg);
                     }
-                    MediaIn::StreamMessage { leg, msg } => session.handle_stream_message(now, leg, msg),
+                    MediaIn::StreamMessage { leg, msg } => {
+                        session.handle_stream_message(now, leg, msg)
+                    }
                     MediaIn::StreamClosed { leg, reason } => {
                         if agents.remove(&leg).is_some() || !reason.is_empty() {
                             tracing::info!(call = %id, leg, %reason, "agent stream ended");
@@ -165,12 +195,11 @@ async fn run(
                     }
                 }
             }
-            _ = sleep_until(deadline) => session.handle_timeout(ctx.clock.now()),
         }
         while let Some(t) = session.poll_transmit() {
             match t.via {
                 Via::Rtp(port) => {
-                    if let Some((s, _)) = sockets.get(&port) {
+                    if let Some(s) = rtp.map.get(&port) {
                         let _ = s.try_send_to(&t.bytes, t.to);
                     }
                 }
@@ -224,15 +253,12 @@ async fn run(
                 break;
             }
         }
-        // Ports whose legs are gone are closed at once.
-        let live = session.rtp_ports();
-        sockets.retain(|port, (_, reader)| {
-            let keep = live.contains(port);
-            if !keep {
-                reader.abort();
-            }
-            keep
-        });
+        // Ports whose legs are gone are closed at once (only commands and
+        // timeouts end legs).
+        if ports_changed {
+            let live = session.rtp_ports();
+            rtp.map.retain(|port, _| live.contains(port));
+        }
         if session.is_stopped() {
             break;
         }
@@ -241,35 +267,60 @@ async fn run(
     for leg in legs_in_mux {
         let _ = ctx.port.mux.send(MuxCmd::Remove { key: (number, leg) });
     }
-    for (_, (_, reader)) in sockets {
-        reader.abort();
-    }
 }
 
-async fn read_rtp(socket: Arc<UdpSocket>, port: u16, to: mpsc::UnboundedSender<MediaIn>) {
-    loop {
-        let mut buf = BytesMut::zeroed(1500);
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            return;
-        };
-        buf.truncate(n);
-        if to
-            .send(MediaIn::Rtp {
-                port,
-                from,
-                data: buf,
-            })
-            .is_err()
-        {
-            return;
+/// What woke the call's task.
+enum Wake {
+    Export,
+    Message(Option<MediaIn>),
+    Rtp {
+        port: u16,
+        from: SocketAddr,
+        data: BytesMut,
+    },
+    Timer,
+}
+
+/// The call's RTP sockets, read by the call's own task: no reader task and
+/// channel hop per packet (two task wake-ups), no unbounded queue a flood could
+/// grow, and datagrams land in a reused buffer without zeroing (each packet is
+/// split off it as `BytesMut`).
+#[derive(Default)]
+struct RtpSockets {
+    map: HashMap<u16, Arc<UdpSocket>>,
+    buf: BytesMut,
+    start: usize,
+}
+
+impl RtpSockets {
+    /// Largest datagram taken (bigger ones are truncated, as before).
+    const MAX_DATAGRAM: usize = 1500;
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<(u16, SocketAddr, BytesMut)> {
+        // Start one socket further each time, so a busy one cannot starve another.
+        let n = self.map.len();
+        self.start = self.start.wrapping_add(1);
+        for (&port, socket) in self.map.iter().cycle().skip(self.start % n.max(1)).take(n) {
+            // Readiness first; `try_recv_buf_from` then fills spare capacity
+            // (tokio handles the uninitialized memory).
+            while let Poll::Ready(Ok(())) = socket.poll_recv_ready(cx) {
+                // Room for a datagram; a relayed packet is gone by the next read, so
+                // this mostly reclaims the same allocation, while buffered ones keep
+                // only their own small chunk alive.
+                if self.buf.capacity() - self.buf.len() < Self::MAX_DATAGRAM {
+                    self.buf.reserve(2 * Self::MAX_DATAGRAM);
+                }
+                let mut room = (&mut self.buf).limit(Self::MAX_DATAGRAM);
+                match socket.try_recv_buf_from(&mut room) {
+                    Ok((len, from)) => return Poll::Ready((port, from, self.buf.split_to(len))),
+                    // Stale readiness, cleared by tokio: poll again to register.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    // An error queued on the socket (e.g. ICMP): try the others.
+                    Err(_) => break,
+                }
+            }
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        Poll::Pending
     }
 }
 
