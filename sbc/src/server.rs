@@ -205,16 +205,13 @@ impl ServerBuilder {
             events_tx,
             cfg.bridge.seed,
         );
-        let (control, sip_task) = sockets.spawn_with_clock(core, clock);
-        let me = control.clone();
-        let _ = control
-            .send(move |c, _| {
-                c.set_handle(me);
-                if let Some(r) = router {
-                    c.set_router(r);
-                }
-            })
-            .await;
+        // Handle and router in place before the first datagram is read.
+        let (control, sip_task) = sockets.spawn_with_init(core, clock, move |c, me| {
+            c.set_handle(me);
+            if let Some(r) = router {
+                c.set_router(r);
+            }
+        });
 
         if let Some((url, secret)) = &cfg.webhook {
             sinks.push(WebhookSink::start(url.clone(), secret.clone()));

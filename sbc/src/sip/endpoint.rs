@@ -312,9 +312,30 @@ impl SipSockets {
         core: C,
         clock: Clock,
     ) -> (Handle<C>, tokio::task::JoinHandle<()>) {
+        self.spawn_with_init(core, clock, |_, _| {})
+    }
+
+    /// Like [`spawn_with_clock`](Self::spawn_with_clock), but `init` gets the core
+    /// and its handle before the task starts: a core that needs its own handle has
+    /// it before the first datagram (a job queued after spawning could lose the
+    /// race to an INVITE already waiting on the socket).
+    pub fn spawn_with_init<C: SipCore>(
+        self,
+        mut core: C,
+        clock: Clock,
+        init: impl FnOnce(&mut C, Handle<C>),
+    ) -> (Handle<C>, tokio::task::JoinHandle<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let stats = Arc::new(TransportStats::default());
         let local = Arc::new(self.local.clone());
+        init(
+            &mut core,
+            Handle {
+                jobs: jobs_tx.clone(),
+                stats: stats.clone(),
+                local: local.clone(),
+            },
+        );
         let client = self.cfg.tls_client.clone().unwrap_or_else(|| {
             let mut roots = tokio_rustls::rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
