@@ -1005,6 +1005,14 @@ impl JitterBuffer {
             }
             desired = nominal + phase;
         }
+        // Nothing at all to play or align to (the sender went quiet, or what it
+        // held was given up): keep the clock's pace. Steering toward the stale
+        // position would run the clock at double speed through the silence,
+        // while the output has already skipped the wait (its timestamps would
+        // run ahead of the wall clock by the wait).
+        if self.segments.is_empty() && self.packets.is_empty() && self.buffered_ticks() == 0 {
+            desired = nominal;
+        }
         let silent = ahead > 0
             || self.segments.is_empty() && self.packets.front().is_none_or(|p| p.ts > self.pos);
         let steer = if silent {
