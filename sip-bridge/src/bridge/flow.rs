@@ -8,10 +8,11 @@ use media_core::Instant;
 use super::call::{Call, LegKind, OpState, SipState};
 use super::media::{LegKey, MediaCommand, MediaEvent, Tone};
 use super::plan::{DialStatus, Target};
-use super::{Bridge, CallEventKind, DtmfMode, caps_for, format_of, info_digit, status_index};
+use super::{Bridge, CallEventKind, DtmfMode, caps_for, format_of, status_index};
 use crate::sdp::{self, Attribute, Direction as SdpDirection, LocalMedia, SessionDescription};
 use crate::signalling::{EndReason, ServerMessage};
 use crate::sip::dialog::{EndReason as SipEnd, UaEvent};
+use crate::sip::dtmf_info;
 
 /// Our SDP again with the audio direction set and the version bumped (RFC 3264
 /// section 8: a new offer in a session increments `o=`'s version).
@@ -432,7 +433,7 @@ impl Bridge {
             UaEvent::Info {
                 content_type, body, ..
             } => {
-                if let Some(d) = info_digit(&content_type, &body) {
+                if let Some(d) = dtmf_info::digit(&content_type, &body) {
                     self.forward_dtmf(now, call, key, d);
                 }
                 false
@@ -842,10 +843,10 @@ impl Bridge {
                 let rfc = call.legs.get(&to).is_some_and(|l| matches!(&l.kind, LegKind::Sip { negotiated: Some(n), .. } if n.telephone_event.is_some()));
                 if mode == DtmfMode::Info || !rfc {
                     for d in digits.chars().filter(|c| *c != ',') {
-                        let body = format!("Signal={d}\r\nDuration=160\r\n");
+                        let body = dtmf_info::body(d);
                         let _ = self
                             .ua
-                            .info(now, ua, "application/dtmf-relay", body.as_bytes());
+                            .info(now, ua, dtmf_info::CONTENT_TYPE, body.as_bytes());
                     }
                 } else {
                     self.media(

@@ -210,27 +210,6 @@ fn display_name_of(v: &str) -> Option<String> {
         .then(|| name.chars().filter(|c| !c.is_control()).take(64).collect())
 }
 
-/// Parses `Signal=5` out of an `application/dtmf-relay` body (or a bare digit
-/// for `application/dtmf`).
-fn info_digit(content_type: &str, body: &[u8]) -> Option<char> {
-    let text = std::str::from_utf8(body).ok()?;
-    let ct = content_type.to_ascii_lowercase();
-    let d = if ct.contains("dtmf-relay") {
-        text.lines().find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("signal")
-                .then(|| v.trim().chars().next())?
-        })?
-    } else if ct.contains("dtmf") {
-        text.trim().chars().next()?
-    } else {
-        return None;
-    };
-    let d = d.to_ascii_uppercase();
-    "0123456789*#ABCD".contains(d).then_some(d)
-}
-
 impl Bridge {
     /// A bridge with `cfg`, speaking SIP as `local` and signing tokens with `tokens`.
     /// `unix_base` is the Unix time (seconds) at driver time zero, for token checks.

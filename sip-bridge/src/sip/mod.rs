@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod dialog;
+pub mod dtmf_info;
 pub mod framing;
 pub mod message;
 pub mod transaction;

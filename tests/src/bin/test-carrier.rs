@@ -916,7 +916,7 @@ impl Carrier {
                 body,
             } => {
                 let id = self.legs.get(&leg).map_or(0, |l| l.id);
-                match info_digit(&content_type, &body) {
+                match sip_bridge::sip::dtmf_info::digit(&content_type, &body) {
                     Some(d) => emit(
                         "dtmf",
                         json!({"leg": id, "digit": d.to_string(), "via": "info"}),
@@ -1122,11 +1122,16 @@ impl Carrier {
                 for (leg, id, media) in legs {
                     if info {
                         for d in digits.chars() {
-                            let body = format!("Signal={d}\r\nDuration=160\r\n").into_bytes();
+                            let body = sip_bridge::sip::dtmf_info::body(d).into_bytes();
                             let r = self
                                 .h
                                 .call(move |ua, now| {
-                                    ua.info(now, leg, "application/dtmf-relay", &body)
+                                    ua.info(
+                                        now,
+                                        leg,
+                                        sip_bridge::sip::dtmf_info::CONTENT_TYPE,
+                                        &body,
+                                    )
                                 })
                                 .await;
                             if let Ok(Err(e)) = r {
@@ -1183,25 +1188,6 @@ impl Carrier {
         }
         true
     }
-}
-
-/// `Signal=5` out of `application/dtmf-relay`, or a bare digit for `application/dtmf`.
-fn info_digit(content_type: &str, body: &[u8]) -> Option<char> {
-    let text = std::str::from_utf8(body).ok()?;
-    let ct = content_type.to_ascii_lowercase();
-    let d = if ct.contains("dtmf-relay") {
-        text.lines().find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("signal")
-                .then(|| v.trim().chars().next())?
-        })?
-    } else if ct.contains("dtmf") {
-        text.trim().chars().next()?
-    } else {
-        return None;
-    };
-    Some(d.to_ascii_uppercase())
 }
 
 /// Stdin lines on a thread (tokio's stdin needs a feature this workspace does
