@@ -120,6 +120,14 @@ impl WebRtcConfig {
 /// Beyond this, a deadline means "never" (str0m's is 100 years ahead).
 const FAR_FUTURE: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
 
+/// The unit tests' one clock read: str0m counts in `std::time::Instant`, so
+/// virtual time needs a real instant to hang from; its value never matters.
+#[cfg(test)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    #[allow(clippy::disallowed_methods)]
+    std::time::Instant::now()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,9 +156,5 @@ mod tests {
         assert_eq!(cfg.ours_from_std(far), None);
     }
 
-    fn epoch() -> std::time::Instant {
-        // Tests need one real std::time::Instant as the virtual epoch.
-        #[allow(clippy::disallowed_methods)]
-        std::time::Instant::now()
-    }
+    use super::test_epoch as epoch;
 }

@@ -571,11 +571,8 @@ mod tests {
     }
 
     fn config() -> WebRtcConfig {
-        // Tests need one real std::time::Instant as the virtual epoch.
-        #[allow(clippy::disallowed_methods)]
-        let epoch = std::time::Instant::now();
         let identity = DtlsIdentity::generate().expect("certificate");
-        WebRtcConfig::new(addr(SERVER), identity, epoch)
+        WebRtcConfig::new(addr(SERVER), identity, crate::webrtc::config::test_epoch())
     }
 
     /// The browser offers in the shared test data, by file name.
