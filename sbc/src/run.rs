@@ -312,7 +312,11 @@ mod tests {
         assert!(tls_client_config(&cfg).unwrap().is_none(), "default roots");
         let ca = rcgen::generate_simple_self_signed(vec!["carrier.test".into()]).unwrap();
         let good = dir.join("ca.pem");
-        std::fs::write(&good, ca.cert.pem()).unwrap();
+        std::fs::write(
+            &good,
+            pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert.der().to_vec())),
+        )
+        .unwrap();
         cfg.sip.tls_ca = Some(good);
         assert!(tls_client_config(&cfg).unwrap().is_some());
         let empty = dir.join("empty.pem");

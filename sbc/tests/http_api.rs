@@ -227,8 +227,10 @@ async fn https_when_the_config_names_a_certificate() {
     let dir = std::env::temp_dir().join(format!("sbc-https-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["sbc.test".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let cert = pem::Pem::new("CERTIFICATE", ck.cert.der().to_vec());
+    let key = pem::Pem::new("PRIVATE KEY", ck.signing_key.serialize_der());
+    std::fs::write(dir.join("cert.pem"), pem::encode(&cert)).unwrap();
+    std::fs::write(dir.join("key.pem"), pem::encode(&key)).unwrap();
     let mut cfg = SbcConfig::demo();
     cfg.http.tls_cert = Some(dir.join("cert.pem"));
     cfg.http.tls_key = Some(dir.join("key.pem"));
@@ -245,7 +247,7 @@ async fn https_when_the_config_names_a_certificate() {
     let _silent = tokio::net::TcpStream::connect(h.http).await.unwrap();
     let https = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_der(ck.cert.der()).unwrap())
         .resolve("sbc.test", h.http)
         .build()
         .unwrap();

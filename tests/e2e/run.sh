@@ -27,7 +27,8 @@ ensure_node
 e2e_node_modules "$e2e"
 
 echo "e2e: building sbc and test-carrier"
-cargo build --locked -p sbc -p integration-tests --bins
+# --workspace, as tests/ci.sh builds them: the same feature set reuses its artifacts.
+cargo build --locked --workspace --bins
 
 export E2E_ARTIFACTS="${E2E_ARTIFACTS:-$(mktemp -d "${TMPDIR:-/tmp}/sbc-e2e-XXXXXX")}"
 echo "e2e: screenshots and logs in $E2E_ARTIFACTS"
