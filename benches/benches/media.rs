@@ -59,6 +59,24 @@ fn opus_frames(rate: SampleRate) -> (Vec<Vec<i16>>, Vec<Vec<u8>>) {
 
 fn opus_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("opus");
+    {
+        // Toward a receiver without `useinbandfec=1` (RFC 7587 section 6.1), as
+        // the SIPp far end of the transcode load test: no LBRR encode.
+        let (frames, _) = opus_frames(SampleRate::HZ_8000);
+        let mut enc = OpusEncoder::new(OpusEncoderConfig {
+            inband_fec: false,
+            ..opus_config(SampleRate::HZ_8000)
+        })
+        .unwrap();
+        let mut buf = [0u8; 1500];
+        let mut i = 0;
+        g.bench_function("encode_8k_no_fec", |b| {
+            b.iter(|| {
+                i = (i + 1) % frames.len();
+                enc.encode(black_box(&frames[i]), &mut buf).unwrap()
+            })
+        });
+    }
     for rate in [SampleRate::HZ_8000, SampleRate::HZ_48000] {
         let (frames, packets) = opus_frames(rate);
         let mut enc = OpusEncoder::new(opus_config(rate)).unwrap();
@@ -144,6 +162,7 @@ const PCMU: RtpFormat = RtpFormat {
     payload_type: PayloadType::PCMU,
     telephone_event: None,
     ptime: Millis(20),
+    opus: None,
 };
 
 fn opus_fmt() -> RtpFormat {

@@ -15,6 +15,7 @@ fn pcma(ptime: u32) -> RtpFormat {
         payload_type: PayloadType::PCMA,
         telephone_event: None,
         ptime: Millis(ptime),
+        opus: None,
     }
 }
 
@@ -38,6 +39,7 @@ fn g711a_capture_survives_pcma_opus_pcma() {
         payload_type: PayloadType::new(111).unwrap(),
         telephone_event: None,
         ptime: Millis(20),
+        opus: None,
     };
     let mut to_opus = MediaPipeline::new(PipelineConfig::new(
         Endpoint::Rtp(pcma(30)),

@@ -49,6 +49,7 @@ const PCMU: RtpFormat = RtpFormat {
     payload_type: PayloadType::PCMU,
     telephone_event: None,
     ptime: Millis(20),
+    opus: None,
 };
 
 fn opus_fmt() -> RtpFormat {
@@ -57,6 +58,7 @@ fn opus_fmt() -> RtpFormat {
         payload_type: PayloadType::new(111).unwrap(),
         telephone_event: PayloadType::new(126),
         ptime: Millis(20),
+        opus: None,
     }
 }
 

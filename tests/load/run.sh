@@ -23,6 +23,10 @@ usage: tests/load/run.sh [options]
   -d, --hold SECS    talk time per call, decimals ok (default 1; media modes 7.08,
                      rounded to whole plays of the 7.08 s capture)
   -n, --calls N      calls in all                    (default 2000; media modes 400)
+      --answer-fec   transcode: the far end's answer asks for Opus in-band FEC
+                     (a=fmtp:111 useinbandfec=1, as browsers do); without it the
+                     answer has no fmtp, and the sbc's Opus encoder sends no FEC
+                     (RFC 7587 section 6.1)
       --answer-ptime MS  the far end's a=ptime (default 20; relay 30, as the
                      capture: equal formats are relayed in place, a ptime that
                      differs makes the sbc repacketize through its jitter buffer)
@@ -36,7 +40,7 @@ WebRTC 9478; RTP 10000-31999).
 EOF
 }
 
-mode=signalling rate="" hold="" calls="" answer_ptime="" sbc="$repo/target/release/sbc" log=info keep=0
+mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 sbc="$repo/target/release/sbc" log=info keep=0
 while (($#)); do
   case "$1" in
     -m|--mode) mode="$2"; shift 2 ;;
@@ -44,6 +48,7 @@ while (($#)); do
     -d|--hold) hold="$2"; shift 2 ;;
     -n|--calls) calls="$2"; shift 2 ;;
     --answer-ptime) answer_ptime="$2"; shift 2 ;;
+    --answer-fec) answer_fec=1; shift ;;
     -b|--sbc) sbc="$2"; shift 2 ;;
     --log) log="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
@@ -110,6 +115,9 @@ case "$mode" in
   relay|transcode)
     caller_sf=caller_rtp.xml echo_flag=(-rtp_echo)
     if [ "$mode" = relay ]; then answer_pt=8 answer_codec=PCMA/8000; else answer_pt=111 answer_codec=opus/48000/2; fi
+    # SIPp sends the key as is; the SDP parser takes a bare LF as a line end.
+    ((answer_fec)) && answer_codec=$'opus/48000/2\na=fmtp:111 useinbandfec=1'
+
     plays=$(awk -v h="$hold" 'BEGIN { p = int(h / 7.08 + 0.5); if (p < 1) p = 1; print p }')
     hold_ms=$((plays * 7080))
     media_timeout="60s"
@@ -227,7 +235,7 @@ quiet_busy=$(( 100 * (qb1 - qb0) / (qb1 - qb0 + qi1 - qi0 + 1) ))
 cpu0=$(cpu_ticks "$sbc_pid")
 sipp_extra=()
 ((plays > 0)) && sipp_extra=(-set plays "$plays")
-echo "mode $mode (far end answers $answer_codec ptime $answer_ptime): $calls calls at $rate/s, hold ${hold_s} s$( ((plays > 0)) && echo " ($plays plays of the capture)"); sbc $sbc (pid $sbc_pid)"
+echo "mode $mode (far end answers ${answer_codec//$'\n'/ } ptime $answer_ptime): $calls calls at $rate/s, hold ${hold_s} s$( ((plays > 0)) && echo " ($plays plays of the capture)"); sbc $sbc (pid $sbc_pid)"
 t0=$(now)
 (cd "$work" && exec sipp -sf "$scenarios/$caller_sf" -i "$uac_ip" -bind_local -p "$uac_port" -t u1 \
   -s +15550100 -r "$rate" -m "$calls" -l "$limit" -d "$hold_ms" "${sipp_extra[@]}" \

@@ -115,6 +115,7 @@ fn endpoint(sel: u8) -> Endpoint {
             payload_type: PayloadType::new(pt).unwrap_or(PayloadType::PCMU),
             telephone_event: te,
             ptime: Millis(ptime),
+            opus: None,
         })
     };
     match sel % 7 {

@@ -37,6 +37,64 @@ impl Default for OpusEncoderConfig {
     }
 }
 
+impl OpusEncoderConfig {
+    /// These settings, narrowed to what the receiver's `fmtp` asks for: in-band FEC
+    /// only when it says it uses it, DTX when it prefers it, and no more than its
+    /// `maxaveragebitrate`.
+    pub fn toward(self, receiver: &OpusFmtp) -> Self {
+        OpusEncoderConfig {
+            inband_fec: self.inband_fec && receiver.useinbandfec,
+            dtx: self.dtx || receiver.usedtx,
+            bitrate: match (self.bitrate, receiver.maxaveragebitrate) {
+                (Some(b), Some(max)) => Some(b.min(max)),
+                (b, max) => b.or(max),
+            },
+            ..self
+        }
+    }
+}
+
+/// The receive preferences an Opus receiver puts in its SDP `fmtp`
+/// ([RFC 7587 section 6.1](https://www.rfc-editor.org/rfc/rfc7587#section-6.1)).
+/// `Default` is an `a=rtpmap` without `fmtp`: no FEC, no DTX, no bitrate cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpusFmtp {
+    /// `useinbandfec=1`: the decoder makes use of in-band FEC. LBRR data costs
+    /// bits and a quarter of the encoder's time (`cargo bench --bench media`: 72 vs
+    /// 53 us per 20 ms at 8 kHz), wasted on a receiver that
+    /// drops it (it defaults to 0).
+    pub useinbandfec: bool,
+    /// `usedtx=1`: the receiver prefers discontinuous transmission.
+    pub usedtx: bool,
+    /// `maxaveragebitrate`: the most it wants to receive, bits/s (6000-510000).
+    pub maxaveragebitrate: Option<u32>,
+}
+
+impl OpusFmtp {
+    /// Parses `minptime=10;useinbandfec=1`. Parameters it does not know, and values
+    /// out of range, are ignored, as section 6.1 asks of a receiver.
+    pub fn parse(params: &str) -> Self {
+        let mut f = OpusFmtp::default();
+        for (name, value) in params
+            .split(';')
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, v)| (n.trim(), v.trim()))
+        {
+            if name.eq_ignore_ascii_case("useinbandfec") {
+                f.useinbandfec = value == "1";
+            } else if name.eq_ignore_ascii_case("usedtx") {
+                f.usedtx = value == "1";
+            } else if name.eq_ignore_ascii_case("maxaveragebitrate") {
+                f.maxaveragebitrate = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|b| (6_000..=510_000).contains(b));
+            }
+        }
+        f
+    }
+}
+
 /// Largest Opus packet (RFC 6716 section 3.4: 1275 bytes per frame, up to 3 here).
 pub const MAX_PACKET: usize = 4000;
 
@@ -328,6 +386,42 @@ mod tests {
                 (level - expected).abs() < 1.5,
                 "{rate:?}: {level} vs {expected}"
             );
+        }
+    }
+
+    #[test]
+    fn the_receivers_fmtp_narrows_the_encoder() {
+        let chrome = OpusFmtp::parse("minptime=10;useinbandfec=1");
+        assert!(chrome.useinbandfec && !chrome.usedtx);
+        let base = OpusEncoderConfig::default();
+        assert_eq!(base.toward(&chrome), base);
+        // No fmtp at all: the RFC 7587 defaults, no FEC.
+        let bare = base.toward(&OpusFmtp::default());
+        assert!(!bare.inband_fec);
+        assert_eq!(bare.bitrate, base.bitrate);
+        let f = OpusFmtp::parse(" usedtx=1 ; MaxAverageBitrate=20000;useinbandfec=0;stereo=1");
+        assert!(f.usedtx && !f.useinbandfec);
+        assert_eq!(f.maxaveragebitrate, Some(20_000));
+        let narrowed = base.toward(&f);
+        assert!(narrowed.dtx && !narrowed.inband_fec);
+        assert_eq!(narrowed.bitrate, Some(20_000));
+        // A cap above ours leaves ours; a cap with no target of ours becomes it.
+        let high = OpusFmtp::parse("maxaveragebitrate=64000");
+        assert_eq!(base.toward(&high).bitrate, Some(32_000));
+        let auto = OpusEncoderConfig {
+            bitrate: None,
+            ..base
+        };
+        assert_eq!(auto.toward(&high).bitrate, Some(64_000));
+        // Garbage is ignored, never an error.
+        for junk in [
+            "",
+            ";;;",
+            "maxaveragebitrate=5",
+            "maxaveragebitrate=x",
+            "useinbandfec",
+        ] {
+            assert_eq!(OpusFmtp::parse(junk), OpusFmtp::default(), "{junk}");
         }
     }
 

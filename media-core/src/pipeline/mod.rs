@@ -19,7 +19,7 @@ mod transcode;
 
 use std::collections::VecDeque;
 
-use crate::codec::{Codec, CodecError, OpusEncoderConfig};
+use crate::codec::{Codec, CodecError, OpusEncoderConfig, OpusFmtp};
 use crate::dtmf::{Digit, DtmfError, DtmfReceiver, TelephoneEvent};
 use crate::jitter::{JitterConfig, JitterStats};
 use crate::rtp::{PayloadType, RtpError, RtpPacket, RtpTimestamp, Ssrc};
@@ -42,6 +42,9 @@ pub struct RtpFormat {
     pub telephone_event: Option<PayloadType>,
     /// Packetization time: expected on input, produced on output.
     pub ptime: Millis,
+    /// For Opus output, what the receiver's SDP `fmtp` asks of the encoder
+    /// (FEC, DTX, a bitrate cap); `None` when unknown: the configured encoder as is.
+    pub opus: Option<OpusFmtp>,
 }
 
 impl RtpFormat {
@@ -52,6 +55,7 @@ impl RtpFormat {
             payload_type,
             telephone_event: None,
             ptime: Millis(20),
+            opus: None,
         }
     }
 }
@@ -402,6 +406,7 @@ mod tests {
         payload_type: PayloadType::PCMU,
         telephone_event: None,
         ptime: Millis(20),
+        opus: None,
     };
 
     fn opus(pt: u8) -> RtpFormat {
@@ -410,6 +415,7 @@ mod tests {
             payload_type: PayloadType::new(pt).unwrap(),
             telephone_event: None,
             ptime: Millis(20),
+            opus: None,
         }
     }
 
@@ -687,6 +693,39 @@ mod tests {
     }
 
     #[test]
+    fn opus_output_follows_the_receivers_fmtp() {
+        // Speech, so SILK spends LBRR bits when it may.
+        let pcm = crate::analysis::speech_like(8000, 8000);
+        let fec_in = |fmtp: Option<OpusFmtp>| {
+            let mut p = pipeline(
+                Endpoint::Rtp(PCMU),
+                Endpoint::Rtp(RtpFormat {
+                    opus: fmtp,
+                    ..opus(111)
+                }),
+            );
+            let mut with_fec = 0;
+            for (i, frame) in pcm.chunks_exact(160).enumerate() {
+                p.handle_rtp(
+                    Instant::ZERO,
+                    &pcmu_packet(i as u16, i as u32 * 160, 1, frame),
+                )
+                .unwrap();
+                with_fec += drain(&mut p)
+                    .iter()
+                    .filter(|o| crate::codec::opus::has_fec(&o.payload()))
+                    .count();
+            }
+            with_fec
+        };
+        // Unknown fmtp: the configured encoder (FEC on by default).
+        assert!(fec_in(None) > 10);
+        assert!(fec_in(Some(OpusFmtp::parse("useinbandfec=1"))) > 10);
+        // RFC 7587: without useinbandfec=1 the receiver has no use for it.
+        assert_eq!(fec_in(Some(OpusFmtp::default())), 0);
+    }
+
+    #[test]
     fn sent_dtmf_replaces_audio_frames() {
         let out_fmt = RtpFormat {
             telephone_event: PayloadType::new(126),
@@ -823,6 +862,7 @@ mod tests {
             payload_type: PayloadType::PCMA,
             telephone_event: None,
             ptime: Millis(20),
+            opus: None,
         };
         let mut cfg = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma), Ssrc(5), 3);
         cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
@@ -904,6 +944,7 @@ mod tests {
             payload_type: PayloadType::PCMA,
             telephone_event: None,
             ptime: Millis(20),
+            opus: None,
         };
         let mut cfg = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma), Ssrc(5), 3);
         cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
@@ -974,6 +1015,7 @@ mod tests {
             payload_type: PayloadType::PCMA,
             telephone_event: None,
             ptime: Millis(20),
+            opus: None,
         };
         let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma));
         let tone = sine(8000, 500.0, 8000.0, 160);

@@ -150,10 +150,13 @@ impl Transcode {
         let output = match config.output {
             Endpoint::Rtp(f) => {
                 let clock = f.codec.clock_rate();
-                let opus = OpusEncoderConfig {
+                let mut opus = OpusEncoderConfig {
                     sample_rate: enc_rate,
                     ..config.opus
                 };
+                if let Some(fmtp) = &f.opus {
+                    opus = opus.toward(fmtp);
+                }
                 Some(RtpOut {
                     format: f,
                     encoder: AudioEncoder::new(f.codec, opus)?,

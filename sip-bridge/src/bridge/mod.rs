@@ -193,6 +193,7 @@ fn format_of(n: &NegotiatedAudio) -> RtpFormat {
         payload_type: n.payload_type,
         telephone_event: n.telephone_event,
         ptime: Millis(n.remote_ptime.0.clamp(10, 60)),
+        opus: n.opus,
     }
 }
 

@@ -527,6 +527,7 @@ impl MediaSession {
                     payload_type: PayloadType::new(pts.opus).unwrap_or(PayloadType::PCMU),
                     telephone_event: pts.telephone_event_48k.and_then(PayloadType::new),
                     ptime: Millis(20),
+                    opus: Some(w.remote_opus_fmtp()),
                 };
                 self.mux.push_back(MuxUpdate::Insert {
                     leg,

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use media_core::Millis;
-use media_core::codec::Codec;
+use media_core::codec::{Codec, OpusFmtp};
 use media_core::rtp::PayloadType;
 
 use super::{
@@ -141,6 +141,8 @@ pub struct NegotiatedAudio {
     pub telephone_event: Option<PayloadType>,
     /// What the peer sends (its `ptime`, 20 ms if absent).
     pub remote_ptime: Millis,
+    /// For Opus, what the peer's `fmtp` asks of our encoder (RFC 7587 section 6.1).
+    pub opus: Option<OpusFmtp>,
     /// Where to send RTP; `None` on hold (`c=0.0.0.0`) or port 0.
     pub remote: Option<SocketAddr>,
     /// Our direction.
@@ -334,6 +336,8 @@ pub fn answer_audio(
     };
     let agreed = NegotiatedAudio {
         codec,
+        opus: (codec == Codec::Opus)
+            .then(|| OpusFmtp::parse(audio.fmtp(map.payload_type).unwrap_or_default())),
         payload_type: pt(map.payload_type),
         telephone_event: te.map(|(p, _)| pt(p)),
         remote_ptime: Millis(
@@ -455,6 +459,8 @@ pub fn negotiated_from_answer(
     let our_wish = ours.direction_or(Direction::SendRecv);
     Ok(NegotiatedAudio {
         codec,
+        // The answer's fmtp is the answerer's: how it wants to receive.
+        opus: (codec == Codec::Opus).then(|| OpusFmtp::parse(theirs.fmtp(p).unwrap_or_default())),
         payload_type: pt(p),
         telephone_event: te.map(pt),
         remote_ptime: Millis(
@@ -570,6 +576,8 @@ mod tests {
             ];
             let (answer, agreed) = answer_audio(&offer, &AudioCaps::standard(), &l).unwrap();
             assert_eq!(agreed.codec, Codec::Opus, "{file}");
+            // Both browsers ask for in-band FEC.
+            assert!(agreed.opus.is_some_and(|f| f.useinbandfec), "{file}");
             // telephone-event at 48 kHz when offered (Chromium); Firefox offers 8 kHz only.
             let te48 = offer
                 .audio()
@@ -618,10 +626,51 @@ mod tests {
         assert_eq!(agreed.codec, Codec::Pcmu);
         assert_eq!(agreed.telephone_event.map(|p| p.value()), Some(101));
         assert_eq!(agreed.direction, Direction::RecvOnly); // they hold us
+        assert_eq!(agreed.opus, None, "not Opus");
         let bogus = answer.replace("RTP/AVP 0 101", "RTP/AVP 96");
         assert_eq!(
             negotiated_from_answer(&offer, &sdp(&bogus)),
             Err(SdpError::NotOffered)
         );
+    }
+
+    #[test]
+    fn the_peers_opus_fmtp_is_what_our_encoder_honours() {
+        // RFC 7587 section 6.1: fmtp says how the peer wants to receive.
+        let offer = |fmtp: &str| {
+            sdp(&format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                 m=audio 5004 RTP/AVP 96 0\r\na=rtpmap:96 opus/48000/2\r\n{fmtp}"
+            ))
+        };
+        let caps = AudioCaps::standard();
+        let (_, bare) = answer_audio(&offer(""), &caps, &local()).unwrap();
+        assert_eq!(bare.codec, Codec::Opus);
+        assert_eq!(bare.opus, Some(OpusFmtp::default()), "no fmtp: no FEC");
+        let (_, fec) = answer_audio(
+            &offer("a=fmtp:96 useinbandfec=1;maxaveragebitrate=24000\r\n"),
+            &caps,
+            &local(),
+        )
+        .unwrap();
+        let f = fec.opus.unwrap();
+        assert!(f.useinbandfec && f.maxaveragebitrate == Some(24_000));
+        // Another payload type's fmtp is not Opus's.
+        let (_, other) =
+            answer_audio(&offer("a=fmtp:0 useinbandfec=1\r\n"), &caps, &local()).unwrap();
+        assert_eq!(other.opus, Some(OpusFmtp::default()));
+
+        // Our offer, their answer: the answer's fmtp.
+        let ours = create_offer(&caps, &local());
+        let answer = |fmtp: &str| {
+            sdp(&format!(
+                "v=0\r\no=- 5 5 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+                 m=audio 5004 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n{fmtp}"
+            ))
+        };
+        let plain = negotiated_from_answer(&ours, &answer("")).unwrap();
+        assert_eq!(plain.opus, Some(OpusFmtp::default()));
+        let dtx = negotiated_from_answer(&ours, &answer("a=fmtp:111 usedtx=1\r\n")).unwrap();
+        assert!(dtx.opus.unwrap().usedtx);
     }
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use media_core::Instant;
+use media_core::codec::OpusFmtp;
 use media_core::rtp::{
     FIXED_HEADER_LEN, PayloadType, RtpHeader, RtpTimestamp, RtpWriter, SeqNo, SeqUnwrapper, Ssrc,
 };
@@ -137,6 +138,8 @@ pub struct WebRtcLeg {
     config: WebRtcConfig,
     mid: Mid,
     pts: PayloadTypes,
+    /// What the browser's offer asks of our Opus encoder.
+    remote_opus: OpusFmtp,
     ssrc: Option<u32>,
     credentials: MuxCredentials,
     state: State,
@@ -217,6 +220,12 @@ impl WebRtcLeg {
         let answer = offer::reject_applications(&answer.to_sdp_string(), &info.application_mids);
         let pts = offer::payload_types(&answer, &info.audio_mid).ok_or(WebRtcError::NoOpus)?;
 
+        let remote_opus = info
+            .opus_fmtp
+            .iter()
+            .find(|(pt, _)| *pt == pts.opus)
+            .map(|(_, f)| *f)
+            .unwrap_or_default();
         let mid = Mid::from(info.audio_mid.as_str());
         let ssrc = rtc
             .direct_api()
@@ -229,6 +238,7 @@ impl WebRtcLeg {
             config: config.clone(),
             mid,
             pts,
+            remote_opus,
             ssrc,
             credentials,
             state: State::Connecting,
@@ -258,6 +268,11 @@ impl WebRtcLeg {
     /// The payload types the answer negotiated.
     pub fn payload_types(&self) -> PayloadTypes {
         self.pts
+    }
+
+    /// What the browser's `fmtp` for Opus asks of the Opus we send it.
+    pub fn remote_opus_fmtp(&self) -> OpusFmtp {
+        self.remote_opus
     }
 
     /// The SSRC our answer announced: every outbound packet goes out with it.
@@ -646,6 +661,8 @@ mod tests {
                 "{name}: video rejected: {m:?}"
             );
             let pts = leg.payload_types();
+            // Both browsers' offers ask for Opus in-band FEC (RFC 7587 section 6.1).
+            assert!(leg.remote_opus_fmtp().useinbandfec, "{name}");
             assert!(
                 answer.contains(&format!("a=rtpmap:{} opus/48000/2", pts.opus)),
                 "{name}"

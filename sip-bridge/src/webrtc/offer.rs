@@ -1,6 +1,8 @@
 //! What the leg needs from a browser offer before str0m sees it, and the one edit
 //! its answer needs after.
 
+use media_core::codec::OpusFmtp;
+
 use crate::sdp::SessionDescription;
 
 use super::WebRtcError;
@@ -46,6 +48,9 @@ pub(crate) struct OfferInfo {
     pub(crate) application_mids: Vec<String>,
     /// The browser's `a=ice-ufrag`: the second half of every check's USERNAME.
     pub(crate) remote_ufrag: String,
+    /// Each opus/48000 payload type offered, with what its `fmtp` asks of our
+    /// encoder (Chromium: `useinbandfec=1`).
+    pub(crate) opus_fmtp: Vec<(u8, OpusFmtp)>,
 }
 
 /// Checks the offer has an audio section with Opus at 48 kHz.
@@ -59,11 +64,16 @@ pub(crate) fn inspect(offer: &str) -> Result<OfferInfo, WebRtcError> {
     let audio_mid = audio
         .mid()
         .ok_or_else(|| WebRtcError::BadOffer("audio section without a=mid".into()))?;
-    let opus = audio
+    let opus_fmtp: Vec<(u8, OpusFmtp)> = audio
         .rtpmaps()
         .iter()
-        .any(|r| r.encoding.eq_ignore_ascii_case("opus") && r.clock_rate == 48000);
-    if !opus {
+        .filter(|r| r.encoding.eq_ignore_ascii_case("opus") && r.clock_rate == 48000)
+        .map(|r| {
+            let fmtp = audio.fmtp(r.payload_type).unwrap_or_default();
+            (r.payload_type, OpusFmtp::parse(fmtp))
+        })
+        .collect();
+    if opus_fmtp.is_empty() {
         return Err(WebRtcError::NoOpus);
     }
     let remote_ufrag = audio
@@ -85,6 +95,7 @@ pub(crate) fn inspect(offer: &str) -> Result<OfferInfo, WebRtcError> {
         audio_mid: audio_mid.to_string(),
         application_mids,
         remote_ufrag: remote_ufrag.trim().to_string(),
+        opus_fmtp,
     })
 }
 
