@@ -35,6 +35,9 @@ pub(crate) struct DelayEstimator {
     /// The floor when the window was last full (time, us): bridges silences
     /// longer than the window.
     prior: Option<(i64, i64)>,
+    /// [`Self::quantile_us`], kept current by `observe`: it is read on every
+    /// wake-up of the call's task, the histogram changes once per packet.
+    quantile_us: Option<i64>,
 }
 
 impl DelayEstimator {
@@ -49,6 +52,7 @@ impl DelayEstimator {
             snapshots: VecDeque::with_capacity(2 * BUCKETS + 1),
             skew: 0.0,
             prior: None,
+            quantile_us: None,
         }
     }
 
@@ -61,6 +65,7 @@ impl DelayEstimator {
         self.snapshots.clear();
         self.skew = 0.0;
         self.prior = None;
+        self.quantile_us = None;
     }
 
     /// The smallest transit (us) expected at `now`: "arrived with no queuing".
@@ -160,11 +165,16 @@ impl DelayEstimator {
         let bin = ((rel / BIN_US) as usize).min(BINS - 1);
         self.hist[bin] += self.scale;
         self.total += self.scale;
+        self.quantile_us = self.compute_quantile_us();
         rel
     }
 
     /// The configured quantile of the relative delay (us), if anything was seen.
     pub(crate) fn quantile_us(&self) -> Option<i64> {
+        self.quantile_us
+    }
+
+    fn compute_quantile_us(&self) -> Option<i64> {
         if self.total <= 0.0 {
             return None;
         }

@@ -569,8 +569,8 @@ impl JitterBuffer {
     /// When the next frame is due: the time to call [`JitterBuffer::tick`]. `None`
     /// while there is nothing to play yet.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let target = self.target_us();
         if !self.playing {
+            let target = self.target_us();
             // Start when the first packet has waited out the target.
             let first = self.packets.front()?;
             let floor = self
