@@ -160,6 +160,9 @@ pub struct MediaSection {
     /// not hold a call and its ports for hours).
     #[serde(deserialize_with = "values::one")]
     pub media_timeout: Duration,
+    /// libopus complexity of our Opus encoders, 0 (cheapest) to 10 (best): the
+    /// CPU a transcoded call costs against its sound (see the example config).
+    pub opus_complexity: u8,
 }
 
 impl Default for MediaSection {
@@ -172,6 +175,7 @@ impl Default for MediaSection {
             webrtc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
             webrtc_advertise: None,
             media_timeout: Duration::from_secs(60),
+            opus_complexity: media_core::codec::OpusEncoderConfig::default().complexity,
         }
     }
 }
@@ -1745,6 +1749,11 @@ mod tests {
             "[media]\nmedia_timeout = \"0s\"\n",
             "media.media_timeout",
             "above 0s",
+        );
+        rejects(
+            "[media]\nopus_complexity = 11\n",
+            "media.opus_complexity",
+            "0 (cheapest) to 10 (best)",
         );
         rejects(
             "[protection]\nrate_limit_requests = 0\n",

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use media_core::codec::OpusEncoderConfig;
 use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use sip_bridge::stream::AgentMessage;
@@ -74,6 +75,8 @@ pub struct MediaCtx {
     pub rtp_bind: IpAddr,
     /// No RTP for this long ends a call.
     pub media_timeout: Duration,
+    /// Our Opus encoders.
+    pub opus: OpusEncoderConfig,
     /// The clock.
     pub clock: Clock,
 }
@@ -104,6 +107,7 @@ async fn run(
 ) {
     let mut cfg = MediaConfig::new(Some(ctx.webrtc.clone()), seed);
     cfg.media_timeout = ctx.media_timeout;
+    cfg.opus = ctx.opus;
     let mut session = MediaSession::new(cfg);
     let mut rtp = RtpSockets::default();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use media_core::codec::OpusEncoderConfig;
 use sip_bridge::sip::framing::DEFAULT_MAX_MESSAGE;
 
 use crate::config::{DEMO_API_KEY, DEMO_API_KEY_SHA256, LogFormat, SbcConfig};
@@ -154,6 +155,10 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
         webrtc_advertise: Some(cfg.webrtc_advertise()),
         rtp_bind: cfg.media.rtp_bind,
         media_timeout: cfg.media.media_timeout,
+        opus: OpusEncoderConfig {
+            complexity: cfg.media.opus_complexity,
+            ..OpusEncoderConfig::default()
+        },
         token_secret,
         api_keys: cfg.api_keys(),
         protection: ProtectionConfig {

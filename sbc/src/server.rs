@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use media_core::codec::OpusEncoderConfig;
 use sip_bridge::bridge::{Bridge, BridgeConfig, CallEvent};
 use sip_bridge::signalling::NumberInfo;
 use sip_bridge::token::{ApiKeys, TokenIssuer};
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     pub rtp_bind: IpAddr,
     /// No RTP for this long ends a call.
     pub media_timeout: Duration,
+    /// Our Opus encoders (each narrowed by its receiver's `fmtp`).
+    pub opus: OpusEncoderConfig,
     /// HS256 secret for session tokens (32+ bytes).
     pub token_secret: Vec<u8>,
     /// API keys (hashed).
@@ -185,6 +188,7 @@ impl ServerBuilder {
             port: port.clone(),
             rtp_bind: cfg.rtp_bind,
             media_timeout: cfg.media_timeout,
+            opus: cfg.opus,
             clock,
         });
 

@@ -222,6 +222,15 @@ impl MediaPipeline {
         })
     }
 
+    /// The settings of the Opus encoder producing the output, if there is one
+    /// (after the receiver's `fmtp` narrowed them).
+    pub fn opus_encoder(&self) -> Option<&OpusEncoderConfig> {
+        match &self.mode {
+            Mode::Relay(_) => None,
+            Mode::Transcode(t) => t.opus_encoder(),
+        }
+    }
+
     /// Whether this pipeline relays without decoding.
     pub fn is_relay(&self) -> bool {
         matches!(self.mode, Mode::Relay(_))

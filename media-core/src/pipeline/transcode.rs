@@ -192,6 +192,13 @@ impl Transcode {
     }
 
     /// Resampler delay plus encoder lookahead.
+    pub(crate) fn opus_encoder(&self) -> Option<&OpusEncoderConfig> {
+        match &self.back.output.as_ref()?.encoder {
+            AudioEncoder::Opus(e) => Some(e.config()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn delay_micros(&self) -> u64 {
         self.back.resampler.delay_micros()
             + self

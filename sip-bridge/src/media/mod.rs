@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use media_core::analysis::ToneGenerator;
-use media_core::codec::Codec;
+use media_core::codec::{Codec, OpusEncoderConfig};
 use media_core::jitter::JitterConfig;
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, PipelineEvent, RtpFormat};
 use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, Ssrc};
@@ -36,15 +36,18 @@ pub struct MediaConfig {
     pub media_timeout: Duration,
     /// Seeds SSRCs and sequence numbers.
     pub seed: u64,
+    /// Our Opus encoders, before each receiver's `fmtp` narrows them.
+    pub opus: OpusEncoderConfig,
 }
 
 impl MediaConfig {
-    /// Defaults: 60 s media timeout.
+    /// Defaults: 60 s media timeout, [`OpusEncoderConfig::default`].
     pub fn new(webrtc: Option<WebRtcConfig>, seed: u64) -> Self {
         MediaConfig {
             webrtc,
             media_timeout: Duration::from_secs(60),
             seed,
+            opus: OpusEncoderConfig::default(),
         }
     }
 }
@@ -587,6 +590,7 @@ impl MediaSession {
         let pipeline = input.and_then(|input| {
             let ssrc = Ssrc(self.rng.next_u32());
             let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
+            cfg.opus = self.cfg.opus;
             let relay = input == output
                 && matches!(self.legs.get(&leg).map(|l| &l.kind), Some(Kind::Rtp { .. }));
             if !relay && matches!(input, Endpoint::Rtp(_)) {
@@ -1060,6 +1064,7 @@ impl MediaSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use media_core::codec::OpusFmtp;
     use media_core::rtp::{RtpTimestamp, RtpWriter, SeqNo};
 
     fn pcmu() -> RtpFormat {
@@ -1102,6 +1107,48 @@ mod tests {
 
     fn sent(s: &mut MediaSession) -> Vec<MediaTransmit> {
         std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn opus_toward_a_peer_takes_our_settings_and_its_fmtp() {
+        let mut cfg = MediaConfig::new(None, 1);
+        cfg.opus.complexity = 2;
+        let mut s = MediaSession::new(cfg);
+        let opus = |fmtp: &str| RtpFormat {
+            opus: Some(OpusFmtp::parse(fmtp)),
+            ..RtpFormat::new(Codec::Opus, PayloadType::new(111).unwrap())
+        };
+        let now = Instant::ZERO;
+        let remote = Some("198.51.100.9:4000".parse().unwrap());
+        for (leg, local_port, format) in [(0, 20000, pcmu()), (1, 20002, opus(""))] {
+            s.handle_command(
+                now,
+                MediaCommand::AddRtp {
+                    leg,
+                    local_port,
+                    remote,
+                    format,
+                },
+            );
+        }
+        s.handle_command(now, MediaCommand::Connect { a: 0, b: 1 });
+        let encoder =
+            |s: &MediaSession| *s.legs[&1].to_me.as_ref().unwrap().opus_encoder().unwrap();
+        let e = encoder(&s);
+        assert_eq!(e.complexity, 2, "the configured complexity");
+        assert!(!e.inband_fec, "no useinbandfec=1 in the peer's fmtp");
+        assert!(s.legs[&0].to_me.as_ref().unwrap().opus_encoder().is_none());
+        // A re-INVITE whose answer asks for FEC rebuilds the encoder with it.
+        s.handle_command(
+            now,
+            MediaCommand::UpdateRtp {
+                leg: 1,
+                remote,
+                format: opus("useinbandfec=1"),
+            },
+        );
+        let e = encoder(&s);
+        assert!(e.inband_fec && e.complexity == 2);
     }
 
     #[test]
