@@ -163,6 +163,10 @@ pub struct MediaSection {
     /// libopus complexity of our Opus encoders, 0 (cheapest) to 10 (best): the
     /// CPU a transcoded call costs against its sound (see the example config).
     pub opus_complexity: u8,
+    /// Transcoding between two SIP legs goes through a jitter buffer too. Off:
+    /// both ends are phones or gateways with buffers of their own, and a second
+    /// one only adds delay. Browser and agent legs always get one.
+    pub sip_jitter_buffer: bool,
 }
 
 impl Default for MediaSection {
@@ -176,6 +180,7 @@ impl Default for MediaSection {
             webrtc_advertise: None,
             media_timeout: Duration::from_secs(60),
             opus_complexity: media_core::codec::OpusEncoderConfig::default().complexity,
+            sip_jitter_buffer: false,
         }
     }
 }

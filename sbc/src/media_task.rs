@@ -77,6 +77,8 @@ pub struct MediaCtx {
     pub media_timeout: Duration,
     /// Our Opus encoders.
     pub opus: OpusEncoderConfig,
+    /// SIP-to-SIP transcoding through a jitter buffer too.
+    pub sip_jitter_buffer: bool,
     /// The clock.
     pub clock: Clock,
 }
@@ -108,6 +110,7 @@ async fn run(
     let mut cfg = MediaConfig::new(Some(ctx.webrtc.clone()), seed);
     cfg.media_timeout = ctx.media_timeout;
     cfg.opus = ctx.opus;
+    cfg.sip_jitter_buffer = ctx.sip_jitter_buffer;
     let mut session = MediaSession::new(cfg);
     let mut rtp = RtpSockets::default();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();

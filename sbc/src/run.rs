@@ -159,6 +159,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
             complexity: cfg.media.opus_complexity,
             ..OpusEncoderConfig::default()
         },
+        sip_jitter_buffer: cfg.media.sip_jitter_buffer,
         token_secret,
         api_keys: cfg.api_keys(),
         protection: ProtectionConfig {

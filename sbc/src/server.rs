@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub media_timeout: Duration,
     /// Our Opus encoders (each narrowed by its receiver's `fmtp`).
     pub opus: OpusEncoderConfig,
+    /// SIP-to-SIP transcoding through a jitter buffer too.
+    pub sip_jitter_buffer: bool,
     /// HS256 secret for session tokens (32+ bytes).
     pub token_secret: Vec<u8>,
     /// API keys (hashed).
@@ -189,6 +191,7 @@ impl ServerBuilder {
             rtp_bind: cfg.rtp_bind,
             media_timeout: cfg.media_timeout,
             opus: cfg.opus,
+            sip_jitter_buffer: cfg.sip_jitter_buffer,
             clock,
         });
 

@@ -28,6 +28,8 @@ usage: tests/load/run.sh [options]
                      answer has no fmtp, and the sbc's Opus encoder sends no FEC
                      (RFC 7587 section 6.1)
       --opus-complexity N  the sbc's [media] opus_complexity, 0-10 (default 5)
+      --sip-jitter-buffer  the sbc's [media] sip_jitter_buffer = true: transcoded
+                     (and repacketized) calls go through its jitter buffer
       --answer-ptime MS  the far end's a=ptime (default 20; relay 30, as the
                      capture: equal formats are relayed in place, a ptime that
                      differs makes the sbc repacketize through its jitter buffer)
@@ -41,7 +43,7 @@ WebRTC 9478; RTP 10000-31999).
 EOF
 }
 
-mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=5 sbc="$repo/target/release/sbc" log=info keep=0
+mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=5 sip_jitter_buffer=false sbc="$repo/target/release/sbc" log=info keep=0
 while (($#)); do
   case "$1" in
     -m|--mode) mode="$2"; shift 2 ;;
@@ -51,6 +53,7 @@ while (($#)); do
     --answer-ptime) answer_ptime="$2"; shift 2 ;;
     --answer-fec) answer_fec=1; shift ;;
     --opus-complexity) opus_complexity="$2"; shift 2 ;;
+    --sip-jitter-buffer) sip_jitter_buffer=true; shift ;;
     -b|--sbc) sbc="$2"; shift 2 ;;
     --log) log="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
@@ -142,6 +145,7 @@ rtp_ports = "10000-31999"
 webrtc = "$sbc_ip:$webrtc_port"
 media_timeout = "$media_timeout"
 opus_complexity = $opus_complexity
+sip_jitter_buffer = $sip_jitter_buffer
 
 [http]
 listen = "$sbc_ip:$http_port"

@@ -38,16 +38,21 @@ pub struct MediaConfig {
     pub seed: u64,
     /// Our Opus encoders, before each receiver's `fmtp` narrows them.
     pub opus: OpusEncoderConfig,
+    /// Transcoding between two SIP legs goes through a jitter buffer too (off by
+    /// default: both ends have their own).
+    pub sip_jitter_buffer: bool,
 }
 
 impl MediaConfig {
-    /// Defaults: 60 s media timeout, [`OpusEncoderConfig::default`].
+    /// Defaults: 60 s media timeout, [`OpusEncoderConfig::default`], no jitter
+    /// buffer between SIP legs.
     pub fn new(webrtc: Option<WebRtcConfig>, seed: u64) -> Self {
         MediaConfig {
             webrtc,
             media_timeout: Duration::from_secs(60),
             seed,
             opus: OpusEncoderConfig::default(),
+            sip_jitter_buffer: false,
         }
     }
 }
@@ -591,13 +596,19 @@ impl MediaSession {
             let ssrc = Ssrc(self.rng.next_u32());
             let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
             cfg.opus = self.cfg.opus;
-            let relay = input == output
-                && matches!(self.legs.get(&leg).map(|l| &l.kind), Some(Kind::Rtp { .. }));
-            if !relay && matches!(input, Endpoint::Rtp(_)) {
-                // Transcoding (or a browser on either side): smooth the input.
-                if let Endpoint::Rtp(f) = input {
-                    cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
-                }
+            let is_sip =
+                |k: LegKey| matches!(self.legs.get(&k).map(|l| &l.kind), Some(Kind::Rtp { .. }));
+            let relay = input == output && is_sip(leg);
+            // SIP to SIP, both ends are phones or gateways with jitter buffers of
+            // their own: buffering here too only adds delay (and a playout timer
+            // per direction), so transcoding decodes on arrival, as rtpengine does.
+            // A browser on either side, or an agent, gets its input smoothed.
+            let sip_to_sip = matches!(l.source, Source::Leg(src) if is_sip(src)) && is_sip(leg);
+            if !relay
+                && (!sip_to_sip || self.cfg.sip_jitter_buffer)
+                && let Endpoint::Rtp(f) = input
+            {
+                cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
             }
             MediaPipeline::new(cfg).ok()
         });
@@ -1107,6 +1118,32 @@ mod tests {
 
     fn sent(s: &mut MediaSession) -> Vec<MediaTransmit> {
         std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn sip_to_sip_transcoding_is_unbuffered_unless_configured() {
+        for buffered in [false, true] {
+            let mut cfg = MediaConfig::new(None, 1);
+            cfg.sip_jitter_buffer = buffered;
+            let mut s = MediaSession::new(cfg);
+            let pcma = RtpFormat::new(Codec::Pcma, PayloadType::PCMA);
+            let remote = Some("198.51.100.9:4000".parse().unwrap());
+            for (leg, local_port, format) in [(0, 20000, pcmu()), (1, 20002, pcma)] {
+                let cmd = MediaCommand::AddRtp {
+                    leg,
+                    local_port,
+                    remote,
+                    format,
+                };
+                s.handle_command(Instant::ZERO, cmd);
+            }
+            s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 1 });
+            for leg in [0, 1] {
+                let p = s.legs[&leg].to_me.as_ref().unwrap();
+                assert!(!p.is_relay());
+                assert_eq!(p.jitter_stats().is_some(), buffered, "leg {leg}");
+            }
+        }
     }
 
     #[test]
