@@ -418,6 +418,12 @@ mod tests {
         opus: None,
     };
 
+    const PCMA: RtpFormat = RtpFormat {
+        codec: Codec::Pcma,
+        payload_type: PayloadType::PCMA,
+        ..PCMU
+    };
+
     fn opus(pt: u8) -> RtpFormat {
         RtpFormat {
             codec: Codec::Opus,
@@ -460,6 +466,13 @@ mod tests {
 
     fn pipeline(input: Endpoint, output: Endpoint) -> MediaPipeline {
         MediaPipeline::new(PipelineConfig::new(input, output, Ssrc(0xabc), 1)).unwrap()
+    }
+
+    /// Through the jitter buffer (PCMU input, 8 kHz clock).
+    fn buffered(input: Endpoint, output: Endpoint) -> MediaPipeline {
+        let mut cfg = PipelineConfig::new(input, output, Ssrc(5), 3);
+        cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
+        MediaPipeline::new(cfg).unwrap()
     }
 
     #[test]
@@ -595,14 +608,7 @@ mod tests {
         for ptime in [10u32, 20, 30, 60] {
             let mut input = PCMU;
             input.ptime = Millis(ptime);
-            let mut p = pipeline(
-                Endpoint::Rtp(input),
-                Endpoint::Rtp(RtpFormat {
-                    codec: Codec::Pcma,
-                    payload_type: PayloadType::PCMA,
-                    ..PCMU
-                }),
-            );
+            let mut p = pipeline(Endpoint::Rtp(input), Endpoint::Rtp(PCMA));
             let n = 8 * ptime as usize;
             let tone = sine(8000, 440.0, 8000.0, 8000 * 6 / 10); // 600 ms
             let mut out = Vec::new();
@@ -622,14 +628,7 @@ mod tests {
 
     #[test]
     fn losses_are_concealed_and_gaps_restart_with_a_marker() {
-        let mut p = pipeline(
-            Endpoint::Rtp(PCMU),
-            Endpoint::Rtp(RtpFormat {
-                codec: Codec::Pcma,
-                payload_type: PayloadType::PCMA,
-                ..PCMU
-            }),
-        );
+        let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA));
         let tone = sine(8000, 300.0, 8000.0, 160 * 40);
         let mut out = Vec::new();
         for i in 0..20u16 {
@@ -796,10 +795,7 @@ mod tests {
 
     #[test]
     fn jitter_buffered_pipeline_smooths_a_jittery_reordered_stream() {
-        let mut cfg =
-            PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(opus(111)), Ssrc(5), 3);
-        cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
-        let mut p = MediaPipeline::new(cfg).unwrap();
+        let mut p = buffered(Endpoint::Rtp(PCMU), Endpoint::Rtp(opus(111)));
         let tone = sine(8000, 1000.0, 10000.0, 160 * 200);
         let mut rng = SeededRng::new(8);
         // Arrival = send + 0-30 ms jitter (not FIFO: some overtake others).
@@ -866,16 +862,7 @@ mod tests {
 
     #[test]
     fn a_stall_moves_the_output_timestamps_across_the_pause() {
-        let pcma = RtpFormat {
-            codec: Codec::Pcma,
-            payload_type: PayloadType::PCMA,
-            telephone_event: None,
-            ptime: Millis(20),
-            opus: None,
-        };
-        let mut cfg = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma), Ssrc(5), 3);
-        cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
-        let mut p = MediaPipeline::new(cfg).unwrap();
+        let mut p = buffered(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA));
         let tone = sine(8000, 700.0, 8000.0, 160 * 250);
         // Every 20 ms, except that packets 100-104 are held for 100 ms and then
         // arrive in one burst with packet 105.
@@ -948,16 +935,7 @@ mod tests {
     /// output ran 120-150 ms ahead of the wall clock after every pause.
     #[test]
     fn a_talkspurt_after_silence_keeps_the_output_on_the_wall_clock() {
-        let pcma = RtpFormat {
-            codec: Codec::Pcma,
-            payload_type: PayloadType::PCMA,
-            telephone_event: None,
-            ptime: Millis(20),
-            opus: None,
-        };
-        let mut cfg = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma), Ssrc(5), 3);
-        cfg.jitter = Some(JitterConfig::new(crate::time::ClockRate(8000)));
-        let mut p = MediaPipeline::new(cfg).unwrap();
+        let mut p = buffered(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA));
         let tone = sine(8000, 700.0, 8000.0, 160 * 250);
         // A talkspurt, 300 ms of sender silence (no packets), then a talkspurt
         // whose packets all come 50 ms later than the first one's.
@@ -1019,14 +997,7 @@ mod tests {
 
     #[test]
     fn a_looped_capture_is_followed_not_dropped_as_late() {
-        let pcma = RtpFormat {
-            codec: Codec::Pcma,
-            payload_type: PayloadType::PCMA,
-            telephone_event: None,
-            ptime: Millis(20),
-            opus: None,
-        };
-        let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(pcma));
+        let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA));
         let tone = sine(8000, 500.0, 8000.0, 160);
         let mut out = Vec::new();
         // The same 150 packets (sequence numbers and timestamps) twice, one SSRC.

@@ -191,7 +191,7 @@ impl Transcode {
         })
     }
 
-    /// Resampler delay plus encoder lookahead.
+    /// The output's Opus encoder settings, if it encodes Opus.
     pub(crate) fn opus_encoder(&self) -> Option<&OpusEncoderConfig> {
         match &self.back.output.as_ref()?.encoder {
             AudioEncoder::Opus(e) => Some(e.config()),
@@ -199,6 +199,7 @@ impl Transcode {
         }
     }
 
+    /// Resampler delay plus encoder lookahead.
     pub(crate) fn delay_micros(&self) -> u64 {
         self.back.resampler.delay_micros()
             + self
