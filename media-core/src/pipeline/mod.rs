@@ -860,54 +860,63 @@ mod tests {
         );
     }
 
+    /// Drives `p` on virtual time: each packet at its arrival (us), each
+    /// playout tick when due, until `end`. Returns (send instant, RTP timestamp,
+    /// marker) of every output packet.
+    fn play_out(
+        p: &mut MediaPipeline,
+        arrivals: &[(u64, RtpPacket)],
+        end: u64,
+    ) -> Vec<(u64, u32, bool)> {
+        let mut out = Vec::new();
+        let (mut next, mut now) = (0usize, 0u64);
+        while now < end {
+            let arrival = arrivals.get(next).map_or(u64::MAX, |a| a.0);
+            let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
+            now = arrival.min(due).clamp(now, end);
+            if arrival <= due && next < arrivals.len() {
+                p.handle_rtp(Instant::from_micros(now), &arrivals[next].1)
+                    .unwrap();
+                next += 1;
+            } else if due <= now {
+                p.handle_timeout(Instant::from_micros(now));
+            }
+            for pkt in drain(p) {
+                out.push((now, pkt.timestamp().0, pkt.header().marker));
+            }
+        }
+        out
+    }
+
+    /// Timestamp minus wall clock, in 8 kHz ticks (what the far end's jitter
+    /// estimate sees), of the output sent within `during` (us).
+    fn transit(out: &[(u64, u32, bool)], during: std::ops::Range<u64>) -> Vec<i64> {
+        out.iter()
+            .filter(|o| during.contains(&o.0))
+            .map(|&(t, ts, _)| ts as i64 - (t * 8 / 1000) as i64)
+            .collect()
+    }
+
     #[test]
     fn a_stall_moves_the_output_timestamps_across_the_pause() {
         let mut p = buffered(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA));
         let tone = sine(8000, 700.0, 8000.0, 160 * 250);
         // Every 20 ms, except that packets 100-104 are held for 100 ms and then
         // arrive in one burst with packet 105.
-        let arrivals: Vec<u64> = (0..250u64)
+        let arrivals: Vec<(u64, RtpPacket)> = (0..250usize)
             .map(|i| {
-                if (100..105).contains(&i) {
-                    105 * 20_000
+                let at = if (100..105).contains(&i) {
+                    105
                 } else {
-                    i * 20_000
-                }
+                    i as u64
+                };
+                let pkt = pcmu_packet(i as u16, i as u32 * 160, 1, &tone[i * 160..(i + 1) * 160]);
+                (at * 20_000, pkt)
             })
             .collect();
-        // (send instant, RTP timestamp, marker) of every output packet.
-        let mut out: Vec<(u64, u32, bool)> = Vec::new();
-        let (mut next, mut now) = (0usize, 0u64);
-        let end = 5_200_000;
-        while now < end {
-            let arrival = arrivals.get(next).copied().unwrap_or(u64::MAX);
-            let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
-            now = arrival.min(due).clamp(now, end);
-            if arrival <= due && next < arrivals.len() {
-                let i = next;
-                let pkt = pcmu_packet(i as u16, i as u32 * 160, 1, &tone[i * 160..(i + 1) * 160]);
-                p.handle_rtp(Instant::from_micros(now), &pkt).unwrap();
-                next += 1;
-            } else if due <= now {
-                p.handle_timeout(Instant::from_micros(now));
-            }
-            for pkt in drain(&mut p) {
-                out.push((now, pkt.timestamp().0, pkt.header().marker));
-            }
-        }
-        // Timestamp minus wall clock, in 8 kHz ticks: what the far end's jitter
-        // estimate sees.
-        let transit = |&(t, ts, _): &(u64, u32, bool)| ts as i64 - (t * 8 / 1000) as i64;
-        let before: Vec<i64> = out
-            .iter()
-            .filter(|o| o.0 < 1_900_000)
-            .map(transit)
-            .collect();
-        let after: Vec<i64> = out
-            .iter()
-            .filter(|o| o.0 > 3_500_000 && o.0 <= 5_000_000)
-            .map(transit)
-            .collect();
+        let out = play_out(&mut p, &arrivals, 5_200_000);
+        let before = transit(&out, 0..1_900_000);
+        let after = transit(&out, 3_500_001..5_000_001);
         let base = *before.iter().max().unwrap();
         assert!(before.iter().all(|t| base - t <= 40), "{before:?}");
         // Back on the pre-stall line: not behind it (it was 100 ms behind for good
@@ -939,17 +948,10 @@ mod tests {
         let tone = sine(8000, 700.0, 8000.0, 160 * 250);
         // A talkspurt, 300 ms of sender silence (no packets), then a talkspurt
         // whose packets all come 50 ms later than the first one's.
-        let sent: Vec<u64> = (0..250u64).filter(|i| !(100..115).contains(i)).collect();
-        let arrival = |i: u64| i * 20_000 + if i >= 115 { 50_000 } else { 0 };
-        let mut out: Vec<(u64, u32)> = Vec::new();
-        let (mut next, mut now) = (0usize, 0u64);
-        let end = 5_200_000;
-        while now < end {
-            let a = sent.get(next).map_or(u64::MAX, |&i| arrival(i));
-            let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
-            now = a.min(due).clamp(now, end);
-            if a <= due && next < sent.len() {
-                let i = sent[next] as usize;
+        let arrivals: Vec<(u64, RtpPacket)> = (0..250usize)
+            .filter(|i| !(100..115).contains(i))
+            .map(|i| {
+                let at = i as u64 * 20_000 + if i >= 115 { 50_000 } else { 0 };
                 // DTX: sequence numbers run on, the timestamp jumps, marker set.
                 let seq = if i >= 115 { i - 15 } else { i } as u16;
                 let mut pkt = pcmu_packet(seq, i as u32 * 160, 1, &tone[i * 160..(i + 1) * 160]);
@@ -963,26 +965,12 @@ mod tests {
                         pkt.payload_bytes(),
                     );
                 }
-                p.handle_rtp(Instant::from_micros(now), &pkt).unwrap();
-                next += 1;
-            } else if due <= now {
-                p.handle_timeout(Instant::from_micros(now));
-            }
-            for pkt in drain(&mut p) {
-                out.push((now, pkt.timestamp().0));
-            }
-        }
-        let transit = |&(t, ts): &(u64, u32)| ts as i64 - (t * 8 / 1000) as i64;
-        let before: Vec<i64> = out
-            .iter()
-            .filter(|o| o.0 < 1_900_000)
-            .map(transit)
+                (at, pkt)
+            })
             .collect();
-        let after: Vec<i64> = out
-            .iter()
-            .filter(|o| (3_500_000..5_000_000).contains(&o.0))
-            .map(transit)
-            .collect();
+        let out = play_out(&mut p, &arrivals, 5_200_000);
+        let before = transit(&out, 0..1_900_000);
+        let after = transit(&out, 3_500_000..5_000_000);
         let base = *before.iter().max().unwrap();
         // Within 25 ms (200 ticks) of the line before the pause: the 50 ms of
         // extra delay is partly taken by the wait at the talkspurt's start (which
