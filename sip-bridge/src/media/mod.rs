@@ -598,14 +598,12 @@ impl MediaSession {
             cfg.opus = self.cfg.opus;
             let is_sip =
                 |k: LegKey| matches!(self.legs.get(&k).map(|l| &l.kind), Some(Kind::Rtp { .. }));
-            let relay = input == output && is_sip(leg);
             // SIP to SIP, both ends are phones or gateways with jitter buffers of
-            // their own: buffering here too only adds delay (and a playout timer
-            // per direction), so transcoding decodes on arrival, as rtpengine does.
-            // A browser on either side, or an agent, gets its input smoothed.
+            // their own: buffering here too only adds delay, so transcoding decodes
+            // on arrival, as rtpengine does. A browser on either side, or an agent,
+            // gets its input smoothed. (A pipeline that relays ignores the buffer.)
             let sip_to_sip = matches!(l.source, Source::Leg(src) if is_sip(src)) && is_sip(leg);
-            if !relay
-                && (!sip_to_sip || self.cfg.sip_jitter_buffer)
+            if (!sip_to_sip || self.cfg.sip_jitter_buffer)
                 && let Endpoint::Rtp(f) = input
             {
                 cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
@@ -1095,25 +1093,33 @@ mod tests {
         b
     }
 
-    fn two_legs(a_remote: Option<SocketAddr>) -> MediaSession {
-        let mut s = MediaSession::new(MediaConfig::new(None, 1));
+    /// SIP legs 0 (port 20000, `a`) and 1 (port 20002, `b`, at 198.51.100.9:4000),
+    /// connected.
+    fn connected(
+        cfg: MediaConfig,
+        a: (RtpFormat, Option<SocketAddr>),
+        b: RtpFormat,
+    ) -> MediaSession {
+        let mut s = MediaSession::new(cfg);
         let now = Instant::ZERO;
-        for (leg, port, remote) in [
-            (0, 20000, a_remote),
-            (1, 20002, Some("198.51.100.9:4000".parse().unwrap())),
+        for (leg, local_port, (format, remote)) in [
+            (0, 20000, a),
+            (1, 20002, (b, Some("198.51.100.9:4000".parse().unwrap()))),
         ] {
-            s.handle_command(
-                now,
-                MediaCommand::AddRtp {
-                    leg,
-                    local_port: port,
-                    remote,
-                    format: pcmu(),
-                },
-            );
+            let cmd = MediaCommand::AddRtp {
+                leg,
+                local_port,
+                remote,
+                format,
+            };
+            s.handle_command(now, cmd);
         }
         s.handle_command(now, MediaCommand::Connect { a: 0, b: 1 });
         s
+    }
+
+    fn two_legs(a_remote: Option<SocketAddr>) -> MediaSession {
+        connected(MediaConfig::new(None, 1), (pcmu(), a_remote), pcmu())
     }
 
     fn sent(s: &mut MediaSession) -> Vec<MediaTransmit> {
@@ -1125,19 +1131,8 @@ mod tests {
         for buffered in [false, true] {
             let mut cfg = MediaConfig::new(None, 1);
             cfg.sip_jitter_buffer = buffered;
-            let mut s = MediaSession::new(cfg);
             let pcma = RtpFormat::new(Codec::Pcma, PayloadType::PCMA);
-            let remote = Some("198.51.100.9:4000".parse().unwrap());
-            for (leg, local_port, format) in [(0, 20000, pcmu()), (1, 20002, pcma)] {
-                let cmd = MediaCommand::AddRtp {
-                    leg,
-                    local_port,
-                    remote,
-                    format,
-                };
-                s.handle_command(Instant::ZERO, cmd);
-            }
-            s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 1 });
+            let s = connected(cfg, (pcmu(), None), pcma);
             for leg in [0, 1] {
                 let p = s.legs[&leg].to_me.as_ref().unwrap();
                 assert!(!p.is_relay());
@@ -1150,25 +1145,12 @@ mod tests {
     fn opus_toward_a_peer_takes_our_settings_and_its_fmtp() {
         let mut cfg = MediaConfig::new(None, 1);
         cfg.opus.complexity = 2;
-        let mut s = MediaSession::new(cfg);
         let opus = |fmtp: &str| RtpFormat {
             opus: Some(OpusFmtp::parse(fmtp)),
             ..RtpFormat::new(Codec::Opus, PayloadType::new(111).unwrap())
         };
-        let now = Instant::ZERO;
-        let remote = Some("198.51.100.9:4000".parse().unwrap());
-        for (leg, local_port, format) in [(0, 20000, pcmu()), (1, 20002, opus(""))] {
-            s.handle_command(
-                now,
-                MediaCommand::AddRtp {
-                    leg,
-                    local_port,
-                    remote,
-                    format,
-                },
-            );
-        }
-        s.handle_command(now, MediaCommand::Connect { a: 0, b: 1 });
+        let mut s = connected(cfg, (pcmu(), None), opus(""));
+        let (now, remote) = (Instant::ZERO, Some("198.51.100.9:4000".parse().unwrap()));
         let encoder =
             |s: &MediaSession| *s.legs[&1].to_me.as_ref().unwrap().opus_encoder().unwrap();
         let e = encoder(&s);

@@ -220,6 +220,12 @@ fn audio_attributes(
     a
 }
 
+/// For Opus, what `m`'s `fmtp` for `pt` asks of our encoder (RFC 7587 section 6.1;
+/// none at all means the defaults).
+fn opus_fmtp(codec: Codec, m: &MediaDescription, pt: u8) -> Option<OpusFmtp> {
+    (codec == Codec::Opus).then(|| OpusFmtp::parse(m.fmtp(pt).unwrap_or_default()))
+}
+
 /// Answers `offer` (RFC 3264 section 6): the first audio section gets the first
 /// offered codec we support (the offerer's order), telephone-event at that
 /// codec's clock rate if offered, and a direction that reverses the offer's within
@@ -336,8 +342,7 @@ pub fn answer_audio(
     };
     let agreed = NegotiatedAudio {
         codec,
-        opus: (codec == Codec::Opus)
-            .then(|| OpusFmtp::parse(audio.fmtp(map.payload_type).unwrap_or_default())),
+        opus: opus_fmtp(codec, audio, map.payload_type),
         payload_type: pt(map.payload_type),
         telephone_event: te.map(|(p, _)| pt(p)),
         remote_ptime: Millis(
@@ -460,7 +465,7 @@ pub fn negotiated_from_answer(
     Ok(NegotiatedAudio {
         codec,
         // The answer's fmtp is the answerer's: how it wants to receive.
-        opus: (codec == Codec::Opus).then(|| OpusFmtp::parse(theirs.fmtp(p).unwrap_or_default())),
+        opus: opus_fmtp(codec, theirs, p),
         payload_type: pt(p),
         telephone_event: te.map(pt),
         remote_ptime: Millis(
