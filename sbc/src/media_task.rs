@@ -11,11 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use media_core::codec::OpusEncoderConfig;
 use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use sip_bridge::stream::AgentMessage;
-use sip_bridge::webrtc::WebRtcConfig;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -67,18 +65,13 @@ pub enum MediaIn {
 /// What every media task shares.
 #[derive(Debug)]
 pub struct MediaCtx {
-    /// Browser legs.
-    pub webrtc: WebRtcConfig,
+    /// Every call's media settings (browser legs, media timeout, Opus, jitter
+    /// buffering); each task takes a copy with its own seed.
+    pub media: MediaConfig,
     /// The shared WebRTC port.
     pub port: WebRtcPort,
     /// Where RTP sockets bind.
     pub rtp_bind: IpAddr,
-    /// No RTP for this long ends a call.
-    pub media_timeout: Duration,
-    /// Our Opus encoders.
-    pub opus: OpusEncoderConfig,
-    /// SIP-to-SIP transcoding through a jitter buffer too.
-    pub sip_jitter_buffer: bool,
     /// The clock.
     pub clock: Clock,
 }
@@ -107,11 +100,10 @@ async fn run(
     me: mpsc::UnboundedSender<MediaIn>,
     mut rx: mpsc::UnboundedReceiver<MediaIn>,
 ) {
-    let mut cfg = MediaConfig::new(Some(ctx.webrtc.clone()), seed);
-    cfg.media_timeout = ctx.media_timeout;
-    cfg.opus = ctx.opus;
-    cfg.sip_jitter_buffer = ctx.sip_jitter_buffer;
-    let mut session = MediaSession::new(cfg);
+    let mut session = MediaSession::new(MediaConfig {
+        seed,
+        ..ctx.media.clone()
+    });
     let mut rtp = RtpSockets::default();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();

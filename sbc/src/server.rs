@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use media_core::codec::OpusEncoderConfig;
 use sip_bridge::bridge::{Bridge, BridgeConfig, CallEvent};
+use sip_bridge::media::MediaConfig;
 use sip_bridge::signalling::NumberInfo;
 use sip_bridge::token::{ApiKeys, TokenIssuer};
 use sip_bridge::webrtc::{DtlsIdentity, WebRtcConfig};
@@ -185,13 +186,17 @@ impl ServerBuilder {
             }
         });
         let identity = DtlsIdentity::generate().map_err(|e| ServerError::Dtls(e.to_string()))?;
-        let media_ctx = Arc::new(MediaCtx {
-            webrtc: WebRtcConfig::new(webrtc_public, identity, clock.std_epoch()),
-            port: port.clone(),
-            rtp_bind: cfg.rtp_bind,
+        let webrtc = WebRtcConfig::new(webrtc_public, identity, clock.std_epoch());
+        let media = MediaConfig {
             media_timeout: cfg.media_timeout,
             opus: cfg.opus,
             sip_jitter_buffer: cfg.sip_jitter_buffer,
+            ..MediaConfig::new(Some(webrtc), 0)
+        };
+        let media_ctx = Arc::new(MediaCtx {
+            media,
+            port: port.clone(),
+            rtp_bind: cfg.rtp_bind,
             clock,
         });
 
