@@ -68,6 +68,7 @@ use sbc::sip::{SipConfig, SipEndpoint, SipHandle};
 use serde_json::{Value, json};
 use sip_bridge::sdp::{self, AudioCaps, LocalMedia, NegotiatedAudio, SessionDescription};
 use sip_bridge::sip::dialog::{EndReason, InviteParams, LegId, UaEvent};
+use sip_bridge::sip::dtmf_info;
 use sip_bridge::sip::message::{Peer, SipHeaders};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -916,7 +917,7 @@ impl Carrier {
                 body,
             } => {
                 let id = self.legs.get(&leg).map_or(0, |l| l.id);
-                match sip_bridge::sip::dtmf_info::digit(&content_type, &body) {
+                match dtmf_info::digit(&content_type, &body) {
                     Some(d) => emit(
                         "dtmf",
                         json!({"leg": id, "digit": d.to_string(), "via": "info"}),
@@ -1122,16 +1123,11 @@ impl Carrier {
                 for (leg, id, media) in legs {
                     if info {
                         for d in digits.chars() {
-                            let body = sip_bridge::sip::dtmf_info::body(d).into_bytes();
+                            let body = dtmf_info::body(d).into_bytes();
                             let r = self
                                 .h
                                 .call(move |ua, now| {
-                                    ua.info(
-                                        now,
-                                        leg,
-                                        sip_bridge::sip::dtmf_info::CONTENT_TYPE,
-                                        &body,
-                                    )
+                                    ua.info(now, leg, dtmf_info::CONTENT_TYPE, &body)
                                 })
                                 .await;
                             if let Ok(Err(e)) = r {
