@@ -6,7 +6,7 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::Criterion;
 use media_core::analysis::{sine, speech_like};
-use media_core::codec::{Codec, OpusDecoder, OpusEncoder, OpusEncoderConfig, g711};
+use media_core::codec::{Codec, OpusComplexity, OpusDecoder, OpusEncoder, OpusEncoderConfig, g711};
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
 use media_core::resample::Resampler;
 use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
@@ -94,6 +94,33 @@ fn opus_benches(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % packets.len();
                 dec.decode(black_box(&packets[i]), &mut pcm).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The encoder toward a SIP peer without FEC at each `[media] opus_complexity`:
+/// what the setting buys. libopus's AVX2 noise-shaping quantizer only takes 3 or
+/// 4 delayed-decision states (complexity 6 and up); 1 and 2 run its C version.
+fn opus_complexity_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("opus_complexity");
+    g.measurement_time(std::time::Duration::from_secs(2));
+    g.warm_up_time(std::time::Duration::from_secs(1));
+    let (frames, _) = opus_frames(SampleRate::HZ_8000);
+    for complexity in 0..=10u8 {
+        let mut enc = OpusEncoder::new(OpusEncoderConfig {
+            inband_fec: false,
+            complexity: OpusComplexity::Fixed(complexity),
+            ..opus_config(SampleRate::HZ_8000)
+        })
+        .unwrap();
+        let mut buf = [0u8; 1500];
+        let mut i = 0;
+        g.bench_function(format!("encode_8k_no_fec/{complexity}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % frames.len();
+                enc.encode(black_box(&frames[i]), &mut buf).unwrap()
             })
         });
     }
@@ -276,6 +303,7 @@ fn main() {
         .configure_from_args();
     g711_benches(&mut c);
     opus_benches(&mut c);
+    opus_complexity_benches(&mut c);
     resample_benches(&mut c);
     pipeline_benches(&mut c);
     c.final_summary();

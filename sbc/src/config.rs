@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use media_core::codec::Codec;
+use media_core::codec::{Codec, OpusComplexity};
 use serde::Deserialize;
 use sip_bridge::bridge::{
     BridgeConfig, Cidr, DialPlan, DtmfMode, NumberConfig, Step, Target, TrunkConfig,
@@ -160,9 +160,11 @@ pub struct MediaSection {
     /// not hold a call and its ports for hours).
     #[serde(deserialize_with = "values::one")]
     pub media_timeout: Duration,
-    /// libopus complexity of our Opus encoders, 0 (cheapest) to 10 (best): the
-    /// CPU a transcoded call costs against its sound (see the example config).
-    pub opus_complexity: u8,
+    /// libopus complexity of our Opus encoders, `"auto"` or 0 (cheapest) to 10
+    /// (best): the CPU a transcoded call costs against its sound (see the
+    /// example config and [`OpusComplexity::Auto`]).
+    #[serde(deserialize_with = "values::opus_complexity")]
+    pub opus_complexity: OpusComplexity,
     /// Transcoding between two SIP legs goes through a jitter buffer too. Off:
     /// both ends are phones or gateways with buffers of their own, and a second
     /// one only adds delay. Browser and agent legs always get one.
@@ -179,7 +181,7 @@ impl Default for MediaSection {
             webrtc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
             webrtc_advertise: None,
             media_timeout: Duration::from_secs(60),
-            opus_complexity: media_core::codec::OpusEncoderConfig::default().complexity,
+            opus_complexity: OpusComplexity::Auto,
             sip_jitter_buffer: false,
         }
     }
@@ -1326,6 +1328,28 @@ mod tests {
     }
 
     #[test]
+    fn opus_complexity_is_auto_unless_a_number_is_given() {
+        let media = |extra: &str| {
+            SbcConfig::parse(&format!("{MINIMAL}{extra}"))
+                .unwrap()
+                .media
+        };
+        assert_eq!(media("").opus_complexity, OpusComplexity::Auto);
+        assert_eq!(
+            media("[media]\nopus_complexity = \"auto\"\n").opus_complexity,
+            OpusComplexity::Auto
+        );
+        assert_eq!(
+            media("[media]\nopus_complexity = 0\n").opus_complexity,
+            OpusComplexity::Fixed(0)
+        );
+        assert_eq!(
+            media("[media]\nopus_complexity = 10\n").opus_complexity,
+            OpusComplexity::Fixed(10)
+        );
+    }
+
+    #[test]
     fn toml_syntax_errors_have_a_line() {
         let e = error("[sip\nudp = 1\n");
         assert!(e.starts_with("TOML syntax: unclosed table"), "{e}");
@@ -1759,6 +1783,16 @@ mod tests {
             "[media]\nopus_complexity = 11\n",
             "media.opus_complexity",
             "0 (cheapest) to 10 (best)",
+        );
+        rejects(
+            "[media]\nopus_complexity = \"best\"\n",
+            "media.opus_complexity",
+            "\"auto\" or a whole number",
+        );
+        rejects(
+            "[media]\nopus_complexity = -1\n",
+            "media.opus_complexity",
+            "out of range",
         );
         rejects(
             "[protection]\nrate_limit_requests = 0\n",

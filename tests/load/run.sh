@@ -27,7 +27,7 @@ usage: tests/load/run.sh [options]
                      (a=fmtp:111 useinbandfec=1, as browsers do); without it the
                      answer has no fmtp, and the sbc's Opus encoder sends no FEC
                      (RFC 7587 section 6.1)
-      --opus-complexity N  the sbc's [media] opus_complexity, 0-10 (default 5)
+      --opus-complexity N  the sbc's [media] opus_complexity, auto or 0-10 (default auto)
       --sip-jitter-buffer  the sbc's [media] sip_jitter_buffer = true: transcoded
                      (and repacketized) calls go through its jitter buffer
       --answer-ptime MS  the far end's a=ptime (default 20; relay 30, as the
@@ -43,7 +43,7 @@ WebRTC 9478; RTP 10000-31999).
 EOF
 }
 
-mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=5 sip_jitter_buffer=false sbc="$repo/target/release/sbc" log=info keep=0
+mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=auto sip_jitter_buffer=false sbc="$repo/target/release/sbc" log=info keep=0
 while (($#)); do
   case "$1" in
     -m|--mode) mode="$2"; shift 2 ;;
@@ -70,7 +70,8 @@ esac
 num() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $2 must be a number, not '$1'" >&2; exit 2; }; }
 : "${answer_ptime:=20}"
 num "$rate" --rate; num "$hold" --hold; num "$calls" --calls
-num "$answer_ptime" --answer-ptime; num "$opus_complexity" --opus-complexity
+num "$answer_ptime" --answer-ptime
+[ "$opus_complexity" = auto ] || num "$opus_complexity" --opus-complexity
 command -v sipp >/dev/null || { echo "run.sh: SIPp is missing: apt-get install -y sip-tester" >&2; exit 2; }
 [ -x "$sbc" ] || { echo "run.sh: no sbc binary at $sbc: cargo build --release -p sbc" >&2; exit 2; }
 testdata="${SHARED_TESTDATA:-$repo/../shared/testdata}"
@@ -144,7 +145,7 @@ rtp_bind = "$sbc_ip"
 rtp_ports = "10000-31999"
 webrtc = "$sbc_ip:$webrtc_port"
 media_timeout = "$media_timeout"
-opus_complexity = $opus_complexity
+opus_complexity = $([ "$opus_complexity" = auto ] && echo '"auto"' || echo "$opus_complexity")
 sip_jitter_buffer = $sip_jitter_buffer
 
 [http]

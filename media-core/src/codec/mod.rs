@@ -8,7 +8,7 @@ pub mod g711;
 pub mod opus;
 mod plc;
 
-pub use self::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig, OpusFmtp};
+pub use self::opus::{OpusComplexity, OpusDecoder, OpusEncoder, OpusEncoderConfig, OpusFmtp};
 pub use plc::Concealer;
 
 use crate::rtp::PayloadType;

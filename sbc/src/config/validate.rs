@@ -400,13 +400,6 @@ fn limits(c: &SbcConfig, f: &mut Found) {
     nonzero(f, "limits.max_call_duration", l.max_call_duration);
     nonzero(f, "limits.outbound_ring_timeout", l.outbound_ring_timeout);
     nonzero(f, "media.media_timeout", c.media.media_timeout);
-    if c.media.opus_complexity > 10 {
-        push(
-            f,
-            "media.opus_complexity",
-            "must be 0 (cheapest) to 10 (best)",
-        );
-    }
     let p = &c.protection;
     positive(
         f,

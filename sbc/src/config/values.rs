@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use media_core::codec::Codec;
+use media_core::codec::{Codec, OpusComplexity};
 use serde::de::{self, Deserialize, Deserializer};
 use sip_bridge::bridge::{Cidr, DtmfMode, Target};
 use sip_bridge::sip::message::Transport;
@@ -319,6 +319,34 @@ impl From<&str> for Secret {
     fn from(s: &str) -> Secret {
         Secret(s.into())
     }
+}
+
+/// `deserialize_with` for `[media] opus_complexity`: `"auto"` or 0-10.
+pub(crate) fn opus_complexity<'de, D: Deserializer<'de>>(d: D) -> Result<OpusComplexity, D::Error> {
+    struct V;
+    const EXPECTED: &str = "\"auto\" or a whole number from 0 (cheapest) to 10 (best)";
+    impl de::Visitor<'_> for V {
+        type Value = OpusComplexity;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(EXPECTED)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<OpusComplexity, E> {
+            match u8::try_from(n) {
+                Ok(c) if c <= 10 => Ok(OpusComplexity::Fixed(c)),
+                _ => Err(E::custom(format!("{n} is out of range: write {EXPECTED}"))),
+            }
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<OpusComplexity, E> {
+            match s.trim() {
+                "auto" => Ok(OpusComplexity::Auto),
+                _ => Err(E::custom(format!("\"{s}\" is not {EXPECTED}"))),
+            }
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[cfg(test)]

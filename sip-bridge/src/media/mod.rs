@@ -1073,7 +1073,7 @@ impl MediaSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use media_core::codec::OpusFmtp;
+    use media_core::codec::{OpusComplexity, OpusFmtp};
     use media_core::rtp::{RtpTimestamp, RtpWriter, SeqNo};
 
     fn pcmu() -> RtpFormat {
@@ -1144,7 +1144,7 @@ mod tests {
     #[test]
     fn opus_toward_a_peer_takes_our_settings_and_its_fmtp() {
         let mut cfg = MediaConfig::new(None, 1);
-        cfg.opus.complexity = 2;
+        cfg.opus.complexity = OpusComplexity::Fixed(2);
         let opus = |fmtp: &str| RtpFormat {
             opus: Some(OpusFmtp::parse(fmtp)),
             ..RtpFormat::new(Codec::Opus, PayloadType::new(111).unwrap())
@@ -1154,7 +1154,11 @@ mod tests {
         let encoder =
             |s: &MediaSession| *s.legs[&1].to_me.as_ref().unwrap().opus_encoder().unwrap();
         let e = encoder(&s);
-        assert_eq!(e.complexity, 2, "the configured complexity");
+        assert_eq!(
+            e.complexity,
+            OpusComplexity::Fixed(2),
+            "the configured complexity"
+        );
         assert!(!e.inband_fec, "no useinbandfec=1 in the peer's fmtp");
         assert!(s.legs[&0].to_me.as_ref().unwrap().opus_encoder().is_none());
         // A re-INVITE whose answer asks for FEC rebuilds the encoder with it.
@@ -1167,7 +1171,7 @@ mod tests {
             },
         );
         let e = encoder(&s);
-        assert!(e.inband_fec && e.complexity == 2);
+        assert!(e.inband_fec && e.complexity == OpusComplexity::Fixed(2));
     }
 
     #[test]
