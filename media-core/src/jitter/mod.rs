@@ -716,13 +716,23 @@ impl JitterBuffer {
             };
         }
         // A frame's worth, waiting or concealing as needed; then the accelerate's
-        // slack only from packets already here in order.
+        // slack only from packets already here in order, and only those the next
+        // tick would not need anyway before their time: else the schedule
+        // (which waits for the next media to reach the target) slows the clock
+        // while the stretch speeds playout, and the output's timeline walks off
+        // by up to a frame, seen downstream as jitter. What is left of a decoded
+        // packet is free to take: that realigns frames with packets.
         self.fill(now, &mut tick, frame as i64, target);
+        let next_tick = clock_at.as_micros() as i64 + self.us(frame as i64);
+        let floor = self.estimator.floor(now);
+        let external = self.cfg.external_clock;
         while (self.buffered_ticks() as i64) < need
-            && self
-                .packets
-                .front()
-                .is_some_and(|p| p.ts == self.pos && p.seq == self.next_seq)
+            && self.packets.front().is_some_and(|p| {
+                let end = self.us(p.ts + p.ticks as i64);
+                p.ts == self.pos
+                    && p.seq == self.next_seq
+                    && (external || floor.is_some_and(|f| next_tick - (end + f) >= target))
+            })
         {
             let Some(p) = self.packets.pop_front() else {
                 break;
@@ -1077,6 +1087,10 @@ mod tests {
         /// How late the driver wakes for each own-clock tick (tick index -> us):
         /// a runtime's timer rounds up to its resolution.
         wake_late: fn(usize) -> u64,
+        /// The pitch period a stretch adds or removes, ticks (default a quarter
+        /// frame; a real one is whatever the speech has, so frames stop lining
+        /// up with packets).
+        pitch: Option<u32>,
     }
 
     impl Sim {
@@ -1088,6 +1102,7 @@ mod tests {
                 max_len: 0,
                 delays: Vec::new(),
                 wake_late: |_| 0,
+                pitch: None,
             }
         }
 
@@ -1100,7 +1115,7 @@ mod tests {
                     self.decoded.push(payload[0]);
                 }
             }
-            let pitch = frame / 4;
+            let pitch = self.pitch.unwrap_or(frame / 4);
             let consumed = match t.stretch {
                 Stretch::None => frame,
                 Stretch::Accelerate { max_ticks } if max_ticks >= pitch => frame + pitch,
@@ -1284,6 +1299,71 @@ mod tests {
         assert_eq!(sim.decoded, (0..200).map(|i| i as u8).collect::<Vec<_>>());
         let s = sim.jb.stats();
         assert_eq!((s.late, s.lost, s.resyncs), (0, 0, 0), "{s:?}");
+    }
+
+    /// A 100 ms stall ends in a burst. The backlog goes by time-stretching what
+    /// is in hand and by the clock, without the two pulling against each other:
+    /// an accelerate that took packets the next tick needed left the schedule
+    /// waiting for them to come of age, so the clock ran slow while the stretch
+    /// sped playout. The listener's delay then hovered a frame above the target,
+    /// and the output timeline (one frame per tick) walked 20-30 ms late, which
+    /// a downstream buffer took for jitter and buffered for seconds.
+    #[test]
+    fn a_stall_drains_without_the_clock_and_the_stretch_fighting() {
+        let mut sim = Sim::new(cfg());
+        sim.wake_late = |_| 1_000;
+        sim.pitch = Some(9 * 8); // 9 ms: frames no longer line up with packets
+        // 20 ms packets for 6 s; those sent in 3.00-3.08 s arrive with the one
+        // of 3.10 s.
+        let arrivals = stream(300, |i| {
+            if (150..155).contains(&i) {
+                (155 - u64::from(i)) * 20_000
+            } else {
+                0
+            }
+        });
+        sim.run(arrivals, 6_100_000, true);
+        let target = sim.jb.target_us() as f64 / 1000.0;
+        let burst = Instant::from_micros(3_140_000);
+        let after: Vec<(Instant, f64)> = sim
+            .delays
+            .iter()
+            .copied()
+            .filter(|d| d.0 >= burst)
+            .collect();
+        assert!(
+            after[0].1 > target + 50.0,
+            "the stall shows: {:?}",
+            after[0]
+        );
+        // While the listener waits longer than the target, no tick comes later
+        // than the nominal 20 ms (plus the driver's 1 ms).
+        for w in after.windows(2) {
+            let gap = w[1].0.saturating_duration_since(w[0].0).as_micros();
+            assert!(
+                w[0].1 <= target + 1.0 || gap <= 21_000,
+                "slow tick of {gap} us at {:?} with the delay at {} ms (target {target})",
+                w[1].0,
+                w[0].1
+            );
+        }
+        // Settled within 0.5 s, and it stays there: no more than a pitch period
+        // above the target (what is left of a packet when the stretch cannot
+        // take a whole period; silence, where any length goes, realigns).
+        let settled: Vec<f64> = after
+            .iter()
+            .filter(|d| d.0 >= Instant::from_micros(3_640_000))
+            .map(|d| d.1)
+            .collect();
+        let (lo, hi) = settled
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+        assert!(
+            hi - lo <= 1.0 && lo >= target && hi <= target + 9.0,
+            "delay {lo}-{hi} ms, target {target}"
+        );
+        let s = sim.jb.stats();
+        assert_eq!((s.late, s.lost), (0, 0), "{s:?}");
     }
 
     #[test]
