@@ -10,7 +10,7 @@ use media_core::codec::{Codec, OpusEncoder, OpusEncoderConfig};
 use media_core::jitter::JitterConfig;
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
 use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
-use media_core::{ClockRate, Instant, SampleRate};
+use media_core::{ClockRate, Instant};
 use std::time::Duration;
 
 fn buffered(input: RtpFormat, output: RtpFormat, clock: u32, seed: u64) -> MediaPipeline {
