@@ -4,7 +4,8 @@
 use std::hint::black_box;
 
 use bytes::BytesMut;
-use criterion::Criterion;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
 use media_core::analysis::{sine, speech_like};
 use media_core::codec::{Codec, OpusComplexity, OpusDecoder, OpusEncoder, OpusEncoderConfig, g711};
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
@@ -57,39 +58,41 @@ fn opus_frames(rate: SampleRate) -> (Vec<Vec<i16>>, Vec<Vec<u8>>) {
     (frames, packets)
 }
 
+/// Encoding `frames` in turn with an encoder of `config`, per 20 ms frame.
+fn bench_encode(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: String,
+    config: OpusEncoderConfig,
+    frames: &[Vec<i16>],
+) {
+    let mut enc = OpusEncoder::new(config).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut i = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % frames.len();
+            enc.encode(black_box(&frames[i]), &mut buf).unwrap()
+        })
+    });
+}
+
 fn opus_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("opus");
-    {
-        // Toward a receiver without `useinbandfec=1` (RFC 7587 section 6.1), as
-        // the SIPp far end of the transcode load test: no LBRR encode.
-        let (frames, _) = opus_frames(SampleRate::HZ_8000);
-        let mut enc = OpusEncoder::new(OpusEncoderConfig {
-            inband_fec: false,
-            ..opus_config(SampleRate::HZ_8000)
-        })
-        .unwrap();
-        let mut buf = [0u8; 1500];
-        let mut i = 0;
-        g.bench_function("encode_8k_no_fec", |b| {
-            b.iter(|| {
-                i = (i + 1) % frames.len();
-                enc.encode(black_box(&frames[i]), &mut buf).unwrap()
-            })
-        });
-    }
+    // Toward a receiver without `useinbandfec=1` (RFC 7587 section 6.1), as the
+    // SIPp far end of the transcode load test: no LBRR encode.
+    let no_fec = OpusEncoderConfig {
+        inband_fec: false,
+        ..opus_config(SampleRate::HZ_8000)
+    };
+    let (frames, _) = opus_frames(SampleRate::HZ_8000);
+    bench_encode(&mut g, "encode_8k_no_fec".into(), no_fec, &frames);
     for rate in [SampleRate::HZ_8000, SampleRate::HZ_48000] {
         let (frames, packets) = opus_frames(rate);
-        let mut enc = OpusEncoder::new(opus_config(rate)).unwrap();
-        let mut buf = [0u8; 1500];
-        let mut i = 0;
-        g.bench_function(format!("encode_{}k", rate.hz() / 1000), |b| {
-            b.iter(|| {
-                i = (i + 1) % frames.len();
-                enc.encode(black_box(&frames[i]), &mut buf).unwrap()
-            })
-        });
+        let name = format!("encode_{}k", rate.hz() / 1000);
+        bench_encode(&mut g, name, opus_config(rate), &frames);
         let mut dec = OpusDecoder::new(rate).unwrap();
         let mut pcm = vec![0i16; 5760];
+        let mut i = 0;
         g.bench_function(format!("decode_{}k", rate.hz() / 1000), |b| {
             b.iter(|| {
                 i = (i + 1) % packets.len();
@@ -102,27 +105,25 @@ fn opus_benches(c: &mut Criterion) {
 
 /// The encoder toward a SIP peer without FEC at each `[media] opus_complexity`:
 /// what the setting buys. libopus's AVX2 noise-shaping quantizer only takes 3 or
-/// 4 delayed-decision states (complexity 6 and up); 1 and 2 run its C version.
+/// 4 delayed-decision states (complexity 6 and up); with 1 or 2 (complexity 0-5)
+/// it runs its C version.
 fn opus_complexity_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("opus_complexity");
     g.measurement_time(std::time::Duration::from_secs(2));
     g.warm_up_time(std::time::Duration::from_secs(1));
     let (frames, _) = opus_frames(SampleRate::HZ_8000);
     for complexity in 0..=10u8 {
-        let mut enc = OpusEncoder::new(OpusEncoderConfig {
+        let config = OpusEncoderConfig {
             inband_fec: false,
             complexity: OpusComplexity::Fixed(complexity),
             ..opus_config(SampleRate::HZ_8000)
-        })
-        .unwrap();
-        let mut buf = [0u8; 1500];
-        let mut i = 0;
-        g.bench_function(format!("encode_8k_no_fec/{complexity}"), |b| {
-            b.iter(|| {
-                i = (i + 1) % frames.len();
-                enc.encode(black_box(&frames[i]), &mut buf).unwrap()
-            })
-        });
+        };
+        bench_encode(
+            &mut g,
+            format!("encode_8k_no_fec/{complexity}"),
+            config,
+            &frames,
+        );
     }
     g.finish();
 }

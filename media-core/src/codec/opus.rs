@@ -100,9 +100,10 @@ impl OpusComplexity {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpusFmtp {
     /// `useinbandfec=1`: the decoder makes use of in-band FEC. LBRR data costs
-    /// bits and a quarter of the encoder's time (`cargo bench --bench media`: 72 vs
-    /// 53 us per 20 ms at 8 kHz), wasted on a receiver that
-    /// drops it (it defaults to 0).
+    /// bits and a fifth to a quarter of the encoder's time (`cargo bench -p
+    /// benches --bench media -- opus/`: 27.8 vs 22.6 us per 20 ms at 8 kHz at the
+    /// default complexity, 72 vs 53 us at 5), wasted on a receiver that drops it
+    /// (it defaults to 0).
     pub useinbandfec: bool,
     /// `usedtx=1`: the receiver prefers discontinuous transmission.
     pub usedtx: bool,
@@ -142,7 +143,6 @@ pub const MAX_PACKET: usize = 4000;
 pub struct OpusEncoder {
     inner: opus::Encoder,
     config: OpusEncoderConfig,
-    complexity: u8,
     lookahead: usize,
 }
 
@@ -190,7 +190,6 @@ impl OpusEncoder {
         Ok(OpusEncoder {
             inner,
             config,
-            complexity,
             lookahead,
         })
     }
@@ -202,7 +201,8 @@ impl OpusEncoder {
 
     /// The libopus complexity in use (what [`OpusComplexity::Auto`] chose).
     pub fn complexity(&self) -> u8 {
-        self.complexity
+        let c = &self.config;
+        c.complexity.resolve(c.sample_rate, c.bitrate)
     }
 
     /// Rate of the PCM this encoder takes.
@@ -227,16 +227,13 @@ impl OpusEncoder {
         self.inner
             .set_bitrate(opus::Bitrate::Bits(bps.clamp(6_000, 510_000) as i32))
             .map_err(opus_err)?;
+        let was = self.complexity();
         self.config.bitrate = Some(bps);
-        let complexity = self
-            .config
-            .complexity
-            .resolve(self.config.sample_rate, self.config.bitrate);
-        if complexity != self.complexity {
+        let complexity = self.complexity();
+        if complexity != was {
             self.inner
                 .set_complexity(i32::from(complexity))
                 .map_err(opus_err)?;
-            self.complexity = complexity;
         }
         Ok(())
     }

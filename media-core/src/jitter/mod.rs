@@ -723,15 +723,15 @@ impl JitterBuffer {
         // by up to a frame, seen downstream as jitter. What is left of a decoded
         // packet is free to take: that realigns frames with packets.
         self.fill(now, &mut tick, frame as i64, target);
-        let next_tick = clock_at.as_micros() as i64 + self.us(frame as i64);
-        let floor = self.estimator.floor(now);
-        let external = self.cfg.external_clock;
+        let next_tick = Self::instant(clock_at.as_micros() as i64 + self.us(frame as i64));
         while (self.buffered_ticks() as i64) < need
             && self.packets.front().is_some_and(|p| {
-                let end = self.us(p.ts + p.ticks as i64);
                 p.ts == self.pos
                     && p.seq == self.next_seq
-                    && (external || floor.is_some_and(|f| next_tick - (end + f) >= target))
+                    && (self.cfg.external_clock
+                        || self
+                            .delay_of(next_tick, p.ts + p.ticks as i64, 0)
+                            .is_some_and(|d| d >= target))
             })
         {
             let Some(p) = self.packets.pop_front() else {
@@ -1087,22 +1087,22 @@ mod tests {
         /// How late the driver wakes for each own-clock tick (tick index -> us):
         /// a runtime's timer rounds up to its resolution.
         wake_late: fn(usize) -> u64,
-        /// The pitch period a stretch adds or removes, ticks (default a quarter
-        /// frame; a real one is whatever the speech has, so frames stop lining
-        /// up with packets).
-        pitch: Option<u32>,
+        /// The pitch period a stretch adds or removes, ticks (a quarter frame
+        /// unless set; a real one is whatever the speech has, so frames stop
+        /// lining up with packets).
+        pitch: u32,
     }
 
     impl Sim {
         fn new(cfg: JitterConfig) -> Self {
             Sim {
-                jb: JitterBuffer::new(cfg),
+                pitch: cfg.clock.ticks_in(cfg.frame) / 4,
                 log: Vec::new(),
                 decoded: Vec::new(),
                 max_len: 0,
                 delays: Vec::new(),
                 wake_late: |_| 0,
-                pitch: None,
+                jb: JitterBuffer::new(cfg),
             }
         }
 
@@ -1115,7 +1115,7 @@ mod tests {
                     self.decoded.push(payload[0]);
                 }
             }
-            let pitch = self.pitch.unwrap_or(frame / 4);
+            let pitch = self.pitch;
             let consumed = match t.stretch {
                 Stretch::None => frame,
                 Stretch::Accelerate { max_ticks } if max_ticks >= pitch => frame + pitch,
@@ -1312,7 +1312,7 @@ mod tests {
     fn a_stall_drains_without_the_clock_and_the_stretch_fighting() {
         let mut sim = Sim::new(cfg());
         sim.wake_late = |_| 1_000;
-        sim.pitch = Some(9 * 8); // 9 ms: frames no longer line up with packets
+        sim.pitch = 9 * 8; // 9 ms: frames no longer line up with packets
         // 20 ms packets for 6 s; those sent in 3.00-3.08 s arrive with the one
         // of 3.10 s.
         let arrivals = stream(300, |i| {
