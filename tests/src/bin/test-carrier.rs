@@ -1041,9 +1041,18 @@ impl Carrier {
         let Some(l) = self.legs.get(&leg) else { return };
         let Some(sdp) = l.answer.clone() else { return };
         let (id, media) = (l.id, l.media.clone());
+        // Reported inside the UA's task, before its loop sends the 200: reported
+        // after, a caller behind the sbc could report its own answer first (the
+        // e2e fallback test compares the two).
         let r = self
             .h
-            .call(move |ua, now| ua.respond(now, leg, 200, Some(sdp.as_bytes()), &[]))
+            .call(move |ua, now| {
+                let r = ua.respond(now, leg, 200, Some(sdp.as_bytes()), &[]);
+                if r.is_ok() {
+                    emit("answered", json!({"leg": id}));
+                }
+                r
+            })
             .await;
         match r {
             Ok(Ok(())) => {
@@ -1051,7 +1060,6 @@ impl Carrier {
                 if self.echo {
                     let _ = media.send(MediaCmd::Echo(true));
                 }
-                emit("answered", json!({"leg": id}));
             }
             Ok(Err(e)) => emit("error", json!({"leg": id, "message": format!("200: {e}")})),
             Err(e) => emit("error", json!({"leg": id, "message": format!("200: {e}")})),
