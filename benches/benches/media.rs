@@ -101,6 +101,42 @@ fn opus_benches(c: &mut Criterion) {
         });
     }
     g.finish();
+    opus_call_benches(c, no_fec);
+}
+
+/// The codec work of one transcoded call's 20 ms (an Opus encode toward the far
+/// end and a decode of what it sent back), for 1 call and cycling through 256
+/// calls: a busy sbc touches each call's codec state once per 20 ms, long after
+/// the caches have moved on, so the second is the codec's price in the load test.
+fn opus_call_benches(c: &mut Criterion, config: OpusEncoderConfig) {
+    let mut g = c.benchmark_group("opus_call");
+    let (frames, packets) = opus_frames(SampleRate::HZ_8000);
+    for calls in [1usize, 256] {
+        let mut codecs: Vec<(OpusEncoder, OpusDecoder)> = (0..calls)
+            .map(|_| {
+                let enc = OpusEncoder::new(config).unwrap();
+                (enc, OpusDecoder::new(SampleRate::HZ_8000).unwrap())
+            })
+            .collect();
+        let mut buf = [0u8; 1500];
+        let mut pcm = vec![0i16; 960];
+        let (mut call, mut i) = (0, 0);
+        g.bench_function(format!("encode_decode_8k_no_fec/{calls}"), |b| {
+            b.iter(|| {
+                call = (call + 1) % calls;
+                if call == 0 {
+                    i = (i + 1) % frames.len();
+                }
+                // Each call at its own place in the speech, as in a load test:
+                // the same frame in a row would train the branch predictors.
+                let f = (i + call * 7) % frames.len();
+                let (enc, dec) = &mut codecs[call];
+                enc.encode(black_box(&frames[f]), &mut buf).unwrap();
+                dec.decode(black_box(&packets[f]), &mut pcm).unwrap()
+            })
+        });
+    }
+    g.finish();
 }
 
 /// The encoder toward a SIP peer without FEC at each `[media] opus_complexity`:
