@@ -21,8 +21,9 @@
 //! with the transit floor (the smallest of the last 2 s, projected along the
 //! sender's estimated clock skew), and the target is an upper quantile of those
 //! relative delays, from a histogram with exponential forgetting. Isolated delay
-//! spikes stay out of the histogram; spikes recurring within 10 s raise the target
-//! to cover them.
+//! spikes stay out of the histogram with their aftermath (the burst a stall
+//! releases, or a sender pacing it off); spikes recurring within 10 s raise the
+//! target to cover them.
 //!
 //! **Playout control.** Above target it accelerates (drops one pitch period, or
 //! silence), below it expands (repeats one); between talkspurts it moves freely by
@@ -265,6 +266,22 @@ const MAX_MISORDER: i64 = 100;
 const PEAK_MARGIN_US: i64 = 60_000;
 /// Peaks recurring within this window raise the target to cover them.
 const PEAK_WINDOW_US: u64 = 10_000_000;
+/// A peak's aftermath: packets this close behind one of it are its burst.
+const PEAK_BURST_US: u64 = 5_000;
+/// A sender pacing a stall's backlog off sends each packet no later than the
+/// one before, give or take this much network jitter, up to this long.
+const PEAK_PACED_SLACK_US: i64 = 5_000;
+const PEAK_PACED_MAX_US: u64 = 3_000_000;
+
+/// The delay peak being followed: a stall's first late packet and what it
+/// releases after it.
+#[derive(Clone, Copy, Debug)]
+struct PeakEpisode {
+    start: Instant,
+    /// Arrival and relative delay of its latest packet.
+    last: Instant,
+    last_rel: i64,
+}
 
 /// The adaptive jitter buffer. See the module docs.
 #[derive(Debug)]
@@ -277,8 +294,8 @@ pub struct JitterBuffer {
     estimator: DelayEstimator,
     /// (arrival, height us) of recent delay peaks.
     peaks: VecDeque<(Instant, i64)>,
-    /// Arrival of the last packet of the current peak burst.
-    peak_burst: Option<Instant>,
+    /// The peak whose aftermath is arriving, if any.
+    peak: Option<PeakEpisode>,
     playing: bool,
     /// Media position after everything handed out.
     pos: i64,
@@ -321,7 +338,7 @@ impl JitterBuffer {
             ts: TimestampUnwrapper::new(),
             estimator: DelayEstimator::new(cfg.quantile, cfg.forget),
             peaks: VecDeque::with_capacity(16),
-            peak_burst: None,
+            peak: None,
             playing: false,
             pos: 0,
             next_seq: 0,
@@ -476,30 +493,54 @@ impl JitterBuffer {
             }
         }
         let q = self.estimator.quantile_us().unwrap_or(0);
-        // A stall releases what it held as one burst: packets arriving right on
-        // the heels of a peak packet belong to the same peak, whatever their delay.
-        let in_burst = self
-            .peak_burst
-            .is_some_and(|t| now.saturating_duration_since(t).as_micros() <= 5_000);
-        if in_burst || (self.estimator.quantile_us().is_some() && rel > q + PEAK_MARGIN_US.max(q)) {
-            self.peak_burst = Some(now);
-            // One event per 500 ms: a stall delays a burst of packets together.
-            match self.peaks.back_mut() {
-                Some((t, h)) if now.saturating_duration_since(*t).as_millis() < 500 => {
-                    *h = (*h).max(rel)
+        // What a stall releases belongs to its peak, whatever its delay: the burst
+        // right on the heels of the late packet, or a sender pacing the backlog off
+        // (an upstream jitter buffer steering its clock, an echo that restamps):
+        // later than usual, each no later than the one before. In the histogram
+        // that tail held the target up for 30 s (quantile 0.997, forget 0.998).
+        let aftermath = self.peak.is_some_and(|e| {
+            let gap = now.saturating_duration_since(e.last).as_micros() as u64;
+            gap <= PEAK_BURST_US
+                || (rel > q
+                    && rel <= e.last_rel + PEAK_PACED_SLACK_US
+                    && now.saturating_duration_since(e.start).as_micros() as u64
+                        <= PEAK_PACED_MAX_US)
+        });
+        let peak = self.estimator.quantile_us().is_some() && rel > q + PEAK_MARGIN_US.max(q);
+        if aftermath || peak {
+            match self.peak.as_mut() {
+                Some(e) if aftermath => {
+                    e.last = now;
+                    e.last_rel = rel;
+                    if let Some((_, h)) = self.peaks.back_mut() {
+                        *h = (*h).max(rel);
+                    }
                 }
                 _ => {
-                    if self.peaks.len() == 16 {
-                        self.peaks.pop_front();
+                    self.peak = Some(PeakEpisode {
+                        start: now,
+                        last: now,
+                        last_rel: rel,
+                    });
+                    // One event per 500 ms: a stall delays packets together.
+                    match self.peaks.back_mut() {
+                        Some((t, h)) if now.saturating_duration_since(*t).as_millis() < 500 => {
+                            *h = (*h).max(rel)
+                        }
+                        _ => {
+                            if self.peaks.len() == 16 {
+                                self.peaks.pop_front();
+                            }
+                            self.peaks.push_back((now, rel));
+                        }
                     }
-                    self.peaks.push_back((now, rel));
                 }
             }
             // Keep the floor current without polluting the histogram.
             self.estimator.observe_floor_only(now, transit);
             return;
         }
-        self.peak_burst = None;
+        self.peak = None;
         self.estimator.observe(now, transit);
     }
 
@@ -1594,6 +1635,43 @@ mod tests {
         );
         // The isolated spike did not raise the target.
         assert!(s.target_delay_ms <= 22.0, "{s:?}");
+    }
+
+    /// A sender upstream stalls for 100 ms and then catches up by pacing: its own
+    /// playout clock (a jitter buffer steering 2 ms a frame, as ours does) or an
+    /// echo that restamps what it sends back (the browser e2e test's carrier).
+    /// Packets come 80 ms late, then each 2 ms less late, 18 ms apart: not a
+    /// burst, yet one event. Before, the tail under the peak margin went into the
+    /// histogram and held the target at 62 ms for 30 s (`tests/e2e`, latency).
+    #[test]
+    fn a_stall_that_the_sender_paces_off_is_one_peak() {
+        let arrivals = stream(600, |i| {
+            let since = i as i64 - 250; // the stall at 5 s
+            if since >= 0 {
+                (80_000 - 2_000 * since).max(0) as u64
+            } else {
+                0
+            }
+        });
+        let mut sim = Sim::new(cfg());
+        sim.wake_late = |i| 1_000 + (i as u64 * 7919) % 1_000;
+        sim.run(arrivals, 12_500_000, true);
+        let s = sim.jb.stats();
+        // The ramp ends 5.8 s in: within 2 s the delay is back at the target.
+        let after: Vec<f64> = sim
+            .delays
+            .iter()
+            .filter(|(t, _)| (7_800_000..11_900_000).contains(&t.as_micros()))
+            .map(|d| d.1)
+            .collect();
+        assert!(!after.is_empty());
+        assert!(
+            after.iter().all(|d| *d < 26.0),
+            "{:?}",
+            after.iter().fold(0.0f64, |a, d| a.max(*d))
+        );
+        assert!(s.target_delay_ms <= 22.0, "{s:?}");
+        assert!(s.late == 0, "{s:?}");
     }
 
     #[test]
