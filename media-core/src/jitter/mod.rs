@@ -266,7 +266,7 @@ const MAX_MISORDER: i64 = 100;
 const PEAK_MARGIN_US: i64 = 60_000;
 /// Peaks recurring within this window raise the target to cover them.
 const PEAK_WINDOW_US: u64 = 10_000_000;
-/// A peak's aftermath: packets this close behind one of it are its burst.
+/// A peak's aftermath: packets this close behind the one before are its burst.
 const PEAK_BURST_US: u64 = 5_000;
 /// A sender pacing a stall's backlog off sends each packet no later than the
 /// one before, give or take this much network jitter, up to this long.
