@@ -21,6 +21,7 @@
 use std::net::UdpSocket;
 use std::thread;
 
+use benches::mean_ns;
 use criterion::Criterion;
 
 /// An RTP header and 30 ms of PCMA (the load test's capture), and an Opus
@@ -56,9 +57,11 @@ fn recv_empty(c: &mut Criterion) {
     let (_, b) = pair();
     b.set_nonblocking(true).expect("nonblocking");
     let mut buf = [0u8; 1500];
-    c.bench_function("udp/recv_empty", |bench| {
+    let mut g = c.benchmark_group("udp");
+    g.bench_function("recv_empty", |bench| {
         bench.iter(|| b.recv_from(&mut buf).is_err())
     });
+    g.finish();
 }
 
 fn ping_pong(c: &mut Criterion) {
@@ -77,7 +80,8 @@ fn ping_pong(c: &mut Criterion) {
     });
     let out = vec![0x80u8; SIZES[0].1];
     let mut buf = [0u8; 1500];
-    c.bench_function("udp/ping_pong_half", |bench| {
+    let mut g = c.benchmark_group("udp");
+    g.bench_function("ping_pong_half", |bench| {
         bench.iter_custom(|iters| {
             #[allow(clippy::disallowed_methods)] // measuring is the point of a bench
             let start = std::time::Instant::now();
@@ -88,22 +92,16 @@ fn ping_pong(c: &mut Criterion) {
             start.elapsed() / 2
         })
     });
+    g.finish();
     a.send_to(&[0], b_addr).expect("send");
     echo.join().expect("echo thread");
 }
 
-/// Mean time of a bench in ns, from criterion's estimates, if it ran.
-fn mean_ns(id: &str) -> Option<f64> {
-    let path = benches::criterion_dir().join(id).join("new/estimates.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    v["mean"]["point_estimate"].as_f64()
-}
-
 fn summary() {
     let (Some(pcma), Some(opus), Some(empty)) = (
-        mean_ns("udp_send_recv/pcma_30ms"),
-        mean_ns("udp_send_recv/opus_32k"),
-        mean_ns("udp_recv_empty"),
+        mean_ns("udp_send_recv", "pcma_30ms"),
+        mean_ns("udp_send_recv", "opus_32k"),
+        mean_ns("udp", "recv_empty"),
     ) else {
         return;
     };

@@ -509,31 +509,27 @@ impl JitterBuffer {
         let peak = self.estimator.quantile_us().is_some() && rel > q + PEAK_MARGIN_US.max(q);
         if aftermath || peak {
             match self.peak.as_mut() {
-                Some(e) if aftermath => {
-                    e.last = now;
-                    e.last_rel = rel;
-                    if let Some((_, h)) = self.peaks.back_mut() {
-                        *h = (*h).max(rel);
-                    }
-                }
+                Some(e) if aftermath => (e.last, e.last_rel) = (now, rel),
                 _ => {
                     self.peak = Some(PeakEpisode {
                         start: now,
                         last: now,
                         last_rel: rel,
-                    });
-                    // One event per 500 ms: a stall delays packets together.
-                    match self.peaks.back_mut() {
-                        Some((t, h)) if now.saturating_duration_since(*t).as_millis() < 500 => {
-                            *h = (*h).max(rel)
-                        }
-                        _ => {
-                            if self.peaks.len() == 16 {
-                                self.peaks.pop_front();
-                            }
-                            self.peaks.push_back((now, rel));
-                        }
+                    })
+                }
+            }
+            // One event per episode, and per 500 ms: a stall delays packets together.
+            match self.peaks.back_mut() {
+                Some((t, h))
+                    if aftermath || now.saturating_duration_since(*t).as_millis() < 500 =>
+                {
+                    *h = (*h).max(rel)
+                }
+                _ => {
+                    if self.peaks.len() == 16 {
+                        self.peaks.pop_front();
                     }
+                    self.peaks.push_back((now, rel));
                 }
             }
             // Keep the floor current without polluting the histogram.
