@@ -17,7 +17,7 @@ async fn server(demo: bool) -> ServerHandle {
     sc.http = "127.0.0.1:0".parse().unwrap();
     sc.webrtc = "127.0.0.1:0".parse().unwrap();
     sc.webrtc_advertise = None;
-    sc.bridge.rtp_ports = (41000, 41100);
+    sc.bridge.rtp_ports = (14000, 14099);
     sc.demo = demo;
     Server::builder(sc).start().await.unwrap()
 }
@@ -241,7 +241,7 @@ async fn https_when_the_config_names_a_certificate() {
     sc.http = "127.0.0.1:0".parse().unwrap();
     sc.webrtc = "127.0.0.1:0".parse().unwrap();
     sc.webrtc_advertise = None;
-    sc.bridge.rtp_ports = (41200, 41300);
+    sc.bridge.rtp_ports = (14200, 14299);
     let h = Server::builder(sc).start().await.unwrap();
     // A client that connects and never says anything holds up nobody.
     let _silent = tokio::net::TcpStream::connect(h.http).await.unwrap();

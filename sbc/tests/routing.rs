@@ -119,7 +119,7 @@ impl Router for Fixed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_router_decides_the_plan() {
     let events = Arc::new(Events::default());
-    let h = Server::builder(config((42000, 42100)).await)
+    let h = Server::builder(config((14600, 14699)).await)
         .router(Arc::new(Fixed(DialPlan::single(
             vec![Target::Tone(440)],
             Duration::from_secs(10),
@@ -168,7 +168,7 @@ async fn the_routing_webhook_is_followed_and_falls_back_to_the_static_plan() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let events = Arc::new(Events::default());
-    let mut sc = config((42200, 42300)).await;
+    let mut sc = config((14800, 14899)).await;
     sc.routing = Some((url, b"route secret".to_vec(), Duration::from_millis(800)));
     let h = Server::builder(sc)
         .events(events.clone())

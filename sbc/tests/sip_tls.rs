@@ -30,7 +30,7 @@ async fn a_call_over_tls() {
     sc.http = "127.0.0.1:0".parse().unwrap();
     sc.webrtc = "127.0.0.1:0".parse().unwrap();
     sc.webrtc_advertise = None;
-    sc.bridge.rtp_ports = (42400, 42500);
+    sc.bridge.rtp_ports = (14400, 14499);
     let h = Server::builder(sc).start().await.unwrap();
     let tls_addr = h.sip_tls.expect("TLS listener");
 

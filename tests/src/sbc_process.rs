@@ -352,9 +352,18 @@ impl Sbc {
         let mut last_failure = String::new();
         for attempt in 0..3 {
             let dir = TempDir::new(&format!("sbc-{}-{attempt}", spec.name));
-            let sip = SocketAddr::new(spec.ip, free_port(spec.ip));
-            let http = SocketAddr::new(spec.ip, free_tcp_port(spec.ip));
-            let webrtc = SocketAddr::new(spec.ip, free_udp_port(spec.ip));
+            // sbc refuses a config whose RTP range holds one of its own ports,
+            // and the kernel's ephemeral ports may fall in a test's range.
+            let (lo, hi) = spec.rtp_ports;
+            let outside = |pick: fn(IpAddr) -> u16| loop {
+                let port = pick(spec.ip);
+                if !(lo..=hi).contains(&port) {
+                    break port;
+                }
+            };
+            let sip = SocketAddr::new(spec.ip, outside(free_port));
+            let http = SocketAddr::new(spec.ip, outside(free_tcp_port));
+            let webrtc = SocketAddr::new(spec.ip, outside(free_udp_port));
             let config = format!(
                 "# written by tests/src/sbc_process.rs for {name}\n\
                  [sip]\nudp = \"{sip}\"\ntcp = \"{sip}\"\nuser_agent = \"sbc-under-test\"\n\n\

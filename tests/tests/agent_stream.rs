@@ -521,7 +521,9 @@ impl World {
         let toml = config(cep.addr, &url, format, &token, &steps);
         let mut spec = SbcSpec::new(
             &format!("agent-{name}-{}", format.as_str()),
-            (40000, 40099),
+            // Below the kernel's ephemeral ports (32768-60999), where the
+            // harness picks the sbc's own; each test has its own address.
+            (20000, 20099),
             toml,
         );
         spec.ip = sbc_ip(k);
