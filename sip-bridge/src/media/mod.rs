@@ -229,6 +229,29 @@ pub struct MediaSession {
     stats: MediaStats,
     stopped: bool,
     pcm: Vec<i16>,
+    /// Transcoded packets are written here and split off as `Bytes`: one
+    /// allocation per block instead of one per packet.
+    tx_arena: BytesMut,
+}
+
+/// Size of a [`MediaSession::tx_arena`] block: about 16 Opus or G.711 packets,
+/// so a call holds at most this much beyond what is queued.
+const TX_ARENA_BLOCK: usize = 4096;
+
+/// A packet on its way out: the relay's own buffer, or a pipeline's output
+/// that is only borrowed until the next poll.
+enum Packet<'a> {
+    Owned(Bytes),
+    Borrowed(&'a [u8]),
+}
+
+impl Packet<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Packet::Owned(b) => b,
+            Packet::Borrowed(b) => b,
+        }
+    }
 }
 
 /// Frame of generated tones: 20 ms at 8 kHz.
@@ -264,6 +287,7 @@ impl MediaSession {
             stats: MediaStats::default(),
             stopped: false,
             pcm: vec![0; 960],
+            tx_arena: BytesMut::new(),
         }
     }
 
@@ -751,45 +775,42 @@ impl MediaSession {
     }
 
     fn webrtc_events(&mut self, now: Instant, leg: LegKey) {
-        let mut rtp = Vec::new();
-        if let Some(l) = self.legs.get_mut(&leg)
-            && let Kind::WebRtc { leg: w, .. } = &mut l.kind
-        {
-            while let Some(ev) = w.poll_event() {
-                match ev {
-                    WebRtcEvent::Connected => {
-                        l.last_rx = now;
-                        self.events.push_back(MediaEvent::WebRtcConnected { leg });
-                    }
-                    WebRtcEvent::Rtp(b) => rtp.push(b),
-                    WebRtcEvent::Disconnected(_) => {
-                        self.events.push_back(MediaEvent::WebRtcGone { leg })
-                    }
-                    WebRtcEvent::Failed(f) => self.events.push_back(MediaEvent::WebRtcFailed {
-                        leg,
-                        reason: format!("{f:?}"),
-                    }),
+        loop {
+            let Some(l) = self.legs.get_mut(&leg) else {
+                return;
+            };
+            let Kind::WebRtc { leg: w, .. } = &mut l.kind else {
+                return;
+            };
+            let Some(ev) = w.poll_event() else { return };
+            match ev {
+                WebRtcEvent::Connected => {
+                    l.last_rx = now;
+                    self.events.push_back(MediaEvent::WebRtcConnected { leg });
                 }
+                WebRtcEvent::Rtp(b) => {
+                    l.last_rx = now;
+                    // The leg built this packet and holds no other handle on it.
+                    let data = b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+                    self.deliver(now, leg, data);
+                }
+                WebRtcEvent::Disconnected(_) => {
+                    self.events.push_back(MediaEvent::WebRtcGone { leg })
+                }
+                WebRtcEvent::Failed(f) => self.events.push_back(MediaEvent::WebRtcFailed {
+                    leg,
+                    reason: format!("{f:?}"),
+                }),
             }
-        }
-        for b in rtp {
-            if let Some(l) = self.legs.get_mut(&leg) {
-                l.last_rx = now;
-            }
-            self.deliver(now, leg, BytesMut::from(&b[..]));
         }
     }
 
     /// Hands a packet from `from` to every leg it feeds.
     fn deliver(&mut self, now: Instant, from: LegKey, mut data: BytesMut) {
-        let fed: Vec<LegKey> = self
-            .legs
-            .iter()
-            .filter(|(_, l)| l.source == Source::Leg(from))
-            .map(|(k, _)| *k)
-            .collect();
+        let feeds = |l: &MLeg| l.source == Source::Leg(from);
+        let n = self.legs.values().filter(|l| feeds(l)).count();
         // Telephone-events are reported even when nothing is connected yet.
-        if fed.is_empty() {
+        if n == 0 {
             let te = self.legs.get(&from).and_then(MLeg::telephone_event);
             if let (Some(te), Ok(h)) = (te, RtpHeader::parse(&data))
                 && h.payload_type == te
@@ -804,26 +825,35 @@ impl MediaSession {
             }
             return;
         }
-        let n = fed.len();
-        for (i, to) in fed.into_iter().enumerate() {
-            let Some(l) = self.legs.get_mut(&to) else {
-                continue;
-            };
+        // The last leg fed takes `data` itself (relayed in place, or parsed
+        // without a copy); a fan-out copies for the legs before it.
+        let mut i = 0;
+        for l in self.legs.values_mut().filter(|l| feeds(l)) {
+            i += 1;
+            let last = i == n;
             let Some(p) = l.to_me.as_mut() else { continue };
-            if p.is_relay() && i + 1 == n {
+            if p.is_relay() && last {
                 if let Ok(Some(len)) = p.relay_in_place(now, &mut data) {
-                    let pkt = data.split_to(len).freeze();
+                    let pkt = Packet::Owned(data.split_to(len).freeze());
                     Self::send_to(
                         &mut self.out,
                         &mut self.stats,
+                        &mut self.tx_arena,
                         now,
                         l.held,
                         &mut l.kind,
                         pkt,
                     );
                 }
-            } else if let Ok(pkt) = RtpPacket::parse(Bytes::copy_from_slice(&data)) {
-                let _ = p.handle_rtp(now, &pkt);
+            } else {
+                let bytes = if last {
+                    data.split().freeze()
+                } else {
+                    Bytes::copy_from_slice(&data)
+                };
+                if let Ok(pkt) = RtpPacket::parse(bytes) {
+                    let _ = p.handle_rtp(now, &pkt);
+                }
             }
             let relayed = p.is_relay();
             while let Some(ev) = p.poll_event() {
@@ -838,13 +868,17 @@ impl MediaSession {
         }
     }
 
+    /// Sends `pkt` to the leg of `kind`. An RTP leg queues it as `Bytes`:
+    /// `pkt` itself when it is one (the relay's buffer), else a copy split off
+    /// `arena`; str0m copies what a WebRTC leg sends, so a slice will do there.
     fn send_to(
         out: &mut VecDeque<MediaTransmit>,
         stats: &mut MediaStats,
+        arena: &mut BytesMut,
         now: Instant,
         held: bool,
         kind: &mut Kind,
-        pkt: Bytes,
+        pkt: Packet<'_>,
     ) {
         if held {
             return;
@@ -857,17 +891,27 @@ impl MediaSession {
                 ..
             } => {
                 if let Some(to) = latched.or(*signalled) {
+                    let bytes = match pkt {
+                        Packet::Owned(b) => b,
+                        Packet::Borrowed(b) => {
+                            if arena.capacity() < b.len() {
+                                arena.reserve(TX_ARENA_BLOCK.max(b.len()));
+                            }
+                            arena.extend_from_slice(b);
+                            arena.split().freeze()
+                        }
+                    };
                     stats.rtp_out += 1;
-                    stats.rtp_bytes_out += pkt.len() as u64;
+                    stats.rtp_bytes_out += bytes.len() as u64;
                     out.push_back(MediaTransmit {
                         via: Via::Rtp(*port),
                         to,
-                        bytes: pkt,
+                        bytes,
                     });
                 }
             }
             Kind::WebRtc { leg, .. } => {
-                let _ = leg.send_rtp(now, &pkt);
+                let _ = leg.send_rtp(now, pkt.as_slice());
             }
             // A stream leg takes PCM frames (see `drain`), never packets.
             Kind::Stream { .. } => {}
@@ -891,9 +935,16 @@ impl MediaSession {
                         }
                     }
                 }
-                let mut pkts = Vec::new();
                 while let Some(o) = p.poll_packet() {
-                    pkts.push(Bytes::copy_from_slice(o.bytes));
+                    Self::send_to(
+                        &mut self.out,
+                        &mut self.stats,
+                        &mut self.tx_arena,
+                        now,
+                        l.held,
+                        &mut l.kind,
+                        Packet::Borrowed(o.bytes),
+                    );
                 }
                 let relayed = p.is_relay();
                 let source = l.source;
@@ -905,16 +956,6 @@ impl MediaSession {
                             relayed,
                         });
                     }
-                }
-                for pkt in pkts {
-                    Self::send_to(
-                        &mut self.out,
-                        &mut self.stats,
-                        now,
-                        l.held,
-                        &mut l.kind,
-                        pkt,
-                    );
                 }
             }
             if let Kind::WebRtc { leg: w, .. } = &mut l.kind {

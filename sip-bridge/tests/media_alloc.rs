@@ -1,0 +1,168 @@
+//! The allocations of a call's media session per packet, after a warm-up: a
+//! counting global allocator (per thread, so parallel tests do not disturb each
+//! other) watches packets go from one SIP leg to the other. A relayed packet is
+//! rewritten in the buffer it arrived in and sent from it; a transcoded one is
+//! parsed without a copy, and its output is split off a per-session block that
+//! is reused once the driver has sent (dropped) what was split off it.
+#![allow(unsafe_code)] // GlobalAlloc is an unsafe trait.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use media_core::Instant;
+use media_core::codec::{Codec, g711};
+use media_core::pipeline::RtpFormat;
+use media_core::rtp::{PayloadType, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
+use sip_bridge::bridge::MediaCommand;
+use sip_bridge::media::{MediaConfig, MediaSession, MediaTransmit};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const PEER_A: &str = "203.0.113.5:30000";
+const PEER_B: &str = "198.51.100.9:4000";
+const WARM_UP: usize = 50;
+const MEASURED: usize = 500;
+
+fn format(codec: Codec) -> RtpFormat {
+    let pt = match codec {
+        Codec::Pcmu => PayloadType::PCMU,
+        Codec::Pcma => PayloadType::PCMA,
+        _ => PayloadType::new(111).unwrap(),
+    };
+    RtpFormat::new(codec, pt)
+}
+
+/// Leg 0 on port 20000 toward `PEER_A` in PCMU, leg 1 on 20002 toward `PEER_B`
+/// in `b`, connected.
+fn session(b: Codec) -> MediaSession {
+    let mut s = MediaSession::new(MediaConfig::new(None, 7));
+    for (leg, local_port, remote, codec) in [(0, 20000, PEER_A, Codec::Pcmu), (1, 20002, PEER_B, b)]
+    {
+        let cmd = MediaCommand::AddRtp {
+            leg,
+            local_port,
+            remote: Some(remote.parse().unwrap()),
+            format: format(codec),
+        };
+        s.handle_command(Instant::ZERO, cmd);
+    }
+    s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 1 });
+    s
+}
+
+/// PCMU packets of a 440 Hz tone, built before anything is counted, each split
+/// off one buffer as the sbc's socket reader splits datagrams off its own.
+fn pcmu_packets(n: usize) -> Vec<BytesMut> {
+    let mut buf = BytesMut::zeroed(n * 200);
+    (0..n)
+        .map(|i| {
+            let pcm: Vec<i16> = (0..160)
+                .map(|k| {
+                    let t = (i * 160 + k) as f64 / 8000.0;
+                    (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+                })
+                .collect();
+            let mut payload = [0u8; 160];
+            g711::ulaw_encode(&pcm, &mut payload);
+            let w = RtpWriter::new(
+                PayloadType::PCMU,
+                SeqNo(i as u16),
+                RtpTimestamp(i as u32 * 160),
+                Ssrc(5),
+            );
+            let len = w.write_packet(&payload, &mut buf).unwrap();
+            let mut packet = buf.split_to(200);
+            packet.truncate(len);
+            packet
+        })
+        .collect()
+}
+
+/// Feeds `packets` from leg 0's peer, 20 ms apart, running the session's
+/// timers and keeping what it sends in `sent` (capacity reserved beforehand).
+/// Returns the allocations during the last `MEASURED` packets and how many
+/// datagrams went to leg 1's peer in that time.
+fn run(
+    s: &mut MediaSession,
+    packets: Vec<BytesMut>,
+    sent: &mut Vec<MediaTransmit>,
+) -> (u64, usize) {
+    let from: SocketAddr = PEER_A.parse().unwrap();
+    let to_b: SocketAddr = PEER_B.parse().unwrap();
+    let mut now = Instant::ZERO;
+    let mut allocs = 0;
+    let mut out = 0;
+    for (i, p) in packets.into_iter().enumerate() {
+        let measured = i >= WARM_UP;
+        let before = ALLOCS.with(Cell::get);
+        s.handle_rtp(now, 20000, from, p);
+        now += Duration::from_millis(20);
+        while s.poll_timeout().is_some_and(|t| t <= now) {
+            s.handle_timeout(now);
+        }
+        while let Some(t) = s.poll_transmit() {
+            if measured && t.to == to_b {
+                out += 1;
+            }
+            sent.push(t);
+        }
+        if measured {
+            allocs += ALLOCS.with(Cell::get) - before;
+        }
+        // Dropping what was sent is the I/O driver's business: not counted.
+        sent.clear();
+    }
+    (allocs, out)
+}
+
+#[test]
+fn a_relayed_packet_allocates_nothing() {
+    let mut s = session(Codec::Pcmu);
+    let packets = pcmu_packets(WARM_UP + MEASURED);
+    let mut sent = Vec::with_capacity(64);
+    let (allocs, out) = run(&mut s, packets, &mut sent);
+    assert_eq!(out, MEASURED, "every packet relayed");
+    assert_eq!(allocs, 0, "allocations while relaying {MEASURED} packets");
+}
+
+#[test]
+fn a_transcoded_packet_allocates_nothing() {
+    for b in [Codec::Pcma, Codec::Opus] {
+        let mut s = session(b);
+        let packets = pcmu_packets(WARM_UP + MEASURED);
+        let mut sent = Vec::with_capacity(64);
+        let (allocs, out) = run(&mut s, packets, &mut sent);
+        assert!(
+            out >= MEASURED - 2,
+            "{b:?}: {out} of {MEASURED} packets transcoded"
+        );
+        // Each used to cost four allocations of its own (the list of legs fed,
+        // a parse copy, an output copy, a list of output packets).
+        assert_eq!(allocs, 0, "{b:?}: allocations for {out} packets");
+    }
+}
