@@ -294,6 +294,62 @@ fn pipeline_benches(c: &mut Criterion) {
     );
 }
 
+/// A call's whole media session (sip-bridge) between two SIP legs: one
+/// datagram in, split off a receive buffer as the sbc's socket reader does, and
+/// what it sends polled out and dropped. Against `pipeline/relay`, what the
+/// session adds: latching, the leg lookup, the transmit queue.
+fn session_benches(c: &mut Criterion) {
+    use sip_bridge::bridge::MediaCommand;
+    use sip_bridge::media::{MediaConfig, MediaSession};
+
+    let pcmu = stream(PayloadType::PCMU, 160, &pcmu_payloads());
+    let peer_a = "203.0.113.5:30000".parse().unwrap();
+    let mut g = c.benchmark_group("session");
+    for (name, b) in [
+        ("relay", PCMU),
+        (
+            "pcmu_to_pcma",
+            RtpFormat::new(Codec::Pcma, PayloadType::PCMA),
+        ),
+    ] {
+        let mut s = MediaSession::new(MediaConfig::new(None, 1));
+        for (leg, local_port, remote, format) in [
+            (0, 20000, peer_a, PCMU),
+            (1, 20002, "198.51.100.9:4000".parse().unwrap(), b),
+        ] {
+            let remote = Some(remote);
+            s.handle_command(
+                Instant::ZERO,
+                MediaCommand::AddRtp {
+                    leg,
+                    local_port,
+                    remote,
+                    format,
+                },
+            );
+        }
+        s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 1 });
+        let mut rx = BytesMut::new();
+        let mut i = 0usize;
+        g.bench_function(format!("{name}_per_packet"), |bench| {
+            bench.iter(|| {
+                let bytes = pcmu[i & 0xffff].as_bytes();
+                i += 1;
+                if rx.capacity() < bytes.len() {
+                    rx.reserve(64 * 1024);
+                }
+                rx.extend_from_slice(bytes);
+                s.handle_rtp(Instant::ZERO, 20000, peer_a, rx.split());
+                let mut n = 0;
+                while let Some(t) = s.poll_transmit() {
+                    n += t.bytes.len();
+                }
+                n
+            })
+        });
+    }
+}
+
 /// Prints each pipeline's cost beside the sum of the raw stage calls it makes.
 fn ratios() {
     let m = benches::mean_ns;
@@ -343,6 +399,7 @@ fn main() {
     opus_complexity_benches(&mut c);
     resample_benches(&mut c);
     pipeline_benches(&mut c);
+    session_benches(&mut c);
     c.final_summary();
     ratios();
 }
