@@ -229,8 +229,8 @@ pub struct MediaSession {
     stats: MediaStats,
     stopped: bool,
     pcm: Vec<i16>,
-    /// Transcoded packets are written here and split off as `Bytes`: one
-    /// allocation per block instead of one per packet.
+    /// Transcoded packets are written here and split off as `Bytes`; once the
+    /// driver has dropped what it sent, the same block is written again.
     tx_arena: BytesMut,
 }
 
@@ -1234,6 +1234,50 @@ mod tests {
             Ssrc(5),
             "our own SSRC on the far side (topology hiding)"
         );
+    }
+
+    #[test]
+    fn a_leg_feeding_two_legs_reaches_both() {
+        // Leg 0 connected to 1, then to 2: 1 still listens to 0 (a fan-out). The
+        // last leg fed relays the datagram's own buffer, the one before a copy.
+        let a = "203.0.113.5:30000".parse().unwrap();
+        let c: SocketAddr = "192.0.2.44:5000".parse().unwrap();
+        for format in [pcmu(), RtpFormat::new(Codec::Pcma, PayloadType::PCMA)] {
+            let mut s = two_legs(Some(a));
+            let cmd = MediaCommand::AddRtp {
+                leg: 2,
+                local_port: 20004,
+                remote: Some(c),
+                format,
+            };
+            s.handle_command(Instant::ZERO, cmd);
+            s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 2 });
+            s.handle_rtp(Instant::ZERO, 20000, a, packet(1));
+            let mut out = sent(&mut s);
+            out.sort_by_key(|t| t.via == Via::Rtp(20004));
+            let to: Vec<_> = out.iter().map(|t| (t.via, t.to)).collect();
+            assert_eq!(
+                to,
+                [
+                    (Via::Rtp(20002), "198.51.100.9:4000".parse().unwrap()),
+                    (Via::Rtp(20004), c)
+                ],
+                "{:?}",
+                format.codec
+            );
+            // PCMU silence (0xff) as it came, or as PCMA silence (0xd5).
+            let silence = if format.codec == Codec::Pcmu {
+                0xff
+            } else {
+                0xd5
+            };
+            for (t, code) in out.iter().zip([0xff, silence]) {
+                let h = RtpHeader::parse(&t.bytes).unwrap();
+                let payload = &t.bytes[h.payload_range()];
+                assert_eq!(payload.len(), 160);
+                assert!(payload.iter().all(|&b| b == code), "{:?}", t.to);
+            }
+        }
     }
 
     #[test]
