@@ -3,46 +3,17 @@
 //! watches 500 packets through each kind of pipeline after a warm-up.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 use bytes::{Bytes, BytesMut};
+use counting_alloc::allocations_during;
 use media_core::analysis::sine;
 use media_core::codec::{Codec, OpusEncoder, OpusEncoderConfig, g711};
 use media_core::jitter::JitterConfig;
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
 use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
 use media_core::{ClockRate, Instant, Millis, SampleRate};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations_during(f: impl FnOnce()) -> u64 {
-    let before = ALLOCS.with(Cell::get);
-    f();
-    ALLOCS.with(Cell::get) - before
-}
 
 const PCMU: RtpFormat = RtpFormat {
     codec: Codec::Pcmu,

@@ -6,42 +6,22 @@
 //! is reused once the driver has sent (dropped) what was split off it.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+// media-core's counting allocator, shared by path: a test crate of its own for
+// one file would cost more than it saves.
+#[path = "../../media-core/tests/support/counting_alloc.rs"]
+mod counting_alloc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use counting_alloc::allocations_during;
 use media_core::Instant;
 use media_core::codec::{Codec, g711};
 use media_core::pipeline::RtpFormat;
 use media_core::rtp::{PayloadType, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
 use sip_bridge::bridge::MediaCommand;
-use sip_bridge::media::{MediaConfig, MediaSession, MediaTransmit};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use sip_bridge::media::{MediaConfig, MediaSession};
 
 const PEER_A: &str = "203.0.113.5:30000";
 const PEER_B: &str = "198.51.100.9:4000";
@@ -104,38 +84,30 @@ fn pcmu_packets(n: usize) -> Vec<BytesMut> {
 }
 
 /// Feeds `packets` from leg 0's peer, 20 ms apart, running the session's
-/// timers and keeping what it sends in `sent` (capacity reserved beforehand).
-/// Returns the allocations during the last `MEASURED` packets and how many
-/// datagrams went to leg 1's peer in that time.
-fn run(
-    s: &mut MediaSession,
-    packets: Vec<BytesMut>,
-    sent: &mut Vec<MediaTransmit>,
-) -> (u64, usize) {
+/// timers and dropping what it sends at once, as the driver does (frees are not
+/// counted). Returns the allocations during the last `MEASURED` packets and how
+/// many datagrams went to leg 1's peer in that time.
+fn run(s: &mut MediaSession, packets: Vec<BytesMut>) -> (u64, usize) {
     let from: SocketAddr = PEER_A.parse().unwrap();
     let to_b: SocketAddr = PEER_B.parse().unwrap();
     let mut now = Instant::ZERO;
-    let mut allocs = 0;
-    let mut out = 0;
+    let (mut allocs, mut out) = (0, 0);
     for (i, p) in packets.into_iter().enumerate() {
-        let measured = i >= WARM_UP;
-        let before = ALLOCS.with(Cell::get);
-        s.handle_rtp(now, 20000, from, p);
-        now += Duration::from_millis(20);
-        while s.poll_timeout().is_some_and(|t| t <= now) {
-            s.handle_timeout(now);
-        }
-        while let Some(t) = s.poll_transmit() {
-            if measured && t.to == to_b {
-                out += 1;
+        let mut sent = 0;
+        let n = allocations_during(|| {
+            s.handle_rtp(now, 20000, from, p);
+            now += Duration::from_millis(20);
+            while s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
             }
-            sent.push(t);
+            while let Some(t) = s.poll_transmit() {
+                sent += usize::from(t.to == to_b);
+            }
+        });
+        if i >= WARM_UP {
+            allocs += n;
+            out += sent;
         }
-        if measured {
-            allocs += ALLOCS.with(Cell::get) - before;
-        }
-        // Dropping what was sent is the I/O driver's business: not counted.
-        sent.clear();
     }
     (allocs, out)
 }
@@ -144,8 +116,7 @@ fn run(
 fn a_relayed_packet_allocates_nothing() {
     let mut s = session(Codec::Pcmu);
     let packets = pcmu_packets(WARM_UP + MEASURED);
-    let mut sent = Vec::with_capacity(64);
-    let (allocs, out) = run(&mut s, packets, &mut sent);
+    let (allocs, out) = run(&mut s, packets);
     assert_eq!(out, MEASURED, "every packet relayed");
     assert_eq!(allocs, 0, "allocations while relaying {MEASURED} packets");
 }
@@ -155,8 +126,7 @@ fn a_transcoded_packet_allocates_nothing() {
     for b in [Codec::Pcma, Codec::Opus] {
         let mut s = session(b);
         let packets = pcmu_packets(WARM_UP + MEASURED);
-        let mut sent = Vec::with_capacity(64);
-        let (allocs, out) = run(&mut s, packets, &mut sent);
+        let (allocs, out) = run(&mut s, packets);
         assert!(
             out >= MEASURED - 2,
             "{b:?}: {out} of {MEASURED} packets transcoded"
