@@ -220,7 +220,7 @@ pub struct MediaSession {
     cfg: MediaConfig,
     legs: BTreeMap<LegKey, MLeg>,
     by_port: BTreeMap<u16, LegKey>,
-    out: VecDeque<MediaTransmit>,
+    out: Outbox,
     events: VecDeque<MediaEvent>,
     mux: VecDeque<MuxUpdate>,
     stream_io: VecDeque<StreamIo>,
@@ -229,14 +229,82 @@ pub struct MediaSession {
     stats: MediaStats,
     stopped: bool,
     pcm: Vec<i16>,
-    /// Transcoded packets are written here and split off as `Bytes`; once the
-    /// driver has dropped what it sent, the same block is written again.
-    tx_arena: BytesMut,
 }
 
-/// Size of a [`MediaSession::tx_arena`] block: about 16 Opus or G.711 packets,
-/// so a call holds at most this much beyond what is queued.
-const TX_ARENA_BLOCK: usize = 4096;
+/// What a session sends, in order.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<MediaTransmit>,
+    /// Transcoded packets are written here and split off as `Bytes`; once the
+    /// driver has dropped what it sent, the same block is written again.
+    arena: BytesMut,
+}
+
+/// Size of an [`Outbox`] block: about 16 Opus or G.711 packets, so a call holds
+/// at most this much beyond what is queued.
+const ARENA_BLOCK: usize = 4096;
+
+impl Outbox {
+    /// Sends `pkt` to the leg of `kind`. An RTP leg queues it as `Bytes`:
+    /// `pkt` itself when it is one (the relay's buffer), else a copy split off
+    /// the arena; str0m copies what a WebRTC leg sends, so a slice will do there.
+    fn send(
+        &mut self,
+        stats: &mut MediaStats,
+        now: Instant,
+        held: bool,
+        kind: &mut Kind,
+        pkt: Packet<'_>,
+    ) {
+        if held {
+            return;
+        }
+        match kind {
+            Kind::Rtp {
+                port,
+                signalled,
+                latched,
+                ..
+            } => {
+                if let Some(to) = latched.or(*signalled) {
+                    let bytes = match pkt {
+                        Packet::Owned(b) => b,
+                        Packet::Borrowed(b) => {
+                            if self.arena.capacity() < b.len() {
+                                self.arena.reserve(ARENA_BLOCK.max(b.len()));
+                            }
+                            self.arena.extend_from_slice(b);
+                            self.arena.split().freeze()
+                        }
+                    };
+                    stats.rtp_out += 1;
+                    stats.rtp_bytes_out += bytes.len() as u64;
+                    self.queue.push_back(MediaTransmit {
+                        via: Via::Rtp(*port),
+                        to,
+                        bytes,
+                    });
+                }
+            }
+            Kind::WebRtc { leg, .. } => {
+                let _ = leg.send_rtp(now, pkt.as_slice());
+            }
+            // A stream leg takes PCM frames (see `drain`), never packets.
+            Kind::Stream { .. } => {}
+        }
+    }
+
+    /// Queues what WebRTC leg `w` has to send.
+    fn webrtc(&mut self, w: &mut WebRtcLeg) {
+        while let Some(t) = w.poll_transmit() {
+            self.queue.push_back(MediaTransmit {
+                via: Via::WebRtc,
+                to: t.to,
+                bytes: t.bytes,
+            });
+        }
+    }
+}
 
 /// A packet on its way out: the relay's own buffer, or a pipeline's output
 /// that is only borrowed until the next poll.
@@ -278,7 +346,7 @@ impl MediaSession {
             cfg,
             legs: BTreeMap::new(),
             by_port: BTreeMap::new(),
-            out: VecDeque::new(),
+            out: Outbox::default(),
             events: VecDeque::new(),
             mux: VecDeque::new(),
             stream_io: VecDeque::new(),
@@ -287,7 +355,6 @@ impl MediaSession {
             stats: MediaStats::default(),
             stopped: false,
             pcm: vec![0; 960],
-            tx_arena: BytesMut::new(),
         }
     }
 
@@ -517,13 +584,7 @@ impl MediaSession {
                 }
                 Kind::WebRtc { leg: w, .. } => {
                     w.close();
-                    while let Some(t) = w.poll_transmit() {
-                        self.out.push_back(MediaTransmit {
-                            via: Via::WebRtc,
-                            to: t.to,
-                            bytes: t.bytes,
-                        });
-                    }
+                    self.out.webrtc(w);
                     self.mux.push_back(MuxUpdate::Remove { leg });
                 }
                 Kind::Stream { leg: st, .. } => {
@@ -835,15 +896,8 @@ impl MediaSession {
             if p.is_relay() && last {
                 if let Ok(Some(len)) = p.relay_in_place(now, &mut data) {
                     let pkt = Packet::Owned(data.split_to(len).freeze());
-                    Self::send_to(
-                        &mut self.out,
-                        &mut self.stats,
-                        &mut self.tx_arena,
-                        now,
-                        l.held,
-                        &mut l.kind,
-                        pkt,
-                    );
+                    self.out
+                        .send(&mut self.stats, now, l.held, &mut l.kind, pkt);
                 }
             } else {
                 let bytes = if last {
@@ -868,56 +922,6 @@ impl MediaSession {
         }
     }
 
-    /// Sends `pkt` to the leg of `kind`. An RTP leg queues it as `Bytes`:
-    /// `pkt` itself when it is one (the relay's buffer), else a copy split off
-    /// `arena`; str0m copies what a WebRTC leg sends, so a slice will do there.
-    fn send_to(
-        out: &mut VecDeque<MediaTransmit>,
-        stats: &mut MediaStats,
-        arena: &mut BytesMut,
-        now: Instant,
-        held: bool,
-        kind: &mut Kind,
-        pkt: Packet<'_>,
-    ) {
-        if held {
-            return;
-        }
-        match kind {
-            Kind::Rtp {
-                port,
-                signalled,
-                latched,
-                ..
-            } => {
-                if let Some(to) = latched.or(*signalled) {
-                    let bytes = match pkt {
-                        Packet::Owned(b) => b,
-                        Packet::Borrowed(b) => {
-                            if arena.capacity() < b.len() {
-                                arena.reserve(TX_ARENA_BLOCK.max(b.len()));
-                            }
-                            arena.extend_from_slice(b);
-                            arena.split().freeze()
-                        }
-                    };
-                    stats.rtp_out += 1;
-                    stats.rtp_bytes_out += bytes.len() as u64;
-                    out.push_back(MediaTransmit {
-                        via: Via::Rtp(*port),
-                        to,
-                        bytes,
-                    });
-                }
-            }
-            Kind::WebRtc { leg, .. } => {
-                let _ = leg.send_rtp(now, pkt.as_slice());
-            }
-            // A stream leg takes PCM frames (see `drain`), never packets.
-            Kind::Stream { .. } => {}
-        }
-    }
-
     /// Moves pipeline output to the wire.
     fn drain(&mut self, now: Instant) {
         for (k, l) in self.legs.iter_mut() {
@@ -936,10 +940,8 @@ impl MediaSession {
                     }
                 }
                 while let Some(o) = p.poll_packet() {
-                    Self::send_to(
-                        &mut self.out,
+                    self.out.send(
                         &mut self.stats,
-                        &mut self.tx_arena,
                         now,
                         l.held,
                         &mut l.kind,
@@ -959,13 +961,7 @@ impl MediaSession {
                 }
             }
             if let Kind::WebRtc { leg: w, .. } = &mut l.kind {
-                while let Some(t) = w.poll_transmit() {
-                    self.out.push_back(MediaTransmit {
-                        via: Via::WebRtc,
-                        to: t.to,
-                        bytes: t.bytes,
-                    });
-                }
+                self.out.webrtc(w);
             }
             if let Kind::Stream {
                 leg: st,
@@ -1097,7 +1093,7 @@ impl MediaSession {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<MediaTransmit> {
-        self.out.pop_front()
+        self.out.queue.pop_front()
     }
 
     /// The next event for control.
