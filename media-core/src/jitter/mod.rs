@@ -492,7 +492,8 @@ impl JitterBuffer {
                 break;
             }
         }
-        let q = self.estimator.quantile_us().unwrap_or(0);
+        let quantile = self.estimator.quantile_us();
+        let q = quantile.unwrap_or(0);
         // What a stall releases belongs to its peak, whatever its delay: the burst
         // right on the heels of the late packet, or a sender pacing the backlog off
         // (an upstream jitter buffer steering its clock, an echo that restamps):
@@ -506,7 +507,7 @@ impl JitterBuffer {
                     && now.saturating_duration_since(e.start).as_micros() as u64
                         <= PEAK_PACED_MAX_US)
         });
-        let peak = self.estimator.quantile_us().is_some() && rel > q + PEAK_MARGIN_US.max(q);
+        let peak = quantile.is_some_and(|q| rel > q + PEAK_MARGIN_US.max(q));
         if aftermath || peak {
             match self.peak.as_mut() {
                 Some(e) if aftermath => (e.last, e.last_rel) = (now, rel),
