@@ -104,6 +104,16 @@ fn claim(port: u16) -> bool {
     TAKEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port)
 }
 
+/// Keeps the ports of `range` from being handed out: an sbc's RTP range (sbc
+/// refuses a config whose RTP range holds one of its own ports). Tests may share
+/// a range on different addresses, so a port already kept is no error.
+fn reserve(range: (u16, u16)) {
+    TAKEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(range.0..=range.1);
+}
+
 /// A port free on `ip` for both UDP and TCP (SIP listens on both; SIPp binds
 /// the one its transport needs), not handed out before by this process.
 pub fn free_port(ip: IpAddr) -> u16 {
@@ -350,20 +360,12 @@ impl Sbc {
     pub fn start(spec: &SbcSpec) -> Sbc {
         let bin = sbc_binary();
         let mut last_failure = String::new();
+        reserve(spec.rtp_ports);
         for attempt in 0..3 {
             let dir = TempDir::new(&format!("sbc-{}-{attempt}", spec.name));
-            // sbc refuses a config whose RTP range holds one of its own ports,
-            // and the kernel's ephemeral ports may fall in a test's range.
-            let (lo, hi) = spec.rtp_ports;
-            let outside = |pick: fn(IpAddr) -> u16| loop {
-                let port = pick(spec.ip);
-                if !(lo..=hi).contains(&port) {
-                    break port;
-                }
-            };
-            let sip = SocketAddr::new(spec.ip, outside(free_port));
-            let http = SocketAddr::new(spec.ip, outside(free_tcp_port));
-            let webrtc = SocketAddr::new(spec.ip, outside(free_udp_port));
+            let sip = SocketAddr::new(spec.ip, free_port(spec.ip));
+            let http = SocketAddr::new(spec.ip, free_tcp_port(spec.ip));
+            let webrtc = SocketAddr::new(spec.ip, free_udp_port(spec.ip));
             let config = format!(
                 "# written by tests/src/sbc_process.rs for {name}\n\
                  [sip]\nudp = \"{sip}\"\ntcp = \"{sip}\"\nuser_agent = \"sbc-under-test\"\n\n\
