@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{KeyInit, Mac};
 use sip_bridge::bridge::CallEvent;
 use tokio::sync::mpsc;
 
-use crate::clock::Clock;
+use crate::clock::{self, Clock};
+use crate::sign::signature;
 
 /// Receives every call event. Must not block: hand work to a task.
 pub trait EventSink: Send + Sync + 'static {
@@ -32,31 +32,8 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
         "rung": ev.rung,
         "durationMs": ev.duration.map(|d| d.as_millis() as u64),
         "talkTimeMs": ev.talk_time.map(|d| d.as_millis() as u64),
-        "timestamp": crate::http::rfc3339(Clock::unix_secs()),
+        "timestamp": clock::rfc3339(Clock::unix_secs()),
     })
-}
-
-/// `sha256=<hex>` of HMAC-SHA256(secret, `timestamp.body`): what a receiver
-/// recomputes to trust a webhook (the timestamp stops replays).
-pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    format!(
-        "sha256={}",
-        hmac_hex(secret, &[timestamp.to_string().as_bytes(), b".", body])
-    )
-}
-
-/// Hex HMAC-SHA256 of the concatenated `parts`.
-pub fn hmac_hex(secret: &[u8], parts: &[&[u8]]) -> String {
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    for p in parts {
-        mac.update(p);
-    }
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Posts events to a URL; see the module docs.
@@ -122,28 +99,5 @@ impl EventSink for WebhookSink {
         if self.tx.try_send(event.clone()).is_err() {
             metrics::counter!("sbc_webhook_dropped_total").increment(1);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_is_hmac_sha256_of_timestamp_and_body() {
-        // RFC 4231 section 4.3 (test case 2).
-        assert_eq!(
-            hmac_hex(b"Jefe", &[b"what do ya want", b" for nothing?"]),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        assert_eq!(
-            signature(b"k", 1700000000, b"{}"),
-            format!("sha256={}", hmac_hex(b"k", &[b"1700000000.{}"]))
-        );
-        assert_ne!(
-            signature(b"k", 1, b"x"),
-            signature(b"k", 2, b"x"),
-            "the timestamp is signed"
-        );
     }
 }

@@ -49,5 +49,6 @@ pub mod protect;
 pub mod router;
 pub mod run;
 pub mod server;
+pub mod sign;
 pub mod sip;
 pub mod webrtc_port;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use sip_bridge::bridge::{DialPlan, RouteDecision, RouteFacts, Step, Target, parse_duration};
 
 use crate::clock::Clock;
-use crate::events::signature;
+use crate::sign::signature;
 
 /// A boxed future, for the object-safe trait.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
