@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use media_core::codec::Codec;
 
-use crate::media::transcode::{TranscodeOptions, transcode_wav};
+use crate::tools::transcode::{TranscodeOptions, transcode_wav};
 
 /// SIP/WebRTC session border controller. Without arguments it runs the embedded
 /// demo configuration on loopback (open the printed URL).
@@ -42,12 +42,13 @@ enum Command {
     /// Media tools.
     Media {
         #[command(subcommand)]
-        command: MediaCommand,
+        command: AudioTool,
     },
 }
 
 #[derive(Subcommand, Debug)]
-enum MediaCommand {
+// The `sbc media` tools: offline audio, not the bridge's per-call `MediaCommand`s.
+enum AudioTool {
     /// Run a WAV file through encode -> (seeded random packet loss) -> decode with
     /// concealment -> WAV at the input's rate, to hear what the media chain does.
     Transcode {
@@ -157,7 +158,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         }
         Command::Media {
             command:
-                MediaCommand::Transcode {
+                AudioTool::Transcode {
                     input,
                     output,
                     codec,

@@ -1,3 +1,0 @@
-//! Media tools built on `media-core`.
-
-pub mod transcode;
