@@ -16,6 +16,7 @@
 //! [`Bridge::poll_sip_transmit`], [`Bridge::poll_ws_output`],
 //! [`Bridge::poll_media_command`], [`Bridge::poll_event`].
 
+mod admit;
 mod call;
 mod config;
 mod flow;
@@ -23,6 +24,7 @@ mod media;
 mod operators;
 mod plan;
 
+pub use admit::{Load, Origin, RETRY_AFTER_SECS, Refusal, admit};
 pub use call::{CallEvent, CallEventKind, Direction};
 
 pub use config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
@@ -701,17 +703,16 @@ impl Bridge {
         let reject = |b: &mut Bridge, status: u16| {
             let _ = b.ua.respond(now, leg, status, None, &[]);
         };
-        let trunk = self.cfg.trunk_for_source(from.addr.ip());
-        if trunk.is_none() && !self.cfg.open_inbound {
-            return reject(self, 403);
-        }
-        if self.calls.len() >= self.cfg.max_calls || self.draining {
-            self.stats.calls_rejected_capacity += 1;
+        if let Err(refusal) = self.admission(admit::Origin::Sip(from.addr.ip())) {
+            if refusal != admit::Refusal::NotATrunk {
+                self.stats.calls_rejected_capacity += 1;
+            }
             let _ = self
                 .ua
-                .respond(now, leg, 503, None, &[("Retry-After", "5")]);
+                .respond(now, leg, refusal.status(), None, refusal.headers());
             return;
         }
+        let trunk = self.cfg.trunk_for_source(from.addr.ip());
         let called = user_of(&req.uri.to_string());
         let called = if called.is_empty() {
             user_of(req.header_to().unwrap_or(""))

@@ -561,7 +561,7 @@ impl Bridge {
                 None,
             );
         }
-        if self.calls.len() >= self.cfg.max_calls || self.draining {
+        if self.admission(super::Origin::Operator).is_err() {
             self.stats.calls_rejected_capacity += 1;
             return self.ws_error(
                 session,
