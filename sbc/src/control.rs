@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use media_core::Instant;
-use sip_bridge::bridge::{Bridge, CallEvent, CallEventKind, MediaCommand, MediaEvent};
+use sip_bridge::bridge::{Bridge, CallEvent, CallEventKind, MediaCommand, MediaEvent, Origin};
 use sip_bridge::presence::SessionId;
 use sip_bridge::signalling::SessionOutput;
 use sip_bridge::sip::message::{self, Inbound, Peer, SipHeaders, SipMessage, ValidationConfig};
@@ -34,7 +34,6 @@ pub struct ControlCore {
     me: Option<Handle<ControlCore>>,
     events: mpsc::UnboundedSender<CallEvent>,
     stateless: VecDeque<Transmit>,
-    draining: bool,
     seed: u64,
     router: Option<Arc<dyn Router>>,
     trunks_exported: Option<Instant>,
@@ -66,7 +65,6 @@ impl ControlCore {
             me: None,
             events,
             stateless: VecDeque::new(),
-            draining: false,
             seed,
             router: None,
             trunks_exported: None,
@@ -90,13 +88,12 @@ impl ControlCore {
 
     /// Stops taking new calls (SIGTERM): new INVITEs get 503, dials an error.
     pub fn set_draining(&mut self, on: bool) {
-        self.draining = on;
         self.bridge.set_draining(on);
     }
 
-    /// Whether the SBC is draining.
+    /// Whether the SBC is draining (the bridge's flag).
     pub fn draining(&self) -> bool {
-        self.draining
+        self.bridge.draining()
     }
 
     /// Media tasks running.
@@ -173,15 +170,16 @@ impl SipCore for ControlCore {
             Verdict::Pass => {}
         }
         if initial_invite(bytes) {
-            // Refused before any transaction exists: no state for strangers.
-            let cfg = self.bridge.config();
-            if !cfg.open_inbound && cfg.trunk_for_source(from.addr.ip()).is_none() {
-                metrics::counter!("sbc_sip_rejected_total", "status" => "403").increment(1);
-                return self.stateless_response(bytes, from, 403, &[]);
-            }
-            if self.draining {
-                metrics::counter!("sbc_sip_rejected_total", "status" => "503").increment(1);
-                return self.stateless_response(bytes, from, 503, &[("Retry-After", "10")]);
+            // The bridge's admission policy, applied before any transaction
+            // exists: no state for strangers, nor for calls it would refuse.
+            if let Err(refusal) = self.bridge.admission(Origin::Sip(from.addr.ip())) {
+                let status = if refusal.status() == 403 {
+                    "403"
+                } else {
+                    "503"
+                };
+                metrics::counter!("sbc_sip_rejected_total", "status" => status).increment(1);
+                return self.stateless_response(bytes, from, refusal.status(), refusal.headers());
             }
         }
         self.bridge.handle_sip(now, bytes, from);
