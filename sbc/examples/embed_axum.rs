@@ -17,6 +17,7 @@ use std::time::Duration;
 use sbc::clock::Clock;
 use sbc::config::SbcConfig;
 use sbc::events::EventSink;
+use sbc::inbox::ControlIn;
 use sbc::router::{BoxFuture, Router};
 use sbc::server::Server;
 use sip_bridge::bridge::{
@@ -116,7 +117,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let log = log.clone();
             let control = sbc.control.clone();
             move || async move {
-                let active = control.call(|c, _| c.bridge.calls()).await.unwrap_or(0);
+                let status = control.ask(|reply| ControlIn::Status { reply }).await;
+                let active = status.map_or(0, |s| s.calls);
                 format!(
                     "active calls: {active}, completed: {}\n",
                     log.completed.load(Ordering::Relaxed)

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::media_task::MediaIn;
+use crate::inbox::{AgentLink, MediaIn};
 
 /// Opening the connection (TCP, TLS and the upgrade) may take this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,19 +23,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUE: usize = 250;
 /// Ping interval; no frame at all from the agent for three intervals closes it.
 const PING: Duration = Duration::from_secs(5);
-
-/// What the media task uses to talk to the agent.
-#[derive(Debug, Clone)]
-pub struct AgentLink {
-    tx: mpsc::Sender<AgentMessage>,
-}
-
-impl AgentLink {
-    /// Queues a message; `false` when the agent has fallen behind (stalled).
-    pub fn send(&self, msg: AgentMessage) -> bool {
-        self.tx.try_send(msg).is_ok()
-    }
-}
 
 /// Connects to `url` and runs the link; reports to `media` as
 /// `StreamUp`/`StreamMessage`/`StreamClosed`.
@@ -81,7 +68,7 @@ async fn run(
     if media
         .send(MediaIn::StreamUp {
             leg,
-            link: AgentLink { tx },
+            link: AgentLink::new(tx),
         })
         .is_err()
     {

@@ -1,42 +1,49 @@
 //! The control task's core: the bridge (SIP UA, calls, operators) behind the
 //! front door (`protect`), wired to its outputs: operator WebSockets, per-call
-//! media tasks, call events. It runs inside the SIP transport task
+//! media tasks, the router, call events. It runs inside the SIP transport task
 //! (`sip::SipSockets::spawn`), so SIP, signalling and call control share one owner
 //! and need no locks.
+//!
+//! Its inputs are data ([`ControlIn`]), taken one at a time by
+//! [`ControlCore::handle`], which then moves the bridge's outputs out: commands to
+//! media tasks (started on a call's first command, let go on `Stop`), questions
+//! to the router (its answer comes back as [`ControlIn::Route`]), frames to
+//! operator sockets, call events. So a test drives it with a list of inputs and
+//! virtual `now`s, without sockets.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use media_core::Instant;
-use sip_bridge::bridge::{Bridge, CallEvent, CallEventKind, MediaCommand, MediaEvent, Origin};
+use sip_bridge::bridge::{Bridge, CallEvent, CallEventKind, MediaCommand, Origin, RouteDecision};
 use sip_bridge::presence::SessionId;
-use sip_bridge::signalling::SessionOutput;
 use sip_bridge::sip::message::{self, Inbound, Peer, SipHeaders, SipMessage, ValidationConfig};
 use sip_bridge::sip::transaction::Transmit;
 use tokio::sync::mpsc;
 
-use crate::media_task::{self, MediaCtx, MediaIn};
+use crate::inbox::{ControlIn, ControlStatus, ControlTx, MediaIn, MediaTx, WsSender};
 use crate::protect::{Protection, Verdict};
 use crate::router::Router;
-use crate::sip::{Handle, SipCore};
+use crate::sip::SipCore;
 
-/// Outbound queue of one operator WebSocket.
-pub type WsSender = mpsc::Sender<SessionOutput>;
+/// Starts a call's media task: `(call id, seed, control's inbox)` to the task's
+/// inbox. The server's spawns a `media_task`; a test's keeps the receiver.
+pub type StartMedia = Box<dyn FnMut(&str, u64, ControlTx) -> MediaTx + Send>;
 
 /// See the module docs.
 pub struct ControlCore {
-    /// The bridge.
-    pub bridge: Bridge,
+    bridge: Bridge,
     protect: Protection,
     ws: HashMap<SessionId, WsSender>,
-    media: HashMap<String, mpsc::UnboundedSender<MediaIn>>,
-    media_ctx: Arc<MediaCtx>,
-    me: Option<Handle<ControlCore>>,
+    media: HashMap<String, MediaTx>,
+    start_media: StartMedia,
+    inbox: Option<ControlTx>,
     events: mpsc::UnboundedSender<CallEvent>,
     stateless: VecDeque<Transmit>,
     seed: u64,
     router: Option<Arc<dyn Router>>,
     trunks_exported: Option<Instant>,
+    stopped: bool,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -48,11 +55,11 @@ impl std::fmt::Debug for ControlCore {
 }
 
 impl ControlCore {
-    /// A core around `bridge`.
+    /// A core around `bridge`, starting media tasks with `start_media`.
     pub fn new(
         bridge: Bridge,
         protect: Protection,
-        media_ctx: Arc<MediaCtx>,
+        start_media: StartMedia,
         events: mpsc::UnboundedSender<CallEvent>,
         seed: u64,
     ) -> Self {
@@ -61,13 +68,14 @@ impl ControlCore {
             protect,
             ws: HashMap::new(),
             media: HashMap::new(),
-            media_ctx,
-            me: None,
+            start_media,
+            inbox: None,
             events,
             stateless: VecDeque::new(),
             seed,
             router: None,
             trunks_exported: None,
+            stopped: false,
         }
     }
 
@@ -76,9 +84,10 @@ impl ControlCore {
         self.router = Some(router);
     }
 
-    /// Gives the core its own handle (for the media tasks it starts).
-    pub fn set_handle(&mut self, me: Handle<ControlCore>) {
-        self.me = Some(me);
+    /// Where the tasks this core starts (media, routing) send their inputs back.
+    /// Without it no media task starts, and calls are routed by the static plan.
+    pub fn set_inbox(&mut self, inbox: ControlTx) {
+        self.inbox = Some(inbox);
     }
 
     /// The front door's counters.
@@ -86,36 +95,179 @@ impl ControlCore {
         &self.protect
     }
 
-    /// Stops taking new calls (SIGTERM): new INVITEs get 503, dials an error.
-    pub fn set_draining(&mut self, on: bool) {
-        self.bridge.set_draining(on);
+    /// The figures [`ControlIn::Status`] answers with.
+    pub fn status(&self) -> ControlStatus {
+        ControlStatus {
+            calls: self.bridge.calls(),
+            sip_legs: self.bridge.ua().legs(),
+            media_tasks: self.media.len(),
+            operator_sockets: self.ws.len(),
+            draining: self.bridge.draining(),
+        }
     }
 
-    /// Whether the SBC is draining (the bridge's flag).
-    pub fn draining(&self) -> bool {
-        self.bridge.draining()
+    /// Takes one input, then moves what it caused out to the other tasks.
+    pub fn handle(&mut self, now: Instant, input: ControlIn) {
+        match input {
+            ControlIn::Sip { bytes, from } => self.on_sip(now, &bytes, from),
+            ControlIn::Timeout => self.bridge.handle_timeout(now),
+            ControlIn::WsOpen { session, tx } => {
+                self.ws.insert(session, tx);
+                self.bridge.handle_ws_open(now, session);
+            }
+            ControlIn::WsText { session, text } => self.bridge.handle_ws_text(now, session, &text),
+            ControlIn::WsBinary { session, len } => self.bridge.handle_ws_binary(now, session, len),
+            ControlIn::WsClosed { session } => {
+                self.ws.remove(&session);
+                self.bridge.handle_ws_closed(now, session);
+            }
+            ControlIn::Media { call, event } => self.bridge.handle_media_event(now, &call, event),
+            ControlIn::Route { call, decision } => self.bridge.handle_route(now, &call, decision),
+            ControlIn::Drain(on) => self.bridge.set_draining(on),
+            ControlIn::EndAll { reply } => {
+                let _ = reply.send(self.bridge.calls());
+                self.bridge.end_all(now);
+            }
+            ControlIn::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            ControlIn::Shutdown => self.stopped = true,
+        }
+        self.drain_ws();
+        self.drain_media();
+        self.drain_routes(now);
+        self.drain_events();
+        self.export_gauges(now);
     }
 
-    /// Media tasks running.
-    pub fn media_tasks(&self) -> usize {
-        self.media.len()
+    /// SIP through the front door and the admission pre-filter, into the bridge.
+    fn on_sip(&mut self, now: Instant, bytes: &[u8], from: Peer) {
+        match self.protect.check(now, from.addr.ip(), bytes) {
+            Verdict::Drop => {
+                metrics::counter!("sbc_sip_dropped_total").increment(1);
+                return;
+            }
+            Verdict::Overload => {
+                metrics::counter!("sbc_sip_rejected_total", "status" => "503").increment(1);
+                return self.stateless_response(bytes, from, 503, &[("Retry-After", "2")]);
+            }
+            Verdict::Pass => {}
+        }
+        if initial_invite(bytes) {
+            // The bridge's admission policy, applied before any transaction
+            // exists: no state for strangers, nor for calls it would refuse.
+            if let Err(refusal) = self.bridge.admission(Origin::Sip(from.addr.ip())) {
+                let status = if refusal.status() == 403 {
+                    "403"
+                } else {
+                    "503"
+                };
+                metrics::counter!("sbc_sip_rejected_total", "status" => status).increment(1);
+                return self.stateless_response(bytes, from, refusal.status(), refusal.headers());
+            }
+        }
+        self.bridge.handle_sip(now, bytes, from);
     }
 
-    /// A new operator WebSocket.
-    pub fn ws_open(&mut self, now: Instant, session: SessionId, tx: WsSender) {
-        self.ws.insert(session, tx);
-        self.bridge.handle_ws_open(now, session);
+    /// Frames to operator sockets. A browser that does not read its socket loses
+    /// it (its queue is dropped, which closes it); the call keeps its grace
+    /// period like any dropped connection.
+    fn drain_ws(&mut self) {
+        while let Some((sid, out)) = self.bridge.poll_ws_output() {
+            if let Some(tx) = self.ws.get(&sid)
+                && tx.try_send(out).is_err()
+            {
+                tracing::warn!(session = sid, "operator WebSocket backlogged; closing");
+                self.ws.remove(&sid);
+            }
+        }
     }
 
-    /// An operator WebSocket closed.
-    pub fn ws_closed(&mut self, now: Instant, session: SessionId) {
-        self.ws.remove(&session);
-        self.bridge.handle_ws_closed(now, session);
+    /// Commands to media tasks: a call's first starts its task, `Stop` lets go
+    /// of it (the task ends when its session has stopped).
+    fn drain_media(&mut self) {
+        while let Some((call, cmd)) = self.bridge.poll_media_command() {
+            let stop = cmd == MediaCommand::Stop;
+            let tx = match self.media.get(&call) {
+                Some(tx) => Some(tx.clone()),
+                None if !stop => self.inbox.clone().map(|inbox| {
+                    self.seed = self
+                        .seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let tx = (self.start_media)(&call, self.seed, inbox);
+                    self.media.insert(call.clone(), tx.clone());
+                    tx
+                }),
+                None => None,
+            };
+            if let Some(tx) = tx {
+                let _ = tx.send(MediaIn::Command(cmd));
+            }
+            if stop {
+                self.media.remove(&call);
+            }
+        }
     }
 
-    /// A media task's event.
-    pub fn media_event(&mut self, now: Instant, call: &str, ev: MediaEvent) {
-        self.bridge.handle_media_event(now, call, ev);
+    /// Calls waiting for a plan go to the router on a task of their own (a slow
+    /// backend never holds up this one); the decision comes back as
+    /// [`ControlIn::Route`]. If it never does, the bridge's own timeout applies
+    /// the static plan.
+    fn drain_routes(&mut self, now: Instant) {
+        while let Some(facts) = self.bridge.poll_route_request() {
+            match (&self.router, &self.inbox) {
+                (Some(router), Some(inbox)) => {
+                    let (router, inbox) = (router.clone(), inbox.clone());
+                    tokio::spawn(async move {
+                        let call = facts.call_id.clone();
+                        let decision = router.route(facts).await;
+                        let _ = inbox.send(ControlIn::Route { call, decision });
+                    });
+                }
+                _ => self
+                    .bridge
+                    .handle_route(now, &facts.call_id, RouteDecision::Default),
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.bridge.poll_event() {
+            record(&ev);
+            let _ = self.events.send(ev);
+        }
+    }
+
+    fn export_gauges(&mut self, now: Instant) {
+        if self
+            .trunks_exported
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1))
+        {
+            self.trunks_exported = Some(now);
+            let cfg = self.bridge.config();
+            for (t, trunk) in cfg.trunks.iter().enumerate() {
+                for (p, peer) in trunk.peers.iter().enumerate() {
+                    let up = if self.bridge.peer_up(t, p) { 1.0 } else { 0.0 };
+                    metrics::gauge!("sbc_trunk_peer_up", "trunk" => trunk.name.clone(), "peer" => peer.to_string()).set(up);
+                }
+            }
+        }
+        metrics::gauge!("sbc_calls_active").set(self.bridge.calls() as f64);
+        metrics::gauge!("sbc_operator_sessions").set(self.bridge.sessions() as f64);
+        metrics::gauge!("sbc_operators").set(self.bridge.presence().len() as f64);
+        metrics::gauge!("sbc_rtp_ports_in_use").set(self.bridge.ports_in_use() as f64);
+        metrics::gauge!("sbc_media_sessions").set(self.media.len() as f64);
+        let ua = self.bridge.ua();
+        metrics::gauge!("sbc_sip_legs").set(ua.legs() as f64);
+        metrics::gauge!("sbc_sip_dialogs").set(ua.dialogs() as f64);
+        metrics::gauge!("sbc_sip_transactions").set(ua.transactions() as f64);
+        let tx = ua.transaction_stats();
+        metrics::gauge!("sbc_sip_retransmissions").set(tx.retransmissions as f64);
+        let p = self.protect.stats();
+        metrics::gauge!("sbc_sip_bans").set(p.bans as f64);
+        metrics::gauge!("sbc_sip_banned_drops").set(p.banned_drops as f64);
+        metrics::gauge!("sbc_sip_scanner_drops").set(p.scanner_drops as f64);
     }
 
     fn stateless_response(
@@ -157,36 +309,18 @@ fn initial_invite(bytes: &[u8]) -> bool {
 }
 
 impl SipCore for ControlCore {
-    fn handle_sip(&mut self, now: Instant, bytes: &[u8], from: Peer) {
-        match self.protect.check(now, from.addr.ip(), bytes) {
-            Verdict::Drop => {
-                metrics::counter!("sbc_sip_dropped_total").increment(1);
-                return;
-            }
-            Verdict::Overload => {
-                metrics::counter!("sbc_sip_rejected_total", "status" => "503").increment(1);
-                return self.stateless_response(bytes, from, 503, &[("Retry-After", "2")]);
-            }
-            Verdict::Pass => {}
-        }
-        if initial_invite(bytes) {
-            // The bridge's admission policy, applied before any transaction
-            // exists: no state for strangers, nor for calls it would refuse.
-            if let Err(refusal) = self.bridge.admission(Origin::Sip(from.addr.ip())) {
-                let status = if refusal.status() == 403 {
-                    "403"
-                } else {
-                    "503"
-                };
-                metrics::counter!("sbc_sip_rejected_total", "status" => status).increment(1);
-                return self.stateless_response(bytes, from, refusal.status(), refusal.headers());
-            }
-        }
-        self.bridge.handle_sip(now, bytes, from);
+    type Input = ControlIn;
+
+    fn handle_input(&mut self, now: Instant, input: ControlIn) {
+        self.handle(now, input);
+    }
+
+    fn handle_sip(&mut self, now: Instant, bytes: bytes::Bytes, from: Peer) {
+        self.handle(now, ControlIn::Sip { bytes, from });
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.bridge.handle_timeout(now);
+        self.handle(now, ControlIn::Timeout);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -199,90 +333,8 @@ impl SipCore for ControlCore {
             .or_else(|| self.bridge.poll_sip_transmit())
     }
 
-    fn after_io(&mut self, now: Instant) {
-        if self
-            .trunks_exported
-            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1))
-        {
-            self.trunks_exported = Some(now);
-            let cfg = self.bridge.config();
-            for (t, trunk) in cfg.trunks.iter().enumerate() {
-                for (p, peer) in trunk.peers.iter().enumerate() {
-                    let up = if self.bridge.peer_up(t, p) { 1.0 } else { 0.0 };
-                    metrics::gauge!("sbc_trunk_peer_up", "trunk" => trunk.name.clone(), "peer" => peer.to_string()).set(up);
-                }
-            }
-        }
-        while let Some((sid, out)) = self.bridge.poll_ws_output() {
-            if let Some(tx) = self.ws.get(&sid)
-                && tx.try_send(out).is_err()
-            {
-                // A browser that does not read its socket loses it; the call keeps
-                // its grace period like any dropped connection.
-                tracing::warn!(session = sid, "operator WebSocket backlogged; closing");
-                self.ws.remove(&sid);
-            }
-        }
-        while let Some((call, cmd)) = self.bridge.poll_media_command() {
-            let stop = cmd == MediaCommand::Stop;
-            let tx = match self.media.get(&call) {
-                Some(tx) => Some(tx.clone()),
-                None if !stop => self.me.clone().map(|me| {
-                    self.seed = self
-                        .seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let tx = media_task::spawn(call.clone(), self.media_ctx.clone(), me, self.seed);
-                    self.media.insert(call.clone(), tx.clone());
-                    tx
-                }),
-                None => None,
-            };
-            if let Some(tx) = tx {
-                let _ = tx.send(MediaIn::Command(cmd));
-            }
-            if stop {
-                self.media.remove(&call);
-            }
-        }
-        while let Some(facts) = self.bridge.poll_route_request() {
-            match (&self.router, &self.me) {
-                (Some(router), Some(me)) => {
-                    let (router, me) = (router.clone(), me.clone());
-                    tokio::spawn(async move {
-                        let id = facts.call_id.clone();
-                        let decision = router.route(facts).await;
-                        let _ = me
-                            .send(move |c, now| c.bridge.handle_route(now, &id, decision))
-                            .await;
-                    });
-                }
-                _ => self.bridge.handle_route(
-                    now,
-                    &facts.call_id,
-                    sip_bridge::bridge::RouteDecision::Default,
-                ),
-            }
-        }
-        while let Some(ev) = self.bridge.poll_event() {
-            record(&ev);
-            let _ = self.events.send(ev);
-        }
-        metrics::gauge!("sbc_calls_active").set(self.bridge.calls() as f64);
-        metrics::gauge!("sbc_operator_sessions").set(self.bridge.sessions() as f64);
-        metrics::gauge!("sbc_operators").set(self.bridge.presence().len() as f64);
-        metrics::gauge!("sbc_rtp_ports_in_use").set(self.bridge.ports_in_use() as f64);
-        metrics::gauge!("sbc_media_sessions").set(self.media.len() as f64);
-        let ua = self.bridge.ua();
-        metrics::gauge!("sbc_sip_legs").set(ua.legs() as f64);
-        metrics::gauge!("sbc_sip_dialogs").set(ua.dialogs() as f64);
-        metrics::gauge!("sbc_sip_transactions").set(ua.transactions() as f64);
-        let tx = ua.transaction_stats();
-        metrics::gauge!("sbc_sip_retransmissions").set(tx.retransmissions as f64);
-        let p = self.protect.stats();
-        metrics::gauge!("sbc_sip_bans").set(p.bans as f64);
-        metrics::gauge!("sbc_sip_banned_drops").set(p.banned_drops as f64);
-        metrics::gauge!("sbc_sip_scanner_drops").set(p.scanner_drops as f64);
+    fn is_stopped(&self) -> bool {
+        self.stopped
     }
 }
 

@@ -1,11 +1,12 @@
 //! HTTP and WebSocket (axum): session tokens, the operator signalling socket, the
 //! JavaScript SDK and demo page, metrics and health. Handlers are thin: tokens are
 //! signed here (no shared state), everything about operators and calls goes to the
-//! control task as a job.
+//! control task as a [`ControlIn`] message; `/readyz` asks it whether it is
+//! draining.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,13 +23,13 @@ use sip_bridge::token::{ApiKeys, TokenError, TokenGrant, TokenIssuer};
 use tokio::sync::mpsc;
 
 use crate::clock::{Clock, rfc3339};
-use crate::control::ControlCore;
+use crate::inbox::ControlIn;
 use crate::sip::Handle;
 
 /// What the HTTP layer needs.
 pub struct HttpState {
     /// The control task.
-    pub control: Handle<ControlCore>,
+    pub control: Handle<ControlIn>,
     /// Signs and checks session tokens.
     pub tokens: TokenIssuer,
     /// Configured API keys (hashed).
@@ -43,8 +44,6 @@ pub struct HttpState {
     pub max_message: usize,
     /// Renders `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// False while draining: `/readyz` answers 503.
-    pub ready: Arc<AtomicBool>,
     /// Signalling session ids.
     pub next_session: AtomicU64,
 }
@@ -381,11 +380,19 @@ fn asset_owned(content_type: &'static str, body: String) -> Response {
     r
 }
 
+/// How long `/readyz` waits for the control task before calling it not ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn readyz(State(app): State<Arc<HttpState>>) -> Response {
-    if app.ready.load(Ordering::Relaxed) {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    let status = app.control.ask(|reply| ControlIn::Status { reply });
+    match tokio::time::timeout(READY_TIMEOUT, status).await {
+        Ok(Ok(s)) if !s.draining => "ready\n".into_response(),
+        Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control task not answering\n",
+        )
+            .into_response(),
     }
 }
 
@@ -418,12 +425,8 @@ async fn operator_ws(
 async fn run_ws(app: Arc<HttpState>, socket: WebSocket) {
     let sid = app.next_session.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<SessionOutput>(256);
-    if app
-        .control
-        .send(move |c, now| c.ws_open(now, sid, tx))
-        .await
-        .is_err()
-    {
+    let open = ControlIn::WsOpen { session: sid, tx };
+    if app.control.send(open).await.is_err() {
         return;
     }
     let (mut sink, mut stream) = socket.split();
@@ -431,14 +434,13 @@ async fn run_ws(app: Arc<HttpState>, socket: WebSocket) {
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    let text = t.to_string();
-                    if app.control.send(move |c, now| c.bridge.handle_ws_text(now, sid, &text)).await.is_err() {
+                    let text = ControlIn::WsText { session: sid, text: t.to_string() };
+                    if app.control.send(text).await.is_err() {
                         break;
                     }
                 }
                 Some(Ok(Message::Binary(b))) => {
-                    let len = b.len();
-                    let _ = app.control.send(move |c, now| c.bridge.handle_ws_binary(now, sid, len)).await;
+                    let _ = app.control.send(ControlIn::WsBinary { session: sid, len: b.len() }).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
@@ -457,5 +459,5 @@ async fn run_ws(app: Arc<HttpState>, socket: WebSocket) {
             },
         }
     }
-    let _ = app.control.send(move |c, now| c.ws_closed(now, sid)).await;
+    let _ = app.control.send(ControlIn::WsClosed { session: sid }).await;
 }

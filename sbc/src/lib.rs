@@ -8,8 +8,10 @@
 //!
 //! One task owns SIP and call control (the bridge), one task per call owns its
 //! media, one the shared WebRTC port, and axum serves HTTP and WebSockets; see
-//! `ARCHITECTURE.md`. Other tasks act on the control task through
-//! [`sip::Handle::call`], a closure run inside it.
+//! `ARCHITECTURE.md`. They talk through typed messages ([`inbox`]): other tasks
+//! send the control task [`inbox::ControlIn`]s (through [`sip::Handle`], or an
+//! unbounded sender for media tasks), and it sends each media task
+//! [`inbox::MediaIn`]s.
 //!
 //! # Time
 //!
@@ -43,6 +45,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod http;
+pub mod inbox;
 pub mod media_task;
 pub mod protect;
 pub mod router;

@@ -1,8 +1,9 @@
 //! One task per call for its media: owns the call's sans-IO `MediaSession` and
 //! its RTP sockets, takes commands from control and datagrams from its sockets and
 //! the shared WebRTC port, sends what the session polls out, and reports media
-//! events back to control. Calls are spread over the runtime's workers this way,
-//! and a slow call never holds up another.
+//! events back to control as [`ControlIn::Media`], on an unbounded channel: a busy
+//! control task never holds up media. Calls are spread over the runtime's workers
+//! this way, and a slow call never holds up another.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,57 +11,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
-use sip_bridge::stream::AgentMessage;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::agent_ws::{self, AgentLink};
+use crate::agent_ws;
 use crate::clock::Clock;
-use crate::control::ControlCore;
-use crate::sip::Handle;
+use crate::inbox::{AgentLink, ControlIn, ControlTx, MediaIn, MediaTx};
 use crate::webrtc_port::{MuxCmd, WebRtcPort};
-
-/// What a media task receives.
-#[derive(Debug)]
-pub enum MediaIn {
-    /// From control.
-    Command(MediaCommand),
-    /// From the shared WebRTC port, already routed to `leg`.
-    WebRtc {
-        /// The leg.
-        leg: LegKey,
-        /// The browser.
-        from: SocketAddr,
-        /// Our port.
-        to: SocketAddr,
-        /// The datagram.
-        data: Bytes,
-    },
-    /// An agent's WebSocket is up.
-    StreamUp {
-        /// The leg.
-        leg: LegKey,
-        /// Where to send.
-        link: AgentLink,
-    },
-    /// A message from an agent.
-    StreamMessage {
-        /// The leg.
-        leg: LegKey,
-        /// The message.
-        msg: AgentMessage,
-    },
-    /// An agent's WebSocket is gone (or never came).
-    StreamClosed {
-        /// The leg.
-        leg: LegKey,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// What every media task shares.
 #[derive(Debug)]
@@ -80,13 +40,8 @@ fn call_number(id: &str) -> u64 {
     id.trim_start_matches("c-").parse().unwrap_or(0)
 }
 
-/// Starts the media task of call `id`.
-pub fn spawn(
-    id: String,
-    ctx: Arc<MediaCtx>,
-    control: Handle<ControlCore>,
-    seed: u64,
-) -> mpsc::UnboundedSender<MediaIn> {
+/// Starts the media task of call `id`; its events go to `control`.
+pub fn spawn(id: String, ctx: Arc<MediaCtx>, control: ControlTx, seed: u64) -> MediaTx {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(id, ctx, control, seed, tx.clone(), rx));
     tx
@@ -95,9 +50,9 @@ pub fn spawn(
 async fn run(
     id: String,
     ctx: Arc<MediaCtx>,
-    control: Handle<ControlCore>,
+    control: ControlTx,
     seed: u64,
-    me: mpsc::UnboundedSender<MediaIn>,
+    me: MediaTx,
     mut rx: mpsc::UnboundedReceiver<MediaIn>,
 ) {
     let mut session = MediaSession::new(MediaConfig {
@@ -158,12 +113,10 @@ async fn run(
                                 }
                                 Err(e) => {
                                     tracing::warn!(call = %id, port = local_port, error = %e, "cannot bind RTP port");
-                                    let (id2, leg) = (id.clone(), *leg);
-                                    let _ = control
-                                        .send(move |c, now| {
-                                            c.media_event(now, &id2, MediaEvent::PortFailed { leg })
-                                        })
-                                        .await;
+                                    let _ = control.send(ControlIn::Media {
+                                        call: id.clone(),
+                                        event: MediaEvent::PortFailed { leg: *leg },
+                                    });
                                     continue;
                                 }
                             }
@@ -242,13 +195,9 @@ async fn run(
                 }
             }
         }
-        while let Some(ev) = session.poll_event() {
-            let id2 = id.clone();
-            if control
-                .send(move |c, now| c.media_event(now, &id2, ev))
-                .await
-                .is_err()
-            {
+        while let Some(event) = session.poll_event() {
+            let call = id.clone();
+            if control.send(ControlIn::Media { call, event }).is_err() {
                 break;
             }
         }

@@ -4,7 +4,7 @@
 //! binary is a thin shell over this.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use crate::clock::Clock;
 use crate::control::ControlCore;
 use crate::events::{EventSink, WebhookSink};
 use crate::http::{self, HttpState};
-use crate::media_task::MediaCtx;
+use crate::inbox::{ControlIn, ControlStatus};
+use crate::media_task::{self, MediaCtx};
 use crate::protect::{Protection, ProtectionConfig};
 use crate::router::{HttpRouter, Router};
 use crate::sip::{Handle, SipConfig, SipSockets};
@@ -213,13 +214,15 @@ impl ServerBuilder {
         let core = ControlCore::new(
             bridge,
             Protection::new(cfg.protection.clone()),
-            media_ctx,
+            Box::new(move |call, seed, control| {
+                media_task::spawn(call.to_string(), media_ctx.clone(), control, seed)
+            }),
             events_tx,
             cfg.bridge.seed,
         );
-        // Handle and router in place before the first datagram is read.
+        // Inbox and router in place before the first datagram is read.
         let (control, sip_task) = sockets.spawn_with_init(core, clock, move |c, me| {
-            c.set_handle(me);
+            c.set_inbox(me.unbounded());
             if let Some(r) = router {
                 c.set_router(r);
             }
@@ -248,7 +251,6 @@ impl ServerBuilder {
             addr: cfg.http,
             source,
         })?;
-        let ready = Arc::new(AtomicBool::new(true));
         let state = Arc::new(HttpState {
             control: control.clone(),
             tokens: TokenIssuer::new(&cfg.token_secret),
@@ -267,7 +269,6 @@ impl ServerBuilder {
             allowed_origins: cfg.allowed_origins.clone(),
             max_message: cfg.bridge.session.max_message,
             metrics: metrics_handle,
-            ready: ready.clone(),
             next_session: AtomicU64::new(1),
         });
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -287,9 +288,9 @@ impl ServerBuilder {
             webrtc: port.local,
             webrtc_public,
             control,
-            ready,
             stop: stop_tx,
-            tasks: vec![sip_task, port_task, events_task],
+            control_task: sip_task,
+            tasks: vec![port_task, events_task],
             http_task,
         })
     }
@@ -310,56 +311,60 @@ pub struct ServerHandle {
     pub webrtc: SocketAddr,
     /// The WebRTC port as browsers reach it.
     pub webrtc_public: SocketAddr,
-    /// The control task (calls, operators, SIP).
-    pub control: Handle<ControlCore>,
-    ready: Arc<AtomicBool>,
+    /// The control task (calls, operators, SIP): send it [`ControlIn`]s, or
+    /// ask, e.g. `control.ask(|reply| ControlIn::Status { reply })`.
+    pub control: Handle<ControlIn>,
     stop: watch::Sender<bool>,
+    control_task: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl ServerHandle {
+    /// The control task's figures (`None` once it has stopped).
+    pub async fn status(&self) -> Option<ControlStatus> {
+        self.control
+            .ask(|reply| ControlIn::Status { reply })
+            .await
+            .ok()
+    }
+
     /// Calls in progress.
     pub async fn calls(&self) -> usize {
-        self.control
-            .call(|c, _| c.bridge.calls())
-            .await
-            .unwrap_or(0)
+        self.status().await.map_or(0, |s| s.calls)
     }
 
     /// Graceful stop: take no new calls, let the active ones finish for up to
     /// `deadline`, then end the rest cleanly (BYE to SIP peers, `ended` to
     /// browsers) and stop every task. Returns how many calls had to be ended.
     pub async fn shutdown(self, deadline: Duration) -> usize {
-        self.ready.store(false, Ordering::Relaxed);
-        let _ = self.control.call(|c, _| c.set_draining(true)).await;
+        let _ = self.control.send(ControlIn::Drain(true)).await;
         let step = Duration::from_millis(100);
         let mut waited = Duration::ZERO;
         while waited < deadline && self.calls().await > 0 {
             tokio::time::sleep(step).await;
             waited += step;
         }
-        let ended = self.control.call(|c, now| {
-            let n = c.bridge.calls();
-            c.bridge.end_all(now);
-            n
-        });
+        let ended = self.control.ask(|reply| ControlIn::EndAll { reply });
         let ended = ended.await.unwrap_or(0);
         // Give the BYEs their answers (or a short while) before the sockets go.
         let mut waited = Duration::ZERO;
-        while waited < Duration::from_secs(3)
-            && self
-                .control
-                .call(|c, _| c.bridge.ua().legs())
-                .await
-                .unwrap_or(0)
-                > 0
+        while waited < Duration::from_secs(3) && self.status().await.is_some_and(|s| s.sip_legs > 0)
         {
             tokio::time::sleep(step).await;
             waited += step;
         }
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+        // The control task ends (its media tasks with it); the others are stopped.
+        let mut control_task = self.control_task;
+        let stopped = self.control.send(ControlIn::Shutdown).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(1), &mut control_task)
+                .await
+                .is_ok();
+        if !stopped {
+            control_task.abort();
+        }
         for t in self.tasks {
             t.abort();
         }

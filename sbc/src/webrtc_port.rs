@@ -13,7 +13,7 @@ use sip_bridge::webrtc::{MuxConfig, MuxCredentials, WebRtcMux};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::media_task::MediaIn;
+use crate::inbox::MediaIn;
 
 /// Changes to the routing table, from media tasks.
 #[derive(Debug)]

@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use media_core::Instant;
-use sbc::events::{EventSink, WebhookSink, signature};
+use sbc::events::{EventSink, WebhookSink};
+use sbc::sign::signature;
 use sip_bridge::bridge::{CallEvent, CallEventKind, DialStatus, Direction};
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;

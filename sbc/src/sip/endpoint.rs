@@ -2,7 +2,8 @@
 //! `UserAgent` in tests) and its sockets (UDP, TCP and TLS listeners and
 //! connections, outgoing TCP/TLS), feeds it bytes and timer ticks and sends what
 //! it polls out. It is the only owner of that state; everything else talks to it
-//! through [`Handle`] (a closure run on the core, in the task). One task is
+//! through [`Handle`], which queues the core's own input type
+//! ([`SipCore::Input`]: the SBC's `ControlIn`, messages as data). One task is
 //! enough: a whole call's SIP work costs microseconds (`benches/benches/sip.rs`).
 
 use std::collections::HashMap;
@@ -28,16 +29,24 @@ use crate::clock::Clock;
 
 /// A sans-IO SIP core the transport task can drive.
 pub trait SipCore: Send + 'static {
+    /// What other tasks send the core through its [`Handle`].
+    type Input: Send + 'static;
+    /// One input from another task.
+    fn handle_input(&mut self, now: Instant, input: Self::Input);
     /// A datagram or framed stream message.
-    fn handle_sip(&mut self, now: Instant, bytes: &[u8], from: Peer);
+    fn handle_sip(&mut self, now: Instant, bytes: Bytes, from: Peer);
     /// Due timers.
     fn handle_timeout(&mut self, now: Instant);
     /// When `handle_timeout` is next due.
     fn poll_timeout(&self) -> Option<Instant>;
     /// The next message to send.
     fn poll_sip_transmit(&mut self) -> Option<Transmit>;
-    /// After every input, job or timer: move the core's other outputs out.
+    /// After every input or timer: move the core's other outputs out.
     fn after_io(&mut self, _now: Instant) {}
+    /// Whether the core has stopped; the task then ends.
+    fn is_stopped(&self) -> bool {
+        false
+    }
 }
 
 /// Where and how the transport listens.
@@ -140,26 +149,30 @@ pub struct TransportStats {
     pub impaired: AtomicU64,
 }
 
-type Job<C> = Box<dyn FnOnce(&mut C, Instant) + Send>;
+/// Inputs queued for the core at most; a sender waits for room beyond that.
+const INPUT_QUEUE: usize = 4096;
 
-/// A cheap, cloneable way to act on the core from any task.
-pub struct Handle<C> {
-    jobs: mpsc::Sender<Job<C>>,
+/// A cheap, cloneable way to send the core its inputs (`I` is
+/// [`SipCore::Input`]) from any task.
+pub struct Handle<I> {
+    inputs: mpsc::Sender<I>,
+    unbounded: mpsc::UnboundedSender<I>,
     stats: Arc<TransportStats>,
     local: Arc<LocalAddr>,
 }
 
-impl<C> Clone for Handle<C> {
+impl<I> Clone for Handle<I> {
     fn clone(&self) -> Self {
         Handle {
-            jobs: self.jobs.clone(),
+            inputs: self.inputs.clone(),
+            unbounded: self.unbounded.clone(),
             stats: self.stats.clone(),
             local: self.local.clone(),
         }
     }
 }
 
-impl<C> std::fmt::Debug for Handle<C> {
+impl<I> std::fmt::Debug for Handle<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
             .field("local", &self.local)
@@ -167,36 +180,28 @@ impl<C> std::fmt::Debug for Handle<C> {
     }
 }
 
-impl<C: 'static> Handle<C> {
-    /// Runs `f` on the core (in the transport task) and returns its result.
-    pub async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut C, Instant) -> R + Send + 'static,
-    ) -> Result<R, SipError> {
+impl<I: Send + 'static> Handle<I> {
+    /// Queues `input`, waiting for room in the queue (backpressure on the sender).
+    pub async fn send(&self, input: I) -> Result<(), SipError> {
+        self.inputs.send(input).await.map_err(|_| SipError::Closed)
+    }
+
+    /// Queues `input` if there is room now.
+    pub fn try_send(&self, input: I) -> Result<(), SipError> {
+        self.inputs.try_send(input).map_err(|_| SipError::Closed)
+    }
+
+    /// Sends the input `ask` makes around a reply channel, and waits for the reply.
+    pub async fn ask<R>(&self, ask: impl FnOnce(oneshot::Sender<R>) -> I) -> Result<R, SipError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job<C> = Box::new(move |core, now| {
-            let _ = tx.send(f(core, now));
-        });
-        self.jobs.send(job).await.map_err(|_| SipError::Closed)?;
+        self.send(ask(tx)).await?;
         rx.await.map_err(|_| SipError::Closed)
     }
 
-    /// Queues `f` without waiting (for tasks that must not block on the core).
-    pub fn post(&self, f: impl FnOnce(&mut C, Instant) + Send + 'static) -> Result<(), SipError> {
-        self.jobs
-            .try_send(Box::new(f))
-            .map_err(|_| SipError::Closed)
-    }
-
-    /// Queues `f`, waiting for room in the queue.
-    pub async fn send(
-        &self,
-        f: impl FnOnce(&mut C, Instant) + Send + 'static,
-    ) -> Result<(), SipError> {
-        self.jobs
-            .send(Box::new(f))
-            .await
-            .map_err(|_| SipError::Closed)
+    /// A sender that never waits: for tasks the core must never hold up (a call's
+    /// media task), whose inputs are few.
+    pub fn unbounded(&self) -> mpsc::UnboundedSender<I> {
+        self.unbounded.clone()
     }
 
     /// Transport counters.
@@ -302,7 +307,7 @@ impl SipSockets {
     }
 
     /// Starts the transport task around `core`.
-    pub fn spawn<C: SipCore>(self, core: C) -> (Handle<C>, tokio::task::JoinHandle<()>) {
+    pub fn spawn<C: SipCore>(self, core: C) -> (Handle<C::Input>, tokio::task::JoinHandle<()>) {
         self.spawn_with_clock(core, Clock::new())
     }
 
@@ -311,7 +316,7 @@ impl SipSockets {
         self,
         core: C,
         clock: Clock,
-    ) -> (Handle<C>, tokio::task::JoinHandle<()>) {
+    ) -> (Handle<C::Input>, tokio::task::JoinHandle<()>) {
         self.spawn_with_init(core, clock, |_, _| {})
     }
 
@@ -323,19 +328,18 @@ impl SipSockets {
         self,
         mut core: C,
         clock: Clock,
-        init: impl FnOnce(&mut C, Handle<C>),
-    ) -> (Handle<C>, tokio::task::JoinHandle<()>) {
-        let (jobs_tx, jobs_rx) = mpsc::channel(4096);
-        let stats = Arc::new(TransportStats::default());
-        let local = Arc::new(self.local.clone());
-        init(
-            &mut core,
-            Handle {
-                jobs: jobs_tx.clone(),
-                stats: stats.clone(),
-                local: local.clone(),
-            },
-        );
+        init: impl FnOnce(&mut C, Handle<C::Input>),
+    ) -> (Handle<C::Input>, tokio::task::JoinHandle<()>) {
+        let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+        let (unbounded_tx, unbounded_rx) = mpsc::unbounded_channel();
+        let handle = Handle {
+            inputs: inputs_tx,
+            unbounded: unbounded_tx,
+            stats: Arc::new(TransportStats::default()),
+            local: Arc::new(self.local.clone()),
+        };
+        let stats = handle.stats.clone();
+        init(&mut core, handle.clone());
         let client = self.cfg.tls_client.clone().unwrap_or_else(|| {
             let mut roots = tokio_rustls::rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -367,20 +371,15 @@ impl SipSockets {
                 .udp_loss
                 .map(|l| (l, media_core::SeededRng::new(l.seed))),
         };
-        let join = tokio::spawn(task.run(jobs_rx));
-        (
-            Handle {
-                jobs: jobs_tx,
-                stats,
-                local,
-            },
-            join,
-        )
+        let join = tokio::spawn(task.run(inputs_rx, unbounded_rx));
+        (handle, join)
     }
 }
 
-/// A bare `UserAgent` as a core: its events go to a channel. For tests and tools
-/// that speak SIP without the bridge.
+/// A bare `UserAgent` as a core: its events go to a channel, and other tasks act
+/// on it with closures ([`UaJob`]). For tests and tools that speak SIP without
+/// the bridge (a test carrier scripts a UA freely; the SBC's control task takes
+/// typed inputs instead).
 #[derive(Debug)]
 pub struct UaCore {
     /// The UA.
@@ -401,9 +400,16 @@ impl DerefMut for UaCore {
     }
 }
 
+/// Work for a [`UaCore`], run in its task.
+pub type UaJob = Box<dyn FnOnce(&mut UaCore, Instant) + Send>;
+
 impl SipCore for UaCore {
-    fn handle_sip(&mut self, now: Instant, bytes: &[u8], from: Peer) {
-        self.ua.handle_bytes(now, bytes, from);
+    type Input = UaJob;
+    fn handle_input(&mut self, now: Instant, job: UaJob) {
+        job(self, now);
+    }
+    fn handle_sip(&mut self, now: Instant, bytes: Bytes, from: Peer) {
+        self.ua.handle_bytes(now, &bytes, from);
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.ua.handle_timeout(now);
@@ -422,7 +428,30 @@ impl SipCore for UaCore {
 }
 
 /// Acts on a [`UaCore`].
-pub type SipHandle = Handle<UaCore>;
+pub type SipHandle = Handle<UaJob>;
+
+impl Handle<UaJob> {
+    /// Runs `f` on the UA (in the transport task) and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut UaCore, Instant) -> R + Send + 'static,
+    ) -> Result<R, SipError> {
+        self.ask(move |tx| -> UaJob {
+            Box::new(move |core, now| {
+                let _ = tx.send(f(core, now));
+            })
+        })
+        .await
+    }
+
+    /// Queues `f` without waiting (for tasks that must not block on the UA).
+    pub fn post(
+        &self,
+        f: impl FnOnce(&mut UaCore, Instant) + Send + 'static,
+    ) -> Result<(), SipError> {
+        self.try_send(Box::new(f))
+    }
+}
 
 /// A running UA endpoint (a `UserAgent` on sockets, events on a channel).
 #[derive(Debug)]
@@ -487,7 +516,11 @@ struct Task<C> {
 }
 
 impl<C: SipCore> Task<C> {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job<C>>) {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<C::Input>,
+        mut unbounded: mpsc::UnboundedReceiver<C::Input>,
+    ) {
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<ConnEvent>();
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -508,16 +541,20 @@ impl<C: SipCore> Task<C> {
                         self.on_accept(stream, addr, Transport::Tls, &conn_tx);
                     }
                 }
-                job = jobs.recv() => {
-                    let Some(job) = job else { break }; // every handle dropped
-                    job(&mut self.core, self.clock.now());
+                input = inputs.recv() => {
+                    let Some(input) = input else { break }; // every handle dropped
+                    self.core.handle_input(self.clock.now(), input);
                 }
+                Some(input) = unbounded.recv() => self.core.handle_input(self.clock.now(), input),
                 Some(ev) = conn_rx.recv() => self.on_conn_event(ev),
                 _ = sleep_until(deadline) => self.core.handle_timeout(self.clock.now()),
             }
             let now = self.clock.now();
             self.core.after_io(now);
             self.flush(&conn_tx).await;
+            if self.core.is_stopped() {
+                break;
+            }
         }
     }
 
@@ -531,7 +568,7 @@ impl<C: SipCore> Task<C> {
         }
         if let Ok(Framed::Message(bytes)) = framing::datagram(data, self.limits.max_message) {
             self.core
-                .handle_sip(self.clock.now(), &bytes, Peer::udp(from));
+                .handle_sip(self.clock.now(), bytes, Peer::udp(from));
         }
     }
 
@@ -597,7 +634,7 @@ impl<C: SipCore> Task<C> {
                     addr,
                     conn: Some(id),
                 };
-                self.core.handle_sip(self.clock.now(), &bytes, peer);
+                self.core.handle_sip(self.clock.now(), bytes, peer);
             }
             ConnEvent::Connected { id, addr, writer } => {
                 let queued = self.connecting.remove(&addr).unwrap_or_default();

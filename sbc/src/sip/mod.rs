@@ -5,5 +5,5 @@ mod endpoint;
 
 pub use endpoint::{
     Handle, SipConfig, SipCore, SipEndpoint, SipError, SipHandle, SipSockets, TransportStats,
-    UaCore, UdpLoss,
+    UaCore, UaJob, UdpLoss,
 };
