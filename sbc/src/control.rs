@@ -356,3 +356,323 @@ fn record(ev: &CallEvent) {
         _ => {}
     }
 }
+
+/// The control task without sockets: a [`ControlCore`] driven by a scripted list
+/// of [`ControlIn`] at virtual `now`s; what it sends out is read off its queues.
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use sip_bridge::bridge::{
+        BridgeConfig, DialPlan, MediaEvent, NumberConfig, RETRY_AFTER_SECS, RouteFacts, Target,
+        TrunkConfig,
+    };
+    use sip_bridge::signalling::SessionOutput;
+    use sip_bridge::sip::dialog::LocalAddr;
+    use sip_bridge::sip::message::Transport;
+    use sip_bridge::token::TokenIssuer;
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    use super::*;
+    use crate::protect::ProtectionConfig;
+    use crate::router::BoxFuture;
+
+    const CARRIER: &str = "192.0.2.10:5060";
+    const STRANGER: &str = "203.0.113.9:5060";
+
+    /// Media tasks started by the core: each call's id and inbox.
+    type Started = Arc<Mutex<Vec<(String, mpsc::UnboundedReceiver<MediaIn>)>>>;
+
+    struct Harness {
+        core: ControlCore,
+        /// What the core's own tasks (the router's) send back.
+        inbox: mpsc::UnboundedReceiver<ControlIn>,
+        started: Started,
+        sent: Vec<String>,
+    }
+
+    /// Number `+15550100` rings `plan`; one trunk, from `CARRIER`.
+    fn harness(plan: DialPlan, tweak: impl FnOnce(&mut BridgeConfig)) -> Harness {
+        let trunk = TrunkConfig {
+            name: "carrier".into(),
+            host: "carrier.example".into(),
+            peers: vec![CARRIER.parse().unwrap()],
+            transport: Transport::Udp,
+            credentials: None,
+            register: None,
+            inbound: Vec::new(),
+            codecs: vec![media_core::codec::Codec::Pcmu],
+            dtmf: Default::default(),
+            ping_interval: None,
+        };
+        let number = NumberConfig {
+            id: "support".into(),
+            e164: "+15550100".into(),
+            name: "Support".into(),
+            plan,
+        };
+        let mut cfg = BridgeConfig::new(vec![number], vec![trunk], "10.0.0.1".parse().unwrap());
+        cfg.rtp_ports = (20000, 20100);
+        tweak(&mut cfg);
+        let local = LocalAddr::udp("10.0.0.1".parse().unwrap(), 5060);
+        let bridge = Bridge::new(cfg, local, TokenIssuer::new(&[7; 32]), 1_795_000_000);
+        let started: Started = Arc::default();
+        let record = started.clone();
+        let start_media: StartMedia = Box::new(move |call, _seed, _control| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            record.lock().unwrap().push((call.to_string(), rx));
+            tx
+        });
+        let (events, _) = mpsc::unbounded_channel();
+        let mut core = ControlCore::new(
+            bridge,
+            Protection::new(ProtectionConfig::default()),
+            start_media,
+            events,
+            1,
+        );
+        let (tx, inbox) = mpsc::unbounded_channel();
+        core.set_inbox(tx);
+        Harness {
+            core,
+            inbox,
+            started,
+            sent: Vec::new(),
+        }
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::ZERO + Duration::from_millis(ms)
+    }
+
+    fn udp(addr: &str) -> Peer {
+        Peer::udp(addr.parse::<SocketAddr>().unwrap())
+    }
+
+    /// An initial INVITE to `+15550100` with a PCMU offer.
+    fn invite(call_id: &str, from: &str) -> ControlIn {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+                   m=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        let text = format!(
+            "INVITE sip:+15550100@10.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {from};branch=z9hG4bK-{call_id}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:+15550111@carrier.example>;tag=a-{call_id}\r\n\
+             To: <sip:+15550100@10.0.0.1>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:+15550111@{from}>\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        ControlIn::Sip {
+            bytes: text.into_bytes().into(),
+            from: udp(from),
+        }
+    }
+
+    impl Harness {
+        /// Runs the script in order, each input at its time (ms), the core's timers
+        /// firing in between; collects the first line of each SIP message sent.
+        fn run(&mut self, script: Vec<(u64, ControlIn)>) {
+            for (ms, input) in script {
+                self.advance(ms);
+                self.core.handle(at(ms), input);
+                self.flush();
+            }
+        }
+
+        /// Fires every timer due up to `ms`.
+        fn advance(&mut self, ms: u64) {
+            while let Some(due) = self.core.poll_timeout().filter(|t| *t <= at(ms)) {
+                self.core.handle(due, ControlIn::Timeout);
+                self.flush();
+            }
+        }
+
+        fn flush(&mut self) {
+            while let Some(t) = self.core.poll_sip_transmit() {
+                let text = String::from_utf8_lossy(&t.bytes).into_owned();
+                self.sent.push(text);
+            }
+        }
+
+        /// The status lines (or request lines) sent so far.
+        fn first_lines(&self) -> Vec<&str> {
+            self.sent
+                .iter()
+                .map(|m| m.lines().next().unwrap_or(""))
+                .collect()
+        }
+
+        fn status(&self) -> ControlStatus {
+            self.core.status()
+        }
+    }
+
+    #[test]
+    fn the_stateless_pre_filter_refuses_before_any_transaction_exists() {
+        let mut h = harness(
+            DialPlan::single(vec![Target::Echo], Duration::from_secs(30)),
+            |c| c.max_calls = 1,
+        );
+        h.run(vec![(0, invite("stranger-1", STRANGER))]);
+        assert_eq!(h.first_lines(), ["SIP/2.0 403 Forbidden"]);
+        h.sent.clear();
+        h.run(vec![
+            (10, ControlIn::Drain(true)),
+            (20, invite("draining-1", CARRIER)),
+        ]);
+        assert!(h.status().draining);
+        assert_eq!(h.first_lines(), ["SIP/2.0 503 Service Unavailable"]);
+        assert!(
+            h.sent[0].contains(&format!("Retry-After: {RETRY_AFTER_SECS}\r\n")),
+            "{}",
+            h.sent[0]
+        );
+        // Neither left a transaction, a leg or a call behind.
+        assert_eq!(h.core.bridge.ua().transactions(), 0);
+        let s = h.status();
+        assert_eq!((s.calls, s.sip_legs, s.media_tasks), (0, 0, 0));
+
+        h.sent.clear();
+        h.run(vec![
+            (30, ControlIn::Drain(false)),
+            (40, invite("call-1", CARRIER)),
+            (50, invite("call-2", CARRIER)),
+        ]);
+        let lines = h.first_lines();
+        assert!(
+            lines.contains(&"SIP/2.0 200 OK"),
+            "the first call is taken: {lines:?}"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"SIP/2.0 503 Service Unavailable"),
+            "the second is over max_calls"
+        );
+        assert_eq!(h.status().calls, 1);
+        assert_eq!(h.core.bridge.ua().legs(), 1, "no leg for the refused one");
+    }
+
+    #[test]
+    fn a_call_s_first_media_command_starts_its_task_and_stop_lets_go_of_it() {
+        let mut h = harness(
+            DialPlan::single(vec![Target::Echo], Duration::from_secs(30)),
+            |_| {},
+        );
+        h.run(vec![(0, invite("call-1", CARRIER))]);
+        assert_eq!(h.status().media_tasks, 1);
+        let (call, mut rx) = h.started.lock().unwrap().pop().unwrap();
+        assert!(h.started.lock().unwrap().is_empty(), "one task per call");
+        let mut commands = Vec::new();
+        while let Ok(MediaIn::Command(c)) = rx.try_recv() {
+            commands.push(c);
+        }
+        let Some(MediaCommand::AddRtp { leg: caller, .. }) = commands.first().cloned() else {
+            panic!("the caller's RTP leg first: {commands:?}");
+        };
+        assert!(commands.len() > 1, "later commands go to the same task");
+
+        // The media task reports the caller silent: the call ends, its task is told
+        // to stop and let go of.
+        let event = MediaEvent::MediaTimeout { leg: caller };
+        h.run(vec![(60_000, ControlIn::Media { call, event })]);
+        assert!(
+            h.first_lines()
+                .contains(&"BYE sip:+15550111@192.0.2.10:5060 SIP/2.0")
+        );
+        assert_eq!(h.status().calls, 0);
+        assert_eq!(h.status().media_tasks, 0);
+        let mut last = None;
+        while let Ok(MediaIn::Command(c)) = rx.try_recv() {
+            last = Some(c);
+        }
+        assert_eq!(last, Some(MediaCommand::Stop));
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    }
+
+    /// A router whose answer never comes.
+    struct Silent;
+
+    impl Router for Silent {
+        fn route(&self, _: RouteFacts) -> BoxFuture<RouteDecision> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_router_that_never_answers_leaves_the_call_to_the_static_plan() {
+        let mut h = harness(
+            DialPlan::single(vec![Target::Echo], Duration::from_secs(30)),
+            |c| c.external_routing = true,
+        );
+        h.core.set_router(Arc::new(Silent));
+        h.run(vec![(0, invite("call-1", CARRIER))]);
+        h.advance(4_999);
+        assert!(
+            !h.first_lines().contains(&"SIP/2.0 200 OK"),
+            "waiting for the router"
+        );
+        h.advance(5_000); // sip_bridge::bridge::ROUTE_TIMEOUT
+        assert!(
+            h.first_lines().contains(&"SIP/2.0 200 OK"),
+            "the static plan (echo) answered: {:?}",
+            h.first_lines()
+        );
+        assert_eq!(h.inbox.try_recv().unwrap_err(), TryRecvError::Empty);
+    }
+
+    /// A router that refuses every call with 486.
+    struct Busy;
+
+    impl Router for Busy {
+        fn route(&self, _: RouteFacts) -> BoxFuture<RouteDecision> {
+            Box::pin(async { RouteDecision::Reject(486) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_router_s_decision_comes_back_as_an_input() {
+        let mut h = harness(
+            DialPlan::single(vec![Target::Echo], Duration::from_secs(30)),
+            |c| c.external_routing = true,
+        );
+        h.core.set_router(Arc::new(Busy));
+        h.run(vec![(0, invite("call-1", CARRIER))]);
+        let decision = h.inbox.recv().await.unwrap();
+        assert!(
+            matches!(&decision, ControlIn::Route { call, decision: RouteDecision::Reject(486) } if call == "c-1"),
+            "{decision:?}"
+        );
+        h.run(vec![(100, decision)]);
+        assert_eq!(h.first_lines().last(), Some(&"SIP/2.0 486 Busy Here"));
+        assert_eq!(h.status().calls, 0);
+    }
+
+    #[test]
+    fn an_operator_socket_that_does_not_read_is_closed() {
+        let mut h = harness(DialPlan::default(), |_| {});
+        // Room for one frame, and nobody reads.
+        let (tx, mut rx) = mpsc::channel(1);
+        let ping = |session| ControlIn::WsText {
+            session,
+            text: r#"{"type":"ping"}"#.into(),
+        };
+        h.run(vec![
+            (0, ControlIn::WsOpen { session: 1, tx }),
+            (10, ping(1)),
+            (20, ping(1)),
+        ]);
+        assert_eq!(h.status().operator_sockets, 0, "its queue was dropped");
+        assert!(matches!(rx.try_recv(), Ok(SessionOutput::Send(_))));
+        assert_eq!(
+            rx.try_recv().unwrap_err(),
+            TryRecvError::Disconnected,
+            "which closes the socket"
+        );
+    }
+}
