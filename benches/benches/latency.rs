@@ -17,7 +17,7 @@ use media_core::analysis::speech_like;
 use media_core::codec::{Codec, OpusEncoder, OpusEncoderConfig, g711};
 use media_core::pipeline::RtpFormat;
 use media_core::rtp::{PayloadType, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
-use sip_bridge::bridge::{MediaCommand, MediaEvent};
+use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
 use sip_bridge::media::{MediaConfig, MediaSession, Via};
 use sip_bridge::webrtc::{DtlsIdentity, WebRtcConfig};
 use str0m::change::SdpAnswer;
@@ -79,7 +79,7 @@ impl Call {
         session.handle_command(
             now,
             MediaCommand::AddRtp {
-                leg: 0,
+                leg: LegKey(0),
                 local_port: SBC_RTP,
                 remote: Some(addr("10.0.0.2:30000")),
                 format: RtpFormat::new(Codec::Pcmu, PayloadType::PCMU),
@@ -88,7 +88,7 @@ impl Call {
         session.handle_command(
             now,
             MediaCommand::AddWebRtc {
-                leg: 1,
+                leg: LegKey(1),
                 offer: offer.to_sdp_string(),
             },
         );
@@ -102,7 +102,9 @@ impl Call {
             .sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
             .unwrap();
-        session.handle_command(now, MediaCommand::Connect { a: 0, b: 1 });
+        for cmd in MediaCommand::connect(LegKey(0), LegKey(1)) {
+            session.handle_command(now, cmd);
+        }
         let speech = speech_like(8000, 160 * 50);
         let pcmu = speech
             .chunks(160)
@@ -183,8 +185,13 @@ impl Call {
                     Ok(Output::Transmit(t)) => {
                         any = true;
                         let now = self.now;
-                        self.session
-                            .handle_webrtc(now, 1, t.source, t.destination, &t.contents);
+                        self.session.handle_webrtc(
+                            now,
+                            LegKey(1),
+                            t.source,
+                            t.destination,
+                            &t.contents,
+                        );
                     }
                     Ok(Output::Event(Event::MediaData(_))) | Ok(Output::Event(_)) => {}
                     Err(_) => break,
@@ -269,7 +276,7 @@ fn measure(direction_carrier_to_browser: bool, frames: usize) -> Vec<Duration> {
                 .handle_rtp(now, SBC_RTP, addr("10.0.0.2:30000"), p);
         }
         for (from, to, d) in &browser {
-            c.session.handle_webrtc(now, 1, *from, *to, d);
+            c.session.handle_webrtc(now, LegKey(1), *from, *to, d);
         }
         if c.session.poll_timeout().is_some_and(|t| t <= now) {
             c.session.handle_timeout(now);
@@ -347,7 +354,7 @@ fn bench(c: &mut Criterion) {
                         .handle_rtp(now, SBC_RTP, addr("10.0.0.2:30000"), p);
                 } else {
                     for (from, to, d) in call.browser_srtp(i) {
-                        call.session.handle_webrtc(now, 1, from, to, &d);
+                        call.session.handle_webrtc(now, LegKey(1), from, to, &d);
                     }
                 }
                 if call.session.poll_timeout().is_some_and(|t| t <= now) {

@@ -299,7 +299,7 @@ fn pipeline_benches(c: &mut Criterion) {
 /// what it sends polled out and dropped. Against `pipeline/relay`, what the
 /// session adds: latching, the leg lookup, the transmit queue.
 fn session_benches(c: &mut Criterion) {
-    use sip_bridge::bridge::MediaCommand;
+    use sip_bridge::bridge::{LegKey, MediaCommand};
     use sip_bridge::media::{MediaConfig, MediaSession};
 
     let pcmu = stream(PayloadType::PCMU, 160, &pcmu_payloads());
@@ -321,14 +321,16 @@ fn session_benches(c: &mut Criterion) {
             s.handle_command(
                 Instant::ZERO,
                 MediaCommand::AddRtp {
-                    leg,
+                    leg: LegKey(leg),
                     local_port,
                     remote,
                     format,
                 },
             );
         }
-        s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 1 });
+        for cmd in MediaCommand::connect(LegKey(0), LegKey(1)) {
+            s.handle_command(Instant::ZERO, cmd);
+        }
         let mut rx = BytesMut::new();
         let mut i = 0usize;
         g.bench_function(format!("{name}_per_packet"), |bench| {

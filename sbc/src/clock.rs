@@ -79,6 +79,12 @@ pub fn rfc3339(t: u64) -> String {
     )
 }
 
+/// RFC 3339 UTC time of Unix milliseconds `t`, with the milliseconds.
+pub fn rfc3339_ms(t: u64) -> String {
+    let s = rfc3339(t / 1000);
+    format!("{}.{:03}Z", &s[..s.len() - 1], t % 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +94,6 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_230_057), "2026-11-21T03:00:57Z");
+        assert_eq!(rfc3339_ms(1_795_230_057_042), "2026-11-21T03:00:57.042Z");
     }
 }

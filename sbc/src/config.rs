@@ -23,6 +23,7 @@ use serde::Deserialize;
 use sip_bridge::bridge::{
     BridgeConfig, Cidr, DialPlan, DtmfMode, NumberConfig, Step, Target, TrunkConfig,
 };
+use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
 use sip_bridge::sip::auth::Credentials;
 use sip_bridge::sip::message::Transport;
@@ -265,6 +266,8 @@ pub struct ApiKeyEntry {
 pub struct LimitsSection {
     /// Calls at once (503 beyond).
     pub max_calls: usize,
+    /// Parties in one call at once (ringing or joined, supervisors included).
+    pub max_parties: usize,
     /// New calls per second (503 beyond).
     pub max_cps: u32,
     /// Open SIP TCP/TLS connections, accepted and opened.
@@ -287,6 +290,7 @@ impl Default for LimitsSection {
         let core = core_defaults();
         LimitsSection {
             max_calls: core.max_calls,
+            max_parties: core.max_parties,
             max_cps: 200,
             max_connections: 4096,
             max_operators: core.max_operators,
@@ -498,6 +502,33 @@ pub struct NumberEntry {
     /// What rings, step by step; defaults to every ready operator for 30 s.
     #[serde(default = "ring_operators")]
     pub dial: Vec<DialStep>,
+    /// What parties of its calls may do, by role (protocol.md, "Participants").
+    #[serde(default)]
+    pub capabilities: CapabilitiesEntry,
+}
+
+/// `[numbers.capabilities]`: capability names by role; a role left out keeps
+/// its default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitiesEntry {
+    /// Operators handling a call (default: `add_participant`,
+    /// `remove_participant`, `hold_participant`, `end_call`).
+    #[serde(default, deserialize_with = "values::capabilities")]
+    pub agent: Option<Capabilities>,
+    /// Supervisors (default: `switch_monitor`; in `barge` they add the agent's).
+    #[serde(default, deserialize_with = "values::capabilities")]
+    pub supervisor: Option<Capabilities>,
+}
+
+impl CapabilitiesEntry {
+    fn resolve(&self) -> RoleCapabilities {
+        let d = RoleCapabilities::default();
+        RoleCapabilities {
+            agent: self.agent.unwrap_or(d.agent),
+            supervisor: self.supervisor.unwrap_or(d.supervisor),
+        }
+    }
 }
 
 fn ring_operators() -> Vec<DialStep> {
@@ -938,6 +969,7 @@ impl SbcConfig {
                         })
                         .collect(),
                 },
+                capabilities: n.capabilities.resolve(),
             })
             .collect()
     }
@@ -1029,6 +1061,7 @@ impl SbcConfig {
         b.rtp_ports = (self.media.rtp_ports.first, self.media.rtp_ports.last);
         b.outbound_ring_timeout = self.limits.outbound_ring_timeout;
         b.max_calls = self.limits.max_calls;
+        b.max_parties = self.limits.max_parties;
         b.max_call_duration = self.limits.max_call_duration;
         b.session = self.session_config();
         b.grace = self.limits.reconnect_grace;

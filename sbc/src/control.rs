@@ -15,7 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use media_core::Instant;
-use sip_bridge::bridge::{Bridge, CallEvent, CallEventKind, MediaCommand, Origin, RouteDecision};
+use sip_bridge::bridge::{
+    Bridge, CallEvent, CallEventKind, CallId, MediaCommand, Origin, RouteDecision,
+};
 use sip_bridge::presence::SessionId;
 use sip_bridge::sip::message::{self, Inbound, Peer, SipHeaders, SipMessage, ValidationConfig};
 use sip_bridge::sip::transaction::Transmit;
@@ -28,14 +30,14 @@ use crate::sip::SipCore;
 
 /// Starts a call's media task: `(call id, seed, control's inbox)` to the task's
 /// inbox. The server's spawns a `media_task`; a test's keeps the receiver.
-pub type StartMedia = Box<dyn FnMut(&str, u64, ControlTx) -> MediaTx + Send>;
+pub type StartMedia = Box<dyn FnMut(CallId, u64, ControlTx) -> MediaTx + Send>;
 
 /// See the module docs.
 pub struct ControlCore {
     bridge: Bridge,
     protect: Protection,
     ws: HashMap<SessionId, WsSender>,
-    media: HashMap<String, MediaTx>,
+    media: HashMap<CallId, MediaTx>,
     start_media: StartMedia,
     inbox: Option<ControlTx>,
     events: mpsc::UnboundedSender<CallEvent>,
@@ -121,8 +123,8 @@ impl ControlCore {
                 self.ws.remove(&session);
                 self.bridge.handle_ws_closed(now, session);
             }
-            ControlIn::Media { call, event } => self.bridge.handle_media_event(now, &call, event),
-            ControlIn::Route { call, decision } => self.bridge.handle_route(now, &call, decision),
+            ControlIn::Media { call, event } => self.bridge.handle_media_event(now, call, event),
+            ControlIn::Route { call, decision } => self.bridge.handle_route(now, call, decision),
             ControlIn::Drain(on) => self.bridge.set_draining(on),
             ControlIn::EndAll { reply } => {
                 let _ = reply.send(self.bridge.calls());
@@ -195,8 +197,8 @@ impl ControlCore {
                         .seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    let tx = (self.start_media)(&call, self.seed, inbox);
-                    self.media.insert(call.clone(), tx.clone());
+                    let tx = (self.start_media)(call, self.seed, inbox);
+                    self.media.insert(call, tx.clone());
                     tx
                 }),
                 None => None,
@@ -220,14 +222,14 @@ impl ControlCore {
                 (Some(router), Some(inbox)) => {
                     let (router, inbox) = (router.clone(), inbox.clone());
                     tokio::spawn(async move {
-                        let call = facts.call_id.clone();
+                        let call = facts.call_id;
                         let decision = router.route(facts).await;
                         let _ = inbox.send(ControlIn::Route { call, decision });
                     });
                 }
                 _ => self
                     .bridge
-                    .handle_route(now, &facts.call_id, RouteDecision::Default),
+                    .handle_route(now, facts.call_id, RouteDecision::Default),
             }
         }
     }
@@ -383,7 +385,7 @@ mod tests {
     const STRANGER: &str = "203.0.113.9:5060";
 
     /// Media tasks started by the core: each call's id and inbox.
-    type Started = Arc<Mutex<Vec<(String, mpsc::UnboundedReceiver<MediaIn>)>>>;
+    type Started = Arc<Mutex<Vec<(CallId, mpsc::UnboundedReceiver<MediaIn>)>>>;
 
     struct Harness {
         core: ControlCore,
@@ -412,6 +414,7 @@ mod tests {
             e164: "+15550100".into(),
             name: "Support".into(),
             plan,
+            capabilities: Default::default(),
         };
         let mut cfg = BridgeConfig::new(vec![number], vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.rtp_ports = (20000, 20100);
@@ -422,7 +425,7 @@ mod tests {
         let record = started.clone();
         let start_media: StartMedia = Box::new(move |call, _seed, _control| {
             let (tx, rx) = mpsc::unbounded_channel();
-            record.lock().unwrap().push((call.to_string(), rx));
+            record.lock().unwrap().push((call, rx));
             tx
         });
         let (events, _) = mpsc::unbounded_channel();
@@ -645,7 +648,7 @@ mod tests {
         h.run(vec![(0, invite("call-1", CARRIER))]);
         let decision = h.inbox.recv().await.unwrap();
         assert!(
-            matches!(&decision, ControlIn::Route { call, decision: RouteDecision::Reject(486) } if call == "c-1"),
+            matches!(&decision, ControlIn::Route { call, decision: RouteDecision::Reject(486) } if *call == CallId(1)),
             "{decision:?}"
         );
         h.run(vec![(100, decision)]);

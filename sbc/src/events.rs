@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sip_bridge::bridge::CallEvent;
+use sip_bridge::bridge::{CallEvent, PartyRecord};
 use tokio::sync::mpsc;
 
 use crate::clock::{self, Clock};
@@ -17,11 +17,25 @@ pub trait EventSink: Send + Sync + 'static {
     fn call_event(&self, event: &CallEvent);
 }
 
+/// A party in a call event's JSON: who, as what, when in and out, why it left.
+fn party_json(ev: &CallEvent, p: &PartyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id.to_string(),
+        "role": p.role.as_str(),
+        "who": p.who,
+        "joinedAt": p.joined.map(|t| clock::rfc3339_ms(ev.unix_ms_of(t))),
+        "leftAt": p.left.map(|t| clock::rfc3339_ms(ev.unix_ms_of(t))),
+        "talkTimeMs": p.talk_time(ev.at).as_millis() as u64,
+        "reason": p.reason,
+    })
+}
+
 /// The JSON body of a call event (webhooks; documented in the README).
+/// `timestamp` is when the thing happened, not when the webhook was sent.
 pub fn event_json(ev: &CallEvent) -> serde_json::Value {
     serde_json::json!({
         "event": ev.kind.as_str(),
-        "callId": ev.call_id,
+        "callId": ev.call_id.to_string(),
         "direction": ev.direction.as_str(),
         "from": ev.from,
         "to": ev.to,
@@ -32,7 +46,9 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
         "rung": ev.rung,
         "durationMs": ev.duration.map(|d| d.as_millis() as u64),
         "talkTimeMs": ev.talk_time.map(|d| d.as_millis() as u64),
-        "timestamp": clock::rfc3339(Clock::unix_secs()),
+        "participant": ev.party.as_ref().map(|p| party_json(ev, p)),
+        "participants": ev.parties.iter().map(|p| party_json(ev, p)).collect::<Vec<_>>(),
+        "timestamp": clock::rfc3339_ms(ev.unix_ms),
     })
 }
 

@@ -279,6 +279,7 @@ fn issue(app: &HttpState, req: TokenRequest, allowed: &[String]) -> Response {
         operator_ref: req.operator_ref,
         numbers: ids,
         ttl_secs: req.ttl,
+        capabilities: Vec::new(),
     };
     match app.tokens.issue(Clock::unix_secs(), &grant) {
         Ok((token, exp)) => {

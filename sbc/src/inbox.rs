@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent, RouteDecision};
+use sip_bridge::bridge::{CallId, LegKey, MediaCommand, MediaEvent, RouteDecision};
 use sip_bridge::presence::SessionId;
 use sip_bridge::signalling::SessionOutput;
 use sip_bridge::sip::message::Peer;
@@ -59,14 +59,14 @@ pub enum ControlIn {
     /// An event from a call's media task.
     Media {
         /// The call (`c-N`).
-        call: String,
+        call: CallId,
         /// What happened.
         event: MediaEvent,
     },
     /// A router's decision for a call waiting to be routed.
     Route {
         /// The call.
-        call: String,
+        call: CallId,
         /// The decision.
         decision: RouteDecision,
     },

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use sip_bridge::bridge::{LegKey, MediaCommand, MediaEvent};
+use sip_bridge::bridge::{CallId, LegKey, MediaCommand, MediaEvent};
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -36,19 +36,15 @@ pub struct MediaCtx {
     pub clock: Clock,
 }
 
-fn call_number(id: &str) -> u64 {
-    id.trim_start_matches("c-").parse().unwrap_or(0)
-}
-
 /// Starts the media task of call `id`; its events go to `control`.
-pub fn spawn(id: String, ctx: Arc<MediaCtx>, control: ControlTx, seed: u64) -> MediaTx {
+pub fn spawn(id: CallId, ctx: Arc<MediaCtx>, control: ControlTx, seed: u64) -> MediaTx {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(id, ctx, control, seed, tx.clone(), rx));
     tx
 }
 
 async fn run(
-    id: String,
+    id: CallId,
     ctx: Arc<MediaCtx>,
     control: ControlTx,
     seed: u64,
@@ -62,7 +58,7 @@ async fn run(
     let mut rtp = RtpSockets::default();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
-    let number = call_number(&id);
+    let number = id.0;
     let mut exported = Exported::default();
     let mut export_tick = tokio::time::interval(Duration::from_secs(1));
     // One timer, moved when the session's deadline moves (not a new one per wake-up).
@@ -114,7 +110,7 @@ async fn run(
                                 Err(e) => {
                                     tracing::warn!(call = %id, port = local_port, error = %e, "cannot bind RTP port");
                                     let _ = control.send(ControlIn::Media {
-                                        call: id.clone(),
+                                        call: id,
                                         event: MediaEvent::PortFailed { leg: *leg },
                                     });
                                     continue;
@@ -141,7 +137,7 @@ async fn run(
                     }
                     MediaIn::StreamClosed { leg, reason } => {
                         if agents.remove(&leg).is_some() || !reason.is_empty() {
-                            tracing::info!(call = %id, leg, %reason, "agent stream ended");
+                            tracing::info!(call = %id, leg = %leg, %reason, "agent stream ended");
                         }
                         session.handle_stream_closed(now, leg, &reason);
                     }
@@ -170,7 +166,7 @@ async fn run(
                         && !link.send(msg)
                     {
                         agents.remove(&leg);
-                        tracing::warn!(call = %id, leg, "agent stalled: closing its stream");
+                        tracing::warn!(call = %id, leg = %leg, "agent stalled: closing its stream");
                         session.handle_stream_closed(ctx.clock.now(), leg, "agent stalled");
                     }
                 }
@@ -196,8 +192,7 @@ async fn run(
             }
         }
         while let Some(event) = session.poll_event() {
-            let call = id.clone();
-            if control.send(ControlIn::Media { call, event }).is_err() {
+            if control.send(ControlIn::Media { call: id, event }).is_err() {
                 break;
             }
         }

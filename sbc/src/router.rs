@@ -79,7 +79,7 @@ pub fn facts_json(facts: &RouteFacts) -> serde_json::Value {
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
     serde_json::json!({
-        "callId": facts.call_id,
+        "callId": facts.call_id.to_string(),
         "direction": facts.direction.as_str(),
         "from": facts.from,
         "to": facts.to,
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn facts_round_trip_the_default_plan() {
         let facts = RouteFacts {
-            call_id: "c-1".into(),
+            call_id: sip_bridge::bridge::CallId(1),
             direction: sip_bridge::bridge::Direction::Inbound,
             from: "+1".into(),
             to: "+2".into(),

@@ -215,7 +215,7 @@ impl ServerBuilder {
             bridge,
             Protection::new(cfg.protection.clone()),
             Box::new(move |call, seed, control| {
-                media_task::spawn(call.to_string(), media_ctx.clone(), control, seed)
+                media_task::spawn(call, media_ctx.clone(), control, seed)
             }),
             events_tx,
             cfg.bridge.seed,

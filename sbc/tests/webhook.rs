@@ -1,5 +1,6 @@
 //! The call-event webhook against a local receiver that fails twice: the event is
-//! retried with backoff until accepted, and its signature verifies.
+//! retried with backoff until accepted, its signature verifies, and it carries
+//! when it happened and every party with its time in the call.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +11,9 @@ use axum::routing::post;
 use media_core::Instant;
 use sbc::events::{EventSink, WebhookSink};
 use sbc::sign::signature;
-use sip_bridge::bridge::{CallEvent, CallEventKind, DialStatus, Direction};
+use sip_bridge::bridge::{
+    CallEvent, CallEventKind, CallId, DialStatus, Direction, LegKey, PartyRecord, Role,
+};
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;
 
@@ -37,18 +40,38 @@ async fn events_are_retried_until_accepted_and_signed() {
     let sink = WebhookSink::start(url, b"hook secret".to_vec());
     let ev = CallEvent {
         kind: CallEventKind::Completed,
-        call_id: "c-7".into(),
+        call_id: CallId(7),
         direction: Direction::Inbound,
         from: "+15550111".into(),
         to: "+15550100".into(),
         number: Some("support".into()),
-        at: Instant::ZERO,
+        at: Instant::from_millis(65_000),
+        unix_ms: 1_795_000_065_000,
         status: Some(DialStatus::Completed),
         code: None,
         answered_by: Some("operator:alice".into()),
         rung: vec!["operators".into()],
         duration: Some(Duration::from_secs(65)),
         talk_time: Some(Duration::from_secs(60)),
+        party: None,
+        parties: vec![
+            PartyRecord {
+                id: LegKey(0),
+                role: Role::Customer,
+                who: "+15550111".into(),
+                joined: Some(Instant::ZERO),
+                left: Some(Instant::from_millis(65_000)),
+                reason: Some("hangup"),
+            },
+            PartyRecord {
+                id: LegKey(1),
+                role: Role::Agent,
+                who: "operator:alice".into(),
+                joined: Some(Instant::from_millis(5_000)),
+                left: None,
+                reason: None,
+            },
+        ],
     };
     // The sink never blocks the caller, even with the receiver failing.
     sink.call_event(&ev);
@@ -67,6 +90,15 @@ async fn events_are_retried_until_accepted_and_signed() {
     assert_eq!(json["status"], "completed");
     assert_eq!(json["answeredBy"], "operator:alice");
     assert_eq!(json["talkTimeMs"], 60_000);
+    // When it happened (the event's own time), not when it was sent.
+    assert_eq!(json["timestamp"], "2026-11-18T11:07:45.000Z");
+    let parties = json["participants"].as_array().unwrap();
+    assert_eq!(parties.len(), 2);
+    assert_eq!(parties[0]["role"], "customer");
+    assert_eq!(parties[0]["reason"], "hangup");
+    assert_eq!(parties[1]["who"], "operator:alice");
+    assert_eq!(parties[1]["joinedAt"], "2026-11-18T11:06:45.000Z");
+    assert_eq!(parties[1]["talkTimeMs"], 60_000);
     let ts: u64 = headers["x-sbc-timestamp"]
         .to_str()
         .unwrap()

@@ -9,8 +9,13 @@
 //!   demultiplexer of the shared UDP port.
 //! * [`token`], [`signalling`], [`presence`]: session tokens, protocol v1 for
 //!   operators, who is online on which number.
-//! * [`bridge`]: the control plane (calls, legs, dial plans, routing hook, call
-//!   events); [`media`]: one call's media session; [`stream`]: the AI agent leg.
+//! * [`call`]: one call as a state machine (its parties, dial plan, media graph,
+//!   timers); [`bridge`]: the control plane that routes inputs to calls and
+//!   applies their outputs (the UA, presence, ports and trunks they share);
+//!   [`contract`]: ids and the commands/events between a call and its media;
+//!   [`media`]: one call's media session; [`stream`]: the AI agent leg;
+//!   [`plan`], [`config`], [`roles`]: dial plans, configuration, roles and
+//!   capabilities.
 //!
 //! # The run-loop contract
 //!
@@ -71,8 +76,13 @@
 #![warn(missing_docs)]
 
 pub mod bridge;
+pub mod call;
+pub mod config;
+pub mod contract;
 pub mod media;
+pub mod plan;
 pub mod presence;
+pub mod roles;
 pub mod sdp;
 pub mod signalling;
 pub mod sip;

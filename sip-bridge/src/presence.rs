@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use media_core::Instant;
 
+use crate::contract::CallId;
+
 /// A signalling connection, chosen by the driver.
 pub type SessionId = u64;
 
@@ -36,7 +38,7 @@ struct Operator {
     /// Number ids taking calls.
     available: BTreeSet<String>,
     /// The active call (busy while set).
-    active_call: Option<String>,
+    active_call: Option<CallId>,
 }
 
 /// What [`Presence::connect`] found.
@@ -48,7 +50,7 @@ pub struct Connected {
     /// availability were kept.
     pub resumed: bool,
     /// Their active call, if any.
-    pub active_call: Option<String>,
+    pub active_call: Option<CallId>,
 }
 
 /// Things the layer above must act on.
@@ -59,7 +61,7 @@ pub enum PresenceEvent {
         /// operatorRef.
         operator: String,
         /// Their active call, to end with `offline`.
-        active_call: Option<String>,
+        active_call: Option<CallId>,
     },
 }
 
@@ -132,7 +134,7 @@ impl Presence {
             // A fresh token may allow fewer numbers.
             op.available.retain(|n| allowed.contains(n));
             op.allowed = allowed;
-            let active_call = op.active_call.clone();
+            let active_call = op.active_call;
             self.by_session.insert(session, operator.to_string());
             return Ok(Connected {
                 replaced,
@@ -270,24 +272,24 @@ impl Presence {
     }
 
     /// Marks the operator busy with `call` (accepted, or dialled out).
-    pub fn set_busy(&mut self, operator: &str, call: &str) -> Result<(), PresenceError> {
+    pub fn set_busy(&mut self, operator: &str, call: CallId) -> Result<(), PresenceError> {
         let op = self
             .operators
             .get_mut(operator)
             .ok_or(PresenceError::UnknownSession)?;
-        if op.active_call.as_deref().is_some_and(|c| c != call) {
+        if op.active_call.is_some_and(|c| c != call) {
             return Err(PresenceError::Busy);
         }
-        op.active_call = Some(call.to_string());
+        op.active_call = Some(call);
         Ok(())
     }
 
     /// The operator's call `call` ended.
-    pub fn set_free(&mut self, operator: &str, call: &str) {
+    pub fn set_free(&mut self, operator: &str, call: CallId) {
         let Some(op) = self.operators.get_mut(operator) else {
             return;
         };
-        if op.active_call.as_deref() == Some(call) {
+        if op.active_call == Some(call) {
             op.active_call = None;
         }
         // A reconnecting operator without a call or availability has nothing to wait for.
@@ -304,8 +306,8 @@ impl Presence {
     }
 
     /// The operator's active call.
-    pub fn active_call(&self, operator: &str) -> Option<&str> {
-        self.operators.get(operator)?.active_call.as_deref()
+    pub fn active_call(&self, operator: &str) -> Option<CallId> {
+        self.operators.get(operator)?.active_call
     }
 
     /// `offline`: no more calls on any number (the active call stays).
@@ -394,13 +396,13 @@ mod tests {
             p.set_available(s, &nums(&["support"])).unwrap();
         }
         assert_eq!(p.ready_for("support"), nums(&["alice", "bob"]));
-        p.set_busy("alice", "c1").unwrap();
-        assert_eq!(p.set_busy("alice", "c2"), Err(PresenceError::Busy));
+        p.set_busy("alice", CallId(1)).unwrap();
+        assert_eq!(p.set_busy("alice", CallId(2)), Err(PresenceError::Busy));
         assert_eq!(p.ready_for("support"), nums(&["bob"]));
         assert!(!p.is_ready("alice") && p.is_ready("bob"));
-        p.set_free("alice", "c9"); // another call: no effect
+        p.set_free("alice", CallId(9)); // another call: no effect
         assert!(!p.is_ready("alice"));
-        p.set_free("alice", "c1");
+        p.set_free("alice", CallId(1));
         assert_eq!(p.ready_for("support"), nums(&["alice", "bob"]));
     }
 
@@ -409,7 +411,7 @@ mod tests {
         let mut p = Presence::new(Duration::from_secs(30), 100);
         p.connect(1, "alice", "Alice", &nums(&["support"])).unwrap();
         p.set_available(1, &nums(&["support"])).unwrap();
-        p.set_busy("alice", "c1").unwrap();
+        p.set_busy("alice", CallId(1)).unwrap();
         p.disconnect(at(10), 1);
         assert_eq!(
             p.state("alice"),
@@ -428,7 +430,7 @@ mod tests {
             Connected {
                 replaced: None,
                 resumed: true,
-                active_call: Some("c1".into())
+                active_call: Some(CallId(1))
             }
         );
         assert_eq!(p.session_of("alice"), Some(2));
@@ -441,14 +443,14 @@ mod tests {
         let mut p = Presence::new(Duration::from_secs(30), 100);
         p.connect(1, "alice", "Alice", &nums(&["support"])).unwrap();
         p.set_available(1, &nums(&["support"])).unwrap();
-        p.set_busy("alice", "c1").unwrap();
+        p.set_busy("alice", CallId(1)).unwrap();
         p.disconnect(at(0), 1);
         p.handle_timeout(at(30));
         assert_eq!(
             p.poll_event(),
             Some(PresenceEvent::WentOffline {
                 operator: "alice".into(),
-                active_call: Some("c1".into())
+                active_call: Some(CallId(1))
             })
         );
         assert_eq!(p.state("alice"), None);

@@ -53,6 +53,9 @@ pub enum TokenError {
     /// `ttl` of zero or over the maximum.
     #[error("ttl must be 1..={MAX_TTL_SECS} seconds")]
     BadTtl,
+    /// A capability that is not one of [`CAPABILITIES`].
+    #[error("unknown capability (known: monitor)")]
+    BadCapability,
 }
 
 /// The claims of a session token.
@@ -75,6 +78,9 @@ pub struct SessionClaims {
     pub iss: String,
     /// Audience (`operator`).
     pub aud: String,
+    /// Rights beyond taking and placing calls (`monitor`: supervise others' calls).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
 }
 
 impl SessionClaims {
@@ -95,7 +101,13 @@ pub struct TokenGrant {
     pub numbers: Vec<String>,
     /// Lifetime; `None` for the default.
     pub ttl_secs: Option<u64>,
+    /// Rights beyond taking and placing calls: [`CAPABILITIES`].
+    pub capabilities: Vec<String>,
 }
+
+/// The rights a token may carry: `monitor` (listen to, whisper in and barge
+/// into other operators' calls on the token's numbers).
+pub const CAPABILITIES: [&str; 1] = ["monitor"];
 
 /// Issues and verifies session tokens with one HS256 secret.
 pub struct TokenIssuer {
@@ -143,6 +155,13 @@ impl TokenIssuer {
         {
             return Err(TokenError::BadDisplayName);
         }
+        if grant
+            .capabilities
+            .iter()
+            .any(|c| !CAPABILITIES.contains(&c.as_str()))
+        {
+            return Err(TokenError::BadCapability);
+        }
         let ttl = grant.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
         if ttl == 0 || ttl > MAX_TTL_SECS {
             return Err(TokenError::BadTtl);
@@ -156,6 +175,7 @@ impl TokenIssuer {
             exp: now + ttl,
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
+            caps: grant.capabilities.clone(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| TokenError::Malformed)?;
@@ -267,6 +287,7 @@ mod tests {
             display_name: "Alice Martin".into(),
             numbers: vec!["support".into()],
             ttl_secs: None,
+            capabilities: Vec::new(),
         }
     }
 

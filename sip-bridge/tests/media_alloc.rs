@@ -20,7 +20,7 @@ use media_core::Instant;
 use media_core::codec::{Codec, g711};
 use media_core::pipeline::RtpFormat;
 use media_core::rtp::{PayloadType, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
-use sip_bridge::bridge::MediaCommand;
+use sip_bridge::bridge::{LegKey, MediaCommand};
 use sip_bridge::media::{MediaConfig, MediaSession};
 
 const PEER_A: &str = "203.0.113.5:30000";
@@ -44,14 +44,16 @@ fn session(b: Codec) -> MediaSession {
     for (leg, local_port, remote, codec) in [(0, 20000, PEER_A, Codec::Pcmu), (1, 20002, PEER_B, b)]
     {
         let cmd = MediaCommand::AddRtp {
-            leg,
+            leg: LegKey(leg),
             local_port,
             remote: Some(remote.parse().unwrap()),
             format: format(codec),
         };
         s.handle_command(Instant::ZERO, cmd);
     }
-    s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 1 });
+    for cmd in MediaCommand::connect(LegKey(0), LegKey(1)) {
+        s.handle_command(Instant::ZERO, cmd);
+    }
     s
 }
 

@@ -692,7 +692,8 @@ pub fn sip_dialog(data: &[u8]) {
 // ----- signalling, tokens, calls -----
 
 use sip_bridge::bridge::{
-    Bridge, BridgeConfig, DialPlan, MediaCommand, MediaEvent, NumberConfig, Target as DialTarget,
+    Bridge, BridgeConfig, CallId, DialPlan, LegKey, MediaCommand, MediaEvent, NumberConfig,
+    Target as DialTarget,
 };
 use sip_bridge::signalling::{Session, SessionConfig, SessionOutput, decode as decode_signalling};
 use sip_bridge::token::{TokenGrant, TokenIssuer};
@@ -709,6 +710,7 @@ fn fuzz_token(issuer: &TokenIssuer, op: &str) -> String {
                 display_name: op.into(),
                 numbers: vec!["support".into()],
                 ttl_secs: None,
+                capabilities: vec!["monitor".into()],
             },
         )
         .map(|t| t.0)
@@ -797,7 +799,10 @@ enum CallOp {
     Connect(u8),
     /// An operator's connection drops.
     Drop(u8),
-    /// An operator sends a message about the n-th call it heard of.
+    /// An operator sends a message about the n-th call it heard of (`kind`:
+    /// accept, reject, hangup, mute, hold, DTMF, dial, offline, reoffer, and the
+    /// multi-party requests: add, remove, leave, end, monitor, mode, list, hold
+    /// another party, quality).
     Operator { op: u8, kind: u8, call: u8 },
     /// Raw text from an operator.
     Raw { op: u8, text: String },
@@ -859,12 +864,14 @@ pub fn call(data: &[u8]) {
             e164: "+15550100".into(),
             name: "S".into(),
             plan,
+            capabilities: Default::default(),
         },
         NumberConfig {
             id: "echo".into(),
             e164: "+15550001".into(),
             name: "E".into(),
             plan: DialPlan::single(vec![DialTarget::Echo], Duration::from_secs(5)),
+            capabilities: Default::default(),
         },
     ];
     let mut cfg = BridgeConfig::new(numbers, vec![trunk], [192, 0, 2, 10].into());
@@ -888,7 +895,7 @@ pub fn call(data: &[u8]) {
     let mut next_sid = 1u64;
     let mut heard: Vec<Vec<String>> = vec![Vec::new(); 4];
     let mut carrier_legs = Vec::new();
-    let mut calls: Vec<String> = Vec::new();
+    let mut calls: Vec<CallId> = Vec::new();
     // Moves messages until quiet.
     let pump = |b: &mut Bridge,
                 carrier: &mut UserAgent,
@@ -896,7 +903,7 @@ pub fn call(data: &[u8]) {
                 sessions: &mut [Option<u64>; 4],
                 heard: &mut Vec<Vec<String>>,
                 legs: &mut Vec<sip_bridge::sip::dialog::LegId>,
-                calls: &mut Vec<String>| {
+                calls: &mut Vec<CallId>| {
         for _ in 0..1000 {
             let mut any = false;
             while let Some(t) = b.poll_sip_transmit() {
@@ -941,7 +948,7 @@ pub fn call(data: &[u8]) {
             while let Some((call, cmd)) = b.poll_media_command() {
                 any = true;
                 if !calls.contains(&call) && cmd != MediaCommand::Stop {
-                    calls.push(call.clone());
+                    calls.push(call);
                 }
             }
             while b.poll_event().is_some() {}
@@ -977,7 +984,40 @@ pub fn call(data: &[u8]) {
                     .get(usize::from(call) % heard[i].len().max(1))
                     .cloned()
                     .unwrap_or_else(|| "c-999".into());
-                let msg = match kind % 10 {
+                let p = kind / 20 % 6;
+                let target = match kind / 20 % 5 {
+                    0 => "operators".to_string(),
+                    1 => format!("operator:op{}", kind % 4),
+                    2 => "+15550111".to_string(),
+                    3 => "sip:+15550111@192.0.2.20".to_string(),
+                    _ => "stream:wss://agent.example/ws".to_string(),
+                };
+                let mode = ["listen", "whisper", "barge"][usize::from(kind % 3)];
+                let msg = match kind % 20 {
+                    10 => format!(
+                        r#"{{"type":"addParticipant","callId":"{c}","target":"{target}","timeout":{}}}"#,
+                        5 + kind % 40
+                    ),
+                    11 => format!(
+                        r#"{{"type":"removeParticipant","callId":"{c}","participantId":"p-{p}"}}"#
+                    ),
+                    12 => format!(r#"{{"type":"leave","callId":"{c}"}}"#),
+                    13 => format!(r#"{{"type":"end","callId":"{c}"}}"#),
+                    14 => format!(
+                        r#"{{"type":"monitor","callId":"{c}","mode":"{mode}","sdp":"v=0\r\n"}}"#
+                    ),
+                    15 => format!(
+                        r#"{{"type":"monitorMode","callId":"{c}","mode":"{mode}","participantId":"p-{p}"}}"#
+                    ),
+                    16 => r#"{"type":"listCalls"}"#.to_string(),
+                    17 => format!(
+                        r#"{{"type":"hold","callId":"{c}","on":{},"participantId":"p-{p}"}}"#,
+                        kind % 2 == 0
+                    ),
+                    18 => format!(
+                        r#"{{"type":"quality","callId":"{c}","summary":{{"mos":4.1}}}}"#
+                    ),
+                    _ => match kind % 10 {
                     0 => format!(r#"{{"type":"accept","callId":"{c}","sdp":"v=0\r\n"}}"#),
                     1 => format!(r#"{{"type":"reject","callId":"{c}"}}"#),
                     2 => format!(r#"{{"type":"hangup","callId":"{c}"}}"#),
@@ -990,6 +1030,7 @@ pub fn call(data: &[u8]) {
                         .to_string(),
                     8 => r#"{"type":"offline"}"#.to_string(),
                     _ => format!(r#"{{"type":"reoffer","callId":"{c}","sdp":"v=0\r\n"}}"#),
+                    },
                 };
                 b.handle_ws_text(now, sid, &msg);
             }
@@ -1034,11 +1075,17 @@ pub fn call(data: &[u8]) {
                 };
             }
             CallOp::Media { call, kind, leg } => {
-                let Some(c) = calls.get(usize::from(call) % calls.len().max(1)).cloned() else {
+                let Some(&c) = calls.get(usize::from(call) % calls.len().max(1)) else {
                     continue;
                 };
-                let leg = u32::from(leg % 4);
-                let ev = match kind % 6 {
+                let leg = LegKey(u32::from(leg % 6));
+                let ev = match kind % 9 {
+                    6 => MediaEvent::StreamConnected { leg },
+                    7 => MediaEvent::StreamFailed {
+                        leg,
+                        reason: "x".into(),
+                    },
+                    8 => MediaEvent::StreamHangup { leg },
                     0 => MediaEvent::WebRtcAnswer {
                         leg,
                         sdp: "v=0\r\n".into(),
@@ -1056,7 +1103,7 @@ pub fn call(data: &[u8]) {
                     4 => MediaEvent::MediaTimeout { leg },
                     _ => MediaEvent::WebRtcConnected { leg },
                 };
-                b.handle_media_event(now, &c, ev);
+                b.handle_media_event(now, c, ev);
             }
             CallOp::Advance(ms) => {
                 let until = now + Duration::from_millis(u64::from(ms) * 4);

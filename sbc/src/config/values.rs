@@ -11,6 +11,7 @@ use std::time::Duration;
 use media_core::codec::{Codec, OpusComplexity};
 use serde::de::{self, Deserialize, Deserializer};
 use sip_bridge::bridge::{Cidr, DtmfMode, Target};
+use sip_bridge::roles::{Capabilities, Capability};
 use sip_bridge::sip::message::Transport;
 
 /// A value written as a TOML string.
@@ -319,6 +320,27 @@ impl From<&str> for Secret {
     fn from(s: &str) -> Secret {
         Secret(s.into())
     }
+}
+
+/// A capability by its wire name (`add_participant`, `end_call`, ...).
+impl StrValue for Capability {
+    fn parse_value(s: &str) -> Result<Capability, String> {
+        Capability::parse(s.trim()).ok_or_else(|| {
+            let known: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
+            format!(
+                "\"{s}\" is not a capability: write one of {}",
+                known.join(", ")
+            )
+        })
+    }
+}
+
+/// `deserialize_with` for a role's capabilities in `[numbers.capabilities]`: a
+/// list of names (pair it with `#[serde(default)]`).
+pub(crate) fn capabilities<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Capabilities>, D::Error> {
+    list::<D, Capability>(d).map(|v| Some(Capabilities::of(&v)))
 }
 
 /// `deserialize_with` for `[media] opus_complexity`: `"auto"` or 0-10.

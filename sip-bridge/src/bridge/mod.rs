@@ -1,57 +1,52 @@
-//! The bridge's control plane: calls, their legs and dial plans, operators'
-//! signalling and presence, on top of the SIP UA. Sans-IO, one owner: the SBC runs
-//! it in one task and runs each call's media (`crate::media`) in a task of its own,
-//! talking to it through [`MediaCommand`]s and [`MediaEvent`]s.
+//! The control plane's router (quinn's `Endpoint` to each call's
+//! `Connection`): it owns what calls share (the SIP UA, operators' signalling
+//! sessions and presence, the RTP port pool, trunk health), routes every input
+//! to the call it concerns, and applies what the call asks for. It holds no
+//! per-call logic: that is [`crate::call::Call`]'s.
 //!
 //! Why one owner for control: SIP dialogs share one UA (one socket, Call-ID
-//! routing) and operators are shared by calls (presence, busy marks), so putting
-//! every call's control state next to them needs no locks and keeps races (two
-//! accepts in one tick, accept against the caller's CANCEL) deterministic: they are
-//! handled in arrival order. Control costs microseconds per call; media, the
-//! expensive part, runs in parallel per call.
+//! routing) and operators are shared by calls (presence, busy marks), so keeping
+//! every call next to them needs no locks and keeps races (two accepts in one
+//! tick, accept against the caller's CANCEL) deterministic: they are handled in
+//! arrival order. Control costs microseconds per call; media, the expensive
+//! part, runs in parallel per call.
 //!
 //! Inputs: [`Bridge::handle_sip`], [`Bridge::handle_ws_open`] /
 //! [`Bridge::handle_ws_text`] / [`Bridge::handle_ws_closed`],
-//! [`Bridge::handle_media_event`], [`Bridge::handle_timeout`]. Outputs:
-//! [`Bridge::poll_sip_transmit`], [`Bridge::poll_ws_output`],
-//! [`Bridge::poll_media_command`], [`Bridge::poll_event`].
+//! [`Bridge::handle_media_event`], [`Bridge::handle_route`],
+//! [`Bridge::handle_timeout`]. Outputs: [`Bridge::poll_sip_transmit`],
+//! [`Bridge::poll_ws_output`], [`Bridge::poll_media_command`],
+//! [`Bridge::poll_route_request`], [`Bridge::poll_event`].
 
 mod admit;
-mod call;
-mod config;
-mod flow;
-mod media;
 mod operators;
-mod plan;
+mod trunks;
 
+pub use crate::call::{
+    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, ROUTE_TIMEOUT, Role,
+    RouteDecision, RouteFacts,
+};
+pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
+pub use crate::contract::{
+    CallId, Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, Tone,
+};
+pub use crate::plan::{DialPlan, DialStatus, Step, Target, TargetError, parse_duration};
 pub use admit::{Load, Origin, RETRY_AFTER_SECS, Refusal, admit};
-pub use call::{CallEvent, CallEventKind, Direction};
-
-pub use config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
-pub use media::{LegKey, MediaCommand, MediaEvent, PortPool, Tone};
-pub use plan::{DialPlan, DialStatus, Step, Target, TargetError, parse_duration};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
-use media_core::codec::Codec;
-use media_core::pipeline::RtpFormat;
-use media_core::rtp::PayloadType;
-use media_core::{Instant, Millis, SeededRng};
+use media_core::{Instant, SeededRng};
 
+use crate::call::{Call, CallCtx, CallOutput, SipAction, SipLegEvent};
 use crate::presence::{Presence, PresenceEvent, SessionId};
-use crate::sdp::{
-    self, AudioCaps, AudioCodecPref, LocalMedia, NegotiatedAudio, SessionDescription,
-};
-use crate::signalling::{EndReason, NumberInfo, Request, ServerMessage, Session, SessionOutput};
-use crate::sip::dialog::{
-    InviteParams, LegId, LocalAddr, PingId, RegisterParams, UaConfig, UaEvent, UserAgent,
-};
-use crate::sip::message::{Peer, SipHeaders};
+use crate::signalling::{NumberInfo, Request, ServerMessage, Session, SessionOutput};
+use crate::sip::dialog::{LegId, LocalAddr, RegisterParams, UaConfig, UaEvent, UserAgent};
+use crate::sip::message::Peer;
 use crate::sip::transaction::Transmit;
 use crate::token::TokenIssuer;
-use call::{Call, Leg, LegKind, OpState, SipState};
+use trunks::Trunks;
 
 /// Counters for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,66 +62,15 @@ pub struct BridgeStats {
     pub ended: [u64; 6],
 }
 
+/// What wakes the bridge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Step(u64, usize),
-    MaxDuration(u64),
+    /// A signalling session's heartbeat or hello deadline.
     Session(SessionId),
+    /// A trunk's OPTIONS ping.
     Ping(usize),
-    Route(u64),
-}
-
-/// How long a call waits for an external router before its static plan applies.
-pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// SIP headers passed to an external router (plus every `X-` header).
-const ROUTED_HEADERS: [&str; 4] = [
-    "P-Asserted-Identity",
-    "Diversion",
-    "Referred-By",
-    "User-Agent",
-];
-
-/// What an external router is told about a call (`sbc`'s `Router`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteFacts {
-    /// The call.
-    pub call_id: String,
-    /// Inbound from a trunk, or dialled by an operator.
-    pub direction: Direction,
-    /// Caller.
-    pub from: String,
-    /// Called number or target.
-    pub to: String,
-    /// Our number id involved.
-    pub number: Option<String>,
-    /// The trunk it came from.
-    pub trunk: Option<String>,
-    /// The operator who dialled.
-    pub operator: Option<String>,
-    /// Selected SIP headers (P-Asserted-Identity, Diversion, X-...).
-    pub headers: Vec<(String, String)>,
-    /// What the static configuration would do.
-    pub default_plan: DialPlan,
-}
-
-/// A router's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RouteDecision {
-    /// The static plan.
-    Default,
-    /// This plan.
-    Plan(DialPlan),
-    /// Refuse the call with this SIP status (inbound) or as `failed` (outbound).
-    Reject(u16),
-}
-
-#[derive(Clone, Debug, Default)]
-struct TrunkHealth {
-    /// Per peer: consecutive failed pings.
-    failures: Vec<u32>,
-    pings: HashMap<PingId, usize>,
+    /// A call's own timers ([`Call::poll_timeout`]).
+    Call(CallId),
 }
 
 /// The control plane. See the module docs.
@@ -137,14 +81,17 @@ pub struct Bridge {
     presence: Presence,
     tokens: TokenIssuer,
     sessions: BTreeMap<SessionId, Session>,
-    calls: BTreeMap<String, Call>,
-    /// SIP legs to their call and leg key.
-    sip_legs: HashMap<LegId, (String, LegKey)>,
+    calls: BTreeMap<CallId, Call>,
+    /// SIP legs to their call and party, and back.
+    sip_legs: HashMap<LegId, (CallId, LegKey)>,
+    call_legs: HashMap<(CallId, LegKey), LegId>,
     ports: PortPool,
-    health: Vec<TrunkHealth>,
+    trunks: Trunks,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// When each call's timer is set for (to push each deadline once).
+    call_due: HashMap<CallId, Instant>,
     ws_out: VecDeque<(SessionId, SessionOutput)>,
-    media_out: VecDeque<(String, MediaCommand)>,
+    media_out: VecDeque<(CallId, MediaCommand)>,
     routes_out: VecDeque<RouteFacts>,
     events: VecDeque<CallEvent>,
     rng: SeededRng,
@@ -153,10 +100,6 @@ pub struct Bridge {
     local_host: String,
     draining: bool,
     stats: BridgeStats,
-}
-
-fn call_seq(id: &str) -> u64 {
-    id.trim_start_matches("c-").parse().unwrap_or(0)
 }
 
 fn status_index(s: DialStatus) -> usize {
@@ -170,48 +113,39 @@ fn status_index(s: DialStatus) -> usize {
     }
 }
 
-fn caps_for(codecs: &[Codec]) -> AudioCaps {
-    let mut caps = AudioCaps::standard();
-    if !codecs.is_empty() {
-        let pt = |c: Codec| match c {
-            Codec::Pcmu => PayloadType::PCMU,
-            Codec::Pcma => PayloadType::new(8).unwrap_or(PayloadType::PCMU),
-            _ => PayloadType::new(111).unwrap_or(PayloadType::PCMU),
-        };
-        caps.codecs = codecs
-            .iter()
-            .map(|&c| AudioCodecPref {
-                codec: c,
-                payload_type: pt(c),
-            })
-            .collect();
-    }
-    caps
+/// Borrows a call and the shared state it reads, side by side.
+macro_rules! with_ctx {
+    ($b:ident, $id:expr, |$call:ident, $ctx:ident| $body:expr) => {{
+        let Bridge {
+            calls,
+            cfg,
+            presence,
+            ports,
+            rng,
+            local_host,
+            trunks,
+            unix_base,
+            ..
+        } = &mut *$b;
+        if let Some($call) = calls.get_mut(&$id) {
+            let mut ctx = CallCtx {
+                cfg,
+                presence,
+                ports,
+                rng,
+                local_host,
+                live_peer: trunks.live_peers(),
+                unix_base: *unix_base,
+            };
+            let $ctx = &mut ctx;
+            $body;
+            true
+        } else {
+            false
+        }
+    }};
 }
-
-fn format_of(n: &NegotiatedAudio) -> RtpFormat {
-    RtpFormat {
-        codec: n.codec,
-        payload_type: n.payload_type,
-        telephone_event: n.telephone_event,
-        ptime: Millis(n.remote_ptime.0.clamp(10, 60)),
-        opus: n.opus,
-    }
-}
-
-/// The user part of a SIP URI or name-addr (`"A" <sip:+1555@h>;tag=x` -> `+1555`).
-fn user_of(v: &str) -> String {
-    let uri = crate::sip::message::header_uri(v);
-    let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
-    rest.split(['@', ';', '>']).next().unwrap_or("").to_string()
-}
-
-fn display_name_of(v: &str) -> Option<String> {
-    let v = v.trim();
-    let name = v.split('<').next()?.trim().trim_matches('"').trim();
-    (!name.is_empty() && v.contains('<'))
-        .then(|| name.chars().filter(|c| !c.is_control()).take(64).collect())
-}
+pub(crate) use with_ctx;
 
 impl Bridge {
     /// A bridge with `cfg`, speaking SIP as `local` and signing tokens with `tokens`.
@@ -220,14 +154,6 @@ impl Bridge {
         let local_host = local.host.clone();
         let mut ua_cfg = UaConfig::new(local, cfg.seed);
         ua_cfg.max_legs = cfg.max_calls * 4;
-        let health = cfg
-            .trunks
-            .iter()
-            .map(|t| TrunkHealth {
-                failures: vec![0; t.peers.len()],
-                pings: HashMap::new(),
-            })
-            .collect();
         Bridge {
             ua: UserAgent::new(ua_cfg),
             presence: Presence::new(cfg.grace, cfg.max_operators),
@@ -235,9 +161,11 @@ impl Bridge {
             sessions: BTreeMap::new(),
             calls: BTreeMap::new(),
             sip_legs: HashMap::new(),
+            call_legs: HashMap::new(),
             ports: PortPool::new(cfg.rtp_ports.0, cfg.rtp_ports.1),
-            health,
+            trunks: Trunks::new(&cfg.trunks),
             timers: BinaryHeap::new(),
+            call_due: HashMap::new(),
             ws_out: VecDeque::new(),
             media_out: VecDeque::new(),
             routes_out: VecDeque::new(),
@@ -254,7 +182,7 @@ impl Bridge {
 
     /// Starts trunk registrations and health pings.
     pub fn start(&mut self, now: Instant) {
-        for (i, t) in self.cfg.trunks.clone().iter().enumerate() {
+        for (i, t) in self.cfg.trunks.iter().enumerate() {
             if let (Some(aor), Some(peer)) = (&t.register, t.peer(0)) {
                 self.ua.register(
                     now,
@@ -289,8 +217,13 @@ impl Bridge {
     }
 
     /// Ids of calls in progress.
-    pub fn call_ids(&self) -> Vec<String> {
-        self.calls.keys().cloned().collect()
+    pub fn call_ids(&self) -> Vec<CallId> {
+        self.calls.keys().copied().collect()
+    }
+
+    /// Parties of a call in progress (ringing or joined).
+    pub fn parties(&self, id: CallId) -> Option<usize> {
+        self.calls.get(&id).map(Call::parties)
     }
 
     /// Signalling connections open.
@@ -310,10 +243,7 @@ impl Bridge {
 
     /// Whether trunk `i`'s peer `p` answers its pings.
     pub fn peer_up(&self, trunk: usize, peer: usize) -> bool {
-        self.health
-            .get(trunk)
-            .and_then(|h| h.failures.get(peer))
-            .is_none_or(|f| *f < 2)
+        self.trunks.peer_up(trunk, peer)
     }
 
     /// Stops taking new calls (shutdown): inbound INVITEs get 503 and operators'
@@ -325,16 +255,9 @@ impl Bridge {
     /// Ends every call (shutdown past its deadline): BYE, CANCEL or a final
     /// response on the SIP side, `ended` for operators.
     pub fn end_all(&mut self, now: Instant) {
-        let ids: Vec<String> = self.calls.keys().cloned().collect();
-        for id in ids {
-            if let Some(mut call) = self.calls.remove(&id) {
-                let status = if call.winner.is_some() {
-                    DialStatus::Completed
-                } else {
-                    DialStatus::Canceled
-                };
-                self.end_call(now, &mut call, status, EndReason::RemoteHangup, None);
-            }
+        for id in self.call_ids() {
+            with_ctx!(self, id, |call, ctx| call.end(now, ctx));
+            self.apply(now, id);
         }
         self.pump(now);
     }
@@ -418,12 +341,16 @@ impl Bridge {
     }
 
     /// An event from a call's media session.
-    pub fn handle_media_event(&mut self, now: Instant, call_id: &str, ev: MediaEvent) {
-        let Some(mut call) = self.calls.remove(call_id) else {
-            return;
-        };
-        let done = self.on_media_event(now, &mut call, ev);
-        self.put_back(call, done);
+    pub fn handle_media_event(&mut self, now: Instant, call: CallId, ev: MediaEvent) {
+        with_ctx!(self, call, |c, ctx| c.handle_media(now, ctx, ev));
+        self.apply(now, call);
+        self.pump(now);
+    }
+
+    /// The router's decision for `call`.
+    pub fn handle_route(&mut self, now: Instant, call: CallId, decision: RouteDecision) {
+        with_ctx!(self, call, |c, ctx| c.handle_route(now, ctx, decision));
+        self.apply(now, call);
         self.pump(now);
     }
 
@@ -449,35 +376,13 @@ impl Bridge {
             }
             self.timers.pop();
             match t {
-                Timer::Step(seq, step) => {
-                    let id = format!("c-{seq}");
-                    if let Some(mut call) = self.calls.remove(&id) {
-                        let done = if call.step == step
-                            && call.winner.is_none()
-                            && call.step_deadline.is_some_and(|d| d <= now)
-                        {
-                            self.step_timed_out(now, &mut call)
-                        } else {
-                            false
-                        };
-                        self.put_back(call, done);
+                Timer::Call(id) => {
+                    if self.call_due.get(&id) != Some(&at) {
+                        continue; // moved since
                     }
-                }
-                Timer::MaxDuration(seq) => {
-                    let id = format!("c-{seq}");
-                    if let Some(mut call) = self.calls.remove(&id) {
-                        let reason = if call.winner.is_some() {
-                            EndReason::Hangup
-                        } else {
-                            EndReason::NoAnswer
-                        };
-                        let status = if call.winner.is_some() {
-                            DialStatus::Completed
-                        } else {
-                            DialStatus::NoAnswer
-                        };
-                        self.end_call(now, &mut call, status, reason, None);
-                    }
+                    self.call_due.remove(&id);
+                    with_ctx!(self, id, |c, ctx| c.handle_timeout(now, ctx));
+                    self.apply(now, id);
                 }
                 Timer::Session(sid) => {
                     if let Some(s) = self.sessions.get_mut(&sid) {
@@ -488,12 +393,9 @@ impl Bridge {
                         self.flush_session(sid);
                     }
                 }
-                Timer::Ping(i) => self.ping_trunk(now, i),
-                Timer::Route(seq) => {
-                    // The router did not answer: the static plan applies.
-                    let id = format!("c-{seq}");
-                    if self.calls.get(&id).is_some_and(|c| c.routing) {
-                        self.handle_route(now, &id, RouteDecision::Default);
+                Timer::Ping(i) => {
+                    if let Some(next) = self.trunks.ping(now, i, &self.cfg, &mut self.ua) {
+                        self.timers.push(Reverse((next, Timer::Ping(i))));
                     }
                 }
             }
@@ -514,8 +416,13 @@ impl Bridge {
     }
 
     /// The next command for a call's media session.
-    pub fn poll_media_command(&mut self) -> Option<(String, MediaCommand)> {
+    pub fn poll_media_command(&mut self) -> Option<(CallId, MediaCommand)> {
         self.media_out.pop_front()
+    }
+
+    /// The next call to route (external routing on).
+    pub fn poll_route_request(&mut self) -> Option<RouteFacts> {
+        self.routes_out.pop_front()
     }
 
     /// The next call event.
@@ -542,48 +449,89 @@ impl Bridge {
         }
     }
 
-    fn media(&mut self, call: &Call, cmd: MediaCommand) {
-        self.media_out.push_back((call.id.clone(), cmd));
-    }
-
-    fn put_back(&mut self, call: Call, done: bool) {
-        if !done {
-            self.calls.insert(call.id.clone(), call);
+    /// Applies what call `id` asks for, in order; drops it once it has ended.
+    fn apply(&mut self, now: Instant, id: CallId) {
+        while let Some(out) = self.calls.get_mut(&id).and_then(Call::poll_output) {
+            match out {
+                CallOutput::Sip { leg, action } => self.sip_action(now, id, leg, action),
+                CallOutput::Media(cmd) => self.media_out.push_back((id, cmd)),
+                CallOutput::Operator { op, msg } => self.send_operator(&op, msg),
+                CallOutput::Busy { op } => {
+                    let _ = self.presence.set_busy(&op, id);
+                }
+                CallOutput::Free { op } => self.presence.set_free(&op, id),
+                CallOutput::Route(facts) => self.routes_out.push_back(facts),
+                CallOutput::Event(ev) => {
+                    if ev.kind == CallEventKind::Completed
+                        && let Some(s) = ev.status
+                    {
+                        self.stats.ended[status_index(s)] += 1;
+                    }
+                    self.events.push_back(ev);
+                }
+                _ => {}
+            }
+        }
+        match self.calls.get(&id) {
+            Some(c) if c.is_ended() => {
+                self.calls.remove(&id);
+                self.call_due.remove(&id);
+                self.call_legs.retain(|(c, _), _| *c != id);
+            }
+            Some(c) => {
+                if let Some(t) = c.poll_timeout()
+                    && self.call_due.get(&id) != Some(&t)
+                {
+                    self.call_due.insert(id, t);
+                    self.timers.push(Reverse((t, Timer::Call(id))));
+                }
+            }
+            None => {}
         }
     }
 
-    fn event(
-        &mut self,
-        now: Instant,
-        call: &Call,
-        kind: CallEventKind,
-        status: Option<DialStatus>,
-        code: Option<u16>,
-    ) {
-        let answered_by = call.answered_by.clone();
-        let (duration, talk_time) = if kind == CallEventKind::Completed {
-            (
-                Some(now.saturating_duration_since(call.created)),
-                call.answered_at.map(|a| now.saturating_duration_since(a)),
-            )
-        } else {
-            (None, None)
+    /// SIP work for party `leg` of call `id`, through the UA.
+    fn sip_action(&mut self, now: Instant, id: CallId, leg: LegKey, action: SipAction) {
+        if let SipAction::Invite(params) = action {
+            match self.ua.invite(now, params) {
+                Ok(ua_leg) => {
+                    self.sip_legs.insert(ua_leg, (id, leg));
+                    self.call_legs.insert((id, leg), ua_leg);
+                }
+                Err(_) => {
+                    let ev = SipLegEvent::Failed { status: 503 };
+                    with_ctx!(self, id, |c, ctx| c.handle_sip(now, ctx, leg, ev));
+                }
+            }
+            return;
+        }
+        let Some(&ua_leg) = self.call_legs.get(&(id, leg)) else {
+            return;
         };
-        self.events.push_back(CallEvent {
-            kind,
-            call_id: call.id.clone(),
-            direction: call.direction,
-            from: call.from.clone(),
-            to: call.to.clone(),
-            number: call.number.clone(),
-            at: now,
-            status,
-            code,
-            answered_by,
-            rung: call.rung.clone(),
-            duration,
-            talk_time,
-        });
+        let _ = match action {
+            SipAction::Respond {
+                status,
+                sdp,
+                headers,
+            } => {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                self.ua
+                    .respond(now, ua_leg, status, sdp.as_deref().map(str::as_bytes), &h)
+            }
+            SipAction::Hangup => self.ua.hangup(now, ua_leg),
+            SipAction::Reinvite { sdp } => self.ua.reinvite(now, ua_leg, sdp.into_bytes()),
+            SipAction::AnswerOffer { status, sdp } => {
+                self.ua
+                    .answer_offer(now, ua_leg, status, sdp.as_deref().map(str::as_bytes))
+            }
+            SipAction::Info { content_type, body } => {
+                self.ua.info(now, ua_leg, &content_type, body.as_bytes())
+            }
+            _ => Ok(()),
+        };
     }
 
     /// Processes everything the UA and presence have to say.
@@ -596,11 +544,8 @@ impl Bridge {
             }
             while let Some(ev) = self.presence.poll_event() {
                 any = true;
-                let PresenceEvent::WentOffline {
-                    operator,
-                    active_call,
-                } = ev;
-                self.operator_gone(now, &operator, active_call);
+                let PresenceEvent::WentOffline { operator, .. } = ev;
+                self.operator_gone(now, &operator);
             }
             if !any {
                 break;
@@ -611,86 +556,32 @@ impl Bridge {
     // ----- SIP events -----
 
     fn on_ua_event(&mut self, now: Instant, ev: UaEvent) {
-        let leg = match &ev {
+        let ev = match ev {
             UaEvent::IncomingInvite { leg, request, from } => {
-                let (leg, from) = (*leg, *from);
-                let request = request.clone();
                 return self.inbound_call(now, leg, &request, from);
             }
-            UaEvent::OptionsResult { ping, status } => return self.on_ping_result(*ping, *status),
-            UaEvent::Registered { .. } | UaEvent::RegistrationFailed { .. } => return,
-            UaEvent::Progress { leg, .. }
-            | UaEvent::Answered { leg, .. }
-            | UaEvent::Failed { leg, .. }
-            | UaEvent::Acked { leg, .. }
-            | UaEvent::Offer { leg, .. }
-            | UaEvent::OfferAnswered { leg, .. }
-            | UaEvent::OfferCancelled { leg }
-            | UaEvent::Info { leg, .. }
-            | UaEvent::Terminated { leg, .. } => *leg,
+            UaEvent::OptionsResult { ping, status } => {
+                return self.trunks.on_ping_result(ping, status);
+            }
+            other => other,
         };
-        if let UaEvent::Terminated { .. } = ev {
+        let terminated = matches!(ev, UaEvent::Terminated { .. });
+        let Some((ua_leg, ev)) = SipLegEvent::from_ua(ev) else {
+            return;
+        };
+        let found = if terminated {
             // The mapping goes whatever happens to the call.
-            let Some((call_id, key)) = self.sip_legs.remove(&leg) else {
-                return;
-            };
-            let Some(mut call) = self.calls.remove(&call_id) else {
-                return;
-            };
-            let done = self.on_sip_event(now, &mut call, key, ev);
-            self.put_back(call, done);
-            return;
-        }
-        let Some((call_id, key)) = self.sip_legs.get(&leg).cloned() else {
+            self.sip_legs.remove(&ua_leg).inspect(|(id, key)| {
+                self.call_legs.remove(&(*id, *key));
+            })
+        } else {
+            self.sip_legs.get(&ua_leg).copied()
+        };
+        let Some((id, key)) = found else {
             return;
         };
-        let Some(mut call) = self.calls.remove(&call_id) else {
-            return;
-        };
-        let done = self.on_sip_event(now, &mut call, key, ev);
-        self.put_back(call, done);
-    }
-
-    fn new_call(
-        &mut self,
-        now: Instant,
-        direction: Direction,
-        number: Option<String>,
-        from: String,
-        to: String,
-        plan: DialPlan,
-    ) -> Call {
-        let seq = self.next_call;
-        self.next_call += 1;
-        self.timers.push(Reverse((
-            now + self.cfg.max_call_duration,
-            Timer::MaxDuration(seq),
-        )));
-        Call {
-            id: format!("c-{seq}"),
-            direction,
-            number,
-            from,
-            to,
-            caller_name: None,
-            created: now,
-            answered_at: None,
-            caller: 0,
-            plan,
-            step: 0,
-            step_deadline: None,
-            legs: BTreeMap::new(),
-            winner: None,
-            next_leg: 0,
-            busy: false,
-            fail_code: None,
-            caller_progress: false,
-            ringing_deferred: None,
-            rung: Vec::new(),
-            answered_by: None,
-            routing: false,
-            ended_legs: Vec::new(),
-        }
+        with_ctx!(self, id, |c, ctx| c.handle_sip(now, ctx, key, ev));
+        self.apply(now, id);
     }
 
     fn inbound_call(
@@ -700,11 +591,8 @@ impl Bridge {
         req: &crate::sip::message::Request,
         from: Peer,
     ) {
-        let reject = |b: &mut Bridge, status: u16| {
-            let _ = b.ua.respond(now, leg, status, None, &[]);
-        };
-        if let Err(refusal) = self.admission(admit::Origin::Sip(from.addr.ip())) {
-            if refusal != admit::Refusal::NotATrunk {
+        if let Err(refusal) = self.admission(Origin::Sip(from.addr.ip())) {
+            if refusal != Refusal::NotATrunk {
                 self.stats.calls_rejected_capacity += 1;
             }
             let _ = self
@@ -713,492 +601,52 @@ impl Bridge {
             return;
         }
         let trunk = self.cfg.trunk_for_source(from.addr.ip());
-        let called = user_of(&req.uri.to_string());
+        let called = crate::call::user_of(&req.uri.to_string());
         let called = if called.is_empty() {
-            user_of(req.header_to().unwrap_or(""))
+            crate::call::user_of(crate::sip::message::SipHeaders::header_to(req).unwrap_or(""))
         } else {
             called
         };
         let Some(number) = self.cfg.number(&called).cloned() else {
-            return reject(self, 404);
-        };
-        let Ok(offer) = std::str::from_utf8(&req.body)
-            .map_err(|_| ())
-            .and_then(|t| SessionDescription::parse(t).map_err(|_| ()))
-        else {
-            // No (valid) offer: late-offer INVITEs are not supported.
-            return reject(self, 488);
-        };
-        let Some(port) = self.ports.take() else {
-            return reject(self, 503);
-        };
-        let codecs = trunk
-            .map(|t| self.cfg.trunks[t].codecs.clone())
-            .unwrap_or_default();
-        let session_id = self.rng.next_u64() >> 12;
-        let local = LocalMedia::rtp(self.cfg.media_ip, port, session_id);
-        let (answer, negotiated) = match sdp::answer_audio(&offer, &caps_for(&codecs), &local) {
-            Ok(a) => a,
-            Err(e) => {
-                self.ports.give(port);
-                return reject(self, e.sip_status());
-            }
-        };
-        let from_hdr = req.header_from().unwrap_or("").to_string();
-        let mut call = self.new_call(
-            now,
-            Direction::Inbound,
-            Some(number.id.clone()),
-            user_of(&from_hdr),
-            number.e164.clone(),
-            number.plan.clone(),
-        );
-        call.caller_name = display_name_of(&from_hdr);
-        self.stats.calls_inbound += 1;
-        let key = call.leg_key();
-        call.caller = key;
-        let format = format_of(&negotiated);
-        let remote = negotiated.remote;
-        call.legs.insert(
-            key,
-            Leg {
-                kind: LegKind::Sip {
-                    ua: leg,
-                    state: SipState::Ringing,
-                    port,
-                    trunk,
-                    attempt: 0,
-                    local_sdp: answer.to_string(),
-                    sdp_version: 1,
-                    negotiated: Some(negotiated),
-                    early_media: false,
-                    remote_held: false,
-                },
-                target: None,
-                step: 0,
-            },
-        );
-        self.sip_legs.insert(leg, (call.id.clone(), key));
-        self.media(
-            &call,
-            MediaCommand::AddRtp {
-                leg: key,
-                local_port: port,
-                remote,
-                format,
-            },
-        );
-        self.event(now, &call, CallEventKind::Initiated, None, None);
-        let mut headers = Vec::new();
-        for name in ROUTED_HEADERS {
-            for v in req.lines(name) {
-                headers.push((name.to_string(), v.to_string()));
-            }
-        }
-        for h in req.headers.iter() {
-            let (n, v) = (h.name(), h.value());
-            if n.len() > 2 && n[..2].eq_ignore_ascii_case("x-") && headers.len() < 32 {
-                headers.push((n.to_string(), v.to_string()));
-            }
-        }
-        let facts = RouteFacts {
-            call_id: call.id.clone(),
-            direction: Direction::Inbound,
-            from: call.from.clone(),
-            to: call.to.clone(),
-            number: call.number.clone(),
-            trunk: trunk.map(|t| self.cfg.trunks[t].name.clone()),
-            operator: None,
-            headers,
-            default_plan: call.plan.clone(),
-        };
-        let done = self.route_or_start(now, &mut call, facts);
-        self.put_back(call, done);
-    }
-
-    /// With an external router, asks it (the call waits, caller on 100 Trying,
-    /// at most [`ROUTE_TIMEOUT`]); else starts the static plan.
-    pub(crate) fn route_or_start(
-        &mut self,
-        now: Instant,
-        call: &mut Call,
-        facts: RouteFacts,
-    ) -> bool {
-        if !self.cfg.external_routing {
-            return self.start_step(now, call);
-        }
-        call.routing = true;
-        self.routes_out.push_back(facts);
-        self.timers.push(Reverse((
-            now + ROUTE_TIMEOUT,
-            Timer::Route(call_seq(&call.id)),
-        )));
-        false
-    }
-
-    /// The next call to route (external routing on).
-    pub fn poll_route_request(&mut self) -> Option<RouteFacts> {
-        self.routes_out.pop_front()
-    }
-
-    /// The router's decision for `call_id`.
-    pub fn handle_route(&mut self, now: Instant, call_id: &str, decision: RouteDecision) {
-        let Some(mut call) = self.calls.remove(call_id) else {
+            let _ = self.ua.respond(now, leg, 404, None, &[]);
             return;
         };
-        if !call.routing {
-            self.calls.insert(call.id.clone(), call);
-            return;
-        }
-        call.routing = false;
-        let done = match decision {
-            RouteDecision::Default => self.start_step(now, &mut call),
-            RouteDecision::Plan(plan) => {
-                call.plan = plan;
-                call.step = 0;
-                self.start_step(now, &mut call)
-            }
-            RouteDecision::Reject(status) => {
-                let status = if (400..700).contains(&status) {
-                    status
-                } else {
-                    403
-                };
-                self.end_call(
-                    now,
-                    &mut call,
-                    DialStatus::Failed,
-                    EndReason::Failed,
-                    Some(status),
-                );
-                true
-            }
-        };
-        self.put_back(call, done);
-        self.pump(now);
-    }
-
-    /// Starts `call.step`; moves on while steps have nothing to ring. Returns
-    /// whether the call is over.
-    fn start_step(&mut self, now: Instant, call: &mut Call) -> bool {
-        loop {
-            let Some(step) = call.plan.steps.get(call.step).cloned() else {
-                return self.plan_exhausted(now, call);
+        let id = CallId(self.next_call);
+        let call = {
+            let Bridge {
+                cfg,
+                presence,
+                ports,
+                rng,
+                local_host,
+                trunks,
+                unix_base,
+                ..
+            } = &mut *self;
+            let mut ctx = CallCtx {
+                cfg,
+                presence,
+                ports,
+                rng,
+                local_host,
+                live_peer: trunks.live_peers(),
+                unix_base: *unix_base,
             };
-            let mut started = 0;
-            for target in &step.targets {
-                started += self.ring_target(now, call, target);
-                if call.winner.is_some() {
-                    return false;
-                }
-            }
-            if started > 0 {
-                call.step_deadline = Some(now + step.timeout);
-                self.timers.push(Reverse((
-                    now + step.timeout,
-                    Timer::Step(call_seq(&call.id), call.step),
-                )));
-                self.caller_ringing(now, call);
-                return false;
-            }
-            call.step += 1;
-        }
-    }
-
-    /// Rings one target; returns how many legs it started.
-    fn ring_target(&mut self, now: Instant, call: &mut Call, target: &Target) -> usize {
-        call.rung.push(target.to_string());
-        match target {
-            Target::Operators => {
-                let Some(number) = call.number.clone() else {
-                    return 0;
-                };
-                let ops = self.presence.ready_for(&number);
-                let mut n = 0;
-                for op in ops {
-                    if call.operator_leg(&op).is_none() && !self.is_caller_operator(call, &op) {
-                        self.ring_operator(call, &op, target.clone());
-                        n += 1;
-                    }
-                }
-                n
-            }
-            Target::Operator(op) => {
-                if self.presence.is_ready(op)
-                    && call.operator_leg(op).is_none()
-                    && !self.is_caller_operator(call, op)
-                {
-                    self.ring_operator(call, op, target.clone());
-                    1
-                } else {
-                    0
-                }
-            }
-            Target::Sip(uri) => self.ring_sip(now, call, target.clone(), uri.clone(), None),
-            Target::Pstn { number, trunk } => {
-                let t = match trunk {
-                    Some(name) => self.cfg.trunk_named(name),
-                    None => (!self.cfg.trunks.is_empty()).then_some(0),
-                };
-                let Some(t) = t else {
-                    call.fail_code = Some(503);
-                    return 0;
-                };
-                let uri = format!("sip:{number}@{}", self.cfg.trunks[t].host);
-                self.ring_sip(now, call, target.clone(), uri, Some(t))
-            }
-            Target::Echo | Target::Tone(_) => {
-                let key = call.leg_key();
-                let kind = match target {
-                    Target::Tone(hz) => LegKind::Tone(*hz),
-                    _ => LegKind::Echo,
-                };
-                call.legs.insert(
-                    key,
-                    Leg {
-                        kind,
-                        target: Some(target.clone()),
-                        step: call.step,
-                    },
-                );
-                self.win(now, call, key);
-                1
-            }
-            Target::Stream(url) => {
-                let key = call.leg_key();
-                call.legs.insert(
-                    key,
-                    Leg {
-                        kind: LegKind::Stream { connected: false },
-                        target: Some(target.clone()),
-                        step: call.step,
-                    },
-                );
-                let opts = self.cfg.streams.iter().find(|s| s.url == *url);
-                let cmd = MediaCommand::AddStream {
-                    leg: key,
-                    url: url.clone(),
-                    format: opts.map_or_else(Default::default, |o| o.format),
-                    headers: opts.map_or_else(Vec::new, |o| o.headers.clone()),
-                    start: crate::stream::StreamStart {
-                        call_id: call.id.clone(),
-                        from: call.from.clone(),
-                        to: call.to.clone(),
-                        number: call.number.clone(),
-                    },
-                };
-                self.media(call, cmd);
-                1
-            }
-        }
-    }
-
-    fn is_caller_operator(&self, call: &Call, op: &str) -> bool {
-        matches!(call.legs.get(&call.caller).map(|l| &l.kind), Some(LegKind::Operator { op: o, .. }) if o == op)
-    }
-
-    fn ring_operator(&mut self, call: &mut Call, op: &str, target: Target) {
-        let key = call.leg_key();
-        call.legs.insert(
-            key,
-            Leg {
-                kind: LegKind::Operator {
-                    op: op.to_string(),
-                    state: OpState::Ringing,
-                    reference: None,
-                    muted: false,
-                    held: false,
-                    answered: false,
-                },
-                target: Some(target),
-                step: call.step,
-            },
-        );
-        let msg = self.incoming_message(call);
-        self.send_operator(op, msg);
-    }
-
-    fn incoming_message(&self, call: &Call) -> ServerMessage {
-        ServerMessage::Incoming {
-            call_id: call.id.clone(),
-            from: call.from.clone(),
-            to: call.to.clone(),
-            number: call.number.clone().unwrap_or_default(),
-            caller_name: call.caller_name.clone(),
-        }
-    }
-
-    fn ring_sip(
-        &mut self,
-        now: Instant,
-        call: &mut Call,
-        target: Target,
-        uri: String,
-        trunk: Option<usize>,
-    ) -> usize {
-        self.ring_sip_at(now, call, target, uri, trunk, None)
-    }
-
-    /// Rings a SIP target through `trunk`'s peer `attempt` (default: the first
-    /// that answers pings).
-    pub(crate) fn ring_sip_at(
-        &mut self,
-        now: Instant,
-        call: &mut Call,
-        target: Target,
-        uri: String,
-        trunk: Option<usize>,
-        attempt: Option<usize>,
-    ) -> usize {
-        let Some(port) = self.ports.take() else {
-            call.fail_code = Some(503);
-            return 0;
+            Call::inbound(now, &mut ctx, id, req, trunk, &number)
         };
-        // Offer the caller's codec first, so the two sides can relay.
-        let mut codecs: Vec<Codec> = trunk
-            .map(|t| self.cfg.trunks[t].codecs.clone())
-            .unwrap_or_default();
-        if codecs.is_empty() {
-            codecs = vec![Codec::Pcmu, Codec::Pcma, Codec::Opus];
-        }
-        if let Some(LegKind::Sip {
-            negotiated: Some(n),
-            ..
-        }) = call.legs.get(&call.caller).map(|l| &l.kind)
-            && let Some(i) = codecs.iter().position(|c| *c == n.codec)
-        {
-            let c = codecs.remove(i);
-            codecs.insert(0, c);
-        }
-        let local = LocalMedia::rtp(self.cfg.media_ip, port, self.rng.next_u64() >> 12);
-        let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
-        let attempt = attempt.unwrap_or_else(|| trunk.map_or(0, |t| self.first_live_peer(t)));
-        let peer = match trunk {
-            Some(t) => self.cfg.trunks[t].peer(attempt),
-            None => sip_target_peer(&uri),
-        };
-        let Some(peer) = peer else {
-            self.ports.give(port);
-            call.fail_code = Some(404);
-            return 0;
-        };
-        let caller_id = match call.direction {
-            Direction::Inbound => call.from.clone(),
-            Direction::Outbound => call
-                .number
-                .as_ref()
-                .and_then(|n| self.cfg.number(n))
-                .map_or(call.from.clone(), |n| n.e164.clone()),
-        };
-        let host = self.ua_host();
-        let params = InviteParams {
-            request_uri: uri.clone(),
-            from: format!(
-                "<sip:{}@{host}>",
-                if caller_id.is_empty() {
-                    "anonymous".into()
-                } else {
-                    caller_id
-                }
-            ),
-            to: format!("<{uri}>"),
-            peer,
-            sdp: Some(offer.clone().into_bytes()),
-            headers: Vec::new(),
-            credentials: trunk.and_then(|t| self.cfg.trunks[t].credentials.clone()),
-        };
-        match self.ua.invite(now, params) {
-            Ok(ua_leg) => {
-                let key = call.leg_key();
-                call.legs.insert(
-                    key,
-                    Leg {
-                        kind: LegKind::Sip {
-                            ua: ua_leg,
-                            state: SipState::Ringing,
-                            port,
-                            trunk,
-                            attempt,
-                            local_sdp: offer,
-                            sdp_version: 1,
-                            negotiated: None,
-                            early_media: false,
-                            remote_held: false,
-                        },
-                        target: Some(target),
-                        step: call.step,
-                    },
-                );
-                self.sip_legs.insert(ua_leg, (call.id.clone(), key));
-                1
+        match call {
+            Ok(call) => {
+                self.next_call += 1;
+                self.stats.calls_inbound += 1;
+                let caller = call.caller();
+                self.calls.insert(id, call);
+                self.sip_legs.insert(leg, (id, caller));
+                self.call_legs.insert((id, caller), leg);
+                self.apply(now, id);
             }
-            Err(_) => {
-                self.ports.give(port);
-                call.fail_code = Some(503);
-                0
+            Err(status) => {
+                let _ = self.ua.respond(now, leg, status, None, &[]);
             }
         }
     }
-
-    fn ua_host(&self) -> String {
-        self.local_host.clone()
-    }
-
-    // ----- trunk health (OPTIONS qualify) -----
-
-    /// The first peer of trunk `t` that answers pings (the first if none does).
-    fn first_live_peer(&self, t: usize) -> usize {
-        self.health
-            .get(t)
-            .and_then(|h| h.failures.iter().position(|f| *f < 2))
-            .unwrap_or(0)
-    }
-
-    fn ping_trunk(&mut self, now: Instant, t: usize) {
-        let Some(trunk) = self.cfg.trunks.get(t) else {
-            return;
-        };
-        let Some(interval) = trunk.ping_interval else {
-            return;
-        };
-        let uri = format!("sip:{}", trunk.host);
-        for i in 0..trunk.peers.len() {
-            if let Some(peer) = self.cfg.trunks[t].peer(i)
-                && let Ok(ping) = self.ua.options(now, &uri, peer)
-            {
-                self.health[t].pings.insert(ping, i);
-            }
-        }
-        self.timers.push(Reverse((now + interval, Timer::Ping(t))));
-    }
-
-    fn on_ping_result(&mut self, ping: PingId, status: Option<u16>) {
-        for h in &mut self.health {
-            if let Some(i) = h.pings.remove(&ping) {
-                // Any answer means the peer is alive; only silence counts against it.
-                match status {
-                    Some(_) => h.failures[i] = 0,
-                    None => h.failures[i] = h.failures[i].saturating_add(1),
-                }
-                return;
-            }
-        }
-    }
-}
-
-fn sip_target_peer(uri: &str) -> Option<Peer> {
-    let u: rsipstack::sip::Uri = uri.parse().ok()?;
-    let host = u.host_with_port.host.to_string();
-    let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
-    let port = u.host_with_port.port.map_or(5060, |p| p.value().to_owned());
-    let tcp = uri.to_ascii_lowercase().contains("transport=tcp");
-    Some(Peer {
-        transport: if tcp {
-            crate::sip::message::Transport::Tcp
-        } else {
-            crate::sip::message::Transport::Udp
-        },
-        addr: std::net::SocketAddr::new(ip, port),
-        conn: None,
-    })
 }

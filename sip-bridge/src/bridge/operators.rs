@@ -1,18 +1,20 @@
-//! What operators ask through signalling (protocol.md), and what happens when
-//! they come, go, or come back.
+//! Operators at the session level: `hello`, `online`/`offline`, a `dial` that
+//! starts a call, `monitor` and `listCalls` for supervisors, presence news; and
+//! every request about a call, routed to that call.
 
 use media_core::Instant;
 
-use super::call::{Call, Leg, LegKind, OpState};
-use super::media::{LegKey, MediaCommand};
-use super::plan::{DialPlan, DialStatus, Target};
-use super::{Bridge, CallEventKind, Direction};
+use super::{Bridge, CallId, with_ctx};
+use crate::call::{Call, CallCtx, CallView, MonitorMode};
+use crate::plan::{DialPlan, Target};
 use crate::presence::SessionId;
 use crate::signalling::{
-    CallDirection, CallInfo, ClientMessage, EndReason, ErrorCode, OperatorInfo, Rejected,
-    ServerMessage, close,
+    ClientMessage, EndReason, ErrorCode, OperatorInfo, Rejected, ServerMessage, close,
 };
 use crate::token::SessionClaims;
+
+/// The token capability that lets an operator monitor others' calls.
+pub const MONITOR: &str = "monitor";
 
 impl Bridge {
     fn ws_error(
@@ -23,15 +25,15 @@ impl Bridge {
         reference: Option<String>,
         call_id: Option<String>,
     ) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.send(ServerMessage::Error {
+        self.ws_send(
+            session,
+            ServerMessage::Error {
                 code,
                 message: message.into(),
                 reference,
                 call_id,
-            });
-        }
-        self.flush_session(session);
+            },
+        );
     }
 
     fn ws_send(&mut self, session: SessionId, msg: ServerMessage) {
@@ -41,7 +43,7 @@ impl Bridge {
         self.flush_session(session);
     }
 
-    pub(crate) fn on_hello(&mut self, _now: Instant, session: SessionId, claims: &SessionClaims) {
+    pub(super) fn on_hello(&mut self, now: Instant, session: SessionId, claims: &SessionClaims) {
         let connected =
             match self
                 .presence
@@ -70,9 +72,11 @@ impl Bridge {
             self.flush_session(old);
         }
         let mut calls = Vec::new();
-        if let Some(cid) = &connected.active_call
-            && let Some(call) = self.calls.get(cid)
-            && let Some(info) = call_info(call, &claims.sub)
+        if let Some(id) = connected.active_call
+            && let Some(info) = self
+                .calls
+                .get(&id)
+                .and_then(|c| c.info_for(now, self.view(), &claims.sub))
         {
             calls.push(info);
         }
@@ -96,15 +100,15 @@ impl Bridge {
         let ringing: Vec<ServerMessage> = self
             .calls
             .values()
-            .filter(|c| c.legs.values().any(|l| matches!(&l.kind, LegKind::Operator { op, state: OpState::Ringing, .. } if *op == claims.sub)))
-            .map(|c| self.incoming_message(c))
+            .filter(|c| c.rings(&claims.sub))
+            .map(|c| c.incoming_for(&claims.sub))
             .collect();
         for m in ringing {
             self.ws_send(session, m);
         }
     }
 
-    pub(crate) fn on_operator_message(
+    pub(super) fn on_operator_message(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -153,7 +157,15 @@ impl Bridge {
             }
             ClientMessage::Offline => {
                 let _ = self.presence.clear_available(session);
-                self.end_ringing_for(now, &op, EndReason::Offline);
+                for id in self.calls_with(&op) {
+                    with_ctx!(self, id, |c, ctx| c.handle_operator_offline(
+                        now,
+                        ctx,
+                        &op,
+                        EndReason::Offline
+                    ));
+                    self.apply(now, id);
+                }
                 self.ws_send(
                     session,
                     ServerMessage::Availability {
@@ -166,319 +178,73 @@ impl Bridge {
             ClientMessage::Dial { to, caller_id, sdp } => {
                 self.dial(now, session, &op, reference, &to, &caller_id, sdp)
             }
-            ClientMessage::Accept { call_id, sdp } => self.with_call(
+            ClientMessage::Monitor {
+                call_id,
+                mode,
+                sdp,
+                participant_id,
+            } => self.monitor(
                 now,
                 session,
                 &op,
                 reference,
                 &call_id,
-                |b, now, call, key, reference| {
-                    let Some(LegKind::Operator { state, .. }) =
-                        call.legs.get(&key).map(|l| &l.kind)
-                    else {
-                        return false;
-                    };
-                    if *state != OpState::Ringing {
-                        b.ws_error(
-                            session,
-                            ErrorCode::BadRequest,
-                            "the call is not ringing",
-                            reference,
-                            Some(call.id.clone()),
-                        );
-                        return false;
-                    }
-                    if b.presence.active_call(&call_op(call, key)).is_some() {
-                        b.ws_error(
-                            session,
-                            ErrorCode::Busy,
-                            "you already have a call",
-                            reference,
-                            Some(call.id.clone()),
-                        );
-                        return false;
-                    }
-                    if let Some(LegKind::Operator { reference: r, .. }) =
-                        call.legs.get_mut(&key).map(|l| &mut l.kind)
-                    {
-                        *r = reference;
-                    }
-                    b.media(
-                        call,
-                        MediaCommand::AddWebRtc {
-                            leg: key,
-                            offer: sdp.clone(),
-                        },
-                    );
-                    b.win(now, call, key);
-                    false
-                },
+                &mode,
+                sdp,
+                participant_id.as_deref(),
             ),
-            ClientMessage::Reject { call_id } => self.with_call(
-                now,
-                session,
-                &op,
-                reference,
-                &call_id,
-                |b, now, call, key, reference| {
-                    if !matches!(
-                        call.legs.get(&key).map(|l| &l.kind),
-                        Some(LegKind::Operator {
-                            state: OpState::Ringing,
-                            ..
-                        })
-                    ) {
-                        b.ws_error(
-                            session,
-                            ErrorCode::BadRequest,
-                            "the call is not ringing",
-                            reference,
-                            Some(call.id.clone()),
-                        );
-                        return false;
-                    }
-                    b.drop_ringing(now, call, key, EndReason::Rejected);
-                    b.after_target_gone(now, call)
-                },
-            ),
-            ClientMessage::Hangup { call_id } => self.with_call(
-                now,
-                session,
-                &op,
-                reference,
-                &call_id,
-                |b, now, call, key, _| match call.legs.get(&key).map(|l| &l.kind) {
-                    Some(LegKind::Operator {
-                        state: OpState::Ringing,
-                        ..
-                    }) => {
-                        b.drop_ringing(now, call, key, EndReason::Rejected);
-                        b.after_target_gone(now, call)
-                    }
-                    _ => {
-                        let status = if call.winner.is_some() {
-                            DialStatus::Completed
-                        } else {
-                            DialStatus::Canceled
-                        };
-                        b.end_call_by(now, call, status, EndReason::RemoteHangup, None, Some(key));
-                        true
-                    }
-                },
-            ),
-            ClientMessage::Mute { call_id, on } => self.with_active(
-                now,
-                session,
-                &op,
-                reference,
-                &call_id,
-                |b, _now, call, key, reference| {
-                    if let Some(LegKind::Operator { muted, .. }) =
-                        call.legs.get_mut(&key).map(|l| &mut l.kind)
-                    {
-                        *muted = on;
-                    }
-                    b.media(call, MediaCommand::Mute { leg: key, on });
-                    b.updated_with_ref(call, key, reference);
-                    false
-                },
-            ),
-            ClientMessage::Hold { call_id, on } => self.with_active(
-                now,
-                session,
-                &op,
-                reference,
-                &call_id,
-                |b, now, call, key, reference| {
-                    if call.winner.is_none() {
-                        b.ws_error(
-                            session,
-                            ErrorCode::BadRequest,
-                            "hold needs a connected call",
-                            reference,
-                            Some(call.id.clone()),
-                        );
-                        return false;
-                    }
-                    if let Some(LegKind::Operator { held, .. }) =
-                        call.legs.get_mut(&key).map(|l| &mut l.kind)
-                    {
-                        *held = on;
-                    }
-                    b.media(call, MediaCommand::Hold { leg: key, on });
-                    b.media(
-                        call,
-                        MediaCommand::Mute {
-                            leg: key,
-                            on: on || op_muted(call, key),
-                        },
-                    );
-                    let across = if key == call.caller {
-                        call.winner
-                    } else {
-                        Some(call.caller)
-                    };
-                    if let Some(a) = across {
-                        if matches!(
-                            call.legs.get(&a).map(|l| &l.kind),
-                            Some(LegKind::Sip { .. })
-                        ) {
-                            b.hold_sip(now, call, a, on);
-                        }
-                        b.notify_update(call, key);
-                    }
-                    b.updated_with_ref(call, key, reference);
-                    false
-                },
-            ),
-            ClientMessage::Dtmf { call_id, digits } => self.with_active(
-                now,
-                session,
-                &op,
-                reference,
-                &call_id,
-                |b, now, call, key, reference| {
-                    let across = if key == call.caller {
-                        call.winner
-                    } else {
-                        Some(call.caller)
-                    };
-                    match across {
-                        Some(a) => b.send_dtmf_to(now, call, a, &digits),
-                        None => b.ws_error(
-                            session,
-                            ErrorCode::BadRequest,
-                            "no one to send DTMF to yet",
-                            reference,
-                            Some(call.id.clone()),
-                        ),
-                    }
-                    false
-                },
-            ),
-            ClientMessage::Reoffer { call_id, sdp } => self.with_active(
-                now,
-                session,
-                &op,
-                reference,
-                &call_id,
-                |b, _now, call, key, reference| {
-                    if let Some(LegKind::Operator { reference: r, .. }) =
-                        call.legs.get_mut(&key).map(|l| &mut l.kind)
-                    {
-                        *r = reference;
-                    }
-                    b.media(
-                        call,
-                        MediaCommand::AddWebRtc {
-                            leg: key,
-                            offer: sdp.clone(),
-                        },
-                    );
-                    false
-                },
-            ),
+            ClientMessage::ListCalls => self.list_calls(now, session, &op, reference),
             ClientMessage::Hello { .. } | ClientMessage::Ping => {}
-        }
-    }
-
-    fn updated_with_ref(&mut self, call: &Call, key: LegKey, reference: Option<String>) {
-        if let Some(LegKind::Operator {
-            op, muted, held, ..
-        }) = call.legs.get(&key).map(|l| l.kind.clone())
-        {
-            let across = if key == call.caller {
-                call.winner
-            } else {
-                Some(call.caller)
-            };
-            let remote_held = across.is_some_and(|a| match call.legs.get(&a).map(|l| &l.kind) {
-                Some(LegKind::Sip { remote_held, .. }) => *remote_held,
-                Some(LegKind::Operator { held, .. }) => *held,
-                _ => false,
-            });
-            self.send_operator(
-                &op,
-                ServerMessage::CallUpdated {
-                    call_id: call.id.clone(),
-                    muted,
-                    held,
-                    remote_held,
-                    reference,
-                },
-            );
-        }
-    }
-
-    /// Runs `f` on the call `call_id` and the operator's leg in it, if both exist.
-    fn with_call(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        op: &str,
-        reference: Option<String>,
-        call_id: &str,
-        f: impl FnOnce(&mut Bridge, Instant, &mut Call, LegKey, Option<String>) -> bool,
-    ) {
-        let Some(mut call) = self.calls.remove(call_id) else {
-            return self.ws_error(
-                session,
-                ErrorCode::BadRequest,
-                "unknown callId (the call may have ended)",
-                reference,
-                Some(call_id.into()),
-            );
-        };
-        let Some(key) = call.operator_leg(op) else {
-            self.calls.insert(call.id.clone(), call);
-            return self.ws_error(
-                session,
-                ErrorCode::BadRequest,
-                "unknown callId (the call may have ended)",
-                reference,
-                Some(call_id.into()),
-            );
-        };
-        let done = f(self, now, &mut call, key, reference);
-        self.put_back(call, done);
-    }
-
-    /// Like `with_call`, for the operator's active (accepted or dialled) leg.
-    fn with_active(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        op: &str,
-        reference: Option<String>,
-        call_id: &str,
-        f: impl FnOnce(&mut Bridge, Instant, &mut Call, LegKey, Option<String>) -> bool,
-    ) {
-        self.with_call(
-            now,
-            session,
-            op,
-            reference,
-            call_id,
-            |b, now, call, key, reference| {
-                if !matches!(
-                    call.legs.get(&key).map(|l| &l.kind),
-                    Some(LegKind::Operator {
-                        state: OpState::Active,
-                        ..
-                    })
-                ) {
-                    b.ws_error(
+            msg => {
+                let Some(call_id) = msg.call_id().map(String::from) else {
+                    return;
+                };
+                let id = call_id.parse::<CallId>().ok().filter(|id| {
+                    self.calls
+                        .get(id)
+                        .is_some_and(|c| c.party_of(&op).is_some())
+                });
+                let Some(id) = id else {
+                    return self.ws_error(
                         session,
                         ErrorCode::BadRequest,
-                        "the call is not active",
+                        "unknown callId (the call may have ended)",
                         reference,
-                        Some(call.id.clone()),
+                        Some(call_id),
                     );
-                    return false;
-                }
-                f(b, now, call, key, reference)
-            },
-        );
+                };
+                with_ctx!(self, id, |c, ctx| c
+                    .handle_operator(now, ctx, &op, reference, msg));
+                self.apply(now, id);
+            }
+        }
+    }
+
+    /// Calls in which operator `op` has a party.
+    fn calls_with(&self, op: &str) -> Vec<CallId> {
+        self.calls
+            .iter()
+            .filter(|(_, c)| c.party_of(op).is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// An operator is offline for good (grace period over, or left): what
+    /// rings it ends, and it leaves its call.
+    pub(super) fn operator_gone(&mut self, now: Instant, op: &str) {
+        for id in self.calls_with(op) {
+            with_ctx!(self, id, |c, ctx| c.handle_operator_gone(now, ctx, op));
+            self.apply(now, id);
+        }
+    }
+
+    /// What calls read to describe themselves.
+    fn view(&self) -> CallView<'_> {
+        CallView {
+            cfg: &self.cfg,
+            presence: &self.presence,
+            unix_base: self.unix_base,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -573,159 +339,136 @@ impl Bridge {
         }
         let plan = internal
             .unwrap_or_else(|| DialPlan::single(vec![target], self.cfg.outbound_ring_timeout));
-        let mut call = self.new_call(
-            now,
-            Direction::Outbound,
-            Some(number.id.clone()),
-            number.e164.clone(),
-            to.to_string(),
-            plan,
-        );
+        let id = CallId(self.next_call);
+        self.next_call += 1;
         self.stats.calls_outbound += 1;
-        let key = call.leg_key();
-        call.caller = key;
-        call.legs.insert(
-            key,
-            Leg {
-                kind: LegKind::Operator {
-                    op: op.to_string(),
-                    state: OpState::Active,
-                    reference,
-                    muted: false,
-                    held: false,
-                    answered: false,
-                },
-                target: None,
-                step: 0,
-            },
-        );
-        let _ = self.presence.set_busy(op, &call.id);
-        self.media(
-            &call,
-            MediaCommand::AddWebRtc {
-                leg: key,
-                offer: sdp,
-            },
-        );
-        self.event(now, &call, CallEventKind::Initiated, None, None);
-        let facts = super::RouteFacts {
-            call_id: call.id.clone(),
-            direction: Direction::Outbound,
-            from: call.from.clone(),
-            to: call.to.clone(),
-            number: call.number.clone(),
-            trunk: None,
-            operator: Some(op.to_string()),
-            headers: Vec::new(),
-            default_plan: call.plan.clone(),
+        let call = {
+            let Bridge {
+                cfg,
+                presence,
+                ports,
+                rng,
+                local_host,
+                trunks,
+                unix_base,
+                ..
+            } = &mut *self;
+            let mut ctx = CallCtx {
+                cfg,
+                presence,
+                ports,
+                rng,
+                local_host,
+                live_peer: trunks.live_peers(),
+                unix_base: *unix_base,
+            };
+            Call::outbound(now, &mut ctx, id, op, reference, &number, to, plan, sdp)
         };
-        let done = self.route_or_start(now, &mut call, facts);
-        self.put_back(call, done);
+        self.calls.insert(id, call);
+        self.apply(now, id);
     }
 
-    /// Ends, for `op`, every call still ringing them.
-    fn end_ringing_for(&mut self, now: Instant, op: &str, reason: EndReason) {
-        let ids: Vec<String> = self
+    #[allow(clippy::too_many_arguments)]
+    fn monitor(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        op: &str,
+        reference: Option<String>,
+        call_id: &str,
+        mode: &str,
+        sdp: String,
+        coached: Option<&str>,
+    ) {
+        let may_monitor = self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.claims())
+            .is_some_and(|c| c.caps.iter().any(|x| x == MONITOR));
+        if !may_monitor {
+            return self.ws_error(
+                session,
+                ErrorCode::Forbidden,
+                "your token does not allow monitoring calls",
+                reference,
+                Some(call_id.into()),
+            );
+        }
+        let Some(mode) = MonitorMode::parse(mode) else {
+            return self.ws_error(
+                session,
+                ErrorCode::BadRequest,
+                "`mode` must be listen, whisper or barge",
+                reference,
+                Some(call_id.into()),
+            );
+        };
+        let Some(id) = call_id
+            .parse::<CallId>()
+            .ok()
+            .filter(|id| self.calls.contains_key(id))
+        else {
+            return self.ws_error(
+                session,
+                ErrorCode::BadRequest,
+                "unknown callId (the call may have ended)",
+                reference,
+                Some(call_id.into()),
+            );
+        };
+        let allowed = self.calls[&id]
+            .number()
+            .is_some_and(|n| self.presence.allows(op, n));
+        if !allowed {
+            return self.ws_error(
+                session,
+                ErrorCode::ForbiddenNumber,
+                "your token does not allow this call's number",
+                reference,
+                Some(call_id.into()),
+            );
+        }
+        if self.presence.active_call(op).is_some() {
+            return self.ws_error(
+                session,
+                ErrorCode::Busy,
+                "you already have a call",
+                reference,
+                Some(call_id.into()),
+            );
+        }
+        with_ctx!(self, id, |c, ctx| c
+            .handle_monitor(now, ctx, op, reference, mode, sdp, coached));
+        self.apply(now, id);
+    }
+
+    fn list_calls(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        op: &str,
+        reference: Option<String>,
+    ) {
+        let may_monitor = self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.claims())
+            .is_some_and(|c| c.caps.iter().any(|x| x == MONITOR));
+        if !may_monitor {
+            return self.ws_error(
+                session,
+                ErrorCode::Forbidden,
+                "your token does not allow monitoring calls",
+                reference,
+                None,
+            );
+        }
+        let calls = self
             .calls
             .values()
-            .filter(|c| c.legs.values().any(|l| matches!(&l.kind, LegKind::Operator { op: o, state: OpState::Ringing, .. } if o == op)))
-            .map(|c| c.id.clone())
+            .filter(|c| c.number().is_some_and(|n| self.presence.allows(op, n)))
+            .map(|c| c.summary(now, self.view()))
             .collect();
-        for id in ids {
-            let Some(mut call) = self.calls.remove(&id) else {
-                continue;
-            };
-            let done = match call.operator_leg(op) {
-                Some(key) => {
-                    self.drop_ringing(now, &mut call, key, reason);
-                    self.after_target_gone(now, &mut call)
-                }
-                None => false,
-            };
-            self.put_back(call, done);
-        }
+        self.ws_send(session, ServerMessage::Calls { calls, reference });
     }
-
-    /// An operator is offline for good (grace period over, or left).
-    pub(crate) fn operator_gone(&mut self, now: Instant, op: &str, active_call: Option<String>) {
-        self.end_ringing_for(now, op, EndReason::Offline);
-        if let Some(id) = active_call
-            && let Some(mut call) = self.calls.remove(&id)
-        {
-            let Some(key) = call.operator_leg(op) else {
-                self.calls.insert(id, call);
-                return;
-            };
-            if let Some(LegKind::Operator { state, .. }) =
-                call.legs.get_mut(&key).map(|l| &mut l.kind)
-            {
-                *state = OpState::Ringing; // no presence mark to clear: it is gone
-            }
-            call.legs.remove(&key);
-            call.ended_legs.push((op.to_string(), EndReason::Offline));
-            let status = if call.winner.is_some() {
-                DialStatus::Completed
-            } else {
-                DialStatus::Canceled
-            };
-            self.end_call(now, &mut call, status, EndReason::RemoteHangup, None);
-        }
-    }
-}
-
-fn call_op(call: &Call, key: LegKey) -> String {
-    match call.legs.get(&key).map(|l| &l.kind) {
-        Some(LegKind::Operator { op, .. }) => op.clone(),
-        _ => String::new(),
-    }
-}
-
-fn op_muted(call: &Call, key: LegKey) -> bool {
-    matches!(
-        call.legs.get(&key).map(|l| &l.kind),
-        Some(LegKind::Operator { muted: true, .. })
-    )
-}
-
-/// The call as `op` sees it, for `ready.calls`.
-fn call_info(call: &Call, op: &str) -> Option<CallInfo> {
-    let key = call.operator_leg(op)?;
-    let LegKind::Operator {
-        muted, held, state, ..
-    } = &call.legs.get(&key)?.kind
-    else {
-        return None;
-    };
-    if *state != OpState::Active {
-        return None;
-    }
-    let across = if key == call.caller {
-        call.winner
-    } else {
-        Some(call.caller)
-    };
-    let remote_held = across.is_some_and(|a| match call.legs.get(&a).map(|l| &l.kind) {
-        Some(LegKind::Sip { remote_held, .. }) => *remote_held,
-        Some(LegKind::Operator { held, .. }) => *held,
-        _ => false,
-    });
-    Some(CallInfo {
-        call_id: call.id.clone(),
-        direction: if key == call.caller {
-            CallDirection::Outbound
-        } else {
-            CallDirection::Inbound
-        },
-        from: call.from.clone(),
-        to: call.to.clone(),
-        number: call.number.clone().unwrap_or_default(),
-        state: if call.winner.is_some() {
-            "connected"
-        } else {
-            "ringing"
-        },
-        muted: *muted,
-        held: *held,
-        remote_held,
-    })
 }

@@ -23,7 +23,7 @@ use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, PipelineEven
 use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, Ssrc};
 use media_core::{Instant, Millis, SampleRate, SeededRng};
 
-use crate::bridge::{LegKey, MediaCommand, MediaEvent, Tone};
+use crate::contract::{Feed, FeedSource, LegKey, MediaCommand, MediaEvent, Tone};
 use crate::stream::{AgentMessage, StreamEvent, StreamLeg};
 use crate::webrtc::{MuxCredentials, WebRtcConfig, WebRtcEvent, WebRtcLeg};
 
@@ -488,49 +488,7 @@ impl MediaSession {
                 self.stream_io
                     .push_back(StreamIo::Connect { leg, url, headers });
             }
-            MediaCommand::Tone { leg, tone } => {
-                if let Some(l) = self.legs.get_mut(&leg) {
-                    l.source = tone.map_or(Source::Nothing, Source::Tone);
-                    l.tone = tone.map(|t| {
-                        let g = match t {
-                            // About -20 dBFS each: the level of a real ringback.
-                            Tone::Ringback => {
-                                ToneGenerator::new(TONE_RATE, &[(440.0, 3000.0), (480.0, 3000.0)])
-                            }
-                            Tone::Hz(hz) => {
-                                ToneGenerator::new(TONE_RATE, &[(f64::from(hz), 8000.0)])
-                            }
-                        };
-                        (g, now)
-                    });
-                    self.rebuild(leg);
-                    self.schedule_tick(now);
-                }
-            }
-            MediaCommand::Connect { a, b } => {
-                for (x, y) in [(a, b), (b, a)] {
-                    if let Some(l) = self.legs.get_mut(&x) {
-                        l.source = Source::Leg(y);
-                        l.tone = None;
-                    }
-                }
-                self.rebuild(a);
-                self.rebuild(b);
-            }
-            MediaCommand::Echo { leg } => {
-                if let Some(l) = self.legs.get_mut(&leg) {
-                    l.source = Source::Leg(leg);
-                    l.tone = None;
-                }
-                self.rebuild(leg);
-            }
-            MediaCommand::Disconnect { leg } => {
-                if let Some(l) = self.legs.get_mut(&leg) {
-                    l.source = Source::Nothing;
-                    l.tone = None;
-                    l.to_me = None;
-                }
-            }
+            MediaCommand::Hear { listener, feeds } => self.hear(now, listener, &feeds),
             MediaCommand::Mute { leg, on } => {
                 if let Some(l) = self.legs.get_mut(&leg) {
                     l.muted = on;
@@ -574,6 +532,48 @@ impl MediaSession {
             }
         }
         self.drain(now);
+    }
+
+    /// `listener` hears `feeds` from now on.
+    fn hear(&mut self, now: Instant, listener: LegKey, feeds: &[Feed]) {
+        let source = match feeds.first() {
+            None => Source::Nothing,
+            Some(Feed {
+                from: FeedSource::Leg(k),
+                ..
+            }) => Source::Leg(*k),
+            Some(Feed {
+                from: FeedSource::Tone(t),
+                ..
+            }) => Source::Tone(*t),
+        };
+        let Some(l) = self.legs.get_mut(&listener) else {
+            return;
+        };
+        if l.source == source {
+            return;
+        }
+        l.source = source;
+        l.tone = match source {
+            Source::Tone(t) => {
+                let g = match t {
+                    // About -20 dBFS each: the level of a real ringback.
+                    Tone::Ringback => {
+                        ToneGenerator::new(TONE_RATE, &[(440.0, 3000.0), (480.0, 3000.0)])
+                    }
+                    Tone::Hz(hz) => ToneGenerator::new(TONE_RATE, &[(f64::from(hz), 8000.0)]),
+                };
+                Some((g, now))
+            }
+            _ => None,
+        };
+        match source {
+            Source::Nothing => l.to_me = None,
+            _ => self.rebuild(listener),
+        }
+        if matches!(source, Source::Tone(_)) {
+            self.schedule_tick(now);
+        }
     }
 
     fn remove(&mut self, leg: LegKey) {
@@ -1144,14 +1144,16 @@ mod tests {
             (1, 20002, (b, Some("198.51.100.9:4000".parse().unwrap()))),
         ] {
             let cmd = MediaCommand::AddRtp {
-                leg,
+                leg: LegKey(leg),
                 local_port,
                 remote,
                 format,
             };
             s.handle_command(now, cmd);
         }
-        s.handle_command(now, MediaCommand::Connect { a: 0, b: 1 });
+        for cmd in MediaCommand::connect(LegKey(0), LegKey(1)) {
+            s.handle_command(now, cmd);
+        }
         s
     }
 
@@ -1171,7 +1173,7 @@ mod tests {
             let pcma = RtpFormat::new(Codec::Pcma, PayloadType::PCMA);
             let s = connected(cfg, (pcmu(), None), pcma);
             for leg in [0, 1] {
-                let p = s.legs[&leg].to_me.as_ref().unwrap();
+                let p = s.legs[&LegKey(leg)].to_me.as_ref().unwrap();
                 assert!(!p.is_relay());
                 assert_eq!(p.jitter_stats().is_some(), buffered, "leg {leg}");
             }
@@ -1188,8 +1190,14 @@ mod tests {
         };
         let mut s = connected(cfg, (pcmu(), None), opus(""));
         let (now, remote) = (Instant::ZERO, Some("198.51.100.9:4000".parse().unwrap()));
-        let encoder =
-            |s: &MediaSession| *s.legs[&1].to_me.as_ref().unwrap().opus_encoder().unwrap();
+        let encoder = |s: &MediaSession| {
+            *s.legs[&LegKey(1)]
+                .to_me
+                .as_ref()
+                .unwrap()
+                .opus_encoder()
+                .unwrap()
+        };
         let e = encoder(&s);
         assert_eq!(
             e.complexity,
@@ -1197,12 +1205,19 @@ mod tests {
             "the configured complexity"
         );
         assert!(!e.inband_fec, "no useinbandfec=1 in the peer's fmtp");
-        assert!(s.legs[&0].to_me.as_ref().unwrap().opus_encoder().is_none());
+        assert!(
+            s.legs[&LegKey(0)]
+                .to_me
+                .as_ref()
+                .unwrap()
+                .opus_encoder()
+                .is_none()
+        );
         // A re-INVITE whose answer asks for FEC rebuilds the encoder with it.
         s.handle_command(
             now,
             MediaCommand::UpdateRtp {
-                leg: 1,
+                leg: LegKey(1),
                 remote,
                 format: opus("useinbandfec=1"),
             },
@@ -1241,13 +1256,19 @@ mod tests {
         for format in [pcmu(), RtpFormat::new(Codec::Pcma, PayloadType::PCMA)] {
             let mut s = two_legs(Some(a));
             let cmd = MediaCommand::AddRtp {
-                leg: 2,
+                leg: LegKey(2),
                 local_port: 20004,
                 remote: Some(c),
                 format,
             };
             s.handle_command(Instant::ZERO, cmd);
-            s.handle_command(Instant::ZERO, MediaCommand::Connect { a: 0, b: 2 });
+            s.handle_command(
+                Instant::ZERO,
+                MediaCommand::Hear {
+                    listener: LegKey(2),
+                    feeds: vec![Feed::leg(LegKey(0))],
+                },
+            );
             s.handle_rtp(Instant::ZERO, 20000, a, packet(1));
             let mut out = sent(&mut s);
             out.sort_by_key(|t| t.via == Via::Rtp(20004));
@@ -1340,11 +1361,23 @@ mod tests {
         assert_eq!(t, Instant::from_millis(60_000));
         s.handle_timeout(t);
         let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-        assert!(evs.contains(&MediaEvent::MediaTimeout { leg: 0 }));
+        assert!(evs.contains(&MediaEvent::MediaTimeout { leg: LegKey(0) }));
         // A held leg is not timed out (peers often stop sending on hold).
         let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
-        s.handle_command(Instant::ZERO, MediaCommand::Hold { leg: 0, on: true });
-        s.handle_command(Instant::ZERO, MediaCommand::Hold { leg: 1, on: true });
+        s.handle_command(
+            Instant::ZERO,
+            MediaCommand::Hold {
+                leg: LegKey(0),
+                on: true,
+            },
+        );
+        s.handle_command(
+            Instant::ZERO,
+            MediaCommand::Hold {
+                leg: LegKey(1),
+                on: true,
+            },
+        );
         s.handle_timeout(Instant::from_millis(120_000));
         assert!(std::iter::from_fn(|| s.poll_event()).next().is_none());
     }

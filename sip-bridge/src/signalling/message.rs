@@ -67,12 +67,15 @@ pub enum ClientMessage {
         /// Muted.
         on: bool,
     },
-    /// Hold or resume.
+    /// Hold or resume: oneself, or another participant.
     Hold {
         /// The call.
         call_id: String,
         /// Held.
         on: bool,
+        /// Another participant to hold (needs `hold_participant`).
+        #[serde(default)]
+        participant_id: Option<String>,
     },
     /// Send DTMF to the far end.
     Dtmf {
@@ -88,8 +91,90 @@ pub enum ClientMessage {
         /// SDP offer.
         sdp: String,
     },
+    /// Ring a target into the call.
+    AddParticipant {
+        /// The call.
+        call_id: String,
+        /// `operator:REF`, `operators`, `+E164`, `pstn:+E164[@trunk]`, `sip:URI`,
+        /// `stream:wss://...`.
+        target: String,
+        /// Seconds it rings (default 30).
+        #[serde(default)]
+        timeout: Option<u32>,
+    },
+    /// Take a participant out.
+    RemoveParticipant {
+        /// The call.
+        call_id: String,
+        /// The participant.
+        participant_id: String,
+    },
+    /// Leave the call; it goes on for the others.
+    Leave {
+        /// The call.
+        call_id: String,
+    },
+    /// End the call for everyone.
+    End {
+        /// The call.
+        call_id: String,
+    },
+    /// Join another operator's call as a supervisor.
+    Monitor {
+        /// The call.
+        call_id: String,
+        /// `listen`, `whisper` or `barge`.
+        mode: String,
+        /// SDP offer.
+        sdp: String,
+        /// Whom a whisper coaches (default: the call's agents).
+        #[serde(default)]
+        participant_id: Option<String>,
+    },
+    /// Switch one's supervision mode.
+    MonitorMode {
+        /// The call.
+        call_id: String,
+        /// `listen`, `whisper` or `barge`.
+        mode: String,
+        /// Whom a whisper coaches (default: the call's agents).
+        #[serde(default)]
+        participant_id: Option<String>,
+    },
+    /// The calls one may monitor.
+    ListCalls,
+    /// The SDK's call-quality summary (recorded with the call).
+    Quality {
+        /// The call.
+        call_id: String,
+        /// Figures (RTT, jitter, loss, MOS...), as the SDK measured them.
+        summary: serde_json::Value,
+    },
     /// Heartbeat.
     Ping,
+}
+
+impl ClientMessage {
+    /// The call a request is about, if it is about one.
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            ClientMessage::Accept { call_id, .. }
+            | ClientMessage::Reject { call_id }
+            | ClientMessage::Hangup { call_id }
+            | ClientMessage::Mute { call_id, .. }
+            | ClientMessage::Hold { call_id, .. }
+            | ClientMessage::Dtmf { call_id, .. }
+            | ClientMessage::Reoffer { call_id, .. }
+            | ClientMessage::AddParticipant { call_id, .. }
+            | ClientMessage::RemoveParticipant { call_id, .. }
+            | ClientMessage::Leave { call_id }
+            | ClientMessage::End { call_id }
+            | ClientMessage::Monitor { call_id, .. }
+            | ClientMessage::MonitorMode { call_id, .. }
+            | ClientMessage::Quality { call_id, .. } => Some(call_id),
+            _ => None,
+        }
+    }
 }
 
 /// A decoded client message with its optional request reference.
@@ -188,14 +273,49 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
             check_id("callerId", caller_id, r)?;
             check_sdp(sdp, r)?;
         }
-        ClientMessage::Accept { call_id, sdp } | ClientMessage::Reoffer { call_id, sdp } => {
+        ClientMessage::Accept { call_id, sdp }
+        | ClientMessage::Reoffer { call_id, sdp }
+        | ClientMessage::Monitor { call_id, sdp, .. } => {
             check_id("callId", call_id, r)?;
             check_sdp(sdp, r)?;
         }
         ClientMessage::Reject { call_id }
         | ClientMessage::Hangup { call_id }
         | ClientMessage::Mute { call_id, .. }
-        | ClientMessage::Hold { call_id, .. } => check_id("callId", call_id, r)?,
+        | ClientMessage::Leave { call_id }
+        | ClientMessage::End { call_id }
+        | ClientMessage::MonitorMode { call_id, .. } => check_id("callId", call_id, r)?,
+        ClientMessage::Hold {
+            call_id,
+            participant_id,
+            ..
+        } => {
+            check_id("callId", call_id, r)?;
+            if let Some(p) = participant_id {
+                check_id("participantId", p, r)?;
+            }
+        }
+        ClientMessage::RemoveParticipant {
+            call_id,
+            participant_id,
+        } => {
+            check_id("callId", call_id, r)?;
+            check_id("participantId", participant_id, r)?;
+        }
+        ClientMessage::AddParticipant {
+            call_id, target, ..
+        } => {
+            check_id("callId", call_id, r)?;
+            if target.is_empty() || target.len() > 256 || target.chars().any(char::is_control) {
+                return Err(bad("`target` must be 1-256 printable characters", r));
+            }
+        }
+        ClientMessage::Quality { call_id, summary } => {
+            check_id("callId", call_id, r)?;
+            if !summary.is_object() || summary.to_string().len() > 4096 {
+                return Err(bad("`summary` must be an object of at most 4 KiB", r));
+            }
+        }
         ClientMessage::Dtmf { call_id, digits } => {
             check_id("callId", call_id, r)?;
             if digits.is_empty()
@@ -235,6 +355,14 @@ pub enum ErrorCode {
     RateLimited,
     /// Our fault.
     Internal,
+    /// A capability or right the asker lacks.
+    Forbidden,
+    /// An added participant was busy.
+    TargetBusy,
+    /// An added participant did not answer.
+    NoAnswer,
+    /// An added participant could not be reached.
+    TargetFailed,
 }
 
 /// Why a call ended, for one operator (protocol.md section 3).
@@ -258,6 +386,8 @@ pub enum EndReason {
     Failed,
     /// The operator went offline or lost the connection past the grace period.
     Offline,
+    /// Someone in the call removed this operator.
+    Removed,
 }
 
 /// `operator` in `ready`.
@@ -323,6 +453,68 @@ pub struct CallInfo {
     pub held: bool,
     /// Held by the far end.
     pub remote_held: bool,
+    /// Everyone in the call.
+    pub participants: Vec<ParticipantInfo>,
+    /// The operator's own participant id.
+    #[serde(rename = "self", skip_serializing_if = "Option::is_none")]
+    pub self_id: Option<String>,
+    /// What the operator may do in it.
+    pub capabilities: Vec<&'static str>,
+}
+
+/// A participant of a call (protocol.md, "Participants").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantInfo {
+    /// Its id in the call (`p-N`).
+    pub id: String,
+    /// `customer`, `agent`, `supervisor`, `phone` or `ai`.
+    pub role: &'static str,
+    /// `ringing`, `joined` or `held`.
+    pub state: &'static str,
+    /// `sip`, `operator`, `agent`, `echo` or `tone`.
+    pub kind: &'static str,
+    /// Operators: their ref.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_ref: Option<String>,
+    /// When known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// A phone's number or URI, an agent's URL, a caller's number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// It sends silence.
+    pub muted: bool,
+    /// On hold.
+    pub held: bool,
+    /// A supervisor's mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<&'static str>,
+    /// When it joined (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<u64>,
+}
+
+/// A call in `calls` (the answer to `listCalls`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallSummary {
+    /// The call.
+    pub call_id: String,
+    /// Number id.
+    pub number: String,
+    /// Caller.
+    pub from: String,
+    /// Callee.
+    pub to: String,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// When it started (Unix ms).
+    pub started_at: u64,
+    /// `ringing` or `connected`.
+    pub state: &'static str,
+    /// Everyone in it.
+    pub participants: Vec<ParticipantInfo>,
 }
 
 /// A message to the browser.
@@ -372,6 +564,9 @@ pub enum ServerMessage {
         /// Caller name, when known.
         #[serde(skip_serializing_if = "Option::is_none")]
         caller_name: Option<String>,
+        /// The operator who added this one to a live call.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        invited_by: Option<String>,
     },
     /// SDP answer to the client's offer.
     Answer {
@@ -446,6 +641,60 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         call_id: Option<String>,
     },
+    /// Everyone in the call, and what this operator may do.
+    Participants {
+        /// The call.
+        call_id: String,
+        /// This operator's participant id.
+        #[serde(rename = "self")]
+        self_id: String,
+        /// Everyone.
+        participants: Vec<ParticipantInfo>,
+        /// Its capabilities.
+        capabilities: Vec<&'static str>,
+        /// Unix ms.
+        at: u64,
+    },
+    /// A participant joined.
+    ParticipantJoined {
+        /// The call.
+        call_id: String,
+        /// Who.
+        participant: Box<ParticipantInfo>,
+        /// Unix ms.
+        at: u64,
+    },
+    /// A participant changed (state, mute, hold, mode), or an added one rings.
+    ParticipantUpdated {
+        /// The call.
+        call_id: String,
+        /// How it stands.
+        participant: Box<ParticipantInfo>,
+        /// Unix ms.
+        at: u64,
+        /// The request's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// A participant left, or never joined.
+    ParticipantLeft {
+        /// The call.
+        call_id: String,
+        /// Who.
+        participant_id: String,
+        /// `hangup`, `removed`, `busy`, `no_answer`, `failed`, `rejected`, ...
+        reason: String,
+        /// Unix ms.
+        at: u64,
+    },
+    /// The answer to `listCalls`.
+    Calls {
+        /// The calls.
+        calls: Vec<CallSummary>,
+        /// The request's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
     /// Heartbeat answer.
     Pong,
 }
@@ -519,6 +768,7 @@ mod tests {
                 ClientMessage::Hold {
                     call_id: "c1".into(),
                     on: false,
+                    participant_id: None,
                 },
             ),
             (

@@ -7,8 +7,8 @@ mod message;
 mod session;
 
 pub use message::{
-    CallDirection, CallInfo, ClientEnvelope, ClientMessage, DecodeError, EndReason, ErrorCode,
-    NumberInfo, OperatorInfo, Rejected, ServerMessage, decode,
+    CallDirection, CallInfo, CallSummary, ClientEnvelope, ClientMessage, DecodeError, EndReason,
+    ErrorCode, NumberInfo, OperatorInfo, ParticipantInfo, Rejected, ServerMessage, decode,
 };
 pub use session::{Request, Session, SessionConfig, SessionOutput, SessionState};
 

@@ -333,6 +333,7 @@ mod tests {
                 display_name: "Alice".into(),
                 numbers: vec!["support".into()],
                 ttl_secs: None,
+                capabilities: Vec::new(),
             },
         )
         .unwrap()

@@ -20,8 +20,8 @@ use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ss
 use media_core::{ClockRate, Instant, Millis, SampleRate};
 use serde_json::Value;
 use sip_bridge::bridge::{
-    Bridge, BridgeConfig, CallEvent, DialPlan, LegKey, MediaCommand, MediaEvent, NumberConfig,
-    Step, Target, TrunkConfig,
+    Bridge, BridgeConfig, CallEvent, CallId, DialPlan, LegKey, MediaCommand, MediaEvent,
+    NumberConfig, Step, Target, TrunkConfig,
 };
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use sip_bridge::sdp::{self, AudioCaps, LocalMedia, SessionDescription};
@@ -44,10 +44,6 @@ pub const CARRIER_SIP: &str = "10.0.0.2:5060";
 pub const CARRIER_IP: &str = "10.0.0.2";
 pub const ONE_WAY: Duration = Duration::from_millis(2);
 pub const UNIX: u64 = 1_795_000_000;
-
-fn seq(call: &str) -> u64 {
-    call.trim_start_matches("c-").parse().unwrap()
-}
 
 pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -81,12 +77,14 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
                 e164: "+15550100".into(),
                 name: "Support".into(),
                 plan,
+                capabilities: Default::default(),
             },
             NumberConfig {
                 id: "sales".into(),
                 e164: "+15550200".into(),
                 name: "Sales".into(),
                 plan: DialPlan::single(vec![Target::Operators], ms(20_000)),
+                capabilities: Default::default(),
             },
         ],
         vec![trunk],
@@ -344,7 +342,7 @@ pub struct Agent {
     pub format: StreamFormat,
     pub mode: AgentMode,
     /// (call, leg) it talks to.
-    pub leg: Option<(String, LegKey)>,
+    pub leg: Option<(CallId, LegKey)>,
     /// JSON messages received.
     pub texts: Vec<Value>,
     /// Caller audio received (24 kHz native, 8 kHz Twilio), decoded.
@@ -358,8 +356,8 @@ pub struct World {
     pub now: Instant,
     epoch: std::time::Instant,
     pub bridge: Bridge,
-    pub media: BTreeMap<String, MediaSession>,
-    port_owner: HashMap<u16, String>,
+    pub media: BTreeMap<CallId, MediaSession>,
+    port_owner: HashMap<u16, CallId>,
     mux: WebRtcMux<(u64, LegKey)>,
     webrtc: WebRtcConfig,
     net: Vec<Datagram>,
@@ -370,7 +368,7 @@ pub struct World {
     next_tick: Instant,
     /// Browsers ping like the JS client, every 15 s.
     next_ping: Instant,
-    pub media_commands: Vec<(String, MediaCommand)>,
+    pub media_commands: Vec<(CallId, MediaCommand)>,
     /// Drop every datagram to/from this address (a vanished browser).
     pub blackhole: Option<SocketAddr>,
     /// AI agents by URL.
@@ -378,7 +376,7 @@ pub struct World {
     /// Hold the media tasks' SDP answers back (a slow media task) until
     /// [`World::release_answers`].
     pub hold_answers: bool,
-    held: Vec<(String, MediaEvent)>,
+    held: Vec<(CallId, MediaEvent)>,
 }
 
 impl World {
@@ -462,6 +460,7 @@ impl World {
                     display_name: op.to_uppercase(),
                     numbers: vec!["support".into(), "sales".into()],
                     ttl_secs: None,
+                    capabilities: Vec::new(),
                 },
             )
             .unwrap();
@@ -659,11 +658,11 @@ impl World {
             }
             while let Some((call, cmd)) = self.bridge.poll_media_command() {
                 any = true;
-                self.media_commands.push((call.clone(), cmd.clone()));
+                self.media_commands.push((call, cmd.clone()));
                 if let MediaCommand::AddRtp { local_port, .. } = &cmd {
-                    self.port_owner.insert(*local_port, call.clone());
+                    self.port_owner.insert(*local_port, call);
                 }
-                let s = self.media.entry(call.clone()).or_insert_with(|| {
+                let s = self.media.entry(call).or_insert_with(|| {
                     MediaSession::new(MediaConfig::new(Some(self.webrtc.clone()), 5))
                 });
                 s.handle_command(now, cmd);
@@ -673,7 +672,7 @@ impl World {
                 self.events.push(e);
             }
             // Media sessions.
-            let ids: Vec<String> = self.media.keys().cloned().collect();
+            let ids: Vec<CallId> = self.media.keys().copied().collect();
             for id in ids {
                 let s = self.media.get_mut(&id).unwrap();
                 let mut evs = Vec::new();
@@ -694,10 +693,10 @@ impl World {
                     any = true;
                     match u {
                         MuxUpdate::Insert { leg, credentials } => {
-                            let _ = self.mux.insert((seq(&id), leg), credentials);
+                            let _ = self.mux.insert((id.0, leg), credentials);
                         }
                         MuxUpdate::Remove { leg } => {
-                            self.mux.remove((seq(&id), leg));
+                            self.mux.remove((id.0, leg));
                         }
                     }
                 }
@@ -706,7 +705,7 @@ impl World {
                     match io {
                         StreamIo::Connect { leg, url, .. } => {
                             if let Some(a) = self.agents.get_mut(&url) {
-                                a.leg = Some((id.clone(), leg));
+                                a.leg = Some((id, leg));
                                 a.closed = false;
                                 a.connect_at = Some(match a.mode {
                                     AgentMode::Up => now + ONE_WAY,
@@ -715,19 +714,15 @@ impl World {
                             }
                         }
                         StreamIo::Send { leg, msg } => {
-                            if let Some(a) = self
-                                .agents
-                                .values_mut()
-                                .find(|a| a.leg == Some((id.clone(), leg)))
+                            if let Some(a) =
+                                self.agents.values_mut().find(|a| a.leg == Some((id, leg)))
                             {
                                 a.receive(msg);
                             }
                         }
                         StreamIo::Close { leg } => {
-                            if let Some(a) = self
-                                .agents
-                                .values_mut()
-                                .find(|a| a.leg == Some((id.clone(), leg)))
+                            if let Some(a) =
+                                self.agents.values_mut().find(|a| a.leg == Some((id, leg)))
                             {
                                 a.closed = true;
                             }
@@ -744,10 +739,10 @@ impl World {
                     }
                     any = true;
                     if self.hold_answers && matches!(e, MediaEvent::WebRtcAnswer { .. }) {
-                        self.held.push((id.clone(), e));
+                        self.held.push((id, e));
                         continue;
                     }
-                    self.bridge.handle_media_event(now, &id, e);
+                    self.bridge.handle_media_event(now, id, e);
                 }
                 if stopped {
                     self.media.remove(&id);
@@ -901,12 +896,12 @@ impl World {
             self.bridge.handle_sip(now, &d.bytes, Peer::udp(d.from));
         } else if d.to == addr(SBC_WEBRTC) {
             if let Some((call, leg)) = self.mux.route(d.from, &d.bytes)
-                && let Some(s) = self.media.get_mut(&format!("c-{call}"))
+                && let Some(s) = self.media.get_mut(&CallId(call))
             {
                 s.handle_webrtc(now, leg, d.from, d.to, &d.bytes);
             }
         } else if self.sbc_owned(d.to) {
-            if let Some(call) = self.port_owner.get(&d.to.port()).cloned()
+            if let Some(call) = self.port_owner.get(&d.to.port()).copied()
                 && let Some(s) = self.media.get_mut(&call)
             {
                 s.handle_rtp(now, d.to.port(), d.from, BytesMut::from(&d.bytes[..]));
@@ -987,7 +982,7 @@ impl World {
         self.hold_answers = false;
         let now = self.now;
         for (id, e) in std::mem::take(&mut self.held) {
-            self.bridge.handle_media_event(now, &id, e);
+            self.bridge.handle_media_event(now, id, e);
         }
         self.pump();
     }
@@ -1054,7 +1049,7 @@ impl World {
                 let a = self.agents.get_mut(&url).unwrap();
                 a.connect_at = None;
                 let mode = a.mode;
-                if let Some((call, leg)) = a.leg.clone()
+                if let Some((call, leg)) = a.leg
                     && let Some(s) = self.media.get_mut(&call)
                 {
                     match mode {
@@ -1107,7 +1102,7 @@ impl World {
     /// The agent at `url` sends `msg`.
     pub fn agent_send(&mut self, url: &str, msg: AgentMessage) {
         let now = self.now;
-        let Some((call, leg)) = self.agents[url].leg.clone() else {
+        let Some((call, leg)) = self.agents[url].leg else {
             return;
         };
         if let Some(s) = self.media.get_mut(&call) {
@@ -1144,7 +1139,7 @@ impl World {
     /// The agent's WebSocket dies.
     pub fn agent_crash(&mut self, url: &str) {
         let now = self.now;
-        let Some((call, leg)) = self.agents[url].leg.clone() else {
+        let Some((call, leg)) = self.agents[url].leg else {
             return;
         };
         if let Some(s) = self.media.get_mut(&call) {

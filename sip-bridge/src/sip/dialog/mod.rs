@@ -119,7 +119,7 @@ impl UaConfig {
 }
 
 /// An outgoing call.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InviteParams {
     /// Request-URI.
     pub request_uri: String,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use media_core::codec::Codec;
 
-use super::plan::DialPlan;
+use crate::plan::DialPlan;
+use crate::roles::RoleCapabilities;
 use crate::signalling::SessionConfig;
 use crate::sip::auth::Credentials;
 use crate::sip::message::{Peer, Transport};
@@ -21,6 +22,8 @@ pub struct NumberConfig {
     pub name: String,
     /// What rings when it is called.
     pub plan: DialPlan,
+    /// What parties of its calls may do, by role.
+    pub capabilities: RoleCapabilities,
 }
 
 /// How DTMF goes to a trunk.
@@ -153,6 +156,8 @@ pub struct BridgeConfig {
     pub outbound_ring_timeout: Duration,
     /// Most calls at once (503 beyond).
     pub max_calls: usize,
+    /// Most parties in one call (ringing or joined, supervisors included).
+    pub max_parties: usize,
     /// Longest call.
     pub max_call_duration: Duration,
     /// Operator connections.
@@ -165,7 +170,7 @@ pub struct BridgeConfig {
     /// INVITE must come from a trunk.
     pub open_inbound: bool,
     /// Ask an external router for each call's plan (see
-    /// [`super::Bridge::poll_route_request`]) instead of using the static plans.
+    /// [`crate::bridge::Bridge::poll_route_request`]) instead of using the static plans.
     pub external_routing: bool,
     /// Seeds ids.
     pub seed: u64,
@@ -182,6 +187,7 @@ impl BridgeConfig {
             rtp_ports: (20000, 30000),
             outbound_ring_timeout: Duration::from_secs(60),
             max_calls: 5000,
+            max_parties: 16,
             max_call_duration: Duration::from_secs(4 * 3600),
             session: SessionConfig::default(),
             grace: Duration::from_secs(30),
@@ -242,6 +248,7 @@ mod tests {
                 e164: "+15550100".into(),
                 name: "Support".into(),
                 plan: DialPlan::default(),
+                capabilities: RoleCapabilities::default(),
             }],
             vec![],
             "127.0.0.1".parse().unwrap(),

@@ -1,0 +1,1007 @@
+//! How a call starts and finds someone: routing, the dial plan's steps (each
+//! rings its targets at once for its timeout; the first answer wins and ends
+//! the others; when a step has nothing left ringing the next starts), ringing
+//! one target of any kind, and handing the caller on after an AI agent.
+
+use media_core::Instant;
+
+use super::party::{Leg, OperatorLeg, Origin, Party, SipLeg, SipState, Stage};
+use super::route::{ROUTE_TIMEOUT, ROUTED_HEADERS, RouteDecision, RouteFacts};
+use super::state::{CallState, Dial};
+use super::{Call, CallCtx, CallEventKind, CallOutput, Direction, SipAction};
+use crate::config::NumberConfig;
+use crate::contract::{CallId, LegKey, MediaCommand};
+use crate::plan::{DialPlan, DialStatus, Step, Target};
+use crate::roles::Role;
+use crate::sdp::{self, LocalMedia, SessionDescription};
+use crate::signalling::{EndReason, ServerMessage};
+use crate::sip::dialog::InviteParams;
+use crate::sip::message::{Peer, SipHeaders};
+
+impl Call {
+    /// A call from a SIP caller (`req`, from `trunk`) to `number`. Its offer is
+    /// answered at once (the 183 and the 200 carry that answer); `Err` is the
+    /// status that refuses it (488 for no usable offer, 503 without a port).
+    pub fn inbound(
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        id: CallId,
+        req: &crate::sip::message::Request,
+        trunk: Option<usize>,
+        number: &NumberConfig,
+    ) -> Result<Call, u16> {
+        let Ok(offer) = std::str::from_utf8(&req.body)
+            .map_err(|_| ())
+            .and_then(|t| SessionDescription::parse(t).map_err(|_| ()))
+        else {
+            // No (valid) offer: late-offer INVITEs are not supported.
+            return Err(488);
+        };
+        let Some(port) = ctx.ports.take() else {
+            return Err(503);
+        };
+        let codecs = trunk
+            .map(|t| ctx.cfg.trunks[t].codecs.clone())
+            .unwrap_or_default();
+        let session_id = ctx.rng.next_u64() >> 12;
+        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, session_id);
+        let (answer, negotiated) = match sdp::answer_audio(&offer, &caps_for(&codecs), &local) {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.ports.give(port);
+                return Err(e.sip_status());
+            }
+        };
+        let from_hdr = req.header_from().unwrap_or("").to_string();
+        let mut call = Call::new(
+            now,
+            ctx,
+            id,
+            Direction::Inbound,
+            number,
+            user_of(&from_hdr),
+            number.e164.clone(),
+        );
+        call.plan = number.plan.clone();
+        call.caller_name = display_name_of(&from_hdr);
+        let key = call.leg_key();
+        call.caller = key;
+        let format = format_of(&negotiated);
+        let remote = negotiated.remote;
+        let mut p = Party::new(
+            Role::Customer,
+            Leg::Sip(SipLeg {
+                state: SipState::Ringing,
+                port,
+                trunk,
+                attempt: 0,
+                local_sdp: answer.to_string(),
+                sdp_version: 1,
+                negotiated: Some(negotiated),
+                early_media: false,
+                remote_held: false,
+                held_by_us: false,
+            }),
+            Origin::Caller,
+            None,
+        );
+        p.name = call.caller_name.clone();
+        p.in_media = true;
+        call.parties.insert(key, p);
+        call.media(MediaCommand::AddRtp {
+            leg: key,
+            local_port: port,
+            remote,
+            format,
+        });
+        call.event(now, CallEventKind::Initiated, None, None, None);
+        call.record_joined(now, ctx, key);
+        let mut headers = Vec::new();
+        for name in ROUTED_HEADERS {
+            for v in req.lines(name) {
+                headers.push((name.to_string(), v.to_string()));
+            }
+        }
+        for h in req.headers.iter() {
+            let (n, v) = (h.name(), h.value());
+            if n.len() > 2 && n[..2].eq_ignore_ascii_case("x-") && headers.len() < 32 {
+                headers.push((n.to_string(), v.to_string()));
+            }
+        }
+        let facts = RouteFacts {
+            call_id: id,
+            direction: Direction::Inbound,
+            from: call.from.clone(),
+            to: call.to.clone(),
+            number: call.number.clone(),
+            trunk: trunk.map(|t| ctx.cfg.trunks[t].name.clone()),
+            operator: None,
+            headers,
+            default_plan: call.plan.clone(),
+        };
+        call.begin(now, ctx, facts);
+        Ok(call)
+    }
+
+    /// Operator `op`'s dial (its `ref` waits for the `answer`) to `to` with
+    /// caller ID `number`, ringing `plan`, its browser offering `sdp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn outbound(
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        id: CallId,
+        op: &str,
+        reference: Option<String>,
+        number: &NumberConfig,
+        to: &str,
+        plan: DialPlan,
+        sdp: String,
+    ) -> Call {
+        let mut call = Call::new(
+            now,
+            ctx,
+            id,
+            Direction::Outbound,
+            number,
+            number.e164.clone(),
+            to.to_string(),
+        );
+        call.plan = plan;
+        let key = call.leg_key();
+        call.caller = key;
+        let mut p = Party::new(
+            Role::Agent,
+            Leg::Operator(OperatorLeg {
+                op: op.to_string(),
+                reference,
+                answered: false,
+                self_held: false,
+                invited_by: None,
+            }),
+            Origin::Caller,
+            None,
+        );
+        p.in_media = true;
+        call.parties.insert(key, p);
+        call.push(CallOutput::Busy { op: op.to_string() });
+        call.media(MediaCommand::AddWebRtc {
+            leg: key,
+            offer: sdp,
+        });
+        call.event(now, CallEventKind::Initiated, None, None, None);
+        call.record_joined(now, ctx, key);
+        let facts = RouteFacts {
+            call_id: id,
+            direction: Direction::Outbound,
+            from: call.from.clone(),
+            to: call.to.clone(),
+            number: call.number.clone(),
+            trunk: None,
+            operator: Some(op.to_string()),
+            headers: Vec::new(),
+            default_plan: call.plan.clone(),
+        };
+        call.begin(now, ctx, facts);
+        call
+    }
+
+    /// With an external router, asks it (the caller waits on 100 Trying, at
+    /// most [`ROUTE_TIMEOUT`]); else starts the static plan.
+    fn begin(&mut self, now: Instant, ctx: &mut CallCtx<'_>, facts: RouteFacts) {
+        if ctx.cfg.external_routing {
+            self.state = CallState::Routing {
+                deadline: now + ROUTE_TIMEOUT,
+            };
+            self.push(CallOutput::Route(facts));
+        } else {
+            self.state = CallState::Dialing(Dial::at(0));
+            self.start_step(now, ctx);
+        }
+        self.settle(now, ctx);
+    }
+
+    /// The router's decision.
+    pub fn handle_route(&mut self, now: Instant, ctx: &mut CallCtx<'_>, decision: RouteDecision) {
+        if !matches!(self.state, CallState::Routing { .. }) {
+            return;
+        }
+        match decision {
+            RouteDecision::Default => {
+                self.state = CallState::Dialing(Dial::at(0));
+                self.start_step(now, ctx);
+            }
+            RouteDecision::Plan(plan) => {
+                self.plan = plan;
+                self.state = CallState::Dialing(Dial::at(0));
+                self.start_step(now, ctx);
+            }
+            RouteDecision::Reject(status) => {
+                let status = if (400..700).contains(&status) {
+                    status
+                } else {
+                    403
+                };
+                self.end_call(
+                    now,
+                    ctx,
+                    DialStatus::Failed,
+                    EndReason::Failed,
+                    Some(status),
+                );
+            }
+        }
+        self.settle(now, ctx);
+    }
+
+    fn dial(&mut self) -> Option<&mut Dial> {
+        match &mut self.state {
+            CallState::Dialing(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Starts the dial's step; moves on while steps have nothing to ring.
+    pub(crate) fn start_step(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        loop {
+            let Some(i) = self.dial().map(|d| d.step) else {
+                return;
+            };
+            let Some(step) = self.plan.steps.get(i).cloned() else {
+                return self.plan_exhausted(now, ctx);
+            };
+            let mut started = 0;
+            for target in &step.targets {
+                match self.ring_target(now, ctx, target, Origin::Plan(i)) {
+                    Ok(n) => started += n,
+                    Err(code) => {
+                        if let Some(d) = self.dial() {
+                            d.fail_code = Some(code);
+                        }
+                    }
+                }
+                if !matches!(self.state, CallState::Dialing(_)) {
+                    return; // a built-in target answered at once
+                }
+            }
+            if started > 0 {
+                if let Some(d) = self.dial() {
+                    d.deadline = Some(now + step.timeout);
+                }
+                self.caller_ringing(now);
+                return;
+            }
+            if let Some(d) = self.dial() {
+                d.step += 1;
+            }
+        }
+    }
+
+    /// The role of a party rung as `target` for `origin`.
+    fn role_for(&self, target: &Target, origin: &Origin) -> Role {
+        match target {
+            Target::Operators | Target::Operator(_) => Role::Agent,
+            Target::Stream(_) => Role::Ai,
+            _ if matches!(origin, Origin::Plan(_)) && self.direction == Direction::Outbound => {
+                Role::Customer
+            }
+            _ => Role::Phone,
+        }
+    }
+
+    /// Rings one target for `origin`: how many legs it started, or the status
+    /// that explains why it could not.
+    pub(crate) fn ring_target(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        target: &Target,
+        origin: Origin,
+    ) -> Result<usize, u16> {
+        self.rung.push(target.to_string());
+        let role = self.role_for(target, &origin);
+        match target {
+            Target::Operators => {
+                let Some(number) = self.number.clone() else {
+                    return Ok(0);
+                };
+                let mut n = 0;
+                for op in ctx.presence.ready_for(&number) {
+                    if self.party_of(&op).is_none() {
+                        self.ring_operator(&op, target.clone(), role, origin.clone());
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            }
+            Target::Operator(op) => {
+                if ctx.presence.is_ready(op) && self.party_of(op).is_none() {
+                    self.ring_operator(op, target.clone(), role, origin);
+                    Ok(1)
+                } else {
+                    Ok(0)
+                }
+            }
+            Target::Sip(uri) => self.ring_sip_at(
+                now,
+                ctx,
+                target.clone(),
+                uri.clone(),
+                None,
+                None,
+                role,
+                origin,
+            ),
+            Target::Pstn { number, trunk } => {
+                let t = match trunk {
+                    Some(name) => ctx.cfg.trunk_named(name),
+                    None => (!ctx.cfg.trunks.is_empty()).then_some(0),
+                };
+                let Some(t) = t else {
+                    return Err(503);
+                };
+                let uri = format!("sip:{number}@{}", ctx.cfg.trunks[t].host);
+                self.ring_sip_at(now, ctx, target.clone(), uri, Some(t), None, role, origin)
+            }
+            Target::Echo | Target::Tone(_) => {
+                let key = self.leg_key();
+                let leg = match target {
+                    Target::Tone(hz) => Leg::Tone(*hz),
+                    _ => Leg::Echo,
+                };
+                self.parties
+                    .insert(key, Party::new(role, leg, origin, Some(target.clone())));
+                self.answered(now, ctx, key);
+                Ok(1)
+            }
+            Target::Stream(url) => {
+                let key = self.leg_key();
+                let mut p = Party::new(role, Leg::Agent, origin, Some(target.clone()));
+                p.in_media = true;
+                self.parties.insert(key, p);
+                let opts = ctx.cfg.streams.iter().find(|s| s.url == *url);
+                let cmd = MediaCommand::AddStream {
+                    leg: key,
+                    url: url.clone(),
+                    format: opts.map_or_else(Default::default, |o| o.format),
+                    headers: opts.map_or_else(Vec::new, |o| o.headers.clone()),
+                    start: crate::stream::StreamStart {
+                        call_id: self.id.to_string(),
+                        from: self.from.clone(),
+                        to: self.to.clone(),
+                        number: self.number.clone(),
+                    },
+                };
+                self.media(cmd);
+                Ok(1)
+            }
+        }
+    }
+
+    fn ring_operator(&mut self, op: &str, target: Target, role: Role, origin: Origin) {
+        let key = self.leg_key();
+        let invited_by = match &origin {
+            Origin::Added { by: Some(b), .. } => {
+                self.parties.get(b).and_then(|p| p.op()).map(String::from)
+            }
+            _ => None,
+        };
+        self.parties.insert(
+            key,
+            Party::new(
+                role,
+                Leg::Operator(OperatorLeg {
+                    op: op.to_string(),
+                    reference: None,
+                    answered: false,
+                    self_held: false,
+                    invited_by,
+                }),
+                origin,
+                Some(target),
+            ),
+        );
+        let msg = self.incoming_for(op);
+        self.send_operator(op, msg);
+    }
+
+    /// Rings a SIP target through `trunk`'s peer `attempt` (default: the first
+    /// that answers pings).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ring_sip_at(
+        &mut self,
+        _now: Instant,
+        ctx: &mut CallCtx<'_>,
+        target: Target,
+        uri: String,
+        trunk: Option<usize>,
+        attempt: Option<usize>,
+        role: Role,
+        origin: Origin,
+    ) -> Result<usize, u16> {
+        let Some(port) = ctx.ports.take() else {
+            return Err(503);
+        };
+        // Offer the caller's codec first, so the two sides can relay.
+        let mut codecs: Vec<media_core::codec::Codec> = trunk
+            .map(|t| ctx.cfg.trunks[t].codecs.clone())
+            .unwrap_or_default();
+        if codecs.is_empty() {
+            codecs = vec![
+                media_core::codec::Codec::Pcmu,
+                media_core::codec::Codec::Pcma,
+                media_core::codec::Codec::Opus,
+            ];
+        }
+        if let Some(n) = self
+            .parties
+            .get(&self.caller)
+            .and_then(|p| p.sip())
+            .and_then(|s| s.negotiated.as_ref())
+            && let Some(i) = codecs.iter().position(|c| *c == n.codec)
+        {
+            let c = codecs.remove(i);
+            codecs.insert(0, c);
+        }
+        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, ctx.rng.next_u64() >> 12);
+        let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
+        let attempt = attempt
+            .unwrap_or_else(|| trunk.map_or(0, |t| ctx.live_peer.get(t).copied().unwrap_or(0)));
+        let peer = match trunk {
+            Some(t) => ctx.cfg.trunks[t].peer(attempt),
+            None => sip_target_peer(&uri),
+        };
+        let Some(peer) = peer else {
+            ctx.ports.give(port);
+            return Err(404);
+        };
+        // A party added to a live call sees our number; a plan's target the
+        // caller (inbound) or our number (an operator's dial).
+        let caller_id = match (&origin, self.direction) {
+            (Origin::Plan(_), Direction::Inbound) => self.from.clone(),
+            _ => self
+                .number
+                .as_ref()
+                .and_then(|n| ctx.cfg.number(n))
+                .map_or(self.from.clone(), |n| n.e164.clone()),
+        };
+        let host = ctx.local_host;
+        let params = InviteParams {
+            request_uri: uri.clone(),
+            from: format!(
+                "<sip:{}@{host}>",
+                if caller_id.is_empty() {
+                    "anonymous"
+                } else {
+                    &caller_id
+                }
+            ),
+            to: format!("<{uri}>"),
+            peer,
+            sdp: Some(offer.clone().into_bytes()),
+            headers: Vec::new(),
+            credentials: trunk.and_then(|t| ctx.cfg.trunks[t].credentials.clone()),
+        };
+        let key = self.leg_key();
+        self.parties.insert(
+            key,
+            Party::new(
+                role,
+                Leg::Sip(SipLeg {
+                    state: SipState::Ringing,
+                    port,
+                    trunk,
+                    attempt,
+                    local_sdp: offer,
+                    sdp_version: 1,
+                    negotiated: None,
+                    early_media: false,
+                    remote_held: false,
+                    held_by_us: false,
+                }),
+                origin,
+                Some(target),
+            ),
+        );
+        self.sip(key, SipAction::Invite(params));
+        Ok(1)
+    }
+
+    /// The caller hears that targets ring: an inbound caller gets 183 with our
+    /// SDP and our ringback; a dialling operator `ringing` and ringback once an
+    /// operator rings (SIP targets report their own progress).
+    pub(crate) fn caller_ringing(&mut self, now: Instant) {
+        if self.caller_progress {
+            return;
+        }
+        let caller = self.caller;
+        let Some(p) = self.parties.get(&caller) else {
+            return;
+        };
+        match &p.leg {
+            Leg::Sip(s) => {
+                let sdp = s.local_sdp.clone();
+                self.caller_progress = true;
+                self.sip(
+                    caller,
+                    SipAction::Respond {
+                        status: 183,
+                        sdp: Some(sdp),
+                        headers: Vec::new(),
+                    },
+                );
+                self.event(now, CallEventKind::Ringing, None, None, None);
+            }
+            Leg::Operator(o) => {
+                let op = o.op.clone();
+                let operator_ringing = self
+                    .parties
+                    .values()
+                    .any(|p| p.ringing() && p.operator().is_some());
+                if operator_ringing {
+                    self.caller_progress = true;
+                    self.send_ringing(&op, false);
+                    self.event(now, CallEventKind::Ringing, None, None, None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the dialling operator its call rings. Nothing about a call goes out
+    /// before the dial's `answer` names it (protocol.md section 3), and the far
+    /// end's 183 can beat the media task's SDP answer: then it waits for it.
+    pub(crate) fn send_ringing(&mut self, op: &str, early_media: bool) {
+        let answered = self
+            .parties
+            .get(&self.caller)
+            .and_then(|p| p.operator())
+            .is_some_and(|o| o.answered);
+        if !answered {
+            self.ringing_deferred = Some(early_media);
+            return;
+        }
+        let msg = ServerMessage::Ringing {
+            call_id: self.id.to_string(),
+            early_media,
+        };
+        self.send_operator(op, msg);
+    }
+
+    /// No step is left: the caller gets the outcome.
+    pub(crate) fn plan_exhausted(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        let d = self.dial().cloned().unwrap_or_default();
+        let status = if self.answered_at.is_some() {
+            // Someone (an agent) talked to the caller before the plan ran out.
+            DialStatus::Completed
+        } else if d.busy {
+            DialStatus::Busy
+        } else if d.fail_code.is_some() && !self.rung.is_empty() && d.deadline.is_none() {
+            DialStatus::Failed
+        } else {
+            DialStatus::NoAnswer
+        };
+        let code = match status {
+            DialStatus::Busy => Some(486),
+            DialStatus::Failed => d.fail_code,
+            _ => None,
+        };
+        let reason = match status {
+            DialStatus::Busy => EndReason::Busy,
+            DialStatus::Failed => EndReason::Failed,
+            _ => EndReason::NoAnswer,
+        };
+        self.end_call(now, ctx, status, reason, code);
+    }
+
+    /// The step rang out.
+    pub(crate) fn step_timed_out(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        let keys: Vec<LegKey> = self
+            .parties
+            .keys()
+            .copied()
+            .filter(|k| *k != self.caller)
+            .collect();
+        for k in keys {
+            self.drop_ringing(now, ctx, k, EndReason::NoAnswer);
+        }
+        let Some(d) = self.dial() else { return };
+        d.step += 1;
+        if d.step >= self.plan.steps.len() {
+            return self.plan_exhausted(now, ctx);
+        }
+        if let Some(d) = self.dial() {
+            d.deadline = None;
+        }
+        self.start_step(now, ctx);
+    }
+
+    /// Ends a party that still rings: a SIP leg is cancelled (its port is ours
+    /// until the UA reports it gone), an operator is told `reason`, an agent
+    /// dropped.
+    pub(crate) fn drop_ringing(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        reason: EndReason,
+    ) {
+        if !self.parties.get(&key).is_some_and(|p| p.ringing()) {
+            return;
+        }
+        let Some(p) = self.parties.remove(&key) else {
+            return;
+        };
+        let name = super::reason_name(reason);
+        match &p.leg {
+            Leg::Sip(s) if s.state == SipState::Ending => ctx.ports.give(s.port),
+            Leg::Sip(s) => {
+                self.sip(key, SipAction::Hangup);
+                self.ending.insert(key, s.port);
+                if p.in_media {
+                    self.media(MediaCommand::Remove { leg: key });
+                }
+            }
+            Leg::Operator(o) => {
+                let msg = ServerMessage::Ended {
+                    call_id: self.id.to_string(),
+                    reason,
+                    code: None,
+                    message: None,
+                    reference: o.waiting_ref(),
+                };
+                self.send_operator(&o.op, msg);
+                if p.in_media {
+                    self.media(MediaCommand::Remove { leg: key });
+                }
+            }
+            Leg::Agent => self.media(MediaCommand::Remove { leg: key }),
+            Leg::Echo | Leg::Tone(_) => {}
+        }
+        self.record_left(now, key, &p, name);
+        if matches!(p.origin, Origin::Added { .. }) {
+            self.tell_left(now, ctx, key, name);
+        }
+    }
+
+    /// Plan targets of the dial's step still ringing.
+    pub(crate) fn ringing_in_step(&self) -> usize {
+        let CallState::Dialing(d) = &self.state else {
+            return 0;
+        };
+        self.parties
+            .values()
+            .filter(|p| p.origin == Origin::Plan(d.step) && p.ringing())
+            .count()
+    }
+
+    /// A plan target rang out, was rejected or failed: if its step has nothing
+    /// left ringing, the next one starts.
+    pub(crate) fn after_target_gone(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        if !matches!(self.state, CallState::Dialing(_)) || self.ringing_in_step() > 0 {
+            return;
+        }
+        if let Some(d) = self.dial() {
+            d.step += 1;
+            d.deadline = None;
+        }
+        self.start_step(now, ctx);
+    }
+
+    /// Party `key` answered: the first answer of a dial wins it (the call is
+    /// connected, the others rung are told `taken_by_other`); an added party
+    /// joins the live call.
+    pub(crate) fn answered(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey) {
+        let Some(p) = self.parties.get(&key) else {
+            return;
+        };
+        if let Origin::Added { by, reference, .. } = p.origin.clone() {
+            return self.add_joined(now, ctx, key, by, reference);
+        }
+        self.state = CallState::Connected;
+        // A caller handed on (an agent's transfer) keeps its first answer time.
+        self.answered_at.get_or_insert(now);
+        self.answered_by = Some(p.label());
+        let others: Vec<LegKey> = self
+            .parties
+            .keys()
+            .copied()
+            .filter(|k| *k != key && *k != self.caller)
+            .collect();
+        for k in others {
+            if matches!(
+                self.parties.get(&k).map(|p| &p.origin),
+                Some(Origin::Plan(_))
+            ) {
+                self.drop_ringing(now, ctx, k, EndReason::TakenByOther);
+            }
+        }
+        if let Some(op) = self
+            .parties
+            .get(&key)
+            .and_then(|p| p.op())
+            .map(String::from)
+        {
+            self.push(CallOutput::Busy { op });
+        }
+        self.record_joined(now, ctx, key);
+        let caller = self.caller;
+        match self.parties.get_mut(&caller).map(|p| &mut p.leg) {
+            Some(Leg::Sip(s)) if s.state == SipState::Ringing => {
+                s.state = SipState::Up;
+                let sdp = s.local_sdp.clone();
+                self.sip(
+                    caller,
+                    SipAction::Respond {
+                        status: 200,
+                        sdp: Some(sdp),
+                        headers: Vec::new(),
+                    },
+                );
+            }
+            Some(Leg::Operator(o)) if o.answered => {
+                let op = o.op.clone();
+                self.connected_to(now, ctx, caller, &op);
+            }
+            _ => {}
+        }
+        // A winning operator hears `connected` once its SDP answer is out.
+        if let Some(Leg::Operator(o)) = self.parties.get(&key).map(|p| &p.leg)
+            && o.answered
+        {
+            let op = o.op.clone();
+            self.connected_to(now, ctx, key, &op);
+        }
+        self.event(
+            now,
+            CallEventKind::Answered,
+            Some(DialStatus::Answered),
+            None,
+            None,
+        );
+    }
+
+    /// `connected`, then the participants, to the operator of party `key`.
+    pub(crate) fn connected_to(&mut self, now: Instant, ctx: &CallCtx<'_>, key: LegKey, op: &str) {
+        self.send_operator(
+            op,
+            ServerMessage::Connected {
+                call_id: self.id.to_string(),
+            },
+        );
+        self.send_participants(now, ctx, key);
+    }
+
+    /// The answered AI agent `leg` leaves but the caller stays: ringback
+    /// again, then `next` (a transfer) or the plan's next step.
+    pub(crate) fn hand_on(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        leg: LegKey,
+        next: Option<Target>,
+    ) {
+        let Some(p) = self.parties.remove(&leg) else {
+            return;
+        };
+        self.media(MediaCommand::Remove { leg });
+        self.record_left(now, leg, &p, "transferred");
+        let step = match p.origin {
+            Origin::Plan(n) => n,
+            _ => 0,
+        };
+        if let Some(t) = next {
+            self.plan.steps.insert(
+                (step + 1).min(self.plan.steps.len()),
+                Step {
+                    targets: vec![t],
+                    timeout: std::time::Duration::from_secs(30),
+                },
+            );
+        }
+        self.state = CallState::Dialing(Dial::at(step + 1));
+        self.start_step(now, ctx);
+    }
+
+    /// An operator went offline: what rings it ends with `reason`.
+    pub fn handle_operator_offline(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        op: &str,
+        reason: EndReason,
+    ) {
+        if let Some(key) = self.party_of(op)
+            && self.parties.get(&key).is_some_and(|p| p.ringing())
+        {
+            let added = matches!(
+                self.parties.get(&key).map(|p| &p.origin),
+                Some(Origin::Added { .. })
+            );
+            if added {
+                self.add_failed(now, ctx, key, "offline", None);
+            } else {
+                self.drop_ringing(now, ctx, key, reason);
+                self.after_target_gone(now, ctx);
+            }
+        }
+        self.settle(now, ctx);
+    }
+
+    /// An operator is gone for good (its grace period ran out): what rings it
+    /// ends, and it leaves the call it was in.
+    pub fn handle_operator_gone(&mut self, now: Instant, ctx: &mut CallCtx<'_>, op: &str) {
+        self.handle_operator_offline(now, ctx, op, EndReason::Offline);
+        if let Some(key) = self.party_of(op)
+            && self.parties.get(&key).is_some_and(|p| p.joined())
+        {
+            // No presence mark to clear: it is gone.
+            self.leave(now, ctx, key, EndReason::Offline, false);
+        }
+        self.settle(now, ctx);
+    }
+
+    /// Party `key` leaves: its leg ends (BYE, `ended`, the agent's socket), the
+    /// others hear of it, and the call goes on if someone is left to talk to.
+    /// `free`: clear the operator's busy mark.
+    pub(crate) fn leave(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        reason: EndReason,
+        free: bool,
+    ) {
+        let Some(p) = self.parties.remove(&key) else {
+            return;
+        };
+        match &p.leg {
+            Leg::Sip(s) => {
+                if s.state != SipState::Ending {
+                    self.sip(key, SipAction::Hangup);
+                }
+                ctx.ports.give(s.port);
+                self.media(MediaCommand::Remove { leg: key });
+            }
+            Leg::Operator(o) => {
+                let msg = ServerMessage::Ended {
+                    call_id: self.id.to_string(),
+                    reason,
+                    code: None,
+                    message: (reason == EndReason::Failed).then(|| "media lost".to_string()),
+                    reference: o.waiting_ref(),
+                };
+                self.send_operator(&o.op, msg);
+                if free && p.stage == Stage::Joined {
+                    self.push(CallOutput::Free { op: o.op.clone() });
+                }
+                if p.in_media {
+                    self.media(MediaCommand::Remove { leg: key });
+                }
+            }
+            Leg::Agent => self.media(MediaCommand::Remove { leg: key }),
+            Leg::Echo | Leg::Tone(_) => {}
+        }
+        let name = super::reason_name(reason);
+        self.record_left(now, key, &p, name);
+        self.tell_left(now, ctx, key, name);
+        self.after_leave(now, ctx, key);
+    }
+
+    /// After party `key` left: a caller leaving an unanswered call ends it; in a
+    /// connected call, the call ends when nobody who keeps it alive is left, or
+    /// one party is left alone with nobody ringing to join it.
+    pub(crate) fn after_leave(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey) {
+        match self.state {
+            CallState::Routing { .. } | CallState::Dialing(_) if key == self.caller => {
+                self.end_call(
+                    now,
+                    ctx,
+                    DialStatus::Canceled,
+                    EndReason::RemoteHangup,
+                    None,
+                );
+            }
+            _ => self.after_alone(now, ctx),
+        }
+    }
+
+    /// A connected call ends when nobody who keeps it alive is left, or one
+    /// party is left alone with nobody ringing to join it.
+    pub(crate) fn after_alone(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        if !self.is_connected() {
+            return;
+        }
+        let full = self
+            .parties
+            .values()
+            .filter(|p| p.joined() && p.keeps_alive())
+            .count();
+        let adding = self
+            .parties
+            .values()
+            .filter(|p| self.pending(p) && matches!(p.origin, Origin::Added { .. }))
+            .count();
+        if full == 0 || (full == 1 && adding == 0) {
+            self.end_call(
+                now,
+                ctx,
+                DialStatus::Completed,
+                EndReason::RemoteHangup,
+                None,
+            );
+        }
+    }
+}
+
+impl OperatorLeg {
+    /// The `ref` of the request this leg still owes an `answer` to.
+    pub(crate) fn waiting_ref(&self) -> Option<String> {
+        if self.answered {
+            None
+        } else {
+            self.reference.clone()
+        }
+    }
+}
+
+pub(crate) fn caps_for(codecs: &[media_core::codec::Codec]) -> sdp::AudioCaps {
+    use media_core::codec::Codec;
+    use media_core::rtp::PayloadType;
+    let mut caps = sdp::AudioCaps::standard();
+    if !codecs.is_empty() {
+        let pt = |c: Codec| match c {
+            Codec::Pcmu => PayloadType::PCMU,
+            Codec::Pcma => PayloadType::new(8).unwrap_or(PayloadType::PCMU),
+            _ => PayloadType::new(111).unwrap_or(PayloadType::PCMU),
+        };
+        caps.codecs = codecs
+            .iter()
+            .map(|&c| sdp::AudioCodecPref {
+                codec: c,
+                payload_type: pt(c),
+            })
+            .collect();
+    }
+    caps
+}
+
+pub(crate) fn format_of(n: &sdp::NegotiatedAudio) -> media_core::pipeline::RtpFormat {
+    media_core::pipeline::RtpFormat {
+        codec: n.codec,
+        payload_type: n.payload_type,
+        telephone_event: n.telephone_event,
+        ptime: media_core::Millis(n.remote_ptime.0.clamp(10, 60)),
+        opus: n.opus,
+    }
+}
+
+/// The user part of a SIP URI or name-addr (`"A" <sip:+1555@h>;tag=x` -> `+1555`).
+pub(crate) fn user_of(v: &str) -> String {
+    let uri = crate::sip::message::header_uri(v);
+    let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
+    rest.split(['@', ';', '>']).next().unwrap_or("").to_string()
+}
+
+fn display_name_of(v: &str) -> Option<String> {
+    let v = v.trim();
+    let name = v.split('<').next()?.trim().trim_matches('"').trim();
+    (!name.is_empty() && v.contains('<'))
+        .then(|| name.chars().filter(|c| !c.is_control()).take(64).collect())
+}
+
+fn sip_target_peer(uri: &str) -> Option<Peer> {
+    let u: rsipstack::sip::Uri = uri.parse().ok()?;
+    let host = u.host_with_port.host.to_string();
+    let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+    let port = u.host_with_port.port.map_or(5060, |p| p.value().to_owned());
+    let tcp = uri.to_ascii_lowercase().contains("transport=tcp");
+    Some(Peer {
+        transport: if tcp {
+            crate::sip::message::Transport::Tcp
+        } else {
+            crate::sip::message::Transport::Udp
+        },
+        addr: std::net::SocketAddr::new(ip, port),
+        conn: None,
+    })
+}

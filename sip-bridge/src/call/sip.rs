@@ -1,0 +1,536 @@
+//! The call's SIP legs: a target's progress, answer and failure (with trunk
+//! failover), a leg that ends, re-INVITEs from the peer (hold, a new address)
+//! and ours (hold toward a peer), DTMF by INFO.
+
+use media_core::Instant;
+
+use super::dial::{caps_for, format_of};
+use super::party::{Leg, Origin, SipState};
+use super::state::CallState;
+use super::{Call, CallCtx, SipAction, SipLegEvent};
+use crate::contract::{LegKey, MediaCommand};
+use crate::plan::{DialStatus, Target};
+use crate::sdp::{self, Attribute, Direction as SdpDirection, LocalMedia, SessionDescription};
+use crate::signalling::EndReason;
+use crate::sip::dialog::EndReason as SipEnd;
+use crate::sip::dtmf_info;
+
+/// Our SDP again with the audio direction set and the version bumped (RFC 3264
+/// section 8: a new offer in a session increments `o=`'s version).
+pub(crate) fn with_direction(sdp_text: &str, dir: SdpDirection, version: u64) -> Option<String> {
+    let mut sd = SessionDescription::parse(sdp_text).ok()?;
+    sd.origin.session_version = version;
+    let is_dir = |a: &Attribute| {
+        matches!(
+            a.name.as_str(),
+            "sendrecv" | "sendonly" | "recvonly" | "inactive"
+        )
+    };
+    sd.attributes.retain(|a| !is_dir(a));
+    for m in sd.media.iter_mut().filter(|m| m.media == "audio") {
+        m.attributes.retain(|a| !is_dir(a));
+        m.attributes.push(Attribute::flag(dir.as_str()));
+    }
+    Some(sd.to_string())
+}
+
+/// The SIP status a caller gets for a plan's outcome.
+pub(crate) fn caller_status(status: DialStatus, code: Option<u16>) -> u16 {
+    match status {
+        DialStatus::Busy => 486,
+        DialStatus::NoAnswer | DialStatus::Canceled => 480,
+        // A target's (or a router's) status passes, but for challenges and our
+        // own 487, which mean nothing to the caller.
+        _ => code
+            .filter(|c| (400..700).contains(c) && !matches!(c, 401 | 407 | 487))
+            .unwrap_or(480),
+    }
+}
+
+impl Call {
+    /// An event of SIP leg `key`.
+    pub fn handle_sip(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        ev: SipLegEvent,
+    ) {
+        if self.is_ended() {
+            return;
+        }
+        if let Some(&port) = self.ending.get(&key) {
+            // A leg we cancelled: its 200 crossing our CANCEL is ended too; its
+            // port comes back once it is gone.
+            match ev {
+                SipLegEvent::Answered { .. } => self.sip(key, SipAction::Hangup),
+                SipLegEvent::Failed { .. } | SipLegEvent::Terminated { .. } => {
+                    self.ending.remove(&key);
+                    ctx.ports.give(port);
+                }
+                _ => {}
+            }
+            return;
+        }
+        match ev {
+            SipLegEvent::Progress { status, sdp } => {
+                self.target_progress(now, key, status, sdp.as_deref())
+            }
+            SipLegEvent::Answered { sdp } => self.target_answered(now, ctx, key, sdp.as_deref()),
+            SipLegEvent::Failed { status } => self.target_failed(now, ctx, key, status),
+            SipLegEvent::Offer { sdp } => self.remote_offer(ctx, key, &sdp),
+            SipLegEvent::OfferAnswered { status, sdp } => {
+                if (200..300).contains(&status)
+                    && let Some(sdp) = sdp
+                {
+                    self.negotiate_answer(key, &sdp);
+                }
+            }
+            SipLegEvent::Info { content_type, body } => {
+                if let Some(d) = dtmf_info::digit(&content_type, &body) {
+                    self.forward_dtmf(ctx, key, d, false);
+                }
+            }
+            SipLegEvent::Terminated { reason } => self.sip_terminated(now, ctx, key, reason),
+        }
+        self.settle(now, ctx);
+    }
+
+    fn target_progress(&mut self, now: Instant, key: LegKey, _status: u16, sdp: Option<&[u8]>) {
+        if !matches!(self.state, CallState::Dialing(_))
+            || !self.parties.get(&key).is_some_and(|p| p.ringing())
+        {
+            return;
+        }
+        let plan_target = matches!(
+            self.parties.get(&key).map(|p| &p.origin),
+            Some(Origin::Plan(_))
+        );
+        let mut early = false;
+        if let Some(body) = sdp
+            && self.negotiate_answer(key, body)
+            && plan_target
+        {
+            // Early media: only one target's at a time reaches the caller.
+            let someone_else = self
+                .parties
+                .iter()
+                .any(|(k, p)| *k != key && p.sip().is_some_and(|s| s.early_media));
+            if !someone_else {
+                if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+                    s.early_media = true;
+                }
+                early = true;
+            }
+        }
+        if !plan_target {
+            return;
+        }
+        let caller = self.caller;
+        match self.parties.get(&caller).map(|p| &p.leg) {
+            Some(Leg::Operator(o)) if early || !self.caller_progress => {
+                let op = o.op.clone();
+                self.send_ringing(&op, early);
+                if !self.caller_progress {
+                    self.event(now, super::CallEventKind::Ringing, None, None, None);
+                }
+                self.caller_progress = true;
+            }
+            Some(Leg::Sip(_)) => self.caller_ringing(now),
+            _ => {}
+        }
+    }
+
+    /// Reads a target's SDP answer (183 or 200): sets up or updates its RTP leg.
+    /// Returns whether it was usable.
+    fn negotiate_answer(&mut self, key: LegKey, body: &[u8]) -> bool {
+        let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
+            return false;
+        };
+        let (Ok(offer), Some(answer)) = (
+            SessionDescription::parse(&s.local_sdp),
+            std::str::from_utf8(body)
+                .ok()
+                .and_then(|t| SessionDescription::parse(t).ok()),
+        ) else {
+            return false;
+        };
+        let Ok(n) = sdp::negotiated_from_answer(&offer, &answer) else {
+            return false;
+        };
+        let format = format_of(&n);
+        let cmd = if s.negotiated.is_some() {
+            MediaCommand::UpdateRtp {
+                leg: key,
+                remote: n.remote,
+                format,
+            }
+        } else {
+            MediaCommand::AddRtp {
+                leg: key,
+                local_port: s.port,
+                remote: n.remote,
+                format,
+            }
+        };
+        if let Some(p) = self.parties.get_mut(&key) {
+            p.in_media = true;
+            if let Some(s) = p.sip_mut() {
+                s.negotiated = Some(n);
+            }
+        }
+        self.media(cmd);
+        true
+    }
+
+    fn target_answered(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        sdp: Option<&[u8]>,
+    ) {
+        if let Some(b) = sdp {
+            self.negotiate_answer(key, b);
+        }
+        let Some(p) = self.parties.get_mut(&key) else {
+            return;
+        };
+        let Some(s) = p.sip_mut() else {
+            return;
+        };
+        s.state = SipState::Up;
+        let usable = s.negotiated.is_some();
+        let won_elsewhere = match &p.origin {
+            Origin::Plan(_) => !matches!(self.state, CallState::Dialing(_)),
+            Origin::Added { .. } => false,
+            _ => true,
+        };
+        if !won_elsewhere && p.ringing() && usable {
+            return self.answered(now, ctx, key);
+        }
+        // Someone else answered first, or a 2xx without a usable answer: this
+        // one goes (ACKed by the UA, then BYE; its port once it is gone).
+        let Some(p) = self.parties.remove(&key) else {
+            return;
+        };
+        if let Some(s) = p.sip() {
+            self.ending.insert(key, s.port);
+        }
+        self.sip(key, SipAction::Hangup);
+        if p.in_media {
+            self.media(MediaCommand::Remove { leg: key });
+        }
+        let reason = if usable { "taken_by_other" } else { "failed" };
+        self.record_left(now, key, &p, reason);
+        if usable || !p.ringing() {
+            return;
+        }
+        if let Origin::Added {
+            by,
+            reference,
+            group,
+            ..
+        } = p.origin
+        {
+            self.tell_left(now, ctx, key, reason);
+            return self.add_not_joined(now, ctx, by, reference, group, reason, Some(488));
+        }
+        if let CallState::Dialing(d) = &mut self.state {
+            d.fail_code = Some(488);
+        }
+        self.after_target_gone(now, ctx);
+    }
+
+    fn target_failed(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey, status: u16) {
+        if key == self.caller || self.parties.get(&key).is_none_or(|p| p.sip().is_none()) {
+            return;
+        }
+        let reason = match status {
+            486 | 600 => "busy",
+            408 | 480 => "no_answer",
+            _ => "failed",
+        };
+        // The UA's leg is gone.
+        let Some(p) = self.gone(now, ctx, key, reason) else {
+            return;
+        };
+        let Some(s) = p.sip() else {
+            return;
+        };
+        // Failover to the trunk's next peer on a server or transport failure.
+        let live = match &p.origin {
+            Origin::Plan(_) => matches!(self.state, CallState::Dialing(_)),
+            Origin::Added { .. } => true,
+            _ => false,
+        };
+        if matches!(status, 408 | 500 | 502 | 503 | 504)
+            && let (Some(t), Some(target)) = (s.trunk, p.target.clone())
+            && s.attempt + 1 < ctx.cfg.trunks[t].peers.len()
+            && live
+        {
+            let uri = match &target {
+                Target::Pstn { number, .. } => format!("sip:{number}@{}", ctx.cfg.trunks[t].host),
+                Target::Sip(u) => u.clone(),
+                _ => String::new(),
+            };
+            let next = Some(s.attempt + 1);
+            if self
+                .ring_sip_at(
+                    now,
+                    ctx,
+                    target,
+                    uri,
+                    Some(t),
+                    next,
+                    p.role,
+                    p.origin.clone(),
+                )
+                .is_ok()
+            {
+                return;
+            }
+        }
+        if let Origin::Added {
+            by,
+            reference,
+            group,
+            ..
+        } = p.origin
+        {
+            return self.add_not_joined(now, ctx, by, reference, group, reason, Some(status));
+        }
+        if let CallState::Dialing(d) = &mut self.state {
+            match status {
+                486 | 600 => d.busy = true,
+                _ => d.fail_code = Some(status),
+            }
+        }
+        self.after_target_gone(now, ctx);
+    }
+
+    /// A SIP party that never joined is gone on the UA's side: out of the table,
+    /// its port back, recorded and told (`reason`).
+    fn gone(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        reason: &'static str,
+    ) -> Option<super::party::Party> {
+        let p = self.parties.remove(&key)?;
+        if let Some(s) = p.sip() {
+            ctx.ports.give(s.port);
+        }
+        if p.in_media {
+            self.media(MediaCommand::Remove { leg: key });
+        }
+        self.record_left(now, key, &p, reason);
+        if matches!(p.origin, Origin::Added { .. }) {
+            self.tell_left(now, ctx, key, reason);
+        }
+        Some(p)
+    }
+
+    fn sip_terminated(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey, reason: SipEnd) {
+        let Some(p) = self.parties.get(&key) else {
+            return;
+        };
+        if p.sip().is_none() {
+            return;
+        }
+        if key == self.caller && !self.is_connected() {
+            // The caller gave up (or its INVITE failed) before an answer.
+            let (status, code) = match reason {
+                SipEnd::Failed(c) => (DialStatus::Failed, Some(c)),
+                _ => (DialStatus::Canceled, None),
+            };
+            let op_reason = if status == DialStatus::Failed {
+                EndReason::Failed
+            } else {
+                EndReason::RemoteHangup
+            };
+            if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+                s.state = SipState::Ending; // nothing more to send it
+            }
+            return self.end_call(now, ctx, status, op_reason, code);
+        }
+        if p.joined() {
+            // The peer hung up (its BYE is answered by the UA): it leaves.
+            if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+                s.state = SipState::Ending;
+            }
+            return self.leave(now, ctx, key, EndReason::RemoteHangup, true);
+        }
+        // A target that never joined is gone (a late BYE, a failure without a
+        // final response).
+        let Some(p) = self.gone(now, ctx, key, "failed") else {
+            return;
+        };
+        if let Origin::Added {
+            by,
+            reference,
+            group,
+            ..
+        } = p.origin
+        {
+            return self.add_not_joined(now, ctx, by, reference, group, "failed", None);
+        }
+        self.after_target_gone(now, ctx);
+    }
+
+    /// A re-INVITE from a SIP leg: hold/resume or a new address.
+    fn remote_offer(&mut self, ctx: &mut CallCtx<'_>, key: LegKey, body: &[u8]) {
+        let Some(s) = self.parties.get(&key).and_then(|p| p.sip()).cloned() else {
+            return;
+        };
+        let Some(offer) = std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| SessionDescription::parse(t).ok())
+        else {
+            return self.sip(
+                key,
+                SipAction::AnswerOffer {
+                    status: 488,
+                    sdp: None,
+                },
+            );
+        };
+        // Keep the codec in use; the media session is built for it.
+        let codecs: Vec<_> = s.negotiated.iter().map(|n| n.codec).collect();
+        // RFC 3264 section 8: same o= session id as our earlier SDP, version + 1.
+        let session_id = SessionDescription::parse(&s.local_sdp)
+            .ok()
+            .and_then(|sd| sd.origin.session_id.parse().ok())
+            .unwrap_or(1);
+        let mut local = LocalMedia::rtp(ctx.cfg.media_ip, s.port, session_id);
+        local.session_version = s.sdp_version + 1;
+        let Ok((answer, n)) = sdp::answer_audio(&offer, &caps_for(&codecs), &local) else {
+            return self.sip(
+                key,
+                SipAction::AnswerOffer {
+                    status: 488,
+                    sdp: None,
+                },
+            );
+        };
+        // Our answer does not send when the peer does not receive: it holds us.
+        let remote_held = !n.direction.sends();
+        let format = format_of(&n);
+        self.media(MediaCommand::UpdateRtp {
+            leg: key,
+            remote: n.remote,
+            format,
+        });
+        let answer = answer.to_string();
+        if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+            s.negotiated = Some(n);
+            s.sdp_version += 1;
+            s.remote_held = remote_held;
+            s.local_sdp = answer.clone();
+        }
+        self.sip(
+            key,
+            SipAction::AnswerOffer {
+                status: 200,
+                sdp: Some(answer),
+            },
+        );
+    }
+
+    /// Our hold/resume toward SIP leg `key`: a re-INVITE with `sendonly` or
+    /// `sendrecv`. Returns whether it went out.
+    pub(crate) fn hold_sip(&mut self, key: LegKey, on: bool) -> bool {
+        let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
+            return false;
+        };
+        if s.state != SipState::Up {
+            return false;
+        }
+        let dir = if on {
+            SdpDirection::SendOnly
+        } else {
+            SdpDirection::SendRecv
+        };
+        let Some(offer) = with_direction(&s.local_sdp, dir, s.sdp_version + 1) else {
+            return false;
+        };
+        if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+            s.local_sdp = offer.clone();
+            s.sdp_version += 1;
+            s.held_by_us = on;
+        }
+        self.sip(key, SipAction::Reinvite { sdp: offer });
+        true
+    }
+
+    /// Sends digits into party `to` as its kind wants them.
+    pub(crate) fn send_dtmf_to(&mut self, ctx: &CallCtx<'_>, to: LegKey, digits: &str) {
+        let Some(p) = self.parties.get(&to) else {
+            return;
+        };
+        match &p.leg {
+            Leg::Operator(o) => {
+                let op = o.op.clone();
+                for d in digits.chars().filter(|c| *c != ',') {
+                    self.send_operator(
+                        &op,
+                        crate::signalling::ServerMessage::Dtmf {
+                            call_id: self.id.to_string(),
+                            digit: d.to_string(),
+                        },
+                    );
+                }
+            }
+            Leg::Agent => self.media(MediaCommand::SendDtmf {
+                leg: to,
+                digits: digits.to_string(),
+            }),
+            Leg::Sip(s) => {
+                let mode = s
+                    .trunk
+                    .map_or(crate::config::DtmfMode::Rfc4733, |t| ctx.cfg.trunks[t].dtmf);
+                let rfc = s
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.telephone_event.is_some());
+                if mode == crate::config::DtmfMode::Info || !rfc {
+                    for d in digits.chars().filter(|c| *c != ',') {
+                        self.sip(
+                            to,
+                            SipAction::Info {
+                                content_type: dtmf_info::CONTENT_TYPE.into(),
+                                body: dtmf_info::body(d),
+                            },
+                        );
+                    }
+                } else {
+                    self.media(MediaCommand::SendDtmf {
+                        leg: to,
+                        digits: digits.to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_sdp_changes_direction_and_version() {
+        let sdp = "v=0\r\no=- 7 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+        let held = with_direction(sdp, SdpDirection::SendOnly, 2).unwrap();
+        let sd = SessionDescription::parse(&held).unwrap();
+        assert_eq!(sd.origin.session_version, 2);
+        let m = &sd.media[0];
+        assert!(m.has("sendonly") && !m.has("sendrecv"));
+        assert_eq!(caller_status(DialStatus::Busy, None), 486);
+        assert_eq!(caller_status(DialStatus::Failed, Some(404)), 404);
+        assert_eq!(caller_status(DialStatus::Failed, Some(401)), 480);
+        assert_eq!(caller_status(DialStatus::NoAnswer, None), 480);
+    }
+}

@@ -1,0 +1,328 @@
+//! The contract between a call's control ([`crate::call::Call`]) and its media
+//! session ([`crate::media::MediaSession`], one per call, in its own task in the
+//! SBC): ids, commands down, events up. A leaf: it names no other room of the
+//! crate but the AI agent's framing. Control never touches packets; media never
+//! decides call state.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use media_core::pipeline::RtpFormat;
+
+use crate::stream::{StreamFormat, StreamStart};
+
+/// A call, unique in one bridge. On the wire (protocol, webhooks, CDRs) it is
+/// `c-N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(pub u64);
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for CallId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<CallId, IdError> {
+        s.strip_prefix("c-")
+            .filter(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .map(CallId)
+            .ok_or(IdError)
+    }
+}
+
+/// A leg of one call, which is also its party: on the wire `p-N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LegKey(pub u32);
+
+impl fmt::Display for LegKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for LegKey {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<LegKey, IdError> {
+        s.strip_prefix("p-")
+            .filter(|n| !n.is_empty() && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .map(LegKey)
+            .ok_or(IdError)
+    }
+}
+
+/// A call or participant id that does not parse (`c-N`, `p-N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a call (c-N) or participant (p-N) id")]
+pub struct IdError;
+
+/// A generated tone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Tone {
+    /// North American ringback (440 + 480 Hz, 2 s on, 4 s off).
+    Ringback,
+    /// A continuous sine.
+    Hz(u32),
+}
+
+/// A level on an edge of the call's media graph, in hundredths of a dB
+/// (0 = as it came).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Level(pub i16);
+
+impl Level {
+    /// As it came.
+    pub const UNITY: Level = Level(0);
+    /// A cue under the conversation (ringback to someone who added a party).
+    pub const CUE: Level = Level(-1200);
+
+    /// In dB.
+    pub fn db(self) -> f32 {
+        f32::from(self.0) / 100.0
+    }
+}
+
+/// What a listener hears: a leg of the call or a tone, at a level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Feed {
+    /// From where.
+    pub from: FeedSource,
+    /// How loud.
+    pub level: Level,
+}
+
+impl Feed {
+    /// Leg `k` as it came.
+    pub fn leg(k: LegKey) -> Feed {
+        Feed {
+            from: FeedSource::Leg(k),
+            level: Level::UNITY,
+        }
+    }
+
+    /// A tone as generated.
+    pub fn tone(t: Tone) -> Feed {
+        Feed {
+            from: FeedSource::Tone(t),
+            level: Level::UNITY,
+        }
+    }
+}
+
+/// Where a feed comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FeedSource {
+    /// What a leg sends (itself: an echo).
+    Leg(LegKey),
+    /// A generated tone.
+    Tone(Tone),
+}
+
+/// What control asks of a call's media session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MediaCommand {
+    /// An RTP leg toward a SIP peer, on our `local_port`. `remote` is `None`
+    /// until the peer's SDP says where (and while it holds with 0.0.0.0).
+    AddRtp {
+        /// The leg.
+        leg: LegKey,
+        /// Our port.
+        local_port: u16,
+        /// Where to send.
+        remote: Option<SocketAddr>,
+        /// The negotiated format.
+        format: RtpFormat,
+    },
+    /// New SDP for an RTP leg (re-INVITE, early media to final answer).
+    UpdateRtp {
+        /// The leg.
+        leg: LegKey,
+        /// Where to send.
+        remote: Option<SocketAddr>,
+        /// The negotiated format.
+        format: RtpFormat,
+    },
+    /// A browser leg from its SDP offer; the answer comes back as
+    /// [`MediaEvent::WebRtcAnswer`]. For an existing leg (a resumed call's new
+    /// peer connection) the old one is replaced.
+    AddWebRtc {
+        /// The leg.
+        leg: LegKey,
+        /// The browser's offer.
+        offer: String,
+    },
+    /// An AI agent leg over WebSocket; [`MediaEvent::StreamConnected`] once the
+    /// agent is there.
+    AddStream {
+        /// The leg.
+        leg: LegKey,
+        /// `ws://` or `wss://` URL.
+        url: String,
+        /// Framing.
+        format: StreamFormat,
+        /// Extra request headers.
+        headers: Vec<(String, String)>,
+        /// What the agent is told in `start`.
+        start: StreamStart,
+    },
+    /// `listener` hears exactly `feeds` from now on (nothing: silence). One
+    /// feed at its level is a relay or a single transcode; more are mixed on
+    /// the call's clock.
+    Hear {
+        /// Who hears.
+        listener: LegKey,
+        /// What.
+        feeds: Vec<Feed>,
+    },
+    /// The others hear silence instead of `leg` (its stream to them goes on).
+    Mute {
+        /// The leg.
+        leg: LegKey,
+        /// Muted.
+        on: bool,
+    },
+    /// `leg` is on hold: nothing is sent to it (what it sends, hold music for
+    /// instance, still flows; mute it to stop that).
+    Hold {
+        /// The leg.
+        leg: LegKey,
+        /// Held.
+        on: bool,
+    },
+    /// Sends DTMF into `leg` as RFC 4733 events.
+    SendDtmf {
+        /// The leg.
+        leg: LegKey,
+        /// Digits.
+        digits: String,
+    },
+    /// Drops a leg.
+    Remove {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The call is over: release everything.
+    Stop,
+}
+
+impl MediaCommand {
+    /// `a` and `b` hear each other and nothing else: a two-party call.
+    pub fn connect(a: LegKey, b: LegKey) -> [MediaCommand; 2] {
+        [
+            MediaCommand::Hear {
+                listener: a,
+                feeds: vec![Feed::leg(b)],
+            },
+            MediaCommand::Hear {
+                listener: b,
+                feeds: vec![Feed::leg(a)],
+            },
+        ]
+    }
+}
+
+/// What a call's media session reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MediaEvent {
+    /// The SDP answer for an [`MediaCommand::AddWebRtc`].
+    WebRtcAnswer {
+        /// The leg.
+        leg: LegKey,
+        /// SDP.
+        sdp: String,
+    },
+    /// The offer could not be answered (no Opus, malformed...).
+    WebRtcFailed {
+        /// The leg.
+        leg: LegKey,
+        /// Why.
+        reason: String,
+    },
+    /// ICE and DTLS are up.
+    WebRtcConnected {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The browser went away (no traffic past the timeout).
+    WebRtcGone {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// A DTMF digit arrived (RFC 4733) on a leg.
+    Dtmf {
+        /// The leg.
+        leg: LegKey,
+        /// The digit.
+        digit: char,
+        /// The media path already passed the event on (an RTP relay): control
+        /// must not send it again to an RTP peer.
+        relayed: bool,
+    },
+    /// No media from a leg for the configured time.
+    MediaTimeout {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// A local RTP port could not be opened.
+    PortFailed {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The agent's WebSocket is up.
+    StreamConnected {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The agent never came, stalled, or went away.
+    StreamFailed {
+        /// The leg.
+        leg: LegKey,
+        /// Why.
+        reason: String,
+    },
+    /// The agent hung up the call.
+    StreamHangup {
+        /// The leg.
+        leg: LegKey,
+    },
+    /// The agent hands the caller to a dial-plan target.
+    StreamTransfer {
+        /// The leg.
+        leg: LegKey,
+        /// The target (`operators`, `operator:REF`, `pstn:+1555...`).
+        target: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_print_and_parse_back() {
+        assert_eq!(CallId(7).to_string(), "c-7");
+        assert_eq!("c-7".parse::<CallId>(), Ok(CallId(7)));
+        assert_eq!(LegKey(3).to_string(), "p-3");
+        assert_eq!("p-3".parse::<LegKey>(), Ok(LegKey(3)));
+        for bad in [
+            "",
+            "c-",
+            "c-x",
+            "7",
+            "c--1",
+            "c-99999999999999999999999",
+            "p-1",
+        ] {
+            assert!(bad.parse::<CallId>().is_err(), "{bad}");
+        }
+        assert!("p-".parse::<LegKey>().is_err() && "c-1".parse::<LegKey>().is_err());
+    }
+}
