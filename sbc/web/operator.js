@@ -984,7 +984,8 @@ export class Operator extends Emitter {
         return call;
       } catch (err) {
         if (call.state !== 'ended') {
-          if (err.code !== 'WS_ERROR') this._sendMsg({ type: 'hangup', callId, ref: this._nextRef() });
+          // The server has us in the call only if it answered (an answer we could not apply).
+          if (call._answered) this._sendMsg({ type: 'hangup', callId, ref: this._nextRef() });
           call._closeMedia();
           call.state = 'ended';
           call.endReason = 'failed';
@@ -1559,6 +1560,7 @@ export class Operator extends Emitter {
       call.callId = msg.callId;
       this._calls.set(call.callId, call);
     }
+    call._answered = true;
     call._enqueue(async () => {
       if (call.state === 'ended') return p.reject(callEndedError(call));
       try {

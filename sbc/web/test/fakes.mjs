@@ -170,7 +170,7 @@ export function makeEnv() {
     }
     async getStats() {
       const list = env.stats ? env.stats(this) : [];
-      return new Map(list.map((s, i) => [s.id ?? `s${i}`, s]));
+      return new Map(list.map((s, i) => [(s && s.id) ?? `s${i}`, s]));
     }
     getSenders() {
       return this.senders;
