@@ -40,7 +40,7 @@
 /** The wire protocol this client speaks (sent in `hello`). */
 export const PROTOCOL_VERSION = 1;
 /** The SDK's version; its major is the protocol version (package.json says the same). */
-export const VERSION = '1.1.0';
+export const VERSION = '1.0.0';
 const DEFAULT_ECHO_TARGET = '+15550001';
 const MONITOR_MODES = ['listen', 'whisper', 'barge'];
 const DEFAULT_BACKOFF_MS = [500, 1000, 2000, 5000, 10000];
@@ -123,7 +123,7 @@ class Emitter {
  * Events (`call.on(...)`): `accepted` (our accept's answer is applied), `ringing`
  * ({earlyMedia}), `connected`, `updated` ({muted, held, remoteHeld}), `dtmf` ({digit}),
  * `remoteStream` (MediaStream; also after a reoffer), `reconnecting` ({reason}) and
- * `reconnected` (the media path), `sample` (a quality sample, about every second),
+ * `reconnected` (the media path), `muted` ({muted}: our own mute, at once), `sample` (a quality sample, about every second),
  * `warning` ({name, value, threshold}) and `warningCleared` ({name}), `audioLevel`
  * ({input, output}, about 10 a second), `participantJoined` (Participant),
  * `participantUpdated` (Participant), `participantLeft` ({participantId, participant, reason}),
@@ -211,7 +211,7 @@ export class Call extends Emitter {
       throw op._report(new OperatorError('BUSY', 'another call is active'), this.callId);
     }
     this.state = 'connecting';
-    op._current = this;
+    op._setCurrent(this);
     op._updateRingtone();
     try {
       const { pc, stream, sdp } = await op._prepareOffer(this, false);
@@ -228,7 +228,7 @@ export class Call extends Emitter {
       if (this.state !== 'ended') {
         this._closeMedia();
         this.state = 'ringing';
-        if (op._current === this) op._current = null;
+        if (op._current === this) op._setCurrent(null);
         op._updateRingtone();
       }
       throw op._report(err, this.callId);
@@ -244,8 +244,10 @@ export class Call extends Emitter {
   /** Mute (true) or unmute (false) the microphone: disables the local track and tells the server. */
   mute(on = true) {
     if (this.state === 'ended') return;
+    const changed = this.muted !== !!on;
     this.muted = !!on;
     this._applyMute();
+    if (changed) this._emit('muted', { muted: this.muted });
     if (this._monitor) this._monitor.resetInputLevel();
     if (this.state === 'connected') this._op._sendCallMsg(this, { type: 'mute', callId: this.callId, on: this.muted });
   }
@@ -619,7 +621,8 @@ export class MonitorCall extends Call {
  *
  * Events: `presenceStateChanged` ({state, previous}), `availabilityChanged` ({accepted,
  * rejected}), `incomingCall` (Call), `callStarted` (Call, once connected), `callEnded`
- * (Call, `endReason` set), `devicesChanged` ({inputs, outputs}), `inputDeviceChanged` and
+ * (Call, `endReason` set), `currentCallChanged` (Call or null: `currentCall` changed; a dial
+ * becomes current when the server's answer names it), `devicesChanged` ({inputs, outputs}), `inputDeviceChanged` and
  * `outputDeviceChanged` ({deviceId, reason}), `error` ({code, message, callId?}).
  */
 export class Operator extends Emitter {
@@ -972,7 +975,7 @@ export class Operator extends Emitter {
       await this._ensureReady();
       if (this._current || this._calls.has(callId)) throw new OperatorError('BUSY', 'another call is active');
       const call = new MonitorCall(this, { callId, state: 'connecting', mode, participantId });
-      this._current = call;
+      this._setCurrent(call);
       this._calls.set(callId, call);
       try {
         const { pc, stream, sdp } = await this._prepareOffer(call, false);
@@ -1010,7 +1013,7 @@ export class Operator extends Emitter {
       await this._ensureReady();
       if (this._current) throw new OperatorError('BUSY', 'another call is active');
       const call = new Call(this, { direction: 'outbound', from: callerId ?? null, to, state: 'connecting' });
-      this._current = call;
+      this._setCurrent(call);
       this._updateRingtone();
       try {
         const { pc, stream, sdp } = await this._prepareOffer(call, false);
@@ -1029,7 +1032,7 @@ export class Operator extends Emitter {
           call._closeMedia();
           call.state = 'ended';
           call.endReason = 'failed';
-          if (this._current === call) this._current = null;
+          if (this._current === call) this._setCurrent(null);
         }
         throw err;
       }
@@ -1179,6 +1182,13 @@ export class Operator extends Emitter {
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     if (code && ws.readyState <= WS_OPEN) quietly(() => ws.close(code, reason));
+  }
+
+  /** Set the active call; `currentCallChanged` when `currentCall` (which needs a callId) changes. */
+  _setCurrent(call) {
+    const before = this.currentCall;
+    this._current = call;
+    if (this.currentCall !== before) this._emit('currentCallChanged', this.currentCall);
   }
 
   _setState(state) {
@@ -1488,7 +1498,7 @@ export class Operator extends Emitter {
       call._setParties(info);
       const offered = call.direction === 'inbound' && state === 'ringing';
       if (!offered) {
-        if (!this._current) this._current = call;
+        if (!this._current) this._setCurrent(call);
         if (call.state === 'ringing' && call.direction === 'inbound') call.state = 'connecting'; // our accept won
       }
       if (!offered && !call._hasLivePc()) this._reoffer(call, state);
@@ -1559,6 +1569,7 @@ export class Operator extends Emitter {
     if (p.type === 'dial') {
       call.callId = msg.callId;
       this._calls.set(call.callId, call);
+      if (this._current === call) this._emit('currentCallChanged', call);
     }
     call._answered = true;
     call._enqueue(async () => {
@@ -1874,7 +1885,7 @@ export class Operator extends Emitter {
       this._finished.add(call.callId);
       if (this._finished.size > FIRE_AND_FORGET_REFS) this._finished.delete(this._finished.values().next().value);
     }
-    if (this._current === call) this._current = null;
+    if (this._current === call) this._setCurrent(null);
     const el = this._audioElement;
     if (el && call.remoteStream && el.srcObject === call.remoteStream) el.srcObject = null;
     for (const [ref, p] of this._pending) {
