@@ -213,6 +213,7 @@ export class Call extends Emitter {
     this.state = 'connecting';
     op._setCurrent(this);
     op._updateRingtone();
+    op._warmAudio();
     try {
       const { pc, stream, sdp } = await op._prepareOffer(this, false);
       if (this.state === 'ended') {
@@ -288,12 +289,12 @@ export class Call extends Emitter {
    * two-party call ends it). Resolves when the call has ended for us.
    */
   leave() {
-    return this._untilEnded('leave');
+    return this._requestUntilEnded('leave');
   }
 
   /** End the call for everyone (needs the `end_call` capability). Resolves when it has ended. */
   end() {
-    return this._untilEnded('end');
+    return this._requestUntilEnded('end');
   }
 
   /**
@@ -354,7 +355,7 @@ export class Call extends Emitter {
     if (!this.callId || this.state !== 'connected') throw new OperatorError('BAD_REQUEST', `${what}: the call is not connected`);
   }
 
-  async _untilEnded(type) {
+  async _requestUntilEnded(type) {
     const op = this._op;
     if (this.state === 'ended') return;
     try {
@@ -972,6 +973,7 @@ export class Operator extends Emitter {
       if (!callId || typeof callId !== 'string') throw new OperatorError('BAD_REQUEST', 'monitor(callId): callId is required');
       if (!MONITOR_MODES.includes(mode)) throw new OperatorError('BAD_REQUEST', `monitor mode must be one of ${MONITOR_MODES.join(', ')}`);
       if (this._current || this._calls.has(callId)) throw new OperatorError('BUSY', 'another call is active');
+      this._warmAudio();
       await this._ensureReady();
       if (this._current || this._calls.has(callId)) throw new OperatorError('BUSY', 'another call is active');
       const call = new MonitorCall(this, { callId, state: 'connecting', mode, participantId });
@@ -1010,6 +1012,7 @@ export class Operator extends Emitter {
     try {
       if (!to || typeof to !== 'string') throw new OperatorError('BAD_REQUEST', 'dial(to): to is required');
       if (this._current) throw new OperatorError('BUSY', 'another call is active');
+      this._warmAudio();
       await this._ensureReady();
       if (this._current) throw new OperatorError('BUSY', 'another call is active');
       const call = new Call(this, { direction: 'outbound', from: callerId ?? null, to, state: 'connecting' });
@@ -1754,6 +1757,14 @@ export class Operator extends Emitter {
     const ctx = this._audioCtx;
     if (ctx && ctx.state === 'suspended' && typeof ctx.resume === 'function') Promise.resolve().then(() => ctx.resume()).catch(() => {});
     return ctx;
+  }
+
+  /**
+   * Create (or resume) the level meters' AudioContext now, while the click that accepts or
+   * dials is still the current user activation: created later it would start suspended.
+   */
+  _warmAudio() {
+    if (this._levelIntervalMs > 0) this._audioContext();
   }
 
   /** With the `audioElement` option: play the active call's remote audio there. */

@@ -163,6 +163,23 @@ describe('audio', () => {
     assert.ok(env.audioContexts[0].sources.every((s) => s.disconnected));
   });
 
+  test('the AudioContext is created inside the click that dials or accepts (autoplay policy)', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const ws = await goOnline(env, op);
+    assert.equal(env.audioContexts.length, 0);
+    op.dial('+15550199', { callerId: 'support' }).catch(() => {});
+    assert.equal(env.audioContexts.length, 1, 'synchronously, before any await');
+    await flush();
+    ws.push({ type: 'error', code: 'BUSY', message: 'x', ref: ws.last().ref });
+    await flush();
+    const { op: op2 } = makeOperator(env, { levelIntervalMs: 0 });
+    const ws2 = await goOnline(env, op2);
+    ws2.push({ type: 'incoming', callId: 'c-5', from: 'a', to: 'b', number: 'support' });
+    op2.calls[0].accept().catch(() => {});
+    assert.equal(env.audioContexts.length, 1, 'meters off: no AudioContext');
+  });
+
   test('no AudioContext: no level events and no failure', async () => {
     const env = makeEnv();
     const { op } = makeOperator(env, { AudioContext: null });
