@@ -89,7 +89,7 @@ async function getToken() {
   return body.token;
 }
 
-const operator = new Operator({ url: wsUrl.href, getToken, audioElement: ui.audio });
+const operator = new Operator({ url: wsUrl.href, getToken, audioElement: ui.audio, ringtone: true });
 
 operator.on('presenceStateChanged', render);
 operator.on('availabilityChanged', renderNumbers);
