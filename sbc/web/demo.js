@@ -30,6 +30,18 @@ const ui = {
   hangup: $('hangup'),
   errors: $('errors'),
   audio: $('remote-audio'),
+  participants: $('participants'),
+  addTarget: $('add-target'),
+  addParticipant: $('add-participant'),
+  monitorControls: $('monitor-controls'),
+  modeButtons: { listen: $('mode-listen'), whisper: $('mode-whisper'), barge: $('mode-barge') },
+  listCalls: $('list-calls'),
+  callsList: $('calls-list'),
+  inputDevice: $('input-device'),
+  outputDevice: $('output-device'),
+  inputLevel: $('input-level'),
+  outputLevel: $('output-level'),
+  quality: $('quality'),
 };
 
 let pastedToken = null;
@@ -39,6 +51,8 @@ let ringing = []; // inbound calls offered and not ended
 let lastCall = null; // the latest call seen, kept after it ends for the status line
 let dialing = false;
 let dtmfDigits = '';
+let supervised = []; // the calls listCalls found
+let adding = false;
 
 // ---- the SDK ----
 
@@ -75,7 +89,7 @@ async function getToken() {
   return body.token;
 }
 
-const operator = new Operator({ url: wsUrl.href, getToken });
+const operator = new Operator({ url: wsUrl.href, getToken, audioElement: ui.audio, ringtone: true });
 
 operator.on('presenceStateChanged', render);
 operator.on('availabilityChanged', renderNumbers);
@@ -94,14 +108,24 @@ operator.on('callStarted', (call) => {
 operator.on('callEnded', (call) => {
   ringing = ringing.filter((c) => c !== call);
   if (!operator.currentCall) lastCall = call; // the status line tells how it ended
+  ui.inputLevel.value = 0;
+  ui.outputLevel.value = 0;
   render();
 });
+operator.on('devicesChanged', renderDevices);
+operator.on('inputDeviceChanged', () => renderDevices());
+operator.on('outputDeviceChanged', () => renderDevices());
 
 const watched = new WeakSet();
 function watch(call) {
   if (watched.has(call)) return;
   watched.add(call);
-  for (const ev of ['accepted', 'ringing', 'connected', 'updated', 'ended', 'remoteStream']) call.on(ev, render);
+  const events = ['accepted', 'ringing', 'connected', 'updated', 'muted', 'ended', 'remoteStream', 'reconnecting', 'reconnected'];
+  for (const ev of [...events, 'participantsChanged', 'capabilitiesChanged', 'modeChanged', 'sample', 'warning', 'warningCleared']) call.on(ev, render);
+  call.on('audioLevel', ({ input, output }) => {
+    ui.inputLevel.value = input;
+    ui.outputLevel.value = output;
+  });
 }
 
 /** For end-to-end tests. */
@@ -131,6 +155,7 @@ async function goOnline() {
     numbers = await operator.listNumbers();
     renderNumbers();
     await operator.goOnline(selectedIds());
+    operator.listDevices().then(renderDevices, () => {}); // labels once the mic was allowed
   } catch (err) {
     showUncoded(err);
   } finally {
@@ -205,6 +230,68 @@ ui.dialpad.addEventListener('click', (e) => {
     ui.dialTo.value += digit;
   }
 });
+
+// Multi-party: add a party to the current call, hold or remove one.
+ui.addParticipant.addEventListener('click', async () => {
+  const call = operator.currentCall;
+  const target = ui.addTarget.value.trim();
+  if (!call) return;
+  if (!target) return showError('BAD_REQUEST', 'Enter a number, sip: URI or operator:NAME to add.');
+  adding = true;
+  render();
+  try {
+    await call.addParticipant(target);
+    ui.addTarget.value = '';
+  } catch (err) {
+    showUncoded(err);
+  } finally {
+    adding = false;
+    render();
+  }
+});
+ui.addTarget.addEventListener('keydown', (e) => e.key === 'Enter' && ui.addParticipant.click());
+ui.participants.addEventListener('click', (e) => {
+  const button = e.target.closest('[data-party]');
+  const call = operator.currentCall;
+  if (!button || !call) return;
+  const { party, action } = button.dataset;
+  const p = call.participants.find((x) => x.id === party);
+  const done = action === 'remove' ? call.removeParticipant(party) : call.holdParticipant(party, !(p && p.held));
+  done.catch(showUncoded);
+});
+
+// Supervisor: list the calls, monitor one, switch the mode.
+ui.listCalls.addEventListener('click', async () => {
+  try {
+    supervised = await operator.listCalls();
+  } catch (err) {
+    showUncoded(err);
+  }
+  render();
+});
+ui.callsList.addEventListener('click', async (e) => {
+  const button = e.target.closest('[data-monitor]');
+  if (!button) return;
+  try {
+    const call = await operator.monitor(button.dataset.call, { mode: button.dataset.monitor });
+    lastCall = call;
+    watch(call);
+  } catch (err) {
+    showUncoded(err);
+  }
+  render();
+});
+for (const [mode, button] of Object.entries(ui.modeButtons)) {
+  button.addEventListener('click', () => {
+    const call = operator.currentCall;
+    if (call && call.direction === 'monitor') call.setMode(mode).catch(showUncoded);
+  });
+}
+
+// Devices.
+ui.inputDevice.addEventListener('change', () => operator.setInputDevice(ui.inputDevice.value).catch(showUncoded));
+ui.outputDevice.addEventListener('change', () => operator.setOutputDevice(ui.outputDevice.value).catch(showUncoded));
+
 ui.numbers.addEventListener('change', (e) => {
   if (!e.target.matches('input[type=checkbox]')) return;
   selected = new Set([...ui.numbers.querySelectorAll('input[type=checkbox]:checked')].map((i) => i.value));
@@ -264,6 +351,98 @@ function renderNumbers() {
   if (numbers.some((n) => n.id === current)) ui.callerId.value = current;
 }
 
+let lastDevices = { inputs: [], outputs: [] };
+
+function renderDevices(devices) {
+  if (devices && devices.inputs) lastDevices = devices;
+  const fill = (select, list, chosen) => {
+    select.replaceChildren(
+      ...list.map((d, i) => {
+        const o = el('option', '', d.label || (d.deviceId === 'default' ? 'Default' : `Device ${i + 1}`));
+        o.value = d.deviceId;
+        return o;
+      }),
+    );
+    select.value = chosen || 'default';
+  };
+  fill(ui.inputDevice, lastDevices.inputs, operator.inputDeviceId);
+  fill(ui.outputDevice, lastDevices.outputs, operator.outputDeviceId);
+}
+
+function partyName(p) {
+  return p.displayName || p.operatorRef || p.address || p.id;
+}
+
+function renderParticipants(call) {
+  const live = !!call && call.state === 'connected';
+  if (!call || !call.participants.length) {
+    ui.participants.replaceChildren(el('li', 'muted', call && call.state !== 'ended' ? 'Just the two of you.' : 'No call.'));
+  } else {
+    ui.participants.replaceChildren(
+      ...call.participants.map((p) => {
+        const li = el('li');
+        li.dataset.participant = p.id;
+        li.dataset.state = p.state || '';
+        const me = p.id === call.self;
+        const flags = [p.state, p.muted && 'muted', p.held && 'held', p.monitor].filter(Boolean).join(', ');
+        li.append(el('span', '', `${partyName(p)}${me ? ' (you)' : ''}`), el('span', 'role', p.role || '?'), el('span', 'muted small', flags));
+        if (live && !me && call.can('hold_participant')) {
+          const b = el('button', '', p.held ? 'Resume' : 'Hold');
+          b.type = 'button';
+          Object.assign(b.dataset, { party: p.id, action: 'hold' });
+          li.append(b);
+        }
+        if (live && !me && call.can('remove_participant')) {
+          const b = el('button', 'bad', 'Remove');
+          b.type = 'button';
+          Object.assign(b.dataset, { party: p.id, action: 'remove' });
+          li.append(b);
+        }
+        return li;
+      }),
+    );
+  }
+  const canAdd = live && call.can('add_participant') && !adding;
+  ui.addTarget.disabled = !canAdd;
+  ui.addParticipant.disabled = !canAdd;
+}
+
+function renderSupervisor(current) {
+  ui.listCalls.disabled = operator.state !== 'online';
+  ui.callsList.replaceChildren(
+    ...supervised.map((c) => {
+      const li = el('li');
+      li.dataset.callId = c.callId;
+      const parties = c.participants.map(partyName).join(', ');
+      li.append(el('span', '', `${c.from || '?'} → ${c.to || '?'}`), el('span', 'muted small', parties));
+      for (const mode of ['listen', 'whisper', 'barge']) {
+        const b = el('button', '', mode[0].toUpperCase() + mode.slice(1));
+        b.type = 'button';
+        b.disabled = !!current;
+        Object.assign(b.dataset, { monitor: mode, call: c.callId });
+        li.append(b);
+      }
+      return li;
+    }),
+  );
+  const monitoring = !!current && current.direction === 'monitor' && current.state !== 'ended';
+  ui.monitorControls.hidden = !monitoring;
+  for (const [mode, button] of Object.entries(ui.modeButtons)) {
+    button.setAttribute('aria-pressed', String(monitoring && current.mode === mode));
+    button.disabled = !monitoring || current.state !== 'connected' || !current.can('switch_monitor');
+  }
+}
+
+function renderQuality(call) {
+  const q = call && call.state === 'connected' ? call.quality : null;
+  const warnings = call && call.state === 'connected' ? call.warnings : [];
+  const fmt = (v, unit) => (v == null ? '–' : `${v}${unit}`);
+  ui.quality.textContent = q
+    ? `MOS ${fmt(q.mos, '')} · RTT ${fmt(q.rtt, ' ms')} · jitter ${fmt(q.jitter, ' ms')} · loss ${fmt(q.packetLoss, ' %')}${warnings.length ? ` · ${warnings.join(', ')}` : ''}`
+    : '';
+  ui.quality.dataset.warn = String(warnings.length > 0);
+}
+
 const END_TEXT = {
   hangup: 'you hung up',
   remote_hangup: 'the other side hung up',
@@ -273,6 +452,8 @@ const END_TEXT = {
   busy: 'busy',
   failed: 'failed',
   offline: 'connection lost',
+  removed: 'removed from the call',
+  media_failed: 'the audio connection was lost',
 };
 
 function duration(since) {
@@ -282,6 +463,9 @@ function duration(since) {
 
 function callStatus(call) {
   if (!call) return dialing ? ['dialing', 'Calling…'] : ['idle', 'No call'];
+  if (call.direction === 'monitor' && call.state !== 'ended') {
+    return [call.state === 'connected' ? 'connected' : 'connecting', `Monitoring call ${call.callId} (${call.mode})`];
+  }
   const peer = call.direction === 'inbound' ? call.callerName || call.from : call.to;
   switch (call.state) {
     case 'ringing':
@@ -290,7 +474,7 @@ function callStatus(call) {
     case 'connecting':
       return ['connecting', `Connecting with ${peer}…`];
     case 'connected': {
-      const flags = [call.muted && 'muted', call.held && 'on hold', call.remoteHeld && 'held by the other side'].filter(Boolean);
+      const flags = [call.muted && 'muted', call.held && 'on hold', call.remoteHeld && 'held by the other side', call.reconnecting && 'reconnecting audio…'].filter(Boolean);
       return ['connected', `Connected with ${peer} · ${duration(call.connectedAt)}${flags.length ? ` · ${flags.join(', ')}` : ''}`];
     }
     default: {
@@ -336,6 +520,10 @@ function render() {
     dtmfDigits = '';
     ui.dtmfSent.textContent = '';
   }
+
+  renderParticipants(current || null);
+  renderSupervisor(current);
+  renderQuality(current);
 
   const stream = live ? current.remoteStream : null;
   if (ui.audio.srcObject !== stream) {

@@ -17,6 +17,8 @@ const css = readFileSync(new URL('demo.css', web), 'utf8');
 const REQUIRED_IDS = [
   'operator-name', 'go-online', 'go-offline', 'presence', 'numbers', 'incoming', 'answer', 'decline',
   'dial-to', 'caller-id', 'call', 'hangup', 'mute', 'hold', 'dialpad', 'call-state', 'errors', 'remote-audio',
+  'participants', 'add-target', 'add-participant', 'monitor-controls', 'mode-listen', 'mode-whisper', 'mode-barge',
+  'list-calls', 'calls-list', 'input-device', 'output-device', 'input-level', 'output-level', 'quality',
 ];
 
 const htmlIds = [...html.matchAll(/\sid="([^"]+)"/g)].map((m) => m[1]);
@@ -339,6 +341,149 @@ test('demo page: a 404 from the demo token endpoint offers to paste a token', as
   ws.push(ready());
   await flush();
   assert.equal($('presence').textContent, 'online');
+  $('go-offline').click();
+  await flush();
+});
+
+/** Load the demo, go online as Alice; returns {$, demo, ws}. */
+async function onlineDemo(env) {
+  const { $, demo } = await loadDemo(env, async (url) => {
+    const path = new URL(url).pathname;
+    if (path === '/demo/token') return response(200, { token: 'demo-tok', expiresAt: '2030-01-01T00:00:00Z' });
+    if (path === '/v1/numbers') return response(200, { numbers: NUMBERS });
+    return response(404, {});
+  });
+  $('operator-name').value = 'Alice';
+  $('go-online').click();
+  await flush();
+  const ws = env.sockets[0];
+  ws.open();
+  ws.push(ready());
+  await flush();
+  ws.push({ type: 'availability', accepted: ['support', 'sales'], rejected: [], ref: ws.last().ref });
+  await flush();
+  return { $, demo, ws };
+}
+
+test('demo page: participants of the call, add one, hold and remove; devices', async () => {
+  const env = makeEnv();
+  const { $, ws } = await onlineDemo(env);
+  assert.deepEqual($('input-device').children.map((o) => o.value), ['default', 'headset-mic']);
+  assert.deepEqual($('output-device').children.map((o) => o.value), ['default', 'headset-out']);
+  assert.equal($('add-participant').disabled, true, 'no call');
+
+  ws.push({ type: 'incoming', callId: 'c-2', from: '+15550111', to: '+15550100', number: 'support' });
+  await flush();
+  $('answer').click();
+  await flush();
+  ws.push({ type: 'answer', callId: 'c-2', sdp: 'v=0', ref: ws.last().ref });
+  ws.push({ type: 'connected', callId: 'c-2' });
+  await flush();
+  assert.equal($('add-participant').disabled, true, 'no add_participant capability yet');
+  ws.push({
+    type: 'participants',
+    callId: 'c-2',
+    self: 'p-1',
+    participants: [
+      { id: 'p-0', role: 'customer', state: 'joined', address: '+15550111' },
+      { id: 'p-1', role: 'agent', state: 'joined', operatorRef: 'alice', displayName: 'Alice' },
+    ],
+    capabilities: ['add_participant', 'remove_participant', 'hold_participant', 'end_call'],
+  });
+  await flush();
+  const items = $('participants').children;
+  assert.deepEqual(items.map((li) => li.dataset.participant), ['p-0', 'p-1']);
+  assert.match(items[1].textContent, /Alice \(you\)agent/);
+  assert.equal($('add-participant').disabled, false);
+
+  $('add-target').value = 'operator:bob';
+  $('add-participant').click();
+  await flush();
+  const add = ws.last();
+  assert.deepEqual([add.type, add.callId, add.target], ['addParticipant', 'c-2', 'operator:bob']);
+  assert.equal($('add-participant').disabled, true, 'while adding');
+  const bob = { id: 'p-3', role: 'agent', state: 'ringing', operatorRef: 'bob' };
+  ws.push({ type: 'participantUpdated', callId: 'c-2', participant: bob, ref: add.ref });
+  ws.push({ type: 'participantJoined', callId: 'c-2', participant: { ...bob, state: 'joined' } });
+  await flush();
+  assert.equal($('add-target').value, '');
+  assert.deepEqual($('participants').children.map((li) => [li.dataset.participant, li.dataset.state]), [['p-0', 'joined'], ['p-1', 'joined'], ['p-3', 'joined']]);
+
+  const customer = $('participants').children[0];
+  customer.children.find((b) => b.dataset.action === 'hold').click();
+  assert.deepEqual([ws.last().type, ws.last().participantId, ws.last().on], ['hold', 'p-0', true]);
+  $('participants').children[2].children.find((b) => b.dataset.action === 'remove').click();
+  assert.deepEqual([ws.last().type, ws.last().participantId], ['removeParticipant', 'p-3']);
+  ws.push({ type: 'participantLeft', callId: 'c-2', participantId: 'p-3', reason: 'removed' });
+  await flush();
+  assert.equal($('participants').children.length, 2);
+
+  // A refused add shows its error.
+  $('add-target').value = '+15550199';
+  $('add-participant').click();
+  await flush();
+  ws.push({ type: 'error', code: 'FORBIDDEN', message: 'not allowed', callId: 'c-2', ref: ws.last().ref });
+  await flush();
+  assert.equal($('errors').children[0].dataset.code, 'FORBIDDEN');
+  assert.equal($('add-participant').disabled, false);
+
+  // Switching the microphone mid-call.
+  $('input-device').value = 'headset-mic';
+  $('input-device').dispatch('change');
+  await flush();
+  assert.equal(env.pcs[0].senders[0].track.deviceId, 'headset-mic');
+  assert.equal(ws.ofType('reoffer').length, 0);
+  $('go-offline').click();
+  await flush();
+  assert.equal(ws.ofType('hangup').length, 1, 'going offline hangs up first');
+  ws.push({ type: 'ended', callId: 'c-2', reason: 'hangup' });
+  await flush();
+  assert.equal($('presence').textContent, 'offline');
+});
+
+test('demo page: supervisor lists calls, listens, switches to whisper', async () => {
+  const env = makeEnv();
+  const { $, ws, demo } = await onlineDemo(env);
+  assert.equal($('monitor-controls').hidden, true);
+  $('list-calls').click();
+  await flush();
+  assert.equal(ws.last().type, 'listCalls');
+  ws.push({
+    type: 'calls',
+    ref: ws.last().ref,
+    calls: [{ callId: 'c-7', number: 'support', from: '+15550111', to: '+15550100', direction: 'inbound', startedAt: 1, participants: [{ id: 'p-0', role: 'customer', address: '+15550111' }, { id: 'p-2', role: 'agent', operatorRef: 'bob' }] }],
+  });
+  await flush();
+  const row = $('calls-list').children[0];
+  assert.equal(row.dataset.callId, 'c-7');
+  assert.match(row.textContent, /\+15550111 → \+15550100/);
+  row.children.find((b) => b.dataset.monitor === 'listen').click();
+  await flush();
+  const mon = ws.last();
+  assert.deepEqual([mon.type, mon.callId, mon.mode], ['monitor', 'c-7', 'listen']);
+  ws.push({ type: 'answer', callId: 'c-7', sdp: 'v=0', ref: mon.ref });
+  ws.push({ type: 'connected', callId: 'c-7' });
+  const me = { id: 'p-9', role: 'supervisor', state: 'joined', operatorRef: 'alice', monitor: 'listen' };
+  ws.push({ type: 'participants', callId: 'c-7', self: 'p-9', participants: [{ id: 'p-0', role: 'customer' }, { id: 'p-2', role: 'agent' }, me], capabilities: ['switch_monitor'] });
+  await flush();
+  assert.equal(demo.call.direction, 'monitor');
+  assert.equal($('monitor-controls').hidden, false);
+  assert.match($('call-state').textContent, /Monitoring call c-7 \(listen\)/);
+  assert.equal($('mode-listen').getAttribute('aria-pressed'), 'true');
+  assert.ok($('calls-list').children[0].children.filter((b) => b.dataset.monitor).every((b) => b.disabled), 'busy: no second monitor');
+  $('mode-whisper').click();
+  await flush();
+  const mm = ws.last();
+  assert.deepEqual([mm.type, mm.callId, mm.mode], ['monitorMode', 'c-7', 'whisper']);
+  ws.push({ type: 'participantUpdated', callId: 'c-7', participant: { ...me, monitor: 'whisper' }, ref: mm.ref });
+  await flush();
+  assert.equal($('mode-whisper').getAttribute('aria-pressed'), 'true');
+  assert.match($('call-state').textContent, /\(whisper\)/);
+  $('hangup').click();
+  assert.deepEqual([ws.last().type, ws.last().callId], ['hangup', 'c-7']);
+  ws.push({ type: 'ended', callId: 'c-7', reason: 'hangup' });
+  await flush();
+  assert.equal($('monitor-controls').hidden, true);
   $('go-offline').click();
   await flush();
 });

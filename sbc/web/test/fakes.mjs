@@ -44,8 +44,9 @@ export class FakeClock {
 }
 
 export class FakeTrack {
-  constructor(kind = 'audio') {
+  constructor(kind = 'audio', deviceId = 'default') {
     this.kind = kind;
+    this.deviceId = deviceId;
     this.enabled = true;
     this.readyState = 'live';
   }
@@ -71,7 +72,18 @@ export function makeEnv() {
   const clock = new FakeClock();
   const sockets = [];
   const pcs = [];
-  const env = { clock, sockets, pcs, iceGatheringState: 'complete', fetchCalls: [], fetchResponse: null };
+  const env = {
+    clock,
+    sockets,
+    pcs,
+    iceGatheringState: 'complete',
+    fetchCalls: [],
+    fetchResponse: null,
+    // getStats() of every peer connection: a function of the pc returning a list of stats objects.
+    stats: null,
+    audioContexts: [],
+    audios: [],
+  };
 
   class FakeWebSocket {
     constructor(url) {
@@ -138,9 +150,27 @@ export function makeEnv() {
       for (const fn of [...(this.listeners[type] ?? [])]) fn(ev);
     }
     addTrack(track, stream) {
-      const sender = { track, stream };
+      const sender = {
+        track,
+        stream,
+        replaced: [],
+        async replaceTrack(t) {
+          if (env.failReplaceTrack) throw new Error('replaceTrack refused');
+          this.replaced.push(t);
+          this.track = t;
+        },
+      };
       this.senders.push(sender);
       return sender;
+    }
+    /** Drive the connection state from the test, as the browser would. */
+    setConnectionState(state) {
+      this.connectionState = state;
+      this.dispatch('connectionstatechange');
+    }
+    async getStats() {
+      const list = env.stats ? env.stats(this) : [];
+      return new Map(list.map((s, i) => [(s && s.id) ?? `s${i}`, s]));
     }
     getSenders() {
       return this.senders;
@@ -170,6 +200,14 @@ export function makeEnv() {
     calls: [],
     streams: [],
     deny: null, // an error name to reject with, e.g. 'NotAllowedError'
+    devices: [
+      { kind: 'audioinput', deviceId: 'default', label: 'Default mic', groupId: 'g0' },
+      { kind: 'audioinput', deviceId: 'headset-mic', label: 'Headset mic', groupId: 'g1' },
+      { kind: 'audiooutput', deviceId: 'default', label: 'Default speaker', groupId: 'g0' },
+      { kind: 'audiooutput', deviceId: 'headset-out', label: 'Headset', groupId: 'g1' },
+      { kind: 'videoinput', deviceId: 'cam', label: 'Camera', groupId: 'g2' },
+    ],
+    listeners: {},
     async getUserMedia(constraints) {
       this.calls.push(constraints);
       if (this.deny) {
@@ -177,9 +215,107 @@ export function makeEnv() {
         err.name = this.deny;
         throw err;
       }
-      const stream = new FakeStream([new FakeTrack('audio')]);
+      const audio = constraints && constraints.audio;
+      const wanted = audio && typeof audio === 'object' && audio.deviceId ? audio.deviceId.exact : 'default';
+      if (!this.devices.some((d) => d.kind === 'audioinput' && d.deviceId === wanted)) {
+        const err = new Error('no such device');
+        err.name = 'OverconstrainedError';
+        throw err;
+      }
+      const stream = new FakeStream([new FakeTrack('audio', wanted)]);
       this.streams.push(stream);
       return stream;
+    },
+    async enumerateDevices() {
+      return this.devices.map((d) => ({ ...d }));
+    },
+    addEventListener(type, fn) {
+      (this.listeners[type] ??= []).push(fn);
+    },
+    removeEventListener(type, fn) {
+      this.listeners[type] = (this.listeners[type] ?? []).filter((f) => f !== fn);
+    },
+    /** Unplug (remove) or plug devices, then fire devicechange as the browser does. */
+    change(devices) {
+      this.devices = devices;
+      for (const fn of [...(this.listeners.devicechange ?? [])]) fn({ type: 'devicechange' });
+    },
+  };
+
+  /** WebAudio: every analyser reads the `level` (RMS) set on the stream it taps. */
+  class FakeAudioContext {
+    constructor() {
+      this.state = 'running';
+      this.closed = false;
+      this.sources = [];
+      env.audioContexts.push(this);
+    }
+    createMediaStreamSource(stream) {
+      const src = {
+        stream,
+        disconnected: false,
+        connect: (analyser) => (analyser.source = src),
+        disconnect: () => (src.disconnected = true),
+      };
+      this.sources.push(src);
+      return src;
+    }
+    createAnalyser() {
+      const an = {
+        fftSize: 2048,
+        source: null,
+        getFloatTimeDomainData(buf) {
+          const level = (an.source && an.source.stream.level) ?? 0;
+          for (let i = 0; i < buf.length; i++) buf[i] = i % 2 ? level : -level; // RMS = level
+        },
+      };
+      return an;
+    }
+    close() {
+      this.closed = true;
+      this.state = 'closed';
+    }
+  }
+
+  /** An <audio> element: play/pause/setSinkId recorded. */
+  class FakeAudio {
+    constructor(src) {
+      this.src = src ?? '';
+      this.srcObject = null;
+      this.loop = false;
+      this.paused = true;
+      this.sinkId = '';
+      this.plays = 0;
+      env.audios.push(this);
+    }
+    async play() {
+      this.plays++;
+      this.paused = false;
+    }
+    pause() {
+      this.paused = true;
+    }
+    async setSinkId(id) {
+      if (id && !mediaDevices.devices.some((d) => d.kind === 'audiooutput' && d.deviceId === id)) {
+        const err = new Error('not found');
+        err.name = 'NotFoundError';
+        throw err;
+      }
+      this.sinkId = id;
+    }
+  }
+
+  /** The page (window): pagehide and friends. */
+  const window = {
+    listeners: {},
+    addEventListener(type, fn) {
+      (this.listeners[type] ??= []).push(fn);
+    },
+    removeEventListener(type, fn) {
+      this.listeners[type] = (this.listeners[type] ?? []).filter((f) => f !== fn);
+    },
+    fire(type, init = {}) {
+      for (const fn of [...(this.listeners[type] ?? [])]) fn({ type, ...init });
     },
   };
 
@@ -189,11 +325,29 @@ export function makeEnv() {
     return { ok: r.status >= 200 && r.status < 300, status: r.status, json: async () => r.body };
   }
 
-  Object.assign(env, { WebSocket: FakeWebSocket, RTCPeerConnection: FakePeerConnection, mediaDevices, fetch: fakeFetch });
+  Object.assign(env, {
+    WebSocket: FakeWebSocket,
+    RTCPeerConnection: FakePeerConnection,
+    mediaDevices,
+    fetch: fakeFetch,
+    AudioContext: FakeAudioContext,
+    Audio: FakeAudio,
+    window,
+  });
   return env;
 }
 
-export const OP_EVENTS = ['presenceStateChanged', 'availabilityChanged', 'incomingCall', 'callStarted', 'callEnded', 'error'];
+export const OP_EVENTS = [
+  'presenceStateChanged',
+  'availabilityChanged',
+  'incomingCall',
+  'callStarted',
+  'callEnded',
+  'devicesChanged',
+  'inputDeviceChanged',
+  'outputDeviceChanged',
+  'error',
+];
 
 /** An Operator wired to `env`, recording tokens handed out, log lines and every event. */
 export function makeOperator(env, opts = {}) {
@@ -216,6 +370,10 @@ export function makeOperator(env, opts = {}) {
     fetch: env.fetch,
     setTimeout: env.clock.setTimeout,
     clearTimeout: env.clock.clearTimeout,
+    now: () => env.clock.now,
+    AudioContext: env.AudioContext,
+    Audio: env.Audio,
+    window: env.window,
     logger,
     ...opts,
   });
@@ -259,4 +417,42 @@ export async function goOnline(env, op, ids = ['support'], readyOver = {}) {
   await p;
   await flush();
   return ws;
+}
+
+/** An inbound call rung, accepted and connected; returns {ws, call}. */
+export async function connectedInbound(env, op, callId = 'c-2', incomingOver = {}) {
+  const ws = await goOnline(env, op);
+  let call = null;
+  op.once('incomingCall', (c) => (call = c));
+  ws.push({ type: 'incoming', callId, from: '+15550111', to: '+15550100', number: 'support', ...incomingOver });
+  const accepted = call.accept();
+  await flush();
+  const acc = ws.last();
+  ws.push({ type: 'answer', callId, sdp: 'v=0 answer', ref: acc.ref });
+  await accepted;
+  ws.push({ type: 'connected', callId });
+  await flush();
+  return { ws, call };
+}
+
+/** Record every event of a call: `seen(name)` lists the payloads of one event. */
+export function recordCall(call, names) {
+  const events = [];
+  for (const name of names) call.on(name, (payload) => events.push({ name, payload }));
+  return { events, seen: (name) => events.filter((e) => e.name === name).map((e) => e.payload) };
+}
+
+/** getStats() entries for one sample: cumulative packet counts, times in seconds as the browser gives them. */
+export function audioStats({ received = 0, lost = 0, jitterMs = 5, rttMs = 40, inputLevel = null, pairRttMs = null } = {}) {
+  const list = [
+    { id: 'in', type: 'inbound-rtp', kind: 'audio', packetsReceived: received, packetsLost: lost, jitter: jitterMs / 1000, bytesReceived: received * 160 },
+    { id: 'out', type: 'outbound-rtp', kind: 'audio', bytesSent: received * 160 },
+  ];
+  if (rttMs != null) list.push({ id: 'rin', type: 'remote-inbound-rtp', kind: 'audio', roundTripTime: rttMs / 1000 });
+  if (pairRttMs != null) {
+    list.push({ id: 't', type: 'transport', selectedCandidatePairId: 'cp' });
+    list.push({ id: 'cp', type: 'candidate-pair', state: 'succeeded', currentRoundTripTime: pairRttMs / 1000 });
+  }
+  if (inputLevel != null) list.push({ id: 'ms', type: 'media-source', kind: 'audio', audioLevel: inputLevel });
+  return list;
 }
