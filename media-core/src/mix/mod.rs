@@ -61,12 +61,14 @@
 //! Listeners whose frames are computed from the same weights (the same ramp,
 //! if any) over the talking sources, and whose limiters are in the same state,
 //! get bit-identical frames: the mixer computes that frame once and every
-//! member's [`Mixer::output`] is the same slice. The group every talker is in
-//! at unity, in which every conference listener who is not talking is, is
-//! [`OutputGroup::FULL_MIX`]: always computed ([`Mixer::full_mix`]), and stable
-//! across ticks, so a call keeps one shared encoder per output format for it
-//! (`pipeline::FrameEncoder`). With one talker among five parties there are
-//! two frames to encode; with none, one (silence).
+//! member's [`Mixer::output`] is the same slice. The frame with every talker
+//! at unity (every talker someone else hears: a supervisor in monitor mode is
+//! left out even when it talks), which every conference listener who is not
+//! talking hears, is [`OutputGroup::FULL_MIX`]: always computed
+//! ([`Mixer::full_mix`]), and stable across ticks, so a call keeps one shared
+//! encoder per output format for it (`pipeline::FrameEncoder`). With one
+//! talker among five parties there are two frames to encode; with none, one
+//! (silence).
 //!
 //! **Cost.** The full mix is summed once (one pass per talking source). Every
 //! other distinct frame is either summed directly or derived from the full mix
@@ -158,8 +160,9 @@ pub enum MixError {
 pub struct OutputGroup(u16);
 
 impl OutputGroup {
-    /// The full mix: every talker at unity, limited by its own limiter; what
-    /// every listener who is not talking hears in a plain conference.
+    /// The full mix: every talker that some other party hears, at unity, limited
+    /// by its own limiter; what every listener who is not talking hears in a
+    /// plain conference.
     pub const FULL_MIX: OutputGroup = OutputGroup(u16::MAX);
 
     /// Whether this is [`OutputGroup::FULL_MIX`].
@@ -194,6 +197,10 @@ pub struct Mixer {
     detector: TalkDetector,
     /// Gain of each edge, `listener * parties + source`, Q14.
     edges: Vec<u16>,
+    /// Per source, how many other listeners hear it (a non-zero edge).
+    heard_by: Vec<u16>,
+    /// Per source, its weight in the full mix at the end of the last frame.
+    full_applied: Vec<u16>,
     /// The weight each edge had at the end of the last frame (its edge gain if
     /// the source talked, else 0): where this frame's ramp starts.
     applied: Vec<u16>,
@@ -252,6 +259,8 @@ impl Mixer {
             talkers: 0,
             detector,
             edges,
+            heard_by: vec![n as u16 - 1; n],
+            full_applied: vec![0; n],
             applied: vec![0; n * n],
             active: Vec::with_capacity(n),
             ramp: ramp_table(frame),
@@ -308,7 +317,15 @@ impl Mixer {
     pub fn set_gain(&mut self, listener: usize, source: usize, gain: Gain) -> Result<(), MixError> {
         self.check(listener)?;
         self.check(source)?;
-        self.edges[listener * self.parties + source] = gain.to_q14();
+        let edge = &mut self.edges[listener * self.parties + source];
+        if listener != source {
+            match (*edge != 0, !gain.is_silent()) {
+                (false, true) => self.heard_by[source] += 1,
+                (true, false) => self.heard_by[source] -= 1,
+                _ => {}
+            }
+        }
+        *edge = gain.to_q14();
         Ok(())
     }
 
@@ -329,6 +346,10 @@ impl Mixer {
             let g = if other == slot { 0 } else { UNITY };
             self.edges[slot * n + other] = g;
             self.edges[other * n + slot] = g;
+        }
+        for s in 0..n {
+            let heard = (0..n).filter(|&l| l != s && self.edges[l * n + s] != 0);
+            self.heard_by[s] = heard.count() as u16;
         }
         self.detector.reset(slot);
         Ok(())
@@ -378,9 +399,10 @@ impl Mixer {
         (self.applied[e], to)
     }
 
+    /// The full mix has every talker someone else hears at unity.
     fn full_weight(&self, source: usize) -> (u16, u16) {
-        let w = |t: bool| if t { UNITY } else { 0 };
-        (w(self.was_talking[source]), w(self.talking[source]))
+        let heard = self.talking[source] && self.heard_by[source] > 0;
+        (self.full_applied[source], if heard { UNITY } else { 0 })
     }
 
     fn input(&self, source: usize) -> &[i16] {
@@ -460,6 +482,7 @@ impl Mixer {
         }
         // The weights reached become the next ramps' start.
         for s in 0..n {
+            self.full_applied[s] = self.full_weight(s).1;
             if self.talking[s] || self.was_talking[s] {
                 for l in 0..n {
                     let e = l * n + s;
@@ -523,8 +546,8 @@ impl Mixer {
         }
     }
 
-    /// The full mix this tick (every talker at unity, limited), whether or not a
-    /// listener is in [`OutputGroup::FULL_MIX`].
+    /// The full mix this tick (every talker some other party hears, at unity,
+    /// limited), whether or not a listener is in [`OutputGroup::FULL_MIX`].
     pub fn full_mix(&self) -> &[i16] {
         let n = self.parties;
         &self.out[n * self.frame..(n + 1) * self.frame]
@@ -805,6 +828,49 @@ mod tests {
         assert!(!m.output_group(0).unwrap().is_full_mix());
         assert_ne!(m.output_group(0).unwrap(), m.output_group(1).unwrap());
         assert_eq!(m.output_group(4).unwrap(), OutputGroup::FULL_MIX);
+    }
+
+    #[test]
+    fn a_talking_supervisor_nobody_hears_stays_out_of_the_full_mix() {
+        // 0 talks, 1 and 2 listen; 3 monitors (hears all, heard by none) and
+        // talks to someone in its room.
+        let mut m = mixer(4);
+        for l in 0..3 {
+            m.set_gain(l, 3, Gain::SILENT).unwrap();
+        }
+        let src = tones(&[(440.0, 8000.0), (2000.0, 8000.0)], 10);
+        for t in 0..10 {
+            m.set_input(0, frame(&src[0], t)).unwrap();
+            m.set_input(3, frame(&src[1], t)).unwrap();
+            m.mix();
+            assert_eq!(m.talkers(), 2);
+            for l in [1, 2, 3] {
+                assert_eq!(m.output_group(l).unwrap(), OutputGroup::FULL_MIX);
+            }
+            assert_eq!(m.group_count(), 2);
+        }
+        // The full mix (1's and 2's) has no 2000 Hz: exactly the 440 Hz alone.
+        let mut alone = mixer(4);
+        for t in 0..10 {
+            alone.set_input(0, frame(&src[0], t)).unwrap();
+            alone.mix();
+        }
+        assert_eq!(m.full_mix(), alone.full_mix());
+        // Whisper: the agent (0) now hears the supervisor, so the full mix takes
+        // the supervisor in; 1, 2 and 3 all hear 0 alone (3 is not heard by 1
+        // and 2, and not by itself): one group, which is not the full mix.
+        m.set_gain(0, 3, Gain::UNITY).unwrap();
+        for t in 0..3 {
+            m.set_input(0, frame(&src[0], t)).unwrap();
+            m.set_input(3, frame(&src[1], t)).unwrap();
+            m.mix();
+        }
+        assert!(goertzel_level_db(m.full_mix(), 16000, 2000.0) > -14.0);
+        assert_eq!(m.group_count(), 2);
+        assert_eq!(m.output_group(1).unwrap(), OutputGroup(1));
+        assert_eq!(m.output_group(3).unwrap(), OutputGroup(1));
+        m.reset_slot(3).unwrap();
+        assert_eq!(m.heard_by[3], 3);
     }
 
     /// Largest step between adjacent samples of `x`.
