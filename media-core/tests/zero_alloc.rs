@@ -226,9 +226,9 @@ fn mix_tick(m: &mut Mixer, tones: &mut [ToneGenerator], t: usize) -> usize {
             _ => g.fill(m.input_mut(s).unwrap()),
         }
     }
-    if t % 10 == 0 {
+    if t.is_multiple_of(10) {
         let (l, s) = (t / 10 % n, (t / 10 + 1) % n);
-        let on = (t / 10) % 2 == 0;
+        let on = (t / 10).is_multiple_of(2);
         m.set_gain(l, s, if on { Gain::SILENT } else { Gain::UNITY })
             .unwrap();
         m.set_gain(s, l, if on { Gain::from_db(-6.0) } else { Gain::UNITY })
