@@ -6,7 +6,7 @@
 //!   party talks (speech-like, peaks near -6 dBFS, so with 3 and more the
 //!   limiters work too); `one`: one talks and the rest send line noise at
 //!   -64 dBFS, under the talk threshold (the common conference case).
-//! * `mix_encode/{opus,pcmu}_10p_one/{own,shared}`: that 16 kHz tick for 10
+//! * `mix_encode/{opus,pcmu}_10p_one_{own,shared}`: that 16 kHz tick for 10
 //!   listeners with one talker, plus encoding and packetizing every listener's
 //!   frame: each with its own encoder (`own`), or the full mix encoded once by a
 //!   `FrameEncoder` and packetized per listener with `handle_encoded` (`shared`).
@@ -143,7 +143,7 @@ fn encode_benches(c: &mut Criterion) {
                 _ => "pcmu",
             };
             let how = if shared_encoder { "shared" } else { "own" };
-            g.bench_function(format!("{name}_10p_one/{how}"), |b| {
+            g.bench_function(format!("{name}_10p_one_{how}"), |b| {
                 b.iter(|| {
                     i += 1;
                     black_box(run(i))
@@ -174,8 +174,8 @@ fn summary() {
     }
     println!("\n10 listeners, one talker, mix + encode + packetize per tick");
     for name in ["opus", "pcmu"] {
-        let own = m("mix_encode", &format!("{name}_10p_one/own"));
-        let shared = m("mix_encode", &format!("{name}_10p_one/shared"));
+        let own = m("mix_encode", &format!("{name}_10p_one_own"));
+        let shared = m("mix_encode", &format!("{name}_10p_one_shared"));
         if let (Some(own), Some(shared)) = (own, shared) {
             println!(
                 "{name:<6} own encoders {:>8.1} us, full mix encoded once {:>8.1} us ({:.2}x)",

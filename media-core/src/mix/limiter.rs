@@ -79,12 +79,16 @@ pub(crate) struct Limiters {
     hist: Vec<i32>,
     /// The last `look` samples of each slot's mix, not yet played.
     tail: Vec<i32>,
+    /// Scratch for the running window maximum: (sample index, magnitude).
+    window: Vec<(isize, u32)>,
 }
 
 impl Limiters {
+    /// Limiters for `slots` outputs of `frame` samples at `rate`.
     pub(crate) fn new(
         config: &LimiterConfig,
         rate: SampleRate,
+        frame: usize,
         slots: usize,
     ) -> Result<Self, MixError> {
         let c = config;
@@ -116,6 +120,7 @@ impl Limiters {
             pos: vec![0; slots],
             hist: vec![ONE; slots * len],
             tail: vec![0; slots * look],
+            window: vec![(0, 0); frame + look],
         })
     }
 
@@ -173,8 +178,8 @@ impl Limiters {
         self.tail.copy_within(from * l..(from + 1) * l, to * l);
     }
 
-    /// Limits one frame of `slot`'s mix `acc` into `out` (same length, at least
-    /// the look-ahead).
+    /// Limits one frame of `slot`'s mix `acc` into `out` (both the frame given
+    /// to [`Limiters::new`], at least the look-ahead).
     pub(crate) fn process(&mut self, slot: usize, acc: &[i32], out: &mut [i16]) {
         let l = self.look;
         let frame = acc.len();
@@ -194,57 +199,32 @@ impl Limiters {
         let hist = &mut self.hist[slot * len..(slot + 1) * len];
         let (mut env, mut holding) = (self.env[slot], self.holding[slot]);
         let (mut sum, mut pos) = (self.sum[slot], self.pos[slot]);
-        // Sample `j` of the window, `j < 0` reaching into the tail.
-        let at = |j: isize| -> u32 {
-            if j < 0 {
-                tail[(l as isize + j) as usize].unsigned_abs()
-            } else {
-                acc[j as usize].unsigned_abs()
-            }
+        // The loudest sample of the window `[n - l, n]`: a monotonic queue of
+        // (index, magnitude), magnitudes decreasing, in the scratch buffer
+        // (indices from -l, the tail, to frame - 1; each pushed once).
+        let mut window = MaxQueue {
+            items: &mut self.window,
+            head: 0,
+            back: 0,
         };
-        // Running maximum of the window's magnitudes and how old it is.
-        let (mut big, mut age) = (0u32, 0usize);
-        for j in -(l as isize)..0 {
-            let v = at(j);
-            if v >= big {
-                // Age relative to the sample before the frame's first.
-                (big, age) = (v, (-1 - j) as usize);
-            }
+        for (j, &m) in tail.iter().enumerate() {
+            window.push(j as isize - l as isize, m.unsigned_abs());
         }
-        let mut need = ONE;
-        let mut need_for = u32::MAX;
+        let limit = self.ceiling as i64 * ONE as i64;
         for n in 0..frame {
-            let v = acc[n].unsigned_abs();
-            if v >= big {
-                (big, age) = (v, 0);
-            } else {
-                age += 1;
-                if age > l {
-                    (big, age) = (0, 0);
-                    for j in n as isize - l as isize..=n as isize {
-                        let v = at(j);
-                        if v >= big {
-                            (big, age) = (v, (n as isize - j) as usize);
-                        }
-                    }
-                }
-            }
-            if big != need_for {
-                need_for = big;
-                need = if big <= self.ceiling as u32 {
-                    ONE
-                } else {
-                    (self.ceiling as i64 * ONE as i64 / big as i64) as i32
-                };
-            }
+            window.push(n as isize, acc[n].unsigned_abs());
+            let big = window.max_since(n as isize - l as isize) as i64;
             let next = if holding > 0 || env == ONE {
                 env
             } else {
                 let step = ((ONE - env) as i64 * self.release_k) >> 16;
                 (env + step.max(1) as i32).min(ONE)
             };
-            if need < ONE && need <= next {
-                (env, holding) = (need, self.hold);
+            // The window needs floor(limit / big) (< 1 when big is over the
+            // ceiling); take it if that is at most where the envelope goes:
+            // floor(limit / big) <= next <=> limit < (next + 1) * big.
+            if big > self.ceiling as i64 && limit < (next as i64 + 1) * big {
+                (env, holding) = ((limit / big) as i32, self.hold);
             } else {
                 (env, holding) = (next, holding.saturating_sub(1));
             }
@@ -261,6 +241,32 @@ impl Limiters {
     }
 }
 
+/// A sliding-window maximum: (index, magnitude) with magnitudes decreasing
+/// from `head`; every index is pushed once, in order, so it never wraps.
+struct MaxQueue<'a> {
+    items: &'a mut [(isize, u32)],
+    head: usize,
+    back: usize,
+}
+
+impl MaxQueue<'_> {
+    fn push(&mut self, index: isize, magnitude: u32) {
+        while self.back > self.head && self.items[self.back - 1].1 <= magnitude {
+            self.back -= 1;
+        }
+        self.items[self.back] = (index, magnitude);
+        self.back += 1;
+    }
+
+    /// The largest magnitude pushed at `first` or later (after a push).
+    fn max_since(&mut self, first: isize) -> u32 {
+        while self.items[self.head].0 < first {
+            self.head += 1;
+        }
+        self.items[self.head].1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,7 +274,7 @@ mod tests {
     use crate::time::SeededRng;
 
     fn bank(slots: usize) -> Limiters {
-        Limiters::new(&LimiterConfig::default(), SampleRate::HZ_16000, slots).unwrap()
+        Limiters::new(&LimiterConfig::default(), SampleRate::HZ_16000, 320, slots).unwrap()
     }
 
     /// Runs `signal` (i32 samples) through `slot` frame by frame.
@@ -397,7 +403,7 @@ mod tests {
                 ..LimiterConfig::default()
             },
         ] {
-            assert!(Limiters::new(&c, SampleRate::HZ_8000, 1).is_err());
+            assert!(Limiters::new(&c, SampleRate::HZ_8000, 160, 1).is_err());
         }
     }
 }

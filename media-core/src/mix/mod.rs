@@ -243,7 +243,7 @@ impl Mixer {
             FRAME,
             n,
         )?;
-        let limiters = Limiters::new(&config.limiter, config.rate, n + 1)?;
+        let limiters = Limiters::new(&config.limiter, config.rate, frame, n + 1)?;
         let mut edges = vec![UNITY; n * n];
         for l in 0..n {
             edges[l * n + l] = 0;
