@@ -1,11 +1,13 @@
 //! Cost of the N-party mixer per 20 ms tick (and per party), and what encoding
 //! the full mix once per format saves. `cargo bench -p benches --bench mix`.
 //!
-//! * `mix/{8k,16k}_{3,5,10}p_{all,one}`: one tick of a mixer with every party
+//! * `mix/{8k,16k}_{3,5,10}p_{all,all_quiet,one}`: one tick of a mixer with every party
 //!   present: the inputs copied in, `mix()`, every output read. `all`: every
-//!   party talks (speech-like, peaks near -6 dBFS, so with 3 and more the
-//!   limiters work too); `one`: one talks and the rest send line noise at
-//!   -64 dBFS, under the talk threshold (the common conference case).
+//!   party talks (speech-like, peaks near -7 dBFS, so with 3 and more the
+//!   limiters work too); `all_quiet`: every party talks 18 dB lower, so the
+//!   sums stay under the limiters' ceiling (the mixing alone); `one`: one talks
+//!   and the rest send line noise at -64 dBFS, under the talk threshold (the
+//!   common conference case).
 //! * `mix_encode/{opus,pcmu}_10p_one_{own,shared}`: that 16 kHz tick for 10
 //!   listeners with one talker, plus encoding and packetizing every listener's
 //!   frame: each with its own encoder (`own`), or the full mix encoded once by a
@@ -22,8 +24,13 @@ use media_core::rtp::{PayloadType, Ssrc};
 use media_core::{Instant, Millis, SampleRate, SeededRng};
 
 /// 50 frames per party: speech-like for talkers (each from another point of the
-/// signal), noise under the talk threshold for the others.
-fn party_frames(rate: SampleRate, parties: usize, talkers: usize) -> Vec<Vec<Vec<i16>>> {
+/// signal, divided by `quieter`), noise under the talk threshold for the others.
+fn party_frames(
+    rate: SampleRate,
+    parties: usize,
+    talkers: usize,
+    quieter: i16,
+) -> Vec<Vec<Vec<i16>>> {
     let n = rate.samples_in(Millis(20));
     let speech = speech_like(rate.hz(), n * 50 * (parties + 1));
     let mut rng = SeededRng::new(7);
@@ -33,7 +40,7 @@ fn party_frames(rate: SampleRate, parties: usize, talkers: usize) -> Vec<Vec<Vec
                 .map(|f| {
                     if p < talkers {
                         let at = (p * 37 + f) * n;
-                        speech[at..at + n].to_vec()
+                        speech[at..at + n].iter().map(|&v| v / quieter).collect()
                     } else {
                         (0..n)
                             .map(|_| ((rng.next_f64() * 2.0 - 1.0) * 35.0) as i16)
@@ -60,8 +67,12 @@ fn mixer_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("mix");
     for rate in [SampleRate::HZ_8000, SampleRate::HZ_16000] {
         for parties in [3, 5, 10] {
-            for (name, talkers) in [("all", parties), ("one", 1)] {
-                let frames = party_frames(rate, parties, talkers);
+            for (name, talkers, quieter) in [
+                ("all", parties, 1),
+                ("all_quiet", parties, 8),
+                ("one", 1, 1),
+            ] {
+                let frames = party_frames(rate, parties, talkers, quieter);
                 let mut m = Mixer::new(MixerConfig::new(rate, parties)).unwrap();
                 let mut i = 0;
                 for _ in 0..50 {
@@ -95,7 +106,7 @@ fn encode_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("mix_encode");
     let rate = SampleRate::HZ_16000;
     let parties = 10;
-    let frames = party_frames(rate, parties, 1);
+    let frames = party_frames(rate, parties, 1, 1);
     for codec in [Codec::Opus, Codec::Pcmu] {
         let config = |l: usize| {
             PipelineConfig::new(
@@ -160,11 +171,11 @@ fn summary() {
     println!("{:<16} {:>12} {:>14}", "case", "per tick", "per party");
     for rate in [8, 16] {
         for parties in [3, 5, 10] {
-            for name in ["all", "one"] {
+            for name in ["all", "all_quiet", "one"] {
                 let id = format!("{rate}k_{parties}p_{name}");
                 if let Some(ns) = m("mix", &id) {
                     println!(
-                        "{id:<16} {:>9.2} us {:>11.0} ns",
+                        "{id:<20} {:>9.2} us {:>11.0} ns",
                         ns / 1e3,
                         ns / parties as f64
                     );
