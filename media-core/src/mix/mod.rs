@@ -37,9 +37,9 @@
 //! (mix-minus); a listener hears itself only if asked (echo). Listen, whisper,
 //! barge, hold and mute are all just edges, so they compose.
 //!
-//! **Talk detection** (see `talk.rs`): a source whose frame energy is under
-//! the threshold (default -50 dBFS RMS) after its hangover (default 300 ms) is
-//! not talking and contributes nothing, to anyone.
+//! **Talk detection** ([`MixerConfig::talk_threshold_dbfs`]): a source whose
+//! frame energy is under the threshold (default -50 dBFS RMS) after its
+//! hangover (default 300 ms) is not talking and contributes nothing, to anyone.
 //!
 //! **No clicks.** Whatever changes a source's weight in a listener's mix (a gain
 //! edge, a source starting or stopping to talk, joining or leaving) ramps it
@@ -50,12 +50,13 @@
 //! output by at most 103 per sample beyond its own steps, where a hard switch
 //! would step by up to 32767.
 //!
-//! **Limiter, not clipper** (see `limiter.rs`): integer sums (i32, cannot wrap)
+//! **Limiter, not clipper** ([`LimiterConfig`]): integer sums (i32, cannot wrap)
 //! go through a soft look-ahead limiter per listener: never above the ceiling
 //! (-1 dBFS), gain reduced smoothly over the 1 ms look-ahead and released slowly.
 //! Two full-scale tones summed come out with no sample at +-32767 and each tone
-//! 30 dB and more above the distortion. The limiter delays every output by the
-//! look-ahead ([`Mixer::delay`]).
+//! 89 dB above the distortion once settled (51 dB over the first second), where
+//! a hard clipper gives 9 dB. The limiter delays every output by the look-ahead
+//! ([`Mixer::delay`]).
 //!
 //! **Groups of identical outputs** (Asterisk `bridge_softmix`'s trick).
 //! Listeners whose frames are computed from the same weights (the same ramp,
@@ -66,9 +67,9 @@
 //! left out even when it talks), which every conference listener who is not
 //! talking hears, is [`OutputGroup::FULL_MIX`]: always computed
 //! ([`Mixer::full_mix`]), and stable across ticks, so a call keeps one shared
-//! encoder per output format for it (`pipeline::FrameEncoder`). With one
-//! talker among five parties there are two frames to encode; with none, one
-//! (silence).
+//! encoder per output format for it ([`crate::pipeline::FrameEncoder`]).
+//! With one talker among five parties there are two frames to encode; with
+//! none, one (silence).
 //!
 //! **Cost.** The full mix is summed once (one pass per talking source). Every
 //! other distinct frame is either summed directly or derived from the full mix
@@ -77,6 +78,21 @@
 //! one integer formula). A talker's mix-minus is then one copy and one
 //! subtraction, so the work per listener is O(talkers x frame) at most, and
 //! O(frame) in a conference. Nothing is allocated after [`Mixer::new`].
+//! Measured (`cargo bench -p benches --bench mix`), per party per tick at
+//! 16 kHz: 0.2-0.3 us with one talker, about 0.55 us with everyone talking
+//! under the ceiling (flat from 3 to 10 parties), 2.7-2.9 us with 5-10 loud
+//! talkers keeping every limiter at work; at 8 kHz about half.
+//!
+//! **A call's tick**, in its media session: every source pipeline is built
+//! with a jitter buffer on the call clock (`JitterConfig::external_clock`) and
+//! gives its frame with `MediaPipeline::tick` and `poll_frame` into
+//! [`Mixer::input_mut`] (PCM sources through a resampling PCM pipeline), or is
+//! absent; then [`Mixer::mix`]; then the full mix is encoded once per output
+//! format by a [`crate::pipeline::FrameEncoder`] and packetized for each
+//! listener of [`OutputGroup::FULL_MIX`] with that format by
+//! `MediaPipeline::handle_encoded`, and every other listener's pipeline gets
+//! its [`Mixer::output`] with `handle_pcm`. `media-core/tests/mix.rs` runs that
+//! loop.
 
 mod gain;
 mod limiter;
@@ -105,8 +121,19 @@ pub struct MixerConfig {
     pub rate: SampleRate,
     /// Party slots (each a source and a listener), 1 to [`MAX_PARTIES`].
     pub max_parties: usize,
-    /// RMS level (dBFS, a full-scale sine is -3) at which a source talks, -96 to
-    /// 0; `None` makes every present source talk (no gate).
+    /// RMS level at which a source talks, -96 to 0 dBFS; `None` makes every
+    /// present source talk (no gate).
+    ///
+    /// A source talks in a frame whose RMS level reaches the threshold, and for
+    /// [`MixerConfig::talk_hangover`] after the last such frame (so the quiet
+    /// ends of words and the pauses between them are kept). The level is in the
+    /// convention of [`crate::analysis::rms_db`]: dB relative to a full-scale
+    /// square wave, so a full-scale sine is -3 dBFS. The default, -50 dBFS (an
+    /// RMS of 104), is above a phone line's idle noise and comfort noise (-60
+    /// to -70) and well below speech (-30 to -15). A source that is not
+    /// talking is left out of every mix (a noise gate, as FreeSWITCH's
+    /// conference energy level), so N open microphones do not add up N
+    /// background noises, and everyone who is not talking hears the same mix.
     pub talk_threshold_dbfs: Option<f32>,
     /// How long a source keeps talking after its last frame above the threshold
     /// (rounded up to whole frames), at most 10 s.

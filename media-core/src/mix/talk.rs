@@ -1,14 +1,5 @@
-//! Talk detection per source: frame energy against a threshold, with hangover.
-//!
-//! A source talks in a frame whose RMS level reaches the threshold, and for
-//! `hangover` after the last such frame (so the quiet ends of words and the
-//! pauses between them are kept). The threshold is in the convention of
-//! [`crate::analysis::rms_db`]: dB relative to a full-scale square wave, so a
-//! full-scale sine is -3 dBFS. The default, -50 dBFS (an RMS of 104), is above a
-//! phone line's idle noise and comfort noise (-60 to -70) and well below speech
-//! (-30 to -15). A source that is not talking is left out of every mix (a noise
-//! gate, as FreeSWITCH's conference energy level), so N open microphones do not
-//! add up N background noises, and everyone who is not talking hears the same mix.
+//! Talk detection per source: frame energy against a threshold, with hangover
+//! (described on [`super::MixerConfig::talk_threshold_dbfs`]).
 
 use crate::time::{Millis, SampleRate};
 
