@@ -136,42 +136,69 @@ pub fn dominant_frequency(x: &[i16], rate: u32, lo: f64, hi: f64) -> f64 {
 /// `freq`: the sine (amplitude, phase and DC) is fitted by least squares and
 /// everything else counts as noise and distortion.
 pub fn sinad_db(x: &[i16], rate: u32, freq: f64) -> f64 {
-    let w = 2.0 * PI * freq / rate as f64;
-    // Normal equations for [sin, cos, 1].
-    let mut m = [[0.0f64; 3]; 3];
-    let mut b = [0.0f64; 3];
+    sinad_tones_db(x, rate, &[freq])[0]
+}
+
+/// [`sinad_db`] for a signal made of several tones (a mix): the sines at `freqs`
+/// (amplitude and phase each) and DC are fitted together by least squares,
+/// everything else counts as noise and distortion, and entry `k` is the power of
+/// tone `k` over that residue's power, in dB.
+pub fn sinad_tones_db(x: &[i16], rate: u32, freqs: &[f64]) -> Vec<f64> {
+    let ws: Vec<f64> = freqs.iter().map(|f| 2.0 * PI * f / rate as f64).collect();
+    let dim = 2 * ws.len() + 1;
+    let basis = |n: usize, out: &mut [f64]| {
+        for (k, w) in ws.iter().enumerate() {
+            out[2 * k] = (w * n as f64).sin();
+            out[2 * k + 1] = (w * n as f64).cos();
+        }
+        out[dim - 1] = 1.0;
+    };
+    // Normal equations.
+    let mut m = vec![vec![0.0f64; dim]; dim];
+    let mut b = vec![0.0f64; dim];
+    let mut e = vec![0.0f64; dim];
     for (n, &v) in x.iter().enumerate() {
-        let basis = [(w * n as f64).sin(), (w * n as f64).cos(), 1.0];
-        for i in 0..3 {
-            b[i] += basis[i] * v as f64;
-            for j in 0..3 {
-                m[i][j] += basis[i] * basis[j];
+        basis(n, &mut e);
+        for i in 0..dim {
+            b[i] += e[i] * v as f64;
+            for j in 0..dim {
+                m[i][j] += e[i] * e[j];
             }
         }
     }
-    let c = solve3(m, b);
-    let (mut sig, mut noise) = (0.0, 0.0);
+    let c = solve(m, b);
+    let mut sig = vec![0.0f64; ws.len()];
+    let mut noise = 0.0;
     for (n, &v) in x.iter().enumerate() {
-        let s = c[0] * (w * n as f64).sin() + c[1] * (w * n as f64).cos();
-        let r = v as f64 - s - c[2];
-        sig += s * s;
+        basis(n, &mut e);
+        let mut r = v as f64 - c[dim - 1];
+        for (k, s) in sig.iter_mut().enumerate() {
+            let t = c[2 * k] * e[2 * k] + c[2 * k + 1] * e[2 * k + 1];
+            *s += t * t;
+            r -= t;
+        }
         noise += r * r;
     }
-    10.0 * (sig / noise.max(1e-30)).log10()
+    sig.iter()
+        .map(|s| 10.0 * (s / noise.max(1e-30)).log10())
+        .collect()
 }
 
-fn solve3(mut m: [[f64; 3]; 3], mut b: [f64; 3]) -> [f64; 3] {
-    for col in 0..3 {
-        let pivot = (col..3)
+/// Solves `m x = b` by Gaussian elimination with partial pivoting (zeros if
+/// singular).
+fn solve(mut m: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+    let dim = b.len();
+    for col in 0..dim {
+        let pivot = (col..dim)
             .max_by(|&i, &j| m[i][col].abs().total_cmp(&m[j][col].abs()))
             .unwrap_or(col);
         m.swap(col, pivot);
         b.swap(col, pivot);
         if m[col][col].abs() < 1e-300 {
-            return [0.0; 3];
+            return vec![0.0; dim];
         }
-        let pivot_row = m[col];
-        for row in col + 1..3 {
+        let pivot_row = m[col].clone();
+        for row in col + 1..dim {
             let f = m[row][col] / pivot_row[col];
             for (x, p) in m[row][col..].iter_mut().zip(&pivot_row[col..]) {
                 *x -= f * p;
@@ -179,9 +206,9 @@ fn solve3(mut m: [[f64; 3]; 3], mut b: [f64; 3]) -> [f64; 3] {
             b[row] -= f * b[col];
         }
     }
-    let mut x = [0.0; 3];
-    for i in (0..3).rev() {
-        let s: f64 = (i + 1..3).map(|k| m[i][k] * x[k]).sum();
+    let mut x = vec![0.0; dim];
+    for i in (0..dim).rev() {
+        let s: f64 = (i + 1..dim).map(|k| m[i][k] * x[k]).sum();
         x[i] = (b[i] - s) / m[i][i];
     }
     x
@@ -217,6 +244,27 @@ mod tests {
             .collect();
         let s = sinad_db(&noisy, 8000, 1000.0);
         assert!((30.0..34.0).contains(&s), "{s}"); // 20 log(32000 / (1000 / sqrt 3))
+    }
+
+    #[test]
+    fn sinad_of_each_tone_of_a_pair() {
+        let a = sine(16000, 440.0, 16000.0, 16000);
+        let b = sine(16000, 1000.0, 8000.0, 16000);
+        let x: Vec<i16> = a.iter().zip(&b).map(|(&p, &q)| p + q).collect();
+        let s = sinad_tones_db(&x, 16000, &[440.0, 1000.0]);
+        // Only rounding to integers: about 89 and 83 dB.
+        assert!(
+            s[0] > 85.0 && s[1] > 79.0 && (s[0] - s[1] - 6.02).abs() < 0.1,
+            "{s:?}"
+        );
+        // Clipped at half the peak: distortion.
+        let clipped: Vec<i16> = x.iter().map(|&v| v.clamp(-12000, 12000)).collect();
+        let c = sinad_tones_db(&clipped, 16000, &[440.0, 1000.0]);
+        assert!(c[0] < 25.0, "{c:?}");
+        assert_eq!(
+            sinad_db(&a, 16000, 440.0),
+            sinad_tones_db(&a, 16000, &[440.0])[0]
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! * [`resample`]: streaming polyphase FIR between 8/16/24/48 kHz.
 //! * [`dtmf`]: RFC 4733 telephone-events and in-band tones.
 //! * [`jitter`]: the adaptive jitter buffer and playout clock.
+//! * [`mix`]: N-party mixing on one call clock (who-hears-whom matrix, talk
+//!   detection, soft limiter, groups of identical outputs).
 //! * [`pipeline`]: depacketize -> jitter buffer -> decode -> resample -> encode ->
 //!   packetize, or relay in place.
 //!
@@ -61,6 +63,7 @@ pub mod analysis;
 pub mod codec;
 pub mod dtmf;
 pub mod jitter;
+pub mod mix;
 pub mod pcap;
 pub mod pipeline;
 pub mod resample;

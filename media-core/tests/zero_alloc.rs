@@ -1,6 +1,7 @@
 //! Proves the steady-state media path allocates nothing per packet: a counting
 //! global allocator (per thread, so parallel tests do not disturb each other)
-//! watches 500 packets through each kind of pipeline after a warm-up.
+//! watches 500 packets through each kind of pipeline after a warm-up, and
+//! 1000 ticks of a 4- and an 8-party mix.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait.
 
 #[path = "support/counting_alloc.rs"]
@@ -8,10 +9,11 @@ mod counting_alloc;
 
 use bytes::{Bytes, BytesMut};
 use counting_alloc::allocations_during;
-use media_core::analysis::sine;
+use media_core::analysis::{ToneGenerator, sine};
 use media_core::codec::{Codec, OpusEncoder, OpusEncoderConfig, g711};
 use media_core::jitter::JitterConfig;
-use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, RtpFormat};
+use media_core::mix::{Gain, Mixer, MixerConfig};
+use media_core::pipeline::{Endpoint, FrameEncoder, MediaPipeline, PipelineConfig, RtpFormat};
 use media_core::rtp::{PayloadType, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
 use media_core::{ClockRate, Instant, Millis, SampleRate};
 
@@ -207,6 +209,105 @@ fn pcmu_to_opus_through_the_jitter_buffer_allocates_nothing() {
     assert!(produced > 0);
     assert_eq!(allocs, 0, "allocations with the jitter buffer in the path");
     assert!(p.jitter_stats().unwrap().received >= 1000);
+}
+
+/// One tick of `m` at tick `t`: who talks changes every 25 ticks (a source
+/// drops to silence, one goes absent), edges change every 10 (a whisper edge on
+/// and off, a -6 dB listener), so gate and gain ramps and group changes run.
+fn mix_tick(m: &mut Mixer, tones: &mut [ToneGenerator], t: usize) -> usize {
+    let n = m.max_parties();
+    let phase = t / 25;
+    for (s, g) in tones.iter_mut().enumerate() {
+        match (s + phase) % 4 {
+            0 => {} // absent
+            1 => {
+                m.input_mut(s).unwrap(); // present, silent
+            }
+            _ => g.fill(m.input_mut(s).unwrap()),
+        }
+    }
+    if t.is_multiple_of(10) {
+        let (l, s) = (t / 10 % n, (t / 10 + 1) % n);
+        let on = (t / 10).is_multiple_of(2);
+        m.set_gain(l, s, if on { Gain::SILENT } else { Gain::UNITY })
+            .unwrap();
+        m.set_gain(s, l, if on { Gain::from_db(-6.0) } else { Gain::UNITY })
+            .unwrap();
+    }
+    m.mix();
+    (0..n)
+        .map(|l| m.output(l).unwrap()[100].unsigned_abs() as usize)
+        .sum::<usize>()
+        + m.group_count()
+}
+
+#[test]
+fn mixing_4_and_8_parties_with_ramps_and_talker_changes_allocates_nothing() {
+    for parties in [4, 8] {
+        let mut m = Mixer::new(MixerConfig::new(SampleRate::HZ_16000, parties)).unwrap();
+        let mut tones: Vec<ToneGenerator> = (0..parties)
+            .map(|s| ToneGenerator::new(16000, &[(300.0 + 150.0 * s as f64, 12000.0)]))
+            .collect();
+        for t in 0..50 {
+            mix_tick(&mut m, &mut tones, t);
+        }
+        let mut groups = 0;
+        let allocs = allocations_during(|| {
+            for t in 50..1050 {
+                groups += mix_tick(&mut m, &mut tones, t);
+            }
+        });
+        assert!(groups > 0);
+        assert_eq!(allocs, 0, "allocations mixing {parties} parties");
+    }
+}
+
+#[test]
+fn a_ticked_source_a_shared_encoder_and_handle_encoded_allocate_nothing() {
+    // A source on the call clock (PCMU through a jitter buffer to 16 kHz)...
+    let mut cfg = PipelineConfig::new(
+        Endpoint::Rtp(PCMU),
+        Endpoint::Pcm(SampleRate::HZ_16000),
+        Ssrc(1),
+        1,
+    );
+    let mut j = JitterConfig::new(ClockRate(8000));
+    j.external_clock = true;
+    cfg.jitter = Some(j);
+    let mut source = MediaPipeline::new(cfg).unwrap();
+    // ...encoded once to Opus and sent by a listener's pipeline.
+    let out = PipelineConfig::new(
+        Endpoint::Pcm(SampleRate::HZ_16000),
+        Endpoint::Rtp(opus_fmt()),
+        Ssrc(2),
+        2,
+    );
+    let mut shared = FrameEncoder::for_output(&out).unwrap();
+    let mut listener = MediaPipeline::new(out).unwrap();
+    let pkts = packets(PayloadType::PCMU, 160, &pcmu_payloads(1050));
+    let mut frame = vec![0i16; 320];
+    let mut run = |range: std::ops::Range<usize>| {
+        let mut sent = 0;
+        for i in range {
+            let now = Instant::from_micros(i as u64 * 20_000 + 5_000);
+            source
+                .handle_rtp(Instant::from_micros(i as u64 * 20_000), &pkts[i])
+                .unwrap();
+            source.tick(now).unwrap();
+            while source.poll_frame(&mut frame).is_some() {
+                let payload = shared.encode(&frame).unwrap();
+                listener.handle_encoded(now, payload).unwrap();
+            }
+            while let Some(o) = listener.poll_packet() {
+                sent += o.bytes.len();
+            }
+        }
+        sent
+    };
+    run(0..50);
+    let mut sent = 0;
+    assert_eq!(allocations_during(|| sent = run(50..1050)), 0);
+    assert!(sent > 0);
 }
 
 #[test]

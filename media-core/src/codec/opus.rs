@@ -8,7 +8,7 @@ use crate::codec::CodecError;
 use crate::time::SampleRate;
 
 /// Encoder settings. Defaults suit a voice call over a lossy path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OpusEncoderConfig {
     /// Rate of the PCM given to the encoder.
     pub sample_rate: SampleRate,
@@ -55,7 +55,7 @@ impl OpusEncoderConfig {
 }
 
 /// libopus's encoder complexity: its CPU against its sound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpusComplexity {
     /// Chosen by what is encoded: [`Self::NARROWBAND`] for 8 kHz input (G.711
     /// from a carrier) at 24 kbit/s or more, else [`Self::DEFAULT`]. There the

@@ -13,9 +13,12 @@
 //! `handle_*`, packets and events come out with `poll_*`. All buffers are allocated
 //! when it is built; in steady state it allocates nothing per packet.
 
+mod encoder;
 mod fifo;
 mod relay;
 mod transcode;
+
+pub use encoder::{EncoderKey, FrameEncoder};
 
 use std::collections::VecDeque;
 
@@ -312,6 +315,8 @@ impl MediaPipeline {
 
     /// When [`MediaPipeline::handle_timeout`] is next due (jitter-buffered
     /// pipelines: the buffer's playout clock). Ask again after every input.
+    /// `None` for a buffer on an external clock: that is driven by
+    /// [`MediaPipeline::tick`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.mode {
             Mode::Transcode(t) => t.poll_timeout(),
@@ -319,12 +324,56 @@ impl MediaPipeline {
         }
     }
 
-    /// Plays out the frames due by `now` (jitter-buffered pipelines); their
-    /// packets or PCM frames are then ready to poll.
+    /// Plays out the frames due by `now` (jitter-buffered pipelines on the
+    /// buffer's own clock); their packets or PCM frames are then ready to poll.
+    /// Does nothing on an external clock (see [`MediaPipeline::tick`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Mode::Transcode(t) = &mut self.mode {
             t.handle_timeout(now, &mut self.stats);
         }
+    }
+
+    /// Plays out exactly one 20 ms frame at `now`, for a pipeline whose jitter
+    /// buffer runs on an external clock ([`JitterConfig::external_clock`]): a
+    /// call clock that ticks every 20 ms whatever the sender does, as a mixer
+    /// needs (one frame per source per tick). The buffer decodes, conceals,
+    /// plays silence or time-stretches as it decides, so with a PCM output
+    /// [`MediaPipeline::poll_frame`] then yields exactly one frame at the output
+    /// rate (with an RTP output, one packet's worth is encoded). Unlike
+    /// [`MediaPipeline::poll_timeout`]/[`MediaPipeline::handle_timeout`], where
+    /// the buffer's own clock says when (and moves by up to 2 ms a frame to
+    /// follow its target delay), here the caller's clock says when and the
+    /// buffer keeps its delay on target by stretching the audio alone.
+    ///
+    /// Fails (`WrongInput`) on a pipeline without a jitter buffer or with one on
+    /// its own clock.
+    pub fn tick(&mut self, now: Instant) -> Result<(), PipelineError> {
+        match &mut self.mode {
+            Mode::Transcode(t) => t.tick(now, &mut self.stats),
+            Mode::Relay(_) => Err(PipelineError::WrongInput("tick on a relay")),
+        }
+    }
+
+    /// Packetizes one 20 ms `payload` encoded elsewhere (by a [`FrameEncoder`]
+    /// whose [`FrameEncoder::key`] equals this pipeline's
+    /// [`MediaPipeline::encoder_key`]) as the next frame of this PCM-input,
+    /// RTP-output pipeline: its own SSRC, sequence number, timestamp and payload
+    /// type. Everything else is as for a frame it encoded itself: queued DTMF
+    /// replaces the audio, an Opus DTX payload (2 bytes or less) is not sent and
+    /// the next packet gets the marker, and a muted pipeline sends its own
+    /// silence. The packet is then ready to poll.
+    ///
+    /// A frame given here and one given to [`MediaPipeline::handle_pcm`] each
+    /// advance the stream by 20 ms, so a listener can move between a shared
+    /// encoder and its own from one tick to the next (give `handle_pcm` whole
+    /// frames, so nothing waits in its FIFO).
+    pub fn handle_encoded(&mut self, now: Instant, payload: &[u8]) -> Result<(), PipelineError> {
+        let Mode::Transcode(t) = &mut self.mode else {
+            return Err(PipelineError::WrongInput("encoded audio into a relay"));
+        };
+        t.handle_encoded(payload, &mut self.stats)?;
+        self.last_input = Some(now);
+        Ok(())
     }
 
     /// The jitter buffer's counters and delays, for jitter-buffered pipelines.
@@ -1001,6 +1050,268 @@ mod tests {
         assert!(out.len() >= 298, "{}", out.len());
         let marked = out.iter().skip(1).filter(|o| o.header().marker).count();
         assert_eq!(marked, 1, "the restart starts a new segment");
+    }
+
+    /// A PCM 16 kHz pipeline from `input` through a jitter buffer on the
+    /// caller's clock.
+    fn ticked(input: RtpFormat) -> MediaPipeline {
+        let mut cfg = PipelineConfig::new(
+            Endpoint::Rtp(input),
+            Endpoint::Pcm(SampleRate::HZ_16000),
+            Ssrc(5),
+            3,
+        );
+        let mut j = JitterConfig::new(input.codec.clock_rate());
+        j.external_clock = true;
+        cfg.jitter = Some(j);
+        MediaPipeline::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn ticked_on_the_call_clock_it_yields_one_frame_per_tick() {
+        for codec in [Codec::Pcmu, Codec::Opus] {
+            let format = if codec == Codec::Opus {
+                opus(111)
+            } else {
+                PCMU
+            };
+            let mut p = ticked(format);
+            assert_eq!(p.poll_timeout(), None);
+            // 10 s of a 700 Hz tone, 20 ms packets, 0-40 ms of jitter, 3 % lost.
+            let rate = codec.natural_rate();
+            let n = rate.samples_in(Millis(20));
+            let tone = sine(rate.hz(), 700.0, 8000.0, n * 500);
+            let mut enc = crate::codec::AudioEncoder::new(codec, Default::default()).unwrap();
+            let mut loss = SeededRng::new(21);
+            let mut rng = SeededRng::new(22);
+            let mut arrivals: Vec<(u64, RtpPacket)> = (0..500usize)
+                .filter(|_| !loss.chance(0.03))
+                .map(|i| {
+                    let mut payload = [0u8; 1500];
+                    let len = enc.encode(&tone[i * n..(i + 1) * n], &mut payload).unwrap();
+                    let ticks = codec.clock_rate().ticks_in(Millis(20));
+                    let pkt = packet(
+                        format.payload_type,
+                        i as u16,
+                        i as u32 * ticks,
+                        1,
+                        false,
+                        &payload[..len],
+                    );
+                    (i as u64 * 20_000 + (rng.next_f64() * 40_000.0) as u64, pkt)
+                })
+                .collect();
+            // In order, as most paths deliver (a reordering path makes the
+            // buffer wait for the missing packet, concealing on this clock).
+            for i in 1..arrivals.len() {
+                arrivals[i].0 = arrivals[i].0.max(arrivals[i - 1].0);
+            }
+            let mut next = 0;
+            let mut out = Vec::new();
+            let mut frame = [0i16; 960];
+            // The call clock: a tick every 20 ms from an arbitrary phase.
+            for k in 0..520u64 {
+                let now = 7_000 + k * 20_000;
+                while next < arrivals.len() && arrivals[next].0 <= now {
+                    let (at, pkt) = &arrivals[next];
+                    p.handle_rtp(Instant::from_micros(*at), pkt).unwrap();
+                    next += 1;
+                }
+                p.tick(Instant::from_micros(now)).unwrap();
+                assert_eq!(p.poll_frame(&mut frame), Some(320), "{codec:?} tick {k}");
+                assert_eq!(p.poll_frame(&mut frame), None);
+                out.push(frame[..320].to_vec());
+            }
+            assert!(p.stats().lost > 0, "{:?}", p.stats());
+            // Once playing, continuous: no frame near silence (a gap would be
+            // -200 dB), and only the frames around a loss (concealed) more than
+            // 3 dB under the tone.
+            let start = out.iter().position(|f| f.iter().any(|&v| v != 0)).unwrap();
+            assert!(start <= 5, "{start}");
+            let expected = crate::analysis::rms_db(&tone);
+            let playing = &out[start + 1..start + 480];
+            let levels: Vec<f64> = playing.iter().map(|f| crate::analysis::rms_db(f)).collect();
+            assert!(
+                levels.iter().all(|&l| l > expected - 20.0),
+                "{codec:?} {levels:?}"
+            );
+            let dips = levels.iter().filter(|&&l| l < expected - 3.0).count() as u64;
+            assert!(dips <= 3 * p.stats().lost, "{codec:?} {dips}");
+            let pcm: Vec<i16> = playing.concat();
+            assert!((dominant_frequency(&pcm, 16000, 200.0, 3000.0) - 700.0).abs() < 3.0);
+            let target = p.jitter_stats().unwrap().target_delay_ms;
+            assert!((20.0..=80.0).contains(&target), "{target}");
+        }
+    }
+
+    #[test]
+    fn tick_is_for_a_buffer_on_the_callers_clock_only() {
+        let mut own = buffered(Endpoint::Rtp(PCMU), Endpoint::Pcm(SampleRate::HZ_16000));
+        assert!(matches!(
+            own.tick(Instant::ZERO),
+            Err(PipelineError::WrongInput(_))
+        ));
+        let mut direct = pipeline(Endpoint::Rtp(PCMU), Endpoint::Pcm(SampleRate::HZ_16000));
+        assert!(direct.tick(Instant::ZERO).is_err());
+        let mut relay = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMU));
+        assert!(relay.tick(Instant::ZERO).is_err());
+        // On the caller's clock, handle_timeout leaves it alone.
+        let mut p = ticked(PCMU);
+        p.handle_rtp(Instant::ZERO, &pcmu_packet(0, 0, 1, &[1000; 160]))
+            .unwrap();
+        p.handle_timeout(Instant::from_millis(500));
+        assert_eq!(p.poll_frame(&mut [0; 320]), None);
+    }
+
+    /// A listener's output pipeline: PCM 16 kHz (a mixer's) to `format`.
+    fn listener(format: RtpFormat) -> PipelineConfig {
+        PipelineConfig::new(
+            Endpoint::Pcm(SampleRate::HZ_16000),
+            Endpoint::Rtp(format),
+            Ssrc(0x1234),
+            9,
+        )
+    }
+
+    /// Feeds `pcm` (16 kHz) in 20 ms frames to `own` (which encodes itself) and
+    /// through `shared` to `fed`; returns both output streams.
+    fn both_ways(
+        own: &mut MediaPipeline,
+        fed: &mut MediaPipeline,
+        shared: &mut FrameEncoder,
+        pcm: &[i16],
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (i, f) in pcm.chunks_exact(320).enumerate() {
+            let now = Instant::from_millis(20 * i as u64);
+            own.handle_pcm(now, f).unwrap();
+            fed.handle_encoded(now, shared.encode(f).unwrap()).unwrap();
+            while let Some(o) = own.poll_packet() {
+                a.push(o.bytes.to_vec());
+            }
+            while let Some(o) = fed.poll_packet() {
+                b.push(o.bytes.to_vec());
+            }
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn a_shared_g711_encoder_gives_the_same_stream_dtmf_included() {
+        let format = RtpFormat {
+            telephone_event: PayloadType::new(101),
+            ..PCMU
+        };
+        let config = listener(format);
+        let (mut own, mut fed) = (
+            MediaPipeline::new(config).unwrap(),
+            MediaPipeline::new(config).unwrap(),
+        );
+        let mut shared = FrameEncoder::for_output(&config).unwrap();
+        assert_eq!(own.encoder_key(), Some(shared.key()));
+        own.send_dtmf("5", Millis(60)).unwrap();
+        fed.send_dtmf("5", Millis(60)).unwrap();
+        let pcm = sine(16000, 1000.0, 9000.0, 320 * 30);
+        let (a, b) = both_ways(&mut own, &mut fed, &mut shared, &pcm);
+        assert_eq!(a, b);
+        let events = a.iter().filter(|p| p[1] & 0x7f == 101).count();
+        assert!(
+            events >= 3 && a.len() == 30 - 3 + events,
+            "{} {events}",
+            a.len()
+        );
+        // Muted, each sends its own silence.
+        own.set_muted(true);
+        fed.set_muted(true);
+        let (a, b) = both_ways(&mut own, &mut fed, &mut shared, &pcm[..320 * 2]);
+        assert_eq!(a, b);
+        assert!(a.iter().all(|p| p[12..].iter().all(|&c| c == 0xff)));
+        // Another payload type, the same payloads: the same key.
+        let pcmu_96 = RtpFormat {
+            payload_type: PayloadType::new(96).unwrap(),
+            ..PCMU
+        };
+        let other = MediaPipeline::new(listener(pcmu_96)).unwrap();
+        assert_eq!(other.encoder_key(), Some(shared.key()));
+        assert_ne!(
+            MediaPipeline::new(listener(PCMA)).unwrap().encoder_key(),
+            Some(shared.key())
+        );
+    }
+
+    #[test]
+    fn a_shared_opus_encoder_gives_a_decodable_stream_that_follows_the_fmtp() {
+        let format = RtpFormat {
+            opus: Some(OpusFmtp::parse("useinbandfec=1;usedtx=1")),
+            ..opus(111)
+        };
+        let config = listener(format);
+        let (mut own, mut fed) = (
+            MediaPipeline::new(config).unwrap(),
+            MediaPipeline::new(config).unwrap(),
+        );
+        let mut shared = FrameEncoder::for_output(&config).unwrap();
+        let key = shared.key();
+        assert_eq!(own.encoder_key(), Some(key));
+        assert_eq!(key.opus.as_ref(), own.opus_encoder());
+        assert!(key.opus.is_some_and(|o| o.dtx && o.inband_fec));
+        assert_eq!(key.opus.unwrap().sample_rate, SampleRate::HZ_16000);
+        // A receiver without FEC needs other payloads.
+        let no_fec = MediaPipeline::new(listener(opus(111))).unwrap();
+        assert_ne!(no_fec.encoder_key(), Some(key));
+        // A tone, a second of silence (DTX), the tone again.
+        let mut pcm = sine(16000, 1000.0, 9000.0, 320 * 50);
+        pcm.extend(std::iter::repeat_n(0, 320 * 50));
+        pcm.extend(sine(16000, 1000.0, 9000.0, 320 * 50));
+        let (a, b) = both_ways(&mut own, &mut fed, &mut shared, &pcm);
+        // libopus is deterministic: the same settings and input, the same bytes.
+        assert_eq!(a, b);
+        let pkts: Vec<RtpPacket> = b
+            .iter()
+            .map(|p| RtpPacket::parse(Bytes::copy_from_slice(p)).unwrap())
+            .collect();
+        assert!(pkts.len() < 140, "DTX sent less: {}", pkts.len());
+        let resumed = pkts
+            .windows(2)
+            .find(|w| w[1].timestamp().0.wrapping_sub(w[0].timestamp().0) > 960);
+        assert!(resumed.is_some_and(|w| w[1].marker()));
+        let mut dec = AudioDecoder::new(Codec::Opus, SampleRate::HZ_48000).unwrap();
+        let mut decoded = Vec::new();
+        let mut buf = vec![0i16; 5760];
+        for p in &pkts[5..45] {
+            let n = dec.decode(p.payload_bytes(), &mut buf).unwrap();
+            decoded.extend_from_slice(&buf[..n]);
+        }
+        assert!((dominant_frequency(&decoded, 48000, 200.0, 3000.0) - 1000.0).abs() < 3.0);
+    }
+
+    #[test]
+    fn encoded_frames_go_only_where_they_fit() {
+        let mut shared = FrameEncoder::for_output(&listener(PCMU)).unwrap();
+        assert_eq!(shared.frame_samples(), 320);
+        assert!(shared.encode(&[0; 160]).is_err());
+        let rtp_in = PipelineConfig::new(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA), Ssrc(1), 1);
+        assert!(FrameEncoder::for_output(&rtp_in).is_err());
+        let mut p = MediaPipeline::new(rtp_in).unwrap();
+        assert!(p.handle_encoded(Instant::ZERO, &[0; 160]).is_err());
+        assert_eq!(p.encoder_key(), None);
+        let mut to_pcm = pipeline(
+            Endpoint::Pcm(SampleRate::HZ_16000),
+            Endpoint::Pcm(SampleRate::HZ_8000),
+        );
+        assert!(to_pcm.handle_encoded(Instant::ZERO, &[0; 160]).is_err());
+        let mut l = MediaPipeline::new(listener(PCMU)).unwrap();
+        assert!(l.handle_encoded(Instant::ZERO, &[0; 1489]).is_err());
+        assert!(l.handle_encoded(Instant::ZERO, &[0; 160]).is_ok());
+        assert_eq!(l.poll_packet().map(|o| o.bytes.len()), Some(172));
+        assert_eq!(
+            FrameEncoder::new(SampleRate::HZ_48000, PCMU, OpusEncoderConfig::default())
+                .unwrap()
+                .encode(&[0; 960])
+                .unwrap()
+                .len(),
+            160
+        );
     }
 
     #[test]

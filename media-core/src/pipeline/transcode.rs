@@ -9,17 +9,18 @@
 
 use std::collections::VecDeque;
 
-use super::fifo::{PacketRing, PcmFifo};
+use super::fifo::{PacketRing, PcmFifo, SLOT};
 use super::{
-    Endpoint, OUTPUT_PTIME, PipelineConfig, PipelineError, PipelineEvent, PipelineStats, RtpFormat,
-    push_event, receive_dtmf,
+    EncoderKey, Endpoint, OUTPUT_PTIME, PipelineConfig, PipelineError, PipelineEvent,
+    PipelineStats, RtpFormat, push_event, receive_dtmf,
 };
 use crate::codec::{AudioDecoder, AudioEncoder, Codec, OpusEncoderConfig, opus};
 use crate::dtmf::{DtmfReceiver, DtmfSender, EventPacket, TelephoneEvent};
 use crate::jitter::{InsertOutcome, JitterStats, Playout};
 use crate::resample::Resampler;
 use crate::rtp::{
-    RtpPacket, RtpTimestamp, RtpWriter, SeqNo, SeqUnwrapper, Ssrc, TimestampUnwrapper,
+    FIXED_HEADER_LEN, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, SeqUnwrapper, Ssrc,
+    TimestampUnwrapper,
 };
 use crate::time::Instant;
 use crate::time::{ClockRate, Millis, SampleRate};
@@ -97,6 +98,23 @@ struct Back {
     frame_buf: Vec<i16>,
 }
 
+/// The Opus settings of an encoder for `format` taking PCM at `enc_rate`:
+/// `opus` at that rate, narrowed to the receiver's `fmtp`.
+pub(super) fn encoder_config(
+    format: &RtpFormat,
+    enc_rate: SampleRate,
+    opus: OpusEncoderConfig,
+) -> OpusEncoderConfig {
+    let opus = OpusEncoderConfig {
+        sample_rate: enc_rate,
+        ..opus
+    };
+    match &format.opus {
+        Some(fmtp) => opus.toward(fmtp),
+        None => opus,
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Transcode {
     input: Option<Front>,
@@ -150,16 +168,9 @@ impl Transcode {
         let output = match config.output {
             Endpoint::Rtp(f) => {
                 let clock = f.codec.clock_rate();
-                let mut opus = OpusEncoderConfig {
-                    sample_rate: enc_rate,
-                    ..config.opus
-                };
-                if let Some(fmtp) = &f.opus {
-                    opus = opus.toward(fmtp);
-                }
                 Some(RtpOut {
                     format: f,
-                    encoder: AudioEncoder::new(f.codec, opus)?,
+                    encoder: AudioEncoder::new(f.codec, encoder_config(&f, enc_rate, config.opus))?,
                     clock,
                     ssrc: config.ssrc,
                     seq,
@@ -237,15 +248,49 @@ impl Transcode {
         }
     }
 
-    /// When the jitter buffer wants its next frame pulled.
+    /// When the jitter buffer wants its next frame pulled (never for one on an
+    /// external clock: that is ticked).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         match &self.input {
-            Some(Front::Jitter { playout, .. }) => playout.jitter().poll_timeout(),
+            Some(Front::Jitter { playout, .. }) if !playout.jitter().config().external_clock => {
+                playout.jitter().poll_timeout()
+            }
             _ => None,
         }
     }
 
-    /// Plays out every frame due by `now` (jitter mode).
+    /// Plays out exactly one frame at `now` (jitter mode on an external clock).
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        stats: &mut PipelineStats,
+    ) -> Result<(), PipelineError> {
+        let Transcode {
+            input,
+            dec_buf,
+            back,
+        } = self;
+        let Some(Front::Jitter {
+            playout, played, ..
+        }) = input.as_mut()
+        else {
+            return Err(PipelineError::WrongInput(
+                "tick needs RTP input through a jitter buffer",
+            ));
+        };
+        if !playout.jitter().config().external_clock {
+            return Err(PipelineError::WrongInput(
+                "tick needs a jitter buffer with external_clock (else handle_timeout)",
+            ));
+        }
+        *played = Some(now);
+        let n = playout.pull(now, dec_buf);
+        back.feed(&dec_buf[..n], stats);
+        jitter_counters(playout, stats);
+        Ok(())
+    }
+
+    /// Plays out every frame due by `now` (jitter mode on the buffer's own clock).
     pub(crate) fn handle_timeout(&mut self, now: Instant, stats: &mut PipelineStats) {
         let Transcode {
             input,
@@ -261,6 +306,9 @@ impl Transcode {
         else {
             return;
         };
+        if playout.jitter().config().external_clock {
+            return;
+        }
         let frame = std::time::Duration::from_millis(playout.jitter().config().frame.0 as u64);
         // A frame per due time; a driver that woke late catches up by a few.
         for _ in 0..4 {
@@ -290,12 +338,48 @@ impl Transcode {
             let n = playout.pull(now, dec_buf);
             back.feed(&dec_buf[..n], stats);
         }
-        let j = playout.jitter().stats();
-        stats.lost = j.lost;
-        stats.late = j.late;
-        stats.fec_recovered = j.fec_recovered;
-        let clock = playout.jitter().config().clock.0 as u64;
-        stats.concealed_ms = (j.concealed_ticks + j.underrun_ticks) * 1000 / clock;
+        jitter_counters(playout, stats);
+    }
+
+    /// Packetizes one 20 ms payload encoded elsewhere (PCM input, RTP output).
+    pub(crate) fn handle_encoded(
+        &mut self,
+        payload: &[u8],
+        stats: &mut PipelineStats,
+    ) -> Result<(), PipelineError> {
+        let b = &mut self.back;
+        let (None, Some(out), Some(ring)) = (&self.input, b.output.as_mut(), b.ring.as_mut())
+        else {
+            return Err(PipelineError::WrongInput(
+                "encoded audio needs a PCM-input, RTP-output pipeline",
+            ));
+        };
+        if payload.len() > SLOT - FIXED_HEADER_LEN {
+            return Err(PipelineError::WrongInput("payload larger than a packet"));
+        }
+        stats.packets_in += 1;
+        stats.bytes_in += payload.len() as u64;
+        if b.muted {
+            b.frame_buf.fill(0);
+            emit_frame(out, ring, Audio::Pcm(&b.frame_buf), stats);
+        } else {
+            emit_frame(out, ring, Audio::Encoded(payload), stats);
+        }
+        Ok(())
+    }
+
+    /// What a shared encoder must be to stand in for this pipeline's own (PCM
+    /// input, RTP output).
+    pub(crate) fn encoder_key(&self) -> Option<EncoderKey> {
+        let out = self.back.output.as_ref()?;
+        if self.input.is_some() {
+            return None;
+        }
+        Some(EncoderKey {
+            input_rate: self.back.input_rate,
+            codec: out.format.codec,
+            opus: self.opus_encoder().copied(),
+        })
     }
 
     pub(crate) fn handle_rtp(
@@ -476,6 +560,16 @@ impl Transcode {
     }
 }
 
+/// Copies the jitter buffer's loss counters into the pipeline's.
+fn jitter_counters(playout: &Playout, stats: &mut PipelineStats) {
+    let j = playout.jitter().stats();
+    stats.lost = j.lost;
+    stats.late = j.late;
+    stats.fec_recovered = j.fec_recovered;
+    let clock = playout.jitter().config().clock.0 as u64;
+    stats.concealed_ms = (j.concealed_ticks + j.underrun_ticks) * 1000 / clock;
+}
+
 impl Back {
     /// Starts a new output segment for input extended timestamp `ext_ts`: the
     /// partial frame is completed with silence and sent, the output timestamp jumps
@@ -537,13 +631,22 @@ impl Back {
             if self.muted {
                 self.frame_buf.fill(0);
             }
-            emit_frame(out, ring, &self.frame_buf, stats);
+            emit_frame(out, ring, Audio::Pcm(&self.frame_buf), stats);
         }
     }
 }
 
+/// One 20 ms frame of audio for the output.
+#[derive(Clone, Copy, Debug)]
+enum Audio<'a> {
+    /// PCM at the encoder's rate, to encode.
+    Pcm(&'a [i16]),
+    /// A payload encoded elsewhere (a shared `FrameEncoder`).
+    Encoded(&'a [u8]),
+}
+
 /// Packetizes one 20 ms frame (or the DTMF events that replace it).
-fn emit_frame(out: &mut RtpOut, ring: &mut PacketRing, frame: &[i16], stats: &mut PipelineStats) {
+fn emit_frame(out: &mut RtpOut, ring: &mut PacketRing, audio: Audio, stats: &mut PipelineStats) {
     let ts = out.ts;
     out.ts = out.ts.wrapping_add(out.frame_ticks);
     if let (Some(tx), Some(te)) = (out.dtmf_tx.as_mut(), out.format.telephone_event) {
@@ -588,7 +691,17 @@ fn emit_frame(out: &mut RtpOut, ring: &mut PacketRing, frame: &[i16], stats: &mu
     let Ok(h) = w.write(slot) else {
         return;
     };
-    let Ok(len) = out.encoder.encode(frame, &mut slot[h..]) else {
+    let len = match audio {
+        Audio::Pcm(frame) => out.encoder.encode(frame, &mut slot[h..]),
+        Audio::Encoded(payload) => match slot.get_mut(h..h + payload.len()) {
+            Some(room) => {
+                room.copy_from_slice(payload);
+                Ok(payload.len())
+            }
+            None => return,
+        },
+    };
+    let Ok(len) = len else {
         return;
     };
     if out.format.codec == Codec::Opus && len <= 2 {
