@@ -887,9 +887,9 @@ impl Call {
         self.after_leave(now, ctx, key);
     }
 
-    /// After party `key` left: a caller leaving an unanswered call ends it; in a
-    /// connected call, the call ends when nobody who keeps it alive is left, or
-    /// one party is left alone with nobody ringing to join it.
+    /// After party `key` left: a caller leaving an unanswered call ends it; a
+    /// connected call ends when fewer than two parties who keep it alive are
+    /// left in it (see [`Call::after_alone`]).
     pub(crate) fn after_leave(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey) {
         match self.state {
             CallState::Routing { .. } | CallState::Dialing(_) if key == self.caller => {
@@ -905,8 +905,10 @@ impl Call {
         }
     }
 
-    /// A connected call ends when nobody who keeps it alive is left, or one
-    /// party is left alone with nobody ringing to join it.
+    /// A connected call ends when fewer than two parties who keep it alive
+    /// (everyone but silent or whispering supervisors) are left in it: one
+    /// party alone has nobody to talk to, and a party still ringing to join is
+    /// not in it yet (it stops ringing).
     pub(crate) fn after_alone(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
         if !self.is_connected() {
             return;
@@ -916,12 +918,7 @@ impl Call {
             .values()
             .filter(|p| p.joined() && p.keeps_alive())
             .count();
-        let adding = self
-            .parties
-            .values()
-            .filter(|p| self.pending(p) && matches!(p.origin, Origin::Added { .. }))
-            .count();
-        if full == 0 || (full == 1 && adding == 0) {
+        if full < 2 {
             self.end_call(
                 now,
                 ctx,

@@ -11,6 +11,8 @@
 //! source at all when the IP cannot match; once latched, other sources are dropped
 //! so a stray sender cannot hijack the stream.
 
+mod mix;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -20,12 +22,13 @@ use media_core::analysis::ToneGenerator;
 use media_core::codec::{Codec, OpusEncoderConfig};
 use media_core::jitter::JitterConfig;
 use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, PipelineEvent, RtpFormat};
-use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, Ssrc};
+use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, RtpTimestamp, Ssrc};
 use media_core::{Instant, Millis, SampleRate, SeededRng};
 
-use crate::contract::{Feed, FeedSource, LegKey, MediaCommand, MediaEvent, Tone};
+use crate::contract::{Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, Tone};
 use crate::stream::{AgentMessage, StreamEvent, StreamLeg};
 use crate::webrtc::{MuxCredentials, WebRtcConfig, WebRtcEvent, WebRtcLeg};
+use mix::{Mix, Slot};
 
 /// Media session settings.
 #[derive(Clone, Debug)]
@@ -41,6 +44,8 @@ pub struct MediaConfig {
     /// Transcoding between two SIP legs goes through a jitter buffer too (off by
     /// default: both ends have their own).
     pub sip_jitter_buffer: bool,
+    /// Slots of the call's mix (listeners, the legs and tones they hear).
+    pub max_mix: usize,
 }
 
 impl MediaConfig {
@@ -53,6 +58,7 @@ impl MediaConfig {
             seed,
             opus: OpusEncoderConfig::default(),
             sip_jitter_buffer: false,
+            max_mix: 40,
         }
     }
 }
@@ -174,21 +180,60 @@ enum Kind {
     },
 }
 
-/// What feeds a leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+/// How a listener gets what it hears.
+#[derive(Debug)]
+enum Route {
+    /// It hears nothing: nothing is sent to it.
     Nothing,
-    Leg(LegKey),
-    Tone(Tone),
+    /// One leg as it comes (itself: an echo): a relay in place, or one
+    /// transcoding pipeline from that leg's format to its own.
+    Leg {
+        from: LegKey,
+        pipeline: Option<MediaPipeline>,
+    },
+    /// A generated tone through a PCM pipeline (ringback, a test tone).
+    Tone {
+        tone: Tone,
+        generator: ToneGenerator,
+        started: Instant,
+        pipeline: Option<MediaPipeline>,
+    },
+    /// Several feeds, or one at another level: its slot's frame of the call's
+    /// mix, encoded for it on every tick.
+    Mixed { encoder: Option<MediaPipeline> },
+}
+
+impl Route {
+    fn pipeline(&mut self) -> Option<&mut MediaPipeline> {
+        match self {
+            Route::Nothing => None,
+            Route::Leg { pipeline, .. } | Route::Tone { pipeline, .. } => pipeline.as_mut(),
+            Route::Mixed { encoder } => encoder.as_mut(),
+        }
+    }
+
+    fn pipeline_ref(&self) -> Option<&MediaPipeline> {
+        match self {
+            Route::Nothing => None,
+            Route::Leg { pipeline, .. } | Route::Tone { pipeline, .. } => pipeline.as_ref(),
+            Route::Mixed { encoder } => encoder.as_ref(),
+        }
+    }
+
+    fn from_leg(&self) -> Option<LegKey> {
+        match self {
+            Route::Leg { from, .. } => Some(*from),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct MLeg {
     kind: Kind,
-    source: Source,
-    /// Produces what this leg receives.
-    to_me: Option<MediaPipeline>,
-    tone: Option<(ToneGenerator, Instant)>,
+    /// What it hears (the call's graph).
+    feeds: Vec<Feed>,
+    route: Route,
     /// What this leg sends is replaced by silence for the others.
     muted: bool,
     /// Nothing is sent to this leg.
@@ -198,6 +243,18 @@ struct MLeg {
 }
 
 impl MLeg {
+    fn new(kind: Kind, now: Instant) -> MLeg {
+        MLeg {
+            kind,
+            feeds: Vec::new(),
+            route: Route::Nothing,
+            muted: false,
+            held: false,
+            last_rx: now,
+            timed_out: false,
+        }
+    }
+
     /// What this leg speaks: RTP in a format, or PCM (an agent's stream).
     fn endpoint(&self) -> Endpoint {
         match &self.kind {
@@ -212,6 +269,19 @@ impl MLeg {
             Endpoint::Pcm(_) => None,
         }
     }
+
+    /// Whether it hears through the mix.
+    fn mixed(&self) -> bool {
+        matches!(self.route, Route::Mixed { .. })
+    }
+}
+
+/// Whether `feeds` is one feed as it comes (a relay or one transcode will do).
+fn single(feeds: &[Feed]) -> Option<FeedSource> {
+    match feeds {
+        [f] if f.level == Level::UNITY => Some(f.from),
+        _ => None,
+    }
 }
 
 /// One call's media. See the module docs.
@@ -220,6 +290,8 @@ pub struct MediaSession {
     cfg: MediaConfig,
     legs: BTreeMap<LegKey, MLeg>,
     by_port: BTreeMap<u16, LegKey>,
+    /// The call clock's mix, while a listener hears more than one feed.
+    mix: Option<Mix>,
     out: Outbox,
     events: VecDeque<MediaEvent>,
     mux: VecDeque<MuxUpdate>,
@@ -229,6 +301,9 @@ pub struct MediaSession {
     stats: MediaStats,
     stopped: bool,
     pcm: Vec<i16>,
+    /// The RTP timestamp of each source's last DTMF event reported (one report
+    /// per event, however many pipelines saw it).
+    dtmf_seen: BTreeMap<LegKey, RtpTimestamp>,
 }
 
 /// What a session sends, in order.
@@ -322,7 +397,7 @@ impl Packet<'_> {
     }
 }
 
-/// Frame of generated tones: 20 ms at 8 kHz.
+/// Frame of generated tones on a direct route: 20 ms at 8 kHz.
 const TONE_RATE: u32 = 8000;
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -346,6 +421,7 @@ impl MediaSession {
             cfg,
             legs: BTreeMap::new(),
             by_port: BTreeMap::new(),
+            mix: None,
             out: Outbox::default(),
             events: VecDeque::new(),
             mux: VecDeque::new(),
@@ -355,6 +431,7 @@ impl MediaSession {
             stats: MediaStats::default(),
             stopped: false,
             pcm: vec![0; 960],
+            dtmf_seen: BTreeMap::new(),
         }
     }
 
@@ -366,17 +443,16 @@ impl MediaSession {
     /// Loss, concealment and jitter over every pipeline.
     pub fn totals(&self) -> MediaTotals {
         let mut t = MediaTotals::default();
-        for l in self.legs.values() {
-            if let Some(p) = &l.to_me {
-                let s = p.stats();
-                t.lost += s.lost;
-                t.late += s.late;
-                t.concealed_ms += s.concealed_ms;
-                t.transcoding += u64::from(!p.is_relay());
-                if let Some(j) = p.jitter_stats() {
-                    t.max_jitter_delay_ms =
-                        t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
-                }
+        let direct = self.legs.values().filter_map(|l| l.route.pipeline_ref());
+        let decoders = self.mix.iter().flat_map(|m| m.decoders());
+        for p in direct.chain(decoders) {
+            let s = p.stats();
+            t.lost += s.lost;
+            t.late += s.late;
+            t.concealed_ms += s.concealed_ms;
+            t.transcoding += u64::from(!p.is_relay());
+            if let Some(j) = p.jitter_stats() {
+                t.max_jitter_delay_ms = t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
             }
         }
         t
@@ -385,6 +461,12 @@ impl MediaSession {
     /// Legs.
     pub fn legs(&self) -> usize {
         self.legs.len()
+    }
+
+    /// Whether the call's media is mixed on its clock (some listener hears more
+    /// than one feed), and how many full-mix encoders it keeps.
+    pub fn mixing(&self) -> Option<usize> {
+        self.mix.as_ref().map(Mix::shared_encoders)
     }
 
     /// Whether [`MediaCommand::Stop`] came: the driver drops the session.
@@ -399,7 +481,7 @@ impl MediaSession {
 
     /// Jitter-buffer delay of what leg `leg` receives (ms), for metrics.
     pub fn jitter_delay_ms(&self, leg: LegKey) -> Option<u32> {
-        let p = self.legs.get(&leg)?.to_me.as_ref()?;
+        let p = self.legs.get(&leg)?.route.pipeline_ref()?;
         p.jitter_stats().map(|s| s.current_delay_ms.round() as u32)
     }
 
@@ -414,26 +496,15 @@ impl MediaSession {
                 remote,
                 format,
             } => {
-                self.legs.insert(
-                    leg,
-                    MLeg {
-                        kind: Kind::Rtp {
-                            port: local_port,
-                            signalled: remote,
-                            latched: None,
-                            format,
-                        },
-                        source: Source::Nothing,
-                        to_me: None,
-                        tone: None,
-                        muted: false,
-                        held: false,
-                        last_rx: now,
-                        timed_out: false,
-                    },
-                );
+                let kind = Kind::Rtp {
+                    port: local_port,
+                    signalled: remote,
+                    latched: None,
+                    format,
+                };
+                self.legs.insert(leg, MLeg::new(kind, now));
                 self.by_port.insert(local_port, leg);
-                self.rebuild_for_source(leg);
+                self.format_changed(now, leg);
             }
             MediaCommand::UpdateRtp {
                 leg,
@@ -456,8 +527,7 @@ impl MediaSession {
                     *f = format;
                     l.last_rx = now;
                     if changed {
-                        self.rebuild(leg);
-                        self.rebuild_for_source(leg);
+                        self.format_changed(now, leg);
                     }
                 }
             }
@@ -469,33 +539,28 @@ impl MediaSession {
                 headers,
                 start,
             } => {
-                self.legs.insert(
-                    leg,
-                    MLeg {
-                        kind: Kind::Stream {
-                            leg: Box::new(StreamLeg::new(format, &start)),
-                            connected: false,
-                        },
-                        source: Source::Nothing,
-                        to_me: None,
-                        tone: None,
-                        muted: false,
-                        held: false,
-                        last_rx: now,
-                        timed_out: false,
-                    },
-                );
+                let kind = Kind::Stream {
+                    leg: Box::new(StreamLeg::new(format, &start)),
+                    connected: false,
+                };
+                self.legs.insert(leg, MLeg::new(kind, now));
                 self.stream_io
                     .push_back(StreamIo::Connect { leg, url, headers });
             }
-            MediaCommand::Hear { listener, feeds } => self.hear(now, listener, &feeds),
+            MediaCommand::Hear { listener, feeds } => {
+                if let Some(l) = self.legs.get_mut(&listener) {
+                    l.feeds = feeds;
+                    self.reroute(now, listener, false);
+                    self.sync_mix(now);
+                }
+            }
             MediaCommand::Mute { leg, on } => {
                 if let Some(l) = self.legs.get_mut(&leg) {
                     l.muted = on;
                 }
                 for l in self.legs.values_mut() {
-                    if l.source == Source::Leg(leg)
-                        && let Some(p) = l.to_me.as_mut()
+                    if l.route.from_leg() == Some(leg)
+                        && let Some(p) = l.route.pipeline()
                     {
                         p.set_muted(on);
                     }
@@ -515,65 +580,46 @@ impl MediaSession {
                             .filter(|c| *c != ',')
                             .for_each(|d| st.send_dtmf(d)),
                         _ => {
-                            if let Some(p) = l.to_me.as_mut() {
+                            if let Some(p) = l.route.pipeline() {
                                 let _ = p.send_dtmf(&digits, Millis(160));
                             }
                         }
                     }
                 }
             }
-            MediaCommand::Remove { leg } => self.remove(leg),
+            MediaCommand::Remove { leg } => {
+                self.remove(leg);
+                self.sync_mix(now);
+            }
             MediaCommand::Stop => {
                 let keys: Vec<LegKey> = self.legs.keys().copied().collect();
                 for k in keys {
                     self.remove(k);
                 }
+                self.mix = None;
                 self.stopped = true;
             }
         }
         self.drain(now);
     }
 
-    /// `listener` hears `feeds` from now on.
-    fn hear(&mut self, now: Instant, listener: LegKey, feeds: &[Feed]) {
-        let source = match feeds.first() {
-            None => Source::Nothing,
-            Some(Feed {
-                from: FeedSource::Leg(k),
-                ..
-            }) => Source::Leg(*k),
-            Some(Feed {
-                from: FeedSource::Tone(t),
-                ..
-            }) => Source::Tone(*t),
-        };
-        let Some(l) = self.legs.get_mut(&listener) else {
-            return;
-        };
-        if l.source == source {
-            return;
+    /// Leg `leg` was added or changed format: what it hears and what hears it
+    /// are built again.
+    fn format_changed(&mut self, now: Instant, leg: LegKey) {
+        self.reroute(now, leg, true);
+        let fed: Vec<LegKey> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.route.from_leg() == Some(leg))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in fed {
+            self.reroute(now, k, true);
         }
-        l.source = source;
-        l.tone = match source {
-            Source::Tone(t) => {
-                let g = match t {
-                    // About -20 dBFS each: the level of a real ringback.
-                    Tone::Ringback => {
-                        ToneGenerator::new(TONE_RATE, &[(440.0, 3000.0), (480.0, 3000.0)])
-                    }
-                    Tone::Hz(hz) => ToneGenerator::new(TONE_RATE, &[(f64::from(hz), 8000.0)]),
-                };
-                Some((g, now))
-            }
-            _ => None,
-        };
-        match source {
-            Source::Nothing => l.to_me = None,
-            _ => self.rebuild(listener),
+        if let Some(m) = self.mix.as_mut() {
+            m.forget_decoder(leg);
         }
-        if matches!(source, Source::Tone(_)) {
-            self.schedule_tick(now);
-        }
+        self.sync_mix(now);
     }
 
     fn remove(&mut self, leg: LegKey) {
@@ -596,12 +642,13 @@ impl MediaSession {
                 }
             }
         }
+        // Whoever heard it alone hears nothing now (control sends the new graph).
         for l in self.legs.values_mut() {
-            if l.source == Source::Leg(leg) {
-                l.source = Source::Nothing;
-                l.to_me = None;
+            if l.route.from_leg() == Some(leg) {
+                l.route = Route::Nothing;
             }
         }
+        self.dtmf_seen.remove(&leg);
     }
 
     fn add_webrtc(&mut self, now: Instant, leg: LegKey, offer: &str) {
@@ -626,34 +673,27 @@ impl MediaSession {
                     leg,
                     credentials: w.mux_credentials(),
                 });
-                // A re-offer replaces the leg's peer connection, keeping its links.
-                let (source, muted, held) =
-                    self.legs
-                        .remove(&leg)
-                        .map_or((Source::Nothing, false, false), |old| {
-                            if let Kind::WebRtc { leg: mut ow, .. } = old.kind {
-                                ow.close();
-                            }
-                            (old.source, old.muted, old.held)
-                        });
-                self.legs.insert(
-                    leg,
-                    MLeg {
-                        kind: Kind::WebRtc {
-                            leg: Box::new(w),
-                            format,
-                        },
-                        source,
-                        to_me: None,
-                        tone: None,
-                        muted,
-                        held,
-                        last_rx: now,
-                        timed_out: false,
-                    },
-                );
-                self.rebuild(leg);
-                self.rebuild_for_source(leg);
+                // A re-offer replaces the leg's peer connection, keeping what it
+                // hears and its flags.
+                let kind = Kind::WebRtc {
+                    leg: Box::new(w),
+                    format,
+                };
+                let l = match self.legs.remove(&leg) {
+                    Some(mut old) => {
+                        if let Kind::WebRtc { leg: mut ow, .. } =
+                            std::mem::replace(&mut old.kind, kind)
+                        {
+                            ow.close();
+                        }
+                        old.last_rx = now;
+                        old.timed_out = false;
+                        old
+                    }
+                    None => MLeg::new(kind, now),
+                };
+                self.legs.insert(leg, l);
+                self.format_changed(now, leg);
                 self.events
                     .push_back(MediaEvent::WebRtcAnswer { leg, sdp: answer });
             }
@@ -664,55 +704,157 @@ impl MediaSession {
         }
     }
 
-    /// Rebuilds the pipeline that feeds `leg` from its source.
-    fn rebuild(&mut self, leg: LegKey) {
-        let Some(l) = self.legs.get(&leg) else { return };
+    /// A pipeline from `input` to leg `to`'s endpoint: with a jitter buffer
+    /// toward a browser or an agent, or from one, but between two SIP legs only
+    /// if configured (both ends buffer; as rtpengine does).
+    fn pipeline_to(&mut self, to: LegKey, input: Endpoint, from_sip: bool) -> Option<MediaPipeline> {
+        let l = self.legs.get(&to)?;
         let output = l.endpoint();
-        let input = match l.source {
-            Source::Nothing => None,
-            Source::Tone(_) => Some(Endpoint::Pcm(SampleRate::HZ_8000)),
-            Source::Leg(src) => self.legs.get(&src).map(MLeg::endpoint),
+        let to_sip = matches!(l.kind, Kind::Rtp { .. });
+        let ssrc = Ssrc(self.rng.next_u32());
+        let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
+        cfg.opus = self.cfg.opus;
+        if (!(from_sip && to_sip) || self.cfg.sip_jitter_buffer)
+            && let Endpoint::Rtp(f) = input
+        {
+            cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
+        }
+        MediaPipeline::new(cfg).ok()
+    }
+
+    /// Builds how `listener` gets what it hears (see [`Route`]). A route that
+    /// stays what it was keeps its pipeline (its stream goes on, no new
+    /// SSRC, no filter starting from silence), unless `fresh`: the leg's format
+    /// changed.
+    fn reroute(&mut self, now: Instant, listener: LegKey, fresh: bool) {
+        let Some(l) = self.legs.get(&listener) else {
+            return;
         };
-        let source_muted = match l.source {
-            Source::Leg(src) => self.legs.get(&src).is_some_and(|s| s.muted),
+        let same = match (&l.route, single(&l.feeds)) {
+            (Route::Leg { from, pipeline }, Some(FeedSource::Leg(f))) => {
+                *from == f && pipeline.is_some()
+            }
+            (Route::Tone { tone, .. }, Some(FeedSource::Tone(t))) => *tone == t,
+            (Route::Mixed { encoder }, None) => encoder.is_some() && !l.feeds.is_empty(),
             _ => false,
         };
-        let pipeline = input.and_then(|input| {
-            let ssrc = Ssrc(self.rng.next_u32());
-            let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
-            cfg.opus = self.cfg.opus;
-            let is_sip =
-                |k: LegKey| matches!(self.legs.get(&k).map(|l| &l.kind), Some(Kind::Rtp { .. }));
-            // SIP to SIP, both ends are phones or gateways with jitter buffers of
-            // their own: buffering here too only adds delay, so transcoding decodes
-            // on arrival, as rtpengine does. A browser on either side, or an agent,
-            // gets its input smoothed. (A pipeline that relays ignores the buffer.)
-            let sip_to_sip = matches!(l.source, Source::Leg(src) if is_sip(src)) && is_sip(leg);
-            if (!sip_to_sip || self.cfg.sip_jitter_buffer)
-                && let Endpoint::Rtp(f) = input
-            {
-                cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
+        if same && !fresh {
+            return;
+        }
+        let route = match (single(&l.feeds), l.feeds.is_empty()) {
+            (_, true) => Route::Nothing,
+            (Some(FeedSource::Leg(from)), _) => {
+                let src = self.legs.get(&from);
+                let input = src.map(MLeg::endpoint);
+                let from_sip = src.is_some_and(|s| matches!(s.kind, Kind::Rtp { .. }));
+                let muted = src.is_some_and(|s| s.muted);
+                let mut pipeline = input.and_then(|i| self.pipeline_to(listener, i, from_sip));
+                if let Some(p) = pipeline.as_mut() {
+                    p.set_muted(muted);
+                }
+                Route::Leg { from, pipeline }
             }
-            MediaPipeline::new(cfg).ok()
-        });
-        if let Some(l) = self.legs.get_mut(&leg) {
-            l.to_me = pipeline;
-            if let Some(p) = l.to_me.as_mut() {
-                p.set_muted(source_muted);
+            (Some(FeedSource::Tone(tone)), _) => {
+                let input = Endpoint::Pcm(SampleRate::HZ_8000);
+                self.schedule_tick(now);
+                Route::Tone {
+                    tone,
+                    generator: mix::tone_generator(tone, SampleRate::HZ_8000),
+                    started: now,
+                    pipeline: self.pipeline_to(listener, input, false),
+                }
             }
+            (None, false) => {
+                let rate = self.mix.as_ref().map(Mix::rate);
+                Route::Mixed {
+                    encoder: rate.and_then(|r| self.pipeline_to(listener, Endpoint::Pcm(r), false)),
+                }
+            }
+        };
+        if let Some(l) = self.legs.get_mut(&listener) {
+            l.route = route;
         }
     }
 
-    /// Rebuilds every pipeline fed by `src` (its format changed).
-    fn rebuild_for_source(&mut self, src: LegKey) {
-        let fed: Vec<LegKey> = self
+    /// The mix follows the graph: it exists while some listener is mixed, at the
+    /// rate its legs need, with a slot for every mixed listener and every feed
+    /// they hear, each listener's row set to its feeds.
+    fn sync_mix(&mut self, now: Instant) {
+        let mixed: Vec<LegKey> = self
             .legs
             .iter()
-            .filter(|(_, l)| l.source == Source::Leg(src))
+            .filter(|(_, l)| l.mixed())
             .map(|(k, _)| *k)
             .collect();
-        for k in fed {
-            self.rebuild(k);
+        if mixed.is_empty() {
+            self.mix = None;
+            return;
+        }
+        let mut slots: Vec<Slot> = mixed.iter().map(|k| Slot::Leg(*k)).collect();
+        for k in &mixed {
+            for f in &self.legs[k].feeds {
+                let s = match f.from {
+                    FeedSource::Leg(src) if self.legs.contains_key(&src) => Slot::Leg(src),
+                    FeedSource::Leg(_) => continue,
+                    FeedSource::Tone(t) => Slot::Tone(t),
+                };
+                if !slots.contains(&s) {
+                    slots.push(s);
+                }
+            }
+        }
+        let wide = slots.iter().any(|s| match s {
+            Slot::Leg(k) => mix::wideband(self.legs[k].endpoint()),
+            Slot::Tone(_) => false,
+        });
+        let rate = if wide {
+            SampleRate::HZ_16000
+        } else {
+            SampleRate::HZ_8000
+        };
+        if self.mix.as_ref().map(Mix::rate) != Some(rate) {
+            // A new mix (or a new rate): every mixed listener's encoder too.
+            self.mix = Mix::new(rate, self.cfg.max_mix);
+            for k in &mixed {
+                let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
+                if let Some(l) = self.legs.get_mut(k) {
+                    l.route = Route::Mixed { encoder: enc };
+                }
+            }
+            self.schedule_tick(now);
+        }
+        let Some(m) = self.mix.as_mut() else {
+            return;
+        };
+        m.set_slots(now, &slots);
+        for s in &slots {
+            let Some(i) = m.slot(*s) else { continue };
+            match *s {
+                Slot::Leg(k) => {
+                    let l = &self.legs[&k];
+                    let listener = l.mixed().then_some(k);
+                    m.set_row(listener, i, &l.feeds);
+                    let heard = mixed.iter().any(|x| {
+                        self.legs[x]
+                            .feeds
+                            .iter()
+                            .any(|f| f.from == FeedSource::Leg(k))
+                    });
+                    if heard {
+                        m.ensure_decoder(k, l.endpoint(), &mut self.rng);
+                    }
+                }
+                Slot::Tone(_) => m.set_row(None, i, &[]),
+            }
+        }
+        // A mixed listener whose encoder is missing (its leg came after the mix).
+        for k in &mixed {
+            if matches!(self.legs[k].route, Route::Mixed { encoder: None }) {
+                let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
+                if let Some(l) = self.legs.get_mut(k) {
+                    l.route = Route::Mixed { encoder: enc };
+                }
+            }
         }
     }
 
@@ -866,38 +1008,67 @@ impl MediaSession {
         }
     }
 
-    /// Hands a packet from `from` to every leg it feeds.
+    /// Reports a DTMF digit from `from` once per event (a relay and the mix's
+    /// decoder may both see it; the relay's report, which says it passed the
+    /// event on, comes first).
+    fn dtmf(&mut self, from: LegKey, digit: char, ts: RtpTimestamp, relayed: bool) {
+        if self.dtmf_seen.insert(from, ts) == Some(ts) {
+            return;
+        }
+        self.events.push_back(MediaEvent::Dtmf {
+            leg: from,
+            digit,
+            relayed,
+        });
+    }
+
+    /// Hands a packet from `from` to every leg it feeds directly, and to the
+    /// mix's decoder of it.
     fn deliver(&mut self, now: Instant, from: LegKey, mut data: BytesMut) {
-        let feeds = |l: &MLeg| l.source == Source::Leg(from);
+        let feeds = |l: &MLeg| l.route.from_leg() == Some(from);
         let n = self.legs.values().filter(|l| feeds(l)).count();
+        let to_mix = self.mix.as_ref().is_some_and(|m| m.has_decoder(from));
         // Telephone-events are reported even when nothing is connected yet.
-        if n == 0 {
+        if n == 0 && !to_mix {
             let te = self.legs.get(&from).and_then(MLeg::telephone_event);
             if let (Some(te), Ok(h)) = (te, RtpHeader::parse(&data))
                 && h.payload_type == te
                 && let Ok(ev) = media_core::dtmf::TelephoneEvent::parse(&data[h.payload_range()])
                 && let Some(d) = ev.digit()
             {
-                self.events.push_back(MediaEvent::Dtmf {
-                    leg: from,
-                    digit: d.as_char(),
-                    relayed: false,
-                });
+                self.dtmf(from, d.as_char(), h.timestamp, false);
             }
             return;
+        }
+        // The mix's decoder takes a copy when a direct leg takes the buffer.
+        if let Some(m) = self.mix.as_mut().filter(|_| to_mix) {
+            let bytes = if n == 0 {
+                data.split().freeze()
+            } else {
+                Bytes::copy_from_slice(&data)
+            };
+            if let Ok(pkt) = RtpPacket::parse(bytes) {
+                m.handle_rtp(now, from, &pkt);
+            }
         }
         // The last leg fed takes `data` itself (relayed in place, or parsed
         // without a copy); a fan-out copies for the legs before it.
         let mut i = 0;
+        let mut found = Vec::new();
         for l in self.legs.values_mut().filter(|l| feeds(l)) {
             i += 1;
             let last = i == n;
-            let Some(p) = l.to_me.as_mut() else { continue };
+            let held = l.held;
+            let Route::Leg {
+                pipeline: Some(p), ..
+            } = &mut l.route
+            else {
+                continue;
+            };
             if p.is_relay() && last {
                 if let Ok(Some(len)) = p.relay_in_place(now, &mut data) {
                     let pkt = Packet::Owned(data.split_to(len).freeze());
-                    self.out
-                        .send(&mut self.stats, now, l.held, &mut l.kind, pkt);
+                    self.out.send(&mut self.stats, now, held, &mut l.kind, pkt);
                 }
             } else {
                 let bytes = if last {
@@ -911,21 +1082,32 @@ impl MediaSession {
             }
             let relayed = p.is_relay();
             while let Some(ev) = p.poll_event() {
-                if let PipelineEvent::Dtmf { digit, .. } = ev {
-                    self.events.push_back(MediaEvent::Dtmf {
-                        leg: from,
-                        digit: digit.as_char(),
-                        relayed,
-                    });
+                if let PipelineEvent::Dtmf { digit, timestamp } = ev {
+                    found.push((digit.as_char(), timestamp, relayed));
                 }
+            }
+        }
+        for (digit, ts, relayed) in found {
+            self.dtmf(from, digit, ts, relayed);
+        }
+        let mixed: Vec<(LegKey, PipelineEvent)> = self
+            .mix
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.events))
+            .unwrap_or_default();
+        for (k, ev) in mixed {
+            if let PipelineEvent::Dtmf { digit, timestamp } = ev {
+                self.dtmf(k, digit.as_char(), timestamp, false);
             }
         }
     }
 
     /// Moves pipeline output to the wire.
     fn drain(&mut self, now: Instant) {
+        let mut found = Vec::new();
         for (k, l) in self.legs.iter_mut() {
-            if let Some(p) = l.to_me.as_mut() {
+            let from = l.route.from_leg();
+            if let Some(p) = l.route.pipeline() {
                 // A stream leg takes PCM frames, queued for its agent.
                 if let Kind::Stream {
                     leg: st,
@@ -949,14 +1131,9 @@ impl MediaSession {
                     );
                 }
                 let relayed = p.is_relay();
-                let source = l.source;
                 while let Some(ev) = p.poll_event() {
-                    if let (PipelineEvent::Dtmf { digit, .. }, Source::Leg(from)) = (ev, source) {
-                        self.events.push_back(MediaEvent::Dtmf {
-                            leg: from,
-                            digit: digit.as_char(),
-                            relayed,
-                        });
+                    if let (PipelineEvent::Dtmf { digit, timestamp }, Some(from)) = (ev, from) {
+                        found.push((from, digit.as_char(), timestamp, relayed));
                     }
                 }
             }
@@ -972,6 +1149,9 @@ impl MediaSession {
                     self.stream_io.push_back(StreamIo::Send { leg: *k, msg });
                 }
             }
+        }
+        for (from, digit, ts, relayed) in found {
+            self.dtmf(from, digit, ts, relayed);
         }
     }
 
@@ -990,12 +1170,12 @@ impl MediaSession {
             }
         };
         for l in self.legs.values() {
-            min(l.to_me.as_ref().and_then(|p| p.poll_timeout()));
+            min(l.route.pipeline_ref().and_then(|p| p.poll_timeout()));
             if let Kind::WebRtc { leg, .. } = &l.kind {
                 min(leg.poll_timeout());
             }
             if matches!(l.kind, Kind::Rtp { .. })
-                && l.source != Source::Nothing
+                && !matches!(l.route, Route::Nothing)
                 && !l.held
                 && !l.timed_out
             {
@@ -1005,12 +1185,13 @@ impl MediaSession {
         t
     }
 
-    /// Runs timers: jitter-buffer playout, tones, WebRTC, media timeouts.
+    /// Runs timers: jitter-buffer playout, the call clock's tick (tones,
+    /// agents' paced audio, the mix), WebRTC, media timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         let keys: Vec<LegKey> = self.legs.keys().copied().collect();
         for k in &keys {
             if let Some(l) = self.legs.get_mut(k) {
-                if let Some(p) = l.to_me.as_mut()
+                if let Some(p) = l.route.pipeline()
                     && p.poll_timeout().is_some_and(|t| t <= now)
                 {
                     p.handle_timeout(now);
@@ -1021,7 +1202,7 @@ impl MediaSession {
                     leg.handle_timeout(now);
                 }
                 if matches!(l.kind, Kind::Rtp { .. })
-                    && l.source != Source::Nothing
+                    && !matches!(l.route, Route::Nothing)
                     && !l.held
                     && !l.timed_out
                     && now >= l.last_rx + self.cfg.media_timeout
@@ -1032,61 +1213,105 @@ impl MediaSession {
             }
             self.webrtc_events(now, *k);
         }
-        if self.next_tick.is_some_and(|t| t <= now) {
+        if let Some(due) = self.next_tick.filter(|t| *t <= now) {
             self.next_tick = None;
-            let mut any = false;
-            for l in self.legs.values_mut() {
-                let Some((tone_gen, started)) = l.tone.as_mut() else {
-                    continue;
-                };
-                let Source::Tone(kind) = l.source else {
-                    continue;
-                };
-                any = true;
-                let frame = &mut self.pcm[..(TONE_RATE / 50) as usize];
-                tone_gen.fill(frame);
-                if kind == Tone::Ringback {
-                    // 2 s on, 4 s off.
-                    let phase = now.saturating_duration_since(*started).as_millis() % 6000;
-                    if phase >= 2000 {
-                        frame.fill(0);
-                    }
+            if self.tick(due) {
+                // On schedule from when it was due, not from when the driver
+                // woke (timers fire late; counting from the wake-up drifts).
+                let mut next = due + FRAME;
+                if next <= now {
+                    next = now + FRAME;
                 }
-                if let Some(p) = l.to_me.as_mut() {
-                    let _ = p.handle_pcm(now, frame);
-                }
-            }
-            // Each connected agent plays one 20 ms frame (or silence) to the legs
-            // it feeds: pacing, whatever the agent's bursts.
-            let mut frames: Vec<(LegKey, Vec<i16>)> = Vec::new();
-            for (k, l) in self.legs.iter_mut() {
-                if let Kind::Stream {
-                    leg: st,
-                    connected: true,
-                } = &mut l.kind
-                {
-                    any = true;
-                    let mut f = vec![0i16; st.format().frame_samples()];
-                    st.next_frame(&mut f);
-                    if !l.muted {
-                        frames.push((*k, f));
-                    }
-                }
-            }
-            for (from, f) in frames {
-                for l in self.legs.values_mut() {
-                    if l.source == Source::Leg(from)
-                        && let Some(p) = l.to_me.as_mut()
-                    {
-                        let _ = p.handle_pcm(now, &f);
-                    }
-                }
-            }
-            if any {
-                self.next_tick = Some(now + FRAME);
+                self.next_tick = Some(next);
             }
         }
         self.drain(now);
+    }
+
+    /// One 20 ms tick of the call clock: direct tones, each agent's paced
+    /// frame, and the mix. Returns whether anything still needs the clock.
+    fn tick(&mut self, now: Instant) -> bool {
+        let mut any = self.mix.is_some();
+        for l in self.legs.values_mut() {
+            let Route::Tone {
+                tone,
+                generator,
+                started,
+                pipeline,
+            } = &mut l.route
+            else {
+                continue;
+            };
+            any = true;
+            let frame = &mut self.pcm[..(TONE_RATE / 50) as usize];
+            generator.fill(frame);
+            if *tone == Tone::Ringback {
+                // 2 s on, 4 s off.
+                let phase = now.saturating_duration_since(*started).as_millis() % 6000;
+                if phase >= 2000 {
+                    frame.fill(0);
+                }
+            }
+            if let Some(p) = pipeline.as_mut() {
+                let _ = p.handle_pcm(now, frame);
+            }
+        }
+        // Each connected agent plays one 20 ms frame (or silence) to the legs
+        // it feeds directly and to the mix: pacing, whatever the agent's bursts.
+        let agents: Vec<LegKey> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| {
+                matches!(
+                    l.kind,
+                    Kind::Stream {
+                        connected: true,
+                        ..
+                    }
+                )
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in agents {
+            any = true;
+            let Some(l) = self.legs.get_mut(&k) else {
+                continue;
+            };
+            let Kind::Stream { leg: st, .. } = &mut l.kind else {
+                continue;
+            };
+            let n = st.format().frame_samples();
+            let muted = l.muted;
+            let frame = &mut self.pcm[..n];
+            st.next_frame(frame);
+            if muted {
+                frame.fill(0);
+            }
+            for l in self.legs.values_mut() {
+                if l.route.from_leg() == Some(k)
+                    && let Some(p) = l.route.pipeline()
+                {
+                    let _ = p.handle_pcm(now, frame);
+                }
+            }
+            if let Some(m) = self.mix.as_mut() {
+                m.handle_pcm(now, k, frame);
+            }
+        }
+        if let Some(m) = self.mix.as_mut() {
+            let legs = &self.legs;
+            // A leg already gone still gives its last audio while it fades out.
+            m.tick(now, &|k| legs.get(&k).is_some_and(|l| l.muted));
+            for (k, l) in self.legs.iter_mut() {
+                let Route::Mixed { encoder: Some(e) } = &mut l.route else {
+                    continue;
+                };
+                if let Some(slot) = m.slot(Slot::Leg(*k)) {
+                    m.deliver(now, slot, e);
+                }
+            }
+        }
+        any
     }
 
     // ----- output -----
@@ -1173,7 +1398,7 @@ mod tests {
             let pcma = RtpFormat::new(Codec::Pcma, PayloadType::PCMA);
             let s = connected(cfg, (pcmu(), None), pcma);
             for leg in [0, 1] {
-                let p = s.legs[&LegKey(leg)].to_me.as_ref().unwrap();
+                let p = s.legs[&LegKey(leg)].route.pipeline_ref().unwrap();
                 assert!(!p.is_relay());
                 assert_eq!(p.jitter_stats().is_some(), buffered, "leg {leg}");
             }
@@ -1192,8 +1417,8 @@ mod tests {
         let (now, remote) = (Instant::ZERO, Some("198.51.100.9:4000".parse().unwrap()));
         let encoder = |s: &MediaSession| {
             *s.legs[&LegKey(1)]
-                .to_me
-                .as_ref()
+                .route
+                .pipeline_ref()
                 .unwrap()
                 .opus_encoder()
                 .unwrap()
@@ -1207,8 +1432,8 @@ mod tests {
         assert!(!e.inband_fec, "no useinbandfec=1 in the peer's fmtp");
         assert!(
             s.legs[&LegKey(0)]
-                .to_me
-                .as_ref()
+                .route
+                .pipeline_ref()
                 .unwrap()
                 .opus_encoder()
                 .is_none()

@@ -255,6 +255,8 @@ pub struct Carrier {
     next_port: u16,
     /// How incoming INVITEs are answered: None leaves them to the test.
     pub auto_answer: Option<Vec<(u16, bool)>>,
+    /// Called numbers (Request-URI users) answered with PCMA instead of PCMU.
+    pub answer_pcma: Vec<String>,
 }
 
 impl Carrier {
@@ -268,6 +270,7 @@ impl Carrier {
             media: HashMap::new(),
             next_port: 30000,
             auto_answer: None,
+            answer_pcma: Vec::new(),
         }
     }
 
@@ -286,13 +289,21 @@ impl Carrier {
         (local, sd.to_string())
     }
 
-    /// Answers an INVITE's offer with PCMU on a new port.
+    /// Answers an INVITE's offer with PCMU (PCMA with `pcma`) on a new port.
     pub fn answer_for(&mut self, leg: LegId, offer: &[u8]) -> String {
+        self.answer_with(leg, offer, false)
+    }
+
+    fn answer_with(&mut self, leg: LegId, offer: &[u8], pcma: bool) -> String {
         let local = self.port();
         let offer = SessionDescription::parse(std::str::from_utf8(offer).unwrap()).unwrap();
         let mut caps = AudioCaps::standard();
-        caps.codecs
-            .retain(|c| c.codec == media_core::codec::Codec::Pcmu);
+        let codec = if pcma {
+            media_core::codec::Codec::Pcma
+        } else {
+            media_core::codec::Codec::Pcmu
+        };
+        caps.codecs.retain(|c| c.codec == codec);
         let (answer, n) =
             sdp::answer_audio(&offer, &caps, &LocalMedia::rtp(local.ip(), local.port(), 9))
                 .unwrap();
@@ -460,7 +471,7 @@ impl World {
                     display_name: op.to_uppercase(),
                     numbers: vec!["support".into(), "sales".into()],
                     ttl_secs: None,
-                    capabilities: Vec::new(),
+                    capabilities: vec!["monitor".into()],
                 },
             )
             .unwrap();
@@ -537,6 +548,24 @@ impl World {
         self.send(
             i,
             serde_json::json!({"type": "accept", "callId": call, "sdp": sdp}),
+        );
+    }
+
+    /// Browser `i` asks to add `target` to `call`.
+    pub fn add(&mut self, i: usize, call: &str, target: &str) {
+        self.send(
+            i,
+            serde_json::json!({"type": "addParticipant", "callId": call, "target": target, "ref": "add"}),
+        );
+    }
+
+    /// Browser `i` joins `call` as a supervisor in `mode` with a new peer connection.
+    pub fn monitor(&mut self, i: usize, call: &str, mode: &str) {
+        let sdp = self.new_offer(i);
+        self.browsers[i].call = Some(call.into());
+        self.send(
+            i,
+            serde_json::json!({"type": "monitor", "callId": call, "mode": mode, "sdp": sdp, "ref": "mon"}),
         );
     }
 
@@ -779,7 +808,9 @@ impl World {
         match &e {
             UaEvent::IncomingInvite { leg, request, .. } => {
                 if let Some(plan) = self.carrier.auto_answer.clone() {
-                    let answer = self.carrier.answer_for(*leg, &request.body);
+                    let user = request.uri.to_string();
+                    let pcma = self.carrier.answer_pcma.iter().any(|n| user.contains(n.as_str()));
+                    let answer = self.carrier.answer_with(*leg, &request.body, pcma);
                     for (status, with_sdp) in plan {
                         let sdp = with_sdp.then_some(answer.as_bytes());
                         let _ = self.carrier.ua.respond(now, *leg, status, sdp, &[]);
@@ -947,13 +978,18 @@ impl World {
         }
         let t = self.std(now);
         for b in &mut self.browsers {
-            let (Some(rtc), Some(mid), Some(tone)) = (b.rtc.as_mut(), b.mid, b.tone.as_mut())
-            else {
+            let (Some(rtc), Some(mid)) = (b.rtc.as_mut(), b.mid) else {
                 continue;
             };
             if !b.rtc_connected {
                 continue;
             }
+            let Some(tone) = b.tone.as_mut() else {
+                // Quiet: nothing sent, but the media clock goes on (RFC 3550
+                // section 5.1), as a browser's after a DTX pause.
+                b.ts += 960;
+                continue;
+            };
             let mut pcm = [0i16; 960];
             tone.fill(&mut pcm);
             let mut payload = [0u8; 1500];
@@ -1166,6 +1202,36 @@ impl World {
         );
         let level = goertzel_level_db(tail, rate, hz);
         assert!(level > -30.0, "{what}: {hz} Hz at only {level:.1} dB");
+    }
+
+    /// The level (dB) of `hz` in the last second of `pcm` at `rate`.
+    pub fn level(pcm: &[i16], rate: u32, hz: f64) -> f64 {
+        let take = (rate as usize).min(pcm.len());
+        goertzel_level_db(&pcm[pcm.len() - take..], rate, hz)
+    }
+
+    /// Asserts the last second of `pcm` at `rate` carries every tone of `hears`
+    /// (at -35 dB or more) and none of `not` (at -45 dB or less, and 25 dB under
+    /// the weakest tone heard).
+    pub fn assert_hears(pcm: &[i16], rate: u32, hears: &[f64], not: &[f64], what: &str) {
+        assert!(
+            pcm.len() >= rate as usize,
+            "{what}: heard only {} samples",
+            pcm.len()
+        );
+        let mut weakest = f64::MAX;
+        for &hz in hears {
+            let l = Self::level(pcm, rate, hz);
+            assert!(l >= -35.0, "{what}: {hz} Hz at only {l:.1} dB");
+            weakest = weakest.min(l);
+        }
+        for &hz in not {
+            let l = Self::level(pcm, rate, hz);
+            assert!(
+                l <= -45.0 && l <= weakest - 25.0,
+                "{what}: {hz} Hz heard at {l:.1} dB (weakest wanted tone {weakest:.1} dB)"
+            );
+        }
     }
 
     /// Everything reaped: no calls, no media sessions, no SIP legs or ports.
