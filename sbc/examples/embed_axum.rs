@@ -32,10 +32,7 @@ struct BusinessHours {
 
 impl BusinessHours {
     fn plan(&self, hour_utc: u64) -> DialPlan {
-        let step = |targets: Vec<Target>, secs| Step {
-            targets,
-            timeout: Duration::from_secs(secs),
-        };
+        let step = |targets: Vec<Target>, secs| Step::new(targets, Duration::from_secs(secs));
         let phone = Target::Pstn {
             number: self.on_call.clone(),
             trunk: None,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use media_core::codec::{Codec, OpusComplexity};
 use serde::Deserialize;
 use sip_bridge::bridge::{
-    BridgeConfig, Cidr, DialPlan, DtmfMode, NumberConfig, Step, Target, TrunkConfig,
+    BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Step, Target, TrunkConfig,
 };
 use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
@@ -505,6 +505,10 @@ pub struct NumberEntry {
     /// What parties of its calls may do, by role (protocol.md, "Participants").
     #[serde(default)]
     pub capabilities: CapabilitiesEntry,
+    /// A meet-me room: every caller to this number joins one conference (its
+    /// `dial` plan is not used).
+    #[serde(default)]
+    pub room: bool,
 }
 
 /// `[numbers.capabilities]`: capability names by role; a role left out keeps
@@ -535,6 +539,7 @@ fn ring_operators() -> Vec<DialStep> {
     vec![DialStep {
         ring: vec![Target::Operators],
         timeout: step_timeout(),
+        join: Join::First,
     }]
 }
 
@@ -553,6 +558,10 @@ pub struct DialStep {
     /// How long the step rings (default 30 s).
     #[serde(default = "step_timeout", deserialize_with = "values::one")]
     pub timeout: Duration,
+    /// `"first"` (default): the first answer wins; `"all"`: everyone who answers
+    /// joins (a conference).
+    #[serde(default, deserialize_with = "values::one")]
+    pub join: Join,
 }
 
 /// `[routing]`: the routing webhook (see README "Routing per call").
@@ -966,10 +975,12 @@ impl SbcConfig {
                         .map(|s| Step {
                             targets: s.ring.clone(),
                             timeout: s.timeout,
+                            join: s.join,
                         })
                         .collect(),
                 },
                 capabilities: n.capabilities.resolve(),
+                room: n.room,
             })
             .collect()
     }
@@ -1250,10 +1261,7 @@ mod tests {
         assert!(b.open_inbound && b.trunks.is_empty());
         assert_eq!((b.media_ip, b.rtp_ports, b.seed), (lo, (20000, 20999), 7));
         let plan = |id: &str| b.number(id).unwrap().plan.steps.clone();
-        let step = |t: Target, s: u64| Step {
-            targets: vec![t],
-            timeout: Duration::from_secs(s),
-        };
+        let step = |t: Target, s: u64| Step::new(vec![t], Duration::from_secs(s));
         assert_eq!(
             plan("+15550100"),
             vec![step(Target::Operators, 30), step(Target::Echo, 30)]

@@ -355,6 +355,11 @@ fn record(ev: &CallEvent) {
                 .increment(1);
             tracing::info!(target: "cdr", "{}", ev.cdr_line());
         }
+        CallEventKind::Quality => {
+            if let Some(q) = &ev.quality {
+                tracing::info!(target: "cdr", "quality call={} operator={} summary={}", ev.call_id, q.operator, q.summary);
+            }
+        }
         _ => {}
     }
 }
@@ -415,6 +420,7 @@ mod tests {
             name: "Support".into(),
             plan,
             capabilities: Default::default(),
+            room: false,
         };
         let mut cfg = BridgeConfig::new(vec![number], vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.rtp_ports = (20000, 20100);

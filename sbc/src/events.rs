@@ -48,6 +48,10 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
         "talkTimeMs": ev.talk_time.map(|d| d.as_millis() as u64),
         "participant": ev.party.as_ref().map(|p| party_json(ev, p)),
         "participants": ev.parties.iter().map(|p| party_json(ev, p)).collect::<Vec<_>>(),
+        "quality": ev.quality.as_ref().map(|q| serde_json::json!({
+            "operator": q.operator,
+            "summary": serde_json::from_str::<serde_json::Value>(&q.summary).unwrap_or_default(),
+        })),
         "timestamp": clock::rfc3339_ms(ev.unix_ms),
     })
 }

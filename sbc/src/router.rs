@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sip_bridge::bridge::{DialPlan, RouteDecision, RouteFacts, Step, Target, parse_duration};
+use sip_bridge::bridge::{DialPlan, Join, RouteDecision, RouteFacts, Step, Target, parse_duration};
 
 use crate::clock::Clock;
 use crate::sign::signature;
@@ -66,7 +66,7 @@ pub fn plan_json(plan: &DialPlan) -> serde_json::Value {
     serde_json::Value::Array(
         plan.steps
             .iter()
-            .map(|s| serde_json::json!({"ring": s.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "timeout": format!("{}s", s.timeout.as_secs())}))
+            .map(|s| serde_json::json!({"ring": s.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "timeout": format!("{}s", s.timeout.as_secs()), "join": s.join.as_str()}))
             .collect(),
     )
 }
@@ -97,6 +97,9 @@ struct WireStep {
     ring: Vec<String>,
     #[serde(default)]
     timeout: Option<String>,
+    /// `first` (default) or `all`.
+    #[serde(default)]
+    join: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,7 +145,17 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                         .ok_or_else(|| RouterError::BadJson(format!("bad timeout `{t}`")))?,
                     None => Duration::from_secs(30),
                 };
-                plan.steps.push(Step { targets, timeout });
+                let join = match s.join.as_deref() {
+                    None => Join::First,
+                    Some(j) => Join::parse(j).ok_or_else(|| {
+                        RouterError::BadJson(format!("join `{j}`: expected first or all"))
+                    })?,
+                };
+                plan.steps.push(Step {
+                    targets,
+                    timeout,
+                    join,
+                });
             }
             Ok(RouteDecision::Plan(plan))
         }

@@ -54,6 +54,7 @@ async fn events_are_retried_until_accepted_and_signed() {
         duration: Some(Duration::from_secs(65)),
         talk_time: Some(Duration::from_secs(60)),
         party: None,
+        quality: None,
         parties: vec![
             PartyRecord {
                 id: LegKey(0),

@@ -24,6 +24,8 @@ pub struct NumberConfig {
     pub plan: DialPlan,
     /// What parties of its calls may do, by role.
     pub capabilities: RoleCapabilities,
+    /// A meet-me room: every caller joins one call, nothing rings.
+    pub room: bool,
 }
 
 /// How DTMF goes to a trunk.
@@ -249,6 +251,7 @@ mod tests {
                 name: "Support".into(),
                 plan: DialPlan::default(),
                 capabilities: RoleCapabilities::default(),
+                room: false,
             }],
             vec![],
             "127.0.0.1".parse().unwrap(),

@@ -131,6 +131,50 @@ pub struct Step {
     pub targets: Vec<Target>,
     /// How long the step rings.
     pub timeout: Duration,
+    /// Who of those that answer is kept.
+    pub join: Join,
+}
+
+impl Step {
+    /// `targets` rung for `timeout`, the first answer kept.
+    pub fn new(targets: Vec<Target>, timeout: Duration) -> Step {
+        Step {
+            targets,
+            timeout,
+            join: Join::First,
+        }
+    }
+}
+
+/// Who of a step's targets that answer joins the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Join {
+    /// The first answer wins; the others stop ringing (`taken_by_other`).
+    #[default]
+    First,
+    /// Everyone who answers before the step's timeout joins: the first answer
+    /// connects the caller, the others join as they answer (a conference).
+    All,
+}
+
+impl Join {
+    /// The config and wire name (`first`, `all`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Join::First => "first",
+            Join::All => "all",
+        }
+    }
+
+    /// From the config and wire name.
+    pub fn parse(s: &str) -> Option<Join> {
+        match s {
+            "first" => Some(Join::First),
+            "all" => Some(Join::All),
+            _ => None,
+        }
+    }
 }
 
 /// A dial plan.
@@ -144,7 +188,7 @@ impl DialPlan {
     /// One step ringing `targets` for `timeout`.
     pub fn single(targets: Vec<Target>, timeout: Duration) -> Self {
         DialPlan {
-            steps: vec![Step { targets, timeout }],
+            steps: vec![Step::new(targets, timeout)],
         }
     }
 }

@@ -681,3 +681,36 @@ fn a_sip_caller_holding_a_sip_callee_passes_the_hold_on() {
     assert_eq!(offers.len(), 1, "the hold went on to the callee");
     assert!(offers[0].contains("a=sendonly"), "{}", offers[0]);
 }
+
+#[test]
+fn an_operators_quality_report_after_the_call_becomes_an_event() {
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    let a = w.operator("alice", &["support"]);
+    let b = w.operator("bob", &["sales"]);
+    w.carrier_call("+15550100", 1000.0);
+    w.run(ms(200));
+    let call = w.last_incoming(a).unwrap();
+    w.accept(a, &call);
+    w.run(ms(1000));
+    w.send(a, serde_json::json!({"type": "hangup", "callId": call}));
+    w.run(ms(200));
+    let report = serde_json::json!({"type": "quality", "callId": call, "summary": {"mos": 4.2, "rttMs": 31}});
+    w.send(a, report.clone());
+    let q = w
+        .events
+        .iter()
+        .find(|e| e.kind == CallEventKind::Quality)
+        .expect("a quality event");
+    assert_eq!(q.call_id.to_string(), call);
+    let r = q.quality.as_ref().unwrap();
+    assert_eq!(r.operator, "alice");
+    assert_eq!(r.summary, r#"{"mos":4.2,"rttMs":31}"#);
+    assert!(w.got(a, "error").is_empty());
+    // An operator who was not in the call cannot report on it.
+    w.send(b, report);
+    assert_eq!(w.got(b, "error").last().unwrap()["code"], "BAD_REQUEST");
+    assert_eq!(
+        w.events.iter().filter(|e| e.kind == CallEventKind::Quality).count(),
+        1
+    );
+}

@@ -446,3 +446,66 @@ fn a_capability_refused_is_a_clear_error_and_changes_nothing() {
     World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE], &[CALLER], "the call goes on");
 }
 
+
+#[test]
+fn a_step_with_join_all_keeps_everyone_who_answers() {
+    let mut cfg = config(plan(&[(&["pstn:+15550601", "pstn:+15550602"], 20)]));
+    cfg.numbers[0].plan.steps[0].join = sip_bridge::bridge::Join::All;
+    let mut w = World::new(cfg);
+    w.carrier.auto_answer = Some(vec![(180, false), (200, true)]);
+    let caller = w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    let far: Vec<_> = w.carrier_incoming().into_iter().map(|(l, _)| l).collect();
+    assert_eq!(far.len(), 2, "both rung");
+    for (l, hz) in far.iter().zip([BOB, PHONE]) {
+        w.carrier.media.get_mut(l).unwrap().tone = Some(ToneGenerator::new(8000, &[(hz, 6000.0)]));
+    }
+    w.run(ms(2500));
+    World::assert_hears(&w.carrier.media[&caller].heard, 8000, &[BOB, PHONE], &[CALLER], "the caller");
+    World::assert_hears(&w.carrier.media[&far[0]].heard, 8000, &[CALLER, PHONE], &[BOB], "the first to answer");
+    World::assert_hears(&w.carrier.media[&far[1]].heard, 8000, &[CALLER, BOB], &[PHONE], "the second");
+    let answered = w
+        .carrier_events()
+        .iter()
+        .filter(|e| matches!(e, UaEvent::Answered { .. }))
+        .count();
+    assert_eq!(answered, 1, "the caller is answered once");
+    let joined = w.events.iter().filter(|e| e.kind == CallEventKind::PartyJoined).count();
+    assert_eq!(joined, 3);
+}
+
+#[test]
+fn a_meet_me_room_joins_every_caller() {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    let mut room = cfg.numbers[0].clone();
+    room.id = "room".into();
+    room.e164 = "+15550500".into();
+    room.room = true;
+    cfg.numbers.push(room);
+    let mut w = World::new(cfg);
+    let legs: Vec<_> = [CALLER, BOB, PHONE]
+        .iter()
+        .map(|hz| {
+            let l = w.carrier_call("+15550500", *hz);
+            w.run(ms(300));
+            l
+        })
+        .collect();
+    w.run(ms(2500));
+    assert_eq!(w.bridge.calls(), 1, "one call for the room");
+    let tones = [CALLER, BOB, PHONE];
+    for (i, l) in legs.iter().enumerate() {
+        let others: Vec<f64> = tones.iter().copied().filter(|t| *t != tones[i]).collect();
+        World::assert_hears(&w.carrier.media[l].heard, 8000, &others, &[tones[i]], "a caller in the room");
+    }
+    // Callers leave one by one; the room ends with the last.
+    for l in &legs {
+        let now = w.now;
+        w.carrier.ua.hangup(now, *l).unwrap();
+        w.run(ms(300));
+    }
+    assert_eq!(w.completed().len(), 1);
+    assert_eq!(w.completed()[0].parties.len(), 3);
+    w.run(ms(40_000));
+    w.assert_idle();
+}

@@ -806,7 +806,7 @@ enum CallOp {
     Operator { op: u8, kind: u8, call: u8 },
     /// Raw text from an operator.
     Raw { op: u8, text: String },
-    /// The carrier calls (number 0 or 1).
+    /// The carrier calls (support, echo, or the meet-me room).
     CarrierCall(u8),
     /// The carrier acts on one of its legs.
     Carrier { leg: u8, kind: u8 },
@@ -836,6 +836,7 @@ pub fn call(data: &[u8]) {
             sip_bridge::bridge::Step {
                 targets: vec![DialTarget::Operators],
                 timeout: Duration::from_secs(15),
+                join: sip_bridge::bridge::Join::All,
             },
             sip_bridge::bridge::Step {
                 targets: vec![DialTarget::Pstn {
@@ -843,6 +844,7 @@ pub fn call(data: &[u8]) {
                     trunk: None,
                 }],
                 timeout: Duration::from_secs(20),
+                join: sip_bridge::bridge::Join::First,
             },
         ],
     };
@@ -865,6 +867,7 @@ pub fn call(data: &[u8]) {
             name: "S".into(),
             plan,
             capabilities: Default::default(),
+            room: false,
         },
         NumberConfig {
             id: "echo".into(),
@@ -872,6 +875,15 @@ pub fn call(data: &[u8]) {
             name: "E".into(),
             plan: DialPlan::single(vec![DialTarget::Echo], Duration::from_secs(5)),
             capabilities: Default::default(),
+            room: false,
+        },
+        NumberConfig {
+            id: "room".into(),
+            e164: "+15550500".into(),
+            name: "R".into(),
+            plan: DialPlan::default(),
+            capabilities: Default::default(),
+            room: true,
         },
     ];
     let mut cfg = BridgeConfig::new(numbers, vec![trunk], [192, 0, 2, 10].into());
@@ -1040,7 +1052,7 @@ pub fn call(data: &[u8]) {
                 }
             }
             CallOp::CarrierCall(n) => {
-                let to = if n % 2 == 0 { "+15550100" } else { "+15550001" };
+                let to = ["+15550100", "+15550001", "+15550500"][usize::from(n % 3)];
                 if let Ok(leg) = carrier.invite(
                     now,
                     InviteParams {
@@ -1313,9 +1325,18 @@ mod tests {
     /// A seeded batch of random and mutated-valid inputs per target.
     #[test]
     fn seeded_random_inputs_do_not_panic() {
+        // More rounds for a longer local soak: FUZZ_ROUNDS=20000 FUZZ_TARGET=call.
+        let rounds: usize = std::env::var("FUZZ_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let only = std::env::var("FUZZ_TARGET").ok();
         let mut rng = SeededRng::new(0xf022);
-        for (_, f) in TARGETS {
-            for _ in 0..300 {
+        for (name, f) in TARGETS {
+            if only.as_deref().is_some_and(|o| o != *name) {
+                continue;
+            }
+            for _ in 0..rounds {
                 let len = (rng.next_u32() % 600) as usize;
                 let mut v: Vec<u8> = (0..len).map(|_| rng.next_u32() as u8).collect();
                 if let Some(b) = v.first_mut() {

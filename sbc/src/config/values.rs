@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use media_core::codec::{Codec, OpusComplexity};
 use serde::de::{self, Deserialize, Deserializer};
-use sip_bridge::bridge::{Cidr, DtmfMode, Target};
+use sip_bridge::bridge::{Cidr, DtmfMode, Join, Target};
 use sip_bridge::roles::{Capabilities, Capability};
 use sip_bridge::sip::message::Transport;
 
@@ -319,6 +319,14 @@ impl fmt::Debug for Secret {
 impl From<&str> for Secret {
     fn from(s: &str) -> Secret {
         Secret(s.into())
+    }
+}
+
+/// A dial step's `join`: `first` or `all`.
+impl StrValue for Join {
+    fn parse_value(s: &str) -> Result<Join, String> {
+        Join::parse(s.trim())
+            .ok_or_else(|| format!("\"{s}\" is not a join: write \"first\" or \"all\""))
     }
 }
 

@@ -23,14 +23,14 @@ mod operators;
 mod trunks;
 
 pub use crate::call::{
-    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, ROUTE_TIMEOUT, Role,
+    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, QualityReport, PortPool, ROUTE_TIMEOUT, Role,
     RouteDecision, RouteFacts,
 };
 pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use crate::contract::{
     CallId, Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, Tone,
 };
-pub use crate::plan::{DialPlan, DialStatus, Step, Target, TargetError, parse_duration};
+pub use crate::plan::{DialPlan, DialStatus, Join, Step, Target, TargetError, parse_duration};
 pub use admit::{Load, Origin, RETRY_AFTER_SECS, Refusal, admit};
 
 use std::cmp::Reverse;
@@ -73,6 +73,9 @@ enum Timer {
     Call(CallId),
 }
 
+/// Ended calls remembered for their quality reports.
+const ENDED_KEPT: usize = 1024;
+
 /// The control plane. See the module docs.
 #[derive(Debug)]
 pub struct Bridge {
@@ -90,6 +93,11 @@ pub struct Bridge {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// When each call's timer is set for (to push each deadline once).
     call_due: HashMap<CallId, Instant>,
+    /// The live call of each meet-me room number.
+    rooms: HashMap<String, CallId>,
+    /// Calls that ended lately, as a quality report about them would say them
+    /// (the SDK sends its report just after `ended`), with their operators.
+    ended: VecDeque<(CallEvent, Vec<String>)>,
     ws_out: VecDeque<(SessionId, SessionOutput)>,
     media_out: VecDeque<(CallId, MediaCommand)>,
     routes_out: VecDeque<RouteFacts>,
@@ -166,6 +174,8 @@ impl Bridge {
             trunks: Trunks::new(&cfg.trunks),
             timers: BinaryHeap::new(),
             call_due: HashMap::new(),
+            rooms: HashMap::new(),
+            ended: VecDeque::new(),
             ws_out: VecDeque::new(),
             media_out: VecDeque::new(),
             routes_out: VecDeque::new(),
@@ -474,7 +484,13 @@ impl Bridge {
         }
         match self.calls.get(&id) {
             Some(c) if c.is_ended() => {
+                if self.ended.len() == ENDED_KEPT {
+                    self.ended.pop_front();
+                }
+                self.ended
+                    .push_back((c.report(now, CallEventKind::Quality), c.operators()));
                 self.calls.remove(&id);
+                self.rooms.retain(|_, r| *r != id);
                 self.call_due.remove(&id);
                 self.call_legs.retain(|(c, _), _| *c != id);
             }
@@ -611,6 +627,24 @@ impl Bridge {
             let _ = self.ua.respond(now, leg, 404, None, &[]);
             return;
         };
+        if number.room
+            && let Some(&id) = self.rooms.get(&number.id)
+            && self.calls.contains_key(&id)
+        {
+            let mut joined = Err(480);
+            with_ctx!(self, id, |c, ctx| joined = c.join_room(now, ctx, req, trunk));
+            match joined {
+                Ok(key) => {
+                    self.sip_legs.insert(leg, (id, key));
+                    self.call_legs.insert((id, key), leg);
+                    self.apply(now, id);
+                }
+                Err(status) => {
+                    let _ = self.ua.respond(now, leg, status, None, &[]);
+                }
+            }
+            return;
+        }
         let id = CallId(self.next_call);
         let call = {
             let Bridge {
@@ -639,6 +673,9 @@ impl Bridge {
                 self.next_call += 1;
                 self.stats.calls_inbound += 1;
                 let caller = call.caller();
+                if call.is_room() {
+                    self.rooms.insert(number.id.clone(), id);
+                }
                 self.calls.insert(id, call);
                 self.sip_legs.insert(leg, (id, caller));
                 self.call_legs.insert((id, caller), leg);

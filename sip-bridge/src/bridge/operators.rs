@@ -4,7 +4,7 @@
 
 use media_core::Instant;
 
-use super::{Bridge, CallId, with_ctx};
+use super::{Bridge, CallEventKind, CallId, with_ctx};
 use crate::call::{Call, CallCtx, CallView, MonitorMode};
 use crate::plan::{DialPlan, Target};
 use crate::presence::SessionId;
@@ -194,6 +194,9 @@ impl Bridge {
                 participant_id.as_deref(),
             ),
             ClientMessage::ListCalls => self.list_calls(now, session, &op, reference),
+            ClientMessage::Quality { call_id, summary } => {
+                self.quality(now, session, &op, reference, &call_id, summary)
+            }
             ClientMessage::Hello { .. } | ClientMessage::Ping => {}
             msg => {
                 let Some(call_id) = msg.call_id().map(String::from) else {
@@ -218,6 +221,50 @@ impl Bridge {
                 self.apply(now, id);
             }
         }
+    }
+
+    /// An operator's quality summary of a call it is or was in: a `quality`
+    /// event (webhooks, CDR log).
+    fn quality(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        op: &str,
+        reference: Option<String>,
+        call_id: &str,
+        summary: serde_json::Value,
+    ) {
+        let id = call_id.parse::<CallId>().ok();
+        let live = id
+            .and_then(|id| self.calls.get(&id))
+            .filter(|c| c.party_of(op).is_some() || c.operators().iter().any(|o| o == op))
+            .map(|c| c.report(now, CallEventKind::Quality));
+        let ended = || {
+            self.ended
+                .iter()
+                .rev()
+                .find(|(e, ops)| Some(e.call_id) == id && ops.iter().any(|o| o == op))
+                .map(|(e, _)| {
+                    let mut e = e.clone();
+                    e.unix_ms = e.unix_ms_of(now);
+                    e.at = now;
+                    e
+                })
+        };
+        let Some(mut ev) = live.or_else(ended) else {
+            return self.ws_error(
+                session,
+                ErrorCode::BadRequest,
+                "unknown callId for a quality report",
+                reference,
+                Some(call_id.into()),
+            );
+        };
+        ev.quality = Some(crate::call::QualityReport {
+            operator: op.to_string(),
+            summary: summary.to_string(),
+        });
+        self.events.push_back(ev);
     }
 
     /// Calls in which operator `op` has a party.

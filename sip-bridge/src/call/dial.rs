@@ -11,7 +11,7 @@ use super::state::{CallState, Dial};
 use super::{Call, CallCtx, CallEventKind, CallOutput, Direction, SipAction};
 use crate::config::NumberConfig;
 use crate::contract::{CallId, LegKey, MediaCommand};
-use crate::plan::{DialPlan, DialStatus, Step, Target};
+use crate::plan::{DialPlan, DialStatus, Join, Step, Target};
 use crate::roles::Role;
 use crate::sdp::{self, LocalMedia, SessionDescription};
 use crate::signalling::{EndReason, ServerMessage};
@@ -30,28 +30,6 @@ impl Call {
         trunk: Option<usize>,
         number: &NumberConfig,
     ) -> Result<Call, u16> {
-        let Ok(offer) = std::str::from_utf8(&req.body)
-            .map_err(|_| ())
-            .and_then(|t| SessionDescription::parse(t).map_err(|_| ()))
-        else {
-            // No (valid) offer: late-offer INVITEs are not supported.
-            return Err(488);
-        };
-        let Some(port) = ctx.ports.take() else {
-            return Err(503);
-        };
-        let codecs = trunk
-            .map(|t| ctx.cfg.trunks[t].codecs.clone())
-            .unwrap_or_default();
-        let session_id = ctx.rng.next_u64() >> 12;
-        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, session_id);
-        let (answer, negotiated) = match sdp::answer_audio(&offer, &caps_for(&codecs), &local) {
-            Ok(a) => a,
-            Err(e) => {
-                ctx.ports.give(port);
-                return Err(e.sip_status());
-            }
-        };
         let from_hdr = req.header_from().unwrap_or("").to_string();
         let mut call = Call::new(
             now,
@@ -63,39 +41,21 @@ impl Call {
             number.e164.clone(),
         );
         call.plan = number.plan.clone();
+        call.room = number.room;
         call.caller_name = display_name_of(&from_hdr);
-        let key = call.leg_key();
+        let key = call.sip_caller(ctx, req, trunk)?;
         call.caller = key;
-        let format = format_of(&negotiated);
-        let remote = negotiated.remote;
-        let mut p = Party::new(
-            Role::Customer,
-            Leg::Sip(SipLeg {
-                state: SipState::Ringing,
-                port,
-                trunk,
-                attempt: 0,
-                local_sdp: answer.to_string(),
-                sdp_version: 1,
-                negotiated: Some(negotiated),
-                early_media: false,
-                remote_held: false,
-                held_by_us: false,
-            }),
-            Origin::Caller,
-            None,
-        );
-        p.name = call.caller_name.clone();
-        p.in_media = true;
-        call.parties.insert(key, p);
-        call.media(MediaCommand::AddRtp {
-            leg: key,
-            local_port: port,
-            remote,
-            format,
-        });
         call.event(now, CallEventKind::Initiated, None, None, None);
         call.record_joined(now, ctx, key);
+        if call.room {
+            // A meet-me room: every caller is in at once, nothing rings.
+            call.state = CallState::Connected;
+            call.answered_at = Some(now);
+            call.answer_caller(key);
+            call.event(now, CallEventKind::Answered, Some(DialStatus::Answered), None, None);
+            call.settle(now, ctx);
+            return Ok(call);
+        }
         let mut headers = Vec::new();
         for name in ROUTED_HEADERS {
             for v in req.lines(name) {
@@ -183,6 +143,115 @@ impl Call {
         };
         call.begin(now, ctx, facts);
         call
+    }
+
+    /// Answers the SIP INVITE `req` (from `trunk`) as a new party: its offer
+    /// answered at once on a port of ours, its RTP leg added. `Err` is the
+    /// status that refuses it (488 for no usable offer, 503 without a port).
+    fn sip_caller(
+        &mut self,
+        ctx: &mut CallCtx<'_>,
+        req: &crate::sip::message::Request,
+        trunk: Option<usize>,
+    ) -> Result<LegKey, u16> {
+        let Ok(offer) = std::str::from_utf8(&req.body)
+            .map_err(|_| ())
+            .and_then(|t| SessionDescription::parse(t).map_err(|_| ()))
+        else {
+            // No (valid) offer: late-offer INVITEs are not supported.
+            return Err(488);
+        };
+        let Some(port) = ctx.ports.take() else {
+            return Err(503);
+        };
+        let codecs = trunk
+            .map(|t| ctx.cfg.trunks[t].codecs.clone())
+            .unwrap_or_default();
+        let session_id = ctx.rng.next_u64() >> 12;
+        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, session_id);
+        let (answer, negotiated) = match sdp::answer_audio(&offer, &caps_for(&codecs), &local) {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.ports.give(port);
+                return Err(e.sip_status());
+            }
+        };
+        let key = self.leg_key();
+        let format = format_of(&negotiated);
+        let remote = negotiated.remote;
+        let mut p = Party::new(
+            Role::Customer,
+            Leg::Sip(SipLeg {
+                state: SipState::Ringing,
+                port,
+                trunk,
+                attempt: 0,
+                local_sdp: answer.to_string(),
+                sdp_version: 1,
+                negotiated: Some(negotiated),
+                early_media: false,
+                remote_held: false,
+                held_by_us: false,
+            }),
+            Origin::Caller,
+            None,
+        );
+        p.name = display_name_of(req.header_from().unwrap_or(""));
+        p.in_media = true;
+        self.parties.insert(key, p);
+        self.media(MediaCommand::AddRtp {
+            leg: key,
+            local_port: port,
+            remote,
+            format,
+        });
+        Ok(key)
+    }
+
+    /// 200 OK with our answer to SIP party `key`'s INVITE.
+    fn answer_caller(&mut self, key: LegKey) {
+        if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut())
+            && s.state == SipState::Ringing
+        {
+            s.state = SipState::Up;
+            let sdp = s.local_sdp.clone();
+            self.sip(
+                key,
+                SipAction::Respond {
+                    status: 200,
+                    sdp: Some(sdp),
+                    headers: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// Another caller into this meet-me room: answered at once, it hears and is
+    /// heard by everyone in it. `Err` is the status that refuses it (486 when
+    /// the room is full).
+    pub fn join_room(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        req: &crate::sip::message::Request,
+        trunk: Option<usize>,
+    ) -> Result<LegKey, u16> {
+        if !self.room || self.is_ended() {
+            return Err(480);
+        }
+        if self.parties.len() >= ctx.cfg.max_parties {
+            return Err(486);
+        }
+        let key = self.sip_caller(ctx, req, trunk)?;
+        self.record_joined(now, ctx, key);
+        self.answer_caller(key);
+        self.settle(now, ctx);
+        Ok(key)
+    }
+
+    /// Whether this call is a number's meet-me room.
+    pub fn is_room(&self) -> bool {
+        self.room
     }
 
     /// With an external router, asks it (the caller waits on 100 Trying, at
@@ -697,6 +766,16 @@ impl Call {
         if let Origin::Added { by, reference, .. } = p.origin.clone() {
             return self.add_joined(now, ctx, key, by, reference);
         }
+        // In a `join = "all"` step the others rung keep ringing until the
+        // step's timeout and join as they answer; else they lose.
+        let all = match p.origin {
+            Origin::Plan(n) => self.plan.steps.get(n).is_some_and(|s| s.join == Join::All),
+            _ => false,
+        };
+        let deadline = match &self.state {
+            CallState::Dialing(d) => d.deadline,
+            _ => None,
+        };
         self.state = CallState::Connected;
         // A caller handed on (an agent's transfer) keeps its first answer time.
         self.answered_at.get_or_insert(now);
@@ -708,11 +787,23 @@ impl Call {
             .filter(|k| *k != key && *k != self.caller)
             .collect();
         for k in others {
-            if matches!(
-                self.parties.get(&k).map(|p| &p.origin),
-                Some(Origin::Plan(_))
-            ) {
-                self.drop_ringing(now, ctx, k, EndReason::TakenByOther);
+            if !matches!(self.parties.get(&k).map(|p| &p.origin), Some(Origin::Plan(_))) {
+                continue;
+            }
+            match deadline.filter(|_| all) {
+                Some(deadline) => {
+                    self.adds += 1;
+                    let group = self.adds;
+                    if let Some(p) = self.parties.get_mut(&k).filter(|p| p.ringing()) {
+                        p.origin = Origin::Added {
+                            by: None,
+                            reference: None,
+                            deadline,
+                            group,
+                        };
+                    }
+                }
+                None => self.drop_ringing(now, ctx, k, EndReason::TakenByOther),
             }
         }
         if let Some(op) = self
@@ -725,19 +816,8 @@ impl Call {
         }
         self.record_joined(now, ctx, key);
         let caller = self.caller;
-        match self.parties.get_mut(&caller).map(|p| &mut p.leg) {
-            Some(Leg::Sip(s)) if s.state == SipState::Ringing => {
-                s.state = SipState::Up;
-                let sdp = s.local_sdp.clone();
-                self.sip(
-                    caller,
-                    SipAction::Respond {
-                        status: 200,
-                        sdp: Some(sdp),
-                        headers: Vec::new(),
-                    },
-                );
-            }
+        match self.parties.get(&caller).map(|p| &p.leg) {
+            Some(Leg::Sip(_)) => self.answer_caller(caller),
             Some(Leg::Operator(o)) if o.answered => {
                 let op = o.op.clone();
                 self.connected_to(now, ctx, caller, &op);
@@ -792,10 +872,7 @@ impl Call {
         if let Some(t) = next {
             self.plan.steps.insert(
                 (step + 1).min(self.plan.steps.len()),
-                Step {
-                    targets: vec![t],
-                    timeout: std::time::Duration::from_secs(30),
-                },
+                Step::new(vec![t], std::time::Duration::from_secs(30)),
             );
         }
         self.state = CallState::Dialing(Dial::at(step + 1));
@@ -918,7 +995,8 @@ impl Call {
             .values()
             .filter(|p| p.joined() && p.keeps_alive())
             .count();
-        if full < 2 {
+        // A room waits for the next caller while someone is in it.
+        if full < if self.room { 1 } else { 2 } {
             self.end_call(
                 now,
                 ctx,

@@ -44,6 +44,9 @@ pub enum CallEventKind {
     PartyLeft,
     /// It ended.
     Completed,
+    /// An operator's browser reported the call's quality (after it ended, or
+    /// when it left).
+    Quality,
 }
 
 impl CallEventKind {
@@ -56,6 +59,7 @@ impl CallEventKind {
             CallEventKind::PartyJoined => "participant.joined",
             CallEventKind::PartyLeft => "participant.left",
             CallEventKind::Completed => "completed",
+            CallEventKind::Quality => "quality",
         }
     }
 }
@@ -122,6 +126,18 @@ pub struct CallEvent {
     pub party: Option<PartyRecord>,
     /// Every party that was in the call, in order of arrival (`Completed`).
     pub parties: Vec<PartyRecord>,
+    /// What an operator's browser measured (`Quality`).
+    pub quality: Option<QualityReport>,
+}
+
+/// An operator's call-quality summary as its SDK sent it (RTT, jitter, loss,
+/// MOS...), for the CDR and webhooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QualityReport {
+    /// Who measured.
+    pub operator: String,
+    /// The SDK's summary, a JSON object (at most 4 KiB).
+    pub summary: String,
 }
 
 impl CallEvent {
@@ -201,6 +217,7 @@ mod tests {
             duration: Some(Duration::from_secs(9)),
             talk_time: Some(Duration::from_secs(7)),
             party: None,
+            quality: None,
             parties: vec![
                 PartyRecord {
                     id: LegKey(0),

@@ -32,7 +32,7 @@ mod state;
 
 pub use crate::roles::{Capabilities, Capability, MonitorMode, Role, RoleCapabilities};
 pub(crate) use dial::user_of;
-pub use event::{CallEvent, CallEventKind, Direction, PartyRecord};
+pub use event::{CallEvent, CallEventKind, Direction, PartyRecord, QualityReport};
 pub use output::{CallOutput, SipAction};
 pub use ports::PortPool;
 pub use route::{ROUTE_TIMEOUT, RouteDecision, RouteFacts};
@@ -210,6 +210,8 @@ pub struct Call {
     ending: BTreeMap<LegKey, u16>,
     /// Add requests so far (groups their targets).
     adds: u32,
+    /// A number's meet-me room: callers join, nothing rings.
+    room: bool,
     /// What the media session was last told, per listener: the graph's edges
     /// and the (muted, held) flags.
     heard: BTreeMap<LegKey, Vec<Feed>>,
@@ -252,6 +254,7 @@ impl Call {
             unix_base: ctx.unix_base,
             ending: BTreeMap::new(),
             adds: 0,
+            room: false,
             heard: BTreeMap::new(),
             flags: BTreeMap::new(),
             told: BTreeMap::new(),
@@ -332,7 +335,9 @@ impl Call {
         let (muted, held, remote_held) = self.op_view(key);
         Some(CallInfo {
             call_id: self.id.to_string(),
-            direction: if key == self.caller {
+            direction: if p.monitor.is_some() {
+                CallDirection::Monitor
+            } else if key == self.caller {
                 CallDirection::Outbound
             } else {
                 CallDirection::Inbound
@@ -351,7 +356,40 @@ impl Call {
             participants: self.participant_infos(now, ctx),
             self_id: Some(key.to_string()),
             capabilities: self.capabilities_of(ctx, key).names(),
+            mode: p.monitor.map(|(m, _)| m.as_str()),
         })
+    }
+
+    /// A call event of `kind` at `now` about this call (for the bridge's own
+    /// reports about it, such as quality after it ended).
+    pub fn report(&self, now: Instant, kind: CallEventKind) -> CallEvent {
+        CallEvent {
+            kind,
+            call_id: self.id,
+            direction: self.direction,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            number: self.number.clone(),
+            at: now,
+            unix_ms: self.unix_base * 1000 + now.as_micros() / 1000,
+            status: None,
+            code: None,
+            answered_by: self.answered_by.clone(),
+            rung: Vec::new(),
+            duration: None,
+            talk_time: None,
+            party: None,
+            parties: Vec::new(),
+            quality: None,
+        }
+    }
+
+    /// Operators who are or were in the call.
+    pub fn operators(&self) -> Vec<String> {
+        self.history
+            .iter()
+            .filter_map(|r| r.who.strip_prefix("operator:").map(String::from))
+            .collect()
     }
 
     /// Its summary for `listCalls`.
@@ -524,6 +562,7 @@ impl Call {
             } else {
                 Vec::new()
             },
+            quality: None,
         };
         self.push(CallOutput::Event(ev));
     }

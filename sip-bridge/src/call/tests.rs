@@ -35,6 +35,7 @@ impl Fixture {
             name: id.into(),
             plan: DialPlan::single(vec![Target::Operators], Duration::from_secs(20)),
             capabilities: RoleCapabilities::default(),
+            room: false,
         };
         let cfg = BridgeConfig::new(
             vec![number("support", "+15550100"), number("sales", "+15550200")],

@@ -429,6 +429,8 @@ pub enum CallDirection {
     Inbound,
     /// The operator dialled.
     Outbound,
+    /// The operator monitors it (a supervisor).
+    Monitor,
 }
 
 /// A resumed call in `ready`.
@@ -460,6 +462,9 @@ pub struct CallInfo {
     pub self_id: Option<String>,
     /// What the operator may do in it.
     pub capabilities: Vec<&'static str>,
+    /// A supervisor's mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
 }
 
 /// A participant of a call (protocol.md, "Participants").

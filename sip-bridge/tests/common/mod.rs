@@ -78,6 +78,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
                 name: "Support".into(),
                 plan,
                 capabilities: Default::default(),
+                room: false,
             },
             NumberConfig {
                 id: "sales".into(),
@@ -85,6 +86,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
                 name: "Sales".into(),
                 plan: DialPlan::single(vec![Target::Operators], ms(20_000)),
                 capabilities: Default::default(),
+                room: false,
             },
         ],
         vec![trunk],
@@ -98,9 +100,11 @@ pub fn plan(steps: &[(&[&str], u64)]) -> DialPlan {
     DialPlan {
         steps: steps
             .iter()
-            .map(|(targets, secs)| Step {
-                targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
-                timeout: Duration::from_secs(*secs),
+            .map(|(targets, secs)| {
+                Step::new(
+                    targets.iter().map(|t| t.parse().unwrap()).collect(),
+                    Duration::from_secs(*secs),
+                )
             })
             .collect(),
     }
