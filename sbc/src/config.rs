@@ -1391,6 +1391,35 @@ mod tests {
     }
 
     #[test]
+    fn numbers_take_join_rooms_and_capabilities() {
+        let cfg = SbcConfig::parse(&format!(
+            "{MINIMAL}[[numbers]]\nid = \"conf\"\ne164 = \"+15550400\"\ndial = [{{ ring = [\"operators\"], join = \"all\" }}]\n\
+             [numbers.capabilities]\nagent = [\"add_participant\"]\n\
+             [[numbers]]\nid = \"room\"\ne164 = \"+15550401\"\nroom = true\n"
+        ))
+        .unwrap();
+        let n = cfg.number_configs();
+        assert_eq!(n[0].plan.steps[0].join, Join::All);
+        assert_eq!(n[0].capabilities.agent.names(), ["add_participant"]);
+        assert_eq!(
+            n[0].capabilities.supervisor,
+            RoleCapabilities::default().supervisor,
+            "a role left out keeps its default"
+        );
+        assert!(n[1].room && !n[0].room);
+        rejects(
+            "[[numbers]]\nid = \"x\"\ne164 = \"+15550400\"\ndial = [{ ring = [\"operators\"], join = \"most\" }]\n",
+            "numbers[0].dial[0].join",
+            "\"most\" is not a join",
+        );
+        rejects(
+            "[[numbers]]\nid = \"x\"\ne164 = \"+15550400\"\n[numbers.capabilities]\nagent = [\"fly\"]\n",
+            "numbers[0].capabilities.agent[0]",
+            "\"fly\" is not a capability",
+        );
+    }
+
+    #[test]
     fn toml_syntax_errors_have_a_line() {
         let e = error("[sip\nudp = 1\n");
         assert!(e.starts_with("TOML syntax: unclosed table"), "{e}");
