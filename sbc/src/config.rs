@@ -1272,7 +1272,8 @@ mod tests {
         assert_eq!(b.number("tone").unwrap().e164, "+15550002");
         assert_eq!(plan("sales"), vec![step(Target::Operators, 20)]);
         assert_eq!(b.number("+15550200").unwrap().id, "sales");
-        assert_eq!(b.numbers.len(), 4);
+        assert!(b.number("+15550500").unwrap().room, "a meet-me room");
+        assert_eq!(b.numbers.len(), 5);
         assert!(c.summary().contains("demo on"), "{}", c.summary());
     }
 
