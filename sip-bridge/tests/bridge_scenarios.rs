@@ -710,7 +710,10 @@ fn an_operators_quality_report_after_the_call_becomes_an_event() {
     w.send(b, report);
     assert_eq!(w.got(b, "error").last().unwrap()["code"], "BAD_REQUEST");
     assert_eq!(
-        w.events.iter().filter(|e| e.kind == CallEventKind::Quality).count(),
+        w.events
+            .iter()
+            .filter(|e| e.kind == CallEventKind::Quality)
+            .count(),
         1
     );
 }

@@ -64,12 +64,18 @@ fn participants(w: &World, i: usize) -> Vec<(String, String)> {
             "participants" => {
                 ps.clear();
                 for p in m["participants"].as_array().unwrap() {
-                    ps.insert(p["id"].as_str().unwrap().into(), p["state"].as_str().unwrap().into());
+                    ps.insert(
+                        p["id"].as_str().unwrap().into(),
+                        p["state"].as_str().unwrap().into(),
+                    );
                 }
             }
             "participantJoined" | "participantUpdated" => {
                 let p = &m["participant"];
-                ps.insert(p["id"].as_str().unwrap().into(), p["state"].as_str().unwrap().into());
+                ps.insert(
+                    p["id"].as_str().unwrap().into(),
+                    p["state"].as_str().unwrap().into(),
+                );
             }
             "participantLeft" => {
                 ps.remove(m["participantId"].as_str().unwrap());
@@ -91,8 +97,20 @@ fn three_parties_each_hear_the_other_two_and_not_themselves() {
         &[CALLER],
         "the caller",
     );
-    World::assert_hears(&w.browsers[0].heard, 48_000, &[CALLER, BOB], &[ALICE], "alice");
-    World::assert_hears(&w.browsers[1].heard, 48_000, &[CALLER, ALICE], &[BOB], "bob");
+    World::assert_hears(
+        &w.browsers[0].heard,
+        48_000,
+        &[CALLER, BOB],
+        &[ALICE],
+        "alice",
+    );
+    World::assert_hears(
+        &w.browsers[1].heard,
+        48_000,
+        &[CALLER, ALICE],
+        &[BOB],
+        "bob",
+    );
     // Both operators know who is in the call.
     for i in [0, 1] {
         let ps = participants(&w, i);
@@ -110,9 +128,20 @@ fn three_parties_each_hear_the_other_two_and_not_themselves() {
     w.browsers[1].tone = None;
     w.run(ms(2000));
     assert_eq!(w.ended_reason(1, &call).as_deref(), Some("hangup"));
-    assert!(w.ended_reason(0, &call).is_none(), "alice is still in the call");
-    World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE], &[BOB, CALLER], "the caller after bob left");
-    assert!(w.bridge.presence().is_ready("bob") || w.bridge.presence().active_call("bob").is_none());
+    assert!(
+        w.ended_reason(0, &call).is_none(),
+        "alice is still in the call"
+    );
+    World::assert_hears(
+        &w.carrier.media[&leg].heard,
+        8000,
+        &[ALICE],
+        &[BOB, CALLER],
+        "the caller after bob left",
+    );
+    assert!(
+        w.bridge.presence().is_ready("bob") || w.bridge.presence().active_call("bob").is_none()
+    );
     let left: Vec<_> = w.got(0, "participantLeft");
     assert_eq!(left.last().unwrap()["reason"], "hangup");
     // The caller hangs up: the last two are done.
@@ -137,7 +166,8 @@ fn four_parties_with_mixed_codecs_hear_each_other() {
     w.run(ms(500));
     let (phone, _) = *w.carrier_incoming().last().expect("the phone is called");
     assert_eq!(w.carrier.media[&phone].pt, 8, "the phone answered PCMA");
-    w.carrier.media.get_mut(&phone).unwrap().tone = Some(ToneGenerator::new(8000, &[(PHONE, 6000.0)]));
+    w.carrier.media.get_mut(&phone).unwrap().tone =
+        Some(ToneGenerator::new(8000, &[(PHONE, 6000.0)]));
     // An AI agent speaking PCM16 at 24 kHz.
     let url = "ws://agent.example/ws";
     w.agent(url, StreamFormat::Pcm24k, AgentMode::Up);
@@ -145,14 +175,37 @@ fn four_parties_with_mixed_codecs_hear_each_other() {
     w.run(ms(200));
     w.agent_tone(url, AGENT, 12.0);
     w.run(ms(3000));
-    World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE, PHONE, AGENT], &[CALLER], "the PCMU caller");
-    World::assert_hears(&w.browsers[0].heard, 48_000, &[CALLER, PHONE, AGENT], &[ALICE], "alice (Opus)");
-    World::assert_hears(&w.carrier.media[&phone].heard, 8000, &[CALLER, ALICE, AGENT], &[PHONE], "the PCMA phone");
-    World::assert_hears(&w.agents[url].heard, 24_000, &[CALLER, ALICE, PHONE], &[AGENT], "the agent (PCM16 24 kHz)");
+    World::assert_hears(
+        &w.carrier.media[&leg].heard,
+        8000,
+        &[ALICE, PHONE, AGENT],
+        &[CALLER],
+        "the PCMU caller",
+    );
+    World::assert_hears(
+        &w.browsers[0].heard,
+        48_000,
+        &[CALLER, PHONE, AGENT],
+        &[ALICE],
+        "alice (Opus)",
+    );
+    World::assert_hears(
+        &w.carrier.media[&phone].heard,
+        8000,
+        &[CALLER, ALICE, AGENT],
+        &[PHONE],
+        "the PCMA phone",
+    );
+    World::assert_hears(
+        &w.agents[url].heard,
+        24_000,
+        &[CALLER, ALICE, PHONE],
+        &[AGENT],
+        "the agent (PCM16 24 kHz)",
+    );
     let ps = participants(&w, 0);
     assert_eq!(ps.len(), 4, "{ps:?}");
 }
-
 
 /// 20 ms frames of `pcm[range]` at `rate` with no sample over 100: silence.
 fn silent_frames(pcm: &[i16], rate: usize, range: std::ops::Range<usize>) -> usize {
@@ -250,28 +303,100 @@ fn listen_whisper_and_barge_switch_without_rejoining() {
     assert_eq!(sam_ps.last().unwrap()["capabilities"][0], "switch_monitor");
     let caller = |w: &World| w.carrier.media[&leg].heard.clone();
     // listen: sam hears both; nobody hears sam.
-    World::assert_hears(&w.browsers[2].heard, 48_000, &[CALLER, ALICE], &[SAM], "sam listening");
-    World::assert_hears(&caller(&w), 8000, &[ALICE], &[SAM, CALLER], "the caller (sam listens)");
-    World::assert_hears(&w.browsers[0].heard, 48_000, &[CALLER], &[SAM, ALICE], "alice (sam listens)");
+    World::assert_hears(
+        &w.browsers[2].heard,
+        48_000,
+        &[CALLER, ALICE],
+        &[SAM],
+        "sam listening",
+    );
+    World::assert_hears(
+        &caller(&w),
+        8000,
+        &[ALICE],
+        &[SAM, CALLER],
+        "the caller (sam listens)",
+    );
+    World::assert_hears(
+        &w.browsers[0].heard,
+        48_000,
+        &[CALLER],
+        &[SAM, ALICE],
+        "alice (sam listens)",
+    );
     // whisper: alice hears sam, the caller does not.
-    w.send(2, serde_json::json!({"type": "monitorMode", "callId": call, "mode": "whisper", "ref": "m2"}));
+    w.send(
+        2,
+        serde_json::json!({"type": "monitorMode", "callId": call, "mode": "whisper", "ref": "m2"}),
+    );
     w.run(ms(2000));
-    World::assert_hears(&w.browsers[0].heard, 48_000, &[CALLER, SAM], &[ALICE], "alice (sam whispers)");
-    World::assert_hears(&caller(&w), 8000, &[ALICE], &[SAM, CALLER], "the caller (sam whispers)");
-    World::assert_hears(&w.browsers[2].heard, 48_000, &[CALLER, ALICE], &[SAM], "sam whispering");
+    World::assert_hears(
+        &w.browsers[0].heard,
+        48_000,
+        &[CALLER, SAM],
+        &[ALICE],
+        "alice (sam whispers)",
+    );
+    World::assert_hears(
+        &caller(&w),
+        8000,
+        &[ALICE],
+        &[SAM, CALLER],
+        "the caller (sam whispers)",
+    );
+    World::assert_hears(
+        &w.browsers[2].heard,
+        48_000,
+        &[CALLER, ALICE],
+        &[SAM],
+        "sam whispering",
+    );
     // barge: everyone hears everyone.
-    w.send(2, serde_json::json!({"type": "monitorMode", "callId": call, "mode": "barge"}));
+    w.send(
+        2,
+        serde_json::json!({"type": "monitorMode", "callId": call, "mode": "barge"}),
+    );
     w.run(ms(2000));
-    World::assert_hears(&caller(&w), 8000, &[ALICE, SAM], &[CALLER], "the caller (sam barged)");
-    World::assert_hears(&w.browsers[0].heard, 48_000, &[CALLER, SAM], &[ALICE], "alice (sam barged)");
-    World::assert_hears(&w.browsers[2].heard, 48_000, &[CALLER, ALICE], &[SAM], "sam barged");
+    World::assert_hears(
+        &caller(&w),
+        8000,
+        &[ALICE, SAM],
+        &[CALLER],
+        "the caller (sam barged)",
+    );
+    World::assert_hears(
+        &w.browsers[0].heard,
+        48_000,
+        &[CALLER, SAM],
+        &[ALICE],
+        "alice (sam barged)",
+    );
+    World::assert_hears(
+        &w.browsers[2].heard,
+        48_000,
+        &[CALLER, ALICE],
+        &[SAM],
+        "sam barged",
+    );
     // And back to listen.
-    w.send(2, serde_json::json!({"type": "monitorMode", "callId": call, "mode": "listen"}));
+    w.send(
+        2,
+        serde_json::json!({"type": "monitorMode", "callId": call, "mode": "listen"}),
+    );
     w.run(ms(2000));
-    World::assert_hears(&caller(&w), 8000, &[ALICE], &[SAM, CALLER], "the caller (sam listens again)");
+    World::assert_hears(
+        &caller(&w),
+        8000,
+        &[ALICE],
+        &[SAM, CALLER],
+        "the caller (sam listens again)",
+    );
     assert_eq!(w.got(2, "answer").len(), 1, "no new peer connection");
     let upd = w.got(2, "participantUpdated");
-    assert!(upd.iter().any(|m| m["ref"] == "m2" && m["participant"]["monitor"] == "whisper"));
+    assert!(
+        upd.iter()
+            .any(|m| m["ref"] == "m2" && m["participant"]["monitor"] == "whisper")
+    );
     // The supervisor keeps nothing alive: the caller and alice are the call.
     let now = w.now;
     w.carrier.ua.hangup(now, leg).unwrap();
@@ -294,8 +419,20 @@ fn one_party_on_hold_while_the_others_talk() {
     w.send(0, serde_json::json!({"type": "hold", "callId": call, "on": true, "participantId": bob_id, "ref": "h"}));
     let bob_heard = w.browsers[1].heard.len();
     w.run(ms(2000));
-    World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE], &[BOB, CALLER], "the caller (bob held)");
-    World::assert_hears(&w.browsers[0].heard, 48_000, &[CALLER], &[BOB, ALICE], "alice (bob held)");
+    World::assert_hears(
+        &w.carrier.media[&leg].heard,
+        8000,
+        &[ALICE],
+        &[BOB, CALLER],
+        "the caller (bob held)",
+    );
+    World::assert_hears(
+        &w.browsers[0].heard,
+        48_000,
+        &[CALLER],
+        &[BOB, ALICE],
+        "alice (bob held)",
+    );
     let late = &w.browsers[1].heard[bob_heard..];
     assert!(
         late.len() < 48_000 / 5,
@@ -303,13 +440,31 @@ fn one_party_on_hold_while_the_others_talk() {
         late.len()
     );
     let upd = w.got(0, "participantUpdated");
-    let held = upd.iter().find(|m| m["ref"] == "h").expect("the hold is confirmed");
+    let held = upd
+        .iter()
+        .find(|m| m["ref"] == "h")
+        .expect("the hold is confirmed");
     assert_eq!(held["participant"]["state"], "held");
     // Resumed: everyone again.
-    w.send(0, serde_json::json!({"type": "hold", "callId": call, "on": false, "participantId": bob_id}));
+    w.send(
+        0,
+        serde_json::json!({"type": "hold", "callId": call, "on": false, "participantId": bob_id}),
+    );
     w.run(ms(2000));
-    World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE, BOB], &[CALLER], "the caller (bob back)");
-    World::assert_hears(&w.browsers[1].heard, 48_000, &[CALLER, ALICE], &[BOB], "bob back");
+    World::assert_hears(
+        &w.carrier.media[&leg].heard,
+        8000,
+        &[ALICE, BOB],
+        &[CALLER],
+        "the caller (bob back)",
+    );
+    World::assert_hears(
+        &w.browsers[1].heard,
+        48_000,
+        &[CALLER, ALICE],
+        &[BOB],
+        "bob back",
+    );
 }
 
 /// Alice adds `target`; returns the `error` she got, if any.
@@ -326,22 +481,40 @@ fn add_and_wait(w: &mut World, call: &str, target: &str, wait: u64) -> Option<St
 fn an_added_party_that_is_busy_does_not_answer_or_fails_leaves_the_call_as_it_was() {
     let (mut w, call, leg) = answered_by_alice();
     w.carrier.auto_answer = Some(vec![(486, false)]);
-    assert_eq!(add_and_wait(&mut w, &call, "+15550444", 500).as_deref(), Some("TARGET_BUSY"));
+    assert_eq!(
+        add_and_wait(&mut w, &call, "+15550444", 500).as_deref(),
+        Some("TARGET_BUSY")
+    );
     w.carrier.auto_answer = Some(vec![(503, false)]);
-    assert_eq!(add_and_wait(&mut w, &call, "+15550445", 500).as_deref(), Some("TARGET_FAILED"));
+    assert_eq!(
+        add_and_wait(&mut w, &call, "+15550445", 500).as_deref(),
+        Some("TARGET_FAILED")
+    );
     // Bob rings and never answers: the add rings out after its timeout.
     w.send(0, serde_json::json!({"type": "addParticipant", "callId": call, "target": "operator:bob", "timeout": 5, "ref": "slow"}));
     w.run(ms(6000));
     let errors = w.got(0, "error");
     let e = errors.last().unwrap();
-    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("NO_ANSWER"), Some("slow")));
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("NO_ANSWER"), Some("slow"))
+    );
     assert_eq!(w.ended_reason(1, &call).as_deref(), Some("no_answer"));
     // Nobody there at all.
-    assert_eq!(add_and_wait(&mut w, &call, "operator:nobody", 100).as_deref(), Some("TARGET_BUSY"));
+    assert_eq!(
+        add_and_wait(&mut w, &call, "operator:nobody", 100).as_deref(),
+        Some("TARGET_BUSY")
+    );
     // Through all of it the call went on.
     w.carrier.media.get_mut(&leg).unwrap().heard.clear();
     w.run(ms(1500));
-    World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE], &[CALLER], "the caller after the failed adds");
+    World::assert_hears(
+        &w.carrier.media[&leg].heard,
+        8000,
+        &[ALICE],
+        &[CALLER],
+        "the caller after the failed adds",
+    );
     assert!(w.ended_reason(0, &call).is_none());
     let left: Vec<String> = w
         .got(0, "participantLeft")
@@ -361,11 +534,20 @@ fn a_party_added_while_the_call_ends_stops_ringing() {
     w.carrier.ua.hangup(now, leg).unwrap();
     w.run(ms(500));
     assert_eq!(w.ended_reason(0, &call).as_deref(), Some("remote_hangup"));
-    assert_eq!(w.ended_reason(1, &call).as_deref(), Some("remote_hangup"), "bob stops ringing");
+    assert_eq!(
+        w.ended_reason(1, &call).as_deref(),
+        Some("remote_hangup"),
+        "bob stops ringing"
+    );
     // An add for the call now is refused.
     w.add(0, &call, "operator:bob");
     let e = w.got(0, "error");
-    assert!(e.last().unwrap()["message"].as_str().unwrap().contains("unknown callId"));
+    assert!(
+        e.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown callId")
+    );
     w.run(ms(40_000));
     w.assert_idle();
 }
@@ -381,7 +563,9 @@ fn the_call_ends_when_the_last_party_keeping_it_alive_leaves() {
     assert_eq!(w.ended_reason(0, &call).as_deref(), Some("hangup"));
     assert_eq!(w.ended_reason(2, &call).as_deref(), Some("remote_hangup"));
     assert!(
-        w.carrier_events().iter().any(|e| matches!(e, UaEvent::Terminated { leg: l, .. } if *l == leg)),
+        w.carrier_events()
+            .iter()
+            .any(|e| matches!(e, UaEvent::Terminated { leg: l, .. } if *l == leg)),
         "the caller got BYE"
     );
     assert_eq!(w.completed().len(), 1);
@@ -397,18 +581,23 @@ fn a_party_with_the_right_ends_the_call_for_everyone() {
     w.run(ms(500));
     assert_eq!(w.ended_reason(0, &call).as_deref(), Some("hangup"));
     assert_eq!(w.ended_reason(1, &call).as_deref(), Some("remote_hangup"));
-    assert!(w.carrier_events().iter().any(|e| matches!(e, UaEvent::Terminated { leg: l, .. } if *l == leg)));
+    assert!(
+        w.carrier_events()
+            .iter()
+            .any(|e| matches!(e, UaEvent::Terminated { leg: l, .. } if *l == leg))
+    );
     w.run(ms(40_000));
     w.assert_idle();
-    assert!(w.bridge.presence().is_ready("alice") && w.bridge.presence().active_call("bob").is_none());
+    assert!(
+        w.bridge.presence().is_ready("alice") && w.bridge.presence().active_call("bob").is_none()
+    );
 }
 
 #[test]
 fn a_capability_refused_is_a_clear_error_and_changes_nothing() {
     let mut cfg = config(plan(&[(&["operators"], 20)]));
-    cfg.numbers[0].capabilities.agent = sip_bridge::roles::Capabilities::of(&[
-        sip_bridge::roles::Capability::HoldParticipant,
-    ]);
+    cfg.numbers[0].capabilities.agent =
+        sip_bridge::roles::Capabilities::of(&[sip_bridge::roles::Capability::HoldParticipant]);
     let mut w = World::new(cfg);
     w.operator("alice", &["support"]);
     w.operator("bob", &["sales"]);
@@ -420,11 +609,23 @@ fn a_capability_refused_is_a_clear_error_and_changes_nothing() {
     talk(&mut w, 0, ALICE);
     w.run(ms(1500));
     let caps = w.got(0, "participants");
-    assert_eq!(caps.last().unwrap()["capabilities"], serde_json::json!(["hold_participant"]));
+    assert_eq!(
+        caps.last().unwrap()["capabilities"],
+        serde_json::json!(["hold_participant"])
+    );
     for (msg, what) in [
-        (serde_json::json!({"type": "addParticipant", "callId": call, "target": "operator:bob", "ref": "r1"}), "add"),
-        (serde_json::json!({"type": "end", "callId": call, "ref": "r1"}), "end"),
-        (serde_json::json!({"type": "removeParticipant", "callId": call, "participantId": "p-0", "ref": "r1"}), "remove"),
+        (
+            serde_json::json!({"type": "addParticipant", "callId": call, "target": "operator:bob", "ref": "r1"}),
+            "add",
+        ),
+        (
+            serde_json::json!({"type": "end", "callId": call, "ref": "r1"}),
+            "end",
+        ),
+        (
+            serde_json::json!({"type": "removeParticipant", "callId": call, "participantId": "p-0", "ref": "r1"}),
+            "remove",
+        ),
     ] {
         let before = w.got(0, "error").len();
         w.send(0, msg);
@@ -432,8 +633,15 @@ fn a_capability_refused_is_a_clear_error_and_changes_nothing() {
         let errors = w.got(0, "error");
         assert_eq!(errors.len(), before + 1, "{what}");
         let e = errors.last().unwrap();
-        assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("FORBIDDEN"), Some("r1")), "{what}");
-        assert!(e["message"].as_str().unwrap().starts_with("you may not"), "{what}");
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("FORBIDDEN"), Some("r1")),
+            "{what}"
+        );
+        assert!(
+            e["message"].as_str().unwrap().starts_with("you may not"),
+            "{what}"
+        );
     }
     assert!(w.got(1, "incoming").is_empty(), "bob was not rung");
     assert!(w.ended_reason(0, &call).is_none());
@@ -443,9 +651,14 @@ fn a_capability_refused_is_a_clear_error_and_changes_nothing() {
     w.send(2, serde_json::json!({"type": "removeParticipant", "callId": call, "participantId": "p-1", "ref": "x"}));
     assert_eq!(w.got(2, "error").last().unwrap()["code"], "FORBIDDEN");
     w.run(ms(1000));
-    World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[ALICE], &[CALLER], "the call goes on");
+    World::assert_hears(
+        &w.carrier.media[&leg].heard,
+        8000,
+        &[ALICE],
+        &[CALLER],
+        "the call goes on",
+    );
 }
-
 
 #[test]
 fn a_step_with_join_all_keeps_everyone_who_answers() {
@@ -461,16 +674,38 @@ fn a_step_with_join_all_keeps_everyone_who_answers() {
         w.carrier.media.get_mut(l).unwrap().tone = Some(ToneGenerator::new(8000, &[(hz, 6000.0)]));
     }
     w.run(ms(2500));
-    World::assert_hears(&w.carrier.media[&caller].heard, 8000, &[BOB, PHONE], &[CALLER], "the caller");
-    World::assert_hears(&w.carrier.media[&far[0]].heard, 8000, &[CALLER, PHONE], &[BOB], "the first to answer");
-    World::assert_hears(&w.carrier.media[&far[1]].heard, 8000, &[CALLER, BOB], &[PHONE], "the second");
+    World::assert_hears(
+        &w.carrier.media[&caller].heard,
+        8000,
+        &[BOB, PHONE],
+        &[CALLER],
+        "the caller",
+    );
+    World::assert_hears(
+        &w.carrier.media[&far[0]].heard,
+        8000,
+        &[CALLER, PHONE],
+        &[BOB],
+        "the first to answer",
+    );
+    World::assert_hears(
+        &w.carrier.media[&far[1]].heard,
+        8000,
+        &[CALLER, BOB],
+        &[PHONE],
+        "the second",
+    );
     let answered = w
         .carrier_events()
         .iter()
         .filter(|e| matches!(e, UaEvent::Answered { .. }))
         .count();
     assert_eq!(answered, 1, "the caller is answered once");
-    let joined = w.events.iter().filter(|e| e.kind == CallEventKind::PartyJoined).count();
+    let joined = w
+        .events
+        .iter()
+        .filter(|e| e.kind == CallEventKind::PartyJoined)
+        .count();
     assert_eq!(joined, 3);
 }
 
@@ -496,7 +731,13 @@ fn a_meet_me_room_joins_every_caller() {
     let tones = [CALLER, BOB, PHONE];
     for (i, l) in legs.iter().enumerate() {
         let others: Vec<f64> = tones.iter().copied().filter(|t| *t != tones[i]).collect();
-        World::assert_hears(&w.carrier.media[l].heard, 8000, &others, &[tones[i]], "a caller in the room");
+        World::assert_hears(
+            &w.carrier.media[l].heard,
+            8000,
+            &others,
+            &[tones[i]],
+            "a caller in the room",
+        );
     }
     // Callers leave one by one; the room ends with the last.
     for l in &legs {

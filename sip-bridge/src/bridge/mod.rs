@@ -23,8 +23,8 @@ mod operators;
 mod trunks;
 
 pub use crate::call::{
-    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, QualityReport, PortPool, ROUTE_TIMEOUT, Role,
-    RouteDecision, RouteFacts,
+    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, QualityReport,
+    ROUTE_TIMEOUT, Role, RouteDecision, RouteFacts,
 };
 pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use crate::contract::{
@@ -632,7 +632,8 @@ impl Bridge {
             && self.calls.contains_key(&id)
         {
             let mut joined = Err(480);
-            with_ctx!(self, id, |c, ctx| joined = c.join_room(now, ctx, req, trunk));
+            with_ctx!(self, id, |c, ctx| joined =
+                c.join_room(now, ctx, req, trunk));
             match joined {
                 Ok(key) => {
                     self.sip_legs.insert(leg, (id, key));

@@ -52,7 +52,13 @@ impl Call {
             call.state = CallState::Connected;
             call.answered_at = Some(now);
             call.answer_caller(key);
-            call.event(now, CallEventKind::Answered, Some(DialStatus::Answered), None, None);
+            call.event(
+                now,
+                CallEventKind::Answered,
+                Some(DialStatus::Answered),
+                None,
+                None,
+            );
             call.settle(now, ctx);
             return Ok(call);
         }
@@ -787,7 +793,10 @@ impl Call {
             .filter(|k| *k != key && *k != self.caller)
             .collect();
         for k in others {
-            if !matches!(self.parties.get(&k).map(|p| &p.origin), Some(Origin::Plan(_))) {
+            if !matches!(
+                self.parties.get(&k).map(|p| &p.origin),
+                Some(Origin::Plan(_))
+            ) {
                 continue;
             }
             match deadline.filter(|_| all) {

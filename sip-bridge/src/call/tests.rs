@@ -210,3 +210,198 @@ fn ringback_then_each_hears_the_other_once_answered() {
     );
     let _ = (FeedSource::Leg(LegKey(0)), Level::UNITY);
 }
+
+/// `alice` dialled `support`, `bob` accepted: connected, both answers out.
+fn connected(f: &mut Fixture, now: Instant) -> Call {
+    let mut call = dial_support(f, now);
+    answer(f, &mut call, now, 0);
+    call.handle_operator(now, &mut f.ctx(), "bob", None, accept());
+    answer(f, &mut call, now, 1);
+    f.drain(&mut call);
+    assert!(call.is_connected());
+    call
+}
+
+/// What each listener was last told to hear.
+fn graph(call: &Call) -> Vec<(LegKey, Vec<Feed>)> {
+    call.heard.clone().into_iter().collect()
+}
+
+#[test]
+fn a_whisper_reaches_only_the_coached_party() {
+    let mut f = Fixture::new(&["alice", "bob", "carol"]);
+    let now = Instant::ZERO;
+    let mut call = connected(&mut f, now);
+    call.handle_monitor(
+        now,
+        &mut f.ctx(),
+        "carol",
+        Some("m".into()),
+        MonitorMode::Whisper,
+        SDP.into(),
+        Some("p-1"),
+    );
+    f.drain(&mut call);
+    // p-2 was carol's ring from the dial, lost to bob's answer.
+    let (alice, bob, carol) = (LegKey(0), LegKey(1), LegKey(3));
+    assert_eq!(
+        graph(&call),
+        [
+            (alice, vec![Feed::leg(bob)]),
+            (bob, vec![Feed::leg(alice), Feed::leg(carol)]),
+            (carol, vec![Feed::leg(alice), Feed::leg(bob)]),
+        ]
+    );
+    // Barge: a full participant, with the agents' capabilities.
+    let mode = ClientMessage::MonitorMode {
+        call_id: "c-1".into(),
+        mode: "barge".into(),
+        participant_id: None,
+    };
+    call.handle_operator(now, &mut f.ctx(), "carol", None, mode);
+    let out = f.drain(&mut call);
+    assert_eq!(
+        graph(&call),
+        [
+            (alice, vec![Feed::leg(bob), Feed::leg(carol)]),
+            (bob, vec![Feed::leg(alice), Feed::leg(carol)]),
+            (carol, vec![Feed::leg(alice), Feed::leg(bob)]),
+        ]
+    );
+    let caps = to_ops(&out)
+        .into_iter()
+        .find(|(op, t, _)| op == "carol" && t == "participants")
+        .map(|(_, _, v)| v["capabilities"].as_array().unwrap().len());
+    assert_eq!(caps, Some(5));
+}
+
+#[test]
+fn leaving_a_three_party_call_leaves_the_other_two_talking() {
+    let mut f = Fixture::new(&["alice", "bob", "carol"]);
+    let now = Instant::ZERO;
+    let mut call = connected(&mut f, now);
+    let add = ClientMessage::AddParticipant {
+        call_id: "c-1".into(),
+        target: "operator:carol".into(),
+        timeout: None,
+    };
+    call.handle_operator(now, &mut f.ctx(), "alice", Some("a".into()), add);
+    let out = f.drain(&mut call);
+    let ringing = to_ops(&out)
+        .into_iter()
+        .find(|(op, t, _)| op == "alice" && t == "participantUpdated")
+        .expect("the asker hears of the ringing party");
+    assert_eq!(ringing.2["ref"], "a");
+    assert_eq!(ringing.2["participant"]["state"], "ringing");
+    // Alice hears ringback under bob while carol rings.
+    let cue = graph(&call)[0].1.clone();
+    assert_eq!(cue.len(), 2, "{cue:?}");
+    assert_eq!(cue[1].from, FeedSource::Tone(Tone::Ringback));
+    assert_eq!(cue[1].level, Level::CUE);
+    call.handle_operator(now, &mut f.ctx(), "carol", None, accept());
+    answer(&mut f, &mut call, now, 3);
+    assert_eq!(call.parties(), 3);
+    let leave = ClientMessage::Leave {
+        call_id: "c-1".into(),
+    };
+    call.handle_operator(now, &mut f.ctx(), "bob", None, leave);
+    let out = f.drain(&mut call);
+    assert!(call.is_connected(), "two are left");
+    assert_eq!(
+        graph(&call),
+        [
+            (LegKey(0), vec![Feed::leg(LegKey(3))]),
+            (LegKey(3), vec![Feed::leg(LegKey(0))]),
+        ]
+    );
+    let left: Vec<_> = to_ops(&out)
+        .into_iter()
+        .filter(|(_, t, _)| t == "participantLeft")
+        .map(|(op, _, v)| (op, v["participantId"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            ("alice".into(), "p-1".into()),
+            ("carol".into(), "p-1".into())
+        ]
+    );
+    assert_eq!(f.presence.active_call("bob"), None, "bob is free");
+    // One more leaves: alone, the call ends.
+    let leave = ClientMessage::Leave {
+        call_id: "c-1".into(),
+    };
+    call.handle_operator(now, &mut f.ctx(), "carol", None, leave);
+    let out = f.drain(&mut call);
+    assert!(call.is_ended());
+    let alice_end = to_ops(&out)
+        .into_iter()
+        .find(|(op, t, _)| op == "alice" && t == "ended")
+        .unwrap();
+    assert_eq!(alice_end.2["reason"], "remote_hangup");
+    let done = out
+        .iter()
+        .find_map(|o| match o {
+            CallOutput::Event(e) if e.kind == CallEventKind::Completed => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let who: Vec<_> = done
+        .parties
+        .iter()
+        .map(|p| (p.who.as_str(), p.reason))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("operator:alice", Some("remote_hangup")),
+            ("operator:carol", Some("taken_by_other")), // rung by the plan
+            ("operator:bob", Some("hangup")),
+            ("operator:carol", Some("hangup")), // added later
+        ]
+    );
+}
+
+#[test]
+fn requests_out_of_turn_change_nothing() {
+    let mut f = Fixture::new(&["alice", "bob"]);
+    let now = Instant::ZERO;
+    let mut call = dial_support(&mut f, now);
+    f.drain(&mut call);
+    // Still ringing: bob cannot end, hold or add; alice cannot add yet.
+    for (op, msg) in [
+        (
+            "bob",
+            ClientMessage::End {
+                call_id: "c-1".into(),
+            },
+        ),
+        (
+            "alice",
+            ClientMessage::AddParticipant {
+                call_id: "c-1".into(),
+                target: "operator:bob".into(),
+                timeout: None,
+            },
+        ),
+        (
+            "alice",
+            ClientMessage::Hold {
+                call_id: "c-1".into(),
+                on: true,
+                participant_id: None,
+            },
+        ),
+    ] {
+        call.handle_operator(now, &mut f.ctx(), op, Some("r".into()), msg);
+        let out = f.drain(&mut call);
+        let ops = to_ops(&out);
+        assert_eq!(ops.len(), 1, "{op}: one error and nothing else: {ops:?}");
+        assert_eq!(
+            (ops[0].1.as_str(), &ops[0].2["ref"]),
+            ("error", &serde_json::json!("r"))
+        );
+    }
+    assert_eq!(call.parties(), 2);
+    assert!(!call.is_connected() && !call.is_ended());
+}

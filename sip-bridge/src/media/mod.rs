@@ -220,7 +220,7 @@ impl Route {
         }
     }
 
-    fn from_leg(&self) -> Option<LegKey> {
+    fn source_leg(&self) -> Option<LegKey> {
         match self {
             Route::Leg { from, .. } => Some(*from),
             _ => None,
@@ -452,7 +452,8 @@ impl MediaSession {
             t.concealed_ms += s.concealed_ms;
             t.transcoding += u64::from(!p.is_relay());
             if let Some(j) = p.jitter_stats() {
-                t.max_jitter_delay_ms = t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
+                t.max_jitter_delay_ms =
+                    t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
             }
         }
         t
@@ -559,7 +560,7 @@ impl MediaSession {
                     l.muted = on;
                 }
                 for l in self.legs.values_mut() {
-                    if l.route.from_leg() == Some(leg)
+                    if l.route.source_leg() == Some(leg)
                         && let Some(p) = l.route.pipeline()
                     {
                         p.set_muted(on);
@@ -610,7 +611,7 @@ impl MediaSession {
         let fed: Vec<LegKey> = self
             .legs
             .iter()
-            .filter(|(_, l)| l.route.from_leg() == Some(leg))
+            .filter(|(_, l)| l.route.source_leg() == Some(leg))
             .map(|(k, _)| *k)
             .collect();
         for k in fed {
@@ -644,7 +645,7 @@ impl MediaSession {
         }
         // Whoever heard it alone hears nothing now (control sends the new graph).
         for l in self.legs.values_mut() {
-            if l.route.from_leg() == Some(leg) {
+            if l.route.source_leg() == Some(leg) {
                 l.route = Route::Nothing;
             }
         }
@@ -707,7 +708,12 @@ impl MediaSession {
     /// A pipeline from `input` to leg `to`'s endpoint: with a jitter buffer
     /// toward a browser or an agent, or from one, but between two SIP legs only
     /// if configured (both ends buffer; as rtpengine does).
-    fn pipeline_to(&mut self, to: LegKey, input: Endpoint, from_sip: bool) -> Option<MediaPipeline> {
+    fn pipeline_to(
+        &mut self,
+        to: LegKey,
+        input: Endpoint,
+        from_sip: bool,
+    ) -> Option<MediaPipeline> {
         let l = self.legs.get(&to)?;
         let output = l.endpoint();
         let to_sip = matches!(l.kind, Kind::Rtp { .. });
@@ -1025,7 +1031,7 @@ impl MediaSession {
     /// Hands a packet from `from` to every leg it feeds directly, and to the
     /// mix's decoder of it.
     fn deliver(&mut self, now: Instant, from: LegKey, mut data: BytesMut) {
-        let feeds = |l: &MLeg| l.route.from_leg() == Some(from);
+        let feeds = |l: &MLeg| l.route.source_leg() == Some(from);
         let n = self.legs.values().filter(|l| feeds(l)).count();
         let to_mix = self.mix.as_ref().is_some_and(|m| m.has_decoder(from));
         // Telephone-events are reported even when nothing is connected yet.
@@ -1106,7 +1112,7 @@ impl MediaSession {
     fn drain(&mut self, now: Instant) {
         let mut found = Vec::new();
         for (k, l) in self.legs.iter_mut() {
-            let from = l.route.from_leg();
+            let from = l.route.source_leg();
             if let Some(p) = l.route.pipeline() {
                 // A stream leg takes PCM frames, queued for its agent.
                 if let Kind::Stream {
@@ -1288,7 +1294,7 @@ impl MediaSession {
                 frame.fill(0);
             }
             for l in self.legs.values_mut() {
-                if l.route.from_leg() == Some(k)
+                if l.route.source_leg() == Some(k)
                     && let Some(p) = l.route.pipeline()
                 {
                     let _ = p.handle_pcm(now, frame);

@@ -813,7 +813,11 @@ impl World {
             UaEvent::IncomingInvite { leg, request, .. } => {
                 if let Some(plan) = self.carrier.auto_answer.clone() {
                     let user = request.uri.to_string();
-                    let pcma = self.carrier.answer_pcma.iter().any(|n| user.contains(n.as_str()));
+                    let pcma = self
+                        .carrier
+                        .answer_pcma
+                        .iter()
+                        .any(|n| user.contains(n.as_str()));
                     let answer = self.carrier.answer_with(*leg, &request.body, pcma);
                     for (status, with_sdp) in plan {
                         let sdp = with_sdp.then_some(answer.as_bytes());
