@@ -355,6 +355,14 @@ fn record(ev: &CallEvent) {
                 .increment(1);
             tracing::info!(target: "cdr", "{}", ev.cdr_line());
         }
+        CallEventKind::PartyJoined => {
+            let role = ev.party.as_ref().map_or("unknown", |p| p.role.as_str());
+            metrics::counter!("sbc_participants_joined_total", "role" => role).increment(1)
+        }
+        CallEventKind::PartyLeft => {
+            let reason = ev.party.as_ref().and_then(|p| p.reason).unwrap_or("unknown");
+            metrics::counter!("sbc_participants_left_total", "reason" => reason).increment(1)
+        }
         CallEventKind::Quality => {
             if let Some(q) = &ev.quality {
                 tracing::info!(target: "cdr", "quality call={} operator={} summary={}", ev.call_id, q.operator, q.summary);

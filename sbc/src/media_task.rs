@@ -272,6 +272,8 @@ impl RtpSockets {
 struct Exported {
     stats: sip_bridge::media::MediaStats,
     totals: sip_bridge::media::MediaTotals,
+    /// The session was mixing at the last export.
+    mixing: bool,
 }
 
 impl Exported {
@@ -301,6 +303,13 @@ impl Exported {
         let tr = t.transcoding as f64 - self.totals.transcoding as f64;
         if tr != 0.0 {
             metrics::gauge!("sbc_transcoding_pipelines").increment(tr);
+        }
+        // Calls mixed on their clock (more than two parties talking, or a
+        // supervisor): a gauge maintained by differences too.
+        let mixing = session.mixing().is_some() && !session.is_stopped();
+        if mixing != self.mixing {
+            metrics::gauge!("sbc_mixed_calls").increment(if mixing { 1.0 } else { -1.0 });
+            self.mixing = mixing;
         }
         let mut totals = t;
         if session.is_stopped() {
