@@ -360,7 +360,11 @@ fn record(ev: &CallEvent) {
             metrics::counter!("sbc_participants_joined_total", "role" => role).increment(1)
         }
         CallEventKind::PartyLeft => {
-            let reason = ev.party.as_ref().and_then(|p| p.reason).unwrap_or("unknown");
+            let reason = ev
+                .party
+                .as_ref()
+                .and_then(|p| p.reason)
+                .unwrap_or("unknown");
             metrics::counter!("sbc_participants_left_total", "reason" => reason).increment(1)
         }
         CallEventKind::Quality => {

@@ -121,40 +121,6 @@ fn status_index(s: DialStatus) -> usize {
     }
 }
 
-/// Borrows a call and the shared state it reads, side by side.
-macro_rules! with_ctx {
-    ($b:ident, $id:expr, |$call:ident, $ctx:ident| $body:expr) => {{
-        let Bridge {
-            calls,
-            cfg,
-            presence,
-            ports,
-            rng,
-            local_host,
-            trunks,
-            unix_base,
-            ..
-        } = &mut *$b;
-        if let Some($call) = calls.get_mut(&$id) {
-            let mut ctx = CallCtx {
-                cfg,
-                presence,
-                ports,
-                rng,
-                local_host,
-                live_peer: trunks.live_peers(),
-                unix_base: *unix_base,
-            };
-            let $ctx = &mut ctx;
-            $body;
-            true
-        } else {
-            false
-        }
-    }};
-}
-pub(crate) use with_ctx;
-
 impl Bridge {
     /// A bridge with `cfg`, speaking SIP as `local` and signing tokens with `tokens`.
     /// `unix_base` is the Unix time (seconds) at driver time zero, for token checks.
@@ -266,8 +232,7 @@ impl Bridge {
     /// response on the SIP side, `ended` for operators.
     pub fn end_all(&mut self, now: Instant) {
         for id in self.call_ids() {
-            with_ctx!(self, id, |call, ctx| call.end(now, ctx));
-            self.apply(now, id);
+            self.drive(now, id, |c, ctx| c.end(now, ctx));
         }
         self.pump(now);
     }
@@ -352,15 +317,13 @@ impl Bridge {
 
     /// An event from a call's media session.
     pub fn handle_media_event(&mut self, now: Instant, call: CallId, ev: MediaEvent) {
-        with_ctx!(self, call, |c, ctx| c.handle_media(now, ctx, ev));
-        self.apply(now, call);
+        self.drive(now, call, |c, ctx| c.handle_media(now, ctx, ev));
         self.pump(now);
     }
 
     /// The router's decision for `call`.
     pub fn handle_route(&mut self, now: Instant, call: CallId, decision: RouteDecision) {
-        with_ctx!(self, call, |c, ctx| c.handle_route(now, ctx, decision));
-        self.apply(now, call);
+        self.drive(now, call, |c, ctx| c.handle_route(now, ctx, decision));
         self.pump(now);
     }
 
@@ -391,8 +354,7 @@ impl Bridge {
                         continue; // moved since
                     }
                     self.call_due.remove(&id);
-                    with_ctx!(self, id, |c, ctx| c.handle_timeout(now, ctx));
-                    self.apply(now, id);
+                    self.drive(now, id, |c, ctx| c.handle_timeout(now, ctx));
                 }
                 Timer::Session(sid) => {
                     if let Some(s) = self.sessions.get_mut(&sid) {
@@ -441,6 +403,41 @@ impl Bridge {
     }
 
     // ----- plumbing -----
+
+    /// The calls and, beside them, what a call reads or takes (a split borrow).
+    fn split(&mut self) -> (&mut BTreeMap<CallId, Call>, CallCtx<'_>) {
+        let Bridge {
+            calls,
+            cfg,
+            presence,
+            ports,
+            rng,
+            local_host,
+            trunks,
+            unix_base,
+            ..
+        } = self;
+        let ctx = CallCtx {
+            cfg,
+            presence,
+            ports,
+            rng,
+            local_host,
+            live_peer: trunks.live_peers(),
+            unix_base: *unix_base,
+        };
+        (calls, ctx)
+    }
+
+    /// Runs `f` on call `id` (if it is still there) with its context, then
+    /// applies what the call asked for.
+    fn drive(&mut self, now: Instant, id: CallId, f: impl FnOnce(&mut Call, &mut CallCtx<'_>)) {
+        let (calls, mut ctx) = self.split();
+        if let Some(c) = calls.get_mut(&id) {
+            f(c, &mut ctx);
+        }
+        self.apply(now, id);
+    }
 
     fn flush_session(&mut self, sid: SessionId) {
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -516,7 +513,10 @@ impl Bridge {
                 }
                 Err(_) => {
                     let ev = SipLegEvent::Failed { status: 503 };
-                    with_ctx!(self, id, |c, ctx| c.handle_sip(now, ctx, leg, ev));
+                    let (calls, mut ctx) = self.split();
+                    if let Some(c) = calls.get_mut(&id) {
+                        c.handle_sip(now, &mut ctx, leg, ev);
+                    }
                 }
             }
             return;
@@ -596,8 +596,7 @@ impl Bridge {
         let Some((id, key)) = found else {
             return;
         };
-        with_ctx!(self, id, |c, ctx| c.handle_sip(now, ctx, key, ev));
-        self.apply(now, id);
+        self.drive(now, id, |c, ctx| c.handle_sip(now, ctx, key, ev));
     }
 
     fn inbound_call(
@@ -631,9 +630,10 @@ impl Bridge {
             && let Some(&id) = self.rooms.get(&number.id)
             && self.calls.contains_key(&id)
         {
-            let mut joined = Err(480);
-            with_ctx!(self, id, |c, ctx| joined =
-                c.join_room(now, ctx, req, trunk));
+            let (calls, mut ctx) = self.split();
+            let joined = calls
+                .get_mut(&id)
+                .map_or(Err(480), |c| c.join_room(now, &mut ctx, req, trunk));
             match joined {
                 Ok(key) => {
                     self.sip_legs.insert(leg, (id, key));
@@ -648,25 +648,7 @@ impl Bridge {
         }
         let id = CallId(self.next_call);
         let call = {
-            let Bridge {
-                cfg,
-                presence,
-                ports,
-                rng,
-                local_host,
-                trunks,
-                unix_base,
-                ..
-            } = &mut *self;
-            let mut ctx = CallCtx {
-                cfg,
-                presence,
-                ports,
-                rng,
-                local_host,
-                live_peer: trunks.live_peers(),
-                unix_base: *unix_base,
-            };
+            let (_, mut ctx) = self.split();
             Call::inbound(now, &mut ctx, id, req, trunk, &number)
         };
         match call {

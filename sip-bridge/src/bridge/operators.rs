@@ -4,8 +4,8 @@
 
 use media_core::Instant;
 
-use super::{Bridge, CallEventKind, CallId, with_ctx};
-use crate::call::{Call, CallCtx, CallView, MonitorMode};
+use super::{Bridge, CallEventKind, CallId};
+use crate::call::{Call, CallView, MonitorMode};
 use crate::plan::{DialPlan, Target};
 use crate::presence::SessionId;
 use crate::signalling::{
@@ -158,13 +158,9 @@ impl Bridge {
             ClientMessage::Offline => {
                 let _ = self.presence.clear_available(session);
                 for id in self.calls_with(&op) {
-                    with_ctx!(self, id, |c, ctx| c.handle_operator_offline(
-                        now,
-                        ctx,
-                        &op,
-                        EndReason::Offline
-                    ));
-                    self.apply(now, id);
+                    self.drive(now, id, |c, ctx| {
+                        c.handle_operator_offline(now, ctx, &op, EndReason::Offline)
+                    });
                 }
                 self.ws_send(
                     session,
@@ -216,9 +212,9 @@ impl Bridge {
                         Some(call_id),
                     );
                 };
-                with_ctx!(self, id, |c, ctx| c
-                    .handle_operator(now, ctx, &op, reference, msg));
-                self.apply(now, id);
+                self.drive(now, id, |c, ctx| {
+                    c.handle_operator(now, ctx, &op, reference, msg)
+                });
             }
         }
     }
@@ -280,9 +276,16 @@ impl Bridge {
     /// rings it ends, and it leaves its call.
     pub(super) fn operator_gone(&mut self, now: Instant, op: &str) {
         for id in self.calls_with(op) {
-            with_ctx!(self, id, |c, ctx| c.handle_operator_gone(now, ctx, op));
-            self.apply(now, id);
+            self.drive(now, id, |c, ctx| c.handle_operator_gone(now, ctx, op));
         }
+    }
+
+    /// Whether the session's token carries the right to monitor calls.
+    fn may_monitor(&self, session: SessionId) -> bool {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.claims())
+            .is_some_and(|c| c.caps.iter().any(|x| x == MONITOR))
     }
 
     /// What calls read to describe themselves.
@@ -390,25 +393,7 @@ impl Bridge {
         self.next_call += 1;
         self.stats.calls_outbound += 1;
         let call = {
-            let Bridge {
-                cfg,
-                presence,
-                ports,
-                rng,
-                local_host,
-                trunks,
-                unix_base,
-                ..
-            } = &mut *self;
-            let mut ctx = CallCtx {
-                cfg,
-                presence,
-                ports,
-                rng,
-                local_host,
-                live_peer: trunks.live_peers(),
-                unix_base: *unix_base,
-            };
+            let (_, mut ctx) = self.split();
             Call::outbound(now, &mut ctx, id, op, reference, &number, to, plan, sdp)
         };
         self.calls.insert(id, call);
@@ -427,12 +412,7 @@ impl Bridge {
         sdp: String,
         coached: Option<&str>,
     ) {
-        let may_monitor = self
-            .sessions
-            .get(&session)
-            .and_then(|s| s.claims())
-            .is_some_and(|c| c.caps.iter().any(|x| x == MONITOR));
-        if !may_monitor {
+        if !self.may_monitor(session) {
             return self.ws_error(
                 session,
                 ErrorCode::Forbidden,
@@ -484,9 +464,9 @@ impl Bridge {
                 Some(call_id.into()),
             );
         }
-        with_ctx!(self, id, |c, ctx| c
-            .handle_monitor(now, ctx, op, reference, mode, sdp, coached));
-        self.apply(now, id);
+        self.drive(now, id, |c, ctx| {
+            c.handle_monitor(now, ctx, op, reference, mode, sdp, coached)
+        });
     }
 
     fn list_calls(
@@ -496,12 +476,7 @@ impl Bridge {
         op: &str,
         reference: Option<String>,
     ) {
-        let may_monitor = self
-            .sessions
-            .get(&session)
-            .and_then(|s| s.claims())
-            .is_some_and(|c| c.caps.iter().any(|x| x == MONITOR));
-        if !may_monitor {
+        if !self.may_monitor(session) {
             return self.ws_error(
                 session,
                 ErrorCode::Forbidden,

@@ -533,37 +533,16 @@ impl Call {
         party: Option<PartyRecord>,
     ) {
         let completed = kind == CallEventKind::Completed;
-        let (duration, talk_time) = if completed {
-            (
-                Some(now.saturating_duration_since(self.created)),
-                self.answered_at.map(|a| now.saturating_duration_since(a)),
-            )
-        } else {
-            (None, None)
-        };
-        let ev = CallEvent {
-            kind,
-            call_id: self.id,
-            direction: self.direction,
-            from: self.from.clone(),
-            to: self.to.clone(),
-            number: self.number.clone(),
-            at: now,
-            unix_ms: self.unix_base * 1000 + now.as_micros() / 1000,
-            status,
-            code,
-            answered_by: self.answered_by.clone(),
-            rung: self.rung.clone(),
-            duration,
-            talk_time,
-            party,
-            parties: if completed {
-                self.history.clone()
-            } else {
-                Vec::new()
-            },
-            quality: None,
-        };
+        let mut ev = self.report(now, kind);
+        if completed {
+            ev.duration = Some(now.saturating_duration_since(self.created));
+            ev.talk_time = self.answered_at.map(|a| now.saturating_duration_since(a));
+            ev.parties = self.history.clone();
+        }
+        ev.status = status;
+        ev.code = code;
+        ev.rung = self.rung.clone();
+        ev.party = party;
         self.push(CallOutput::Event(ev));
     }
 

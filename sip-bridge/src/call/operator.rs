@@ -67,16 +67,7 @@ impl Call {
                         reference,
                     );
                 }
-                if let Some(p) = self.parties.get_mut(&key) {
-                    p.in_media = true;
-                    if let Some(o) = p.operator_mut() {
-                        o.reference = reference;
-                    }
-                }
-                self.media(MediaCommand::AddWebRtc {
-                    leg: key,
-                    offer: sdp,
-                });
+                self.browser_offer(key, reference, sdp);
                 self.answered(now, ctx, key);
             }
             ClientMessage::Reject { .. } => {
@@ -164,16 +155,7 @@ impl Call {
                 if ringing {
                     return bad(self, "the call is not active", reference);
                 }
-                if let Some(p) = self.parties.get_mut(&key) {
-                    p.in_media = true;
-                    if let Some(o) = p.operator_mut() {
-                        o.reference = reference;
-                    }
-                }
-                self.media(MediaCommand::AddWebRtc {
-                    leg: key,
-                    offer: sdp,
-                });
+                self.browser_offer(key, reference, sdp);
             }
             ClientMessage::AddParticipant {
                 target, timeout, ..
@@ -225,6 +207,21 @@ impl Call {
             _ => {}
         }
         self.settle(now, ctx);
+    }
+
+    /// Operator party `key`'s browser offers `sdp` (accept, reoffer): its media
+    /// leg is (re)built, and the request's `ref` waits for the answer.
+    fn browser_offer(&mut self, key: LegKey, reference: Option<String>, sdp: String) {
+        if let Some(p) = self.parties.get_mut(&key) {
+            p.in_media = true;
+            if let Some(o) = p.operator_mut() {
+                o.reference = reference;
+            }
+        }
+        self.media(MediaCommand::AddWebRtc {
+            leg: key,
+            offer: sdp,
+        });
     }
 
     /// After `key`'s own mute or hold: the media follows, and its operator gets

@@ -226,20 +226,13 @@ impl Call {
         if usable || !p.ringing() {
             return;
         }
-        if let Origin::Added {
-            by,
-            reference,
-            group,
-            ..
-        } = p.origin
-        {
+        if matches!(p.origin, Origin::Added { .. }) {
             self.tell_left(now, ctx, key, reason);
-            return self.add_not_joined(now, ctx, by, reference, group, reason, Some(488));
         }
         if let CallState::Dialing(d) = &mut self.state {
             d.fail_code = Some(488);
         }
-        self.after_target_gone(now, ctx);
+        self.never_joined(now, ctx, p.origin, reason, Some(488));
     }
 
     fn target_failed(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey, status: u16) {
@@ -291,22 +284,34 @@ impl Call {
                 return;
             }
         }
-        if let Origin::Added {
-            by,
-            reference,
-            group,
-            ..
-        } = p.origin
-        {
-            return self.add_not_joined(now, ctx, by, reference, group, reason, Some(status));
-        }
         if let CallState::Dialing(d) = &mut self.state {
             match status {
                 486 | 600 => d.busy = true,
                 _ => d.fail_code = Some(status),
             }
         }
-        self.after_target_gone(now, ctx);
+        self.never_joined(now, ctx, p.origin, reason, Some(status));
+    }
+
+    /// A party of `origin` is gone without joining: an added one is reported
+    /// to whoever asked; a plan's target may end its step.
+    fn never_joined(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        origin: Origin,
+        reason: &str,
+        status: Option<u16>,
+    ) {
+        match origin {
+            Origin::Added {
+                by,
+                reference,
+                group,
+                ..
+            } => self.add_not_joined(now, ctx, by, reference, group, reason, status),
+            _ => self.after_target_gone(now, ctx),
+        }
     }
 
     /// A SIP party that never joined is gone on the UA's side: out of the table,
@@ -364,19 +369,9 @@ impl Call {
         }
         // A target that never joined is gone (a late BYE, a failure without a
         // final response).
-        let Some(p) = self.gone(now, ctx, key, "failed") else {
-            return;
-        };
-        if let Origin::Added {
-            by,
-            reference,
-            group,
-            ..
-        } = p.origin
-        {
-            return self.add_not_joined(now, ctx, by, reference, group, "failed", None);
+        if let Some(p) = self.gone(now, ctx, key, "failed") {
+            self.never_joined(now, ctx, p.origin, "failed", None);
         }
-        self.after_target_gone(now, ctx);
     }
 
     /// A re-INVITE from a SIP leg: hold/resume or a new address.
