@@ -1209,8 +1209,8 @@ mod tests {
     fn ticked_on_the_call_clock_it_yields_one_frame_per_tick() {
         for format in [PCMU, opus(111)] {
             let codec = format.codec;
-            // In order, as most paths deliver (a reordering path makes the
-            // buffer wait for the missing packet, concealing on this clock).
+            // In order, as most paths deliver (see the next test for a path
+            // whose packets overtake each other).
             let (p, levels, expected) = ten_seconds_ticked(format, true);
             assert!(p.stats().lost > 0, "{:?}", p.stats());
             // Once playing, continuous: no frame near silence (a gap would be
@@ -1224,6 +1224,37 @@ mod tests {
             assert!(dips <= 3 * p.stats().lost, "{codec:?} {dips}");
             let target = p.jitter_stats().unwrap().target_delay_ms;
             assert!((20.0..=80.0).contains(&target), "{target}");
+        }
+    }
+
+    /// The same on a path whose packets overtake each other. A loss there was
+    /// waited for as a reordered packet may be, up to the maximum delay, and
+    /// on the call clock the wait is concealment played, fading to silence:
+    /// PCMU gave 42 all-silent frames for 19 losses. A wait now lasts no
+    /// longer than the missing media: a loss costs its own duration of
+    /// concealment, which stands in for it.
+    #[test]
+    fn ticked_on_a_reordering_path_a_loss_costs_its_own_length() {
+        for format in [PCMU, opus(111)] {
+            let codec = format.codec;
+            let (p, levels, expected) = ten_seconds_ticked(format, false);
+            let (s, j) = (p.stats(), p.jitter_stats().unwrap());
+            assert!(s.lost > 10 && j.reordered > 20, "{s:?} {j:?}");
+            let zero = levels.iter().filter(|&&l| l <= -199.0).count();
+            let silent = levels.iter().filter(|&&l| l < expected - 20.0).count();
+            let dips = levels.iter().filter(|&&l| l < expected - 3.0).count() as u64;
+            assert!(
+                silent == 0 && dips <= 3 * s.lost,
+                "{codec:?}: {zero} all-silent frames, {silent} 20 dB under, {dips} 3 dB \
+                 under for {} lost: {j:?}",
+                s.lost
+            );
+            // Concealment for the losses: their own length. Waits for media
+            // that came (a frame misaligned by a stretch needing the next
+            // packet early): under 2 % of the time.
+            let frame = codec.clock_rate().ticks_in(Millis(20)) as u64;
+            assert_eq!(j.concealed_ticks, frame * s.lost, "{j:?}");
+            assert!(j.underrun_ticks < frame * 10, "{j:?}");
         }
     }
 
