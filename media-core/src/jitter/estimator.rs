@@ -68,6 +68,15 @@ impl DelayEstimator {
         self.quantile_us = None;
     }
 
+    /// Forgets the transit floor but keeps the delay statistics and the clock
+    /// skew: the same sender on the same path moved its timeline (its
+    /// timestamps jumped, or stood still through a pause).
+    pub(crate) fn forget_floor(&mut self) {
+        self.buckets.clear();
+        self.snapshots.clear();
+        self.prior = None;
+    }
+
     /// The smallest transit (us) expected at `now`: "arrived with no queuing".
     pub(crate) fn floor(&self, now: Instant) -> Option<i64> {
         let now = now.as_micros() as i64;

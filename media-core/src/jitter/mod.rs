@@ -31,8 +31,17 @@
 //! delay would pass the maximum; then it is given up (concealed and skipped; if it
 //! still arrives it is late). A packet missing
 //! while a later one is already here is lost, unless the stream has been
-//! reordering lately, in which case it gets the same wait. Concealment played
-//! while waiting for what turns out lost, or for a DTX silence, stands in for it.
+//! reordering lately, in which case it gets the same wait; on a fixed clock,
+//! where the wait is heard, no longer than its own media lasts. Concealment
+//! played while waiting for what turns out lost, or for a DTX silence, stands
+//! in for it.
+//!
+//! **Resynchronisation.** A new SSRC, a timestamp jump of more than 10 s, or a
+//! sender whose timeline moved back behind the playout position (it paused
+//! without moving its timestamps on, or restarted its clock backwards: a run of
+//! late packets, each the newest yet, arriving at the pace of their media)
+//! restarts the buffer on the new timeline. The same SSRC keeps its delay
+//! statistics: same sender, same path.
 
 mod estimator;
 mod playout;
@@ -119,7 +128,9 @@ pub enum InsertOutcome {
     Duplicate,
     /// Its playout time has passed: dropped.
     Late,
-    /// New source or a timestamp jump: the buffer restarted on this packet.
+    /// New source, a timestamp jump, or the sender's timeline moved back: the
+    /// buffer restarted on this packet (and, for the last, the late ones that
+    /// showed it).
     Resync,
     /// Unusable (zero duration): dropped.
     Invalid,
@@ -235,7 +246,7 @@ pub struct JitterStats {
     pub stretched_out_ticks: u64,
     /// Media added by expansion (ticks).
     pub stretched_in_ticks: u64,
-    /// Resynchronisations (new SSRC, timestamp jumps).
+    /// Resynchronisations (new SSRC, timestamp jumps, a timeline moved back).
     pub resyncs: u64,
 }
 
@@ -272,6 +283,12 @@ const PEAK_BURST_US: u64 = 5_000;
 /// one before, give or take this much network jitter, up to this long.
 const PEAK_PACED_SLACK_US: i64 = 5_000;
 const PEAK_PACED_MAX_US: u64 = 3_000_000;
+/// Most late packets kept while telling a sender whose timeline moved back
+/// (it paused without advancing its timestamps, or restarted its clock) from
+/// a stall's backlog.
+const BEHIND_MAX: usize = 8;
+/// Least media such a run spans before the buffer restarts on it (frames).
+const BEHIND_FRAMES: i64 = 2;
 
 /// The delay peak being followed: a stall's first late packet and what it
 /// releases after it.
@@ -304,6 +321,10 @@ pub struct JitterBuffer {
     /// A packet far behind the stream, kept to see whether the next one follows it
     /// (RFC 3550 A.1: a restarted sender).
     restart_probe: Option<u16>,
+    /// Late packets in a row, each the newest yet (arrival, extended sequence
+    /// and timestamp, the packet): whether the sender's timeline has moved
+    /// back behind the playout position. Kept to be played if it has.
+    behind: VecDeque<(Instant, i64, i64, JitterPacket)>,
     segments: VecDeque<Segment>,
     /// Waiting concealment not yet classified as a stall or a DTX silence.
     pending_wait: u64,
@@ -344,6 +365,7 @@ impl JitterBuffer {
             next_seq: 0,
             highest_seq: None,
             restart_probe: None,
+            behind: VecDeque::with_capacity(BEHIND_MAX),
             segments: VecDeque::with_capacity(MAX_SEGMENTS),
             pending_wait: 0,
             pending_giveup: 0,
@@ -451,12 +473,15 @@ impl JitterBuffer {
             }
             self.stats.late += 1;
             self.observe(now, ts);
-            return InsertOutcome::Late;
+            return self.late_run(now, seq, ts, p);
         }
         let at = self.packets.partition_point(|s| s.seq < seq);
         if self.packets.get(at).is_some_and(|s| s.seq == seq) {
             self.stats.duplicates += 1;
             return InsertOutcome::Duplicate;
+        }
+        if self.highest_seq.is_none_or(|h| seq > h) {
+            self.behind.clear(); // the newest packet is on time
         }
         self.highest_seq = Some(self.highest_seq.map_or(seq, |h| h.max(seq)));
         self.observe(now, ts);
@@ -478,6 +503,48 @@ impl JitterBuffer {
         self.enforce_duration_bound();
         self.stats.received += 1;
         outcome
+    }
+
+    /// A late packet (`seq`, `ts` extended). Late packets that are each the
+    /// newest yet and arrive at the pace of their media mean the sender's
+    /// timeline has moved back behind the playout position: it paused without
+    /// moving its timestamps on (after a mute, some DTX), or restarted its
+    /// clock backwards by less than [`RESYNC_JUMP`]. Every later packet would
+    /// be late too, for good. Once such a run spans [`BEHIND_FRAMES`] frames
+    /// of media and arrived over at least half that time, the buffer restarts
+    /// on it, run included. A stall's backlog is late too, but comes in a
+    /// burst (far faster than its media) and is followed by packets on time.
+    fn late_run(&mut self, now: Instant, seq: i64, ts: i64, p: JitterPacket) -> InsertOutcome {
+        let newest = match self.behind.back() {
+            Some(&(_, last, ..)) => seq > last,
+            None => self.highest_seq.is_none_or(|h| seq > h),
+        };
+        if !newest {
+            return InsertOutcome::Late;
+        }
+        if self.behind.len() == BEHIND_MAX {
+            self.behind.pop_front();
+        }
+        self.behind.push_back((now, seq, ts, p));
+        let Some(&(first_at, _, first_ts, _)) = self.behind.front() else {
+            return InsertOutcome::Late;
+        };
+        let media = self.us(ts - first_ts);
+        let took = now.saturating_duration_since(first_at).as_micros() as i64;
+        let frame = self.us(self.cfg.clock.ticks_in(self.cfg.frame) as i64);
+        if self.behind.len() < 3 || media < BEHIND_FRAMES * frame || 2 * took < media {
+            return InsertOutcome::Late;
+        }
+        // The sender moved back: start over on the run (no longer late).
+        let mut run = std::mem::take(&mut self.behind);
+        let ssrc = self.ssrc;
+        self.resync(ssrc);
+        self.stats.late = self.stats.late.saturating_sub(run.len() as u64);
+        for (at, _, _, p) in run.drain(..) {
+            self.insert(at, p);
+        }
+        self.behind = run; // empty, its room kept
+        InsertOutcome::Resync
     }
 
     /// Feeds the delay estimator; isolated peaks are recorded apart.
@@ -553,18 +620,27 @@ impl JitterBuffer {
 
     fn resync(&mut self, ssrc: Option<Ssrc>) -> InsertOutcome {
         let was = self.ssrc.is_some();
+        let same = was && self.ssrc == ssrc;
         self.ssrc = ssrc;
         self.stats.discarded += self.packets.len() as u64;
         self.packets.clear();
         self.pending_wait = 0;
         self.seq.reset();
         self.ts.reset();
-        self.estimator.reset();
+        if same {
+            // The same sender moved its timeline: the path, and so the delay
+            // it needs, is what it was.
+            self.estimator.forget_floor();
+        } else {
+            self.estimator.reset();
+        }
         self.peaks.clear();
+        self.peak = None;
         self.playing = false;
         self.next_due = None;
         self.highest_seq = None;
         self.restart_probe = None;
+        self.behind.clear();
         // Audio already decoded keeps playing; it no longer maps to media.
         for s in &mut self.segments {
             s.start = None;
@@ -880,12 +956,26 @@ impl JitterBuffer {
                     .delay_of(now, self.pos, buffered)
                     .is_some_and(|d| d < target + self.slack_us(target))
             {
-                // Probably reordered: wait for it like a stall.
-                let t = want.min(frame) as u32;
-                tick.push(Step::Conceal { ticks: t });
-                self.push_segment(t, None);
-                self.pending_wait += t as u64;
-                break;
+                // Probably reordered: wait for it like a stall. On a fixed clock
+                // the wait is heard (concealment, and everything after it one
+                // wait later), so it lasts no longer than the missing media: if
+                // that is lost, the wait stands in for it, and a loss costs its
+                // own length of concealment, not the way to the maximum delay.
+                let full = want.min(frame);
+                let t = if self.cfg.external_clock {
+                    full.min(p_ts - self.pos - self.pending_wait as i64)
+                } else {
+                    full
+                };
+                if t > 0 {
+                    tick.push(Step::Conceal { ticks: t as u32 });
+                    self.push_segment(t as u32, None);
+                    self.pending_wait += t as u64;
+                    if t == full {
+                        break;
+                    }
+                    continue; // waited as long as it lasts: given up below
+                }
             }
             if self.pending_giveup > 0 {
                 let g = std::mem::take(&mut self.pending_giveup);
@@ -1292,6 +1382,35 @@ mod tests {
         assert_eq!(s.late, 1, "{s:?}");
     }
 
+    /// On a fixed clock, a loss on a path that reorders: the missing packet
+    /// may come late, but the wait for it is heard (concealment, and the
+    /// delay grows by it), so it lasts no longer than the missing media.
+    /// Before, it lasted up to the maximum delay: 3.66 s of waits for these
+    /// 28 losses (130 ms each) and 715 frames accelerated to take them back;
+    /// now 0.14 s and 25.
+    #[test]
+    fn on_a_fixed_clock_a_loss_on_a_reordering_path_costs_its_own_length() {
+        // Every 10th packet arrives 30 ms late, after its successor; every
+        // 37th is lost.
+        let mut arrivals = stream(1000, |i| if i % 10 == 5 { 30_000 } else { 0 });
+        arrivals.retain(|(_, p)| p.sequence_number.0 % 37 != 20);
+        let mut c = cfg();
+        c.external_clock = true;
+        let mut sim = Sim::new(c);
+        sim.run(arrivals, 20_300_000, false);
+        let s = *sim.jb.stats();
+        assert_eq!(s.lost, 28, "{s:?}"); // 27, and the first reordered one
+        assert!(s.reordered >= 90, "{s:?}");
+        // The reordered packets come in time and play (but the first, taken
+        // for lost while nothing says the path reorders): all but one of the
+        // 973 that came.
+        assert_eq!((s.late, sim.decoded.len()), (1, 972), "{s:?}");
+        // Each loss costs its own length of concealment, and nothing was
+        // waited for beyond it.
+        assert_eq!(s.concealed_ticks, 28 * F as u64, "{s:?}");
+        assert!(s.underrun_ticks <= 10 * F as u64, "{s:?}");
+    }
+
     #[test]
     fn duplicates_are_dropped() {
         let mut arrivals = stream(50, |_| 0);
@@ -1501,6 +1620,150 @@ mod tests {
         // one after it confirms the restart.
         assert!(s.late <= 2, "{s:?}");
         assert!(sim.decoded.len() >= 290, "{}", sim.decoded.len());
+    }
+
+    /// 100 packets of 20 ms; then the sender goes quiet for `pause_us` and
+    /// resumes with the next sequence number and its timestamps moved by
+    /// `shift` ticks from where they stopped (0: continuing right there, as
+    /// some senders do after a mute or a DTX pause; negative: a restarted
+    /// clock), 150 packets more. Arrival: send + 40 ms + 0-`jitter_us` (not
+    /// FIFO). Returns the run and when the first resumed packet arrived.
+    fn resumed(clock: u32, own: bool, pause_us: u64, shift: i64, jitter_us: f64) -> (Sim, u64) {
+        let dur = clock / 50;
+        let mut c = JitterConfig::new(ClockRate(clock));
+        c.external_clock = !own;
+        let mut rng = SeededRng::new(31);
+        let arrivals: Vec<_> = (0..250u16)
+            .map(|i| {
+                let after = i >= 100;
+                let ts = (1i64 << 31) + i as i64 * dur as i64 + if after { shift } else { 0 };
+                let send = i as u64 * 20_000 + if after { pause_us } else { 0 };
+                let at = send + 40_000 + (rng.next_f64() * jitter_us) as u64;
+                (at, pkt(i, ts as u32, 1, dur))
+            })
+            .collect();
+        let resume = arrivals[100..].iter().map(|a| a.0).min().unwrap();
+        let mut sim = Sim::new(c);
+        sim.run(arrivals, 250 * 20_000 + pause_us + 300_000, own);
+        (sim, resume)
+    }
+
+    /// The resumed stream (packets 100-249, the first arriving at `resume`)
+    /// plays within 60 ms of that (three frames), nearly whole, and by its
+    /// last second at the target delay.
+    fn assert_resumed(sim: &Sim, resume: u64, label: &str) {
+        let first = sim
+            .log
+            .iter()
+            .find(|(_, steps, _)| {
+                steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Decode { payload, .. } if payload[0] >= 100))
+            })
+            .map(|l| l.0.as_micros());
+        let s = sim.jb.stats();
+        let Some(first) = first else {
+            panic!("{label}: the resumed stream never played: {s:?}");
+        };
+        assert!(
+            first.saturating_sub(resume) <= 60_000,
+            "{label}: resumed stream first heard {} ms after it came back: {s:?}",
+            first.saturating_sub(resume) / 1000
+        );
+        let played = sim.decoded.iter().filter(|&&b| b >= 100).count();
+        assert!(played >= 146, "{label}: {played} of 150 played: {s:?}");
+        let end = resume + 149 * 20_000;
+        let tail = sim
+            .delays
+            .iter()
+            .filter(|(t, _)| (end - 1_000_000..end).contains(&t.as_micros()))
+            .map(|d| d.1)
+            .fold(0.0, f64::max);
+        // A fixed clock pays the frame grid; on its own clock, what is left of
+        // a packet the stretch could not take whole (a pitch period) until the
+        // next pause realigns.
+        let pitch_ms = sim.pitch as f64 * 1000.0 / sim.jb.cfg.clock.0 as f64;
+        let room = if sim.jb.cfg.external_clock {
+            20.0
+        } else {
+            pitch_ms + 1.0
+        };
+        assert!(
+            tail <= s.target_delay_ms + room,
+            "{label}: delay {tail} ms a second after, target {}",
+            s.target_delay_ms
+        );
+    }
+
+    /// A sender that stops for 3 s and resumes with its timestamps continuing
+    /// where they stopped. The buffer's clock ran on through the pause (given
+    /// up, then silence), so every resumed packet was behind the playout
+    /// position: dropped as late, for good (the media stayed silent). A run of
+    /// such packets arriving at the pace of their media is the sender's
+    /// timeline having moved back: resynchronised, and the run played.
+    #[test]
+    fn a_sender_resuming_without_a_timestamp_jump_is_followed() {
+        for clock in [8000, 48000] {
+            for own in [true, false] {
+                for jitter in [0.0, 30_000.0] {
+                    for pause in [400_000, 3_000_000] {
+                        let (sim, resume) = resumed(clock, own, pause, 0, jitter);
+                        let label = format!(
+                            "{clock} Hz, own clock {own}, jitter {jitter} us, pause {pause} us"
+                        );
+                        assert_resumed(&sim, resume, &label);
+                        assert_eq!(sim.jb.stats().resyncs, 1, "{label}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A sender whose timestamps jump back (a restarted clock, same SSRC,
+    /// sequence running on), by less than the 10 s taken for a restart at
+    /// once and by an hour.
+    #[test]
+    fn timestamps_jumping_back_resynchronise() {
+        for back_s in [1i64, 5, 3600] {
+            for own in [true, false] {
+                let (sim, resume) = resumed(8000, own, 0, -back_s * 8000, 20_000.0);
+                let label = format!("back {back_s} s, own clock {own}");
+                assert_resumed(&sim, resume, &label);
+                assert_eq!(sim.jb.stats().resyncs, 1, "{label}");
+            }
+        }
+    }
+
+    /// A stall longer than the maximum delay that ends in a burst is not a
+    /// sender that moved its timeline: what the burst brings is late, and the
+    /// stream goes on at its delay without a resync.
+    #[test]
+    fn a_stall_past_the_maximum_delay_is_not_a_resync() {
+        for own in [true, false] {
+            // Everything sent in 2.0-2.6 s arrives at 2.6 s (FIFO).
+            let arrivals = stream(250, |i| {
+                let send = i as u64 * 20_000;
+                if (2_000_000..2_600_000).contains(&send) {
+                    2_600_000 - send
+                } else {
+                    0
+                }
+            });
+            let mut c = cfg();
+            c.external_clock = !own;
+            let mut sim = Sim::new(c);
+            sim.run(arrivals, 5_300_000, own);
+            let s = sim.jb.stats();
+            assert_eq!(s.resyncs, 0, "own {own}: {s:?}");
+            assert!(s.late >= 15, "own {own}: {s:?}");
+            let tail = sim
+                .delays
+                .iter()
+                .filter(|(t, _)| (4_000_000..5_000_000).contains(&t.as_micros()))
+                .map(|d| d.1)
+                .fold(0.0, f64::max);
+            assert!(tail <= s.target_delay_ms + 20.0, "own {own}: {tail} {s:?}");
+        }
     }
 
     #[test]

@@ -1032,6 +1032,51 @@ mod tests {
         );
     }
 
+    /// An Opus sender stops for 3 s and resumes with its timestamps continuing
+    /// where they stopped, through the jitter buffer on its own clock to PCMU.
+    /// The buffer's clock ran on through the pause, so every resumed packet
+    /// was behind it and dropped as late: the far end heard -200 dB of the
+    /// resumed tone for good.
+    #[test]
+    fn a_sender_resuming_without_a_timestamp_jump_is_heard_through_the_buffer() {
+        let mut p = buffered(Endpoint::Rtp(opus(111)), Endpoint::Rtp(PCMU));
+        // 1 s, 3 s of nothing, 3 s.
+        let (tone, arrivals) = tone_stream(opus(111), 200, (50, 3_000_000), true, 0.0);
+        let expected = crate::analysis::rms_db(&tone);
+        let (mut next, mut now, end) = (0usize, 0u64, 7_300_000u64);
+        let mut heard = Vec::new();
+        while now < end {
+            let arrival = arrivals.get(next).map_or(u64::MAX, |a| a.0);
+            let due = p.poll_timeout().map_or(u64::MAX, |d| d.as_micros());
+            now = arrival.min(due).clamp(now, end);
+            if arrival <= due && next < arrivals.len() {
+                p.handle_rtp(Instant::from_micros(now), &arrivals[next].1)
+                    .unwrap();
+                next += 1;
+            } else if due <= now {
+                p.handle_timeout(Instant::from_micros(now));
+            }
+            for pkt in drain(&mut p) {
+                let mut pcm = [0i16; 160];
+                g711::ulaw_decode(pkt.payload_bytes(), &mut pcm);
+                heard.push((now, pcm));
+            }
+        }
+        // Resumed at 4 s: heard within 100 ms, then throughout.
+        let resumed: Vec<f64> = heard
+            .iter()
+            .filter(|h| (4_100_000..6_900_000).contains(&h.0))
+            .map(|h| crate::analysis::rms_db(&h.1))
+            .collect();
+        let j = p.jitter_stats().unwrap();
+        assert!(resumed.len() >= 135, "{} frames {j:?}", resumed.len());
+        assert!(
+            resumed.iter().all(|&l| l > expected - 3.0),
+            "{resumed:?} {j:?}"
+        );
+        assert_eq!(j.resyncs, 1, "{j:?}");
+    }
+
     #[test]
     fn a_looped_capture_is_followed_not_dropped_as_late() {
         let mut p = pipeline(Endpoint::Rtp(PCMU), Endpoint::Rtp(PCMA));
@@ -1067,80 +1112,179 @@ mod tests {
         MediaPipeline::new(cfg).unwrap()
     }
 
-    #[test]
-    fn ticked_on_the_call_clock_it_yields_one_frame_per_tick() {
-        for codec in [Codec::Pcmu, Codec::Opus] {
-            let format = if codec == Codec::Opus {
-                opus(111)
-            } else {
-                PCMU
-            };
-            let mut p = ticked(format);
-            assert_eq!(p.poll_timeout(), None);
-            // 10 s of a 700 Hz tone, 20 ms packets, 0-40 ms of jitter, 3 % lost.
-            let rate = codec.natural_rate();
-            let n = rate.samples_in(Millis(20));
-            let tone = sine(rate.hz(), 700.0, 8000.0, n * 500);
-            let mut enc = crate::codec::AudioEncoder::new(codec, Default::default()).unwrap();
-            let mut loss = SeededRng::new(21);
-            let mut rng = SeededRng::new(22);
-            let mut arrivals: Vec<(u64, RtpPacket)> = (0..500usize)
-                .filter(|_| !loss.chance(0.03))
-                .map(|i| {
-                    let mut payload = [0u8; 1500];
-                    let len = enc.encode(&tone[i * n..(i + 1) * n], &mut payload).unwrap();
-                    let ticks = codec.clock_rate().ticks_in(Millis(20));
-                    let pkt = packet(
-                        format.payload_type,
-                        i as u16,
-                        i as u32 * ticks,
-                        1,
-                        false,
-                        &payload[..len],
-                    );
-                    (i as u64 * 20_000 + (rng.next_f64() * 40_000.0) as u64, pkt)
-                })
-                .collect();
-            // In order, as most paths deliver (a reordering path makes the
-            // buffer wait for the missing packet, concealing on this clock).
+    /// A sender's 20 ms packets of a 700 Hz tone (`count` of them, `codec` at
+    /// its natural rate) with sequence numbers and timestamps from 0, except
+    /// that from packet `resume.0` on they are sent `resume.1` us later with
+    /// their timestamps where they would have been without the pause (a sender
+    /// that paused without moving its timestamps on). Arrival: send + 0-40 ms
+    /// of jitter (not FIFO: packets overtake each other unless `in_order`),
+    /// `loss` of them lost. Returns the tone and `(arrival us, packet)` in
+    /// arrival order.
+    fn tone_stream(
+        format: RtpFormat,
+        count: usize,
+        resume: (usize, u64),
+        in_order: bool,
+        loss: f64,
+    ) -> (Vec<i16>, Vec<(u64, RtpPacket)>) {
+        let codec = format.codec;
+        let rate = codec.natural_rate();
+        let n = rate.samples_in(Millis(20));
+        let tone = sine(rate.hz(), 700.0, 8000.0, n * count);
+        let mut enc = crate::codec::AudioEncoder::new(codec, Default::default()).unwrap();
+        let mut lost = SeededRng::new(21);
+        let mut rng = SeededRng::new(22);
+        let ticks = codec.clock_rate().ticks_in(Millis(20));
+        let mut arrivals: Vec<(u64, RtpPacket)> = Vec::new();
+        for i in 0..count {
+            if lost.chance(loss) {
+                continue;
+            }
+            let mut payload = [0u8; 1500];
+            let len = enc.encode(&tone[i * n..(i + 1) * n], &mut payload).unwrap();
+            let pkt = packet(
+                format.payload_type,
+                i as u16,
+                i as u32 * ticks,
+                1,
+                false,
+                &payload[..len],
+            );
+            let pause = if i >= resume.0 { resume.1 } else { 0 };
+            let at = i as u64 * 20_000 + pause + (rng.next_f64() * 40_000.0) as u64;
+            arrivals.push((at, pkt));
+        }
+        if in_order {
             for i in 1..arrivals.len() {
                 arrivals[i].0 = arrivals[i].0.max(arrivals[i - 1].0);
             }
-            let mut next = 0;
-            let mut out = Vec::new();
-            let mut frame = [0i16; 960];
-            // The call clock: a tick every 20 ms from an arbitrary phase.
-            for k in 0..520u64 {
-                let now = 7_000 + k * 20_000;
-                while next < arrivals.len() && arrivals[next].0 <= now {
-                    let (at, pkt) = &arrivals[next];
-                    p.handle_rtp(Instant::from_micros(*at), pkt).unwrap();
-                    next += 1;
-                }
-                p.tick(Instant::from_micros(now)).unwrap();
-                assert_eq!(p.poll_frame(&mut frame), Some(320), "{codec:?} tick {k}");
-                assert_eq!(p.poll_frame(&mut frame), None);
-                out.push(frame[..320].to_vec());
+        }
+        arrivals.sort_by_key(|a| a.0);
+        (tone, arrivals)
+    }
+
+    /// Ticks `p` on a 20 ms call clock (from 7 ms) `ticks` times, feeding it
+    /// `arrivals` as they come; each tick must yield exactly one 20 ms frame
+    /// of 16 kHz PCM. Returns the frames.
+    fn on_the_call_clock(
+        p: &mut MediaPipeline,
+        arrivals: &[(u64, RtpPacket)],
+        ticks: u64,
+    ) -> Vec<Vec<i16>> {
+        let mut next = 0;
+        let mut out = Vec::new();
+        let mut frame = [0i16; 960];
+        for k in 0..ticks {
+            let now = 7_000 + k * 20_000;
+            while next < arrivals.len() && arrivals[next].0 <= now {
+                let (at, pkt) = &arrivals[next];
+                p.handle_rtp(Instant::from_micros(*at), pkt).unwrap();
+                next += 1;
             }
+            p.tick(Instant::from_micros(now)).unwrap();
+            assert_eq!(p.poll_frame(&mut frame), Some(320), "tick {k}");
+            assert_eq!(p.poll_frame(&mut frame), None);
+            out.push(frame[..320].to_vec());
+        }
+        out
+    }
+
+    /// 10 s of tone on the call clock, 0-40 ms of jitter and 3 % lost:
+    /// the frames once playing, their levels, and the tone's level.
+    fn ten_seconds_ticked(format: RtpFormat, in_order: bool) -> (MediaPipeline, Vec<f64>, f64) {
+        let mut p = ticked(format);
+        assert_eq!(p.poll_timeout(), None);
+        let (tone, arrivals) = tone_stream(format, 500, (500, 0), in_order, 0.03);
+        let out = on_the_call_clock(&mut p, &arrivals, 520);
+        let start = out.iter().position(|f| f.iter().any(|&v| v != 0)).unwrap();
+        assert!(start <= 5, "{start}");
+        let playing = &out[start + 1..start + 480];
+        let pcm: Vec<i16> = playing.concat();
+        assert!((dominant_frequency(&pcm, 16000, 200.0, 3000.0) - 700.0).abs() < 3.0);
+        let levels = playing.iter().map(|f| crate::analysis::rms_db(f)).collect();
+        (p, levels, crate::analysis::rms_db(&tone))
+    }
+
+    #[test]
+    fn ticked_on_the_call_clock_it_yields_one_frame_per_tick() {
+        for format in [PCMU, opus(111)] {
+            let codec = format.codec;
+            // In order, as most paths deliver (see the next test for a path
+            // whose packets overtake each other).
+            let (p, levels, expected) = ten_seconds_ticked(format, true);
             assert!(p.stats().lost > 0, "{:?}", p.stats());
             // Once playing, continuous: no frame near silence (a gap would be
             // -200 dB), and only the frames around a loss (concealed) more than
             // 3 dB under the tone.
-            let start = out.iter().position(|f| f.iter().any(|&v| v != 0)).unwrap();
-            assert!(start <= 5, "{start}");
-            let expected = crate::analysis::rms_db(&tone);
-            let playing = &out[start + 1..start + 480];
-            let levels: Vec<f64> = playing.iter().map(|f| crate::analysis::rms_db(f)).collect();
             assert!(
                 levels.iter().all(|&l| l > expected - 20.0),
                 "{codec:?} {levels:?}"
             );
             let dips = levels.iter().filter(|&&l| l < expected - 3.0).count() as u64;
             assert!(dips <= 3 * p.stats().lost, "{codec:?} {dips}");
-            let pcm: Vec<i16> = playing.concat();
-            assert!((dominant_frequency(&pcm, 16000, 200.0, 3000.0) - 700.0).abs() < 3.0);
             let target = p.jitter_stats().unwrap().target_delay_ms;
             assert!((20.0..=80.0).contains(&target), "{target}");
+        }
+    }
+
+    /// The same on a path whose packets overtake each other. A loss there was
+    /// waited for as a reordered packet may be, up to the maximum delay, and
+    /// on the call clock the wait is concealment played, fading to silence:
+    /// PCMU gave 42 all-silent frames for 19 losses. A wait now lasts no
+    /// longer than the missing media: a loss costs its own duration of
+    /// concealment, which stands in for it.
+    #[test]
+    fn ticked_on_a_reordering_path_a_loss_costs_its_own_length() {
+        for format in [PCMU, opus(111)] {
+            let codec = format.codec;
+            let (p, levels, expected) = ten_seconds_ticked(format, false);
+            let (s, j) = (p.stats(), p.jitter_stats().unwrap());
+            assert!(s.lost > 10 && j.reordered > 20, "{s:?} {j:?}");
+            let zero = levels.iter().filter(|&&l| l <= -199.0).count();
+            let silent = levels.iter().filter(|&&l| l < expected - 20.0).count();
+            let dips = levels.iter().filter(|&&l| l < expected - 3.0).count() as u64;
+            assert!(
+                silent == 0 && dips <= 3 * s.lost,
+                "{codec:?}: {zero} all-silent frames, {silent} 20 dB under, {dips} 3 dB \
+                 under for {} lost: {j:?}",
+                s.lost
+            );
+            // Concealment for the losses: their own length. Waits for media
+            // that came (a frame misaligned by a stretch needing the next
+            // packet early): under 2 % of the time.
+            let frame = codec.clock_rate().ticks_in(Millis(20)) as u64;
+            assert_eq!(j.concealed_ticks, frame * s.lost, "{j:?}");
+            assert!(j.underrun_ticks < frame * 10, "{j:?}");
+        }
+    }
+
+    /// A sender stops for 3 s and resumes with its timestamps continuing where
+    /// they stopped. On the call clock the buffer played its given-up
+    /// position on through the pause, so every resumed packet was late: the
+    /// source stayed silent for good.
+    #[test]
+    fn ticked_a_sender_resuming_without_a_timestamp_jump_is_heard() {
+        for format in [PCMU, opus(111)] {
+            let codec = format.codec;
+            let mut p = ticked(format);
+            // 1 s, 3 s of nothing, 3 s.
+            let (tone, arrivals) = tone_stream(format, 200, (50, 3_000_000), true, 0.0);
+            let out = on_the_call_clock(&mut p, &arrivals, 380);
+            let expected = crate::analysis::rms_db(&tone);
+            // Resumed at 4 s (tick 200): heard within 100 ms, then throughout
+            // as on a clean path (a frame misaligned with packets by a stretch
+            // can need a few ms of concealment; Opus fades back in after it).
+            let levels: Vec<f64> = out[205..345]
+                .iter()
+                .map(|f| crate::analysis::rms_db(f))
+                .collect();
+            let j = p.jitter_stats().unwrap();
+            let dips = levels.iter().filter(|&&l| l < expected - 3.0).count();
+            assert!(
+                levels.iter().all(|&l| l > expected - 20.0) && dips <= 3,
+                "{codec:?}: {levels:?} {j:?}"
+            );
+            assert_eq!(j.resyncs, 1, "{j:?}");
         }
     }
 
