@@ -10,7 +10,9 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Env } from './lib/harness.mjs';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Env, REPO } from './lib/harness.mjs';
 
 test("the SDK from the sbc on the customer's origin; another origin is refused", { timeout: 120000 }, async (t) => {
   const env = await Env.start('8-cross-origin', {
@@ -139,6 +141,28 @@ test("the SDK from the sbc on the customer's origin; another origin is refused",
       eve.console.some((l) => /WebSocket connection to .* failed: .*403/.test(l)),
       `the handshake's 403 in the console: ${JSON.stringify(eve.console)}`,
     );
+    // The SDK bundled into the page instead (as from the npm package), with a token from the
+    // app's backend: the sbc still refuses the origin, and goOnline says so at once.
+    const source = fs.readFileSync(path.join(REPO, 'sbc/web/operator.js'), 'utf8');
+    await eve.page.addScriptTag({ type: 'module', content: `${source}\nwindow.BundledOperator = Operator;` });
+    const bundled = await eve.page.evaluate(async (sbc) => {
+      const t0 = performance.now();
+      const op = new window.BundledOperator({
+        url: `${sbc.replace(/^http/, 'ws')}/v1/operator`,
+        getToken: () => fetch('/api/operator/token', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"operatorRef":"eve"}' }).then((r) => r.json()),
+        logger: { debug() {}, info() {}, warn() {}, error() {} },
+      });
+      const r = await op.goOnline().then(
+        () => ({ online: true }),
+        (e) => ({ code: e.code, message: e.message }),
+      );
+      return { ...r, state: op.state, ms: Math.round(performance.now() - t0) };
+    }, env.sbcBase);
+    t.diagnostic(`bundled SDK from the refused origin: ${JSON.stringify(bundled)}`);
+    assert.equal(bundled.code, 'WS_ERROR', JSON.stringify(bundled));
+    assert.equal(bundled.state, 'offline');
+    assert.ok(bundled.ms < 3000, `refused in ${bundled.ms} ms`);
+
     // What the sbc says to anyone who looks (here without a browser): a 403 with the reason.
     const plain = await fetch(`${env.sbcBase}/sdk/operator.js`, { headers: { Origin: other } });
     assert.equal(plain.status, 403);
