@@ -16,6 +16,8 @@ command -v sipp >/dev/null || need+=(sip-tester) # SIPp: SIP interop and load te
 [ -n "${CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium) # browser e2e
 command -v curl >/dev/null || need+=(curl ca-certificates) # Node.js, when missing
 command -v python3 >/dev/null || need+=(python3)           # checks what curl fetched
+# The FastAPI sample's packages go into a venv unless python3 has them already.
+python3 -c 'import fastapi, httpx' 2>/dev/null || python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "ci: installing ${need[*]}"
   SUDO=""
@@ -49,8 +51,35 @@ cargo test --workspace --locked
 step "rustdoc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-step "SDK and demo page (node)"
-node --test sbc/web/test/
+step "SDK dependencies (npm ci in sbc/web; the FastAPI sample's requirements)"
+# The SDK's devDependencies (TypeScript, React, the test renderer, Express): installed
+# from the lock file, skipped when node_modules already holds that lock's install.
+sdk_node_modules sbc/web
+# fastapi, httpx, uvicorn: the machine's python3 when it has them, else a venv in
+# target/tools (re-made when requirements.txt changes), first on PATH for the tests.
+req=sbc/web/examples/token-fastapi/requirements.txt
+if ! python3 -c 'import fastapi, httpx' 2>/dev/null; then
+  venv=target/tools/py-samples
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    echo "$want" >"$venv/.requirements.sha256"
+  fi
+  export PATH="$PWD/$venv/bin:$PATH"
+fi
+
+step "SDK and demo page (node; every test must run, none skipped)"
+# The TAP copy marks every skipped test or suite with "# SKIP" (the spec summary's
+# "skipped" count leaves out skipped suites).
+node --test --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination=target/sdk-node-tests.tap sbc/web/test/
+if grep -q '# SKIP' target/sdk-node-tests.tap; then
+  grep '# SKIP' target/sdk-node-tests.tap >&2
+  echo "ci: SDK tests were skipped (reasons above); every one must run" >&2
+  exit 1
+fi
 
 step "bench smoke (each bench once, debug build)"
 cargo test --workspace --benches --locked

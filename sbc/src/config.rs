@@ -195,8 +195,9 @@ pub struct HttpSection {
     /// Bind address for tokens, the operator WebSocket and the demo page.
     #[serde(deserialize_with = "values::one")]
     pub listen: SocketAddr,
-    /// Origins allowed to open the operator WebSocket (a browser sends its page's
-    /// origin; other sites must not drive an operator session). See
+    /// Page origins allowed to open the operator WebSocket (a browser sends its page's
+    /// origin; other sites must not drive an operator session) and to load `/sdk/*`
+    /// and call `/v1/*` cross-origin (CORS); others get 403. See
     /// [`SbcConfig::websocket_origins`].
     pub allowed_origins: Vec<String>,
     /// The URL browsers reach us at (behind a TLS proxy: its `https://` URL).

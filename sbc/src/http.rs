@@ -3,6 +3,18 @@
 //! signed here (no shared state), everything about operators and calls goes to the
 //! control task as a [`ControlIn`] message; `/readyz` asks it whether it is
 //! draining.
+//!
+//! # Origins
+//!
+//! `[http] allowed_origins` ([`HttpState::allowed_origins`]) is the one list of
+//! page origins that may use the SBC from a browser. On `/sdk/*` and `/v1/*`
+//! (the SDK's modules, tokens, numbers) `tower-http`'s CORS layer answers those
+//! origins (`Access-Control-Allow-Origin`, preflights for `GET`/`POST` with
+//! `Authorization`, `Content-Type`, `X-API-Key`), and a request whose `Origin`
+//! is not in the list is refused with `403 FORBIDDEN_ORIGIN` (JSON) before it
+//! reaches a handler, preflights included. The operator WebSocket refuses such an
+//! origin with the same 403 before the upgrade. Requests without `Origin`
+//! (servers, curl) pass: only browsers send it. An empty list allows every origin.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +23,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
@@ -21,6 +34,7 @@ use serde::Deserialize;
 use sip_bridge::signalling::{NumberInfo, SessionOutput};
 use sip_bridge::token::{ApiKeys, TokenError, TokenGrant, TokenIssuer};
 use tokio::sync::mpsc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::clock::{Clock, rfc3339};
 use crate::inbox::ControlIn;
@@ -38,7 +52,8 @@ pub struct HttpState {
     pub numbers: Vec<NumberInfo>,
     /// Whether the demo token endpoint exists.
     pub demo: bool,
-    /// WebSocket `Origin` allow-list (empty: any).
+    /// Page origins allowed to use `/sdk/*`, `/v1/*` and the operator WebSocket
+    /// from a browser (CORS, and the `Origin` check); `"*"` or empty: any.
     pub allowed_origins: Vec<String>,
     /// Largest WebSocket message.
     pub max_message: usize,
@@ -56,21 +71,37 @@ impl std::fmt::Debug for HttpState {
     }
 }
 
+/// The SDK's modules, served at `/sdk/<name>` (the npm package's files, embedded).
+pub const SDK_FILES: [(&str, &str, &str); 6] = [
+    ("operator.js", JS, include_str!("../web/operator.js")),
+    ("compat.js", JS, include_str!("../web/compat.js")),
+    ("react.js", JS, include_str!("../web/react.js")),
+    ("operator.d.ts", TS, include_str!("../web/operator.d.ts")),
+    ("compat.d.ts", TS, include_str!("../web/compat.d.ts")),
+    ("react.d.ts", TS, include_str!("../web/react.d.ts")),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+const TS: &str = "application/typescript; charset=utf-8";
+
 /// The routes.
 pub fn router(state: Arc<HttpState>) -> Router {
-    let mut r = Router::new()
+    // What a page on another origin uses: the SDK's modules and the REST API,
+    // behind the origin check and CORS (see the module docs).
+    let mut cross_origin = Router::new()
         .route("/v1/tokens", post(tokens))
-        .route("/v1/numbers", get(numbers))
+        .route("/v1/numbers", get(numbers));
+    for (name, content_type, body) in SDK_FILES {
+        cross_origin = cross_origin.route(
+            &format!("/sdk/{name}"),
+            get(move || async move { asset(content_type, body) }),
+        );
+    }
+    let cross_origin = cross_origin.layer(cors(&state.allowed_origins)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), refuse_origin),
+    );
+    let mut r = Router::new()
+        .merge(cross_origin)
         .route("/v1/operator", get(operator_ws))
-        .route(
-            "/sdk/operator.js",
-            get(|| async {
-                asset(
-                    "text/javascript; charset=utf-8",
-                    include_str!("../web/operator.js"),
-                )
-            }),
-        )
         .route(
             "/",
             get(|| async {
@@ -102,6 +133,39 @@ pub fn router(state: Arc<HttpState>) -> Router {
         r = r.route("/demo/token", post(demo_token));
     }
     r.with_state(state)
+}
+
+/// CORS for `allowed_origins`: the methods and headers the SDK and the REST API
+/// use; no credentials (tokens travel in `Authorization`, never in cookies).
+fn cors(allowed: &[String]) -> CorsLayer {
+    let origins = if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // The config canonicalizes origins, so each is a valid header value.
+        AllowOrigin::list(allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// A browser request from an origin outside `allowed_origins`: a clear 403
+/// (browsers show a CORS error; the body says why to anyone who looks).
+async fn refuse_origin(State(app): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    match origin_refusal(&app, req.headers()) {
+        Some(refusal) => {
+            metrics::counter!("sbc_http_rejected_total", "reason" => "origin").increment(1);
+            tracing::debug!(path = %req.uri().path(), "http: origin not allowed");
+            refusal
+        }
+        None => next.run(req).await,
+    }
 }
 
 /// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` resolves.
@@ -231,16 +295,22 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The body of `POST /v1/tokens` (protocol.md section 1).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenRequest {
     operator_ref: String,
     #[serde(default)]
     display_name: Option<String>,
-    #[serde(default)]
+    /// Number ids or E.164 numbers; `phoneNumberIds` is the operator SDK 0.3.0
+    /// playbook's name for it.
+    #[serde(default, alias = "phoneNumberIds")]
     numbers: Option<Vec<String>>,
     #[serde(default)]
     ttl: Option<u64>,
+    /// Rights beyond calls: `sip_bridge::token::CAPABILITIES` (`monitor`).
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
 }
 
 fn issue(app: &HttpState, req: TokenRequest, allowed: &[String]) -> Response {
@@ -279,16 +349,19 @@ fn issue(app: &HttpState, req: TokenRequest, allowed: &[String]) -> Response {
         operator_ref: req.operator_ref,
         numbers: ids,
         ttl_secs: req.ttl,
-        capabilities: Vec::new(),
+        capabilities: req.capabilities.unwrap_or_default(),
     };
     match app.tokens.issue(Clock::unix_secs(), &grant) {
         Ok((token, exp)) => {
             axum::Json(serde_json::json!({"token": token, "expiresAt": rfc3339(exp)}))
                 .into_response()
         }
-        Err(e @ (TokenError::BadOperatorRef | TokenError::BadDisplayName | TokenError::BadTtl)) => {
-            error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &e.to_string())
-        }
+        Err(
+            e @ (TokenError::BadOperatorRef
+            | TokenError::BadDisplayName
+            | TokenError::BadTtl
+            | TokenError::BadCapability),
+        ) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &e.to_string()),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",
@@ -337,6 +410,8 @@ async fn demo_token(State(app): State<Arc<HttpState>>, body: Bytes) -> Response 
                 display_name: d.display_name,
                 numbers: None,
                 ttl: None,
+                // The demo page's supervisor panel: every demo operator may monitor.
+                capabilities: Some(vec!["monitor".into()]),
             },
             &[],
         ),
@@ -397,15 +472,24 @@ async fn readyz(State(app): State<Arc<HttpState>>) -> Response {
     }
 }
 
-fn origin_allowed(app: &HttpState, headers: &HeaderMap) -> bool {
-    if app.allowed_origins.is_empty() {
-        return true;
+/// `None` when the request's `Origin` is allowed (or absent: not a browser),
+/// else the 403 that refuses it.
+fn origin_refusal(app: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN)?;
+    if app.allowed_origins.is_empty()
+        || app
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.as_bytes() == origin.as_bytes())
+    {
+        return None;
     }
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(o) => app.allowed_origins.iter().any(|a| a == o || a == "*"),
-        // Non-browser clients send no Origin; browsers always do.
-        None => true,
-    }
+    let shown = String::from_utf8_lossy(origin.as_bytes());
+    Some(error(
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN_ORIGIN",
+        &format!("origin {shown} is not in this SBC's [http] allowed_origins"),
+    ))
 }
 
 async fn operator_ws(
@@ -413,9 +497,9 @@ async fn operator_ws(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&app, &headers) {
+    if let Some(refusal) = origin_refusal(&app, &headers) {
         metrics::counter!("sbc_ws_rejected_total", "reason" => "origin").increment(1);
-        return error(StatusCode::FORBIDDEN, "FORBIDDEN", "origin not allowed");
+        return refusal;
     }
     let max = app.max_message;
     ws.max_message_size(max)

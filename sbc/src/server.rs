@@ -39,7 +39,8 @@ pub struct ServerConfig {
     pub http: SocketAddr,
     /// Serve HTTPS/WSS on it with this (ALPN http/1.1); `None`: plain HTTP.
     pub http_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    /// WebSocket `Origin` allow-list (empty: any).
+    /// Page origins allowed on the operator WebSocket, `/sdk/*` and `/v1/*`
+    /// (the `Origin` check and CORS); empty: any.
     pub allowed_origins: Vec<String>,
     /// The shared WebRTC UDP port.
     pub webrtc: SocketAddr,

@@ -1,14 +1,21 @@
 //! The HTTP API of an in-process server: tokens (and every way to be refused),
-//! `/v1/numbers`, the demo token endpoint (absent outside the demo), and that no
-//! response body or served file carries the API key.
+//! `/v1/numbers`, the demo token endpoint (absent outside the demo), CORS and the
+//! origin check on `/sdk/*`, `/v1/*` and the operator WebSocket, the SDK's
+//! modules, and that no response body or served file carries the API key.
 
 use std::time::Duration;
 
-use sbc::config::{DEMO_API_KEY, SbcConfig};
-use sbc::server::{Server, ServerHandle};
+use sbc::config::{DEMO_API_KEY, DEMO_API_KEY_SHA256, SbcConfig};
+use sbc::server::{Server, ServerConfig, ServerHandle};
+use sip_bridge::token::{ApiKey, ApiKeys, SessionClaims, TokenIssuer, hash_api_key};
 
 /// The demo config on ephemeral loopback ports; `demo` toggles the demo endpoint.
 async fn server(demo: bool) -> ServerHandle {
+    server_with(demo, |_| {}).await
+}
+
+/// Like [`server`], with the server config changed by `f` first.
+async fn server_with(demo: bool, f: impl FnOnce(&mut ServerConfig)) -> ServerHandle {
     let mut cfg = SbcConfig::demo();
     cfg.demo.enabled = demo;
     let mut sc = sbc::run::server_config(&cfg).await.unwrap();
@@ -19,7 +26,17 @@ async fn server(demo: bool) -> ServerHandle {
     sc.webrtc_advertise = None;
     sc.bridge.rtp_ports = (14000, 14099);
     sc.demo = demo;
+    f(&mut sc);
     Server::builder(sc).start().await.unwrap()
+}
+
+/// The claims of a token the demo config's server issued.
+async fn claims(token: &str) -> SessionClaims {
+    let sc = sbc::run::server_config(&SbcConfig::demo()).await.unwrap();
+    let now = sbc::clock::Clock::unix_secs();
+    TokenIssuer::new(&sc.token_secret)
+        .verify(now, token)
+        .unwrap()
 }
 
 fn client() -> reqwest::Client {
@@ -111,11 +128,262 @@ async fn tokens_numbers_and_refusals() {
             400,
             "BAD_REQUEST",
         ),
+        (
+            DEMO_API_KEY,
+            serde_json::json!({"operatorRef": "a", "capabilities": ["admin"]}),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            DEMO_API_KEY,
+            serde_json::json!({"operatorRef": "a", "numbers": ["support"], "phoneNumberIds": ["sales"]}),
+            400,
+            "BAD_REQUEST",
+        ),
     ] {
         let (status, body) = token(&h, key, body.clone()).await;
         assert_eq!(status, want, "{body}");
         assert_eq!(body["error"]["code"], code, "{body}");
     }
+    h.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn the_playbook_body_capabilities_and_a_key_limited_to_numbers() {
+    let h = server_with(false, |sc| {
+        sc.api_keys = ApiKeys::new(vec![
+            ApiKey::from_hex("all", DEMO_API_KEY_SHA256, Vec::new()).unwrap(),
+            ApiKey::from_hex("support-only", &hash_api_key("k2"), vec!["support".into()]).unwrap(),
+        ]);
+    })
+    .await;
+    // The operator SDK 0.3.0 playbook's body: phoneNumberIds (ids or E.164), and
+    // the answer is { token, expiresAt }.
+    let (status, body) = token(
+        &h,
+        DEMO_API_KEY,
+        serde_json::json!({"operatorRef": "alice", "displayName": "Alice", "phoneNumberIds": ["support", "+15550200"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["expiresAt", "token"]);
+    let c = claims(body["token"].as_str().unwrap()).await;
+    assert_eq!(c.nums, ["support", "sales"]);
+    assert!(c.caps.is_empty(), "no rights unless asked for");
+    // A backend passing nulls for what it does not set (FastAPI's None).
+    let (status, body) = token(
+        &h,
+        DEMO_API_KEY,
+        serde_json::json!({"operatorRef": "bob", "displayName": null, "phoneNumberIds": null, "capabilities": null}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // capabilities: ["monitor"] goes into the token.
+    let (status, body) = token(
+        &h,
+        DEMO_API_KEY,
+        serde_json::json!({"operatorRef": "sue", "capabilities": ["monitor"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims(body["token"].as_str().unwrap()).await.caps,
+        ["monitor"]
+    );
+    // A key limited to `support`: another number is 403 FORBIDDEN_NUMBER, not 400.
+    let (status, body) = token(
+        &h,
+        "k2",
+        serde_json::json!({"operatorRef": "a", "phoneNumberIds": ["sales"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "FORBIDDEN_NUMBER", "{body}");
+    let (status, body) = token(&h, "k2", serde_json::json!({"operatorRef": "a"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims(body["token"].as_str().unwrap()).await.nums,
+        ["support"],
+        "absent numbers: the key's"
+    );
+    h.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn the_demo_token_grants_monitor() {
+    let h = server(true).await;
+    let r = client()
+        .post(format!("http://{}/demo/token", h.http))
+        .json(&serde_json::json!({"operatorRef": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        claims(body["token"].as_str().unwrap()).await.caps,
+        ["monitor"]
+    );
+    h.shutdown(Duration::ZERO).await;
+}
+
+const APP: &str = "http://app.test:3000";
+
+/// `(status, headers, body)` of a request with `Origin: origin` (none if empty).
+async fn with_origin(
+    req: reqwest::RequestBuilder,
+    origin: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let req = if origin.is_empty() {
+        req
+    } else {
+        req.header("origin", origin)
+    };
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn cors_and_the_origin_check_follow_allowed_origins() {
+    let h = server_with(false, |sc| {
+        sc.allowed_origins = vec![APP.into()];
+    })
+    .await;
+    let base = format!("http://{}", h.http);
+    let c = client();
+
+    // Every module of the package, with its type, for the allowed origin.
+    for (name, content_type, body) in sbc::http::SDK_FILES {
+        let (status, hd, text) = with_origin(c.get(format!("{base}/sdk/{name}")), APP).await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(header(&hd, "content-type"), content_type, "{name}");
+        assert_eq!(header(&hd, "access-control-allow-origin"), APP, "{name}");
+        assert!(header(&hd, "vary").contains("origin"), "{name}: {hd:?}");
+        assert_eq!(text, body, "{name}");
+    }
+    assert!(
+        header(
+            &with_origin(c.get(format!("{base}/sdk/operator.js")), APP)
+                .await
+                .1,
+            "content-type"
+        )
+        .starts_with("text/javascript")
+    );
+
+    // Preflights: GET /v1/numbers with Authorization (listNumbers), POST
+    // /v1/tokens with X-API-Key and Content-Type (a backend in a browser tool).
+    for (path, method, headers) in [
+        ("/v1/numbers", "GET", "authorization"),
+        ("/v1/tokens", "POST", "content-type,x-api-key"),
+    ] {
+        let (status, hd, _) = with_origin(
+            c.request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+                .header("access-control-request-method", method)
+                .header("access-control-request-headers", headers),
+            APP,
+        )
+        .await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(header(&hd, "access-control-allow-origin"), APP, "{path}");
+        assert!(
+            header(&hd, "access-control-allow-methods").contains(method),
+            "{path}: {hd:?}"
+        );
+        for want in headers.split(',') {
+            assert!(
+                header(&hd, "access-control-allow-headers").contains(want),
+                "{path}: {want} not allowed: {hd:?}"
+            );
+        }
+        assert_eq!(header(&hd, "access-control-allow-credentials"), "");
+    }
+    // The actual requests answer the origin too (errors included).
+    let (status, hd, _) =
+        with_origin(c.get(format!("{base}/v1/numbers")).bearer_auth("nope"), APP).await;
+    assert_eq!(status, 401);
+    assert_eq!(header(&hd, "access-control-allow-origin"), APP);
+
+    // Another origin: 403 FORBIDDEN_ORIGIN, as JSON, no CORS headers, for the
+    // modules, the API, preflights, and the operator WebSocket's handshake.
+    let evil = "https://evil.test";
+    let ws = |b: reqwest::RequestBuilder| {
+        b.header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    };
+    for (what, req) in [
+        ("module", c.get(format!("{base}/sdk/operator.js"))),
+        ("compat", c.get(format!("{base}/sdk/compat.js"))),
+        ("numbers", c.get(format!("{base}/v1/numbers"))),
+        (
+            "tokens",
+            c.post(format!("{base}/v1/tokens"))
+                .header("x-api-key", DEMO_API_KEY)
+                .json(&serde_json::json!({"operatorRef": "a"})),
+        ),
+        (
+            "preflight",
+            c.request(reqwest::Method::OPTIONS, format!("{base}/v1/numbers"))
+                .header("access-control-request-method", "GET"),
+        ),
+        ("websocket", ws(c.get(format!("{base}/v1/operator")))),
+    ] {
+        let (status, hd, text) = with_origin(req, evil).await;
+        assert_eq!(status, 403, "{what}: {text}");
+        assert_eq!(header(&hd, "access-control-allow-origin"), "", "{what}");
+        assert!(header(&hd, "content-type").starts_with("application/json"));
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"]["code"], "FORBIDDEN_ORIGIN", "{what}: {text}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("https://evil.test"),
+            "{text}"
+        );
+    }
+    // The allowed origin's WebSocket handshake goes through (101).
+    let (status, _, _) = with_origin(ws(c.get(format!("{base}/v1/operator"))), APP).await;
+    assert_eq!(status, 101);
+
+    // Not a browser (no Origin): served, without CORS headers.
+    let (status, hd, _) = with_origin(c.get(format!("{base}/sdk/operator.js")), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&hd, "access-control-allow-origin"), "");
+    let (status, _, body) = with_origin(
+        c.post(format!("{base}/v1/tokens"))
+            .header("x-api-key", DEMO_API_KEY)
+            .json(&serde_json::json!({"operatorRef": "a"})),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The demo page and the rest are not cross-origin resources: no CORS there.
+    let (status, hd, _) = with_origin(c.get(format!("{base}/healthz")), evil).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&hd, "access-control-allow-origin"), "");
+    h.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn no_allowed_origins_allows_every_origin() {
+    let h = server_with(false, |sc| sc.allowed_origins = Vec::new()).await;
+    let (status, hd, _) = with_origin(
+        client().get(format!("http://{}/sdk/operator.js", h.http)),
+        "https://anywhere.test",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&hd, "access-control-allow-origin"), "*");
     h.shutdown(Duration::ZERO).await;
 }
 
@@ -154,6 +422,11 @@ async fn no_body_or_served_file_contains_the_api_key() {
     for path in [
         "/",
         "/sdk/operator.js",
+        "/sdk/compat.js",
+        "/sdk/react.js",
+        "/sdk/operator.d.ts",
+        "/sdk/compat.d.ts",
+        "/sdk/react.d.ts",
         "/demo.js",
         "/demo.css",
         "/metrics",

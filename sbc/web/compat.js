@@ -146,9 +146,15 @@ export class CompatOperator {
     const log = logger ?? console;
     this._listeners = new Listeners((...a) => typeof log.error === 'function' && log.error(...a));
     this._calls = new WeakMap();
+    // 0.3.0 played the call's audio itself: its API has no remote stream to attach, so code
+    // written for it never plays one. Unless the app passes its own `audioElement`, the
+    // active call plays in an <audio> of ours (outside the document).
+    const AudioCtor = rest.Audio ?? globalThis.Audio;
+    const audioElement = rest.audioElement ?? (typeof AudioCtor === 'function' ? new AudioCtor() : undefined);
     /** This SDK's Operator, for everything 0.3.0 did not have (devices, quality, monitor, ...). */
     this.native = new Operator({
       ...rest,
+      audioElement,
       url: url ?? operatorUrl(coreUrl),
       getToken,
       reconnectBackoffMs: reconnectBackoffMs ?? DEFAULT_BACKOFF_MS,

@@ -25,6 +25,8 @@ fi
 source "$root/tests/tools/node.sh"
 ensure_node
 e2e_node_modules "$e2e"
+# The cross-origin scenarios start the SDK's sample token backend (Express).
+sdk_node_modules "$root/sbc/web"
 
 echo "e2e: building sbc and test-carrier"
 # --workspace, as tests/ci.sh builds them: the same feature set reuses its artifacts.

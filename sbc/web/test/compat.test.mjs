@@ -4,7 +4,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { AudinOperator, CompatOperator, OperatorCall, operatorUrl } from '../compat.js';
-import { makeEnv, flush, ready } from './fakes.mjs';
+import { makeEnv, flush, ready, connectedInbound } from './fakes.mjs';
 
 const saved = {};
 let env;
@@ -194,6 +194,25 @@ describe('operator SDK 0.3.0 compatibility', () => {
     assert.equal(ui.cleared.at(-1).endReason, 'rejected');
     await op.goOffline();
     assert.deepEqual(ui.errors, []);
+  });
+
+  test("the call is heard: without the app's audioElement, the active call plays in an <audio> of compat's own", async () => {
+    const fake = makeEnv();
+    const inject = { WebSocket: fake.WebSocket, RTCPeerConnection: fake.RTCPeerConnection, mediaDevices: fake.mediaDevices, fetch: fake.fetch };
+    const timers = { setTimeout: fake.clock.setTimeout, clearTimeout: fake.clock.clearTimeout, now: () => fake.clock.now, random: () => 0 };
+    const op = new AudinOperator({ coreUrl: 'https://sbc.test', getToken: async () => 't', logger: quietLogger, ...inject, ...timers, Audio: fake.Audio });
+    const { ws, call } = await connectedInbound(fake, op.native);
+    const el = fake.audios.find((a) => a.srcObject === call.remoteStream);
+    assert.ok(el, 'an <audio> plays the remote stream');
+    assert.equal(el.plays, 1);
+    ws.push({ type: 'ended', callId: 'c-2', reason: 'remote_hangup' });
+    await flush();
+    assert.equal(el.srcObject, null);
+    // The app's own element wins; no Audio (server-side rendering): none, and no error.
+    const mine = new fake.Audio();
+    assert.equal(new AudinOperator({ coreUrl: 'https://sbc.test', getToken: async () => 't', ...inject, ...timers, Audio: fake.Audio, audioElement: mine }).native._audioElement, mine);
+    assert.equal(globalThis.Audio, undefined);
+    assert.equal(new AudinOperator({ coreUrl: 'https://sbc.test', getToken: async () => 't', ...inject, ...timers }).native._audioElement, null);
   });
 
   test('listPhoneNumbers: a persistent 401 is UNAUTHORIZED (retried once), other failures REQUEST_FAILED', async () => {

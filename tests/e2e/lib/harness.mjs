@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -266,7 +267,7 @@ export function sbcToml(o) {
     '',
     '[http]',
     `listen = ${q(`127.0.0.1:${o.http}`)}`,
-    `allowed_origins = ${list([`http://127.0.0.1:${o.http}`])}`,
+    `allowed_origins = ${list([`http://127.0.0.1:${o.http}`, ...(o.origins || [])])}`,
     '',
     '[auth]',
     `token_secret = ${q(TOKEN_SECRET)}`,
@@ -307,6 +308,114 @@ export function jwt(claims, secret) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
   return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}
+
+/**
+ * The customer's web app on 127.0.0.1:`port` (its own origin): serves tests/e2e/app/*.html
+ * and passes `POST /api/operator/token` to its token backend (`backendUrl`), as an app
+ * with its API behind the same origin would. Every request is logged to app-<port>.log.
+ */
+export function appServer(port, backendUrl, logDir) {
+  const root = path.join(REPO, 'tests/e2e/app');
+  const log = fs.createWriteStream(path.join(logDir, `app-${port}.log`));
+  const server = http.createServer(async (req, res) => {
+    log.write(`${req.method} ${req.url}\n`);
+    const url = new URL(req.url, `http://127.0.0.1:${port}`);
+    try {
+      if (req.method === 'POST' && url.pathname === '/api/operator/token') {
+        let body = '';
+        for await (const chunk of req) body += chunk;
+        const r = await fetch(`${backendUrl}/api/operator/token`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+        const text = await r.text();
+        log.write(`  -> backend ${r.status}\n`);
+        res.writeHead(r.status, { 'Content-Type': r.headers.get('content-type') || 'application/json' });
+        return res.end(text);
+      }
+      const file = path.join(root, path.basename(url.pathname));
+      if (req.method === 'GET' && url.pathname.endsWith('.html') && fs.existsSync(file)) {
+        res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+        return res.end(fs.readFileSync(file));
+      }
+      res.writeHead(404, { 'Content-Type': 'text/plain' });
+      res.end('not found\n');
+    } catch (err) {
+      res.writeHead(502, { 'Content-Type': 'text/plain' });
+      res.end(String(err));
+    }
+  });
+  server.on('close', () => log.end());
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
+}
+
+/**
+ * A UDP relay in front of the SBC's WebRTC port (the sbc advertises `listen`), to lose
+ * packets on the SBC's side of the browser's media path: `dropDown` is the share of the
+ * SBC's RTP packets toward the browser that are dropped (seeded, so runs are alike). Only
+ * RTP: STUN, DTLS and RTCP always pass (RFC 7983 and RFC 5761 demultiplexing). One upstream
+ * socket per browser address. `setDrop(share)` changes it; `stats` counts.
+ */
+export async function udpLossProxy({ listen, target, dropDown = 0, seed = 1 }) {
+  const front = dgram.createSocket('udp4');
+  const clients = new Map();
+  const stats = { up: 0, down: 0, rtpDown: 0, droppedDown: 0 };
+  let drop = dropDown;
+  let x = seed >>> 0 || 1;
+  const random = () => {
+    // xorshift32
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 2 ** 32;
+  };
+  const isRtp = (b) => b.length >= 12 && b[0] >= 128 && b[0] <= 191 && !(b[1] >= 192 && b[1] <= 223);
+  front.on('message', (msg, rinfo) => {
+    const key = `${rinfo.address}:${rinfo.port}`;
+    let up = clients.get(key);
+    if (!up) {
+      up = dgram.createSocket('udp4');
+      up.bind(0, '127.0.0.1');
+      up.on('message', (m) => {
+        stats.down++;
+        if (isRtp(m)) {
+          stats.rtpDown++;
+          if (drop > 0 && random() < drop) {
+            stats.droppedDown++;
+            return;
+          }
+        }
+        front.send(m, rinfo.port, rinfo.address);
+      });
+      clients.set(key, up);
+    }
+    stats.up++;
+    up.send(msg, target.port, target.host);
+  });
+  await new Promise((resolve) => front.bind(listen.port, listen.host, resolve));
+  return {
+    stats,
+    setDrop(share) {
+      drop = share;
+    },
+    close() {
+      for (const c of clients.values()) c.close();
+      front.close();
+    },
+  };
+}
+
+/**
+ * A carrier event's time on this process's `performance.now()` clock: its own `t_ms` plus
+ * the smallest (arrival - t_ms) seen over its events (the pipe's delay, at most).
+ */
+export function carrierToLocal(carrier, ev) {
+  let offset = Infinity;
+  for (const e of carrier.events) if (typeof e.t_ms === 'number') offset = Math.min(offset, e.at - e.t_ms);
+  return ev.t_ms + offset;
 }
 
 const CHROMIUM_ARGS = (wav) => [
@@ -377,7 +486,13 @@ export class Env {
       this.carriers[key].sip = `127.0.0.1:${port}`;
     }
     const trunks = (o.trunks || []).map((t) => ({ ...t, peers: t.peers.map((p) => this.carriers[p]?.sip || p) }));
-    const toml = sbcToml({ ...o, sip, webrtc, http, rtpLo, trunks, webrtcAdvertise: o.webrtcAdvertise });
+    // The customer's app (`o.apps`: how many origins in allowed_origins, `o.refusedApps`:
+    // how many not): its origins are known before the sbc starts, its servers start after.
+    const appPorts = [];
+    for (let i = 0; i < (o.apps || 0) + (o.refusedApps || 0); i++) appPorts.push(await freePort());
+    const appOrigins = appPorts.map((p) => `http://127.0.0.1:${p}`);
+    const origins = appOrigins.slice(0, o.apps || 0);
+    const toml = sbcToml({ ...o, sip, webrtc, http, rtpLo, trunks, origins, webrtcAdvertise: o.webrtcAdvertise });
     this.configFile = path.join(this.dir, 'sbc.toml');
     fs.writeFileSync(this.configFile, toml);
     this.sbc = new Proc('sbc', SBC_BIN, ['--config', this.configFile, '--drain', '1'], {
@@ -388,6 +503,14 @@ export class Env {
     await this.sbc.waitLine(/HTTP\s/);
     this.sbcSip = `127.0.0.1:${sip}`;
     this.url = `http://127.0.0.1:${http}/`;
+    this.sbcBase = `http://127.0.0.1:${http}`;
+    if (appPorts.length) {
+      this.backend = await this.tokenBackend();
+      this.servers = [];
+      for (const port of appPorts) this.servers.push(await appServer(port, this.backend.url, this.dir));
+      this.apps = appOrigins.slice(0, o.apps || 0);
+      this.refusedApps = appOrigins.slice(o.apps || 0);
+    }
     // Chromium, with the fake microphone playing a 440 Hz tone.
     this.wav = writeToneWav(path.join(this.dir, 'mic-440.wav'), { hz: 440, seconds: 10 });
     this.browser = await chromium.launch({
@@ -395,6 +518,28 @@ export class Env {
       headless: true,
       args: CHROMIUM_ARGS(this.wav),
     });
+  }
+
+  /**
+   * The SDK's sample token backend (`sbc/web/examples/token-express/server.mjs`, unchanged)
+   * as its own process, with this sbc's URL and API key in its environment.
+   */
+  async tokenBackend() {
+    const port = await freePort();
+    const server = path.join(REPO, 'sbc/web/examples/token-express/server.mjs');
+    const p = new Proc('token-backend', process.execPath, [server], {
+      logDir: this.dir,
+      env: { SBC_URL: this.sbcBase, SBC_API_KEY: API_KEY, PORT: String(port) },
+    });
+    this.procs.push(p);
+    await p.waitLine(/token endpoint on/);
+    p.url = `http://127.0.0.1:${port}`;
+    return p;
+  }
+
+  /** The URL of a page of the customer's app (tests/e2e/app/) on `origin`, for this sbc. */
+  appUrl(origin, file, params = {}) {
+    return `${origin}/${file}?${new URLSearchParams({ sbc: this.sbcBase, ...params })}`;
   }
 
   /** Starts a test-carrier and waits until it listens. */
@@ -413,8 +558,12 @@ export class Env {
     return a;
   }
 
-  /** A new browser context + page on the demo, with an event recorder. */
-  async operator(name, { initScript, rawMic = true } = {}) {
+  /**
+   * A new browser context + page with an event recorder: the demo page, or `url` (a page
+   * that sets `window.demo = {operator, call}` like the demo; with `sdk: false`, one that
+   * is not expected to load the SDK, and nothing is recorded).
+   */
+  async operator(name, { initScript, rawMic = true, url = this.url, sdk = true } = {}) {
     const context = await this.browser.newContext({ permissions: ['microphone'], viewport: { width: 1100, height: 900 } });
     if (rawMic) await context.addInitScript(RAW_MIC);
     if (initScript) await context.addInitScript(initScript);
@@ -424,16 +573,26 @@ export class Env {
     page.on('pageerror', (e) => log.write(`[pageerror] ${e.stack || e}\n`));
     // Every signalling frame, for post-mortems (SDP bodies shortened).
     const short = (p) => String(p).replace(/"sdp":"(?:[^"\\]|\\.)*"/, '"sdp":"..."');
+    const sent = []; // every frame the page sent, parsed (OperatorPage.wsSent)
     page.on('websocket', (ws) => {
       const t = () => (performance.now() / 1000).toFixed(3);
       log.write(`[ws ${t()}] open ${ws.url()}\n`);
-      ws.on('framesent', (f) => log.write(`[ws ${t()}] > ${short(f.payload)}\n`));
+      ws.on('framesent', (f) => {
+        log.write(`[ws ${t()}] > ${short(f.payload)}\n`);
+        try {
+          sent.push({ ...JSON.parse(f.payload), at: performance.now() });
+        } catch {
+          /* not JSON */
+        }
+      });
       ws.on('framereceived', (f) => log.write(`[ws ${t()}] < ${short(f.payload)}\n`));
       ws.on('close', () => log.write(`[ws ${t()}] closed\n`));
     });
+    page.on('requestfailed', (r) => log.write(`[requestfailed] ${r.method()} ${r.url()}: ${r.failure()?.errorText}\n`));
     const op = new OperatorPage(this, name, context, page, log);
+    op.wsSent = sent;
     this.pages.push(op);
-    await op.open();
+    await op.open(url, sdk);
     return op;
   }
 
@@ -456,6 +615,10 @@ export class Env {
   async stop() {
     for (const p of this.pages) await p.close().catch(() => {});
     if (this.browser) await this.browser.close().catch(() => {});
+    for (const s of this.servers || []) {
+      s.closeAllConnections();
+      await new Promise((r) => s.close(r));
+    }
     for (const p of [...this.procs].reverse()) await p.stop().catch(() => {});
   }
 }
@@ -469,14 +632,26 @@ export class OperatorPage {
     this.page = page;
     this.log = log;
     this.tokenRequests = 0;
+    // What the page saw: console lines and HTTP responses (status, CORS header).
+    this.console = [];
+    this.responses = [];
+    this.failed = [];
+    page.on('console', (m) => this.console.push(m.text()));
+    page.on('requestfailed', (r) => this.failed.push({ url: r.url(), error: r.failure()?.errorText }));
+    page.on('response', (r) =>
+      this.responses.push({ url: r.url(), status: r.status(), allowOrigin: r.headers()['access-control-allow-origin'] ?? null }),
+    );
     page.on('request', (r) => {
-      if (r.url().endsWith('/demo/token')) this.tokenRequests++;
+      if (r.url().endsWith('/demo/token') || r.url().endsWith('/api/operator/token')) this.tokenRequests++;
     });
   }
 
-  async open() {
-    await this.page.goto(this.env.url);
-    await this.page.waitForFunction(() => window.demo && window.demo.operator);
+  async open(url = this.env.url, sdk = true) {
+    await this.page.goto(url);
+    if (!sdk) return;
+    await this.page.waitForFunction(() => (window.demo && window.demo.operator) || (window.app && window.app.loadError));
+    const loadError = await this.page.evaluate(() => window.app && window.app.loadError);
+    if (loadError) throw new Error(`${this.name}: the page could not load the SDK: ${loadError}`);
     // Record what the SDK emits, for assertions.
     await this.page.evaluate(() => {
       const ev = (window.__events = []);
