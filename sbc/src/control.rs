@@ -177,9 +177,13 @@ impl ControlCore {
     fn drain_ws(&mut self) {
         while let Some((sid, out)) = self.bridge.poll_ws_output() {
             if let Some(tx) = self.ws.get(&sid)
-                && tx.try_send(out).is_err()
+                && let Err(e) = tx.try_send(out)
             {
-                tracing::warn!(session = sid, "operator WebSocket backlogged; closing");
+                // A socket already gone is no news; a full one is a browser that
+                // does not read.
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    tracing::warn!(session = sid, "operator WebSocket backlogged; closing");
+                }
                 self.ws.remove(&sid);
             }
         }

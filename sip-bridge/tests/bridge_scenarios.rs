@@ -717,3 +717,38 @@ fn an_operators_quality_report_after_the_call_becomes_an_event() {
         1
     );
 }
+
+#[test]
+fn a_browser_whose_peer_connection_goes_away_keeps_its_call_for_the_grace_period() {
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    let a = w.operator("alice", &["support"]);
+    let leg = w.carrier_call("+15550100", 1000.0);
+    w.run(ms(200));
+    let call = w.last_incoming(a).unwrap();
+    w.accept(a, &call);
+    talk(&mut w, a, 440.0);
+    w.run(ms(2000));
+    // The page reloads: its peer connection is gone (no traffic past the idle
+    // timeout), the call is not.
+    w.blackhole = Some(w.browsers[a].addr);
+    w.run(ms(20_000));
+    assert!(w.ended_reason(a, &call).is_none(), "still in the call");
+    assert_eq!(w.bridge.calls(), 1);
+    // The new page offers a new peer connection: media flows again.
+    w.blackhole = None;
+    w.reoffer(a, &call);
+    talk(&mut w, a, 440.0);
+    w.run(ms(3000));
+    assert!(w.browsers[a].rtc_connected, "the new peer connection is up");
+    World::assert_tone(
+        &w.carrier.media[&leg].heard,
+        8000,
+        440.0,
+        "the caller hears the reloaded page",
+    );
+    // Gone for good this time: after the grace period the call ends.
+    w.blackhole = Some(w.browsers[a].addr);
+    w.run(ms(60_000));
+    assert_eq!(w.ended_reason(a, &call).as_deref(), Some("failed"));
+    assert_eq!(outcome(&w), Some(DialStatus::Completed));
+}

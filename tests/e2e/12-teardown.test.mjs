@@ -5,7 +5,8 @@
 // clock: the carrier's own timestamp of the BYE (`ended`, `t_ms`) mapped onto the test's
 // clock (harness carrierToLocal), and the BYE's arrival at the test as a bound. The control:
 // Carol's page opts into keepCallOnReload, and closing it leaves the call up (the grace).
-// A todo: Dave's reload with keepCallOnReload should keep the call; the server ends it.
+// Dave's reload with keepCallOnReload keeps the call: his new page reconnects and offers
+// a new peer connection within the grace.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -111,14 +112,7 @@ test('goOffline() and closing the tab end the call at the far end within a secon
     await caller.waitFor((e) => e.event === 'ended', { what: 'the caller hung up' });
   });
 
-  await t.test(
-    'reloading with keepCallOnReload keeps the call',
-    {
-      todo:
-        'the server ends the call 30 ms after the reload (operator party "failed"): the unloading page closes its peer connection, ' +
-        "and sip-bridge's call (media.rs leg_media_failed on WebRtcGone/PeerClosed) ends the leg instead of waiting for the reoffer within the grace",
-    },
-    async () => {
+  await t.test('reloading with keepCallOnReload keeps the call', async () => {
       const { op: dave, caller, callId } = await inboundCall('Dave', true);
       await dave.page.reload();
       const bye = await caller.waitFor((e) => e.event === 'ended', { timeout: 2000 }).catch(() => null);
@@ -131,6 +125,5 @@ test('goOffline() and closing the tab end the call at the far end within a secon
       await dave.waitCallState('connected', 15000);
       await caller.hears(440, { from: caller.events.length, need: 3 });
       caller.send({ cmd: 'hangup' });
-    },
-  );
+  });
 });

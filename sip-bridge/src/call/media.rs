@@ -35,15 +35,29 @@ impl Call {
                 }
                 self.leg_media_failed(now, ctx, leg);
             }
-            MediaEvent::WebRtcGone { leg }
-            | MediaEvent::MediaTimeout { leg }
-            | MediaEvent::PortFailed { leg } => self.leg_media_failed(now, ctx, leg),
+            MediaEvent::WebRtcGone { leg } => {
+                // A browser in the call may be reloading: it keeps its place for
+                // the reconnect grace period, as its signalling does.
+                match self.parties.get_mut(&leg) {
+                    Some(p) if p.joined() && p.operator().is_some() => {
+                        p.media_lost.get_or_insert(now + ctx.cfg.grace);
+                    }
+                    _ => self.leg_media_failed(now, ctx, leg),
+                }
+            }
+            MediaEvent::WebRtcConnected { leg } => {
+                if let Some(p) = self.parties.get_mut(&leg) {
+                    p.media_lost = None;
+                }
+            }
+            MediaEvent::MediaTimeout { leg } | MediaEvent::PortFailed { leg } => {
+                self.leg_media_failed(now, ctx, leg)
+            }
             MediaEvent::Dtmf {
                 leg,
                 digit,
                 relayed,
             } => self.forward_dtmf(ctx, leg, digit, relayed),
-            MediaEvent::WebRtcConnected { .. } => {}
             MediaEvent::StreamConnected { leg } => self.agent_connected(now, ctx, leg),
             MediaEvent::StreamFailed { leg, .. } => self.agent_failed(now, ctx, leg),
             MediaEvent::StreamHangup { leg } => {
@@ -182,7 +196,7 @@ impl Call {
     /// A leg's media died: the caller of an unanswered call ends it; a party in
     /// the call leaves it (its operator is told `failed`); a ringing target drops
     /// out of its step.
-    fn leg_media_failed(&mut self, now: Instant, ctx: &mut CallCtx<'_>, leg: LegKey) {
+    pub(crate) fn leg_media_failed(&mut self, now: Instant, ctx: &mut CallCtx<'_>, leg: LegKey) {
         let Some(p) = self.parties.get(&leg) else {
             return;
         };

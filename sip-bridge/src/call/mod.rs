@@ -436,6 +436,9 @@ impl Call {
             if let (Origin::Added { deadline, .. }, Stage::Ringing) = (&p.origin, p.stage) {
                 t = t.min(*deadline);
             }
+            if let Some(lost) = p.media_lost {
+                t = t.min(lost);
+            }
         }
         Some(t)
     }
@@ -477,6 +480,16 @@ impl Call {
             .collect();
         for k in due {
             self.add_failed(now, ctx, k, "no_answer", None);
+        }
+        let lost: Vec<LegKey> = self
+            .parties
+            .iter()
+            .filter(|(_, p)| p.media_lost.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in lost {
+            // No new peer connection within the grace period: media is gone.
+            self.leg_media_failed(now, ctx, k);
         }
         self.settle(now, ctx);
     }

@@ -214,6 +214,7 @@ impl Call {
     fn browser_offer(&mut self, key: LegKey, reference: Option<String>, sdp: String) {
         if let Some(p) = self.parties.get_mut(&key) {
             p.in_media = true;
+            p.media_lost = None;
             if let Some(o) = p.operator_mut() {
                 o.reference = reference;
             }

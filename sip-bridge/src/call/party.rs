@@ -128,6 +128,9 @@ pub(crate) struct Party {
     pub monitor: Option<(MonitorMode, Option<LegKey>)>,
     /// Its media leg exists in the media session.
     pub in_media: bool,
+    /// A browser whose peer connection went away (a reload, a network change):
+    /// it may come back with a new one (`reoffer`) until then, else it leaves.
+    pub media_lost: Option<Instant>,
     pub joined_at: Option<Instant>,
     /// Display name (operators, a SIP caller's From).
     pub name: Option<String>,
@@ -145,6 +148,7 @@ impl Party {
             held: false,
             monitor: None,
             in_media: false,
+            media_lost: None,
             joined_at: None,
             name: None,
         }

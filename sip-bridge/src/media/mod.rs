@@ -670,6 +670,15 @@ impl MediaSession {
                     ptime: Millis(20),
                     opus: Some(w.remote_opus_fmtp()),
                 };
+                // A re-offer's new peer connection has new ICE credentials: the
+                // demultiplexer forgets the old ones first (it refuses a second
+                // entry for one leg).
+                if matches!(
+                    self.legs.get(&leg).map(|l| &l.kind),
+                    Some(Kind::WebRtc { .. })
+                ) {
+                    self.mux.push_back(MuxUpdate::Remove { leg });
+                }
                 self.mux.push_back(MuxUpdate::Insert {
                     leg,
                     credentials: w.mux_credentials(),
