@@ -12,6 +12,9 @@ use std::time::Duration;
 pub enum Target {
     /// Every online, non-busy operator available on the call's number.
     Operators,
+    /// Every online, non-busy operator available on another number (by id):
+    /// `operators:sales`.
+    OperatorsOf(String),
     /// One operator by operatorRef.
     Operator(String),
     /// A SIP URI, through the trunk whose host matches, else directly.
@@ -67,6 +70,12 @@ impl std::str::FromStr for Target {
                 .map(Target::Tone)
                 .ok_or_else(err);
         }
+        if let Some(n) = s.strip_prefix("operators:") {
+            let ok = (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+            return ok.then(|| Target::OperatorsOf(n.into())).ok_or_else(err);
+        }
         if let Some(r) = s.strip_prefix("operator:") {
             let ok = (1..=64).contains(&r.len())
                 && r.bytes()
@@ -106,6 +115,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Operators => f.write_str("operators"),
+            Target::OperatorsOf(n) => write!(f, "operators:{n}"),
             Target::Operator(r) => write!(f, "operator:{r}"),
             Target::Sip(u) => f.write_str(u),
             Target::Pstn {
@@ -247,6 +257,7 @@ mod tests {
     fn targets_parse_and_print_back() {
         for s in [
             "operators",
+            "operators:sales",
             "operator:alice",
             "sip:bob@198.51.100.7:5070",
             "pstn:+15550111",
@@ -264,6 +275,8 @@ mod tests {
             "sip:",
             "operator:",
             "operator:a b",
+            "operators:",
+            "operators:a b",
             "pstn:15550111",
             "pstn:+1",
             "pstn:+15550111@",

@@ -354,7 +354,7 @@ impl Call {
     /// The role of a party rung as `target` for `origin`.
     fn role_for(&self, target: &Target, origin: &Origin) -> Role {
         match target {
-            Target::Operators | Target::Operator(_) => Role::Agent,
+            Target::Operators | Target::OperatorsOf(_) | Target::Operator(_) => Role::Agent,
             Target::Stream(_) => Role::Ai,
             _ if matches!(origin, Origin::Plan(_)) && self.direction == Direction::Outbound => {
                 Role::Customer
@@ -375,8 +375,12 @@ impl Call {
         self.rung.push(target.to_string());
         let role = self.role_for(target, &origin);
         match target {
-            Target::Operators => {
-                let Some(number) = self.number.clone() else {
+            Target::Operators | Target::OperatorsOf(_) => {
+                let number = match target {
+                    Target::OperatorsOf(n) => ctx.cfg.number(n).map(|n| n.id.clone()),
+                    _ => self.number.clone(),
+                };
+                let Some(number) = number else {
                     return Ok(0);
                 };
                 let mut n = 0;

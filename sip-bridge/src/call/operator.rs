@@ -119,23 +119,45 @@ impl Call {
                         self.settle_for(now, ctx, key, reference);
                     }
                     Some(pid) => {
-                        let Some(target) = self.other_party(&pid) else {
-                            return bad(self, "unknown participantId", reference);
+                        // `*`: the whole call, everyone but the asker.
+                        let targets: Vec<LegKey> = if pid == "*" {
+                            self.parties
+                                .iter()
+                                .filter(|(k, p)| **k != key && p.joined())
+                                .map(|(k, _)| *k)
+                                .collect()
+                        } else {
+                            match self.other_party(&pid) {
+                                Some(t) if t == key => {
+                                    return bad(
+                                        self,
+                                        "hold yourself without participantId",
+                                        reference,
+                                    );
+                                }
+                                Some(t) if self.parties.get(&t).is_some_and(|p| p.joined()) => {
+                                    vec![t]
+                                }
+                                Some(_) => {
+                                    return bad(self, "the participant has not joined", reference);
+                                }
+                                None => return bad(self, "unknown participantId", reference),
+                            }
                         };
-                        if target == key {
-                            return bad(self, "hold yourself without participantId", reference);
-                        }
                         if !self.may(ctx, op, key, Capability::HoldParticipant, &reference) {
                             return;
                         }
-                        if !self.parties.get(&target).is_some_and(|p| p.joined()) {
-                            return bad(self, "the participant has not joined", reference);
-                        }
-                        if let Some(p) = self.parties.get_mut(&target) {
-                            p.held = on;
+                        for t in &targets {
+                            if let Some(p) = self.parties.get_mut(t) {
+                                p.held = on;
+                            }
                         }
                         self.settle(now, ctx);
-                        self.tell_updated(now, ctx, target, Some((op.to_string(), reference)));
+                        for (i, t) in targets.iter().enumerate() {
+                            // The request's `ref` on the first answer.
+                            let r = (i == 0).then(|| (op.to_string(), reference.clone()));
+                            self.tell_updated(now, ctx, *t, r);
+                        }
                     }
                 }
             }
@@ -322,6 +344,7 @@ impl Call {
             match target.parse::<Target>() {
                 Ok(
                     t @ (Target::Operators
+                    | Target::OperatorsOf(_)
                     | Target::Operator(_)
                     | Target::Sip(_)
                     | Target::Pstn { .. }
@@ -331,7 +354,7 @@ impl Call {
                     return self.error_to(
                         op,
                         ErrorCode::BadRequest,
-                        "`target` must be operator:REF, operators, +E164, pstn:+E164, sip:URI or stream:URL",
+                        "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL",
                         reference,
                     );
                 }

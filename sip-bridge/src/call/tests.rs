@@ -405,3 +405,53 @@ fn requests_out_of_turn_change_nothing() {
     assert_eq!(call.parties(), 2);
     assert!(!call.is_connected() && !call.is_ended());
 }
+
+#[test]
+fn holding_the_whole_call_holds_everyone_but_the_asker() {
+    let mut f = Fixture::new(&["alice", "bob", "dave"]);
+    // Dave takes calls on `sales` only: `operators:sales` reaches him.
+    f.presence.set_available(3, &["sales".to_string()]).unwrap();
+    let now = Instant::ZERO;
+    let mut call = connected(&mut f, now);
+    let add = ClientMessage::AddParticipant {
+        call_id: "c-1".into(),
+        target: "operators:sales".into(),
+        timeout: None,
+    };
+    call.handle_operator(now, &mut f.ctx(), "alice", None, add);
+    let out = f.drain(&mut call);
+    assert!(
+        to_ops(&out)
+            .iter()
+            .any(|(op, t, _)| op == "dave" && t == "incoming"),
+        "the sales operators are rung"
+    );
+    call.handle_operator(now, &mut f.ctx(), "dave", None, accept());
+    answer(&mut f, &mut call, now, 2);
+    let hold = |on| ClientMessage::Hold {
+        call_id: "c-1".into(),
+        on,
+        participant_id: Some("*".into()),
+    };
+    call.handle_operator(now, &mut f.ctx(), "alice", Some("h".into()), hold(true));
+    let out = f.drain(&mut call);
+    let held: Vec<String> = to_ops(&out)
+        .into_iter()
+        .filter(|(op, t, v)| {
+            op == "alice" && t == "participantUpdated" && v["participant"]["held"] == true
+        })
+        .map(|(_, _, v)| v["participant"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(held, ["p-1", "p-2"]);
+    let flags: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::Media(MediaCommand::Hold { leg, on: true }) => Some(*leg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flags, [LegKey(1), LegKey(2)]);
+    call.handle_operator(now, &mut f.ctx(), "alice", None, hold(false));
+    f.drain(&mut call);
+    assert!(call.parties.values().all(|p| !p.held));
+}

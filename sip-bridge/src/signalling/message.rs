@@ -292,7 +292,7 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
         } => {
             check_id("callId", call_id, r)?;
             if let Some(p) = participant_id {
-                check_id("participantId", p, r)?;
+                check_id("participantId", p, r)?; // `*`: everyone but the asker
             }
         }
         ClientMessage::RemoveParticipant {
