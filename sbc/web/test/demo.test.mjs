@@ -41,6 +41,11 @@ test('no external resources, relative URLs only', () => {
   assert.match(demoJs, /from '\.\/sdk\/operator\.js'/);
 });
 
+test('the hidden attribute hides an element whatever its class displays it as', () => {
+  // demo.js shows and hides with `hidden` (#monitor-controls is a flex .row, #incoming too).
+  assert.match(css, /(^|\n)\[hidden\]\s*\{\s*display:\s*none\s*!important;?\s*\}/);
+});
+
 // ---- a DOM just big enough for demo.js ----
 
 class FakeElement {

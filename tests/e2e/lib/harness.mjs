@@ -238,6 +238,23 @@ export class Carrier extends Proc {
     return ev;
   }
 
+  /**
+   * Waits for `need` consecutive tone reports (from event index `from` on) of a leg that
+   * receives media (`packets` > 0) and hears nothing: no dominant frequency, or one at most
+   * `maxDb`. Its own tone or anyone else's would be the dominant one.
+   */
+  async quiet({ from = 0, need = 2, maxDb = -50, timeout = 10000 } = {}) {
+    let run = 0;
+    return this.waitFor(
+      (e) => {
+        if (e.event !== 'tone') return false;
+        run = e.packets > 0 && !(e.level_db > maxDb) ? run + 1 : 0;
+        return run >= need;
+      },
+      { timeout, from, what: `${need} quiet tone reports (nothing above ${maxDb} dB)` },
+    );
+  }
+
   /** Stops (closing stdin first makes it hang up and exit on its own). */
   async stop() {
     if (!this.exited) {
@@ -752,6 +769,57 @@ export class OperatorPage {
         }
       },
       { hz, timeout, need, tol, minDb },
+    );
+  }
+
+  /**
+   * Listens to the call's remote stream (an AnalyserNode as `hear` has, kept for the stream)
+   * for several tones at once: each frequency's level is the loudest FFT bin within 10 Hz of
+   * it. Waits until `need` consecutive 100 ms readings have every `present` frequency above
+   * `minDb` and every `absent` one below `maxDb`. Returns `{ok, levels, readings}`, `levels`
+   * the last reading (`{hz: dB}`). On this scale a tone at -12 dBFS (a carrier's) reads
+   * about -26 dB; with three tones mixed, Opus's noise in the bins between them reads -50 to
+   * -75 dB (so `maxDb` -45 means "not there"), and with nothing playing, about -145 dB.
+   */
+  tones({ present = [], absent = [], timeout = 8000, need = 3, minDb = -40, maxDb = -45 } = {}) {
+    return this.page.evaluate(
+      async ({ present, absent, timeout, need, minDb, maxDb }) => {
+        const stream = window.demo.call && window.demo.call.remoteStream;
+        if (!stream) return { ok: false, error: 'no remote stream', readings: [] };
+        const ctx = (window.__ac ||= new AudioContext());
+        if (ctx.state !== 'running') await ctx.resume();
+        let t = window.__tones;
+        if (!t || t.stream !== stream) {
+          if (t) t.src.disconnect();
+          const src = ctx.createMediaStreamSource(stream);
+          const an = ctx.createAnalyser();
+          an.fftSize = 8192;
+          an.smoothingTimeConstant = 0;
+          src.connect(an);
+          t = window.__tones = { stream, src, an, bins: new Float32Array(an.frequencyBinCount) };
+        }
+        const hzPerBin = ctx.sampleRate / t.an.fftSize;
+        const level = (hz) => {
+          let best = -Infinity;
+          for (let i = Math.floor((hz - 10) / hzPerBin); i <= Math.ceil((hz + 10) / hzPerBin); i++) best = Math.max(best, t.bins[i]);
+          return Math.round(best * 10) / 10;
+        };
+        const readings = [];
+        let run = 0;
+        const t0 = performance.now();
+        while (performance.now() - t0 < timeout) {
+          await new Promise((r) => setTimeout(r, 100));
+          t.an.getFloatFrequencyData(t.bins);
+          const levels = {};
+          for (const hz of [...present, ...absent]) levels[hz] = level(hz);
+          readings.push(levels);
+          const good = present.every((hz) => levels[hz] > minDb) && absent.every((hz) => !(levels[hz] >= maxDb));
+          run = good ? run + 1 : 0;
+          if (run >= need) return { ok: true, levels, readings };
+        }
+        return { ok: false, levels: readings[readings.length - 1], readings };
+      },
+      { present, absent, timeout, need, minDb, maxDb },
     );
   }
 
