@@ -62,7 +62,7 @@ impl Call {
             MediaEvent::StreamFailed { leg, .. } => self.agent_failed(now, ctx, leg),
             MediaEvent::StreamHangup { leg } => {
                 if self.parties.get(&leg).is_some_and(|p| p.joined()) {
-                    self.leave(now, ctx, leg, EndReason::RemoteHangup, true);
+                    self.leave(now, ctx, leg, EndReason::Hangup, true);
                 }
             }
             MediaEvent::StreamTransfer { leg, target } => {

@@ -365,7 +365,7 @@ impl Call {
             if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
                 s.state = SipState::Ending;
             }
-            return self.leave(now, ctx, key, EndReason::RemoteHangup, true);
+            return self.leave(now, ctx, key, EndReason::Hangup, true);
         }
         // A target that never joined is gone (a late BYE, a failure without a
         // final response).
