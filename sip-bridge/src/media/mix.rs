@@ -59,7 +59,8 @@ impl Shared {
             key.codec,
             media_core::rtp::PayloadType::PCMU, // each listener writes its own
         );
-        let encoder = FrameEncoder::new(key.input_rate, format, key.opus.unwrap_or_default()).ok()?;
+        let encoder =
+            FrameEncoder::new(key.input_rate, format, key.opus.unwrap_or_default()).ok()?;
         Some(Shared {
             encoder,
             at: None,
@@ -158,7 +159,8 @@ impl Mix {
             if self.slots.contains_key(s) {
                 continue;
             }
-            let Some(i) = (0..self.mixer.max_parties()).find(|i| !self.slots.values().any(|v| v == i))
+            let Some(i) =
+                (0..self.mixer.max_parties()).find(|i| !self.slots.values().any(|v| v == i))
             else {
                 continue; // full: the call's party limit keeps this from happening
             };

@@ -452,7 +452,8 @@ impl MediaSession {
             t.concealed_ms += s.concealed_ms;
             t.transcoding += u64::from(!p.is_relay());
             if let Some(j) = p.jitter_stats() {
-                t.max_jitter_delay_ms = t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
+                t.max_jitter_delay_ms =
+                    t.max_jitter_delay_ms.max(j.current_delay_ms.round() as u32);
             }
         }
         t
@@ -707,7 +708,12 @@ impl MediaSession {
     /// A pipeline from `input` to leg `to`'s endpoint: with a jitter buffer
     /// toward a browser or an agent, or from one, but between two SIP legs only
     /// if configured (both ends buffer; as rtpengine does).
-    fn pipeline_to(&mut self, to: LegKey, input: Endpoint, from_sip: bool) -> Option<MediaPipeline> {
+    fn pipeline_to(
+        &mut self,
+        to: LegKey,
+        input: Endpoint,
+        from_sip: bool,
+    ) -> Option<MediaPipeline> {
         let l = self.legs.get(&to)?;
         let output = l.endpoint();
         let to_sip = matches!(l.kind, Kind::Rtp { .. });
