@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use counting_alloc::allocations_during;
-use media_core::Instant;
-use media_core::codec::{Codec, g711};
+use media_core::analysis::speech_like;
+use media_core::codec::{Codec, OpusEncoder, OpusEncoderConfig, OpusFmtp, g711};
 use media_core::pipeline::RtpFormat;
 use media_core::rtp::{PayloadType, RtpTimestamp, RtpWriter, SeqNo, Ssrc};
+use media_core::{Instant, SampleRate, SeededRng};
 use sip_bridge::bridge::{LegKey, MediaCommand};
 use sip_bridge::media::{MediaConfig, MediaSession};
 
@@ -40,7 +41,11 @@ fn format(codec: Codec) -> RtpFormat {
 /// Leg 0 on port 20000 toward `PEER_A` in PCMU, leg 1 on 20002 toward `PEER_B`
 /// in `b`, connected.
 fn session(b: Codec) -> MediaSession {
-    let mut s = MediaSession::new(MediaConfig::new(None, 7));
+    session_with(MediaConfig::new(None, 7), b)
+}
+
+fn session_with(cfg: MediaConfig, b: Codec) -> MediaSession {
+    let mut s = MediaSession::new(cfg);
     for (leg, local_port, remote, codec) in [(0, 20000, PEER_A, Codec::Pcmu), (1, 20002, PEER_B, b)]
     {
         let cmd = MediaCommand::AddRtp {
@@ -135,6 +140,25 @@ fn a_transcoded_packet_allocates_nothing() {
         );
         // Each used to cost four allocations of its own (the list of legs fed,
         // a parse copy, an output copy, a list of output packets).
+        assert_eq!(allocs, 0, "{b:?}: allocations for {out} packets");
+    }
+}
+
+#[test]
+fn a_packet_through_a_jitter_buffer_allocates_nothing() {
+    // Played out on the buffer's clock: `handle_timeout` every 20 ms, as in
+    // every call with a browser or an agent (it built a list of the legs each
+    // time).
+    for b in [Codec::Pcma, Codec::Opus] {
+        let mut cfg = MediaConfig::new(None, 7);
+        cfg.sip_jitter_buffer = true;
+        let mut s = session_with(cfg, b);
+        let packets = pcmu_packets(WARM_UP + MEASURED);
+        let (allocs, out) = run(&mut s, packets);
+        assert!(
+            out >= MEASURED - 2,
+            "{b:?}: {out} of {MEASURED} packets transcoded"
+        );
         assert_eq!(allocs, 0, "{b:?}: allocations for {out} packets");
     }
 }

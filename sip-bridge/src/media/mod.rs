@@ -15,6 +15,7 @@ mod mix;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Bound;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -1194,9 +1195,12 @@ impl MediaSession {
     /// Runs timers: jitter-buffer playout, the call clock's tick (tones,
     /// agents' paced audio, the mix), WebRTC, media timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let keys: Vec<LegKey> = self.legs.keys().copied().collect();
-        for k in &keys {
-            if let Some(l) = self.legs.get_mut(k) {
+        // Leg by leg in key order without a list of keys (that was an
+        // allocation every 20 ms in every call with a jitter buffer or a mix):
+        // `webrtc_events` needs the whole session.
+        let mut cursor = self.legs.keys().next().copied();
+        while let Some(k) = cursor {
+            if let Some(l) = self.legs.get_mut(&k) {
                 if let Some(p) = l.route.pipeline()
                     && p.poll_timeout().is_some_and(|t| t <= now)
                 {
@@ -1214,10 +1218,15 @@ impl MediaSession {
                     && now >= l.last_rx + self.cfg.media_timeout
                 {
                     l.timed_out = true;
-                    self.events.push_back(MediaEvent::MediaTimeout { leg: *k });
+                    self.events.push_back(MediaEvent::MediaTimeout { leg: k });
                 }
             }
-            self.webrtc_events(now, *k);
+            self.webrtc_events(now, k);
+            cursor = self
+                .legs
+                .range((Bound::Excluded(k), Bound::Unbounded))
+                .next()
+                .map(|(k, _)| *k);
         }
         if let Some(due) = self.next_tick.filter(|t| *t <= now) {
             self.next_tick = None;
