@@ -314,10 +314,18 @@ struct Outbox {
     /// Transcoded packets are written here and split off as `Bytes`; once the
     /// driver has dropped what it sent, the same block is written again.
     arena: BytesMut,
+    /// The driver has taken everything queued since the last packet was split
+    /// off the arena.
+    drained: bool,
+    /// Bytes split off the arena since the driver last took everything (what
+    /// one input or tick sends: a mix sends to every listener at once), and
+    /// the most of that so far.
+    batch: usize,
+    largest_batch: usize,
 }
 
 /// Size of an [`Outbox`] block: about 16 Opus or G.711 packets, so a call holds
-/// at most this much beyond what is queued.
+/// at most this much (or its largest batch) beyond what is queued.
 const ARENA_BLOCK: usize = 4096;
 
 impl Outbox {
@@ -346,9 +354,23 @@ impl Outbox {
                     let bytes = match pkt {
                         Packet::Owned(b) => b,
                         Packet::Borrowed(b) => {
+                            if std::mem::take(&mut self.drained) {
+                                // The driver has taken (and sent and dropped)
+                                // all that went before: the block is
+                                // reclaimed now if this batch may not fit,
+                                // not amid it, where this batch's first
+                                // packets still hold it and a new one would
+                                // be allocated.
+                                self.batch = 0;
+                                if self.arena.capacity() < self.largest_batch {
+                                    self.arena.reserve(ARENA_BLOCK.max(self.largest_batch));
+                                }
+                            }
                             if self.arena.capacity() < b.len() {
                                 self.arena.reserve(ARENA_BLOCK.max(b.len()));
                             }
+                            self.batch += b.len();
+                            self.largest_batch = self.largest_batch.max(self.batch);
                             self.arena.extend_from_slice(b);
                             self.arena.split().freeze()
                         }
@@ -1333,7 +1355,11 @@ impl MediaSession {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<MediaTransmit> {
-        self.out.queue.pop_front()
+        let t = self.out.queue.pop_front();
+        if self.out.queue.is_empty() {
+            self.out.drained = true;
+        }
+        t
     }
 
     /// The next event for control.
