@@ -146,6 +146,13 @@ pub struct MediaStats {
     pub rtp_bytes_in: u64,
     /// RTP bytes sent on RTP legs.
     pub rtp_bytes_out: u64,
+    /// Ticks of the call clock's mix.
+    pub mix_ticks: u64,
+    /// Frames the mix's listeners needed encoded: one per output format for
+    /// everyone who hears the full mix, one per listener who hears a mix of its
+    /// own (a talker, who does not hear itself). Five parties with one talker
+    /// and one codec: 2 a tick.
+    pub mix_encodes: u64,
 }
 
 /// Sums over a session's pipelines, for metrics.
@@ -1339,12 +1346,13 @@ impl MediaSession {
             let legs = &self.legs;
             // A leg already gone still gives its last audio while it fades out.
             m.tick(now, &|k| legs.get(&k).is_some_and(|l| l.muted));
+            self.stats.mix_ticks += 1;
             for (k, l) in self.legs.iter_mut() {
                 let Route::Mixed { encoder: Some(e) } = &mut l.route else {
                     continue;
                 };
                 if let Some(slot) = m.slot(Slot::Leg(*k)) {
-                    m.deliver(now, slot, e);
+                    self.stats.mix_encodes += u64::from(m.deliver(now, slot, e));
                 }
             }
         }
