@@ -228,7 +228,7 @@ impl Route {
         }
     }
 
-    fn from_leg(&self) -> Option<LegKey> {
+    fn source_leg(&self) -> Option<LegKey> {
         match self {
             Route::Leg { from, .. } => Some(*from),
             _ => None,
@@ -590,7 +590,7 @@ impl MediaSession {
                     l.muted = on;
                 }
                 for l in self.legs.values_mut() {
-                    if l.route.from_leg() == Some(leg)
+                    if l.route.source_leg() == Some(leg)
                         && let Some(p) = l.route.pipeline()
                     {
                         p.set_muted(on);
@@ -641,7 +641,7 @@ impl MediaSession {
         let fed: Vec<LegKey> = self
             .legs
             .iter()
-            .filter(|(_, l)| l.route.from_leg() == Some(leg))
+            .filter(|(_, l)| l.route.source_leg() == Some(leg))
             .map(|(k, _)| *k)
             .collect();
         for k in fed {
@@ -675,7 +675,7 @@ impl MediaSession {
         }
         // Whoever heard it alone hears nothing now (control sends the new graph).
         for l in self.legs.values_mut() {
-            if l.route.from_leg() == Some(leg) {
+            if l.route.source_leg() == Some(leg) {
                 l.route = Route::Nothing;
             }
         }
@@ -1061,7 +1061,7 @@ impl MediaSession {
     /// Hands a packet from `from` to every leg it feeds directly, and to the
     /// mix's decoder of it.
     fn deliver(&mut self, now: Instant, from: LegKey, mut data: BytesMut) {
-        let feeds = |l: &MLeg| l.route.from_leg() == Some(from);
+        let feeds = |l: &MLeg| l.route.source_leg() == Some(from);
         let n = self.legs.values().filter(|l| feeds(l)).count();
         let to_mix = self.mix.as_ref().is_some_and(|m| m.has_decoder(from));
         // Telephone-events are reported even when nothing is connected yet.
@@ -1142,7 +1142,7 @@ impl MediaSession {
     fn drain(&mut self, now: Instant) {
         let mut found = Vec::new();
         for (k, l) in self.legs.iter_mut() {
-            let from = l.route.from_leg();
+            let from = l.route.source_leg();
             if let Some(p) = l.route.pipeline() {
                 // A stream leg takes PCM frames, queued for its agent.
                 if let Kind::Stream {
@@ -1332,7 +1332,7 @@ impl MediaSession {
                 frame.fill(0);
             }
             for l in self.legs.values_mut() {
-                if l.route.from_leg() == Some(k)
+                if l.route.source_leg() == Some(k)
                     && let Some(p) = l.route.pipeline()
                 {
                     let _ = p.handle_pcm(now, frame);
