@@ -1,5 +1,6 @@
-//! Cost of the N-party mixer per 20 ms tick (and per party), and what encoding
-//! the full mix once per format saves. `cargo bench -p benches --bench mix`.
+//! Cost of the N-party mixer per 20 ms tick (and per party), what encoding the
+//! full mix once per format saves, and a whole conference call's media beside
+//! the codec calls it needs. `cargo bench -p benches --bench mix`.
 //!
 //! * `mix/{8k,16k}_{3,5,10}p_{all,all_quiet,one}`: one tick of a mixer with every party
 //!   present: the inputs copied in, `mix()`, every output read. `all`: every
@@ -29,7 +30,6 @@
 //!   the fewest possible). The summary prints the call over each.
 
 use std::hint::black_box;
-
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
