@@ -68,10 +68,11 @@ impl Shared {
         })
     }
 
-    /// The full mix `pcm` encoded, once per tick `now`.
-    fn payload(&mut self, now: Instant, pcm: &[i16]) -> Option<&[u8]> {
+    /// The full mix `pcm` encoded, once per tick `now` (`encodes` counts it).
+    fn payload(&mut self, now: Instant, pcm: &[i16], encodes: &mut u32) -> Option<&[u8]> {
         if self.at != Some(now) {
             let p = self.encoder.encode(pcm).ok()?;
+            *encodes += 1;
             self.payload.clear();
             self.payload.extend_from_slice(p);
             self.at = Some(now);
@@ -326,10 +327,12 @@ impl Mix {
 
     /// Gives listener slot `slot` its frame: into `out` through the shared
     /// encoder when it hears the full mix and its format can share it, else as
-    /// PCM.
-    pub(crate) fn deliver(&mut self, now: Instant, slot: usize, out: &mut MediaPipeline) {
+    /// PCM (which `out` encodes). Returns the frames encoded for it: 1 for its
+    /// own, 1 for the first listener of a shared encoder in a tick, else 0.
+    pub(crate) fn deliver(&mut self, now: Instant, slot: usize, out: &mut MediaPipeline) -> u32 {
+        let mut encodes = 0;
         let Ok(group) = self.mixer.output_group(slot) else {
-            return;
+            return encodes;
         };
         if group == OutputGroup::FULL_MIX
             && let Some(key) = out.encoder_key()
@@ -342,15 +345,19 @@ impl Mix {
             if let Some(payload) = self
                 .shared
                 .get_mut(&key)
-                .and_then(|s| s.payload(now, self.mixer.full_mix()))
+                .and_then(|s| s.payload(now, self.mixer.full_mix(), &mut encodes))
             {
                 let _ = out.handle_encoded(now, payload);
-                return;
+                return encodes;
             }
         }
-        if let Ok(pcm) = self.mixer.output(slot) {
-            let _ = out.handle_pcm(now, pcm);
+        if let Ok(pcm) = self.mixer.output(slot)
+            && out.handle_pcm(now, pcm).is_ok()
+        {
+            // A 20 ms frame into a pipeline that sends 20 ms packets.
+            encodes += 1;
         }
+        encodes
     }
 
     /// Encoders of the full mix by format (for counters).

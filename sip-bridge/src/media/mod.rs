@@ -15,6 +15,7 @@ mod mix;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Bound;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -145,6 +146,13 @@ pub struct MediaStats {
     pub rtp_bytes_in: u64,
     /// RTP bytes sent on RTP legs.
     pub rtp_bytes_out: u64,
+    /// Ticks of the call clock's mix.
+    pub mix_ticks: u64,
+    /// Frames the mix's listeners needed encoded: one per output format for
+    /// everyone who hears the full mix, one per listener who hears a mix of its
+    /// own (a talker, who does not hear itself). Five parties with one talker
+    /// and one codec: 2 a tick.
+    pub mix_encodes: u64,
 }
 
 /// Sums over a session's pipelines, for metrics.
@@ -313,10 +321,18 @@ struct Outbox {
     /// Transcoded packets are written here and split off as `Bytes`; once the
     /// driver has dropped what it sent, the same block is written again.
     arena: BytesMut,
+    /// The driver has taken everything queued since the last packet was split
+    /// off the arena.
+    drained: bool,
+    /// Bytes split off the arena since the driver last took everything (what
+    /// one input or tick sends: a mix sends to every listener at once), and
+    /// the most of that so far.
+    batch: usize,
+    largest_batch: usize,
 }
 
 /// Size of an [`Outbox`] block: about 16 Opus or G.711 packets, so a call holds
-/// at most this much beyond what is queued.
+/// at most this much (or its largest batch) beyond what is queued.
 const ARENA_BLOCK: usize = 4096;
 
 impl Outbox {
@@ -345,9 +361,23 @@ impl Outbox {
                     let bytes = match pkt {
                         Packet::Owned(b) => b,
                         Packet::Borrowed(b) => {
+                            if std::mem::take(&mut self.drained) {
+                                // The driver has taken (and sent and dropped)
+                                // all that went before: the block is
+                                // reclaimed now if this batch may not fit,
+                                // not amid it, where this batch's first
+                                // packets still hold it and a new one would
+                                // be allocated.
+                                self.batch = 0;
+                                if self.arena.capacity() < self.largest_batch {
+                                    self.arena.reserve(ARENA_BLOCK.max(self.largest_batch));
+                                }
+                            }
                             if self.arena.capacity() < b.len() {
                                 self.arena.reserve(ARENA_BLOCK.max(b.len()));
                             }
+                            self.batch += b.len();
+                            self.largest_batch = self.largest_batch.max(self.batch);
                             self.arena.extend_from_slice(b);
                             self.arena.split().freeze()
                         }
@@ -1203,9 +1233,12 @@ impl MediaSession {
     /// Runs timers: jitter-buffer playout, the call clock's tick (tones,
     /// agents' paced audio, the mix), WebRTC, media timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let keys: Vec<LegKey> = self.legs.keys().copied().collect();
-        for k in &keys {
-            if let Some(l) = self.legs.get_mut(k) {
+        // Leg by leg in key order without a list of keys (that was an
+        // allocation every 20 ms in every call with a jitter buffer or a mix):
+        // `webrtc_events` needs the whole session.
+        let mut cursor = self.legs.keys().next().copied();
+        while let Some(k) = cursor {
+            if let Some(l) = self.legs.get_mut(&k) {
                 if let Some(p) = l.route.pipeline()
                     && p.poll_timeout().is_some_and(|t| t <= now)
                 {
@@ -1223,10 +1256,15 @@ impl MediaSession {
                     && now >= l.last_rx + self.cfg.media_timeout
                 {
                     l.timed_out = true;
-                    self.events.push_back(MediaEvent::MediaTimeout { leg: *k });
+                    self.events.push_back(MediaEvent::MediaTimeout { leg: k });
                 }
             }
-            self.webrtc_events(now, *k);
+            self.webrtc_events(now, k);
+            cursor = self
+                .legs
+                .range((Bound::Excluded(k), Bound::Unbounded))
+                .next()
+                .map(|(k, _)| *k);
         }
         if let Some(due) = self.next_tick.filter(|t| *t <= now) {
             self.next_tick = None;
@@ -1317,12 +1355,13 @@ impl MediaSession {
             let legs = &self.legs;
             // A leg already gone still gives its last audio while it fades out.
             m.tick(now, &|k| legs.get(&k).is_some_and(|l| l.muted));
+            self.stats.mix_ticks += 1;
             for (k, l) in self.legs.iter_mut() {
                 let Route::Mixed { encoder: Some(e) } = &mut l.route else {
                     continue;
                 };
                 if let Some(slot) = m.slot(Slot::Leg(*k)) {
-                    m.deliver(now, slot, e);
+                    self.stats.mix_encodes += u64::from(m.deliver(now, slot, e));
                 }
             }
         }
@@ -1333,7 +1372,11 @@ impl MediaSession {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<MediaTransmit> {
-        self.out.queue.pop_front()
+        let t = self.out.queue.pop_front();
+        if self.out.queue.is_empty() {
+            self.out.drained = true;
+        }
+        t
     }
 
     /// The next event for control.
