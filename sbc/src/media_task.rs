@@ -292,6 +292,9 @@ impl Exported {
             .increment(d(s.rtp_bytes_out, self.stats.rtp_bytes_out));
         metrics::counter!("sbc_rtp_foreign_source_total")
             .increment(d(s.foreign_source, self.stats.foreign_source));
+        metrics::counter!("sbc_mix_ticks_total").increment(d(s.mix_ticks, self.stats.mix_ticks));
+        metrics::counter!("sbc_mix_encodes_total")
+            .increment(d(s.mix_encodes, self.stats.mix_encodes));
         metrics::counter!("sbc_media_lost_packets_total").increment(d(t.lost, self.totals.lost));
         metrics::counter!("sbc_media_late_packets_total").increment(d(t.late, self.totals.late));
         metrics::counter!("sbc_media_concealed_ms_total")
