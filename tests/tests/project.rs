@@ -264,3 +264,96 @@ fn the_messages_between_sbc_tasks_name_no_task() {
         );
     }
 }
+
+/// The lines of the first fenced block after `heading` in `text`, without the fences.
+fn block_after(text: &str, heading: &str, fence: &str) -> Vec<String> {
+    let section = text
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
+    let start = section
+        .find(fence)
+        .unwrap_or_else(|| panic!("{fence} block after {heading:?}"))
+        + fence.len();
+    let body = &section[start..];
+    let end = body.find("\n```").expect("closed block");
+    body[..end].lines().map(|l| l.trim().to_string()).collect()
+}
+
+#[test]
+fn readme_embedding_snippet_is_the_compiled_example() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let mut snippet = block_after(&readme, "## Embedding the crates", "```rust");
+    snippet.retain(|l| !l.is_empty());
+    let example =
+        std::fs::read_to_string(repo_root().join("sbc/examples/readme_embed.rs")).unwrap();
+    let begin = example.find("// README: begin").expect("begin marker") + 16;
+    let end = example.find("// README: end").expect("end marker");
+    let compiled: Vec<String> = example[begin..end]
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(snippet.len() >= 5, "the snippet: {snippet:?}");
+    assert_eq!(
+        snippet, compiled,
+        "README's embedding block and sbc/examples/readme_embed.rs differ"
+    );
+}
+
+/// Every `sbc_*` metric the docs name is one the code records, with the labels they name.
+#[test]
+fn documented_metrics_exist_with_their_labels() {
+    fn files(dir: &std::path::Path, ext: &str, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, ext, out);
+            } else if path.extension().is_some_and(|e| e == ext) {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    files(&repo_root().join("sbc/src"), "rs", &mut code);
+    let mut docs = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    files(&repo_root().join("sbc/docs"), "md", &mut docs);
+    docs.push_str(&std::fs::read_to_string(repo_root().join("tests/load/README.md")).unwrap());
+
+    let mut checked = 0;
+    let mut rest = docs.as_str();
+    while let Some(i) = rest.find("sbc_") {
+        let tail = &rest[i..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..len];
+        rest = &tail[len..];
+        // `sbc_webhook_*_total` and the like name a family: its prefix must be recorded.
+        let quoted = if name.ends_with('_') {
+            format!("\"{name}")
+        } else {
+            format!("\"{name}\"")
+        };
+        assert!(
+            code.contains(&quoted),
+            "documented metric {name} is not recorded by sbc"
+        );
+        checked += 1;
+        if let Some(labels) = rest.strip_prefix('{') {
+            let labels = &labels[..labels.find('}').expect("closed labels")];
+            for label in labels
+                .split(',')
+                .map(|l| l.split('=').next().unwrap().trim())
+            {
+                let recorded = code.match_indices(&quoted).any(|(at, _)| {
+                    let call = &code[at..(at + 400).min(code.len())];
+                    let call = &call[..call.find(';').unwrap_or(call.len())];
+                    call.contains(&format!("\"{label}\" =>"))
+                });
+                assert!(recorded, "{name}: documented label {label} is not recorded");
+            }
+        }
+    }
+    assert!(checked >= 10, "found {checked} documented metrics");
+}

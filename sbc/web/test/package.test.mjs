@@ -4,7 +4,7 @@
 
 import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { ensureDevDeps, webDir } from './devdeps.mjs';
@@ -74,6 +74,30 @@ describe('TypeScript declarations', { skip }, () => {
       assert.equal(r.status, 0, r.stdout + r.stderr);
     });
   }
+
+  test("the README's browser snippet type-checks against the declarations", () => {
+    // README.md, "Browser operators": its js block, importing this package instead of the URL.
+    const readme = readFileSync(`${webDir}../../README.md`, 'utf8');
+    const section = readme.split('## Browser operators')[1];
+    assert.ok(section, 'README has a "Browser operators" section');
+    const block = section.match(/```js\n([\s\S]*?)```/);
+    assert.ok(block, 'with a js block');
+    const url = 'https://sbc.example.com/sdk/operator.js';
+    assert.ok(block[1].includes(`from '${url}'`), `the snippet imports ${url}`);
+    const dir = mkdtempSync(`${webDir}test/.readme-`);
+    try {
+      const file = `${dir}/snippet.mts`;
+      const page = 'declare const acceptButton: HTMLButtonElement, rejectButton: HTMLButtonElement, audio: HTMLAudioElement;\n';
+      writeFileSync(file, page + block[1].replace(url, '../../operator.js'));
+      const r = spawnSync(process.execPath, [tsc, '--noEmit', '--strict', '--module', 'NodeNext', '--moduleResolution', 'NodeNext', '--target', 'ES2022', '--lib', 'ES2022,DOM', file], {
+        cwd: webDir,
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   test('misuse does not type-check', () => {
     const r = spawnSync(process.execPath, [tsc, '--noEmit', '--strict', '--module', 'NodeNext', '--moduleResolution', 'NodeNext', '--target', 'ES2022', '--lib', 'ES2022,DOM', 'test/fixtures/typed-bad.ts'], {
