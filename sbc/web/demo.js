@@ -28,6 +28,7 @@ const ui = {
   mute: $('mute'),
   hold: $('hold'),
   hangup: $('hangup'),
+  endAll: $('end-all'),
   errors: $('errors'),
   audio: $('remote-audio'),
   participants: $('participants'),
@@ -204,6 +205,8 @@ ui.decline.addEventListener('click', () => offered() && offered().reject());
 ui.call.addEventListener('click', dial);
 ui.dialTo.addEventListener('keydown', (e) => e.key === 'Enter' && dial());
 ui.hangup.addEventListener('click', () => operator.currentCall && operator.currentCall.hangup());
+// Hang up leaves a call of several parties; this ends it for every party (capability end_call).
+ui.endAll.addEventListener('click', () => operator.currentCall && operator.currentCall.end().catch(showUncoded));
 ui.mute.addEventListener('click', () => {
   const call = operator.currentCall;
   if (call) call.mute(!call.muted);
@@ -510,6 +513,8 @@ function render() {
   ui.call.disabled = live || dialing;
   ui.answer.disabled = live && current !== offer;
   ui.hangup.disabled = !live;
+  ui.endAll.hidden = !live || !current.can('end_call') || current.participants.length < 3;
+  ui.endAll.disabled = !live;
   ui.mute.disabled = !live;
   ui.hold.disabled = !live || current.state !== 'connected';
   ui.mute.textContent = live && current.muted ? 'Unmute' : 'Mute';

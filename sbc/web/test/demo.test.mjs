@@ -16,7 +16,7 @@ const css = readFileSync(new URL('demo.css', web), 'utf8');
 
 const REQUIRED_IDS = [
   'operator-name', 'go-online', 'go-offline', 'presence', 'numbers', 'incoming', 'answer', 'decline',
-  'dial-to', 'caller-id', 'call', 'hangup', 'mute', 'hold', 'dialpad', 'call-state', 'errors', 'remote-audio',
+  'dial-to', 'caller-id', 'call', 'hangup', 'end-all', 'mute', 'hold', 'dialpad', 'call-state', 'errors', 'remote-audio',
   'participants', 'add-target', 'add-participant', 'monitor-controls', 'mode-listen', 'mode-whisper', 'mode-barge',
   'list-calls', 'calls-list', 'input-device', 'output-device', 'input-level', 'output-level', 'quality',
 ];
@@ -413,6 +413,7 @@ test('demo page: participants of the call, add one, hold and remove; devices', a
   await flush();
   assert.equal($('add-target').value, '');
   assert.deepEqual($('participants').children.map((li) => [li.dataset.participant, li.dataset.state]), [['p-0', 'joined'], ['p-1', 'joined'], ['p-3', 'joined']]);
+  assert.equal($('end-all').hidden, false, 'three parties and end_call: End for everyone');
 
   const customer = $('participants').children[0];
   customer.children.find((b) => b.dataset.action === 'hold').click();
@@ -422,6 +423,7 @@ test('demo page: participants of the call, add one, hold and remove; devices', a
   ws.push({ type: 'participantLeft', callId: 'c-2', participantId: 'p-3', reason: 'removed' });
   await flush();
   assert.equal($('participants').children.length, 2);
+  assert.equal($('end-all').hidden, true, 'two parties: hang up is enough');
 
   // A refused add shows its error.
   $('add-target').value = '+15550199';
@@ -431,6 +433,12 @@ test('demo page: participants of the call, add one, hold and remove; devices', a
   await flush();
   assert.equal($('errors').children[0].dataset.code, 'FORBIDDEN');
   assert.equal($('add-participant').disabled, false);
+
+  // End for everyone, once a third party is back.
+  ws.push({ type: 'participantJoined', callId: 'c-2', participant: { id: 'p-4', role: 'supervisor', state: 'joined', operatorRef: 'carol' } });
+  await flush();
+  $('end-all').click();
+  assert.deepEqual([ws.last().type, ws.last().callId], ['end', 'c-2']);
 
   // Switching the microphone mid-call.
   $('input-device').value = 'headset-mic';
