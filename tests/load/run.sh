@@ -384,7 +384,7 @@ fi
 # The sbc's CDR lines (log level info): how many parties each call had (those
 # that joined: a parties entry is id:role:who:joined_ms+talk_ms:reason, joined
 # "-" when it never did) and their talk time.
-cdr=$(cat "$work/sbc.out" "$work/sbc.err" 2>/dev/null | grep -o 'parties="[^"]*"' | awk '
+cdr=$(cat "$work/sbc.out" "$work/sbc.err" 2>/dev/null | { grep -o 'parties="[^"]*"' || true; } | awk '
   { sub(/^parties="/, ""); sub(/"$/, ""); n = split($0, e, ","); j = 0
     for (i = 1; i <= n; i++) { m = split(e[i], f, ":"); split(f[m - 1], jt, "+"); if (jt[1] != "-") { j++; talk += jt[2]; tn++ } }
     lines++; hist[j]++ }
