@@ -101,7 +101,7 @@ port_in_use() {
   awk -v p="$hex" 'FNR > 1 { split($2, a, ":"); if (a[2] == p && (FILENAME ~ /udp/ || $4 == "0A")) found = 1 } END { exit !found }' \
     /proc/net/udp /proc/net/tcp
 }
-for p in $sip_port $uas_port $uas2_port $uac_port $http_port $webrtc_port; do
+for p in $sip_port $uas_port $([ "$mode" = conference ] && echo "$uas2_port") $uac_port $http_port $webrtc_port; do
   if port_in_use "$p"; then
     echo "run.sh: port $p is in use (another run?); set LOAD_PORT_BASE" >&2
     exit 2
