@@ -40,8 +40,8 @@ usage: tests/load/run.sh [options]
                      (and repacketized) calls go through its jitter buffer
       --answer-ptime MS  the far end's a=ptime (default 20; relay and conference
                      30, as the capture: equal formats are relayed in place, a
-                     ptime that differs makes the sbc repacketize through its
-                     jitter buffer)
+                     ptime that differs makes the sbc repacketize, on arrival or
+                     with --sip-jitter-buffer through its jitter buffer)
   -b, --sbc PATH     the sbc binary                  (default target/release/sbc)
       --log LEVEL    the sbc's log level             (default info)
       --keep         keep the work directory (configs, logs, samples)
