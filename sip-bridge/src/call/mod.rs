@@ -13,7 +13,7 @@
 //! [`Call::poll_timeout`]. Shared state it reads or takes from (configuration,
 //! presence, the RTP port pool, the random source) comes in as a [`CallCtx`].
 //!
-//! States ([`state::CallState`]): `Routing` (waiting for the router) ->
+//! States (`state::CallState`): `Routing` (waiting for the router) ->
 //! `Dialing` (a plan step rings; the first answer wins) -> `Connected` (parties
 //! talk; more can be added, monitor, leave) -> `Ended`. An AI agent's transfer
 //! goes from `Connected` back to `Dialing` with the caller waiting.
