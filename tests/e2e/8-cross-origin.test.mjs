@@ -145,6 +145,8 @@ test("the SDK from the sbc on the customer's origin; another origin is refused",
     // app's backend: the sbc still refuses the origin, and goOnline says so at once.
     const source = fs.readFileSync(path.join(REPO, 'sbc/web/operator.js'), 'utf8');
     await eve.page.addScriptTag({ type: 'module', content: `${source}\nwindow.BundledOperator = Operator;` });
+    // An inline module runs after the tag is in, not when addScriptTag returns: wait for it.
+    await eve.page.waitForFunction(() => typeof window.BundledOperator === 'function', null, { timeout: 10000 });
     const bundled = await eve.page.evaluate(async (sbc) => {
       const t0 = performance.now();
       const op = new window.BundledOperator({
