@@ -400,6 +400,38 @@ fn a_stranger_gets_a_stateless_403() {
 }
 
 #[test]
+fn an_ack_with_a_broken_cseq_gets_no_answer() {
+    let _serial = serial();
+    let calls = 3;
+    let cfg = to_sip_target("127.0.0.3:5060".parse().unwrap(), "");
+    let sbc = Sbc::start(&SbcSpec::new("broken-ack", rtp(10), cfg));
+    // From the carrier's address, so nothing filters it before the parser.
+    let mut peer = SippCmd::new("broken-ack", "ack_broken.xml", lo(2))
+        .remote(sbc.sip)
+        .service("+15550100")
+        .calls(calls)
+        .rate(10)
+        .spawn();
+    peer.assert_success(SIPP_DONE);
+    let received = peer.received();
+    let sent_acks = peer.sent().iter().filter(|m| m.is_request("ACK")).count();
+    assert_eq!(sent_acks, 3 * calls);
+    let statuses: Vec<(Option<u16>, Option<&str>)> = received
+        .iter()
+        .map(|m| (m.status(), m.header("CSeq")))
+        .collect();
+    // Per call: the 200 to the good OPTIONS and the 400 to the broken one, nothing else.
+    assert_eq!(received.len(), 2 * calls, "{statuses:?}");
+    assert!(
+        received
+            .iter()
+            .all(|m| m.header("CSeq").is_some_and(|c| !c.contains("ACK"))),
+        "{statuses:?}"
+    );
+    sbc.assert_idle(IDLE);
+}
+
+#[test]
 fn a_flood_is_banned_while_another_source_completes_its_calls() {
     let _serial = serial();
     let calls = 20;

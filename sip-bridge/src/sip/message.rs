@@ -309,7 +309,23 @@ fn is_token(s: &str) -> bool {
 
 /// Looks at one received message. `transport` decides body framing (a datagram's
 /// body may run to its end when Content-Length is absent).
+///
+/// An ACK is never answered, not even a malformed one: it has no response
+/// (RFC 3261 section 17.1.1.1), and a 400 to it would be a reflection target.
 pub fn classify(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> Inbound {
+    match classify_any(bytes, transport, cfg) {
+        Inbound::Reject(_) if is_ack(bytes) => Inbound::Drop("malformed ACK"),
+        other => other,
+    }
+}
+
+/// The request line starts with `ACK` (the method is case-sensitive, RFC 3261 7.1).
+fn is_ack(bytes: &[u8]) -> bool {
+    let start = bytes.trim_ascii_start();
+    start.starts_with(b"ACK") && start.get(3).is_none_or(|b| b.is_ascii_whitespace())
+}
+
+fn classify_any(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> Inbound {
     let Some(raw) = Raw::scan(bytes) else {
         return Inbound::Drop("no header end or not UTF-8");
     };
@@ -946,6 +962,29 @@ Call-ID: u@h.example.com\nC\rSeq: 234902 REGISTER\r\nMax-Forwards: 70\r\nVia: SI
             text.contains("Call-ID: u@h.example.com C Seq: 234902 REGISTER\r\n"),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_malformed_ack_is_never_answered() {
+        let ack = OPTIONS.replace("OPTIONS", "ACK");
+        assert!(matches!(classify_udp(&ack), Inbound::Request(r) if r.method == Method::Ack));
+        for broken in [
+            ack.replace("CSeq: 1 ACK", "CSeq: 99999999999 ACK"),
+            ack.replace("CSeq: 1 ACK", "CSeq: x"),
+            ack.replace("CSeq: 1 ACK", "CSeq: 1 INVITE"),
+            ack.replace("Call-ID: c1\n", ""),
+            ack.replace("SIP/2.0\nVia", "SIP/7.0\nVia"),
+            ack.replace("Max-Forwards: 70", "Max-Forwards: many"),
+        ] {
+            assert!(
+                matches!(classify_udp(&broken), Inbound::Drop("malformed ACK")),
+                "{broken}"
+            );
+        }
+        // The same faults in an OPTIONS are answered.
+        let opt = OPTIONS.replace("CSeq: 1 OPTIONS", "CSeq: x");
+        assert!(matches!(classify_udp(&opt), Inbound::Reject(r) if r.status == 400));
+        assert!(!is_ack(b"ACKNOWLEDGE sip:a SIP/2.0"));
     }
 
     #[test]
