@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use media_core::Instant;
 use sip_bridge::bridge::{
-    Bridge, CallEvent, CallEventKind, CallId, MediaCommand, Origin, RouteDecision,
+    Bridge, CallEvent, CallEventKind, CallId, MediaCommand, Origin, PortStats, RouteDecision,
 };
 use sip_bridge::presence::SessionId;
 use sip_bridge::sip::message::{self, Inbound, Peer, SipHeaders, SipMessage, ValidationConfig};
@@ -45,6 +45,8 @@ pub struct ControlCore {
     seed: u64,
     router: Option<Arc<dyn Router>>,
     trunks_exported: Option<Instant>,
+    /// The port pool's counts at the last export.
+    ports_exported: PortStats,
     stopped: bool,
 }
 
@@ -77,6 +79,7 @@ impl ControlCore {
             seed,
             router: None,
             trunks_exported: None,
+            ports_exported: PortStats::default(),
             stopped: false,
         }
     }
@@ -263,6 +266,7 @@ impl ControlCore {
         metrics::gauge!("sbc_operator_sessions").set(self.bridge.sessions() as f64);
         metrics::gauge!("sbc_operators").set(self.bridge.presence().len() as f64);
         metrics::gauge!("sbc_rtp_ports_in_use").set(self.bridge.ports_in_use() as f64);
+        self.export_port_stats();
         metrics::gauge!("sbc_media_sessions").set(self.media.len() as f64);
         let ua = self.bridge.ua();
         metrics::gauge!("sbc_sip_legs").set(ua.legs() as f64);
@@ -274,6 +278,32 @@ impl ControlCore {
         metrics::gauge!("sbc_sip_bans").set(p.bans as f64);
         metrics::gauge!("sbc_sip_banned_drops").set(p.banned_drops as f64);
         metrics::gauge!("sbc_sip_scanner_drops").set(p.scanner_drops as f64);
+    }
+
+    /// Ports skipped (held by another process) and calls refused for want of
+    /// one, as counters and a log line naming the range.
+    fn export_port_stats(&mut self) {
+        let ((min, max), now) = self.bridge.port_stats();
+        let was = std::mem::replace(&mut self.ports_exported, now);
+        let skipped = now.skipped.saturating_sub(was.skipped);
+        let exhausted = now.exhausted.saturating_sub(was.exhausted);
+        if skipped > 0 {
+            metrics::counter!("sbc_rtp_ports_skipped_total").increment(skipped);
+            tracing::warn!(
+                range = %format!("{min}-{max}"),
+                skipped,
+                "RTP ports held by another process: skipped"
+            );
+        }
+        if exhausted > 0 {
+            metrics::counter!("sbc_rtp_ports_exhausted_total").increment(exhausted);
+            tracing::error!(
+                range = %format!("{min}-{max}"),
+                in_use = self.bridge.ports_in_use(),
+                refused = exhausted,
+                "RTP port range exhausted: calls refused with 503"
+            );
+        }
     }
 
     fn stateless_response(

@@ -49,6 +49,7 @@ pub mod inbox;
 pub mod media_task;
 pub mod protect;
 pub mod router;
+pub mod rtp_ports;
 pub mod run;
 pub mod server;
 pub mod sign;

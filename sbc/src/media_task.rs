@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::agent_ws;
 use crate::clock::Clock;
 use crate::inbox::{AgentLink, ControlIn, ControlTx, MediaIn, MediaTx};
+use crate::rtp_ports::RtpPorts;
 use crate::webrtc_port::{MuxCmd, WebRtcPort};
 
 /// What every media task shares.
@@ -32,6 +33,8 @@ pub struct MediaCtx {
     pub port: WebRtcPort,
     /// Where RTP sockets bind.
     pub rtp_bind: IpAddr,
+    /// RTP ports the control task reserved for legs (bound before the SDP).
+    pub rtp_ports: RtpPorts,
     /// The clock.
     pub clock: Clock,
 }
@@ -103,7 +106,14 @@ async fn run(
                         } = &cmd
                             && !rtp.map.contains_key(local_port)
                         {
-                            match UdpSocket::bind((ctx.rtp_bind, *local_port)).await {
+                            let bound = match ctx.rtp_ports.take(*local_port) {
+                                Some(r) => {
+                                    rtp.rtcp.insert(*local_port, r.rtcp);
+                                    UdpSocket::from_std(r.rtp)
+                                }
+                                None => UdpSocket::bind((ctx.rtp_bind, *local_port)).await,
+                            };
+                            match bound {
                                 Ok(s) => {
                                     rtp.map.insert(*local_port, Arc::new(s));
                                 }
@@ -201,6 +211,7 @@ async fn run(
         if ports_changed {
             let live = session.rtp_ports();
             rtp.map.retain(|port, _| live.contains(port));
+            rtp.rtcp.retain(|port, _| live.contains(port));
         }
         if session.is_stopped() {
             break;
@@ -231,6 +242,8 @@ enum Wake {
 #[derive(Default)]
 struct RtpSockets {
     map: HashMap<u16, Arc<UdpSocket>>,
+    /// RTCP ports (+1) held beside them, not read yet.
+    rtcp: HashMap<u16, std::net::UdpSocket>,
     buf: BytesMut,
     start: usize,
 }

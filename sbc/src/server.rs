@@ -24,6 +24,7 @@ use crate::inbox::{ControlIn, ControlStatus};
 use crate::media_task::{self, MediaCtx};
 use crate::protect::{Protection, ProtectionConfig};
 use crate::router::{HttpRouter, Router};
+use crate::rtp_ports::RtpPorts;
 use crate::sip::{Handle, SipConfig, SipSockets};
 use crate::webrtc_port::WebRtcPort;
 
@@ -195,10 +196,12 @@ impl ServerBuilder {
             sip_jitter_buffer: cfg.sip_jitter_buffer,
             ..MediaConfig::new(Some(webrtc), 0)
         };
+        let rtp_ports = RtpPorts::new(cfg.rtp_bind);
         let media_ctx = Arc::new(MediaCtx {
             media,
             port: port.clone(),
             rtp_bind: cfg.rtp_bind,
+            rtp_ports: rtp_ports.clone(),
             clock,
         });
 
@@ -210,6 +213,7 @@ impl ServerBuilder {
             TokenIssuer::new(&cfg.token_secret),
             unix_base,
         );
+        bridge.set_port_probe(Box::new(rtp_ports));
         bridge.start(clock.now());
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CallEvent>();
         let core = ControlCore::new(

@@ -432,6 +432,73 @@ fn an_ack_with_a_broken_cseq_gets_no_answer() {
 }
 
 #[test]
+fn rtp_ports_held_by_another_process_are_skipped() {
+    let _serial = serial();
+    let calls = 6;
+    let range = rtp(11); // 50 pairs
+    let callee = pcmu_callee("callee", calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "busy-ports",
+        range,
+        to_sip_target(callee.addr(), ""),
+    ));
+    let bind = |port: u16| std::net::UdpSocket::bind((sbc.sip.ip(), port));
+    // "Another process" holds 36 of the 50 pairs: the RTP half of most, only the
+    // RTCP half (+1) of every fourth.
+    let pairs: Vec<u16> = (range.0..range.1).step_by(2).collect();
+    let (busy, free) = pairs.split_at(36);
+    let held: Vec<std::net::UdpSocket> = busy
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| bind(if i % 4 == 3 { p + 1 } else { p }).expect("a port of the range"))
+        .collect();
+    let mut callee = callee.spawn();
+    let mut carrier = caller("caller", "caller.xml", &sbc, "+15550100", calls)
+        .hold_ms(200)
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64,
+        "{}",
+        sbc.logs()
+    );
+    assert!(
+        m.value("sbc_rtp_ports_skipped_total", &[]) >= busy.len() as f64,
+        "{:?}",
+        m.samples
+    );
+    assert_eq!(m.value("sbc_rtp_ports_exhausted_total", &[]), 0.0);
+    // Every SDP we wrote names a free pair.
+    let mut offered = sdp_ports(&carrier.received());
+    offered.extend(sdp_ports(&callee.received()));
+    assert!(offered.len() >= 2 * calls, "{offered:?}"); // retransmissions may repeat one
+    assert!(offered.iter().all(|p| free.contains(p)), "{offered:?}");
+
+    // Now every pair is held: the call gets 503, counted and logged with the range.
+    let also: Vec<std::net::UdpSocket> = free.iter().map(|&p| bind(p).unwrap()).collect();
+    let mut refused = caller("refused", "caller_unavailable.xml", &sbc, "+15550100", 1).spawn();
+    refused.assert_success(SIPP_DONE);
+    let exhausted = sbc.wait_metric(
+        "sbc_rtp_ports_exhausted_total",
+        &[],
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    assert_eq!(exhausted, 1.0);
+    let range_text = format!("{}-{}", range.0, range.1);
+    assert!(
+        sbc.logs().contains("RTP port range exhausted") && sbc.logs().contains(&range_text),
+        "{}",
+        sbc.logs()
+    );
+    drop((held, also));
+}
+
+#[test]
 fn a_flood_is_banned_while_another_source_completes_its_calls() {
     let _serial = serial();
     let calls = 20;
@@ -587,6 +654,15 @@ fn answers_to(received: &[TracedMessage], cseq: u32) -> Vec<&TracedMessage> {
                         .eq([cseq.to_string().as_str(), "INVITE"])
                 })
         })
+        .collect()
+}
+
+/// The `m=audio` ports of the SDP bodies in `msgs`.
+fn sdp_ports(msgs: &[TracedMessage]) -> Vec<u16> {
+    msgs.iter()
+        .flat_map(|m| m.text.lines())
+        .filter_map(|l| l.trim().strip_prefix("m=audio "))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
         .collect()
 }
 

@@ -23,8 +23,8 @@ mod operators;
 mod trunks;
 
 pub use crate::call::{
-    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, QualityReport,
-    ROUTE_TIMEOUT, Role, RouteDecision, RouteFacts,
+    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, PortProbe, PortStats,
+    QualityReport, ROUTE_TIMEOUT, Role, RouteDecision, RouteFacts,
 };
 pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use crate::contract::{
@@ -210,6 +210,17 @@ impl Bridge {
     /// RTP ports in use.
     pub fn ports_in_use(&self) -> usize {
         self.ports.in_use()
+    }
+
+    /// The RTP port range and what its pool skipped or could not give.
+    pub fn port_stats(&self) -> ((u16, u16), PortStats) {
+        (self.ports.range(), self.ports.stats())
+    }
+
+    /// Installs the check that an RTP port is really free before a leg gets it
+    /// (the embedder binds it; see [`PortProbe`]).
+    pub fn set_port_probe(&mut self, probe: Box<dyn PortProbe>) {
+        self.ports.set_probe(probe);
     }
 
     /// Counters.

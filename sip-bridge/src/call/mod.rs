@@ -34,7 +34,7 @@ pub use crate::roles::{Capabilities, Capability, MonitorMode, Role, RoleCapabili
 pub(crate) use dial::user_of;
 pub use event::{CallEvent, CallEventKind, Direction, PartyRecord, QualityReport};
 pub use output::{CallOutput, SipAction};
-pub use ports::PortPool;
+pub use ports::{PortPool, PortProbe, PortStats};
 pub use route::{ROUTE_TIMEOUT, RouteDecision, RouteFacts};
 
 use std::collections::{BTreeMap, VecDeque};
