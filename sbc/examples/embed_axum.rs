@@ -38,16 +38,15 @@ impl BusinessHours {
             trunk: None,
         };
         if (8..18).contains(&hour_utc) {
-            DialPlan {
-                steps: vec![step(vec![Target::Operators], 20), step(vec![phone], 30)],
-            }
+            DialPlan::new(vec![
+                step(vec![Target::Operators], 20),
+                step(vec![phone], 30),
+            ])
         } else {
-            DialPlan {
-                steps: vec![
-                    step(vec![Target::Stream(self.agent.clone())], 10),
-                    step(vec![phone], 30),
-                ],
-            }
+            DialPlan::new(vec![
+                step(vec![Target::Stream(self.agent.clone())], 10),
+                step(vec![phone], 30),
+            ])
         }
     }
 }

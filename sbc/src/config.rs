@@ -21,7 +21,7 @@ use std::time::Duration;
 use media_core::codec::{Codec, OpusComplexity};
 use serde::Deserialize;
 use sip_bridge::bridge::{
-    BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Step, Target, TrunkConfig,
+    BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Ringback, Step, Target, TrunkConfig,
 };
 use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
@@ -415,6 +415,10 @@ pub struct TrunkEntry {
     /// OPTIONS health check interval; `None` (`"0s"` or absent) is off.
     #[serde(default, deserialize_with = "values::interval")]
     pub ping_interval: Option<Duration>,
+    /// What its callers hear while their call rings: `"relay"` (default) or
+    /// `"local"` (see [`Ringback`]); a number's own setting wins.
+    #[serde(default, deserialize_with = "values::opt")]
+    pub ringback: Option<Ringback>,
 }
 
 fn udp() -> Transport {
@@ -510,6 +514,10 @@ pub struct NumberEntry {
     /// `dial` plan is not used).
     #[serde(default)]
     pub room: bool,
+    /// What SIP callers hear while it rings: `"relay"` or `"local"` (see
+    /// [`Ringback`]); absent: the caller's trunk's setting, else relay.
+    #[serde(default, deserialize_with = "values::opt")]
+    pub ringback: Option<Ringback>,
 }
 
 /// `[numbers.capabilities]`: capability names by role; a role left out keeps
@@ -979,6 +987,7 @@ impl SbcConfig {
                             join: s.join,
                         })
                         .collect(),
+                    ringback: n.ringback,
                 },
                 capabilities: n.capabilities.resolve(),
                 room: n.room,
@@ -1049,6 +1058,7 @@ impl SbcConfig {
                 codecs: t.codecs.clone(),
                 dtmf: t.dtmf,
                 ping_interval: t.ping_interval,
+                ringback: t.ringback,
             });
         }
         if found.is_empty() {

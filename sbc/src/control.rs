@@ -459,6 +459,7 @@ mod tests {
             codecs: vec![media_core::codec::Codec::Pcmu],
             dtmf: Default::default(),
             ping_interval: None,
+            ringback: None,
         };
         let number = NumberConfig {
             id: "support".into(),

@@ -18,7 +18,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sip_bridge::bridge::{DialPlan, Join, RouteDecision, RouteFacts, Step, Target, parse_duration};
+use sip_bridge::bridge::{
+    DialPlan, Join, Ringback, RouteDecision, RouteFacts, Step, Target, parse_duration,
+};
 
 use crate::clock::Clock;
 use crate::sign::signature;
@@ -109,6 +111,9 @@ struct WireAnswer {
     dial: Option<Vec<WireStep>>,
     #[serde(default)]
     reject: Option<u16>,
+    /// With `dial`: `relay` or `local` (what the caller hears while it rings).
+    #[serde(default)]
+    ringback: Option<String>,
 }
 
 /// Reads a router's answer.
@@ -127,6 +132,11 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                 return Err(RouterError::BadJson("dial needs 1 to 16 steps".into()));
             }
             let mut plan = DialPlan::default();
+            if let Some(r) = a.ringback.as_deref() {
+                plan.ringback = Some(Ringback::parse(r).ok_or_else(|| {
+                    RouterError::BadJson(format!("ringback `{r}`: expected relay or local"))
+                })?);
+            }
             for s in steps {
                 if s.ring.is_empty() || s.ring.len() > 32 {
                     return Err(RouterError::BadJson("a step rings 1 to 32 targets".into()));
@@ -253,7 +263,16 @@ mod tests {
         assert_eq!(p.steps.len(), 2);
         assert_eq!(p.steps[0].timeout, Duration::from_secs(15));
         assert_eq!(p.steps[1].timeout, Duration::from_secs(30));
+        assert_eq!(p.ringback, None, "the trunk's, else relay");
+        let RouteDecision::Plan(p) =
+            parse_answer(br#"{"dial": [{"ring": ["pstn:+15550111"]}], "ringback": "local"}"#)
+                .unwrap()
+        else {
+            panic!("a plan");
+        };
+        assert_eq!(p.ringback, Some(Ringback::Local));
         for bad in [
+            br#"{"dial": [{"ring": ["echo"]}], "ringback": "music"}"#,
             &b"nope"[..],
             br#"{"dial": []}"#,
             br#"{"dial": [{"ring": ["fax:1"]}]}"#,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use media_core::codec::Codec;
 
-use crate::plan::DialPlan;
+use crate::plan::{DialPlan, Ringback};
 use crate::roles::RoleCapabilities;
 use crate::signalling::SessionConfig;
 use crate::sip::auth::Credentials;
@@ -112,6 +112,9 @@ pub struct TrunkConfig {
     pub dtmf: DtmfMode,
     /// OPTIONS ping interval; `None` disables health checks.
     pub ping_interval: Option<Duration>,
+    /// What callers from this trunk hear while their call rings, unless their
+    /// number's plan says (`None`: [`Ringback::Relay`]).
+    pub ringback: Option<Ringback>,
 }
 
 impl TrunkConfig {

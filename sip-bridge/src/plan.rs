@@ -187,19 +187,63 @@ impl Join {
     }
 }
 
+/// What a SIP caller hears while its call rings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Ringback {
+    /// The targets' own progress: a SIP target's 180 reaches the caller as 180
+    /// and its 183 with SDP as 183 with ours and its early media, once for all
+    /// forks; nothing before a target reports progress. Our own ringback (183 and
+    /// a tone) only for steps that ring targets with no progress of their own
+    /// (operators, AI agents).
+    #[default]
+    Relay,
+    /// 183 with our ringback as soon as a step rings (a target's early media
+    /// still replaces the tone).
+    Local,
+}
+
+impl Ringback {
+    /// The config and wire name (`relay`, `local`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ringback::Relay => "relay",
+            Ringback::Local => "local",
+        }
+    }
+
+    /// From the config and wire name.
+    pub fn parse(s: &str) -> Option<Ringback> {
+        match s {
+            "relay" => Some(Ringback::Relay),
+            "local" => Some(Ringback::Local),
+            _ => None,
+        }
+    }
+}
+
 /// A dial plan.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct DialPlan {
     /// In order.
     pub steps: Vec<Step>,
+    /// What a SIP caller hears while it rings; `None`: the caller's trunk's
+    /// setting, else [`Ringback::Relay`].
+    pub ringback: Option<Ringback>,
 }
 
 impl DialPlan {
+    /// The plan of `steps`, ringback as configured for the caller's trunk.
+    pub fn new(steps: Vec<Step>) -> Self {
+        DialPlan {
+            steps,
+            ringback: None,
+        }
+    }
+
     /// One step ringing `targets` for `timeout`.
     pub fn single(targets: Vec<Target>, timeout: Duration) -> Self {
-        DialPlan {
-            steps: vec![Step::new(targets, timeout)],
-        }
+        DialPlan::new(vec![Step::new(targets, timeout)])
     }
 }
 

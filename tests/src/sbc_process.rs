@@ -621,6 +621,7 @@ pub struct SippCmd {
     remote: Option<SocketAddr>,
     args: Vec<String>,
     timeout_secs: u64,
+    pcaps: Vec<String>,
 }
 
 impl SippCmd {
@@ -635,7 +636,16 @@ impl SippCmd {
             remote: None,
             args: Vec::new(),
             timeout_secs: 60,
+            pcaps: Vec::new(),
         }
+    }
+
+    /// A capture its scenario plays (`play_pcap_audio="NAME"`), from the shared
+    /// test vectors' `rtp-pcaps/`, read in place (linked into SIPp's working
+    /// directory, where it looks).
+    pub fn pcap(mut self, name: &str) -> Self {
+        self.pcaps.push(name.to_string());
+        self
     }
 
     /// Where SIPp sends (a UAC's target). Without it SIPp waits for calls.
@@ -730,6 +740,11 @@ impl SippCmd {
         args.extend(self.args.iter().cloned());
         if let Some(r) = self.remote {
             args.push(r.to_string());
+        }
+        for name in &self.pcaps {
+            let src = media_core::testdata::path(&format!("rtp-pcaps/{name}"));
+            assert!(src.is_file(), "no capture {}", src.display());
+            std::os::unix::fs::symlink(&src, dir.join(name)).expect("link the capture");
         }
         let stdout = File::create(dir.join("stdout.log")).expect("create stdout.log");
         let stderr = File::create(dir.join("stderr.log")).expect("create stderr.log");

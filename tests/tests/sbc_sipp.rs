@@ -123,6 +123,16 @@ fn carrier_call_to_a_sip_target_is_bridged() {
     );
 }
 
+/// The carrier trunk toward `peer` and number +15550100 ringing a phone number
+/// through it (a `pstn:` step).
+fn to_pstn_target(peer: SocketAddr, extra: &str) -> String {
+    format!(
+        "{}{}",
+        carrier_trunk(peer, extra),
+        number("service", "+15550100", "pstn:+15550199")
+    )
+}
+
 #[test]
 fn caller_cancels_while_the_target_rings() {
     let _serial = serial();
@@ -131,10 +141,11 @@ fn caller_cancels_while_the_target_rings() {
     let sbc = Sbc::start(&SbcSpec::new(
         "cancel",
         rtp(1),
-        to_sip_target(callee.addr(), ""),
+        to_pstn_target(callee.addr(), ""),
     ));
     let mut callee = callee.spawn();
-    // The caller: 183, CANCEL after 1 s, 200 for the CANCEL, 487 for the INVITE.
+    // The caller: the far end's 180 passed on as 180 (no 183 of ours before or
+    // after it), CANCEL after 1 s, 200 for the CANCEL, 487 for the INVITE.
     let mut caller = caller(
         "cancelling-caller",
         "caller_cancel.xml",
@@ -162,6 +173,65 @@ fn caller_cancels_while_the_target_rings() {
         .filter(|m| m.is_request("CANCEL"))
         .count();
     assert_eq!(cancels, calls);
+    let provisional = |code| {
+        caller
+            .received()
+            .iter()
+            .filter(|m| m.status() == Some(code))
+            .count()
+    };
+    assert_eq!(provisional(180), calls, "one 180 per call");
+    assert_eq!(provisional(183), 0, "no 183 of ours");
+}
+
+#[test]
+fn early_media_of_a_pstn_target_is_relayed_in_a_183() {
+    let _serial = serial();
+    let calls = 2;
+    let callee = SippCmd::new("early-callee", "callee_early.xml", lo(3))
+        .calls(calls)
+        .pcap("g711a.pcap");
+    let sbc = Sbc::start(&SbcSpec::new(
+        "early",
+        rtp(12),
+        to_pstn_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    // 180, then 183 with our SDP, two seconds of the far end's announcement,
+    // CANCEL. One call at a time: SIPp plays RTP from one media port.
+    let mut caller = caller("early-caller", "caller_early.xml", &sbc, "+15550100", calls)
+        .arg("-l", 1)
+        .spawn();
+    caller.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"canceled\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    let received = caller.received();
+    let early: Vec<&TracedMessage> = received
+        .iter()
+        .filter(|m| m.status() == Some(183))
+        .collect();
+    assert_eq!(early.len(), calls);
+    assert!(
+        early.iter().all(|m| m.text.contains("m=audio ")),
+        "the 183 carries our SDP: {}",
+        early[0].text
+    );
+    // Before any answer, the announcement reached the caller: about 2 s of
+    // 20 ms packets per call (our own ringback would need a 183 before the far
+    // end's; the caller_early scenario fails on that).
+    let out = m.value("sbc_rtp_packets_total", &["direction=\"out\""]);
+    assert!(
+        out >= (calls * 60) as f64,
+        "{out} packets out: {:?}",
+        m.samples
+    );
 }
 
 #[test]

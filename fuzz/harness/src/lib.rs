@@ -847,6 +847,7 @@ pub fn call(data: &[u8]) {
                 join: sip_bridge::bridge::Join::First,
             },
         ],
+        ringback: None,
     };
     let trunk = sip_bridge::bridge::TrunkConfig {
         name: "c".into(),
@@ -859,6 +860,7 @@ pub fn call(data: &[u8]) {
         codecs: vec![],
         dtmf: Default::default(),
         ping_interval: None,
+        ringback: None,
     };
     let numbers = vec![
         NumberConfig {

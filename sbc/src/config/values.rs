@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use media_core::codec::{Codec, OpusComplexity};
 use serde::de::{self, Deserialize, Deserializer};
-use sip_bridge::bridge::{Cidr, DtmfMode, Join, Target};
+use sip_bridge::bridge::{Cidr, DtmfMode, Join, Ringback, Target};
 use sip_bridge::roles::{Capabilities, Capability};
 use sip_bridge::sip::message::Transport;
 
@@ -327,6 +327,15 @@ impl StrValue for Join {
     fn parse_value(s: &str) -> Result<Join, String> {
         Join::parse(s.trim())
             .ok_or_else(|| format!("\"{s}\" is not a join: write \"first\" or \"all\""))
+    }
+}
+
+/// What a caller hears while it rings: `relay` or `local`.
+impl StrValue for Ringback {
+    fn parse_value(s: &str) -> Result<Ringback, String> {
+        Ringback::parse(s.trim()).ok_or_else(|| {
+            format!("\"{s}\" is not a ringback: write \"relay\" (the targets' own 180/183) or \"local\" (our tone)")
+        })
     }
 }
 

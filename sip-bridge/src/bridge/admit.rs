@@ -126,6 +126,7 @@ mod tests {
             codecs: Vec::new(),
             dtmf: Default::default(),
             ping_interval: None,
+            ringback: None,
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.max_calls = 2;

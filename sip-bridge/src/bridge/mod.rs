@@ -30,7 +30,9 @@ pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget
 pub use crate::contract::{
     CallId, Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, Tone,
 };
-pub use crate::plan::{DialPlan, DialStatus, Join, Step, Target, TargetError, parse_duration};
+pub use crate::plan::{
+    DialPlan, DialStatus, Join, Ringback, Step, Target, TargetError, parse_duration,
+};
 pub use admit::{Load, Origin, RETRY_AFTER_SECS, Refusal, admit};
 
 use std::cmp::Reverse;

@@ -8,10 +8,10 @@ use media_core::Instant;
 use super::party::{Leg, OperatorLeg, Origin, Party, SipLeg, SipState, Stage};
 use super::route::{ROUTE_TIMEOUT, ROUTED_HEADERS, RouteDecision, RouteFacts};
 use super::state::{CallState, Dial};
-use super::{Call, CallCtx, CallEventKind, CallOutput, Direction, SipAction};
+use super::{Call, CallCtx, CallEventKind, CallOutput, Direction, Progress, SipAction};
 use crate::config::NumberConfig;
 use crate::contract::{CallId, LegKey, MediaCommand};
-use crate::plan::{DialPlan, DialStatus, Join, Step, Target};
+use crate::plan::{DialPlan, DialStatus, Join, Ringback, Step, Target};
 use crate::roles::Role;
 use crate::sdp::{self, LocalMedia, SessionDescription};
 use crate::signalling::{EndReason, ServerMessage};
@@ -342,7 +342,8 @@ impl Call {
                 if let Some(d) = self.dial() {
                     d.deadline = Some(now + step.timeout);
                 }
-                self.caller_ringing(now);
+                let local = self.local_ringback(ctx, &step);
+                self.caller_ringing(now, local);
                 return;
             }
             if let Some(d) = self.dial() {
@@ -585,21 +586,45 @@ impl Call {
         Ok(1)
     }
 
-    /// The caller hears that targets ring: an inbound caller gets 183 with our
-    /// SDP and our ringback; a dialling operator `ringing` and ringback once an
-    /// operator rings (SIP targets report their own progress).
-    pub(crate) fn caller_ringing(&mut self, now: Instant) {
-        if self.caller_progress {
+    /// Whether a SIP caller hears our ringback as soon as `step` rings: the
+    /// plan (else the caller's trunk) asks for it, or the step rings a target
+    /// with no progress of its own to pass on (operators, AI agents).
+    fn local_ringback(&self, ctx: &CallCtx<'_>, step: &Step) -> bool {
+        let trunk = self
+            .parties
+            .get(&self.caller)
+            .and_then(|p| p.sip())
+            .and_then(|s| s.trunk)
+            .and_then(|t| ctx.cfg.trunks.get(t))
+            .and_then(|t| t.ringback);
+        self.plan.ringback.or(trunk).unwrap_or_default() == Ringback::Local
+            || step
+                .targets
+                .iter()
+                .any(|t| !matches!(t, Target::Sip(_) | Target::Pstn { .. }))
+    }
+
+    /// The caller hears that targets ring. A SIP caller: with `local`, 183 with
+    /// our SDP and our ringback; else nothing until a target reports progress
+    /// (see `relay_progress`); once answered, only our tone. A dialling operator:
+    /// `ringing` and ringback once an operator rings (SIP targets report their
+    /// own progress).
+    pub(crate) fn caller_ringing(&mut self, now: Instant, local: bool) {
+        if self.progress == Progress::Ringback {
             return;
         }
         let caller = self.caller;
         let Some(p) = self.parties.get(&caller) else {
             return;
         };
+        let first = self.progress == Progress::None;
         match &p.leg {
-            Leg::Sip(s) => {
+            Leg::Sip(s) if s.state != SipState::Ringing => {
+                self.progress = Progress::Ringback;
+            }
+            Leg::Sip(s) if local => {
                 let sdp = s.local_sdp.clone();
-                self.caller_progress = true;
+                self.progress = Progress::Ringback;
                 self.sip(
                     caller,
                     SipAction::Respond {
@@ -608,7 +633,9 @@ impl Call {
                         headers: Vec::new(),
                     },
                 );
-                self.event(now, CallEventKind::Ringing, None, None, None);
+                if first {
+                    self.event(now, CallEventKind::Ringing, None, None, None);
+                }
             }
             Leg::Operator(o) => {
                 let op = o.op.clone();
@@ -617,9 +644,11 @@ impl Call {
                     .values()
                     .any(|p| p.ringing() && p.operator().is_some());
                 if operator_ringing {
-                    self.caller_progress = true;
+                    self.progress = Progress::Ringback;
                     self.send_ringing(&op, false);
-                    self.event(now, CallEventKind::Ringing, None, None, None);
+                    if first {
+                        self.event(now, CallEventKind::Ringing, None, None, None);
+                    }
                 }
             }
             _ => {}

@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 
 use media_core::Instant;
 
-use super::Call;
 use super::party::{Leg, Origin, SipState};
 use super::state::CallState;
+use super::{Call, Progress};
 use crate::contract::{Feed, FeedSource, LegKey, Level, MediaCommand, Tone};
 use crate::roles::{MonitorMode, Role};
 use crate::signalling::ServerMessage;
@@ -50,7 +50,7 @@ impl Call {
                 if let Some(t) = early {
                     g.insert(caller, vec![Feed::leg(t)]);
                     g.insert(t, vec![Feed::leg(caller)]);
-                } else if self.caller_progress {
+                } else if self.progress == Progress::Ringback {
                     g.insert(caller, vec![Feed::tone(Tone::Ringback)]);
                 }
             }

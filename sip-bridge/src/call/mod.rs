@@ -176,6 +176,19 @@ impl SipLegEvent {
     }
 }
 
+/// What the caller was told while its call rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// Nothing yet.
+    None,
+    /// A SIP target's own progress, passed on: 18x without SDP, or (`sdp`) 183
+    /// with ours and that target's early media. No tone of ours.
+    Relayed { sdp: bool },
+    /// Our ringback: 183 and a tone to a SIP caller, `ringing` and a tone to a
+    /// dialling operator (a target's early media still replaces the tone).
+    Ringback,
+}
+
 /// One call. See the module docs.
 #[derive(Debug)]
 pub struct Call {
@@ -198,8 +211,8 @@ pub struct Call {
     rung: Vec<String>,
     /// Every party, in order of arrival, for events and the CDR.
     history: Vec<PartyRecord>,
-    /// The caller has heard progress (183 + our ringback, or `ringing`).
-    caller_progress: bool,
+    /// What the caller was told while it rings.
+    progress: Progress,
     /// A dialling operator's `ringing` held back until its `answer` is out.
     ringing_deferred: Option<bool>,
     max_duration: Instant,
@@ -248,7 +261,7 @@ impl Call {
             plan: DialPlan::default(),
             rung: Vec::new(),
             history: Vec::new(),
-            caller_progress: false,
+            progress: Progress::None,
             ringing_deferred: None,
             max_duration: now + ctx.cfg.max_call_duration,
             unix_base: ctx.unix_base,

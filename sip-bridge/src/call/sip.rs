@@ -7,7 +7,7 @@ use media_core::Instant;
 use super::dial::{caps_for, format_of};
 use super::party::{Leg, Origin, SipState};
 use super::state::CallState;
-use super::{Call, CallCtx, SipAction, SipLegEvent};
+use super::{Call, CallCtx, Progress, SipAction, SipLegEvent};
 use crate::contract::{LegKey, MediaCommand};
 use crate::plan::{DialStatus, Target};
 use crate::sdp::{self, Attribute, Direction as SdpDirection, LocalMedia, SessionDescription};
@@ -96,7 +96,7 @@ impl Call {
         self.settle(now, ctx);
     }
 
-    fn target_progress(&mut self, now: Instant, key: LegKey, _status: u16, sdp: Option<&[u8]>) {
+    fn target_progress(&mut self, now: Instant, key: LegKey, status: u16, sdp: Option<&[u8]>) {
         if !matches!(self.state, CallState::Dialing(_))
             || !self.parties.get(&key).is_some_and(|p| p.ringing())
         {
@@ -128,16 +128,53 @@ impl Call {
         }
         let caller = self.caller;
         match self.parties.get(&caller).map(|p| &p.leg) {
-            Some(Leg::Operator(o)) if early || !self.caller_progress => {
+            Some(Leg::Operator(o)) if early || self.progress == Progress::None => {
                 let op = o.op.clone();
                 self.send_ringing(&op, early);
-                if !self.caller_progress {
+                if self.progress == Progress::None {
                     self.event(now, super::CallEventKind::Ringing, None, None, None);
                 }
-                self.caller_progress = true;
+                self.progress = Progress::Ringback;
             }
-            Some(Leg::Sip(_)) => self.caller_ringing(now),
+            Some(Leg::Sip(_)) => self.relay_progress(now, status, early),
             _ => {}
+        }
+    }
+
+    /// Passes a SIP target's progress on to the SIP caller, once for all forks:
+    /// the first 18x as it came (without SDP), the first early media as 183 with
+    /// our SDP. Nothing when the caller hears our ringback already (its tone
+    /// gives way to early media in the graph).
+    fn relay_progress(&mut self, now: Instant, status: u16, early: bool) {
+        let caller = self.caller;
+        let Some(s) = self.parties.get(&caller).and_then(|p| p.sip()) else {
+            return;
+        };
+        if s.state != SipState::Ringing {
+            // Answered already (an agent spoke to it): our tone is all it can get.
+            self.progress = Progress::Ringback;
+            return;
+        }
+        let (status, sdp) = match self.progress {
+            Progress::Ringback | Progress::Relayed { sdp: true } => return,
+            Progress::Relayed { sdp: false } if !early => return,
+            _ if early => (183, Some(s.local_sdp.clone())),
+            // 181 forwarded, 182 queued, 183 without SDP pass as they are.
+            _ if (181..=183).contains(&status) => (status, None),
+            _ => (180, None),
+        };
+        let first = self.progress == Progress::None;
+        self.progress = Progress::Relayed { sdp: sdp.is_some() };
+        self.sip(
+            caller,
+            SipAction::Respond {
+                status,
+                sdp,
+                headers: Vec::new(),
+            },
+        );
+        if first {
+            self.event(now, super::CallEventKind::Ringing, None, None, None);
         }
     }
 

@@ -69,6 +69,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         ],
         dtmf: sip_bridge::bridge::DtmfMode::Rfc4733,
         ping_interval: None,
+        ringback: None,
     };
     let mut cfg = BridgeConfig::new(
         vec![
@@ -97,8 +98,8 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
 }
 
 pub fn plan(steps: &[(&[&str], u64)]) -> DialPlan {
-    DialPlan {
-        steps: steps
+    DialPlan::new(
+        steps
             .iter()
             .map(|(targets, secs)| {
                 Step::new(
@@ -107,7 +108,7 @@ pub fn plan(steps: &[(&[&str], u64)]) -> DialPlan {
                 )
             })
             .collect(),
-    }
+    )
 }
 
 #[derive(Debug)]
