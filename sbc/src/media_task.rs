@@ -218,9 +218,27 @@ async fn run(
         }
     }
     exported.export(&session);
+    count_call(&session);
     for leg in legs_in_mux {
         let _ = ctx.port.mux.send(MuxCmd::Remove { key: (number, leg) });
     }
+}
+
+/// How the call's media went, once it is over: mixed on the call clock,
+/// transcoded (some packet went through a transcoding pipeline), or relayed as
+/// it came; a call whose media never connected two legs is not counted.
+fn count_call(session: &MediaSession) {
+    let s = session.stats();
+    let path = if s.mix_ticks > 0 {
+        "mixed"
+    } else if s.transcoded > 0 {
+        "transcoded"
+    } else if s.relayed > 0 {
+        "relayed"
+    } else {
+        return;
+    };
+    metrics::counter!("sbc_calls_media_total", "path" => path).increment(1);
 }
 
 /// What woke the call's task.

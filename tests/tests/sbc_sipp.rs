@@ -234,6 +234,78 @@ fn early_media_of_a_pstn_target_is_relayed_in_a_183() {
     );
 }
 
+/// The far end answering `codec` (`"0 PCMU/8000"`) at 30 ms, echoing RTP.
+fn echo_callee(name: &str, calls: usize, codec: &str) -> SippCmd {
+    let (pt, name_rate) = codec.split_once(' ').unwrap();
+    SippCmd::new(name, "callee.xml", lo(3))
+        .calls(calls)
+        .key("answer_pt", pt)
+        .key("answer_codec", name_rate)
+        .key("answer_ptime", "30")
+        .flag("-rtp_echo")
+}
+
+#[test]
+fn a_codec_both_sides_share_is_relayed_not_transcoded() {
+    let _serial = serial();
+    let calls = 2;
+    // The caller offers PCMU and PCMA, the far end answers PCMA: the caller's
+    // answer carries PCMA (the scenario checks it) and the media is relayed.
+    let callee = echo_callee("pcma-callee", calls, "8 PCMA/8000");
+    let sbc = Sbc::start(&SbcSpec::new(
+        "relay",
+        rtp(13),
+        to_pstn_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    let mut carrier = caller(
+        "two-codecs",
+        "caller_two_codecs.xml",
+        &sbc,
+        "+15550100",
+        calls,
+    )
+    .pcap("g711a.pcap")
+    .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    let path = |p: &str| m.value("sbc_calls_media_total", &[&format!("path=\"{p}\"")]);
+    assert_eq!(path("relayed"), calls as f64, "{:?}", m.samples);
+    assert_eq!(path("transcoded"), 0.0);
+    // Our offer to the far end put the trunk's codecs the caller offered first.
+    let invite = callee
+        .received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap();
+    assert!(invite.text.contains("RTP/AVP 0 8"), "{}", invite.text);
+    drop(sbc);
+
+    // Control: a caller that offers PCMA alone and a far end that answers PCMU
+    // share no codec: transcoded.
+    let callee = echo_callee("pcmu-callee", 1, "0 PCMU/8000");
+    let sbc = Sbc::start(&SbcSpec::new(
+        "transcode",
+        rtp(13),
+        to_pstn_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    let mut carrier = caller("pcma-only", "caller_rtp.xml", &sbc, "+15550100", 1)
+        .pcap("g711a.pcap")
+        .arg("-set", "plays")
+        .flag("1")
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    let path = |p: &str| m.value("sbc_calls_media_total", &[&format!("path=\"{p}\"")]);
+    assert_eq!(path("transcoded"), 1.0, "{:?}", m.samples);
+    assert_eq!(path("relayed"), 0.0);
+}
+
 #[test]
 fn busy_target_gives_the_caller_486() {
     let _serial = serial();

@@ -198,6 +198,7 @@ impl Call {
                 early_media: false,
                 remote_held: false,
                 held_by_us: false,
+                open_offer: Some(offer.to_string()),
             }),
             Origin::Caller,
             None,
@@ -220,6 +221,7 @@ impl Call {
             && s.state == SipState::Ringing
         {
             s.state = SipState::Up;
+            s.open_offer = None;
             let sdp = s.local_sdp.clone();
             self.sip(
                 key,
@@ -501,7 +503,9 @@ impl Call {
         let Some(port) = ctx.ports.take() else {
             return Err(503);
         };
-        // Offer the caller's codec first, so the two sides can relay.
+        // The trunk's codecs in its order, those the caller can take first, so
+        // that the two sides can relay: every codec of the caller's offer while
+        // our answer to it is open, else the one it uses.
         let mut codecs: Vec<media_core::codec::Codec> = trunk
             .map(|t| ctx.cfg.trunks[t].codecs.clone())
             .unwrap_or_default();
@@ -512,16 +516,8 @@ impl Call {
                 media_core::codec::Codec::Opus,
             ];
         }
-        if let Some(n) = self
-            .parties
-            .get(&self.caller)
-            .and_then(|p| p.sip())
-            .and_then(|s| s.negotiated.as_ref())
-            && let Some(i) = codecs.iter().position(|c| *c == n.codec)
-        {
-            let c = codecs.remove(i);
-            codecs.insert(0, c);
-        }
+        let caller_takes = self.caller_codecs(&codecs);
+        codecs.sort_by_key(|c| !caller_takes.contains(c)); // stable: keeps the trunk's order
         let local = LocalMedia::rtp(ctx.cfg.media_ip, port, ctx.rng.next_u64() >> 12);
         let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
         let attempt = attempt
@@ -577,6 +573,7 @@ impl Call {
                     early_media: false,
                     remote_held: false,
                     held_by_us: false,
+                    open_offer: None,
                 }),
                 origin,
                 Some(target),
@@ -584,6 +581,29 @@ impl Call {
         );
         self.sip(key, SipAction::Invite(params));
         Ok(1)
+    }
+
+    /// Which of `codecs` the SIP caller can take: all those of its offer while
+    /// our answer is open, else the one in use; none for other callers.
+    fn caller_codecs(&self, codecs: &[media_core::codec::Codec]) -> Vec<media_core::codec::Codec> {
+        let Some(s) = self.parties.get(&self.caller).and_then(|p| p.sip()) else {
+            return Vec::new();
+        };
+        let offer = s
+            .open_offer
+            .as_deref()
+            .and_then(|t| SessionDescription::parse(t).ok());
+        match offer {
+            Some(offer) => {
+                let local = LocalMedia::rtp(std::net::Ipv4Addr::UNSPECIFIED.into(), 9, 1);
+                codecs
+                    .iter()
+                    .copied()
+                    .filter(|&c| sdp::answer_audio(&offer, &caps_for(&[c]), &local).is_ok())
+                    .collect()
+            }
+            None => s.negotiated.iter().map(|n| n.codec).collect(),
+        }
     }
 
     /// Whether a SIP caller hears our ringback as soon as `step` rings: the
@@ -625,6 +645,9 @@ impl Call {
             Leg::Sip(s) if local => {
                 let sdp = s.local_sdp.clone();
                 self.progress = Progress::Ringback;
+                if let Some(s) = self.parties.get_mut(&caller).and_then(|p| p.sip_mut()) {
+                    s.open_offer = None;
+                }
                 self.sip(
                     caller,
                     SipAction::Respond {

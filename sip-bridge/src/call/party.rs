@@ -47,6 +47,9 @@ pub(crate) struct SipLeg {
     pub remote_held: bool,
     /// We put it on hold (re-INVITE sendonly sent).
     pub held_by_us: bool,
+    /// A SIP caller's offer while our answer to it has not gone out: it can
+    /// still take the codec the target chose, so the two legs relay.
+    pub open_offer: Option<String>,
 }
 
 /// An operator's browser.

@@ -74,7 +74,7 @@ impl Call {
         }
         match ev {
             SipLegEvent::Progress { status, sdp } => {
-                self.target_progress(now, key, status, sdp.as_deref())
+                self.target_progress(now, ctx, key, status, sdp.as_deref())
             }
             SipLegEvent::Answered { sdp } => self.target_answered(now, ctx, key, sdp.as_deref()),
             SipLegEvent::Failed { status } => self.target_failed(now, ctx, key, status),
@@ -83,7 +83,7 @@ impl Call {
                 if (200..300).contains(&status)
                     && let Some(sdp) = sdp
                 {
-                    self.negotiate_answer(key, &sdp);
+                    self.negotiate_answer(ctx, key, &sdp);
                 }
             }
             SipLegEvent::Info { content_type, body } => {
@@ -96,7 +96,14 @@ impl Call {
         self.settle(now, ctx);
     }
 
-    fn target_progress(&mut self, now: Instant, key: LegKey, status: u16, sdp: Option<&[u8]>) {
+    fn target_progress(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        status: u16,
+        sdp: Option<&[u8]>,
+    ) {
         if !matches!(self.state, CallState::Dialing(_))
             || !self.parties.get(&key).is_some_and(|p| p.ringing())
         {
@@ -108,7 +115,7 @@ impl Call {
         );
         let mut early = false;
         if let Some(body) = sdp
-            && self.negotiate_answer(key, body)
+            && self.negotiate_answer(ctx, key, body)
             && plan_target
         {
             // Early media: only one target's at a time reaches the caller.
@@ -158,13 +165,18 @@ impl Call {
         let (status, sdp) = match self.progress {
             Progress::Ringback | Progress::Relayed { sdp: true } => return,
             Progress::Relayed { sdp: false } if !early => return,
-            _ if early => (183, Some(s.local_sdp.clone())),
+            _ if early => (183, Some(s.local_sdp.clone())), // commits our answer
             // 181 forwarded, 182 queued, 183 without SDP pass as they are.
             _ if (181..=183).contains(&status) => (status, None),
             _ => (180, None),
         };
         let first = self.progress == Progress::None;
         self.progress = Progress::Relayed { sdp: sdp.is_some() };
+        if sdp.is_some()
+            && let Some(s) = self.parties.get_mut(&caller).and_then(|p| p.sip_mut())
+        {
+            s.open_offer = None;
+        }
         self.sip(
             caller,
             SipAction::Respond {
@@ -180,7 +192,7 @@ impl Call {
 
     /// Reads a target's SDP answer (183 or 200): sets up or updates its RTP leg.
     /// Returns whether it was usable.
-    fn negotiate_answer(&mut self, key: LegKey, body: &[u8]) -> bool {
+    fn negotiate_answer(&mut self, ctx: &CallCtx<'_>, key: LegKey, body: &[u8]) -> bool {
         let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
             return false;
         };
@@ -196,7 +208,17 @@ impl Call {
             return false;
         };
         let format = format_of(&n);
-        let cmd = if s.negotiated.is_some() {
+        let first = s.negotiated.is_none();
+        let port = s.port;
+        if first
+            && matches!(
+                self.parties.get(&key).map(|p| &p.origin),
+                Some(Origin::Plan(_))
+            )
+        {
+            self.match_caller_codec(ctx, n.codec);
+        }
+        let cmd = if !first {
             MediaCommand::UpdateRtp {
                 leg: key,
                 remote: n.remote,
@@ -205,7 +227,7 @@ impl Call {
         } else {
             MediaCommand::AddRtp {
                 leg: key,
-                local_port: s.port,
+                local_port: port,
                 remote: n.remote,
                 format,
             }
@@ -220,6 +242,49 @@ impl Call {
         true
     }
 
+    /// The SIP caller's answer has not gone out yet: answer its offer again
+    /// with `codec`, the one its target chose, if the caller offered it and its
+    /// trunk takes it, so the two legs relay instead of transcoding (rtpengine's
+    /// and FreeSWITCH's rule). RFC 3264 section 6: an answer picks from the offer.
+    fn match_caller_codec(&mut self, ctx: &CallCtx<'_>, codec: media_core::codec::Codec) {
+        let caller = self.caller;
+        let Some(s) = self.parties.get(&caller).and_then(|p| p.sip()) else {
+            return;
+        };
+        let (Some(offer), Some(in_use)) = (
+            s.open_offer
+                .as_deref()
+                .and_then(|t| SessionDescription::parse(t).ok()),
+            s.negotiated.as_ref(),
+        ) else {
+            return;
+        };
+        let trunk_takes = s
+            .trunk
+            .and_then(|t| ctx.cfg.trunks.get(t))
+            .is_none_or(|t| t.codecs.is_empty() || t.codecs.contains(&codec));
+        if in_use.codec == codec || !trunk_takes {
+            return;
+        }
+        let session_id = SessionDescription::parse(&s.local_sdp)
+            .ok()
+            .and_then(|sd| sd.origin.session_id.parse().ok())
+            .unwrap_or(1);
+        let local = LocalMedia::rtp(ctx.cfg.media_ip, s.port, session_id);
+        let Ok((answer, n)) = sdp::answer_audio(&offer, &caps_for(&[codec]), &local) else {
+            return; // not offered: the call transcodes
+        };
+        self.media(MediaCommand::UpdateRtp {
+            leg: caller,
+            remote: n.remote,
+            format: format_of(&n),
+        });
+        if let Some(s) = self.parties.get_mut(&caller).and_then(|p| p.sip_mut()) {
+            s.local_sdp = answer.to_string();
+            s.negotiated = Some(n);
+        }
+    }
+
     fn target_answered(
         &mut self,
         now: Instant,
@@ -228,7 +293,7 @@ impl Call {
         sdp: Option<&[u8]>,
     ) {
         if let Some(b) = sdp {
-            self.negotiate_answer(key, b);
+            self.negotiate_answer(ctx, key, b);
         }
         let Some(p) = self.parties.get_mut(&key) else {
             return;

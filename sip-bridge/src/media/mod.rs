@@ -153,6 +153,10 @@ pub struct MediaStats {
     /// own (a talker, who does not hear itself). Five parties with one talker
     /// and one codec: 2 a tick.
     pub mix_encodes: u64,
+    /// Packets handed to another leg as they came (same format: relayed).
+    pub relayed: u64,
+    /// Packets that went through a transcoding pipeline to another leg.
+    pub transcoded: u64,
 }
 
 /// Sums over a session's pipelines, for metrics.
@@ -1110,6 +1114,11 @@ impl MediaSession {
             else {
                 continue;
             };
+            if p.is_relay() {
+                self.stats.relayed += 1;
+            } else {
+                self.stats.transcoded += 1;
+            }
             if p.is_relay() && last {
                 if let Ok(Some(len)) = p.relay_in_place(now, &mut data) {
                     let pkt = Packet::Owned(data.split_to(len).freeze());
