@@ -419,6 +419,10 @@ pub struct TrunkEntry {
     /// `"local"` (see [`Ringback`]); a number's own setting wins.
     #[serde(default, deserialize_with = "values::opt")]
     pub ringback: Option<Ringback>,
+    /// Ask for session timers on calls toward it (RFC 4028), e.g. `"1800s"`;
+    /// absent or `"0s"`: not asked (a peer that asks is always honoured).
+    #[serde(default, deserialize_with = "values::interval")]
+    pub session_expires: Option<Duration>,
 }
 
 fn udp() -> Transport {
@@ -1059,6 +1063,7 @@ impl SbcConfig {
                 dtmf: t.dtmf,
                 ping_interval: t.ping_interval,
                 ringback: t.ringback,
+                session_expires: t.session_expires,
             });
         }
         if found.is_empty() {

@@ -460,6 +460,7 @@ mod tests {
             dtmf: Default::default(),
             ping_interval: None,
             ringback: None,
+            session_expires: None,
         };
         let number = NumberConfig {
             id: "support".into(),

@@ -115,6 +115,9 @@ pub struct TrunkConfig {
     /// What callers from this trunk hear while their call rings, unless their
     /// number's plan says (`None`: [`Ringback::Relay`]).
     pub ringback: Option<Ringback>,
+    /// Ask for session timers on our calls toward it (RFC 4028
+    /// `Session-Expires`; at least 90 s). Asked of us, they are always honoured.
+    pub session_expires: Option<Duration>,
 }
 
 impl TrunkConfig {

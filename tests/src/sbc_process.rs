@@ -319,6 +319,8 @@ pub struct SbcSpec {
     pub drain_secs: u64,
     /// `RUST_LOG` for the process (default "info").
     pub log: String,
+    /// More lines of `[media]` (`media_timeout = "120s"`).
+    pub media: String,
 }
 
 impl SbcSpec {
@@ -331,6 +333,7 @@ impl SbcSpec {
             toml: toml.into(),
             drain_secs: 5,
             log: "info".into(),
+            media: String::new(),
         }
     }
 }
@@ -369,13 +372,14 @@ impl Sbc {
             let config = format!(
                 "# written by tests/src/sbc_process.rs for {name}\n\
                  [sip]\nudp = \"{sip}\"\ntcp = \"{sip}\"\nuser_agent = \"sbc-under-test\"\n\n\
-                 [media]\nrtp_bind = \"{ip}\"\nrtp_ports = \"{lo}-{hi}\"\nwebrtc = \"{webrtc}\"\n\n\
+                 [media]\nrtp_bind = \"{ip}\"\nrtp_ports = \"{lo}-{hi}\"\nwebrtc = \"{webrtc}\"\n{media}\n\
                  [http]\nlisten = \"{http}\"\n\n\
                  [auth]\ntoken_secret = \"{TEST_TOKEN_SECRET}\"\n\n{toml}\n",
                 name = spec.name,
                 ip = spec.ip,
                 lo = spec.rtp_ports.0,
                 hi = spec.rtp_ports.1,
+                media = spec.media,
                 toml = spec.toml,
             );
             let config_path = dir.join("sbc.toml");

@@ -307,6 +307,49 @@ fn a_codec_both_sides_share_is_relayed_not_transcoded() {
 }
 
 #[test]
+fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
+    let _serial = serial();
+    // The trunk asks for session timers on our calls toward it too.
+    let callee = pcmu_callee("callee", 1).timeout_secs(150);
+    // No RTP in this call: the media timeout must not end it first.
+    let sbc = Sbc::start(&SbcSpec {
+        media: "media_timeout = \"300s\"\n".into(),
+        ..SbcSpec::new(
+            "session-timer",
+            rtp(14),
+            to_pstn_target(callee.addr(), "session_expires = \"90s\"\n"),
+        )
+    });
+    let mut callee = callee.spawn();
+    // 422 for 60 s, then 90 s as refresher, three UPDATE refreshes, then
+    // silence until our BYE (about 60 s later; see the scenario).
+    let mut carrier = caller("timed-caller", "caller_session_timer.xml", &sbc, "+15550100", 1)
+        .timeout_secs(150)
+        .spawn();
+    carrier.assert_success(Duration::from_secs(160));
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value(
+            "sbc_participants_left_total",
+            &["reason=\"session_expired\""]
+        ),
+        1.0,
+        "{:?}",
+        m.samples
+    );
+    // Our INVITE toward the trunk asked for a session timer as well.
+    let invite = callee
+        .received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap();
+    assert_eq!(invite.header("Session-Expires"), Some("90"), "{}", invite.text);
+    assert!(invite.headers("Supported").contains(&"timer"), "{}", invite.text);
+}
+
+#[test]
 fn busy_target_gives_the_caller_486() {
     let _serial = serial();
     let calls = 3;

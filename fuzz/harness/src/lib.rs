@@ -302,6 +302,7 @@ pub fn sip_message(data: &[u8]) {
     for transport in [Transport::Udp, Transport::Tcp] {
         match sipmsg::classify(data, transport, &cfg) {
             Inbound::Request(r) => {
+                session_timer_values(&*r);
                 let wire =
                     sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Request(*r.clone()));
                 match sipmsg::classify(&wire, transport, &cfg) {
@@ -314,6 +315,7 @@ pub fn sip_message(data: &[u8]) {
                 }
             }
             Inbound::Response(r) => {
+                session_timer_values(&*r);
                 let wire =
                     sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Response(*r.clone()));
                 assert!(
@@ -327,6 +329,21 @@ pub fn sip_message(data: &[u8]) {
             Inbound::Reject(rej) => assert_clean_response(&rej.response),
             Inbound::Drop(_) => {}
         }
+    }
+}
+
+/// Session-Expires and Min-SE (RFC 4028) as the UA reads them: a value that
+/// parses prints back to one that parses the same (at most a day).
+fn session_timer_values(m: &impl SipHeaders) {
+    use sip_bridge::sip::dialog::session_timer::{SessionExpires, parse_min_se};
+    for v in m.values("Session-Expires").into_iter().chain(m.values("x")) {
+        if let Some(se) = SessionExpires::parse(&v) {
+            assert!(se.interval <= Duration::from_secs(86_400));
+            assert_eq!(SessionExpires::parse(&se.to_value()), Some(se));
+        }
+    }
+    for v in m.values("Min-SE") {
+        let _ = parse_min_se(&v);
     }
 }
 
@@ -380,6 +397,8 @@ enum SipOp {
         branch: u8,
         cseq: u16,
         sdp: bool,
+        /// Session timer fields (RFC 4028).
+        se: Option<(u16, u8)>,
     },
     /// A response to something we sent (picked by index), with a status and tag.
     Respond {
@@ -387,6 +406,7 @@ enum SipOp {
         status: u16,
         tag: u8,
         sdp: bool,
+        se: Option<(u16, u8)>,
     },
     /// An in-dialog request mirroring something we sent (swapped tags).
     Mirror {
@@ -401,8 +421,10 @@ enum SipOp {
         sent: u8,
         flip: u16,
     },
-    /// API calls.
-    Invite,
+    /// API calls. `se`: ask for a session timer of that many seconds.
+    Invite {
+        se: Option<u16>,
+    },
     Answer {
         leg: u8,
         status: u16,
@@ -432,9 +454,29 @@ enum SipOp {
 const METHODS: [&str; 10] = [
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER", "PRACK", "MESSAGE",
 ];
-const STATUSES: [u16; 14] = [
-    100, 180, 183, 200, 202, 302, 401, 407, 408, 481, 486, 487, 491, 503,
+const STATUSES: [u16; 15] = [
+    100, 180, 183, 200, 202, 302, 401, 407, 408, 422, 481, 486, 487, 491, 503,
 ];
+
+/// `Session-Expires` (with or without a refresher, valid or not) and `Min-SE`
+/// header lines from fuzz input.
+fn session_timer_lines(se: Option<(u16, u8)>) -> Vec<(String, String)> {
+    let Some((secs, r)) = se else {
+        return Vec::new();
+    };
+    let refresher = ["", ";refresher=uac", ";refresher=uas", ";refresher=both"][r as usize % 4];
+    let mut out = vec![
+        ("Session-Expires".to_string(), format!("{secs}{refresher}")),
+        ("Supported".to_string(), "timer".to_string()),
+    ];
+    if r & 4 != 0 {
+        out.push(("Min-SE".into(), (secs / 2).to_string()));
+    }
+    if r & 8 != 0 {
+        out.push(("Require".into(), "timer".into()));
+    }
+    out
+}
 const SDP_BODY: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
 
 fn with_body(mut head: String, sdp: bool) -> String {
@@ -497,14 +539,18 @@ pub fn sip_dialog(data: &[u8]) {
                 branch,
                 cseq,
                 sdp,
+                se,
             } => {
                 let m = METHODS[method as usize % METHODS.len()];
                 let to = to_tag.map_or(String::new(), |t| format!(";tag=t{t}"));
-                let head = format!(
+                let mut head = format!(
                     "{m} sip:sbc@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
                      From: <sip:a@192.0.2.9>;tag=f{from_tag}\r\nTo: <sip:b@192.0.2.1>{to}\r\nCall-ID: c{call}@192.0.2.9\r\n\
                      CSeq: {cseq} {m}\r\nContact: <sip:a@192.0.2.9>\r\n"
                 );
+                for (k, v) in session_timer_lines(se) {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
                 ua.handle_bytes(now, with_body(head, sdp).as_bytes(), peer);
             }
             SipOp::Respond {
@@ -512,6 +558,7 @@ pub fn sip_dialog(data: &[u8]) {
                 status,
                 tag,
                 sdp,
+                se,
             } => {
                 let Some(b) = sent.get(i as usize % sent.len().max(1)) else {
                     continue;
@@ -528,6 +575,10 @@ pub fn sip_dialog(data: &[u8]) {
                     resp.headers.push(sip_bridge::sip::message::Header::Contact(
                         "<sip:b@192.0.2.9>".to_string().into(),
                     ));
+                    for (k, v) in session_timer_lines(se) {
+                        resp.headers
+                            .push(sip_bridge::sip::message::make_header(&k, &v));
+                    }
                     if sdp {
                         resp.headers
                             .push(sip_bridge::sip::message::Header::ContentType(
@@ -593,7 +644,7 @@ pub fn sip_dialog(data: &[u8]) {
                 }
                 ua.handle_bytes(now, &v, peer);
             }
-            SipOp::Invite => {
+            SipOp::Invite { se } => {
                 if let Ok(leg) = ua.invite(
                     now,
                     InviteParams {
@@ -602,7 +653,9 @@ pub fn sip_dialog(data: &[u8]) {
                         to: "<sip:+15550100@192.0.2.9>".into(),
                         peer,
                         sdp: Some(SDP_BODY.as_bytes().to_vec()),
-                        headers: Vec::new(),
+                        headers: se
+                            .map(|v| vec![("Session-Expires".into(), v.to_string())])
+                            .unwrap_or_default(),
                         credentials: None,
                     },
                 ) {
@@ -861,6 +914,7 @@ pub fn call(data: &[u8]) {
         dtmf: Default::default(),
         ping_interval: None,
         ringback: None,
+        session_expires: None,
     };
     let numbers = vec![
         NumberConfig {

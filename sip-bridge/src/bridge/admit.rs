@@ -127,6 +127,7 @@ mod tests {
             dtmf: Default::default(),
             ping_interval: None,
             ringback: None,
+            session_expires: None,
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.max_calls = 2;

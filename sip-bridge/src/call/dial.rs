@@ -554,7 +554,11 @@ impl Call {
             to: format!("<{uri}>"),
             peer,
             sdp: Some(offer.clone().into_bytes()),
-            headers: Vec::new(),
+            // The UA runs the session timer (RFC 4028) a trunk asks for.
+            headers: trunk
+                .and_then(|t| ctx.cfg.trunks[t].session_expires)
+                .map(|d| vec![("Session-Expires".into(), d.as_secs().to_string())])
+                .unwrap_or_default(),
             credentials: trunk.and_then(|t| ctx.cfg.trunks[t].credentials.clone()),
         };
         let key = self.leg_key();
@@ -993,6 +997,19 @@ impl Call {
         reason: EndReason,
         free: bool,
     ) {
+        self.leave_as(now, ctx, key, reason, free, super::reason_name(reason));
+    }
+
+    /// [`Self::leave`], with the reason its record and events give (`name`).
+    pub(crate) fn leave_as(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        reason: EndReason,
+        free: bool,
+        name: &'static str,
+    ) {
         let Some(p) = self.parties.remove(&key) else {
             return;
         };
@@ -1023,7 +1040,6 @@ impl Call {
             Leg::Agent => self.media(MediaCommand::Remove { leg: key }),
             Leg::Echo | Leg::Tone(_) => {}
         }
-        let name = super::reason_name(reason);
         self.record_left(now, key, &p, name);
         self.tell_left(now, ctx, key, name);
         self.after_leave(now, ctx, key);

@@ -467,7 +467,13 @@ impl Call {
             if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
                 s.state = SipState::Ending;
             }
-            return self.leave(now, ctx, key, EndReason::Hangup, true);
+            // RFC 4028 section 10: its session was not refreshed; we sent BYE.
+            let name = if reason == SipEnd::SessionExpired {
+                "session_expired"
+            } else {
+                "hangup"
+            };
+            return self.leave_as(now, ctx, key, EndReason::Hangup, true, name);
         }
         // A target that never joined is gone (a late BYE, a failure without a
         // final response).

@@ -64,7 +64,8 @@ impl Default for ValidationConfig {
     fn default() -> Self {
         ValidationConfig {
             max_message: super::framing::DEFAULT_MAX_MESSAGE,
-            supported: Vec::new(),
+            // Session timers (RFC 4028), run by the UA.
+            supported: vec!["timer".into()],
         }
     }
 }

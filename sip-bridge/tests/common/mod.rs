@@ -70,6 +70,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         dtmf: sip_bridge::bridge::DtmfMode::Rfc4733,
         ping_interval: None,
         ringback: None,
+        session_expires: None,
     };
     let mut cfg = BridgeConfig::new(
         vec![

@@ -10,9 +10,13 @@
 //! INFO, OPTIONS, BYE; remote target refresh; route sets from Record-Route. 401/407
 //! challenges are answered from the leg's credentials. Out-of-dialog OPTIONS are
 //! answered 200 (carriers ping), other methods 405. Everything a leg owns is reaped
-//! when it ends; the number of legs is bounded (503 beyond).
+//! when it ends; the number of legs is bounded (503 beyond). Session timers
+//! (RFC 4028, [`session_timer`]): honoured when a peer asks, asked for with a
+//! `Session-Expires` among an INVITE's headers; we refresh as the refresher and
+//! end with BYE a session whose refresh never came.
 
 mod build;
+pub mod session_timer;
 
 pub use build::LocalAddr;
 
@@ -30,6 +34,7 @@ use super::message::{
 };
 use super::transaction::{TimerConfig, TransactionLayer, Transmit, TxEvent, TxId};
 use build::{RequestSpec, build_request, next_hop};
+use session_timer::{MIN_SE_FLOOR, SessionExpires, SessionTimer, allows_update};
 
 /// Early dialogs tracked per outgoing INVITE; more forks than this are still
 /// answered correctly but not matched for in-dialog requests before the 2xx.
@@ -77,6 +82,10 @@ pub struct UaStats {
     pub no_ack: u64,
     /// Stray 2xx (late forks) ACKed and ended with BYE.
     pub stray_2xx: u64,
+    /// Session refreshes we sent (RFC 4028).
+    pub session_refreshes: u64,
+    /// Sessions we ended because no refresh came.
+    pub session_expired: u64,
 }
 
 /// UA settings.
@@ -100,6 +109,9 @@ pub struct UaConfig {
     pub validation: ValidationConfig,
     /// Seeds tags, Call-IDs, branches and retry jitter.
     pub seed: u64,
+    /// The shortest session interval we accept (`Min-SE`, RFC 4028 section 5;
+    /// never below 90 s): shorter asks get 422.
+    pub min_se: Duration,
 }
 
 impl UaConfig {
@@ -114,6 +126,7 @@ impl UaConfig {
             ring_timeout: Duration::from_secs(180),
             validation: ValidationConfig::default(),
             seed,
+            min_se: MIN_SE_FLOOR,
         }
     }
 }
@@ -131,7 +144,8 @@ pub struct InviteParams {
     pub peer: Peer,
     /// SDP offer.
     pub sdp: Option<Vec<u8>>,
-    /// Extra headers.
+    /// Extra headers. A `Session-Expires` among them asks for a session timer
+    /// (RFC 4028; the UA adds `Min-SE`, retries a 422 and runs the timer).
     pub headers: Vec<(String, String)>,
     /// For 401/407 challenges.
     pub credentials: Option<Credentials>,
@@ -168,6 +182,8 @@ pub enum EndReason {
     NoAck,
     /// The dialog broke (408/481 on an in-dialog request, transport failure).
     Broken(u16),
+    /// No session refresh came in time (RFC 4028 section 10): we sent BYE.
+    SessionExpired,
 }
 
 /// What the UA reports.
@@ -321,6 +337,8 @@ enum Purpose {
     InDialog(LegId),
     Options(PingId),
     Register(RegId),
+    /// Our session refresh (UPDATE or re-INVITE, RFC 4028).
+    Refresh(LegId),
     /// BYE to an unwanted fork or after a failed ACK: nobody waits for it.
     Orphan,
 }
@@ -373,6 +391,14 @@ struct Leg {
     auth: Option<DigestClient>,
     auth_tries: u8,
     extra: Vec<(String, String)>,
+    /// Our SDP as last sent (a refresh re-INVITE offers it again).
+    local_sdp: Vec<u8>,
+    /// The session timer, once negotiated.
+    session: Option<SessionTimer>,
+    /// UAC: the session interval we ask for, and the `Min-SE` we send.
+    se_ask: Option<(Duration, Duration)>,
+    /// The peer accepts UPDATE (its Allow): refreshes go without SDP.
+    peer_update: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -394,6 +420,8 @@ enum UaTimer {
     /// Our re-INVITE still unanswered 64*T1 after it was sent.
     Offer(LegId, TxId),
     Register(RegId),
+    /// The session timer's refresh or end may be due.
+    Session(LegId),
 }
 
 /// The UA core. See the module docs.
@@ -539,6 +567,7 @@ impl UserAgent {
                 UaTimer::Ring(leg) => self.ring_timeout(now, leg),
                 UaTimer::Offer(leg, tx) => self.offer_timeout(now, leg, tx),
                 UaTimer::Register(reg) => self.send_register(now, reg),
+                UaTimer::Session(leg) => self.session_due(now, leg),
             }
         }
         self.pump(now);
@@ -564,6 +593,22 @@ impl UserAgent {
         let leg = LegId(self.id());
         let call_id = format!("{}@{}", self.token(), self.cfg.local.host);
         let local_tag = self.token();
+        let min_se = self.cfg.min_se.max(MIN_SE_FLOOR);
+        let se_ask = p
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Session-Expires"))
+            .and_then(|(_, v)| SessionExpires::parse(v))
+            .map(|se| (se.interval.max(min_se), min_se));
+        let extra: Vec<(String, String)> = p
+            .headers
+            .into_iter()
+            .filter(|(k, _)| {
+                !["Session-Expires", "Min-SE", "Supported"]
+                    .iter()
+                    .any(|h| k.eq_ignore_ascii_case(h))
+            })
+            .collect();
         let mut l = Leg {
             role: Role::Uac,
             state: LegState::Calling,
@@ -601,7 +646,11 @@ impl UserAgent {
                 .credentials
                 .map(|c| DigestClient::new(c, self.rng.next_u64())),
             auth_tries: 0,
-            extra: p.headers,
+            extra,
+            local_sdp: p.sdp.clone().unwrap_or_default(),
+            session: None,
+            se_ask,
+            peer_update: false,
         };
         let tx = self.send_invite(now, &mut l, None)?;
         self.purposes.insert(tx, Purpose::Invite(leg));
@@ -622,6 +671,11 @@ impl UserAgent {
     ) -> Result<TxId, UaError> {
         let branch = self.tl.new_branch();
         let mut extra = l.extra.clone();
+        extra.push(("Supported".into(), "timer".into()));
+        if let Some((interval, min_se)) = l.se_ask {
+            extra.push(("Session-Expires".into(), interval.as_secs().to_string()));
+            extra.push(("Min-SE".into(), min_se.as_secs().to_string()));
+        }
         if let Some((proxy, value)) = authorization {
             extra.push((
                 if proxy {
@@ -771,15 +825,17 @@ impl UserAgent {
         if l.offer_tx.is_some() || l.glare_retry.is_some() {
             return Err(UaError::WrongState("an offer is already in progress"));
         }
+        let headers = self.session_request_headers(leg);
         let tx = self.in_dialog(
             now,
             leg,
             Method::Invite,
             Some(("application/sdp", &sdp)),
-            &[],
+            &headers,
         )?;
         if let Some(l) = self.legs.get_mut(&leg) {
             l.offer_tx = Some((tx, true));
+            l.local_sdp = sdp.clone();
             l.invite.body = sdp;
         }
         self.timers.push(Reverse((
@@ -961,7 +1017,21 @@ impl UserAgent {
             .invite_tx
             .ok_or(UaError::WrongState("no INVITE transaction"))?;
         let invite = l.invite.clone();
-        let resp = self.uas_response(leg, &invite, status, sdp, extra);
+        let mut headers: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if (200..300).contains(&status) {
+            headers.extend(self.session_answer(now, leg, &invite));
+            if let (Some(b), Some(l)) = (sdp, self.legs.get_mut(&leg)) {
+                l.local_sdp = b.to_vec();
+            }
+        }
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let resp = self.uas_response(leg, &invite, status, sdp, &refs);
         if (200..300).contains(&status) {
             let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
             let t1 = self.cfg.timers.t1;
@@ -1022,6 +1092,7 @@ impl UserAgent {
             resp.headers
                 .push(Header::Contact(self.cfg.local.contact(transport).into()));
             resp.headers.push(Header::Allow(message::ALLOW.into()));
+            resp.headers.push(Header::Supported("timer".into()));
         }
         resp.headers
             .push(Header::Server(self.cfg.user_agent.clone().into()));
@@ -1055,7 +1126,18 @@ impl UserAgent {
             .request(tx)
             .cloned()
             .ok_or(UaError::WrongState("transaction gone"))?;
-        let resp = self.uas_response(leg, &req, status, sdp, &[]);
+        let mut headers = Vec::new();
+        if (200..300).contains(&status) {
+            headers = self.session_answer(now, leg, &req);
+            if let (Some(b), Some(l)) = (sdp, self.legs.get_mut(&leg)) {
+                l.local_sdp = b.to_vec();
+            }
+        }
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let resp = self.uas_response(leg, &req, status, sdp, &refs);
         if req.method == Method::Invite && (200..300).contains(&status) {
             let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
             let t1 = self.cfg.timers.t1;
@@ -1152,6 +1234,9 @@ impl UserAgent {
                 let Some(contact) = req.contact_uri().map(String::from) else {
                     return self.reply(now, tx, &req, 400, &[]);
                 };
+                if let Err(status) = self.check_session_expires(now, tx, &req) {
+                    return status;
+                }
                 let leg = LegId(self.id());
                 let local_tag = self.token();
                 let l = Leg {
@@ -1181,6 +1266,10 @@ impl UserAgent {
                     auth: None,
                     auth_tries: 0,
                     extra: Vec::new(),
+                    local_sdp: Vec::new(),
+                    session: None,
+                    se_ask: None,
+                    peer_update: allows_update(&req),
                 };
                 if let Some(rt) = &l.remote_tag {
                     self.dialogs
@@ -1247,12 +1336,23 @@ impl UserAgent {
                 if let Some(c) = req.contact_uri() {
                     l.remote_target = c.to_string(); // target refresh (12.2.2)
                 }
+                if let Err(done) = self.check_session_expires(now, tx, &req) {
+                    return done;
+                }
                 if req.body.is_empty() {
                     // Session refresh without an offer: accept as is.
-                    let resp = self.uas_response(leg, &req, 200, None, &[]);
+                    let headers = self.session_answer(now, leg, &req);
+                    let refs: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let resp = self.uas_response(leg, &req, 200, None, &refs);
                     let _ = self.tl.respond(now, tx, resp);
                     return;
                 }
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
                 l.offer_tx = Some((tx, false));
                 if req.method == Method::Invite {
                     self.by_invite.insert(tx, leg);
@@ -1445,8 +1545,12 @@ impl UserAgent {
                     return;
                 }
                 l.offer_tx = None;
+                let timed = l.session.is_some();
                 if (200..300).contains(&code) {
                     self.send_ack(now, leg, &resp);
+                    if timed {
+                        self.session_from_response(now, leg, &resp, false);
+                    }
                     self.events.push_back(UaEvent::OfferAnswered {
                         leg,
                         status: code,
@@ -1499,6 +1603,7 @@ impl UserAgent {
                 }
             }
             Purpose::Register(reg) => self.on_register_response(now, reg, &resp),
+            Purpose::Refresh(leg) => self.on_refresh_response(now, tx, leg, resp),
             Purpose::Orphan => {}
         }
     }
@@ -1566,6 +1671,7 @@ impl UserAgent {
                         // 200 crossed our CANCEL: ACK then BYE (RFC 3261 9.1).
                         let _ = self.bye(now, leg);
                     } else {
+                        self.session_from_response(now, leg, &resp, true);
                         self.events.push_back(UaEvent::Answered {
                             leg,
                             sdp: body_of(&resp.body),
@@ -1575,8 +1681,38 @@ impl UserAgent {
             }
             return;
         }
-        // Failure. A challenge we can answer (22.2)? Never after our CANCEL.
+        // Failure. Our session interval too brief (RFC 4028 7.2)? Again with
+        // the peer's Min-SE.
         let cancelled = l.cancelled;
+        if code == 422
+            && !cancelled
+            && l.auth_tries < 2
+            && let Some((ask, _)) = l.se_ask
+            && let Some(min) = resp
+                .values("Min-SE")
+                .first()
+                .and_then(|v| session_timer::parse_min_se(v))
+            && min > ask
+            && let Some(mut l) = self.legs.remove(&leg)
+        {
+            l.auth_tries += 1;
+            l.local_cseq += 1;
+            l.se_ask = Some((min, min));
+            self.purposes.remove(&tx);
+            let sent = self.send_invite(now, &mut l, None);
+            if let Ok(new_tx) = sent {
+                l.invite_tx = Some(new_tx);
+                self.purposes.insert(new_tx, Purpose::Invite(leg));
+            }
+            self.legs.insert(leg, l);
+            if sent.is_ok() {
+                return;
+            }
+        }
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        // A challenge we can answer (22.2)? Never after our CANCEL.
         if (code == 401 || code == 407) && !cancelled && l.auth.is_some() && l.auth_tries < 2 {
             let header = if code == 401 {
                 "WWW-Authenticate"
@@ -1767,6 +1903,15 @@ impl UserAgent {
                 .events
                 .push_back(UaEvent::OptionsResult { ping, status: None }),
             Purpose::Register(reg) => self.registration_failed(now, reg, code),
+            Purpose::Refresh(leg) => {
+                // The refresh went unanswered: the peer is gone (RFC 4028 10).
+                if let Some(l) = self.legs.get_mut(&leg)
+                    && l.offer_tx.is_some_and(|(t, _)| t == tx)
+                {
+                    l.offer_tx = None;
+                }
+                self.broken(now, leg, code);
+            }
             Purpose::Orphan => {}
         }
     }

@@ -1390,3 +1390,121 @@ fn ten_thousand_random_call_sequences_leave_no_state() {
         "loss was exercised: {stats:?}"
     );
 }
+
+// ----- session timers (RFC 4028) -----
+
+fn with_session_expires(to: u8, v: &str) -> InviteParams {
+    let mut p = params(to);
+    p.headers.push(("Session-Expires".into(), v.into()));
+    p
+}
+
+#[test]
+fn session_timer_is_refreshed_by_the_caller_and_ends_when_refreshes_stop() {
+    let mut net = Net::pair(40);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, with_session_expires(2, "90")).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert!(answered(net.events(0), leg).is_some());
+    let b_leg = net.incoming(1)[0];
+    // The callee names the caller (which supports timers) the refresher.
+    let ours = net.nodes[0].ua.legs[&leg].session.unwrap();
+    let theirs = net.nodes[1].ua.legs[&b_leg].session.unwrap();
+    assert_eq!(ours.interval, Duration::from_secs(90));
+    assert!(ours.we_refresh && !theirs.we_refresh);
+
+    // Refreshed at half the interval, with UPDATE (both allow it): three times
+    // in 140 s, and the callee's deadline moves with each.
+    net.run_until(at(140), |_| false);
+    assert_eq!(net.sent(0, "UPDATE"), 3);
+    assert_eq!(net.terminated(1, b_leg), None);
+    assert_eq!(net.nodes[0].ua.stats().session_refreshes, 3);
+
+    // The caller's refreshes get lost: the callee ends the session at the
+    // last refresh (135 s) + 90 - 30 s, with BYE.
+    net.drop = Some(Box::new(|from, b| {
+        from == 0 && first_line(b).starts_with("UPDATE")
+    }));
+    net.run_until(at(200), |n| n.terminated(1, b_leg).is_some());
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::SessionExpired));
+    assert!(net.now <= at(196) && net.now >= at(195), "{:?}", net.now);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.terminated(0, leg), Some(EndReason::RemoteBye));
+    assert_eq!(net.nodes[1].ua.stats().session_expired, 1);
+    net.run_for(Duration::from_secs(60));
+    net.assert_idle();
+}
+
+#[test]
+fn a_too_brief_session_interval_gets_422_and_the_caller_asks_again() {
+    let mut cfg = UaConfig::new(LocalAddr::udp(addr(2).ip(), 5060), 42);
+    cfg.min_se = Duration::from_secs(300);
+    let mut net = Net::new(vec![ua(1, 41), UserAgent::new(cfg)], 41);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, with_session_expires(2, "90")).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.sent(1, "SIP/2.0 422"), 1);
+    assert_eq!(net.sent(0, "INVITE"), 2, "asked again");
+    assert!(answered(net.events(0), leg).is_some());
+    let b_leg = net.incoming(1)[0];
+    assert_eq!(
+        net.nodes[1].ua.legs[&b_leg].session.unwrap().interval,
+        Duration::from_secs(300)
+    );
+    // A refresh that asks for less than 300 s is refused the same way.
+    assert_eq!(net.nodes[0].ua.legs[&leg].session.unwrap().interval, Duration::from_secs(300));
+}
+
+#[test]
+fn the_callee_refreshes_with_reinvite_when_the_caller_asks_it_and_lacks_update() {
+    // A PBX that asks for a session timer with us (the callee) as refresher, does
+    // not support timers itself and does not allow UPDATE.
+    let mut ua = ua(1, 43);
+    let pbx = Peer::udp("10.0.0.7:5060".parse().unwrap());
+    let invite = "INVITE sip:+15550100@10.0.0.1 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKpbx1\r\n\
+        From: <sip:200@10.0.0.7>;tag=pbx\r\nTo: <sip:+15550100@10.0.0.1>\r\n\
+        Call-ID: st-1@10.0.0.7\r\nCSeq: 1 INVITE\r\nContact: <sip:200@10.0.0.7>\r\n\
+        Max-Forwards: 70\r\nSession-Expires: 90;refresher=uas\r\n\
+        Allow: INVITE, ACK, BYE, CANCEL\r\nContent-Type: application/sdp\r\n";
+    let bytes = format!(
+        "{invite}Content-Length: {}\r\n\r\n{}",
+        SDP_A.len(),
+        String::from_utf8_lossy(SDP_A)
+    );
+    ua.handle_bytes(Instant::ZERO, bytes.as_bytes(), pbx);
+    let leg = std::iter::from_fn(|| ua.poll_event())
+        .find_map(|e| match e {
+            UaEvent::IncomingInvite { leg, .. } => Some(leg),
+            _ => None,
+        })
+        .unwrap();
+    ua.respond(Instant::ZERO, leg, 200, Some(SDP_B), &[]).unwrap();
+    let out: Vec<String> = std::iter::from_fn(|| ua.poll_transmit())
+        .map(|t| String::from_utf8_lossy(&t.bytes).to_string())
+        .collect();
+    let ok = out.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap();
+    assert!(ok.contains("Session-Expires: 90;refresher=uas\r\n"), "{ok}");
+    assert!(!ok.contains("Require: timer"), "the PBX does not support it: {ok}");
+    let ack = "ACK sip:+15550100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKpbx2\r\n\
+        From: <sip:200@10.0.0.7>;tag=pbx\r\nTo: <sip:+15550100@10.0.0.1>;tag=TAG\r\n\
+        Call-ID: st-1@10.0.0.7\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    let tag = ua.legs[&leg].local_tag.clone();
+    ua.handle_bytes(Instant::from_millis(10), ack.replace("TAG", &tag).as_bytes(), pbx);
+    // At half the interval: a re-INVITE offering our SDP unchanged.
+    let mut now = Instant::from_millis(10);
+    while let Some(t) = ua.poll_timeout().filter(|t| *t <= at(45)) {
+        now = now.max(t);
+        ua.handle_timeout(now);
+    }
+    let out: Vec<String> = std::iter::from_fn(|| ua.poll_transmit())
+        .map(|t| String::from_utf8_lossy(&t.bytes).to_string())
+        .collect();
+    let reinvite = out
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("a refresh re-INVITE");
+    assert!(reinvite.contains("Session-Expires: 90;refresher=uac\r\n"), "{reinvite}");
+    assert!(reinvite.ends_with(std::str::from_utf8(SDP_B).unwrap()), "{reinvite}");
+    assert_eq!(ua.stats().session_refreshes, 1);
+}
