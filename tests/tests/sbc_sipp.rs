@@ -307,6 +307,48 @@ fn a_codec_both_sides_share_is_relayed_not_transcoded() {
 }
 
 #[test]
+fn a_late_offer_caller_gets_our_offer_in_the_200_and_answers_in_the_ack() {
+    let _serial = serial();
+    let calls = 2;
+    let callee = echo_callee("pcma-callee", calls, "8 PCMA/8000");
+    let sbc = Sbc::start(&SbcSpec::new(
+        "late-offer",
+        rtp(15),
+        to_pstn_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    // INVITE without SDP; our 200 offers PCMA first (the far end's choice);
+    // the ACK answers PCMA and the capture plays through both ways.
+    let mut carrier = caller(
+        "late-caller",
+        "caller_late_offer.xml",
+        &sbc,
+        "+15550100",
+        calls,
+    )
+    .pcap("g711a.pcap")
+    .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value(
+            "sbc_calls_ended_total",
+            &["direction=\"inbound\",status=\"completed\""]
+        ),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    let path = |p: &str| m.value("sbc_calls_media_total", &[&format!("path=\"{p}\"")]);
+    assert_eq!(path("relayed"), calls as f64, "{:?}", m.samples);
+    // About 7 s of 30 ms packets per call came in from each side.
+    let rtp_in = m.value("sbc_rtp_packets_total", &["direction=\"in\""]);
+    assert!(rtp_in > (calls * 2 * 150) as f64, "{rtp_in} packets in");
+}
+
+#[test]
 fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
     let _serial = serial();
     // The trunk asks for session timers on our calls toward it too.
@@ -323,9 +365,15 @@ fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
     let mut callee = callee.spawn();
     // 422 for 60 s, then 90 s as refresher, three UPDATE refreshes, then
     // silence until our BYE (about 60 s later; see the scenario).
-    let mut carrier = caller("timed-caller", "caller_session_timer.xml", &sbc, "+15550100", 1)
-        .timeout_secs(150)
-        .spawn();
+    let mut carrier = caller(
+        "timed-caller",
+        "caller_session_timer.xml",
+        &sbc,
+        "+15550100",
+        1,
+    )
+    .timeout_secs(150)
+    .spawn();
     carrier.assert_success(Duration::from_secs(160));
     callee.assert_success(SIPP_DONE);
     sbc.assert_idle(IDLE);
@@ -345,8 +393,17 @@ fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
         .into_iter()
         .find(|m| m.is_request("INVITE"))
         .unwrap();
-    assert_eq!(invite.header("Session-Expires"), Some("90"), "{}", invite.text);
-    assert!(invite.headers("Supported").contains(&"timer"), "{}", invite.text);
+    assert_eq!(
+        invite.header("Session-Expires"),
+        Some("90"),
+        "{}",
+        invite.text
+    );
+    assert!(
+        invite.headers("Supported").contains(&"timer"),
+        "{}",
+        invite.text
+    );
 }
 
 #[test]

@@ -154,17 +154,20 @@ impl Call {
     /// Answers the SIP INVITE `req` (from `trunk`) as a new party: its offer
     /// answered at once on a port of ours, its RTP leg added. `Err` is the
     /// status that refuses it (488 for no usable offer, 503 without a port).
+    /// An INVITE without SDP (late offer) gets our offer in the 200 instead.
     fn sip_caller(
         &mut self,
         ctx: &mut CallCtx<'_>,
         req: &crate::sip::message::Request,
         trunk: Option<usize>,
     ) -> Result<LegKey, u16> {
+        if req.body.is_empty() {
+            return self.late_offer_caller(ctx, req, trunk);
+        }
         let Ok(offer) = std::str::from_utf8(&req.body)
             .map_err(|_| ())
             .and_then(|t| SessionDescription::parse(t).map_err(|_| ()))
         else {
-            // No (valid) offer: late-offer INVITEs are not supported.
             return Err(488);
         };
         let Some(port) = ctx.ports.take() else {
@@ -199,6 +202,7 @@ impl Call {
                 remote_held: false,
                 held_by_us: false,
                 open_offer: Some(offer.to_string()),
+                late_offer: false,
             }),
             Origin::Caller,
             None,
@@ -212,6 +216,48 @@ impl Call {
             remote,
             format,
         });
+        Ok(key)
+    }
+
+    /// A SIP caller without an offer: a port, and our offer (the trunk's
+    /// codecs) that goes in the 200; its media starts with the answer in the
+    /// ACK.
+    fn late_offer_caller(
+        &mut self,
+        ctx: &mut CallCtx<'_>,
+        req: &crate::sip::message::Request,
+        trunk: Option<usize>,
+    ) -> Result<LegKey, u16> {
+        let Some(port) = ctx.ports.take() else {
+            return Err(503);
+        };
+        let codecs = trunk
+            .map(|t| ctx.cfg.trunks[t].codecs.clone())
+            .unwrap_or_default();
+        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, ctx.rng.next_u64() >> 12);
+        let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
+        let key = self.leg_key();
+        let mut p = Party::new(
+            Role::Customer,
+            Leg::Sip(SipLeg {
+                state: SipState::Ringing,
+                port,
+                trunk,
+                attempt: 0,
+                local_sdp: offer,
+                sdp_version: 1,
+                negotiated: None,
+                early_media: false,
+                remote_held: false,
+                held_by_us: false,
+                open_offer: None,
+                late_offer: true,
+            }),
+            Origin::Caller,
+            None,
+        );
+        p.name = display_name_of(req.header_from().unwrap_or(""));
+        self.parties.insert(key, p);
         Ok(key)
     }
 
@@ -578,6 +624,7 @@ impl Call {
                     remote_held: false,
                     held_by_us: false,
                     open_offer: None,
+                    late_offer: false,
                 }),
                 origin,
                 Some(target),
@@ -646,6 +693,22 @@ impl Call {
             Leg::Sip(s) if s.state != SipState::Ringing => {
                 self.progress = Progress::Ringback;
             }
+            // No SDP before the 200 to a late-offer caller (the 200 holds our
+            // offer, and an offer in a 18x needs a reliable one): a 180, and
+            // its phone rings by itself.
+            Leg::Sip(s) if s.late_offer && local && first => {
+                self.progress = Progress::Relayed { sdp: false };
+                self.sip(
+                    caller,
+                    SipAction::Respond {
+                        status: 180,
+                        sdp: None,
+                        headers: Vec::new(),
+                    },
+                );
+                self.event(now, CallEventKind::Ringing, None, None, None);
+            }
+            Leg::Sip(s) if s.late_offer => {}
             Leg::Sip(s) if local => {
                 let sdp = s.local_sdp.clone();
                 self.progress = Progress::Ringback;

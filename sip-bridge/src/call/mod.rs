@@ -146,6 +146,12 @@ pub enum SipLegEvent {
         /// Body.
         body: Bytes,
     },
+    /// The ACK for our 2xx (with the answer to the offer in it, for an INVITE
+    /// that came without one).
+    Acked {
+        /// The ACK's body.
+        sdp: Option<Bytes>,
+    },
     /// The leg is gone.
     Terminated {
         /// Why.
@@ -171,6 +177,7 @@ impl SipLegEvent {
                 body,
             } => (leg, SipLegEvent::Info { content_type, body }),
             UaEvent::Terminated { leg, reason } => (leg, SipLegEvent::Terminated { reason }),
+            UaEvent::Acked { leg, sdp } => (leg, SipLegEvent::Acked { sdp }),
             _ => return None,
         })
     }

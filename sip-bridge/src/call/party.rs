@@ -50,6 +50,9 @@ pub(crate) struct SipLeg {
     /// A SIP caller's offer while our answer to it has not gone out: it can
     /// still take the codec the target chose, so the two legs relay.
     pub open_offer: Option<String>,
+    /// A SIP caller that sent no offer (late offer, RFC 3261 13.2.1): ours
+    /// goes in the 200 and its answer comes in the ACK.
+    pub late_offer: bool,
 }
 
 /// An operator's browser.

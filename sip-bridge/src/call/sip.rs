@@ -92,6 +92,7 @@ impl Call {
                 }
             }
             SipLegEvent::Terminated { reason } => self.sip_terminated(now, ctx, key, reason),
+            SipLegEvent::Acked { sdp } => self.acked(now, ctx, key, sdp.as_deref()),
         }
         self.settle(now, ctx);
     }
@@ -162,6 +163,7 @@ impl Call {
             self.progress = Progress::Ringback;
             return;
         }
+        let early = early && !s.late_offer; // no SDP before the 200 for it
         let (status, sdp) = match self.progress {
             Progress::Ringback | Progress::Relayed { sdp: true } => return,
             Progress::Relayed { sdp: false } if !early => return,
@@ -188,6 +190,24 @@ impl Call {
         if first {
             self.event(now, super::CallEventKind::Ringing, None, None, None);
         }
+    }
+
+    /// The ACK for our 200 to a late-offer caller carries its answer: its
+    /// media starts. Without a usable answer the caller leaves (it cannot be
+    /// heard), which ends a two-party call.
+    fn acked(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey, sdp: Option<&[u8]>) {
+        let late = self
+            .parties
+            .get(&key)
+            .and_then(|p| p.sip())
+            .is_some_and(|s| s.late_offer && s.negotiated.is_none());
+        if !late {
+            return;
+        }
+        if sdp.is_some_and(|b| self.negotiate_answer(ctx, key, b)) {
+            return;
+        }
+        self.leave(now, ctx, key, EndReason::Failed, true);
     }
 
     /// Reads a target's SDP answer (183 or 200): sets up or updates its RTP leg.
@@ -251,6 +271,35 @@ impl Call {
         let Some(s) = self.parties.get(&caller).and_then(|p| p.sip()) else {
             return;
         };
+        if s.late_offer && s.state == SipState::Ringing {
+            // Our offer has not gone out yet: the target's codec first in it.
+            let mut codecs = s
+                .trunk
+                .and_then(|t| ctx.cfg.trunks.get(t))
+                .map(|t| t.codecs.clone())
+                .unwrap_or_default();
+            if codecs.is_empty() {
+                codecs = vec![
+                    media_core::codec::Codec::Pcmu,
+                    media_core::codec::Codec::Pcma,
+                    media_core::codec::Codec::Opus,
+                ];
+            }
+            if !codecs.contains(&codec) {
+                return;
+            }
+            codecs.sort_by_key(|c| *c != codec);
+            let session_id = SessionDescription::parse(&s.local_sdp)
+                .ok()
+                .and_then(|sd| sd.origin.session_id.parse().ok())
+                .unwrap_or(1);
+            let local = LocalMedia::rtp(ctx.cfg.media_ip, s.port, session_id);
+            let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
+            if let Some(s) = self.parties.get_mut(&caller).and_then(|p| p.sip_mut()) {
+                s.local_sdp = offer;
+            }
+            return;
+        }
         let (Some(offer), Some(in_use)) = (
             s.open_offer
                 .as_deref()

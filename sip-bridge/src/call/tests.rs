@@ -455,3 +455,94 @@ fn holding_the_whole_call_holds_everyone_but_the_asker() {
     f.drain(&mut call);
     assert!(call.parties.values().all(|p| !p.held));
 }
+
+/// An INVITE from the carrier to `support`, without SDP (late offer).
+fn late_offer_invite() -> crate::sip::message::Request {
+    let raw = "INVITE sip:+15550100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKlate\r\n\
+        From: <sip:+15550111@192.0.2.9>;tag=l1\r\nTo: <sip:+15550100@192.0.2.1>\r\nCall-ID: late@192.0.2.9\r\n\
+        CSeq: 1 INVITE\r\nContact: <sip:+15550111@192.0.2.9>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    match crate::sip::message::classify(
+        raw.as_bytes(),
+        crate::sip::message::Transport::Udp,
+        &Default::default(),
+    ) {
+        crate::sip::message::Inbound::Request(r) => *r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sip_actions(out: &[CallOutput], leg: LegKey) -> Vec<SipAction> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::Sip { leg: l, action } if *l == leg => Some(action.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_late_offer_caller_gets_our_offer_in_the_200_and_its_media_starts_with_the_ack() {
+    let caller_answer = "v=0\r\no=c 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    for ack_has_answer in [true, false] {
+        let mut f = Fixture::new(&["alice"]);
+        let now = Instant::ZERO;
+        let number = f.cfg.numbers[0].clone();
+        let mut call = Call::inbound(
+            now,
+            &mut f.ctx(),
+            CallId(1),
+            &late_offer_invite(),
+            None,
+            &number,
+        )
+        .expect("taken");
+        let out = f.drain(&mut call);
+        let caller = LegKey(0);
+        // Operators ring: a 180 without SDP (an offer cannot go in an unreliable
+        // 18x), no media for the caller yet.
+        assert_eq!(
+            sip_actions(&out, caller),
+            vec![SipAction::Respond {
+                status: 180,
+                sdp: None,
+                headers: vec![]
+            }]
+        );
+        let media_for_caller = |out: &[CallOutput]| {
+            out.iter().any(|o| {
+                matches!(o, CallOutput::Media(MediaCommand::AddRtp { leg, .. }) if *leg == caller)
+            })
+        };
+        assert!(!media_for_caller(&out));
+        call.handle_operator(now, &mut f.ctx(), "alice", None, accept());
+        let mut out = f.drain(&mut call);
+        out.extend(answer(&mut f, &mut call, now, 1));
+        let ok = sip_actions(&out, caller);
+        let [
+            SipAction::Respond {
+                status: 200,
+                sdp: Some(offer),
+                ..
+            },
+        ] = &ok[..]
+        else {
+            panic!("{ok:?}");
+        };
+        assert!(
+            offer.contains("m=audio 20000 RTP/AVP ") && offer.contains("a=rtpmap:0 PCMU/8000"),
+            "our offer: {offer}"
+        );
+        assert!(!media_for_caller(&out));
+        let sdp = ack_has_answer.then(|| bytes::Bytes::from(caller_answer));
+        call.handle_sip(now, &mut f.ctx(), caller, SipLegEvent::Acked { sdp });
+        let out = f.drain(&mut call);
+        if ack_has_answer {
+            assert!(media_for_caller(&out), "{out:?}");
+            assert!(call.is_connected());
+        } else {
+            // No answer, no media: the caller is let go (BYE), ending the call.
+            assert_eq!(sip_actions(&out, caller), vec![SipAction::Hangup]);
+            assert!(call.is_ended());
+        }
+    }
+}

@@ -358,7 +358,13 @@ impl UserAgent {
     }
 
     /// The answer to our refresh.
-    pub(super) fn on_refresh_response(&mut self, now: Instant, tx: TxId, leg: LegId, resp: Response) {
+    pub(super) fn on_refresh_response(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        leg: LegId,
+        resp: Response,
+    ) {
         let code = resp.status_code.code();
         if code < 200 {
             return;

@@ -1403,7 +1403,10 @@ fn with_session_expires(to: u8, v: &str) -> InviteParams {
 fn session_timer_is_refreshed_by_the_caller_and_ends_when_refreshes_stop() {
     let mut net = Net::pair(40);
     net.nodes[1].auto.answer = Some(200);
-    let leg = net.ua(0).invite(Instant::ZERO, with_session_expires(2, "90")).unwrap();
+    let leg = net
+        .ua(0)
+        .invite(Instant::ZERO, with_session_expires(2, "90"))
+        .unwrap();
     net.run_for(Duration::from_secs(1));
     assert!(answered(net.events(0), leg).is_some());
     let b_leg = net.incoming(1)[0];
@@ -1441,7 +1444,10 @@ fn a_too_brief_session_interval_gets_422_and_the_caller_asks_again() {
     cfg.min_se = Duration::from_secs(300);
     let mut net = Net::new(vec![ua(1, 41), UserAgent::new(cfg)], 41);
     net.nodes[1].auto.answer = Some(200);
-    let leg = net.ua(0).invite(Instant::ZERO, with_session_expires(2, "90")).unwrap();
+    let leg = net
+        .ua(0)
+        .invite(Instant::ZERO, with_session_expires(2, "90"))
+        .unwrap();
     net.run_for(Duration::from_secs(1));
     assert_eq!(net.sent(1, "SIP/2.0 422"), 1);
     assert_eq!(net.sent(0, "INVITE"), 2, "asked again");
@@ -1452,7 +1458,10 @@ fn a_too_brief_session_interval_gets_422_and_the_caller_asks_again() {
         Duration::from_secs(300)
     );
     // A refresh that asks for less than 300 s is refused the same way.
-    assert_eq!(net.nodes[0].ua.legs[&leg].session.unwrap().interval, Duration::from_secs(300));
+    assert_eq!(
+        net.nodes[0].ua.legs[&leg].session.unwrap().interval,
+        Duration::from_secs(300)
+    );
 }
 
 #[test]
@@ -1479,18 +1488,26 @@ fn the_callee_refreshes_with_reinvite_when_the_caller_asks_it_and_lacks_update()
             _ => None,
         })
         .unwrap();
-    ua.respond(Instant::ZERO, leg, 200, Some(SDP_B), &[]).unwrap();
+    ua.respond(Instant::ZERO, leg, 200, Some(SDP_B), &[])
+        .unwrap();
     let out: Vec<String> = std::iter::from_fn(|| ua.poll_transmit())
         .map(|t| String::from_utf8_lossy(&t.bytes).to_string())
         .collect();
     let ok = out.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap();
     assert!(ok.contains("Session-Expires: 90;refresher=uas\r\n"), "{ok}");
-    assert!(!ok.contains("Require: timer"), "the PBX does not support it: {ok}");
+    assert!(
+        !ok.contains("Require: timer"),
+        "the PBX does not support it: {ok}"
+    );
     let ack = "ACK sip:+15550100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKpbx2\r\n\
         From: <sip:200@10.0.0.7>;tag=pbx\r\nTo: <sip:+15550100@10.0.0.1>;tag=TAG\r\n\
         Call-ID: st-1@10.0.0.7\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
     let tag = ua.legs[&leg].local_tag.clone();
-    ua.handle_bytes(Instant::from_millis(10), ack.replace("TAG", &tag).as_bytes(), pbx);
+    ua.handle_bytes(
+        Instant::from_millis(10),
+        ack.replace("TAG", &tag).as_bytes(),
+        pbx,
+    );
     // At half the interval: a re-INVITE offering our SDP unchanged.
     let mut now = Instant::from_millis(10);
     while let Some(t) = ua.poll_timeout().filter(|t| *t <= at(45)) {
@@ -1504,7 +1521,13 @@ fn the_callee_refreshes_with_reinvite_when_the_caller_asks_it_and_lacks_update()
         .iter()
         .find(|m| m.starts_with("INVITE "))
         .expect("a refresh re-INVITE");
-    assert!(reinvite.contains("Session-Expires: 90;refresher=uac\r\n"), "{reinvite}");
-    assert!(reinvite.ends_with(std::str::from_utf8(SDP_B).unwrap()), "{reinvite}");
+    assert!(
+        reinvite.contains("Session-Expires: 90;refresher=uac\r\n"),
+        "{reinvite}"
+    );
+    assert!(
+        reinvite.ends_with(std::str::from_utf8(SDP_B).unwrap()),
+        "{reinvite}"
+    );
     assert_eq!(ua.stats().session_refreshes, 1);
 }
