@@ -1340,13 +1340,35 @@ impl UserAgent {
                     return done;
                 }
                 if req.body.is_empty() {
-                    // Session refresh without an offer: accept as is.
+                    // No offer: a session refresh. An UPDATE is accepted as is; a
+                    // re-INVITE gets our session as the offer in its 2xx (RFC 3261
+                    // 14.2; unchanged, version and all: RFC 6337 5.3) and the
+                    // answer comes in the ACK.
                     let headers = self.session_answer(now, leg, &req);
                     let refs: Vec<(&str, &str)> = headers
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_str()))
                         .collect();
-                    let resp = self.uas_response(leg, &req, 200, None, &refs);
+                    let offer = self
+                        .legs
+                        .get(&leg)
+                        .filter(|l| req.method == Method::Invite && !l.local_sdp.is_empty())
+                        .map(|l| l.local_sdp.clone());
+                    let resp = self.uas_response(leg, &req, 200, offer.as_deref(), &refs);
+                    if offer.is_some() {
+                        let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
+                        let t1 = self.cfg.timers.t1;
+                        if let Some(l) = self.legs.get_mut(&leg) {
+                            l.retx = Some(Retx {
+                                bytes,
+                                interval: t1,
+                                next: now + t1,
+                                deadline: now + t1 * 64,
+                                cseq,
+                            });
+                        }
+                        self.timers.push(Reverse((now + t1, UaTimer::Retx(leg))));
+                    }
                     let _ = self.tl.respond(now, tx, resp);
                     return;
                 }

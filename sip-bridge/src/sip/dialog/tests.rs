@@ -1531,3 +1531,72 @@ fn the_callee_refreshes_with_reinvite_when_the_caller_asks_it_and_lacks_update()
     );
     assert_eq!(ua.stats().session_refreshes, 1);
 }
+
+#[test]
+fn a_reinvite_without_sdp_gets_our_session_as_the_offer_and_the_ack_answers() {
+    let mut net = Net::pair(44);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert!(answered(net.events(0), leg).is_some());
+    let b_leg = net.incoming(1)[0];
+    let (call_id, a_tag, b_tag) = {
+        let l = &net.nodes[1].ua.legs[&b_leg];
+        (
+            l.call_id.clone(),
+            l.remote_tag.clone().unwrap(),
+            l.local_tag.clone(),
+        )
+    };
+    // The caller re-INVITEs without a body (a PBX's session refresh), played by
+    // hand: what the callee sends back is kept from the real caller.
+    net.drop = Some(Box::new(|from, _| from == 1));
+    let reinvite = format!(
+        "INVITE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKnosdp\r\n\
+         From: <sip:+15550111@10.0.0.1>;tag={a_tag}\r\nTo: <sip:+15550100@10.0.0.2>;tag={b_tag}\r\n\
+         Call-ID: {call_id}\r\nCSeq: 5 INVITE\r\nContact: <sip:a@10.0.0.1>\r\nMax-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let now = net.now;
+    net.nodes[1]
+        .ua
+        .handle_bytes(now, reinvite.as_bytes(), Peer::udp(addr(1)));
+    let sent: Vec<String> = std::iter::from_fn(|| net.nodes[1].ua.poll_transmit())
+        .map(|t| String::from_utf8_lossy(&t.bytes).to_string())
+        .collect();
+    let ok = sent
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 5 INVITE"))
+        .expect("a 2xx");
+    assert!(
+        ok.ends_with(std::str::from_utf8(SDP_B).unwrap()),
+        "our session as the offer: {ok}"
+    );
+    // Without the ACK the 2xx is retransmitted; the ACK (with the answer) stops it.
+    let before = net.sent(1, "SIP/2.0 200");
+    net.run_for(Duration::from_millis(600));
+    assert_eq!(
+        net.sent(1, "SIP/2.0 200"),
+        before + 1,
+        "retransmitted at T1"
+    );
+    let ack = format!(
+        "ACK sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKnosdpack\r\n\
+         From: <sip:+15550111@10.0.0.1>;tag={a_tag}\r\nTo: <sip:+15550100@10.0.0.2>;tag={b_tag}\r\n\
+         Call-ID: {call_id}\r\nCSeq: 5 ACK\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        SDP_A.len(),
+        std::str::from_utf8(SDP_A).unwrap()
+    );
+    let now = net.now;
+    net.nodes[1]
+        .ua
+        .handle_bytes(now, ack.as_bytes(), Peer::udp(addr(1)));
+    net.pump();
+    assert!(net.events(1).iter().any(|e| matches!(
+        e,
+        UaEvent::Acked { leg: l, sdp: Some(_) } if *l == b_leg
+    )));
+    assert!(net.nodes[1].ua.legs[&b_leg].retx.is_none());
+    assert_eq!(net.terminated(1, b_leg), None);
+}
