@@ -211,10 +211,10 @@ pub fn banner(cfg: &SbcConfig, h: &ServerHandle) -> String {
         } else {
             "http"
         },
-        if http.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            http.ip().to_string()
+        match http.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"), // RFC 3986 3.2.2
+            ip => ip.to_string(),
         },
         http.port()
     );

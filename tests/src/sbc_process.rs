@@ -159,16 +159,21 @@ pub fn free_udp_port(ip: IpAddr) -> u16 {
 /// /proc/net/udp: looks without binding, so it cannot steal the port from the
 /// process starting up.
 pub fn udp_bound(addr: SocketAddr) -> bool {
-    let IpAddr::V4(ip) = addr.ip() else {
+    // "  sl  local_address rem_address ...": the local address is the address
+    // as native-endian u32 words in hex (one for IPv4, four for IPv6), then the
+    // port in hex.
+    let words = |o: &[u8]| -> String {
+        o.chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect()
+    };
+    let (file, want_ip, any_ip) = match addr.ip() {
+        IpAddr::V4(ip) => ("/proc/net/udp", words(&ip.octets()), "0".repeat(8)),
+        IpAddr::V6(ip) => ("/proc/net/udp6", words(&ip.octets()), "0".repeat(32)),
+    };
+    let Ok(table) = std::fs::read_to_string(file) else {
         return false;
     };
-    let Ok(table) = std::fs::read_to_string("/proc/net/udp") else {
-        return false;
-    };
-    // "  sl  local_address rem_address ...": the local address is the IPv4
-    // address as a native-endian u32 in hex, then the port in hex.
-    let want_ip = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
-    let any_ip = "00000000";
     let want_port = format!("{:04X}", addr.port());
     table.lines().skip(1).any(|l| {
         l.split_whitespace().nth(1).is_some_and(|local| {

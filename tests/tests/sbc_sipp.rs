@@ -407,6 +407,63 @@ fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
 }
 
 #[test]
+fn a_call_over_ipv6_brackets_its_addresses_and_offers_ip6_media() {
+    let _serial = serial();
+    let v6: std::net::IpAddr = "::1".parse().unwrap();
+    let callee = SippCmd::new("v6-callee", "callee.xml", v6)
+        .calls(1)
+        .key("answer_pt", "0")
+        .key("answer_codec", "PCMU/8000")
+        .key("answer_ptime", "20");
+    // The SBC, its trunk peer and the carrier on ::1 (the trunk's peer address
+    // makes the carrier's calls trunk calls).
+    let sbc = Sbc::start(&SbcSpec {
+        ip: v6,
+        ..SbcSpec::new("ipv6", rtp(16), to_pstn_target(callee.addr(), ""))
+    });
+    let mut callee = callee.spawn();
+    let mut carrier = SippCmd::new("v6-caller", "caller.xml", v6)
+        .remote(sbc.sip)
+        .service("+15550100")
+        .calls(1)
+        .hold_ms(300)
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    // RFC 5118 section 4.5 and RFC 3264: bracketed references in SIP, IP6 in SDP.
+    let invite = callee
+        .received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap();
+    let via = invite.header("Via").unwrap_or_default().to_string();
+    assert!(via.contains("[::1]:"), "{via}");
+    assert!(
+        invite
+            .header("Contact")
+            .unwrap_or_default()
+            .contains("[::1]"),
+        "{}",
+        invite.text
+    );
+    assert!(invite.text.contains("c=IN IP6 ::1"), "{}", invite.text);
+    let ok = carrier
+        .received()
+        .into_iter()
+        .find(|m| m.status() == Some(200) && m.text.contains("m=audio"))
+        .unwrap();
+    assert!(ok.text.contains("c=IN IP6 ::1"), "{}", ok.text);
+    assert_eq!(
+        sbc.metric(
+            "sbc_calls_ended_total",
+            &["direction=\"inbound\",status=\"completed\""]
+        ),
+        1.0
+    );
+}
+
+#[test]
 fn busy_target_gives_the_caller_486() {
     let _serial = serial();
     let calls = 3;
