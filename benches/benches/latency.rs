@@ -173,6 +173,7 @@ impl Call {
                         }
                     }
                     Via::Rtp(_) => self.to_carrier += 1,
+                    Via::Rtcp(_) => {}
                 }
             }
             loop {

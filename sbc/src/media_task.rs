@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use sip_bridge::bridge::{CallId, LegKey, MediaCommand, MediaEvent};
+use sip_bridge::bridge::{CallId, LegKey, MediaCommand, MediaEvent, RtcpQuality};
 use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -81,7 +81,7 @@ async fn run(
         let wake = tokio::select! {
             _ = export_tick.tick() => Wake::Export,
             msg = rx.recv() => Wake::Message(msg),
-            (port, from, data) = std::future::poll_fn(|cx| rtp.poll_recv(cx)) => Wake::Rtp { port, from, data },
+            (port, from, data, rtcp) = std::future::poll_fn(|cx| rtp.poll_recv(cx)) => Wake::Rtp { port, from, data, rtcp },
             _ = timer.as_mut() => Wake::Timer,
         };
         let mut ports_changed = false;
@@ -94,7 +94,18 @@ async fn run(
                 ports_changed = true; // a media timeout may end a leg
                 session.handle_timeout(ctx.clock.now());
             }
-            Wake::Rtp { port, from, data } => session.handle_rtp(ctx.clock.now(), port, from, data),
+            Wake::Rtp {
+                port,
+                from,
+                data,
+                rtcp: false,
+            } => session.handle_rtp(ctx.clock.now(), port, from, data),
+            Wake::Rtp {
+                port,
+                from,
+                data,
+                rtcp: true,
+            } => session.handle_rtcp(ctx.clock.now(), port, from, &data),
             Wake::Message(None) => break,
             Wake::Message(Some(msg)) => {
                 let now = ctx.clock.now();
@@ -108,10 +119,23 @@ async fn run(
                         {
                             let bound = match ctx.rtp_ports.take(*local_port) {
                                 Some(r) => {
-                                    rtp.rtcp.insert(*local_port, r.rtcp);
+                                    // RTCP on port + 1 (RFC 3550 11), read here too.
+                                    if let Ok(s) = UdpSocket::from_std(r.rtcp) {
+                                        rtp.rtcp.insert(*local_port, Arc::new(s));
+                                    }
                                     UdpSocket::from_std(r.rtp)
                                 }
-                                None => UdpSocket::bind((ctx.rtp_bind, *local_port)).await,
+                                None => {
+                                    // Not reserved (a port reused in this call): RTCP
+                                    // beside it if it can be had.
+                                    if let Ok(s) =
+                                        UdpSocket::bind((ctx.rtp_bind, local_port.wrapping_add(1)))
+                                            .await
+                                    {
+                                        rtp.rtcp.insert(*local_port, Arc::new(s));
+                                    }
+                                    UdpSocket::bind((ctx.rtp_bind, *local_port)).await
+                                }
                             };
                             match bound {
                                 Ok(s) => {
@@ -161,6 +185,11 @@ async fn run(
                         let _ = s.try_send_to(&t.bytes, t.to);
                     }
                 }
+                Via::Rtcp(port) => {
+                    if let Some(s) = rtp.rtcp.get(&port) {
+                        let _ = s.try_send_to(&t.bytes, t.to);
+                    }
+                }
                 Via::WebRtc => {
                     let _ = ctx.port.socket.try_send_to(&t.bytes, t.to);
                 }
@@ -206,6 +235,24 @@ async fn run(
                 break;
             }
         }
+        while let Some((leg, q)) = session.poll_quality() {
+            // A SIP peer's RTCP report: metrics now, the CDR at the end.
+            metrics::histogram!("sbc_rtcp_fraction_lost")
+                .record(f64::from(q.fraction_lost) / 256.0);
+            metrics::histogram!("sbc_rtcp_jitter_seconds").record(q.jitter.as_secs_f64());
+            if let Some(rtt) = q.rtt {
+                metrics::histogram!("sbc_rtcp_rtt_seconds").record(rtt.as_secs_f64());
+            }
+            let quality = RtcpQuality {
+                fraction_lost: q.fraction_lost,
+                jitter_ms: q.jitter.as_millis() as u32,
+                rtt_ms: q.rtt.map(|r| r.as_millis() as u32),
+            };
+            let _ = control.send(ControlIn::Media {
+                call: id,
+                event: MediaEvent::Quality { leg, quality },
+            });
+        }
         // Ports whose legs are gone are closed at once (only commands and
         // timeouts end legs).
         if ports_changed {
@@ -249,6 +296,8 @@ enum Wake {
         port: u16,
         from: SocketAddr,
         data: BytesMut,
+        /// On the RTCP socket beside `port`.
+        rtcp: bool,
     },
     Timer,
 }
@@ -260,8 +309,8 @@ enum Wake {
 #[derive(Default)]
 struct RtpSockets {
     map: HashMap<u16, Arc<UdpSocket>>,
-    /// RTCP ports (+1) held beside them, not read yet.
-    rtcp: HashMap<u16, std::net::UdpSocket>,
+    /// The RTCP sockets (port + 1), by their RTP port.
+    rtcp: HashMap<u16, Arc<UdpSocket>>,
     buf: BytesMut,
     start: usize,
 }
@@ -270,11 +319,13 @@ impl RtpSockets {
     /// Largest datagram taken (bigger ones are truncated, as before).
     const MAX_DATAGRAM: usize = 1500;
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<(u16, SocketAddr, BytesMut)> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<(u16, SocketAddr, BytesMut, bool)> {
         // Start one socket further each time, so a busy one cannot starve another.
-        let n = self.map.len();
         self.start = self.start.wrapping_add(1);
-        for (&port, socket) in self.map.iter().cycle().skip(self.start % n.max(1)).take(n) {
+        let n = self.map.len();
+        let rtp = self.map.iter().map(|(p, s)| (*p, s, false));
+        let rtcp = self.rtcp.iter().map(|(p, s)| (*p, s, true));
+        for (port, socket, is_rtcp) in rtp.cycle().skip(self.start % n.max(1)).take(n).chain(rtcp) {
             // Readiness first; `try_recv_buf_from` then fills spare capacity
             // (tokio handles the uninitialized memory).
             while let Poll::Ready(Ok(())) = socket.poll_recv_ready(cx) {
@@ -286,7 +337,9 @@ impl RtpSockets {
                 }
                 let mut room = (&mut self.buf).limit(Self::MAX_DATAGRAM);
                 match socket.try_recv_buf_from(&mut room) {
-                    Ok((len, from)) => return Poll::Ready((port, from, self.buf.split_to(len))),
+                    Ok((len, from)) => {
+                        return Poll::Ready((port, from, self.buf.split_to(len), is_rtcp));
+                    }
                     // Stale readiness, cleared by tokio: poll again to register.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     // An error queued on the socket (e.g. ICMP): try the others.
@@ -323,6 +376,10 @@ impl Exported {
             .increment(d(s.rtp_bytes_out, self.stats.rtp_bytes_out));
         metrics::counter!("sbc_rtp_foreign_source_total")
             .increment(d(s.foreign_source, self.stats.foreign_source));
+        metrics::counter!("sbc_rtcp_packets_total", "direction" => "in")
+            .increment(d(s.rtcp_in, self.stats.rtcp_in));
+        metrics::counter!("sbc_rtcp_packets_total", "direction" => "out")
+            .increment(d(s.rtcp_out, self.stats.rtcp_out));
         metrics::counter!("sbc_mix_ticks_total").increment(d(s.mix_ticks, self.stats.mix_ticks));
         metrics::counter!("sbc_mix_encodes_total")
             .increment(d(s.mix_encodes, self.stats.mix_encodes));

@@ -15,8 +15,7 @@ use sip_bridge::bridge::PortProbe;
 pub struct Reserved {
     /// The RTP socket, non-blocking.
     pub rtp: UdpSocket,
-    /// The RTCP socket on port + 1, held so that no other process takes it
-    /// (RTCP itself is not read yet).
+    /// The RTCP socket on port + 1 (RFC 3550 section 11), non-blocking.
     pub rtcp: UdpSocket,
 }
 
@@ -61,7 +60,9 @@ impl RtpPorts {
     fn bind_pair(&self, port: u16) -> std::io::Result<Reserved> {
         let rtp = UdpSocket::bind((self.bind, port))?;
         let rtcp = UdpSocket::bind((self.bind, port.checked_add(1).ok_or_else(no_port)?))?;
+        // Both go to tokio (the media task reads RTCP too): non-blocking.
         rtp.set_nonblocking(true)?;
+        rtcp.set_nonblocking(true)?;
         Ok(Reserved { rtp, rtcp })
     }
 }

@@ -194,6 +194,9 @@ impl ServerBuilder {
             media_timeout: cfg.media_timeout,
             opus: cfg.opus,
             sip_jitter_buffer: cfg.sip_jitter_buffer,
+            // RTCP sender reports carry wall-clock NTP time (RFC 3550 6.4.1).
+            wall_clock_at_zero: std::time::Duration::from_secs(unix_base),
+            cname: format!("sbc@{}", cfg.bridge.media_ip),
             ..MediaConfig::new(Some(webrtc), 0)
         };
         let rtp_ports = RtpPorts::new(cfg.rtp_bind);

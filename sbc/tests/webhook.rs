@@ -63,6 +63,7 @@ async fn events_are_retried_until_accepted_and_signed() {
                 joined: Some(Instant::ZERO),
                 left: Some(Instant::from_millis(65_000)),
                 reason: Some("hangup"),
+                rtcp: None,
             },
             PartyRecord {
                 id: LegKey(1),
@@ -71,6 +72,7 @@ async fn events_are_retried_until_accepted_and_signed() {
                 joined: Some(Instant::from_millis(5_000)),
                 left: None,
                 reason: None,
+                rtcp: None,
             },
         ],
     };

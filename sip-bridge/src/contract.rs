@@ -228,10 +228,28 @@ impl MediaCommand {
     }
 }
 
+/// What a SIP leg's peer reports in RTCP about the audio we send it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtcpQuality {
+    /// Lost since its previous report, in 1/256.
+    pub fraction_lost: u8,
+    /// Interarrival jitter it measured, in ms.
+    pub jitter_ms: u32,
+    /// The round trip, in ms, when its report echoed one of our SRs.
+    pub rtt_ms: Option<u32>,
+}
+
 /// What a call's media session reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MediaEvent {
+    /// A SIP peer's RTCP report on what we send it (RFC 3550 6.4).
+    Quality {
+        /// The leg.
+        leg: LegKey,
+        /// What it reports.
+        quality: RtcpQuality,
+    },
     /// The SDP answer for an [`MediaCommand::AddWebRtc`].
     WebRtcAnswer {
         /// The leg.

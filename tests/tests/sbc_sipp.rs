@@ -464,6 +464,94 @@ fn a_call_over_ipv6_brackets_its_addresses_and_offers_ip6_media() {
 }
 
 #[test]
+fn rtcp_reports_go_to_port_plus_one_and_the_peers_reports_reach_metrics_and_the_cdr() {
+    use media_core::rtp::rtcp::{
+        ReportBlock, RtcpPacket, ntp_middle, parse_compound, write_report,
+    };
+    let _serial = serial();
+    // The far end (SIPp, echoing RTP on 127.0.0.3:6000) gets its RTCP on 6001,
+    // where this test listens and answers as its RTCP would.
+    let callee = echo_callee("rtcp-callee", 1, "8 PCMA/8000");
+    let rtcp = std::net::UdpSocket::bind(("127.0.0.3", 6001)).expect("the far end's RTCP port");
+    rtcp.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let sbc = Sbc::start(&SbcSpec::new(
+        "rtcp",
+        rtp(17),
+        to_pstn_target(callee.addr(), ""),
+    ));
+    let mut callee = callee.spawn();
+    // 21 s of PCMA through the SBC and back.
+    let mut carrier = caller("rtcp-caller", "caller_rtp.xml", &sbc, "+15550100", 1)
+        .pcap("g711a.pcap")
+        .arg("-set", "plays")
+        .flag("3")
+        .spawn();
+    let mut buf = [0u8; 1500];
+    let (n, from) = rtcp
+        .recv_from(&mut buf)
+        .expect("an RTCP report from the SBC");
+    let packets = parse_compound(&buf[..n]).expect("RTCP");
+    // From the SBC's RTP port + 1 (RFC 3550 11), an SR (it sends us RTP) with
+    // a report block on our echo, and an SDES.
+    assert_eq!(from.ip(), sbc.sip.ip());
+    assert_eq!((from.port() - rtp(17).0) % 2, 1, "an odd port: RTP + 1");
+    let RtcpPacket::SenderReport { info, blocks, .. } = &packets[0] else {
+        panic!("{packets:?}");
+    };
+    assert!(info.packets > 0 && blocks.len() == 1, "{packets:?}");
+    assert!(matches!(packets[1], RtcpPacket::Other { pt: 202 }));
+    // Our report: 25 % lost, 10 ms of jitter (80 at 8 kHz), 20 ms after its SR.
+    let block = ReportBlock {
+        ssrc: 1,
+        fraction_lost: 64,
+        cumulative_lost: 40,
+        highest_seq: 1000,
+        jitter: 80,
+        lsr: ntp_middle(info.ntp),
+        dlsr: 65_536 / 50,
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let mut rr = Vec::new();
+    write_report(
+        &mut rr,
+        media_core::rtp::Ssrc(77),
+        None,
+        &[block],
+        "far@end",
+    );
+    rtcp.send_to(&rr, from).unwrap();
+
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert!(
+        m.value("sbc_rtcp_packets_total", &["direction=\"out\""]) >= 2.0,
+        "{:?}",
+        m.samples
+    );
+    assert_eq!(
+        m.value("sbc_rtcp_packets_total", &["direction=\"in\""]),
+        1.0
+    );
+    assert_eq!(
+        m.value("sbc_rtcp_rtt_seconds_count", &[]),
+        1.0,
+        "{:?}",
+        m.samples
+    );
+    assert!(m.value("sbc_rtcp_rtt_seconds_sum", &[]) < 1.0);
+    let log = std::fs::read_to_string(sbc.dir.join("stderr.log")).unwrap_or_default()
+        + &std::fs::read_to_string(sbc.dir.join("stdout.log")).unwrap_or_default();
+    let cdr = log
+        .lines()
+        .find(|l| l.contains("cdr call="))
+        .unwrap_or_else(|| panic!("no CDR\n{}", sbc.logs()));
+    assert!(cdr.contains(":loss=25.0%:jitter=10ms:rtt="), "{cdr}");
+}
+
+#[test]
 fn busy_target_gives_the_caller_486() {
     let _serial = serial();
     let calls = 3;

@@ -3,6 +3,7 @@
 
 mod extension;
 mod packet;
+pub mod rtcp;
 mod sequence;
 mod writer;
 

@@ -28,7 +28,7 @@ pub use crate::call::{
 };
 pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use crate::contract::{
-    CallId, Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, Tone,
+    CallId, Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, RtcpQuality, Tone,
 };
 pub use crate::plan::{
     DialPlan, DialStatus, Join, Ringback, Step, Target, TargetError, parse_duration,

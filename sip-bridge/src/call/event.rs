@@ -79,6 +79,8 @@ pub struct PartyRecord {
     pub left: Option<Instant>,
     /// Why it left (`hangup`, `removed`, `busy`, `no_answer`, ...).
     pub reason: Option<&'static str>,
+    /// A SIP party's RTCP, as its peer last reported it (the worst jitter).
+    pub rtcp: Option<crate::contract::RtcpQuality>,
 }
 
 impl PartyRecord {
@@ -190,7 +192,31 @@ impl CallEvent {
             ms(self.duration),
             ms(self.talk_time),
             parties.join(","),
-        )
+        ) + &self.rtcp_field()
+    }
+
+    /// ` rtcp="p-0:loss=0.4%:jitter=3ms:rtt=41ms,..."` for the SIP parties whose
+    /// peers sent RTCP reports; empty without any.
+    fn rtcp_field(&self) -> String {
+        let list: Vec<String> = self
+            .parties
+            .iter()
+            .filter_map(|p| {
+                let q = p.rtcp?;
+                Some(format!(
+                    "{}:loss={:.1}%:jitter={}ms:rtt={}",
+                    p.id,
+                    f64::from(q.fraction_lost) * 100.0 / 256.0,
+                    q.jitter_ms,
+                    q.rtt_ms.map_or("-".into(), |r| format!("{r}ms")),
+                ))
+            })
+            .collect();
+        if list.is_empty() {
+            String::new()
+        } else {
+            format!(" rtcp={:?}", list.join(","))
+        }
     }
 }
 
@@ -226,6 +252,7 @@ mod tests {
                     joined: Some(at(1_000)),
                     left: Some(at(10_000)),
                     reason: Some("hangup"),
+                    rtcp: None,
                 },
                 PartyRecord {
                     id: LegKey(1),
@@ -234,6 +261,7 @@ mod tests {
                     joined: Some(at(3_000)),
                     left: None,
                     reason: None,
+                    rtcp: None,
                 },
             ],
         };

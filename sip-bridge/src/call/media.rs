@@ -53,6 +53,16 @@ impl Call {
             MediaEvent::MediaTimeout { leg } | MediaEvent::PortFailed { leg } => {
                 self.leg_media_failed(now, ctx, leg)
             }
+            MediaEvent::Quality { leg, quality } => {
+                // The latest report, with the worst jitter seen, for the CDR.
+                if let Some(r) = self.history.iter_mut().find(|r| r.id == leg) {
+                    let worst = r.rtcp.map_or(0, |q| q.jitter_ms).max(quality.jitter_ms);
+                    r.rtcp = Some(crate::contract::RtcpQuality {
+                        jitter_ms: worst,
+                        ..quality
+                    });
+                }
+            }
             MediaEvent::Dtmf {
                 leg,
                 digit,

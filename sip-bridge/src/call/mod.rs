@@ -705,6 +705,7 @@ impl Call {
             joined: Some(now),
             left: None,
             reason: None,
+            rtcp: None,
         };
         match self.history.iter_mut().find(|r| r.id == k) {
             Some(r) => r.joined = Some(now),
@@ -746,6 +747,7 @@ impl Call {
                     joined: None,
                     left: Some(now),
                     reason: Some(reason),
+                    rtcp: None,
                 };
                 self.history.push(r.clone());
                 r

@@ -9,9 +9,13 @@
 //! from the signalled address, or, when that is a private or unspecified address
 //! (a NATed peer), from the first source with the signalled IP... or the first
 //! source at all when the IP cannot match; once latched, other sources are dropped
-//! so a stray sender cannot hijack the stream.
+//! so a stray sender cannot hijack the stream. Each RTP leg also speaks RTCP
+//! on its port + 1 ([`rtcp`]): our reports out, the peer's in ([`LegQuality`]).
 
 mod mix;
+mod rtcp;
+
+pub use rtcp::LegQuality;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +51,11 @@ pub struct MediaConfig {
     pub sip_jitter_buffer: bool,
     /// Slots of the call's mix (listeners, the legs and tones they hear).
     pub max_mix: usize,
+    /// Wall-clock time (since the Unix epoch) at `Instant::ZERO`, for the NTP
+    /// timestamps of RTCP sender reports.
+    pub wall_clock_at_zero: Duration,
+    /// Our RTCP CNAME (RFC 3550 6.5.1).
+    pub cname: String,
 }
 
 impl MediaConfig {
@@ -60,6 +69,8 @@ impl MediaConfig {
             opus: OpusEncoderConfig::default(),
             sip_jitter_buffer: false,
             max_mix: 40,
+            wall_clock_at_zero: Duration::ZERO,
+            cname: "sbc".into(),
         }
     }
 }
@@ -69,6 +80,8 @@ impl MediaConfig {
 pub enum Via {
     /// The RTP socket on this local port.
     Rtp(u16),
+    /// The RTCP socket beside RTP port this (on the port + 1).
+    Rtcp(u16),
     /// The shared WebRTC socket.
     WebRtc,
 }
@@ -157,6 +170,12 @@ pub struct MediaStats {
     pub relayed: u64,
     /// Packets that went through a transcoding pipeline to another leg.
     pub transcoded: u64,
+    /// RTCP compound packets received on SIP legs.
+    pub rtcp_in: u64,
+    /// RTCP compound packets sent on SIP legs.
+    pub rtcp_out: u64,
+    /// Datagrams on an RTCP port that were not RTCP.
+    pub rtcp_malformed: u64,
 }
 
 /// Sums over a session's pipelines, for metrics.
@@ -181,6 +200,7 @@ enum Kind {
         signalled: Option<SocketAddr>,
         latched: Option<SocketAddr>,
         format: RtpFormat,
+        rtcp: Box<rtcp::RtcpLeg>,
     },
     WebRtc {
         leg: Box<WebRtcLeg>,
@@ -316,6 +336,13 @@ pub struct MediaSession {
     /// The RTP timestamp of each source's last DTMF event reported (one report
     /// per event, however many pipelines saw it).
     dtmf_seen: BTreeMap<LegKey, RtpTimestamp>,
+    /// Peers' RTCP reports on SIP legs, for the driver's metrics.
+    qualities: VecDeque<(LegKey, LegQuality)>,
+    /// Where our RTCP reports are written (reused).
+    rtcp_buf: Vec<u8>,
+    /// Sent reports are split off this block, reclaimed once the driver has
+    /// dropped them: no allocation per report.
+    rtcp_arena: BytesMut,
 }
 
 /// What a session sends, in order.
@@ -359,6 +386,7 @@ impl Outbox {
                 port,
                 signalled,
                 latched,
+                rtcp,
                 ..
             } => {
                 if let Some(to) = latched.or(*signalled) {
@@ -388,6 +416,7 @@ impl Outbox {
                     };
                     stats.rtp_out += 1;
                     stats.rtp_bytes_out += bytes.len() as u64;
+                    rtcp.on_sent(&bytes);
                     self.queue.push_back(MediaTransmit {
                         via: Via::Rtp(*port),
                         to,
@@ -456,7 +485,12 @@ impl MediaSession {
             legs: BTreeMap::new(),
             by_port: BTreeMap::new(),
             mix: None,
-            out: Outbox::default(),
+            // Room for a packet to every leg of a small call and its RTCP report
+            // at once, so steady state never grows the queue.
+            out: Outbox {
+                queue: VecDeque::with_capacity(8),
+                ..Outbox::default()
+            },
             events: VecDeque::new(),
             mux: VecDeque::new(),
             stream_io: VecDeque::new(),
@@ -466,6 +500,15 @@ impl MediaSession {
             stopped: false,
             pcm: vec![0; 960],
             dtmf_seen: BTreeMap::new(),
+            qualities: VecDeque::new(),
+            rtcp_buf: Vec::with_capacity(128),
+            rtcp_arena: {
+                // Split once now: the first split turns the block shared (an
+                // allocation) here rather than at the first report.
+                let mut a = BytesMut::with_capacity(1024);
+                drop(a.split());
+                a
+            },
         }
     }
 
@@ -536,6 +579,11 @@ impl MediaSession {
                     signalled: remote,
                     latched: None,
                     format,
+                    rtcp: Box::new(rtcp::RtcpLeg::new(
+                        now,
+                        format.codec.clock_rate().0,
+                        &mut self.rng,
+                    )),
                 };
                 self.legs.insert(leg, MLeg::new(kind, now));
                 self.by_port.insert(local_port, leg);
@@ -551,9 +599,11 @@ impl MediaSession {
                         signalled,
                         latched,
                         format: f,
+                        rtcp,
                         ..
                     } = &mut l.kind
                 {
+                    rtcp.set_clock_rate(format.codec.clock_rate().0);
                     if *signalled != remote {
                         *latched = None;
                     }
@@ -960,6 +1010,52 @@ impl MediaSession {
 
     // ----- input -----
 
+    /// A datagram on the RTCP port beside RTP port `port` (its port + 1) from
+    /// `source`: the peer's reports (RFC 3550 6.4). RTCP keeps a quiet leg (on
+    /// hold, muted) from the media timeout.
+    pub fn handle_rtcp(&mut self, now: Instant, port: u16, source: SocketAddr, data: &[u8]) {
+        let Some(&leg) = self.by_port.get(&port) else {
+            return;
+        };
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let Kind::Rtp {
+            signalled,
+            latched,
+            rtcp,
+            ..
+        } = &mut l.kind
+        else {
+            return;
+        };
+        // Only from the peer's address (as its RTP is).
+        if latched
+            .or(*signalled)
+            .is_some_and(|a| a.ip() != source.ip())
+        {
+            self.stats.foreign_source += 1;
+            return;
+        }
+        if !rtcp.on_rtcp(now, self.cfg.wall_clock_at_zero, source, data) {
+            self.stats.rtcp_malformed += 1;
+            return;
+        }
+        self.stats.rtcp_in += 1;
+        l.last_rx = now;
+        l.timed_out = false;
+        if let Some(q) = rtcp.quality
+            && self.qualities.len() < 64
+        {
+            self.qualities.push_back((leg, q));
+        }
+    }
+
+    /// What a peer's latest RTCP report said of a SIP leg.
+    pub fn poll_quality(&mut self) -> Option<(LegKey, LegQuality)> {
+        self.qualities.pop_front()
+    }
+
     /// An RTP datagram on local port `port` from `source`.
     pub fn handle_rtp(&mut self, now: Instant, port: u16, source: SocketAddr, data: BytesMut) {
         let Some(&leg) = self.by_port.get(&port) else {
@@ -969,7 +1065,10 @@ impl MediaSession {
             return;
         };
         let Kind::Rtp {
-            signalled, latched, ..
+            signalled,
+            latched,
+            rtcp,
+            ..
         } = &mut l.kind
         else {
             return;
@@ -990,9 +1089,12 @@ impl MediaSession {
             }
             (None, None) => *latched = Some(source),
         }
-        if RtpHeader::parse(&data).is_err() {
-            self.stats.malformed += 1;
-            return;
+        match RtpHeader::parse(&data) {
+            Ok(h) => rtcp.on_rtp(now, &h),
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
         }
         self.stats.rtp_in += 1;
         self.stats.rtp_bytes_in += data.len() as u64;
@@ -1235,6 +1337,16 @@ impl MediaSession {
             {
                 min(Some(l.last_rx + self.cfg.media_timeout));
             }
+            if let Kind::Rtp {
+                rtcp,
+                signalled,
+                latched,
+                ..
+            } = &l.kind
+                && rtcp.destination(latched.or(*signalled)).is_some()
+            {
+                min(Some(rtcp.next_report));
+            }
         }
         t
     }
@@ -1266,6 +1378,33 @@ impl MediaSession {
                 {
                     l.timed_out = true;
                     self.events.push_back(MediaEvent::MediaTimeout { leg: k });
+                }
+                if let Kind::Rtp {
+                    port,
+                    signalled,
+                    latched,
+                    rtcp,
+                    ..
+                } = &mut l.kind
+                    && now >= rtcp.next_report
+                    && let Some(to) = rtcp.destination(latched.or(*signalled))
+                {
+                    rtcp.report(
+                        now,
+                        self.cfg.wall_clock_at_zero,
+                        &self.cfg.cname,
+                        &mut self.rng,
+                        &mut self.rtcp_buf,
+                    );
+                    self.rtcp_arena.reserve(self.rtcp_buf.len());
+                    self.rtcp_arena.extend_from_slice(&self.rtcp_buf);
+                    let bytes = self.rtcp_arena.split().freeze();
+                    self.stats.rtcp_out += 1;
+                    self.out.queue.push_back(MediaTransmit {
+                        via: Via::Rtcp(*port),
+                        to,
+                        bytes,
+                    });
                 }
             }
             self.webrtc_events(now, k);
@@ -1649,11 +1788,61 @@ mod tests {
             "203.0.113.5:30000".parse().unwrap(),
             packet(1),
         );
-        let t = s.poll_timeout().unwrap();
-        assert_eq!(t, Instant::from_millis(60_000));
-        s.handle_timeout(t);
-        let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-        assert!(evs.contains(&MediaEvent::MediaTimeout { leg: LegKey(0) }));
+        // RTCP reports go out meanwhile (to the RTP port + 1); the timeout
+        // comes 60 s after the last packet.
+        let timeout_at = |s: &mut MediaSession| {
+            while let Some(t) = s
+                .poll_timeout()
+                .filter(|t| *t <= Instant::from_millis(200_000))
+            {
+                s.handle_timeout(t);
+                if std::iter::from_fn(|| s.poll_event())
+                    .any(|e| e == MediaEvent::MediaTimeout { leg: LegKey(0) })
+                {
+                    return Some(t);
+                }
+            }
+            None
+        };
+        assert_eq!(timeout_at(&mut s), Some(Instant::from_millis(60_000)));
+        let rtcp: Vec<MediaTransmit> = std::iter::from_fn(|| s.poll_transmit())
+            .filter(|t| t.via == Via::Rtcp(20000))
+            .collect();
+        assert!(
+            (8..=24).contains(&rtcp.len()),
+            "{} reports in 60 s",
+            rtcp.len()
+        );
+        assert!(
+            rtcp.iter()
+                .all(|t| t.to == "203.0.113.5:30001".parse().unwrap())
+        );
+        // A peer that only sends RTCP (muted, on hold) is not timed out: its
+        // reports keep the leg alive.
+        let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 5];
+        s.handle_rtcp(
+            Instant::from_millis(50_000),
+            20000,
+            "203.0.113.5:30001".parse().unwrap(),
+            &rr,
+        );
+        assert_eq!(s.stats().rtcp_in, 1);
+        assert_eq!(timeout_at(&mut s), Some(Instant::from_millis(110_000)));
+        // Not RTCP, or from elsewhere: counted and ignored.
+        s.handle_rtcp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.5:30001".parse().unwrap(),
+            b"junk",
+        );
+        s.handle_rtcp(
+            Instant::ZERO,
+            20000,
+            "198.51.100.1:30001".parse().unwrap(),
+            &rr,
+        );
+        assert_eq!((s.stats().rtcp_in, s.stats().rtcp_malformed), (1, 1));
         // A held leg is not timed out (peers often stop sending on hold).
         let mut s = two_legs(Some("203.0.113.5:30000".parse().unwrap()));
         s.handle_command(

@@ -308,6 +308,33 @@ fn is_token(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
 }
 
+/// RFC 3261's ABNF (from RFC 2373) lets `[2001:db8:::192.0.2.1]` through, with a
+/// colon too many before an embedded IPv4 part; RFC 5118 4.10 asks us to
+/// tolerate it: the extra colon is dropped inside `[...]` references.
+fn three_colons_to_two(head: &mut Vec<u8>) {
+    if !head.windows(3).any(|w| w == b":::") {
+        return;
+    }
+    let mut out = Vec::with_capacity(head.len());
+    let mut in_ref = false;
+    let mut i = 0;
+    while i < head.len() {
+        match head[i] {
+            b'[' => in_ref = true,
+            b']' | b'\r' | b'\n' => in_ref = false,
+            b':' if in_ref && head[i..].starts_with(b":::") => {
+                out.extend_from_slice(b"::");
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        out.push(head[i]);
+        i += 1;
+    }
+    *head = out;
+}
+
 /// Looks at one received message. `transport` decides body framing (a datagram's
 /// body may run to its end when Content-Length is absent).
 ///
@@ -393,6 +420,21 @@ fn classify_any(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
         || scheme.eq_ignore_ascii_case("tel"))
     {
         return reject(416, "Unsupported URI Scheme");
+    }
+    // An IPv6 host must be a bracketed reference (RFC 3261 19.1.1, RFC 5118
+    // 4.2): a bare one cannot be told from a port.
+    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        let after = ruri.split_once(':').map_or("", |(_, a)| a);
+        let hostport = after
+            .rsplit('@')
+            .next()
+            .unwrap_or("")
+            .split([';', '?'])
+            .next()
+            .unwrap_or("");
+        if !hostport.starts_with('[') && hostport.matches(':').count() > 1 {
+            return reject(400, "IPv6 Reference Without Brackets");
+        }
     }
     // `?` may appear in the user part; after the host it starts headers, which a
     // Request-URI must not carry (RFC 3261 section 19.1.1, RFC 4475 escruri).
@@ -565,6 +607,7 @@ fn classify_any(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
     let head_len = bytes.len() - raw.rest.len();
     let mut framed = Vec::with_capacity(head_len + body.len());
     framed.extend_from_slice(&bytes[..head_len]);
+    three_colons_to_two(&mut framed);
     framed.extend_from_slice(body);
     match rsipstack::sip::parser::parse_message(&framed) {
         Ok(SipMessage::Request(mut r)) => {

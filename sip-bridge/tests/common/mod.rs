@@ -715,6 +715,7 @@ impl World {
                     any = true;
                     let from = match t.via {
                         Via::Rtp(p) => SocketAddr::new(SBC_IP.parse().unwrap(), p),
+                        Via::Rtcp(p) => SocketAddr::new(SBC_IP.parse().unwrap(), p + 1),
                         Via::WebRtc => addr(SBC_WEBRTC),
                     };
                     self.net.push(Datagram {
