@@ -796,7 +796,9 @@ fn untyped(headers: &Headers, want: Name) -> Option<&str> {
             Header::Contact(v) => (Name::Contact, v.0.as_str()),
             _ => return None,
         };
-        (n == want).then_some(v)
+        // Linear white space around a value is not part of it (RFC 3261 7.3.1):
+        // a folded line of blanks must not end up in a Call-ID (fuzz finding).
+        (n == want).then_some(v.trim())
     })
 }
 
