@@ -310,27 +310,49 @@ fn is_token(s: &str) -> bool {
 
 /// RFC 3261's ABNF (from RFC 2373) lets `[2001:db8:::192.0.2.1]` through, with a
 /// colon too many before an embedded IPv4 part; RFC 5118 4.10 asks us to
-/// tolerate it: the extra colon is dropped inside `[...]` references.
+/// tolerate it. In the request line and the To, From and Contact headers, a
+/// bracketed reference made of hex digits, dots and colons with one `:::` (and
+/// no longer run) loses the extra colon. Applying it twice changes nothing.
 fn three_colons_to_two(head: &mut Vec<u8>) {
     if !head.windows(3).any(|w| w == b":::") {
         return;
     }
+    let address_line = |line: &[u8], first: bool| {
+        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+        let name = name.trim_ascii();
+        first
+            || [&b"to"[..], b"t", b"from", b"f", b"contact", b"m"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+    };
     let mut out = Vec::with_capacity(head.len());
-    let mut in_ref = false;
-    let mut i = 0;
-    while i < head.len() {
-        match head[i] {
-            b'[' => in_ref = true,
-            b']' | b'\r' | b'\n' => in_ref = false,
-            b':' if in_ref && head[i..].starts_with(b":::") => {
-                out.extend_from_slice(b"::");
-                i += 3;
-                continue;
-            }
-            _ => {}
+    for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
+        if !address_line(line, i == 0) {
+            out.extend_from_slice(line);
+            continue;
         }
-        out.push(head[i]);
-        i += 1;
+        let mut rest = line;
+        while let Some(open) = rest.iter().position(|&b| b == b'[') {
+            out.extend_from_slice(&rest[..=open]);
+            rest = &rest[open + 1..];
+            let Some(close) = rest.iter().position(|&b| b == b']') else {
+                break;
+            };
+            let inner = &rest[..close];
+            let address = inner
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
+            let triples = inner.windows(3).filter(|w| *w == b":::").count();
+            if address && triples == 1 && !inner.windows(4).any(|w| w == b"::::") {
+                let at = inner.windows(3).position(|w| w == b":::").unwrap_or(0);
+                out.extend_from_slice(&inner[..at]);
+                out.extend_from_slice(&inner[at + 1..]);
+            } else {
+                out.extend_from_slice(inner);
+            }
+            rest = &rest[close..];
+        }
+        out.extend_from_slice(rest);
     }
     *head = out;
 }
@@ -1008,6 +1030,26 @@ Call-ID: u@h.example.com\nC\rSeq: 234902 REGISTER\r\nMax-Forwards: 70\r\nVia: SI
             text.contains("Call-ID: u@h.example.com C Seq: 234902 REGISTER\r\n"),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_three_colon_reference_loses_one_colon_in_addresses_only() {
+        let head = "OPTIONS sip:u@[2001:db8:::192.0.2.1] SIP/2.0\r\nTo: <sip:u@[2001:db8:::192.0.2.1]>\r\n\
+                    Call-ID: x[2001:db8:::1]\r\nContact: <sip:[1::::::7]>\r\n\r\n";
+        let mut once = head.as_bytes().to_vec();
+        three_colons_to_two(&mut once);
+        let text = String::from_utf8(once.clone()).unwrap();
+        assert!(text.starts_with(
+            "OPTIONS sip:u@[2001:db8::192.0.2.1] SIP/2.0\r\nTo: <sip:u@[2001:db8::192.0.2.1]>\r\n"
+        ));
+        assert!(
+            text.contains("Call-ID: x[2001:db8:::1]\r\n"),
+            "not an address header"
+        );
+        assert!(text.contains("<sip:[1::::::7]>"), "no address either");
+        let mut twice = once.clone();
+        three_colons_to_two(&mut twice);
+        assert_eq!(twice, once);
     }
 
     #[test]
