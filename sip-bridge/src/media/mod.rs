@@ -10,7 +10,7 @@
 //! (a NATed peer), from the first source with the signalled IP... or the first
 //! source at all when the IP cannot match; once latched, other sources are dropped
 //! so a stray sender cannot hijack the stream. Each RTP leg also speaks RTCP
-//! on its port + 1 ([`rtcp`]): our reports out, the peer's in ([`LegQuality`]).
+//! on its port + 1 (`rtcp.rs`): our reports out, the peer's in ([`LegQuality`]).
 
 mod mix;
 mod rtcp;
