@@ -552,16 +552,7 @@ impl Call {
         // The trunk's codecs in its order, those the caller can take first, so
         // that the two sides can relay: every codec of the caller's offer while
         // our answer to it is open, else the one it uses.
-        let mut codecs: Vec<media_core::codec::Codec> = trunk
-            .map(|t| ctx.cfg.trunks[t].codecs.clone())
-            .unwrap_or_default();
-        if codecs.is_empty() {
-            codecs = vec![
-                media_core::codec::Codec::Pcmu,
-                media_core::codec::Codec::Pcma,
-                media_core::codec::Codec::Opus,
-            ];
-        }
+        let mut codecs = offer_codecs(ctx, trunk);
         let caller_takes = self.caller_codecs(&codecs);
         codecs.sort_by_key(|c| !caller_takes.contains(c)); // stable: keeps the trunk's order
         let local = LocalMedia::rtp(ctx.cfg.media_ip, port, ctx.rng.next_u64() >> 12);
@@ -1160,6 +1151,23 @@ impl OperatorLeg {
         } else {
             self.reference.clone()
         }
+    }
+}
+
+/// What we offer a SIP peer: its trunk's codecs in their order, or all ours.
+pub(crate) fn offer_codecs(
+    ctx: &CallCtx<'_>,
+    trunk: Option<usize>,
+) -> Vec<media_core::codec::Codec> {
+    let codecs = trunk
+        .and_then(|t| ctx.cfg.trunks.get(t))
+        .map(|t| t.codecs.clone())
+        .unwrap_or_default();
+    if codecs.is_empty() {
+        use media_core::codec::Codec;
+        vec![Codec::Pcmu, Codec::Pcma, Codec::Opus]
+    } else {
+        codecs
     }
 }
 

@@ -4,7 +4,7 @@
 
 use media_core::Instant;
 
-use super::dial::{caps_for, format_of};
+use super::dial::{caps_for, format_of, offer_codecs};
 use super::party::{Leg, Origin, SipState};
 use super::state::CallState;
 use super::{Call, CallCtx, Progress, SipAction, SipLegEvent};
@@ -273,18 +273,7 @@ impl Call {
         };
         if s.late_offer && s.state == SipState::Ringing {
             // Our offer has not gone out yet: the target's codec first in it.
-            let mut codecs = s
-                .trunk
-                .and_then(|t| ctx.cfg.trunks.get(t))
-                .map(|t| t.codecs.clone())
-                .unwrap_or_default();
-            if codecs.is_empty() {
-                codecs = vec![
-                    media_core::codec::Codec::Pcmu,
-                    media_core::codec::Codec::Pcma,
-                    media_core::codec::Codec::Opus,
-                ];
-            }
+            let mut codecs = offer_codecs(ctx, s.trunk);
             if !codecs.contains(&codec) {
                 return;
             }

@@ -1033,21 +1033,11 @@ impl UserAgent {
             .collect();
         let resp = self.uas_response(leg, &invite, status, sdp, &refs);
         if (200..300).contains(&status) {
-            let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
-            let t1 = self.cfg.timers.t1;
-            let cseq = invite.cseq().map_or(0, |c| c.0);
             if let Some(l) = self.legs.get_mut(&leg) {
                 l.state = LegState::Confirmed;
                 l.final_sent = true;
-                l.retx = Some(Retx {
-                    bytes,
-                    interval: t1,
-                    next: now + t1,
-                    deadline: now + t1 * 64,
-                    cseq,
-                });
             }
-            self.timers.push(Reverse((now + t1, UaTimer::Retx(leg))));
+            self.retransmit_until_acked(now, leg, &resp);
         } else if (101..200).contains(&status)
             && let Some(l) = self.legs.get_mut(&leg)
         {
@@ -1139,25 +1129,31 @@ impl UserAgent {
             .collect();
         let resp = self.uas_response(leg, &req, status, sdp, &refs);
         if req.method == Method::Invite && (200..300).contains(&status) {
-            let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
-            let t1 = self.cfg.timers.t1;
-            let cseq = req.cseq().map_or(0, |c| c.0);
-            if let Some(l) = self.legs.get_mut(&leg) {
-                l.retx = Some(Retx {
-                    bytes,
-                    interval: t1,
-                    next: now + t1,
-                    deadline: now + t1 * 64,
-                    cseq,
-                });
-            }
-            self.timers.push(Reverse((now + t1, UaTimer::Retx(leg))));
+            self.retransmit_until_acked(now, leg, &resp);
         }
         self.tl
             .respond(now, tx, resp)
             .map_err(|_| UaError::WrongState("transaction gone"))?;
         self.pump(now);
         Ok(())
+    }
+
+    /// Our 2xx to an INVITE goes again at T1, 2*T1... until its ACK, for at
+    /// most 64*T1 (RFC 3261 13.3.1.4).
+    fn retransmit_until_acked(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
+        let t1 = self.cfg.timers.t1;
+        let cseq = resp.cseq().map_or(0, |c| c.0);
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.retx = Some(Retx {
+                bytes,
+                interval: t1,
+                next: now + t1,
+                deadline: now + t1 * 64,
+                cseq,
+            });
+        }
+        self.timers.push(Reverse((now + t1, UaTimer::Retx(leg))));
     }
 
     // ----- event processing -----
@@ -1356,18 +1352,7 @@ impl UserAgent {
                         .map(|l| l.local_sdp.clone());
                     let resp = self.uas_response(leg, &req, 200, offer.as_deref(), &refs);
                     if offer.is_some() {
-                        let bytes = message::to_wire(&SipMessage::Response(resp.clone()));
-                        let t1 = self.cfg.timers.t1;
-                        if let Some(l) = self.legs.get_mut(&leg) {
-                            l.retx = Some(Retx {
-                                bytes,
-                                interval: t1,
-                                next: now + t1,
-                                deadline: now + t1 * 64,
-                                cseq,
-                            });
-                        }
-                        self.timers.push(Reverse((now + t1, UaTimer::Retx(leg))));
+                        self.retransmit_until_acked(now, leg, &resp);
                     }
                     let _ = self.tl.respond(now, tx, resp);
                     return;
