@@ -59,11 +59,13 @@ ensure_node() {
 # locked package fetched and checked by hand (the suite locks one, dependency-free).
 e2e_node_modules() {
   local e2e=$1
-  [ -d "$e2e/node_modules" ] && return 0
   if command -v npm >/dev/null; then
-    (cd "$e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    # npm writes .package-lock.json last: without it the install is partial.
+    [ -f "$e2e/node_modules/.package-lock.json" ] && return 0
+    npm_ci "$e2e"
     return
   fi
+  [ -d "$e2e/node_modules" ] && return 0
   local name version integrity tmp
   tmp=$(mktemp -d)
   while read -r name version integrity; do
@@ -113,7 +115,21 @@ sdk_node_modules() {
     return 0
   fi
   ensure_npm || return 1
-  echo "node: npm ci in $dir"
-  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+  npm_ci "$dir" || return 1
   echo "$want" >"$dir/node_modules/.lock.sha256"
+}
+
+# npm ci in $1, tried three times: npm 10 sometimes dies on a registry hiccup with
+# "Exit handler never called!" and status 0, having installed nothing; success is
+# node_modules/.package-lock.json, which npm writes last.
+npm_ci() {
+  local dir=$1 try
+  for try in 1 2 3; do
+    echo "node: npm ci in $dir (try $try)"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error) &&
+      [ -f "$dir/node_modules/.package-lock.json" ] && return 0
+    sleep $((try * 5))
+  done
+  echo "node: npm ci in $dir failed three times" >&2
+  return 1
 }
