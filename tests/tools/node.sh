@@ -16,6 +16,12 @@ NPM_VERSION=10.8.2
 NPM_SHA512=x/AIjFIKRllrhcb48dqUNAAZl0ig9+qMuN91RpZo3Cb2+zuibfh+KISl6+kVVyktDz230JKc208UkQwwMqyB+w==
 REGISTRY=${NPM_REGISTRY:-https://registry.npmjs.org}
 
+# Node.js trusts only its own CA list, npm included; the machine's (what curl and
+# apt trust, with a TLS-inspecting proxy's CA where there is one) is added to it.
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+fi
+
 # Downloads $1 to $2 and checks it against the npm integrity string $3 (sha512-...).
 _fetch_checked() {
   local url=$1 out=$2 integrity=$3
