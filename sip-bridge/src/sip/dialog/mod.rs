@@ -1027,10 +1027,7 @@ impl UserAgent {
                 l.local_sdp = b.to_vec();
             }
         }
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let refs = str_pairs(&headers);
         let resp = self.uas_response(leg, &invite, status, sdp, &refs);
         if (200..300).contains(&status) {
             if let Some(l) = self.legs.get_mut(&leg) {
@@ -1123,10 +1120,7 @@ impl UserAgent {
                 l.local_sdp = b.to_vec();
             }
         }
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let refs = str_pairs(&headers);
         let resp = self.uas_response(leg, &req, status, sdp, &refs);
         if req.method == Method::Invite && (200..300).contains(&status) {
             self.retransmit_until_acked(now, leg, &resp);
@@ -1341,10 +1335,7 @@ impl UserAgent {
                     // 14.2; unchanged, version and all: RFC 6337 5.3) and the
                     // answer comes in the ACK.
                     let headers = self.session_answer(now, leg, &req);
-                    let refs: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
+                    let refs = str_pairs(&headers);
                     let offer = self
                         .legs
                         .get(&leg)
@@ -2068,6 +2059,14 @@ impl UserAgent {
         // responses; they reference a leg that no longer exists and do nothing.
         self.events.push_back(UaEvent::Terminated { leg, reason });
     }
+}
+
+/// Owned header pairs as the borrowed ones `uas_response` takes.
+fn str_pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 fn with_tag(name_addr: &str, tag: &str) -> String {
