@@ -423,6 +423,14 @@ pub struct TrunkEntry {
     /// absent or `"0s"`: not asked (a peer that asks is always honoured).
     #[serde(default, deserialize_with = "values::interval")]
     pub session_expires: Option<Duration>,
+    /// Send INVITEs toward it without SDP (late offer): for carriers and PBXs
+    /// that want to offer first.
+    #[serde(default)]
+    pub late_offer: bool,
+    /// Require reliable provisional responses (`Require: 100rel`, RFC 3262)
+    /// on calls toward it; without it we only say we support them.
+    #[serde(default)]
+    pub require_100rel: bool,
 }
 
 fn udp() -> Transport {
@@ -1064,6 +1072,8 @@ impl SbcConfig {
                 ping_interval: t.ping_interval,
                 ringback: t.ringback,
                 session_expires: t.session_expires,
+                late_offer: t.late_offer,
+                require_100rel: t.require_100rel,
             });
         }
         if found.is_empty() {

@@ -461,6 +461,8 @@ mod tests {
             ping_interval: None,
             ringback: None,
             session_expires: None,
+            late_offer: false,
+            require_100rel: false,
         };
         let number = NumberConfig {
             id: "support".into(),

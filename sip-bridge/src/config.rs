@@ -118,6 +118,12 @@ pub struct TrunkConfig {
     /// Ask for session timers on our calls toward it (RFC 4028
     /// `Session-Expires`; at least 90 s). Asked of us, they are always honoured.
     pub session_expires: Option<Duration>,
+    /// Our INVITEs toward it carry no offer (late offer, RFC 3261 13.2.1):
+    /// its offer comes in the 2xx and our answer in the ACK.
+    pub late_offer: bool,
+    /// Our INVITEs toward it say `Require: 100rel` (RFC 3262): every 18x
+    /// comes reliably (otherwise `Supported: 100rel` lets it choose).
+    pub require_100rel: bool,
 }
 
 impl TrunkConfig {

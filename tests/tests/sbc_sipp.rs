@@ -349,6 +349,131 @@ fn a_late_offer_caller_gets_our_offer_in_the_200_and_answers_in_the_ack() {
 }
 
 #[test]
+fn a_caller_requiring_100rel_gets_a_reliable_183_again_until_it_pracks_and_the_200_after() {
+    let _serial = serial();
+    let calls = 2;
+    let callee = pcmu_callee("rel-callee", calls);
+    // Our own ringback (183 with SDP at once), so the reliable 18x carries SDP
+    // and the far end's quick 200 must wait for the caller's PRACK.
+    let toml = format!(
+        "{}[[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\nringback = \"local\"\n\
+         dial = [ {{ ring = [\"pstn:+15550199\"], timeout = \"20s\" }} ]\n",
+        carrier_trunk(callee.addr(), "")
+    );
+    let sbc = Sbc::start(&SbcSpec::new("rel-in", rtp(18), toml));
+    let mut callee = callee.spawn();
+    let mut carrier = caller("rel-caller", "caller_100rel.xml", &sbc, "+15550100", calls)
+        .arg("-l", 1)
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    // Each call: the 183 and its retransmissions (same RSeq), the PRACK's
+    // 200, then the INVITE's 200 (the scenario fails on any other order).
+    let received = carrier.received();
+    for call_id in distinct_values(&received, "Call-ID") {
+        let of_call: Vec<&TracedMessage> = received
+            .iter()
+            .filter(|m| m.header("Call-ID") == Some(call_id.as_str()))
+            .collect();
+        let rseqs: Vec<&str> = of_call
+            .iter()
+            .filter(|m| m.status() == Some(183))
+            .filter_map(|m| m.header("RSeq"))
+            .collect();
+        // Sent at 0, T1 and 3*T1 before the PRACK at 1.2 s.
+        assert!(rseqs.len() >= 2, "{of_call:#?}");
+        assert!(
+            rseqs.iter().all(|r| *r == rseqs[0]),
+            "retransmissions keep the RSeq"
+        );
+    }
+}
+
+#[test]
+fn toward_a_trunk_requiring_100rel_the_reliable_183_is_pracked_once_and_its_answer_stands() {
+    let _serial = serial();
+    let calls = 2;
+    let callee = SippCmd::new("rel-out-callee", "callee_100rel.xml", lo(3)).calls(calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "rel-out",
+        rtp(19),
+        to_pstn_target(callee.addr(), "require_100rel = true"),
+    ));
+    let mut callee = callee.spawn();
+    let mut carrier = caller("rel-out-caller", "caller.xml", &sbc, "+15550100", calls)
+        .hold_ms(500)
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    // One PRACK transaction per call, CSeq 2 (its Timer E retransmissions
+    // while unanswered share its branch): none for the retransmitted 183.
+    let pracks: Vec<TracedMessage> = callee
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("PRACK"))
+        .collect();
+    assert!(pracks.len() > calls, "retransmitted while unanswered");
+    assert!(pracks.iter().all(|m| m.header("CSeq") == Some("2 PRACK")));
+    let branches: std::collections::HashSet<Vec<String>> =
+        pracks.iter().map(|m| m.via_branches()).collect();
+    assert_eq!(branches.len(), calls, "{pracks:#?}");
+}
+
+#[test]
+fn toward_a_late_offer_trunk_the_invite_has_no_sdp_and_the_ack_answers_so_the_call_relays() {
+    let _serial = serial();
+    let calls = 2;
+    let callee = SippCmd::new("late-out-callee", "callee_late_offer.xml", lo(3)).calls(calls);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "late-out",
+        rtp(20),
+        to_pstn_target(callee.addr(), "late_offer = true"),
+    ));
+    let mut callee = callee.spawn();
+    // The caller offers PCMU and PCMA and plays PCMA once answered.
+    let mut carrier = caller(
+        "late-out-caller",
+        "caller_two_codecs.xml",
+        &sbc,
+        "+15550100",
+        calls,
+    )
+    .pcap("g711a.pcap")
+    .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    // The far end offered PCMA first; our ACK answered PCMA (the scenario
+    // checks it) and so did our 200 to the caller: relayed, not transcoded.
+    let path = |p: &str| m.value("sbc_calls_media_total", &[&format!("path=\"{p}\"")]);
+    assert_eq!(path("relayed"), calls as f64, "{:?}", m.samples);
+    assert_eq!(path("transcoded"), 0.0);
+}
+
+#[test]
 fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
     let _serial = serial();
     // The trunk asks for session timers on our calls toward it too.
@@ -1059,6 +1184,13 @@ fn values(msgs: &[TracedMessage], header: &str) -> Vec<String> {
         .flat_map(|m| m.headers(header))
         .map(str::to_string)
         .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn distinct_values(msgs: &[TracedMessage], header: &str) -> Vec<String> {
+    let mut v = values(msgs, header);
     v.sort();
     v.dedup();
     v

@@ -915,6 +915,8 @@ pub fn call(data: &[u8]) {
         ping_interval: None,
         ringback: None,
         session_expires: None,
+        late_offer: false,
+        require_100rel: false,
     };
     let numbers = vec![
         NumberConfig {

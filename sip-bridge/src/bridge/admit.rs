@@ -128,6 +128,8 @@ mod tests {
             ping_interval: None,
             ringback: None,
             session_expires: None,
+            late_offer: false,
+            require_100rel: false,
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.max_calls = 2;

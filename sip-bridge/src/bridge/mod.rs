@@ -551,6 +551,10 @@ impl Bridge {
                     .respond(now, ua_leg, status, sdp.as_deref().map(str::as_bytes), &h)
             }
             SipAction::Hangup => self.ua.hangup(now, ua_leg),
+            SipAction::Ack { sdp } => {
+                self.ua
+                    .ack_with_answer(now, ua_leg, sdp.as_deref().map(str::as_bytes))
+            }
             SipAction::Reinvite { sdp } => self.ua.reinvite(now, ua_leg, sdp.into_bytes()),
             SipAction::AnswerOffer { status, sdp } => {
                 self.ua

@@ -578,6 +578,16 @@ impl Call {
                 .map_or(self.from.clone(), |n| n.e164.clone()),
         };
         let host = ctx.local_host;
+        let trunk_cfg = trunk.and_then(|t| ctx.cfg.trunks.get(t));
+        let late_offer = trunk_cfg.is_some_and(|t| t.late_offer);
+        let mut headers = Vec::new();
+        if let Some(d) = trunk_cfg.and_then(|t| t.session_expires) {
+            // The UA runs the session timer (RFC 4028) a trunk asks for.
+            headers.push(("Session-Expires".into(), d.as_secs().to_string()));
+        }
+        if trunk_cfg.is_some_and(|t| t.require_100rel) && !late_offer {
+            headers.push(("Require".into(), "100rel".into()));
+        }
         let params = InviteParams {
             request_uri: uri.clone(),
             from: format!(
@@ -590,12 +600,10 @@ impl Call {
             ),
             to: format!("<{uri}>"),
             peer,
-            sdp: Some(offer.clone().into_bytes()),
-            // The UA runs the session timer (RFC 4028) a trunk asks for.
-            headers: trunk
-                .and_then(|t| ctx.cfg.trunks[t].session_expires)
-                .map(|d| vec![("Session-Expires".into(), d.as_secs().to_string())])
-                .unwrap_or_default(),
+            // A late-offer trunk offers first, in its 2xx (our offer stays
+            // ready as the base of our answer).
+            sdp: (!late_offer).then(|| offer.clone().into_bytes()),
+            headers,
             credentials: trunk.and_then(|t| ctx.cfg.trunks[t].credentials.clone()),
         };
         let key = self.leg_key();
@@ -615,7 +623,7 @@ impl Call {
                     remote_held: false,
                     held_by_us: false,
                     open_offer: None,
-                    late_offer: false,
+                    late_offer,
                 }),
                 origin,
                 Some(target),
@@ -627,7 +635,10 @@ impl Call {
 
     /// Which of `codecs` the SIP caller can take: all those of its offer while
     /// our answer is open, else the one in use; none for other callers.
-    fn caller_codecs(&self, codecs: &[media_core::codec::Codec]) -> Vec<media_core::codec::Codec> {
+    pub(super) fn caller_codecs(
+        &self,
+        codecs: &[media_core::codec::Codec],
+    ) -> Vec<media_core::codec::Codec> {
         let Some(s) = self.parties.get(&self.caller).and_then(|p| p.sip()) else {
             return Vec::new();
         };

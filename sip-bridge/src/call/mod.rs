@@ -122,6 +122,12 @@ pub enum SipLegEvent {
         /// The SDP answer.
         sdp: Option<Bytes>,
     },
+    /// Our INVITE without an offer was answered with one: our answer goes in
+    /// the ACK ([`SipAction::Ack`]).
+    AnsweredWithOffer {
+        /// The offer.
+        sdp: Bytes,
+    },
     /// Our INVITE failed (or could not be sent: 503).
     Failed {
         /// Final status.
@@ -166,6 +172,9 @@ impl SipLegEvent {
         Some(match ev {
             UaEvent::Progress { leg, status, sdp } => (leg, SipLegEvent::Progress { status, sdp }),
             UaEvent::Answered { leg, sdp } => (leg, SipLegEvent::Answered { sdp }),
+            UaEvent::AnsweredWithOffer { leg, sdp } => {
+                (leg, SipLegEvent::AnsweredWithOffer { sdp })
+            }
             UaEvent::Failed { leg, status, .. } => (leg, SipLegEvent::Failed { status }),
             UaEvent::Offer { leg, sdp } => (leg, SipLegEvent::Offer { sdp }),
             UaEvent::OfferAnswered { leg, status, sdp } => {

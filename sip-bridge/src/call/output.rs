@@ -26,6 +26,12 @@ pub enum SipAction {
     },
     /// End it: CANCEL, BYE or a final response, as the leg's state wants.
     Hangup,
+    /// ACK a 2xx that carried an offer, with our answer (`None`: the offer
+    /// was unusable; a [`SipAction::Hangup`] follows).
+    Ack {
+        /// SDP answer.
+        sdp: Option<String>,
+    },
     /// A re-INVITE with this offer.
     Reinvite {
         /// SDP offer.

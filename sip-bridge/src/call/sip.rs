@@ -63,7 +63,9 @@ impl Call {
             // A leg we cancelled: its 200 crossing our CANCEL is ended too; its
             // port comes back once it is gone.
             match ev {
-                SipLegEvent::Answered { .. } => self.sip(key, SipAction::Hangup),
+                SipLegEvent::Answered { .. } | SipLegEvent::AnsweredWithOffer { .. } => {
+                    self.sip(key, SipAction::Hangup)
+                }
                 SipLegEvent::Failed { .. } | SipLegEvent::Terminated { .. } => {
                     self.ending.remove(&key);
                     ctx.ports.give(port);
@@ -77,6 +79,7 @@ impl Call {
                 self.target_progress(now, ctx, key, status, sdp.as_deref())
             }
             SipLegEvent::Answered { sdp } => self.target_answered(now, ctx, key, sdp.as_deref()),
+            SipLegEvent::AnsweredWithOffer { sdp } => self.target_offered(now, ctx, key, &sdp),
             SipLegEvent::Failed { status } => self.target_failed(now, ctx, key, status),
             SipLegEvent::Offer { sdp } => self.remote_offer(ctx, key, &sdp),
             SipLegEvent::OfferAnswered { status, sdp } => {
@@ -115,7 +118,14 @@ impl Call {
             Some(Origin::Plan(_))
         );
         let mut early = false;
-        if let Some(body) = sdp
+        // Early SDP from a target we sent no offer to would be its offer, which
+        // we take in the 2xx only (we do not PRACK with an answer).
+        let offered = self
+            .parties
+            .get(&key)
+            .and_then(|p| p.sip())
+            .is_some_and(|s| !s.late_offer);
+        if let Some(body) = sdp.filter(|_| offered)
             && self.negotiate_answer(ctx, key, body)
             && plan_target
         {
@@ -321,6 +331,64 @@ impl Call {
             s.local_sdp = answer.to_string();
             s.negotiated = Some(n);
         }
+    }
+
+    /// A late-offer target answered with its offer in the 2xx: our answer
+    /// goes in the ACK, with a codec the caller can take if it offers one (so
+    /// the legs relay), else one of the trunk's; then it is answered as any.
+    fn target_offered(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey, body: &[u8]) {
+        let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
+            return;
+        };
+        let (port, trunk) = (s.port, s.trunk);
+        let session_id = SessionDescription::parse(&s.local_sdp)
+            .ok()
+            .and_then(|sd| sd.origin.session_id.parse().ok())
+            .unwrap_or(1);
+        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, session_id);
+        let codecs = offer_codecs(ctx, trunk);
+        let caller_takes = self.caller_codecs(&codecs);
+        let answer = std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| SessionDescription::parse(t).ok())
+            .and_then(|offer| {
+                let relayable = (!caller_takes.is_empty())
+                    .then(|| sdp::answer_audio(&offer, &caps_for(&caller_takes), &local).ok())
+                    .flatten();
+                relayable.or_else(|| sdp::answer_audio(&offer, &caps_for(&codecs), &local).ok())
+            });
+        let Some((answer, n)) = answer else {
+            // Unusable: ACK, then the 2xx-without-answer path ends it with BYE.
+            self.sip(key, SipAction::Ack { sdp: None });
+            return self.target_answered(now, ctx, key, None);
+        };
+        let answer = answer.to_string();
+        self.sip(
+            key,
+            SipAction::Ack {
+                sdp: Some(answer.clone()),
+            },
+        );
+        if matches!(
+            self.parties.get(&key).map(|p| &p.origin),
+            Some(Origin::Plan(_))
+        ) {
+            self.match_caller_codec(ctx, n.codec);
+        }
+        self.media(MediaCommand::AddRtp {
+            leg: key,
+            local_port: port,
+            remote: n.remote,
+            format: format_of(&n),
+        });
+        if let Some(p) = self.parties.get_mut(&key) {
+            p.in_media = true;
+            if let Some(s) = p.sip_mut() {
+                s.negotiated = Some(n);
+                s.local_sdp = answer;
+            }
+        }
+        self.target_answered(now, ctx, key, None);
     }
 
     fn target_answered(

@@ -49,7 +49,7 @@ impl Transport {
 }
 
 /// Methods this element implements (sent in `Allow`).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
 
 /// What the validation accepts.
 #[derive(Clone, Debug)]
@@ -65,7 +65,7 @@ impl Default for ValidationConfig {
         ValidationConfig {
             max_message: super::framing::DEFAULT_MAX_MESSAGE,
             // Session timers (RFC 4028), run by the UA.
-            supported: vec!["timer".into()],
+            supported: vec!["100rel".into(), "timer".into()],
         }
     }
 }

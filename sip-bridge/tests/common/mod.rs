@@ -71,6 +71,8 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         ping_interval: None,
         ringback: None,
         session_expires: None,
+        late_offer: false,
+        require_100rel: false,
     };
     let mut cfg = BridgeConfig::new(
         vec![

@@ -16,6 +16,7 @@
 //! end with BYE a session whose refresh never came.
 
 mod build;
+pub mod reliable;
 pub mod session_timer;
 
 pub use build::LocalAddr;
@@ -34,6 +35,7 @@ use super::message::{
 };
 use super::transaction::{TimerConfig, TransactionLayer, Transmit, TxEvent, TxId};
 use build::{RequestSpec, build_request, next_hop};
+use reliable::Reliable;
 use session_timer::{MIN_SE_FLOOR, SessionExpires, SessionTimer, allows_update};
 
 /// Early dialogs tracked per outgoing INVITE; more forks than this are still
@@ -86,6 +88,10 @@ pub struct UaStats {
     pub session_refreshes: u64,
     /// Sessions we ended because no refresh came.
     pub session_expired: u64,
+    /// Reliable provisional responses we retransmitted (RFC 3262).
+    pub retransmitted_1xx: u64,
+    /// INVITEs refused with 500 because a reliable provisional got no PRACK.
+    pub prack_timeouts: u64,
 }
 
 /// UA settings.
@@ -215,6 +221,15 @@ pub enum UaEvent {
         /// The SDP answer.
         sdp: Option<Bytes>,
     },
+    /// Our INVITE without an offer was answered with one in the 2xx (RFC 3261
+    /// 13.2.1, late offer): answer it with [`UserAgent::ack_with_answer`],
+    /// whose ACK carries the answer.
+    AnsweredWithOffer {
+        /// The leg.
+        leg: LegId,
+        /// The offer.
+        sdp: Bytes,
+    },
     /// Our INVITE failed; the leg is gone.
     Failed {
         /// The leg.
@@ -339,6 +354,8 @@ enum Purpose {
     Register(RegId),
     /// Our session refresh (UPDATE or re-INVITE, RFC 4028).
     Refresh(LegId),
+    /// Our UPDATE with an offer (RFC 3311).
+    Update(LegId),
     /// BYE to an unwanted fork or after a failed ACK: nobody waits for it.
     Orphan,
 }
@@ -375,6 +392,8 @@ struct Leg {
     early: Vec<String>,
     /// UAC: the ACK for the latest 2xx (by CSeq), resent on its retransmissions.
     ack: Option<(u32, Bytes)>,
+    /// UAC: a 2xx with an offer (CSeq, To tag) whose ACK waits for our answer.
+    ack_owed: Option<(u32, String)>,
     retx: Option<Retx>,
     /// An in-dialog offer transaction (re-INVITE / UPDATE) in progress, and whose.
     offer_tx: Option<(TxId, bool)>,
@@ -399,6 +418,8 @@ struct Leg {
     se_ask: Option<(Duration, Duration)>,
     /// The peer accepts UPDATE (its Allow): refreshes go without SDP.
     peer_update: bool,
+    /// Reliable provisionals and the early offer/answer (RFC 3262, 3311).
+    rel: Reliable,
 }
 
 #[derive(Clone, Debug)]
@@ -422,6 +443,8 @@ enum UaTimer {
     Register(RegId),
     /// The session timer's refresh or end may be due.
     Session(LegId),
+    /// A reliable provisional may be due for retransmission (RFC 3262).
+    Reliable(LegId),
 }
 
 /// The UA core. See the module docs.
@@ -568,6 +591,7 @@ impl UserAgent {
                 UaTimer::Offer(leg, tx) => self.offer_timeout(now, leg, tx),
                 UaTimer::Register(reg) => self.send_register(now, reg),
                 UaTimer::Session(leg) => self.session_due(now, leg),
+                UaTimer::Reliable(leg) => self.reliable_due(now, leg),
             }
         }
         self.pump(now);
@@ -635,6 +659,7 @@ impl UserAgent {
             invite_tx: None,
             early: Vec::new(),
             ack: None,
+            ack_owed: None,
             retx: None,
             offer_tx: None,
             glare_retry: None,
@@ -651,6 +676,7 @@ impl UserAgent {
             session: None,
             se_ask,
             peer_update: false,
+            rel: Reliable::default(),
         };
         let tx = self.send_invite(now, &mut l, None)?;
         self.purposes.insert(tx, Purpose::Invite(leg));
@@ -671,7 +697,14 @@ impl UserAgent {
     ) -> Result<TxId, UaError> {
         let branch = self.tl.new_branch();
         let mut extra = l.extra.clone();
-        extra.push(("Supported".into(), "timer".into()));
+        // Without an offer of ours, an offer in a reliable 18x would need its
+        // answer in the PRACK: we take the offer in the 2xx only.
+        let supported = if l.invite.body.is_empty() {
+            "timer"
+        } else {
+            "100rel, timer"
+        };
+        extra.push(("Supported".into(), supported.into()));
         if let Some((interval, min_se)) = l.se_ask {
             extra.push(("Session-Expires".into(), interval.as_secs().to_string()));
             extra.push(("Min-SE".into(), min_se.as_secs().to_string()));
@@ -810,6 +843,10 @@ impl UserAgent {
         }
         l.state = LegState::Ending;
         l.retx = None;
+        if let Some((cseq, tag)) = l.ack_owed.take() {
+            // A 2xx with an offer we never answered: ACK it before the BYE.
+            self.send_ack_with(leg, cseq, &tag, None);
+        }
         let tx = self.in_dialog(now, leg, Method::Bye, None, &[])?;
         self.purposes.insert(tx, Purpose::Bye(leg));
         self.pump(now);
@@ -1016,7 +1053,13 @@ impl UserAgent {
         let tx = l
             .invite_tx
             .ok_or(UaError::WrongState("no INVITE transaction"))?;
-        let invite = l.invite.clone();
+        if self.wants_reliable(leg, status, sdp.is_some()) {
+            return self.respond_reliably(now, leg, status, sdp, extra);
+        }
+        if self.hold_final(leg, status, sdp, extra) {
+            return Ok(());
+        }
+        let invite = self.legs[&leg].invite.clone();
         let mut headers: Vec<(String, String)> = extra
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1079,7 +1122,7 @@ impl UserAgent {
             resp.headers
                 .push(Header::Contact(self.cfg.local.contact(transport).into()));
             resp.headers.push(Header::Allow(message::ALLOW.into()));
-            resp.headers.push(Header::Supported("timer".into()));
+            resp.headers.push(Header::Supported("100rel, timer".into()));
         }
         resp.headers
             .push(Header::Server(self.cfg.user_agent.clone().into()));
@@ -1205,7 +1248,9 @@ impl UserAgent {
         let key = (
             req.call_id()?.to_string(),
             req.to_tag()?.to_string(),
-            req.from_tag()?.to_string(),
+            // A request without From tag belongs to a dialog whose remote tag
+            // is null (RFC 3261 12.1.1, RFC 2543 peers).
+            req.from_tag().unwrap_or("").to_string(),
         );
         self.dialogs.get(&key).copied()
     }
@@ -1221,7 +1266,13 @@ impl UserAgent {
                     return self.reply(now, tx, &req, 503, &[("Retry-After", "5")]);
                 }
                 self.stats.incoming += 1;
-                let Some(contact) = req.contact_uri().map(String::from) else {
+                // RFC 2543 allowed an INVITE without Contact: requests go
+                // to its From then (RFC 4475 3.4.1 asks us to take it).
+                let Some(contact) = req
+                    .contact_uri()
+                    .or_else(|| req.header_from().map(message::header_uri))
+                    .map(String::from)
+                else {
                     return self.reply(now, tx, &req, 400, &[]);
                 };
                 if let Err(status) = self.check_session_expires(now, tx, &req) {
@@ -1234,7 +1285,8 @@ impl UserAgent {
                     state: LegState::Calling,
                     call_id: req.call_id().unwrap_or("").to_string(),
                     local_tag: local_tag.clone(),
-                    remote_tag: req.from_tag().map(String::from),
+                    // No From tag (RFC 2543): its value is null (RFC 3261 12.1.1).
+                    remote_tag: Some(req.from_tag().unwrap_or("").to_string()),
                     local_addr: req.header_to().unwrap_or("").to_string(),
                     remote_addr: req.header_from().unwrap_or("").to_string(),
                     local_cseq: 0,
@@ -1246,6 +1298,7 @@ impl UserAgent {
                     invite_tx: Some(tx),
                     early: Vec::new(),
                     ack: None,
+                    ack_owed: None,
                     retx: None,
                     offer_tx: None,
                     glare_retry: None,
@@ -1260,6 +1313,7 @@ impl UserAgent {
                     session: None,
                     se_ask: None,
                     peer_update: allows_update(&req),
+                    rel: Reliable::uas(&req, self.rng.next_u32()),
                 };
                 if let Some(rt) = &l.remote_tag {
                     self.dialogs
@@ -1314,7 +1368,14 @@ impl UserAgent {
                 }
                 self.end(now, leg, EndReason::RemoteBye);
             }
+            Method::PRack => self.on_prack(now, tx, leg, &req),
             Method::Invite | Method::Update => {
+                if self.check_early_offer(now, tx, leg, &req).is_err() {
+                    return;
+                }
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
                 if let Some((_, ours)) = l.offer_tx {
                     // Glare (14.2): ours pending -> 491; theirs pending -> 500 with Retry-After.
                     return if ours {
@@ -1602,6 +1663,7 @@ impl UserAgent {
             }
             Purpose::Register(reg) => self.on_register_response(now, reg, &resp),
             Purpose::Refresh(leg) => self.on_refresh_response(now, tx, leg, resp),
+            Purpose::Update(leg) => self.on_update_response(now, tx, leg, &resp),
             Purpose::Orphan => {}
         }
     }
@@ -1623,9 +1685,12 @@ impl UserAgent {
                 if !l.early.contains(&tag) && l.early.len() < MAX_FORKS {
                     l.early.push(tag.clone());
                     self.dialogs
-                        .insert((l.call_id.clone(), l.local_tag.clone(), tag), leg);
+                        .insert((l.call_id.clone(), l.local_tag.clone(), tag.clone()), leg);
                 }
                 l.state = LegState::Early;
+                if !self.take_provisional(now, leg, &tag, &resp) {
+                    return; // a retransmitted or out-of-order reliable 18x
+                }
             }
             if code > 100 {
                 self.events.push_back(UaEvent::Progress {
@@ -1662,18 +1727,32 @@ impl UserAgent {
                         self.dialogs
                             .remove(&(call_id.clone(), local_tag.clone(), t));
                     }
-                    self.dialogs.insert((call_id, local_tag, tag), leg);
-                    self.send_ack(now, leg, &resp);
+                    self.dialogs.insert((call_id, local_tag, tag.clone()), leg);
                     let cancelled = self.legs.get(&leg).is_some_and(|l| l.cancelled);
+                    let offer_in_2xx = self
+                        .legs
+                        .get(&leg)
+                        .is_some_and(|l| l.invite.body.is_empty() && !resp.body.is_empty());
+                    if offer_in_2xx && !cancelled {
+                        // Late offer: the ACK waits for the application's answer.
+                        if let Some(l) = self.legs.get_mut(&leg) {
+                            l.ack_owed = Some((resp.cseq().map_or(l.local_cseq, |c| c.0), tag));
+                        }
+                        self.session_from_response(now, leg, &resp, true);
+                        self.events.push_back(UaEvent::AnsweredWithOffer {
+                            leg,
+                            sdp: Bytes::from(resp.body.clone()),
+                        });
+                        return;
+                    }
+                    self.send_ack(now, leg, &resp);
                     if cancelled {
                         // 200 crossed our CANCEL: ACK then BYE (RFC 3261 9.1).
                         let _ = self.bye(now, leg);
                     } else {
                         self.session_from_response(now, leg, &resp, true);
-                        self.events.push_back(UaEvent::Answered {
-                            leg,
-                            sdp: body_of(&resp.body),
-                        });
+                        let sdp = body_of(&resp.body).or_else(|| self.early_answer(leg, &tag));
+                        self.events.push_back(UaEvent::Answered { leg, sdp });
                     }
                 }
             }
@@ -1754,14 +1833,41 @@ impl UserAgent {
         self.end(now, leg, EndReason::Failed(code));
     }
 
+    /// ACKs the 2xx that carried an offer ([`UaEvent::AnsweredWithOffer`])
+    /// with our answer; `None` when the offer was unusable (the application
+    /// then ends the call with BYE, RFC 3261 13.2.2.4).
+    pub fn ack_with_answer(
+        &mut self,
+        _now: Instant,
+        leg: LegId,
+        sdp: Option<&[u8]>,
+    ) -> Result<(), UaError> {
+        let l = self.legs.get_mut(&leg).ok_or(UaError::UnknownLeg)?;
+        let (cseq, tag) = l
+            .ack_owed
+            .take()
+            .ok_or(UaError::WrongState("no 2xx awaits an ACK"))?;
+        if let Some(b) = sdp {
+            l.local_sdp = b.to_vec();
+        }
+        self.send_ack_with(leg, cseq, &tag, sdp.map(|b| ("application/sdp", b)));
+        Ok(())
+    }
+
     fn send_ack(&mut self, _now: Instant, leg: LegId, resp: &Response) {
+        let Some(l) = self.legs.get(&leg) else {
+            return;
+        };
+        let cseq = resp.cseq().map_or(l.local_cseq, |c| c.0);
+        self.send_ack_with(leg, cseq, resp.to_tag().unwrap_or(""), None);
+    }
+
+    fn send_ack_with(&mut self, leg: LegId, cseq: u32, tag: &str, body: Option<(&str, &[u8])>) {
         let branch = self.tl.new_branch();
         let Some(l) = self.legs.get_mut(&leg) else {
             return;
         };
-        let cseq = resp.cseq().map_or(l.local_cseq, |c| c.0);
         let hop = next_hop(&l.routes, &l.remote_target, l.peer);
-        let tag = resp.to_tag().unwrap_or("");
         let from = format!("{};tag={}", l.local_addr, l.local_tag);
         let to = with_tag(&l.remote_addr, tag);
         let Some(req) = build_request(
@@ -1778,7 +1884,7 @@ impl UserAgent {
                 routes: &l.routes,
                 contact: None,
                 extra: &[],
-                body: None,
+                body,
                 user_agent: &self.cfg.user_agent,
             },
         ) else {
@@ -1884,7 +1990,7 @@ impl UserAgent {
                 });
                 self.end(now, leg, EndReason::Failed(code));
             }
-            Purpose::ReInvite(leg) => {
+            Purpose::ReInvite(leg) | Purpose::Update(leg) => {
                 if let Some(l) = self.legs.get_mut(&leg) {
                     l.offer_tx = None;
                 }

@@ -680,7 +680,8 @@ fn bye_on_early_dialog_gets_200_and_invite_487() {
         .respond(now, b_leg, 183, Some(SDP_B), &[])
         .unwrap();
     net.run_for(Duration::from_millis(50));
-    // Craft the BYE the caller would send in the early dialog, from a third address.
+    // Craft the BYE the caller would send in the early dialog, from a third
+    // address (CSeq 3: the caller's PRACK of the reliable 183 took 2).
     let invite = net
         .events(1)
         .iter()
@@ -700,7 +701,7 @@ fn bye_on_early_dialog_gets_200_and_invite_487() {
     let b_tag = net.nodes[1].ua.legs[&b_leg].local_tag.clone();
     let bye = format!(
         "BYE sip:sbc@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKearlybye\r\nMax-Forwards: 70\r\n\
-         From: {}\r\nTo: {};tag={b_tag}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+         From: {}\r\nTo: {};tag={b_tag}\r\nCall-ID: {}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n",
         invite.header_from().unwrap(),
         invite.header_to().unwrap(),
         invite.call_id().unwrap()
@@ -1599,4 +1600,262 @@ fn a_reinvite_without_sdp_gets_our_session_as_the_offer_and_the_ack_answers() {
     )));
     assert!(net.nodes[1].ua.legs[&b_leg].retx.is_none());
     assert_eq!(net.terminated(1, b_leg), None);
+}
+
+// ----- reliable provisionals (RFC 3262) and early UPDATE (RFC 3311) -----
+
+fn requiring_100rel(to: u8) -> InviteParams {
+    let mut p = params(to);
+    p.headers.push(("Require".into(), "100rel".into()));
+    p
+}
+
+/// Position in the log of the `nth` message from node `i` starting with `prefix`.
+fn log_index(net: &Net, i: usize, prefix: &str, nth: usize) -> Option<usize> {
+    net.log
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, l))| *n == i && l.starts_with(prefix))
+        .nth(nth)
+        .map(|(k, _)| k)
+}
+
+#[test]
+fn a_lost_reliable_183_is_retransmitted_and_the_200_waits_for_its_prack() {
+    let mut net = Net::pair(60);
+    let leg = net
+        .ua(0)
+        .invite(Instant::ZERO, requiring_100rel(2))
+        .unwrap();
+    assert!(net.run_until(at(1), |n| !n.incoming(1).is_empty()));
+    let b_leg = net.incoming(1)[0];
+    // The first 183 is lost on the way.
+    let mut lost = false;
+    net.drop = Some(Box::new(move |from, b| {
+        let first = from == 1 && first_line(b).starts_with("SIP/2.0 183") && !lost;
+        lost |= first;
+        first
+    }));
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 183, Some(SDP_B), &[])
+        .unwrap();
+    // The application answers at once; the 200 must wait for the PRACK.
+    net.ua(1)
+        .respond(now, b_leg, 200, Some(SDP_B), &[])
+        .unwrap();
+    net.pump();
+    assert_eq!(net.sent(1, "SIP/2.0 200"), 0, "no 2xx before the PRACK");
+    net.run_until(at(5), |n| answered(n.events(0), leg).is_some());
+    assert_eq!(net.sent(1, "SIP/2.0 183"), 2, "retransmitted at T1");
+    assert_eq!(net.sent(0, "PRACK"), 1);
+    assert_eq!(net.sent(1, "SIP/2.0 200"), 2, "200 to PRACK, 200 to INVITE");
+    assert!(log_index(&net, 0, "PRACK", 0) < log_index(&net, 1, "SIP/2.0 200", 1));
+    assert_eq!(net.nodes[1].ua.stats().retransmitted_1xx, 1);
+    let early: Vec<_> = net
+        .events(0)
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                UaEvent::Progress {
+                    status: 183,
+                    sdp: Some(_),
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(
+        early.len(),
+        1,
+        "one progress event despite the retransmission"
+    );
+    assert_eq!(
+        answered(net.events(0), leg),
+        Some(Some(Bytes::from_static(SDP_B)))
+    );
+    // Offer/answer completed in the early dialog on both sides.
+    net.run_for(Duration::from_secs(40));
+    let now = net.now;
+    assert!(net.ua(0).hangup(now, leg).is_ok());
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn a_caller_that_only_supports_100rel_gets_early_media_reliably_and_ringing_not() {
+    let mut net = Net::pair(61);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    assert!(net.run_until(at(1), |n| !n.incoming(1).is_empty()));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.ua(1)
+        .respond(now, b_leg, 183, Some(SDP_B), &[])
+        .unwrap();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(
+        net.sent(0, "PRACK"),
+        1,
+        "only the 183 with SDP was reliable"
+    );
+    assert!(net.nodes[0].ua.legs[&leg].rel.early_answered);
+    assert!(net.nodes[1].ua.legs[&b_leg].rel.early_answered);
+    // The callee may now offer again in the early dialog (UPDATE); the
+    // caller's answer comes back at once.
+    net.nodes[0].auto.offers = true;
+    let now = net.now;
+    net.ua(1).update(now, b_leg, SDP_B.to_vec()).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.events(0)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Offer { .. }))
+    );
+    assert!(net.events(1).iter().any(|e| matches!(
+        e,
+        UaEvent::OfferAnswered {
+            status: 200,
+            sdp: Some(_),
+            ..
+        }
+    )));
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 200, None, &[]).unwrap();
+    net.run_for(Duration::from_secs(1));
+    // A 2xx without SDP reports the early answer.
+    assert_eq!(
+        answered(net.events(0), leg),
+        Some(Some(Bytes::from_static(SDP_B)))
+    );
+}
+
+#[test]
+fn a_reliable_183_never_pracked_fails_the_invite_with_500_after_64_t1() {
+    let mut net = Net::pair(62);
+    net.drop = Some(Box::new(|from, b| {
+        from == 0 && first_line(b).starts_with("PRACK")
+    }));
+    let leg = net
+        .ua(0)
+        .invite(Instant::ZERO, requiring_100rel(2))
+        .unwrap();
+    assert!(net.run_until(at(1), |n| !n.incoming(1).is_empty()));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_until(at(40), |n| failed(n.events(0), leg).is_some());
+    assert_eq!(failed(net.events(0), leg), Some(500));
+    assert!(
+        net.now >= at(32),
+        "gave up after 64*T1, not before: {:?}",
+        net.now
+    );
+    assert_eq!(net.nodes[1].ua.stats().prack_timeouts, 1);
+    // T1, 2T1, ... doubling: 6 retransmissions fit in 32 s.
+    assert_eq!(net.nodes[1].ua.stats().retransmitted_1xx, 6);
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::Failed(500)));
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn the_uac_pracks_each_rseq_once_in_order_and_drops_the_rest() {
+    let mut s = Scripted::new(63);
+    let proxy: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+    let mut p = params(9);
+    p.peer = Peer::udp(proxy);
+    let leg = s.ua.invite(Instant::ZERO, p).unwrap();
+    let invite = s.sent().remove(0).1;
+    assert!(invite.values("Supported").iter().any(|t| t == "100rel"));
+    let rel = |rseq: &'static str| [("Require", "100rel"), ("RSeq", rseq)];
+    let contact = "<sip:f1@10.0.0.11>";
+    s.deliver(reply(&invite, 180, "f1", contact, &rel("5"), b""), proxy);
+    let out = s.sent();
+    assert_eq!(out.len(), 1);
+    let (to, prack) = &out[0];
+    assert_eq!(prack.method, Method::PRack);
+    assert_eq!(
+        to.addr,
+        "10.0.0.11:5060".parse().unwrap(),
+        "to the early Contact"
+    );
+    assert_eq!(prack.values("RAck"), vec!["5 1 INVITE".to_string()]);
+    assert_eq!(prack.to_tag(), Some("f1"));
+    assert_eq!(prack.cseq().unwrap(), (2, "PRACK"));
+    // The retransmission and an RSeq that skips one are dropped, not PRACKed.
+    s.deliver(reply(&invite, 180, "f1", contact, &rel("5"), b""), proxy);
+    s.deliver(reply(&invite, 183, "f1", contact, &rel("7"), SDP_B), proxy);
+    assert!(s.sent().is_empty());
+    s.deliver(reply(&invite, 183, "f1", contact, &rel("6"), SDP_B), proxy);
+    let out = s.sent();
+    assert_eq!(out[0].1.values("RAck"), vec!["6 1 INVITE".to_string()]);
+    let progress: Vec<u16> = s
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            UaEvent::Progress { status, .. } => Some(*status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, vec![180, 183]);
+    // A malformed RSeq makes no reliable response: no PRACK.
+    s.deliver(reply(&invite, 183, "f1", contact, &rel("0"), b""), proxy);
+    assert!(s.sent().is_empty());
+    // The 200 without SDP: the early answer stands.
+    s.deliver(reply(&invite, 200, "f1", contact, &[], b""), proxy);
+    assert_eq!(
+        answered(&s.events, leg),
+        Some(Some(Bytes::from_static(SDP_B)))
+    );
+    let ack = s.sent().remove(0).1;
+    assert_eq!(ack.cseq().unwrap(), (1, "ACK"));
+}
+
+#[test]
+fn prack_without_a_match_gets_481_and_an_early_update_before_the_answer_gets_500() {
+    let mut net = Net::pair(64);
+    let _leg = net
+        .ua(0)
+        .invite(Instant::ZERO, requiring_100rel(2))
+        .unwrap();
+    assert!(net.run_until(at(1), |n| !n.incoming(1).is_empty()));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    // Unreliable 183 impossible (the caller requires 100rel): 180 reliably.
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.sent(0, "PRACK"), 1);
+    // A PRACK for an RSeq never sent.
+    let a_leg = _leg;
+    let now = net.now;
+    let rack = [("RAck".to_string(), "99 1 INVITE".to_string())];
+    let l = &net.nodes[0].ua.legs[&a_leg];
+    let tag = l.early[0].clone();
+    net.nodes[0].ua.legs.get_mut(&a_leg).unwrap().remote_tag = Some(tag);
+    net.ua(0)
+        .in_dialog(now, a_leg, Method::PRack, None, &rack)
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.sent(1, "SIP/2.0 481"), 1);
+    // The caller offers in the early dialog although the INVITE's offer has no
+    // answer yet (the 180 carried none): 500 with Retry-After (RFC 3311 5.2).
+    let now = net.now;
+    net.ua(0)
+        .in_dialog(
+            now,
+            a_leg,
+            Method::Update,
+            Some(("application/sdp", SDP_A)),
+            &[],
+        )
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.sent(1, "SIP/2.0 500"), 1);
+    assert!(
+        !net.events(1)
+            .iter()
+            .any(|e| matches!(e, UaEvent::Offer { .. }))
+    );
 }
