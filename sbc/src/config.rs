@@ -116,6 +116,11 @@ pub struct SipSection {
     /// [`SbcConfig::sip_advertise`] for the default.
     #[serde(deserialize_with = "values::opt")]
     pub advertise: Option<IpAddr>,
+    /// Both address families: our IPv6 address for IPv6 peers (Via, Contact,
+    /// and SDP unless `media.rtp_advertise6`), with `advertise` the IPv4 one.
+    /// The listeners then bind `[::]`, which takes IPv4 peers too.
+    #[serde(deserialize_with = "values::opt")]
+    pub advertise6: Option<IpAddr>,
     /// User-Agent / Server header.
     pub user_agent: String,
     /// Accept INVITEs from any source, not only trunks. Demo/testing only.
@@ -132,6 +137,7 @@ impl Default for SipSection {
             tls_key: None,
             tls_ca: None,
             advertise: None,
+            advertise6: None,
             user_agent: concat!("sbc/", env!("CARGO_PKG_VERSION")).into(),
             open_inbound: false,
         }
@@ -148,6 +154,10 @@ pub struct MediaSection {
     /// The address in our SDP `c=` line; see [`SbcConfig::media_ip`].
     #[serde(deserialize_with = "values::opt")]
     pub rtp_advertise: Option<IpAddr>,
+    /// Both address families: the address in the SDP of legs whose peer is
+    /// over IPv6 (default `sip.advertise6`); `rtp_bind` is then `::`.
+    #[serde(deserialize_with = "values::opt")]
+    pub rtp_advertise6: Option<IpAddr>,
     /// SIP-side RTP ports.
     #[serde(deserialize_with = "values::one")]
     pub rtp_ports: PortRange,
@@ -178,6 +188,7 @@ impl Default for MediaSection {
         MediaSection {
             rtp_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             rtp_advertise: None,
+            rtp_advertise6: None,
             rtp_ports: PortRange { first, last },
             webrtc: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
             webrtc_advertise: None,
@@ -889,6 +900,12 @@ impl SbcConfig {
             .or_else(|| self.sip_bind_ip())
     }
 
+    /// Our media address for IPv6 peers when we serve both families:
+    /// `media.rtp_advertise6`, else `sip.advertise6`.
+    pub fn media_ip6(&self) -> Option<IpAddr> {
+        self.media.rtp_advertise6.or(self.sip.advertise6)
+    }
+
     /// The ICE candidate for browsers: `media.webrtc_advertise`, else the
     /// `media.webrtc` address unless its IP is 0.0.0.0, else [`Self::media_ip`]
     /// with the `media.webrtc` port.
@@ -1096,6 +1113,7 @@ impl SbcConfig {
             self.media_ip(),
         );
         b.rtp_ports = (self.media.rtp_ports.first, self.media.rtp_ports.last);
+        b.media_ip6 = self.media_ip6();
         b.outbound_ring_timeout = self.limits.outbound_ring_timeout;
         b.max_calls = self.limits.max_calls;
         b.max_parties = self.limits.max_parties;
@@ -1377,6 +1395,37 @@ mod tests {
     const MINIMAL: &str = "[sip]\nudp = \"127.0.0.1:5060\"\n[auth]\ntoken_secret = \"0123456789abcdef0123456789abcdef\"\n";
 
     const TRUNK: &str = "[[trunks]]\nname = \"carrier\"\nhost = \"sip.carrier.example\"\npeers = [\"198.51.100.10:5060\"]\n";
+
+    #[test]
+    fn both_address_families_bind_any_ipv6_and_advertise_one_address_each() {
+        let secret = "[auth]\ntoken_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let both = format!(
+            "[sip]\nudp = \"[::]:5060\"\nadvertise = \"192.0.2.1\"\nadvertise6 = \"2001:db8::1\"\n\
+             [media]\nrtp_bind = \"::\"\n{secret}"
+        );
+        let c = SbcConfig::parse(&both).unwrap();
+        assert_eq!(c.media_ip(), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.media_ip6(), Some("2001:db8::1".parse().unwrap()));
+        let b = c.bridge_config(1, |_| Ok(Vec::new())).unwrap();
+        assert_eq!(
+            b.media_ip_for(true),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            b.media_ip_for(false),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        // A listener on one family cannot take the other's peers.
+        let e = error(&both.replace("[::]:5060", "127.0.0.1:5060"));
+        assert!(e.contains("sip.udp: must listen on [::]"), "{e}");
+        let e = error(&both.replace("rtp_bind = \"::\"", "rtp_bind = \"0.0.0.0\""));
+        assert!(e.contains("media.rtp_bind: must be \"::\""), "{e}");
+        let e = error(&both.replace("2001:db8::1", "192.0.2.2"));
+        assert!(
+            e.contains("sip.advertise6: must be a concrete IPv6 address"),
+            "{e}"
+        );
+    }
 
     /// The error for `text`, as one string.
     fn error(text: &str) -> String {

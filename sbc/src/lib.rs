@@ -43,6 +43,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dual_stack;
 pub mod events;
 pub mod http;
 pub mod inbox;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::agent_ws;
 use crate::clock::Clock;
+use crate::dual_stack;
 use crate::inbox::{AgentLink, ControlIn, ControlTx, MediaIn, MediaTx};
 use crate::rtp_ports::RtpPorts;
 use crate::webrtc_port::{MuxCmd, WebRtcPort};
@@ -59,6 +60,8 @@ async fn run(
         ..ctx.media.clone()
     });
     let mut rtp = RtpSockets::default();
+    // On `::` the RTP sockets reach IPv4 peers at their mapped addresses.
+    let ipv6_sockets = ctx.rtp_bind.is_ipv6();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
     let number = id.0;
@@ -99,13 +102,13 @@ async fn run(
                 from,
                 data,
                 rtcp: false,
-            } => session.handle_rtp(ctx.clock.now(), port, from, data),
+            } => session.handle_rtp(ctx.clock.now(), port, dual_stack::canonical(from), data),
             Wake::Rtp {
                 port,
                 from,
                 data,
                 rtcp: true,
-            } => session.handle_rtcp(ctx.clock.now(), port, from, &data),
+            } => session.handle_rtcp(ctx.clock.now(), port, dual_stack::canonical(from), &data),
             Wake::Message(None) => break,
             Wake::Message(Some(msg)) => {
                 let now = ctx.clock.now();
@@ -128,13 +131,14 @@ async fn run(
                                 None => {
                                     // Not reserved (a port reused in this call): RTCP
                                     // beside it if it can be had.
-                                    if let Ok(s) =
-                                        UdpSocket::bind((ctx.rtp_bind, local_port.wrapping_add(1)))
-                                            .await
-                                    {
+                                    let bind = |port: u16| {
+                                        dual_stack::bind_udp((ctx.rtp_bind, port).into())
+                                            .and_then(UdpSocket::from_std)
+                                    };
+                                    if let Ok(s) = bind(local_port.wrapping_add(1)) {
                                         rtp.rtcp.insert(*local_port, Arc::new(s));
                                     }
-                                    UdpSocket::bind((ctx.rtp_bind, *local_port)).await
+                                    bind(*local_port)
                                 }
                             };
                             match bound {
@@ -182,12 +186,12 @@ async fn run(
             match t.via {
                 Via::Rtp(port) => {
                     if let Some(s) = rtp.map.get(&port) {
-                        let _ = s.try_send_to(&t.bytes, t.to);
+                        let _ = s.try_send_to(&t.bytes, dual_stack::toward(t.to, ipv6_sockets));
                     }
                 }
                 Via::Rtcp(port) => {
                     if let Some(s) = rtp.rtcp.get(&port) {
-                        let _ = s.try_send_to(&t.bytes, t.to);
+                        let _ = s.try_send_to(&t.bytes, dual_stack::toward(t.to, ipv6_sockets));
                     }
                 }
                 Via::WebRtc => {

@@ -58,11 +58,11 @@ impl RtpPorts {
     }
 
     fn bind_pair(&self, port: u16) -> std::io::Result<Reserved> {
-        let rtp = UdpSocket::bind((self.bind, port))?;
-        let rtcp = UdpSocket::bind((self.bind, port.checked_add(1).ok_or_else(no_port)?))?;
-        // Both go to tokio (the media task reads RTCP too): non-blocking.
-        rtp.set_nonblocking(true)?;
-        rtcp.set_nonblocking(true)?;
+        // Both go to tokio (the media task reads RTCP too): non-blocking; on
+        // `::` for IPv4 and IPv6 peers alike.
+        let rtp = crate::dual_stack::bind_udp((self.bind, port).into())?;
+        let rtcp_port = port.checked_add(1).ok_or_else(no_port)?;
+        let rtcp = crate::dual_stack::bind_udp((self.bind, rtcp_port).into())?;
         Ok(Reserved { rtp, rtcp })
     }
 }

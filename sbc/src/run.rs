@@ -135,6 +135,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
         tls: cfg.sip.tls.zip(tls),
         tls_client: tls_client_config(cfg)?,
         advertise: cfg.sip.advertise,
+        advertise6: cfg.sip.advertise6,
         user_agent: cfg.sip.user_agent.clone(),
         max_legs: cfg.limits.max_calls.saturating_mul(4),
         max_transactions: cfg.limits.max_calls.saturating_mul(20).max(1000),

@@ -164,6 +164,9 @@ pub struct BridgeConfig {
     pub streams: Vec<StreamTarget>,
     /// The address in our SDP for SIP-side RTP.
     pub media_ip: IpAddr,
+    /// Our IPv6 media address when we serve both address families: SIP legs
+    /// whose peer is reached over IPv6 get it in their SDP (`c=IN IP6`).
+    pub media_ip6: Option<IpAddr>,
     /// SIP-side RTP ports.
     pub rtp_ports: (u16, u16),
     /// Ring time of an outbound call (an operator's `dial`).
@@ -191,6 +194,14 @@ pub struct BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// Our media address for a SIP leg whose peer is over IPv6 (`ipv6`) or not.
+    pub fn media_ip_for(&self, ipv6: bool) -> IpAddr {
+        match self.media_ip6 {
+            Some(ip) if ipv6 => ip,
+            _ => self.media_ip,
+        }
+    }
+
     /// A configuration with defaults around `numbers` and `trunks`.
     pub fn new(numbers: Vec<NumberConfig>, trunks: Vec<TrunkConfig>, media_ip: IpAddr) -> Self {
         BridgeConfig {
@@ -198,6 +209,7 @@ impl BridgeConfig {
             trunks,
             streams: Vec::new(),
             media_ip,
+            media_ip6: None,
             rtp_ports: (20000, 30000),
             outbound_ring_timeout: Duration::from_secs(60),
             max_calls: 5000,

@@ -326,6 +326,10 @@ pub struct SbcSpec {
     pub log: String,
     /// More lines of `[media]` (`media_timeout = "120s"`).
     pub media: String,
+    /// Both address families: SIP and RTP on `[::]`, advertised as `ip`
+    /// (IPv4) to IPv4 peers and `::1` to IPv6 ones; [`Sbc::sip`] is then
+    /// `ip` and the port, also reachable at `[::1]` and that port.
+    pub dual_stack: bool,
 }
 
 impl SbcSpec {
@@ -339,6 +343,7 @@ impl SbcSpec {
             drain_secs: 5,
             log: "info".into(),
             media: String::new(),
+            dual_stack: false,
         }
     }
 }
@@ -371,17 +376,28 @@ impl Sbc {
         reserve(spec.rtp_ports);
         for attempt in 0..3 {
             let dir = TempDir::new(&format!("sbc-{}-{attempt}", spec.name));
-            let sip = SocketAddr::new(spec.ip, free_port(spec.ip));
+            let any6 = IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED);
+            let (sip, bind, rtp_bind, families) = if spec.dual_stack {
+                let port = free_port(any6);
+                (
+                    SocketAddr::new(spec.ip, port),
+                    SocketAddr::new(any6, port),
+                    any6,
+                    format!("advertise = \"{}\"\nadvertise6 = \"::1\"\n", spec.ip),
+                )
+            } else {
+                let sip = SocketAddr::new(spec.ip, free_port(spec.ip));
+                (sip, sip, spec.ip, String::new())
+            };
             let http = SocketAddr::new(spec.ip, free_tcp_port(spec.ip));
             let webrtc = SocketAddr::new(spec.ip, free_udp_port(spec.ip));
             let config = format!(
                 "# written by tests/src/sbc_process.rs for {name}\n\
-                 [sip]\nudp = \"{sip}\"\ntcp = \"{sip}\"\nuser_agent = \"sbc-under-test\"\n\n\
-                 [media]\nrtp_bind = \"{ip}\"\nrtp_ports = \"{lo}-{hi}\"\nwebrtc = \"{webrtc}\"\n{media}\n\
+                 [sip]\nudp = \"{bind}\"\ntcp = \"{bind}\"\nuser_agent = \"sbc-under-test\"\n{families}\n\
+                 [media]\nrtp_bind = \"{rtp_bind}\"\nrtp_ports = \"{lo}-{hi}\"\nwebrtc = \"{webrtc}\"\n{media}\n\
                  [http]\nlisten = \"{http}\"\n\n\
                  [auth]\ntoken_secret = \"{TEST_TOKEN_SECRET}\"\n\n{toml}\n",
                 name = spec.name,
-                ip = spec.ip,
                 lo = spec.rtp_ports.0,
                 hi = spec.rtp_ports.1,
                 media = spec.media,

@@ -589,6 +589,82 @@ fn a_call_over_ipv6_brackets_its_addresses_and_offers_ip6_media() {
 }
 
 #[test]
+fn a_call_joins_an_ipv6_carrier_and_an_ipv4_far_end_each_seeing_its_own_family() {
+    let _serial = serial();
+    let calls = 2;
+    let v6: std::net::IpAddr = "::1".parse().unwrap();
+    let callee = echo_callee("v4-callee", calls, "8 PCMA/8000");
+    // The SBC on [::] (one socket per port for both families): the carrier
+    // calls from ::1, the far end answers on 127.0.0.3.
+    let toml = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"{}\"]\n\
+         inbound = [\"::1/128\"]\n\n{}",
+        callee.addr(),
+        number("service", "+15550100", "pstn:+15550199")
+    );
+    let sbc = Sbc::start(&SbcSpec {
+        dual_stack: true,
+        ..SbcSpec::new("dual-stack", rtp(21), toml)
+    });
+    let mut callee = callee.spawn();
+    let mut carrier = SippCmd::new("v6-carrier", "caller_two_codecs.xml", v6)
+        .remote(std::net::SocketAddr::new(v6, sbc.sip.port()))
+        .service("+15550100")
+        .calls(calls)
+        .pcap("g711a.pcap")
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    callee.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    // RFC 5118 4.5: each peer sees our address of its own family, in SIP and SDP.
+    let invite = callee
+        .received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap();
+    assert!(
+        invite
+            .header("Via")
+            .unwrap_or_default()
+            .contains("127.0.0.1:")
+            && invite
+                .header("Contact")
+                .unwrap_or_default()
+                .contains("@127.0.0.1:")
+            && invite.text.contains("c=IN IP4 127.0.0.1"),
+        "{}",
+        invite.text
+    );
+    let ok = carrier
+        .received()
+        .into_iter()
+        .find(|m| m.status() == Some(200) && m.text.contains("m=audio"))
+        .unwrap();
+    assert!(
+        ok.header("Contact").unwrap_or_default().contains("[::1]:")
+            && ok.text.contains("c=IN IP6 ::1"),
+        "{}",
+        ok.text
+    );
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value(
+            "sbc_calls_ended_total",
+            &["direction=\"inbound\",status=\"completed\""]
+        ),
+        calls as f64,
+        "{:?}",
+        m.samples
+    );
+    // The capture (7 s at 30 ms) crossed from the IPv6 side to the IPv4 one
+    // and its echo came back: relayed both ways.
+    let path = |p: &str| m.value("sbc_calls_media_total", &[&format!("path=\"{p}\"")]);
+    assert_eq!(path("relayed"), calls as f64, "{:?}", m.samples);
+    let rtp_in = m.value("sbc_rtp_packets_total", &["direction=\"in\""]);
+    assert!(rtp_in > (calls * 2 * 150) as f64, "{rtp_in} packets in");
+}
+
+#[test]
 fn rtcp_reports_go_to_port_plus_one_and_the_peers_reports_reach_metrics_and_the_cdr() {
     use media_core::rtp::rtcp::{
         ReportBlock, RtcpPacket, ntp_middle, parse_compound, write_report,

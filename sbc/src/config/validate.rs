@@ -21,6 +21,7 @@ pub(super) fn check(c: &SbcConfig) -> Found {
     let mut f = Found::new();
     sip(c, &mut f);
     media(c, &mut f);
+    dual_stack(c, &mut f);
     listeners(c, &mut f);
     http(c, &mut f);
     auth(c, &mut f);
@@ -140,6 +141,51 @@ fn sip(c: &SbcConfig, f: &mut Found) {
             f,
             "sip.advertise",
             "needed when SIP listens on 0.0.0.0 (or ::): the address peers see in Via and Contact (and in SDP, unless media.rtp_advertise is set)",
+        );
+    }
+}
+
+/// Both families on one process: IPv6 addresses for IPv6 peers, IPv4 ones
+/// for the rest, on sockets bound to `[::]` (dual stack) so one call can join
+/// an IPv4 and an IPv6 peer.
+fn dual_stack(c: &SbcConfig, f: &mut Found) {
+    let any6 = |a: &SocketAddr| a.ip() == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED);
+    for (key, ip) in [
+        ("sip.advertise6", c.sip.advertise6),
+        ("media.rtp_advertise6", c.media.rtp_advertise6),
+    ] {
+        if ip.is_some_and(|ip| !ip.is_ipv6() || ip.is_unspecified()) {
+            push(f, key, "must be a concrete IPv6 address");
+        }
+    }
+    if c.sip.advertise6.is_some() {
+        if c.sip.advertise.is_some_and(|ip| !ip.is_ipv4()) {
+            push(
+                f,
+                "sip.advertise",
+                "must be the IPv4 address beside sip.advertise6",
+            );
+        }
+        for (key, a) in [
+            ("sip.udp", c.sip.udp),
+            ("sip.tcp", c.sip.tcp),
+            ("sip.tls", c.sip.tls),
+        ] {
+            if a.is_some_and(|a| !any6(&a)) {
+                push(
+                    f,
+                    key,
+                    "must listen on [::] with sip.advertise6 (one socket for IPv4 and IPv6 peers)",
+                );
+            }
+        }
+    }
+    if c.media_ip6().is_some() && c.media.rtp_bind != IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+    {
+        push(
+            f,
+            "media.rtp_bind",
+            "must be \"::\" with an IPv6 media address (sip.advertise6 or media.rtp_advertise6): one socket per port for IPv4 and IPv6 peers",
         );
     }
 }

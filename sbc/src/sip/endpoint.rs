@@ -26,6 +26,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::conn::{self, ConnEvent, ConnId, ConnLimits};
 use crate::clock::Clock;
+use crate::dual_stack;
 
 /// A sans-IO SIP core the transport task can drive.
 pub trait SipCore: Send + 'static {
@@ -64,6 +65,9 @@ pub struct SipConfig {
     /// The address peers should use for us (Via, Contact): a public IP in front of
     /// NAT. Default: the bind address, or loopback for 0.0.0.0.
     pub advertise: Option<IpAddr>,
+    /// Our IPv6 address for IPv6 peers when the listeners on `[::]` serve both
+    /// families (`advertise` is then the IPv4 one).
+    pub advertise6: Option<IpAddr>,
     /// User-Agent / Server header.
     pub user_agent: String,
     /// Most calls in progress (UA legs).
@@ -92,6 +96,7 @@ impl Default for SipConfig {
             tls: None,
             tls_client: None,
             advertise: None,
+            advertise6: None,
             user_agent: concat!("sbc/", env!("CARGO_PKG_VERSION")).into(),
             max_legs: 10_000,
             max_transactions: 100_000,
@@ -243,19 +248,26 @@ impl SipSockets {
     /// Binds every configured listener.
     pub async fn bind(cfg: SipConfig) -> Result<SipSockets, SipError> {
         let bind_err = |addr| move |source| SipError::Bind { addr, source };
+        // On `[::]` each listener takes IPv4 peers too (dual_stack).
+        let listen = |a: SocketAddr| {
+            dual_stack::bind_tcp(a)
+                .and_then(TcpListener::from_std)
+                .map_err(bind_err(a))
+        };
         let udp = match cfg.udp {
-            Some(a) => Some(UdpSocket::bind(a).await.map_err(bind_err(a))?),
+            Some(a) => Some(
+                dual_stack::bind_udp(a)
+                    .and_then(UdpSocket::from_std)
+                    .map_err(bind_err(a))?,
+            ),
             None => None,
         };
         let tcp = match cfg.tcp {
-            Some(a) => Some(TcpListener::bind(a).await.map_err(bind_err(a))?),
+            Some(a) => Some(listen(a)?),
             None => None,
         };
         let tls = match &cfg.tls {
-            Some((a, server)) => Some((
-                TcpListener::bind(*a).await.map_err(bind_err(*a))?,
-                TlsAcceptor::from(server.clone()),
-            )),
+            Some((a, server)) => Some((listen(*a)?, TlsAcceptor::from(server.clone()))),
             None => None,
         };
         let udp_addr = udp.as_ref().and_then(|s| s.local_addr().ok());
@@ -289,6 +301,7 @@ impl SipSockets {
             tls_addr,
             local: LocalAddr {
                 host: host.to_string(),
+                host6: cfg.advertise6.map(|ip| ip.to_string()),
                 ports,
             },
             cfg,
@@ -352,6 +365,7 @@ impl SipSockets {
         let task = Task {
             core,
             clock,
+            udp_ipv6: self.udp_addr.is_some_and(|a| a.is_ipv6()),
             udp: self.udp,
             tcp: self.tcp,
             tls: self.tls,
@@ -500,6 +514,8 @@ struct Task<C> {
     core: C,
     clock: Clock,
     udp: Option<UdpSocket>,
+    /// The UDP socket is IPv6 (on `[::]` it reaches IPv4 peers mapped).
+    udp_ipv6: bool,
     tcp: Option<TcpListener>,
     tls: Option<(TcpListener, TlsAcceptor)>,
     tls_client: TlsConnector,
@@ -528,16 +544,19 @@ impl<C: SipCore> Task<C> {
             tokio::select! {
                 r = recv_from(self.udp.as_ref(), &mut buf) => {
                     if let Ok((n, from)) = r {
+                        let from = dual_stack::canonical(from);
                         self.on_datagram(Bytes::copy_from_slice(&buf[..n]), from);
                     }
                 }
                 r = accept(self.tcp.as_ref()) => {
                     if let Ok((stream, addr)) = r {
+                        let addr = dual_stack::canonical(addr);
                         self.on_accept(stream, addr, Transport::Tcp, &conn_tx);
                     }
                 }
                 r = accept(self.tls.as_ref().map(|(l, _)| l)) => {
                     if let Ok((stream, addr)) = r {
+                        let addr = dual_stack::canonical(addr);
                         self.on_accept(stream, addr, Transport::Tls, &conn_tx);
                     }
                 }
@@ -682,7 +701,8 @@ impl<C: SipCore> Task<C> {
                     return;
                 }
                 if let Some(s) = &self.udp {
-                    let _ = s.send_to(&t.bytes, t.to.addr).await;
+                    let to = dual_stack::toward(t.to.addr, self.udp_ipv6);
+                    let _ = s.send_to(&t.bytes, to).await;
                 }
             }
             transport => {

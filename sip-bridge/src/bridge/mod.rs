@@ -648,9 +648,9 @@ impl Bridge {
             && self.calls.contains_key(&id)
         {
             let (calls, mut ctx) = self.split();
-            let joined = calls
-                .get_mut(&id)
-                .map_or(Err(480), |c| c.join_room(now, &mut ctx, req, trunk));
+            let joined = calls.get_mut(&id).map_or(Err(480), |c| {
+                c.join_room(now, &mut ctx, req, from.addr.ip(), trunk)
+            });
             match joined {
                 Ok(key) => {
                     self.sip_legs.insert(leg, (id, key));
@@ -666,7 +666,7 @@ impl Bridge {
         let id = CallId(self.next_call);
         let call = {
             let (_, mut ctx) = self.split();
-            Call::inbound(now, &mut ctx, id, req, trunk, &number)
+            Call::inbound(now, &mut ctx, id, req, from.addr.ip(), trunk, &number)
         };
         match call {
             Ok(call) => {

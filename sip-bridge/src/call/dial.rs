@@ -27,6 +27,7 @@ impl Call {
         ctx: &mut CallCtx<'_>,
         id: CallId,
         req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
         trunk: Option<usize>,
         number: &NumberConfig,
     ) -> Result<Call, u16> {
@@ -43,7 +44,7 @@ impl Call {
         call.plan = number.plan.clone();
         call.room = number.room;
         call.caller_name = display_name_of(&from_hdr);
-        let key = call.sip_caller(ctx, req, trunk)?;
+        let key = call.sip_caller(ctx, req, source, trunk)?;
         call.caller = key;
         call.event(now, CallEventKind::Initiated, None, None, None);
         call.record_joined(now, ctx, key);
@@ -159,10 +160,12 @@ impl Call {
         &mut self,
         ctx: &mut CallCtx<'_>,
         req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
         trunk: Option<usize>,
     ) -> Result<LegKey, u16> {
+        let ipv6 = source.to_canonical().is_ipv6();
         if req.body.is_empty() {
-            return self.late_offer_caller(ctx, req, trunk);
+            return self.late_offer_caller(ctx, req, ipv6, trunk);
         }
         let Ok(offer) = std::str::from_utf8(&req.body)
             .map_err(|_| ())
@@ -177,7 +180,7 @@ impl Call {
             .map(|t| ctx.cfg.trunks[t].codecs.clone())
             .unwrap_or_default();
         let session_id = ctx.rng.next_u64() >> 12;
-        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, session_id);
+        let local = LocalMedia::rtp(ctx.cfg.media_ip_for(ipv6), port, session_id);
         let (answer, negotiated) = match sdp::answer_audio(&offer, &caps_for(&codecs), &local) {
             Ok(a) => a,
             Err(e) => {
@@ -203,6 +206,7 @@ impl Call {
                 held_by_us: false,
                 open_offer: Some(offer.to_string()),
                 late_offer: false,
+                ipv6,
             }),
             Origin::Caller,
             None,
@@ -226,6 +230,7 @@ impl Call {
         &mut self,
         ctx: &mut CallCtx<'_>,
         req: &crate::sip::message::Request,
+        ipv6: bool,
         trunk: Option<usize>,
     ) -> Result<LegKey, u16> {
         let Some(port) = ctx.ports.take() else {
@@ -234,7 +239,7 @@ impl Call {
         let codecs = trunk
             .map(|t| ctx.cfg.trunks[t].codecs.clone())
             .unwrap_or_default();
-        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, ctx.rng.next_u64() >> 12);
+        let local = LocalMedia::rtp(ctx.cfg.media_ip_for(ipv6), port, ctx.rng.next_u64() >> 12);
         let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
         let key = self.leg_key();
         let mut p = Party::new(
@@ -252,6 +257,7 @@ impl Call {
                 held_by_us: false,
                 open_offer: None,
                 late_offer: true,
+                ipv6,
             }),
             Origin::Caller,
             None,
@@ -288,6 +294,7 @@ impl Call {
         now: Instant,
         ctx: &mut CallCtx<'_>,
         req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
         trunk: Option<usize>,
     ) -> Result<LegKey, u16> {
         if !self.room || self.is_ended() {
@@ -296,7 +303,7 @@ impl Call {
         if self.parties.len() >= ctx.cfg.max_parties {
             return Err(486);
         }
-        let key = self.sip_caller(ctx, req, trunk)?;
+        let key = self.sip_caller(ctx, req, source, trunk)?;
         self.record_joined(now, ctx, key);
         self.answer_caller(key);
         self.settle(now, ctx);
@@ -555,8 +562,6 @@ impl Call {
         let mut codecs = offer_codecs(ctx, trunk);
         let caller_takes = self.caller_codecs(&codecs);
         codecs.sort_by_key(|c| !caller_takes.contains(c)); // stable: keeps the trunk's order
-        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, ctx.rng.next_u64() >> 12);
-        let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
         let attempt = attempt
             .unwrap_or_else(|| trunk.map_or(0, |t| ctx.live_peer.get(t).copied().unwrap_or(0)));
         let peer = match trunk {
@@ -567,6 +572,9 @@ impl Call {
             ctx.ports.give(port);
             return Err(404);
         };
+        let ipv6 = peer.addr.ip().to_canonical().is_ipv6();
+        let local = LocalMedia::rtp(ctx.cfg.media_ip_for(ipv6), port, ctx.rng.next_u64() >> 12);
+        let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
         // A party added to a live call sees our number; a plan's target the
         // caller (inbound) or our number (an operator's dial).
         let caller_id = match (&origin, self.direction) {
@@ -624,6 +632,7 @@ impl Call {
                     held_by_us: false,
                     open_offer: None,
                     late_offer,
+                    ipv6,
                 }),
                 origin,
                 Some(target),

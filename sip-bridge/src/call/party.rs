@@ -50,9 +50,13 @@ pub(crate) struct SipLeg {
     /// A SIP caller's offer while our answer to it has not gone out: it can
     /// still take the codec the target chose, so the two legs relay.
     pub open_offer: Option<String>,
-    /// A SIP caller that sent no offer (late offer, RFC 3261 13.2.1): ours
-    /// goes in the 200 and its answer comes in the ACK.
+    /// No offer went with the INVITE (late offer, RFC 3261 13.2.1): a SIP
+    /// caller that sent none gets ours in the 200 and answers in the ACK; a
+    /// target we sent none to (its trunk's `late_offer`) offers in its 2xx.
     pub late_offer: bool,
+    /// Its peer is reached over IPv6: our SDP toward it names our IPv6 media
+    /// address when we have one (a call may join an IPv4 and an IPv6 peer).
+    pub ipv6: bool,
 }
 
 /// An operator's browser.

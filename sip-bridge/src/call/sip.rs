@@ -292,7 +292,7 @@ impl Call {
                 .ok()
                 .and_then(|sd| sd.origin.session_id.parse().ok())
                 .unwrap_or(1);
-            let local = LocalMedia::rtp(ctx.cfg.media_ip, s.port, session_id);
+            let local = LocalMedia::rtp(ctx.cfg.media_ip_for(s.ipv6), s.port, session_id);
             let offer = sdp::create_offer(&caps_for(&codecs), &local).to_string();
             if let Some(s) = self.parties.get_mut(&caller).and_then(|p| p.sip_mut()) {
                 s.local_sdp = offer;
@@ -318,7 +318,7 @@ impl Call {
             .ok()
             .and_then(|sd| sd.origin.session_id.parse().ok())
             .unwrap_or(1);
-        let local = LocalMedia::rtp(ctx.cfg.media_ip, s.port, session_id);
+        let local = LocalMedia::rtp(ctx.cfg.media_ip_for(s.ipv6), s.port, session_id);
         let Ok((answer, n)) = sdp::answer_audio(&offer, &caps_for(&[codec]), &local) else {
             return; // not offered: the call transcodes
         };
@@ -340,12 +340,12 @@ impl Call {
         let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
             return;
         };
-        let (port, trunk) = (s.port, s.trunk);
+        let (port, trunk, ipv6) = (s.port, s.trunk, s.ipv6);
         let session_id = SessionDescription::parse(&s.local_sdp)
             .ok()
             .and_then(|sd| sd.origin.session_id.parse().ok())
             .unwrap_or(1);
-        let local = LocalMedia::rtp(ctx.cfg.media_ip, port, session_id);
+        let local = LocalMedia::rtp(ctx.cfg.media_ip_for(ipv6), port, session_id);
         let codecs = offer_codecs(ctx, trunk);
         let caller_takes = self.caller_codecs(&codecs);
         let answer = std::str::from_utf8(body)
@@ -612,7 +612,7 @@ impl Call {
             .ok()
             .and_then(|sd| sd.origin.session_id.parse().ok())
             .unwrap_or(1);
-        let mut local = LocalMedia::rtp(ctx.cfg.media_ip, s.port, session_id);
+        let mut local = LocalMedia::rtp(ctx.cfg.media_ip_for(s.ipv6), s.port, session_id);
         local.session_version = s.sdp_version + 1;
         let Ok((answer, n)) = sdp::answer_audio(&offer, &caps_for(&codecs), &local) else {
             return self.sip(

@@ -492,6 +492,7 @@ fn a_late_offer_caller_gets_our_offer_in_the_200_and_its_media_starts_with_the_a
             &mut f.ctx(),
             CallId(1),
             &late_offer_invite(),
+            [192, 0, 2, 9].into(),
             None,
             &number,
         )

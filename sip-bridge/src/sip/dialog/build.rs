@@ -12,6 +12,10 @@ use crate::sip::message::{Peer, Transport, header_param, header_uri};
 pub struct LocalAddr {
     /// Host (IP or name) advertised in Via and Contact.
     pub host: String,
+    /// The host IPv6 peers see, when we serve both address families: each
+    /// peer gets the address of its own family in Via and Contact (RFC 5118
+    /// section 4.5: an IPv4 peer cannot reach an IPv6 Contact).
+    pub host6: Option<String>,
     /// Port for each transport we listen on.
     pub ports: Vec<(Transport, u16)>,
 }
@@ -21,7 +25,16 @@ impl LocalAddr {
     pub fn udp(ip: IpAddr, port: u16) -> Self {
         LocalAddr {
             host: ip.to_string(),
+            host6: None,
             ports: vec![(Transport::Udp, port)],
+        }
+    }
+
+    /// The host `to` must see: ours of its address family.
+    pub fn host_for(&self, to: &Peer) -> &str {
+        match &self.host6 {
+            Some(h6) if to.addr.is_ipv6() => h6,
+            _ => &self.host,
         }
     }
 
@@ -33,22 +46,23 @@ impl LocalAddr {
             .map_or(5060, |(_, p)| *p)
     }
 
-    pub(crate) fn host_port(&self, t: Transport) -> String {
-        let host = if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
+    pub(crate) fn host_port(&self, to: &Peer) -> String {
+        let host = self.host_for(to);
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
         } else {
-            self.host.clone()
+            host.to_string()
         };
-        format!("{host}:{}", self.port(t))
+        format!("{host}:{}", self.port(to.transport))
     }
 
-    /// Our Contact URI for transport `t`.
-    pub fn contact(&self, t: Transport) -> String {
-        match t {
-            Transport::Udp => format!("<sip:sbc@{}>", self.host_port(t)),
+    /// Our Contact URI for requests and responses to `to`.
+    pub fn contact(&self, to: &Peer) -> String {
+        match to.transport {
+            Transport::Udp => format!("<sip:sbc@{}>", self.host_port(to)),
             other => format!(
                 "<sip:sbc@{};transport={}>",
-                self.host_port(t),
+                self.host_port(to),
                 other.via_token().to_ascii_lowercase()
             ),
         }
@@ -61,7 +75,8 @@ pub(crate) struct RequestSpec<'a> {
     pub method: Method,
     pub uri: &'a str,
     pub branch: &'a str,
-    pub transport: Transport,
+    /// Where it goes: its transport and address family pick our Via.
+    pub hop: Peer,
     pub from: &'a str,
     pub to: &'a str,
     pub call_id: &'a str,
@@ -80,8 +95,8 @@ pub(crate) fn build_request(local: &LocalAddr, s: &RequestSpec<'_>) -> Option<Re
     h.push(Header::Via(
         format!(
             "SIP/2.0/{} {};branch={};rport",
-            s.transport.via_token(),
-            local.host_port(s.transport),
+            s.hop.transport.via_token(),
+            local.host_port(&s.hop),
             s.branch
         )
         .into(),
@@ -220,13 +235,13 @@ mod tests {
                 method: Method::Invite,
                 uri: "sip:+15550100@198.51.100.2",
                 branch: "z9hG4bKabc",
-                transport: Transport::Udp,
+                hop: Peer::udp("198.51.100.3:5060".parse().unwrap()),
                 from: "<sip:+15550111@192.0.2.1>;tag=f1",
                 to: "<sip:+15550100@198.51.100.2>",
                 call_id: "cid@192.0.2.1",
                 cseq: 1,
                 routes: &["<sip:198.51.100.3;lr>".to_string()],
-                contact: Some(&local.contact(Transport::Udp)),
+                contact: Some(&local.contact(&Peer::udp("198.51.100.3:5060".parse().unwrap()))),
                 extra: &extra,
                 body: Some(("application/sdp", b"v=0\r\n")),
                 user_agent: "sbc",

@@ -31,7 +31,7 @@ use rsipstack::sip::{Header, Method, Request, Response, SipMessage};
 
 use super::auth::{Challenge, Credentials, DigestClient};
 use super::message::{
-    self, Inbound, Peer, SipHeaders, Transport, ValidationConfig, header_param, response_to,
+    self, Inbound, Peer, SipHeaders, ValidationConfig, header_param, response_to,
 };
 use super::transaction::{TimerConfig, TransactionLayer, Transmit, TxEvent, TxId};
 use build::{RequestSpec, build_request, next_hop};
@@ -721,14 +721,14 @@ impl UserAgent {
             ));
         }
         let from = format!("{};tag={}", l.local_addr, l.local_tag);
-        let contact = self.cfg.local.contact(l.peer.transport);
+        let contact = self.cfg.local.contact(&l.peer);
         let req = build_request(
             &self.cfg.local,
             &RequestSpec {
                 method: Method::Invite,
                 uri: &l.invite.uri.to_string(),
                 branch: &branch,
-                transport: l.peer.transport,
+                hop: l.peer,
                 from: &from,
                 to: &l.remote_addr,
                 call_id: &l.call_id,
@@ -804,14 +804,14 @@ impl UserAgent {
             Role::Uas => (with_tag(&l.local_addr, &l.local_tag), l.remote_addr.clone()),
         };
         let contact = (method == Method::Invite || method == Method::Update)
-            .then(|| self.cfg.local.contact(hop.transport));
+            .then(|| self.cfg.local.contact(&hop));
         let req = build_request(
             &self.cfg.local,
             &RequestSpec {
                 method,
                 uri: &l.remote_target,
                 branch: &branch,
-                transport: hop.transport,
+                hop,
                 from: &from,
                 to: &to,
                 call_id: &l.call_id,
@@ -917,7 +917,7 @@ impl UserAgent {
                 method: Method::Options,
                 uri,
                 branch: &branch,
-                transport: peer.transport,
+                hop: peer,
                 from: &from,
                 to: &format!("<{uri}>"),
                 call_id: &call_id,
@@ -987,7 +987,7 @@ impl UserAgent {
         r.cseq += 1;
         let contact = format!(
             "{};expires={}",
-            local.contact(r.params.peer.transport),
+            local.contact(&r.params.peer),
             r.params.expires.as_secs()
         );
         let mut extra = vec![(
@@ -1012,7 +1012,7 @@ impl UserAgent {
                 method: Method::Register,
                 uri: &r.params.registrar,
                 branch: &branch,
-                transport: r.params.peer.transport,
+                hop: r.params.peer,
                 from: &from,
                 to: &format!("<{}>", r.params.aor),
                 call_id: &r.call_id,
@@ -1105,11 +1105,11 @@ impl UserAgent {
         sdp: Option<&[u8]>,
         extra: &[(&str, &str)],
     ) -> Response {
-        let (tag, transport) = self
+        let (tag, peer) = self
             .legs
             .get(&leg)
-            .map_or((String::new(), Transport::Udp), |l| {
-                (l.local_tag.clone(), l.peer.transport)
+            .map_or((String::new(), Peer::udp(([0, 0, 0, 0], 0).into())), |l| {
+                (l.local_tag.clone(), l.peer)
             });
         let mut resp = response_to(req, status, Some(&tag));
         if (101..300).contains(&status) {
@@ -1120,7 +1120,7 @@ impl UserAgent {
                 }
             }
             resp.headers
-                .push(Header::Contact(self.cfg.local.contact(transport).into()));
+                .push(Header::Contact(self.cfg.local.contact(&peer).into()));
             resp.headers.push(Header::Allow(message::ALLOW.into()));
             resp.headers.push(Header::Supported("100rel, timer".into()));
         }
@@ -1876,7 +1876,7 @@ impl UserAgent {
                 method: Method::Ack,
                 uri: &l.remote_target,
                 branch: &branch,
-                transport: hop.transport,
+                hop,
                 from: &from,
                 to: &to,
                 call_id: &l.call_id,
@@ -1955,7 +1955,7 @@ impl UserAgent {
                     method,
                     uri: &target,
                     branch: &branch,
-                    transport: hop.transport,
+                    hop,
                     from: from_v,
                     to: to_v,
                     call_id,

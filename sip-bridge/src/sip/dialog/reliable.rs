@@ -411,7 +411,7 @@ impl UserAgent {
                 method: Method::PRack,
                 uri: &target,
                 branch: &branch,
-                transport: hop.transport,
+                hop,
                 from: &from,
                 to: &to,
                 call_id: &l.call_id,
