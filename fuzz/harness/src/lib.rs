@@ -303,6 +303,7 @@ pub fn sip_message(data: &[u8]) {
         match sipmsg::classify(data, transport, &cfg) {
             Inbound::Request(r) => {
                 session_timer_values(&*r);
+                reliable_values(&*r);
                 let wire =
                     sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Request(*r.clone()));
                 match sipmsg::classify(&wire, transport, &cfg) {
@@ -316,6 +317,7 @@ pub fn sip_message(data: &[u8]) {
             }
             Inbound::Response(r) => {
                 session_timer_values(&*r);
+                reliable_values(&*r);
                 let wire =
                     sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Response(*r.clone()));
                 assert!(
@@ -344,6 +346,23 @@ fn session_timer_values(m: &impl SipHeaders) {
     }
     for v in m.values("Min-SE") {
         let _ = parse_min_se(&v);
+    }
+}
+
+/// RSeq and RAck (RFC 3262) as the UA reads them: a RAck that parses prints
+/// back to one that parses the same; RSeq stays in 1..2^31.
+fn reliable_values(m: &impl SipHeaders) {
+    use sip_bridge::sip::dialog::reliable::{RAck, parse_rseq};
+    for v in m.values("RSeq") {
+        if let Some(n) = parse_rseq(&v) {
+            assert!((1..=0x7fff_ffff).contains(&n));
+        }
+    }
+    for v in m.values("RAck") {
+        if let Some(r) = RAck::parse(&v) {
+            let again = format!("{} {} {}", r.rseq, r.cseq, r.method);
+            assert_eq!(RAck::parse(&again), Some(r));
+        }
     }
 }
 
@@ -421,9 +440,21 @@ enum SipOp {
         sent: u8,
         flip: u16,
     },
-    /// API calls. `se`: ask for a session timer of that many seconds.
+    /// API calls. `se`: ask for a session timer of that many seconds;
+    /// `late`: no offer (late offer); `rel`: require 100rel.
     Invite {
         se: Option<u16>,
+        late: bool,
+        rel: bool,
+    },
+    /// An UPDATE offer (RFC 3311) on a leg.
+    Update {
+        leg: u8,
+    },
+    /// Our answer in the ACK to a 2xx that offered (`None` when `bad`).
+    AckAnswer {
+        leg: u8,
+        bad: bool,
     },
     Answer {
         leg: u8,
@@ -475,6 +506,14 @@ fn session_timer_lines(se: Option<(u16, u8)>) -> Vec<(String, String)> {
     if r & 8 != 0 {
         out.push(("Require".into(), "timer".into()));
     }
+    // Reliable provisionals (RFC 3262): asked for, and an RSeq (valid or not)
+    // that makes a 18x reliable.
+    if r & 16 != 0 {
+        out.push(("Require".into(), "100rel".into()));
+    }
+    if r & 32 != 0 {
+        out.push(("RSeq".into(), (secs % 4).to_string()));
+    }
     out
 }
 const SDP_BODY: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -509,10 +548,12 @@ pub fn sip_dialog(data: &[u8]) {
     let mut sent: Vec<bytes::Bytes> = Vec::new();
     let mut legs: Vec<LegId> = Vec::new();
     let mut offers: Vec<LegId> = Vec::new();
+    let mut owed: Vec<LegId> = Vec::new();
     let drain = |ua: &mut UserAgent,
                  sent: &mut Vec<bytes::Bytes>,
                  legs: &mut Vec<LegId>,
-                 offers: &mut Vec<LegId>| {
+                 offers: &mut Vec<LegId>,
+                 owed: &mut Vec<LegId>| {
         while let Some(t) = ua.poll_transmit() {
             if sent.len() >= 32 {
                 sent.remove(0);
@@ -523,7 +564,11 @@ pub fn sip_dialog(data: &[u8]) {
             match e {
                 UaEvent::IncomingInvite { leg, .. } => legs.push(leg),
                 UaEvent::Offer { leg, .. } => offers.push(leg),
-                UaEvent::Terminated { leg, .. } => legs.retain(|l| *l != leg),
+                UaEvent::AnsweredWithOffer { leg, .. } => owed.push(leg),
+                UaEvent::Terminated { leg, .. } => {
+                    legs.retain(|l| *l != leg);
+                    owed.retain(|l| *l != leg);
+                }
                 _ => {}
             }
         }
@@ -600,21 +645,24 @@ pub fn sip_dialog(data: &[u8]) {
                     continue;
                 };
                 let cfg = ValidationConfig::default();
-                let (call_id, from, to, cseq) = match sipmsg::classify(b, Transport::Udp, &cfg) {
-                    Inbound::Request(r) => (
-                        r.call_id().map(String::from),
-                        r.header_to().map(String::from),
-                        r.header_from().map(String::from),
-                        r.cseq().map(|c| c.0),
-                    ),
-                    Inbound::Response(r) => (
-                        r.call_id().map(String::from),
-                        r.header_to().map(String::from),
-                        r.header_from().map(String::from),
-                        r.cseq().map(|c| c.0),
-                    ),
-                    _ => continue,
-                };
+                let (call_id, from, to, cseq, rseq) =
+                    match sipmsg::classify(b, Transport::Udp, &cfg) {
+                        Inbound::Request(r) => (
+                            r.call_id().map(String::from),
+                            r.header_to().map(String::from),
+                            r.header_from().map(String::from),
+                            r.cseq().map(|c| c.0),
+                            None,
+                        ),
+                        Inbound::Response(r) => (
+                            r.call_id().map(String::from),
+                            r.header_to().map(String::from),
+                            r.header_from().map(String::from),
+                            r.cseq().map(|c| c.0),
+                            r.values("RSeq").into_iter().next(),
+                        ),
+                        _ => continue,
+                    };
                 let (Some(call_id), Some(from), Some(to), Some(cseq)) = (call_id, from, to, cseq)
                 else {
                     continue;
@@ -626,10 +674,14 @@ pub fn sip_dialog(data: &[u8]) {
                     format!("{from};tag=m1")
                 };
                 let n = (i64::from(cseq) + 100 + i64::from(cseq_delta)).max(1);
-                let head = format!(
+                let mut head = format!(
                     "{m} sip:sbc@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKm{n}{method}\r\nMax-Forwards: 70\r\n\
                      From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {n} {m}\r\nContact: <sip:a@192.0.2.9>\r\n"
                 );
+                // A PRACK of a reliable 18x of ours acknowledges it (RAck).
+                if let Some(rseq) = rseq {
+                    head.push_str(&format!("RAck: {rseq} {cseq} INVITE\r\n"));
+                }
                 ua.handle_bytes(now, with_body(head, method % 2 == 0).as_bytes(), peer);
             }
             SipOp::Raw(bytes) => ua.handle_bytes(now, &bytes, peer),
@@ -644,7 +696,13 @@ pub fn sip_dialog(data: &[u8]) {
                 }
                 ua.handle_bytes(now, &v, peer);
             }
-            SipOp::Invite { se } => {
+            SipOp::Invite { se, late, rel } => {
+                let mut headers: Vec<(String, String)> = se
+                    .map(|v| vec![("Session-Expires".into(), v.to_string())])
+                    .unwrap_or_default();
+                if rel {
+                    headers.push(("Require".into(), "100rel".into()));
+                }
                 if let Ok(leg) = ua.invite(
                     now,
                     InviteParams {
@@ -652,14 +710,25 @@ pub fn sip_dialog(data: &[u8]) {
                         from: "<sip:+15550111@192.0.2.1>".into(),
                         to: "<sip:+15550100@192.0.2.9>".into(),
                         peer,
-                        sdp: Some(SDP_BODY.as_bytes().to_vec()),
-                        headers: se
-                            .map(|v| vec![("Session-Expires".into(), v.to_string())])
-                            .unwrap_or_default(),
+                        sdp: (!late).then(|| SDP_BODY.as_bytes().to_vec()),
+                        headers,
                         credentials: None,
                     },
                 ) {
                     legs.push(leg);
+                }
+            }
+            SipOp::Update { leg } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let _ = ua.update(now, l, SDP_BODY.as_bytes().to_vec());
+                }
+            }
+            SipOp::AckAnswer { leg, bad } => {
+                if let Some(l) = pick(&owed, leg) {
+                    let sdp = (!bad).then_some(SDP_BODY.as_bytes());
+                    if ua.ack_with_answer(now, l, sdp).is_ok() {
+                        owed.retain(|o| *o != l);
+                    }
                 }
             }
             SipOp::Answer { leg, status } => {
@@ -705,12 +774,12 @@ pub fn sip_dialog(data: &[u8]) {
                 while let Some(t) = ua.poll_timeout().filter(|t| *t <= until) {
                     now = now.max(t);
                     ua.handle_timeout(now);
-                    drain(&mut ua, &mut sent, &mut legs, &mut offers);
+                    drain(&mut ua, &mut sent, &mut legs, &mut offers, &mut owed);
                 }
                 now = until;
             }
         }
-        drain(&mut ua, &mut sent, &mut legs, &mut offers);
+        drain(&mut ua, &mut sent, &mut legs, &mut offers, &mut owed);
         assert!(ua.legs() <= 8);
         assert!(
             ua.transactions() <= 64 + 8,
@@ -726,12 +795,12 @@ pub fn sip_dialog(data: &[u8]) {
         for l in legs.clone() {
             let _ = ua.hangup(now, l);
         }
-        drain(&mut ua, &mut sent, &mut legs, &mut offers);
+        drain(&mut ua, &mut sent, &mut legs, &mut offers, &mut owed);
         let until = now + Duration::from_secs(if round == 0 { 240 } else { 600 });
         while let Some(t) = ua.poll_timeout().filter(|t| *t <= until) {
             now = now.max(t);
             ua.handle_timeout(now);
-            drain(&mut ua, &mut sent, &mut legs, &mut offers);
+            drain(&mut ua, &mut sent, &mut legs, &mut offers, &mut owed);
         }
         now = until;
     }
