@@ -259,11 +259,16 @@ pub fn answer_audio(
     let te = caps
         .telephone_event
         .then(|| {
-            maps.iter()
-                .find(|m| {
-                    m.encoding.eq_ignore_ascii_case("telephone-event")
-                        && m.clock_rate == map.clock_rate
+            let event_at = |rate: u32| {
+                maps.iter().find(|m| {
+                    m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == rate
                 })
+            };
+            // RFC 4733 2.1: at the codec's rate (SHOULD); phones pair Opus with
+            // telephone-event/8000 only (baresip), which we take rather than
+            // lose their digits.
+            event_at(map.clock_rate)
+                .or_else(|| event_at(8000))
                 .map(|m| (m.payload_type, m.clock_rate))
         })
         .flatten();
@@ -451,15 +456,19 @@ pub fn negotiated_from_answer(
         }
     }
     let (codec, p, rate) = codec.ok_or(SdpError::NoCommonCodec)?;
-    let te = theirs
-        .formats
-        .iter()
-        .filter_map(|f| f.parse::<u8>().ok())
-        .find(|&f| {
-            lookup(f).is_some_and(|m| {
-                m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == rate
+    let event_at = |want: u32| {
+        theirs
+            .formats
+            .iter()
+            .filter_map(|f| f.parse::<u8>().ok())
+            .find(|&f| {
+                lookup(f).is_some_and(|m| {
+                    m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == want
+                })
             })
-        });
+    };
+    // At the codec's rate, else at 8 kHz (as in `answer_audio`).
+    let te = event_at(rate).or_else(|| event_at(8000));
     let their_dir = peer_direction(answer, theirs);
     let our_wish = ours.direction_or(Direction::SendRecv);
     Ok(NegotiatedAudio {
@@ -583,14 +592,17 @@ mod tests {
             assert_eq!(agreed.codec, Codec::Opus, "{file}");
             // Both browsers ask for in-band FEC.
             assert!(agreed.opus.is_some_and(|f| f.useinbandfec), "{file}");
-            // telephone-event at 48 kHz when offered (Chromium); Firefox offers 8 kHz only.
-            let te48 = offer
-                .audio()
-                .unwrap()
-                .rtpmaps()
-                .iter()
-                .any(|m| m.encoding == "telephone-event" && m.clock_rate == 48000);
-            assert_eq!(agreed.telephone_event.is_some(), te48, "{file}");
+            // telephone-event at 48 kHz when offered (Chromium), else at 8 kHz
+            // (Firefox offers only that).
+            let maps = offer.audio().unwrap().rtpmaps();
+            let te_at = |rate: u32| {
+                maps.iter()
+                    .find(|m| m.encoding == "telephone-event" && m.clock_rate == rate)
+                    .map(|m| m.payload_type)
+            };
+            let want = te_at(48000).or_else(|| te_at(8000));
+            assert!(want.is_some(), "{file}");
+            assert_eq!(agreed.telephone_event.map(|p| p.value()), want, "{file}");
             let text = answer.to_string();
             let again = sdp(&text);
             // Same number of m-lines, in order; video rejected with port 0.
@@ -615,6 +627,32 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn opus_with_telephone_events_at_8_khz_keeps_its_digits() {
+        // baresip 1.0: Opus at 48 kHz, telephone-event at 8 kHz only.
+        let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+            m=audio 40014 RTP/AVP 96 101\r\na=rtpmap:96 opus/48000/2\r\n\
+            a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
+        let (answer, agreed) = answer_audio(&sdp(offer), &AudioCaps::standard(), &local()).unwrap();
+        assert_eq!(agreed.codec, Codec::Opus);
+        assert_eq!(agreed.telephone_event.map(|p| p.value()), Some(101));
+        let text = answer.to_string();
+        assert!(
+            text.contains("RTP/AVP 96 101\r\n")
+                && text.contains("a=rtpmap:101 telephone-event/8000"),
+            "{text}"
+        );
+        // And in an answer to our offer: Opus with telephone-event/8000 (101).
+        let ours = create_offer(&AudioCaps::standard(), &local());
+        let theirs = "v=0\r\no=- 5 5 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+            m=audio 5004 RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let agreed = negotiated_from_answer(&ours, &sdp(theirs)).unwrap();
+        assert_eq!(
+            (agreed.codec, agreed.telephone_event.map(|p| p.value())),
+            (Codec::Opus, Some(101))
+        );
     }
 
     #[test]
