@@ -1,0 +1,850 @@
+//! SIP interop with real user agents from Debian, not SIPp: **baresip** (the
+//! carrier's caller) and **linphonec** (the far end) call each other through the
+//! real `sbc` binary on loopback. baresip calls number +15550100 on the carrier
+//! trunk from 127.0.0.2; the number's plan rings linphonec at 127.0.0.3 as a
+//! `sip:` target; the SBC (127.0.0.1) bridges the two legs as a B2BUA.
+//!
+//! Each UA plays a WAV of its own sine (caller 440 Hz, far end 1000 Hz) and
+//! records what it receives; a Goertzel filter over the recordings tells which
+//! tone arrived. [`baresip_and_linphone_talk_through_the_sbc`] proves, with two
+//! calls:
+//!
+//! 1. audio both ways: each side's recording holds the other side's tone (and
+//!    not its own: no media looped back);
+//! 2. hold and resume: baresip's re-INVITEs (`a=sendonly`, then `a=sendrecv`)
+//!    reach linphone through the SBC (it goes to `PausedByRemote` and back to
+//!    `StreamsRunning`), the call survives, and after the resume the caller's
+//!    tone reaches linphone again and RTP reaches baresip again (nothing flows
+//!    while held);
+//! 3. DTMF (RFC 4733 telephone-events) both ways: the digits baresip sends are
+//!    the digits linphone reports, and linphone's digit reaches baresip;
+//! 4. codecs: an Opus caller with a G.711 far end is transcoded
+//!    (`sbc_calls_media_total{path="transcoded"}`), G.711 on both sides is
+//!    relayed (`path="relayed"`);
+//! 5. RTCP: the UAs' reports reach the SBC (`sbc_rtcp_packets_total{direction="in"}`).
+//!
+//! [`dtmf_from_an_opus_caller_reaches_the_far_end`]: the digits of an Opus
+//! caller whose events run at 8 kHz reach a G.711 far end.
+//!
+//! Needs `target/debug/sbc` (`cargo build -p sbc`) and the Debian packages
+//! `baresip` and `linphone-cli` (tests/ci.sh installs them); without them the
+//! tests fail and say so. The UAs' configs are the templates in `tests/realua/`;
+//! everything they write goes to temporary directories. Outcomes never depend on
+//! timing: every wait polls for what it needs with a generous timeout.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use integration_tests::sbc_process::{
+    Sbc, SbcSpec, TempDir, free_port, free_tcp_port, lo, tail_file, wait_until,
+};
+use serde_json::Value;
+
+/// The caller's tone (baresip).
+const CALLER_HZ: f64 = 440.0;
+/// The far end's tone (linphonec).
+const CALLEE_HZ: f64 = 1000.0;
+/// How much of a tone a recording must hold to count as "heard".
+const HEARD_MS: u32 = 1000;
+/// How long the tone files last: longer than any call here (baresip ends the
+/// call when its source file runs out).
+const TONE_SECS: u32 = 90;
+/// The format linphonec records calls in (PCMU decoded: 8 kHz mono), for
+/// reading its recording before the header is written.
+const LINPHONE_REC: Option<(u32, usize)> = Some((8_000, 1));
+/// How long a UA may take to start, a call to connect, a tone or a digit to arrive.
+const WAIT: Duration = Duration::from_secs(30);
+/// How long the SBC may take to let go of everything after the calls.
+const IDLE: Duration = Duration::from_secs(40);
+
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Each test's own SBC RTP range (the SIPp tests use 0..=29).
+fn rtp(test: u16) -> (u16, u16) {
+    let lo = 12_000 + test * 100;
+    (lo, lo + 99)
+}
+
+/// The carrier trunk (calls from 127.0.0.2; it takes Opus and PCMU) and number
+/// +15550100 ringing the far end `callee` as a SIP URI (directly, not through
+/// the trunk: our offer to it lists PCMU, PCMA and Opus, the caller's first).
+fn config(callee: SocketAddr) -> String {
+    format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"{callee}\"]\n\
+         inbound = [\"127.0.0.2/32\"]\ncodecs = [\"opus\", \"PCMU\"]\n\n\
+         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\n\
+         dial = [ {{ ring = [\"sip:service@{callee}\"], timeout = \"20s\" }} ]\n"
+    )
+}
+
+/// Fails, saying how to install it, when a UA is missing.
+fn require_user_agents() {
+    let runs = |bin: &str, arg: &str| Command::new(bin).arg(arg).output().is_ok();
+    assert!(
+        runs("baresip", "-h") && Path::new("/usr/lib/baresip/modules/aufile.so").is_file(),
+        "baresip is missing: `apt-get install -y --no-install-recommends baresip` \
+         (tests/ci.sh installs it)"
+    );
+    assert!(
+        runs("linphonec", "-v"),
+        "linphonec is missing: `apt-get install -y --no-install-recommends linphone-cli` \
+         (tests/ci.sh installs it)"
+    );
+}
+
+/// A config template of `tests/realua/` with its `@KEY@` placeholders filled in.
+fn template(name: &str, values: &[(&str, String)]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("realua")
+        .join(name);
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    for (key, value) in values {
+        text = text.replace(&format!("@{key}@"), value);
+    }
+    let parts: Vec<&str> = text.split('@').collect();
+    let unfilled = parts[1..parts.len().saturating_sub(1).max(1)]
+        .iter()
+        .find(|key| !key.is_empty() && key.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+    assert!(
+        unfilled.is_none(),
+        "{name}: @{unfilled:?}@ is not filled in"
+    );
+    text
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn stop(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+// ----- WAV files and tones -----
+
+/// Writes `secs` seconds of a sine at `hz`, half of full scale, as a 16-bit mono
+/// PCM WAV at `rate`.
+fn write_tone(path: &Path, rate: u32, hz: f64, secs: u32) {
+    let frames = rate * secs;
+    let data_len = frames * 2;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    for n in 0..frames {
+        let s = (0.5 * 32767.0 * (w * f64::from(n)).sin()).round() as i16;
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The first channel of a 16-bit PCM WAV file, as samples in -1..1.
+#[derive(Debug, Default)]
+struct Wav {
+    rate: u32,
+    samples: Vec<f64>,
+}
+
+impl Wav {
+    /// Reads a WAV file that its writer may still be appending to: the data
+    /// chunk runs to the end of the file, whatever its header says (a recorder
+    /// writes the size when it closes the file, and linphone reopens the file
+    /// and appends when a call resumes). Empty when the file is missing or has
+    /// no data yet.
+    ///
+    /// linphone's recorder writes the 44-byte header only when it closes the
+    /// file (zeros until then): `pending` is the (rate, channels) of such a
+    /// file, 16-bit PCM.
+    fn read(path: &Path, pending: Option<(u32, usize)>) -> Wav {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Wav::default();
+        };
+        if let Some((rate, channels)) = pending
+            && bytes.len() >= 44
+            && bytes[..44].iter().all(|&b| b == 0)
+        {
+            return Wav::pcm16(&bytes[44..], rate, channels);
+        }
+        if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+            return Wav::default();
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let (mut channels, mut rate, mut bits) = (0usize, 0u32, 0u16);
+        let mut pos = 12;
+        while pos + 8 <= bytes.len() {
+            let id = &bytes[pos..pos + 4];
+            let size = u32_at(pos + 4) as usize;
+            let body = pos + 8;
+            if id == b"fmt " && body + 16 <= bytes.len() {
+                channels = usize::from(u16_at(body + 2));
+                rate = u32_at(body + 4);
+                bits = u16_at(body + 14);
+            } else if id == b"data" {
+                assert!(
+                    bits == 16 && channels > 0,
+                    "{}: {bits}-bit, {channels} channels: only 16-bit PCM is read",
+                    path.display()
+                );
+                return Wav::pcm16(&bytes[body..], rate, channels);
+            }
+            pos = body + size + (size & 1);
+        }
+        Wav::default()
+    }
+
+    /// The first channel of interleaved 16-bit little-endian samples.
+    fn pcm16(data: &[u8], rate: u32, channels: usize) -> Wav {
+        let samples = data
+            .chunks_exact(2 * channels)
+            .map(|frame| f64::from(i16::from_le_bytes([frame[0], frame[1]])) / 32768.0)
+            .collect();
+        Wav { rate, samples }
+    }
+
+    /// How many milliseconds from sample `from` on carry a tone of `hz`: 40 ms
+    /// blocks that are not silent and whose energy is mostly (over half) at `hz`
+    /// (a Goertzel filter; 25 Hz wide, so 440 and 1000 Hz never mix up).
+    fn tone_ms(&self, from: usize, hz: f64) -> u32 {
+        if self.rate == 0 {
+            return 0;
+        }
+        let n = (self.rate / 25) as usize;
+        let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(self.rate)).cos();
+        let blocks = self.samples.get(from..).unwrap_or_default().chunks_exact(n);
+        let tonal = blocks
+            .filter(|block| {
+                let (mut s1, mut s2, mut energy) = (0.0, 0.0, 0.0);
+                for &x in *block {
+                    let s0 = x + coeff * s1 - s2;
+                    s2 = s1;
+                    s1 = s0;
+                    energy += x * x;
+                }
+                let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+                let rms = (energy / n as f64).sqrt();
+                rms > 0.01 && 2.0 * power / (n as f64 * energy) > 0.5
+            })
+            .count();
+        tonal as u32 * 40
+    }
+}
+
+/// Waits until the recording at `path` holds [`HEARD_MS`] of a tone of `hz`
+/// after sample `from`; returns how much it held at the end.
+fn wait_tone(path: &Path, pending: Option<(u32, usize)>, from: usize, hz: f64) -> u32 {
+    let mut heard = 0;
+    wait_until(WAIT, || {
+        heard = Wav::read(path, pending).tone_ms(from, hz);
+        heard >= HEARD_MS
+    });
+    heard
+}
+
+// ----- baresip -----
+
+/// baresip, driven over its ctrl_tcp socket.
+#[derive(Debug)]
+struct Baresip {
+    child: Child,
+    dir: PathBuf,
+    ctrl: TcpStream,
+    /// Every message it sent on ctrl_tcp: responses and call events.
+    messages: Arc<Mutex<Vec<Value>>>,
+    next_token: u32,
+}
+
+impl Baresip {
+    /// Starts baresip in `dir` with SIP on 127.0.0.2, offering `codec` (as baresip
+    /// names it: `opus/48000/2`, `PCMU/8000/1`) and playing the WAV `tone`.
+    fn start(dir: &Path, codec: &str, tone: &Path) -> Baresip {
+        std::fs::create_dir_all(dir.join("rec")).expect("create the baresip dirs");
+        let sip = SocketAddr::new(lo(2), free_port(lo(2)));
+        let ctrl_addr = SocketAddr::new(lo(2), free_tcp_port(lo(2)));
+        let config = template(
+            "baresip.conf",
+            &[
+                ("SIP", sip.to_string()),
+                ("CTRL", ctrl_addr.to_string()),
+                ("TONE", tone.display().to_string()),
+                ("RTP_PORTS", "40000-40099".into()),
+                ("REC", dir.join("rec").display().to_string()),
+            ],
+        );
+        std::fs::write(dir.join("config"), config).expect("write the baresip config");
+        std::fs::write(
+            dir.join("accounts"),
+            format!("<sip:carrier@127.0.0.2>;regint=0;audio_codecs={codec}\n"),
+        )
+        .expect("write the baresip accounts");
+        let log = File::create(dir.join("baresip.log")).expect("create baresip.log");
+        let child = Command::new("baresip")
+            .arg("-v") // what it does with the media
+            .arg("-s") // SIP trace
+            .arg("-f")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run baresip: {e}"));
+        let mut child = Some(child);
+        let mut ctrl = None;
+        wait_until(WAIT, || {
+            ctrl = TcpStream::connect(ctrl_addr).ok();
+            ctrl.is_some()
+                || child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        });
+        let mut child = child.take().expect("the child");
+        let Some(ctrl) = ctrl else {
+            stop(&mut child);
+            panic!(
+                "baresip did not open its control socket {ctrl_addr}:\n{}",
+                tail_file(&dir.join("baresip.log"), 40)
+            );
+        };
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let reader = ctrl.try_clone().expect("clone the control socket");
+        let sink = Arc::clone(&messages);
+        std::thread::spawn(move || read_netstrings(reader, &sink));
+        Baresip {
+            child,
+            dir: dir.to_path_buf(),
+            ctrl,
+            messages,
+            next_token: 0,
+        }
+    }
+
+    /// Runs a command (a menu command: `dial`, `hold`, `resume`, `sndcode`,
+    /// `hangup`, `audio_debug`) and returns its successful response.
+    fn command(&mut self, command: &str, params: &str) -> Value {
+        self.next_token += 1;
+        let token = format!("t{}", self.next_token);
+        let body =
+            serde_json::json!({ "command": command, "params": params, "token": token }).to_string();
+        write!(self.ctrl, "{}:{body},", body.len()).expect("write to baresip's control socket");
+        let mut response = None;
+        wait_until(WAIT, || {
+            response = self.find(|m| m["response"] == true && m["token"] == token.as_str());
+            response.is_some()
+        });
+        let response = response.unwrap_or_else(|| {
+            panic!(
+                "baresip did not answer `{command} {params}`\n{}",
+                self.logs()
+            )
+        });
+        assert_eq!(
+            response["ok"],
+            true,
+            "baresip `{command} {params}`: {response}\n{}",
+            self.logs()
+        );
+        response
+    }
+
+    /// How many RTP packets it received in the call (`audio_debug`: `rcvd=N`
+    /// for each source).
+    fn rtp_received(&mut self) -> u64 {
+        let response = self.command("audio_debug", "");
+        let text = response["data"].as_str().unwrap_or_default();
+        text.split("rcvd=")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    fn find(&self, want: impl Fn(&Value) -> bool) -> Option<Value> {
+        let messages = self.messages.lock().unwrap_or_else(|e| e.into_inner());
+        messages.iter().find(|m| want(m)).cloned()
+    }
+
+    /// How many call events of `kind` (`CALL_ESTABLISHED`, ...) it reported.
+    fn events(&self, kind: &str) -> Vec<Value> {
+        let messages = self.messages.lock().unwrap_or_else(|e| e.into_inner());
+        messages
+            .iter()
+            .filter(|m| m["event"] == true && m["type"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until it reported `count` events of `kind`.
+    fn wait_events(&self, kind: &str, count: usize) -> Vec<Value> {
+        wait_until(WAIT, || self.events(kind).len() >= count);
+        let got = self.events(kind);
+        assert!(
+            got.len() >= count,
+            "baresip reported {} {kind} events, not {count}\n{}",
+            got.len(),
+            self.logs()
+        );
+        got
+    }
+
+    /// What it received in the call, as sndfile dumps it (`dump-*-dec.wav`).
+    fn received_wav(&self) -> PathBuf {
+        std::fs::read_dir(self.dir.join("rec"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .unwrap_or_else(|| self.dir.join("rec/no-dump-yet-dec.wav"))
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- baresip ({}) ---\n{}",
+            self.dir.display(),
+            tail_file(&self.dir.join("baresip.log"), 80)
+        )
+    }
+}
+
+/// Reads ctrl_tcp's netstrings (`LEN:JSON,`) into `sink` until the socket closes.
+fn read_netstrings(mut socket: TcpStream, sink: &Mutex<Vec<Value>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = socket.read(&mut chunk) {
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(colon) = buf.iter().position(|&b| b == b':') {
+            let Some(len) = std::str::from_utf8(&buf[..colon])
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+            else {
+                return; // not a netstring: stop reading
+            };
+            if buf.len() < colon + 1 + len + 1 {
+                break;
+            }
+            if let Ok(v) = serde_json::from_slice::<Value>(&buf[colon + 1..colon + 1 + len]) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+            }
+            buf.drain(..colon + 1 + len + 1);
+        }
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        stop(&mut self.child);
+    }
+}
+
+// ----- linphonec -----
+
+/// linphonec, auto-answering, driven on its stdin; its console and log output
+/// (`-d 6`: every SIP message and call state) go to one file.
+#[derive(Debug)]
+struct Linphone {
+    child: Child,
+    stdin: ChildStdin,
+    dir: PathBuf,
+    /// Its SIP address (127.0.0.3).
+    sip: SocketAddr,
+}
+
+impl Linphone {
+    /// Starts linphonec in `dir` on `sip`, playing the WAV `tone` into calls and
+    /// recording what it receives to `dir/received.wav`.
+    fn start(dir: &Path, sip: SocketAddr, tone: &Path) -> Linphone {
+        let home = dir.join("home");
+        // liblinphone stays in its startup state when it cannot create its
+        // database here.
+        std::fs::create_dir_all(home.join(".local/share/linphone"))
+            .expect("create linphone's home");
+        let rc = dir.join("linphonerc");
+        let config = template(
+            "linphonerc",
+            &[
+                ("SIP_PORT", sip.port().to_string()),
+                ("RTP_PORTS", "40100-40199".into()),
+            ],
+        );
+        std::fs::write(&rc, config).expect("write the linphonerc");
+        let log = File::create(dir.join("linphonec.log")).expect("create linphonec.log");
+        let child = Command::new("linphonec")
+            .arg("-c")
+            .arg(&rc)
+            .arg("-a") // answer every call
+            .arg("-d")
+            .arg("6")
+            .env("HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run linphonec: {e}"));
+        let mut child = child;
+        let stdin = child.stdin.take().expect("linphonec's stdin");
+        let mut linphone = Linphone {
+            child,
+            stdin,
+            dir: dir.to_path_buf(),
+            sip,
+        };
+        linphone.type_line(&format!("play {}", tone.display()));
+        linphone.type_line(&format!("record {}", linphone.received_wav().display()));
+        linphone.type_line("soundcard use files");
+        linphone.wait_log("start (SIP listening, files for sound)", |log| {
+            log.contains("Creating listening point")
+                && log.contains("Using wav files instead of soundcard.")
+        });
+        linphone
+    }
+
+    /// Types a line on its console.
+    fn type_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .unwrap_or_else(|e| panic!("linphonec's stdin: {e}\n{}", self.logs()));
+    }
+
+    fn log(&self) -> String {
+        read_lossy(&self.dir.join("linphonec.log"))
+    }
+
+    /// Waits until its output satisfies `ready`; panics naming `what` if not.
+    fn wait_log(&self, what: &str, ready: impl Fn(&str) -> bool) {
+        let ok = wait_until(WAIT, || ready(&self.log()));
+        assert!(ok, "linphonec: no {what}\n{}", self.logs());
+    }
+
+    /// Waits until its calls moved from `from` to `to` `count` times.
+    fn wait_transitions(&self, from: &str, to: &str, count: usize) {
+        self.wait_log(&format!("call state {from} -> {to} (x{count})"), |log| {
+            log.matches(&format!(
+                "moving from state LinphoneCall{from} to LinphoneCall{to}"
+            ))
+            .count()
+                >= count
+        });
+    }
+
+    /// The DTMF digits it reported receiving, in order.
+    fn digits_received(&self) -> String {
+        self.log()
+            .lines()
+            .filter_map(|l| l.strip_prefix("Receiving tone "))
+            .filter_map(|rest| rest.chars().next())
+            .collect()
+    }
+
+    fn received_wav(&self) -> PathBuf {
+        self.dir.join("received.wav")
+    }
+
+    fn logs(&self) -> String {
+        let log = self.log();
+        // The console lines and the SIP messages, without the media chatter.
+        let interesting: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                !l.starts_with("20") || l.contains("moving from state") || l.contains("-error-")
+            })
+            .collect();
+        let start = interesting.len().saturating_sub(120);
+        format!(
+            "--- linphonec on {} ({}) ---\n{}",
+            self.sip,
+            self.dir.display(),
+            interesting[start..].join("\n")
+        )
+    }
+}
+
+impl Drop for Linphone {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let quit = wait_until(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !quit {
+            stop(&mut self.child);
+        }
+    }
+}
+
+// ----- the tests -----
+
+/// Both UAs of one call, the far end answering and baresip connected to it.
+fn connect(
+    work: &TempDir,
+    name: &str,
+    sbc: &Sbc,
+    callee_sip: SocketAddr,
+    caller_codec: &str,
+) -> (Baresip, Linphone) {
+    let caller_tone = work.join("caller-440.wav");
+    let callee_tone = work.join("callee-1000.wav");
+    if !caller_tone.is_file() {
+        // baresip takes its source at ausrc_srate; linphone resamples.
+        write_tone(&caller_tone, 48_000, CALLER_HZ, TONE_SECS);
+        write_tone(&callee_tone, 8_000, CALLEE_HZ, TONE_SECS);
+    }
+    let linphone = Linphone::start(
+        &work.join(&format!("{name}-linphonec")),
+        callee_sip,
+        &callee_tone,
+    );
+    let mut baresip = Baresip::start(
+        &work.join(&format!("{name}-baresip")),
+        caller_codec,
+        &caller_tone,
+    );
+    baresip.command("dial", &format!("sip:+15550100@{}", sbc.sip));
+    baresip.wait_events("CALL_ESTABLISHED", 1);
+    linphone.wait_transitions("Connected", "StreamsRunning", 1);
+    (baresip, linphone)
+}
+
+/// Waits until each side's recording holds the other side's tone, and checks
+/// that neither holds its own.
+fn assert_audio_both_ways(baresip: &Baresip, linphone: &Linphone, when: &str) {
+    let at_caller = wait_tone(&baresip.received_wav(), None, 0, CALLEE_HZ);
+    let at_callee = wait_tone(&linphone.received_wav(), LINPHONE_REC, 0, CALLER_HZ);
+    let logs = || format!("{}\n{}", baresip.logs(), linphone.logs());
+    assert!(
+        at_caller >= HEARD_MS,
+        "{when}: baresip heard {at_caller} ms of the far end's {CALLEE_HZ} Hz, not {HEARD_MS}\n{}",
+        logs()
+    );
+    assert!(
+        at_callee >= HEARD_MS,
+        "{when}: linphonec heard {at_callee} ms of the caller's {CALLER_HZ} Hz, not {HEARD_MS}\n{}",
+        logs()
+    );
+    let echo_at_caller = Wav::read(&baresip.received_wav(), None).tone_ms(0, CALLER_HZ);
+    let echo_at_callee = Wav::read(&linphone.received_wav(), LINPHONE_REC).tone_ms(0, CALLEE_HZ);
+    assert_eq!(
+        (echo_at_caller, echo_at_callee),
+        (0, 0),
+        "{when}: a UA got its own tone back (ms at baresip, at linphonec)"
+    );
+}
+
+/// Hangs up from baresip and waits until both UAs saw the call end.
+fn hang_up(baresip: &mut Baresip, linphone: &Linphone) {
+    baresip.command("hangup", "");
+    baresip.wait_events("CALL_CLOSED", 1);
+    linphone.wait_transitions("StreamsRunning", "End", 1);
+}
+
+#[test]
+fn baresip_and_linphone_talk_through_the_sbc() {
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua");
+    let callee_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let sbc = Sbc::start(&SbcSpec::new("real-ua", rtp(30), config(callee_sip)));
+    let media = |path: &str| sbc.metric("sbc_calls_media_total", &[&format!("path=\"{path}\"")]);
+
+    // Call 1: baresip offers Opus only, linphonec takes PCMU only: transcoded.
+    {
+        let (mut baresip, linphone) = connect(&work, "opus", &sbc, callee_sip, "opus/48000/2");
+        assert_audio_both_ways(&baresip, &linphone, "Opus <-> PCMU");
+
+        // RTCP from real peers reaches the SBC (both UAs send reports every
+        // few seconds).
+        let rtcp_in = sbc.wait_metric("sbc_rtcp_packets_total", &["direction=\"in\""], WAIT, |v| {
+            v > 0.0
+        });
+        assert!(rtcp_in > 0.0, "no RTCP reached the SBC\n{}", sbc.logs());
+
+        // Hold: baresip's re-INVITE (sendonly) goes through the SBC to
+        // linphonec, which is paused by it; then the resume.
+        baresip.command("hold", "");
+        linphone.wait_transitions("StreamsRunning", "PausedByRemote", 1);
+        let log = linphone.log();
+        assert!(
+            log.contains("\na=sendonly") || log.contains("\na=inactive"),
+            "linphonec got no a=sendonly (or inactive) offer\n{}",
+            linphone.logs()
+        );
+        // On hold neither side sends (baresip 1.0 stops sending when it holds,
+        // linphonec answered recvonly): what arrives from now on came after the
+        // resume.
+        let callee_heard = Wav::read(&linphone.received_wav(), LINPHONE_REC)
+            .samples
+            .len();
+        let caller_rtp = baresip.rtp_received();
+        baresip.command("resume", "");
+        linphone.wait_transitions("PausedByRemote", "StreamsRunning", 1);
+        let heard = wait_tone(
+            &linphone.received_wav(),
+            LINPHONE_REC,
+            callee_heard,
+            CALLER_HZ,
+        );
+        assert!(
+            heard >= HEARD_MS,
+            "after the resume linphonec heard {heard} ms of the caller's {CALLER_HZ} Hz\n{}\n{}",
+            baresip.logs(),
+            linphone.logs()
+        );
+        // baresip rebuilds its receive pipeline on the hold without the sndfile
+        // recorder, so what it gets after the resume is counted in RTP packets
+        // (50 a second): 2 s worth.
+        let mut rtp = caller_rtp;
+        wait_until(WAIT, || {
+            rtp = baresip.rtp_received();
+            rtp >= caller_rtp + 100
+        });
+        assert!(
+            rtp >= caller_rtp + 100,
+            "after the resume baresip received {} RTP packets, not 100\n{}",
+            rtp - caller_rtp,
+            baresip.logs()
+        );
+        assert_eq!(
+            baresip.events("CALL_CLOSED").len(),
+            0,
+            "the call survived the hold"
+        );
+
+        hang_up(&mut baresip, &linphone);
+    }
+    let transcoded = sbc.wait_metric(
+        "sbc_calls_media_total",
+        &["path=\"transcoded\""],
+        WAIT,
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        (transcoded, media("relayed"), media("mixed")),
+        (1.0, 0.0, 0.0),
+        "the Opus <-> PCMU call is counted transcoded\n{}",
+        sbc.logs()
+    );
+
+    // Call 2: PCMU on both sides: relayed as it comes. DTMF both ways.
+    {
+        let (mut baresip, mut linphone) = connect(&work, "pcmu", &sbc, callee_sip, "PCMU/8000/1");
+        assert_audio_both_ways(&baresip, &linphone, "PCMU <-> PCMU");
+
+        // baresip -> linphonec, one digit at a time (each waits for the last to
+        // arrive, so that no digit cuts another short).
+        let sent = "4#";
+        for (i, digit) in sent.chars().enumerate() {
+            baresip.command("sndcode", &digit.to_string());
+            linphone.wait_log(&format!("DTMF digit {digit}"), |_| {
+                linphone.digits_received().len() > i
+            });
+        }
+        assert_eq!(
+            linphone.digits_received(),
+            sent,
+            "the digits linphonec received"
+        );
+        // linphonec -> baresip: a digit typed alone on its console is sent as DTMF.
+        linphone.type_line("7");
+        let dtmf = baresip.wait_events("CALL_DTMF_START", 1);
+        assert_eq!(
+            dtmf[0]["param"], "7",
+            "the digit baresip received: {dtmf:?}"
+        );
+
+        hang_up(&mut baresip, &linphone);
+    }
+    let relayed = sbc.wait_metric("sbc_calls_media_total", &["path=\"relayed\""], WAIT, |v| {
+        v >= 1.0
+    });
+    assert_eq!(
+        (media("transcoded"), relayed, media("mixed")),
+        (1.0, 1.0, 0.0),
+        "the PCMU call is counted relayed\n{}",
+        sbc.logs()
+    );
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_answered_total", &[]),
+        2.0,
+        "{:?}",
+        m.samples
+    );
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        2.0,
+        "{:?}",
+        m.samples
+    );
+    sbc.assert_idle(IDLE);
+}
+
+/// DTMF from an Opus caller. baresip 1.0 offers `opus/48000/2` with
+/// `telephone-event/8000` (a clock rate other than the codec's, which RFC 4733
+/// section 2.1 discourages but UAs do): the SBC takes it (`sdp::answer_audio`
+/// falls back to 8 kHz events), so the caller's digits reach the G.711 far end
+/// through the transcoded call.
+#[test]
+fn dtmf_from_an_opus_caller_reaches_the_far_end() {
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua-opus-dtmf");
+    let callee_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let sbc = Sbc::start(&SbcSpec::new(
+        "real-ua-opus-dtmf",
+        rtp(31),
+        config(callee_sip),
+    ));
+    let (mut baresip, linphone) = connect(&work, "opus", &sbc, callee_sip, "opus/48000/2");
+    baresip.command("sndcode", "5");
+    let arrived = wait_until(Duration::from_secs(10), || {
+        linphone.digits_received() == "5"
+    });
+    let answer = BufReader::new(File::open(baresip.dir.join("baresip.log")).expect("baresip.log"))
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.starts_with("m=audio") || l.starts_with("a=rtpmap"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        arrived,
+        "linphonec received digits {:?}, not \"5\"; the SDP lines baresip saw \
+         (its offer, then our answer):\n{answer}",
+        linphone.digits_received()
+    );
+    hang_up(&mut baresip, &linphone);
+}
