@@ -83,6 +83,7 @@ impl Call {
                 local_port: SBC_RTP,
                 remote: Some(addr("10.0.0.2:30000")),
                 format: RtpFormat::new(Codec::Pcmu, PayloadType::PCMU),
+                rtcp_mux: false,
             },
         );
         session.handle_command(

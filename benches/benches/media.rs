@@ -325,6 +325,7 @@ fn session_benches(c: &mut Criterion) {
                     local_port,
                     remote,
                     format,
+                    rtcp_mux: false,
                 },
             );
         }

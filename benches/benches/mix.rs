@@ -323,6 +323,7 @@ fn call_session(codecs: &[Codec]) -> MediaSession {
             local_port: call_port(k),
             remote: Some(call_peer(k)),
             format: call_format(codec),
+            rtcp_mux: false,
         };
         s.handle_command(Instant::ZERO, cmd);
     }

@@ -139,6 +139,8 @@ pub enum MediaCommand {
         remote: Option<SocketAddr>,
         /// The negotiated format.
         format: RtpFormat,
+        /// RTCP shares the RTP port (RFC 5761), else it is on port + 1.
+        rtcp_mux: bool,
     },
     /// New SDP for an RTP leg (re-INVITE, early media to final answer).
     UpdateRtp {
@@ -148,6 +150,8 @@ pub enum MediaCommand {
         remote: Option<SocketAddr>,
         /// The negotiated format.
         format: RtpFormat,
+        /// RTCP shares the RTP port (RFC 5761).
+        rtcp_mux: bool,
     },
     /// A browser leg from its SDP offer; the answer comes back as
     /// [`MediaEvent::WebRtcAnswer`]. For an existing leg (a resumed call's new

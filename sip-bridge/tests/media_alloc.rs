@@ -55,6 +55,7 @@ fn session_with(cfg: MediaConfig, b: Codec) -> MediaSession {
             local_port,
             remote: Some(remote.parse().unwrap()),
             format: format(codec),
+            rtcp_mux: false,
         };
         s.handle_command(Instant::ZERO, cmd);
     }
@@ -198,6 +199,7 @@ fn conference(codecs: &[Codec]) -> MediaSession {
                 Codec::Opus => browser_opus(),
                 c => format(c),
             },
+            rtcp_mux: false,
         };
         s.handle_command(Instant::ZERO, cmd);
     }

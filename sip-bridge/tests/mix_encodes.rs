@@ -50,6 +50,7 @@ fn conference(codecs: &[Codec]) -> MediaSession {
             local_port: port(k),
             remote: Some(peer(k)),
             format: format(codec),
+            rtcp_mux: false,
         };
         s.handle_command(Instant::ZERO, cmd);
     }

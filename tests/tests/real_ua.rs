@@ -281,8 +281,9 @@ struct Baresip {
 
 impl Baresip {
     /// Starts baresip in `dir` with SIP on 127.0.0.2, offering `codec` (as baresip
-    /// names it: `opus/48000/2`, `PCMU/8000/1`) and playing the WAV `tone`.
-    fn start(dir: &Path, codec: &str, tone: &Path) -> Baresip {
+    /// names it: `opus/48000/2`, `PCMU/8000/1`) and playing the WAV `tone`;
+    /// `rtcp_mux`: it offers `a=rtcp-mux` (RFC 5761).
+    fn start(dir: &Path, codec: &str, tone: &Path, rtcp_mux: bool) -> Baresip {
         std::fs::create_dir_all(dir.join("rec")).expect("create the baresip dirs");
         let sip = SocketAddr::new(lo(2), free_port(lo(2)));
         let ctrl_addr = SocketAddr::new(lo(2), free_tcp_port(lo(2)));
@@ -294,6 +295,7 @@ impl Baresip {
                 ("TONE", tone.display().to_string()),
                 ("RTP_PORTS", "40000-40099".into()),
                 ("REC", dir.join("rec").display().to_string()),
+                ("RTCP_MUX", if rtcp_mux { "yes" } else { "no" }.into()),
             ],
         );
         std::fs::write(dir.join("config"), config).expect("write the baresip config");
@@ -616,6 +618,7 @@ fn connect(
     sbc: &Sbc,
     callee_sip: SocketAddr,
     caller_codec: &str,
+    rtcp_mux: bool,
 ) -> (Baresip, Linphone) {
     let caller_tone = work.join("caller-440.wav");
     let callee_tone = work.join("callee-1000.wav");
@@ -633,6 +636,7 @@ fn connect(
         &work.join(&format!("{name}-baresip")),
         caller_codec,
         &caller_tone,
+        rtcp_mux,
     );
     baresip.command("dial", &format!("sip:+15550100@{}", sbc.sip));
     baresip.wait_events("CALL_ESTABLISHED", 1);
@@ -683,7 +687,8 @@ fn baresip_and_linphone_talk_through_the_sbc() {
 
     // Call 1: baresip offers Opus only, linphonec takes PCMU only: transcoded.
     {
-        let (mut baresip, linphone) = connect(&work, "opus", &sbc, callee_sip, "opus/48000/2");
+        let (mut baresip, linphone) =
+            connect(&work, "opus", &sbc, callee_sip, "opus/48000/2", false);
         assert_audio_both_ways(&baresip, &linphone, "Opus <-> PCMU");
 
         // RTCP from real peers reaches the SBC (both UAs send reports every
@@ -761,7 +766,8 @@ fn baresip_and_linphone_talk_through_the_sbc() {
 
     // Call 2: PCMU on both sides: relayed as it comes. DTMF both ways.
     {
-        let (mut baresip, mut linphone) = connect(&work, "pcmu", &sbc, callee_sip, "PCMU/8000/1");
+        let (mut baresip, mut linphone) =
+            connect(&work, "pcmu", &sbc, callee_sip, "PCMU/8000/1", false);
         assert_audio_both_ways(&baresip, &linphone, "PCMU <-> PCMU");
 
         // baresip -> linphonec, one digit at a time (each waits for the last to
@@ -817,7 +823,8 @@ fn baresip_and_linphone_talk_through_the_sbc() {
 /// `telephone-event/8000` (a clock rate other than the codec's, which RFC 4733
 /// section 2.1 discourages but UAs do): the SBC takes it (`sdp::answer_audio`
 /// falls back to 8 kHz events), so the caller's digits reach the G.711 far end
-/// through the transcoded call.
+/// through the transcoded call. baresip also muxes RTCP on its RTP port here
+/// (`a=rtcp-mux`, RFC 5761), which the SBC reads as RTCP.
 #[test]
 fn dtmf_from_an_opus_caller_reaches_the_far_end() {
     let _serial = serial();
@@ -829,7 +836,7 @@ fn dtmf_from_an_opus_caller_reaches_the_far_end() {
         rtp(31),
         config(callee_sip),
     ));
-    let (mut baresip, linphone) = connect(&work, "opus", &sbc, callee_sip, "opus/48000/2");
+    let (mut baresip, linphone) = connect(&work, "opus", &sbc, callee_sip, "opus/48000/2", true);
     baresip.command("sndcode", "5");
     let arrived = wait_until(Duration::from_secs(10), || {
         linphone.digits_received() == "5"
@@ -846,5 +853,36 @@ fn dtmf_from_an_opus_caller_reaches_the_far_end() {
          (its offer, then our answer):\n{answer}",
         linphone.digits_received()
     );
+    // baresip offered a=rtcp-mux (RFC 5761) and we took it: its RTCP comes
+    // on our RTP port and is read as RTCP, ours goes back on its RTP port.
+    let sdp = read_lossy(&baresip.dir.join("baresip.log"));
+    assert_eq!(
+        sdp.matches("a=rtcp-mux").count(),
+        2,
+        "offered and answered:\n{answer}"
+    );
+    // Reports with a block on our stream from both peers (every ~5 s each):
+    // three of them include at least one of baresip's.
+    let reports = sbc.wait_metric(
+        "sbc_rtcp_jitter_seconds_count",
+        &[],
+        Duration::from_secs(40),
+        |v| v >= 3.0,
+    );
+    assert!(reports >= 3.0, "{reports} RTCP reports read");
     hang_up(&mut baresip, &linphone);
+    // The CDR's RTCP figures name the caller's party (p-0, baresip's muxed
+    // reports), not only linphone's (port + 1).
+    let mut cdr = String::new();
+    wait_until(Duration::from_secs(20), || {
+        cdr = sbc
+            .logs()
+            .lines()
+            .find(|l| l.contains("cdr call="))
+            .unwrap_or_default()
+            .to_string();
+        !cdr.is_empty()
+    });
+    let rtcp = cdr.split(" rtcp=\"").nth(1).unwrap_or_default();
+    assert!(rtcp.starts_with("p-0:") || rtcp.contains(",p-0:"), "{cdr}");
 }

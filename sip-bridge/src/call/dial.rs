@@ -191,6 +191,7 @@ impl Call {
         let key = self.leg_key();
         let format = format_of(&negotiated);
         let remote = negotiated.remote;
+        let rtcp_mux = negotiated.rtcp_mux;
         let mut p = Party::new(
             Role::Customer,
             Leg::Sip(SipLeg {
@@ -219,6 +220,7 @@ impl Call {
             local_port: port,
             remote,
             format,
+            rtcp_mux,
         });
         Ok(key)
     }

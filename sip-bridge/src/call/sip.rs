@@ -253,6 +253,7 @@ impl Call {
                 leg: key,
                 remote: n.remote,
                 format,
+                rtcp_mux: n.rtcp_mux,
             }
         } else {
             MediaCommand::AddRtp {
@@ -260,6 +261,7 @@ impl Call {
                 local_port: port,
                 remote: n.remote,
                 format,
+                rtcp_mux: n.rtcp_mux,
             }
         };
         if let Some(p) = self.parties.get_mut(&key) {
@@ -326,6 +328,7 @@ impl Call {
             leg: caller,
             remote: n.remote,
             format: format_of(&n),
+            rtcp_mux: n.rtcp_mux,
         });
         if let Some(s) = self.parties.get_mut(&caller).and_then(|p| p.sip_mut()) {
             s.local_sdp = answer.to_string();
@@ -380,6 +383,7 @@ impl Call {
             local_port: port,
             remote: n.remote,
             format: format_of(&n),
+            rtcp_mux: n.rtcp_mux,
         });
         if let Some(p) = self.parties.get_mut(&key) {
             p.in_media = true;
@@ -630,6 +634,7 @@ impl Call {
             leg: key,
             remote: n.remote,
             format,
+            rtcp_mux: n.rtcp_mux,
         });
         let answer = answer.to_string();
         if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {

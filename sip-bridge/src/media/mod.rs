@@ -274,7 +274,21 @@ struct MLeg {
     timed_out: bool,
 }
 
+/// After an RTCP BYE, how long a SIP leg may stay silent before the media
+/// timeout: a peer that changes its SSRC says BYE and sends RTP again at once.
+const BYE_GRACE: Duration = Duration::from_secs(3);
+
 impl MLeg {
+    /// When this leg's silence becomes a media timeout: `timeout` after its
+    /// last RTP or RTCP, sooner after an RTCP BYE.
+    fn silence_deadline(&self, timeout: Duration) -> Instant {
+        let quiet = self.last_rx + timeout;
+        match &self.kind {
+            Kind::Rtp { rtcp, .. } => rtcp.bye.map_or(quiet, |b| quiet.min(b + BYE_GRACE)),
+            _ => quiet,
+        }
+    }
+
     fn new(kind: Kind, now: Instant) -> MLeg {
         MLeg {
             kind,
@@ -573,17 +587,20 @@ impl MediaSession {
                 local_port,
                 remote,
                 format,
+                rtcp_mux,
             } => {
+                let mut rtcp = Box::new(rtcp::RtcpLeg::new(
+                    now,
+                    format.codec.clock_rate().0,
+                    &mut self.rng,
+                ));
+                rtcp.set_mux(rtcp_mux);
                 let kind = Kind::Rtp {
                     port: local_port,
                     signalled: remote,
                     latched: None,
                     format,
-                    rtcp: Box::new(rtcp::RtcpLeg::new(
-                        now,
-                        format.codec.clock_rate().0,
-                        &mut self.rng,
-                    )),
+                    rtcp,
                 };
                 self.legs.insert(leg, MLeg::new(kind, now));
                 self.by_port.insert(local_port, leg);
@@ -593,6 +610,7 @@ impl MediaSession {
                 leg,
                 remote,
                 format,
+                rtcp_mux,
             } => {
                 if let Some(l) = self.legs.get_mut(&leg)
                     && let Kind::Rtp {
@@ -604,6 +622,7 @@ impl MediaSession {
                     } = &mut l.kind
                 {
                     rtcp.set_clock_rate(format.codec.clock_rate().0);
+                    rtcp.set_mux(rtcp_mux);
                     if *signalled != remote {
                         *latched = None;
                     }
@@ -1042,8 +1061,11 @@ impl MediaSession {
             return;
         }
         self.stats.rtcp_in += 1;
-        l.last_rx = now;
-        l.timed_out = false;
+        if rtcp.bye.is_none() {
+            // Reports keep a quiet leg alive; a BYE does not.
+            l.last_rx = now;
+            l.timed_out = false;
+        }
         if let Some(q) = rtcp.quality
             && self.qualities.len() < 64
         {
@@ -1056,7 +1078,8 @@ impl MediaSession {
         self.qualities.pop_front()
     }
 
-    /// An RTP datagram on local port `port` from `source`.
+    /// An RTP datagram on local port `port` from `source` (or RTCP, when the
+    /// leg muxes them).
     pub fn handle_rtp(&mut self, now: Instant, port: u16, source: SocketAddr, data: BytesMut) {
         let Some(&leg) = self.by_port.get(&port) else {
             return;
@@ -1073,6 +1096,11 @@ impl MediaSession {
         else {
             return;
         };
+        // RFC 5761 section 4: a second byte of 192-223 is an RTCP packet type
+        // (200-204), never a payload type of ours.
+        if rtcp.muxed() && data.get(1).is_some_and(|b| (192..=223).contains(b)) {
+            return self.handle_rtcp(now, port, source, &data);
+        }
         match (*latched, *signalled) {
             (Some(a), _) if a != source => {
                 self.stats.foreign_source += 1;
@@ -1335,7 +1363,7 @@ impl MediaSession {
                 && !l.held
                 && !l.timed_out
             {
-                min(Some(l.last_rx + self.cfg.media_timeout));
+                min(Some(l.silence_deadline(self.cfg.media_timeout)));
             }
             if let Kind::Rtp {
                 rtcp,
@@ -1374,7 +1402,7 @@ impl MediaSession {
                     && !matches!(l.route, Route::Nothing)
                     && !l.held
                     && !l.timed_out
-                    && now >= l.last_rx + self.cfg.media_timeout
+                    && now >= l.silence_deadline(self.cfg.media_timeout)
                 {
                     l.timed_out = true;
                     self.events.push_back(MediaEvent::MediaTimeout { leg: k });
@@ -1400,11 +1428,12 @@ impl MediaSession {
                     self.rtcp_arena.extend_from_slice(&self.rtcp_buf);
                     let bytes = self.rtcp_arena.split().freeze();
                     self.stats.rtcp_out += 1;
-                    self.out.queue.push_back(MediaTransmit {
-                        via: Via::Rtcp(*port),
-                        to,
-                        bytes,
-                    });
+                    let via = if rtcp.muxed() {
+                        Via::Rtp(*port)
+                    } else {
+                        Via::Rtcp(*port)
+                    };
+                    self.out.queue.push_back(MediaTransmit { via, to, bytes });
                 }
             }
             self.webrtc_events(now, k);
@@ -1579,6 +1608,7 @@ mod tests {
                 local_port,
                 remote,
                 format,
+                rtcp_mux: false,
             };
             s.handle_command(now, cmd);
         }
@@ -1651,6 +1681,7 @@ mod tests {
                 leg: LegKey(1),
                 remote,
                 format: opus("useinbandfec=1"),
+                rtcp_mux: false,
             },
         );
         let e = encoder(&s);
@@ -1691,6 +1722,7 @@ mod tests {
                 local_port: 20004,
                 remote: Some(c),
                 format,
+                rtcp_mux: false,
             };
             s.handle_command(Instant::ZERO, cmd);
             s.handle_command(
@@ -1777,6 +1809,89 @@ mod tests {
         );
         let back = sent(&mut s);
         assert_eq!(back[0].to, "203.0.113.77:61000".parse().unwrap());
+    }
+
+    #[test]
+    fn rtcp_muxed_on_the_rtp_port_and_a_bye_shortens_the_media_timeout() {
+        let peer: SocketAddr = "203.0.113.5:30000".parse().unwrap();
+        let mut s = two_legs(Some(peer));
+        // a=rtcp-mux agreed (RFC 5761): reports both ways on the RTP port.
+        s.handle_command(
+            Instant::ZERO,
+            MediaCommand::UpdateRtp {
+                leg: LegKey(0),
+                remote: Some(peer),
+                format: pcmu(),
+                rtcp_mux: true,
+            },
+        );
+        s.handle_rtp(Instant::ZERO, 20000, peer, packet(1));
+        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 5];
+        s.handle_rtp(
+            Instant::from_millis(100),
+            20000,
+            peer,
+            BytesMut::from(&rr[..]),
+        );
+        assert_eq!(
+            (s.stats().rtcp_in, s.stats().rtp_in),
+            (1, 1),
+            "read as RTCP"
+        );
+        let _ = sent(&mut s);
+        while let Some(t) = s
+            .poll_timeout()
+            .filter(|t| *t <= Instant::from_millis(8_000))
+        {
+            s.handle_timeout(t);
+        }
+        let reports: Vec<MediaTransmit> = sent(&mut s)
+            .into_iter()
+            .filter(|t| t.to == peer && t.bytes.get(1).is_some_and(|b| (200..=204).contains(b)))
+            .collect();
+        assert!(!reports.is_empty());
+        assert!(
+            reports.iter().all(|t| t.via == Via::Rtp(20000)),
+            "{reports:?}"
+        );
+        // Its BYE for SSRC 5 (RTCP only, no RTP since): the timeout comes
+        // 3 s later instead of 60 s after the last packet.
+        let bye = [0x81u8, 203, 0, 1, 0, 0, 0, 5];
+        s.handle_rtp(
+            Instant::from_millis(10_000),
+            20000,
+            peer,
+            BytesMut::from(&bye[..]),
+        );
+        let mut timed_out = None;
+        while let Some(t) = s
+            .poll_timeout()
+            .filter(|t| *t <= Instant::from_millis(70_000))
+        {
+            s.handle_timeout(t);
+            if std::iter::from_fn(|| s.poll_event())
+                .any(|e| e == MediaEvent::MediaTimeout { leg: LegKey(0) })
+            {
+                timed_out = Some(t);
+                break;
+            }
+        }
+        assert_eq!(timed_out, Some(Instant::from_millis(13_000)));
+        // A BYE followed by RTP (a new SSRC) is no end: the full timeout again.
+        let mut s = two_legs(Some(peer));
+        s.handle_rtcp(
+            Instant::ZERO,
+            20000,
+            "203.0.113.5:30001".parse().unwrap(),
+            &bye,
+        );
+        s.handle_rtp(Instant::from_millis(1_000), 20000, peer, packet(2));
+        let next = s.poll_timeout().unwrap();
+        assert!(next > Instant::from_millis(3_000));
+        assert_eq!(
+            s.legs[&LegKey(0)].silence_deadline(Duration::from_secs(60)),
+            Instant::from_millis(61_000)
+        );
     }
 
     #[test]

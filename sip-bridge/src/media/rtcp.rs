@@ -50,6 +50,11 @@ pub(super) struct RtcpLeg {
     latched: Option<SocketAddr>,
     pub next_report: Instant,
     pub quality: Option<LegQuality>,
+    /// RTCP on the RTP port (RFC 5761).
+    mux: bool,
+    /// When the peer said BYE for its stream (RFC 3550 section 6.6), until
+    /// its RTP comes again.
+    pub bye: Option<Instant>,
 }
 
 impl RtcpLeg {
@@ -66,7 +71,22 @@ impl RtcpLeg {
             latched: None,
             next_report: now + jittered(rng),
             quality: None,
+            mux: false,
+            bye: None,
         }
+    }
+
+    /// RTCP shares the RTP port (`a=rtcp-mux`, RFC 5761) or not.
+    pub fn set_mux(&mut self, mux: bool) {
+        if self.mux != mux {
+            self.latched = None;
+        }
+        self.mux = mux;
+    }
+
+    /// Whether RTCP shares the RTP port.
+    pub fn muxed(&self) -> bool {
+        self.mux
     }
 
     /// The RTP clock changed (a new codec).
@@ -76,6 +96,7 @@ impl RtcpLeg {
 
     /// An RTP packet from the peer.
     pub fn on_rtp(&mut self, now: Instant, h: &RtpHeader) {
+        self.bye = None;
         if self.remote_ssrc != Some(h.ssrc.0) {
             // A new stream restarts the statistics (section 8.2).
             self.remote_ssrc = Some(h.ssrc.0);
@@ -96,8 +117,12 @@ impl RtcpLeg {
         }
     }
 
-    /// Where our reports go: where its RTCP comes from, else its RTP port + 1.
+    /// Where our reports go: where its RTCP comes from, else its RTP port + 1
+    /// (RFC 3550 section 11), or its RTP address itself when muxed (RFC 5761).
     pub fn destination(&self, rtp_remote: Option<SocketAddr>) -> Option<SocketAddr> {
+        if self.mux {
+            return self.latched.or(rtp_remote);
+        }
         self.latched.or_else(|| {
             rtp_remote.and_then(|a| a.port().checked_add(1).map(|p| SocketAddr::new(a.ip(), p)))
         })
@@ -154,6 +179,13 @@ impl RtcpLeg {
                     blocks
                 }
                 RtcpPacket::ReceiverReport { blocks, .. } => blocks,
+                RtcpPacket::Bye { ssrcs } => {
+                    // Its stream (or, before any RTP, any) is leaving.
+                    if self.remote_ssrc.is_none_or(|r| ssrcs.contains(&r)) {
+                        self.bye = Some(now);
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             // A SIP peer receives one stream from us: its first block is on it.

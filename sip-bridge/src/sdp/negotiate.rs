@@ -149,6 +149,9 @@ pub struct NegotiatedAudio {
     pub direction: Direction,
     /// The audio section's `mid`, if any.
     pub mid: Option<String>,
+    /// RTP and RTCP share the port (`a=rtcp-mux`, RFC 5761): agreed when the
+    /// offer had it (we answer it), or when our offer and the answer both do.
+    pub rtcp_mux: bool,
 }
 
 fn codec_of(m: &RtpMap) -> Option<Codec> {
@@ -359,6 +362,7 @@ pub fn answer_audio(
         remote: remote_of(offer, audio),
         direction: ours,
         mid: audio.mid().map(String::from),
+        rtcp_mux: audio.has("rtcp-mux"),
     };
     Ok((answer, agreed))
 }
@@ -489,6 +493,7 @@ pub fn negotiated_from_answer(
             our_wish.receives() && their_dir.sends(),
         ),
         mid: theirs.mid().map(String::from),
+        rtcp_mux: ours.has("rtcp-mux") && theirs.has("rtcp-mux"),
     })
 }
 
