@@ -38,6 +38,9 @@ usage: tests/load/run.sh [options]
       --opus-complexity N  the sbc's [media] opus_complexity, auto or 0-10 (default auto)
       --sip-jitter-buffer  the sbc's [media] sip_jitter_buffer = true: transcoded
                      (and repacketized) calls go through its jitter buffer
+      --session-timers SECS  session timers (RFC 4028) on both legs: the callers ask
+                       for SECS (Session-Expires, Supported: timer) and the
+                       trunk's session_expires asks the far end for it
       --answer-ptime MS  the far end's a=ptime (default 20; relay and conference
                      30, as the capture: equal formats are relayed in place, a
                      ptime that differs makes the sbc repacketize, on arrival or
@@ -52,7 +55,7 @@ caller 9090, HTTP 9080, WebRTC 9478; RTP 10000-31999).
 EOF
 }
 
-mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=auto sip_jitter_buffer=false sbc="$repo/target/release/sbc" log=info keep=0
+mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=auto sip_jitter_buffer=false session_timers="" sbc="$repo/target/release/sbc" log=info keep=0
 while (($#)); do
   case "$1" in
     -m|--mode) mode="$2"; [ "$mode" = three-party ] && mode=conference; shift 2 ;;
@@ -63,6 +66,7 @@ while (($#)); do
     --answer-fec) answer_fec=1; shift ;;
     --opus-complexity) opus_complexity="$2"; shift 2 ;;
     --sip-jitter-buffer) sip_jitter_buffer=true; shift ;;
+    --session-timers) session_timers="$2"; shift 2 ;;
     -b|--sbc) sbc="$2"; shift 2 ;;
     --log) log="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
@@ -199,6 +203,7 @@ host = "carrier.test"
 peers = ["$uas_ip:$uas_port"]
 inbound = ["$uac_ip/32"]
 codecs = ["PCMU", "PCMA"]
+$([ -n "$session_timers" ] && echo "session_expires = \"${session_timers}s\"")
 
 [[numbers]]
 id = "load"
@@ -295,7 +300,15 @@ sipp_extra=()
 ((plays > 0)) && sipp_extra=(-set plays "$plays")
 echo "mode $mode (far end$([ "$mode" = conference ] && echo "s (two) answer" || echo " answers") ${answer_codec//$'\n'/ } ptime $answer_ptime): $calls calls at $rate/s, hold ${hold_s} s$( ((plays > 0)) && echo " ($plays plays of the capture)")$([ "$mode" = conference ] && echo ", far ends hang up after ${call_s} s"); sbc $sbc (pid $sbc_pid)"
 t0=$(now)
-(cd "$work" && exec sipp -sf "$scenarios/$caller_sf" -i "$uac_ip" -bind_local -p "$uac_port" -t u1 \
+caller_path="$scenarios/$caller_sf"
+if [ -n "$session_timers" ]; then
+  # The callers' INVITEs ask for a session timer (we become the side that
+  # waits for their refresh: they support timers and name no refresher).
+  caller_path="$work/caller-session-timers.xml"
+  awk -v se="$session_timers" '{ print } /Max-Forwards: 70/ && !done { sub(/Max-Forwards: 70.*/, ""); print $0 "Session-Expires: " se; print $0 "Supported: timer"; done = 1 }' \
+    "$scenarios/$caller_sf" >"$caller_path"
+fi
+(cd "$work" && exec sipp -sf "$caller_path" -i "$uac_ip" -bind_local -p "$uac_port" -t u1 \
   -s +15550100 -r "$rate" -m "$calls" -l "$limit" -d "$hold_ms" "${sipp_extra[@]}" \
   -nostdin -timeout "$(awk -v n="$calls" -v r="$rate" -v h="$call_s" 'BEGIN { printf "%d", n / r + h + 120 }')s" \
   -trace_screen -screen_file "$work/uac.screen" -trace_err -error_file "$work/uac.errors" \
