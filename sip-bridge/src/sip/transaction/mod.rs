@@ -44,7 +44,12 @@ enum Key {
         sent_by: String,
         method: Method,
     },
+    /// Section 17.2.3's rule for a branch without the cookie: the
+    /// Request-URI, From tag, Call-ID, CSeq and top Via (the To tag is left
+    /// out: an ACK for our non-2xx carries the tag of our response, which the
+    /// INVITE did not have; no branch-less peer forks).
     Server2543 {
+        uri: String,
         call_id: String,
         cseq: u32,
         from_tag: String,
@@ -63,6 +68,7 @@ fn server_key(req: &Request, method: Method) -> Option<Key> {
             method,
         }),
         _ => Some(Key::Server2543 {
+            uri: req.uri.to_string(),
             call_id: req.call_id()?.to_string(),
             cseq: req.cseq()?.0,
             from_tag: req.from_tag().unwrap_or("").to_string(),
@@ -1227,5 +1233,20 @@ mod tests {
             1
         );
         assert_eq!(tl.stats().absorbed, 1);
+        // The same identity to another Request-URI is another request (17.2.3).
+        let mut other = request("OPTIONS", "oldstyle");
+        other.headers.retain(|h| !matches!(h, Header::Via(_)));
+        other
+            .headers
+            .push_front(Header::Via("SIP/2.0/UDP 198.51.100.1:5060".into()));
+        other.uri = "sip:other@192.0.2.1".parse().unwrap();
+        tl.handle_message(at(600), SipMessage::Request(other), UDP);
+        assert_eq!(
+            events(&mut tl)
+                .iter()
+                .filter(|e| matches!(e, TxEvent::Request { .. }))
+                .count(),
+            1
+        );
     }
 }
