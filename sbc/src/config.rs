@@ -442,6 +442,10 @@ pub struct TrunkEntry {
     /// on calls toward it; without it we only say we support them.
     #[serde(default)]
     pub require_100rel: bool,
+    /// Send our hold/resume offers as UPDATE (RFC 3311) when it allows it;
+    /// default re-INVITE.
+    #[serde(default)]
+    pub update_offers: bool,
 }
 
 fn udp() -> Transport {
@@ -1091,6 +1095,7 @@ impl SbcConfig {
                 session_expires: t.session_expires,
                 late_offer: t.late_offer,
                 require_100rel: t.require_100rel,
+                update_offers: t.update_offers,
             });
         }
         if found.is_empty() {

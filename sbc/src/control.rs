@@ -463,6 +463,7 @@ mod tests {
             session_expires: None,
             late_offer: false,
             require_100rel: false,
+            update_offers: false,
         };
         let number = NumberConfig {
             id: "support".into(),

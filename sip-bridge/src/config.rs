@@ -124,6 +124,10 @@ pub struct TrunkConfig {
     /// Our INVITEs toward it say `Require: 100rel` (RFC 3262): every 18x
     /// comes reliably (otherwise `Supported: 100rel` lets it choose).
     pub require_100rel: bool,
+    /// Our hold, resume and other new offers in its calls go as UPDATE
+    /// (RFC 3311) when it allows UPDATE; otherwise re-INVITE, which section
+    /// 5.1 recommends for confirmed dialogs.
+    pub update_offers: bool,
 }
 
 impl TrunkConfig {

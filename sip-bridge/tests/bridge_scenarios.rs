@@ -417,6 +417,47 @@ fn dial_with_a_foreign_caller_id_is_forbidden_and_a_busy_operator_cannot_dial() 
 }
 
 #[test]
+fn hold_goes_as_update_to_a_trunk_that_wants_it_and_re_invite_otherwise() {
+    for update in [false, true] {
+        let mut cfg = config(plan(&[(&["operators"], 20)]));
+        cfg.trunks[0].update_offers = update;
+        let mut w = World::new(cfg);
+        let a = w.operator("alice", &["support"]);
+        w.carrier_call("+15550100", 1000.0);
+        w.run(ms(200));
+        let call = w.last_incoming(a).unwrap();
+        w.accept(a, &call);
+        w.run(ms(1000));
+        let before = w.sip_to_carrier.len();
+        for on in [true, false] {
+            w.send(
+                a,
+                serde_json::json!({"type": "hold", "callId": call, "on": on}),
+            );
+            w.run(ms(300));
+        }
+        let offers: Vec<&String> = w.sip_to_carrier[before..]
+            .iter()
+            .filter(|l| l.starts_with("INVITE ") || l.starts_with("UPDATE "))
+            .collect();
+        let method = if update { "UPDATE " } else { "INVITE " };
+        assert_eq!(offers.len(), 2, "{:?}", w.sip_to_carrier);
+        assert!(offers.iter().all(|l| l.starts_with(method)), "{offers:?}");
+        // Both answered: sendonly, then sendrecv again, in the carrier's offers.
+        let sdps: Vec<String> = w
+            .carrier_events()
+            .iter()
+            .filter_map(|e| match e {
+                UaEvent::Offer { sdp, .. } => Some(String::from_utf8_lossy(sdp).to_string()),
+                _ => None,
+            })
+            .collect();
+        assert!(sdps[0].contains("a=sendonly") && sdps[1].contains("a=sendrecv"));
+        assert_eq!(w.got(a, "callUpdated").last().unwrap()["held"], false);
+    }
+}
+
+#[test]
 fn hold_and_resume_from_each_side_use_the_right_directions() {
     let mut w = World::new(config(plan(&[(&["operators"], 20)])));
     let a = w.operator("alice", &["support"]);

@@ -986,6 +986,7 @@ pub fn call(data: &[u8]) {
         session_expires: None,
         late_offer: false,
         require_100rel: false,
+        update_offers: false,
     };
     let numbers = vec![
         NumberConfig {

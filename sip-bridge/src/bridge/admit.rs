@@ -130,6 +130,7 @@ mod tests {
             session_expires: None,
             late_offer: false,
             require_100rel: false,
+            update_offers: false,
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.max_calls = 2;

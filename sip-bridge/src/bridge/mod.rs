@@ -44,7 +44,7 @@ use media_core::{Instant, SeededRng};
 use crate::call::{Call, CallCtx, CallOutput, SipAction, SipLegEvent};
 use crate::presence::{Presence, PresenceEvent, SessionId};
 use crate::signalling::{NumberInfo, Request, ServerMessage, Session, SessionOutput};
-use crate::sip::dialog::{LegId, LocalAddr, RegisterParams, UaConfig, UaEvent, UserAgent};
+use crate::sip::dialog::{LegId, LocalAddr, RegisterParams, UaConfig, UaError, UaEvent, UserAgent};
 use crate::sip::message::Peer;
 use crate::sip::transaction::Transmit;
 use crate::token::TokenIssuer;
@@ -556,6 +556,13 @@ impl Bridge {
                     .ack_with_answer(now, ua_leg, sdp.as_deref().map(str::as_bytes))
             }
             SipAction::Reinvite { sdp } => self.ua.reinvite(now, ua_leg, sdp.into_bytes()),
+            SipAction::Update { sdp } => {
+                let sdp = sdp.into_bytes();
+                match self.ua.update(now, ua_leg, sdp.clone()) {
+                    Err(UaError::WrongState(_)) => self.ua.reinvite(now, ua_leg, sdp),
+                    done => done,
+                }
+            }
             SipAction::AnswerOffer { status, sdp } => {
                 self.ua
                     .answer_offer(now, ua_leg, status, sdp.as_deref().map(str::as_bytes))

@@ -181,7 +181,7 @@ impl Call {
     }
 
     /// Our hold toward SIP parties follows the graph (see the module docs).
-    pub(crate) fn sync_sip_holds(&mut self, _now: Instant) {
+    pub(crate) fn sync_sip_holds(&mut self, _now: Instant, ctx: &super::CallCtx<'_>) {
         if !self.is_connected() {
             return;
         }
@@ -200,7 +200,7 @@ impl Call {
                 .and_then(|p| p.sip())
                 .is_some_and(|s| s.held_by_us);
             if want != has {
-                self.hold_sip(k, want);
+                self.hold_sip(ctx, k, want);
             }
         }
     }

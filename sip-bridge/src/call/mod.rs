@@ -595,9 +595,8 @@ impl Call {
             return;
         }
         self.sync_media();
-        self.sync_sip_holds(now);
+        self.sync_sip_holds(now, ctx);
         self.sync_operator_views(None, None);
-        let _ = ctx;
     }
 
     /// The outcome status of a call that ends now without a plan outcome.

@@ -257,7 +257,7 @@ impl Call {
         reference: Option<String>,
     ) {
         self.sync_media();
-        self.sync_sip_holds(now);
+        self.sync_sip_holds(now, ctx);
         self.sync_operator_views(Some(key), Some(reference));
         self.tell_updated(now, ctx, key, None);
     }

@@ -37,6 +37,12 @@ pub enum SipAction {
         /// SDP offer.
         sdp: String,
     },
+    /// An UPDATE with this offer (RFC 3311), or a re-INVITE when the peer
+    /// does not allow UPDATE.
+    Update {
+        /// SDP offer.
+        sdp: String,
+    },
     /// Answer the peer's in-dialog offer.
     AnswerOffer {
         /// Status (2xx with `sdp`, or a failure).

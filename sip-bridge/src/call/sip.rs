@@ -654,7 +654,7 @@ impl Call {
 
     /// Our hold/resume toward SIP leg `key`: a re-INVITE with `sendonly` or
     /// `sendrecv`. Returns whether it went out.
-    pub(crate) fn hold_sip(&mut self, key: LegKey, on: bool) -> bool {
+    pub(crate) fn hold_sip(&mut self, ctx: &CallCtx<'_>, key: LegKey, on: bool) -> bool {
         let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
             return false;
         };
@@ -669,12 +669,23 @@ impl Call {
         let Some(offer) = with_direction(&s.local_sdp, dir, s.sdp_version + 1) else {
             return false;
         };
+        let update = s
+            .trunk
+            .and_then(|t| ctx.cfg.trunks.get(t))
+            .is_some_and(|t| t.update_offers);
         if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
             s.local_sdp = offer.clone();
             s.sdp_version += 1;
             s.held_by_us = on;
         }
-        self.sip(key, SipAction::Reinvite { sdp: offer });
+        self.sip(
+            key,
+            if update {
+                SipAction::Update { sdp: offer }
+            } else {
+                SipAction::Reinvite { sdp: offer }
+            },
+        );
         true
     }
 

@@ -73,6 +73,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         session_expires: None,
         late_offer: false,
         require_100rel: false,
+        update_offers: false,
     };
     let mut cfg = BridgeConfig::new(
         vec![
@@ -396,6 +397,8 @@ pub struct World {
     /// [`World::release_answers`].
     pub hold_answers: bool,
     held: Vec<(CallId, MediaEvent)>,
+    /// The first line of every SIP message the bridge sent the carrier.
+    pub sip_to_carrier: Vec<String>,
 }
 
 impl World {
@@ -427,6 +430,7 @@ impl World {
             agents: BTreeMap::new(),
             hold_answers: false,
             held: Vec::new(),
+            sip_to_carrier: Vec::new(),
         }
     }
 
@@ -682,6 +686,11 @@ impl World {
             let now = self.now;
             while let Some(t) = self.bridge.poll_sip_transmit() {
                 any = true;
+                if t.to.addr == addr(CARRIER_SIP) {
+                    let line = String::from_utf8_lossy(&t.bytes);
+                    self.sip_to_carrier
+                        .push(line.lines().next().unwrap_or("").to_string());
+                }
                 self.net.push(Datagram {
                     at: now + ONE_WAY,
                     from: addr(SBC_SIP),
