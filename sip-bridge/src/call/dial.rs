@@ -1125,6 +1125,7 @@ impl Call {
     /// connected call ends when fewer than two parties who keep it alive are
     /// left in it (see [`Call::after_alone`]).
     pub(crate) fn after_leave(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey) {
+        self.transfer_party_left(now, ctx, key);
         match self.state {
             CallState::Routing { .. } | CallState::Dialing(_) if key == self.caller => {
                 self.end_call(
@@ -1152,8 +1153,9 @@ impl Call {
             .values()
             .filter(|p| p.joined() && p.keeps_alive())
             .count();
-        // A room waits for the next caller while someone is in it.
-        if full < if self.room { 1 } else { 2 } {
+        // A room waits for the next caller while someone is in it; a
+        // transfer's target still ringing is awaited.
+        if full < if self.room { 1 } else { 2 } && !self.transfer_pending() {
             self.end_call(
                 now,
                 ctx,

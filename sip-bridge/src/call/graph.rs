@@ -105,16 +105,29 @@ impl Call {
                         g.insert(*k, feeds_from(&mut talking.iter().copied()));
                     }
                 }
+                let cue = Feed {
+                    from: FeedSource::Tone(Tone::Ringback),
+                    level: Level::CUE,
+                };
+                let blind = self.blind_transfer_by();
                 for p in self.parties.values() {
-                    if let Origin::Added { by: Some(a), .. } = p.origin
-                        && self.pending(p)
-                        && let Some(f) = g.get_mut(&a)
-                    {
-                        let cue = Feed {
-                            from: FeedSource::Tone(Tone::Ringback),
-                            level: Level::CUE,
-                        };
-                        if !f.contains(&cue) {
+                    let Origin::Added { by: Some(a), .. } = p.origin else {
+                        continue;
+                    };
+                    if !self.pending(p) {
+                        continue;
+                    }
+                    // Whoever waits for the target hears it ring: the adder,
+                    // or in a blind transfer the transferees.
+                    let waiting: Vec<LegKey> = if blind == Some(a) {
+                        talking.iter().copied().filter(|k| *k != a).collect()
+                    } else {
+                        vec![a]
+                    };
+                    for w in waiting {
+                        if let Some(f) = g.get_mut(&w)
+                            && !f.contains(&cue)
+                        {
                             f.push(cue);
                         }
                     }

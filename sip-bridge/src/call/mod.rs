@@ -29,6 +29,7 @@ mod ports;
 mod route;
 mod sip;
 mod state;
+mod transfer;
 
 pub use crate::roles::{Capabilities, Capability, MonitorMode, Role, RoleCapabilities};
 pub(crate) use dial::user_of;
@@ -247,6 +248,8 @@ pub struct Call {
     flags: BTreeMap<LegKey, (bool, bool)>,
     /// What each operator was last told of mute/hold (`callUpdated`).
     told: BTreeMap<LegKey, (bool, bool, bool)>,
+    /// A transfer in progress (one at a time).
+    transfer: Option<transfer::Transfer>,
     out: VecDeque<CallOutput>,
 }
 
@@ -287,6 +290,7 @@ impl Call {
             heard: BTreeMap::new(),
             flags: BTreeMap::new(),
             told: BTreeMap::new(),
+            transfer: None,
             out: VecDeque::new(),
         }
     }
@@ -339,11 +343,11 @@ impl Call {
 
     /// The `incoming` message offering it to `op`.
     pub fn incoming_for(&self, op: &str) -> ServerMessage {
-        let invited_by = self
-            .party_of(op)
-            .and_then(|k| self.parties.get(&k))
+        let party = self.party_of(op).and_then(|k| self.parties.get(&k));
+        let invited_by = party
             .and_then(|p| p.operator())
             .and_then(|o| o.invited_by.clone());
+        let transfer = party.and_then(|p| self.transfer_kind_of(p));
         ServerMessage::Incoming {
             call_id: self.id.to_string(),
             from: self.from.clone(),
@@ -351,6 +355,7 @@ impl Call {
             number: self.number.clone().unwrap_or_default(),
             caller_name: self.caller_name.clone(),
             invited_by,
+            transfer,
         }
     }
 
@@ -916,6 +921,7 @@ pub(crate) fn reason_name(r: EndReason) -> &'static str {
         EndReason::Failed => "failed",
         EndReason::Offline => "offline",
         EndReason::Removed => "removed",
+        EndReason::Transferred => "transferred",
     }
 }
 

@@ -182,6 +182,29 @@ impl Call {
             ClientMessage::AddParticipant {
                 target, timeout, ..
             } => self.add_participant(now, ctx, op, key, reference, &target, timeout),
+            ClientMessage::Transfer {
+                target,
+                attended,
+                timeout,
+                ..
+            } => {
+                if ringing {
+                    return bad(self, "the call is not active", reference);
+                }
+                if !self.may(ctx, op, key, Capability::AddParticipant, &reference) {
+                    return;
+                }
+                self.start_transfer(now, ctx, op, key, reference, &target, attended, timeout);
+            }
+            ClientMessage::TransferComplete { .. } => {
+                self.transfer_action(now, ctx, op, key, reference, "complete")
+            }
+            ClientMessage::TransferCancel { .. } => {
+                self.transfer_action(now, ctx, op, key, reference, "cancel")
+            }
+            ClientMessage::TransferMerge { .. } => {
+                self.transfer_action(now, ctx, op, key, reference, "merge")
+            }
             ClientMessage::RemoveParticipant { participant_id, .. } => {
                 if ringing {
                     return bad(self, "the call is not active", reference);
@@ -451,6 +474,7 @@ impl Call {
             }
         }
         self.record_joined(now, ctx, key);
+        self.transfer_target_joined(now, ctx, key, group);
     }
 
     /// An added party did not join (`reason`: busy, no_answer, failed,
@@ -502,6 +526,9 @@ impl Call {
         });
         if siblings_left {
             return;
+        }
+        if self.transfer_target_failed(now, ctx, group, reason, status) {
+            return self.after_alone(now, ctx);
         }
         if let Some(op) = by
             .and_then(|b| self.parties.get(&b))

@@ -102,6 +102,37 @@ pub enum ClientMessage {
         #[serde(default)]
         timeout: Option<u32>,
     },
+    /// Transfer the call: the asker's counterparts to `target`, blind (the
+    /// asker leaves once the target answers, and comes back if it does not)
+    /// or `attended` (the others wait on hold while the asker consults the
+    /// target, then `transferComplete`, `transferCancel` or `transferMerge`).
+    Transfer {
+        /// The call.
+        call_id: String,
+        /// As for `addParticipant`.
+        target: String,
+        /// Consult the target first.
+        #[serde(default)]
+        attended: bool,
+        /// Seconds the target rings (default 30).
+        #[serde(default)]
+        timeout: Option<u32>,
+    },
+    /// Attended transfer: connect the others to the target and leave.
+    TransferComplete {
+        /// The call.
+        call_id: String,
+    },
+    /// Stop the transfer: the target goes, the others come back.
+    TransferCancel {
+        /// The call.
+        call_id: String,
+    },
+    /// Attended transfer: everyone together (the asker stays).
+    TransferMerge {
+        /// The call.
+        call_id: String,
+    },
     /// Take a participant out.
     RemoveParticipant {
         /// The call.
@@ -166,6 +197,10 @@ impl ClientMessage {
             | ClientMessage::Dtmf { call_id, .. }
             | ClientMessage::Reoffer { call_id, .. }
             | ClientMessage::AddParticipant { call_id, .. }
+            | ClientMessage::Transfer { call_id, .. }
+            | ClientMessage::TransferComplete { call_id }
+            | ClientMessage::TransferCancel { call_id }
+            | ClientMessage::TransferMerge { call_id }
             | ClientMessage::RemoveParticipant { call_id, .. }
             | ClientMessage::Leave { call_id }
             | ClientMessage::End { call_id }
@@ -284,6 +319,9 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
         | ClientMessage::Mute { call_id, .. }
         | ClientMessage::Leave { call_id }
         | ClientMessage::End { call_id }
+        | ClientMessage::TransferComplete { call_id }
+        | ClientMessage::TransferCancel { call_id }
+        | ClientMessage::TransferMerge { call_id }
         | ClientMessage::MonitorMode { call_id, .. } => check_id("callId", call_id, r)?,
         ClientMessage::Hold {
             call_id,
@@ -303,6 +341,9 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
             check_id("participantId", participant_id, r)?;
         }
         ClientMessage::AddParticipant {
+            call_id, target, ..
+        }
+        | ClientMessage::Transfer {
             call_id, target, ..
         } => {
             check_id("callId", call_id, r)?;
@@ -388,6 +429,8 @@ pub enum EndReason {
     Offline,
     /// Someone in the call removed this operator.
     Removed,
+    /// This operator transferred the call and left it.
+    Transferred,
 }
 
 /// `operator` in `ready`.
@@ -572,6 +615,10 @@ pub enum ServerMessage {
         /// The operator who added this one to a live call.
         #[serde(skip_serializing_if = "Option::is_none")]
         invited_by: Option<String>,
+        /// `blind` or `attended` when `invitedBy` transfers the call to this
+        /// operator.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transfer: Option<&'static str>,
     },
     /// SDP answer to the client's offer.
     Answer {
@@ -680,6 +727,33 @@ pub enum ServerMessage {
         /// The request's ref.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+    },
+    /// How a transfer this operator started goes: `ringing`, `consulting`
+    /// (attended: the target answered, the others wait on hold), `completed`,
+    /// `merged`, `cancelled`, `failed` (with `reason` and maybe `code`; the
+    /// call goes on as before).
+    Transfer {
+        /// The call.
+        call_id: String,
+        /// The state.
+        state: &'static str,
+        /// The target as asked.
+        target: String,
+        /// The target's participant id, once it rings.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        participant_id: Option<String>,
+        /// Why it failed: `busy`, `no_answer`, `rejected`, `failed`,
+        /// `target_left`, `transferee_left`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// A SIP status that explains it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<u16>,
+        /// The `transfer` request's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// Unix ms.
+        at: u64,
     },
     /// A participant left, or never joined.
     ParticipantLeft {

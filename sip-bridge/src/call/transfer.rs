@@ -1,0 +1,431 @@
+//! Transfer, on top of adding a party: the asker (the transferor) hands the
+//! others in the call (the transferees, usually the customer) to a target.
+//!
+//! * **Blind**: the transferor is parked (held: it hears nothing, nobody hears
+//!   it) while the target rings and the transferees hear ringback. The
+//!   target's answer completes it: the transferor leaves (`transferred`). A
+//!   target that is busy, does not answer or fails brings the transferor back
+//!   (recall) instead of dropping the call.
+//! * **Attended**: the transferees go on hold; the transferor and the target
+//!   talk alone once it answers (`consulting`). Then `complete` (transferees
+//!   and target, the transferor leaves), `cancel` (the target goes, the
+//!   transferees come back) or `merge` (everyone together).
+//!
+//! The edges, each defined: a target that fails or hangs up before completion
+//! ends the transfer with the transferees back; transferees that all hang up
+//! end it (a ringing target stops, a talking one stays with the transferor);
+//! a transferor that hangs up completes it (a ringing target answers to the
+//! transferees; if it fails nobody is left to recall and the call ends). One
+//! transfer at a time per call.
+
+use std::time::Duration;
+
+use media_core::Instant;
+
+use super::party::Origin;
+use super::{Call, CallCtx};
+use crate::contract::LegKey;
+use crate::plan::Target;
+use crate::signalling::{EndReason, ErrorCode, ServerMessage};
+
+/// How long a transfer target rings unless the request says.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Blind or attended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Blind,
+    Attended,
+}
+
+/// A transfer in progress.
+#[derive(Clone, Debug)]
+pub(crate) struct Transfer {
+    kind: Kind,
+    /// The transferor, while it is in the call.
+    by: Option<LegKey>,
+    /// Its operator (who hears how the transfer goes).
+    op: Option<String>,
+    /// The add group whose answer is the target.
+    group: u32,
+    /// The target as asked, and its party once it answered.
+    target_text: String,
+    answered: Option<LegKey>,
+    /// The parties this transfer put on hold (released when it ends).
+    held: Vec<LegKey>,
+    reference: Option<String>,
+}
+
+impl Call {
+    /// `transfer` from party `by` (operator `op`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_transfer(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        op: &str,
+        by: LegKey,
+        reference: Option<String>,
+        target: &str,
+        attended: bool,
+        timeout: Option<u32>,
+    ) {
+        let fail =
+            |c: &mut Call, code: ErrorCode, m: &str, r: Option<String>| c.error_to(op, code, m, r);
+        if self.transfer.is_some() {
+            return fail(
+                self,
+                ErrorCode::BadRequest,
+                "a transfer of this call is already in progress",
+                reference,
+            );
+        }
+        if !self.is_connected() || !self.parties.get(&by).is_some_and(|p| p.joined()) {
+            return fail(
+                self,
+                ErrorCode::BadRequest,
+                "the call is not active",
+                reference,
+            );
+        }
+        let transferees: Vec<LegKey> = self
+            .parties
+            .iter()
+            .filter(|(k, p)| **k != by && p.joined() && p.keeps_alive())
+            .map(|(k, _)| *k)
+            .collect();
+        if transferees.is_empty() {
+            return fail(self, ErrorCode::BadRequest, "nobody to transfer", reference);
+        }
+        let Some(target_parsed) = parse_target(target) else {
+            return fail(
+                self,
+                ErrorCode::BadRequest,
+                "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL",
+                reference,
+            );
+        };
+        if self.parties.len() >= ctx.cfg.max_parties {
+            return fail(
+                self,
+                ErrorCode::BadRequest,
+                &format!("a call holds at most {} participants", ctx.cfg.max_parties),
+                reference,
+            );
+        }
+        let secs = timeout.map_or(TRANSFER_TIMEOUT, |s| {
+            Duration::from_secs(u64::from(s.clamp(5, 300)))
+        });
+        self.adds += 1;
+        let group = self.adds;
+        let origin = Origin::Added {
+            by: Some(by),
+            reference: reference.clone(),
+            deadline: now + secs,
+            group,
+        };
+        let before: Vec<LegKey> = self.parties.keys().copied().collect();
+        // Set first: a target that fails at once is a failed transfer.
+        let kind = if attended {
+            Kind::Attended
+        } else {
+            Kind::Blind
+        };
+        let held = match kind {
+            Kind::Blind => vec![by],
+            Kind::Attended => transferees,
+        };
+        let held: Vec<LegKey> = held
+            .into_iter()
+            .filter(|k| self.parties.get(k).is_some_and(|p| !p.held))
+            .collect();
+        self.transfer = Some(Transfer {
+            kind,
+            by: Some(by),
+            op: Some(op.to_string()),
+            group,
+            target_text: target.to_string(),
+            answered: None,
+            held: held.clone(),
+            reference: reference.clone(),
+        });
+        for k in &held {
+            if let Some(p) = self.parties.get_mut(k) {
+                p.held = true;
+            }
+        }
+        let started = self.ring_target(now, ctx, &target_parsed, origin);
+        let new: Vec<LegKey> = self
+            .parties
+            .keys()
+            .copied()
+            .filter(|k| !before.contains(k))
+            .collect();
+        match started {
+            Ok(n) if n > 0 => {
+                self.tell_transfer(now, ctx, "ringing", new.first().copied(), None, None);
+                for k in new {
+                    self.tell_updated(now, ctx, k, None);
+                }
+                for k in held {
+                    self.tell_updated(now, ctx, k, None);
+                }
+            }
+            // Nothing rings: the transfer never started.
+            Ok(_) => self.transfer_over(now, ctx, "failed", Some("busy"), None),
+            Err(code) => self.transfer_over(now, ctx, "failed", Some("failed"), Some(code)),
+        }
+    }
+
+    /// `transferComplete`, `transferCancel`, `transferMerge` from party `by`.
+    pub(crate) fn transfer_action(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        op: &str,
+        by: LegKey,
+        reference: Option<String>,
+        action: &str,
+    ) {
+        let bad =
+            |c: &mut Call, m: &str, r: Option<String>| c.error_to(op, ErrorCode::BadRequest, m, r);
+        let Some(t) = self.transfer.as_ref() else {
+            return bad(self, "no transfer in progress", reference);
+        };
+        if t.by != Some(by) {
+            return bad(self, "the transfer is someone else's", reference);
+        }
+        let (kind, answered, group) = (t.kind, t.answered, t.group);
+        match action {
+            "cancel" => {
+                self.stop_target(now, ctx, group, answered);
+                self.transfer_over(now, ctx, "cancelled", None, None);
+            }
+            _ if kind != Kind::Attended => bad(
+                self,
+                "complete and merge are for attended transfers",
+                reference,
+            ),
+            _ if answered.is_none() => bad(self, "the target has not answered yet", reference),
+            "merge" => self.transfer_over(now, ctx, "merged", None, None),
+            _ => self.complete_transfer(now, ctx),
+        }
+    }
+
+    /// The target of the transfer (a party of add `group`) answered.
+    pub(crate) fn transfer_target_joined(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        group: u32,
+    ) {
+        let Some(t) = self.transfer.as_mut().filter(|t| t.group == group) else {
+            return;
+        };
+        t.answered = Some(key);
+        let (kind, by) = (t.kind, t.by);
+        match (kind, by) {
+            (Kind::Attended, Some(_)) => {
+                self.tell_transfer(now, ctx, "consulting", Some(key), None, None);
+            }
+            // Blind, or attended whose transferor already left: done.
+            _ => self.complete_transfer(now, ctx),
+        }
+    }
+
+    /// Nothing of add `group` joined (`reason`, maybe `status`): if it was the
+    /// transfer's target, the transfer failed and the call is as before.
+    /// `true` when it was.
+    pub(crate) fn transfer_target_failed(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        group: u32,
+        reason: &str,
+        status: Option<u16>,
+    ) -> bool {
+        if self.transfer.as_ref().is_none_or(|t| t.group != group) {
+            return false;
+        }
+        self.transfer_over(now, ctx, "failed", Some(reason), status);
+        true
+    }
+
+    /// Party `key` left the call (hung up, removed).
+    pub(crate) fn transfer_party_left(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        t.held.retain(|k| *k != key);
+        if t.answered == Some(key) {
+            // The target hung up before completion.
+            return self.transfer_over(now, ctx, "failed", Some("target_left"), None);
+        }
+        if t.by == Some(key) {
+            // The transferor hung up: it completes (a phone's semantics). A
+            // ringing target answers to the transferees.
+            t.by = None;
+            t.op = None;
+            if t.answered.is_some() {
+                self.complete_transfer(now, ctx);
+            }
+            return;
+        }
+        let (kind, group, answered) = (t.kind, t.group, t.answered);
+        let transferees_left = self.parties.iter().any(|(k, p)| {
+            Some(*k) != t.by
+                && Some(*k) != answered
+                && p.joined()
+                && p.keeps_alive()
+                && !matches!(p.origin, Origin::Added { group: g, .. } if g == group)
+        });
+        if !transferees_left {
+            // Nobody left to hand over: a ringing target stops; a talking one
+            // stays with the transferor (attended).
+            if answered.is_none() || kind == Kind::Blind {
+                self.stop_target(now, ctx, group, None);
+            }
+            self.transfer_over(now, ctx, "failed", Some("transferee_left"), None);
+        }
+    }
+
+    /// The transferees and the target go on together; the transferor leaves.
+    fn complete_transfer(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        let by = self.transfer.as_ref().and_then(|t| t.by);
+        self.transfer_over(now, ctx, "completed", None, None);
+        if let Some(by) = by {
+            self.leave(now, ctx, by, EndReason::Transferred, true);
+        }
+    }
+
+    /// Ends the transfer in `state`: the parties it held come back, the
+    /// transferor hears how it ended.
+    fn transfer_over(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        state: &'static str,
+        reason: Option<&str>,
+        code: Option<u16>,
+    ) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        let (held, answered) = (t.held.clone(), t.answered);
+        self.tell_transfer(now, ctx, state, answered, reason, code);
+        self.transfer = None;
+        for k in held {
+            if let Some(p) = self.parties.get_mut(&k) {
+                p.held = false;
+            }
+            self.tell_updated(now, ctx, k, None);
+        }
+        self.settle(now, ctx);
+    }
+
+    /// Stops the target of add `group`: ringing ones stop, an answered one
+    /// (`answered`) is taken out.
+    fn stop_target(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        group: u32,
+        answered: Option<LegKey>,
+    ) {
+        let ringing: Vec<LegKey> = self
+            .parties
+            .iter()
+            .filter(|(_, p)| {
+                p.ringing() && matches!(p.origin, Origin::Added { group: g, .. } if g == group)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ringing {
+            self.drop_ringing(now, ctx, k, EndReason::Removed);
+        }
+        if let Some(k) = answered {
+            // Not through `leave`'s hooks: the transfer ends here anyway.
+            let t = self.transfer.take();
+            self.leave(now, ctx, k, EndReason::Removed, true);
+            self.transfer = t;
+        }
+    }
+
+    /// Tells the transferor how its transfer goes.
+    fn tell_transfer(
+        &mut self,
+        now: Instant,
+        ctx: &CallCtx<'_>,
+        state: &'static str,
+        target: Option<LegKey>,
+        reason: Option<&str>,
+        code: Option<u16>,
+    ) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        let Some(op) = t.op.clone() else {
+            return;
+        };
+        let msg = ServerMessage::Transfer {
+            call_id: self.id.to_string(),
+            state,
+            target: t.target_text.clone(),
+            participant_id: target.map(|k| k.to_string()),
+            reason: reason.map(String::from),
+            code,
+            reference: t.reference.clone(),
+            at: ctx.unix_ms(now),
+        };
+        self.send_operator(&op, msg);
+    }
+
+    /// `blind` or `attended` when party `p` is rung as the transfer's target.
+    pub(crate) fn transfer_kind_of(&self, p: &super::party::Party) -> Option<&'static str> {
+        let t = self.transfer.as_ref()?;
+        match p.origin {
+            Origin::Added { group, .. } if group == t.group => Some(match t.kind {
+                Kind::Blind => "blind",
+                Kind::Attended => "attended",
+            }),
+            _ => None,
+        }
+    }
+
+    /// A transfer's target still rings: the call waits for it even with one
+    /// party left in it (the transferor hung up).
+    pub(crate) fn transfer_pending(&self) -> bool {
+        self.transfer.as_ref().is_some_and(|t| t.answered.is_none())
+    }
+
+    /// The transferor of a blind transfer whose target still rings (its
+    /// transferees hear ringback meanwhile).
+    pub(crate) fn blind_transfer_by(&self) -> Option<LegKey> {
+        self.transfer
+            .as_ref()
+            .filter(|t| t.kind == Kind::Blind && t.answered.is_none())
+            .and_then(|t| t.by)
+    }
+}
+
+/// A transfer target as `addParticipant` takes it.
+fn parse_target(target: &str) -> Option<Target> {
+    if target.starts_with('+') {
+        return Some(Target::Pstn {
+            number: target.to_string(),
+            trunk: None,
+        });
+    }
+    match target.parse::<Target>() {
+        Ok(
+            t @ (Target::Operators
+            | Target::OperatorsOf(_)
+            | Target::Operator(_)
+            | Target::Sip(_)
+            | Target::Pstn { .. }
+            | Target::Stream(_)),
+        ) => Some(t),
+        _ => None,
+    }
+}

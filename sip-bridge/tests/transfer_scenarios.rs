@@ -1,0 +1,410 @@
+//! Transfers through the whole bridge on virtual time: blind (with recall when
+//! the target does not answer) and attended (consult, then complete, cancel or
+//! merge), and their edges: the target failing or hanging up, the caller or the
+//! transferor hanging up mid-way, a second transfer at once. Every party plays
+//! its own tone and each listener's audio after each step is checked for who
+//! it hears and who it must not.
+
+mod common;
+
+use common::*;
+use media_core::analysis::ToneGenerator;
+use serde_json::json;
+
+/// Tones: the carrier's caller, operators alice (transferor) and bob (target).
+const CALLER: f64 = 440.0;
+const ALICE: f64 = 1000.0;
+const BOB: f64 = 1500.0;
+/// The ringback's upper tone (440 + 480 Hz; 440 is the caller's own).
+const RINGBACK: f64 = 480.0;
+
+fn talk(w: &mut World, i: usize, hz: f64) {
+    w.browsers[i].tone = Some(ToneGenerator::new(48_000, &[(hz, 8000.0)]));
+}
+
+/// A carrier call answered by alice (browser 0, talking); bob (1) is online
+/// on another number. Returns the world, the call and the carrier's leg.
+fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    assert_eq!(w.operator("bob", &["sales"]), 1);
+    let leg = w.carrier_call("+15550100", CALLER);
+    w.run(ms(200));
+    let call = w.last_incoming(0).expect("alice rings");
+    w.accept(0, &call);
+    talk(&mut w, 0, ALICE);
+    w.run(ms(1500));
+    assert_eq!(w.got(0, "connected").len(), 1);
+    (w, call, leg)
+}
+
+/// What the caller and the two browsers heard from these marks on.
+struct Marks {
+    caller: usize,
+    alice: usize,
+    bob: usize,
+}
+
+fn marks(w: &World, leg: sip_bridge::sip::dialog::LegId) -> Marks {
+    Marks {
+        caller: w.carrier.media[&leg].heard.len(),
+        alice: w.browsers[0].heard.len(),
+        bob: w.browsers[1].heard.len(),
+    }
+}
+
+/// The transfer states alice was told, in order.
+fn states(w: &World) -> Vec<String> {
+    w.got(0, "transfer")
+        .iter()
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn transfer(w: &mut World, call: &str, target: &str, attended: bool) {
+    w.send(
+        0,
+        json!({"type": "transfer", "callId": call, "target": target, "attended": attended, "timeout": 8, "ref": "t"}),
+    );
+}
+
+/// Bob is offered the call and accepts it, talking.
+fn bob_answers(w: &mut World, call: &str) {
+    w.run(ms(100));
+    let inc = w.got(1, "incoming");
+    assert_eq!(inc.last().expect("bob is offered the call")["callId"], call);
+    w.accept(1, call);
+    talk(w, 1, BOB);
+    w.run(ms(2500));
+}
+
+#[test]
+fn blind_transfer_parks_the_transferor_and_completes_when_the_target_answers() {
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", false);
+    let m = marks(&w, leg);
+    w.run(ms(1500));
+    // Ringing: the caller hears ringback, not alice (parked).
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[RINGBACK],
+        &[ALICE],
+        "the caller while bob rings",
+    );
+    assert_eq!(states(&w), ["ringing"]);
+    assert_eq!(w.got(0, "transfer")[0]["ref"], "t");
+    bob_answers(&mut w, &call);
+    let inc = w.got(1, "incoming");
+    assert_eq!(
+        (&inc[0]["invitedBy"], &inc[0]["transfer"]),
+        (&json!("alice"), &json!("blind")),
+        "bob sees who transfers it"
+    );
+    assert_eq!(states(&w), ["ringing", "completed"]);
+    assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[BOB],
+        &[ALICE, RINGBACK],
+        "the caller after the transfer",
+    );
+    World::assert_hears(
+        &w.browsers[1].heard[m.bob..],
+        48_000,
+        &[CALLER],
+        &[ALICE],
+        "bob after the transfer",
+    );
+    // The call goes on without alice; it ends when the caller hangs up.
+    assert_eq!(w.bridge.calls(), 1);
+    let now = w.now;
+    w.carrier.ua.hangup(now, leg).unwrap();
+    w.run(ms(40_000));
+    assert_eq!(w.ended_reason(1, &call).as_deref(), Some("remote_hangup"));
+    w.assert_idle();
+}
+
+#[test]
+fn blind_transfer_to_a_target_that_does_not_answer_recalls_the_transferor() {
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", false);
+    w.run(ms(9000)); // bob rings 8 s and is not picked up
+    assert_eq!(states(&w), ["ringing", "failed"]);
+    let failed = w.got(0, "transfer")[1];
+    assert_eq!(failed["reason"], "no_answer");
+    assert_eq!(w.ended_reason(1, &call).as_deref(), Some("no_answer"));
+    assert_eq!(w.ended_reason(0, &call), None, "alice is still in the call");
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE],
+        &[RINGBACK],
+        "the caller, recalled to alice",
+    );
+    World::assert_hears(
+        &w.browsers[0].heard[m.alice..],
+        48_000,
+        &[CALLER],
+        &[],
+        "alice, back",
+    );
+}
+
+#[test]
+fn attended_transfer_consults_on_hold_then_completes() {
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    assert_eq!(w.got(1, "incoming")[0]["transfer"], "attended");
+    assert_eq!(states(&w), ["ringing", "consulting"]);
+    // Consulting: alice and bob alone; the caller waits on hold.
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.browsers[0].heard[m.alice..],
+        48_000,
+        &[BOB],
+        &[CALLER],
+        "alice consulting",
+    );
+    World::assert_hears(
+        &w.browsers[1].heard[m.bob..],
+        48_000,
+        &[ALICE],
+        &[CALLER],
+        "bob consulting",
+    );
+    let caller_heard = &w.carrier.media[&leg].heard[m.caller..];
+    assert!(
+        World::level(caller_heard, 8000, ALICE) < -45.0
+            && World::level(caller_heard, 8000, BOB) < -45.0,
+        "the held caller hears neither"
+    );
+    w.send(0, json!({"type": "transferComplete", "callId": call}));
+    w.run(ms(300));
+    assert_eq!(states(&w), ["ringing", "consulting", "completed"]);
+    assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[BOB],
+        &[ALICE],
+        "the caller after completion",
+    );
+    World::assert_hears(
+        &w.browsers[1].heard[m.bob..],
+        48_000,
+        &[CALLER],
+        &[ALICE],
+        "bob after completion",
+    );
+}
+
+#[test]
+fn attended_transfer_merge_makes_three_and_cancel_brings_the_caller_back() {
+    // Merge: everyone hears everyone.
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    w.send(0, json!({"type": "transferMerge", "callId": call}));
+    w.run(ms(300));
+    assert_eq!(states(&w), ["ringing", "consulting", "merged"]);
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE, BOB],
+        &[],
+        "the caller, merged",
+    );
+    World::assert_hears(
+        &w.browsers[1].heard[m.bob..],
+        48_000,
+        &[CALLER, ALICE],
+        &[],
+        "bob, merged",
+    );
+
+    // Cancel: bob goes, the caller and alice again.
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    w.send(0, json!({"type": "transferCancel", "callId": call}));
+    w.run(ms(300));
+    assert_eq!(states(&w), ["ringing", "consulting", "cancelled"]);
+    assert_eq!(w.ended_reason(1, &call).as_deref(), Some("removed"));
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE],
+        &[BOB],
+        "the caller after cancel",
+    );
+    // Complete and merge need an attended transfer whose target answered.
+    transfer(&mut w, &call, "operator:bob", true);
+    w.run(ms(100));
+    w.send(
+        0,
+        json!({"type": "transferComplete", "callId": call, "ref": "early"}),
+    );
+    w.run(ms(100));
+    let err = w.got(0, "error");
+    assert_eq!(err.last().unwrap()["ref"], "early");
+    assert!(
+        err.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not answered")
+    );
+}
+
+#[test]
+fn a_second_transfer_at_once_is_refused_and_the_first_goes_on() {
+    let (mut w, call, _leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    w.run(ms(100));
+    w.send(
+        0,
+        json!({"type": "transfer", "callId": call, "target": "+15550199", "ref": "second"}),
+    );
+    w.run(ms(100));
+    let err = w.got(0, "error");
+    assert_eq!(err.last().unwrap()["ref"], "second");
+    assert!(
+        err.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("already in progress")
+    );
+    bob_answers(&mut w, &call);
+    assert_eq!(states(&w), ["ringing", "consulting"]);
+}
+
+#[test]
+fn the_target_hanging_up_during_the_consult_brings_the_caller_back() {
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    w.send(1, json!({"type": "hangup", "callId": call}));
+    w.run(ms(300));
+    assert_eq!(states(&w), ["ringing", "consulting", "failed"]);
+    assert_eq!(w.got(0, "transfer")[2]["reason"], "target_left");
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE],
+        &[BOB],
+        "the caller, back with alice",
+    );
+}
+
+#[test]
+fn the_transferor_hanging_up_completes_the_transfer() {
+    // During the consult: the caller and bob go on.
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    w.send(0, json!({"type": "hangup", "callId": call}));
+    w.run(ms(300));
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[BOB],
+        &[ALICE],
+        "the caller after alice hung up mid-consult",
+    );
+
+    // While the target still rings: the call waits for it, and its answer
+    // connects the caller.
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    w.run(ms(100));
+    w.send(0, json!({"type": "hangup", "callId": call}));
+    w.run(ms(300));
+    assert_eq!(w.bridge.calls(), 1, "the call waits for the ringing target");
+    bob_answers(&mut w, &call);
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[BOB],
+        &[ALICE],
+        "the caller after bob answered alice's transfer",
+    );
+}
+
+#[test]
+fn the_caller_hanging_up_ends_the_transfer() {
+    // During the consult: alice and bob stay together.
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    let now = w.now;
+    w.carrier.ua.hangup(now, leg).unwrap();
+    w.run(ms(500));
+    assert_eq!(states(&w), ["ringing", "consulting", "failed"]);
+    assert_eq!(w.got(0, "transfer")[2]["reason"], "transferee_left");
+    assert_eq!(w.bridge.calls(), 1, "alice and bob talk on");
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.browsers[1].heard[m.bob..],
+        48_000,
+        &[ALICE],
+        &[CALLER],
+        "bob with alice",
+    );
+
+    // While the target rings: it stops ringing, and the call is over.
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", false);
+    w.run(ms(500));
+    let now = w.now;
+    w.carrier.ua.hangup(now, leg).unwrap();
+    w.run(ms(500));
+    assert_eq!(states(&w), ["ringing", "failed"]);
+    assert!(w.ended_reason(1, &call).is_some(), "bob stops ringing");
+    w.run(ms(40_000));
+    w.assert_idle();
+}
+
+#[test]
+fn completion_racing_the_callers_hangup_leaves_nothing_behind() {
+    let (mut w, call, leg) = answered_by_alice();
+    transfer(&mut w, &call, "operator:bob", true);
+    bob_answers(&mut w, &call);
+    // Both at the same instant: the caller's BYE and alice's complete.
+    let now = w.now;
+    w.carrier.ua.hangup(now, leg).unwrap();
+    w.send(0, json!({"type": "transferComplete", "callId": call}));
+    w.run(ms(2000));
+    let st = states(&w);
+    assert!(
+        st.last().is_some_and(|s| s == "completed" || s == "failed"),
+        "{st:?}"
+    );
+    // Whatever won, the call ends cleanly once everyone is gone.
+    for i in [0, 1] {
+        if w.ended_reason(i, &call).is_none() {
+            w.send(i, json!({"type": "hangup", "callId": call}));
+        }
+    }
+    w.run(ms(40_000));
+    w.assert_idle();
+}
