@@ -19,6 +19,7 @@ export type EndReason =
   | 'failed'
   | 'offline'
   | 'removed'
+  | 'transferred'
   | 'media_failed';
 
 /** Stable error codes: the server's, then the client's own. */
@@ -30,6 +31,7 @@ export type ErrorCode =
   | 'TARGET_BUSY'
   | 'NO_ANSWER'
   | 'TARGET_FAILED'
+  | 'TRANSFER_CANCELLED'
   | 'BAD_REQUEST'
   | 'RATE_LIMITED'
   | 'INTERNAL'
@@ -276,6 +278,30 @@ export interface EndedEvent {
   quality: QualitySummary | null;
 }
 
+/** How a transfer this operator started goes (`transfer` event, `call.transferState`). */
+export interface TransferInfo {
+  state: 'ringing' | 'consulting' | 'completed' | 'merged' | 'cancelled' | 'failed';
+  /** The target as asked. */
+  target: string | null;
+  /** The target's participant id, once it rings. */
+  participantId: string | null;
+  /** Why it failed: busy, no_answer, rejected, failed, target_left, transferee_left. */
+  reason: string | null;
+  /** A SIP status that explains it. */
+  code: number | null;
+}
+
+/** An attended transfer whose target answered: the others wait on hold meanwhile. */
+export interface AttendedTransfer {
+  readonly participantId: string | null;
+  /** The others and the target talk; you leave (the call ends with `transferred`). */
+  complete(): Promise<void>;
+  /** Everyone together; you stay. */
+  merge(): Promise<void>;
+  /** The target goes; the others come back. */
+  cancel(): Promise<void>;
+}
+
 export interface ParticipantLeftEvent {
   participantId: string;
   /** The last known state of the participant, if it was known. */
@@ -303,6 +329,7 @@ export interface CallEvents {
   participantsChanged: Participant[];
   capabilitiesChanged: string[];
   modeChanged: { mode: MonitorMode };
+  transfer: TransferInfo;
   ended: EndedEvent;
 }
 
@@ -339,6 +366,10 @@ export declare class Call extends Emitter<CallEvents> {
   readonly callerName: string | null;
   /** operatorRef of who added us to a live call. */
   readonly invitedBy: string | null;
+  /** `invitedBy` transfers this call to us (blind or attended), else null. */
+  readonly transferredBy: 'blind' | 'attended' | null;
+  /** The last state of a transfer we started, else null. */
+  readonly transferState: TransferInfo | null;
   readonly state: CallState;
   readonly endReason: EndReason | string | null;
   readonly endCode: number | null;
@@ -376,6 +407,11 @@ export declare class Call extends Emitter<CallEvents> {
   leave(): Promise<void>;
   end(): Promise<void>;
   addParticipant(target: string, options?: { timeout?: number }): Promise<Participant>;
+  /** Blind: resolves once handed over. */
+  transfer(target: string, options?: { attended?: false; timeout?: number }): Promise<void>;
+  /** Attended: resolves once the target answered. */
+  transfer(target: string, options: { attended: true; timeout?: number }): Promise<AttendedTransfer>;
+  cancelTransfer(): Promise<void>;
   removeParticipant(participantId: string): Promise<void>;
   holdParticipant(participantId: string, on?: boolean): Promise<Participant | null>;
   getQualitySummary(): QualitySummary | null;

@@ -145,6 +145,10 @@ export class Call extends Emitter {
     this.callerName = init.callerName ?? null;
     /** operatorRef of the operator who added us to a live call (multi-party), else null */
     this.invitedBy = init.invitedBy ?? null;
+    /** @type {'blind'|'attended'|null} `invitedBy` transfers this call to us */
+    this.transferredBy = init.transfer === 'blind' || init.transfer === 'attended' ? init.transfer : null;
+    /** the last state of a transfer we started ({state, target, participantId, reason, code}), else null */
+    this.transferState = null;
     /** @type {'ringing'|'connecting'|'connected'|'ended'} */
     this.state = init.state;
     this.endReason = null;
@@ -319,6 +323,57 @@ export class Call extends Emitter {
     }
   }
 
+  /**
+   * Transfer this call to `target` (the forms `addParticipant` takes; needs
+   * `add_participant`). Blind (default): you are parked while the target rings and the
+   * others hear ringback; resolves when it answered and the call is handed over (this call
+   * then ends with reason `transferred`); rejects with `TARGET_BUSY`, `NO_ANSWER` or
+   * `TARGET_FAILED` when it did not (you are back in the call), `TRANSFER_CANCELLED` after
+   * `cancelTransfer()`. Attended (`{ attended: true }`): the others wait on hold; resolves once
+   * the target answered, with a handle whose `complete()` hands them over and leaves,
+   * `merge()` keeps all of you together and `cancel()` brings them back. Progress comes as
+   * `transfer` events ({state, target, participantId, reason, code}).
+   */
+  async transfer(target, { attended = false, timeout } = {}) {
+    const op = this._op;
+    try {
+      if (!target || typeof target !== 'string') throw new OperatorError('BAD_REQUEST', 'transfer(target): target is required');
+      if (timeout !== undefined && !(Number.isFinite(timeout) && timeout > 0)) {
+        throw new OperatorError('BAD_REQUEST', 'transfer: timeout must be a positive number of seconds');
+      }
+      this._assertLive('transfer');
+      const msg = { type: 'transfer', callId: this.callId, target, attended: !!attended };
+      if (timeout !== undefined) msg.timeout = timeout;
+      await op._request(msg, { call: this, attended: !!attended });
+      if (!attended) return undefined;
+      const action = (type) => this._transferAction(type);
+      return {
+        participantId: this.transferState ? this.transferState.participantId : null,
+        complete: () => action('transferComplete'),
+        merge: () => action('transferMerge'),
+        cancel: () => action('transferCancel'),
+      };
+    } catch (err) {
+      throw op._report(err, this.callId);
+    }
+  }
+
+  /** Stops a transfer in progress (ringing or consulting): the others come back. */
+  cancelTransfer() {
+    return this._transferAction('transferCancel');
+  }
+
+  /** `transferComplete`, `transferMerge`, `transferCancel`: resolves when the transfer ended so. */
+  async _transferAction(type) {
+    const op = this._op;
+    try {
+      this._assertLive(type);
+      await op._request({ type, callId: this.callId }, { call: this, transferAction: true });
+    } catch (err) {
+      throw op._report(err, this.callId);
+    }
+  }
+
   /** Remove a participant (needs `remove_participant`). Resolves when it has left. */
   async removeParticipant(participantId) {
     const op = this._op;
@@ -391,6 +446,18 @@ export class Call extends Emitter {
       case 'dtmf':
         this._emit('dtmf', { digit: msg.digit });
         break;
+      case 'transfer': {
+        const info = {
+          state: typeof msg.state === 'string' ? msg.state : 'failed',
+          target: msg.target ?? null,
+          participantId: typeof msg.participantId === 'string' ? msg.participantId : null,
+          reason: msg.reason ?? null,
+          code: msg.code ?? null,
+        };
+        this.transferState = info;
+        this._emit('transfer', info);
+        break;
+      }
       case 'participants':
         this._setParties(msg);
         break;
@@ -1352,6 +1419,15 @@ export class Operator extends Emitter {
         });
         return;
       }
+      case 'transfer': {
+        const call = this._calls.get(msg.callId);
+        if (!call) return this._log('debug', `transfer for unknown call ${msg.callId}`);
+        call._enqueue(() => {
+          call._handle(msg);
+          this._settleTransfer(call, msg);
+        });
+        return;
+      }
       case 'calls': {
         const p = this._takePending(msg.ref, (q) => q.type === 'listCalls');
         if (p) p.resolve(msg);
@@ -1427,6 +1503,40 @@ export class Operator extends Emitter {
         const err = new OperatorError(code, `the participant did not join (${msg.reason || 'failed'})`, { callId: call.callId, participantId: q.participantId });
         q.reject(this._report(err));
       }
+    }
+  }
+
+  /**
+   * A `transfer` message settles the `transfer` request it names (by ref): blind on
+   * `completed`, attended on `consulting`; `failed` rejects with the reason's code. Its end
+   * (`completed`, `merged`, `cancelled`, `failed`) settles `transferComplete`/`Merge`/`Cancel`.
+   */
+  _settleTransfer(call, msg) {
+    const state = msg.state;
+    const failure = () =>
+      new OperatorError(ADD_FAILURES[msg.reason] || 'TARGET_FAILED', `the transfer failed (${msg.reason || 'failed'})`, {
+        callId: call.callId,
+        participantId: msg.participantId,
+      });
+    const q = msg.ref != null ? this._pending.get(msg.ref) : null;
+    if (q && q.type === 'transfer' && q.call === call) {
+      if (state === 'failed') {
+        this._pending.delete(msg.ref);
+        q.reject(this._report(failure()));
+      } else if (state === 'cancelled') {
+        this._pending.delete(msg.ref);
+        q.reject(this._report(new OperatorError('TRANSFER_CANCELLED', 'the transfer was cancelled', { callId: call.callId })));
+      } else if (state === 'completed' || state === 'merged' || (state === 'consulting' && q.attended)) {
+        this._pending.delete(msg.ref);
+        q.resolve();
+      }
+    }
+    if (!['completed', 'merged', 'cancelled', 'failed'].includes(state)) return;
+    for (const [ref, p] of this._pending) {
+      if (p.call !== call || !p.transferAction) continue;
+      this._pending.delete(ref);
+      if (state === 'failed') p.reject(this._report(failure()));
+      else p.resolve();
     }
   }
 
@@ -1550,6 +1660,7 @@ export class Operator extends Emitter {
       number: msg.number,
       callerName: msg.callerName,
       invitedBy: typeof msg.invitedBy === 'string' ? msg.invitedBy : null,
+      transfer: msg.transfer,
       state: 'ringing',
     });
     this._calls.set(call.callId, call);

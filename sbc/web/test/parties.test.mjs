@@ -325,3 +325,94 @@ describe('supervisor', () => {
     assert.equal(op.currentCall, null);
   });
 });
+
+describe('transfer', () => {
+  test('blind: resolves when handed over, then the call ends with transferred', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const { ws, call } = await partyCall(env, op);
+    const events = [];
+    call.on('transfer', (t) => events.push(t.state));
+    const moving = call.transfer('operator:bob', { timeout: 20 });
+    await flush();
+    const req = ws.last();
+    assert.deepEqual(req, { type: 'transfer', callId: 'c-2', target: 'operator:bob', attended: false, timeout: 20, ref: req.ref });
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'ringing', target: 'operator:bob', participantId: 'p-4', ref: req.ref, at: 5 });
+    let settled = false;
+    moving.then(() => (settled = true));
+    await flush();
+    assert.equal(settled, false, 'ringing is not done');
+    assert.equal(call.transferState.participantId, 'p-4');
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'completed', target: 'operator:bob', participantId: 'p-4', ref: req.ref, at: 6 });
+    ws.push({ type: 'ended', callId: 'c-2', reason: 'transferred' });
+    assert.equal(await moving, undefined);
+    await flush();
+    assert.deepEqual(events, ['ringing', 'completed']);
+    assert.equal(call.endReason, 'transferred');
+  });
+
+  test('blind: a target that does not answer rejects NO_ANSWER and the call goes on', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const { ws, call } = await partyCall(env, op);
+    const moving = call.transfer('+15550199');
+    await flush();
+    const ref = ws.last().ref;
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'ringing', target: '+15550199', participantId: 'p-4', ref });
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'failed', target: '+15550199', participantId: 'p-4', reason: 'no_answer', ref });
+    await assert.rejects(moving, { code: 'NO_ANSWER', callId: 'c-2' });
+    assert.equal(call.state, 'connected');
+    assert.equal(call.transferState.reason, 'no_answer');
+  });
+
+  test('attended: resolves on consulting with a handle; complete, merge and cancel settle on the transfer end', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const { ws, call } = await partyCall(env, op);
+    const consult = async () => {
+      const moving = call.transfer('operator:bob', { attended: true });
+      await flush();
+      const ref = ws.last().ref;
+      assert.equal(ws.last().attended, true);
+      ws.push({ type: 'transfer', callId: 'c-2', state: 'ringing', target: 'operator:bob', participantId: 'p-4', ref });
+      ws.push({ type: 'transfer', callId: 'c-2', state: 'consulting', target: 'operator:bob', participantId: 'p-4', ref });
+      const handle = await moving;
+      assert.equal(handle.participantId, 'p-4');
+      return { handle, ref };
+    };
+    for (const [action, type, state] of [
+      ['merge', 'transferMerge', 'merged'],
+      ['cancel', 'transferCancel', 'cancelled'],
+      ['complete', 'transferComplete', 'completed'],
+    ]) {
+      const { handle, ref } = await consult();
+      const done = handle[action]();
+      await flush();
+      assert.deepEqual(ws.last(), { type, callId: 'c-2', ref: ws.last().ref });
+      ws.push({ type: 'transfer', callId: 'c-2', state, target: 'operator:bob', participantId: 'p-4', ref });
+      assert.equal(await done, undefined, action);
+    }
+    // complete before the target answered: the server's error rejects it.
+    const moving = call.transfer('operator:bob', { attended: true });
+    await flush();
+    const early = call.cancelTransfer();
+    await flush();
+    ws.push({ type: 'error', code: 'BAD_REQUEST', message: 'no transfer in progress', callId: 'c-2', ref: ws.last().ref });
+    await assert.rejects(early, { code: 'BAD_REQUEST' });
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'cancelled', target: 'operator:bob', ref: ws.sent[ws.sent.length - 2].ref });
+    await assert.rejects(moving, { code: 'TRANSFER_CANCELLED' });
+  });
+
+  test('bad arguments are BAD_REQUEST locally; the target sees transferredBy', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const { call } = await partyCall(env, op);
+    await assert.rejects(call.transfer(''), { code: 'BAD_REQUEST' });
+    await assert.rejects(call.transfer('+1', { timeout: 0 }), { code: 'BAD_REQUEST' });
+    const env2 = makeEnv();
+    const { op: op2 } = makeOperator(env2);
+    const other = await connectedInbound(env2, op2, 'c-9', { invitedBy: 'alice', transfer: 'attended' });
+    assert.equal(other.call.invitedBy, 'alice');
+    assert.equal(other.call.transferredBy, 'attended');
+  });
+});
