@@ -446,6 +446,10 @@ pub struct TrunkEntry {
     /// default re-INVITE.
     #[serde(default)]
     pub update_offers: bool,
+    /// Follow its REFERs (RFC 3515): the other party of its call is
+    /// transferred to the Refer-To target. Default false: 403.
+    #[serde(default)]
+    pub accept_refer: bool,
 }
 
 fn udp() -> Transport {
@@ -1096,6 +1100,7 @@ impl SbcConfig {
                 late_offer: t.late_offer,
                 require_100rel: t.require_100rel,
                 update_offers: t.update_offers,
+                accept_refer: t.accept_refer,
             });
         }
         if found.is_empty() {

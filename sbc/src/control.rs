@@ -464,6 +464,7 @@ mod tests {
             late_offer: false,
             require_100rel: false,
             update_offers: false,
+            accept_refer: false,
         };
         let number = NumberConfig {
             id: "support".into(),

@@ -128,6 +128,9 @@ pub struct TrunkConfig {
     /// (RFC 3311) when it allows UPDATE; otherwise re-INVITE, which section
     /// 5.1 recommends for confirmed dialogs.
     pub update_offers: bool,
+    /// Its REFERs are followed (RFC 3515: the other party is transferred to
+    /// the Refer-To target); otherwise they get 403.
+    pub accept_refer: bool,
 }
 
 impl TrunkConfig {

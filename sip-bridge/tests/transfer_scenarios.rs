@@ -10,11 +10,14 @@ mod common;
 use common::*;
 use media_core::analysis::ToneGenerator;
 use serde_json::json;
+use sip_bridge::sip::dialog::{EndReason, UaEvent};
 
 /// Tones: the carrier's caller, operators alice (transferor) and bob (target).
 const CALLER: f64 = 440.0;
 const ALICE: f64 = 1000.0;
 const BOB: f64 = 1500.0;
+/// A phone the carrier's REFER sends the call to.
+const PHONE: f64 = 1700.0;
 /// The ringback's upper tone (440 + 480 Hz; 440 is the caller's own).
 const RINGBACK: f64 = 480.0;
 
@@ -25,7 +28,13 @@ fn talk(w: &mut World, i: usize, hz: f64) {
 /// A carrier call answered by alice (browser 0, talking); bob (1) is online
 /// on another number. Returns the world, the call and the carrier's leg.
 fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
-    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    answered_by_alice_with(config(plan(&[(&["operators"], 20)])))
+}
+
+fn answered_by_alice_with(
+    cfg: sip_bridge::bridge::BridgeConfig,
+) -> (World, String, sip_bridge::sip::dialog::LegId) {
+    let mut w = World::new(cfg);
     assert_eq!(w.operator("alice", &["support"]), 0);
     assert_eq!(w.operator("bob", &["sales"]), 1);
     let leg = w.carrier_call("+15550100", CALLER);
@@ -407,4 +416,108 @@ fn completion_racing_the_callers_hangup_leaves_nothing_behind() {
     }
     w.run(ms(40_000));
     w.assert_idle();
+}
+
+/// What the carrier's UA saw of its REFER on `leg`.
+fn refer_seen(w: &World, leg: sip_bridge::sip::dialog::LegId) -> Vec<String> {
+    w.carrier_events()
+        .iter()
+        .filter_map(|e| match e {
+            UaEvent::ReferAnswered { leg: l, status } if *l == leg => Some(format!("{status}")),
+            UaEvent::ReferProgress {
+                leg: l,
+                status,
+                last,
+            } if *l == leg => Some(format!(
+                "notify {status}{}",
+                if *last { " last" } else { "" }
+            )),
+            UaEvent::Terminated { leg: l, reason } if *l == leg => Some(format!("{reason:?}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refer_from_a_trunk_that_may_transfer_hands_the_operator_to_the_target() {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.trunks[0].accept_refer = true;
+    let (mut w, call, leg) = answered_by_alice_with(cfg);
+    // The carrier's caller transfers alice to a phone number (RFC 5589 blind).
+    w.carrier.auto_answer = Some(vec![(180, false), (200, true)]);
+    let now = w.now;
+    w.carrier.ua.refer(now, leg, "tel:+15550199", true).unwrap();
+    w.run(ms(500));
+    let phone = w
+        .carrier_incoming()
+        .into_iter()
+        .map(|(l, _)| l)
+        .find(|l| *l != leg)
+        .expect("the target is called through the trunk");
+    w.carrier.media.get_mut(&phone).unwrap().tone =
+        Some(ToneGenerator::new(8000, &[(PHONE, 8000.0)]));
+    w.run(ms(500));
+    // 202, NOTIFY 100, NOTIFY 200 (terminated), then our BYE to the referrer.
+    assert_eq!(
+        refer_seen(&w, leg),
+        [
+            "202",
+            "notify 100",
+            "notify 200 last",
+            &format!("{:?}", EndReason::RemoteBye)
+        ]
+    );
+    assert_eq!(
+        w.ended_reason(0, &call),
+        None,
+        "alice stays, with the phone"
+    );
+    let m = w.browsers[0].heard.len();
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.browsers[0].heard[m..],
+        48_000,
+        &[PHONE],
+        &[CALLER],
+        "alice after the carrier's transfer",
+    );
+}
+
+#[test]
+fn a_refer_from_a_trunk_that_may_not_transfer_gets_403_and_nothing_changes() {
+    let (mut w, call, leg) = answered_by_alice();
+    let now = w.now;
+    w.carrier.ua.refer(now, leg, "tel:+15550199", true).unwrap();
+    w.run(ms(500));
+    assert_eq!(refer_seen(&w, leg), ["403"]);
+    assert!(w.carrier_incoming().is_empty(), "nothing else is called");
+    let m = marks(&w, leg);
+    w.run(ms(2000));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE],
+        &[],
+        "the caller, still with alice",
+    );
+    assert_eq!(w.ended_reason(0, &call), None);
+}
+
+#[test]
+fn a_refer_while_an_operator_transfer_is_in_progress_gets_491() {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.trunks[0].accept_refer = true;
+    let (mut w, call, leg) = answered_by_alice_with(cfg);
+    transfer(&mut w, &call, "operator:bob", true);
+    w.run(ms(100));
+    let now = w.now;
+    w.carrier.ua.refer(now, leg, "tel:+15550199", true).unwrap();
+    w.run(ms(500));
+    assert_eq!(refer_seen(&w, leg), ["491"]);
+    bob_answers(&mut w, &call);
+    assert_eq!(
+        states(&w),
+        ["ringing", "consulting"],
+        "the SDK transfer goes on"
+    );
 }

@@ -924,7 +924,8 @@ enum CallOp {
     /// An operator sends a message about the n-th call it heard of (`kind`:
     /// accept, reject, hangup, mute, hold, DTMF, dial, offline, reoffer, and the
     /// multi-party requests: add, remove, leave, end, monitor, mode, list, hold
-    /// another party, quality).
+    /// another party, quality; and transfer: blind, attended, complete, cancel,
+    /// merge).
     Operator { op: u8, kind: u8, call: u8 },
     /// Raw text from an operator.
     Raw { op: u8, text: String },
@@ -987,6 +988,7 @@ pub fn call(data: &[u8]) {
         late_offer: false,
         require_100rel: false,
         update_offers: false,
+        accept_refer: false,
     };
     let numbers = vec![
         NumberConfig {
@@ -1133,7 +1135,15 @@ pub fn call(data: &[u8]) {
                     _ => "stream:wss://agent.example/ws".to_string(),
                 };
                 let mode = ["listen", "whisper", "barge"][usize::from(kind % 3)];
-                let msg = match kind % 20 {
+                let msg = match kind % 24 {
+                    19 | 20 => format!(
+                        r#"{{"type":"transfer","callId":"{c}","target":"{target}","attended":{},"timeout":{}}}"#,
+                        kind % 24 == 20,
+                        5 + kind % 40
+                    ),
+                    21 => format!(r#"{{"type":"transferComplete","callId":"{c}"}}"#),
+                    22 => format!(r#"{{"type":"transferCancel","callId":"{c}"}}"#),
+                    23 => format!(r#"{{"type":"transferMerge","callId":"{c}"}}"#),
                     10 => format!(
                         r#"{{"type":"addParticipant","callId":"{c}","target":"{target}","timeout":{}}}"#,
                         5 + kind % 40

@@ -131,6 +131,7 @@ mod tests {
             late_offer: false,
             require_100rel: false,
             update_offers: false,
+            accept_refer: false,
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.max_calls = 2;

@@ -551,6 +551,12 @@ impl Bridge {
                     .respond(now, ua_leg, status, sdp.as_deref().map(str::as_bytes), &h)
             }
             SipAction::Hangup => self.ua.hangup(now, ua_leg),
+            SipAction::AnswerRefer { status } => self.ua.answer_refer(now, ua_leg, status),
+            SipAction::Notify {
+                status,
+                reason,
+                last,
+            } => self.ua.notify_refer(now, ua_leg, status, &reason, last),
             SipAction::Ack { sdp } => {
                 self.ua
                     .ack_with_answer(now, ua_leg, sdp.as_deref().map(str::as_bytes))

@@ -146,6 +146,11 @@ pub enum SipLegEvent {
         /// The answer.
         sdp: Option<Bytes>,
     },
+    /// The peer asks us to call a third party (REFER).
+    Refer {
+        /// The Refer-To URI.
+        refer_to: String,
+    },
     /// INFO arrived.
     Info {
         /// Content-Type.
@@ -188,6 +193,7 @@ impl SipLegEvent {
             } => (leg, SipLegEvent::Info { content_type, body }),
             UaEvent::Terminated { leg, reason } => (leg, SipLegEvent::Terminated { reason }),
             UaEvent::Acked { leg, sdp } => (leg, SipLegEvent::Acked { sdp }),
+            UaEvent::Refer { leg, refer_to, .. } => (leg, SipLegEvent::Refer { refer_to }),
             _ => return None,
         })
     }

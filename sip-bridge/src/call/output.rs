@@ -50,6 +50,21 @@ pub enum SipAction {
         /// SDP answer.
         sdp: Option<String>,
     },
+    /// Answer the peer's REFER (202, or a refusal).
+    AnswerRefer {
+        /// Status.
+        status: u16,
+    },
+    /// Tell the referrer how the referred call goes (a NOTIFY with this
+    /// status line; `last` ends the subscription).
+    Notify {
+        /// Status of the referred call.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+        /// The final one.
+        last: bool,
+    },
     /// An INFO (DTMF relay).
     Info {
         /// Content-Type.

@@ -95,6 +95,7 @@ impl Call {
                 }
             }
             SipLegEvent::Terminated { reason } => self.sip_terminated(now, ctx, key, reason),
+            SipLegEvent::Refer { refer_to } => self.sip_refer(now, ctx, key, &refer_to),
             SipLegEvent::Acked { sdp } => self.acked(now, ctx, key, sdp.as_deref()),
         }
         self.settle(now, ctx);

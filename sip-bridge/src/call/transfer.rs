@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use media_core::Instant;
 
+use super::output::SipAction;
 use super::party::Origin;
 use super::{Call, CallCtx};
 use crate::contract::LegKey;
@@ -46,6 +47,8 @@ pub(crate) struct Transfer {
     by: Option<LegKey>,
     /// Its operator (who hears how the transfer goes).
     op: Option<String>,
+    /// A SIP transferor's REFER subscription: NOTIFYs tell it (RFC 3515).
+    notify: Option<LegKey>,
     /// The add group whose answer is the target.
     group: u32,
     /// The target as asked, and its party once it answered.
@@ -70,23 +73,100 @@ impl Call {
         attended: bool,
         timeout: Option<u32>,
     ) {
-        let fail =
-            |c: &mut Call, code: ErrorCode, m: &str, r: Option<String>| c.error_to(op, code, m, r);
-        if self.transfer.is_some() {
-            return fail(
-                self,
+        let Some(parsed) = parse_target(target) else {
+            return self.error_to(
+                op,
                 ErrorCode::BadRequest,
-                "a transfer of this call is already in progress",
+                "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL",
                 reference,
             );
+        };
+        let who = Transferor {
+            by,
+            op: Some(op.to_string()),
+            notify: None,
+        };
+        let kind = if attended {
+            Kind::Attended
+        } else {
+            Kind::Blind
+        };
+        let asked = (target, parsed);
+        if let Err(m) = self.begin_transfer(now, ctx, who, kind, reference.clone(), asked, timeout)
+        {
+            self.error_to(op, ErrorCode::BadRequest, m, reference);
+        }
+    }
+
+    /// A REFER from SIP party `key` (RFC 3515): a blind transfer of the
+    /// others to the Refer-To target, if its trunk allows it (else 403),
+    /// reported to it in NOTIFYs; it leaves once the target answered.
+    pub(crate) fn sip_refer(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        refer_to: &str,
+    ) {
+        let allowed = self
+            .parties
+            .get(&key)
+            .and_then(|p| p.sip())
+            .and_then(|s| s.trunk)
+            .and_then(|t| ctx.cfg.trunks.get(t))
+            .is_some_and(|t| t.accept_refer);
+        let refuse = |status: u16| SipAction::AnswerRefer { status };
+        if !allowed {
+            return self.sip(key, refuse(403));
+        }
+        if refer_to.contains('?') {
+            // Replaces and other embedded headers (RFC 3891): not yet.
+            return self.sip(key, refuse(501));
+        }
+        let Some(target) = refer_target(refer_to) else {
+            return self.sip(key, refuse(400));
+        };
+        if self.transfer.is_some() {
+            return self.sip(key, refuse(491));
+        }
+        self.sip(key, SipAction::AnswerRefer { status: 202 });
+        let who = Transferor {
+            by: key,
+            op: None,
+            notify: Some(key),
+        };
+        let asked = (refer_to, target);
+        if self
+            .begin_transfer(now, ctx, who, Kind::Blind, None, asked, None)
+            .is_err()
+        {
+            let failed = SipAction::Notify {
+                status: 503,
+                reason: "Service Unavailable".into(),
+                last: true,
+            };
+            self.sip(key, failed);
+        }
+    }
+
+    /// Starts a transfer by `who`; `Err` says why it cannot (nothing changed).
+    #[allow(clippy::too_many_arguments)]
+    fn begin_transfer(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        who: Transferor,
+        kind: Kind,
+        reference: Option<String>,
+        (target, target_parsed): (&str, Target),
+        timeout: Option<u32>,
+    ) -> Result<(), &'static str> {
+        let by = who.by;
+        if self.transfer.is_some() {
+            return Err("a transfer of this call is already in progress");
         }
         if !self.is_connected() || !self.parties.get(&by).is_some_and(|p| p.joined()) {
-            return fail(
-                self,
-                ErrorCode::BadRequest,
-                "the call is not active",
-                reference,
-            );
+            return Err("the call is not active");
         }
         let transferees: Vec<LegKey> = self
             .parties
@@ -95,23 +175,10 @@ impl Call {
             .map(|(k, _)| *k)
             .collect();
         if transferees.is_empty() {
-            return fail(self, ErrorCode::BadRequest, "nobody to transfer", reference);
+            return Err("nobody to transfer");
         }
-        let Some(target_parsed) = parse_target(target) else {
-            return fail(
-                self,
-                ErrorCode::BadRequest,
-                "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL",
-                reference,
-            );
-        };
         if self.parties.len() >= ctx.cfg.max_parties {
-            return fail(
-                self,
-                ErrorCode::BadRequest,
-                &format!("a call holds at most {} participants", ctx.cfg.max_parties),
-                reference,
-            );
+            return Err("the call holds as many participants as it may");
         }
         let secs = timeout.map_or(TRANSFER_TIMEOUT, |s| {
             Duration::from_secs(u64::from(s.clamp(5, 300)))
@@ -126,12 +193,10 @@ impl Call {
         };
         let before: Vec<LegKey> = self.parties.keys().copied().collect();
         // Set first: a target that fails at once is a failed transfer.
-        let kind = if attended {
-            Kind::Attended
-        } else {
-            Kind::Blind
-        };
         let held = match kind {
+            // A REFER's transferor is not held (no re-INVITE to it mid-REFER):
+            // it usually hangs up itself, or we do once the target answered.
+            Kind::Blind if who.notify.is_some() => Vec::new(),
             Kind::Blind => vec![by],
             Kind::Attended => transferees,
         };
@@ -142,7 +207,8 @@ impl Call {
         self.transfer = Some(Transfer {
             kind,
             by: Some(by),
-            op: Some(op.to_string()),
+            op: who.op,
+            notify: who.notify,
             group,
             target_text: target.to_string(),
             answered: None,
@@ -175,6 +241,7 @@ impl Call {
             Ok(_) => self.transfer_over(now, ctx, "failed", Some("busy"), None),
             Err(code) => self.transfer_over(now, ctx, "failed", Some("failed"), Some(code)),
         }
+        Ok(())
     }
 
     /// `transferComplete`, `transferCancel`, `transferMerge` from party `by`.
@@ -267,6 +334,7 @@ impl Call {
             // ringing target answers to the transferees.
             t.by = None;
             t.op = None;
+            t.notify = None;
             if t.answered.is_some() {
                 self.complete_transfer(now, ctx);
             }
@@ -365,6 +433,24 @@ impl Call {
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
+        if let Some(leg) = t.notify {
+            // RFC 3515 2.4.5: the referred call's status line in a NOTIFY.
+            let (status, reason) = match (state, reason) {
+                ("ringing", _) => return,
+                ("completed", _) => (200, "OK"),
+                (_, Some("busy")) => (486, "Busy Here"),
+                (_, Some("no_answer")) => (480, "Temporarily Unavailable"),
+                (_, Some("rejected")) => (603, "Decline"),
+                (_, Some("failed")) => (code.unwrap_or(503), "Failed"),
+                _ => (487, "Request Terminated"),
+            };
+            let action = SipAction::Notify {
+                status,
+                reason: reason.into(),
+                last: true,
+            };
+            return self.sip(leg, action);
+        }
         let Some(op) = t.op.clone() else {
             return;
         };
@@ -407,6 +493,46 @@ impl Call {
             .filter(|t| t.kind == Kind::Blind && t.answered.is_none())
             .and_then(|t| t.by)
     }
+}
+
+/// Who transfers: a party, and how it hears of the progress.
+struct Transferor {
+    by: LegKey,
+    op: Option<String>,
+    notify: Option<LegKey>,
+}
+
+/// A Refer-To URI as a target: `tel:+E164` and `sip:+E164@...` go out as
+/// phone numbers through a trunk; other `sip:` URIs are called as they are.
+fn refer_target(uri: &str) -> Option<Target> {
+    let uri = uri.trim();
+    if let Some(rest) = uri.strip_prefix("tel:") {
+        let number = rest.split(';').next()?;
+        return is_e164(number).then(|| Target::Pstn {
+            number: number.to_string(),
+            trunk: None,
+        });
+    }
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let (user, host) = rest.split_once('@')?;
+    let user = user.split(';').next()?;
+    if host.is_empty() {
+        return None;
+    }
+    if is_e164(user) {
+        return Some(Target::Pstn {
+            number: user.to_string(),
+            trunk: None,
+        });
+    }
+    Some(Target::Sip(uri.to_string()))
+}
+
+fn is_e164(n: &str) -> bool {
+    n.strip_prefix('+')
+        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A transfer target as `addParticipant` takes it.

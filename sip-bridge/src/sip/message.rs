@@ -49,7 +49,7 @@ impl Transport {
 }
 
 /// Methods this element implements (sent in `Allow`).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY";
 
 /// What the validation accepts.
 #[derive(Clone, Debug)]

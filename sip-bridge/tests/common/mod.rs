@@ -74,6 +74,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         late_offer: false,
         require_100rel: false,
         update_offers: false,
+        accept_refer: false,
     };
     let mut cfg = BridgeConfig::new(
         vec![

@@ -16,6 +16,7 @@
 //! end with BYE a session whose refresh never came.
 
 mod build;
+mod refer;
 pub mod reliable;
 pub mod session_timer;
 
@@ -268,6 +269,37 @@ pub enum UaEvent {
         /// The answer.
         sdp: Option<Bytes>,
     },
+    /// The peer asks us to call a third party (REFER, RFC 3515): answer it
+    /// with [`UserAgent::answer_refer`], then report the new call's progress
+    /// with [`UserAgent::notify_refer`].
+    Refer {
+        /// The leg.
+        leg: LegId,
+        /// The Refer-To URI (its `?` headers, e.g. `Replaces`, included).
+        refer_to: String,
+        /// The Referred-By URI, if any.
+        referred_by: Option<String>,
+        /// The referrer wants NOTIFYs (no `Refer-Sub: false`).
+        subscription: bool,
+    },
+    /// The answer to our REFER ([`UserAgent::refer`]): 202, or a refusal
+    /// (408 when none came).
+    ReferAnswered {
+        /// The leg.
+        leg: LegId,
+        /// Status.
+        status: u16,
+    },
+    /// A NOTIFY of our REFER's subscription: the referred call's status
+    /// (its sipfrag status line; 200 already sent). `last`: no more follow.
+    ReferProgress {
+        /// The leg.
+        leg: LegId,
+        /// The referred call's status (0 when the body had none).
+        status: u16,
+        /// The subscription ended (`Subscription-State: terminated`).
+        last: bool,
+    },
     /// INFO arrived (200 already sent).
     Info {
         /// The leg.
@@ -356,6 +388,8 @@ enum Purpose {
     Refresh(LegId),
     /// Our UPDATE with an offer (RFC 3311).
     Update(LegId),
+    /// Our REFER (RFC 3515).
+    Refer(LegId),
     /// BYE to an unwanted fork or after a failed ACK: nobody waits for it.
     Orphan,
 }
@@ -420,6 +454,8 @@ struct Leg {
     peer_update: bool,
     /// Reliable provisionals and the early offer/answer (RFC 3262, 3311).
     rel: Reliable,
+    /// A REFER received, and its subscription (RFC 3515).
+    refer: Option<refer::ReferState>,
 }
 
 #[derive(Clone, Debug)]
@@ -677,6 +713,7 @@ impl UserAgent {
             se_ask,
             peer_update: false,
             rel: Reliable::default(),
+            refer: None,
         };
         let tx = self.send_invite(now, &mut l, None)?;
         self.purposes.insert(tx, Purpose::Invite(leg));
@@ -1314,6 +1351,7 @@ impl UserAgent {
                     se_ask: None,
                     peer_update: allows_update(&req),
                     rel: Reliable::uas(&req, self.rng.next_u32()),
+                    refer: None,
                 };
                 if let Some(rt) = &l.remote_tag {
                     self.dialogs
@@ -1419,6 +1457,8 @@ impl UserAgent {
                 let sdp = Bytes::from(req.body.clone());
                 self.events.push_back(UaEvent::Offer { leg, sdp });
             }
+            Method::Refer => self.on_refer(now, tx, leg, &req),
+            Method::Notify => self.on_notify(now, tx, leg, &req),
             Method::Info => {
                 let ct = req
                     .values("Content-Type")
@@ -1664,6 +1704,12 @@ impl UserAgent {
             Purpose::Register(reg) => self.on_register_response(now, reg, &resp),
             Purpose::Refresh(leg) => self.on_refresh_response(now, tx, leg, resp),
             Purpose::Update(leg) => self.on_update_response(now, tx, leg, &resp),
+            Purpose::Refer(leg) => {
+                if code >= 200 {
+                    self.events
+                        .push_back(UaEvent::ReferAnswered { leg, status: code });
+                }
+            }
             Purpose::Orphan => {}
         }
     }
@@ -2003,6 +2049,9 @@ impl UserAgent {
             }
             Purpose::Bye(leg) => self.end(now, leg, EndReason::Local),
             Purpose::InDialog(leg) => self.broken(now, leg, code),
+            Purpose::Refer(leg) => self
+                .events
+                .push_back(UaEvent::ReferAnswered { leg, status: code }),
             Purpose::Options(ping) => self
                 .events
                 .push_back(UaEvent::OptionsResult { ping, status: None }),

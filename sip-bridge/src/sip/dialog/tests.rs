@@ -1859,3 +1859,158 @@ fn prack_without_a_match_gets_481_and_an_early_update_before_the_answer_gets_500
             .any(|e| matches!(e, UaEvent::Offer { .. }))
     );
 }
+
+// ----- REFER (RFC 3515, RFC 4488) -----
+
+/// The events of `i` that are REFERs: (refer_to, subscription).
+fn refers(net: &Net, i: usize) -> Vec<(String, bool)> {
+    net.events(i)
+        .iter()
+        .filter_map(|e| match e {
+            UaEvent::Refer {
+                refer_to,
+                subscription,
+                ..
+            } => Some((refer_to.clone(), *subscription)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn refer_is_accepted_with_202_and_its_progress_notified_as_sipfrag() {
+    let mut net = Net::pair(70);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let b_leg = net.incoming(1)[0];
+    assert!(answered(net.events(0), leg).is_some());
+    // The caller (node 0) transfers: REFER to the callee.
+    let now = net.now;
+    net.ua(0)
+        .refer(now, leg, "sip:+15550177@10.0.0.9;user=phone", true)
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        refers(&net, 1),
+        vec![("sip:+15550177@10.0.0.9;user=phone".to_string(), true)]
+    );
+    let now = net.now;
+    net.ua(1).answer_refer(now, b_leg, 202).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "SIP/2.0 202"), 1);
+    assert_eq!(net.sent(1, "NOTIFY"), 1, "100 Trying at once");
+    let now = net.now;
+    net.ua(1).notify_refer(now, b_leg, 200, "OK", true).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "NOTIFY"), 2);
+    // After the final NOTIFY the subscription is over: no more.
+    let now = net.now;
+    net.ua(1).notify_refer(now, b_leg, 200, "OK", true).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "NOTIFY"), 2);
+    // The referrer saw the 202 and the sipfrag status lines, and answered
+    // each NOTIFY 200.
+    let seen: Vec<String> = net
+        .events(0)
+        .iter()
+        .filter_map(|e| match e {
+            UaEvent::ReferAnswered { status, .. } => Some(format!("answered {status}")),
+            UaEvent::ReferProgress { status, last, .. } => Some(format!("{status} {last}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen, ["answered 202", "100 false", "200 true"]);
+    assert_eq!(net.sent(0, "SIP/2.0 200"), 2);
+    assert_eq!(
+        net.terminated(1, b_leg),
+        None,
+        "a NOTIFY's answer ends nothing"
+    );
+}
+
+#[test]
+fn refer_sub_false_gets_no_notify_and_bad_refers_are_refused() {
+    let mut net = Net::pair(71);
+    net.nodes[1].auto.answer = Some(200);
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    let h = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // Two Refer-To: 400 (RFC 3515 2.4.1).
+    net.ua(0)
+        .in_dialog(
+            now,
+            leg,
+            Method::Refer,
+            None,
+            &h(&[
+                ("Refer-To", "<sip:a@10.0.0.9>"),
+                ("Refer-To", "<sip:b@10.0.0.9>"),
+            ]),
+        )
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "SIP/2.0 400"), 1);
+    // Refer-Sub: false (RFC 4488): 202 says so, and no NOTIFY follows.
+    let now = net.now;
+    net.ua(0)
+        .in_dialog(
+            now,
+            leg,
+            Method::Refer,
+            None,
+            &h(&[("Refer-To", "<tel:+15550177>"), ("Refer-Sub", "false")]),
+        )
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(refers(&net, 1), vec![("tel:+15550177".to_string(), false)]);
+    // A second REFER while the first waits for its answer: 491.
+    let now = net.now;
+    net.ua(0)
+        .in_dialog(
+            now,
+            leg,
+            Method::Refer,
+            None,
+            &h(&[("Refer-To", "<tel:+1>")]),
+        )
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "SIP/2.0 491"), 1);
+    let now = net.now;
+    net.ua(1).answer_refer(now, b_leg, 202).unwrap();
+    net.ua(1).notify_refer(now, b_leg, 200, "OK", true).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "SIP/2.0 202"), 1);
+    assert_eq!(net.sent(1, "NOTIFY"), 0);
+    // Refused: 403, and the call is as before.
+    let now = net.now;
+    net.ua(0)
+        .in_dialog(
+            now,
+            leg,
+            Method::Refer,
+            None,
+            &h(&[("Refer-To", "<tel:+2>")]),
+        )
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    let now = net.now;
+    net.ua(1).answer_refer(now, b_leg, 403).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent(1, "SIP/2.0 403"), 1);
+    assert_eq!(
+        net.ua(1).answer_refer(now, b_leg, 202),
+        Err(UaError::WrongState("no REFER to answer"))
+    );
+    assert_eq!(
+        (net.terminated(0, leg), net.terminated(1, b_leg)),
+        (None, None)
+    );
+}
