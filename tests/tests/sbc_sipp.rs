@@ -473,6 +473,103 @@ fn toward_a_late_offer_trunk_the_invite_has_no_sdp_and_the_ack_answers_so_the_ca
     assert_eq!(path("transcoded"), 0.0);
 }
 
+/// The target a carrier's REFER names: a far end on 127.0.0.4 that answers
+/// PCMU and hangs up itself after `hold_ms`.
+fn refer_target(name: &str, hold_ms: u64) -> SippCmd {
+    SippCmd::new(name, "callee_hangup.xml", lo(4))
+        .calls(1)
+        .key("answer_pt", "0")
+        .key("answer_codec", "PCMU/8000")
+        .key("answer_ptime", "20")
+        .hold_ms(hold_ms)
+}
+
+#[test]
+fn a_carrier_refer_is_followed_with_sipfrag_notifies_and_the_referrer_released() {
+    let _serial = serial();
+    for (scenario, rtp_range) in [
+        ("caller_refer.xml", rtp(22)),
+        ("caller_refer_nosub.xml", rtp(23)),
+    ] {
+        // The carrier's caller talks to B (a pstn: target), then REFERs the
+        // call to C: B and C talk, the caller is released.
+        let b = pcmu_callee("refer-b", 1);
+        let c = refer_target("refer-c", 2000);
+        let sbc = Sbc::start(&SbcSpec::new(
+            "refer-in",
+            rtp_range,
+            to_pstn_target(b.addr(), "accept_refer = true"),
+        ));
+        let mut b = b.spawn();
+        let c_uri = format!("sip:c@{}", c.addr());
+        let mut c = c.spawn();
+        let mut carrier = caller("refer-a", scenario, &sbc, "+15550100", 1)
+            .key("refer_to", &c_uri)
+            .spawn();
+        carrier.assert_success(SIPP_DONE);
+        c.assert_success(SIPP_DONE);
+        b.assert_success(SIPP_DONE);
+        sbc.assert_idle(IDLE);
+        // C was called by the SBC itself, with the caller's identity.
+        let invite = c
+            .received()
+            .into_iter()
+            .find(|m| m.is_request("INVITE"))
+            .expect("C is called");
+        assert!(
+            invite.start_line().starts_with(&format!("INVITE {c_uri} ")),
+            "{}",
+            invite.text
+        );
+        let m = sbc.metrics();
+        assert_eq!(
+            m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+            1.0,
+            "{:?}",
+            m.samples
+        );
+    }
+}
+
+#[test]
+fn a_refer_from_a_trunk_that_may_not_transfer_gets_403_and_the_call_goes_on() {
+    let _serial = serial();
+    let b = pcmu_callee("refer-denied-b", 1);
+    let sbc = Sbc::start(&SbcSpec::new(
+        "refer-denied",
+        rtp(24),
+        to_pstn_target(b.addr(), ""),
+    ));
+    let mut b = b.spawn();
+    let mut carrier = caller(
+        "refer-denied-a",
+        "caller_refer_denied.xml",
+        &sbc,
+        "+15550100",
+        1,
+    )
+    .key("refer_to", "sip:c@127.0.0.4:5099")
+    .spawn();
+    carrier.assert_success(SIPP_DONE);
+    b.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        1.0,
+        "{:?}",
+        m.samples
+    );
+    // Only B was ever called.
+    assert_eq!(
+        b.received()
+            .iter()
+            .filter(|m| m.is_request("INVITE"))
+            .count(),
+        1
+    );
+}
+
 #[test]
 fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
     let _serial = serial();
