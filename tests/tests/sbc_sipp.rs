@@ -622,7 +622,11 @@ fn session_timers_422_refreshes_and_an_unrefreshed_call_ends() {
         invite.text
     );
     assert!(
-        invite.headers("Supported").contains(&"timer"),
+        invite
+            .headers("Supported")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim() == "timer"),
         "{}",
         invite.text
     );
