@@ -456,6 +456,12 @@ enum SipOp {
         leg: u8,
         bad: bool,
     },
+    /// REFER API calls: answer one (202, 403), notify (180, final 200), or
+    /// send one.
+    Refer {
+        leg: u8,
+        kind: u8,
+    },
     Answer {
         leg: u8,
         status: u16,
@@ -482,9 +488,25 @@ enum SipOp {
     },
 }
 
-const METHODS: [&str; 10] = [
+const METHODS: [&str; 12] = [
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER", "PRACK", "MESSAGE",
+    "REFER", "NOTIFY",
 ];
+
+/// Header lines a REFER or NOTIFY needs (RFC 3515), some malformed: by `n`.
+fn refer_lines(method: &str, n: u16) -> String {
+    match (method, n % 4) {
+        ("REFER", 0) => "Refer-To: <sip:+15550177@192.0.2.9;user=phone>\r\n".into(),
+        ("REFER", 1) => "Refer-To: <tel:+15550177>\r\nRefer-Sub: false\r\n".into(),
+        ("REFER", 2) => "Refer-To: <sip:a@b?Replaces=x%3Bto-tag%3D1>\r\nr: <sip:c@d>\r\n".into(),
+        ("NOTIFY", 0) => "Event: refer;id=1\r\nSubscription-State: active\r\n".into(),
+        ("NOTIFY", 1) => {
+            "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n".into()
+        }
+        ("NOTIFY", 2) => "Event: presence\r\n".into(),
+        _ => String::new(),
+    }
+}
 const STATUSES: [u16; 15] = [
     100, 180, 183, 200, 202, 302, 401, 407, 408, 422, 481, 486, 487, 491, 503,
 ];
@@ -596,6 +618,7 @@ pub fn sip_dialog(data: &[u8]) {
                 for (k, v) in session_timer_lines(se) {
                     head.push_str(&format!("{k}: {v}\r\n"));
                 }
+                head.push_str(&refer_lines(m, cseq));
                 ua.handle_bytes(now, with_body(head, sdp).as_bytes(), peer);
             }
             SipOp::Respond {
@@ -678,6 +701,7 @@ pub fn sip_dialog(data: &[u8]) {
                     "{m} sip:sbc@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKm{n}{method}\r\nMax-Forwards: 70\r\n\
                      From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {n} {m}\r\nContact: <sip:a@192.0.2.9>\r\n"
                 );
+                head.push_str(&refer_lines(m, n as u16));
                 // A PRACK of a reliable 18x of ours acknowledges it (RAck).
                 if let Some(rseq) = rseq {
                     head.push_str(&format!("RAck: {rseq} {cseq} INVITE\r\n"));
@@ -746,6 +770,17 @@ pub fn sip_dialog(data: &[u8]) {
             SipOp::Hangup { leg } => {
                 if let Some(l) = pick(&legs, leg) {
                     let _ = ua.hangup(now, l);
+                }
+            }
+            SipOp::Refer { leg, kind } => {
+                if let Some(l) = pick(&legs, leg) {
+                    let _ = match kind % 5 {
+                        0 => ua.answer_refer(now, l, 202),
+                        1 => ua.answer_refer(now, l, 403),
+                        2 => ua.notify_refer(now, l, 180, "Ringing", false),
+                        3 => ua.notify_refer(now, l, 200, "OK", true),
+                        _ => ua.refer(now, l, "tel:+15550177", kind & 8 == 0),
+                    };
                 }
             }
             SipOp::Reinvite { leg } => {
