@@ -401,6 +401,10 @@ fn record(ev: &CallEvent) {
                 .unwrap_or("unknown");
             metrics::counter!("sbc_participants_left_total", "reason" => reason).increment(1)
         }
+        CallEventKind::Transfer => {
+            let state = ev.transfer.as_ref().map_or("unknown", |t| t.state);
+            metrics::counter!("sbc_transfers_total", "state" => state).increment(1)
+        }
         CallEventKind::Quality => {
             if let Some(q) = &ev.quality {
                 tracing::info!(target: "cdr", "quality call={} operator={} summary={}", ev.call_id, q.operator, q.summary);

@@ -52,6 +52,14 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
             "operator": q.operator,
             "summary": serde_json::from_str::<serde_json::Value>(&q.summary).unwrap_or_default(),
         })),
+        "transfer": ev.transfer.as_ref().map(|t| serde_json::json!({
+            "state": t.state,
+            "kind": t.kind,
+            "via": t.via,
+            "by": t.by,
+            "target": t.target,
+            "reason": t.reason,
+        })),
         "timestamp": clock::rfc3339_ms(ev.unix_ms),
     })
 }

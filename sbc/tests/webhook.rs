@@ -55,6 +55,7 @@ async fn events_are_retried_until_accepted_and_signed() {
         talk_time: Some(Duration::from_secs(60)),
         party: None,
         quality: None,
+        transfer: None,
         parties: vec![
             PartyRecord {
                 id: LegKey(0),

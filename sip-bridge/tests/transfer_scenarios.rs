@@ -112,6 +112,21 @@ fn blind_transfer_parks_the_transferor_and_completes_when_the_target_answers() {
     );
     assert_eq!(states(&w), ["ringing", "completed"]);
     assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+    // Call events (webhooks): the transfer's steps, by whom, to what.
+    let steps: Vec<(String, String, String)> = w
+        .events
+        .iter()
+        .filter_map(|e| e.transfer.as_ref())
+        .map(|t| (t.state.to_string(), t.by.clone(), t.target.clone()))
+        .collect();
+    let step = |s: &str| {
+        (
+            s.to_string(),
+            "operator:alice".to_string(),
+            "operator:bob".to_string(),
+        )
+    };
+    assert_eq!(steps, [step("started"), step("completed")]);
     let m = marks(&w, leg);
     w.run(ms(2000));
     World::assert_hears(
@@ -467,6 +482,13 @@ fn a_refer_from_a_trunk_that_may_transfer_hands_the_operator_to_the_target() {
             &format!("{:?}", EndReason::RemoteBye)
         ]
     );
+    let via: Vec<(&str, &str)> = w
+        .events
+        .iter()
+        .filter_map(|e| e.transfer.as_ref())
+        .map(|t| (t.state, t.via))
+        .collect();
+    assert_eq!(via, [("started", "refer"), ("completed", "refer")]);
     assert_eq!(
         w.ended_reason(0, &call),
         None,

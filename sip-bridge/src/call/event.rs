@@ -47,6 +47,8 @@ pub enum CallEventKind {
     /// An operator's browser reported the call's quality (after it ended, or
     /// when it left).
     Quality,
+    /// A transfer started, or ended (its [`TransferReport`] says how).
+    Transfer,
 }
 
 impl CallEventKind {
@@ -60,6 +62,7 @@ impl CallEventKind {
             CallEventKind::PartyLeft => "participant.left",
             CallEventKind::Completed => "completed",
             CallEventKind::Quality => "quality",
+            CallEventKind::Transfer => "transfer",
         }
     }
 }
@@ -130,6 +133,29 @@ pub struct CallEvent {
     pub parties: Vec<PartyRecord>,
     /// What an operator's browser measured (`Quality`).
     pub quality: Option<QualityReport>,
+    /// How a transfer goes (`Transfer`).
+    pub transfer: Option<Box<TransferReport>>,
+}
+
+/// A transfer's step, for events and webhooks: the same call goes on, so its
+/// parties (the transferor leaving `transferred`, the target joining) tell the
+/// rest in the CDR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferReport {
+    /// `started`, `consulting`, `completed`, `merged`, `cancelled`, `failed`.
+    pub state: &'static str,
+    /// `blind` or `attended`.
+    pub kind: &'static str,
+    /// Asked by an operator (`sdk`) or a SIP party's REFER (`refer`).
+    pub via: &'static str,
+    /// Who transfers (`operator:alice`, a SIP party's number).
+    pub by: String,
+    /// The target as asked.
+    pub target: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// The SIP status behind a failure.
+    pub code: Option<u16>,
 }
 
 /// An operator's call-quality summary as its SDK sent it (RTT, jitter, loss,
@@ -244,6 +270,7 @@ mod tests {
             talk_time: Some(Duration::from_secs(7)),
             party: None,
             quality: None,
+            transfer: None,
             parties: vec![
                 PartyRecord {
                     id: LegKey(0),

@@ -421,6 +421,7 @@ impl Call {
             party: None,
             parties: Vec::new(),
             quality: None,
+            transfer: None,
         }
     }
 

@@ -49,6 +49,10 @@ pub(crate) struct Transfer {
     op: Option<String>,
     /// A SIP transferor's REFER subscription: NOTIFYs tell it (RFC 3515).
     notify: Option<LegKey>,
+    /// Who asked (`operator:alice`, a SIP party's number), and how (`sdk`,
+    /// `refer`), for events.
+    by_who: String,
+    via: &'static str,
     /// The add group whose answer is the target.
     group: u32,
     /// The target as asked, and its party once it answered.
@@ -207,6 +211,8 @@ impl Call {
         self.transfer = Some(Transfer {
             kind,
             by: Some(by),
+            by_who: self.who(by),
+            via: if who.notify.is_some() { "refer" } else { "sdk" },
             op: who.op,
             notify: who.notify,
             group,
@@ -430,6 +436,25 @@ impl Call {
         reason: Option<&str>,
         code: Option<u16>,
     ) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        let report = super::event::TransferReport {
+            state: if state == "ringing" { "started" } else { state },
+            kind: match t.kind {
+                Kind::Blind => "blind",
+                Kind::Attended => "attended",
+            },
+            via: t.via,
+            by: t.by_who.clone(),
+            target: t.target_text.clone(),
+            reason: reason.map(String::from),
+            code,
+        };
+        let mut ev = self.report(now, super::CallEventKind::Transfer);
+        ev.transfer = Some(Box::new(report));
+        ev.code = code;
+        self.push(super::CallOutput::Event(ev));
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
