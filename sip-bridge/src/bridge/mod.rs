@@ -24,7 +24,7 @@ mod trunks;
 
 pub use crate::call::{
     CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, PortProbe, PortStats,
-    QualityReport, ROUTE_TIMEOUT, Role, RouteDecision, RouteFacts,
+    QualityReport, ROUTE_TIMEOUT, Role, RouteDecision, RouteFacts, TransferReport,
 };
 pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use crate::contract::{

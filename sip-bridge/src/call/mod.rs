@@ -33,7 +33,7 @@ mod transfer;
 
 pub use crate::roles::{Capabilities, Capability, MonitorMode, Role, RoleCapabilities};
 pub(crate) use dial::user_of;
-pub use event::{CallEvent, CallEventKind, Direction, PartyRecord, QualityReport};
+pub use event::{CallEvent, CallEventKind, Direction, PartyRecord, QualityReport, TransferReport};
 pub use output::{CallOutput, SipAction};
 pub use ports::{PortPool, PortProbe, PortStats};
 pub use route::{ROUTE_TIMEOUT, RouteDecision, RouteFacts};
