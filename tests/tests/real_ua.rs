@@ -26,6 +26,11 @@
 //! [`dtmf_from_an_opus_caller_reaches_the_far_end`]: the digits of an Opus
 //! caller whose events run at 8 kHz reach a G.711 far end.
 //!
+//! [`baresip_as_the_far_end_blind_transfers_the_call_with_refer`]: a second
+//! baresip (127.0.0.5) is the far end, on a trunk whose REFERs are followed;
+//! it blind-transfers the call (its `transfer` command: REFER) to linphonec,
+//! and the caller ends up talking to linphonec.
+//!
 //! Needs `target/debug/sbc` (`cargo build -p sbc`) and the Debian packages
 //! `baresip` and `linphone-cli` (tests/ci.sh installs them); without them the
 //! tests fail and say so. The UAs' configs are the templates in `tests/realua/`;
@@ -47,8 +52,10 @@ use serde_json::Value;
 
 /// The caller's tone (baresip).
 const CALLER_HZ: f64 = 440.0;
-/// The far end's tone (linphonec).
+/// The far end's tone (linphonec; the transfer target in the transfer test).
 const CALLEE_HZ: f64 = 1000.0;
+/// The far end's tone in the transfer test (the second baresip).
+const FAR_END_HZ: f64 = 700.0;
 /// How much of a tone a recording must hold to count as "heard".
 const HEARD_MS: u32 = 1000;
 /// How long the tone files last: longer than any call here (baresip ends the
@@ -284,26 +291,38 @@ impl Baresip {
     /// names it: `opus/48000/2`, `PCMU/8000/1`) and playing the WAV `tone`;
     /// `rtcp_mux`: it offers `a=rtcp-mux` (RFC 5761).
     fn start(dir: &Path, codec: &str, tone: &Path, rtcp_mux: bool) -> Baresip {
-        std::fs::create_dir_all(dir.join("rec")).expect("create the baresip dirs");
         let sip = SocketAddr::new(lo(2), free_port(lo(2)));
-        let ctrl_addr = SocketAddr::new(lo(2), free_tcp_port(lo(2)));
+        let account = format!("<sip:carrier@{}>;regint=0;audio_codecs={codec}", sip.ip());
+        Baresip::start_at(dir, sip, "40000-40099", &account, tone, rtcp_mux)
+    }
+
+    /// Starts baresip in `dir` with SIP on `sip`, RTP on `rtp_ports` (a range of
+    /// its own: baresip binds RTP to 0.0.0.0), the `accounts` line `account`
+    /// (`<sip:user@host>;params`), playing the WAV `tone`.
+    fn start_at(
+        dir: &Path,
+        sip: SocketAddr,
+        rtp_ports: &str,
+        account: &str,
+        tone: &Path,
+        rtcp_mux: bool,
+    ) -> Baresip {
+        std::fs::create_dir_all(dir.join("rec")).expect("create the baresip dirs");
+        let ctrl_addr = SocketAddr::new(sip.ip(), free_tcp_port(sip.ip()));
         let config = template(
             "baresip.conf",
             &[
                 ("SIP", sip.to_string()),
                 ("CTRL", ctrl_addr.to_string()),
                 ("TONE", tone.display().to_string()),
-                ("RTP_PORTS", "40000-40099".into()),
+                ("RTP_PORTS", rtp_ports.into()),
                 ("REC", dir.join("rec").display().to_string()),
                 ("RTCP_MUX", if rtcp_mux { "yes" } else { "no" }.into()),
             ],
         );
         std::fs::write(dir.join("config"), config).expect("write the baresip config");
-        std::fs::write(
-            dir.join("accounts"),
-            format!("<sip:carrier@127.0.0.2>;regint=0;audio_codecs={codec}\n"),
-        )
-        .expect("write the baresip accounts");
+        std::fs::write(dir.join("accounts"), format!("{account}\n"))
+            .expect("write the baresip accounts");
         let log = File::create(dir.join("baresip.log")).expect("create baresip.log");
         let child = Command::new("baresip")
             .arg("-v") // what it does with the media
@@ -488,6 +507,11 @@ impl Linphone {
     /// Starts linphonec in `dir` on `sip`, playing the WAV `tone` into calls and
     /// recording what it receives to `dir/received.wav`.
     fn start(dir: &Path, sip: SocketAddr, tone: &Path) -> Linphone {
+        Linphone::start_with_rtp(dir, sip, "40100-40199", tone)
+    }
+
+    /// [`Linphone::start`] with its RTP on `rtp_ports`.
+    fn start_with_rtp(dir: &Path, sip: SocketAddr, rtp_ports: &str, tone: &Path) -> Linphone {
         let home = dir.join("home");
         // liblinphone stays in its startup state when it cannot create its
         // database here.
@@ -498,7 +522,7 @@ impl Linphone {
             "linphonerc",
             &[
                 ("SIP_PORT", sip.port().to_string()),
-                ("RTP_PORTS", "40100-40199".into()),
+                ("RTP_PORTS", rtp_ports.into()),
             ],
         );
         std::fs::write(&rc, config).expect("write the linphonerc");
@@ -885,4 +909,264 @@ fn dtmf_from_an_opus_caller_reaches_the_far_end() {
     });
     let rtcp = cdr.split(" rtcp=\"").nth(1).unwrap_or_default();
     assert!(rtcp.starts_with("p-0:") || rtcp.contains(",p-0:"), "{cdr}");
+}
+
+/// The SIP messages of baresip's trace (`-s`) in its `log`: (whether it
+/// received it, i.e. it went to `me`; the message text).
+fn sip_trace(log: &str, me: SocketAddr) -> Vec<(bool, String)> {
+    log.split("\u{1b}[36;1m#\n")
+        .skip(1)
+        .filter_map(|block| {
+            let block = block.split("\u{1b}[;m").next().unwrap_or_default();
+            let (route, message) = block.split_once('\n')?;
+            let to_us = route.trim_end().ends_with(&format!("-> {me}"));
+            Some((to_us, message.trim_end().to_string()))
+        })
+        .collect()
+}
+
+/// The CDR line the SBC logged for its (only) call, once it is there.
+fn cdr_line(sbc: &Sbc) -> String {
+    let mut cdr = String::new();
+    wait_until(Duration::from_secs(20), || {
+        cdr = sbc
+            .logs()
+            .lines()
+            .find(|l| l.contains("cdr call="))
+            .unwrap_or_default()
+            .to_string();
+        !cdr.is_empty()
+    });
+    cdr
+}
+
+/// A blind transfer (RFC 3515 REFER, RFC 5589) by a real UA: the carrier's
+/// caller (baresip at 127.0.0.2) calls +15550100, whose plan rings
+/// `pstn:+15550199` through the trunk "pbx" (`accept_refer = true`) whose peer
+/// is a second baresip (127.0.0.5, answering by itself): the far end. It
+/// transfers the call with its `transfer` command to linphonec (127.0.0.3),
+/// a plain `sip:` URI the SBC calls directly. The SBC answers the REFER 202,
+/// tells baresip how it goes in NOTIFYs (sipfrag 100, then 200), connects the
+/// caller to linphonec (each hears the other's tone) and releases baresip, the
+/// referrer (`transferred` in the CDR).
+#[test]
+fn baresip_as_the_far_end_blind_transfers_the_call_with_refer() {
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua-refer");
+    let far_sip = SocketAddr::new(lo(5), free_port(lo(5)));
+    let target_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let toml = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"127.0.0.2:5060\"]\n\
+         inbound = [\"127.0.0.2/32\"]\ncodecs = [\"PCMU\"]\n\n\
+         [[trunks]]\nname = \"pbx\"\nhost = \"pbx.test\"\npeers = [\"{far_sip}\"]\n\
+         codecs = [\"PCMU\"]\naccept_refer = true\n\n\
+         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\n\
+         dial = [ {{ ring = [\"pstn:+15550199@pbx\"], timeout = \"20s\" }} ]\n"
+    );
+    let sbc = Sbc::start(&SbcSpec::new("real-ua-refer", rtp(32), toml));
+
+    let caller_tone = work.join("caller-440.wav");
+    let far_tone = work.join("far-700.wav");
+    let target_tone = work.join("target-1000.wav");
+    write_tone(&caller_tone, 48_000, CALLER_HZ, TONE_SECS);
+    write_tone(&far_tone, 48_000, FAR_END_HZ, TONE_SECS);
+    write_tone(&target_tone, 8_000, CALLEE_HZ, TONE_SECS);
+
+    // C, the transfer target: linphonec, answering every call.
+    let target = Linphone::start_with_rtp(
+        &work.join("target-linphonec"),
+        target_sip,
+        "40400-40499",
+        &target_tone,
+    );
+    // B, the far end: baresip answering by itself (answermode=auto).
+    let mut far = Baresip::start_at(
+        &work.join("far-baresip"),
+        far_sip,
+        "40300-40399",
+        // baresip takes calls to its account's user only.
+        &format!(
+            "<sip:+15550199@{}>;regint=0;audio_codecs=PCMU/8000/1;answermode=auto",
+            far_sip.ip()
+        ),
+        &far_tone,
+        false,
+    );
+    // A, the carrier's caller.
+    let caller_sip = SocketAddr::new(lo(2), free_port(lo(2)));
+    let mut caller = Baresip::start_at(
+        &work.join("caller-baresip"),
+        caller_sip,
+        "40200-40299",
+        &format!(
+            "<sip:carrier@{}>;regint=0;audio_codecs=PCMU/8000/1",
+            caller_sip.ip()
+        ),
+        &caller_tone,
+        false,
+    );
+
+    // A calls B through the SBC; they hear each other.
+    caller.command("dial", &format!("sip:+15550100@{}", sbc.sip));
+    caller.wait_events("CALL_ESTABLISHED", 1);
+    far.wait_events("CALL_ESTABLISHED", 1);
+    let heard = wait_tone(&caller.received_wav(), None, 0, FAR_END_HZ);
+    assert!(
+        heard >= HEARD_MS,
+        "before the transfer the caller heard {heard} ms of the far end's {FAR_END_HZ} Hz\n{}\n{}",
+        caller.logs(),
+        far.logs()
+    );
+    let heard = wait_tone(&far.received_wav(), None, 0, CALLER_HZ);
+    assert!(
+        heard >= HEARD_MS,
+        "before the transfer the far end heard {heard} ms of the caller's {CALLER_HZ} Hz\n{}\n{}",
+        caller.logs(),
+        far.logs()
+    );
+    let caller_heard = Wav::read(&caller.received_wav(), None).samples.len();
+
+    // B transfers the call to C (blind: REFER, Refer-To the target's URI).
+    let refer_to = format!("sip:transfer-target@{target_sip}");
+    far.command("transfer", &refer_to);
+
+    // C is called by the SBC and answers; A stays in its call.
+    target.wait_transitions("Connected", "StreamsRunning", 1);
+    let invite_line = format!("INVITE {refer_to} SIP/2.0");
+    assert!(
+        target.log().contains(&invite_line),
+        "linphonec got no `{invite_line}`\n{}",
+        target.logs()
+    );
+    // B's call ends (baresip closes it on the NOTIFY of 200, see below).
+    let closed = far.wait_events("CALL_CLOSED", 1);
+    let completed = sbc.wait_metric("sbc_transfers_total", &["state=\"completed\""], WAIT, |v| {
+        v >= 1.0
+    });
+    let transfers: Vec<String> = sbc
+        .metrics()
+        .samples
+        .into_iter()
+        .filter(|(n, _, _)| n == "sbc_transfers_total")
+        .map(|(n, l, v)| format!("{n}{{{l}}} {v}"))
+        .collect();
+    assert_eq!(completed, 1.0, "{transfers:?}\n{}", sbc.logs());
+
+    // What baresip saw of its REFER (its SIP trace, `-s`): the 202, then
+    // NOTIFYs of the `refer` event with message/sipfrag bodies, 100 Trying
+    // (subscription active) and 200 OK (terminated).
+    let trace = sip_trace(&read_lossy(&far.dir.join("baresip.log")), far_sip);
+    let dump = || {
+        trace
+            .iter()
+            .map(|(to_us, m)| format!("{}\n{m}", if *to_us { "<<<" } else { ">>>" }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let header = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let refer = trace
+        .iter()
+        .find(|(to_us, m)| !to_us && m.starts_with("REFER "))
+        .unwrap_or_else(|| panic!("baresip sent no REFER:\n{}", dump()));
+    assert_eq!(header(&refer.1, "Refer-To"), refer_to, "{}", refer.1);
+    let refer_cseq = header(&refer.1, "CSeq");
+    assert!(
+        trace.iter().any(|(to_us, m)| *to_us
+            && m.starts_with("SIP/2.0 202 ")
+            && header(m, "CSeq") == refer_cseq),
+        "no 202 for the REFER:\n{}",
+        dump()
+    );
+    let notifies: Vec<&String> = trace
+        .iter()
+        .filter(|(to_us, m)| *to_us && m.starts_with("NOTIFY "))
+        .map(|(_, m)| m)
+        .collect();
+    let frags: Vec<(String, String)> = notifies
+        .iter()
+        .map(|m| {
+            assert!(header(m, "Event").starts_with("refer"), "{m}");
+            assert!(
+                header(m, "Content-Type").starts_with("message/sipfrag"),
+                "{m}"
+            );
+            let body = m.split_once("\r\n\r\n").or_else(|| m.split_once("\n\n"));
+            let frag = body.map_or("", |(_, b)| b.lines().next().unwrap_or_default());
+            (frag.trim().to_string(), header(m, "Subscription-State"))
+        })
+        .collect();
+    assert!(
+        frags.len() >= 2
+            && frags[0].0 == "SIP/2.0 100 Trying"
+            && frags[0].1.starts_with("active")
+            && frags
+                .last()
+                .is_some_and(|(f, s)| f == "SIP/2.0 200 OK" && s.starts_with("terminated")),
+        "the NOTIFYs' sipfrags and Subscription-States: {frags:?}\n{}",
+        dump()
+    );
+    // baresip closes the call itself on the sipfrag 200 (and sends BYE; the
+    // SBC's BYE to it crosses that one).
+    assert_eq!(closed[0]["param"], "Call transfered", "{closed:?}");
+
+    // A and C hear each other; A's call was never closed.
+    let heard = wait_tone(&caller.received_wav(), None, caller_heard, CALLEE_HZ);
+    assert!(
+        heard >= HEARD_MS,
+        "after the transfer the caller heard {heard} ms of the target's {CALLEE_HZ} Hz\n{}\n{}",
+        caller.logs(),
+        target.logs()
+    );
+    let heard = wait_tone(&target.received_wav(), LINPHONE_REC, 0, CALLER_HZ);
+    assert!(
+        heard >= HEARD_MS,
+        "the target heard {heard} ms of the caller's {CALLER_HZ} Hz\n{}\n{}",
+        caller.logs(),
+        target.logs()
+    );
+    assert_eq!(caller.events("CALL_CLOSED").len(), 0, "{}", caller.logs());
+
+    hang_up(&mut caller, &target);
+    let cdr = cdr_line(&sbc);
+    eprintln!("{cdr}");
+    let parties = cdr.split(" parties=\"").nth(1).unwrap_or_default();
+    let parties: Vec<&str> = parties
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    let transferred: Vec<&&str> = parties
+        .iter()
+        .filter(|p| p.ends_with(":transferred"))
+        .collect();
+    assert!(
+        transferred.len() == 1 && transferred[0].contains(":pstn:+15550199@pbx:"),
+        "the far end (only) left transferred: {cdr}"
+    );
+    assert!(
+        parties.iter().any(|p| p.contains(&format!(":{refer_to}:"))),
+        "the target is a party: {cdr}"
+    );
+    let m = sbc.metrics();
+    assert_eq!(
+        (
+            m.value("sbc_transfers_total", &["state=\"started\""]),
+            m.value("sbc_transfers_total", &[]),
+            m.value("sbc_calls_ended_total", &["status=\"completed\""]),
+        ),
+        (1.0, 2.0, 1.0),
+        "one transfer started and completed, nothing else; the call completed: {:?}",
+        m.samples
+    );
+    sbc.assert_idle(IDLE);
 }
