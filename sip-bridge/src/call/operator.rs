@@ -11,7 +11,6 @@ use media_core::Instant;
 use super::party::{Leg, OperatorLeg, Origin, Party, Stage};
 use super::{Call, CallCtx, CallOutput};
 use crate::contract::{LegKey, MediaCommand};
-use crate::plan::Target;
 use crate::roles::{Capabilities, Capability, MonitorMode, Role};
 use crate::signalling::{ClientMessage, EndReason, ErrorCode};
 
@@ -358,30 +357,13 @@ impl Call {
                 reference,
             );
         }
-        let target: Target = if target.starts_with('+') {
-            Target::Pstn {
-                number: target.to_string(),
-                trunk: None,
-            }
-        } else {
-            match target.parse::<Target>() {
-                Ok(
-                    t @ (Target::Operators
-                    | Target::OperatorsOf(_)
-                    | Target::Operator(_)
-                    | Target::Sip(_)
-                    | Target::Pstn { .. }
-                    | Target::Stream(_)),
-                ) => t,
-                _ => {
-                    return self.error_to(
-                        op,
-                        ErrorCode::BadRequest,
-                        "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL",
-                        reference,
-                    );
-                }
-            }
+        let Some(target) = super::transfer::parse_target(target) else {
+            return self.error_to(
+                op,
+                ErrorCode::BadRequest,
+                "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL",
+                reference,
+            );
         };
         if self.parties.len() >= ctx.cfg.max_parties {
             return self.error_to(

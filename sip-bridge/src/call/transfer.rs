@@ -560,8 +560,8 @@ fn is_e164(n: &str) -> bool {
         .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// A transfer target as `addParticipant` takes it.
-fn parse_target(target: &str) -> Option<Target> {
+/// A target as `addParticipant` and `transfer` take it.
+pub(crate) fn parse_target(target: &str) -> Option<Target> {
     if target.starts_with('+') {
         return Some(Target::Pstn {
             number: target.to_string(),

@@ -323,19 +323,9 @@ impl UserAgent {
         let Some(l) = self.legs.get_mut(&leg) else {
             return;
         };
-        if let Some(w) = l.rel.held.take() {
-            let refs: Vec<(&str, &str)> = w
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let _ = self.respond(now, leg, w.status, w.sdp.as_deref(), &refs);
-        } else if let Some(w) = l.rel.queued.pop_front() {
-            let refs: Vec<(&str, &str)> = w
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+        // The held 2xx first, else the next provisional waiting.
+        if let Some(w) = l.rel.held.take().or_else(|| l.rel.queued.pop_front()) {
+            let refs = super::str_pairs(&w.headers);
             let _ = self.respond(now, leg, w.status, w.sdp.as_deref(), &refs);
         }
     }
