@@ -373,24 +373,8 @@ impl Call {
                 reference,
             );
         }
-        let secs = timeout.map_or(ADD_TIMEOUT, |s| {
-            Duration::from_secs(u64::from(s.clamp(5, 300)))
-        });
-        self.adds += 1;
-        let origin = Origin::Added {
-            by: Some(by),
-            reference: reference.clone(),
-            deadline: now + secs,
-            group: self.adds,
-        };
-        let before: Vec<LegKey> = self.parties.keys().copied().collect();
-        let started = self.ring_target(now, ctx, &target, origin);
-        let new: Vec<LegKey> = self
-            .parties
-            .keys()
-            .copied()
-            .filter(|k| !before.contains(k))
-            .collect();
+        let (_, origin) = self.next_add(now, by, reference.clone(), timeout, ADD_TIMEOUT);
+        let (started, new) = self.ring_new(now, ctx, &target, origin);
         match started {
             Ok(n) if n > 0 => {
                 for k in new {
@@ -410,6 +394,47 @@ impl Call {
                 reference,
             ),
         }
+    }
+
+    /// A new add request by `by`: its group and the origin of what it rings
+    /// (for `timeout` seconds, 5-300, else `default`).
+    pub(crate) fn next_add(
+        &mut self,
+        now: Instant,
+        by: LegKey,
+        reference: Option<String>,
+        timeout: Option<u32>,
+        default: Duration,
+    ) -> (u32, Origin) {
+        let secs = timeout.map_or(default, |s| Duration::from_secs(u64::from(s.clamp(5, 300))));
+        self.adds += 1;
+        let origin = Origin::Added {
+            by: Some(by),
+            reference,
+            deadline: now + secs,
+            group: self.adds,
+        };
+        (self.adds, origin)
+    }
+
+    /// Rings `target` as `origin`: how many ring (or the status that failed
+    /// it), and the parties it added.
+    pub(crate) fn ring_new(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        target: &crate::plan::Target,
+        origin: Origin,
+    ) -> (Result<usize, u16>, Vec<LegKey>) {
+        let before: Vec<LegKey> = self.parties.keys().copied().collect();
+        let started = self.ring_target(now, ctx, target, origin);
+        let new = self
+            .parties
+            .keys()
+            .copied()
+            .filter(|k| !before.contains(k))
+            .collect();
+        (started, new)
     }
 
     /// An added party answered: it joins everyone; what else its request rang

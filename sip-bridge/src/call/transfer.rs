@@ -184,18 +184,7 @@ impl Call {
         if self.parties.len() >= ctx.cfg.max_parties {
             return Err("the call holds as many participants as it may");
         }
-        let secs = timeout.map_or(TRANSFER_TIMEOUT, |s| {
-            Duration::from_secs(u64::from(s.clamp(5, 300)))
-        });
-        self.adds += 1;
-        let group = self.adds;
-        let origin = Origin::Added {
-            by: Some(by),
-            reference: reference.clone(),
-            deadline: now + secs,
-            group,
-        };
-        let before: Vec<LegKey> = self.parties.keys().copied().collect();
+        let (group, origin) = self.next_add(now, by, reference.clone(), timeout, TRANSFER_TIMEOUT);
         // Set first: a target that fails at once is a failed transfer.
         let held = match kind {
             // A REFER's transferor is not held (no re-INVITE to it mid-REFER):
@@ -226,13 +215,7 @@ impl Call {
                 p.held = true;
             }
         }
-        let started = self.ring_target(now, ctx, &target_parsed, origin);
-        let new: Vec<LegKey> = self
-            .parties
-            .keys()
-            .copied()
-            .filter(|k| !before.contains(k))
-            .collect();
+        let (started, new) = self.ring_new(now, ctx, &target_parsed, origin);
         match started {
             Ok(n) if n > 0 => {
                 self.tell_transfer(now, ctx, "ringing", new.first().copied(), None, None);

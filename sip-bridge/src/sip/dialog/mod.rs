@@ -896,27 +896,43 @@ impl UserAgent {
         if l.state != LegState::Confirmed {
             return Err(UaError::WrongState("re-INVITE needs a confirmed dialog"));
         }
+        self.send_offer(now, leg, Method::Invite, sdp.clone())?;
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.invite.body = sdp; // what a glare retry offers again
+        }
+        Ok(())
+    }
+
+    /// Our new offer in the dialog of `leg` (re-INVITE or UPDATE): one at a
+    /// time, CANCELled if unanswered after 64*T1; its answer comes as
+    /// [`UaEvent::OfferAnswered`].
+    pub(super) fn send_offer(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        method: Method,
+        sdp: Vec<u8>,
+    ) -> Result<(), UaError> {
+        let l = self.legs.get(&leg).ok_or(UaError::UnknownLeg)?;
         if l.offer_tx.is_some() || l.glare_retry.is_some() {
             return Err(UaError::WrongState("an offer is already in progress"));
         }
         let headers = self.session_request_headers(leg);
-        let tx = self.in_dialog(
-            now,
-            leg,
-            Method::Invite,
-            Some(("application/sdp", &sdp)),
-            &headers,
-        )?;
+        let tx = self.in_dialog(now, leg, method, Some(("application/sdp", &sdp)), &headers)?;
         if let Some(l) = self.legs.get_mut(&leg) {
             l.offer_tx = Some((tx, true));
-            l.local_sdp = sdp.clone();
-            l.invite.body = sdp;
+            l.local_sdp = sdp;
         }
         self.timers.push(Reverse((
             now + self.cfg.timers.t1 * 64,
             UaTimer::Offer(leg, tx),
         )));
-        self.purposes.insert(tx, Purpose::ReInvite(leg));
+        let purpose = if method == Method::Update {
+            Purpose::Update(leg)
+        } else {
+            Purpose::ReInvite(leg)
+        };
+        self.purposes.insert(tx, purpose);
         self.pump(now);
         Ok(())
     }

@@ -464,28 +464,7 @@ impl UserAgent {
                 "UPDATE needs an early answer or a peer that allows it",
             ));
         }
-        if l.offer_tx.is_some() || l.glare_retry.is_some() {
-            return Err(UaError::WrongState("an offer is already in progress"));
-        }
-        let headers = self.session_request_headers(leg);
-        let tx = self.in_dialog(
-            now,
-            leg,
-            Method::Update,
-            Some(("application/sdp", &sdp)),
-            &headers,
-        )?;
-        if let Some(l) = self.legs.get_mut(&leg) {
-            l.offer_tx = Some((tx, true));
-            l.local_sdp = sdp;
-        }
-        self.timers.push(Reverse((
-            now + self.cfg.timers.t1 * 64,
-            UaTimer::Offer(leg, tx),
-        )));
-        self.purposes.insert(tx, Purpose::Update(leg));
-        self.pump(now);
-        Ok(())
+        self.send_offer(now, leg, Method::Update, sdp)
     }
 
     /// The answer to our UPDATE.
