@@ -128,6 +128,13 @@ impl ControlCore {
             }
             ControlIn::Media { call, event } => self.bridge.handle_media_event(now, call, event),
             ControlIn::Route { call, decision } => self.bridge.handle_route(now, call, decision),
+            ControlIn::Api {
+                numbers,
+                req,
+                reply,
+            } => {
+                let _ = reply.send(self.bridge.handle_api(now, &numbers, *req));
+            }
             ControlIn::Drain(on) => self.bridge.set_draining(on),
             ControlIn::EndAll { reply } => {
                 let _ = reply.send(self.bridge.calls());

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sip_bridge::bridge::{CallEvent, PartyRecord};
+use sip_bridge::bridge::{CallEvent, CallEventKind, CallId, PartyRecord};
 use tokio::sync::mpsc;
 
 use crate::clock::{self, Clock};
@@ -80,45 +80,105 @@ impl WebhookSink {
     pub fn start(url: String, secret: Vec<u8>) -> Arc<WebhookSink> {
         let (tx, mut rx) = mpsc::channel::<CallEvent>(QUEUE);
         tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default();
+            let client = client();
             while let Some(ev) = rx.recv().await {
                 let body = event_json(&ev).to_string();
-                let mut delay = Duration::from_millis(500);
-                for attempt in 1..=ATTEMPTS {
-                    let ts = Clock::unix_secs();
-                    let sent = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-sbc-timestamp", ts.to_string())
-                        .header("x-sbc-signature", signature(&secret, ts, body.as_bytes()))
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() => {
-                            metrics::counter!("sbc_webhook_delivered_total").increment(1);
-                            break;
-                        }
-                        other => {
-                            let why = other
-                                .map(|r| r.status().to_string())
-                                .unwrap_or_else(|e| e.to_string());
-                            if attempt == ATTEMPTS {
-                                metrics::counter!("sbc_webhook_failed_total").increment(1);
-                                tracing::warn!(call = %ev.call_id, event = ev.kind.as_str(), %why, "webhook gave up");
-                            } else {
-                                tokio::time::sleep(delay).await;
-                                delay *= 2;
-                            }
-                        }
-                    }
+                if !post(&client, &url, Some(&secret), &body).await {
+                    metrics::counter!("sbc_webhook_failed_total").increment(1);
+                    tracing::warn!(call = %ev.call_id, event = ev.kind.as_str(), "webhook gave up");
+                } else {
+                    metrics::counter!("sbc_webhook_delivered_total").increment(1);
                 }
             }
         });
         Arc::new(WebhookSink { tx })
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// POSTs `body` to `url` (signed with `secret` when there is one), retrying
+/// with backoff: whether it was taken.
+async fn post(client: &reqwest::Client, url: &str, secret: Option<&[u8]>, body: &str) -> bool {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        let ts = Clock::unix_secs();
+        let mut req = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(secret) = secret {
+            req = req
+                .header("x-sbc-timestamp", ts.to_string())
+                .header("x-sbc-signature", signature(secret, ts, body.as_bytes()));
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => return true,
+            _ if attempt == ATTEMPTS => {}
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    false
+}
+
+/// Status callbacks of calls the API placed (`POST /v1/calls`,
+/// `statusCallback`): each event the call asked for, once, to its URL, signed
+/// with the webhook's secret when one is configured. Same queue bound and
+/// retries as the webhook.
+#[derive(Debug)]
+pub struct CallbackSink {
+    tx: mpsc::Sender<CallEvent>,
+}
+
+impl CallbackSink {
+    /// Starts the delivery task.
+    pub fn start(secret: Option<Vec<u8>>) -> Arc<CallbackSink> {
+        let (tx, mut rx) = mpsc::channel::<CallEvent>(QUEUE);
+        tokio::spawn(async move {
+            let client = client();
+            // What went out per call, so each kind goes once (a call placed
+            // by the API answers twice: its first party, then the target).
+            let mut sent: std::collections::HashMap<CallId, Vec<CallEventKind>> =
+                Default::default();
+            while let Some(ev) = rx.recv().await {
+                let Some(cb) = ev.callback.clone() else {
+                    continue;
+                };
+                let kinds = sent.entry(ev.call_id).or_default();
+                if ev.kind == CallEventKind::Completed {
+                    sent.remove(&ev.call_id);
+                } else if kinds.contains(&ev.kind) {
+                    continue;
+                } else {
+                    kinds.push(ev.kind);
+                }
+                let body = event_json(&ev).to_string();
+                let ok = post(&client, &cb.url, secret.as_deref(), &body).await;
+                let result = if ok { "delivered" } else { "failed" };
+                metrics::counter!("sbc_status_callbacks_total", "result" => result).increment(1);
+            }
+        });
+        Arc::new(CallbackSink { tx })
+    }
+}
+
+impl EventSink for CallbackSink {
+    fn call_event(&self, event: &CallEvent) {
+        let wanted = event
+            .callback
+            .as_ref()
+            .is_some_and(|cb| cb.wants(event.kind));
+        if wanted && self.tx.try_send(event.clone()).is_err() {
+            metrics::counter!("sbc_status_callbacks_total", "result" => "dropped").increment(1);
+        }
     }
 }
 

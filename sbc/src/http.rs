@@ -61,6 +61,8 @@ pub struct HttpState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Signalling session ids.
     pub next_session: AtomicU64,
+    /// Answers to the REST API's requests with an `Idempotency-Key`.
+    pub idempotency: crate::api::Idempotency,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -89,7 +91,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
     // behind the origin check and CORS (see the module docs).
     let mut cross_origin = Router::new()
         .route("/v1/tokens", post(tokens))
-        .route("/v1/numbers", get(numbers));
+        .route("/v1/numbers", get(numbers))
+        .merge(crate::api::routes());
     for (name, content_type, body) in SDK_FILES {
         cross_origin = cross_origin.route(
             &format!("/sdk/{name}"),
@@ -146,11 +149,18 @@ fn cors(allowed: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .max_age(Duration::from_secs(600))
 }
@@ -287,13 +297,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
+use crate::api::error;
 
 /// The body of `POST /v1/tokens` (protocol.md section 1).
 #[derive(Deserialize)]

@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use sip_bridge::bridge::{CallId, LegKey, MediaCommand, MediaEvent, RouteDecision};
+use sip_bridge::bridge::{
+    ApiError, ApiReply, ApiRequest, CallId, LegKey, MediaCommand, MediaEvent, RouteDecision,
+};
 use sip_bridge::presence::SessionId;
 use sip_bridge::signalling::SessionOutput;
 use sip_bridge::sip::message::Peer;
@@ -69,6 +71,16 @@ pub enum ControlIn {
         call: CallId,
         /// The decision.
         decision: RouteDecision,
+    },
+    /// A request of the REST call control by an API key allowed `numbers`
+    /// (empty: all).
+    Api {
+        /// The key's numbers.
+        numbers: Vec<String>,
+        /// The request.
+        req: Box<ApiRequest>,
+        /// The answer.
+        reply: oneshot::Sender<Result<ApiReply, ApiError>>,
     },
     /// Stop (`true`) or resume taking new calls: INVITEs get 503, dials an error.
     Drain(bool),

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod agent_ws;
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::control::ControlCore;
-use crate::events::{EventSink, WebhookSink};
+use crate::events::{CallbackSink, EventSink, WebhookSink};
 use crate::http::{self, HttpState};
 use crate::inbox::{ControlIn, ControlStatus};
 use crate::media_task::{self, MediaCtx};
@@ -239,6 +239,9 @@ impl ServerBuilder {
         if let Some((url, secret)) = &cfg.webhook {
             sinks.push(WebhookSink::start(url.clone(), secret.clone()));
         }
+        sinks.push(CallbackSink::start(
+            cfg.webhook.as_ref().map(|(_, s)| s.clone()),
+        ));
         let events_task = tokio::spawn(async move {
             while let Some(ev) = events_rx.recv().await {
                 for s in &sinks {
@@ -278,6 +281,7 @@ impl ServerBuilder {
             max_message: cfg.bridge.session.max_message,
             metrics: metrics_handle,
             next_session: AtomicU64::new(1),
+            idempotency: Default::default(),
         });
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let http_task = tokio::spawn(http::serve(

@@ -19,12 +19,14 @@
 //! [`Bridge::poll_route_request`], [`Bridge::poll_event`].
 
 mod admit;
+mod api;
 mod operators;
 mod trunks;
 
 pub use crate::call::{
-    CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord, PortPool, PortProbe, PortStats,
-    QualityReport, ROUTE_TIMEOUT, Role, RouteDecision, RouteFacts, TransferReport,
+    ApiError, ApiErrorCode, CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord,
+    PartyUpdate, PortPool, PortProbe, PortStats, QualityReport, ROUTE_TIMEOUT, Role, RouteDecision,
+    RouteFacts, StatusCallback, TransferReport, TransferStep,
 };
 pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
 pub use crate::contract::{
@@ -34,6 +36,7 @@ pub use crate::plan::{
     DialPlan, DialStatus, Join, Ringback, Step, Target, TargetError, parse_duration,
 };
 pub use admit::{Load, Origin, RETRY_AFTER_SECS, Refusal, admit};
+pub use api::{ApiReply, ApiRequest, Originate};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};

@@ -289,7 +289,7 @@ impl Bridge {
     }
 
     /// What calls read to describe themselves.
-    fn view(&self) -> CallView<'_> {
+    pub(super) fn view(&self) -> CallView<'_> {
         CallView {
             cfg: &self.cfg,
             presence: &self.presence,

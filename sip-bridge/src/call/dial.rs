@@ -319,7 +319,7 @@ impl Call {
 
     /// With an external router, asks it (the caller waits on 100 Trying, at
     /// most [`ROUTE_TIMEOUT`]); else starts the static plan.
-    fn begin(&mut self, now: Instant, ctx: &mut CallCtx<'_>, facts: RouteFacts) {
+    pub(crate) fn begin(&mut self, now: Instant, ctx: &mut CallCtx<'_>, facts: RouteFacts) {
         if ctx.cfg.external_routing {
             self.state = CallState::Routing {
                 deadline: now + ROUTE_TIMEOUT,
@@ -908,6 +908,10 @@ impl Call {
         if let Origin::Added { by, reference, .. } = p.origin.clone() {
             return self.add_joined(now, ctx, key, by, reference);
         }
+        if key == self.caller {
+            // Only the API's call has a caller that answers.
+            return self.originator_answered(now, ctx);
+        }
         // In a `join = "all"` step the others rung keep ringing until the
         // step's timeout and join as they answer; else they lose.
         let all = match p.origin {
@@ -1041,6 +1045,8 @@ impl Call {
             );
             if added {
                 self.add_failed(now, ctx, key, "offline", None);
+            } else if key == self.caller {
+                self.originator_failed(now, ctx, DialStatus::Failed, reason, None);
             } else {
                 self.drop_ringing(now, ctx, key, reason);
                 self.after_target_gone(now, ctx);

@@ -29,7 +29,7 @@ impl Direction {
 }
 
 /// What happened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CallEventKind {
     /// A call started.
@@ -135,6 +135,9 @@ pub struct CallEvent {
     pub quality: Option<QualityReport>,
     /// How a transfer goes (`Transfer`).
     pub transfer: Option<Box<TransferReport>>,
+    /// Where the API that placed the call wants its status (each event it
+    /// lists, once).
+    pub callback: Option<std::sync::Arc<super::StatusCallback>>,
 }
 
 /// A transfer's step, for events and webhooks: the same call goes on, so its
@@ -271,6 +274,7 @@ mod tests {
             party: None,
             quality: None,
             transfer: None,
+            callback: None,
             parties: vec![
                 PartyRecord {
                     id: LegKey(0),

@@ -54,6 +54,8 @@ impl Call {
                     g.insert(caller, vec![Feed::tone(Tone::Ringback)]);
                 }
             }
+            // The first party of the API's call rings: nothing to hear yet.
+            CallState::Originating { .. } => {}
             CallState::Connected => {
                 for p in self.parties.values().filter(|p| p.joined()) {
                     match p.leg {

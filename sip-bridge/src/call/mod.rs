@@ -18,11 +18,13 @@
 //! talk; more can be added, monitor, leave) -> `Ended`. An AI agent's transfer
 //! goes from `Connected` back to `Dialing` with the caller waiting.
 
+mod control;
 mod dial;
 mod event;
 mod graph;
 mod media;
 mod operator;
+mod originate;
 mod output;
 mod party;
 mod ports;
@@ -32,11 +34,15 @@ mod state;
 mod transfer;
 
 pub use crate::roles::{Capabilities, Capability, MonitorMode, Role, RoleCapabilities};
+pub use control::{ApiError, ApiErrorCode, PartyUpdate, TransferStep};
 pub(crate) use dial::user_of;
 pub use event::{CallEvent, CallEventKind, Direction, PartyRecord, QualityReport, TransferReport};
+pub(crate) use originate::OriginateError;
+pub use originate::StatusCallback;
 pub use output::{CallOutput, SipAction};
 pub use ports::{PortPool, PortProbe, PortStats};
 pub use route::{ROUTE_TIMEOUT, RouteDecision, RouteFacts};
+pub(crate) use transfer::parse_target;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -256,6 +262,8 @@ pub struct Call {
     told: BTreeMap<LegKey, (bool, bool, bool)>,
     /// A transfer in progress (one at a time).
     transfer: Option<transfer::Transfer>,
+    /// The API placed it (click-to-call).
+    originated: Option<originate::Originated>,
     out: VecDeque<CallOutput>,
 }
 
@@ -297,6 +305,7 @@ impl Call {
             flags: BTreeMap::new(),
             told: BTreeMap::new(),
             transfer: None,
+            originated: None,
             out: VecDeque::new(),
         }
     }
@@ -422,6 +431,7 @@ impl Call {
             parties: Vec::new(),
             quality: None,
             transfer: None,
+            callback: self.originated.as_ref().and_then(|o| o.callback.clone()),
         }
     }
 
@@ -465,7 +475,9 @@ impl Call {
         }
         let mut t = self.max_duration;
         match &self.state {
-            CallState::Routing { deadline } => t = t.min(*deadline),
+            CallState::Routing { deadline } | CallState::Originating { deadline } => {
+                t = t.min(*deadline)
+            }
             CallState::Dialing(d) => {
                 if let Some(d) = d.deadline {
                     t = t.min(d);
@@ -508,6 +520,9 @@ impl Call {
             }
             CallState::Dialing(d) if d.deadline.is_some_and(|t| t <= now) => {
                 self.step_timed_out(now, ctx);
+            }
+            CallState::Originating { deadline } if *deadline <= now => {
+                self.originator_failed(now, ctx, DialStatus::NoAnswer, EndReason::NoAnswer, None);
             }
             _ => {}
         }
@@ -648,7 +663,11 @@ impl Call {
             match &p.leg {
                 Leg::Sip(s) => {
                     if s.state != party::SipState::Ending {
-                        let action = if k == caller && s.state == party::SipState::Ringing {
+                        // A caller we rang ourselves (the API's) is cancelled.
+                        let action = if k == caller
+                            && s.state == party::SipState::Ringing
+                            && !self.originated()
+                        {
                             SipAction::Respond {
                                 status: sip::caller_status(status, code),
                                 sdp: None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use media_core::Instant;
 
+use super::control::TransferStep;
 use super::party::{Leg, OperatorLeg, Origin, Party, Stage};
 use super::{Call, CallCtx, CallOutput};
 use crate::contract::{LegKey, MediaCommand};
@@ -196,13 +197,13 @@ impl Call {
                 self.start_transfer(now, ctx, op, key, reference, &target, attended, timeout);
             }
             ClientMessage::TransferComplete { .. } => {
-                self.transfer_action(now, ctx, op, key, reference, "complete")
+                self.transfer_action(now, ctx, op, key, reference, TransferStep::Complete)
             }
             ClientMessage::TransferCancel { .. } => {
-                self.transfer_action(now, ctx, op, key, reference, "cancel")
+                self.transfer_action(now, ctx, op, key, reference, TransferStep::Cancel)
             }
             ClientMessage::TransferMerge { .. } => {
-                self.transfer_action(now, ctx, op, key, reference, "merge")
+                self.transfer_action(now, ctx, op, key, reference, TransferStep::Merge)
             }
             ClientMessage::RemoveParticipant { participant_id, .. } => {
                 if ringing {
@@ -320,6 +321,9 @@ impl Call {
         );
         if added {
             self.add_failed(now, ctx, key, "rejected", None);
+        } else if key == self.caller {
+            let busy = crate::plan::DialStatus::Busy;
+            self.originator_failed(now, ctx, busy, EndReason::Rejected, None);
         } else {
             self.drop_ringing(now, ctx, key, EndReason::Rejected);
             self.after_target_gone(now, ctx);
@@ -576,7 +580,12 @@ impl Call {
     }
 
     /// Someone with the right removes party `target`.
-    fn remove_participant(&mut self, now: Instant, ctx: &mut CallCtx<'_>, target: LegKey) {
+    pub(crate) fn remove_participant(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        target: LegKey,
+    ) {
         let Some(p) = self.parties.get(&target) else {
             return;
         };

@@ -109,6 +109,12 @@ impl Call {
         status: u16,
         sdp: Option<&[u8]>,
     ) {
+        if key == self.caller && self.originating() {
+            if status == 180 || status == 183 {
+                self.originator_ringing(now);
+            }
+            return;
+        }
         if !matches!(self.state, CallState::Dialing(_))
             || !self.parties.get(&key).is_some_and(|p| p.ringing())
         {
@@ -417,6 +423,7 @@ impl Call {
         let won_elsewhere = match &p.origin {
             Origin::Plan(_) => !matches!(self.state, CallState::Dialing(_)),
             Origin::Added { .. } => false,
+            Origin::Caller => !matches!(self.state, CallState::Originating { .. }),
             _ => true,
         };
         if !won_elsewhere && p.ringing() && usable {
@@ -449,6 +456,9 @@ impl Call {
     }
 
     fn target_failed(&mut self, now: Instant, ctx: &mut CallCtx<'_>, key: LegKey, status: u16) {
+        if key == self.caller && self.originating() {
+            return self.originator_sip_failed(now, ctx, status);
+        }
         if key == self.caller || self.parties.get(&key).is_none_or(|p| p.sip().is_none()) {
             return;
         }
@@ -556,6 +566,13 @@ impl Call {
         };
         if p.sip().is_none() {
             return;
+        }
+        if key == self.caller && self.originating() {
+            let code = match reason {
+                SipEnd::Failed(c) => c,
+                _ => 487,
+            };
+            return self.originator_sip_failed(now, ctx, code);
         }
         if key == self.caller && !self.is_connected() {
             // The caller gave up (or its INVITE failed) before an answer.

@@ -5,6 +5,9 @@ use media_core::Instant;
 /// See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CallState {
+    /// A call placed by the API (click-to-call): its first party (the
+    /// caller) rings until `deadline`; once it answers, the plan is dialled.
+    Originating { deadline: Instant },
     /// Waiting for the external router's plan, at most until `deadline`.
     Routing { deadline: Instant },
     /// A step of the plan rings; the first answer wins.

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use media_core::Instant;
 
+use super::control::TransferStep;
 use super::output::SipAction;
 use super::party::Origin;
 use super::{Call, CallCtx};
@@ -89,6 +90,7 @@ impl Call {
             by,
             op: Some(op.to_string()),
             notify: None,
+            via: "sdk",
         };
         let kind = if attended {
             Kind::Attended
@@ -138,6 +140,7 @@ impl Call {
             by: key,
             op: None,
             notify: Some(key),
+            via: "refer",
         };
         let asked = (refer_to, target);
         if self
@@ -155,7 +158,7 @@ impl Call {
 
     /// Starts a transfer by `who`; `Err` says why it cannot (nothing changed).
     #[allow(clippy::too_many_arguments)]
-    fn begin_transfer(
+    pub(crate) fn begin_transfer(
         &mut self,
         now: Instant,
         ctx: &mut CallCtx<'_>,
@@ -201,7 +204,7 @@ impl Call {
             kind,
             by: Some(by),
             by_who: self.who(by),
-            via: if who.notify.is_some() { "refer" } else { "sdk" },
+            via: who.via,
             op: who.op,
             notify: who.notify,
             group,
@@ -241,31 +244,42 @@ impl Call {
         op: &str,
         by: LegKey,
         reference: Option<String>,
-        action: &str,
+        step: TransferStep,
     ) {
-        let bad =
-            |c: &mut Call, m: &str, r: Option<String>| c.error_to(op, ErrorCode::BadRequest, m, r);
+        if let Err(m) = self.transfer_step(now, ctx, Some(by), step) {
+            self.error_to(op, ErrorCode::BadRequest, m, reference);
+        }
+    }
+
+    /// Takes `step` in the call's transfer, for its transferor `by` (the API:
+    /// `None`, anyone's); `Err` says why not (nothing changed).
+    pub(crate) fn transfer_step(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        by: Option<LegKey>,
+        step: TransferStep,
+    ) -> Result<(), &'static str> {
         let Some(t) = self.transfer.as_ref() else {
-            return bad(self, "no transfer in progress", reference);
+            return Err("no transfer in progress");
         };
-        if t.by != Some(by) {
-            return bad(self, "the transfer is someone else's", reference);
+        if by.is_some() && t.by != by {
+            return Err("the transfer is someone else's");
         }
         let (kind, answered, group) = (t.kind, t.answered, t.group);
-        match action {
-            "cancel" => {
+        match step {
+            TransferStep::Cancel => {
                 self.stop_target(now, ctx, group, answered);
                 self.transfer_over(now, ctx, "cancelled", None, None);
             }
-            _ if kind != Kind::Attended => bad(
-                self,
-                "complete and merge are for attended transfers",
-                reference,
-            ),
-            _ if answered.is_none() => bad(self, "the target has not answered yet", reference),
-            "merge" => self.transfer_over(now, ctx, "merged", None, None),
-            _ => self.complete_transfer(now, ctx),
+            _ if kind != Kind::Attended => {
+                return Err("complete and merge are for attended transfers");
+            }
+            _ if answered.is_none() => return Err("the target has not answered yet"),
+            TransferStep::Merge => self.transfer_over(now, ctx, "merged", None, None),
+            TransferStep::Complete => self.complete_transfer(now, ctx),
         }
+        Ok(())
     }
 
     /// The target of the transfer (a party of add `group`) answered.
@@ -503,11 +517,13 @@ impl Call {
     }
 }
 
-/// Who transfers: a party, and how it hears of the progress.
-struct Transferor {
-    by: LegKey,
-    op: Option<String>,
-    notify: Option<LegKey>,
+/// Who transfers: a party, how it hears of the progress, and who asked
+/// (`sdk`, `refer`, `api`).
+pub(crate) struct Transferor {
+    pub by: LegKey,
+    pub op: Option<String>,
+    pub notify: Option<LegKey>,
+    pub via: &'static str,
 }
 
 /// A Refer-To URI as a target: `tel:+E164` and `sip:+E164@...` go out as

@@ -582,6 +582,19 @@ impl World {
         );
     }
 
+    /// A request of the REST call control by a key allowed `numbers`.
+    pub fn api(
+        &mut self,
+        numbers: &[&str],
+        req: sip_bridge::bridge::ApiRequest,
+    ) -> Result<sip_bridge::bridge::ApiReply, sip_bridge::bridge::ApiError> {
+        let numbers: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
+        let now = self.now;
+        let r = self.bridge.handle_api(now, &numbers, req);
+        self.pump();
+        r
+    }
+
     pub fn dial(&mut self, i: usize, to: &str, caller_id: &str) {
         let sdp = self.new_offer(i);
         self.send(i, serde_json::json!({"type": "dial", "to": to, "callerId": caller_id, "sdp": sdp, "ref": "d1"}));
