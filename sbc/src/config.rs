@@ -21,7 +21,8 @@ use std::time::Duration;
 use media_core::codec::{Codec, OpusComplexity};
 use serde::Deserialize;
 use sip_bridge::bridge::{
-    BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Ringback, Step, Target, TrunkConfig,
+    BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Ringback, Step, Target,
+    TransferMode, TrunkConfig,
 };
 use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
@@ -450,6 +451,39 @@ pub struct TrunkEntry {
     /// transferred to the Refer-To target. Default false: 403.
     #[serde(default)]
     pub accept_refer: bool,
+    /// How a blind transfer moves its party to a number or SIP URI:
+    /// `"bridge"` (default: we call the target and stay in the media) or
+    /// `"refer"` (we send it a REFER and leave once its NOTIFY says 200; a
+    /// refused REFER or NOTIFYs that never come fall back to bridging).
+    #[serde(default)]
+    pub transfer: TransferSetting,
+    /// With `transfer = "refer"`, when its NOTIFY says the target failed:
+    /// `"report"` (default: the transfer failed, the transferor is back) or
+    /// `"bridge"` (we try the target ourselves).
+    #[serde(default)]
+    pub refer_failure: ReferFailure,
+}
+
+/// `transfer` of a trunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferSetting {
+    /// We bridge.
+    #[default]
+    Bridge,
+    /// We REFER.
+    Refer,
+}
+
+/// `refer_failure` of a trunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferFailure {
+    /// The transfer failed.
+    #[default]
+    Report,
+    /// We bridge instead.
+    Bridge,
 }
 
 fn udp() -> Transport {
@@ -1101,6 +1135,12 @@ impl SbcConfig {
                 require_100rel: t.require_100rel,
                 update_offers: t.update_offers,
                 accept_refer: t.accept_refer,
+                transfer: match (t.transfer, t.refer_failure) {
+                    (TransferSetting::Bridge, _) => TransferMode::Bridge,
+                    (TransferSetting::Refer, f) => TransferMode::Refer {
+                        bridge_on_failure: f == ReferFailure::Bridge,
+                    },
+                },
             });
         }
         if found.is_empty() {

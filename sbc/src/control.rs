@@ -476,6 +476,7 @@ mod tests {
             require_100rel: false,
             update_offers: false,
             accept_refer: false,
+            transfer: Default::default(),
         };
         let number = NumberConfig {
             id: "support".into(),

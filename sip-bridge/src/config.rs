@@ -131,6 +131,28 @@ pub struct TrunkConfig {
     /// Its REFERs are followed (RFC 3515: the other party is transferred to
     /// the Refer-To target); otherwise they get 403.
     pub accept_refer: bool,
+    /// How its parties are transferred: bridged through us, or handed to it
+    /// with a REFER.
+    pub transfer: TransferMode,
+}
+
+/// How a blind transfer moves a party of a trunk to a phone number or a SIP
+/// URI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferMode {
+    /// We call the target and bridge it (the default): we stay in the media.
+    #[default]
+    Bridge,
+    /// We send the trunk a REFER (RFC 3515) and leave once its NOTIFY says
+    /// the target answered. A REFER refused (403, 405, 501...) or NOTIFYs
+    /// that never come fall back to bridging. `bridge_on_failure`: a target
+    /// the trunk could not reach (a NOTIFY of 4xx-6xx) is tried by bridging
+    /// too; otherwise the transfer fails and the transferor is back.
+    Refer {
+        /// Bridge after a failed NOTIFY too.
+        bridge_on_failure: bool,
+    },
 }
 
 impl TrunkConfig {

@@ -543,3 +543,175 @@ fn a_refer_while_an_operator_transfer_is_in_progress_gets_491() {
         "the SDK transfer goes on"
     );
 }
+
+/// A carrier call answered by alice on a trunk that transfers by REFER
+/// (`transfer = "refer"`); alice blind-transfers the caller to a number.
+/// Returns the carrier's leg and the REFER it got.
+fn refer_out_started(
+    bridge_on_failure: bool,
+) -> (World, String, sip_bridge::sip::dialog::LegId, String) {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.trunks[0].transfer = sip_bridge::bridge::TransferMode::Refer { bridge_on_failure };
+    let (mut w, call, leg) = answered_by_alice_with(cfg);
+    transfer(&mut w, &call, "+15550199", false);
+    w.run(ms(100));
+    let refer_to = w
+        .carrier_events()
+        .iter()
+        .find_map(|e| match e {
+            UaEvent::Refer {
+                leg: l, refer_to, ..
+            } if *l == leg => Some(refer_to.clone()),
+            _ => None,
+        })
+        .expect("the carrier gets a REFER instead of us calling the number");
+    assert!(w.carrier_incoming().is_empty(), "nothing called by us");
+    (w, call, leg, refer_to)
+}
+
+fn transfer_events(w: &World) -> Vec<(String, Option<String>)> {
+    w.events
+        .iter()
+        .filter_map(|e| e.transfer.as_ref())
+        .map(|t| (t.state.to_string(), t.reason.clone()))
+        .collect()
+}
+
+#[test]
+fn refer_out_accepted_and_notified_200_we_leave_with_a_bye() {
+    let (mut w, call, leg, refer_to) = refer_out_started(false);
+    assert_eq!(refer_to, "sip:+15550199@carrier.example");
+    let now = w.now;
+    w.carrier.ua.answer_refer(now, leg, 202).unwrap();
+    w.carrier
+        .ua
+        .notify_refer(now, leg, 100, "Trying", false)
+        .unwrap();
+    w.run(ms(300));
+    assert_eq!(
+        w.ended_reason(0, &call),
+        None,
+        "not before the final NOTIFY"
+    );
+    let now = w.now;
+    w.carrier
+        .ua
+        .notify_refer(now, leg, 200, "OK", true)
+        .unwrap();
+    w.run(ms(300));
+    // RFC 5589 6.1: the transferor's BYE follows the NOTIFY of 200.
+    assert!(w.carrier_events().iter().any(
+        |e| matches!(e, UaEvent::Terminated { leg: l, reason } if *l == leg && *reason == EndReason::RemoteBye)
+    ));
+    assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+    assert_eq!(
+        transfer_events(&w),
+        [("started".into(), None), ("completed".into(), None)]
+    );
+    assert_eq!(w.completed().len(), 1);
+    assert!(
+        w.carrier_incoming().is_empty(),
+        "we never called the number"
+    );
+    w.run(ms(3000));
+    w.assert_idle();
+}
+
+#[test]
+fn refer_out_refused_with_403_falls_back_to_bridging() {
+    let (mut w, call, leg, _) = refer_out_started(false);
+    w.carrier.auto_answer = Some(vec![(180, false), (200, true)]);
+    let now = w.now;
+    w.carrier.ua.answer_refer(now, leg, 403).unwrap();
+    w.run(ms(300));
+    let phone = w
+        .carrier_incoming()
+        .into_iter()
+        .map(|(l, _)| l)
+        .find(|l| *l != leg)
+        .expect("we call the number ourselves");
+    w.carrier.media.get_mut(&phone).unwrap().tone =
+        Some(ToneGenerator::new(8000, &[(PHONE, 8000.0)]));
+    w.run(ms(2000));
+    let m = w.carrier.media[&leg].heard.len();
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m..],
+        8000,
+        &[PHONE],
+        &[ALICE],
+        "caller bridged to the phone",
+    );
+    assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+    let states: Vec<String> = transfer_events(&w).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(states, ["started", "bridging", "completed"]);
+}
+
+#[test]
+fn refer_out_notified_486_is_reported_and_alice_is_back_or_bridged_when_configured() {
+    let (mut w, call, leg, _) = refer_out_started(false);
+    let now = w.now;
+    w.carrier.ua.answer_refer(now, leg, 202).unwrap();
+    w.carrier
+        .ua
+        .notify_refer(now, leg, 486, "Busy Here", true)
+        .unwrap();
+    w.run(ms(300));
+    assert_eq!(
+        transfer_events(&w),
+        [
+            ("started".into(), None),
+            ("failed".into(), Some("busy".into()))
+        ]
+    );
+    assert_eq!(states(&w), ["ringing", "failed"]);
+    assert_eq!(w.ended_reason(0, &call), None);
+    let m = marks(&w, leg);
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE],
+        &[],
+        "recalled: alice again",
+    );
+    assert!(w.carrier_incoming().is_empty());
+
+    // The same with `refer_failure = "bridge"`: we call the number ourselves.
+    let (mut w, _, leg, _) = refer_out_started(true);
+    let now = w.now;
+    w.carrier.ua.answer_refer(now, leg, 202).unwrap();
+    w.carrier
+        .ua
+        .notify_refer(now, leg, 486, "Busy Here", true)
+        .unwrap();
+    w.run(ms(300));
+    assert_eq!(
+        w.carrier_incoming().len(),
+        1,
+        "bridged after the failed NOTIFY"
+    );
+    let states: Vec<String> = transfer_events(&w).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(states, ["started", "bridging"]);
+}
+
+#[test]
+fn refer_out_without_any_notify_falls_back_to_bridging_at_the_timeout() {
+    let (mut w, _, leg, _) = refer_out_started(false);
+    let now = w.now;
+    w.carrier.ua.answer_refer(now, leg, 202).unwrap();
+    // The transfer's timeout is 8 s (see `transfer`).
+    w.run(ms(7500));
+    assert!(
+        w.carrier_incoming().is_empty(),
+        "still waiting for a NOTIFY"
+    );
+    w.run(ms(1000));
+    assert_eq!(
+        w.carrier_incoming().len(),
+        1,
+        "bridged once the wait ran out"
+    );
+    let ev = transfer_events(&w);
+    assert_eq!(ev[1], ("bridging".into(), Some("no_notify".into())));
+}

@@ -1024,6 +1024,7 @@ pub fn call(data: &[u8]) {
         require_100rel: false,
         update_offers: false,
         accept_refer: false,
+        transfer: Default::default(),
     };
     let numbers = vec![
         NumberConfig {

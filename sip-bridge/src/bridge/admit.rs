@@ -132,6 +132,7 @@ mod tests {
             require_100rel: false,
             update_offers: false,
             accept_refer: false,
+            transfer: Default::default(),
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());
         cfg.max_calls = 2;

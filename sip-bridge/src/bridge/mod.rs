@@ -28,7 +28,9 @@ pub use crate::call::{
     PartyUpdate, PortPool, PortProbe, PortStats, QualityReport, ROUTE_TIMEOUT, Role, RouteDecision,
     RouteFacts, StatusCallback, TransferReport, TransferStep,
 };
-pub use crate::config::{BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TrunkConfig};
+pub use crate::config::{
+    BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TransferMode, TrunkConfig,
+};
 pub use crate::contract::{
     CallId, Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, RtcpQuality, Tone,
 };
@@ -555,6 +557,7 @@ impl Bridge {
             }
             SipAction::Hangup => self.ua.hangup(now, ua_leg),
             SipAction::AnswerRefer { status } => self.ua.answer_refer(now, ua_leg, status),
+            SipAction::Refer { refer_to } => self.ua.refer(now, ua_leg, &refer_to, true),
             SipAction::Notify {
                 status,
                 reason,

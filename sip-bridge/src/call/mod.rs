@@ -157,6 +157,18 @@ pub enum SipLegEvent {
         /// The Refer-To URI.
         refer_to: String,
     },
+    /// The peer's answer to our REFER.
+    ReferAnswered {
+        /// Status.
+        status: u16,
+    },
+    /// A NOTIFY about the call our REFER asked for: its status line.
+    ReferProgress {
+        /// The referred call's status (0: none in the body).
+        status: u16,
+        /// No more follow.
+        last: bool,
+    },
     /// INFO arrived.
     Info {
         /// Content-Type.
@@ -200,6 +212,10 @@ impl SipLegEvent {
             UaEvent::Terminated { leg, reason } => (leg, SipLegEvent::Terminated { reason }),
             UaEvent::Acked { leg, sdp } => (leg, SipLegEvent::Acked { sdp }),
             UaEvent::Refer { leg, refer_to, .. } => (leg, SipLegEvent::Refer { refer_to }),
+            UaEvent::ReferAnswered { leg, status } => (leg, SipLegEvent::ReferAnswered { status }),
+            UaEvent::ReferProgress { leg, status, last } => {
+                (leg, SipLegEvent::ReferProgress { status, last })
+            }
             _ => return None,
         })
     }
@@ -485,6 +501,9 @@ impl Call {
             }
             _ => {}
         }
+        if let Some(d) = self.refer_deadline() {
+            t = t.min(d);
+        }
         for p in self.parties.values() {
             if let (Origin::Added { deadline, .. }, Stage::Ringing) = (&p.origin, p.stage) {
                 t = t.min(*deadline);
@@ -526,6 +545,7 @@ impl Call {
             }
             _ => {}
         }
+        self.refer_timed_out(now, ctx);
         let due: Vec<LegKey> = self
             .parties
             .iter()

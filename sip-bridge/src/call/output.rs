@@ -65,6 +65,12 @@ pub enum SipAction {
         /// The final one.
         last: bool,
     },
+    /// Ask the peer to call `refer_to` itself (a REFER with a subscription,
+    /// RFC 3515): blind transfer by its trunk.
+    Refer {
+        /// The Refer-To URI.
+        refer_to: String,
+    },
     /// An INFO (DTMF relay).
     Info {
         /// Content-Type.

@@ -96,6 +96,10 @@ impl Call {
             }
             SipLegEvent::Terminated { reason } => self.sip_terminated(now, ctx, key, reason),
             SipLegEvent::Refer { refer_to } => self.sip_refer(now, ctx, key, &refer_to),
+            SipLegEvent::ReferAnswered { status } => self.refer_answered(now, ctx, key, status),
+            SipLegEvent::ReferProgress { status, last } => {
+                self.refer_progress(now, ctx, key, status, last)
+            }
             SipLegEvent::Acked { sdp } => self.acked(now, ctx, key, sdp.as_deref()),
         }
         self.settle(now, ctx);

@@ -62,6 +62,23 @@ pub(crate) struct Transfer {
     /// The parties this transfer put on hold (released when it ends).
     held: Vec<LegKey>,
     reference: Option<String>,
+    /// Handed to the transferee's trunk with a REFER, until its NOTIFYs say
+    /// how it went.
+    refer: Option<ReferOut>,
+}
+
+/// A blind transfer done by the transferee's trunk (`transfer = "refer"`).
+#[derive(Clone, Debug)]
+pub(crate) struct ReferOut {
+    /// The transferee, whom the REFER went to.
+    leg: LegKey,
+    /// No final NOTIFY by then: we bridge instead.
+    deadline: Instant,
+    /// A NOTIFY of failure: bridge instead (else the transfer failed).
+    bridge_on_failure: bool,
+    /// What to ring if we bridge after all, and for how long.
+    target: Target,
+    ring: Duration,
 }
 
 impl Call {
@@ -188,18 +205,28 @@ impl Call {
             return Err("the call holds as many participants as it may");
         }
         let (group, origin) = self.next_add(now, by, reference.clone(), timeout, TRANSFER_TIMEOUT);
+        let ring = match &origin {
+            Origin::Added { deadline, .. } => deadline.saturating_duration_since(now),
+            _ => TRANSFER_TIMEOUT,
+        };
         // Set first: a target that fails at once is a failed transfer.
         let held = match kind {
             // A REFER's transferor is not held (no re-INVITE to it mid-REFER):
             // it usually hangs up itself, or we do once the target answered.
             Kind::Blind if who.notify.is_some() => Vec::new(),
             Kind::Blind => vec![by],
-            Kind::Attended => transferees,
+            Kind::Attended => transferees.clone(),
         };
         let held: Vec<LegKey> = held
             .into_iter()
             .filter(|k| self.parties.get(k).is_some_and(|p| !p.held))
             .collect();
+        let refer = match kind {
+            Kind::Blind if who.notify.is_none() => {
+                self.refer_out(ctx, &transferees, &target_parsed, now + ring, ring)
+            }
+            _ => None,
+        };
         self.transfer = Some(Transfer {
             kind,
             by: Some(by),
@@ -212,13 +239,40 @@ impl Call {
             answered: None,
             held: held.clone(),
             reference: reference.clone(),
+            refer: None,
         });
         for k in &held {
             if let Some(p) = self.parties.get_mut(k) {
                 p.held = true;
             }
         }
+        if let Some((r, refer_to)) = refer {
+            // RFC 5589 section 6.1: the transferee's trunk calls the target.
+            self.sip(r.leg, SipAction::Refer { refer_to });
+            if let Some(t) = self.transfer.as_mut() {
+                t.refer = Some(r);
+            }
+            self.tell_transfer(now, ctx, "ringing", None, None, None);
+            for k in held {
+                self.tell_updated(now, ctx, k, None);
+            }
+            return Ok(());
+        }
         let (started, new) = self.ring_new(now, ctx, &target_parsed, origin);
+        self.transfer_rung(now, ctx, started, new, &held);
+        Ok(())
+    }
+
+    /// What ringing the transfer's target did: it rings (the transferor
+    /// hears so), or nothing could ring and the transfer failed.
+    fn transfer_rung(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        started: Result<usize, u16>,
+        new: Vec<LegKey>,
+        held: &[LegKey],
+    ) {
         match started {
             Ok(n) if n > 0 => {
                 self.tell_transfer(now, ctx, "ringing", new.first().copied(), None, None);
@@ -226,14 +280,158 @@ impl Call {
                     self.tell_updated(now, ctx, k, None);
                 }
                 for k in held {
-                    self.tell_updated(now, ctx, k, None);
+                    self.tell_updated(now, ctx, *k, None);
                 }
             }
             // Nothing rings: the transfer never started.
             Ok(_) => self.transfer_over(now, ctx, "failed", Some("busy"), None),
             Err(code) => self.transfer_over(now, ctx, "failed", Some("failed"), Some(code)),
         }
-        Ok(())
+    }
+
+    /// A REFER out instead of bridging, when the one transferee is a SIP
+    /// party whose trunk transfers that way and the target is a number or a
+    /// SIP URI: what to send it.
+    fn refer_out(
+        &self,
+        ctx: &CallCtx<'_>,
+        transferees: &[LegKey],
+        target: &Target,
+        deadline: Instant,
+        ring: Duration,
+    ) -> Option<(ReferOut, String)> {
+        let [leg] = transferees else {
+            return None;
+        };
+        let s = self.parties.get(leg)?.sip()?;
+        let trunk = ctx.cfg.trunks.get(s.trunk?)?;
+        let crate::config::TransferMode::Refer { bridge_on_failure } = trunk.transfer else {
+            return None;
+        };
+        let refer_to = match target {
+            Target::Pstn { number, .. } => format!("sip:{number}@{}", trunk.host),
+            Target::Sip(uri) => uri.clone(),
+            _ => return None,
+        };
+        let r = ReferOut {
+            leg: *leg,
+            deadline,
+            bridge_on_failure,
+            target: target.clone(),
+            ring,
+        };
+        Some((r, refer_to))
+    }
+
+    /// The trunk's answer to our REFER: refused (403, 405, 501...), we
+    /// bridge instead; accepted, its NOTIFYs follow.
+    pub(crate) fn refer_answered(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        leg: LegKey,
+        status: u16,
+    ) {
+        if self.refer_of(leg) && !(200..300).contains(&status) {
+            self.refer_fallback(now, ctx, "refused", status);
+        }
+    }
+
+    /// A NOTIFY about the call our REFER asked for (RFC 3515 2.4.5): 200 and
+    /// we leave (BYE to the transferee, RFC 5589 6.1); a failure is reported
+    /// (or bridged, as the trunk says).
+    pub(crate) fn refer_progress(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        leg: LegKey,
+        status: u16,
+        last: bool,
+    ) {
+        if !self.refer_of(leg) {
+            return;
+        }
+        match status {
+            200..=299 => {
+                self.tell_transfer(now, ctx, "completed", None, None, None);
+                let by = self.transfer.take().and_then(|t| t.by);
+                // Both leave as transferred; the call is over for us.
+                for k in by.into_iter().chain([leg]) {
+                    if self.parties.contains_key(&k) {
+                        self.leave(now, ctx, k, EndReason::Transferred, true);
+                    }
+                }
+            }
+            300.. => {
+                let bridge = self
+                    .transfer
+                    .as_ref()
+                    .and_then(|t| t.refer.as_ref())
+                    .is_some_and(|r| r.bridge_on_failure);
+                if bridge {
+                    self.refer_fallback(now, ctx, "notify", status);
+                } else {
+                    let reason = refer_failure_reason(status);
+                    self.transfer_over(now, ctx, "failed", Some(reason), Some(status));
+                }
+            }
+            // A subscription that ends without a final status: as if none came.
+            _ if last => self.refer_fallback(now, ctx, "no_notify", 0),
+            _ => {}
+        }
+    }
+
+    /// Whether the transfer in progress was REFERred to party `leg`.
+    fn refer_of(&self, leg: LegKey) -> bool {
+        self.transfer
+            .as_ref()
+            .and_then(|t| t.refer.as_ref())
+            .is_some_and(|r| r.leg == leg)
+    }
+
+    /// When a REFER out stops waiting for its final NOTIFY.
+    pub(crate) fn refer_deadline(&self) -> Option<Instant> {
+        self.transfer
+            .as_ref()
+            .and_then(|t| t.refer.as_ref())
+            .map(|r| r.deadline)
+    }
+
+    /// No final NOTIFY in time: we bridge.
+    pub(crate) fn refer_timed_out(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        if self.refer_deadline().is_some_and(|d| d <= now) {
+            self.refer_fallback(now, ctx, "no_notify", 0);
+        }
+    }
+
+    /// The REFER did not do it (`why`): we ring the target ourselves, as a
+    /// bridged blind transfer.
+    fn refer_fallback(&mut self, now: Instant, ctx: &mut CallCtx<'_>, why: &str, status: u16) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let Some(r) = t.refer.take() else {
+            return;
+        };
+        let (by, reference, group) = (t.by, t.reference.clone(), t.group);
+        // Webhooks see why we bridge after all.
+        self.transfer_event(now, "bridging", Some(why), (status != 0).then_some(status));
+        let origin = Origin::Added {
+            by,
+            reference,
+            deadline: now + r.ring,
+            group,
+        };
+        let (started, new) = self.ring_new(now, ctx, &r.target, origin);
+        match started {
+            // Already told `started`: the new party is news to the others.
+            Ok(n) if n > 0 => {
+                for k in new {
+                    self.tell_updated(now, ctx, k, None);
+                }
+            }
+            other => self.transfer_rung(now, ctx, other, new, &[]),
+        }
     }
 
     /// `transferComplete`, `transferCancel`, `transferMerge` from party `by`.
@@ -433,25 +631,7 @@ impl Call {
         reason: Option<&str>,
         code: Option<u16>,
     ) {
-        let Some(t) = self.transfer.as_ref() else {
-            return;
-        };
-        let report = super::event::TransferReport {
-            state: if state == "ringing" { "started" } else { state },
-            kind: match t.kind {
-                Kind::Blind => "blind",
-                Kind::Attended => "attended",
-            },
-            via: t.via,
-            by: t.by_who.clone(),
-            target: t.target_text.clone(),
-            reason: reason.map(String::from),
-            code,
-        };
-        let mut ev = self.report(now, super::CallEventKind::Transfer);
-        ev.transfer = Some(Box::new(report));
-        ev.code = code;
-        self.push(super::CallOutput::Event(ev));
+        self.transfer_event(now, state, reason, code);
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
@@ -489,6 +669,35 @@ impl Call {
         self.send_operator(&op, msg);
     }
 
+    /// The transfer's event (webhooks, CDR) in `state`.
+    fn transfer_event(
+        &mut self,
+        now: Instant,
+        state: &'static str,
+        reason: Option<&str>,
+        code: Option<u16>,
+    ) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        let report = super::event::TransferReport {
+            state: if state == "ringing" { "started" } else { state },
+            kind: match t.kind {
+                Kind::Blind => "blind",
+                Kind::Attended => "attended",
+            },
+            via: t.via,
+            by: t.by_who.clone(),
+            target: t.target_text.clone(),
+            reason: reason.map(String::from),
+            code,
+        };
+        let mut ev = self.report(now, super::CallEventKind::Transfer);
+        ev.transfer = Some(Box::new(report));
+        ev.code = code;
+        self.push(super::CallOutput::Event(ev));
+    }
+
     /// `blind` or `attended` when party `p` is rung as the transfer's target.
     pub(crate) fn transfer_kind_of(&self, p: &super::party::Party) -> Option<&'static str> {
         let t = self.transfer.as_ref()?;
@@ -524,6 +733,16 @@ pub(crate) struct Transferor {
     pub op: Option<String>,
     pub notify: Option<LegKey>,
     pub via: &'static str,
+}
+
+/// Why a NOTIFY's status failed a referred call, as a transfer reason.
+fn refer_failure_reason(status: u16) -> &'static str {
+    match status {
+        486 | 600 => "busy",
+        408 | 480 | 487 => "no_answer",
+        603 => "rejected",
+        _ => "failed",
+    }
 }
 
 /// A Refer-To URI as a target: `tel:+E164` and `sip:+E164@...` go out as

@@ -75,6 +75,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         require_100rel: false,
         update_offers: false,
         accept_refer: false,
+        transfer: Default::default(),
     };
     let mut cfg = BridgeConfig::new(
         vec![
