@@ -200,6 +200,13 @@ pub enum MediaCommand {
         /// Held.
         on: bool,
     },
+    /// Tells AI agent `leg` how its warm transfer goes.
+    StreamTransferState {
+        /// The agent's leg.
+        leg: LegKey,
+        /// `ringing`, `consulting`, `completed`, `failed`, `cancelled`.
+        state: String,
+    },
     /// Sends DTMF into `leg` as RFC 4733 events.
     SendDtmf {
         /// The leg.
@@ -321,6 +328,8 @@ pub enum MediaEvent {
         leg: LegKey,
         /// The target (`operators`, `operator:REF`, `pstn:+1555...`).
         target: String,
+        /// It stays on to brief the target first (attended).
+        warm: bool,
     },
 }
 

@@ -77,8 +77,15 @@ pub enum AgentMessage {
 pub enum StreamEvent {
     /// The agent hangs up the call.
     Hangup,
-    /// The agent hands the caller to a dial-plan target.
-    Transfer(String),
+    /// The agent hands the caller to a dial-plan target: at once (blind),
+    /// or `warm`: it stays on with the target to pass on what it knows,
+    /// the caller on hold, until it hangs up.
+    Transfer {
+        /// The target (`operators`, `operator:REF`, `pstn:+1555...`).
+        target: String,
+        /// Warm (attended) rather than blind.
+        warm: bool,
+    },
 }
 
 /// The call the agent is told about in `start`.
@@ -265,6 +272,14 @@ impl StreamLeg {
         }
     }
 
+    /// How the agent's warm transfer goes: `{"type": "transfer", "state"}`
+    /// (`ringing`, `consulting`, `completed`, `failed`, `cancelled`).
+    pub fn send_transfer_state(&mut self, state: &str) {
+        if self.format == StreamFormat::Pcm24k {
+            self.text(json!({"type": "transfer", "state": state}));
+        }
+    }
+
     /// Ends the stream (the agent gets `stop`).
     pub fn stop(&mut self) {
         if self.stopped {
@@ -400,8 +415,16 @@ impl StreamLeg {
                         let target = v.get("target").and_then(|t| t.as_str()).ok_or_else(|| {
                             StreamError::BadMessage("transfer without a target".into())
                         })?;
-                        self.events
-                            .push_back(StreamEvent::Transfer(target.to_string()));
+                        let warm = match v.get("warm") {
+                            None => false,
+                            Some(w) => w.as_bool().ok_or_else(|| {
+                                StreamError::BadMessage("`warm` must be true or false".into())
+                            })?,
+                        };
+                        self.events.push_back(StreamEvent::Transfer {
+                            target: target.to_string(),
+                            warm,
+                        });
                     }
                     // Agents may send keep-alives or their own bookkeeping.
                     "ping" | "connected" | "start" => {}
@@ -550,7 +573,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             leg.poll_event(),
-            Some(StreamEvent::Transfer("operators".into()))
+            Some(StreamEvent::Transfer {
+                target: "operators".into(),
+                warm: false
+            })
         );
         assert_eq!(leg.poll_event(), Some(StreamEvent::Hangup));
         for bad in [

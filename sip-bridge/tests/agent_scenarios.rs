@@ -228,3 +228,157 @@ fn an_agent_that_dies_mid_call_hands_the_caller_on() {
         "the caller stayed"
     );
 }
+
+/// The agent answered a carrier call (1000 Hz); alice is online. The agent
+/// asks for a warm transfer to the operators.
+fn warm_transfer_asked() -> (World, usize, sip_bridge::sip::dialog::LegId) {
+    let target = format!("stream:{AGENT}");
+    let mut w = world(
+        StreamFormat::Pcm24k,
+        AgentMode::Up,
+        &[(&[target.as_str()], 20)],
+    );
+    let a = w.operator("alice", &["support"]);
+    let leg = w.carrier_call("+15550100", 1000.0);
+    w.run(ms(1000));
+    w.agent_send(
+        AGENT,
+        AgentMessage::Text(r#"{"type":"transfer","target":"operators","warm":true}"#.into()),
+    );
+    w.run(ms(200));
+    assert!(
+        !w.agents[AGENT].closed,
+        "a warm transfer keeps the agent on"
+    );
+    (w, a, leg)
+}
+
+fn agent_states(w: &World) -> Vec<String> {
+    w.agents[AGENT]
+        .got("transfer")
+        .iter()
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_agent_briefs_the_operator_before_leaving_in_a_warm_transfer() {
+    let (mut w, a, leg) = warm_transfer_asked();
+    assert_eq!(agent_states(&w), ["ringing"]);
+    let call = w.last_incoming(a).expect("the operators ring");
+    w.accept(a, &call);
+    w.browsers[a].tone = Some(media_core::analysis::ToneGenerator::new(
+        48_000,
+        &[(440.0, 8000.0)],
+    ));
+    w.run(ms(1500));
+    assert_eq!(agent_states(&w), ["ringing", "consulting"]);
+    // The briefing: alice hears the agent (600 Hz), the caller, on hold,
+    // hears neither; the agent hears alice, not the caller.
+    let (m_alice, m_caller, m_agent) = (
+        w.browsers[a].heard.len(),
+        w.carrier.media[&leg].heard.len(),
+        w.agents[AGENT].heard.len(),
+    );
+    w.agent_tone(AGENT, 600.0, 2.0);
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.browsers[a].heard[m_alice..],
+        48_000,
+        &[600.0],
+        &[1000.0],
+        "alice briefed",
+    );
+    let caller = &w.carrier.media[&leg].heard[m_caller..];
+    assert!(
+        World::level(caller, 8000, 600.0) < -45.0 && World::level(caller, 8000, 440.0) < -45.0,
+        "the caller hears neither while held"
+    );
+    World::assert_hears(
+        &w.agents[AGENT].heard[m_agent..],
+        24_000,
+        &[440.0],
+        &[1000.0],
+        "the agent hears alice",
+    );
+    // The agent hangs up: the caller and alice talk.
+    w.agent_send(AGENT, AgentMessage::Text(r#"{"type":"hangup"}"#.into()));
+    w.run(ms(1000));
+    let (m_alice, m_caller) = (w.browsers[a].heard.len(), w.carrier.media[&leg].heard.len());
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.browsers[a].heard[m_alice..],
+        48_000,
+        &[1000.0],
+        &[],
+        "alice hears the caller",
+    );
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m_caller..],
+        8000,
+        &[440.0],
+        &[],
+        "the caller hears alice",
+    );
+    let reports: Vec<(&str, &str)> = w
+        .events
+        .iter()
+        .filter_map(|e| e.transfer.as_ref())
+        .map(|t| (t.state, t.via))
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            ("started", "agent"),
+            ("consulting", "agent"),
+            ("completed", "agent")
+        ]
+    );
+}
+
+#[test]
+fn a_warm_transfer_nobody_answers_brings_the_agent_back_and_a_long_briefing_is_cut() {
+    let (mut w, a, leg) = warm_transfer_asked();
+    // alice never answers; the transfer rings out (30 s) and the caller is
+    // back with the agent.
+    w.run(ms(31_000));
+    assert_eq!(agent_states(&w), ["ringing", "failed"]);
+    let m = w.carrier.media[&leg].heard.len();
+    w.agent_tone(AGENT, 600.0, 1.5);
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m..],
+        8000,
+        &[600.0],
+        &[],
+        "the caller hears the agent again",
+    );
+    assert_eq!(
+        w.ended_reason(a, &w.last_incoming(a).unwrap()).as_deref(),
+        Some("no_answer")
+    );
+
+    // Again, answered this time; the agent never hangs up: after its 60 s
+    // the transfer completes without it.
+    let (mut w, a, leg) = warm_transfer_asked();
+    let call = w.last_incoming(a).unwrap();
+    w.accept(a, &call);
+    w.browsers[a].tone = Some(media_core::analysis::ToneGenerator::new(
+        48_000,
+        &[(440.0, 8000.0)],
+    ));
+    w.run(ms(59_000));
+    assert_eq!(agent_states(&w), ["ringing", "consulting"]);
+    w.run(ms(2000));
+    assert_eq!(agent_states(&w), ["ringing", "consulting", "completed"]);
+    assert!(w.agents[AGENT].closed, "the agent's leg ended");
+    let m = w.carrier.media[&leg].heard.len();
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m..],
+        8000,
+        &[440.0],
+        &[],
+        "the caller hears alice",
+    );
+}

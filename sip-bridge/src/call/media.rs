@@ -75,7 +75,12 @@ impl Call {
                     self.leave(now, ctx, leg, EndReason::Hangup, true);
                 }
             }
-            MediaEvent::StreamTransfer { leg, target } => {
+            MediaEvent::StreamTransfer {
+                leg,
+                target,
+                warm: true,
+            } => self.agent_warm_transfer(now, ctx, leg, &target),
+            MediaEvent::StreamTransfer { leg, target, .. } => {
                 if self.parties.get(&leg).is_some_and(|p| p.joined())
                     && self.alone_with(leg)
                     && let Ok(t) = target.parse::<Target>()

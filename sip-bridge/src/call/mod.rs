@@ -501,7 +501,7 @@ impl Call {
             }
             _ => {}
         }
-        if let Some(d) = self.refer_deadline() {
+        if let Some(d) = self.transfer_deadline() {
             t = t.min(d);
         }
         for p in self.parties.values() {
@@ -545,7 +545,7 @@ impl Call {
             }
             _ => {}
         }
-        self.refer_timed_out(now, ctx);
+        self.transfer_timed_out(now, ctx);
         let due: Vec<LegKey> = self
             .parties
             .iter()

@@ -26,12 +26,16 @@ use super::control::TransferStep;
 use super::output::SipAction;
 use super::party::Origin;
 use super::{Call, CallCtx};
-use crate::contract::LegKey;
+use crate::contract::{LegKey, MediaCommand};
 use crate::plan::Target;
 use crate::signalling::{EndReason, ErrorCode, ServerMessage};
 
 /// How long a transfer target rings unless the request says.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an AI agent may brief the target of its warm transfer before the
+/// transfer completes without it (it should hang up once it has spoken).
+pub(crate) const AGENT_BRIEFING: Duration = Duration::from_secs(60);
 
 /// Blind or attended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub(crate) struct Transfer {
     /// Handed to the transferee's trunk with a REFER, until its NOTIFYs say
     /// how it went.
     refer: Option<ReferOut>,
+    /// An AI agent's warm transfer completes by then (its briefing's end).
+    briefing_until: Option<Instant>,
 }
 
 /// A blind transfer done by the transferee's trunk (`transfer = "refer"`).
@@ -118,6 +124,43 @@ impl Call {
         if let Err(m) = self.begin_transfer(now, ctx, who, kind, reference.clone(), asked, timeout)
         {
             self.error_to(op, ErrorCode::BadRequest, m, reference);
+        }
+    }
+
+    /// An AI agent's warm transfer: the caller waits on hold while the
+    /// target rings; once it answers, the agent briefs it (the caller hears
+    /// neither) and completes the transfer by hanging up (at the latest after
+    /// [`AGENT_BRIEFING`]). The agent hears how it goes.
+    pub(crate) fn agent_warm_transfer(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        leg: LegKey,
+        target: &str,
+    ) {
+        if !self
+            .parties
+            .get(&leg)
+            .is_some_and(|p| p.joined() && matches!(p.leg, super::party::Leg::Agent))
+        {
+            return;
+        }
+        let who = Transferor {
+            by: leg,
+            op: None,
+            notify: None,
+            via: "agent",
+        };
+        let started = match parse_target(target) {
+            Some(parsed) => {
+                let asked = (target, parsed);
+                self.begin_transfer(now, ctx, who, Kind::Attended, None, asked, None)
+            }
+            None => Err("bad target"),
+        };
+        if started.is_err() {
+            let state = "failed".to_string();
+            self.media(MediaCommand::StreamTransferState { leg, state });
         }
     }
 
@@ -240,6 +283,7 @@ impl Call {
             held: held.clone(),
             reference: reference.clone(),
             refer: None,
+            briefing_until: None,
         });
         for k in &held {
             if let Some(p) = self.parties.get_mut(k) {
@@ -389,18 +433,27 @@ impl Call {
             .is_some_and(|r| r.leg == leg)
     }
 
-    /// When a REFER out stops waiting for its final NOTIFY.
-    pub(crate) fn refer_deadline(&self) -> Option<Instant> {
-        self.transfer
-            .as_ref()
-            .and_then(|t| t.refer.as_ref())
-            .map(|r| r.deadline)
+    /// When the transfer has something to do by itself: a REFER out stops
+    /// waiting for its final NOTIFY, an agent's briefing ends.
+    pub(crate) fn transfer_deadline(&self) -> Option<Instant> {
+        let t = self.transfer.as_ref()?;
+        let refer = t.refer.as_ref().map(|r| r.deadline);
+        match (refer, t.briefing_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// No final NOTIFY in time: we bridge.
-    pub(crate) fn refer_timed_out(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
-        if self.refer_deadline().is_some_and(|d| d <= now) {
+    /// No final NOTIFY in time: we bridge. An agent still briefing: the
+    /// transfer completes.
+    pub(crate) fn transfer_timed_out(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        if t.refer.as_ref().is_some_and(|r| r.deadline <= now) {
             self.refer_fallback(now, ctx, "no_notify", 0);
+        } else if t.briefing_until.is_some_and(|d| d <= now) {
+            self.complete_transfer(now, ctx);
         }
     }
 
@@ -493,6 +546,9 @@ impl Call {
         };
         t.answered = Some(key);
         let (kind, by) = (t.kind, t.by);
+        if t.via == "agent" {
+            t.briefing_until = Some(now + AGENT_BRIEFING);
+        }
         match (kind, by) {
             (Kind::Attended, Some(_)) => {
                 self.tell_transfer(now, ctx, "consulting", Some(key), None, None);
@@ -632,6 +688,13 @@ impl Call {
         code: Option<u16>,
     ) {
         self.transfer_event(now, state, reason, code);
+        if let Some(t) = self.transfer.as_ref()
+            && t.via == "agent"
+            && let Some(by) = t.by
+        {
+            let state = state.to_string();
+            self.media(MediaCommand::StreamTransferState { leg: by, state });
+        }
         let Some(t) = self.transfer.as_ref() else {
             return;
         };

@@ -676,6 +676,13 @@ impl MediaSession {
                     l.last_rx = now;
                 }
             }
+            MediaCommand::StreamTransferState { leg, state } => {
+                if let Some(Kind::Stream { leg: st, .. }) =
+                    self.legs.get_mut(&leg).map(|l| &mut l.kind)
+                {
+                    st.send_transfer_state(&state);
+                }
+            }
             MediaCommand::SendDtmf { leg, digits } => {
                 if let Some(l) = self.legs.get_mut(&leg) {
                     match &mut l.kind {
@@ -1001,7 +1008,9 @@ impl MediaSession {
             while let Some(ev) = st.poll_event() {
                 self.events.push_back(match ev {
                     StreamEvent::Hangup => MediaEvent::StreamHangup { leg },
-                    StreamEvent::Transfer(target) => MediaEvent::StreamTransfer { leg, target },
+                    StreamEvent::Transfer { target, warm } => {
+                        MediaEvent::StreamTransfer { leg, target, warm }
+                    }
                 });
             }
         }
