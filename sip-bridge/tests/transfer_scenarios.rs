@@ -715,3 +715,142 @@ fn refer_out_without_any_notify_falls_back_to_bridging_at_the_timeout() {
     let ev = transfer_events(&w);
     assert_eq!(ev[1], ("bridging".into(), Some("no_notify".into())));
 }
+
+/// The `Replaces` value naming the carrier's dialog `leg` with the SBC, as
+/// the SBC sees it (RFC 3891: to-tag is the recipient's own tag).
+fn replaces_for(
+    w: &World,
+    leg: sip_bridge::sip::dialog::LegId,
+    extra: &str,
+) -> Vec<(String, String)> {
+    let info = w.carrier.ua.leg_info(leg).unwrap();
+    let value = format!(
+        "{};to-tag={};from-tag={}{extra}",
+        info.call_id,
+        info.remote_tag.unwrap(),
+        info.local_tag
+    );
+    vec![("Replaces".into(), value)]
+}
+
+fn final_status(w: &World, leg: sip_bridge::sip::dialog::LegId) -> Option<u16> {
+    w.carrier_events().iter().find_map(|e| match e {
+        UaEvent::Answered { leg: l, .. } if *l == leg => Some(200),
+        UaEvent::Failed { leg: l, status, .. } if *l == leg => Some(*status),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_invite_with_replaces_takes_the_place_of_the_callers_dialog() {
+    let (mut w, call, leg) = answered_by_alice();
+    // The carrier's side hands the call to another phone of its own (an
+    // attended transfer done by a PBX): that phone's INVITE replaces the
+    // caller's dialog.
+    let headers = replaces_for(&w, leg, "");
+    let new = w.carrier_call_with("+15550100", PHONE, headers);
+    w.run(ms(500));
+    assert_eq!(final_status(&w, new), Some(200), "answered at once");
+    assert!(w.carrier_events().iter().any(
+        |e| matches!(e, UaEvent::Terminated { leg: l, reason } if *l == leg && *reason == EndReason::RemoteBye)
+    ), "the replaced dialog gets BYE");
+    assert!(w.got(0, "incoming").len() == 1, "nothing rang again");
+    let (m_new, m_alice) = (w.carrier.media[&new].heard.len(), w.browsers[0].heard.len());
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&new].heard[m_new..],
+        8000,
+        &[ALICE],
+        &[],
+        "the new phone",
+    );
+    World::assert_hears(
+        &w.browsers[0].heard[m_alice..],
+        48_000,
+        &[PHONE],
+        &[CALLER],
+        "alice",
+    );
+    assert_eq!(w.ended_reason(0, &call), None);
+    let now = w.now;
+    w.carrier.ua.hangup(now, new).unwrap();
+    w.run(ms(500));
+    let done = w.completed();
+    assert_eq!(done.len(), 1, "one call throughout");
+    let reasons: Vec<Option<&str>> = done[0].parties.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons[0], Some("replaced"));
+    assert_eq!(done[0].parties.len(), 3);
+}
+
+#[test]
+fn a_replaces_that_names_no_dialog_is_refused_as_rfc3891_says() {
+    let (mut w, _, leg) = answered_by_alice();
+    let unknown = vec![(
+        "Replaces".to_string(),
+        "nope@x;to-tag=1;from-tag=2".to_string(),
+    )];
+    let a = w.carrier_call_with("+15550100", PHONE, unknown);
+    let early_only = replaces_for(&w, leg, ";early-only");
+    let b = w.carrier_call_with("+15550100", PHONE, early_only);
+    let malformed = vec![("Replaces".to_string(), "nope@x;to-tag=1".to_string())];
+    let c = w.carrier_call_with("+15550100", PHONE, malformed);
+    w.run(ms(500));
+    assert_eq!(
+        [
+            final_status(&w, a),
+            final_status(&w, b),
+            final_status(&w, c)
+        ],
+        [Some(481), Some(486), Some(400)]
+    );
+    // The call is untouched.
+    let m = w.carrier.media[&leg].heard.len();
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m..],
+        8000,
+        &[ALICE],
+        &[],
+        "the caller, still with alice",
+    );
+}
+
+#[test]
+fn a_refer_to_with_replaces_is_sent_on_in_our_invite() {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.trunks[0].accept_refer = true;
+    let (mut w, _, leg) = answered_by_alice_with(cfg);
+    w.carrier.auto_answer = Some(vec![(200, true)]);
+    let now = w.now;
+    w.carrier
+        .ua
+        .refer(
+            now,
+            leg,
+            "sip:bob@10.0.0.2:5060?Replaces=consult%40pbx%3Bto-tag%3Dab%3Bfrom-tag%3Dcd",
+            true,
+        )
+        .unwrap();
+    w.run(ms(500));
+    let invite = w
+        .carrier
+        .events
+        .iter()
+        .find_map(|e| match e {
+            UaEvent::IncomingInvite {
+                request, leg: l, ..
+            } if *l != leg => Some(request.clone()),
+            _ => None,
+        })
+        .expect("the Refer-To target is called");
+    assert_eq!(invite.uri.to_string(), "sip:bob@10.0.0.2:5060");
+    use sip_bridge::sip::message::SipHeaders;
+    assert_eq!(
+        invite.lines("Replaces"),
+        ["consult@pbx;to-tag=ab;from-tag=cd"]
+    );
+    assert_eq!(
+        refer_seen(&w, leg)[..3],
+        ["202", "notify 100", "notify 200 last"]
+    );
+}

@@ -652,6 +652,9 @@ impl Bridge {
             return;
         }
         let trunk = self.cfg.trunk_for_source(from.addr.ip());
+        if let Some(value) = crate::sip::message::SipHeaders::lines(req, "Replaces").first() {
+            return self.replacing_call(now, leg, req, from, trunk, value);
+        }
         let called = crate::call::user_of(&req.uri.to_string());
         let called = if called.is_empty() {
             crate::call::user_of(crate::sip::message::SipHeaders::header_to(req).unwrap_or(""))
@@ -698,6 +701,57 @@ impl Bridge {
                 self.calls.insert(id, call);
                 self.sip_legs.insert(leg, (id, caller));
                 self.call_legs.insert((id, caller), leg);
+                self.apply(now, id);
+            }
+            Err(status) => {
+                let _ = self.ua.respond(now, leg, status, None, &[]);
+            }
+        }
+    }
+
+    /// An INVITE with `Replaces` (RFC 3891): it takes the place of the
+    /// dialog it names, in that dialog's call. 400 when the header is
+    /// malformed, 481 when no dialog of ours matches (or one still ringing),
+    /// 486 for `early-only` and a confirmed dialog, 403 when it comes from
+    /// another trunk than the dialog's peer (section 7: only who could
+    /// reach that dialog may replace it).
+    fn replacing_call(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        req: &crate::sip::message::Request,
+        from: Peer,
+        trunk: Option<usize>,
+        value: &str,
+    ) {
+        use crate::sip::dialog::replaces::{Replaces, ReplacesMatch};
+        let status = match Replaces::parse(value).map(|r| self.ua.find_replaced(&r)) {
+            None => Err(400),
+            Some(ReplacesMatch::NoDialog) => Err(481),
+            Some(ReplacesMatch::Confirmed) => Err(486),
+            Some(ReplacesMatch::Leg(old)) => match self.sip_legs.get(&old).copied() {
+                None => Err(481),
+                Some((id, key)) => {
+                    let same_peer = self
+                        .ua
+                        .leg_info(old)
+                        .is_some_and(|i| i.peer.addr.ip() == from.addr.ip());
+                    let (calls, mut ctx) = self.split();
+                    let replaced = calls.get_mut(&id).map_or(Err(481), |c| {
+                        if same_peer || (trunk.is_some() && c.trunk_of(key) == trunk) {
+                            c.replace_party(now, &mut ctx, key, req, from.addr.ip(), trunk)
+                        } else {
+                            Err(403)
+                        }
+                    });
+                    replaced.map(|new| (id, new))
+                }
+            },
+        };
+        match status {
+            Ok((id, key)) => {
+                self.sip_legs.insert(leg, (id, key));
+                self.call_legs.insert((id, key), leg);
                 self.apply(now, id);
             }
             Err(status) => {

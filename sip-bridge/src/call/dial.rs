@@ -312,6 +312,45 @@ impl Call {
         Ok(key)
     }
 
+    /// An INVITE with `Replaces` (RFC 3891) naming party `old`'s dialog: the
+    /// new leg takes its place (its role, hold and mute; the caller's place
+    /// if it was the caller), answered at once; the old leg gets BYE
+    /// (`replaced`). `Err` is the status that refuses the INVITE.
+    pub fn replace_party(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        old: LegKey,
+        req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
+        trunk: Option<usize>,
+    ) -> Result<LegKey, u16> {
+        let Some(p) = self.parties.get(&old).filter(|p| p.joined()) else {
+            return Err(481);
+        };
+        if p.sip().is_none() || self.is_ended() {
+            return Err(481);
+        }
+        let (role, origin, target, held, muted) =
+            (p.role, p.origin.clone(), p.target.clone(), p.held, p.muted);
+        let key = self.sip_caller(ctx, req, source, trunk)?;
+        if let Some(n) = self.parties.get_mut(&key) {
+            n.role = role;
+            n.origin = origin;
+            n.target = target;
+            n.held = held;
+            n.muted = muted;
+        }
+        if old == self.caller {
+            self.caller = key;
+        }
+        self.record_joined(now, ctx, key);
+        self.answer_caller(key);
+        self.leave_as(now, ctx, old, EndReason::Hangup, true, "replaced");
+        self.settle(now, ctx);
+        Ok(key)
+    }
+
     /// Whether this call is a number's meet-me room.
     pub fn is_room(&self) -> bool {
         self.room
@@ -414,6 +453,14 @@ impl Call {
         match target {
             Target::Operators | Target::OperatorsOf(_) | Target::Operator(_) => Role::Agent,
             Target::Stream(_) => Role::Ai,
+            // The API's call: whoever its first party is not (a phone rung
+            // first is the customer, so what it is connected to is a phone).
+            _ if matches!(origin, Origin::Plan(_)) && self.originated() => {
+                match self.parties.get(&self.caller).map(|p| p.role) {
+                    Some(Role::Customer) => Role::Phone,
+                    _ => Role::Customer,
+                }
+            }
             _ if matches!(origin, Origin::Plan(_)) && self.direction == Direction::Outbound => {
                 Role::Customer
             }
@@ -558,6 +605,12 @@ impl Call {
         let Some(port) = ctx.ports.take() else {
             return Err(503);
         };
+        // A SIP URI's headers go in the request (RFC 3261 19.1.5): a Refer-To
+        // with `Replaces` (RFC 3891 section 5) is the one we take.
+        let (uri, replaces) = match crate::sip::dialog::replaces::split_refer_to(&uri) {
+            Ok((base, r)) => (base, r),
+            Err(_) => (uri, None),
+        };
         // The trunk's codecs in its order, those the caller can take first, so
         // that the two sides can relay: every codec of the caller's offer while
         // our answer to it is open, else the one it uses.
@@ -591,6 +644,9 @@ impl Call {
         let trunk_cfg = trunk.and_then(|t| ctx.cfg.trunks.get(t));
         let late_offer = trunk_cfg.is_some_and(|t| t.late_offer);
         let mut headers = Vec::new();
+        if let Some(r) = replaces {
+            headers.push(("Replaces".into(), r.to_header()));
+        }
         if let Some(d) = trunk_cfg.and_then(|t| t.session_expires) {
             // The UA runs the session timer (RFC 4028) a trunk asks for.
             headers.push(("Session-Expires".into(), d.as_secs().to_string()));

@@ -353,6 +353,11 @@ impl Call {
         self.number.as_deref()
     }
 
+    /// The trunk of SIP party `key`.
+    pub fn trunk_of(&self, key: LegKey) -> Option<usize> {
+        self.parties.get(&key)?.sip()?.trunk
+    }
+
     /// Parties in it (ringing or joined).
     pub fn parties(&self) -> usize {
         self.parties.len()

@@ -185,12 +185,22 @@ impl Call {
         if !allowed {
             return self.sip(key, refuse(403));
         }
-        if refer_to.contains('?') {
-            // Replaces and other embedded headers (RFC 3891): not yet.
-            return self.sip(key, refuse(501));
-        }
-        let Some(target) = refer_target(refer_to) else {
-            return self.sip(key, refuse(400));
+        // Embedded headers: `Replaces` (RFC 3891 section 5: an attended
+        // transfer whose target dialog is elsewhere) is sent on in our
+        // INVITE; others we do not take (501).
+        use crate::sip::dialog::replaces::{UriHeadersError, split_refer_to};
+        let target = match split_refer_to(refer_to) {
+            Err(UriHeadersError::Unsupported) => return self.sip(key, refuse(501)),
+            Err(_) => return self.sip(key, refuse(400)),
+            // The target is that SIP URI, whatever its user part.
+            Ok((uri, Some(_))) if uri.starts_with("sip:") || uri.starts_with("sips:") => {
+                Target::Sip(refer_to.trim().to_string())
+            }
+            Ok((_, Some(_))) => return self.sip(key, refuse(400)),
+            Ok((uri, None)) => match refer_target(&uri) {
+                Some(t) => t,
+                None => return self.sip(key, refuse(400)),
+            },
         };
         if self.transfer.is_some() {
             return self.sip(key, refuse(491));
@@ -617,7 +627,11 @@ impl Call {
 
     /// The transferees and the target go on together; the transferor leaves.
     fn complete_transfer(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
-        let by = self.transfer.as_ref().and_then(|t| t.by);
+        let by = self.transfer.as_mut().and_then(|t| {
+            // The transferor leaves held: no un-hold re-INVITE before its BYE.
+            t.held.retain(|k| Some(*k) != t.by);
+            t.by
+        });
         self.transfer_over(now, ctx, "completed", None, None);
         if let Some(by) = by {
             self.leave(now, ctx, by, EndReason::Transferred, true);

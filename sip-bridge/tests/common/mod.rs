@@ -647,6 +647,16 @@ impl World {
 
     /// The carrier calls `to`, playing a tone of `hz` once answered.
     pub fn carrier_call(&mut self, to: &str, hz: f64) -> LegId {
+        self.carrier_call_with(to, hz, vec![])
+    }
+
+    /// [`World::carrier_call`] with extra headers on the INVITE.
+    pub fn carrier_call_with(
+        &mut self,
+        to: &str,
+        hz: f64,
+        headers: Vec<(String, String)>,
+    ) -> LegId {
         let (local, sdp) = self.carrier.offer();
         let leg = self
             .carrier
@@ -659,7 +669,7 @@ impl World {
                     to: format!("<sip:{to}@{SBC_IP}>"),
                     peer: Peer::udp(addr(SBC_SIP)),
                     sdp: Some(sdp.into_bytes()),
-                    headers: vec![],
+                    headers,
                     credentials: None,
                 },
             )

@@ -18,6 +18,7 @@
 mod build;
 mod refer;
 pub mod reliable;
+pub mod replaces;
 pub mod session_timer;
 
 pub use build::LocalAddr;
@@ -67,6 +68,10 @@ pub struct LegInfo {
     pub call_id: String,
     /// Where the INVITE came from or went.
     pub peer: Peer,
+    /// Our tag in the dialog, and the peer's (once known).
+    pub local_tag: String,
+    /// The peer's tag.
+    pub remote_tag: Option<String>,
 }
 
 /// UA counters (for metrics).
@@ -549,6 +554,8 @@ impl UserAgent {
             },
             call_id: l.call_id.clone(),
             peer: l.peer,
+            local_tag: l.local_tag.clone(),
+            remote_tag: l.remote_tag.clone(),
         })
     }
 
