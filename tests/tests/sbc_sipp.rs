@@ -1405,3 +1405,249 @@ fn assert_hidden(got: &[TracedMessage], secrets: &[String], who: &str) {
         }
     }
 }
+
+/// The key the REST API takes in these tests (all numbers).
+const API_KEY: &str = "sbc-sipp-tests-api-key";
+
+fn api_key_toml() -> String {
+    format!(
+        "[[auth.api_keys]]\nname = \"tests\"\nsha256 = \"{}\"\n\n",
+        sip_bridge::token::hash_api_key(API_KEY)
+    )
+}
+
+/// The one live call once it is connected with `joined` parties in it.
+fn connected_call(sbc: &Sbc, joined: usize) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let ok = integration_tests::sbc_process::wait_until(Duration::from_secs(30), || {
+        last = sbc
+            .http("GET", "/v1/calls", &[("x-api-key", API_KEY)], None)
+            .json();
+        last["calls"][0]["state"] == "connected"
+            && last["calls"][0]["participants"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().filter(|p| p["state"] == "joined").count() == joined)
+    });
+    assert!(ok, "no connected call with {joined} parties: {last:#}");
+    last["calls"][0].clone()
+}
+
+/// The REST API asks party `role` of `call` to blind-transfer the others to
+/// `target` (ringing at most `timeout` s).
+fn api_transfer(sbc: &Sbc, call: &serde_json::Value, role: &str, target: &str, timeout: u32) {
+    let by = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == role)
+        .unwrap_or_else(|| panic!("no {role}: {call:#}"))["id"]
+        .clone();
+    let body = serde_json::json!({"target": target, "participantId": by, "timeout": timeout});
+    let path = format!("/v1/calls/{}/transfer", call["callId"].as_str().unwrap());
+    let r = sbc.http(
+        "POST",
+        &path,
+        &[("x-api-key", API_KEY), ("content-type", "application/json")],
+        Some(&body.to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+fn api_hangup(sbc: &Sbc, call: &serde_json::Value) {
+    let path = format!("/v1/calls/{}", call["callId"].as_str().unwrap());
+    let r = sbc.http("DELETE", &path, &[("x-api-key", API_KEY)], None);
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+/// A carrier call on a trunk with `transfer = "refer"` (and `extra`)
+/// answered by B (the trunk's far end, `b_calls` calls for the fallback);
+/// the API has B blind-transfer the carrier's caller to +15550177.
+fn refer_out_call(
+    name: &str,
+    test: u16,
+    extra: &str,
+    scenario: &str,
+    keys: &[(&str, &str)],
+    b_calls: usize,
+) -> (Sbc, Sipp, Sipp, serde_json::Value) {
+    let b = pcmu_callee(&format!("{name}-b"), b_calls);
+    let trunk = format!("transfer = \"refer\"\n{extra}");
+    let sbc = Sbc::start(&SbcSpec {
+        media: "media_timeout = \"300s\"\n".into(),
+        ..SbcSpec::new(
+            name,
+            rtp(test),
+            format!("{}{}", api_key_toml(), to_pstn_target(b.addr(), &trunk)),
+        )
+    });
+    let b = b.spawn();
+    let mut cmd = caller(&format!("{name}-a"), scenario, &sbc, "+15550100", 1);
+    for (k, v) in keys {
+        cmd = cmd.key(k, v);
+    }
+    let a = cmd.spawn();
+    let call = connected_call(&sbc, 2);
+    api_transfer(&sbc, &call, "phone", "+15550177", 5);
+    (sbc, a, b, call)
+}
+
+fn received_requests(sipp: &Sipp, method: &str) -> Vec<TracedMessage> {
+    sipp.received()
+        .into_iter()
+        .filter(|m| m.is_request(method))
+        .collect()
+}
+
+#[test]
+fn our_refer_out_notified_200_is_followed_by_our_bye() {
+    let _serial = serial();
+    let (sbc, mut a, mut b, _) = refer_out_call(
+        "refer-out-ok",
+        25,
+        "",
+        "caller_refer_out.xml",
+        &[("final", "200 OK")],
+        1,
+    );
+    // The caller got REFER (to the number through its own network), 202,
+    // NOTIFY 100, NOTIFY 200, then our BYE; B (the transferor) leaves too.
+    a.assert_success(SIPP_DONE);
+    b.assert_success(SIPP_DONE);
+    let refer = &received_requests(&a, "REFER")[0];
+    assert_eq!(
+        refer.header("Refer-To"),
+        Some("<sip:+15550177@carrier.test>"),
+        "{}",
+        refer.text
+    );
+    assert_eq!(
+        received_requests(&b, "INVITE").len(),
+        1,
+        "we never called the number"
+    );
+    sbc.assert_idle(IDLE);
+    let m = sbc.metrics();
+    assert_eq!(
+        m.value("sbc_transfers_total", &["state=\"completed\""]),
+        1.0,
+        "{:?}",
+        m.samples
+    );
+}
+
+#[test]
+fn our_refer_out_notified_486_reports_the_failure_and_the_call_goes_on() {
+    let _serial = serial();
+    let (sbc, mut a, mut b, call) = refer_out_call(
+        "refer-out-486",
+        26,
+        "",
+        "caller_refer_out.xml",
+        &[("final", "486 Busy Here")],
+        1,
+    );
+    // The transfer failed: B is back (un-held), the call goes on until the
+    // backend ends it.
+    let ok = integration_tests::sbc_process::wait_until(Duration::from_secs(30), || {
+        sbc.metric("sbc_transfers_total", &["state=\"failed\""]) == 1.0
+    });
+    assert!(ok, "{}", sbc.logs());
+    connected_call(&sbc, 2);
+    api_hangup(&sbc, &call);
+    a.assert_success(SIPP_DONE);
+    b.assert_success(SIPP_DONE);
+    // Never held (a REFER's transferor is not), never called twice.
+    assert_eq!(received_requests(&b, "INVITE").len(), 1);
+    sbc.assert_idle(IDLE);
+}
+
+#[test]
+fn our_refer_out_refused_or_never_notified_is_bridged_by_us() {
+    let _serial = serial();
+    for (name, test, scenario) in [
+        ("refer-out-403", 27, "caller_refer_out_refused.xml"),
+        ("refer-out-silent", 28, "caller_refer_out_silent.xml"),
+    ] {
+        let (sbc, mut a, mut b, call) = refer_out_call(name, test, "", scenario, &[], 2);
+        // We call the number ourselves (at once after 403; after the 5 s
+        // transfer timeout without NOTIFY): B's second call answers, B's
+        // first leg (the transferor) is released.
+        let ok = integration_tests::sbc_process::wait_until(Duration::from_secs(30), || {
+            sbc.metric("sbc_transfers_total", &["state=\"completed\""]) == 1.0
+        });
+        assert!(ok, "{name}: {}", sbc.logs());
+        let invites = received_requests(&b, "INVITE");
+        assert!(
+            invites.iter().any(|m| m
+                .start_line()
+                .starts_with("INVITE sip:+15550177@carrier.test ")),
+            "{name}: {:?}",
+            invites.iter().map(|m| m.start_line()).collect::<Vec<_>>()
+        );
+        connected_call(&sbc, 2);
+        api_hangup(&sbc, &call);
+        a.assert_success(SIPP_DONE);
+        b.assert_success(SIPP_DONE);
+        sbc.assert_idle(IDLE);
+    }
+}
+
+#[test]
+fn an_invite_with_replaces_takes_over_the_pbx_dialog() {
+    let _serial = serial();
+    // The call goes to a PBX (its phone P1 answers); another phone of the
+    // PBX, P2, takes it over with Replaces, as at the end of an attended
+    // transfer inside the PBX.
+    let p1 = pcmu_callee("replaces-p1", 1);
+    let toml = format!(
+        "{}{}[[trunks]]\nname = \"pbx\"\nhost = \"pbx.test\"\npeers = [\"{}\"]\ninbound = [\"127.0.0.3/32\"]\n\n{}",
+        api_key_toml(),
+        carrier_trunk(SocketAddr::new(lo(9), 5060), ""),
+        p1.addr(),
+        number("service", "+15550100", "pstn:+15550300@pbx"),
+    );
+    let sbc = Sbc::start(&SbcSpec {
+        media: "media_timeout = \"300s\"\n".into(),
+        ..SbcSpec::new("replaces", rtp(29), toml)
+    });
+    let mut p1 = p1.spawn();
+    let mut a = caller("replaces-a", "caller_until_bye.xml", &sbc, "+15550100", 1).spawn();
+    let call = connected_call(&sbc, 2);
+    // The dialog as P1 saw it: our Call-ID and tag, its own tag.
+    let invite = received_requests(&p1, "INVITE").remove(0);
+    let call_id = invite.header("Call-ID").unwrap().to_string();
+    let our_tag = invite
+        .header("From")
+        .unwrap()
+        .split(";tag=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let ok = p1
+        .sent()
+        .into_iter()
+        .find(|m| m.start_line().starts_with("SIP/2.0 200"));
+    let p1_tag = ok
+        .unwrap()
+        .header("To")
+        .unwrap()
+        .split(";tag=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let replaces = format!("{call_id};to-tag={our_tag};from-tag={p1_tag}");
+    let mut p2 = SippCmd::new("replaces-p2", "caller_replaces.xml", lo(3))
+        .remote(sbc.sip)
+        .service("+15550300")
+        .calls(1)
+        .key("replaces", &replaces)
+        .spawn();
+    // P1 is released with BYE; P2 talks with the caller in the same call.
+    p1.assert_success(SIPP_DONE);
+    let after = connected_call(&sbc, 2);
+    assert_eq!(after["callId"], call["callId"]);
+    api_hangup(&sbc, &after);
+    a.assert_success(SIPP_DONE);
+    p2.assert_success(SIPP_DONE);
+    sbc.assert_idle(IDLE);
+}

@@ -262,11 +262,21 @@ impl Call {
             Origin::Added { deadline, .. } => deadline.saturating_duration_since(now),
             _ => TRANSFER_TIMEOUT,
         };
+        let refer = match kind {
+            Kind::Blind if who.notify.is_none() => {
+                self.refer_out(ctx, &transferees, &target_parsed, now + ring, ring)
+            }
+            _ => None,
+        };
         // Set first: a target that fails at once is a failed transfer.
         let held = match kind {
             // A REFER's transferor is not held (no re-INVITE to it mid-REFER):
             // it usually hangs up itself, or we do once the target answered.
             Kind::Blind if who.notify.is_some() => Vec::new(),
+            // Nor is the one whose transferee's trunk gets our REFER: a hold
+            // re-INVITE would cross the REFER (the transferee would follow
+            // its transferor onto hold), and it is over in a moment.
+            Kind::Blind if refer.is_some() => Vec::new(),
             Kind::Blind => vec![by],
             Kind::Attended => transferees.clone(),
         };
@@ -274,12 +284,6 @@ impl Call {
             .into_iter()
             .filter(|k| self.parties.get(k).is_some_and(|p| !p.held))
             .collect();
-        let refer = match kind {
-            Kind::Blind if who.notify.is_none() => {
-                self.refer_out(ctx, &transferees, &target_parsed, now + ring, ring)
-            }
-            _ => None,
-        };
         self.transfer = Some(Transfer {
             kind,
             by: Some(by),
@@ -477,6 +481,19 @@ impl Call {
             return;
         };
         let (by, reference, group) = (t.by, t.reference.clone(), t.group);
+        // Bridged after all: the transferor is parked as for any blind
+        // transfer while the target rings; a SIP one is not (its hold
+        // re-INVITE would race the BYE that releases it).
+        let parked = |p: &super::party::Party| !p.held && p.sip().is_none();
+        if let Some(b) = by.filter(|b| self.parties.get(b).is_some_and(parked)) {
+            if let Some(t) = self.transfer.as_mut() {
+                t.held.push(b);
+            }
+            if let Some(p) = self.parties.get_mut(&b) {
+                p.held = true;
+            }
+            self.tell_updated(now, ctx, b, None);
+        }
         // Webhooks see why we bridge after all.
         self.transfer_event(now, "bridging", Some(why), (status != 0).then_some(status));
         let origin = Origin::Added {
