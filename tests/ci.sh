@@ -18,8 +18,9 @@ command -v linphonec >/dev/null || need+=(linphone-cli) # real UA (far end): tes
 [ -n "${CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium) # browser e2e
 command -v curl >/dev/null || need+=(curl ca-certificates) # Node.js, when missing
 command -v python3 >/dev/null || need+=(python3)           # checks what curl fetched
-# The FastAPI sample's packages go into a venv unless python3 has them already.
-python3 -c 'import fastapi, httpx' 2>/dev/null || python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+# Python packages (the FastAPI sample's unless python3 has them, the OpenAPI
+# validator) go into venvs.
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "ci: installing ${need[*]}"
   SUDO=""
@@ -71,6 +72,18 @@ if ! python3 -c 'import fastapi, httpx' 2>/dev/null; then
   fi
   export PATH="$PWD/$venv/bin:$PATH"
 fi
+
+step "OpenAPI document validates (openapi-spec-validator, in a venv in target/tools)"
+oreq=tests/tools/openapi-requirements.txt
+ovenv=target/tools/py-openapi
+want=$(sha256sum "$oreq" | cut -d' ' -f1)
+if [ "$(cat "$ovenv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  rm -rf "$ovenv"
+  python3 -m venv "$ovenv"
+  "$ovenv/bin/pip" install --quiet --disable-pip-version-check -r "$oreq"
+  echo "$want" >"$ovenv/.requirements.sha256"
+fi
+"$ovenv/bin/openapi-spec-validator" sbc/docs/openapi.json
 
 step "SDK and demo page (node; every test must run, none skipped)"
 # The TAP copy marks every skipped test or suite with "# SKIP" (the spec summary's

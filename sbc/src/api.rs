@@ -527,6 +527,12 @@ struct TransferBody {
     /// The transferor (default: the call's one agent).
     #[serde(default)]
     participant_id: Option<String>,
+    /// `complete` (default) or `cancel` when the transferor hangs up.
+    #[serde(default)]
+    on_hangup: Option<String>,
+    /// Blind: rung if the target fails, before the recall.
+    #[serde(default)]
+    fallback: Option<String>,
 }
 
 async fn transfer(
@@ -537,6 +543,11 @@ async fn transfer(
 ) -> Result<Response, Refusal> {
     let numbers = authenticate(&app, &headers)?;
     let b: TransferBody = body(&raw)?;
+    let cancel_on_hangup = match b.on_hangup.as_deref() {
+        None | Some("complete") => false,
+        Some("cancel") => true,
+        Some(_) => return Err(Refusal::bad("`onHangup` must be complete or cancel")),
+    };
     let route = format!("transfer:{call}");
     let req = ApiRequest::Transfer {
         call,
@@ -544,6 +555,8 @@ async fn transfer(
         attended: b.attended,
         timeout: b.timeout,
         by: b.participant_id,
+        cancel_on_hangup,
+        fallback: b.fallback,
     };
     Ok(create(&app, &headers, numbers, &route, &raw, req, false).await)
 }

@@ -407,10 +407,20 @@ export declare class Call extends Emitter<CallEvents> {
   leave(): Promise<void>;
   end(): Promise<void>;
   addParticipant(target: string, options?: { timeout?: number }): Promise<Participant>;
-  /** Blind: resolves once handed over. */
-  transfer(target: string, options?: { attended?: false; timeout?: number }): Promise<void>;
+  /**
+   * Blind: resolves once handed over. `fallback`: a target rung when the first does
+   * not answer, is busy or fails, before you are recalled. `onHangup`: what your
+   * hanging up mid-transfer does (default `'complete'`).
+   */
+  transfer(
+    target: string,
+    options?: { attended?: false; timeout?: number; onHangup?: 'complete' | 'cancel'; fallback?: string },
+  ): Promise<void>;
   /** Attended: resolves once the target answered. */
-  transfer(target: string, options: { attended: true; timeout?: number }): Promise<AttendedTransfer>;
+  transfer(
+    target: string,
+    options: { attended: true; timeout?: number; onHangup?: 'complete' | 'cancel' },
+  ): Promise<AttendedTransfer>;
   cancelTransfer(): Promise<void>;
   removeParticipant(participantId: string): Promise<void>;
   holdParticipant(participantId: string, on?: boolean): Promise<Participant | null>;

@@ -334,16 +334,24 @@ export class Call extends Emitter {
    * `merge()` keeps all of you together and `cancel()` brings them back. Progress comes as
    * `transfer` events ({state, target, participantId, reason, code}).
    */
-  async transfer(target, { attended = false, timeout } = {}) {
+  async transfer(target, { attended = false, timeout, onHangup, fallback } = {}) {
     const op = this._op;
     try {
       if (!target || typeof target !== 'string') throw new OperatorError('BAD_REQUEST', 'transfer(target): target is required');
       if (timeout !== undefined && !(Number.isFinite(timeout) && timeout > 0)) {
         throw new OperatorError('BAD_REQUEST', 'transfer: timeout must be a positive number of seconds');
       }
+      if (onHangup !== undefined && onHangup !== 'complete' && onHangup !== 'cancel') {
+        throw new OperatorError('BAD_REQUEST', "transfer: onHangup must be 'complete' or 'cancel'");
+      }
+      if (fallback !== undefined && (typeof fallback !== 'string' || !fallback || attended)) {
+        throw new OperatorError('BAD_REQUEST', 'transfer: fallback is a target, for blind transfers');
+      }
       this._assertLive('transfer');
       const msg = { type: 'transfer', callId: this.callId, target, attended: !!attended };
       if (timeout !== undefined) msg.timeout = timeout;
+      if (onHangup !== undefined) msg.onHangup = onHangup;
+      if (fallback !== undefined) msg.fallback = fallback;
       await op._request(msg, { call: this, attended: !!attended });
       if (!attended) return undefined;
       const action = (type) => this._transferAction(type);

@@ -234,6 +234,8 @@ fn the_api_blind_transfers_the_caller_from_alice_to_bob() {
         attended,
         timeout: Some(10),
         by: None,
+        cancel_on_hangup: false,
+        fallback: None,
     };
     // The call's one agent is the transferor.
     let Ok(ApiReply::Parties { ids, .. }) = w.api(&["support"], transfer(false)) else {
@@ -291,6 +293,8 @@ fn the_api_runs_an_attended_transfer_and_completes_it() {
         attended: true,
         timeout: None,
         by: Some(pid(&mut w, &call, "agent")),
+        cancel_on_hangup: false,
+        fallback: None,
     };
     w.api(&[], transfer).unwrap();
     // Not answered yet: nothing to complete.

@@ -854,3 +854,73 @@ fn a_refer_to_with_replaces_is_sent_on_in_our_invite() {
         ["202", "notify 100", "notify 200 last"]
     );
 }
+
+#[test]
+fn a_blind_transfer_whose_target_is_busy_rings_its_fallback_before_any_recall() {
+    let (mut w, call, leg) = answered_by_alice();
+    w.carrier.auto_answer = Some(vec![(486, false)]);
+    w.send(
+        0,
+        json!({"type": "transfer", "callId": call, "target": "+15550199", "fallback": "operator:bob", "ref": "t"}),
+    );
+    w.run(ms(300));
+    assert_eq!(w.carrier_incoming().len(), 1, "the number was tried");
+    bob_answers(&mut w, &call);
+    let m = marks(&w, leg);
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[BOB],
+        &[ALICE],
+        "caller with the fallback",
+    );
+    let states: Vec<(&str, Option<&str>)> = w
+        .events
+        .iter()
+        .filter_map(|e| e.transfer.as_ref())
+        .map(|t| (t.state, t.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("started", None),
+            ("fallback", Some("busy")),
+            ("started", None),
+            ("completed", None)
+        ]
+    );
+    assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+}
+
+#[test]
+fn a_transfer_asked_to_cancel_on_hangup_is_cancelled_when_the_transferor_hangs_up() {
+    let (mut w, call, leg) = answered_by_alice();
+    w.send(
+        0,
+        json!({"type": "transfer", "callId": call, "target": "operator:bob", "attended": true, "onHangup": "cancel", "ref": "t"}),
+    );
+    bob_answers(&mut w, &call);
+    assert_eq!(states(&w), ["ringing", "consulting"]);
+    // alice hangs up while consulting: bob is taken out, the caller is
+    // alone and the call ends.
+    w.send(0, json!({"type": "hangup", "callId": call}));
+    w.run(ms(500));
+    assert_eq!(w.ended_reason(1, &call).as_deref(), Some("removed"));
+    let last = w
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| e.transfer.as_ref())
+        .unwrap();
+    assert_eq!(
+        (last.state, last.reason.as_deref()),
+        ("cancelled", Some("transferor_left"))
+    );
+    assert!(
+        w.carrier_events()
+            .iter()
+            .any(|e| matches!(e, UaEvent::Terminated { leg: l, .. } if *l == leg))
+    );
+    assert_eq!(w.completed().len(), 1);
+}

@@ -970,8 +970,20 @@ enum CallOp {
     Carrier { leg: u8, kind: u8 },
     /// A media event for a call.
     Media { call: u8, kind: u8, leg: u8 },
+    /// The REST call control (`kind`: list, get, originate, hang up, add,
+    /// hold, mute, mode, remove, DTMF, transfer, its steps, monitor) by a key
+    /// for all numbers or one.
+    Api { kind: u8, call: u8, party: u8 },
+    /// The carrier takes over one of its dialogs with an INVITE with
+    /// Replaces (`kind`: exact, early-only, unknown, malformed).
+    Replace { leg: u8, kind: u8 },
     /// Time passes.
     Advance(u16),
+}
+
+/// Whether the fuzzed trunk follows REFERs (half the inputs).
+fn kind_refer_in(data: &[u8]) -> bool {
+    data.first().is_some_and(|b| b % 2 == 1)
 }
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -1023,8 +1035,11 @@ pub fn call(data: &[u8]) {
         late_offer: false,
         require_100rel: false,
         update_offers: false,
-        accept_refer: false,
-        transfer: Default::default(),
+        accept_refer: kind_refer_in(data),
+        // REFER out (and its fallbacks) on every blind transfer of the caller.
+        transfer: sip_bridge::bridge::TransferMode::Refer {
+            bridge_on_failure: data.len().is_multiple_of(2),
+        },
     };
     let numbers = vec![
         NumberConfig {
@@ -1173,9 +1188,11 @@ pub fn call(data: &[u8]) {
                 let mode = ["listen", "whisper", "barge"][usize::from(kind % 3)];
                 let msg = match kind % 24 {
                     19 | 20 => format!(
-                        r#"{{"type":"transfer","callId":"{c}","target":"{target}","attended":{},"timeout":{}}}"#,
+                        r#"{{"type":"transfer","callId":"{c}","target":"{target}","attended":{},"timeout":{},"onHangup":"{}","fallback":"operator:op{}"}}"#,
                         kind % 24 == 20,
-                        5 + kind % 40
+                        5 + kind % 40,
+                        ["complete", "cancel"][usize::from(kind % 2)],
+                        kind % 4
                     ),
                     21 => format!(r#"{{"type":"transferComplete","callId":"{c}"}}"#),
                     22 => format!(r#"{{"type":"transferCancel","callId":"{c}"}}"#),
@@ -1247,7 +1264,29 @@ pub fn call(data: &[u8]) {
                 else {
                     continue;
                 };
-                let _ = match kind % 6 {
+                let _ = match kind % 10 {
+                    6 => carrier.answer_refer(
+                        now,
+                        l,
+                        [202, 403, 405, 501][usize::from(kind / 10 % 4)],
+                    ),
+                    7 => carrier.notify_refer(
+                        now,
+                        l,
+                        [100, 180, 200, 486, 603][usize::from(kind / 10 % 5)],
+                        "x",
+                        kind / 10 % 5 >= 2,
+                    ),
+                    8 => carrier.refer(
+                        now,
+                        l,
+                        [
+                            "tel:+15550177",
+                            "sip:op@192.0.2.20?Replaces=a%40b%3Bto-tag%3D1%3Bfrom-tag%3D2",
+                            "sip:x@y?Subject=z",
+                        ][usize::from(kind / 10 % 3)],
+                        kind % 2 == 0,
+                    ),
                     0 => carrier.hangup(now, l),
                     1 => carrier.respond(now, l, 180, None, &[]),
                     2 => carrier.respond(now, l, 200, Some(OFFER.as_bytes()), &[]),
@@ -1265,7 +1304,13 @@ pub fn call(data: &[u8]) {
                     continue;
                 };
                 let leg = LegKey(u32::from(leg % 6));
-                let ev = match kind % 9 {
+                let ev = match kind % 11 {
+                    9 | 10 => MediaEvent::StreamTransfer {
+                        leg,
+                        target: ["operators", "+15550177", "nonsense"][usize::from(kind / 11 % 3)]
+                            .into(),
+                        warm: kind % 11 == 10,
+                    },
                     6 => MediaEvent::StreamConnected { leg },
                     7 => MediaEvent::StreamFailed {
                         leg,
@@ -1290,6 +1335,144 @@ pub fn call(data: &[u8]) {
                     _ => MediaEvent::WebRtcConnected { leg },
                 };
                 b.handle_media_event(now, c, ev);
+            }
+            CallOp::Api { kind, call, party } => {
+                use sip_bridge::bridge::{
+                    ApiRequest, MonitorMode, Originate, PartyUpdate, StatusCallback, TransferStep,
+                };
+                let c = calls
+                    .get(usize::from(call) % calls.len().max(1))
+                    .map_or_else(|| "c-999".to_string(), |c| c.to_string());
+                let p = format!("p-{}", party % 6);
+                let target = [
+                    "operators",
+                    "operator:op1",
+                    "+15550177",
+                    "sip:x@192.0.2.20",
+                    "stream:wss://agent.example/ws",
+                    "bogus",
+                ][usize::from(party % 6)]
+                .to_string();
+                let mode = [
+                    MonitorMode::Listen,
+                    MonitorMode::Whisper,
+                    MonitorMode::Barge,
+                ][usize::from(party % 3)];
+                let flag = Some(party % 2 == 0);
+                let req = match kind % 16 {
+                    0 => ApiRequest::ListCalls,
+                    1 => ApiRequest::GetCall { call: c },
+                    2 => ApiRequest::Originate(Originate {
+                        from: ["support", "+15550001", "nope"][usize::from(party % 3)].into(),
+                        to: ["operator:op0", "+15550177", "sip:x@192.0.2.20", "bogus"]
+                            [usize::from(call % 4)]
+                        .into(),
+                        connect: target,
+                        timeout: Some(u32::from(party)),
+                        status_callback: Some(StatusCallback {
+                            url: "http://x/".into(),
+                            events: Vec::new(),
+                        }),
+                    }),
+                    3 => ApiRequest::Hangup { call: c },
+                    4 => ApiRequest::AddParticipant {
+                        call: c,
+                        target,
+                        timeout: Some(5),
+                    },
+                    5 => ApiRequest::UpdateParticipant {
+                        call: c,
+                        participant: p,
+                        update: PartyUpdate::new(flag, None, None),
+                    },
+                    6 => ApiRequest::UpdateParticipant {
+                        call: c,
+                        participant: p,
+                        update: PartyUpdate::new(None, flag, Some(mode)),
+                    },
+                    7 => ApiRequest::RemoveParticipant {
+                        call: c,
+                        participant: p,
+                    },
+                    8 => ApiRequest::Dtmf {
+                        call: c,
+                        digits: "12#".into(),
+                        participant: (party % 2 == 0).then_some(p),
+                    },
+                    9 | 10 => ApiRequest::Transfer {
+                        call: c,
+                        target,
+                        attended: kind % 16 == 10,
+                        timeout: Some(5),
+                        by: (party % 2 == 0).then_some(p),
+                        cancel_on_hangup: party % 3 == 0,
+                        fallback: (party % 4 == 0).then(|| "operators".to_string()),
+                    },
+                    11 => ApiRequest::TransferStep {
+                        call: c,
+                        step: TransferStep::Complete,
+                    },
+                    12 => ApiRequest::TransferStep {
+                        call: c,
+                        step: TransferStep::Cancel,
+                    },
+                    13 => ApiRequest::TransferStep {
+                        call: c,
+                        step: TransferStep::Merge,
+                    },
+                    _ => ApiRequest::Monitor {
+                        call: c,
+                        target,
+                        mode,
+                        coached: (party % 2 == 0).then_some(p),
+                        timeout: None,
+                    },
+                };
+                let numbers: Vec<String> = match kind / 16 % 3 {
+                    0 => Vec::new(),
+                    1 => vec!["support".into()],
+                    _ => vec!["room".into()],
+                };
+                let _ = b.handle_api(now, &numbers, req);
+            }
+            CallOp::Replace { leg, kind } => {
+                let Some(&l) = carrier_legs.get(usize::from(leg) % carrier_legs.len().max(1))
+                else {
+                    continue;
+                };
+                let Some(info) = carrier.leg_info(l) else {
+                    continue;
+                };
+                let value = match kind % 4 {
+                    0 => format!(
+                        "{};to-tag={};from-tag={}",
+                        info.call_id,
+                        info.remote_tag.unwrap_or_default(),
+                        info.local_tag
+                    ),
+                    1 => format!(
+                        "{};to-tag={};from-tag={};early-only",
+                        info.call_id,
+                        info.remote_tag.unwrap_or_default(),
+                        info.local_tag
+                    ),
+                    2 => "nope@x;to-tag=1;from-tag=2".into(),
+                    _ => format!("{};to-tag=", info.call_id),
+                };
+                if let Ok(leg) = carrier.invite(
+                    now,
+                    InviteParams {
+                        request_uri: "sip:+15550100@192.0.2.10".into(),
+                        from: "<sip:+15550112@192.0.2.20>".into(),
+                        to: "<sip:+15550100@192.0.2.10>".into(),
+                        peer: sbc,
+                        sdp: Some(OFFER.as_bytes().to_vec()),
+                        headers: vec![("Replaces".into(), value)],
+                        credentials: None,
+                    },
+                ) {
+                    carrier_legs.push(leg);
+                }
             }
             CallOp::Advance(ms) => {
                 let until = now + Duration::from_millis(u64::from(ms) * 4);

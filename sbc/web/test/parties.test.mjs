@@ -365,6 +365,24 @@ describe('transfer', () => {
     assert.equal(call.transferState.reason, 'no_answer');
   });
 
+  test('blind with a fallback and onHangup: sent as asked; the fallback ringing is a new target, then completed', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const { ws, call } = await partyCall(env, op);
+    await assert.rejects(call.transfer('operator:bob', { onHangup: 'later' }), { code: 'BAD_REQUEST' });
+    await assert.rejects(call.transfer('operator:bob', { attended: true, fallback: 'operators' }), { code: 'BAD_REQUEST' });
+    const moving = call.transfer('operator:bob', { fallback: 'operators:support', onHangup: 'cancel' });
+    await flush();
+    const req = ws.last();
+    assert.deepEqual(req, { type: 'transfer', callId: 'c-2', target: 'operator:bob', attended: false, onHangup: 'cancel', fallback: 'operators:support', ref: req.ref });
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'ringing', target: 'operator:bob', participantId: 'p-4', ref: req.ref });
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'ringing', target: 'operators:support', participantId: 'p-5', ref: req.ref });
+    await flush();
+    assert.equal(call.transferState.participantId, 'p-5');
+    ws.push({ type: 'transfer', callId: 'c-2', state: 'completed', target: 'operators:support', participantId: 'p-5', ref: req.ref });
+    assert.equal(await moving, undefined);
+  });
+
   test('attended: resolves on consulting with a handle; complete, merge and cancel settle on the transfer end', async () => {
     const env = makeEnv();
     const { op } = makeOperator(env);

@@ -98,6 +98,10 @@ pub enum ApiRequest {
         timeout: Option<u32>,
         /// The transferor (default: the call's one agent).
         by: Option<String>,
+        /// The transferor hanging up cancels it (default: completes it).
+        cancel_on_hangup: bool,
+        /// Blind: rung if the target fails, before the recall.
+        fallback: Option<String>,
     },
     /// `POST /v1/calls/{call}/transfer/{complete|cancel|merge}`.
     TransferStep {
@@ -234,10 +238,13 @@ impl Bridge {
                 attended,
                 timeout,
                 by,
+                cancel_on_hangup,
+                fallback,
             } => (
                 call_id(self, &call)?,
                 Box::new(move |c, ctx| {
-                    c.api_transfer(now, ctx, &target, attended, timeout, by.as_deref())
+                    let how = (cancel_on_hangup, fallback);
+                    c.api_transfer(now, ctx, &target, attended, timeout, by.as_deref(), how)
                         .map(|k| vec![k])
                 }),
             ),

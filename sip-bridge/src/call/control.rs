@@ -11,7 +11,7 @@ use media_core::Instant;
 
 use super::operator::ADD_TIMEOUT;
 use super::party::{Leg, Origin};
-use super::transfer::{Kind, Transferor};
+use super::transfer::{Ask, Transferor};
 use super::{Call, CallCtx};
 use crate::contract::LegKey;
 use crate::roles::{MonitorMode, Role};
@@ -352,6 +352,7 @@ impl Call {
         attended: bool,
         timeout: Option<u32>,
         by: Option<&str>,
+        (cancel_on_hangup, fallback): (bool, Option<String>),
     ) -> Result<LegKey, ApiError> {
         self.api_connected()?;
         let parsed = super::transfer::parse_target(target).ok_or_else(|| ApiError::bad(TARGETS))?;
@@ -380,12 +381,13 @@ impl Call {
             notify: None,
             via: "api",
         };
-        let kind = if attended {
-            Kind::Attended
-        } else {
-            Kind::Blind
+        let ask = Ask {
+            attended,
+            timeout,
+            cancel_on_hangup,
+            fallback,
         };
-        self.begin_transfer(now, ctx, who, kind, None, (target, parsed), timeout)
+        self.begin_transfer(now, ctx, who, None, (target, parsed), ask)
             .map_err(ApiError::conflict)?;
         self.settle(now, ctx);
         Ok(by)

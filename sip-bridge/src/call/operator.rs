@@ -186,6 +186,8 @@ impl Call {
                 target,
                 attended,
                 timeout,
+                on_hangup,
+                fallback,
                 ..
             } => {
                 if ringing {
@@ -194,7 +196,13 @@ impl Call {
                 if !self.may(ctx, op, key, Capability::AddParticipant, &reference) {
                     return;
                 }
-                self.start_transfer(now, ctx, op, key, reference, &target, attended, timeout);
+                let how = super::transfer::Ask {
+                    attended,
+                    timeout,
+                    cancel_on_hangup: on_hangup.as_deref() == Some("cancel"),
+                    fallback,
+                };
+                self.start_transfer(now, ctx, op, key, reference, &target, how);
             }
             ClientMessage::TransferComplete { .. } => {
                 self.transfer_action(now, ctx, op, key, reference, TransferStep::Complete)

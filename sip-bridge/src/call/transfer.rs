@@ -71,6 +71,12 @@ pub(crate) struct Transfer {
     refer: Option<ReferOut>,
     /// An AI agent's warm transfer completes by then (its briefing's end).
     briefing_until: Option<Instant>,
+    /// The transferor hanging up cancels it (else completes it).
+    cancel_on_hangup: bool,
+    /// Rung if the target fails (blind), before the recall.
+    fallback: Option<(String, Target)>,
+    /// How long a target rings.
+    ring: Duration,
 }
 
 /// A blind transfer done by the transferee's trunk (`transfer = "refer"`).
@@ -98,8 +104,7 @@ impl Call {
         by: LegKey,
         reference: Option<String>,
         target: &str,
-        attended: bool,
-        timeout: Option<u32>,
+        how: Ask,
     ) {
         let Some(parsed) = parse_target(target) else {
             return self.error_to(
@@ -115,14 +120,8 @@ impl Call {
             notify: None,
             via: "sdk",
         };
-        let kind = if attended {
-            Kind::Attended
-        } else {
-            Kind::Blind
-        };
         let asked = (target, parsed);
-        if let Err(m) = self.begin_transfer(now, ctx, who, kind, reference.clone(), asked, timeout)
-        {
+        if let Err(m) = self.begin_transfer(now, ctx, who, reference.clone(), asked, how) {
             self.error_to(op, ErrorCode::BadRequest, m, reference);
         }
     }
@@ -154,7 +153,11 @@ impl Call {
         let started = match parse_target(target) {
             Some(parsed) => {
                 let asked = (target, parsed);
-                self.begin_transfer(now, ctx, who, Kind::Attended, None, asked, None)
+                let warm = Ask {
+                    attended: true,
+                    ..Ask::default()
+                };
+                self.begin_transfer(now, ctx, who, None, asked, warm)
             }
             None => Err("bad target"),
         };
@@ -214,7 +217,7 @@ impl Call {
         };
         let asked = (refer_to, target);
         if self
-            .begin_transfer(now, ctx, who, Kind::Blind, None, asked, None)
+            .begin_transfer(now, ctx, who, None, asked, Ask::default())
             .is_err()
         {
             let failed = SipAction::Notify {
@@ -233,12 +236,25 @@ impl Call {
         now: Instant,
         ctx: &mut CallCtx<'_>,
         who: Transferor,
-        kind: Kind,
         reference: Option<String>,
         (target, target_parsed): (&str, Target),
-        timeout: Option<u32>,
+        ask: Ask,
     ) -> Result<(), &'static str> {
         let by = who.by;
+        let kind = if ask.attended {
+            Kind::Attended
+        } else {
+            Kind::Blind
+        };
+        let fallback = match ask.fallback {
+            Some(f) => match parse_target(&f) {
+                Some(t) if kind == Kind::Blind => Some((f, t)),
+                Some(_) => return Err("a fallback is for blind transfers"),
+                None => return Err("`fallback` must be a target as `target` is"),
+            },
+            None => None,
+        };
+        let timeout = ask.timeout;
         if self.transfer.is_some() {
             return Err("a transfer of this call is already in progress");
         }
@@ -298,6 +314,9 @@ impl Call {
             reference: reference.clone(),
             refer: None,
             briefing_until: None,
+            cancel_on_hangup: ask.cancel_on_hangup,
+            fallback,
+            ring,
         });
         for k in &held {
             if let Some(p) = self.parties.get_mut(k) {
@@ -341,9 +360,22 @@ impl Call {
                     self.tell_updated(now, ctx, *k, None);
                 }
             }
-            // Nothing rings: the transfer never started.
-            Ok(_) => self.transfer_over(now, ctx, "failed", Some("busy"), None),
-            Err(code) => self.transfer_over(now, ctx, "failed", Some("failed"), Some(code)),
+            // Nothing rings: the target failed at once (its fallback, if any,
+            // is next).
+            Ok(_) => self.transfer_failed_now(now, ctx, "busy", None),
+            Err(code) => self.transfer_failed_now(now, ctx, "failed", Some(code)),
+        }
+    }
+
+    fn transfer_failed_now(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        reason: &str,
+        code: Option<u16>,
+    ) {
+        if let Some(group) = self.transfer.as_ref().map(|t| t.group) {
+            self.transfer_target_failed(now, ctx, group, reason, code);
         }
     }
 
@@ -599,6 +631,26 @@ impl Call {
         if self.transfer.as_ref().is_none_or(|t| t.group != group) {
             return false;
         }
+        let Some(t) = self.transfer.as_mut() else {
+            return false;
+        };
+        if let Some((text, target)) = t.fallback.take() {
+            // The fallback rings before any recall; the failure is news.
+            let (by, reference, ring) = (t.by, t.reference.clone(), t.ring);
+            self.transfer_event(now, "fallback", Some(reason), status);
+            if let Some(t) = self.transfer.as_mut() {
+                t.target_text = text;
+            }
+            let origin = Origin::Added {
+                by,
+                reference,
+                deadline: now + ring,
+                group,
+            };
+            let (started, new) = self.ring_new(now, ctx, &target, origin);
+            self.transfer_rung(now, ctx, started, new, &[]);
+            return true;
+        }
         self.transfer_over(now, ctx, "failed", Some(reason), status);
         true
     }
@@ -612,6 +664,14 @@ impl Call {
         if t.answered == Some(key) {
             // The target hung up before completion.
             return self.transfer_over(now, ctx, "failed", Some("target_left"), None);
+        }
+        if t.by == Some(key) && t.cancel_on_hangup {
+            // Asked so: the transferor hanging up cancels it; the target
+            // goes, the transferees stay (alone, the call ends).
+            t.by = None;
+            let (group, answered) = (t.group, t.answered);
+            self.stop_target(now, ctx, group, answered);
+            return self.transfer_over(now, ctx, "cancelled", Some("transferor_left"), None);
         }
         if t.by == Some(key) {
             // The transferor hung up: it completes (a phone's semantics). A
@@ -818,6 +878,20 @@ impl Call {
             .filter(|t| t.kind == Kind::Blind && t.answered.is_none())
             .and_then(|t| t.by)
     }
+}
+
+/// How a transfer is asked for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ask {
+    /// Consult the target first.
+    pub attended: bool,
+    /// Seconds the target rings (5-300, default 30).
+    pub timeout: Option<u32>,
+    /// The transferor hanging up cancels it (default: completes it).
+    pub cancel_on_hangup: bool,
+    /// Blind: rung when the target does not answer, is busy or fails,
+    /// before the transferor is recalled.
+    pub fallback: Option<String>,
 }
 
 /// Who transfers: a party, how it hears of the progress, and who asked

@@ -117,6 +117,14 @@ pub enum ClientMessage {
         /// Seconds the target rings (default 30).
         #[serde(default)]
         timeout: Option<u32>,
+        /// If this operator hangs up mid-transfer: `complete` (default) or
+        /// `cancel`.
+        #[serde(default)]
+        on_hangup: Option<String>,
+        /// Blind: a target rung when the first does not answer, is busy or
+        /// fails, before the transferor is recalled.
+        #[serde(default)]
+        fallback: Option<String>,
     },
     /// Attended transfer: connect the others to the target and leave.
     TransferComplete {
@@ -349,6 +357,24 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
             check_id("callId", call_id, r)?;
             if target.is_empty() || target.len() > 256 || target.chars().any(char::is_control) {
                 return Err(bad("`target` must be 1-256 printable characters", r));
+            }
+            if let ClientMessage::Transfer {
+                on_hangup,
+                fallback,
+                ..
+            } = &wire.message
+            {
+                if on_hangup
+                    .as_deref()
+                    .is_some_and(|h| h != "complete" && h != "cancel")
+                {
+                    return Err(bad("`onHangup` must be complete or cancel", r));
+                }
+                if fallback.as_deref().is_some_and(|f| {
+                    f.is_empty() || f.len() > 256 || f.chars().any(char::is_control)
+                }) {
+                    return Err(bad("`fallback` must be 1-256 printable characters", r));
+                }
             }
         }
         ClientMessage::Quality { call_id, summary } => {
