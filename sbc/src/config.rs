@@ -181,6 +181,21 @@ pub struct MediaSection {
     /// both ends are phones or gateways with buffers of their own, and a second
     /// one only adds delay. Browser and agent legs always get one.
     pub sip_jitter_buffer: bool,
+    /// What a party held by someone (a hold, a transfer's consult) hears:
+    /// `"silence"` (default) or `"tone"` (a soft chime every 3 s, so a caller
+    /// knows the line is alive).
+    pub hold_music: HoldMusic,
+}
+
+/// `media.hold_music`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldMusic {
+    /// Nothing.
+    #[default]
+    Silence,
+    /// The built-in hold tone.
+    Tone,
 }
 
 impl Default for MediaSection {
@@ -196,6 +211,7 @@ impl Default for MediaSection {
             media_timeout: Duration::from_secs(60),
             opus_complexity: OpusComplexity::Auto,
             sip_jitter_buffer: false,
+            hold_music: HoldMusic::Silence,
         }
     }
 }
@@ -1167,6 +1183,7 @@ impl SbcConfig {
         b.outbound_ring_timeout = self.limits.outbound_ring_timeout;
         b.max_calls = self.limits.max_calls;
         b.max_parties = self.limits.max_parties;
+        b.hold_music = self.media.hold_music == HoldMusic::Tone;
         b.max_call_duration = self.limits.max_call_duration;
         b.session = self.session_config();
         b.grace = self.limits.reconnect_grace;

@@ -27,6 +27,7 @@ fn party_json(ev: &CallEvent, p: &PartyRecord) -> serde_json::Value {
         "leftAt": p.left.map(|t| clock::rfc3339_ms(ev.unix_ms_of(t))),
         "talkTimeMs": p.talk_time(ev.at).as_millis() as u64,
         "reason": p.reason,
+        "parentId": p.parent.map(|k| k.to_string()),
     })
 }
 

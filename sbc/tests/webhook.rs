@@ -66,6 +66,7 @@ async fn events_are_retried_until_accepted_and_signed() {
                 left: Some(Instant::from_millis(65_000)),
                 reason: Some("hangup"),
                 rtcp: None,
+                parent: None,
             },
             PartyRecord {
                 id: LegKey(1),
@@ -75,6 +76,7 @@ async fn events_are_retried_until_accepted_and_signed() {
                 left: None,
                 reason: None,
                 rtcp: None,
+                parent: None,
             },
         ],
     };

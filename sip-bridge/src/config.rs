@@ -204,6 +204,9 @@ pub struct BridgeConfig {
     pub max_calls: usize,
     /// Most parties in one call (ringing or joined, supervisors included).
     pub max_parties: usize,
+    /// A party held by someone (an operator's hold, the API's, a transfer's)
+    /// hears [`crate::contract::Tone::Hold`]; otherwise silence.
+    pub hold_music: bool,
     /// Longest call.
     pub max_call_duration: Duration,
     /// Operator connections.
@@ -243,6 +246,7 @@ impl BridgeConfig {
             outbound_ring_timeout: Duration::from_secs(60),
             max_calls: 5000,
             max_parties: 16,
+            hold_music: false,
             max_call_duration: Duration::from_secs(4 * 3600),
             session: SessionConfig::default(),
             grace: Duration::from_secs(30),

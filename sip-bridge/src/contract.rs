@@ -69,6 +69,22 @@ pub enum Tone {
     Ringback,
     /// A continuous sine.
     Hz(u32),
+    /// What a party held by someone hears when the call plays hold music
+    /// (`BridgeConfig::hold_music`): a soft two-note chime (620 and 780 Hz,
+    /// about -26 dBFS), 0.4 s every 3 s.
+    Hold,
+}
+
+impl Tone {
+    /// Whether the tone sounds `elapsed_ms` after it started (its cadence).
+    pub fn sounds_at(self, elapsed_ms: u64) -> bool {
+        match self {
+            // 2 s on, 4 s off.
+            Tone::Ringback => elapsed_ms % 6000 < 2000,
+            Tone::Hold => elapsed_ms % 3000 < 400,
+            Tone::Hz(_) => true,
+        }
+    }
 }
 
 /// A level on an edge of the call's media graph, in hundredths of a dB

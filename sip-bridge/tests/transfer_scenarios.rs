@@ -661,7 +661,8 @@ fn refer_out_notified_486_is_reported_and_alice_is_back_or_bridged_when_configur
         transfer_events(&w),
         [
             ("started".into(), None),
-            ("failed".into(), Some("busy".into()))
+            ("failed".into(), Some("busy".into())),
+            ("recalled".into(), Some("busy".into()))
         ]
     );
     assert_eq!(states(&w), ["ringing", "failed"]);
@@ -780,6 +781,8 @@ fn an_invite_with_replaces_takes_the_place_of_the_callers_dialog() {
     let reasons: Vec<Option<&str>> = done[0].parties.iter().map(|p| p.reason).collect();
     assert_eq!(reasons[0], Some("replaced"));
     assert_eq!(done[0].parties.len(), 3);
+    // The new leg's record links to the one it replaced.
+    assert_eq!(done[0].parties[2].parent, Some(done[0].parties[0].id));
 }
 
 #[test]
@@ -891,6 +894,25 @@ fn a_blind_transfer_whose_target_is_busy_rings_its_fallback_before_any_recall() 
         ]
     );
     assert_eq!(w.ended_reason(0, &call).as_deref(), Some("transferred"));
+    // Each leg's record names the party it came from: bob, and the number
+    // tried first, came from alice (p-1).
+    let now = w.now;
+    w.carrier.ua.hangup(now, leg).unwrap();
+    w.run(ms(500));
+    let parents: Vec<(String, Option<String>)> = w.completed()[0]
+        .parties
+        .iter()
+        .map(|p| (p.who.clone(), p.parent.map(|k| k.to_string())))
+        .collect();
+    assert_eq!(
+        parents,
+        [
+            ("+15550111".to_string(), None),
+            ("operator:alice".to_string(), None),
+            ("pstn:+15550199".to_string(), Some("p-1".to_string())),
+            ("operator:bob".to_string(), Some("p-1".to_string())),
+        ]
+    );
 }
 
 #[test]
@@ -923,4 +945,46 @@ fn a_transfer_asked_to_cancel_on_hangup_is_cancelled_when_the_transferor_hangs_u
             .any(|e| matches!(e, UaEvent::Terminated { leg: l, .. } if *l == leg))
     );
     assert_eq!(w.completed().len(), 1);
+}
+
+/// The loudest second of `hz` in 8 kHz `pcm` (the hold chime sounds 0.4 s
+/// in every 3).
+fn peak_level(pcm: &[i16], hz: f64) -> f64 {
+    pcm.chunks(8000)
+        .map(|c| World::level(c, 8000, hz))
+        .fold(f64::MIN, f64::max)
+}
+
+#[test]
+fn a_held_caller_hears_hold_music_when_the_call_plays_it_and_silence_otherwise() {
+    for music in [true, false] {
+        let mut cfg = config(plan(&[(&["operators"], 20)]));
+        cfg.hold_music = music;
+        let (mut w, call, leg) = answered_by_alice_with(cfg);
+        transfer(&mut w, &call, "operator:bob", true);
+        bob_answers(&mut w, &call);
+        let m = marks(&w, leg);
+        w.run(ms(3000));
+        let heard = &w.carrier.media[&leg].heard[m.caller..];
+        let (a, b) = (peak_level(heard, 620.0), peak_level(heard, 780.0));
+        if music {
+            assert!(a > -45.0 && b > -45.0, "hold music: {a:.1} / {b:.1} dB");
+        } else {
+            assert!(a < -60.0 && b < -60.0, "silence: {a:.1} / {b:.1} dB");
+        }
+        for hz in [ALICE, BOB] {
+            assert!(
+                World::level(heard, 8000, hz) < -45.0,
+                "the consult is private"
+            );
+        }
+        // Back from hold: the music stops, the caller hears the target.
+        w.send(0, json!({"type": "transferComplete", "callId": call}));
+        w.run(ms(1000));
+        let m = marks(&w, leg);
+        w.run(ms(3000));
+        let heard = &w.carrier.media[&leg].heard[m.caller..];
+        assert!(peak_level(heard, 620.0) < -60.0, "no music after");
+        World::assert_hears(heard, 8000, &[BOB], &[], "caller with bob");
+    }
 }

@@ -340,6 +340,7 @@ impl Call {
             n.target = target;
             n.held = held;
             n.muted = muted;
+            n.replaced = Some(old);
         }
         if old == self.caller {
             self.caller = key;

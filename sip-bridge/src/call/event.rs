@@ -84,6 +84,10 @@ pub struct PartyRecord {
     pub reason: Option<&'static str>,
     /// A SIP party's RTCP, as its peer last reported it (the worst jitter).
     pub rtcp: Option<crate::contract::RtcpQuality>,
+    /// The party it came from (Twilio's ParentCallSid, per party): who added
+    /// it or transferred to it, or the party whose dialog it replaced; so a
+    /// transferred call can be followed from leg to leg.
+    pub parent: Option<LegKey>,
 }
 
 impl PartyRecord {
@@ -194,7 +198,7 @@ impl CallEvent {
             .iter()
             .map(|p| {
                 format!(
-                    "{}:{}:{}:{}+{}:{}",
+                    "{}:{}:{}:{}+{}:{}{}",
                     p.id,
                     p.role.as_str(),
                     p.who,
@@ -204,6 +208,7 @@ impl CallEvent {
                         .to_string()),
                     p.talk_time(self.at).as_millis(),
                     p.reason.unwrap_or("-"),
+                    p.parent.map_or(String::new(), |k| format!("<{k}")),
                 )
             })
             .collect();
@@ -284,6 +289,7 @@ mod tests {
                     left: Some(at(10_000)),
                     reason: Some("hangup"),
                     rtcp: None,
+                    parent: None,
                 },
                 PartyRecord {
                     id: LegKey(1),
@@ -293,6 +299,7 @@ mod tests {
                     left: None,
                     reason: None,
                     rtcp: None,
+                    parent: None,
                 },
             ],
         };

@@ -38,6 +38,17 @@ impl Call {
         })
     }
 
+    /// Whether party `p` is held by someone (not by itself or its peer) in a
+    /// call that plays hold music: it is sent the hold tone, not nothing.
+    fn hears_hold_music(&self, p: &super::party::Party) -> bool {
+        self.hold_music
+            && p.held
+            && p.joined()
+            && p.in_media
+            && !p.operator().is_some_and(|o| o.self_held)
+            && !p.sip().is_some_and(|s| s.remote_held)
+    }
+
     /// What every listener should hear now. See the module docs.
     fn graph(&self) -> BTreeMap<LegKey, Vec<Feed>> {
         let mut g: BTreeMap<LegKey, Vec<Feed>> = BTreeMap::new();
@@ -101,6 +112,12 @@ impl Call {
                         }
                     }
                     g.insert(l, feeds);
+                }
+                // Held by someone: hold music instead of the call, if asked.
+                for (k, p) in &self.parties {
+                    if self.hears_hold_music(p) {
+                        g.insert(*k, vec![Feed::tone(Tone::Hold)]);
+                    }
                 }
                 for (k, p) in &self.parties {
                     if p.joined() && p.in_media && !p.full_participant() {
@@ -168,7 +185,9 @@ impl Call {
             };
             let self_held = p.operator().is_some_and(|o| o.self_held);
             let mute = p.muted || p.held || self_held;
-            let hold = p.held || self_held || p.sip().is_some_and(|s| s.remote_held);
+            // Hold music goes to a held leg: it is not silenced toward it.
+            let music = self.hears_hold_music(p);
+            let hold = (p.held && !music) || self_held || p.sip().is_some_and(|s| s.remote_held);
             let (was_mute, was_hold) = self.flags.get(&k).copied().unwrap_or_default();
             self.flags.insert(k, (mute, hold));
             if hold != was_hold {

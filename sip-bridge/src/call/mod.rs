@@ -280,6 +280,8 @@ pub struct Call {
     transfer: Option<transfer::Transfer>,
     /// The API placed it (click-to-call).
     originated: Option<originate::Originated>,
+    /// Held parties hear the hold tone (else silence).
+    hold_music: bool,
     out: VecDeque<CallOutput>,
 }
 
@@ -322,6 +324,7 @@ impl Call {
             told: BTreeMap::new(),
             transfer: None,
             originated: None,
+            hold_music: ctx.cfg.hold_music,
             out: VecDeque::new(),
         }
     }
@@ -762,14 +765,16 @@ impl Call {
         };
         p.stage = Stage::Joined;
         p.joined_at.get_or_insert(now);
+        let (role, parent) = (p.role, p.parent());
         let rec = PartyRecord {
             id: k,
-            role: p.role,
+            role,
             who: self.who(k),
             joined: Some(now),
             left: None,
             reason: None,
             rtcp: None,
+            parent,
         };
         match self.history.iter_mut().find(|r| r.id == k) {
             Some(r) => r.joined = Some(now),
@@ -812,6 +817,7 @@ impl Call {
                     left: Some(now),
                     reason: Some(reason),
                     rtcp: None,
+                    parent: p.parent(),
                 };
                 self.history.push(r.clone());
                 r

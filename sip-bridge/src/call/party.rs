@@ -144,6 +144,8 @@ pub(crate) struct Party {
     pub joined_at: Option<Instant>,
     /// Display name (operators, a SIP caller's From).
     pub name: Option<String>,
+    /// The party whose dialog it took over (RFC 3891 Replaces).
+    pub replaced: Option<LegKey>,
 }
 
 impl Party {
@@ -161,6 +163,16 @@ impl Party {
             media_lost: None,
             joined_at: None,
             name: None,
+            replaced: None,
+        }
+    }
+
+    /// The party it came from: who added it (or transferred to it), or the
+    /// one it replaced.
+    pub(crate) fn parent(&self) -> Option<LegKey> {
+        match self.origin {
+            Origin::Added { by: Some(b), .. } => Some(b),
+            _ => self.replaced,
         }
     }
 

@@ -729,7 +729,14 @@ impl Call {
             return;
         };
         let (held, answered) = (t.held.clone(), t.answered);
+        let recalled = state == "failed"
+            && t.kind == Kind::Blind
+            && t.by.is_some_and(|b| self.parties.contains_key(&b));
         self.tell_transfer(now, ctx, state, answered, reason, code);
+        if recalled {
+            // The transferor is back with the others (webhooks see it).
+            self.transfer_event(now, "recalled", reason, code);
+        }
         self.transfer = None;
         for k in held {
             if let Some(p) = self.parties.get_mut(&k) {

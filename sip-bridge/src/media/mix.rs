@@ -309,12 +309,9 @@ impl Mix {
                 Slot::Tone(_) => {
                     if let Some(t) = tones.get_mut(&i) {
                         t.generator.fill(frame);
-                        if t.tone == Tone::Ringback {
-                            // 2 s on, 4 s off.
-                            let phase = now.saturating_duration_since(t.started).as_millis() % 6000;
-                            if phase >= 2000 {
-                                frame.fill(0);
-                            }
+                        let ms = now.saturating_duration_since(t.started).as_millis() as u64;
+                        if !t.tone.sounds_at(ms) {
+                            frame.fill(0);
                         }
                         let _ = mixer.set_input(i, frame);
                     }
@@ -376,5 +373,6 @@ pub(crate) fn tone_generator(t: Tone, rate: SampleRate) -> ToneGenerator {
         // About -20 dBFS each: the level of a real ringback.
         Tone::Ringback => ToneGenerator::new(rate.hz(), &[(440.0, 3000.0), (480.0, 3000.0)]),
         Tone::Hz(hz) => ToneGenerator::new(rate.hz(), &[(f64::from(hz), 8000.0)]),
+        Tone::Hold => ToneGenerator::new(rate.hz(), &[(620.0, 1200.0), (780.0, 1200.0)]),
     }
 }

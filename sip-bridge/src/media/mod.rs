@@ -1484,12 +1484,9 @@ impl MediaSession {
             any = true;
             let frame = &mut self.pcm[..(TONE_RATE / 50) as usize];
             generator.fill(frame);
-            if *tone == Tone::Ringback {
-                // 2 s on, 4 s off.
-                let phase = now.saturating_duration_since(*started).as_millis() % 6000;
-                if phase >= 2000 {
-                    frame.fill(0);
-                }
+            let ms = now.saturating_duration_since(*started).as_millis() as u64;
+            if !tone.sounds_at(ms) {
+                frame.fill(0);
             }
             if let Some(p) = pipeline.as_mut() {
                 let _ = p.handle_pcm(now, frame);
