@@ -988,3 +988,37 @@ fn a_held_caller_hears_hold_music_when_the_call_plays_it_and_silence_otherwise()
         World::assert_hears(heard, 8000, &[BOB], &[], "caller with bob");
     }
 }
+
+#[test]
+fn an_agent_transfer_event_about_a_leg_that_is_no_agent_changes_nothing() {
+    // Found by the call fuzzer: such an event about a caller waiting alone
+    // once dropped it from the call without its SIP leg or its RTP port.
+    // Nobody is online: a number rings (the carrier does not answer it).
+    let mut w = World::new(config(plan(&[
+        (&["operators"], 20),
+        (&["pstn:+15550199"], 20),
+    ])));
+    let leg = w.carrier_call("+15550100", CALLER);
+    w.run(ms(200));
+    let id = w.bridge.call_ids()[0];
+    assert_eq!(
+        w.bridge.parties(id),
+        Some(2),
+        "the caller waits, the number rings"
+    );
+    let now = w.now;
+    for warm in [false, true] {
+        let ev = sip_bridge::bridge::MediaEvent::StreamTransfer {
+            leg: sip_bridge::bridge::LegKey(0),
+            target: "operators".into(),
+            warm,
+        };
+        w.bridge.handle_media_event(now, id, ev);
+    }
+    w.pump();
+    assert_eq!(w.bridge.parties(id), Some(2), "still there");
+    let now = w.now;
+    w.carrier.ua.hangup(now, leg).unwrap();
+    w.run(ms(3000));
+    w.assert_idle();
+}

@@ -81,7 +81,12 @@ impl Call {
                 warm: true,
             } => self.agent_warm_transfer(now, ctx, leg, &target),
             MediaEvent::StreamTransfer { leg, target, .. } => {
-                if self.parties.get(&leg).is_some_and(|p| p.joined())
+                // Only an agent hands the caller on (a stray event about another
+                // leg must not drop it without its SIP leg or port).
+                if self
+                    .parties
+                    .get(&leg)
+                    .is_some_and(|p| p.joined() && matches!(p.leg, Leg::Agent))
                     && self.alone_with(leg)
                     && let Ok(t) = target.parse::<Target>()
                 {
