@@ -90,6 +90,7 @@ pub fn facts_json(facts: &RouteFacts) -> serde_json::Value {
         "operator": facts.operator,
         "headers": headers,
         "defaultPlan": plan_json(&facts.default_plan),
+        "transfer": facts.transfer,
     })
 }
 
@@ -300,6 +301,7 @@ mod tests {
             operator: None,
             headers: vec![("X-Campaign".into(), "spring".into())],
             default_plan: DialPlan::single(vec![Target::Operators], Duration::from_secs(20)),
+            transfer: false,
         };
         let j = facts_json(&facts);
         assert_eq!(j["headers"]["X-Campaign"], "spring");

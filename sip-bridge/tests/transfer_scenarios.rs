@@ -1022,3 +1022,118 @@ fn an_agent_transfer_event_about_a_leg_that_is_no_agent_changes_nothing() {
     w.run(ms(3000));
     w.assert_idle();
 }
+
+/// A carrier call on a trunk that may transfer, routed by an external router
+/// (answered here by hand), answered by alice; bob is online.
+fn routed_call_answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.trunks[0].accept_refer = true;
+    cfg.external_routing = true;
+    let mut w = World::new(cfg);
+    w.operator("alice", &["support"]);
+    w.operator("bob", &["sales"]);
+    let leg = w.carrier_call("+15550100", CALLER);
+    w.run(ms(50));
+    let facts = w.bridge.poll_route_request().expect("the call is routed");
+    assert!(!facts.transfer);
+    let now = w.now;
+    w.bridge.handle_route(
+        now,
+        facts.call_id,
+        sip_bridge::bridge::RouteDecision::Default,
+    );
+    w.run(ms(200));
+    let call = w.last_incoming(0).expect("alice rings");
+    w.accept(0, &call);
+    talk(&mut w, 0, ALICE);
+    w.run(ms(1500));
+    (w, call, leg)
+}
+
+#[test]
+fn a_refer_target_goes_through_our_routing_which_may_send_it_elsewhere_or_refuse_it() {
+    let (mut w, call, leg) = routed_call_answered_by_alice();
+    let now = w.now;
+    w.carrier.ua.refer(now, leg, "tel:+15550199", true).unwrap();
+    w.run(ms(200));
+    let facts = w.bridge.poll_route_request().expect("the router is asked");
+    assert!(facts.transfer);
+    assert_eq!(facts.to, "tel:+15550199");
+    assert!(
+        w.carrier_incoming().is_empty(),
+        "nothing rings before the answer"
+    );
+    // The router sends the transfer to bob instead of the number.
+    let to_bob =
+        sip_bridge::bridge::DialPlan::single(vec!["operator:bob".parse().unwrap()], ms(20_000));
+    let now = w.now;
+    w.bridge.handle_route(
+        now,
+        facts.call_id,
+        sip_bridge::bridge::RouteDecision::Plan(to_bob),
+    );
+    w.pump();
+    bob_answers(&mut w, &call);
+    let m = marks(&w, leg);
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.browsers[1].heard[m.bob..],
+        48_000,
+        &[ALICE],
+        &[],
+        "bob with alice",
+    );
+    // 202, NOTIFYs, and our BYE releasing the referrer.
+    assert_eq!(
+        refer_seen(&w, leg),
+        [
+            "202",
+            "notify 100",
+            "notify 200 last",
+            &format!("{:?}", EndReason::RemoteBye)
+        ]
+    );
+    assert!(w.carrier_incoming().is_empty(), "the number never rang");
+
+    // A router that refuses: NOTIFY with its status, the call goes on.
+    let (mut w, call, leg) = routed_call_answered_by_alice();
+    let now = w.now;
+    w.carrier.ua.refer(now, leg, "tel:+15550199", true).unwrap();
+    w.run(ms(200));
+    let facts = w.bridge.poll_route_request().unwrap();
+    let now = w.now;
+    w.bridge.handle_route(
+        now,
+        facts.call_id,
+        sip_bridge::bridge::RouteDecision::Reject(486),
+    );
+    w.run(ms(300));
+    assert_eq!(
+        refer_seen(&w, leg),
+        ["202", "notify 100", "notify 486 last"]
+    );
+    assert_eq!(w.ended_reason(0, &call), None);
+    let m = marks(&w, leg);
+    w.run(ms(1500));
+    World::assert_hears(
+        &w.carrier.media[&leg].heard[m.caller..],
+        8000,
+        &[ALICE],
+        &[],
+        "the caller, still with alice",
+    );
+
+    // A router that does not answer: the target as asked, after its 5 s.
+    let (mut w, _, leg) = routed_call_answered_by_alice();
+    w.carrier.auto_answer = Some(vec![(180, false)]);
+    let now = w.now;
+    w.carrier.ua.refer(now, leg, "tel:+15550199", true).unwrap();
+    w.run(ms(4800));
+    assert!(w.carrier_incoming().is_empty());
+    w.run(ms(400));
+    assert_eq!(
+        w.carrier_incoming().len(),
+        1,
+        "the number rings once the router gave up"
+    );
+}

@@ -304,6 +304,7 @@ pub fn sip_message(data: &[u8]) {
             Inbound::Request(r) => {
                 session_timer_values(&*r);
                 reliable_values(&*r);
+                replaces_values(&*r);
                 let wire =
                     sipmsg::to_wire(&sip_bridge::sip::message::SipMessage::Request(*r.clone()));
                 match sipmsg::classify(&wire, transport, &cfg) {
@@ -351,6 +352,24 @@ fn session_timer_values(m: &impl SipHeaders) {
 
 /// RSeq and RAck (RFC 3262) as the UA reads them: a RAck that parses prints
 /// back to one that parses the same; RSeq stays in 1..2^31.
+/// `Replaces` headers and Refer-To URIs with an embedded one (RFC 3891):
+/// what parses prints back to the same value.
+fn replaces_values(m: &impl SipHeaders) {
+    use sip_bridge::sip::dialog::replaces::{Replaces, split_refer_to};
+    for v in m.lines("Replaces") {
+        if let Some(r) = Replaces::parse(v) {
+            assert_eq!(Replaces::parse(&r.to_header()), Some(r));
+        }
+    }
+    for v in m.lines("Refer-To").into_iter().chain(m.lines("r")) {
+        let uri = sip_bridge::sip::message::header_uri(v);
+        if let Ok((base, Some(r))) = split_refer_to(uri) {
+            assert!(!base.contains('?'));
+            assert!(!r.call_id.is_empty() && !r.to_tag.is_empty() && !r.from_tag.is_empty());
+        }
+    }
+}
+
 fn reliable_values(m: &impl SipHeaders) {
     use sip_bridge::sip::dialog::reliable::{RAck, parse_rseq};
     for v in m.values("RSeq") {

@@ -85,6 +85,7 @@ impl Call {
             operator: None,
             headers,
             default_plan: call.plan.clone(),
+            transfer: false,
         };
         call.begin(now, ctx, facts);
         Ok(call)
@@ -147,6 +148,7 @@ impl Call {
             operator: Some(op.to_string()),
             headers: Vec::new(),
             default_plan: call.plan.clone(),
+            transfer: false,
         };
         call.begin(now, ctx, facts);
         call
@@ -374,6 +376,10 @@ impl Call {
 
     /// The router's decision.
     pub fn handle_route(&mut self, now: Instant, ctx: &mut CallCtx<'_>, decision: RouteDecision) {
+        if self.transfer_routing() {
+            self.transfer_routed(now, ctx, decision);
+            return self.settle(now, ctx);
+        }
         if !matches!(self.state, CallState::Routing { .. }) {
             return;
         }

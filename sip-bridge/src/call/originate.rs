@@ -162,6 +162,7 @@ impl Call {
             operator: op,
             headers: Vec::new(),
             default_plan: self.plan.clone(),
+            transfer: false,
         };
         self.begin(now, ctx, facts);
     }

@@ -40,6 +40,11 @@ pub struct RouteFacts {
     pub headers: Vec<(String, String)>,
     /// What the static configuration would do.
     pub default_plan: DialPlan,
+    /// The question is where a transfer of the live call goes (a REFER's
+    /// target, in `to`), not where the call goes: only the plan's first step
+    /// is rung, and a rejection fails the transfer (its NOTIFY carries the
+    /// status) while the call goes on.
+    pub transfer: bool,
 }
 
 /// A router's answer.

@@ -77,6 +77,9 @@ pub(crate) struct Transfer {
     fallback: Option<(String, Target)>,
     /// How long a target rings.
     ring: Duration,
+    /// A REFER's target waits for the external router until then (the
+    /// target as asked is the default).
+    routing: Option<(Instant, Target)>,
 }
 
 /// A blind transfer done by the transferee's trunk (`transfer = "refer"`).
@@ -317,6 +320,7 @@ impl Call {
             cancel_on_hangup: ask.cancel_on_hangup,
             fallback,
             ring,
+            routing: None,
         });
         for k in &held {
             if let Some(p) = self.parties.get_mut(k) {
@@ -335,9 +339,108 @@ impl Call {
             }
             return Ok(());
         }
+        if who.via == "refer" && ctx.cfg.external_routing {
+            // Our routing decides where a REFER's target goes (the webhook or
+            // the `Router`), as for a call; the referrer waits on its 202.
+            self.ask_transfer_route(now, ctx, by, target, target_parsed, ring);
+            return Ok(());
+        }
         let (started, new) = self.ring_new(now, ctx, &target_parsed, origin);
         self.transfer_rung(now, ctx, started, new, &held);
         Ok(())
+    }
+
+    /// Asks the router where the transfer's `target` goes.
+    fn ask_transfer_route(
+        &mut self,
+        now: Instant,
+        ctx: &CallCtx<'_>,
+        by: LegKey,
+        target: &str,
+        parsed: Target,
+        ring: Duration,
+    ) {
+        let trunk = self
+            .parties
+            .get(&by)
+            .and_then(|p| p.sip())
+            .and_then(|s| s.trunk)
+            .and_then(|t| ctx.cfg.trunks.get(t))
+            .map(|t| t.name.clone());
+        let facts = super::RouteFacts {
+            call_id: self.id,
+            direction: self.direction,
+            from: self.from.clone(),
+            to: target.to_string(),
+            number: self.number.clone(),
+            trunk,
+            operator: None,
+            headers: Vec::new(),
+            default_plan: crate::plan::DialPlan::single(vec![parsed.clone()], ring),
+            transfer: true,
+        };
+        if let Some(t) = self.transfer.as_mut() {
+            t.routing = Some((now + super::ROUTE_TIMEOUT, parsed));
+        }
+        self.push(super::CallOutput::Route(facts));
+    }
+
+    /// Whether the transfer waits for the router.
+    pub(crate) fn transfer_routing(&self) -> bool {
+        self.transfer.as_ref().is_some_and(|t| t.routing.is_some())
+    }
+
+    /// The router's answer about the transfer's target: its plan's first
+    /// step rings (the default: the target as asked); a rejection fails the
+    /// transfer with that status.
+    pub(crate) fn transfer_routed(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        decision: super::RouteDecision,
+    ) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let Some((_, default)) = t.routing.take() else {
+            return;
+        };
+        let (by, reference, group, ring) = (t.by, t.reference.clone(), t.group, t.ring);
+        let targets = match decision {
+            super::RouteDecision::Reject(status) => {
+                let status = if (400..700).contains(&status) {
+                    status
+                } else {
+                    403
+                };
+                return self.transfer_over(now, ctx, "failed", Some("failed"), Some(status));
+            }
+            super::RouteDecision::Plan(plan) => match plan.steps.into_iter().next() {
+                Some(step) => step.targets,
+                None => {
+                    return self.transfer_over(now, ctx, "failed", Some("failed"), Some(404));
+                }
+            },
+            _ => vec![default],
+        };
+        let mut rung = Ok(0);
+        let mut new = Vec::new();
+        for target in &targets {
+            let origin = Origin::Added {
+                by,
+                reference: reference.clone(),
+                deadline: now + ring,
+                group,
+            };
+            let (started, added) = self.ring_new(now, ctx, target, origin);
+            new.extend(added);
+            rung = match (rung, started) {
+                (Ok(a), Ok(b)) => Ok(a + b),
+                (Ok(0), Err(c)) => Err(c),
+                (r, _) => r,
+            };
+        }
+        self.transfer_rung(now, ctx, rung, new, &[]);
     }
 
     /// What ringing the transfer's target did: it rings (the transferor
@@ -483,11 +586,14 @@ impl Call {
     /// waiting for its final NOTIFY, an agent's briefing ends.
     pub(crate) fn transfer_deadline(&self) -> Option<Instant> {
         let t = self.transfer.as_ref()?;
-        let refer = t.refer.as_ref().map(|r| r.deadline);
-        match (refer, t.briefing_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            t.refer.as_ref().map(|r| r.deadline),
+            t.briefing_until,
+            t.routing.as_ref().map(|(d, _)| *d),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// No final NOTIFY in time: we bridge. An agent still briefing: the
@@ -496,7 +602,10 @@ impl Call {
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
-        if t.refer.as_ref().is_some_and(|r| r.deadline <= now) {
+        if t.routing.as_ref().is_some_and(|(d, _)| *d <= now) {
+            // The router did not answer: the target as asked.
+            self.transfer_routed(now, ctx, super::RouteDecision::Default);
+        } else if t.refer.as_ref().is_some_and(|r| r.deadline <= now) {
             self.refer_fallback(now, ctx, "no_notify", 0);
         } else if t.briefing_until.is_some_and(|d| d <= now) {
             self.complete_transfer(now, ctx);
