@@ -31,8 +31,9 @@ use sip_bridge::bridge::{
     StatusCallback, TransferStep,
 };
 
-use crate::http::HttpState;
 use crate::inbox::ControlIn;
+use crate::sip::Handle;
+use sip_bridge::token::ApiKeys;
 
 /// The OpenAPI document of this API (checked in as `sbc/docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../docs/openapi.json");
@@ -59,11 +60,23 @@ pub const ROUTES: [(&str, &str); 14] = [
 /// How long a request waits for the control task.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The API's routes (behind the same CORS and origin check as `/v1/tokens`).
-pub fn routes() -> Router<Arc<HttpState>> {
-    let mut r = Router::new();
+/// What the API's handlers need.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The control task.
+    pub control: Handle<ControlIn>,
+    /// Configured API keys (hashed).
+    pub api_keys: ApiKeys,
+    /// Answers to requests with an `Idempotency-Key`.
+    pub idempotency: Idempotency,
+}
+
+/// The API's routes on `state` (the HTTP layer puts them behind the same
+/// CORS and origin check as `/v1/tokens`).
+pub fn routes<S: Clone + Send + Sync + 'static>(state: Arc<ApiState>) -> Router<S> {
+    let mut r: Router<Arc<ApiState>> = Router::new();
     for (method, path) in ROUTES {
-        let h: Option<MethodRouter<Arc<HttpState>>> = match (method, path) {
+        let h: Option<MethodRouter<Arc<ApiState>>> = match (method, path) {
             ("get", "/v1/calls") => Some(get(list_calls)),
             ("post", "/v1/calls") => Some(post(originate)),
             ("get", "/v1/calls/{callId}") => Some(get(get_call)),
@@ -87,7 +100,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
             r = r.route(path, h);
         }
     }
-    r
+    r.with_state(state)
 }
 
 /// `{"error": {"code", "message"}}` with `status`.
@@ -130,7 +143,7 @@ fn api_error(e: &ApiError) -> Response {
 }
 
 /// The key's numbers (empty: all), or the 401.
-fn authenticate(app: &HttpState, headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
+fn authenticate(app: &ApiState, headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -154,7 +167,7 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
 }
 
 /// Asks the control task; maps its answer to a response.
-async fn ask(app: &HttpState, numbers: Vec<String>, req: ApiRequest, created: bool) -> Response {
+async fn ask(app: &ApiState, numbers: Vec<String>, req: ApiRequest, created: bool) -> Response {
     let kind = request_name(&req);
     let asked = app.control.ask(|reply| ControlIn::Api {
         numbers,
@@ -218,7 +231,7 @@ fn request_name(req: &ApiRequest) -> &'static str {
 /// A POST that creates something: through the idempotency store when it
 /// carries an `Idempotency-Key`.
 async fn create(
-    app: &HttpState,
+    app: &ApiState,
     headers: &HeaderMap,
     numbers: Vec<String>,
     route: &str,
@@ -302,7 +315,7 @@ async fn openapi() -> Response {
 }
 
 async fn list_calls(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let n = authenticate(&app, &headers)?;
@@ -310,7 +323,7 @@ async fn list_calls(
 }
 
 async fn get_call(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(call): Path<String>,
 ) -> Result<Response, Refusal> {
@@ -319,7 +332,7 @@ async fn get_call(
 }
 
 async fn hangup(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(call): Path<String>,
 ) -> Result<Response, Refusal> {
@@ -358,7 +371,7 @@ fn callback_events(names: &[String]) -> Result<Vec<CallEventKind>, Refusal> {
 }
 
 async fn originate(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
@@ -400,7 +413,7 @@ struct AddBody {
 }
 
 async fn add_participant(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(call): Path<String>,
     raw: Bytes,
@@ -420,7 +433,7 @@ async fn add_participant(
 }
 
 async fn monitor(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(call): Path<String>,
     raw: Bytes,
@@ -454,7 +467,7 @@ struct UpdateBody {
 }
 
 async fn update_participant(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((call, participant)): Path<(String, String)>,
     raw: Bytes,
@@ -480,7 +493,7 @@ async fn update_participant(
 }
 
 async fn remove_participant(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((call, participant)): Path<(String, String)>,
 ) -> Result<Response, Refusal> {
@@ -499,7 +512,7 @@ struct DtmfBody {
 }
 
 async fn dtmf(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(call): Path<String>,
     raw: Bytes,
@@ -536,7 +549,7 @@ struct TransferBody {
 }
 
 async fn transfer(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(call): Path<String>,
     raw: Bytes,
@@ -562,7 +575,7 @@ async fn transfer(
 }
 
 async fn transfer_step(
-    State(app): State<Arc<HttpState>>,
+    State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((call, action)): Path<(String, String)>,
 ) -> Result<Response, Refusal> {

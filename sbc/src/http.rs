@@ -61,8 +61,8 @@ pub struct HttpState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Signalling session ids.
     pub next_session: AtomicU64,
-    /// Answers to the REST API's requests with an `Idempotency-Key`.
-    pub idempotency: crate::api::Idempotency,
+    /// The REST call control's state.
+    pub api: Arc<crate::api::ApiState>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -92,7 +92,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     let mut cross_origin = Router::new()
         .route("/v1/tokens", post(tokens))
         .route("/v1/numbers", get(numbers))
-        .merge(crate::api::routes());
+        .merge(crate::api::routes(state.api.clone()));
     for (name, content_type, body) in SDK_FILES {
         cross_origin = cross_origin.route(
             &format!("/sdk/{name}"),

@@ -281,7 +281,11 @@ impl ServerBuilder {
             max_message: cfg.bridge.session.max_message,
             metrics: metrics_handle,
             next_session: AtomicU64::new(1),
-            idempotency: Default::default(),
+            api: Arc::new(crate::api::ApiState {
+                control: control.clone(),
+                api_keys: cfg.api_keys.clone(),
+                idempotency: Default::default(),
+            }),
         });
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let http_task = tokio::spawn(http::serve(
