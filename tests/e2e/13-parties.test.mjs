@@ -286,10 +286,12 @@ test('three parties hear each other; a supervisor whispers, barges, listens; the
 
   const record = await cdr(callId);
   t.diagnostic(`CDR: ${record.match(/parties=.*/)[0]}`);
-  // id:role:who:joined_ms+talk_ms:reason, in order of arrival.
+  // id:role:who:joined_ms+talk_ms:reason[<parent], in order of arrival.
   const list = record.match(/parties="([^"]*)"/)[1].split(',');
   assert.equal(list.length, 4, record);
-  const [customer, agent, phoneParty, supervisor] = list.map((p) => p.match(/^p-\d+:(\w+):(.+):(\d+)\+(\d+):(\w+)$/));
+  const [customer, agent, phoneParty, supervisor] = list.map((p) => p.match(/^p-\d+:(\w+):(.+):(\d+)\+(\d+):(\w+)(?:<(p-\d+))?$/));
+  // The phone came from alice, who added it.
+  assert.equal(phoneParty[6], list[1].split(':')[0], record);
   assert.deepEqual(customer.slice(1, 3).concat(customer[5]), ['customer', '+15557770111', 'remote_hangup'], list[0]);
   assert.deepEqual(agent.slice(1, 3).concat(agent[5]), ['agent', 'operator:alice', 'hangup'], list[1]); // she ended it
   assert.deepEqual(supervisor.slice(1, 3).concat(supervisor[5]), ['supervisor', 'operator:sam', 'remote_hangup'], list[3]);
