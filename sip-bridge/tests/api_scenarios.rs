@@ -20,24 +20,11 @@ const ALICE: f64 = 1000.0;
 const BOB: f64 = 1500.0;
 const PHONE: f64 = 1700.0;
 
-fn talk(w: &mut World, i: usize, hz: f64) {
-    w.browsers[i].tone = Some(ToneGenerator::new(48_000, &[(hz, 8000.0)]));
-}
-
 /// A carrier call on `support` answered by alice (browser 0, talking); bob
 /// (1) is online on `sales`.
 fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
-    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    assert_eq!(w.operator("bob", &["sales"]), 1);
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("alice rings");
-    w.accept(0, &call);
-    talk(&mut w, 0, ALICE);
-    w.run(ms(1500));
-    assert_eq!(w.got(0, "connected").len(), 1);
-    (w, call, leg)
+    let cfg = config(plan(&[(&["operators"], 20)]));
+    answered_by_alice_in(cfg, &[("bob", &["sales"])], CALLER, ALICE)
 }
 
 fn get(w: &mut World, call: &str) -> CallSummary {
@@ -248,7 +235,7 @@ fn the_api_blind_transfers_the_caller_from_alice_to_bob() {
     w.run(ms(100));
     assert_eq!(w.last_incoming(1).as_deref(), Some(call.as_str()));
     w.accept(1, &call);
-    talk(&mut w, 1, BOB);
+    w.talk(1, BOB);
     w.run(ms(2500));
     let m = w.carrier.media[&leg].heard.len();
     w.run(ms(1500));
@@ -304,7 +291,7 @@ fn the_api_runs_an_attended_transfer_and_completes_it() {
     );
     w.run(ms(100));
     w.accept(1, &call);
-    talk(&mut w, 1, BOB);
+    w.talk(1, BOB);
     w.run(ms(2500));
     // Consulting: the caller is held, alice and bob talk.
     let (m_caller, m_bob) = (w.carrier.media[&leg].heard.len(), w.browsers[1].heard.len());
@@ -360,7 +347,7 @@ fn the_api_starts_a_monitor_that_listens_then_barges() {
     let bob = ids[0].clone();
     w.run(ms(100));
     w.accept(1, &call);
-    talk(&mut w, 1, BOB);
+    w.talk(1, BOB);
     w.run(ms(2500));
     let c = get(&mut w, &call);
     let p = c.participants.iter().find(|p| p.id == bob).unwrap();
@@ -447,7 +434,7 @@ fn click_to_call_rings_alice_then_the_phone_and_connects_them() {
         "the phone rings only once alice answered"
     );
     w.accept(0, &c.call_id);
-    talk(&mut w, 0, ALICE);
+    w.talk(0, ALICE);
     w.run(ms(300));
     let (phone, _) = *w.carrier_incoming().last().expect("the phone rings");
     w.carrier.media.get_mut(&phone).unwrap().tone =

@@ -20,27 +20,12 @@ const SAM: f64 = 2200.0;
 const PHONE: f64 = 1700.0;
 const AGENT: f64 = 2600.0;
 
-fn talk(w: &mut World, i: usize, hz: f64) {
-    w.browsers[i].tone = Some(ToneGenerator::new(48_000, &[(hz, 8000.0)]));
-}
-
 /// A carrier call to `support` answered by alice (browser 0, talking); bob
 /// (1) and sam (2) are online on other numbers. Returns the world, the call
 /// and the carrier's leg.
 fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
-    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
-    let a = w.operator("alice", &["support"]);
-    let b = w.operator("bob", &["sales"]);
-    let s = w.operator("sam", &[]);
-    assert_eq!((a, b, s), (0, 1, 2));
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("alice rings");
-    w.accept(0, &call);
-    talk(&mut w, 0, ALICE);
-    w.run(ms(1500));
-    assert_eq!(w.got(0, "connected").len(), 1);
-    (w, call, leg)
+    let cfg = config(plan(&[(&["operators"], 20)]));
+    answered_by_alice_in(cfg, &[("bob", &["sales"]), ("sam", &[])], CALLER, ALICE)
 }
 
 /// Bob is added to the call and answers.
@@ -52,7 +37,7 @@ fn add_bob(w: &mut World, call: &str) {
     assert_eq!(last["callId"], call);
     assert_eq!(last["invitedBy"], "alice");
     w.accept(1, call);
-    talk(w, 1, BOB);
+    w.talk(1, BOB);
     w.run(ms(2500));
 }
 
@@ -268,7 +253,7 @@ fn a_party_joins_and_leaves_without_a_gap_or_a_click_for_the_others() {
     );
     // With alice talking, a second phone joins and leaves: alice's tone never
     // drops out for the caller, nor the caller's for alice.
-    talk(&mut w, 0, ALICE);
+    w.talk(0, ALICE);
     w.run(ms(1000));
     let (start, left) = phone_joins_and_leaves(&mut w, &call, leg, "pstn:+15550334");
     World::assert_hears(
@@ -295,7 +280,7 @@ fn a_party_joins_and_leaves_without_a_gap_or_a_click_for_the_others() {
 fn listen_whisper_and_barge_switch_without_rejoining() {
     let (mut w, call, leg) = answered_by_alice();
     w.monitor(2, &call, "listen");
-    talk(&mut w, 2, SAM);
+    w.talk(2, SAM);
     w.run(ms(2500));
     assert_eq!(w.got(2, "answer").len(), 1);
     assert_eq!(w.got(2, "connected").len(), 1);
@@ -606,7 +591,7 @@ fn a_capability_refused_is_a_clear_error_and_changes_nothing() {
     w.run(ms(200));
     let call = w.last_incoming(0).unwrap();
     w.accept(0, &call);
-    talk(&mut w, 0, ALICE);
+    w.talk(0, ALICE);
     w.run(ms(1500));
     let caps = w.got(0, "participants");
     assert_eq!(

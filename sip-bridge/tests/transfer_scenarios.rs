@@ -21,10 +21,6 @@ const PHONE: f64 = 1700.0;
 /// The ringback's upper tone (440 + 480 Hz; 440 is the caller's own).
 const RINGBACK: f64 = 480.0;
 
-fn talk(w: &mut World, i: usize, hz: f64) {
-    w.browsers[i].tone = Some(ToneGenerator::new(48_000, &[(hz, 8000.0)]));
-}
-
 /// A carrier call answered by alice (browser 0, talking); bob (1) is online
 /// on another number. Returns the world, the call and the carrier's leg.
 fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
@@ -34,17 +30,7 @@ fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
 fn answered_by_alice_with(
     cfg: sip_bridge::bridge::BridgeConfig,
 ) -> (World, String, sip_bridge::sip::dialog::LegId) {
-    let mut w = World::new(cfg);
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    assert_eq!(w.operator("bob", &["sales"]), 1);
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("alice rings");
-    w.accept(0, &call);
-    talk(&mut w, 0, ALICE);
-    w.run(ms(1500));
-    assert_eq!(w.got(0, "connected").len(), 1);
-    (w, call, leg)
+    answered_by_alice_in(cfg, &[("bob", &["sales"])], CALLER, ALICE)
 }
 
 /// What the caller and the two browsers heard from these marks on.
@@ -83,7 +69,7 @@ fn bob_answers(w: &mut World, call: &str) {
     let inc = w.got(1, "incoming");
     assert_eq!(inc.last().expect("bob is offered the call")["callId"], call);
     w.accept(1, call);
-    talk(w, 1, BOB);
+    w.talk(1, BOB);
     w.run(ms(2500));
 }
 
@@ -1045,7 +1031,7 @@ fn routed_call_answered_by_alice() -> (World, String, sip_bridge::sip::dialog::L
     w.run(ms(200));
     let call = w.last_incoming(0).expect("alice rings");
     w.accept(0, &call);
-    talk(&mut w, 0, ALICE);
+    w.talk(0, ALICE);
     w.run(ms(1500));
     (w, call, leg)
 }

@@ -27,6 +27,20 @@ use std::time::Duration;
 /// How often the waits below look again.
 const POLL: Duration = Duration::from_millis(50);
 
+/// One system test at a time within a test binary (its tests hold this), so
+/// that a loaded 2-core machine carries one call flow at once.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Test `n`'s own SBC RTP range: 50 port pairs from 12000 + 100 * n. Taken:
+/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, `rest_api.rs` 40-41.
+pub fn rtp(n: u16) -> (u16, u16) {
+    let lo = 12_000 + n * 100;
+    (lo, lo + 99)
+}
+
 /// The loopback address `127.0.0.n`.
 pub fn lo(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))

@@ -42,11 +42,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use integration_tests::sbc_process::{
-    Sbc, SbcSpec, TempDir, free_port, free_tcp_port, lo, tail_file, wait_until,
+    Sbc, SbcSpec, TempDir, free_port, free_tcp_port, lo, rtp, serial, tail_file, wait_until,
 };
 use serde_json::Value;
 
@@ -68,17 +68,6 @@ const LINPHONE_REC: Option<(u32, usize)> = Some((8_000, 1));
 const WAIT: Duration = Duration::from_secs(30);
 /// How long the SBC may take to let go of everything after the calls.
 const IDLE: Duration = Duration::from_secs(40);
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Each test's own SBC RTP range (the SIPp tests use 0..=29).
-fn rtp(test: u16) -> (u16, u16) {
-    let lo = 12_000 + test * 100;
-    (lo, lo + 99)
-}
 
 /// The carrier trunk (calls from 127.0.0.2; it takes Opus and PCMU) and number
 /// +15550100 ringing the far end `callee` as a SIP URI (directly, not through

@@ -10,11 +10,11 @@
 //! time (a lock); outcomes do not depend on timing (every wait polls).
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use integration_tests::sbc_process::{
-    HttpReceiver, HttpResponse, Sbc, SbcSpec, Sipp, SippCmd, TracedMessage, lo, wait_until,
+    HttpReceiver, HttpResponse, Sbc, SbcSpec, Sipp, SippCmd, TracedMessage, lo, rtp, serial,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -33,17 +33,6 @@ const KEY: &str = "rest-api-test-key-of-the-service-backend";
 const OTHER_KEY: &str = "rest-api-test-key-of-the-other-backend";
 /// Signs status callbacks (`[webhooks] secret`).
 const WEBHOOK_SECRET: &str = "rest-api-test-webhook-secret";
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Each test's own RTP range (even start, 50 port pairs).
-fn rtp(test: u16) -> (u16, u16) {
-    let lo = 12_000 + test * 100;
-    (lo, lo + 99)
-}
 
 /// The carrier trunk (calls from 127.0.0.2), number `service` (+15550100)
 /// ringing `sip:service@{callee}`, number `other` of the other backend, and

@@ -10,27 +10,15 @@
 //! flow at once. Outcomes do not depend on timing; timeouts are generous.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use integration_tests::sbc_process::{Sbc, SbcSpec, Sipp, SippCmd, TracedMessage, lo};
+use integration_tests::sbc_process::{Sbc, SbcSpec, Sipp, SippCmd, TracedMessage, lo, rtp, serial};
 
 /// How long a SIPp run may take before the test gives up on it (SIPp's own
 /// `-timeout` is 60 s).
 const SIPP_DONE: Duration = Duration::from_secs(90);
 /// How long the SBC may take to let go of everything after the calls.
 const IDLE: Duration = Duration::from_secs(40);
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Each test's own RTP range (even start, 50 port pairs).
-fn rtp(test: u16) -> (u16, u16) {
-    let lo = 12_000 + test * 100;
-    (lo, lo + 99)
-}
 
 /// The carrier: calls from 127.0.0.2 are its calls; `pstn:` targets go to
 /// `peer`.

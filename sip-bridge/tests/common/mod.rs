@@ -103,6 +103,31 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
     cfg
 }
 
+/// A carrier call to `support` (its plan rings the operators), playing
+/// `caller_hz`, answered by alice (browser 0), playing `alice_hz`; `others`
+/// (operator, numbers) are online first as browsers 1, 2, ... Returns the
+/// world, the call and the carrier's leg.
+pub fn answered_by_alice_in(
+    cfg: BridgeConfig,
+    others: &[(&str, &[&str])],
+    caller_hz: f64,
+    alice_hz: f64,
+) -> (World, String, LegId) {
+    let mut w = World::new(cfg);
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    for (i, (op, numbers)) in others.iter().enumerate() {
+        assert_eq!(w.operator(op, numbers), i + 1);
+    }
+    let leg = w.carrier_call("+15550100", caller_hz);
+    w.run(ms(200));
+    let call = w.last_incoming(0).expect("alice rings");
+    w.accept(0, &call);
+    w.talk(0, alice_hz);
+    w.run(ms(1500));
+    assert_eq!(w.got(0, "connected").len(), 1);
+    (w, call, leg)
+}
+
 pub fn plan(steps: &[(&[&str], u64)]) -> DialPlan {
     DialPlan::new(
         steps
@@ -581,6 +606,11 @@ impl World {
             i,
             serde_json::json!({"type": "monitor", "callId": call, "mode": mode, "sdp": sdp, "ref": "mon"}),
         );
+    }
+
+    /// Browser `i` plays a tone of `hz`.
+    pub fn talk(&mut self, i: usize, hz: f64) {
+        self.browsers[i].tone = Some(ToneGenerator::new(48_000, &[(hz, 8000.0)]));
     }
 
     /// A request of the REST call control by a key allowed `numbers`.
