@@ -17,6 +17,7 @@ const ui = {
   incoming: $('incoming'),
   incomingFrom: $('incoming-from'),
   incomingTo: $('incoming-to'),
+  incomingVia: $('incoming-via'),
   answer: $('answer'),
   decline: $('decline'),
   dialTo: $('dial-to'),
@@ -502,6 +503,15 @@ function render() {
   if (offer) {
     ui.incomingFrom.textContent = offer.callerName ? `${offer.callerName} (${offer.from})` : offer.from;
     ui.incomingTo.textContent = `to ${offer.to}${offer.number ? ` · ${offer.number}` : ''}`;
+    // Transferred or added by a colleague: who hands it over, and how.
+    const kind = offer.transferredBy === 'attended' ? 'Attended' : 'Blind';
+    const via = offer.transferredBy
+      ? `${kind} transfer from ${offer.invitedBy || 'a colleague'}`
+      : offer.invitedBy
+        ? `Added to a call by ${offer.invitedBy}`
+        : '';
+    ui.incomingVia.textContent = via;
+    ui.incomingVia.hidden = !via;
   }
 
   const current = operator.currentCall;

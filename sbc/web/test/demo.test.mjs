@@ -261,6 +261,7 @@ test('demo page: go online, answer, DTMF, mute, hold, hang up, dial error, go of
   await flush();
   assert.equal($('incoming').hidden, false);
   assert.match($('incoming-from').textContent, /\+15550111/);
+  assert.equal($('incoming-via').hidden, true, 'a plain call says nothing of a transfer');
   assert.equal(demo.call.callId, 'c-2');
   $('answer').click();
   await flush();
@@ -450,6 +451,29 @@ test('demo page: participants of the call, add one, hold and remove; devices', a
   await flush();
   assert.equal(ws.ofType('hangup').length, 1, 'going offline hangs up first');
   ws.push({ type: 'ended', callId: 'c-2', reason: 'hangup' });
+  await flush();
+  assert.equal($('presence').textContent, 'offline');
+});
+
+test('demo page: an incoming transfer says who hands it over and how', async () => {
+  const env = makeEnv();
+  const { $, ws } = await onlineDemo(env);
+  ws.push({ type: 'incoming', callId: 'c-7', from: '+15550111', to: '+15550100', number: 'support', invitedBy: 'alice', transfer: 'attended' });
+  await flush();
+  assert.equal($('incoming').hidden, false);
+  assert.equal($('incoming-via').hidden, false);
+  assert.equal($('incoming-via').textContent, 'Attended transfer from alice');
+  $('decline').click();
+  await flush();
+  ws.push({ type: 'ended', callId: 'c-7', reason: 'rejected' });
+  await flush();
+  assert.equal($('incoming').hidden, true);
+  ws.push({ type: 'incoming', callId: 'c-8', from: '+15550111', to: '+15550100', number: 'support', invitedBy: 'bob' });
+  await flush();
+  assert.equal($('incoming-via').textContent, 'Added to a call by bob');
+  $('go-offline').click();
+  await flush();
+  ws.push({ type: 'ended', callId: 'c-8', reason: 'rejected' });
   await flush();
   assert.equal($('presence').textContent, 'offline');
 });
