@@ -9,6 +9,8 @@
 //!   detection, soft limiter, groups of identical outputs).
 //! * [`pipeline`]: depacketize -> jitter buffer -> decode -> resample -> encode ->
 //!   packetize, or relay in place.
+//! * [`record`]: recording files (a PCM16 WAV written as it goes, its header
+//!   patched in place) and the bounded frame queue in front of the writer.
 //!
 //! # The run-loop contract
 //!
@@ -66,6 +68,7 @@ pub mod jitter;
 pub mod mix;
 pub mod pcap;
 pub mod pipeline;
+pub mod record;
 pub mod resample;
 pub mod rtp;
 pub mod testdata;
