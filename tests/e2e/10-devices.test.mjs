@@ -23,6 +23,7 @@ test('device list, switching the microphone mid-call keeps the call and its audi
   const alice = await env.operator('Alice', { url: env.appUrl(env.apps[0], 'operator.html', { operator: 'alice' }), rawMic: false });
   await alice.page.click('#go-online');
   await alice.page.waitForSelector('#presence:text("online")', { timeout: 10000 });
+  await alice.page.waitForSelector('#presence[data-available]', { timeout: 10000 }); // numbers taken: calls ring now
 
   // Record the operator's device events.
   await alice.page.evaluate(() => {

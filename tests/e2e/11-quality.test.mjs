@@ -33,6 +33,7 @@ test('quality samples and warnings under loss injected at the SBC; ended carries
   const alice = await env.operator('Alice', { url: env.appUrl(env.apps[0], 'operator.html', { operator: 'alice' }), rawMic: false });
   await alice.page.click('#go-online');
   await alice.page.waitForSelector('#presence:text("online")', { timeout: 10000 });
+  await alice.page.waitForSelector('#presence[data-available]', { timeout: 10000 }); // numbers taken: calls ring now
 
   const callId = await alice.page.evaluate(() => window.demo.operator.dial('+15557770001', { callerId: 'support' }).then((c) => c.callId));
   await pstn.waitFor((e) => e.event === 'answered', { what: 'answered' });

@@ -41,6 +41,7 @@ test('goOffline() and closing the tab end the call at the far end within a secon
     const alice = await page('Alice');
     await alice.page.click('#go-online');
     await alice.page.waitForSelector('#presence:text("online")', { timeout: 10000 });
+    await alice.page.waitForSelector('#presence[data-available]', { timeout: 10000 }); // numbers taken: calls ring now
     const callId = await alice.page.evaluate(() => window.demo.operator.dial('+15557770001', { callerId: 'support' }).then((c) => c.callId));
     const answered = await pstn.waitFor((e) => e.event === 'answered', { what: 'answered' });
     await alice.waitCallState('connected');
@@ -74,6 +75,7 @@ test('goOffline() and closing the tab end the call at the far end within a secon
     const op = await page(name, keep);
     await op.page.click('#go-online');
     await op.page.waitForSelector('#presence:text("online")', { timeout: 10000 });
+    await op.page.waitForSelector('#presence[data-available]', { timeout: 10000 }); // numbers taken: calls ring now
     const caller = await env.carrier(`caller-${name}`, ['call', '--sbc', env.sbcSip, '--to', '+15550100', '--from', '+15557770111', '--tone', '1000']);
     const { callId } = await op.waitEvent((e) => e.type === 'incomingCall', { what: 'incomingCall' });
     await op.page.click('#accept');

@@ -45,6 +45,7 @@ test("the SDK from the sbc on the customer's origin; another origin is refused",
 
     await alice.page.click('#go-online');
     await alice.page.waitForSelector('#presence:text("online")', { timeout: 10000 });
+    await alice.page.waitForSelector('#presence[data-available]', { timeout: 10000 }); // numbers taken: calls ring now
     const av = await alice.page.evaluate(() => window.demo.operator.availability);
     assert.deepEqual(av.accepted, ['support']);
     // The token came from the app's backend (the Express sample), only { token, expiresAt }.
