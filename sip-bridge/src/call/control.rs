@@ -5,8 +5,6 @@
 //! [`ApiError`] or what it did. What a request sets off (a target ringing, a
 //! transfer's progress) is reported as call events, as for the SDK's.
 
-use std::time::Duration;
-
 use media_core::Instant;
 
 use super::operator::ADD_TIMEOUT;
@@ -179,7 +177,8 @@ impl Call {
                 ctx.cfg.max_parties
             )));
         }
-        let (_, origin) = self.api_origin(now, timeout, ADD_TIMEOUT);
+        // Nobody in the call asked: no adder hears it ring.
+        let (_, origin) = self.next_add(now, None, None, timeout, ADD_TIMEOUT);
         let (started, new) = self.ring_new(now, ctx, &target, origin);
         match started {
             Ok(n) if n > 0 => {
@@ -198,24 +197,6 @@ impl Call {
                 format!("the target could not be called ({code})"),
             )),
         }
-    }
-
-    /// The origin of what the API rings (nobody in the call asked).
-    fn api_origin(
-        &mut self,
-        now: Instant,
-        timeout: Option<u32>,
-        default: Duration,
-    ) -> (u32, Origin) {
-        let secs = timeout.map_or(default, |s| Duration::from_secs(u64::from(s.clamp(5, 300))));
-        self.adds += 1;
-        let origin = Origin::Added {
-            by: None,
-            reference: None,
-            deadline: now + secs,
-            group: self.adds,
-        };
-        (self.adds, origin)
     }
 
     /// Rings `target` to monitor the call in `mode` (a supervisor: in
@@ -308,12 +289,7 @@ impl Call {
         digits: &str,
         pid: Option<&str>,
     ) -> Result<Vec<LegKey>, ApiError> {
-        if digits.is_empty()
-            || digits.len() > 32
-            || !digits
-                .bytes()
-                .all(|b| b"0123456789*#ABCDabcd,".contains(&b))
-        {
+        if !crate::signalling::valid_digits(digits) {
             return Err(ApiError::bad("`digits` must be 1-32 of 0-9 * # A-D ,"));
         }
         let to = match pid {

@@ -18,6 +18,11 @@ use crate::signalling::{ClientMessage, EndReason, ErrorCode};
 /// How long an added participant rings by default.
 pub const ADD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a target rings: `timeout` seconds (5-300), else `default`.
+pub(crate) fn ring_time(timeout: Option<u32>, default: Duration) -> Duration {
+    timeout.map_or(default, |s| Duration::from_secs(u64::from(s.clamp(5, 300))))
+}
+
 impl Call {
     /// What party `key` may do.
     pub(crate) fn capabilities_of(&self, ctx: super::CallView<'_>, key: LegKey) -> Capabilities {
@@ -385,7 +390,7 @@ impl Call {
                 reference,
             );
         }
-        let (_, origin) = self.next_add(now, by, reference.clone(), timeout, ADD_TIMEOUT);
+        let (_, origin) = self.next_add(now, Some(by), reference.clone(), timeout, ADD_TIMEOUT);
         let (started, new) = self.ring_new(now, ctx, &target, origin);
         match started {
             Ok(n) if n > 0 => {
@@ -408,22 +413,22 @@ impl Call {
         }
     }
 
-    /// A new add request by `by`: its group and the origin of what it rings
-    /// (for `timeout` seconds, 5-300, else `default`).
+    /// A new add request by `by` (a party, or `None`: the API): its group
+    /// and the origin of what it rings (for `timeout` seconds, 5-300, else
+    /// `default`).
     pub(crate) fn next_add(
         &mut self,
         now: Instant,
-        by: LegKey,
+        by: Option<LegKey>,
         reference: Option<String>,
         timeout: Option<u32>,
         default: Duration,
     ) -> (u32, Origin) {
-        let secs = timeout.map_or(default, |s| Duration::from_secs(u64::from(s.clamp(5, 300))));
         self.adds += 1;
         let origin = Origin::Added {
-            by: Some(by),
+            by,
             reference,
-            deadline: now + secs,
+            deadline: now + ring_time(timeout, default),
             group: self.adds,
         };
         (self.adds, origin)

@@ -91,9 +91,8 @@ pub(crate) struct ReferOut {
     deadline: Instant,
     /// A NOTIFY of failure: bridge instead (else the transfer failed).
     bridge_on_failure: bool,
-    /// What to ring if we bridge after all, and for how long.
+    /// What to ring if we bridge after all.
     target: Target,
-    ring: Duration,
 }
 
 impl Call {
@@ -276,14 +275,12 @@ impl Call {
         if self.parties.len() >= ctx.cfg.max_parties {
             return Err("the call holds as many participants as it may");
         }
-        let (group, origin) = self.next_add(now, by, reference.clone(), timeout, TRANSFER_TIMEOUT);
-        let ring = match &origin {
-            Origin::Added { deadline, .. } => deadline.saturating_duration_since(now),
-            _ => TRANSFER_TIMEOUT,
-        };
+        let ring = super::operator::ring_time(timeout, TRANSFER_TIMEOUT);
+        let (group, origin) =
+            self.next_add(now, Some(by), reference.clone(), timeout, TRANSFER_TIMEOUT);
         let refer = match kind {
             Kind::Blind if who.notify.is_none() => {
-                self.refer_out(ctx, &transferees, &target_parsed, now + ring, ring)
+                self.refer_out(ctx, &transferees, &target_parsed, now + ring)
             }
             _ => None,
         };
@@ -385,6 +382,18 @@ impl Call {
         self.push(super::CallOutput::Route(facts));
     }
 
+    /// The origin of what the transfer rings now (its group, ringing its
+    /// time from `now`).
+    fn target_origin(&self, now: Instant) -> Option<Origin> {
+        let t = self.transfer.as_ref()?;
+        Some(Origin::Added {
+            by: t.by,
+            reference: t.reference.clone(),
+            deadline: now + t.ring,
+            group: t.group,
+        })
+    }
+
     /// Whether the transfer waits for the router.
     pub(crate) fn transfer_routing(&self) -> bool {
         self.transfer.as_ref().is_some_and(|t| t.routing.is_some())
@@ -405,7 +414,6 @@ impl Call {
         let Some((_, default)) = t.routing.take() else {
             return;
         };
-        let (by, reference, group, ring) = (t.by, t.reference.clone(), t.group, t.ring);
         let targets = match decision {
             super::RouteDecision::Reject(status) => {
                 let status = if (400..700).contains(&status) {
@@ -426,11 +434,8 @@ impl Call {
         let mut rung = Ok(0);
         let mut new = Vec::new();
         for target in &targets {
-            let origin = Origin::Added {
-                by,
-                reference: reference.clone(),
-                deadline: now + ring,
-                group,
+            let Some(origin) = self.target_origin(now) else {
+                return;
             };
             let (started, added) = self.ring_new(now, ctx, target, origin);
             new.extend(added);
@@ -491,7 +496,6 @@ impl Call {
         transferees: &[LegKey],
         target: &Target,
         deadline: Instant,
-        ring: Duration,
     ) -> Option<(ReferOut, String)> {
         let [leg] = transferees else {
             return None;
@@ -511,7 +515,6 @@ impl Call {
             deadline,
             bridge_on_failure,
             target: target.clone(),
-            ring,
         };
         Some((r, refer_to))
     }
@@ -621,7 +624,7 @@ impl Call {
         let Some(r) = t.refer.take() else {
             return;
         };
-        let (by, reference, group) = (t.by, t.reference.clone(), t.group);
+        let by = t.by;
         // Bridged after all: the transferor is parked as for any blind
         // transfer while the target rings; a SIP one is not (its hold
         // re-INVITE would race the BYE that releases it).
@@ -637,11 +640,8 @@ impl Call {
         }
         // Webhooks see why we bridge after all.
         self.transfer_event(now, "bridging", Some(why), (status != 0).then_some(status));
-        let origin = Origin::Added {
-            by,
-            reference,
-            deadline: now + r.ring,
-            group,
+        let Some(origin) = self.target_origin(now) else {
+            return;
         };
         let (started, new) = self.ring_new(now, ctx, &r.target, origin);
         match started {
@@ -745,16 +745,12 @@ impl Call {
         };
         if let Some((text, target)) = t.fallback.take() {
             // The fallback rings before any recall; the failure is news.
-            let (by, reference, ring) = (t.by, t.reference.clone(), t.ring);
             self.transfer_event(now, "fallback", Some(reason), status);
             if let Some(t) = self.transfer.as_mut() {
                 t.target_text = text;
             }
-            let origin = Origin::Added {
-                by,
-                reference,
-                deadline: now + ring,
-                group,
+            let Some(origin) = self.target_origin(now) else {
+                return false;
             };
             let (started, new) = self.ring_new(now, ctx, &target, origin);
             self.transfer_rung(now, ctx, started, new, &[]);

@@ -8,6 +8,16 @@ const MAX_ID: usize = 64;
 const MAX_SDP: usize = 32 * 1024;
 /// Most DTMF digits in one message.
 const MAX_DIGITS: usize = 32;
+
+/// DTMF digits a request may send: 1-32 of `0-9*#A-D` (either case), `,` a
+/// pause.
+pub fn valid_digits(digits: &str) -> bool {
+    !digits.is_empty()
+        && digits.len() <= MAX_DIGITS
+        && digits
+            .bytes()
+            .all(|b| b"0123456789*#ABCDabcd,".contains(&b))
+}
 /// Most numbers in one `online`.
 const MAX_NUMBERS: usize = 64;
 
@@ -385,12 +395,7 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
         }
         ClientMessage::Dtmf { call_id, digits } => {
             check_id("callId", call_id, r)?;
-            if digits.is_empty()
-                || digits.len() > MAX_DIGITS
-                || !digits
-                    .bytes()
-                    .all(|b| b"0123456789*#ABCDabcd,".contains(&b))
-            {
+            if !valid_digits(digits) {
                 return Err(bad(
                     format!("`digits` must be 1-{MAX_DIGITS} of 0-9 * # A-D ,"),
                     r,
