@@ -61,6 +61,96 @@ impl std::str::FromStr for LegKey {
 #[error("not a call (c-N) or participant (p-N) id")]
 pub struct IdError;
 
+/// A recording of a call, unique across restarts (its file's name): on the
+/// wire `rec-` and 16 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordingId(pub u64);
+
+impl fmt::Display for RecordingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rec-{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for RecordingId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<RecordingId, IdError> {
+        s.strip_prefix("rec-")
+            .filter(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+            .map(RecordingId)
+            .ok_or(IdError)
+    }
+}
+
+/// What a recording holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RecordChannels {
+    /// Channel 1 the customer, channel 2 everyone the customer hears.
+    #[default]
+    Dual,
+    /// Both in one channel.
+    Mono,
+}
+
+/// A recording's file format (the driver writes it; media gives PCM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RecordFormat {
+    /// RIFF/WAVE PCM16.
+    #[default]
+    Wav,
+    /// Ogg Opus (RFC 7845).
+    Opus,
+}
+
+/// What a paused recording writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PauseBehavior {
+    /// Silence of the pause's length: the file keeps the call's time.
+    #[default]
+    Silence,
+    /// Nothing: the pause is cut from both channels.
+    Skip,
+}
+
+/// How a recording is made, and what its file says about the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSpec {
+    /// Channels.
+    pub channels: RecordChannels,
+    /// Format.
+    pub format: RecordFormat,
+    /// Sample rate of the file: 8000 or 16000 Hz.
+    pub rate: u32,
+    /// The call (`c-N`), its number, caller and callee, and who asked (for the
+    /// timeline, the webhook and the API's scope).
+    pub call: CallId,
+    /// The number the call belongs to.
+    pub number: Option<String>,
+    /// Caller.
+    pub from: String,
+    /// Callee.
+    pub to: String,
+    /// `api`, `sdk`, `plan`, `router`.
+    pub source: String,
+}
+
+/// An entry of a recording's timeline, stamped by media with the recording's
+/// offset when it is applied (joins, leaves, holds, transfers, DTMF).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordNote {
+    /// `joined`, `left`, `hold`, `unhold`, `transfer`, `dtmf`.
+    pub event: String,
+    /// The party concerned.
+    pub party: Option<LegKey>,
+    /// Its role, or the digit, or the transfer's state.
+    pub detail: Option<String>,
+}
+
 /// A generated tone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -234,6 +324,46 @@ pub enum MediaCommand {
     Remove {
         /// The leg.
         leg: LegKey,
+    },
+    /// Starts recording the call's audio (channels from [`Self::RecordFeeds`]).
+    RecordStart {
+        /// The recording.
+        id: RecordingId,
+        /// How.
+        spec: RecordSpec,
+    },
+    /// What each of the recording's channels holds from now on: channel 1
+    /// the customer's voice, channel 2 what the customer hears (tones left
+    /// out). Empty feeds are silence of the right length.
+    RecordFeeds {
+        /// The recording.
+        id: RecordingId,
+        /// Channel 1 and 2.
+        channels: [Vec<Feed>; 2],
+    },
+    /// Pauses the recording (card numbers): both channels together.
+    RecordPause {
+        /// The recording.
+        id: RecordingId,
+        /// Silence or skip.
+        behavior: PauseBehavior,
+    },
+    /// Resumes a paused recording.
+    RecordResume {
+        /// The recording.
+        id: RecordingId,
+    },
+    /// A timeline entry, at the recording's current offset.
+    RecordNote {
+        /// The recording.
+        id: RecordingId,
+        /// What.
+        note: RecordNote,
+    },
+    /// Stops the recording; its file is finished.
+    RecordStop {
+        /// The recording.
+        id: RecordingId,
     },
     /// The call is over: release everything.
     Stop,

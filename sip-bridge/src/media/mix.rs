@@ -19,13 +19,15 @@ use media_core::pipeline::{
 use media_core::rtp::{RtpPacket, Ssrc};
 use media_core::{Instant, SampleRate, SeededRng};
 
-use crate::contract::{Feed, FeedSource, LegKey, Level, Tone};
+use crate::contract::{Feed, FeedSource, LegKey, Level, RecordingId, Tone};
 
 /// What occupies a slot of the mixer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Slot {
     Leg(LegKey),
     Tone(Tone),
+    /// A recording's channel (0 or 1): a listener only.
+    Tap(RecordingId, u8),
 }
 
 /// A level as the mixer's gain.
@@ -208,11 +210,11 @@ impl Mix {
         }
     }
 
-    /// Listener `l` hears exactly `feeds` (those with a slot); a slot that is no
-    /// listener hears nothing (so it costs nothing).
-    pub(crate) fn set_row(&mut self, l: Option<LegKey>, slot: usize, feeds: &[Feed]) {
-        let row: Vec<(usize, Gain)> = match l {
-            Some(_) => feeds
+    /// The listener in `slot` hears exactly `feeds` (those with a slot); a slot
+    /// that is no listener hears nothing (so it costs nothing).
+    pub(crate) fn set_row(&mut self, listens: bool, slot: usize, feeds: &[Feed]) {
+        let row: Vec<(usize, Gain)> = match listens {
+            true => feeds
                 .iter()
                 .filter_map(|f| {
                     let s = match f.from {
@@ -222,7 +224,7 @@ impl Mix {
                     self.slot(s).map(|i| (i, gain(f.level)))
                 })
                 .collect(),
-            None => Vec::new(),
+            false => Vec::new(),
         };
         for i in self.slots.values().copied().collect::<Vec<_>>() {
             let g = row
@@ -316,6 +318,8 @@ impl Mix {
                         let _ = mixer.set_input(i, frame);
                     }
                 }
+                // A recording's channel sends nothing.
+                Slot::Tap(..) => {}
             }
         }
         mixer.mix();
@@ -355,6 +359,11 @@ impl Mix {
             encodes += 1;
         }
         encodes
+    }
+
+    /// What the listener in `slot` heard this tick.
+    pub(crate) fn output(&self, slot: usize) -> Option<&[i16]> {
+        self.mixer.output(slot).ok()
     }
 
     /// Encoders of the full mix by format (for counters).

@@ -13,8 +13,10 @@
 //! on its port + 1 (`rtcp.rs`): our reports out, the peer's in ([`LegQuality`]).
 
 mod mix;
+mod record;
 mod rtcp;
 
+pub use record::{RECORD_FRAME_MAX, RecordOut};
 pub use rtcp::LegQuality;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -30,10 +32,13 @@ use media_core::pipeline::{Endpoint, MediaPipeline, PipelineConfig, PipelineEven
 use media_core::rtp::{PayloadType, RtpHeader, RtpPacket, RtpTimestamp, Ssrc};
 use media_core::{Instant, Millis, SampleRate, SeededRng};
 
-use crate::contract::{Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, Tone};
+use crate::contract::{
+    Feed, FeedSource, LegKey, Level, MediaCommand, MediaEvent, RecordNote, RecordingId, Tone,
+};
 use crate::stream::{AgentMessage, StreamEvent, StreamLeg};
 use crate::webrtc::{MuxCredentials, WebRtcConfig, WebRtcEvent, WebRtcLeg};
 use mix::{Mix, Slot};
+use record::Recording;
 
 /// Media session settings.
 #[derive(Clone, Debug)]
@@ -357,6 +362,11 @@ pub struct MediaSession {
     /// Sent reports are split off this block, reclaimed once the driver has
     /// dropped them: no allocation per report.
     rtcp_arena: BytesMut,
+    /// The call's recordings, each two listeners of the mix.
+    recordings: BTreeMap<RecordingId, Recording>,
+    /// What they give the driver, in order (a frame's samples wait in its
+    /// recording).
+    rec_out: VecDeque<RecordOut>,
 }
 
 /// What a session sends, in order.
@@ -523,6 +533,8 @@ impl MediaSession {
                 drop(a.split());
                 a
             },
+            recordings: BTreeMap::new(),
+            rec_out: VecDeque::with_capacity(8),
         }
     }
 
@@ -702,16 +714,100 @@ impl MediaSession {
                 self.remove(leg);
                 self.sync_mix(now);
             }
+            MediaCommand::RecordStart { id, spec } => {
+                if !self.recordings.contains_key(&id) {
+                    self.rec_out.push_back(RecordOut::Started {
+                        id,
+                        spec: spec.clone(),
+                    });
+                    self.recordings.insert(id, Recording::new(id, spec));
+                    self.sync_mix(now);
+                    self.schedule_tick(now);
+                }
+            }
+            MediaCommand::RecordFeeds { id, channels } => {
+                if let Some(r) = self.recordings.get_mut(&id).filter(|r| !r.stopped) {
+                    r.channels = channels;
+                    self.sync_mix(now);
+                }
+            }
+            MediaCommand::RecordPause { id, behavior } => {
+                if let Some(r) = self.recordings.get_mut(&id).filter(|r| !r.stopped)
+                    && r.paused.is_none()
+                {
+                    r.paused = Some(behavior);
+                    let detail = match behavior {
+                        crate::contract::PauseBehavior::Skip => "skip",
+                        _ => "silence",
+                    };
+                    self.note(id, "paused", None, Some(detail.into()));
+                }
+            }
+            MediaCommand::RecordResume { id } => {
+                if let Some(r) = self.recordings.get_mut(&id).filter(|r| !r.stopped)
+                    && r.paused.take().is_some()
+                {
+                    self.note(id, "resumed", None, None);
+                }
+            }
+            MediaCommand::RecordNote { id, note } => {
+                if self.recordings.get(&id).is_some_and(|r| !r.stopped) {
+                    self.note(id, &note.event, note.party, note.detail);
+                }
+            }
+            MediaCommand::RecordStop { id } => {
+                self.stop_recording(id);
+                self.sync_mix(now);
+            }
             MediaCommand::Stop => {
                 let keys: Vec<LegKey> = self.legs.keys().copied().collect();
                 for k in keys {
                     self.remove(k);
+                }
+                let recs: Vec<RecordingId> = self.recordings.keys().copied().collect();
+                for id in recs {
+                    self.stop_recording(id);
                 }
                 self.mix = None;
                 self.stopped = true;
             }
         }
         self.drain(now);
+    }
+
+    /// A timeline entry of recording `id` at its offset now.
+    fn note(
+        &mut self,
+        id: RecordingId,
+        event: &str,
+        party: Option<LegKey>,
+        detail: Option<String>,
+    ) {
+        if let Some(r) = self.recordings.get(&id) {
+            self.rec_out.push_back(RecordOut::Note {
+                id,
+                at: r.at(),
+                note: RecordNote {
+                    event: event.into(),
+                    party,
+                    detail,
+                },
+            });
+        }
+    }
+
+    /// Recording `id` takes no more frames; it goes once the driver has them.
+    fn stop_recording(&mut self, id: RecordingId) {
+        if let Some(r) = self.recordings.get_mut(&id).filter(|r| !r.stopped) {
+            r.stopped = true;
+            self.rec_out.push_back(RecordOut::Stopped {
+                id,
+                duration: r.at(),
+            });
+            if !r.has_frames() {
+                self.recordings.remove(&id);
+            }
+        }
     }
 
     /// Leg `leg` was added or changed format: what it hears and what hears it
@@ -911,13 +1007,26 @@ impl MediaSession {
             .filter(|(_, l)| l.mixed())
             .map(|(k, _)| *k)
             .collect();
-        if mixed.is_empty() {
+        let taps: Vec<(Slot, Vec<Feed>)> = self
+            .recordings
+            .values()
+            .filter(|r| !r.stopped)
+            .flat_map(|r| {
+                (0..2u8).map(move |c| (Slot::Tap(r.id, c), r.channels[c as usize].clone()))
+            })
+            .collect();
+        if mixed.is_empty() && taps.is_empty() {
             self.mix = None;
             return;
         }
         let mut slots: Vec<Slot> = mixed.iter().map(|k| Slot::Leg(*k)).collect();
-        for k in &mixed {
-            for f in &self.legs[k].feeds {
+        slots.extend(taps.iter().map(|(s, _)| *s));
+        let listeners = mixed
+            .iter()
+            .map(|k| self.legs[k].feeds.as_slice())
+            .chain(taps.iter().map(|(_, f)| f.as_slice()));
+        for feeds in listeners {
+            for f in feeds {
                 let s = match f.from {
                     FeedSource::Leg(src) if self.legs.contains_key(&src) => Slot::Leg(src),
                     FeedSource::Leg(_) => continue,
@@ -930,7 +1039,7 @@ impl MediaSession {
         }
         let wide = slots.iter().any(|s| match s {
             Slot::Leg(k) => mix::wideband(self.legs[k].endpoint()),
-            Slot::Tone(_) => false,
+            Slot::Tone(_) | Slot::Tap(..) => false,
         });
         let rate = if wide {
             SampleRate::HZ_16000
@@ -940,6 +1049,9 @@ impl MediaSession {
         if self.mix.as_ref().map(Mix::rate) != Some(rate) {
             // A new mix (or a new rate): every mixed listener's encoder too.
             self.mix = Mix::new(rate, self.cfg.max_mix);
+            for r in self.recordings.values_mut() {
+                r.mix_rate(rate);
+            }
             for k in &mixed {
                 let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
                 if let Some(l) = self.legs.get_mut(k) {
@@ -957,19 +1069,24 @@ impl MediaSession {
             match *s {
                 Slot::Leg(k) => {
                     let l = &self.legs[&k];
-                    let listener = l.mixed().then_some(k);
-                    m.set_row(listener, i, &l.feeds);
-                    let heard = mixed.iter().any(|x| {
-                        self.legs[x]
-                            .feeds
-                            .iter()
-                            .any(|f| f.from == FeedSource::Leg(k))
-                    });
+                    m.set_row(l.mixed(), i, &l.feeds);
+                    let heard = mixed
+                        .iter()
+                        .map(|x| self.legs[x].feeds.as_slice())
+                        .chain(taps.iter().map(|(_, f)| f.as_slice()))
+                        .any(|feeds| feeds.iter().any(|f| f.from == FeedSource::Leg(k)));
                     if heard {
                         m.ensure_decoder(k, l.endpoint(), &mut self.rng);
                     }
                 }
-                Slot::Tone(_) => m.set_row(None, i, &[]),
+                Slot::Tone(_) => m.set_row(false, i, &[]),
+                Slot::Tap(..) => {
+                    let feeds = taps
+                        .iter()
+                        .find(|(t, _)| t == s)
+                        .map_or(&[][..], |(_, f)| f.as_slice());
+                    m.set_row(true, i, feeds);
+                }
             }
         }
         // A mixed listener whose encoder is missing (its leg came after the mix).
@@ -1470,7 +1587,7 @@ impl MediaSession {
     /// One 20 ms tick of the call clock: direct tones, each agent's paced
     /// frame, and the mix. Returns whether anything still needs the clock.
     fn tick(&mut self, now: Instant) -> bool {
-        let mut any = self.mix.is_some();
+        let mut any = self.mix.is_some() || !self.recordings.is_empty();
         for l in self.legs.values_mut() {
             let Route::Tone {
                 tone,
@@ -1548,10 +1665,50 @@ impl MediaSession {
                 }
             }
         }
+        // Every recording gets its frame of this tick, heard or not.
+        let mix = self.mix.as_ref();
+        for r in self.recordings.values_mut() {
+            let ch = |c: u8| mix.and_then(|m| m.slot(Slot::Tap(r.id, c)).and_then(|i| m.output(i)));
+            let frame = [ch(0), ch(1)];
+            if r.tick(frame) {
+                self.rec_out.push_back(RecordOut::Frame {
+                    id: r.id,
+                    samples: 0,
+                });
+            }
+        }
         any
     }
 
     // ----- output -----
+
+    /// What the call's recordings give next, in order: a start, a frame (its
+    /// samples written into `pcm`, which holds [`RECORD_FRAME_MAX`]), a
+    /// timeline note, a stop.
+    pub fn poll_record(&mut self, pcm: &mut [i16]) -> Option<RecordOut> {
+        let mut out = self.rec_out.pop_front()?;
+        match &mut out {
+            RecordOut::Frame { id, samples } => {
+                let r = self.recordings.get_mut(id)?;
+                *samples = r.pop(pcm).unwrap_or(0);
+                if r.stopped && !r.has_frames() {
+                    self.recordings.remove(id);
+                }
+            }
+            RecordOut::Stopped { id, .. } => {
+                if self.recordings.get(id).is_some_and(|r| !r.has_frames()) {
+                    self.recordings.remove(id);
+                }
+            }
+            _ => {}
+        }
+        Some(out)
+    }
+
+    /// Recordings still taking frames.
+    pub fn recordings(&self) -> usize {
+        self.recordings.values().filter(|r| !r.stopped).count()
+    }
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<MediaTransmit> {
