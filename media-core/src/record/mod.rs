@@ -8,10 +8,17 @@
 //!   fields to rewrite in place (the driver does it every second), so a crash
 //!   leaves a playable file short of at most that last second. Files stop at
 //!   the 4 GiB the format can address, or earlier at `max_duration`.
+//! * [`OggOpusWriter`]: Ogg Opus (RFC 7845), 1 or 2 channels, pages of at
+//!   most a second, so a crash loses at most the last page; the container
+//!   from the `ogg` crate, the audio from libopus.
 //! * [`FrameQueue`]: the frames of one recording between the media task and
 //!   the writer, preallocated, bounded: when the writer falls behind (a slow
 //!   disk), the oldest frames go and are counted, and the media path never
 //!   waits.
+
+mod ogg;
+
+pub use self::ogg::OggOpusWriter;
 
 use std::time::Duration;
 
@@ -28,6 +35,10 @@ pub enum RecordError {
     /// Samples that are not whole frames (one sample per channel).
     #[error("samples must come in whole frames of every channel")]
     PartialFrame,
+    /// libopus refused to encode (an [`OggOpusWriter`]); the recording
+    /// cannot go on.
+    #[error("Opus encoding failed: {0}")]
+    Encode(&'static str),
 }
 
 /// Bytes of the canonical PCM header.
