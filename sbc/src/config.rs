@@ -24,6 +24,7 @@ use sip_bridge::bridge::{
     BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Ringback, Step, Target,
     TransferMode, TrunkConfig,
 };
+use sip_bridge::plan::RecordOptions;
 use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
 use sip_bridge::sip::auth::Credentials;
@@ -85,6 +86,9 @@ pub struct SbcConfig {
     /// `[webhooks]`: call events to the customer's backend.
     #[serde(default)]
     pub webhooks: Option<WebhooksSection>,
+    /// `[recording]`: where recordings go and for how long.
+    #[serde(default)]
+    pub recording: RecordingSection,
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
@@ -599,6 +603,70 @@ pub struct NumberEntry {
     /// [`Ringback`]); absent: the caller's trunk's setting, else relay.
     #[serde(default, deserialize_with = "values::opt")]
     pub ringback: Option<Ringback>,
+    /// Record its calls from the answer: `true` (two channels, WAV, 8 kHz)
+    /// or `{ channels = "dual"|"mono", format = "wav"|"opus", rate = 8000|16000 }`.
+    #[serde(default, deserialize_with = "record_entry")]
+    pub record: Option<RecordOptions>,
+}
+
+/// `record = true` or `record = { channels, format, rate }`.
+fn record_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RecordOptions>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        On(bool),
+        With {
+            #[serde(default)]
+            channels: Option<String>,
+            #[serde(default)]
+            format: Option<String>,
+            #[serde(default)]
+            rate: Option<u32>,
+        },
+    }
+    match Entry::deserialize(d)? {
+        Entry::On(on) => Ok(on.then(RecordOptions::default)),
+        Entry::With {
+            channels,
+            format,
+            rate,
+        } => RecordOptions::parse(channels.as_deref(), format.as_deref(), rate)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// `[recording]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingSection {
+    /// Where finished recordings go (created when missing); files being
+    /// written are `<id>.wav.part` (or `.opus.part`) there.
+    pub dir: PathBuf,
+    /// A recording stops there.
+    #[serde(deserialize_with = "values::one")]
+    pub max_duration: Duration,
+    /// Recordings older than this are deleted (`"0s"`: kept).
+    #[serde(deserialize_with = "values::interval")]
+    pub retention: Option<Duration>,
+    /// Recordings in progress at once; more are refused (counted).
+    pub max_active: usize,
+    /// Audio a recording may have waiting for the disk before its oldest
+    /// frames are dropped (and counted).
+    #[serde(deserialize_with = "values::one")]
+    pub queue: Duration,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection {
+            dir: PathBuf::from("recordings"),
+            max_duration: Duration::from_secs(4 * 3600),
+            retention: None,
+            max_active: 1000,
+            queue: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[numbers.capabilities]`: capability names by role; a role left out keeps
@@ -607,10 +675,11 @@ pub struct NumberEntry {
 #[serde(deny_unknown_fields)]
 pub struct CapabilitiesEntry {
     /// Operators handling a call (default: `add_participant`,
-    /// `remove_participant`, `hold_participant`, `end_call`).
+    /// `remove_participant`, `hold_participant`, `end_call`, `record`).
     #[serde(default, deserialize_with = "values::capabilities")]
     pub agent: Option<Capabilities>,
-    /// Supervisors (default: `switch_monitor`; in `barge` they add the agent's).
+    /// Supervisors (default: `switch_monitor`, `record`; in `barge` they add
+    /// the agent's).
     #[serde(default, deserialize_with = "values::capabilities")]
     pub supervisor: Option<Capabilities>,
 }
@@ -630,6 +699,7 @@ fn ring_operators() -> Vec<DialStep> {
         ring: vec![Target::Operators],
         timeout: step_timeout(),
         join: Join::First,
+        record: false,
     }]
 }
 
@@ -652,6 +722,10 @@ pub struct DialStep {
     /// joins (a conference).
     #[serde(default, deserialize_with = "values::one")]
     pub join: Join,
+    /// Record the call once this step's target answers (with the number's
+    /// `record` options, else the defaults).
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// `[routing]`: the routing webhook (see README "Routing per call").
@@ -1072,9 +1146,11 @@ impl SbcConfig {
                             targets: s.ring.clone(),
                             timeout: s.timeout,
                             join: s.join,
+                            record: s.record,
                         })
                         .collect(),
                     ringback: n.ringback,
+                    record: n.record,
                 },
                 capabilities: n.capabilities.resolve(),
                 room: n.room,

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use sip_bridge::bridge::{
     DialPlan, Join, Ringback, RouteDecision, RouteFacts, Step, Target, parse_duration,
 };
+use sip_bridge::plan::RecordOptions;
 
 use crate::clock::Clock;
 use crate::sign::signature;
@@ -103,6 +104,9 @@ struct WireStep {
     /// `first` (default) or `all`.
     #[serde(default)]
     join: Option<String>,
+    /// Record the call once this step answers.
+    #[serde(default)]
+    record: bool,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +119,23 @@ struct WireAnswer {
     /// With `dial`: `relay` or `local` (what the caller hears while it rings).
     #[serde(default)]
     ringback: Option<String>,
+    /// With `dial`: record the call from its answer (`true`, or options).
+    #[serde(default)]
+    record: Option<WireRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireRecord {
+    On(bool),
+    With {
+        #[serde(default)]
+        channels: Option<String>,
+        #[serde(default)]
+        format: Option<String>,
+        #[serde(default)]
+        rate: Option<u32>,
+    },
 }
 
 /// Reads a router's answer.
@@ -133,6 +154,18 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                 return Err(RouterError::BadJson("dial needs 1 to 16 steps".into()));
             }
             let mut plan = DialPlan::default();
+            plan.record = match a.record {
+                None | Some(WireRecord::On(false)) => None,
+                Some(WireRecord::On(true)) => Some(RecordOptions::default()),
+                Some(WireRecord::With {
+                    channels,
+                    format,
+                    rate,
+                }) => Some(
+                    RecordOptions::parse(channels.as_deref(), format.as_deref(), rate)
+                        .map_err(|e| RouterError::BadJson(format!("record: {e}")))?,
+                ),
+            };
             if let Some(r) = a.ringback.as_deref() {
                 plan.ringback = Some(Ringback::parse(r).ok_or_else(|| {
                     RouterError::BadJson(format!("ringback `{r}`: expected relay or local"))
@@ -166,6 +199,7 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                     targets,
                     timeout,
                     join,
+                    record: s.record,
                 });
             }
             Ok(RouteDecision::Plan(plan))

@@ -56,6 +56,7 @@ async fn events_are_retried_until_accepted_and_signed() {
         party: None,
         quality: None,
         transfer: None,
+        recording: None,
         callback: None,
         parties: vec![
             PartyRecord {

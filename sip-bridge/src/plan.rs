@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::contract::{RecordChannels, RecordFormat};
+
 /// Where a step rings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -143,6 +145,9 @@ pub struct Step {
     pub timeout: Duration,
     /// Who of those that answer is kept.
     pub join: Join,
+    /// The call is recorded once this step's target answers (with the
+    /// plan's [`DialPlan::record`] options, else the defaults).
+    pub record: bool,
 }
 
 impl Step {
@@ -152,6 +157,7 @@ impl Step {
             targets,
             timeout,
             join: Join::First,
+            record: false,
         }
     }
 }
@@ -230,6 +236,58 @@ pub struct DialPlan {
     /// What a SIP caller hears while it rings; `None`: the caller's trunk's
     /// setting, else [`Ringback::Relay`].
     pub ringback: Option<Ringback>,
+    /// Record the call from its answer, so.
+    pub record: Option<RecordOptions>,
+}
+
+/// How a call is recorded (`record` in a number's config, a step, the
+/// routing webhook's plan, the REST API, the SDK).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordOptions {
+    /// Two channels by role (default) or one mix.
+    pub channels: RecordChannels,
+    /// WAV (default) or Ogg Opus.
+    pub format: RecordFormat,
+    /// 8000 (default) or 16000 Hz.
+    pub rate: u32,
+}
+
+impl Default for RecordOptions {
+    fn default() -> Self {
+        RecordOptions {
+            channels: RecordChannels::Dual,
+            format: RecordFormat::Wav,
+            rate: 8000,
+        }
+    }
+}
+
+impl RecordOptions {
+    /// Options from their wire names (`dual`/`mono`, `wav`/`opus`, 8000/16000);
+    /// `None` for each: the default.
+    pub fn parse(
+        channels: Option<&str>,
+        format: Option<&str>,
+        rate: Option<u32>,
+    ) -> Result<RecordOptions, String> {
+        let mut o = RecordOptions::default();
+        match channels {
+            None | Some("dual") => {}
+            Some("mono") => o.channels = RecordChannels::Mono,
+            Some(c) => return Err(format!("channels `{c}`: expected dual or mono")),
+        }
+        match format {
+            None | Some("wav") => {}
+            Some("opus") => o.format = RecordFormat::Opus,
+            Some(f) => return Err(format!("format `{f}`: expected wav or opus")),
+        }
+        match rate {
+            None | Some(8000) => {}
+            Some(16000) => o.rate = 16000,
+            Some(r) => return Err(format!("rate {r}: expected 8000 or 16000")),
+        }
+        Ok(o)
+    }
 }
 
 impl DialPlan {
@@ -238,6 +296,7 @@ impl DialPlan {
         DialPlan {
             steps,
             ringback: None,
+            record: None,
         }
     }
 

@@ -79,16 +79,19 @@ pub enum Capability {
     EndCall,
     /// Switch one's own supervision mode (`monitorMode`).
     SwitchMonitor,
+    /// Start, pause, resume and stop the call's recording (`record`).
+    Record,
 }
 
 impl Capability {
     /// Every capability, in wire order.
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::AddParticipant,
         Capability::RemoveParticipant,
         Capability::HoldParticipant,
         Capability::EndCall,
         Capability::SwitchMonitor,
+        Capability::Record,
     ];
 
     /// The wire name.
@@ -99,6 +102,7 @@ impl Capability {
             Capability::HoldParticipant => "hold_participant",
             Capability::EndCall => "end_call",
             Capability::SwitchMonitor => "switch_monitor",
+            Capability::Record => "record",
         }
     }
 
@@ -155,8 +159,8 @@ pub struct RoleCapabilities {
 }
 
 impl Default for RoleCapabilities {
-    /// An agent may add, remove and hold participants and end the call; a
-    /// supervisor may switch its mode.
+    /// An agent may add, remove and hold participants, end the call and
+    /// record it; a supervisor may switch its mode and record.
     fn default() -> Self {
         RoleCapabilities {
             agent: Capabilities::of(&[
@@ -164,8 +168,9 @@ impl Default for RoleCapabilities {
                 Capability::RemoveParticipant,
                 Capability::HoldParticipant,
                 Capability::EndCall,
+                Capability::Record,
             ]),
-            supervisor: Capabilities::of(&[Capability::SwitchMonitor]),
+            supervisor: Capabilities::of(&[Capability::SwitchMonitor, Capability::Record]),
         }
     }
 }
@@ -197,18 +202,19 @@ mod tests {
                 "add_participant",
                 "remove_participant",
                 "hold_participant",
-                "end_call"
+                "end_call",
+                "record"
             ]
         );
         assert_eq!(
             d.of(Role::Supervisor, Some(MonitorMode::Listen)).names(),
-            ["switch_monitor"]
+            ["switch_monitor", "record"]
         );
         assert_eq!(
             d.of(Role::Supervisor, Some(MonitorMode::Barge))
                 .names()
                 .len(),
-            5
+            6
         );
         assert!(d.of(Role::Customer, None).names().is_empty());
         for c in Capability::ALL {

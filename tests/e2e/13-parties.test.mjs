@@ -243,7 +243,7 @@ test('three parties hear each other; a supervisor whispers, barges, listens; the
   const [cListen, pListen] = await Promise.all([caller.quiet({ from: from.caller }), phone.quiet({ from: from.phone })]);
   t.diagnostic(`listen: Alice hears ${fmt(aListen)}; the caller hears ${fmtTone(cListen)}; the phone hears ${fmtTone(pListen)}`);
   const listenCaps = await sam.page.evaluate(() => window.demo.call.capabilities);
-  assert.deepEqual(listenCaps, ['switch_monitor']);
+  assert.deepEqual(listenCaps, ['switch_monitor', 'record']);
   // One peer connection throughout: the same object, still connected; one monitor request, two mode switches.
   const same = await sam.page.evaluate(() => ({ same: window.demo.call.peerConnection === window.__pc, state: window.__pc.connectionState }));
   assert.deepEqual(same, { same: true, state: 'connected' });

@@ -1026,6 +1026,7 @@ pub fn call(data: &[u8]) {
                 targets: vec![DialTarget::Operators],
                 timeout: Duration::from_secs(15),
                 join: sip_bridge::bridge::Join::All,
+                record: false,
             },
             sip_bridge::bridge::Step {
                 targets: vec![DialTarget::Pstn {
@@ -1034,9 +1035,12 @@ pub fn call(data: &[u8]) {
                 }],
                 timeout: Duration::from_secs(20),
                 join: sip_bridge::bridge::Join::First,
+                // The recording's commands and notes go through the fuzzed calls.
+                record: true,
             },
         ],
         ringback: None,
+        record: None,
     };
     let trunk = sip_bridge::bridge::TrunkConfig {
         name: "c".into(),
@@ -1357,7 +1361,8 @@ pub fn call(data: &[u8]) {
             }
             CallOp::Api { kind, call, party } => {
                 use sip_bridge::bridge::{
-                    ApiRequest, MonitorMode, Originate, PartyUpdate, StatusCallback, TransferStep,
+                    ApiRequest, MonitorMode, Originate, PartyUpdate, RecordingStatus,
+                    StatusCallback, TransferStep,
                 };
                 let c = calls
                     .get(usize::from(call) % calls.len().max(1))
@@ -1378,7 +1383,7 @@ pub fn call(data: &[u8]) {
                     MonitorMode::Barge,
                 ][usize::from(party % 3)];
                 let flag = Some(party % 2 == 0);
-                let req = match kind % 16 {
+                let req = match kind % 18 {
                     0 => ApiRequest::ListCalls,
                     1 => ApiRequest::GetCall { call: c },
                     2 => ApiRequest::Originate(Originate {
@@ -1439,6 +1444,37 @@ pub fn call(data: &[u8]) {
                         call: c,
                         step: TransferStep::Merge,
                     },
+                    14 => ApiRequest::Record {
+                        call: c,
+                        options: sip_bridge::plan::RecordOptions::parse(
+                            [None, Some("mono"), Some("x")][usize::from(party % 3)],
+                            None,
+                            [None, Some(16000)][usize::from(call % 2)],
+                        )
+                        .unwrap_or_default(),
+                    },
+                    15 => {
+                        // The call's recording now, or one that is not.
+                        let recording =
+                            match b.handle_api(now, &[], ApiRequest::GetCall { call: c.clone() }) {
+                                Ok(sip_bridge::bridge::ApiReply::Call(s)) if party % 5 != 0 => {
+                                    s.recording.map(|r| r.id).unwrap_or_default()
+                                }
+                                _ => "rec-00000000000000ff".into(),
+                            };
+                        use sip_bridge::contract::PauseBehavior;
+                        let status = [
+                            RecordingStatus::Paused(PauseBehavior::Silence),
+                            RecordingStatus::Paused(PauseBehavior::Skip),
+                            RecordingStatus::InProgress,
+                            RecordingStatus::Stopped,
+                        ][usize::from(party % 4)];
+                        ApiRequest::UpdateRecording {
+                            call: c,
+                            recording,
+                            status,
+                        }
+                    }
                     _ => ApiRequest::Monitor {
                         call: c,
                         target,

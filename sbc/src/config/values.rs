@@ -63,14 +63,14 @@ pub(crate) fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
     one::<D, Duration>(d).map(|v| (!v.is_zero()).then_some(v))
 }
 
-/// Durations: a whole number and a unit, `500ms`, `15s`, `2m`, `4h`. (The same
+/// Durations: a whole number and a unit, `500ms`, `15s`, `2m`, `4h`, `30d`. (The same
 /// grammar as `sip_bridge::bridge::parse_duration`, with overflow checked: a huge
 /// number is an error here, not a panic.)
 impl StrValue for Duration {
     fn parse_value(s: &str) -> Result<Duration, String> {
         let err = || {
             format!(
-                "\"{s}\" is not a duration: write a whole number and a unit, ms, s, m or h (e.g. \"15s\")"
+                "\"{s}\" is not a duration: write a whole number and a unit, ms, s, m, h or d (e.g. \"15s\")"
             )
         };
         let t = s.trim();
@@ -83,6 +83,7 @@ impl StrValue for Duration {
             "s" => secs(1),
             "m" => secs(60),
             "h" => secs(3600),
+            "d" => secs(86_400),
             _ => Err(err()),
         }
     }

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use media_core::Instant;
 
 use super::Bridge;
-use crate::call::{ApiError, ApiErrorCode, Call, PartyUpdate, StatusCallback, TransferStep};
-use crate::contract::{CallId, LegKey};
-use crate::plan::{DialPlan, Target};
+use crate::call::{
+    ApiError, ApiErrorCode, Call, PartyUpdate, RecordingStatus, StatusCallback, TransferStep,
+};
+use crate::contract::{CallId, LegKey, RecordingId};
+use crate::plan::{DialPlan, RecordOptions, Target};
 use crate::roles::MonitorMode;
 use crate::signalling::CallSummary;
 
@@ -110,6 +112,22 @@ pub enum ApiRequest {
         /// What to do.
         step: TransferStep,
     },
+    /// `POST /v1/calls/{call}/recordings`.
+    Record {
+        /// The call.
+        call: String,
+        /// How.
+        options: RecordOptions,
+    },
+    /// `POST /v1/calls/{call}/recordings/{recording}`.
+    UpdateRecording {
+        /// The call.
+        call: String,
+        /// The recording (`rec-...`).
+        recording: String,
+        /// Paused, in progress or stopped.
+        status: RecordingStatus,
+    },
     /// `POST /v1/calls/{call}/monitors`.
     Monitor {
         /// The call.
@@ -138,6 +156,15 @@ pub enum ApiReply {
     Parties {
         /// Party ids.
         ids: Vec<String>,
+        /// The call.
+        call: Option<CallSummary>,
+    },
+    /// A recording (started, paused, resumed, stopped) and the call now.
+    Recording {
+        /// `rec-...`.
+        id: String,
+        /// `in-progress`, `paused`, `stopped`.
+        status: &'static str,
         /// The call.
         call: Option<CallSummary>,
     },
@@ -252,6 +279,20 @@ impl Bridge {
                 call_id(self, &call)?,
                 Box::new(move |c, ctx| c.api_transfer_step(now, ctx, step).map(|()| Vec::new())),
             ),
+            ApiRequest::Record { call, options } => {
+                let id = call_id(self, &call)?;
+                return self.recording_op(now, id, move |c, ctx| c.api_record(now, ctx, options));
+            }
+            ApiRequest::UpdateRecording {
+                call,
+                recording,
+                status,
+            } => {
+                let id = call_id(self, &call)?;
+                return self.recording_op(now, id, move |c, _| {
+                    c.api_update_recording(now, &recording, status)
+                });
+            }
             ApiRequest::Monitor {
                 call,
                 target,
@@ -277,6 +318,30 @@ impl Bridge {
                 ids: ids(&keys),
                 call,
             },
+        })
+    }
+
+    /// A request on call `id`'s recording, answered with the recording as it
+    /// is after it.
+    fn recording_op(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        op: impl FnOnce(&mut Call, &mut crate::call::CallCtx<'_>) -> Result<RecordingId, ApiError>,
+    ) -> Result<ApiReply, ApiError> {
+        let mut result = Err(not_found());
+        self.drive(now, id, |c, ctx| result = op(c, ctx));
+        self.pump(now);
+        let rec = result?;
+        let call = self.calls.get(&id).map(|c| c.summary(now, self.view()));
+        let status = match call.as_ref().and_then(|c| c.recording.as_ref()) {
+            Some(r) if r.id == rec.to_string() => r.status,
+            _ => "stopped",
+        };
+        Ok(ApiReply::Recording {
+            id: rec.to_string(),
+            status,
+            call,
         })
     }
 

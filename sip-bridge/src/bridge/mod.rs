@@ -25,8 +25,8 @@ mod trunks;
 
 pub use crate::call::{
     ApiError, ApiErrorCode, CallEvent, CallEventKind, Direction, MonitorMode, PartyRecord,
-    PartyUpdate, PortPool, PortProbe, PortStats, QualityReport, ROUTE_TIMEOUT, Role, RouteDecision,
-    RouteFacts, StatusCallback, TransferReport, TransferStep,
+    PartyUpdate, PortPool, PortProbe, PortStats, QualityReport, ROUTE_TIMEOUT, RecordingReport,
+    RecordingStatus, Role, RouteDecision, RouteFacts, StatusCallback, TransferReport, TransferStep,
 };
 pub use crate::config::{
     BridgeConfig, Cidr, DtmfMode, NumberConfig, StreamTarget, TransferMode, TrunkConfig,

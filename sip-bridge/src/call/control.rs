@@ -9,9 +9,11 @@ use media_core::Instant;
 
 use super::operator::ADD_TIMEOUT;
 use super::party::{Leg, Origin};
+use super::record::Asker;
 use super::transfer::{Ask, Transferor};
 use super::{Call, CallCtx};
-use crate::contract::LegKey;
+use crate::contract::{LegKey, PauseBehavior, RecordingId};
+use crate::plan::RecordOptions;
 use crate::roles::{MonitorMode, Role};
 use crate::signalling::EndReason;
 
@@ -110,6 +112,36 @@ impl PartyUpdate {
     }
 }
 
+/// What `POST /v1/calls/{id}/recordings/{rid}` makes of a recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordingStatus {
+    /// Paused, keeping time with silence or cutting it.
+    Paused(PauseBehavior),
+    /// Recording again.
+    InProgress,
+    /// Finished (the call goes on).
+    Stopped,
+}
+
+impl RecordingStatus {
+    /// From the wire: `status` (`paused`, `in-progress`, `stopped`) and
+    /// `pauseBehavior` (`silence`, `skip`).
+    pub fn parse(status: &str, behavior: Option<&str>) -> Option<RecordingStatus> {
+        let b = match behavior {
+            None | Some("silence") => PauseBehavior::Silence,
+            Some("skip") => PauseBehavior::Skip,
+            Some(_) => return None,
+        };
+        match status {
+            "paused" => Some(RecordingStatus::Paused(b)),
+            "in-progress" => Some(RecordingStatus::InProgress),
+            "stopped" => Some(RecordingStatus::Stopped),
+            _ => None,
+        }
+    }
+}
+
 /// `complete`, `cancel` or `merge` of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -138,6 +170,37 @@ const TARGETS: &str =
     "`target` must be operator:REF, operators[:NUMBER], +E164, pstn:+E164, sip:URI or stream:URL";
 
 impl Call {
+    /// `POST /v1/calls/{id}/recordings`.
+    pub(crate) fn api_record(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        o: RecordOptions,
+    ) -> Result<RecordingId, ApiError> {
+        self.start_recording(now, ctx, o, Asker::Api)
+    }
+
+    /// `POST /v1/calls/{id}/recordings/{rid}`: pause, resume or stop it.
+    pub(crate) fn api_update_recording(
+        &mut self,
+        now: Instant,
+        recording: &str,
+        status: RecordingStatus,
+    ) -> Result<RecordingId, ApiError> {
+        let current = self.recording_state().map(|(id, _)| id);
+        if recording.parse::<RecordingId>().ok() != current || current.is_none() {
+            return Err(ApiError::new(
+                ApiErrorCode::NotFound,
+                "no such recording in progress on this call",
+            ));
+        }
+        match status {
+            RecordingStatus::Paused(b) => self.pause_recording(now, b, Asker::Api),
+            RecordingStatus::InProgress => self.resume_recording(now, Asker::Api),
+            RecordingStatus::Stopped => self.stop_recording(now, Asker::Api),
+        }
+    }
+
     /// The party `pid` (`p-N`), or 404.
     fn api_party(&self, pid: &str) -> Result<LegKey, ApiError> {
         pid.parse::<LegKey>()

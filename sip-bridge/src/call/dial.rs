@@ -60,6 +60,9 @@ impl Call {
                 None,
                 None,
             );
+            if let Some(o) = call.plan.record {
+                let _ = call.start_recording(now, ctx, o, super::record::Asker::Plan);
+            }
             call.settle(now, ctx);
             return Ok(call);
         }
@@ -985,6 +988,10 @@ impl Call {
             CallState::Dialing(d) => d.deadline,
             _ => None,
         };
+        let step_records = match p.origin {
+            Origin::Plan(n) => self.plan.steps.get(n).is_some_and(|s| s.record),
+            _ => false,
+        };
         self.state = CallState::Connected;
         // A caller handed on (an agent's transfer) keeps its first answer time.
         self.answered_at.get_or_insert(now);
@@ -1050,6 +1057,11 @@ impl Call {
             None,
             None,
         );
+        // The plan records from the answer (the whole plan, or this step).
+        if self.recording_state().is_none() && (self.plan.record.is_some() || step_records) {
+            let o = self.plan.record.unwrap_or_default();
+            let _ = self.start_recording(now, ctx, o, super::record::Asker::Plan);
+        }
     }
 
     /// `connected`, then the participants, to the operator of party `key`.

@@ -49,6 +49,8 @@ pub enum CallEventKind {
     Quality,
     /// A transfer started, or ended (its [`TransferReport`] says how).
     Transfer,
+    /// A recording started, paused, resumed or stopped ([`RecordingReport`]).
+    Recording,
 }
 
 impl CallEventKind {
@@ -63,6 +65,7 @@ impl CallEventKind {
             CallEventKind::Completed => "completed",
             CallEventKind::Quality => "quality",
             CallEventKind::Transfer => "transfer",
+            CallEventKind::Recording => "recording",
         }
     }
 }
@@ -139,6 +142,8 @@ pub struct CallEvent {
     pub quality: Option<QualityReport>,
     /// How a transfer goes (`Transfer`).
     pub transfer: Option<Box<TransferReport>>,
+    /// How a recording goes (`Recording`).
+    pub recording: Option<RecordingReport>,
     /// Where the API that placed the call wants its status (each event it
     /// lists, once).
     pub callback: Option<std::sync::Arc<super::StatusCallback>>,
@@ -163,6 +168,18 @@ pub struct TransferReport {
     pub reason: Option<String>,
     /// The SIP status behind a failure.
     pub code: Option<u16>,
+}
+
+/// How a call's recording goes (`Recording` events). Its file is reported
+/// by the driver once written (`recording.completed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingReport {
+    /// `rec-...`.
+    pub id: String,
+    /// `started`, `paused`, `resumed`, `stopped`.
+    pub state: &'static str,
+    /// Who asked: `api`, `sdk`, `plan`.
+    pub via: &'static str,
 }
 
 /// An operator's call-quality summary as its SDK sent it (RTT, jitter, loss,
@@ -279,6 +296,7 @@ mod tests {
             party: None,
             quality: None,
             transfer: None,
+            recording: None,
             callback: None,
             parties: vec![
                 PartyRecord {

@@ -155,6 +155,7 @@ impl Call {
         if !self.parties.get(&from).is_some_and(|p| p.joined()) || !self.is_connected() {
             return;
         }
+        self.record_note("dtmf", Some(from), Some(digit.to_string()));
         for t in self.dtmf_targets(from, relayed) {
             self.send_dtmf_to(ctx, t, &digit.to_string());
         }

@@ -28,15 +28,19 @@ mod originate;
 mod output;
 mod party;
 mod ports;
+mod record;
 mod route;
 mod sip;
 mod state;
 mod transfer;
 
 pub use crate::roles::{Capabilities, Capability, MonitorMode, Role, RoleCapabilities};
-pub use control::{ApiError, ApiErrorCode, PartyUpdate, TransferStep};
+pub use control::{ApiError, ApiErrorCode, PartyUpdate, RecordingStatus, TransferStep};
 pub(crate) use dial::user_of;
-pub use event::{CallEvent, CallEventKind, Direction, PartyRecord, QualityReport, TransferReport};
+pub use event::{
+    CallEvent, CallEventKind, Direction, PartyRecord, QualityReport, RecordingReport,
+    TransferReport,
+};
 pub(crate) use originate::OriginateError;
 pub use originate::StatusCallback;
 pub use output::{CallOutput, SipAction};
@@ -282,6 +286,9 @@ pub struct Call {
     originated: Option<originate::Originated>,
     /// Held parties hear the hold tone (else silence).
     hold_music: bool,
+    /// Its recording now, and every recording it had.
+    recording: Option<record::CallRecording>,
+    recorded: Vec<crate::contract::RecordingId>,
     out: VecDeque<CallOutput>,
 }
 
@@ -325,6 +332,8 @@ impl Call {
             transfer: None,
             originated: None,
             hold_music: ctx.cfg.hold_music,
+            recording: None,
+            recorded: Vec::new(),
             out: VecDeque::new(),
         }
     }
@@ -455,6 +464,7 @@ impl Call {
             parties: Vec::new(),
             quality: None,
             transfer: None,
+            recording: None,
             callback: self.originated.as_ref().and_then(|o| o.callback.clone()),
         }
     }
@@ -482,6 +492,12 @@ impl Call {
                 "ringing"
             },
             participants: self.participant_infos(now, ctx),
+            recording: self.recording_state().map(|(id, paused)| {
+                crate::signalling::RecordingInfo {
+                    id: id.to_string(),
+                    status: if paused { "paused" } else { "in-progress" },
+                }
+            }),
         }
     }
 
@@ -639,6 +655,18 @@ impl Call {
         ev.status = status;
         ev.code = code;
         ev.rung = self.rung.clone();
+        // The recording's timeline follows who comes and goes.
+        if let Some(p) = party.as_ref() {
+            match kind {
+                CallEventKind::PartyJoined => {
+                    self.record_note("joined", Some(p.id), Some(p.role.as_str().into()))
+                }
+                CallEventKind::PartyLeft => {
+                    self.record_note("left", Some(p.id), p.reason.map(String::from))
+                }
+                _ => {}
+            }
+        }
         ev.party = party;
         self.push(CallOutput::Event(ev));
     }
@@ -650,6 +678,7 @@ impl Call {
             return;
         }
         self.sync_media();
+        self.sync_recording();
         self.sync_sip_holds(now, ctx);
         self.sync_operator_views(None, None);
     }

@@ -10,8 +10,10 @@ use media_core::Instant;
 
 use super::control::TransferStep;
 use super::party::{Leg, OperatorLeg, Origin, Party, Stage};
+use super::record::Asker;
 use super::{Call, CallCtx, CallOutput};
-use crate::contract::{LegKey, MediaCommand};
+use crate::contract::{LegKey, MediaCommand, PauseBehavior};
+use crate::plan::RecordOptions;
 use crate::roles::{Capabilities, Capability, MonitorMode, Role};
 use crate::signalling::{ClientMessage, EndReason, ErrorCode};
 
@@ -232,6 +234,50 @@ impl Call {
                     return;
                 }
                 self.remove_participant(now, ctx, target);
+            }
+            ClientMessage::Record {
+                action,
+                pause_behavior,
+                channels,
+                ..
+            } => {
+                if ringing {
+                    return bad(self, "the call is not active", reference);
+                }
+                if !self.may(ctx, op, key, Capability::Record, &reference) {
+                    return;
+                }
+                let behavior = match pause_behavior.as_deref() {
+                    None | Some("silence") => PauseBehavior::Silence,
+                    Some("skip") => PauseBehavior::Skip,
+                    Some(_) => {
+                        return bad(self, "`pauseBehavior` must be silence or skip", reference);
+                    }
+                };
+                let asker = Asker::Sdk {
+                    op,
+                    reference: reference.clone(),
+                };
+                let done = match action.as_str() {
+                    "start" => match RecordOptions::parse(channels.as_deref(), None, None) {
+                        Ok(o) => self.start_recording(now, ctx, o, asker),
+                        Err(e) => return bad(self, &e, reference),
+                    },
+                    "pause" => self.pause_recording(now, behavior, asker),
+                    "resume" => self.resume_recording(now, asker),
+                    "stop" => self.stop_recording(now, asker),
+                    _ => {
+                        return bad(
+                            self,
+                            "`action` must be start, pause, resume or stop",
+                            reference,
+                        );
+                    }
+                };
+                // Done: every operator heard `recording`, the asker with its ref.
+                if let Err(e) = done {
+                    return bad(self, &e.message, reference);
+                }
             }
             ClientMessage::MonitorMode {
                 mode,

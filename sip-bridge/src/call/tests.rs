@@ -272,7 +272,7 @@ fn a_whisper_reaches_only_the_coached_party() {
         .into_iter()
         .find(|(op, t, _)| op == "carol" && t == "participants")
         .map(|(_, _, v)| v["capabilities"].as_array().unwrap().len());
-    assert_eq!(caps, Some(5));
+    assert_eq!(caps, Some(6));
 }
 
 #[test]

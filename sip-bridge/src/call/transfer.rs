@@ -958,6 +958,8 @@ impl Call {
             reason: reason.map(String::from),
             code,
         };
+        let detail = format!("{} {} to {}", report.kind, report.state, report.target);
+        self.record_note("transfer", None, Some(detail));
         let mut ev = self.report(now, super::CallEventKind::Transfer);
         ev.transfer = Some(Box::new(report));
         ev.code = code;

@@ -180,6 +180,19 @@ pub enum ClientMessage {
         #[serde(default)]
         participant_id: Option<String>,
     },
+    /// Start, pause, resume or stop the call's recording (needs `record`).
+    Record {
+        /// The call.
+        call_id: String,
+        /// `start`, `pause`, `resume`, `stop`.
+        action: String,
+        /// With `pause`: `silence` (default) or `skip`.
+        #[serde(default)]
+        pause_behavior: Option<String>,
+        /// With `start`: `dual` (default) or `mono`.
+        #[serde(default)]
+        channels: Option<String>,
+    },
     /// Switch one's supervision mode.
     MonitorMode {
         /// The call.
@@ -224,6 +237,7 @@ impl ClientMessage {
             | ClientMessage::End { call_id }
             | ClientMessage::Monitor { call_id, .. }
             | ClientMessage::MonitorMode { call_id, .. }
+            | ClientMessage::Record { call_id, .. }
             | ClientMessage::Quality { call_id, .. } => Some(call_id),
             _ => None,
         }
@@ -340,7 +354,8 @@ pub fn decode(text: &str) -> Result<ClientEnvelope, DecodeError> {
         | ClientMessage::TransferComplete { call_id }
         | ClientMessage::TransferCancel { call_id }
         | ClientMessage::TransferMerge { call_id }
-        | ClientMessage::MonitorMode { call_id, .. } => check_id("callId", call_id, r)?,
+        | ClientMessage::MonitorMode { call_id, .. }
+        | ClientMessage::Record { call_id, .. } => check_id("callId", call_id, r)?,
         ClientMessage::Hold {
             call_id,
             participant_id,
@@ -594,6 +609,19 @@ pub struct CallSummary {
     pub state: &'static str,
     /// Everyone in it.
     pub participants: Vec<ParticipantInfo>,
+    /// Its recording, while there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingInfo>,
+}
+
+/// A call's recording now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingInfo {
+    /// `rec-...`.
+    pub id: String,
+    /// `in-progress` or `paused`.
+    pub status: &'static str,
 }
 
 /// A message to the browser.
@@ -756,6 +784,19 @@ pub enum ServerMessage {
         /// Unix ms.
         at: u64,
         /// The request's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// The call's recording started, paused, resumed or stopped (to every
+    /// operator in the call, whoever asked).
+    Recording {
+        /// The call.
+        call_id: String,
+        /// `rec-...`.
+        recording_id: String,
+        /// `in-progress`, `paused`, `stopped`.
+        status: &'static str,
+        /// The `record` request's ref, to the operator who asked.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },

@@ -8,8 +8,8 @@ mod session;
 
 pub use message::{
     CallDirection, CallInfo, CallSummary, ClientEnvelope, ClientMessage, DecodeError, EndReason,
-    ErrorCode, NumberInfo, OperatorInfo, ParticipantInfo, Rejected, ServerMessage, decode,
-    valid_digits,
+    ErrorCode, NumberInfo, OperatorInfo, ParticipantInfo, RecordingInfo, Rejected, ServerMessage,
+    decode, valid_digits,
 };
 pub use session::{Request, Session, SessionConfig, SessionOutput, SessionState};
 
