@@ -23,7 +23,8 @@ use sip_bridge::bridge::{
     Bridge, BridgeConfig, CallEvent, CallId, DialPlan, LegKey, MediaCommand, MediaEvent,
     NumberConfig, Step, Target, TrunkConfig,
 };
-use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
+use sip_bridge::contract::{RecordChannels, RecordNote, RecordSpec, RecordingId};
+use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, RecordOut, StreamIo, Via};
 use sip_bridge::sdp::{self, AudioCaps, LocalMedia, SessionDescription};
 use sip_bridge::signalling::SessionOutput;
 use sip_bridge::sip::dialog::{InviteParams, LegId, LocalAddr, UaConfig, UaEvent, UserAgent};
@@ -426,6 +427,62 @@ pub struct World {
     held: Vec<(CallId, MediaEvent)>,
     /// The first line of every SIP message the bridge sent the carrier.
     pub sip_to_carrier: Vec<String>,
+    /// What the media sessions' recordings gave, as a driver would write it.
+    pub recordings: BTreeMap<RecordingId, Recorded>,
+}
+
+/// One recording as the media session gave it.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub spec: Option<RecordSpec>,
+    /// When its start was polled.
+    pub started_at: Instant,
+    /// Interleaved PCM16, as written to the file.
+    pub pcm: Vec<i16>,
+    pub notes: Vec<(Duration, RecordNote)>,
+    pub stopped: Option<Duration>,
+}
+
+impl Recorded {
+    /// Channels in the file.
+    pub fn channels(&self) -> usize {
+        match self.spec.as_ref().map(|s| s.channels) {
+            Some(RecordChannels::Mono) => 1,
+            _ => 2,
+        }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.spec.as_ref().map_or(8000, |s| s.rate)
+    }
+
+    /// Channel `c` (0 or 1) from `from_ms` to `to_ms` into the file.
+    pub fn channel(&self, c: usize, from_ms: u64, to_ms: u64) -> Vec<i16> {
+        let n = self.channels();
+        let per_ms = self.rate() as usize / 1000;
+        let (a, b) = (from_ms as usize * per_ms, to_ms as usize * per_ms);
+        let b = b.min(self.pcm.len() / n);
+        self.pcm[(a * n).min(b * n)..b * n]
+            .iter()
+            .skip(c)
+            .step_by(n)
+            .copied()
+            .collect()
+    }
+
+    /// Its length.
+    pub fn duration(&self) -> Duration {
+        let frames = self.pcm.len() / self.channels();
+        Duration::from_micros(frames as u64 * 1_000_000 / u64::from(self.rate()))
+    }
+
+    /// The timeline's events in order, as `(ms, event)`.
+    pub fn timeline(&self) -> Vec<(u64, String)> {
+        self.notes
+            .iter()
+            .map(|(at, n)| (at.as_millis() as u64, n.event.clone()))
+            .collect()
+    }
 }
 
 impl World {
@@ -458,6 +515,7 @@ impl World {
             hold_answers: false,
             held: Vec::new(),
             sip_to_carrier: Vec::new(),
+            recordings: BTreeMap::new(),
         }
     }
 
@@ -790,6 +848,32 @@ impl World {
                         to: t.to,
                         bytes: t.bytes,
                     });
+                }
+                let mut pcm = [0i16; sip_bridge::media::RECORD_FRAME_MAX];
+                while let Some(o) = s.poll_record(&mut pcm) {
+                    any = true;
+                    match o {
+                        RecordOut::Started { id, spec } => {
+                            let r = self.recordings.entry(id).or_default();
+                            r.spec = Some(spec);
+                            r.started_at = now;
+                        }
+                        RecordOut::Frame { id, samples } => {
+                            let r = self.recordings.entry(id).or_default();
+                            r.pcm.extend_from_slice(&pcm[..samples]);
+                        }
+                        RecordOut::Note { id, at, note } => {
+                            self.recordings
+                                .entry(id)
+                                .or_default()
+                                .notes
+                                .push((at, note));
+                        }
+                        RecordOut::Stopped { id, duration } => {
+                            self.recordings.entry(id).or_default().stopped = Some(duration);
+                        }
+                        _ => {}
+                    }
                 }
                 while let Some(u) = s.poll_mux_update() {
                     any = true;
