@@ -28,10 +28,13 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sip_bridge::bridge::{
     ApiError, ApiReply, ApiRequest, CallEventKind, MonitorMode, Originate, PartyUpdate,
-    StatusCallback, TransferStep,
+    RecordingStatus, StatusCallback, TransferStep,
 };
+use sip_bridge::contract::RecordingId;
+use sip_bridge::plan::RecordOptions;
 
 use crate::inbox::ControlIn;
+use crate::recorder::Recorder;
 use crate::sip::Handle;
 use sip_bridge::token::ApiKeys;
 
@@ -40,7 +43,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
 /// Every route of the API: method and path (axum's `{param}` syntax, as
 /// OpenAPI writes it).
-pub const ROUTES: [(&str, &str); 14] = [
+pub const ROUTES: [(&str, &str); 19] = [
     ("get", "/v1/calls"),
     ("post", "/v1/calls"),
     ("get", "/v1/calls/{callId}"),
@@ -52,6 +55,11 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("post", "/v1/calls/{callId}/transfer"),
     ("post", "/v1/calls/{callId}/transfer/{action}"),
     ("post", "/v1/calls/{callId}/monitors"),
+    ("post", "/v1/calls/{callId}/recordings"),
+    ("post", "/v1/calls/{callId}/recordings/{recordingId}"),
+    ("get", "/v1/recordings/{recordingId}"),
+    ("delete", "/v1/recordings/{recordingId}"),
+    ("get", "/v1/recordings/{recordingId}/timeline"),
     ("get", "/v1/openapi.json"),
     ("post", "/v1/tokens"),
     ("get", "/v1/numbers"),
@@ -69,6 +77,8 @@ pub struct ApiState {
     pub api_keys: ApiKeys,
     /// Answers to requests with an `Idempotency-Key`.
     pub idempotency: Idempotency,
+    /// Finished recordings (`/v1/recordings/...`).
+    pub recorder: Recorder,
 }
 
 /// The API's routes on `state` (the HTTP layer puts them behind the same
@@ -92,6 +102,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>(state: Arc<ApiState>) -> Router<
             ("post", "/v1/calls/{callId}/transfer") => Some(post(transfer)),
             ("post", "/v1/calls/{callId}/transfer/{action}") => Some(post(transfer_step)),
             ("post", "/v1/calls/{callId}/monitors") => Some(post(monitor)),
+            ("post", "/v1/calls/{callId}/recordings") => Some(post(record)),
+            ("post", "/v1/calls/{callId}/recordings/{recordingId}") => Some(post(update_recording)),
+            ("get", "/v1/recordings/{recordingId}") => Some(get(recording_media)),
+            ("delete", "/v1/recordings/{recordingId}") => Some(delete(delete_recording)),
+            ("get", "/v1/recordings/{recordingId}/timeline") => Some(get(recording_timeline)),
             ("get", "/v1/openapi.json") => Some(get(openapi)),
             // Served by `http` (tokens predate this module).
             _ => None,
@@ -207,6 +222,18 @@ async fn ask(app: &ApiState, numbers: Vec<String>, req: ApiRequest, created: boo
             axum::Json(serde_json::json!({ "participantIds": ids, "call": call })),
         )
             .into_response(),
+        Ok(ApiReply::Recording { id, status, call }) => {
+            let s = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = serde_json::json!({
+                "recording": {"id": id, "status": status, "uri": format!("/v1/recordings/{id}")},
+                "call": call,
+            });
+            (s, axum::Json(body)).into_response()
+        }
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -224,6 +251,8 @@ fn request_name(req: &ApiRequest) -> &'static str {
         ApiRequest::Transfer { .. } => "transfer",
         ApiRequest::TransferStep { .. } => "transfer_step",
         ApiRequest::Monitor { .. } => "monitor",
+        ApiRequest::Record { .. } => "record",
+        ApiRequest::UpdateRecording { .. } => "update_recording",
         _ => "other",
     }
 }
@@ -492,6 +521,221 @@ async fn update_participant(
     Ok(ask(&app, numbers, req, false).await)
 }
 
+/// The body of `POST .../recordings`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecordBody {
+    /// `dual` (default) or `mono`.
+    #[serde(default)]
+    channels: Option<String>,
+    /// `wav` (default) or `opus`.
+    #[serde(default)]
+    format: Option<String>,
+    /// 8000 (default) or 16000.
+    #[serde(default)]
+    rate: Option<u32>,
+}
+
+async fn record(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(call): Path<String>,
+    raw: Bytes,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    let b: RecordBody = body(&raw)?;
+    let options = RecordOptions::parse(b.channels.as_deref(), b.format.as_deref(), b.rate)
+        .map_err(Refusal::bad)?;
+    let route = format!("recordings:{call}");
+    let req = ApiRequest::Record { call, options };
+    Ok(create(&app, &headers, numbers, &route, &raw, req, true).await)
+}
+
+/// The body of `POST .../recordings/{recordingId}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecordingUpdateBody {
+    /// `paused`, `in-progress`, `stopped`.
+    status: String,
+    /// With `paused`: `silence` (default) or `skip`.
+    #[serde(default)]
+    pause_behavior: Option<String>,
+}
+
+async fn update_recording(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((call, recording)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    let b: RecordingUpdateBody = body(&raw)?;
+    let status =
+        RecordingStatus::parse(&b.status, b.pause_behavior.as_deref()).ok_or_else(|| {
+            Refusal::bad(
+                "status must be paused, in-progress or stopped; pauseBehavior silence or skip",
+            )
+        })?;
+    let req = ApiRequest::UpdateRecording {
+        call,
+        recording,
+        status,
+    };
+    Ok(ask(&app, numbers, req, false).await)
+}
+
+fn no_recording() -> Refusal {
+    Refusal {
+        status: StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: "no such recording".into(),
+    }
+}
+
+/// Recording `id` (finished, and on one of the key's numbers): its id and
+/// timeline.
+fn finished_recording(
+    app: &ApiState,
+    numbers: &[String],
+    id: &str,
+) -> Result<(RecordingId, serde_json::Value), Refusal> {
+    let id: RecordingId = id.parse().map_err(|_| no_recording())?;
+    let t = app.recorder.timeline(id).ok_or_else(no_recording)?;
+    let number = t["number"].as_str();
+    if !numbers.is_empty() && !number.is_some_and(|n| numbers.iter().any(|x| x == n)) {
+        return Err(no_recording());
+    }
+    Ok((id, t))
+}
+
+async fn recording_timeline(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    let (_, t) = finished_recording(&app, &numbers, &id)?;
+    Ok(axum::Json(t).into_response())
+}
+
+async fn delete_recording(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    let (id, _) = finished_recording(&app, &numbers, &id)?;
+    app.recorder.delete(id);
+    metrics::counter!("sbc_recordings_deleted_total").increment(1);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `bytes=A-B`, `bytes=A-`, `bytes=-N` of a `len`-byte file: the first and
+/// last byte (RFC 9110 14.1.2); `Err` when it cannot be satisfied.
+fn byte_range(v: &str, len: u64) -> Result<(u64, u64), ()> {
+    let spec = v.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') || len == 0 {
+        return Err(()); // one range only
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (first, last) = match (a.is_empty(), b.is_empty()) {
+        (true, false) => {
+            let n: u64 = b.parse().map_err(|_| ())?;
+            (len.saturating_sub(n), len - 1)
+        }
+        (false, _) => {
+            let first: u64 = a.parse().map_err(|_| ())?;
+            let last = if b.is_empty() {
+                len - 1
+            } else {
+                b.parse::<u64>().map_err(|_| ())?.min(len - 1)
+            };
+            (first, last)
+        }
+        (true, true) => return Err(()),
+    };
+    if first > last || first >= len {
+        return Err(());
+    }
+    Ok((first, last))
+}
+
+/// `GET /v1/recordings/{id}`: the file, streamed from disk (a range of it
+/// when asked), never read whole into memory.
+async fn recording_media(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    let (id, _) = finished_recording(&app, &numbers, &id)?;
+    let (path, media_type) = app.recorder.media(id).ok_or_else(no_recording)?;
+    let len = std::fs::metadata(&path).map_err(|_| no_recording())?.len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, first, last) = match range.map(|r| byte_range(r, len)) {
+        None => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Some(Err(())) => {
+            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let count = if len == 0 { 0 } else { last - first + 1 };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return drop(tx.blocking_send(Err(e))),
+        };
+        if let Err(e) = f.seek(SeekFrom::Start(first)) {
+            return drop(tx.blocking_send(Err(e)));
+        }
+        let mut left = count;
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            match f.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    left -= n as u64;
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        break; // the client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut r = Response::new(axum::body::Body::from_stream(stream));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&count.to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}"))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(r)
+}
+
 async fn remove_participant(
     State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -692,6 +936,27 @@ mod tests {
 
     fn d(b: &[u8]) -> [u8; 32] {
         Sha256::digest(b).into()
+    }
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Ok((0, 99)));
+        assert_eq!(byte_range("bytes=500-", 1000), Ok((500, 999)));
+        assert_eq!(byte_range("bytes=-100", 1000), Ok((900, 999)));
+        assert_eq!(byte_range("bytes=-5000", 1000), Ok((0, 999)));
+        assert_eq!(byte_range("bytes=990-5000", 1000), Ok((990, 999)));
+        for bad in [
+            "bytes=1000-",
+            "bytes=5-1",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=-",
+            "bytes=x-1",
+            "bytes=99999999999999999999-",
+        ] {
+            assert_eq!(byte_range(bad, 1000), Err(()), "{bad}");
+        }
+        assert_eq!(byte_range("bytes=0-", 0), Err(()));
     }
 
     #[test]

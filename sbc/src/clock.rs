@@ -58,6 +58,17 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Milliseconds since the Unix epoch, from the wall clock (when a
+    /// recording started, how old a file is).
+    #[allow(clippy::disallowed_methods)]
+    pub fn unix_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
 /// RFC 3339 UTC time of Unix seconds `t` (civil-from-days, proleptic Gregorian).
 pub fn rfc3339(t: u64) -> String {
     let (days, secs) = (t / 86_400, t % 86_400);

@@ -1610,6 +1610,41 @@ mod tests {
     }
 
     #[test]
+    fn numbers_and_steps_record_and_the_recording_section_has_defaults() {
+        let cfg = SbcConfig::parse(&format!(
+            "{MINIMAL}[recording]\ndir = \"/var/rec\"\nretention = \"30d\"\nqueue = \"2s\"\n\
+             [[numbers]]\nid = \"a\"\ne164 = \"+15550400\"\nrecord = true\n\
+             [[numbers]]\nid = \"b\"\ne164 = \"+15550401\"\nrecord = {{ channels = \"mono\", format = \"opus\", rate = 16000 }}\n\
+             [[numbers]]\nid = \"c\"\ne164 = \"+15550402\"\ndial = [{{ ring = [\"operators\"], record = true }}]\n"
+        ))
+        .unwrap();
+        let n = cfg.number_configs();
+        assert_eq!(n[0].plan.record, Some(RecordOptions::default()));
+        let b = n[1].plan.record.unwrap();
+        assert_eq!(
+            (b.channels, b.format, b.rate),
+            (
+                sip_bridge::contract::RecordChannels::Mono,
+                sip_bridge::contract::RecordFormat::Opus,
+                16000
+            )
+        );
+        assert_eq!((n[2].plan.record, n[2].plan.steps[0].record), (None, true));
+        assert_eq!(cfg.recording.dir, PathBuf::from("/var/rec"));
+        assert_eq!(
+            cfg.recording.retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(cfg.recording.queue, Duration::from_secs(2));
+        assert_eq!(cfg.recording.max_duration, Duration::from_secs(4 * 3600));
+        rejects(
+            "[[numbers]]\nid = \"x\"\ne164 = \"+15550400\"\nrecord = { rate = 44100 }\n",
+            "numbers[0].record",
+            "rate 44100",
+        );
+    }
+
+    #[test]
     fn numbers_take_join_rooms_and_capabilities() {
         let cfg = SbcConfig::parse(&format!(
             "{MINIMAL}[[numbers]]\nid = \"conf\"\ne164 = \"+15550400\"\ndial = [{{ ring = [\"operators\"], join = \"all\" }}]\n\

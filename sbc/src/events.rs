@@ -9,12 +9,31 @@ use sip_bridge::bridge::{CallEvent, CallEventKind, CallId, PartyRecord};
 use tokio::sync::mpsc;
 
 use crate::clock::{self, Clock};
+use crate::recorder::RecordingDone;
 use crate::sign::signature;
 
 /// Receives every call event. Must not block: hand work to a task.
 pub trait EventSink: Send + Sync + 'static {
     /// One event (initiated, ringing, answered, completed).
     fn call_event(&self, event: &CallEvent);
+
+    /// A recording's file is finished (`recording.completed`, its timeline
+    /// and SHA-256) or could not be written (`recording.failed`).
+    fn recording_event(&self, _done: &RecordingDone) {}
+}
+
+/// The JSON body of a recording's event: its timeline with `event` and
+/// `timestamp` (README "Recording").
+pub fn recording_json(done: &RecordingDone) -> serde_json::Value {
+    let mut v = done.body.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("event".into(), done.event.into());
+        o.insert(
+            "timestamp".into(),
+            clock::rfc3339_ms(Clock::unix_ms()).into(),
+        );
+    }
+    v
 }
 
 /// A party in a call event's JSON: who, as what, when in and out, why it left.
@@ -61,6 +80,11 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
             "target": t.target,
             "reason": t.reason,
         })),
+        "recording": ev.recording.as_ref().map(|r| serde_json::json!({
+            "id": r.id,
+            "state": r.state,
+            "via": r.via,
+        })),
         "timestamp": clock::rfc3339_ms(ev.unix_ms),
     })
 }
@@ -68,7 +92,14 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
 /// Posts events to a URL; see the module docs.
 #[derive(Debug)]
 pub struct WebhookSink {
-    tx: mpsc::Sender<CallEvent>,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+/// What the webhook posts.
+#[derive(Debug)]
+enum Outgoing {
+    Call(Box<CallEvent>),
+    Recording(RecordingDone),
 }
 
 /// Events queued for the webhook at most; beyond, new ones are dropped (counted).
@@ -79,14 +110,17 @@ const ATTEMPTS: u32 = 5;
 impl WebhookSink {
     /// Starts the delivery task.
     pub fn start(url: String, secret: Vec<u8>) -> Arc<WebhookSink> {
-        let (tx, mut rx) = mpsc::channel::<CallEvent>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE);
         tokio::spawn(async move {
             let client = client();
-            while let Some(ev) = rx.recv().await {
-                let body = event_json(&ev).to_string();
-                if !post(&client, &url, Some(&secret), &body).await {
+            while let Some(out) = rx.recv().await {
+                let (body, what) = match &out {
+                    Outgoing::Call(ev) => (event_json(ev), ev.kind.as_str()),
+                    Outgoing::Recording(d) => (recording_json(d), d.event),
+                };
+                if !post(&client, &url, Some(&secret), &body.to_string()).await {
                     metrics::counter!("sbc_webhook_failed_total").increment(1);
-                    tracing::warn!(call = %ev.call_id, event = ev.kind.as_str(), "webhook gave up");
+                    tracing::warn!(event = what, "webhook gave up");
                 } else {
                     metrics::counter!("sbc_webhook_delivered_total").increment(1);
                 }
@@ -185,7 +219,17 @@ impl EventSink for CallbackSink {
 
 impl EventSink for WebhookSink {
     fn call_event(&self, event: &CallEvent) {
-        if self.tx.try_send(event.clone()).is_err() {
+        if self
+            .tx
+            .try_send(Outgoing::Call(Box::new(event.clone())))
+            .is_err()
+        {
+            metrics::counter!("sbc_webhook_dropped_total").increment(1);
+        }
+    }
+
+    fn recording_event(&self, done: &RecordingDone) {
+        if self.tx.try_send(Outgoing::Recording(done.clone())).is_err() {
             metrics::counter!("sbc_webhook_dropped_total").increment(1);
         }
     }

@@ -50,6 +50,7 @@ pub mod http;
 pub mod inbox;
 pub mod media_task;
 pub mod protect;
+pub mod recorder;
 pub mod router;
 pub mod rtp_ports;
 pub mod run;

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use sip_bridge::bridge::{CallId, LegKey, MediaCommand, MediaEvent, RtcpQuality};
-use sip_bridge::media::{MediaConfig, MediaSession, MuxUpdate, StreamIo, Via};
+use sip_bridge::contract::RecordingId;
+use sip_bridge::media::{
+    MediaConfig, MediaSession, MuxUpdate, RECORD_FRAME_MAX, RecordOut, StreamIo, Via,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -21,6 +24,7 @@ use crate::agent_ws;
 use crate::clock::Clock;
 use crate::dual_stack;
 use crate::inbox::{AgentLink, ControlIn, ControlTx, MediaIn, MediaTx};
+use crate::recorder::{Recorder, Tap};
 use crate::rtp_ports::RtpPorts;
 use crate::webrtc_port::{MuxCmd, WebRtcPort};
 
@@ -38,6 +42,8 @@ pub struct MediaCtx {
     pub rtp_ports: RtpPorts,
     /// The clock.
     pub clock: Clock,
+    /// Where recordings are written.
+    pub recorder: Recorder,
 }
 
 /// Starts the media task of call `id`; its events go to `control`.
@@ -64,6 +70,8 @@ async fn run(
     let ipv6_sockets = ctx.rtp_bind.is_ipv6();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
+    let mut taps: HashMap<RecordingId, Tap> = HashMap::new();
+    let mut pcm = [0i16; RECORD_FRAME_MAX];
     let number = id.0;
     let mut exported = Exported::default();
     let mut export_tick = tokio::time::interval(Duration::from_secs(1));
@@ -232,6 +240,32 @@ async fn run(
                     legs_in_mux.retain(|l| *l != leg);
                     let _ = ctx.port.mux.send(MuxCmd::Remove { key: (number, leg) });
                 }
+            }
+        }
+        // Recordings: frames to their writers' queues (never waiting).
+        while let Some(out) = session.poll_record(&mut pcm) {
+            match out {
+                RecordOut::Started { id, spec } => {
+                    if let Some(t) = ctx.recorder.start(id, &spec) {
+                        taps.insert(id, t);
+                    }
+                }
+                RecordOut::Frame { id, samples } => {
+                    if let Some(t) = taps.get(&id) {
+                        t.frame(&pcm[..samples]);
+                    }
+                }
+                RecordOut::Note { id, at, note } => {
+                    if let Some(t) = taps.get(&id) {
+                        t.note(at, note);
+                    }
+                }
+                RecordOut::Stopped { id, duration } => {
+                    if let Some(t) = taps.remove(&id) {
+                        t.stop(duration);
+                    }
+                }
+                _ => {}
             }
         }
         while let Some(event) = session.poll_event() {

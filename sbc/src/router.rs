@@ -153,8 +153,7 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
             if steps.is_empty() || steps.len() > 16 {
                 return Err(RouterError::BadJson("dial needs 1 to 16 steps".into()));
             }
-            let mut plan = DialPlan::default();
-            plan.record = match a.record {
+            let record = match a.record {
                 None | Some(WireRecord::On(false)) => None,
                 Some(WireRecord::On(true)) => Some(RecordOptions::default()),
                 Some(WireRecord::With {
@@ -165,6 +164,10 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                     RecordOptions::parse(channels.as_deref(), format.as_deref(), rate)
                         .map_err(|e| RouterError::BadJson(format!("record: {e}")))?,
                 ),
+            };
+            let mut plan = DialPlan {
+                record,
+                ..DialPlan::default()
             };
             if let Some(r) = a.ringback.as_deref() {
                 plan.ringback = Some(Ringback::parse(r).ok_or_else(|| {
@@ -284,6 +287,26 @@ impl Router for HttpRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_may_record() {
+        let plan = |body: &[u8]| match parse_answer(body) {
+            Ok(RouteDecision::Plan(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let p = plan(br#"{"dial": [{"ring": ["operators"]}], "record": true}"#);
+        assert_eq!(p.record, Some(RecordOptions::default()));
+        let p = plan(br#"{"dial": [{"ring": ["operators"], "record": true}], "record": {"channels": "mono"}}"#);
+        assert!(p.steps[0].record);
+        assert_eq!(
+            p.record.map(|r| r.channels),
+            Some(sip_bridge::contract::RecordChannels::Mono)
+        );
+        assert_eq!(plan(br#"{"dial": [{"ring": ["operators"]}]}"#).record, None);
+        let bad =
+            parse_answer(br#"{"dial": [{"ring": ["operators"]}], "record": {"format": "mp3"}}"#);
+        assert!(matches!(bad, Err(RouterError::BadJson(e)) if e.contains("mp3")));
+    }
 
     #[test]
     fn answers() {

@@ -183,6 +183,13 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
                 r.timeout,
             )
         }),
+        recording: crate::recorder::RecorderConfig {
+            dir: cfg.recording.dir.clone(),
+            max_duration: cfg.recording.max_duration,
+            retention: cfg.recording.retention,
+            max_active: cfg.recording.max_active,
+            queue: cfg.recording.queue,
+        },
     })
 }
 

@@ -23,6 +23,7 @@ use crate::http::{self, HttpState};
 use crate::inbox::{ControlIn, ControlStatus};
 use crate::media_task::{self, MediaCtx};
 use crate::protect::{Protection, ProtectionConfig};
+use crate::recorder::{Recorder, RecorderConfig, RecordingDone};
 use crate::router::{HttpRouter, Router};
 use crate::rtp_ports::RtpPorts;
 use crate::sip::{Handle, SipConfig, SipSockets};
@@ -68,6 +69,8 @@ pub struct ServerConfig {
     pub demo: bool,
     /// The routing webhook: URL, signing secret, timeout.
     pub routing: Option<(String, Vec<u8>, Duration)>,
+    /// Recordings: where, how long, how many.
+    pub recording: RecorderConfig,
 }
 
 /// Startup failures.
@@ -200,7 +203,10 @@ impl ServerBuilder {
             ..MediaConfig::new(Some(webrtc), 0)
         };
         let rtp_ports = RtpPorts::new(cfg.rtp_bind);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RecordingDone>();
+        let recorder = Recorder::new(cfg.recording.clone(), done_tx);
         let media_ctx = Arc::new(MediaCtx {
+            recorder: recorder.clone(),
             media,
             port: port.clone(),
             rtp_bind: cfg.rtp_bind,
@@ -243,9 +249,19 @@ impl ServerBuilder {
             cfg.webhook.as_ref().map(|(_, s)| s.clone()),
         ));
         let events_task = tokio::spawn(async move {
-            while let Some(ev) = events_rx.recv().await {
-                for s in &sinks {
-                    s.call_event(&ev);
+            loop {
+                tokio::select! {
+                    ev = events_rx.recv() => {
+                        let Some(ev) = ev else { break };
+                        for s in &sinks {
+                            s.call_event(&ev);
+                        }
+                    }
+                    Some(done) = done_rx.recv() => {
+                        for s in &sinks {
+                            s.recording_event(&done);
+                        }
+                    }
                 }
             }
         });
@@ -285,6 +301,7 @@ impl ServerBuilder {
                 control: control.clone(),
                 api_keys: cfg.api_keys.clone(),
                 idempotency: Default::default(),
+                recorder,
             }),
         });
         let (stop_tx, mut stop_rx) = watch::channel(false);

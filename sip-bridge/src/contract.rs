@@ -135,7 +135,8 @@ pub struct RecordSpec {
     pub from: String,
     /// Callee.
     pub to: String,
-    /// `api`, `sdk`, `plan`, `router`.
+    /// Who started it: `api`, `sdk`, or `plan` (the dial plan or the
+    /// router's).
     pub source: String,
 }
 
@@ -330,7 +331,7 @@ pub enum MediaCommand {
         /// The recording.
         id: RecordingId,
         /// How.
-        spec: RecordSpec,
+        spec: Box<RecordSpec>,
     },
     /// What each of the recording's channels holds from now on: channel 1
     /// the customer's voice, channel 2 what the customer hears (tones left

@@ -143,7 +143,7 @@ pub struct CallEvent {
     /// How a transfer goes (`Transfer`).
     pub transfer: Option<Box<TransferReport>>,
     /// How a recording goes (`Recording`).
-    pub recording: Option<RecordingReport>,
+    pub recording: Option<Box<RecordingReport>>,
     /// Where the API that placed the call wants its status (each event it
     /// lists, once).
     pub callback: Option<std::sync::Arc<super::StatusCallback>>,

@@ -82,7 +82,10 @@ impl Call {
             to: self.to.clone(),
             source: via.via().into(),
         };
-        self.media(MediaCommand::RecordStart { id, spec });
+        self.media(MediaCommand::RecordStart {
+            id,
+            spec: Box::new(spec),
+        });
         self.recording = Some(CallRecording {
             id,
             paused: None,
@@ -254,11 +257,11 @@ impl Call {
         via: Asker<'_>,
     ) {
         let mut ev = self.report(now, CallEventKind::Recording);
-        ev.recording = Some(RecordingReport {
+        ev.recording = Some(Box::new(RecordingReport {
             id: id.to_string(),
             state,
             via: via.via(),
-        });
+        }));
         self.push(super::CallOutput::Event(ev));
         let status = match state {
             "paused" => "paused",

@@ -718,9 +718,9 @@ impl MediaSession {
                 if !self.recordings.contains_key(&id) {
                     self.rec_out.push_back(RecordOut::Started {
                         id,
-                        spec: spec.clone(),
+                        spec: (*spec).clone(),
                     });
-                    self.recordings.insert(id, Recording::new(id, spec));
+                    self.recordings.insert(id, Recording::new(id, *spec));
                     self.sync_mix(now);
                     self.schedule_tick(now);
                 }
@@ -1695,10 +1695,10 @@ impl MediaSession {
                     self.recordings.remove(id);
                 }
             }
-            RecordOut::Stopped { id, .. } => {
-                if self.recordings.get(id).is_some_and(|r| !r.has_frames()) {
-                    self.recordings.remove(id);
-                }
+            RecordOut::Stopped { id, .. }
+                if self.recordings.get(id).is_some_and(|r| !r.has_frames()) =>
+            {
+                self.recordings.remove(id);
             }
             _ => {}
         }

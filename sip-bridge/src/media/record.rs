@@ -286,7 +286,7 @@ mod tests {
         fn record(&mut self, channels: RecordChannels) {
             self.cmd(MediaCommand::RecordStart {
                 id: ID,
-                spec: spec(channels),
+                spec: Box::new(spec(channels)),
             });
             self.cmd(MediaCommand::RecordFeeds {
                 id: ID,
