@@ -14,6 +14,7 @@ command -v make >/dev/null || need+=(make)     # cmake's default generator
 command -v c++ >/dev/null || need+=(g++)       # libFuzzer (fuzz target build)
 command -v sipp >/dev/null || need+=(sip-tester) # SIPp: SIP interop and load tests
 command -v baresip >/dev/null || need+=(baresip)        # real UA (caller): tests/tests/real_ua.rs
+command -v sox >/dev/null || need+=(sox)                # reads recordings: tests/tests/recording.rs
 command -v linphonec >/dev/null || need+=(linphone-cli) # real UA (far end): tests/tests/real_ua.rs
 [ -n "${CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium) # browser e2e
 command -v curl >/dev/null || need+=(curl ca-certificates) # Node.js, when missing

@@ -348,6 +348,10 @@ struct Sink {
     file: Option<BufWriter<File>>,
     bytes: u64,
     errors: Vec<String>,
+    /// When writing failed: the offset (ms) where the file stops.
+    failed_at: Option<u64>,
+    /// Frames that could not be written (after a failure), counted as dropped.
+    lost: u64,
 }
 
 impl Sink {
@@ -371,8 +375,24 @@ impl Sink {
         }
     }
 
-    /// Flushes and, for WAV, rewrites the header's sizes in place.
-    fn checkpoint(&mut self, enc: &Encoder) {
+    /// One frame's bytes at `at_ms` into the recording: written, or lost
+    /// (and counted) once the file has failed.
+    fn frame(&mut self, data: &[u8], at_ms: u64) {
+        if self.file.is_some() {
+            self.write(data);
+            if self.file.is_none() {
+                self.failed_at = Some(at_ms);
+            }
+        }
+        if self.file.is_none() && !data.is_empty() {
+            self.lost += 1;
+            metrics::counter!("sbc_recording_frames_dropped_total").increment(1);
+        }
+    }
+
+    /// Flushes and, for WAV, rewrites the header's sizes in place (at
+    /// `at_ms` into the recording).
+    fn checkpoint(&mut self, enc: &Encoder, at_ms: u64) {
         let Some(f) = self.file.as_mut() else {
             return;
         };
@@ -386,6 +406,7 @@ impl Sink {
         if let Err(e) = patched {
             self.errors.push(format!("flush: {e}"));
             self.file = None;
+            self.failed_at = Some(at_ms);
         }
     }
 }
@@ -408,6 +429,8 @@ impl Job {
             file: None,
             bytes: 0,
             errors: Vec::new(),
+            failed_at: None,
+            lost: 0,
         };
         let opened = std::fs::create_dir_all(dir).and_then(|()| File::create(&part));
         match opened {
@@ -423,7 +446,7 @@ impl Job {
             Err(e) => sink.errors.push(e.to_string()),
         }
         sink.write(&out);
-        sink.checkpoint_if(&enc);
+        sink.checkpoint_if(&enc, 0);
         let mut frame = vec![0i16; f.frame_samples()];
         let silence = vec![0i16; f.frame_samples()];
         let (mut seen_dropped, mut written, mut cycles) = (0u64, 0u64, 0u64);
@@ -454,7 +477,7 @@ impl Job {
                     gaps.push((written * 20, n * 20));
                     for _ in 0..n {
                         truncated |= !encode(&mut enc, &silence, &mut out);
-                        sink.write(&out);
+                        sink.frame(&out, written * 20);
                         written += 1;
                     }
                 }
@@ -462,11 +485,11 @@ impl Job {
                     break;
                 }
                 truncated |= !encode(&mut enc, &frame, &mut out);
-                sink.write(&out);
+                sink.frame(&out, written * 20);
                 written += 1;
             }
             if cycles % 10 == 0 {
-                sink.checkpoint_if(&enc);
+                sink.checkpoint_if(&enc, written * 20);
             }
         }
         // The end: the last page, the sizes, on disk, under its own name.
@@ -475,7 +498,7 @@ impl Job {
             let _ = o.finish(&mut out);
         }
         sink.write(&out);
-        sink.checkpoint_if(&enc);
+        sink.checkpoint_if(&enc, written * 20);
         let mut finished = false;
         if let Some(f) = sink.file.take() {
             match f
@@ -492,7 +515,7 @@ impl Job {
             let _ = std::fs::rename(&part, &done);
         }
         let sha = sha256_of(&done);
-        let dropped_ms = gaps.iter().map(|(_, ms)| ms).sum::<u64>();
+        let dropped_ms = gaps.iter().map(|(_, ms)| ms).sum::<u64>() + sink.lost * 20;
         let complete = sink.errors.is_empty() && dropped_ms == 0;
         let ok = done.exists() && sink.bytes > 0;
         let body = self.timeline(&enc, written, &sink, sha, &gaps, notes, complete, truncated);
@@ -550,6 +573,11 @@ impl Job {
         for (at, ms) in gaps {
             events.push(serde_json::json!({"atMs": at, "event": "gap", "ms": ms}));
         }
+        if let Some(at) = sink.failed_at {
+            // The file ends here; what came after was lost.
+            let ms = sink.lost * 20;
+            events.push(serde_json::json!({"atMs": at, "event": "write_failed", "ms": ms}));
+        }
         events.sort_by_key(|e| e["atMs"].as_u64().unwrap_or(0));
         let channels = if f.channels == 2 {
             serde_json::json!([{"index": 1, "role": "customer"}, {"index": 2, "role": "others"}])
@@ -568,13 +596,14 @@ impl Job {
             "rate": f.rate,
             "channels": channels,
             "startedAt": clock::rfc3339_ms(self.started_ms),
-            "durationMs": duration_ms,
+            // What the file holds: frames lost to a failing disk are not in it.
+            "durationMs": duration_ms.saturating_sub(sink.lost * 20),
             "frames": frames,
             "bytes": sink.bytes,
             "sha256": sha,
             "complete": complete,
             "truncated": truncated,
-            "droppedMs": gaps.iter().map(|(_, ms)| ms).sum::<u64>(),
+            "droppedMs": gaps.iter().map(|(_, ms)| ms).sum::<u64>() + sink.lost * 20,
             "errors": sink.errors,
             "file": file,
             "uri": format!("/v1/recordings/{}", self.id),
@@ -584,9 +613,13 @@ impl Job {
 }
 
 impl Sink {
-    fn checkpoint_if(&mut self, enc: &Result<Encoder, media_core::record::RecordError>) {
+    fn checkpoint_if(
+        &mut self,
+        enc: &Result<Encoder, media_core::record::RecordError>,
+        at_ms: u64,
+    ) {
         if let Ok(e) = enc {
-            self.checkpoint(e);
+            self.checkpoint(e, at_ms);
         }
     }
 }
@@ -697,7 +730,10 @@ mod tests {
         assert_eq!(ev.event, "recording.completed");
         let t = &ev.body;
         assert_eq!(t["durationMs"], 1000);
-        assert_eq!((t["complete"].as_bool(), t["droppedMs"].as_u64()), (Some(true), Some(0)));
+        assert_eq!(
+            (t["complete"].as_bool(), t["droppedMs"].as_u64()),
+            (Some(true), Some(0))
+        );
         assert_eq!(t["callId"], "c-7");
         assert_eq!(t["events"][0]["event"], "hold");
         assert_eq!(t["events"][0]["atMs"], 400);
@@ -706,13 +742,19 @@ mod tests {
         assert_eq!(wav.len(), 44 + 50 * 640);
         assert_eq!(t["bytes"].as_u64(), Some(wav.len() as u64));
         // The header says the sizes (a player reads 1 s of stereo).
-        assert_eq!(u32::from_le_bytes(wav[40..44].try_into().unwrap()), 50 * 640);
+        assert_eq!(
+            u32::from_le_bytes(wav[40..44].try_into().unwrap()),
+            50 * 640
+        );
         assert_eq!(u16::from_le_bytes(wav[22..24].try_into().unwrap()), 2);
         // The 10th frame's first samples: 9 in channel 1, -9 in channel 2.
         let at = 44 + 9 * 640;
         let s = |o: usize| i16::from_le_bytes([wav[at + o], wav[at + o + 1]]);
         assert_eq!((s(0), s(2)), (9, -9));
-        let sha: String = Sha256::digest(&wav).iter().map(|b| format!("{b:02x}")).collect();
+        let sha: String = Sha256::digest(&wav)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(t["sha256"].as_str(), Some(sha.as_str()));
         // What the API serves.
         assert_eq!(r.timeline(id).unwrap(), *t);
@@ -747,7 +789,10 @@ mod tests {
             .iter()
             .filter(|e| e["event"] == "gap")
             .collect();
-        assert_eq!(gaps.iter().map(|g| g["ms"].as_u64().unwrap()).sum::<u64>(), dropped);
+        assert_eq!(
+            gaps.iter().map(|g| g["ms"].as_u64().unwrap()).sum::<u64>(),
+            dropped
+        );
         let wav = std::fs::read(d.join("rec-0000000000000055.wav")).unwrap();
         assert_eq!(wav.len(), 44 + 300 * 320);
         // The last frame is the newest one given.
@@ -803,7 +848,10 @@ mod tests {
         }
         tap.stop(Duration::from_secs(2));
         let t = done.blocking_recv().unwrap().body;
-        assert_eq!((t["format"].as_str(), t["durationMs"].as_u64()), (Some("opus"), Some(2000)));
+        assert_eq!(
+            (t["format"].as_str(), t["durationMs"].as_u64()),
+            (Some("opus"), Some(2000))
+        );
         let (path, ty) = r.media(id).unwrap();
         assert_eq!(ty, "audio/ogg");
         let bytes = std::fs::read(path).unwrap();
@@ -817,7 +865,11 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let old = std::time::UNIX_EPOCH + Duration::from_millis(Clock::unix_ms())
             - Duration::from_secs(3600);
-        for name in ["rec-00000000000000aa.wav", "rec-00000000000000aa.json", "notes.txt"] {
+        for name in [
+            "rec-00000000000000aa.wav",
+            "rec-00000000000000aa.json",
+            "notes.txt",
+        ] {
             let f = File::create(d.join(name)).unwrap();
             f.set_modified(old).unwrap();
         }

@@ -35,7 +35,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Test `n`'s own SBC RTP range: 50 port pairs from 12000 + 100 * n. Taken:
-/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, `rest_api.rs` 40-41.
+/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, `rest_api.rs` 40-41, `recording.rs` 50-52.
 pub fn rtp(n: u16) -> (u16, u16) {
     let lo = 12_000 + n * 100;
     (lo, lo + 99)
@@ -463,6 +463,12 @@ impl Sbc {
         panic!("{last_failure}");
     }
 
+    /// `kill -9`: it gets no chance to clean up (a crash).
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+        self.exit = self.child.try_wait().ok().flatten();
+    }
+
     /// The exit status, if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
@@ -661,6 +667,7 @@ pub struct SippCmd {
     args: Vec<String>,
     timeout_secs: u64,
     pcaps: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl SippCmd {
@@ -676,7 +683,25 @@ impl SippCmd {
             args: Vec::new(),
             timeout_secs: 60,
             pcaps: Vec::new(),
+            files: Vec::new(),
         }
+    }
+
+    /// A file written into SIPp's working directory before it starts (the
+    /// raw audio an `rtp_stream` plays).
+    pub fn file(mut self, name: &str, bytes: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), bytes));
+        self
+    }
+
+    /// `rtp_stream` audio: `secs` of a `hz` sine as raw u-law (8 kHz, about
+    /// -12 dBFS) in `tone.ul`, the file the `*_tone.xml` scenarios play
+    /// (SIPp takes the name when it loads them: it cannot be a `[key]`).
+    pub fn tone(self, hz: f64, secs: u32) -> Self {
+        let pcm = media_core::analysis::sine(8000, hz, 8000.0, 8000 * secs as usize);
+        let mut ulaw = vec![0u8; pcm.len()];
+        media_core::codec::g711::ulaw_encode(&pcm, &mut ulaw);
+        self.file("tone.ul", ulaw)
     }
 
     /// A capture its scenario plays (`play_pcap_audio="NAME"`), from the shared
@@ -779,6 +804,9 @@ impl SippCmd {
         args.extend(self.args.iter().cloned());
         if let Some(r) = self.remote {
             args.push(r.to_string());
+        }
+        for (name, bytes) in &self.files {
+            std::fs::write(dir.join(name), bytes).expect("write a file for SIPp");
         }
         for name in &self.pcaps {
             let src = media_core::testdata::path(&format!("rtp-pcaps/{name}"));
@@ -999,8 +1027,10 @@ pub struct HttpResponse {
     pub status: u16,
     /// The headers, names lower-cased, in order.
     pub headers: Vec<(String, String)>,
-    /// The body (a chunked one decoded).
+    /// The body (a chunked one decoded), as text.
     pub body: String,
+    /// The body as it came (a recording's bytes).
+    pub bytes: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -1113,6 +1143,7 @@ pub fn http_request(
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
     })
 }
 
