@@ -652,9 +652,12 @@ pub struct RecordingSection {
     /// Recordings in progress at once; more are refused (counted).
     pub max_active: usize,
     /// Audio a recording may have waiting for the disk before its oldest
-    /// frames are dropped (and counted).
+    /// frames are dropped (and counted); at least 1 s (a writer looks twice
+    /// a second).
     #[serde(deserialize_with = "values::one")]
     pub queue: Duration,
+    /// Threads writing recordings (each its share of them).
+    pub writers: usize,
 }
 
 impl Default for RecordingSection {
@@ -664,7 +667,8 @@ impl Default for RecordingSection {
             max_duration: Duration::from_secs(4 * 3600),
             retention: None,
             max_active: 1000,
-            queue: Duration::from_secs(5),
+            queue: Duration::from_secs(2),
+            writers: 2,
         }
     }
 }

@@ -17,14 +17,14 @@
 //! deleted by a sweeper thread.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use media_core::record::{FrameQueue, OggOpusWriter, WavWriter};
+use media_core::record::{FrameQueue, OggOpusWriter, RecordError, WavWriter};
 use sha2::{Digest, Sha256};
 use sip_bridge::contract::{RecordChannels, RecordFormat, RecordNote, RecordSpec, RecordingId};
 use tokio::sync::mpsc;
@@ -44,6 +44,8 @@ pub struct RecorderConfig {
     pub max_active: usize,
     /// Audio waiting for the disk, at most.
     pub queue: Duration,
+    /// Writer threads (each serves its share of the recordings).
+    pub writers: usize,
 }
 
 impl Default for RecorderConfig {
@@ -53,7 +55,8 @@ impl Default for RecorderConfig {
             max_duration: Duration::from_secs(4 * 3600),
             retention: None,
             max_active: 1000,
-            queue: Duration::from_secs(5),
+            queue: Duration::from_secs(2),
+            writers: 2,
         }
     }
 }
@@ -78,7 +81,21 @@ struct Inner {
     cfg: RecorderConfig,
     active: AtomicUsize,
     done: mpsc::UnboundedSender<RecordingDone>,
+    /// Each writer thread's new recordings, and the next to get one.
+    writers: Vec<Arc<Mutex<Vec<Job>>>>,
+    next: AtomicUsize,
 }
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("id", &self.id).finish()
+    }
+}
+
+/// How often a writer looks at its queue.
+const WAKE: Duration = Duration::from_millis(500);
+/// Wake-ups between two header rewrites (a second).
+const CHECKPOINT_WAKES: u64 = 2;
 
 /// Notes one recording keeps at most (a flood of DTMF cannot grow it).
 const MAX_NOTES: usize = 10_000;
@@ -101,11 +118,25 @@ impl Recorder {
                 tracing::warn!(error = %e, "cannot start the recordings' retention sweeper");
             }
         }
+        let mut writers = Vec::new();
+        for i in 0..cfg.writers.max(1) {
+            let incoming: Arc<Mutex<Vec<Job>>> = Arc::default();
+            let mine = incoming.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("recording-writer-{i}"))
+                .spawn(move || writer_thread(mine));
+            match spawned {
+                Ok(_) => writers.push(incoming),
+                Err(e) => tracing::warn!(error = %e, "cannot start a recording writer thread"),
+            }
+        }
         Recorder {
             inner: Arc::new(Inner {
                 cfg,
                 active: AtomicUsize::new(0),
                 done,
+                writers,
+                next: AtomicUsize::new(0),
             }),
         }
     }
@@ -122,7 +153,8 @@ impl Recorder {
             return None;
         }
         let f = Format::of(spec);
-        let frames = (self.inner.cfg.queue.as_millis() / 20).max(5) as usize;
+        // At least twice what a writer takes per wake-up.
+        let frames = (self.inner.cfg.queue.as_millis() / 20).max(50) as usize;
         let shared = Arc::new(Mutex::new(TapState {
             frames: FrameQueue::new(f.frame_samples(), frames),
             notes: Vec::new(),
@@ -136,27 +168,20 @@ impl Recorder {
             shared: shared.clone(),
             started_ms: Clock::unix_ms(),
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("{id}"))
-            .stack_size(256 * 1024)
-            .spawn(move || job.run());
-        match spawned {
-            Ok(h) => {
-                metrics::gauge!("sbc_recordings_active").increment(1.0);
-                Some(Tap {
-                    shared,
-                    thread: h.thread().clone(),
-                    stopped: false,
-                })
-            }
-            Err(e) => {
-                self.inner.active.fetch_sub(1, Ordering::Relaxed);
-                metrics::counter!("sbc_recordings_total", "result" => "failed").increment(1);
-                tracing::warn!(recording = %id, error = %e, "cannot start a recording's writer");
-                self.refused(id, spec, &format!("cannot start its writer: {e}"));
-                None
-            }
-        }
+        let n = self.inner.writers.len().max(1);
+        let writer = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        let Some(Ok(mut queue)) = self.inner.writers.get(writer).map(|w| w.lock()) else {
+            self.inner.active.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("sbc_recordings_total", "result" => "failed").increment(1);
+            self.refused(id, spec, "no recording writer is running");
+            return None;
+        };
+        queue.push(job);
+        metrics::gauge!("sbc_recordings_active").increment(1.0);
+        Some(Tap {
+            shared,
+            stopped: false,
+        })
     }
 
     /// A recording that never started still gets its timeline (with why)
@@ -242,7 +267,6 @@ fn sweep(dir: &Path, keep: Duration) {
 #[derive(Debug)]
 pub struct Tap {
     shared: Arc<Mutex<TapState>>,
-    thread: std::thread::Thread,
     stopped: bool,
 }
 
@@ -274,7 +298,8 @@ impl Tap {
         }
     }
 
-    /// The recording is over (`duration` long): its writer finishes the file.
+    /// The recording is over (`duration` long): its writer finishes the file
+    /// at its next look.
     pub fn stop(mut self, duration: Duration) {
         self.finish(duration);
     }
@@ -287,7 +312,6 @@ impl Tap {
         if let Ok(mut s) = self.shared.lock() {
             s.stop = Some(duration);
         }
-        self.thread.unpark();
     }
 }
 
@@ -333,7 +357,7 @@ enum Encoder {
     Opus(OggOpusWriter),
 }
 
-/// One recording's writer thread.
+/// A recording handed to a writer thread.
 struct Job {
     inner: Arc<Inner>,
     id: RecordingId,
@@ -343,9 +367,38 @@ struct Job {
     started_ms: u64,
 }
 
+/// The writers' threads: each looks at its recordings twice a second and
+/// writes what their queues hold, one write per recording. A disk that
+/// stalls holds up that thread's recordings, whose queues then drop their
+/// oldest frames (counted); calls never wait.
+fn writer_thread(incoming: Arc<Mutex<Vec<Job>>>) {
+    let mut jobs: Vec<Writing> = Vec::new();
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut frame = vec![0i16; 640];
+    let mut wakes = 0u64;
+    loop {
+        std::thread::sleep(WAKE);
+        wakes += 1;
+        if let Ok(mut new) = incoming.lock() {
+            for j in new.drain(..) {
+                jobs.push(Writing::open(j, &mut out));
+            }
+        }
+        let checkpoint = wakes.is_multiple_of(CHECKPOINT_WAKES);
+        let mut i = 0;
+        while i < jobs.len() {
+            if jobs[i].step(&mut out, &mut frame, checkpoint) {
+                jobs.swap_remove(i).finish(&mut out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
 /// The file as it is written: where, and what went wrong.
 struct Sink {
-    file: Option<BufWriter<File>>,
+    file: Option<File>,
     bytes: u64,
     errors: Vec<String>,
     /// When writing failed: the offset (ms) where the file stops.
@@ -355,71 +408,74 @@ struct Sink {
 }
 
 impl Sink {
-    fn write(&mut self, data: &[u8]) {
+    /// `frames` frames' bytes, the first at `at_ms` into the recording:
+    /// written, or lost (and counted) once the file has failed.
+    fn write(&mut self, data: &[u8], frames: u64, at_ms: u64) {
         if data.is_empty() {
             return;
         }
-        let Some(f) = self.file.as_mut() else {
-            return;
-        };
-        match f.write_all(data) {
-            Ok(()) => {
-                self.bytes += data.len() as u64;
-                metrics::counter!("sbc_recording_bytes_total").increment(data.len() as u64);
-            }
-            Err(e) => {
-                // A full or failing disk: this recording stops writing.
-                self.errors.push(format!("write: {e}"));
-                self.file = None;
+        if let Some(f) = self.file.as_mut() {
+            match f.write_all(data) {
+                Ok(()) => {
+                    self.bytes += data.len() as u64;
+                    metrics::counter!("sbc_recording_bytes_total").increment(data.len() as u64);
+                    return;
+                }
+                Err(e) => {
+                    // A full or failing disk: this recording stops writing.
+                    self.errors.push(format!("write: {e}"));
+                    self.file = None;
+                    self.failed_at = Some(at_ms);
+                }
             }
         }
+        self.lost += frames;
+        metrics::counter!("sbc_recording_frames_dropped_total").increment(frames);
     }
 
-    /// One frame's bytes at `at_ms` into the recording: written, or lost
-    /// (and counted) once the file has failed.
-    fn frame(&mut self, data: &[u8], at_ms: u64) {
-        if self.file.is_some() {
-            self.write(data);
-            if self.file.is_none() {
-                self.failed_at = Some(at_ms);
-            }
-        }
-        if self.file.is_none() && !data.is_empty() {
-            self.lost += 1;
-            metrics::counter!("sbc_recording_frames_dropped_total").increment(1);
-        }
-    }
-
-    /// Flushes and, for WAV, rewrites the header's sizes in place (at
-    /// `at_ms` into the recording).
-    fn checkpoint(&mut self, enc: &Encoder, at_ms: u64) {
-        let Some(f) = self.file.as_mut() else {
+    /// For WAV, rewrites the header's sizes in place (at `at_ms` into the
+    /// recording): a crash leaves a playable file.
+    fn checkpoint(&mut self, enc: &Result<Encoder, RecordError>, at_ms: u64) {
+        let (Some(f), Ok(Encoder::Wav(w))) = (self.file.as_ref(), enc) else {
             return;
         };
-        let patched = f.flush().and_then(|()| match enc {
-            Encoder::Wav(w) => w
-                .header_patch()
-                .iter()
-                .try_for_each(|(at, b)| f.get_ref().write_all_at(b, *at)),
-            Encoder::Opus(_) => Ok(()),
-        });
+        let patched = w
+            .header_patch()
+            .iter()
+            .try_for_each(|(at, b)| f.write_all_at(b, *at));
         if let Err(e) = patched {
-            self.errors.push(format!("flush: {e}"));
+            self.errors.push(format!("header: {e}"));
             self.file = None;
             self.failed_at = Some(at_ms);
         }
     }
 }
 
-impl Job {
-    fn run(self) {
-        let id = self.id;
-        let f = self.format;
-        let dir = &self.inner.cfg.dir;
+/// A recording being written by a writer thread.
+struct Writing {
+    job: Job,
+    enc: Result<Encoder, RecordError>,
+    sink: Sink,
+    part: PathBuf,
+    done: PathBuf,
+    silence: Vec<i16>,
+    seen_dropped: u64,
+    /// Frames in the file (or lost to a failing disk).
+    written: u64,
+    gaps: Vec<(u64, u64)>,
+    notes: Vec<(Duration, RecordNote)>,
+    truncated: bool,
+}
+
+impl Writing {
+    /// Creates the file and writes its header.
+    fn open(job: Job, out: &mut Vec<u8>) -> Writing {
+        let (id, f) = (job.id, job.format);
+        let dir = &job.inner.cfg.dir;
         let part = dir.join(format!("{id}.{}.part", f.ext()));
         let done = dir.join(format!("{id}.{}", f.ext()));
-        let max = self.inner.cfg.max_duration;
-        let mut enc = if f.opus {
+        let max = job.inner.cfg.max_duration;
+        let enc = if f.opus {
             let bitrate = if f.channels == 2 { 32_000 } else { 24_000 };
             OggOpusWriter::new(f.rate, f.channels, bitrate, id.0 as u32, max).map(Encoder::Opus)
         } else {
@@ -432,94 +488,108 @@ impl Job {
             failed_at: None,
             lost: 0,
         };
-        let opened = std::fs::create_dir_all(dir).and_then(|()| File::create(&part));
-        match opened {
-            Ok(file) => sink.file = Some(BufWriter::with_capacity(256 * 1024, file)),
+        match std::fs::create_dir_all(dir).and_then(|()| File::create(&part)) {
+            Ok(file) => sink.file = Some(file),
             Err(e) => sink.errors.push(format!("create {}: {e}", part.display())),
         }
-        let mut out = Vec::with_capacity(64 * 1024);
-        match enc.as_mut() {
+        out.clear();
+        match &enc {
             Ok(Encoder::Wav(w)) => out.extend_from_slice(&w.header()),
-            Ok(Encoder::Opus(o)) => {
-                let _ = o.start(&mut out);
-            }
+            Ok(Encoder::Opus(_)) => {}
             Err(e) => sink.errors.push(e.to_string()),
         }
-        sink.write(&out);
-        sink.checkpoint_if(&enc, 0);
-        let mut frame = vec![0i16; f.frame_samples()];
-        let silence = vec![0i16; f.frame_samples()];
-        let (mut seen_dropped, mut written, mut cycles) = (0u64, 0u64, 0u64);
-        let mut gaps: Vec<(u64, u64)> = Vec::new();
-        let mut notes: Vec<(Duration, RecordNote)> = Vec::new();
-        let mut truncated = false;
-        let mut stop = None;
-        while stop.is_none() {
-            std::thread::park_timeout(Duration::from_millis(100));
-            cycles += 1;
-            loop {
-                let (got, dropped) = {
-                    let Ok(mut s) = self.shared.lock() else {
-                        break;
-                    };
-                    notes.append(&mut s.notes);
-                    let got = s.frames.pop_into(&mut frame);
-                    if !got {
-                        stop = s.stop;
-                    }
-                    (got, s.frames.counts().1)
-                };
-                // Frames dropped went right after the last one written:
-                // silence of their length keeps the file on the call's time.
-                if dropped > seen_dropped {
-                    let n = dropped - seen_dropped;
-                    seen_dropped = dropped;
-                    gaps.push((written * 20, n * 20));
-                    for _ in 0..n {
-                        truncated |= !encode(&mut enc, &silence, &mut out);
-                        sink.frame(&out, written * 20);
-                        written += 1;
-                    }
-                }
-                if !got {
-                    break;
-                }
-                truncated |= !encode(&mut enc, &frame, &mut out);
-                sink.frame(&out, written * 20);
-                written += 1;
-            }
-            if cycles % 10 == 0 {
-                sink.checkpoint_if(&enc, written * 20);
-            }
-        }
-        // The end: the last page, the sizes, on disk, under its own name.
-        out.clear();
+        let mut enc = enc;
         if let Ok(Encoder::Opus(o)) = enc.as_mut() {
-            let _ = o.finish(&mut out);
+            let _ = o.start(out);
         }
-        sink.write(&out);
-        sink.checkpoint_if(&enc, written * 20);
+        sink.write(out, 0, 0);
+        Writing {
+            silence: vec![0; f.frame_samples()],
+            job,
+            enc,
+            sink,
+            part,
+            done,
+            seen_dropped: 0,
+            written: 0,
+            gaps: Vec::new(),
+            notes: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    /// Writes what the queue holds (one write); whether the recording is
+    /// over and everything written.
+    fn step(&mut self, out: &mut Vec<u8>, frame: &mut [i16], checkpoint: bool) -> bool {
+        out.clear();
+        let first = self.written;
+        let frame = &mut frame[..self.silence.len()];
+        let mut over = false;
+        loop {
+            let (got, dropped) = {
+                let Ok(mut s) = self.job.shared.lock() else {
+                    over = true;
+                    break;
+                };
+                self.notes.append(&mut s.notes);
+                let got = s.frames.pop_into(frame);
+                if !got {
+                    over = s.stop.is_some();
+                }
+                (got, s.frames.counts().1)
+            };
+            // Frames dropped went right after the last one taken: silence
+            // of their length keeps the file on the call's time.
+            if dropped > self.seen_dropped {
+                let n = dropped - self.seen_dropped;
+                self.seen_dropped = dropped;
+                self.gaps.push((self.written * 20, n * 20));
+                for _ in 0..n {
+                    self.truncated |= !encode(&mut self.enc, &self.silence, out);
+                    self.written += 1;
+                }
+            }
+            if !got {
+                break;
+            }
+            self.truncated |= !encode(&mut self.enc, frame, out);
+            self.written += 1;
+        }
+        self.sink.write(out, self.written - first, first * 20);
+        if checkpoint || over {
+            self.sink.checkpoint(&self.enc, self.written * 20);
+        }
+        over
+    }
+
+    /// The last page, the sizes, on disk, under its own name; the timeline
+    /// beside it; the webhook.
+    fn finish(mut self, out: &mut Vec<u8>) {
+        out.clear();
+        if let Ok(Encoder::Opus(o)) = self.enc.as_mut() {
+            let _ = o.finish(out);
+        }
+        self.sink.write(out, 0, self.written * 20);
+        self.sink.checkpoint(&self.enc, self.written * 20);
+        let id = self.job.id;
         let mut finished = false;
-        if let Some(f) = sink.file.take() {
-            match f
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .and_then(|f| f.sync_all())
-            {
-                Ok(()) => finished = std::fs::rename(&part, &done).is_ok(),
-                Err(e) => sink.errors.push(format!("sync: {e}")),
+        if let Some(f) = self.sink.file.take() {
+            match f.sync_all() {
+                Ok(()) => finished = std::fs::rename(&self.part, &self.done).is_ok(),
+                Err(e) => self.sink.errors.push(format!("sync: {e}")),
             }
         }
-        if !finished && part.exists() {
+        if !finished && self.part.exists() {
             // Keep what was written, under the final name, marked incomplete.
-            let _ = std::fs::rename(&part, &done);
+            let _ = std::fs::rename(&self.part, &self.done);
         }
-        let sha = sha256_of(&done);
-        let dropped_ms = gaps.iter().map(|(_, ms)| ms).sum::<u64>() + sink.lost * 20;
-        let complete = sink.errors.is_empty() && dropped_ms == 0;
-        let ok = done.exists() && sink.bytes > 0;
-        let body = self.timeline(&enc, written, &sink, sha, &gaps, notes, complete, truncated);
-        write_json(&dir.join(format!("{id}.json")), &body);
+        let sha = sha256_of(&self.done);
+        let dropped_ms = self.gaps.iter().map(|(_, ms)| ms).sum::<u64>() + self.sink.lost * 20;
+        let complete = self.sink.errors.is_empty() && dropped_ms == 0;
+        let ok = self.done.exists() && self.sink.bytes > 0;
+        let body = self.timeline(sha, dropped_ms, complete);
+        let inner = self.job.inner.clone();
+        write_json(&inner.cfg.dir.join(format!("{id}.json")), &body);
         let result = if !ok {
             "failed"
         } else if complete {
@@ -529,37 +599,32 @@ impl Job {
         };
         metrics::counter!("sbc_recordings_total", "result" => result).increment(1);
         metrics::gauge!("sbc_recordings_active").decrement(1.0);
-        self.inner.active.fetch_sub(1, Ordering::Relaxed);
-        if !sink.errors.is_empty() {
-            tracing::warn!(recording = %id, errors = ?sink.errors, "recording incomplete");
+        inner.active.fetch_sub(1, Ordering::Relaxed);
+        if !self.sink.errors.is_empty() {
+            tracing::warn!(recording = %id, errors = ?self.sink.errors, "recording incomplete");
         }
         let event = if ok {
             "recording.completed"
         } else {
             "recording.failed"
         };
-        let _ = self.inner.done.send(RecordingDone { event, body });
+        let _ = inner.done.send(RecordingDone { event, body });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn timeline(
-        &self,
-        enc: &Result<Encoder, media_core::record::RecordError>,
-        frames: u64,
-        sink: &Sink,
+        &mut self,
         sha: Option<String>,
-        gaps: &[(u64, u64)],
-        notes: Vec<(Duration, RecordNote)>,
+        dropped_ms: u64,
         complete: bool,
-        truncated: bool,
     ) -> serde_json::Value {
-        let f = self.format;
-        let duration_ms = match enc {
+        let (job, sink) = (&self.job, &self.sink);
+        let f = job.format;
+        let duration_ms = match &self.enc {
             Ok(Encoder::Wav(w)) => w.duration().as_millis() as u64,
             Ok(Encoder::Opus(o)) => o.duration().as_millis() as u64,
             Err(_) => 0,
         };
-        let mut events: Vec<serde_json::Value> = notes
+        let mut events: Vec<serde_json::Value> = std::mem::take(&mut self.notes)
             .into_iter()
             .map(|(at, n)| {
                 serde_json::json!({
@@ -570,7 +635,7 @@ impl Job {
                 })
             })
             .collect();
-        for (at, ms) in gaps {
+        for (at, ms) in &self.gaps {
             events.push(serde_json::json!({"atMs": at, "event": "gap", "ms": ms}));
         }
         if let Some(at) = sink.failed_at {
@@ -584,54 +649,36 @@ impl Job {
         } else {
             serde_json::json!([{"index": 1, "role": "mix"}])
         };
-        let file = format!("{}.{}", self.id, f.ext());
         serde_json::json!({
-            "recordingId": self.id.to_string(),
-            "callId": self.spec.call.to_string(),
-            "number": self.spec.number,
-            "from": self.spec.from,
-            "to": self.spec.to,
-            "source": self.spec.source,
+            "recordingId": job.id.to_string(),
+            "callId": job.spec.call.to_string(),
+            "number": job.spec.number,
+            "from": job.spec.from,
+            "to": job.spec.to,
+            "source": job.spec.source,
             "format": f.ext(),
             "rate": f.rate,
             "channels": channels,
-            "startedAt": clock::rfc3339_ms(self.started_ms),
+            "startedAt": clock::rfc3339_ms(job.started_ms),
             // What the file holds: frames lost to a failing disk are not in it.
             "durationMs": duration_ms.saturating_sub(sink.lost * 20),
-            "frames": frames,
+            "frames": self.written,
             "bytes": sink.bytes,
             "sha256": sha,
             "complete": complete,
-            "truncated": truncated,
-            "droppedMs": gaps.iter().map(|(_, ms)| ms).sum::<u64>() + sink.lost * 20,
+            "truncated": self.truncated,
+            "droppedMs": dropped_ms,
             "errors": sink.errors,
-            "file": file,
-            "uri": format!("/v1/recordings/{}", self.id),
+            "file": format!("{}.{}", job.id, f.ext()),
+            "uri": format!("/v1/recordings/{}", job.id),
             "events": events,
         })
     }
 }
 
-impl Sink {
-    fn checkpoint_if(
-        &mut self,
-        enc: &Result<Encoder, media_core::record::RecordError>,
-        at_ms: u64,
-    ) {
-        if let Ok(e) = enc {
-            self.checkpoint(e, at_ms);
-        }
-    }
-}
-
-/// One frame into `out` (cleared first): whether the file took it (not at
-/// its longest).
-fn encode(
-    enc: &mut Result<Encoder, media_core::record::RecordError>,
-    pcm: &[i16],
-    out: &mut Vec<u8>,
-) -> bool {
-    out.clear();
+/// One frame appended to `out`: whether the file took it (not at its
+/// longest).
+fn encode(enc: &mut Result<Encoder, RecordError>, pcm: &[i16], out: &mut Vec<u8>) -> bool {
     match enc {
         Ok(Encoder::Wav(w)) => w.write(pcm, out).is_ok(),
         Ok(Encoder::Opus(o)) => o.write(pcm, out).is_ok(),

@@ -189,6 +189,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
             retention: cfg.recording.retention,
             max_active: cfg.recording.max_active,
             queue: cfg.recording.queue,
+            writers: cfg.recording.writers,
         },
     })
 }

@@ -45,6 +45,12 @@ usage: tests/load/run.sh [options]
                      30, as the capture: equal formats are relayed in place, a
                      ptime that differs makes the sbc repacketize, on arrival or
                      with --sip-jitter-buffer through its jitter buffer)
+      --record WHAT  off (default) | on: every call is recorded (the number's
+                     record = true, files in the work directory; the report adds
+                     the recordings and the disk bytes per call-minute) |
+                     compare: the same load twice, without then with recording,
+                     and both CPU figures side by side
+      --record-format wav|opus  with --record (default wav)
   -b, --sbc PATH     the sbc binary                  (default target/release/sbc)
       --log LEVEL    the sbc's log level             (default info)
       --keep         keep the work directory (configs, logs, samples)
@@ -56,8 +62,12 @@ EOF
 }
 
 mode=signalling rate="" hold="" calls="" answer_ptime="" answer_fec=0 opus_complexity=auto sip_jitter_buffer=false session_timers="" sbc="$repo/target/release/sbc" log=info keep=0
+record=off record_format=wav
+args=("$@")
 while (($#)); do
   case "$1" in
+    --record) record="$2"; shift 2 ;;
+    --record-format) record_format="$2"; shift 2 ;;
     -m|--mode) mode="$2"; [ "$mode" = three-party ] && mode=conference; shift 2 ;;
     -r|--rate) rate="$2"; shift 2 ;;
     -d|--hold) hold="$2"; shift 2 ;;
@@ -80,6 +90,34 @@ case "$mode" in
   transcode) : "${rate:=20}" "${hold:=7.08}" "${calls:=400}" ;;
   *) echo "run.sh: --mode must be signalling, relay, transcode or conference" >&2; exit 2 ;;
 esac
+case "$record" in
+  off|on) ;;
+  compare)
+    # The same load twice, in this run: without recording, then with it.
+    rest=() skip=0
+    for a in "${args[@]}"; do
+      if ((skip)); then skip=0; continue; fi
+      [ "$a" = --record ] && { skip=1; continue; }
+      rest+=("$a")
+    done
+    out_off=$("$0" "${rest[@]}" --record off) || { echo "$out_off"; exit 1; }
+    echo "$out_off"
+    out_on=$("$0" "${rest[@]}" --record on) || { echo "$out_on"; exit 1; }
+    echo "$out_on"
+    per_call() { sed -n 's/.*of a core, \([0-9.]*\) % of a core per call$/\1/p' | tail -1; }
+    run_call() { sed -n 's/.*CPU per call over the run (CPU s \/ call s): \([0-9.]*\) %.*/\1/p' | tail -1; }
+    a=$(per_call <<<"$out_off") b=$(per_call <<<"$out_on")
+    c=$(run_call <<<"$out_off") d=$(run_call <<<"$out_on")
+    echo
+    echo "== recording compared ($mode) =="
+    awk -v a="$a" -v b="$b" -v c="$c" -v d="$d" 'BEGIN {
+      printf "steady state per call: %.4f %% of a core unrecorded, %.4f %% recorded: %+.1f %%\n", a, b, a > 0 ? 100 * (b - a) / a : 0
+      printf "over the run per call: %.4f %% unrecorded, %.4f %% recorded: %+.1f %%\n", c, d, c > 0 ? 100 * (d - c) / c : 0 }'
+    exit 0
+    ;;
+  *) echo "run.sh: --record must be off, on or compare" >&2; exit 2 ;;
+esac
+case "$record_format" in wav|opus) ;; *) echo "run.sh: --record-format must be wav or opus" >&2; exit 2 ;; esac
 num() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $2 must be a number, not '$1'" >&2; exit 2; }; }
 : "${answer_ptime:=20}"
 num "$rate" --rate; num "$hold" --hold; num "$calls" --calls
@@ -205,10 +243,15 @@ inbound = ["$uac_ip/32"]
 codecs = ["PCMU", "PCMA"]
 $([ -n "$session_timers" ] && echo "session_expires = \"${session_timers}s\"")
 
+[recording]
+dir = "$work/recordings"
+max_active = 100000
+
 [[numbers]]
 id = "load"
 e164 = "+15550100"
 $dial
+$([ "$record" = on ] && echo "record = { format = \"$record_format\" }")
 EOF
 
 # ----- helpers -----
@@ -347,6 +390,12 @@ media=$(http_get /metrics | awk '
   k[1] == "sbc_media_lost_packets_total" { x += $NF }
   k[1] == "sbc_media_concealed_ms_total" { c += $NF }
   END { printf "%.0f %.0f %.0f %.0f %.0f", i, o, l, x, c }')
+recordings=$(http_get /metrics | awk '
+  /^#/ { next }
+  { split($1, k, "{") }
+  k[1] == "sbc_recordings_total" { match($1, /result="[^"]*"/); r = r sprintf("%s%s=%.0f", r == "" ? "" : " ", substr($1, RSTART + 8, RLENGTH - 9), $NF) }
+  k[1] == "sbc_recording_frames_dropped_total" { d += $NF }
+  END { printf "%s; frames dropped %.0f", r == "" ? "none" : r, d }')
 ended=$(http_get /metrics | awk '/^sbc_calls_ended_total/ { match($1, /status="[^"]*"/); s = substr($1, RSTART + 8, RLENGTH - 9); printf "%s%s=%.0f", sep, s, $NF; sep = " " }')
 # A far end is done when its calls are (or give it 15 s).
 far_end_rc() { # pid -> far_rc: its exit status, or "killed (calls left)"
@@ -411,7 +460,9 @@ awk -v t0="$t0" -v t1="$t1" -v hold="$call_s" -v created="$created" -v ok="$ok" 
   -v quiet_busy="$quiet_busy" \
   -v ncpu="$(getconf _NPROCESSORS_ONLN)" -v load="$(cut -d" " -f1-3 /proc/loadavg)" \
   -v uac_rc="$uac_rc" -v uas_rc="$uas_rc" -v uas2_rc="$uas2_rc" -v mode="$mode" -v samples="$work/samples" \
-  -v rx_uas2="$rx_uas2" -v fe_failed="$fe_failed" -v fe2_failed="$fe2_failed" -v cdr="$cdr" '
+  -v rx_uas2="$rx_uas2" -v fe_failed="$fe_failed" -v fe2_failed="$fe2_failed" -v cdr="$cdr" \
+  -v record="$record" -v recordings="$recordings" -v rec_bytes="$(du -sb "$work/recordings" 2>/dev/null | cut -f1)" \
+  -v rec_files="$(find "$work/recordings" -name "rec-*.$record_format" 2>/dev/null | wc -l)" '
 BEGIN {
   wall = t1 - t0; cpu = (c1 - c0) / hz
   gen = wall - hold; if (gen <= 0) gen = wall
@@ -455,6 +506,9 @@ BEGIN {
     if (conf && legs > 0) printf "  per party: %.4f %% of a core; RSS %.1f kB (per conference of %.2f: %.4f %% of a core, RSS %.1f kB)\n", 100 * dcpu / dt / (legs / k), (rpeak - rss0) / peak / (legs / sum), legs / sum, 100 * dcpu / dt / (sum / k), (rpeak - rss0) / peak
   }
   printf "sbc CDR lines: %s\n", cdr
+  if (record == "on") {
+    printf "recordings: %s; %d files, %d bytes on disk (with timelines): %.0f bytes per call-minute\n", recordings, rec_files, rec_bytes, rec_bytes / ((ok > 0 ? ok : 1) * hold / 60)
+  }
   bad = (failed > 0 || uac_rc != 0)
   if (conf) bad = bad || fe_failed > 0 || fe2_failed > 0 || uas_rc != 0 || uas2_rc != 0
   exit bad

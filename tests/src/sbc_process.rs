@@ -35,7 +35,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Test `n`'s own SBC RTP range: 50 port pairs from 12000 + 100 * n. Taken:
-/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, `rest_api.rs` 40-41, `recording.rs` 50-52.
+/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, `rest_api.rs` 40-41, `recording.rs` 50-53.
 pub fn rtp(n: u16) -> (u16, u16) {
     let lo = 12_000 + n * 100;
     (lo, lo + 99)

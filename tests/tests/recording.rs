@@ -27,8 +27,15 @@ const WAIT: Duration = Duration::from_secs(40);
 const SIPP_DONE: Duration = Duration::from_secs(90);
 
 /// The carrier trunk, number `service` ringing the far end and recording
-/// every call, its key and another number's, the webhook, `[recording]`.
-fn config(callee: std::net::SocketAddr, hook: &str, dir: &Path, extra: &str) -> String {
+/// every call (`record`: `true` or options), its key and another number's,
+/// the webhook, `[recording]`.
+fn config_with(
+    callee: std::net::SocketAddr,
+    hook: &str,
+    dir: &Path,
+    extra: &str,
+    record: &str,
+) -> String {
     let hash = sip_bridge::token::hash_api_key;
     format!(
         "[[auth.api_keys]]\nname = \"service\"\nsha256 = \"{}\"\nnumbers = [\"service\"]\n\n\
@@ -37,13 +44,17 @@ fn config(callee: std::net::SocketAddr, hook: &str, dir: &Path, extra: &str) -> 
          [recording]\ndir = \"{}\"\n{extra}\n\
          [[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"{callee}\"]\n\
          inbound = [\"127.0.0.2/32\"]\n\n\
-         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\nrecord = true\n\
+         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\nrecord = {record}\n\
          dial = [ {{ ring = [\"sip:service@{callee}\"], timeout = \"20s\" }} ]\n\n\
          [[numbers]]\nid = \"other\"\ne164 = \"+15550200\"\n",
         hash(KEY),
         hash(OTHER_KEY),
         dir.display(),
     )
+}
+
+fn config(callee: std::net::SocketAddr, hook: &str, dir: &Path, extra: &str) -> String {
+    config_with(callee, hook, dir, extra, "true")
 }
 
 /// The far end: answers and plays 1000 Hz until the BYE.
@@ -405,5 +416,125 @@ fn a_disk_that_fills_leaves_the_call_whole_and_the_recording_marked_incomplete()
         1.0,
         "{}",
         sbc.logs()
+    );
+}
+
+/// `tool args file`: its stdout, asserting it succeeded.
+fn run(tool: &str, args: &[&str], file: &Path) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} (apt-get install ffmpeg opus-tools): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} {}: {text}",
+        file.display()
+    );
+    text
+}
+
+#[test]
+fn an_ogg_opus_recording_is_valid_for_ffprobe_and_opusinfo() {
+    let _serial = serial();
+    let hook = HttpReceiver::start(lo(1));
+    let dir = TempDir::new("recordings-opus");
+    let mut far = callee("opus-callee").spawn();
+    let record = r#"{ format = "opus", rate = 16000 }"#;
+    let toml = config_with(far.addr, &hook.url("/events"), dir.path(), "", record);
+    let sbc = Sbc::start(&SbcSpec::new("recording-opus", rtp(53), toml));
+    let mut carrier = caller("opus-caller", &sbc, 5000).spawn();
+    carrier.assert_success(SIPP_DONE);
+    far.assert_success(SIPP_DONE);
+    let (ev, ..) = wait_recording(&hook, &sbc);
+    assert_eq!(ev["event"], "recording.completed", "{ev:#}");
+    assert_eq!(
+        (ev["format"].as_str(), ev["rate"].as_u64()),
+        (Some("opus"), Some(16_000))
+    );
+    let ms = ev["durationMs"].as_u64().unwrap();
+    let id = ev["recordingId"].as_str().unwrap();
+    let r = sbc.http(
+        "GET",
+        &format!("/v1/recordings/{id}"),
+        &[("X-API-Key", KEY)],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("audio/ogg"))
+    );
+    assert_eq!(ev["sha256"].as_str(), Some(sha256(&r.bytes).as_str()));
+    let file = dir.join(&format!("{id}.opus"));
+
+    // ffprobe: an Opus stream, two channels, the recording's length.
+    let probe = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,channels:format=duration",
+            "-of",
+            "json",
+        ],
+        &file,
+    );
+    let p: Value = serde_json::from_str(&probe).unwrap_or_else(|e| panic!("{e}: {probe}"));
+    assert_eq!(p["streams"][0]["codec_name"], "opus", "{p:#}");
+    assert_eq!(p["streams"][0]["channels"], 2, "{p:#}");
+    let secs: f64 = p["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (secs * 1000.0 - ms as f64).abs() <= 20.0,
+        "ffprobe {secs} s, recorded {ms} ms"
+    );
+    // ffmpeg decodes every packet without an error.
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    let errors = String::from_utf8_lossy(&decode.stderr);
+    assert!(
+        decode.status.success() && errors.trim().is_empty(),
+        "ffmpeg: {errors}"
+    );
+    // opusinfo checks the pages (CRCs, granule positions) and says nothing bad.
+    let info = run("opusinfo", &[], &file);
+    assert!(
+        !info.contains("WARNING") && !info.contains("ERROR"),
+        "opusinfo: {info}"
+    );
+    assert!(info.contains("Channels: 2"), "opusinfo: {info}");
+
+    // Decoded, each channel holds its party.
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-f", "s16le", "-ac", "2", "-ar", "8000", "-"])
+        .output()
+        .expect("ffmpeg decodes");
+    let pcm: Vec<i16> = out
+        .stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let lvl = |x: &[i16], f| goertzel_level_db(x, 8000, f);
+    let (one, two) = (channel(&pcm, 0, 1.0, 4.0), channel(&pcm, 1, 1.0, 4.0));
+    let (a, b) = (lvl(&one, 440.0), lvl(&one, 1000.0));
+    assert!(
+        a > -30.0 && a - b > 30.0,
+        "channel 1: 440 Hz {a:.1} dB, 1000 Hz {b:.1} dB"
+    );
+    let (a, b) = (lvl(&two, 1000.0), lvl(&two, 440.0));
+    assert!(
+        a > -30.0 && a - b > 30.0,
+        "channel 2: 1000 Hz {a:.1} dB, 440 Hz {b:.1} dB"
     );
 }

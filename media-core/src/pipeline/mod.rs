@@ -16,6 +16,7 @@
 mod encoder;
 mod fifo;
 mod relay;
+mod tap;
 mod transcode;
 
 pub use encoder::{EncoderKey, FrameEncoder};
@@ -231,6 +232,33 @@ impl MediaPipeline {
         match &self.mode {
             Mode::Relay(_) => None,
             Mode::Transcode(t) => t.opus_encoder(),
+        }
+    }
+
+    /// Starts copying every 20 ms frame this transcoder encodes (after mute)
+    /// for a reader on the call clock, or stops (`false`); a relay decodes
+    /// nothing and has no tap. Frames are read with [`Self::pop_tap`].
+    pub fn set_tap(&mut self, on: bool) {
+        if let Mode::Transcode(t) = &mut self.mode {
+            t.set_tap(on);
+        }
+    }
+
+    /// The rate of the tapped frames, while tapped.
+    pub fn tap_rate(&self) -> Option<SampleRate> {
+        match &self.mode {
+            Mode::Relay(_) => None,
+            Mode::Transcode(t) => t.tap_rate(),
+        }
+    }
+
+    /// One tick's frame of the tap into `out` (at least a frame long):
+    /// `Some(true)` audio, `Some(false)` silence (the tap is building its
+    /// one-frame cushion against arrival jitter, or ran dry), `None` untapped.
+    pub fn pop_tap(&mut self, out: &mut [i16]) -> Option<bool> {
+        match &mut self.mode {
+            Mode::Relay(_) => None,
+            Mode::Transcode(t) => t.pop_tap(out),
         }
     }
 

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use super::fifo::{PacketRing, PcmFifo, SLOT};
+use super::tap::Tap;
 use super::{
     EncoderKey, Endpoint, OUTPUT_PTIME, PipelineConfig, PipelineError, PipelineEvent,
     PipelineStats, RtpFormat, push_event, receive_dtmf,
@@ -96,6 +97,8 @@ struct Back {
     muted: bool,
     res_buf: Vec<i16>,
     frame_buf: Vec<i16>,
+    /// A copy of each frame encoded, for a reader on the call clock.
+    tap: Option<Tap>,
 }
 
 /// The Opus settings of an encoder for `format` taking PCM at `enc_rate`:
@@ -197,9 +200,36 @@ impl Transcode {
                 muted: false,
                 res_buf: vec![0; resampler.max_output(CHUNK)],
                 frame_buf: vec![0; frame],
+                tap: None,
                 resampler,
             },
         })
+    }
+
+    /// Starts (or stops) copying each frame encoded for a tick reader.
+    pub(crate) fn set_tap(&mut self, on: bool) {
+        let b = &mut self.back;
+        match (on, b.output.is_some()) {
+            (true, true) if b.tap.is_none() => b.tap = Some(Tap::new(b.frame)),
+            (false, _) => b.tap = None,
+            _ => {}
+        }
+    }
+
+    /// The rate of tapped frames.
+    pub(crate) fn tap_rate(&self) -> Option<SampleRate> {
+        let b = &self.back;
+        b.tap.as_ref().map(|_| {
+            SampleRate::new((b.frame as u32) * 1000 / OUTPUT_PTIME.0).unwrap_or(SampleRate::HZ_8000)
+        })
+    }
+
+    /// This tick's tapped frame (see [`Tap::pop_tick`]).
+    pub(crate) fn pop_tap(&mut self, out: &mut [i16]) -> Option<bool> {
+        let b = &mut self.back;
+        let frame = b.frame;
+        let t = b.tap.as_mut()?;
+        Some(out.len() >= frame && t.pop_tick(out))
     }
 
     /// The output's Opus encoder settings, if it encodes Opus.
@@ -630,6 +660,9 @@ impl Back {
         while self.fifo.pop_into(&mut self.frame_buf) {
             if self.muted {
                 self.frame_buf.fill(0);
+            }
+            if let Some(t) = self.tap.as_mut() {
+                t.push(&self.frame_buf);
             }
             emit_frame(out, ring, Audio::Pcm(&self.frame_buf), stats);
         }

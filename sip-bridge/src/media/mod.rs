@@ -38,7 +38,7 @@ use crate::contract::{
 use crate::stream::{AgentMessage, StreamEvent, StreamLeg};
 use crate::webrtc::{MuxCredentials, WebRtcConfig, WebRtcEvent, WebRtcLeg};
 use mix::{Mix, Slot};
-use record::Recording;
+use record::{Recording, Source};
 
 /// Media session settings.
 #[derive(Clone, Debug)]
@@ -367,6 +367,9 @@ pub struct MediaSession {
     /// What they give the driver, in order (a frame's samples wait in its
     /// recording).
     rec_out: VecDeque<RecordOut>,
+    /// This tick's frame of each tapped pipeline (by listener leg), and its
+    /// rate when it is audio.
+    tapped: BTreeMap<LegKey, (Vec<i16>, Option<SampleRate>)>,
 }
 
 /// What a session sends, in order.
@@ -487,6 +490,10 @@ impl Packet<'_> {
 /// Frame of generated tones on a direct route: 20 ms at 8 kHz.
 const TONE_RATE: u32 = 8000;
 const FRAME: Duration = Duration::from_millis(20);
+/// Late ticks of the call clock run at once, at most (100 ms).
+const CATCH_UP: u32 = 5;
+/// How late a clock that packets drive may be before its timer runs it.
+const LAZY: Duration = Duration::from_millis(60);
 
 fn is_private(ip: IpAddr) -> bool {
     match ip {
@@ -535,6 +542,7 @@ impl MediaSession {
             },
             recordings: BTreeMap::new(),
             rec_out: VecDeque::with_capacity(8),
+            tapped: BTreeMap::new(),
         }
     }
 
@@ -593,6 +601,11 @@ impl MediaSession {
 
     /// A command from control.
     pub fn handle_command(&mut self, now: Instant, cmd: MediaCommand) {
+        // A clock that packets drive is brought up to now first: a recording
+        // stopped (or a graph changed) now has every frame before it.
+        if self.lazy_clock() {
+            self.run_clock(now);
+        }
         match cmd {
             MediaCommand::AddRtp {
                 leg,
@@ -1001,6 +1014,7 @@ impl MediaSession {
     /// rate its legs need, with a slot for every mixed listener and every feed
     /// they hear, each listener's row set to its feeds.
     fn sync_mix(&mut self, now: Instant) {
+        self.sync_record_sources();
         let mixed: Vec<LegKey> = self
             .legs
             .iter()
@@ -1012,7 +1026,9 @@ impl MediaSession {
             .values()
             .filter(|r| !r.stopped)
             .flat_map(|r| {
-                (0..2u8).map(move |c| (Slot::Tap(r.id, c), r.channels[c as usize].clone()))
+                (0..2u8)
+                    .filter(|c| r.sources[*c as usize] == Source::Mix)
+                    .map(move |c| (Slot::Tap(r.id, c), r.channels[c as usize].clone()))
             })
             .collect();
         if mixed.is_empty() && taps.is_empty() {
@@ -1049,9 +1065,7 @@ impl MediaSession {
         if self.mix.as_ref().map(Mix::rate) != Some(rate) {
             // A new mix (or a new rate): every mixed listener's encoder too.
             self.mix = Mix::new(rate, self.cfg.max_mix);
-            for r in self.recordings.values_mut() {
-                r.mix_rate(rate);
-            }
+
             for k in &mixed {
                 let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
                 if let Some(l) = self.legs.get_mut(k) {
@@ -1096,6 +1110,50 @@ impl MediaSession {
                 if let Some(l) = self.legs.get_mut(k) {
                     l.route = Route::Mixed { encoder: enc };
                 }
+            }
+        }
+    }
+
+    /// Where each recording channel is heard from: a channel that hears one
+    /// leg as it comes, which a transcoding pipeline already decodes toward
+    /// some listener, reads that pipeline's tap (no second decode); any other
+    /// hears its slot of the mix. Pipelines are tapped exactly while read.
+    fn sync_record_sources(&mut self) {
+        let mut tapped: Vec<LegKey> = Vec::new();
+        let plans: Vec<(RecordingId, [Source; 2])> = self
+            .recordings
+            .values()
+            .filter(|r| !r.stopped)
+            .map(|r| {
+                let source = |feeds: &[Feed]| match single(feeds) {
+                    _ if feeds.is_empty() => Source::Silent,
+                    Some(FeedSource::Leg(k)) => self
+                        .legs
+                        .iter()
+                        .find(|(_, l)| {
+                            l.route.source_leg() == Some(k)
+                                && matches!(l.kind, Kind::Rtp { .. } | Kind::WebRtc { .. })
+                                && l.route.pipeline_ref().is_some_and(|p| !p.is_relay())
+                        })
+                        .map_or(Source::Mix, |(l, _)| Source::Tap(*l)),
+                    _ => Source::Mix,
+                };
+                (r.id, [source(&r.channels[0]), source(&r.channels[1])])
+            })
+            .collect();
+        for (id, sources) in plans {
+            for s in sources {
+                if let Source::Tap(l) = s {
+                    tapped.push(l);
+                }
+            }
+            if let Some(r) = self.recordings.get_mut(&id) {
+                r.sources = sources;
+            }
+        }
+        for (k, l) in self.legs.iter_mut() {
+            if let Some(p) = l.route.pipeline() {
+                p.set_tap(tapped.contains(k));
             }
         }
     }
@@ -1255,6 +1313,9 @@ impl MediaSession {
         l.last_rx = now;
         l.timed_out = false;
         self.deliver(now, leg, data);
+        if self.lazy_clock() {
+            self.run_clock(now);
+        }
         self.drain(now);
     }
 
@@ -1279,6 +1340,9 @@ impl MediaSession {
         }
         let _ = w.handle_input(now, source, destination, datagram);
         self.webrtc_events(now, leg);
+        if self.lazy_clock() {
+            self.run_clock(now);
+        }
         self.drain(now);
     }
 
@@ -1473,7 +1537,11 @@ impl MediaSession {
 
     /// When [`MediaSession::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.next_tick;
+        // A clock that only feeds recordings from taps runs on the packets
+        // that come anyway (each input runs the ticks due); its timer is only
+        // a fallback for silence: no wake-up per call every 20 ms.
+        let lazy = self.lazy_clock();
+        let mut t = self.next_tick.map(|t| if lazy { t + LAZY } else { t });
         let mut min = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -1569,19 +1637,45 @@ impl MediaSession {
                 .next()
                 .map(|(k, _)| *k);
         }
-        if let Some(due) = self.next_tick.filter(|t| *t <= now) {
-            self.next_tick = None;
-            if self.tick(due) {
-                // On schedule from when it was due, not from when the driver
-                // woke (timers fire late; counting from the wake-up drifts).
-                let mut next = due + FRAME;
-                if next <= now {
-                    next = now + FRAME;
-                }
-                self.next_tick = Some(next);
-            }
-        }
+        self.run_clock(now);
         self.drain(now);
+    }
+
+    /// Runs the call clock's ticks that are due. On schedule from when each
+    /// was due, not from when the driver woke (timers fire late; counting
+    /// from the wake-up drifts); up to [`CATCH_UP`] late ticks are run at
+    /// once (a recording keeps every frame), beyond that the clock jumps.
+    fn run_clock(&mut self, now: Instant) {
+        let mut ran = 0;
+        while let Some(due) = self.next_tick.filter(|t| *t <= now) {
+            self.next_tick = None;
+            if !self.tick(due) {
+                return;
+            }
+            ran += 1;
+            let mut next = due + FRAME;
+            if ran >= CATCH_UP && next <= now {
+                next = now + FRAME;
+            }
+            self.next_tick = Some(next);
+        }
+    }
+
+    /// Whether the clock ticks only for recordings that read taps: nothing
+    /// is sent on a tick, so packets may drive it (see [`Self::poll_timeout`]).
+    fn lazy_clock(&self) -> bool {
+        self.mix.is_none()
+            && !self.recordings.is_empty()
+            && self.legs.values().all(|l| {
+                !matches!(l.route, Route::Tone { .. } | Route::Mixed { .. })
+                    && !matches!(
+                        l.kind,
+                        Kind::Stream {
+                            connected: true,
+                            ..
+                        }
+                    )
+            })
     }
 
     /// One 20 ms tick of the call clock: direct tones, each agent's paced
@@ -1665,10 +1759,36 @@ impl MediaSession {
                 }
             }
         }
-        // Every recording gets its frame of this tick, heard or not.
+        // Every recording gets its frame of this tick, heard or not: each
+        // tapped pipeline gives one frame, read by whoever records it.
+        if !self.recordings.is_empty() {
+            for (k, l) in self.legs.iter_mut() {
+                let Some(p) = l.route.pipeline() else {
+                    continue;
+                };
+                let Some(rate) = p.tap_rate() else {
+                    continue;
+                };
+                let buf = self
+                    .tapped
+                    .entry(*k)
+                    .or_insert_with(|| (vec![0; 960], None));
+                buf.1 = p.pop_tap(&mut buf.0).filter(|got| *got).map(|_| rate);
+            }
+        }
         let mix = self.mix.as_ref();
+        let tapped = &self.tapped;
         for r in self.recordings.values_mut() {
-            let ch = |c: u8| mix.and_then(|m| m.slot(Slot::Tap(r.id, c)).and_then(|i| m.output(i)));
+            let ch = |c: usize| match r.sources[c] {
+                Source::Silent => None,
+                Source::Mix => mix.and_then(|m| {
+                    let i = m.slot(Slot::Tap(r.id, c as u8))?;
+                    Some((m.output(i)?, m.rate()))
+                }),
+                Source::Tap(l) => tapped.get(&l).and_then(|(pcm, rate)| {
+                    rate.map(|rate| (&pcm[..(rate.hz() / 50) as usize], rate))
+                }),
+            };
             let frame = [ch(0), ch(1)];
             if r.tick(frame) {
                 self.rec_out.push_back(RecordOut::Frame {

@@ -25,7 +25,7 @@ pub const RECORD_FRAME_MAX: usize = 640;
 
 /// Frames a recording keeps for the driver between two polls (it drains after
 /// every input, so one or two wait at most).
-const QUEUED: usize = 50;
+const QUEUED: usize = 8;
 
 /// What a call's recordings give the driver, in order per recording.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +64,18 @@ pub enum RecordOut {
     },
 }
 
+/// Where a recording's channel is heard from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Nothing to hear: silence.
+    Silent,
+    /// Its slot of the call's mix (several feeds, or a feed nobody decodes).
+    Mix,
+    /// The one feed it hears, as the transcoding pipeline toward this
+    /// listener leg decoded it anyway: its tap, no second decode.
+    Tap(crate::contract::LegKey),
+}
+
 /// One recording in a media session.
 #[derive(Debug)]
 pub(crate) struct Recording {
@@ -77,8 +89,10 @@ pub(crate) struct Recording {
     /// Stopped: given no more frames, gone once its last one is polled.
     pub(crate) stopped: bool,
     queue: FrameQueue,
-    /// From the mix rate to the file's, per channel, when they differ.
-    resamplers: Option<[Resampler; 2]>,
+    /// Where each channel's audio comes from (the session decides).
+    pub(crate) sources: [Source; 2],
+    /// From a channel's rate to the file's, when they differ.
+    resamplers: [Option<Resampler>; 2],
     /// A channel at the file's rate, and the frame as written.
     chan: [Vec<i16>; 2],
     frame: Vec<i16>,
@@ -100,7 +114,8 @@ impl Recording {
             frames: 0,
             stopped: false,
             queue: FrameQueue::new(n, QUEUED),
-            resamplers: None,
+            sources: [Source::Silent; 2],
+            resamplers: [None, None],
             chan: [vec![0; per * 2], vec![0; per * 2]],
             frame: vec![0; n],
         }
@@ -115,48 +130,45 @@ impl Recording {
         Duration::from_millis(self.frames * 20)
     }
 
-    /// The mix's rate changed (or the mix is new): resamplers to match.
-    pub(crate) fn mix_rate(&mut self, mix: SampleRate) {
-        let want = mix != self.rate();
-        let have = self.resamplers.as_ref().map(|r| r[0].from_rate());
-        if want && have != Some(mix) {
-            self.resamplers = Some([
-                Resampler::new(mix, self.rate()),
-                Resampler::new(mix, self.rate()),
-            ]);
-        } else if !want {
-            self.resamplers = None;
-        }
-    }
-
-    /// One tick: channel 1 and 2 as the mix gave them (`None`: silence), at
-    /// the mix's rate. Returns whether a frame went into the file (not when
-    /// paused to skip, or stopped).
-    pub(crate) fn tick(&mut self, ch: [Option<&[i16]>; 2]) -> bool {
+    /// One tick: channel 1 and 2 as heard, each at its rate (`None`:
+    /// silence). Returns whether a frame went into the file (not when paused
+    /// to skip, or stopped).
+    pub(crate) fn tick(&mut self, ch: [Option<(&[i16], SampleRate)>; 2]) -> bool {
         if self.stopped || self.paused == Some(PauseBehavior::Skip) {
             return false;
         }
-        let per = (self.rate().hz() / 50) as usize;
+        let file = self.rate();
+        let per = (file.hz() / 50) as usize;
         for (c, input) in ch.into_iter().enumerate() {
             let out = &mut self.chan[c];
-            let silent = self.paused.is_some();
-            let n = match (input, self.resamplers.as_mut()) {
-                (Some(pcm), Some(r)) => r[c].process(pcm, out).unwrap_or(0),
-                (Some(pcm), None) => {
+            // A channel heard at another rate goes through its resampler (kept
+            // while the rate stays, so its filter runs on without a click).
+            let n = match input {
+                Some((pcm, rate)) if rate == file => {
                     let n = pcm.len().min(out.len());
                     out[..n].copy_from_slice(&pcm[..n]);
                     n
                 }
-                (None, Some(r)) => {
-                    // Silence through the filter keeps its history in step.
-                    let zeros = [0i16; 320];
-                    let len = (r[c].from_rate().hz() / 50) as usize;
-                    r[c].process(&zeros[..len.min(320)], out).unwrap_or(0)
+                Some((pcm, rate)) => {
+                    let r = match &mut self.resamplers[c] {
+                        Some(r) if r.from_rate() == rate => r,
+                        slot => slot.insert(Resampler::new(rate, file)),
+                    };
+                    r.process(pcm, out).unwrap_or(0)
                 }
-                (None, None) => 0,
+                None => {
+                    if let Some(r) = self.resamplers[c].as_mut() {
+                        // Silence through the filter keeps its history in step.
+                        let zeros = [0i16; 320];
+                        let len = ((r.from_rate().hz() / 50) as usize).min(zeros.len());
+                        r.process(&zeros[..len], out).unwrap_or(0)
+                    } else {
+                        0
+                    }
+                }
             };
             out[n.min(per)..per].fill(0);
-            if silent {
+            if self.paused.is_some() {
                 out[..per].fill(0);
             }
         }
@@ -235,6 +247,7 @@ mod tests {
         notes: Vec<(Duration, String)>,
         stopped: Option<Duration>,
         started: bool,
+        agent_pcma: bool,
     }
 
     fn spec(channels: RecordChannels) -> RecordSpec {
@@ -254,16 +267,27 @@ mod tests {
 
     impl Call {
         fn new(hz: [f64; 2]) -> Call {
+            Call::with(hz, Codec::Pcmu)
+        }
+
+        /// The agent's leg speaks `agent` (PCMU: relayed; PCMA: transcoded
+        /// both ways). The test always sends PCMU packets from both; a PCMA
+        /// leg's packets are re-labelled below.
+        fn with(hz: [f64; 2], agent: Codec) -> Call {
             let mut s = MediaSession::new(MediaConfig::new(None, 3));
             let pcmu = RtpFormat::new(Codec::Pcmu, PayloadType::PCMU);
-            for (leg, port, remote) in [(0, 20000, A), (1, 20002, B)] {
+            let other = match agent {
+                Codec::Pcma => RtpFormat::new(Codec::Pcma, PayloadType::PCMA),
+                _ => pcmu,
+            };
+            for (leg, port, remote, format) in [(0, 20000, A, pcmu), (1, 20002, B, other)] {
                 s.handle_command(
                     Instant::ZERO,
                     MediaCommand::AddRtp {
                         leg: LegKey(leg),
                         local_port: port,
                         remote: Some(remote),
-                        format: pcmu,
+                        format,
                         rtcp_mux: false,
                     },
                 );
@@ -280,6 +304,7 @@ mod tests {
                 notes: Vec::new(),
                 stopped: None,
                 started: false,
+                agent_pcma: agent == Codec::Pcma,
             }
         }
 
@@ -325,9 +350,15 @@ mod tests {
                         continue;
                     }
                     let mut payload = [0u8; 160];
-                    ulaw_encode(&pcm, &mut payload);
+                    let pt = if i == 1 && self.agent_pcma {
+                        media_core::codec::g711::alaw_encode(&pcm, &mut payload);
+                        PayloadType::PCMA
+                    } else {
+                        ulaw_encode(&pcm, &mut payload);
+                        PayloadType::PCMU
+                    };
                     let w = RtpWriter::new(
-                        PayloadType::PCMU,
+                        pt,
                         SeqNo(self.seq),
                         RtpTimestamp(u32::from(self.seq) * 160),
                         Ssrc(10 + i as u32),
@@ -379,6 +410,28 @@ mod tests {
         // The relay goes on: the recording's decoders are beside it.
         assert!(c.s.stats().relayed > 0);
         assert_eq!(c.s.recordings(), 0);
+    }
+
+    #[test]
+    fn a_transcoded_call_is_recorded_from_its_transcoders_without_a_second_decode() {
+        let mut c = Call::with([440.0, 1000.0], Codec::Pcma);
+        c.talk(200, [true, true]);
+        c.record(RecordChannels::Dual);
+        c.talk(2000, [true, true]);
+        // Both channels read the transcoders' taps: no mix, no decoder more.
+        assert_eq!(c.s.mixing(), None);
+        c.cmd(MediaCommand::RecordStop { id: ID });
+        assert_eq!(c.file.len(), 2 * 16_000);
+        let (one, two) = (c.channel(0, 200, 2000), c.channel(1, 200, 2000));
+        let lvl = |x: &[i16], f| goertzel_level_db(x, 8000, f);
+        assert!(lvl(&one, 440.0) - lvl(&one, 1000.0) > 40.0, "channel 1");
+        assert!(lvl(&two, 1000.0) - lvl(&two, 440.0) > 40.0, "channel 2");
+        assert!(lvl(&one, 440.0) > -20.0 && lvl(&two, 1000.0) > -20.0);
+        // The taps keep a frame of cushion: at most the first 60 ms is silence.
+        let start = c.channel(0, 0, 200);
+        let first = start.iter().position(|s| s.unsigned_abs() > 1000).unwrap();
+        assert!(first <= 8 * 60, "channel 1 starts at {} ms", first / 8);
+        assert!(c.s.stats().transcoded > 0);
     }
 
     #[test]
