@@ -93,6 +93,7 @@ fn session(record: bool, other: Codec) -> MediaSession {
             from: String::new(),
             to: String::new(),
             source: "api".into(),
+            fork: None,
         };
         s.handle_command(
             Instant::ZERO,

@@ -31,7 +31,7 @@ use sip_bridge::bridge::{
     RecordingStatus, StatusCallback, TransferStep,
 };
 use sip_bridge::contract::RecordingId;
-use sip_bridge::plan::RecordOptions;
+use sip_bridge::plan::{ForkOptions, RecordOptions};
 
 use crate::inbox::ControlIn;
 use crate::recorder::Recorder;
@@ -43,7 +43,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
 /// Every route of the API: method and path (axum's `{param}` syntax, as
 /// OpenAPI writes it).
-pub const ROUTES: [(&str, &str); 19] = [
+pub const ROUTES: [(&str, &str); 21] = [
     ("get", "/v1/calls"),
     ("post", "/v1/calls"),
     ("get", "/v1/calls/{callId}"),
@@ -55,6 +55,8 @@ pub const ROUTES: [(&str, &str); 19] = [
     ("post", "/v1/calls/{callId}/transfer"),
     ("post", "/v1/calls/{callId}/transfer/{action}"),
     ("post", "/v1/calls/{callId}/monitors"),
+    ("post", "/v1/calls/{callId}/forks"),
+    ("delete", "/v1/calls/{callId}/forks/{forkId}"),
     ("post", "/v1/calls/{callId}/recordings"),
     ("post", "/v1/calls/{callId}/recordings/{recordingId}"),
     ("get", "/v1/recordings/{recordingId}"),
@@ -102,6 +104,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(state: Arc<ApiState>) -> Router<
             ("post", "/v1/calls/{callId}/transfer") => Some(post(transfer)),
             ("post", "/v1/calls/{callId}/transfer/{action}") => Some(post(transfer_step)),
             ("post", "/v1/calls/{callId}/monitors") => Some(post(monitor)),
+            ("post", "/v1/calls/{callId}/forks") => Some(post(fork)),
+            ("delete", "/v1/calls/{callId}/forks/{forkId}") => Some(delete(stop_fork)),
             ("post", "/v1/calls/{callId}/recordings") => Some(post(record)),
             ("post", "/v1/calls/{callId}/recordings/{recordingId}") => Some(post(update_recording)),
             ("get", "/v1/recordings/{recordingId}") => Some(get(recording_media)),
@@ -222,6 +226,15 @@ async fn ask(app: &ApiState, numbers: Vec<String>, req: ApiRequest, created: boo
             axum::Json(serde_json::json!({ "participantIds": ids, "call": call })),
         )
             .into_response(),
+        Ok(ApiReply::Fork { id, status, call }) => {
+            let s = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = serde_json::json!({"fork": {"id": id, "status": status}, "call": call});
+            (s, axum::Json(body)).into_response()
+        }
         Ok(ApiReply::Recording { id, status, call }) => {
             let s = if created {
                 StatusCode::CREATED
@@ -252,6 +265,8 @@ fn request_name(req: &ApiRequest) -> &'static str {
         ApiRequest::TransferStep { .. } => "transfer_step",
         ApiRequest::Monitor { .. } => "monitor",
         ApiRequest::Record { .. } => "record",
+        ApiRequest::Fork { .. } => "fork",
+        ApiRequest::StopFork { .. } => "stop_fork",
         ApiRequest::UpdateRecording { .. } => "update_recording",
         _ => "other",
     }
@@ -519,6 +534,56 @@ async fn update_participant(
         update: PartyUpdate::new(b.held, b.muted, mode),
     };
     Ok(ask(&app, numbers, req, false).await)
+}
+
+/// The body of `POST .../forks`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ForkBody {
+    /// `ws://` or `wss://`.
+    url: String,
+    /// `inbound`, `outbound`, `both` (default).
+    #[serde(default)]
+    tracks: Option<String>,
+    /// `native` (default) or `twilio`.
+    #[serde(default)]
+    framing: Option<String>,
+    /// 8000, 16000 (native default), 24000.
+    #[serde(default)]
+    rate: Option<u32>,
+    /// Request headers for the consumer.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+async fn fork(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(call): Path<String>,
+    raw: Bytes,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    let b: ForkBody = body(&raw)?;
+    let options = ForkOptions::parse(
+        &b.url,
+        b.tracks.as_deref(),
+        b.framing.as_deref(),
+        b.rate,
+        b.headers.into_iter().collect(),
+    )
+    .map_err(Refusal::bad)?;
+    let route = format!("forks:{call}");
+    let req = ApiRequest::Fork { call, options };
+    Ok(create(&app, &headers, numbers, &route, &raw, req, true).await)
+}
+
+async fn stop_fork(
+    State(app): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((call, fork)): Path<(String, String)>,
+) -> Result<Response, Refusal> {
+    let numbers = authenticate(&app, &headers)?;
+    Ok(ask(&app, numbers, ApiRequest::StopFork { call, fork }, false).await)
 }
 
 /// The body of `POST .../recordings`.

@@ -24,7 +24,7 @@ use sip_bridge::bridge::{
     BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Ringback, Step, Target,
     TransferMode, TrunkConfig,
 };
-use sip_bridge::plan::RecordOptions;
+use sip_bridge::plan::{ForkOptions, RecordOptions};
 use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
 use sip_bridge::sip::auth::Credentials;
@@ -607,6 +607,47 @@ pub struct NumberEntry {
     /// or `{ channels = "dual"|"mono", format = "wav"|"opus", rate = 8000|16000 }`.
     #[serde(default, deserialize_with = "record_entry")]
     pub record: Option<RecordOptions>,
+    /// Stream its calls' audio live from the answer: `{ url = "wss://...",
+    /// tracks = "inbound"|"outbound"|"both", framing = "native"|"twilio",
+    /// rate = 8000|16000|24000, headers = { Authorization = "..." } }`.
+    #[serde(default, deserialize_with = "fork_entry")]
+    pub fork: Option<ForkOptions>,
+}
+
+/// `fork = { url, tracks, framing, rate, headers }` (a number's, or a
+/// routing answer's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkEntry {
+    url: String,
+    #[serde(default)]
+    tracks: Option<String>,
+    #[serde(default)]
+    framing: Option<String>,
+    #[serde(default)]
+    rate: Option<u32>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+impl ForkEntry {
+    /// The options it names.
+    pub fn options(self) -> Result<ForkOptions, String> {
+        ForkOptions::parse(
+            &self.url,
+            self.tracks.as_deref(),
+            self.framing.as_deref(),
+            self.rate,
+            self.headers.into_iter().collect(),
+        )
+    }
+}
+
+fn fork_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ForkOptions>, D::Error> {
+    ForkEntry::deserialize(d)?
+        .options()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `record = true` or `record = { channels, format, rate }`.
@@ -1155,6 +1196,7 @@ impl SbcConfig {
                         .collect(),
                     ringback: n.ringback,
                     record: n.record,
+                    fork: n.fork.clone(),
                 },
                 capabilities: n.capabilities.resolve(),
                 room: n.room,

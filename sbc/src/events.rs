@@ -80,10 +80,16 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
             "target": t.target,
             "reason": t.reason,
         })),
-        "recording": ev.recording.as_ref().map(|r| serde_json::json!({
+        "recording": ev.recording.as_ref().filter(|_| ev.kind == CallEventKind::Recording).map(|r| serde_json::json!({
             "id": r.id,
             "state": r.state,
             "via": r.via,
+        })),
+        "fork": ev.recording.as_ref().filter(|_| ev.kind == CallEventKind::Fork).map(|r| serde_json::json!({
+            "id": r.id,
+            "state": r.state,
+            "via": r.via,
+            "reason": r.reason,
         })),
         "timestamp": clock::rfc3339_ms(ev.unix_ms),
     })

@@ -46,6 +46,7 @@ pub mod config;
 pub mod control;
 pub mod dual_stack;
 pub mod events;
+pub mod fork_ws;
 pub mod http;
 pub mod inbox;
 pub mod media_task;

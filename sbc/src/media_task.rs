@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::agent_ws;
 use crate::clock::Clock;
 use crate::dual_stack;
+use crate::fork_ws;
 use crate::inbox::{AgentLink, ControlIn, ControlTx, MediaIn, MediaTx};
 use crate::recorder::{Recorder, Tap};
 use crate::rtp_ports::RtpPorts;
@@ -70,9 +71,10 @@ async fn run(
     let ipv6_sockets = ctx.rtp_bind.is_ipv6();
     let mut legs_in_mux: Vec<LegKey> = Vec::new();
     let mut agents: HashMap<LegKey, AgentLink> = HashMap::new();
-    let mut taps: HashMap<RecordingId, Tap> = HashMap::new();
+    let mut taps: HashMap<RecordingId, Sink> = HashMap::new();
     let mut pcm = [0i16; RECORD_FRAME_MAX];
     let number = id.0;
+    let id_of_call = id;
     let mut exported = Exported::default();
     let mut export_tick = tokio::time::interval(Duration::from_secs(1));
     // One timer, moved when the session's deadline moves (not a new one per wake-up).
@@ -246,25 +248,28 @@ async fn run(
         while let Some(out) = session.poll_record(&mut pcm) {
             match out {
                 RecordOut::Started { id, spec } => {
-                    if let Some(t) = ctx.recorder.start(id, &spec) {
-                        taps.insert(id, t);
+                    if spec.fork.is_some() {
+                        let link = fork_ws::spawn(id_of_call, id, spec, control.clone());
+                        taps.insert(id, Sink::Fork(link));
+                    } else if let Some(t) = ctx.recorder.start(id, &spec) {
+                        taps.insert(id, Sink::File(t));
                     }
                 }
-                RecordOut::Frame { id, samples } => {
-                    if let Some(t) = taps.get(&id) {
-                        t.frame(&pcm[..samples]);
-                    }
-                }
-                RecordOut::Note { id, at, note } => {
-                    if let Some(t) = taps.get(&id) {
-                        t.note(at, note);
-                    }
-                }
-                RecordOut::Stopped { id, duration } => {
-                    if let Some(t) = taps.remove(&id) {
-                        t.stop(duration);
-                    }
-                }
+                RecordOut::Frame { id, samples } => match taps.get(&id) {
+                    Some(Sink::File(t)) => t.frame(&pcm[..samples]),
+                    Some(Sink::Fork(f)) => f.frame(&pcm[..samples]),
+                    None => {}
+                },
+                RecordOut::Note { id, at, note } => match taps.get(&id) {
+                    Some(Sink::File(t)) => t.note(at, note),
+                    Some(Sink::Fork(f)) => f.note(at, note),
+                    None => {}
+                },
+                RecordOut::Stopped { id, duration } => match taps.remove(&id) {
+                    Some(Sink::File(t)) => t.stop(duration),
+                    Some(Sink::Fork(f)) => f.stop(),
+                    None => {}
+                },
                 _ => {}
             }
         }
@@ -324,6 +329,12 @@ fn count_call(session: &MediaSession) {
         return;
     };
     metrics::counter!("sbc_calls_media_total", "path" => path).increment(1);
+}
+
+/// Where a recording's frames go: its file's writer, or a fork's socket.
+enum Sink {
+    File(Tap),
+    Fork(fork_ws::ForkLink),
 }
 
 /// What woke the call's task.

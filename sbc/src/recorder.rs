@@ -735,6 +735,7 @@ mod tests {
             from: "+15550001".into(),
             to: "+15550100".into(),
             source: "api".into(),
+            fork: None,
         }
     }
 

@@ -122,6 +122,9 @@ struct WireAnswer {
     /// With `dial`: record the call from its answer (`true`, or options).
     #[serde(default)]
     record: Option<WireRecord>,
+    /// With `dial`: stream the call's audio live from its answer.
+    #[serde(default)]
+    fork: Option<crate::config::ForkEntry>,
 }
 
 #[derive(Deserialize)]
@@ -165,8 +168,16 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                         .map_err(|e| RouterError::BadJson(format!("record: {e}")))?,
                 ),
             };
+            let fork = match a.fork {
+                Some(f) => Some(
+                    f.options()
+                        .map_err(|e| RouterError::BadJson(format!("fork: {e}")))?,
+                ),
+                None => None,
+            };
             let mut plan = DialPlan {
                 record,
+                fork,
                 ..DialPlan::default()
             };
             if let Some(r) = a.ringback.as_deref() {

@@ -84,7 +84,7 @@ impl std::str::FromStr for RecordingId {
     }
 }
 
-/// What a recording holds.
+/// What a recording (or a fork) holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum RecordChannels {
@@ -93,6 +93,44 @@ pub enum RecordChannels {
     Dual,
     /// Both in one channel.
     Mono,
+    /// The customer alone (a fork's `inbound` track).
+    Customer,
+    /// What the customer hears alone (a fork's `outbound` track).
+    Others,
+}
+
+impl RecordChannels {
+    /// Channels in the output.
+    pub fn count(self) -> usize {
+        match self {
+            RecordChannels::Dual => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A live media fork: where the call's audio streams while it goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkSpec {
+    /// `ws://` or `wss://`.
+    pub url: String,
+    /// How frames go on the wire.
+    pub framing: ForkFraming,
+    /// Extra request headers (an authorization for the consumer).
+    pub headers: Vec<(String, String)>,
+}
+
+/// A fork's wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ForkFraming {
+    /// A JSON `start`, then one binary frame of PCM16LE per 20 ms
+    /// (interleaved when two channels), JSON events between them.
+    #[default]
+    Native,
+    /// Twilio Media Streams: `connected`, `start`, `media` (base64 u-law
+    /// 8 kHz per track), `stop`.
+    Twilio,
 }
 
 /// A recording's file format (the driver writes it; media gives PCM).
@@ -138,6 +176,8 @@ pub struct RecordSpec {
     /// Who started it: `api`, `sdk`, or `plan` (the dial plan or the
     /// router's).
     pub source: String,
+    /// Streamed live to a consumer instead of written to a file.
+    pub fork: Option<ForkSpec>,
 }
 
 /// An entry of a recording's timeline, stamped by media with the recording's
@@ -468,6 +508,21 @@ pub enum MediaEvent {
     StreamHangup {
         /// The leg.
         leg: LegKey,
+    },
+    /// A fork's consumer sent a message back (an insight: a transcript
+    /// line, a coaching hint), as JSON text.
+    ForkMessage {
+        /// The fork.
+        id: RecordingId,
+        /// What it sent (a JSON object, at most 4 KiB).
+        text: String,
+    },
+    /// A fork's consumer never came, or went away and did not come back.
+    ForkFailed {
+        /// The fork.
+        id: RecordingId,
+        /// Why.
+        reason: String,
     },
     /// The agent hands the caller to a dial-plan target.
     StreamTransfer {

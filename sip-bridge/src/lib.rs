@@ -79,6 +79,7 @@ pub mod bridge;
 pub mod call;
 pub mod config;
 pub mod contract;
+pub mod fork;
 pub mod media;
 pub mod plan;
 pub mod presence;

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::contract::{RecordChannels, RecordFormat};
+use crate::contract::{ForkFraming, RecordChannels, RecordFormat};
 
 /// Where a step rings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -238,6 +238,72 @@ pub struct DialPlan {
     pub ringback: Option<Ringback>,
     /// Record the call from its answer, so.
     pub record: Option<RecordOptions>,
+    /// Stream the call's audio live from its answer, so.
+    pub fork: Option<ForkOptions>,
+}
+
+/// A live media fork (`fork` in a number's config, the routing webhook's
+/// plan, the REST API): where and how the call's audio streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkOptions {
+    /// `ws://` or `wss://`.
+    pub url: String,
+    /// `inbound` (the customer), `outbound` (what the customer hears) or
+    /// `both` (stereo: channel 1 the customer).
+    pub tracks: RecordChannels,
+    /// Native PCM16 frames or Twilio Media Streams.
+    pub framing: ForkFraming,
+    /// 8000, 16000 or 24000 Hz (native framing; Twilio's is 8000 u-law).
+    pub rate: u32,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ForkOptions {
+    /// Options from their wire names (`tracks` `inbound`|`outbound`|`both`,
+    /// default both; `framing` `native`|`twilio`; `rate` 8000|16000|24000,
+    /// default 16000 native and 8000 Twilio).
+    pub fn parse(
+        url: &str,
+        tracks: Option<&str>,
+        framing: Option<&str>,
+        rate: Option<u32>,
+        headers: Vec<(String, String)>,
+    ) -> Result<ForkOptions, String> {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() > 2048 {
+            return Err("url must be a ws:// or wss:// URL".into());
+        }
+        let tracks = match tracks {
+            None | Some("both") => RecordChannels::Dual,
+            Some("inbound") => RecordChannels::Customer,
+            Some("outbound") => RecordChannels::Others,
+            Some(t) => return Err(format!("tracks `{t}`: expected inbound, outbound or both")),
+        };
+        let framing = match framing {
+            None | Some("native") => ForkFraming::Native,
+            Some("twilio") => ForkFraming::Twilio,
+            Some(f) => return Err(format!("framing `{f}`: expected native or twilio")),
+        };
+        let rate = match (framing, rate) {
+            (ForkFraming::Twilio, None | Some(8000)) => 8000,
+            (ForkFraming::Twilio, Some(r)) => {
+                return Err(format!("rate {r}: Twilio framing is 8000 Hz u-law"));
+            }
+            (_, None) => 16_000,
+            (_, Some(r @ (8000 | 16_000 | 24_000))) => r,
+            (_, Some(r)) => return Err(format!("rate {r}: expected 8000, 16000 or 24000")),
+        };
+        if headers.len() > 16 {
+            return Err("at most 16 headers".into());
+        }
+        Ok(ForkOptions {
+            url: url.into(),
+            tracks,
+            framing,
+            rate,
+            headers,
+        })
+    }
 }
 
 /// How a call is recorded (`record` in a number's config, a step, the
@@ -297,6 +363,7 @@ impl DialPlan {
             steps,
             ringback: None,
             record: None,
+            fork: None,
         }
     }
 

@@ -473,3 +473,122 @@ fn an_operator_without_the_capability_may_not_record() {
     assert!(w.recordings.is_empty());
     assert_eq!(get(&mut w, &call).recording, None);
 }
+
+#[test]
+fn forks_stream_the_tracks_asked_their_insights_reach_the_operators_and_a_dead_one_goes() {
+    let (mut w, call, _) = answered_by_alice();
+    let fork = |tracks: &str, framing: &str| ApiRequest::Fork {
+        call: call.clone(),
+        options: sip_bridge::plan::ForkOptions::parse(
+            "ws://consumer.example/audio",
+            Some(tracks),
+            Some(framing),
+            None,
+            Vec::new(),
+        )
+        .unwrap(),
+    };
+    let start = |w: &mut World, tracks, framing| match w.api(&["support"], fork(tracks, framing)) {
+        Ok(ApiReply::Fork { id, status, call }) => {
+            assert_eq!(status, "streaming");
+            assert!(call.unwrap().forks.contains(&id));
+            id.parse::<RecordingId>().unwrap()
+        }
+        other => panic!("fork: {other:?}"),
+    };
+    let inbound = start(&mut w, "inbound", "twilio");
+    let both = start(&mut w, "both", "native");
+    w.run(ms(2000));
+    // The inbound track is the customer alone, at Twilio's 8 kHz.
+    let f = &w.recordings[&inbound];
+    let spec = f.spec.as_ref().unwrap();
+    assert_eq!((spec.rate, spec.channels.count()), (8000, 1));
+    assert_eq!(
+        spec.fork.as_ref().map(|f| f.framing),
+        Some(sip_bridge::contract::ForkFraming::Twilio)
+    );
+    let pcm = &f.pcm[8 * 300..];
+    assert!(lvl(pcm, CALLER) - lvl(pcm, ALICE) > 30.0, "inbound");
+    // Both tracks at the native 16 kHz: one frame each 20 ms.
+    let b = &w.recordings[&both];
+    let spec = b.spec.as_ref().unwrap();
+    assert_eq!((spec.rate, spec.channels.count()), (16_000, 2));
+    let frames = b.pcm.len() / (2 * 320);
+    assert!((99..=101).contains(&frames), "{frames} frames in 2 s");
+    // At most four at once.
+    start(&mut w, "outbound", "native");
+    start(&mut w, "both", "native");
+    let fifth = w.api(&["support"], fork("both", "native"));
+    assert_eq!(fifth.unwrap_err().code, ApiErrorCode::Conflict);
+    // What the consumer says reaches alice.
+    let id = sip_bridge::contract::CallId(call.trim_start_matches("c-").parse().unwrap());
+    let now = w.now;
+    let text = r#"{"event":"insight","kind":"transcript","track":"inbound","text":"440 Hz"}"#;
+    w.bridge.handle_media_event(
+        now,
+        id,
+        sip_bridge::contract::MediaEvent::ForkMessage {
+            id: both,
+            text: text.into(),
+        },
+    );
+    // Not JSON, or not an object: dropped.
+    w.bridge.handle_media_event(
+        now,
+        id,
+        sip_bridge::contract::MediaEvent::ForkMessage {
+            id: both,
+            text: "[1,2]".into(),
+        },
+    );
+    w.pump();
+    let insights = w.got(0, "insight");
+    assert_eq!(insights.len(), 1, "{insights:?}");
+    assert_eq!(insights[0]["insight"]["text"], "440 Hz");
+    assert_eq!(insights[0]["forkId"], both.to_string());
+    // A consumer that is gone for good: its fork ends, the call goes on.
+    w.bridge.handle_media_event(
+        now,
+        id,
+        sip_bridge::contract::MediaEvent::ForkFailed {
+            id: inbound,
+            reason: "connection refused".into(),
+        },
+    );
+    w.pump();
+    w.run(ms(200));
+    assert!(w.recordings[&inbound].stopped.is_some());
+    let c = get(&mut w, &call);
+    assert_eq!((c.state, c.forks.len()), ("connected", 3));
+    let states: Vec<(&str, Option<&str>)> = w
+        .events
+        .iter()
+        .filter(|e| e.kind == CallEventKind::Fork)
+        .map(|e| {
+            let r = e.recording.as_ref().unwrap();
+            (r.state, r.reason.as_deref())
+        })
+        .collect();
+    assert_eq!(states.len(), 5);
+    assert_eq!(states[4], ("failed", Some("connection refused")));
+    // Stopped by the API.
+    let r = w.api(
+        &["support"],
+        ApiRequest::StopFork {
+            call: call.clone(),
+            fork: both.to_string(),
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Ok(ApiReply::Fork {
+                status: "stopped",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    w.run(ms(100));
+    assert!(w.recordings[&both].stopped.is_some());
+}

@@ -1,6 +1,7 @@
 //! Helpers shared by the cross-crate integration tests in `tests/tests/`.
 
 pub mod agent;
+pub mod fork_consumer;
 pub mod sbc_process;
 
 use std::path::PathBuf;

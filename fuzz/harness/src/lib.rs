@@ -1041,6 +1041,7 @@ pub fn call(data: &[u8]) {
         ],
         ringback: None,
         record: None,
+        fork: None,
     };
     let trunk = sip_bridge::bridge::TrunkConfig {
         name: "c".into(),
@@ -1383,7 +1384,7 @@ pub fn call(data: &[u8]) {
                     MonitorMode::Barge,
                 ][usize::from(party % 3)];
                 let flag = Some(party % 2 == 0);
-                let req = match kind % 18 {
+                let req = match kind % 20 {
                     0 => ApiRequest::ListCalls,
                     1 => ApiRequest::GetCall { call: c },
                     2 => ApiRequest::Originate(Originate {
@@ -1474,6 +1475,37 @@ pub fn call(data: &[u8]) {
                             recording,
                             status,
                         }
+                    }
+                    16 => ApiRequest::Fork {
+                        call: c,
+                        options: sip_bridge::plan::ForkOptions::parse(
+                            "ws://fork.example/a",
+                            [None, Some("inbound"), Some("outbound")][usize::from(party % 3)],
+                            [None, Some("twilio")][usize::from(call % 2)],
+                            None,
+                            Vec::new(),
+                        )
+                        .unwrap_or_else(|_| {
+                            sip_bridge::plan::ForkOptions::parse(
+                                "ws://f/",
+                                None,
+                                None,
+                                None,
+                                Vec::new(),
+                            )
+                            .expect("a valid fork")
+                        }),
+                    },
+                    17 => {
+                        // One of the call's forks, or one that is not.
+                        let fork =
+                            match b.handle_api(now, &[], ApiRequest::GetCall { call: c.clone() }) {
+                                Ok(sip_bridge::bridge::ApiReply::Call(s)) if party % 3 != 0 => {
+                                    s.forks.first().cloned().unwrap_or_default()
+                                }
+                                _ => "rec-00000000000000fe".into(),
+                            };
+                        ApiRequest::StopFork { call: c, fork }
                     }
                     _ => ApiRequest::Monitor {
                         call: c,

@@ -207,6 +207,11 @@ impl FrameQueue {
         true
     }
 
+    /// Samples in one frame.
+    pub fn frame_len(&self) -> usize {
+        self.frame
+    }
+
     /// Frames waiting.
     pub fn len(&self) -> usize {
         self.len

@@ -15,7 +15,7 @@ use crate::call::{
     ApiError, ApiErrorCode, Call, PartyUpdate, RecordingStatus, StatusCallback, TransferStep,
 };
 use crate::contract::{CallId, LegKey, RecordingId};
-use crate::plan::{DialPlan, RecordOptions, Target};
+use crate::plan::{DialPlan, ForkOptions, RecordOptions, Target};
 use crate::roles::MonitorMode;
 use crate::signalling::CallSummary;
 
@@ -128,6 +128,20 @@ pub enum ApiRequest {
         /// Paused, in progress or stopped.
         status: RecordingStatus,
     },
+    /// `POST /v1/calls/{call}/forks`.
+    Fork {
+        /// The call.
+        call: String,
+        /// Where and how.
+        options: ForkOptions,
+    },
+    /// `DELETE /v1/calls/{call}/forks/{fork}`.
+    StopFork {
+        /// The call.
+        call: String,
+        /// The fork (`rec-...`).
+        fork: String,
+    },
     /// `POST /v1/calls/{call}/monitors`.
     Monitor {
         /// The call.
@@ -164,6 +178,15 @@ pub enum ApiReply {
         /// `rec-...`.
         id: String,
         /// `in-progress`, `paused`, `stopped`.
+        status: &'static str,
+        /// The call.
+        call: Option<CallSummary>,
+    },
+    /// A fork (started: `streaming`; `stopped`) and the call now.
+    Fork {
+        /// `rec-...`.
+        id: String,
+        /// `streaming` or `stopped`.
         status: &'static str,
         /// The call.
         call: Option<CallSummary>,
@@ -293,6 +316,16 @@ impl Bridge {
                     c.api_update_recording(now, &recording, status)
                 });
             }
+            ApiRequest::Fork { call, options } => {
+                let id = call_id(self, &call)?;
+                return self.fork_op(now, id, "streaming", move |c, ctx| {
+                    c.api_fork(now, ctx, &options)
+                });
+            }
+            ApiRequest::StopFork { call, fork } => {
+                let id = call_id(self, &call)?;
+                return self.fork_op(now, id, "stopped", move |c, _| c.api_stop_fork(now, &fork));
+            }
             ApiRequest::Monitor {
                 call,
                 target,
@@ -340,6 +373,26 @@ impl Bridge {
         };
         Ok(ApiReply::Recording {
             id: rec.to_string(),
+            status,
+            call,
+        })
+    }
+
+    /// A request on one of call `id`'s forks, answered with the fork.
+    fn fork_op(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        status: &'static str,
+        op: impl FnOnce(&mut Call, &mut crate::call::CallCtx<'_>) -> Result<RecordingId, ApiError>,
+    ) -> Result<ApiReply, ApiError> {
+        let mut result = Err(not_found());
+        self.drive(now, id, |c, ctx| result = op(c, ctx));
+        self.pump(now);
+        let fork = result?;
+        let call = self.calls.get(&id).map(|c| c.summary(now, self.view()));
+        Ok(ApiReply::Fork {
+            id: fork.to_string(),
             status,
             call,
         })

@@ -180,6 +180,25 @@ impl Call {
         self.start_recording(now, ctx, o, Asker::Api)
     }
 
+    /// `POST /v1/calls/{id}/forks`.
+    pub(crate) fn api_fork(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        o: &crate::plan::ForkOptions,
+    ) -> Result<RecordingId, ApiError> {
+        self.start_fork(now, ctx, o, Asker::Api)
+    }
+
+    /// `DELETE /v1/calls/{id}/forks/{fid}`.
+    pub(crate) fn api_stop_fork(
+        &mut self,
+        now: Instant,
+        fork: &str,
+    ) -> Result<RecordingId, ApiError> {
+        self.stop_fork(now, fork, Asker::Api)
+    }
+
     /// `POST /v1/calls/{id}/recordings/{rid}`: pause, resume or stop it.
     pub(crate) fn api_update_recording(
         &mut self,

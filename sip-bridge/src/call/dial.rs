@@ -63,6 +63,9 @@ impl Call {
             if let Some(o) = call.plan.record {
                 let _ = call.start_recording(now, ctx, o, super::record::Asker::Plan);
             }
+            if let Some(o) = call.plan.fork.clone() {
+                let _ = call.start_fork(now, ctx, &o, super::record::Asker::Plan);
+            }
             call.settle(now, ctx);
             return Ok(call);
         }
@@ -1057,10 +1060,16 @@ impl Call {
             None,
             None,
         );
-        // The plan records from the answer (the whole plan, or this step).
+        // The plan records from the answer (the whole plan, or this step),
+        // and forks.
         if self.recording_state().is_none() && (self.plan.record.is_some() || step_records) {
             let o = self.plan.record.unwrap_or_default();
             let _ = self.start_recording(now, ctx, o, super::record::Asker::Plan);
+        }
+        if let Some(o) = self.plan.fork.clone()
+            && self.fork_ids().is_empty()
+        {
+            let _ = self.start_fork(now, ctx, &o, super::record::Asker::Plan);
         }
     }
 

@@ -51,6 +51,8 @@ pub enum CallEventKind {
     Transfer,
     /// A recording started, paused, resumed or stopped ([`RecordingReport`]).
     Recording,
+    /// A live media fork started, stopped or failed ([`RecordingReport`]).
+    Fork,
 }
 
 impl CallEventKind {
@@ -66,6 +68,7 @@ impl CallEventKind {
             CallEventKind::Quality => "quality",
             CallEventKind::Transfer => "transfer",
             CallEventKind::Recording => "recording",
+            CallEventKind::Fork => "fork",
         }
     }
 }
@@ -180,6 +183,8 @@ pub struct RecordingReport {
     pub state: &'static str,
     /// Who asked: `api`, `sdk`, `plan`.
     pub via: &'static str,
+    /// Why a fork failed.
+    pub reason: Option<String>,
 }
 
 /// An operator's call-quality summary as its SDK sent it (RTT, jitter, loss,

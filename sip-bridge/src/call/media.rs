@@ -69,6 +69,8 @@ impl Call {
                 relayed,
             } => self.forward_dtmf(ctx, leg, digit, relayed),
             MediaEvent::StreamConnected { leg } => self.agent_connected(now, ctx, leg),
+            MediaEvent::ForkMessage { id, text } => self.fork_message(now, ctx, id, &text),
+            MediaEvent::ForkFailed { id, reason } => self.fork_failed(now, id, reason),
             MediaEvent::StreamFailed { leg, .. } => self.agent_failed(now, ctx, leg),
             MediaEvent::StreamHangup { leg } => {
                 if self.parties.get(&leg).is_some_and(|p| p.joined()) {

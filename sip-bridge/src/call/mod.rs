@@ -21,6 +21,7 @@
 mod control;
 mod dial;
 mod event;
+mod fork;
 mod graph;
 mod media;
 mod operator;
@@ -289,6 +290,8 @@ pub struct Call {
     /// Its recording now, and every recording it had.
     recording: Option<record::CallRecording>,
     recorded: Vec<crate::contract::RecordingId>,
+    /// Live media forks (at most [`fork::MAX_FORKS`]).
+    forks: Vec<record::CallRecording>,
     out: VecDeque<CallOutput>,
 }
 
@@ -334,6 +337,7 @@ impl Call {
             hold_music: ctx.cfg.hold_music,
             recording: None,
             recorded: Vec::new(),
+            forks: Vec::new(),
             out: VecDeque::new(),
         }
     }
@@ -498,6 +502,7 @@ impl Call {
                     status: if paused { "paused" } else { "in-progress" },
                 }
             }),
+            forks: self.fork_ids().iter().map(|f| f.to_string()).collect(),
         }
     }
 

@@ -35,7 +35,7 @@ pub(crate) enum Asker<'a> {
 }
 
 impl Asker<'_> {
-    fn via(&self) -> &'static str {
+    pub(crate) fn via(&self) -> &'static str {
         match self {
             Asker::Api => "api",
             Asker::Plan => "plan",
@@ -44,16 +44,16 @@ impl Asker<'_> {
     }
 }
 
-/// The recording a call has now.
+/// The recording a call has now (or one of its forks).
 #[derive(Debug)]
 pub(crate) struct CallRecording {
     pub(crate) id: RecordingId,
     pub(crate) paused: Option<PauseBehavior>,
     /// What media was last told its channels hear.
-    channels: [Vec<Feed>; 2],
+    pub(crate) channels: [Vec<Feed>; 2],
     /// Whether the customer was on hold at the last look (a timeline entry
     /// when it changes).
-    customer_held: bool,
+    pub(crate) customer_held: bool,
 }
 
 impl Call {
@@ -81,6 +81,7 @@ impl Call {
             from: self.from.clone(),
             to: self.to.clone(),
             source: via.via().into(),
+            fork: None,
         };
         self.media(MediaCommand::RecordStart {
             id,
@@ -169,7 +170,7 @@ impl Call {
     }
 
     /// The customer: the first joined party with that role, else the caller.
-    fn customer(&self) -> Option<LegKey> {
+    pub(crate) fn customer(&self) -> Option<LegKey> {
         self.parties
             .iter()
             .find(|(_, p)| p.joined() && p.in_media && p.role == Role::Customer)
@@ -182,12 +183,13 @@ impl Call {
             })
     }
 
-    /// The recording's channels follow the graph (after every input, with
-    /// [`Call::sync_media`]); a hold of the customer goes into its timeline.
+    /// The recording's and the forks' channels follow the graph (after
+    /// every input, with [`Call::sync_media`]); a hold of the customer goes
+    /// into the recording's timeline.
     pub(crate) fn sync_recording(&mut self) {
-        let Some(r) = self.recording.as_ref() else {
+        if self.recording.is_none() && self.forks.is_empty() {
             return;
-        };
+        }
         let customer = self.customer();
         let held = customer.is_some_and(|c| self.party_on_hold(c));
         let others: Vec<Feed> = match customer {
@@ -204,18 +206,24 @@ impl Call {
             _ => Vec::new(),
         };
         let want = [customer.map(Feed::leg).into_iter().collect(), others];
-        let (id, was_held, changed) = (r.id, r.customer_held, r.channels != want);
-        if changed {
+        let mut changed = Vec::new();
+        for r in self.recording.iter_mut().chain(self.forks.iter_mut()) {
+            if r.channels != want {
+                r.channels = want.clone();
+                changed.push(r.id);
+            }
+        }
+        for id in changed {
             self.media(MediaCommand::RecordFeeds {
                 id,
                 channels: want.clone(),
             });
         }
-        if held != was_held {
+        let was_held = self.recording.as_ref().is_some_and(|r| r.customer_held);
+        if self.recording.is_some() && held != was_held {
             self.record_note(if held { "hold" } else { "unhold" }, customer, None);
         }
         if let Some(r) = self.recording.as_mut() {
-            r.channels = want;
             r.customer_held = held;
         }
     }
@@ -261,6 +269,7 @@ impl Call {
             id: id.to_string(),
             state,
             via: via.via(),
+            reason: None,
         }));
         self.push(super::CallOutput::Event(ev));
         let status = match state {

@@ -19,9 +19,10 @@ use media_core::resample::Resampler;
 
 use crate::contract::{Feed, PauseBehavior, RecordChannels, RecordNote, RecordSpec, RecordingId};
 
-/// Most samples of one recording frame: 20 ms of 16 kHz stereo. The buffer
-/// given to [`super::MediaSession::poll_record`] must hold this many.
-pub const RECORD_FRAME_MAX: usize = 640;
+/// Most samples of one recording frame: 20 ms of 24 kHz stereo (a fork's
+/// highest rate). The buffer given to [`super::MediaSession::poll_record`]
+/// must hold this many.
+pub const RECORD_FRAME_MAX: usize = 960;
 
 /// Frames a recording keeps for the driver between two polls (it drains after
 /// every input, so one or two wait at most).
@@ -102,10 +103,7 @@ impl Recording {
     pub(crate) fn new(id: RecordingId, spec: RecordSpec) -> Recording {
         let rate = file_rate(&spec);
         let per = (rate.hz() / 50) as usize;
-        let n = match spec.channels {
-            RecordChannels::Mono => per,
-            _ => 2 * per,
-        };
+        let n = per * spec.channels.count();
         Recording {
             id,
             spec,
@@ -178,6 +176,8 @@ impl Recording {
                     self.frame[i] = self.chan[0][i].saturating_add(self.chan[1][i]);
                 }
             }
+            RecordChannels::Customer => self.frame[..per].copy_from_slice(&self.chan[0][..per]),
+            RecordChannels::Others => self.frame[..per].copy_from_slice(&self.chan[1][..per]),
             _ => {
                 for i in 0..per {
                     self.frame[2 * i] = self.chan[0][i];
@@ -202,11 +202,12 @@ impl Recording {
 }
 
 /// The file's rate: 8 or 16 kHz.
+/// The file's (or fork's) rate: 8, 16 or 24 kHz.
 fn file_rate(spec: &RecordSpec) -> SampleRate {
-    if spec.rate > 8000 {
-        SampleRate::HZ_16000
-    } else {
-        SampleRate::HZ_8000
+    match spec.rate {
+        r if r > 16_000 => SampleRate::HZ_24000,
+        r if r > 8000 => SampleRate::HZ_16000,
+        _ => SampleRate::HZ_8000,
     }
 }
 
@@ -260,6 +261,7 @@ mod tests {
             from: "+15550001".into(),
             to: "+15550002".into(),
             source: "api".into(),
+            fork: None,
         }
     }
 

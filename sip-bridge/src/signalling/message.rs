@@ -612,6 +612,9 @@ pub struct CallSummary {
     /// Its recording, while there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingInfo>,
+    /// Its live media forks (`rec-...` ids), while there are some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<String>,
 }
 
 /// A call's recording now.
@@ -786,6 +789,19 @@ pub enum ServerMessage {
         /// The request's ref.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+    },
+    /// A live media fork's consumer said something about the call (a
+    /// transcript line, a coaching hint): its JSON object as sent, e.g.
+    /// `{"event":"insight","kind":"transcript","text":"..."}`.
+    Insight {
+        /// The call.
+        call_id: String,
+        /// The fork it came from.
+        fork_id: String,
+        /// What the consumer sent.
+        insight: serde_json::Value,
+        /// Unix ms.
+        at: u64,
     },
     /// The call's recording started, paused, resumed or stopped (to every
     /// operator in the call, whoever asked).
