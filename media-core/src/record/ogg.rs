@@ -105,6 +105,13 @@ impl OggOpusWriter {
         encoder
             .set_bitrate(opus::Bitrate::Bits(bitrate.clamp(6_000, 510_000) as i32))
             .map_err(opus_err)?;
+        // Complexity 1: a stereo 20 ms frame costs 29 us at 8 kHz and 65 us
+        // at 16 kHz, against 110 and 92 us at libopus's default 10 and 80
+        // and 151 us at 5 (`cargo bench -p benches --bench record`). For
+        // speech that went through the call's codecs the sound is the same:
+        // PESQ of G.711 speech through Opus at 32 kbit/s was 4.51 at 1 and
+        // 4.52 at 5 (ARCHITECTURE.md, "Opus effort follows what is encoded").
+        encoder.set_complexity(1).map_err(opus_err)?;
         if channels == 2 {
             // The two channels are two parties, not a stereo image: libopus
             // must not fold them into one at low bitrates.
