@@ -83,7 +83,12 @@ fn now() -> Instant {
 impl ForkConsumer {
     /// Listens on `ip` (a free port) in `mode`.
     pub fn start(ip: std::net::IpAddr, mode: Mode) -> ForkConsumer {
-        let listener = TcpListener::bind((ip, 0)).expect("bind the fork consumer");
+        ForkConsumer::start_on(SocketAddr::new(ip, 0), mode)
+    }
+
+    /// Listens on `addr` in `mode`.
+    pub fn start_on(addr: SocketAddr, mode: Mode) -> ForkConsumer {
+        let listener = TcpListener::bind(addr).expect("bind the fork consumer");
         let addr = listener.local_addr().expect("its address");
         let log = Arc::new(Mutex::new(Log::default()));
         let mode = Arc::new(AtomicU8::new(mode as u8));

@@ -19,6 +19,7 @@ const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(REPO, process.env.CAR
 export const SBC_BIN = process.env.SBC_BIN || path.join(TARGET, 'debug', 'sbc');
 export const CARRIER_BIN = process.env.CARRIER_BIN || path.join(TARGET, 'debug', 'test-carrier');
 export const AGENT_BIN = process.env.AGENT_BIN || path.join(TARGET, 'debug', 'test-agent');
+export const FORK_BIN = process.env.FORK_BIN || path.join(TARGET, 'debug', 'test-fork');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const API_KEY = 'e2e-backend-key';
 const TOKEN_SECRET = 'e2e-token-secret-0123456789abcdef-0123456789';
@@ -314,7 +315,8 @@ export function sbcToml(o) {
   }
   for (const n of o.numbers || []) {
     const steps = n.dial.map((s) => `{ ring = ${list(s.ring)}${s.timeout ? `, timeout = ${q(s.timeout)}` : ''} }`);
-    lines.push('[[numbers]]', `id = ${q(n.id)}`, `e164 = ${q(n.e164)}`, `name = ${q(n.name || n.id)}`, `dial = [${steps.join(', ')}]`, '');
+    const fork = n.fork ? [`fork = { url = ${q(n.fork.url)}, tracks = ${q(n.fork.tracks || 'both')}, rate = ${n.fork.rate || 16000} }`] : [];
+    lines.push('[[numbers]]', `id = ${q(n.id)}`, `e164 = ${q(n.e164)}`, `name = ${q(n.name || n.id)}`, ...fork, `dial = [${steps.join(', ')}]`, '');
   }
   lines.push('[log]', `level = ${q(o.logLevel || 'info,sbc=debug,sip_bridge=debug')}`, '', '[demo]', `enabled = ${o.demo === false ? 'false' : 'true'}`, '');
   return lines.join('\n');
@@ -567,6 +569,14 @@ export class Env {
     return c;
   }
 
+  /** Starts a test-fork (a live media fork's consumer) and waits until it listens. */
+  async fork(name, args) {
+    const f = new Proc(`fork-${name}`, FORK_BIN, args, { logDir: this.dir });
+    this.procs.push(f);
+    await f.waitFor((e) => e.event === 'ready', { timeout: 10000, what: 'ready' });
+    return f;
+  }
+
   /** Starts a test-agent (AI voice agent over WebSocket) and waits until it listens. */
   async agent(name, args) {
     const a = new Proc(`agent-${name}`, AGENT_BIN, args, { logDir: this.dir });
@@ -674,8 +684,21 @@ export class OperatorPage {
       const ev = (window.__events = []);
       const op = window.demo.operator;
       const t = () => Math.round(performance.now());
-      op.on('incomingCall', (c) => ev.push({ type: 'incomingCall', callId: c.callId, from: c.from, to: c.to, t: t() }));
-      op.on('callStarted', (c) => ev.push({ type: 'callStarted', callId: c.callId, t: t() }));
+      // A call's live-fork insights (the SDK's call.on('insight')).
+      const watched = new WeakSet();
+      const watch = (c) => {
+        if (!c || typeof c.on !== 'function' || watched.has(c)) return;
+        watched.add(c);
+        c.on('insight', (i) => ev.push({ type: 'insight', callId: c.callId, kind: i && i.kind, text: i && i.text, t: t() }));
+      };
+      op.on('incomingCall', (c) => {
+        watch(c);
+        ev.push({ type: 'incomingCall', callId: c.callId, from: c.from, to: c.to, t: t() });
+      });
+      op.on('callStarted', (c) => {
+        watch(c);
+        ev.push({ type: 'callStarted', callId: c.callId, t: t() });
+      });
       op.on('callEnded', (c) => ev.push({ type: 'callEnded', callId: c.callId, reason: c.endReason, code: c.endCode, t: t() }));
       op.on('error', (e) => ev.push({ type: 'error', code: e.code, message: e.message, callId: e.callId, t: t() }));
       op.on('presenceStateChanged', (s) => ev.push({ type: 'presence', state: s.state, previous: s.previous, t: t() }));
