@@ -30,6 +30,10 @@ const ui = {
   hold: $('hold'),
   hangup: $('hangup'),
   endAll: $('end-all'),
+  record: $('record'),
+  recordPause: $('record-pause'),
+  recordingState: $('recording-state'),
+  insights: $('insights'),
   errors: $('errors'),
   audio: $('remote-audio'),
   participants: $('participants'),
@@ -55,6 +59,9 @@ let dialing = false;
 let dtmfDigits = '';
 let supervised = []; // the calls listCalls found
 let adding = false;
+let recordBusy = false; // a record request waits for its answer
+let shownInsights = null; // the insights array #insights shows
+const NO_INSIGHTS = [];
 
 // ---- the SDK ----
 
@@ -123,7 +130,7 @@ function watch(call) {
   if (watched.has(call)) return;
   watched.add(call);
   const events = ['accepted', 'ringing', 'connected', 'updated', 'muted', 'ended', 'remoteStream', 'reconnecting', 'reconnected'];
-  for (const ev of [...events, 'participantsChanged', 'capabilitiesChanged', 'modeChanged', 'sample', 'warning', 'warningCleared']) call.on(ev, render);
+  for (const ev of [...events, 'participantsChanged', 'capabilitiesChanged', 'modeChanged', 'recording', 'insight', 'sample', 'warning', 'warningCleared']) call.on(ev, render);
   call.on('audioLevel', ({ input, output }) => {
     ui.inputLevel.value = input;
     ui.outputLevel.value = output;
@@ -234,6 +241,27 @@ ui.dialpad.addEventListener('click', (e) => {
     ui.dialTo.value += digit;
   }
 });
+
+// Recording (capability record): start/stop, pause/resume. The indicator follows the
+// server's `recording` messages, whoever asked (this page, the REST API, the dial plan).
+async function recordAction(act) {
+  const call = operator.currentCall;
+  if (!call) return;
+  recordBusy = true;
+  render();
+  try {
+    await act(call);
+  } catch (err) {
+    showUncoded(err);
+  } finally {
+    recordBusy = false;
+    render();
+  }
+}
+ui.record.addEventListener('click', () => recordAction((call) => (call.recording ? call.stopRecording() : call.startRecording())));
+ui.recordPause.addEventListener('click', () =>
+  recordAction((call) => (call.recording && call.recording.status === 'paused' ? call.resumeRecording() : call.pauseRecording())),
+);
 
 // Multi-party: add a party to the current call, hold or remove one.
 ui.addParticipant.addEventListener('click', async () => {
@@ -437,6 +465,41 @@ function renderSupervisor(current) {
   }
 }
 
+function renderRecording(call) {
+  const live = !!call && call.state !== 'ended';
+  const rec = live ? call.recording : null;
+  const paused = !!rec && rec.status === 'paused';
+  const can = live && call.state === 'connected' && call.can('record') && !recordBusy;
+  ui.record.disabled = !can;
+  ui.record.textContent = rec ? 'Stop recording' : 'Record';
+  ui.record.setAttribute('aria-pressed', String(!!rec));
+  ui.recordPause.disabled = !can || !rec;
+  ui.recordPause.textContent = paused ? 'Resume recording' : 'Pause recording';
+  ui.recordPause.setAttribute('aria-pressed', String(paused));
+  ui.recordingState.hidden = !rec;
+  ui.recordingState.dataset.state = rec ? rec.status : 'off';
+  ui.recordingState.textContent = rec ? (paused ? 'REC paused' : '●REC') : '';
+}
+
+/** The call's insights (transcript lines, hints) as `kind: text`, newest at the bottom; rebuilt only when they change. */
+function renderInsights(call) {
+  const list = call ? call.insights : NO_INSIGHTS;
+  if (list === shownInsights) return;
+  shownInsights = list;
+  ui.insights.replaceChildren(
+    ...list.map((insight) => {
+      const kind = String(insight.kind ?? insight.event ?? 'insight');
+      const text = typeof insight.text === 'string' ? insight.text : JSON.stringify(insight);
+      const li = el('li');
+      li.dataset.kind = kind;
+      if (typeof insight.track === 'string') li.dataset.track = insight.track;
+      li.append(el('span', 'kind', `${kind}:`), el('span', '', ` ${text}`));
+      return li;
+    }),
+  );
+  ui.insights.scrollTop = ui.insights.scrollHeight;
+}
+
 function renderQuality(call) {
   const q = call && call.state === 'connected' ? call.quality : null;
   const warnings = call && call.state === 'connected' ? call.warnings : [];
@@ -538,6 +601,8 @@ function render() {
 
   renderParticipants(current || null);
   renderSupervisor(current);
+  renderRecording(current);
+  renderInsights(shown);
   renderQuality(current);
 
   const stream = live ? current.remoteStream : null;

@@ -46,12 +46,17 @@ export type ErrorCode =
   | 'NOT_SUPPORTED'
   | 'CALL_ENDED';
 
-export type Capability = 'add_participant' | 'remove_participant' | 'hold_participant' | 'end_call' | 'switch_monitor';
+export type Capability = 'add_participant' | 'remove_participant' | 'hold_participant' | 'end_call' | 'switch_monitor' | 'record';
 export type MonitorMode = 'listen' | 'whisper' | 'barge';
 export type ParticipantRole = 'customer' | 'agent' | 'supervisor' | 'phone' | 'ai';
 export type ParticipantState = 'ringing' | 'joined' | 'held' | 'left';
 export type ParticipantKind = 'sip' | 'operator' | 'agent' | 'echo' | 'tone';
 export type ParticipantLeftReason = 'hangup' | 'removed' | 'busy' | 'no_answer' | 'failed' | 'rejected' | 'canceled';
+export type RecordingStatus = 'in-progress' | 'paused' | 'stopped';
+/** A paused recording keeps the pause as silence (its time) or cuts it out. */
+export type RecordingPauseBehavior = 'silence' | 'skip';
+/** `dual`: the customer in one channel, the others in the other; `mono`: one mix. */
+export type RecordingChannels = 'dual' | 'mono';
 export type QualityWarningName = 'high-rtt' | 'high-jitter' | 'high-packet-loss' | 'low-mos' | 'constant-audio-input-level';
 
 /** An error with a stable `code`; `callId` (and `participantId`) when about a call. */
@@ -302,6 +307,33 @@ export interface AttendedTransfer {
   cancel(): Promise<void>;
 }
 
+/** The call's recording (`call.recording`, the `recording` event, what the recording methods resolve with). */
+export interface RecordingInfo {
+  /** `rec-...` */
+  id: string;
+  /** `stopped` only in the event and in what `stopRecording()` resolves with: `call.recording` is then null. */
+  status: RecordingStatus;
+}
+
+/**
+ * What a live media fork's consumer (a transcriber, a coaching engine) sent about the call:
+ * its JSON object as sent. The fields below are the usual ones, none is guaranteed.
+ */
+export interface Insight {
+  event?: string;
+  kind?: 'transcript' | 'hint' | string;
+  text?: string;
+  /** Whose audio: `inbound` (the customer), `outbound` (the call's other side). */
+  track?: 'inbound' | 'outbound' | string;
+  [key: string]: unknown;
+}
+
+/** Where an insight came from: the fork (`rec-...`) and when the server got it (Unix ms). */
+export interface InsightSource {
+  forkId: string | null;
+  at: number | null;
+}
+
 export interface ParticipantLeftEvent {
   participantId: string;
   /** The last known state of the participant, if it was known. */
@@ -330,6 +362,8 @@ export interface CallEvents {
   capabilitiesChanged: string[];
   modeChanged: { mode: MonitorMode };
   transfer: TransferInfo;
+  recording: RecordingInfo;
+  insight: EventArgs<[insight: Insight, source: InsightSource]>;
   ended: EndedEvent;
 }
 
@@ -346,7 +380,12 @@ export interface OperatorEvents {
   error: ErrorEvent;
 }
 
-type Listener<T> = [T] extends [void] ? () => void : (payload: T) => void;
+/** An event whose listeners get several arguments (`insight`). */
+interface EventArgs<A extends unknown[]> {
+  readonly __eventArgs: A;
+}
+
+type Listener<T> = [T] extends [void] ? () => void : [T] extends [EventArgs<infer A>] ? (...args: A) => void : (payload: T) => void;
 
 /** on/off/once; `on` and `once` return an unsubscribe function. */
 declare class Emitter<Events> {
@@ -389,6 +428,10 @@ export declare class Call extends Emitter<CallEvents> {
   /** My participant id. */
   readonly self: string | null;
   readonly capabilities: string[];
+  /** The call's recording; null when none, or once stopped. */
+  readonly recording: RecordingInfo | null;
+  /** The last 50 insights of the call's live media forks, oldest first. */
+  readonly insights: Insight[];
   readonly quality: QualitySample | null;
   /** Warnings raised and not cleared. */
   readonly warnings: QualityWarningName[];
@@ -424,6 +467,13 @@ export declare class Call extends Emitter<CallEvents> {
   cancelTransfer(): Promise<void>;
   removeParticipant(participantId: string): Promise<void>;
   holdParticipant(participantId: string, on?: boolean): Promise<Participant | null>;
+  /** Needs `record`; resolves once the server records (`{id, status: 'in-progress'}`). */
+  startRecording(options?: { channels?: RecordingChannels }): Promise<RecordingInfo>;
+  /** `behavior`: `silence` (default) or `skip`; resolves with `{id, status: 'paused'}`. */
+  pauseRecording(options?: { behavior?: RecordingPauseBehavior }): Promise<RecordingInfo>;
+  resumeRecording(): Promise<RecordingInfo>;
+  /** Resolves with `{id, status: 'stopped'}`; the call goes on. */
+  stopRecording(): Promise<RecordingInfo>;
   getQualitySummary(): QualitySummary | null;
 }
 

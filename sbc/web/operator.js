@@ -43,6 +43,10 @@ export const PROTOCOL_VERSION = 1;
 export const VERSION = '1.0.0';
 const DEFAULT_ECHO_TARGET = '+15550001';
 const MONITOR_MODES = ['listen', 'whisper', 'barge'];
+const RECORD_CHANNELS = ['dual', 'mono'];
+const PAUSE_BEHAVIORS = ['silence', 'skip'];
+const RECORDING_STATUSES = ['in-progress', 'paused', 'stopped'];
+const MAX_INSIGHTS = 50;
 const DEFAULT_BACKOFF_MS = [500, 1000, 2000, 5000, 10000];
 const DEFAULT_HEARTBEAT_MS = 15000;
 const DEFAULT_MISSED_HEARTBEATS = 2;
@@ -128,6 +132,9 @@ class Emitter {
  * ({input, output}, about 10 a second), `participantJoined` (Participant),
  * `participantUpdated` (Participant), `participantLeft` ({participantId, participant, reason}),
  * `participantsChanged` (Participant[]), `capabilitiesChanged` (string[]),
+ * `transfer` ({state, target, participantId, reason, code}), `recording` ({id, status}:
+ * the call's recording started, paused, resumed or stopped, whoever asked), `insight`
+ * (insight, {forkId, at}: what a live media fork's consumer said about the call),
  * `ended` ({reason, code, message, quality}).
  */
 export class Call extends Emitter {
@@ -174,8 +181,12 @@ export class Call extends Emitter {
     this.participants = [];
     /** @type {string|null} my participant id in `participants` */
     this.self = null;
-    /** @type {string[]} what I may do in this call (`add_participant`, `end_call`, ...) */
+    /** @type {string[]} what I may do in this call (`add_participant`, `end_call`, `record`, ...) */
     this.capabilities = [];
+    /** @type {{id: string, status: 'in-progress'|'paused'}|null} the call's recording (null: none, or stopped) */
+    this.recording = null;
+    /** @type {object[]} the last 50 insights of the call's live media forks, oldest first */
+    this.insights = [];
     /** @type {object|null} the latest quality sample (see the `sample` event) */
     this.quality = null;
     /** @type {string[]} quality warnings raised and not cleared */
@@ -406,6 +417,42 @@ export class Call extends Emitter {
     }
   }
 
+  /**
+   * Start recording the call (needs the `record` capability). `channels`: `'dual'` (the
+   * customer in one channel, the others in the other) or `'mono'`; absent, the server's
+   * default. Resolves with `{id, status: 'in-progress'}` once the server records (the
+   * `recording` answer carrying this request's ref); rejects `FORBIDDEN` without the
+   * capability, `BAD_REQUEST` when the call already records or is not connected.
+   */
+  async startRecording({ channels } = {}) {
+    if (channels !== undefined && !RECORD_CHANNELS.includes(channels)) {
+      throw this._op._report(new OperatorError('BAD_REQUEST', `startRecording: channels must be one of ${RECORD_CHANNELS.join(', ')}`), this.callId);
+    }
+    return this._record('startRecording', 'start', channels === undefined ? {} : { channels });
+  }
+
+  /**
+   * Pause the recording: `behavior` `'silence'` (the default: the pause is kept as silence,
+   * the file keeps the call's time) or `'skip'` (the pause is cut out). Resolves with
+   * `{id, status: 'paused'}`; `BAD_REQUEST` when nothing records or it is paused already.
+   */
+  async pauseRecording({ behavior } = {}) {
+    if (behavior !== undefined && !PAUSE_BEHAVIORS.includes(behavior)) {
+      throw this._op._report(new OperatorError('BAD_REQUEST', `pauseRecording: behavior must be one of ${PAUSE_BEHAVIORS.join(', ')}`), this.callId);
+    }
+    return this._record('pauseRecording', 'pause', behavior === undefined ? {} : { pauseBehavior: behavior });
+  }
+
+  /** Resume a paused recording. Resolves with `{id, status: 'in-progress'}`. */
+  resumeRecording() {
+    return this._record('resumeRecording', 'resume');
+  }
+
+  /** Stop the recording (the call goes on). Resolves with `{id, status: 'stopped'}`. */
+  stopRecording() {
+    return this._record('stopRecording', 'stop');
+  }
+
   /** The quality summary so far (the same figures as the `ended` payload's `quality`). */
   getQualitySummary() {
     return this.qualitySummary ?? (this._monitor ? this._monitor.summary() : null);
@@ -416,6 +463,17 @@ export class Call extends Emitter {
   _assertLive(what) {
     if (this.state === 'ended') throw callEndedError(this);
     if (!this.callId || this.state !== 'connected') throw new OperatorError('BAD_REQUEST', `${what}: the call is not connected`);
+  }
+
+  /** A `record` request: settled by the `recording` message with its ref (or its `error`). */
+  async _record(what, action, extra = {}) {
+    const op = this._op;
+    try {
+      this._assertLive(what);
+      return await op._request({ type: 'record', callId: this.callId, action, ...extra }, { call: this });
+    } catch (err) {
+      throw op._report(err, this.callId);
+    }
   }
 
   async _requestUntilEnded(type) {
@@ -464,6 +522,23 @@ export class Call extends Emitter {
         };
         this.transferState = info;
         this._emit('transfer', info);
+        break;
+      }
+      case 'recording': {
+        const info = recordingOf(msg);
+        if (!info) return this._op._log('debug', 'recording without a recordingId or a known status');
+        this.recording = info.status === 'stopped' ? null : info;
+        this._emit('recording', info);
+        break;
+      }
+      case 'insight': {
+        const insight = msg.insight;
+        if (!insight || typeof insight !== 'object' || Array.isArray(insight)) return this._op._log('debug', 'insight without an object');
+        this.insights = [...this.insights.slice(1 - MAX_INSIGHTS), insight];
+        this._emit('insight', insight, {
+          forkId: typeof msg.forkId === 'string' ? msg.forkId : null,
+          at: typeof msg.at === 'number' ? msg.at : null,
+        });
         break;
       }
       case 'participants':
@@ -1436,6 +1511,16 @@ export class Operator extends Emitter {
         });
         return;
       }
+      case 'recording':
+      case 'insight': {
+        const call = this._calls.get(msg.callId);
+        if (!call) return this._log('debug', `${msg.type} for unknown call ${msg.callId}`);
+        call._enqueue(() => {
+          call._handle(msg);
+          if (msg.type === 'recording') this._settleRecord(call, msg);
+        });
+        return;
+      }
       case 'calls': {
         const p = this._takePending(msg.ref, (q) => q.type === 'listCalls');
         if (p) p.resolve(msg);
@@ -1546,6 +1631,15 @@ export class Operator extends Emitter {
       if (state === 'failed') p.reject(this._report(failure()));
       else p.resolve();
     }
+  }
+
+  /** A `recording` message with a `record` request's ref resolves it with `{id, status}`. */
+  _settleRecord(call, msg) {
+    const q = msg.ref != null ? this._pending.get(msg.ref) : null;
+    const info = recordingOf(msg);
+    if (!q || q.type !== 'record' || q.call !== call || !info) return;
+    this._pending.delete(msg.ref);
+    q.resolve(info);
   }
 
   _quiet(ref) {
@@ -2402,6 +2496,12 @@ function participantOf(p) {
     monitor: p.monitor ?? null,
     joinedAt: typeof p.joinedAt === 'number' ? p.joinedAt : null,
   };
+}
+
+/** `{id, status}` of a `recording` message, or null when it lacks them. */
+function recordingOf(msg) {
+  if (typeof msg.recordingId !== 'string' || !msg.recordingId || !RECORDING_STATUSES.includes(msg.status)) return null;
+  return { id: msg.recordingId, status: msg.status };
 }
 
 /** An entry of the `calls` answer (listCalls). */

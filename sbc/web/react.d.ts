@@ -16,6 +16,7 @@ import type {
   QualitySummary,
   QualityWarningName,
   AudioDevice,
+  RecordingInfo,
 } from './operator.js';
 
 /** Makes `operator` the default of every hook below it. */
@@ -51,6 +52,8 @@ export interface CallSnapshot {
   connectedAt: number | null;
   participants: Participant[];
   capabilities: string[];
+  /** The call's recording (`{id, status}`), null when none or stopped. */
+  recording: RecordingInfo | null;
 }
 
 export declare function useCall(callOrOperator?: Call | Operator | null): CallSnapshot | null;

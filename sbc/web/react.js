@@ -24,7 +24,7 @@ export function OperatorProvider({ operator, children }) {
 }
 
 const OPERATOR_EVENTS = ['presenceStateChanged', 'availabilityChanged', 'incomingCall', 'callStarted', 'callEnded', 'currentCallChanged', 'error'];
-const CALL_EVENTS = ['accepted', 'ringing', 'connected', 'updated', 'muted', 'ended', 'remoteStream', 'reconnecting', 'reconnected', 'participantsChanged', 'capabilitiesChanged', 'modeChanged'];
+const CALL_EVENTS = ['accepted', 'ringing', 'connected', 'updated', 'muted', 'ended', 'remoteStream', 'reconnecting', 'reconnected', 'participantsChanged', 'capabilitiesChanged', 'modeChanged', 'recording'];
 const QUALITY_EVENTS = ['sample', 'warning', 'warningCleared', 'ended'];
 const DEVICE_EVENTS = ['devicesChanged', 'inputDeviceChanged', 'outputDeviceChanged'];
 const PARTY_EVENTS = ['participantsChanged', 'capabilitiesChanged', 'ended'];
@@ -103,7 +103,8 @@ export function useIncomingCall(operator) {
 
 /**
  * A call's state as plain values: `{call, callId, state, direction, from, to, muted, held,
- * remoteHeld, earlyMedia, reconnecting, endReason, connectedAt, participants, capabilities}`,
+ * remoteHeld, earlyMedia, reconnecting, endReason, connectedAt, participants, capabilities,
+ * recording}`,
  * or null. Given an Operator (or none: the provider's), the active call.
  */
 export function useCall(callOrOperator) {
@@ -130,6 +131,7 @@ export function useCall(callOrOperator) {
     connectedAt: call.connectedAt,
     participants: call.participants,
     capabilities: call.capabilities,
+    recording: call.recording,
   };
 }
 

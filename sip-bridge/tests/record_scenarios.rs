@@ -162,6 +162,13 @@ fn the_recording_keeps_the_customer_in_channel_one_through_a_hold_a_join_and_a_t
     w.accept(1, &call);
     w.talk(1, BOB);
     w.run(ms(3000));
+    // Bob joined a call being recorded: his page knows it.
+    let told = w.got(1, "recording");
+    assert_eq!(
+        told.last().map(|m| m["status"].as_str()),
+        Some(Some("in-progress")),
+        "{told:?}"
+    );
     // The call is hung up: the recording ends with it.
     let ended_at = w.now.saturating_duration_since(t0);
     w.api(&["support"], ApiRequest::Hangup { call: call.clone() })

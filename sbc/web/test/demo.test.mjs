@@ -1,7 +1,7 @@
 // The demo page: static checks of index.html/demo.js/demo.css, then demo.js driven through a
 // tiny DOM shim against the real SDK and the fakes (a smoke test; Playwright does the rest).
 
-import { test } from 'node:test';
+import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { register } from 'node:module';
@@ -19,6 +19,7 @@ const REQUIRED_IDS = [
   'dial-to', 'caller-id', 'call', 'hangup', 'end-all', 'mute', 'hold', 'dialpad', 'call-state', 'errors', 'remote-audio',
   'participants', 'add-target', 'add-participant', 'monitor-controls', 'mode-listen', 'mode-whisper', 'mode-barge',
   'list-calls', 'calls-list', 'input-device', 'output-device', 'input-level', 'output-level', 'quality',
+  'record', 'record-pause', 'recording-state', 'insights',
 ];
 
 const htmlIds = [...html.matchAll(/\sid="([^"]+)"/g)].map((m) => m[1]);
@@ -204,6 +205,13 @@ async function loadDemo(env, fetchImpl) {
   }
   return { $: (id) => doc.getElementById(id), demo: globalThis.demo };
 }
+
+// A test that fails half-way leaves its page online, on real timers (heartbeats) that would
+// keep the run alive: take it offline whatever happened.
+afterEach(async () => {
+  const op = globalThis.demo && globalThis.demo.operator;
+  if (op && op.state !== 'offline') await op.dispose();
+});
 
 test('demo page: go online, answer, DTMF, mute, hold, hang up, dial error, go offline', async () => {
   const env = makeEnv();
@@ -476,6 +484,157 @@ test('demo page: an incoming transfer says who hands it over and how', async () 
   ws.push({ type: 'ended', callId: 'c-8', reason: 'rejected' });
   await flush();
   assert.equal($('presence').textContent, 'offline');
+});
+
+/** Answer an incoming call c-2 on the online demo, connected, with `capabilities`. */
+async function answeredCall($, ws, capabilities) {
+  ws.push({ type: 'incoming', callId: 'c-2', from: '+15550111', to: '+15550100', number: 'support' });
+  await flush();
+  $('answer').click();
+  await flush();
+  ws.push({ type: 'answer', callId: 'c-2', sdp: 'v=0', ref: ws.last().ref });
+  ws.push({ type: 'connected', callId: 'c-2' });
+  await flush();
+  const parties = [{ id: 'p-0', role: 'customer', state: 'joined' }, { id: 'p-1', role: 'agent', state: 'joined', operatorRef: 'alice' }];
+  ws.push({ type: 'participants', callId: 'c-2', self: 'p-1', participants: parties, capabilities });
+  await flush();
+}
+
+const REC = 'rec-0123456789abcdef';
+
+test('demo page: Record and Pause follow the record capability and the server; the indicator says REC or paused', async () => {
+  const env = makeEnv();
+  const { $, ws } = await onlineDemo(env);
+  assert.equal($('record').disabled, true, 'no call');
+  assert.equal($('record-pause').disabled, true);
+  assert.equal($('recording-state').hidden, true);
+
+  await answeredCall($, ws, ['end_call']);
+  assert.equal($('record').disabled, true, 'no record capability');
+  assert.equal($('record-pause').disabled, true);
+  // Recording started elsewhere (the dial plan, the REST API) still shows.
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'in-progress' });
+  await flush();
+  assert.equal($('recording-state').hidden, false);
+  assert.equal($('recording-state').textContent, '●REC');
+  assert.equal($('record').disabled, true, 'still without the capability');
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'stopped' });
+  ws.push({ type: 'participants', callId: 'c-2', capabilities: ['end_call', 'record'] });
+  await flush();
+  assert.equal($('recording-state').hidden, true);
+  assert.equal($('record').disabled, false, 'granted');
+  assert.equal($('record').textContent, 'Record');
+  assert.equal($('record-pause').disabled, true, 'nothing to pause');
+
+  $('record').click();
+  await flush();
+  const start = ws.last();
+  assert.deepEqual([start.type, start.callId, start.action], ['record', 'c-2', 'start']);
+  assert.equal($('record').disabled, true, 'while the request waits');
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'in-progress', ref: start.ref });
+  await flush();
+  assert.equal($('record').disabled, false);
+  assert.equal($('record').textContent, 'Stop recording');
+  assert.equal($('record').getAttribute('aria-pressed'), 'true');
+  assert.equal($('recording-state').hidden, false);
+  assert.equal($('recording-state').dataset.state, 'in-progress');
+  assert.equal($('recording-state').textContent, '●REC');
+  assert.equal($('record-pause').disabled, false);
+  assert.equal($('record-pause').textContent, 'Pause recording');
+
+  $('record-pause').click();
+  await flush();
+  assert.deepEqual([ws.last().type, ws.last().action], ['record', 'pause']);
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'paused', ref: ws.last().ref });
+  await flush();
+  assert.equal($('recording-state').dataset.state, 'paused');
+  assert.equal($('recording-state').textContent, 'REC paused');
+  assert.equal($('record-pause').textContent, 'Resume recording');
+  assert.equal($('record-pause').getAttribute('aria-pressed'), 'true');
+
+  $('record-pause').click();
+  await flush();
+  assert.deepEqual([ws.last().type, ws.last().action], ['record', 'resume']);
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'in-progress', ref: ws.last().ref });
+  await flush();
+  assert.equal($('recording-state').textContent, '●REC');
+
+  $('record').click();
+  await flush();
+  assert.deepEqual([ws.last().type, ws.last().action], ['record', 'stop']);
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'stopped', ref: ws.last().ref });
+  await flush();
+  assert.equal($('recording-state').hidden, true);
+  assert.equal($('record').textContent, 'Record');
+  assert.equal($('record').getAttribute('aria-pressed'), 'false');
+  assert.equal($('record-pause').disabled, true);
+
+  // A refused start shows its error once, and the button comes back.
+  $('record').click();
+  await flush();
+  ws.push({ type: 'error', code: 'BAD_REQUEST', message: 'the call is already recorded', callId: 'c-2', ref: ws.last().ref });
+  await flush();
+  assert.equal($('errors').children[0].dataset.code, 'BAD_REQUEST');
+  assert.equal($('errors').children.filter((li) => li.dataset.code === 'BAD_REQUEST').length, 1, 'shown once');
+  assert.equal($('record').disabled, false);
+
+  // The end of the call takes the indicator and the buttons away.
+  ws.push({ type: 'recording', callId: 'c-2', recordingId: REC, status: 'in-progress' });
+  await flush();
+  assert.equal($('recording-state').hidden, false);
+  ws.push({ type: 'ended', callId: 'c-2', reason: 'remote_hangup' });
+  await flush();
+  assert.equal($('recording-state').hidden, true);
+  assert.equal($('record').disabled, true);
+  assert.equal($('record-pause').disabled, true);
+  $('go-offline').click();
+  await flush();
+});
+
+test('demo page: the Insights list shows kind: text, newest at the bottom, at most 50', async () => {
+  const env = makeEnv();
+  const { $, ws } = await onlineDemo(env);
+  assert.equal($('insights').querySelectorAll('li').length, 0, 'no placeholder item');
+  await answeredCall($, ws, ['record']);
+  const push = (insight) => ws.push({ type: 'insight', callId: 'c-2', forkId: 'rec-fork1', insight, at: 1796472059000 });
+  push({ event: 'insight', kind: 'transcript', text: 'I would like to cancel my plan', track: 'inbound' });
+  push({ event: 'insight', kind: 'hint', text: 'Offer the retention discount' });
+  push({ event: 'insight', score: 0.4 }); // neither kind nor text
+  await flush();
+  const items = $('insights').querySelectorAll('li');
+  assert.deepEqual(items.map((li) => li.textContent), [
+    'transcript: I would like to cancel my plan',
+    'hint: Offer the retention discount',
+    'insight: {"event":"insight","score":0.4}',
+  ]);
+  assert.deepEqual(items.map((li) => li.dataset.kind), ['transcript', 'hint', 'insight']);
+  assert.equal(items[0].dataset.track, 'inbound');
+
+  for (let i = 1; i <= 55; i++) push({ kind: 'transcript', text: `line ${i}` });
+  await flush();
+  const all = $('insights').querySelectorAll('li');
+  assert.equal(all.length, 50, 'at most 50 kept');
+  assert.equal(all[0].textContent, 'transcript: line 6');
+  assert.equal(all[49].textContent, 'transcript: line 55', 'newest at the bottom');
+
+  // Kept for reading after the call ends; a new call starts an empty list.
+  ws.push({ type: 'ended', callId: 'c-2', reason: 'remote_hangup' });
+  await flush();
+  assert.equal($('insights').querySelectorAll('li').length, 50);
+  $('dial-to').value = '+15550199';
+  $('call').click();
+  await flush();
+  ws.push({ type: 'answer', callId: 'c-5', sdp: 'v=0', ref: ws.last().ref });
+  await flush();
+  assert.equal($('insights').querySelectorAll('li').length, 0);
+  ws.push({ type: 'connected', callId: 'c-5' });
+  ws.push({ type: 'insight', callId: 'c-5', forkId: 'rec-fork2', insight: { kind: 'transcript', text: 'Hello?' }, at: 1796472099000 });
+  await flush();
+  assert.deepEqual($('insights').querySelectorAll('li').map((li) => li.textContent), ['transcript: Hello?']);
+  $('go-offline').click();
+  await flush();
+  ws.push({ type: 'ended', callId: 'c-5', reason: 'hangup' });
+  await flush();
 });
 
 test('demo page: supervisor lists calls, listens, switches to whisper', async () => {

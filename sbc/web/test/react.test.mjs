@@ -149,6 +149,9 @@ describe('React hooks', { skip }, () => {
     assert.equal(p.last().call, call);
     await step(() => call.mute(true));
     assert.equal(p.last().muted, true, 'without waiting for the server');
+    assert.equal(p.last().recording, null);
+    await step(() => ws.push({ type: 'recording', callId: 'c-9', recordingId: 'rec-1', status: 'paused' }));
+    assert.deepEqual(p.last().recording, { id: 'rec-1', status: 'paused' }, 're-rendered on the recording event');
     await step(() => ws.push({ type: 'ended', callId: 'c-9', reason: 'remote_hangup' }));
     assert.equal(p.last(), null);
     // A Call given directly keeps showing it after the end.

@@ -1082,6 +1082,17 @@ impl Call {
             },
         );
         self.send_participants(now, ctx, key);
+        // One who joins a call being recorded hears so (a transfer's target,
+        // an added operator, a supervisor).
+        if let Some((id, paused)) = self.recording_state() {
+            let msg = ServerMessage::Recording {
+                call_id: self.id.to_string(),
+                recording_id: id.to_string(),
+                status: if paused { "paused" } else { "in-progress" },
+                reference: None,
+            };
+            self.send_operator(op, msg);
+        }
     }
 
     /// The answered AI agent `leg` leaves but the caller stays: ringback

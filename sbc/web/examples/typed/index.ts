@@ -20,6 +20,8 @@ import Operator, {
   type QualitySample,
   type QualitySummary,
   type QualityWarning,
+  type RecordingInfo,
+  type Insight,
 } from '@sbc/operator-sdk';
 import { AudinOperator, CompatOperator, OperatorCall, operatorUrl, type OperatorPhoneNumber } from '@sbc/operator-sdk/compat';
 
@@ -88,6 +90,13 @@ async function ownApi(audio: HTMLAudioElement): Promise<void> {
     console.log(held?.held);
     await call.removeParticipant(p.id);
   }
+  if (call.can('record')) {
+    const rec: RecordingInfo = await call.startRecording({ channels: 'dual' });
+    await call.pauseRecording({ behavior: 'skip' });
+    await call.resumeRecording();
+    const stopped = await call.stopRecording();
+    console.log(rec.id, rec.status === 'in-progress', stopped.status, call.recording?.status, call.insights.length);
+  }
   console.log(call.participants, call.self, call.selfParticipant, call.capabilities, call.peerConnection, call.localStream, call.remoteStream);
   console.log(call.getQualitySummary(), call.quality, call.warnings, call.reconnecting, call.earlyMedia, call.held, call.remoteHeld);
   console.log(call.connectedAt, call.endedAt, call.direction, call.state, call.muted, op.currentCall === call, op.calls.length);
@@ -134,6 +143,8 @@ function watch(call: Call): void {
   call.on('participantLeft', ({ participantId, participant, reason }) => console.log(participantId, participant?.role, reason));
   call.on('participantsChanged', (list) => console.log(list.length));
   call.on('capabilitiesChanged', (caps) => console.log(caps));
+  call.on('recording', ({ id, status }) => console.log(id, status));
+  call.on('insight', (insight: Insight, { forkId, at }) => console.log(insight.kind, insight.text, insight.track, forkId, at));
   call.on('ended', ({ reason, code, message, quality }: EndedEvent) => {
     const q: QualitySummary | null = quality;
     console.log(reason, code, message, q?.samples, q?.rttAvgMs, q?.rttMaxMs, q?.jitterAvgMs, q?.jitterMaxMs, q?.packetLossPct, q?.packetsReceived, q?.packetsLost, q?.mosAvg, q?.mosMin, q?.warnings, q?.durationMs);
