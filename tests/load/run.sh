@@ -111,8 +111,8 @@ case "$record" in
     echo
     echo "== recording compared ($mode) =="
     awk -v a="$a" -v b="$b" -v c="$c" -v d="$d" 'BEGIN {
-      printf "steady state per call: %.4f %% of a core unrecorded, %.4f %% recorded: %+.1f %%\n", a, b, a > 0 ? 100 * (b - a) / a : 0
-      printf "over the run per call: %.4f %% unrecorded, %.4f %% recorded: %+.1f %%\n", c, d, c > 0 ? 100 * (d - c) / c : 0 }'
+      printf "steady state per call: %.4f %% of a core unrecorded, %.4f %% recorded: %+.1f %%\n", a, b, (a > 0 ? 100 * (b - a) / a : 0)
+      printf "over the run per call: %.4f %% unrecorded, %.4f %% recorded: %+.1f %%\n", c, d, (c > 0 ? 100 * (d - c) / c : 0) }'
     exit 0
     ;;
   *) echo "run.sh: --record must be off, on or compare" >&2; exit 2 ;;
