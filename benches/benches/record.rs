@@ -195,7 +195,7 @@ fn bench(c: &mut Criterion) {
     });
     for rate in [8000u32, 16_000] {
         let stereo: Vec<i16> = speech_like(rate, 2 * rate as usize / 50);
-        let mut ogg = OggOpusWriter::new(rate, 2, 32_000, 7, Duration::from_secs(1 << 30)).unwrap();
+        let mut ogg = OggOpusWriter::new(rate, 2, 48_000, 7, Duration::from_secs(1 << 30)).unwrap();
         let mut bytes = Vec::with_capacity(8192);
         ogg.start(&mut bytes).unwrap();
         g.bench_function(
@@ -204,7 +204,7 @@ fn bench(c: &mut Criterion) {
                 bn.iter(|| {
                     bytes.clear();
                     if ogg.write(black_box(&stereo), &mut bytes).is_err() {
-                        ogg = OggOpusWriter::new(rate, 2, 32_000, 7, Duration::from_secs(1 << 30))
+                        ogg = OggOpusWriter::new(rate, 2, 48_000, 7, Duration::from_secs(1 << 30))
                             .unwrap();
                     }
                     black_box(&bytes);

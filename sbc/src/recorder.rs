@@ -476,7 +476,8 @@ impl Writing {
         let done = dir.join(format!("{id}.{}", f.ext()));
         let max = job.inner.cfg.max_duration;
         let enc = if f.opus {
-            let bitrate = if f.channels == 2 { 32_000 } else { 24_000 };
+            // Two parties at 24 kbit/s each (see `OggOpusWriter::new`).
+            let bitrate = if f.channels == 2 { 48_000 } else { 24_000 };
             OggOpusWriter::new(f.rate, f.channels, bitrate, id.0 as u32, max).map(Encoder::Opus)
         } else {
             WavWriter::new(f.rate, f.channels, max).map(Encoder::Wav)

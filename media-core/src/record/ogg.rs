@@ -96,21 +96,27 @@ impl OggOpusWriter {
         } else {
             opus::Channels::Mono
         };
-        // VoIP: a recording is of a call, speech at a low bitrate, where
-        // libopus's voice mode (SILK, formant emphasis) sounds best per bit.
-        // What was heard already went through the call's codecs, so the
-        // fidelity `Audio` keeps for music buys nothing here.
-        let mut encoder =
-            opus::Encoder::new(rate, layout, opus::Application::Voip).map_err(opus_err)?;
+        // Mono: VoIP (SILK), speech at a low bitrate, the best sound per bit.
+        // Two channels are two parties that must not leak into each other:
+        // SILK's stereo coding at 16 kHz and 32 kbit/s kept them only 15-22 dB
+        // apart at complexity 1-5, where `Audio` (CELT) at 48 kbit/s keeps
+        // them 75-87 dB apart at complexity 1 (measured with a 440 Hz and a
+        // 1000 Hz tone, one per channel).
+        let app = if channels == 2 {
+            opus::Application::Audio
+        } else {
+            opus::Application::Voip
+        };
+        let mut encoder = opus::Encoder::new(rate, layout, app).map_err(opus_err)?;
         encoder
             .set_bitrate(opus::Bitrate::Bits(bitrate.clamp(6_000, 510_000) as i32))
             .map_err(opus_err)?;
-        // Complexity 1: a stereo 20 ms frame costs 29 us at 8 kHz and 65 us
-        // at 16 kHz, against 110 and 92 us at libopus's default 10 and 80
-        // and 151 us at 5 (`cargo bench -p benches --bench record`). For
-        // speech that went through the call's codecs the sound is the same:
-        // PESQ of G.711 speech through Opus at 32 kbit/s was 4.51 at 1 and
-        // 4.52 at 5 (ARCHITECTURE.md, "Opus effort follows what is encoded").
+        // Complexity 1: a stereo 20 ms frame (CELT, 48 kbit/s) costs 30 us at
+        // 8 kHz and 32 us at 16 kHz (`cargo bench -p benches --bench
+        // record`); SILK stereo at libopus's default 10 cost 110 and 92 us.
+        // At 24 kbit/s a party and up, effort buys speech little: PESQ of
+        // G.711 speech through Opus at 32 kbit/s was 4.51 at 1 and 4.52 at 5
+        // (ARCHITECTURE.md, "Opus effort follows what is encoded").
         encoder.set_complexity(1).map_err(opus_err)?;
         if channels == 2 {
             // The two channels are two parties, not a stereo image: libopus
@@ -484,14 +490,18 @@ mod tests {
 
     #[test]
     fn a_tone_in_channel_one_stays_in_channel_one() {
+        // Two parties: 1000 Hz in channel 1, 440 Hz in channel 2, at the
+        // 48 kbit/s recordings use.
         for rate in [8000, 16_000, 48_000] {
             let n = rate as usize / 50;
             let tone = sine(rate, 1000.0, 8000.0, n * 50);
+            let other = sine(rate, 440.0, 8000.0, n * 50);
             let frames: Vec<Vec<i16>> = tone
                 .chunks(n)
-                .map(|c| c.iter().flat_map(|&s| [s, 0]).collect())
+                .zip(other.chunks(n))
+                .map(|(a, b)| a.iter().zip(b).flat_map(|(&x, &y)| [x, y]).collect())
                 .collect();
-            let (file, _) = record(rate, 2, 32_000, &frames);
+            let (file, _) = record(rate, 2, 48_000, &frames);
             let pcm = play(&file, rate, 2);
             assert_eq!(pcm.len(), tone.len() * 2);
             let half = &pcm[pcm.len() / 2..];
@@ -503,7 +513,15 @@ mod tests {
                 goertzel_level_db(&two, rate, 1000.0),
             );
             assert!((l1 - given).abs() < 1.5, "{rate}: {l1:.1} vs {given:.1} dB");
-            assert!(l2 < given - 40.0, "{rate}: channel 2 at {l2:.1} dB");
+            assert!(
+                l2 < given - 40.0,
+                "{rate}: 1000 Hz in channel 2 at {l2:.1} dB"
+            );
+            let leak = goertzel_level_db(&one, rate, 440.0);
+            assert!(
+                leak < given - 40.0,
+                "{rate}: 440 Hz in channel 1 at {leak:.1} dB"
+            );
         }
     }
 
