@@ -31,7 +31,7 @@ use sip_bridge::bridge::{
     RecordingStatus, StatusCallback, TransferStep,
 };
 use sip_bridge::contract::RecordingId;
-use sip_bridge::plan::{ForkOptions, RecordOptions};
+use sip_bridge::plan::RecordOptions;
 
 use crate::inbox::ControlIn;
 use crate::recorder::Recorder;
@@ -536,26 +536,6 @@ async fn update_participant(
     Ok(ask(&app, numbers, req, false).await)
 }
 
-/// The body of `POST .../forks`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ForkBody {
-    /// `ws://` or `wss://`.
-    url: String,
-    /// `inbound`, `outbound`, `both` (default).
-    #[serde(default)]
-    tracks: Option<String>,
-    /// `native` (default) or `twilio`.
-    #[serde(default)]
-    framing: Option<String>,
-    /// 8000, 16000 (native default), 24000.
-    #[serde(default)]
-    rate: Option<u32>,
-    /// Request headers for the consumer.
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
-}
-
 async fn fork(
     State(app): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -563,15 +543,9 @@ async fn fork(
     raw: Bytes,
 ) -> Result<Response, Refusal> {
     let numbers = authenticate(&app, &headers)?;
-    let b: ForkBody = body(&raw)?;
-    let options = ForkOptions::parse(
-        &b.url,
-        b.tracks.as_deref(),
-        b.framing.as_deref(),
-        b.rate,
-        b.headers.into_iter().collect(),
-    )
-    .map_err(Refusal::bad)?;
+    // The same fields as a number's `fork` in the config.
+    let b: crate::config::ForkEntry = body(&raw)?;
+    let options = b.options().map_err(Refusal::bad)?;
     let route = format!("forks:{call}");
     let req = ApiRequest::Fork { call, options };
     Ok(create(&app, &headers, numbers, &route, &raw, req, true).await)

@@ -650,31 +650,45 @@ fn fork_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ForkOptio
         .map_err(serde::de::Error::custom)
 }
 
-/// `record = true` or `record = { channels, format, rate }`.
+/// `record = true` or `record = { channels, format, rate }` (a number's, or
+/// a routing answer's `"record"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RecordEntry {
+    /// Record with the defaults, or not.
+    On(bool),
+    /// Record so.
+    With {
+        /// `dual` or `mono`.
+        #[serde(default)]
+        channels: Option<String>,
+        /// `wav` or `opus`.
+        #[serde(default)]
+        format: Option<String>,
+        /// 8000 or 16000.
+        #[serde(default)]
+        rate: Option<u32>,
+    },
+}
+
+impl RecordEntry {
+    /// The options it names (`None`: not recorded).
+    pub fn options(self) -> Result<Option<RecordOptions>, String> {
+        match self {
+            RecordEntry::On(on) => Ok(on.then(RecordOptions::default)),
+            RecordEntry::With {
+                channels,
+                format,
+                rate,
+            } => RecordOptions::parse(channels.as_deref(), format.as_deref(), rate).map(Some),
+        }
+    }
+}
+
 fn record_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RecordOptions>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Entry {
-        On(bool),
-        With {
-            #[serde(default)]
-            channels: Option<String>,
-            #[serde(default)]
-            format: Option<String>,
-            #[serde(default)]
-            rate: Option<u32>,
-        },
-    }
-    match Entry::deserialize(d)? {
-        Entry::On(on) => Ok(on.then(RecordOptions::default)),
-        Entry::With {
-            channels,
-            format,
-            rate,
-        } => RecordOptions::parse(channels.as_deref(), format.as_deref(), rate)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
+    RecordEntry::deserialize(d)?
+        .options()
+        .map_err(serde::de::Error::custom)
 }
 
 /// `[recording]`.
@@ -703,13 +717,14 @@ pub struct RecordingSection {
 
 impl Default for RecordingSection {
     fn default() -> Self {
+        let d = crate::recorder::RecorderConfig::default();
         RecordingSection {
-            dir: PathBuf::from("recordings"),
-            max_duration: Duration::from_secs(4 * 3600),
-            retention: None,
-            max_active: 1000,
-            queue: Duration::from_secs(2),
-            writers: 2,
+            dir: d.dir,
+            max_duration: d.max_duration,
+            retention: d.retention,
+            max_active: d.max_active,
+            queue: d.queue,
+            writers: d.writers,
         }
     }
 }

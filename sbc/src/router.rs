@@ -21,7 +21,6 @@ use serde::Deserialize;
 use sip_bridge::bridge::{
     DialPlan, Join, Ringback, RouteDecision, RouteFacts, Step, Target, parse_duration,
 };
-use sip_bridge::plan::RecordOptions;
 
 use crate::clock::Clock;
 use crate::sign::signature;
@@ -121,24 +120,10 @@ struct WireAnswer {
     ringback: Option<String>,
     /// With `dial`: record the call from its answer (`true`, or options).
     #[serde(default)]
-    record: Option<WireRecord>,
+    record: Option<crate::config::RecordEntry>,
     /// With `dial`: stream the call's audio live from its answer.
     #[serde(default)]
     fork: Option<crate::config::ForkEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireRecord {
-    On(bool),
-    With {
-        #[serde(default)]
-        channels: Option<String>,
-        #[serde(default)]
-        format: Option<String>,
-        #[serde(default)]
-        rate: Option<u32>,
-    },
 }
 
 /// Reads a router's answer.
@@ -157,16 +142,10 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                 return Err(RouterError::BadJson("dial needs 1 to 16 steps".into()));
             }
             let record = match a.record {
-                None | Some(WireRecord::On(false)) => None,
-                Some(WireRecord::On(true)) => Some(RecordOptions::default()),
-                Some(WireRecord::With {
-                    channels,
-                    format,
-                    rate,
-                }) => Some(
-                    RecordOptions::parse(channels.as_deref(), format.as_deref(), rate)
-                        .map_err(|e| RouterError::BadJson(format!("record: {e}")))?,
-                ),
+                Some(r) => r
+                    .options()
+                    .map_err(|e| RouterError::BadJson(format!("record: {e}")))?,
+                None => None,
             };
             let fork = match a.fork {
                 Some(f) => Some(
@@ -298,6 +277,7 @@ impl Router for HttpRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sip_bridge::plan::RecordOptions;
 
     #[test]
     fn a_plan_may_record() {

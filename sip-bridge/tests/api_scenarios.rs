@@ -12,7 +12,6 @@ use sip_bridge::bridge::{
     ApiErrorCode, ApiReply, ApiRequest, CallEventKind, DialStatus, MonitorMode, Originate,
     PartyUpdate, StatusCallback, TransferStep,
 };
-use sip_bridge::signalling::CallSummary;
 use sip_bridge::sip::dialog::UaEvent;
 
 const CALLER: f64 = 440.0;
@@ -25,24 +24,6 @@ const PHONE: f64 = 1700.0;
 fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
     let cfg = config(plan(&[(&["operators"], 20)]));
     answered_by_alice_in(cfg, &[("bob", &["sales"])], CALLER, ALICE)
-}
-
-fn get(w: &mut World, call: &str) -> CallSummary {
-    match w.api(&[], ApiRequest::GetCall { call: call.into() }) {
-        Ok(ApiReply::Call(c)) => c,
-        other => panic!("get {call}: {other:?}"),
-    }
-}
-
-/// The id of the party with `role` in the call.
-fn pid(w: &mut World, call: &str, role: &str) -> String {
-    let c = get(w, call);
-    c.participants
-        .iter()
-        .find(|p| p.role == role)
-        .unwrap_or_else(|| panic!("no {role} in {:?}", c.participants))
-        .id
-        .clone()
 }
 
 /// `pcm` (maybe nothing at all: a held leg is sent nothing) has none of `not`.

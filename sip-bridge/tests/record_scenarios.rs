@@ -12,7 +12,6 @@ use common::*;
 use sip_bridge::bridge::{ApiErrorCode, ApiReply, ApiRequest, CallEventKind, PartyUpdate};
 use sip_bridge::contract::{PauseBehavior, RecordingId};
 use sip_bridge::plan::RecordOptions;
-use sip_bridge::signalling::CallSummary;
 
 const CALLER: f64 = 440.0;
 const ALICE: f64 = 1000.0;
@@ -22,23 +21,6 @@ const PHONE: f64 = 1700.0;
 fn answered_by_alice() -> (World, String, sip_bridge::sip::dialog::LegId) {
     let cfg = config(plan(&[(&["operators"], 20)]));
     answered_by_alice_in(cfg, &[("bob", &["sales"])], CALLER, ALICE)
-}
-
-fn get(w: &mut World, call: &str) -> CallSummary {
-    match w.api(&[], ApiRequest::GetCall { call: call.into() }) {
-        Ok(ApiReply::Call(c)) => c,
-        other => panic!("get {call}: {other:?}"),
-    }
-}
-
-fn pid(w: &mut World, call: &str, role: &str) -> String {
-    let c = get(w, call);
-    c.participants
-        .iter()
-        .find(|p| p.role == role)
-        .unwrap_or_else(|| panic!("no {role} in {:?}", c.participants))
-        .id
-        .clone()
 }
 
 fn record(w: &mut World, call: &str, o: RecordOptions) -> RecordingId {

@@ -764,6 +764,34 @@ impl SippCmd {
         self
     }
 
+    /// A far end on `ip` that answers PCMU and plays `hz` until the BYE
+    /// (`callee_tone.xml`).
+    pub fn tone_callee(name: &str, ip: IpAddr, hz: f64) -> SippCmd {
+        SippCmd::new(name, "callee_tone.xml", ip)
+            .tone(hz, 10)
+            .calls(1)
+            .timeout_secs(120)
+    }
+
+    /// A carrier caller on `ip` that calls `service` at `sbc`, plays `hz`
+    /// for `talk_ms` and hangs up (`caller_tone.xml`).
+    pub fn tone_caller(
+        name: &str,
+        ip: IpAddr,
+        sbc: SocketAddr,
+        service: &str,
+        hz: f64,
+        talk_ms: u64,
+    ) -> SippCmd {
+        SippCmd::new(name, "caller_tone.xml", ip)
+            .remote(sbc)
+            .service(service)
+            .tone(hz, 10)
+            .hold_ms(talk_ms)
+            .calls(1)
+            .timeout_secs(120)
+    }
+
     /// Its SIP address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
@@ -1160,6 +1188,19 @@ impl Sbc {
         http_request(self.http, method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.logs()))
     }
+}
+
+/// Asserts `pcm` (at `rate`) carries `hz` above -30 dB and at least 30 dB
+/// above `not`.
+pub fn assert_tone_over(pcm: &[i16], rate: u32, hz: f64, not: f64, what: &str) {
+    let (a, b) = (
+        media_core::analysis::goertzel_level_db(pcm, rate, hz),
+        media_core::analysis::goertzel_level_db(pcm, rate, not),
+    );
+    assert!(
+        a > -30.0 && a - b > 30.0,
+        "{what}: {hz} Hz at {a:.1} dB, {not} Hz at {b:.1} dB"
+    );
 }
 
 /// A request an [`HttpReceiver`] got.

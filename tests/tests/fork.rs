@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use integration_tests::fork_consumer::{ForkConsumer, Mode};
 use integration_tests::sbc_process::{
-    HttpReceiver, Sbc, SbcSpec, SippCmd, lo, rtp, serial, wait_until,
+    HttpReceiver, Sbc, SbcSpec, SippCmd, assert_tone_over, lo, rtp, serial, wait_until,
 };
-use media_core::analysis::goertzel_level_db;
 use serde_json::{Value, json};
 
 const KEY: &str = "fork-test-key-of-the-service-backend";
@@ -38,36 +37,18 @@ fn config(callee: std::net::SocketAddr, hook: &str, fork: Option<&str>) -> Strin
 }
 
 fn callee(name: &str) -> SippCmd {
-    SippCmd::new(name, "callee_tone.xml", lo(3))
-        .tone(1000.0, 10)
-        .calls(1)
-        .timeout_secs(120)
+    SippCmd::tone_callee(name, lo(3), 1000.0)
 }
 
 fn caller(name: &str, sbc: &Sbc, talk_ms: u64) -> SippCmd {
-    SippCmd::new(name, "caller_tone.xml", lo(2))
-        .remote(sbc.sip)
-        .service("+15550100")
-        .tone(440.0, 10)
-        .hold_ms(talk_ms)
-        .calls(1)
-        .timeout_secs(120)
-}
-
-fn lvl(x: &[i16], rate: u32, hz: f64) -> f64 {
-    goertzel_level_db(x, rate, hz)
+    SippCmd::tone_caller(name, lo(2), sbc.sip, "+15550100", 440.0, talk_ms)
 }
 
 /// `track` of `rate` holds `hz` and not `not`, 30 dB apart, over its middle.
 fn holds(track: &[i16], rate: u32, hz: f64, not: f64, what: &str) {
     let n = track.len();
     assert!(n > rate as usize * 2, "{what}: only {n} samples");
-    let mid = &track[n / 4..3 * n / 4];
-    let (a, b) = (lvl(mid, rate, hz), lvl(mid, rate, not));
-    assert!(
-        a > -30.0 && a - b > 30.0,
-        "{what}: {hz} Hz at {a:.1} dB, {not} Hz at {b:.1} dB"
-    );
+    assert_tone_over(&track[n / 4..3 * n / 4], rate, hz, not, what);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use super::control::{ApiError, ApiErrorCode};
 use super::event::RecordingReport;
 use super::record::{Asker, CallRecording};
 use super::{Call, CallCtx, CallEventKind};
-use crate::contract::{ForkSpec, MediaCommand, RecordFormat, RecordSpec, RecordingId};
+use crate::contract::{ForkSpec, MediaCommand, RecordFormat, RecordingId};
 use crate::plan::ForkOptions;
 use crate::signalling::ServerMessage;
 
@@ -38,21 +38,12 @@ impl Call {
             )));
         }
         let id = RecordingId(ctx.rng.next_u64());
-        let spec = RecordSpec {
-            channels: o.tracks,
-            format: RecordFormat::Wav,
-            rate: o.rate,
-            call: self.id,
-            number: self.number.clone(),
-            from: self.from.clone(),
-            to: self.to.clone(),
-            source: via.via().into(),
-            fork: Some(ForkSpec {
-                url: o.url.clone(),
-                framing: o.framing,
-                headers: o.headers.clone(),
-            }),
+        let fork = ForkSpec {
+            url: o.url.clone(),
+            framing: o.framing,
+            headers: o.headers.clone(),
         };
+        let spec = self.tap_spec(o.tracks, RecordFormat::Wav, o.rate, &via, Some(fork));
         self.media(MediaCommand::RecordStart {
             id,
             spec: Box::new(spec),

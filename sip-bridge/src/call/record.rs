@@ -72,17 +72,7 @@ impl Call {
             return Err(ApiError::conflict("the call is already being recorded"));
         }
         let id = RecordingId(ctx.rng.next_u64());
-        let spec = RecordSpec {
-            channels: o.channels,
-            format: o.format,
-            rate: o.rate,
-            call: self.id,
-            number: self.number.clone(),
-            from: self.from.clone(),
-            to: self.to.clone(),
-            source: via.via().into(),
-            fork: None,
-        };
+        let spec = self.tap_spec(o.channels, o.format, o.rate, &via, None);
         self.media(MediaCommand::RecordStart {
             id,
             spec: Box::new(spec),
@@ -116,10 +106,7 @@ impl Call {
         behavior: PauseBehavior,
         via: Asker<'_>,
     ) -> Result<RecordingId, ApiError> {
-        let r = self
-            .recording
-            .as_mut()
-            .ok_or_else(|| ApiError::conflict("the call is not being recorded"))?;
+        let r = self.recording_mut()?;
         if r.paused.is_some() {
             return Err(ApiError::conflict("the recording is paused already"));
         }
@@ -136,10 +123,7 @@ impl Call {
         now: Instant,
         via: Asker<'_>,
     ) -> Result<RecordingId, ApiError> {
-        let r = self
-            .recording
-            .as_mut()
-            .ok_or_else(|| ApiError::conflict("the call is not being recorded"))?;
+        let r = self.recording_mut()?;
         if r.paused.take().is_none() {
             return Err(ApiError::conflict("the recording is not paused"));
         }
@@ -162,6 +146,35 @@ impl Call {
         self.media(MediaCommand::RecordStop { id: r.id });
         self.recording_event(now, r.id, "stopped", via);
         Ok(r.id)
+    }
+
+    fn recording_mut(&mut self) -> Result<&mut CallRecording, ApiError> {
+        self.recording
+            .as_mut()
+            .ok_or_else(|| ApiError::conflict("the call is not being recorded"))
+    }
+
+    /// What media and the driver are told of a recording or a fork of this
+    /// call.
+    pub(crate) fn tap_spec(
+        &self,
+        channels: crate::contract::RecordChannels,
+        format: crate::contract::RecordFormat,
+        rate: u32,
+        via: &Asker<'_>,
+        fork: Option<crate::contract::ForkSpec>,
+    ) -> RecordSpec {
+        RecordSpec {
+            channels,
+            format,
+            rate,
+            call: self.id,
+            number: self.number.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            source: via.via().into(),
+            fork,
+        }
     }
 
     /// The recording's id and whether it is paused.

@@ -129,6 +129,28 @@ pub fn answered_by_alice_in(
     (w, call, leg)
 }
 
+/// The call as the REST API shows it (`GET /v1/calls/{call}`).
+pub fn get(w: &mut World, call: &str) -> sip_bridge::signalling::CallSummary {
+    match w.api(
+        &[],
+        sip_bridge::bridge::ApiRequest::GetCall { call: call.into() },
+    ) {
+        Ok(sip_bridge::bridge::ApiReply::Call(c)) => c,
+        other => panic!("get {call}: {other:?}"),
+    }
+}
+
+/// The id of the party with `role` in the call.
+pub fn pid(w: &mut World, call: &str, role: &str) -> String {
+    let c = get(w, call);
+    c.participants
+        .iter()
+        .find(|p| p.role == role)
+        .unwrap_or_else(|| panic!("no {role} in {:?}", c.participants))
+        .id
+        .clone()
+}
+
 pub fn plan(steps: &[(&[&str], u64)]) -> DialPlan {
     DialPlan::new(
         steps
