@@ -41,28 +41,42 @@ pub fn spawn(
     });
 }
 
-async fn run(
-    leg: LegKey,
+/// A WebSocket to `url` with `headers`, within [`CONNECT_TIMEOUT`]; errors
+/// name `who` (an AI agent's, a media fork's consumer's).
+pub(crate) async fn connect(
     url: &str,
     headers: &[(String, String)],
-    media: &mpsc::UnboundedSender<MediaIn>,
-) -> Result<(), String> {
+    who: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
     let mut req = url
         .into_client_request()
-        .map_err(|e| format!("bad agent URL: {e}"))?;
+        .map_err(|e| format!("bad {who} URL: {e}"))?;
     for (k, v) in headers {
         let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
             .map_err(|e| format!("bad header {k}: {e}"))?;
         let value = HeaderValue::from_str(v).map_err(|e| format!("bad header {k}: {e}"))?;
         req.headers_mut().insert(name, value);
     }
-    // Nagle off: a 20 ms frame must not wait for the agent's delayed ACK of the
+    // Nagle off: a 20 ms frame must not wait for the peer's delayed ACK of the
     // previous one (measured: a quarter of the frames arrived 20-40 ms late, in pairs).
     let connect = tokio_tungstenite::connect_async_with_config(req, None, true);
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| "agent did not connect in time".to_string())?
-        .map_err(|e| format!("agent connection failed: {e}"))?;
+        .map_err(|_| format!("{who} did not connect in time"))?
+        .map_err(|e| format!("{who} connection failed: {e}"))?;
+    Ok(ws)
+}
+
+async fn run(
+    leg: LegKey,
+    url: &str,
+    headers: &[(String, String)],
+    media: &mpsc::UnboundedSender<MediaIn>,
+) -> Result<(), String> {
+    let ws = connect(url, headers, "agent").await?;
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<AgentMessage>(QUEUE);
     if media

@@ -18,14 +18,11 @@ use sip_bridge::bridge::{CallId, MediaEvent};
 use sip_bridge::contract::{RecordNote, RecordSpec, RecordingId};
 use sip_bridge::fork::{ForkFramer, ForkMessage};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
+use crate::agent_ws;
 use crate::inbox::{ControlIn, ControlTx};
 
-/// Opening the connection (TCP, TLS and the upgrade) may take this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Audio a slow consumer may have waiting: 2 s of 20 ms frames.
 const QUEUE_FRAMES: usize = 100;
 /// Connection attempts in a row before the fork fails.
@@ -216,24 +213,7 @@ impl Task {
         let Some(fork) = self.spec.fork.as_ref() else {
             return Err("not a fork".into());
         };
-        let mut req = fork
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| format!("bad fork URL: {e}"))?;
-        for (k, v) in &fork.headers {
-            let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("bad header {k}: {e}"))?;
-            let value = HeaderValue::from_str(v).map_err(|e| format!("bad header {k}: {e}"))?;
-            req.headers_mut().insert(name, value);
-        }
-        // Nagle off: 20 ms frames must not wait for the consumer's ACKs.
-        let connect = tokio_tungstenite::connect_async_with_config(req, None, true);
-        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| "the consumer did not connect in time".to_string())?
-            .map_err(|e| format!("the consumer's connection failed: {e}"))?;
-        Ok(ws)
+        agent_ws::connect(&fork.url, &fork.headers, "the consumer").await
     }
 
     /// One connection: `start`, then what the queue holds as it comes, and

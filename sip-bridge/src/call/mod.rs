@@ -287,9 +287,8 @@ pub struct Call {
     originated: Option<originate::Originated>,
     /// Held parties hear the hold tone (else silence).
     hold_music: bool,
-    /// Its recording now, and every recording it had.
+    /// Its recording now.
     recording: Option<record::CallRecording>,
-    recorded: Vec<crate::contract::RecordingId>,
     /// Live media forks (at most [`fork::MAX_FORKS`]).
     forks: Vec<record::CallRecording>,
     out: VecDeque<CallOutput>,
@@ -336,7 +335,6 @@ impl Call {
             originated: None,
             hold_music: ctx.cfg.hold_music,
             recording: None,
-            recorded: Vec::new(),
             forks: Vec::new(),
             out: VecDeque::new(),
         }

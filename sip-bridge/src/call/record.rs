@@ -83,7 +83,6 @@ impl Call {
             channels: [Vec::new(), Vec::new()],
             customer_held: false,
         });
-        self.recorded.push(id);
         // Who is in the call when it starts opens the timeline.
         let present: Vec<(LegKey, &'static str)> = self
             .parties
