@@ -91,6 +91,10 @@ pub struct PipelineConfig {
     /// and their timing is carried through, for a far end that buffers itself.
     /// Relay pipelines never buffer.
     pub jitter: Option<JitterConfig>,
+    /// The first output sequence number and timestamp, continuing a stream
+    /// of the same SSRC that an earlier pipeline sent (a receiver sees one
+    /// stream whatever feeds it); `None`: random (RFC 3550 section 5.1).
+    pub start: Option<(u16, u32)>,
 }
 
 impl PipelineConfig {
@@ -103,6 +107,7 @@ impl PipelineConfig {
             seed,
             opus: OpusEncoderConfig::default(),
             jitter: None,
+            start: None,
         }
     }
 }
@@ -210,8 +215,9 @@ impl MediaPipeline {
     /// Builds the pipeline, relaying when input and output are the same RTP format.
     pub fn new(config: PipelineConfig) -> Result<Self, PipelineError> {
         let mut rng = SeededRng::new(config.seed);
-        let seq = rng.next_u32() as u16;
-        let ts = rng.next_u32();
+        let (seq, ts) = config
+            .start
+            .unwrap_or_else(|| (rng.next_u32() as u16, rng.next_u32()));
         let mode = match (config.input, config.output) {
             (Endpoint::Rtp(i), Endpoint::Rtp(o)) if i.codec == o.codec && i.ptime == o.ptime => {
                 Mode::Relay(Relay::new(i, o, config.ssrc, seq, ts))
@@ -259,6 +265,19 @@ impl MediaPipeline {
         match &mut self.mode {
             Mode::Relay(_) => None,
             Mode::Transcode(t) => t.pop_tap(out),
+        }
+    }
+
+    /// The sequence number and timestamp its next packet would carry, once
+    /// it sent one: where a pipeline that takes over its stream starts
+    /// ([`PipelineConfig::start`]).
+    pub fn next_output(&self) -> Option<(u16, u32)> {
+        if self.stats.packets_out == 0 {
+            return None;
+        }
+        match &self.mode {
+            Mode::Relay(r) => r.next_output(),
+            Mode::Transcode(t) => t.next_output(),
         }
     }
 

@@ -161,6 +161,12 @@ impl Relay {
         Ok(Some(len))
     }
 
+    /// The sequence number and timestamp of the packet after the last sent.
+    pub(crate) fn next_output(&self) -> Option<(u16, u32)> {
+        self.last_out
+            .map(|(s, t)| (s.wrapping_add(1), t.wrapping_add(self.frame_ticks())))
+    }
+
     fn frame_ticks(&self) -> u32 {
         self.output.codec.clock_rate().ticks_in(self.output.ptime)
     }

@@ -126,6 +126,11 @@ pub(crate) struct Transcode {
 }
 
 impl Transcode {
+    /// The sequence number and timestamp of the next packet out.
+    pub(crate) fn next_output(&self) -> Option<(u16, u32)> {
+        self.back.output.as_ref().map(|o| (o.seq, o.ts))
+    }
+
     pub(crate) fn new(config: &PipelineConfig, seq: u16, ts: u32) -> Result<Self, PipelineError> {
         // Pick the PCM rates: G.711 is 8 kHz; Opus meets the other side's rate so
         // libopus does the resampling for free.

@@ -277,6 +277,20 @@ struct MLeg {
     held: bool,
     last_rx: Instant,
     timed_out: bool,
+    /// Its stream's SSRC: one stream whatever feeds it (a transfer, a new
+    /// mix), so a receiver (an SRS that files per SSRC, a carrier that drops
+    /// audio on a new one) sees one stream.
+    ssrc: Ssrc,
+    /// Where its last pipeline left the stream, and when.
+    ended: Option<StreamEnd>,
+}
+
+/// Where a leg's stream stood when its pipeline was replaced.
+#[derive(Clone, Copy, Debug)]
+struct StreamEnd {
+    at: Instant,
+    seq: u16,
+    ts: u32,
 }
 
 /// After an RTCP BYE, how long a SIP leg may stay silent before the media
@@ -294,7 +308,7 @@ impl MLeg {
         }
     }
 
-    fn new(kind: Kind, now: Instant) -> MLeg {
+    fn new(kind: Kind, now: Instant, ssrc: Ssrc) -> MLeg {
         MLeg {
             kind,
             feeds: Vec::new(),
@@ -303,6 +317,8 @@ impl MLeg {
             held: false,
             last_rx: now,
             timed_out: false,
+            ssrc,
+            ended: None,
         }
     }
 
@@ -627,7 +643,8 @@ impl MediaSession {
                     format,
                     rtcp,
                 };
-                self.legs.insert(leg, MLeg::new(kind, now));
+                self.legs
+                    .insert(leg, MLeg::new(kind, now, Ssrc(self.rng.next_u32())));
                 self.by_port.insert(local_port, leg);
                 self.format_changed(now, leg);
             }
@@ -672,7 +689,8 @@ impl MediaSession {
                     leg: Box::new(StreamLeg::new(format, &start)),
                     connected: false,
                 };
-                self.legs.insert(leg, MLeg::new(kind, now));
+                self.legs
+                    .insert(leg, MLeg::new(kind, now, Ssrc(self.rng.next_u32())));
                 self.stream_io
                     .push_back(StreamIo::Connect { leg, url, headers });
             }
@@ -919,7 +937,7 @@ impl MediaSession {
                         old.timed_out = false;
                         old
                     }
-                    None => MLeg::new(kind, now),
+                    None => MLeg::new(kind, now, Ssrc(self.rng.next_u32())),
                 };
                 self.legs.insert(leg, l);
                 self.format_changed(now, leg);
@@ -938,6 +956,7 @@ impl MediaSession {
     /// if configured (both ends buffer; as rtpengine does).
     fn pipeline_to(
         &mut self,
+        now: Instant,
         to: LegKey,
         input: Endpoint,
         from_sip: bool,
@@ -945,8 +964,21 @@ impl MediaSession {
         let l = self.legs.get(&to)?;
         let output = l.endpoint();
         let to_sip = matches!(l.kind, Kind::Rtp { .. });
-        let ssrc = Ssrc(self.rng.next_u32());
+        // Toward a SIP peer the leg's stream goes on where it stopped, its
+        // timestamps moved on by the time between, so a recorder's timeline
+        // keeps the gap. (A browser's stream is made one by its WebRTC leg,
+        // which maps each new SSRC on; an agent's has none.)
+        let ssrc = if to_sip {
+            l.ssrc
+        } else {
+            Ssrc(self.rng.next_u32())
+        };
         let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
+        if let (Some(e), Endpoint::Rtp(f), true) = (l.ended, output, to_sip) {
+            let gap = now.saturating_duration_since(e.at).as_micros() as u64;
+            let ticks = gap * u64::from(f.codec.clock_rate().0) / 1_000_000;
+            cfg.start = Some((e.seq, e.ts.wrapping_add(ticks as u32)));
+        }
         cfg.opus = self.cfg.opus;
         if (!(from_sip && to_sip) || self.cfg.sip_jitter_buffer)
             && let Endpoint::Rtp(f) = input
@@ -954,6 +986,15 @@ impl MediaSession {
             cfg.jitter = Some(JitterConfig::new(f.codec.clock_rate()));
         }
         MediaPipeline::new(cfg).ok()
+    }
+
+    /// Notes where `listener`'s stream stands before its pipeline goes.
+    fn end_stream(&mut self, now: Instant, listener: LegKey) {
+        if let Some(l) = self.legs.get_mut(&listener)
+            && let Some((seq, ts)) = l.route.pipeline_ref().and_then(|p| p.next_output())
+        {
+            l.ended = Some(StreamEnd { at: now, seq, ts });
+        }
     }
 
     /// Builds how `listener` gets what it hears (see [`Route`]). A route that
@@ -975,6 +1016,19 @@ impl MediaSession {
         if same && !fresh {
             return;
         }
+        if fresh {
+            // A new format is a new stream.
+            let ssrc = Ssrc(self.rng.next_u32());
+            if let Some(l) = self.legs.get_mut(&listener) {
+                l.ssrc = ssrc;
+                l.ended = None;
+            }
+        } else {
+            self.end_stream(now, listener);
+        }
+        let Some(l) = self.legs.get(&listener) else {
+            return;
+        };
         let route = match (single(&l.feeds), l.feeds.is_empty()) {
             (_, true) => Route::Nothing,
             (Some(FeedSource::Leg(from)), _) => {
@@ -982,7 +1036,7 @@ impl MediaSession {
                 let input = src.map(MLeg::endpoint);
                 let from_sip = src.is_some_and(|s| matches!(s.kind, Kind::Rtp { .. }));
                 let muted = src.is_some_and(|s| s.muted);
-                let mut pipeline = input.and_then(|i| self.pipeline_to(listener, i, from_sip));
+                let mut pipeline = input.and_then(|i| self.pipeline_to(now, listener, i, from_sip));
                 if let Some(p) = pipeline.as_mut() {
                     p.set_muted(muted);
                 }
@@ -995,13 +1049,14 @@ impl MediaSession {
                     tone,
                     generator: mix::tone_generator(tone, SampleRate::HZ_8000),
                     started: now,
-                    pipeline: self.pipeline_to(listener, input, false),
+                    pipeline: self.pipeline_to(now, listener, input, false),
                 }
             }
             (None, false) => {
                 let rate = self.mix.as_ref().map(Mix::rate);
                 Route::Mixed {
-                    encoder: rate.and_then(|r| self.pipeline_to(listener, Endpoint::Pcm(r), false)),
+                    encoder: rate
+                        .and_then(|r| self.pipeline_to(now, listener, Endpoint::Pcm(r), false)),
                 }
             }
         };
@@ -1067,7 +1122,8 @@ impl MediaSession {
             self.mix = Mix::new(rate, self.cfg.max_mix);
 
             for k in &mixed {
-                let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
+                self.end_stream(now, *k);
+                let enc = self.pipeline_to(now, *k, Endpoint::Pcm(rate), false);
                 if let Some(l) = self.legs.get_mut(k) {
                     l.route = Route::Mixed { encoder: enc };
                 }
@@ -1106,7 +1162,7 @@ impl MediaSession {
         // A mixed listener whose encoder is missing (its leg came after the mix).
         for k in &mixed {
             if matches!(self.legs[k].route, Route::Mixed { encoder: None }) {
-                let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
+                let enc = self.pipeline_to(now, *k, Endpoint::Pcm(rate), false);
                 if let Some(l) = self.legs.get_mut(k) {
                     l.route = Route::Mixed { encoder: enc };
                 }
