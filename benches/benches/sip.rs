@@ -97,6 +97,8 @@ fn bench(c: &mut Criterion) {
     let (mut a, mut b) = (ua(1), ua(2));
     let mut now = Instant::ZERO;
     let params = InviteParams {
+        body_type: None,
+        contact_params: None,
         request_uri: "sip:+15550100@10.0.0.2".into(),
         from: "<sip:+15550111@10.0.0.1>".into(),
         to: "<sip:+15550100@10.0.0.2>".into(),

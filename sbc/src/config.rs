@@ -24,7 +24,7 @@ use sip_bridge::bridge::{
     BridgeConfig, Cidr, DialPlan, DtmfMode, Join, NumberConfig, Ringback, Step, Target,
     TransferMode, TrunkConfig,
 };
-use sip_bridge::plan::{ForkOptions, RecordOptions};
+use sip_bridge::plan::{ForkOptions, RecordOptions, SiprecOptions};
 use sip_bridge::roles::{Capabilities, RoleCapabilities};
 use sip_bridge::signalling::SessionConfig;
 use sip_bridge::sip::auth::Credentials;
@@ -482,6 +482,10 @@ pub struct TrunkEntry {
     /// `"bridge"` (we try the target ourselves).
     #[serde(default)]
     pub refer_failure: ReferFailure,
+    /// Record its inbound calls through a SIPREC server unless their number
+    /// names one: `{ srs = "sip:srs@192.0.2.9:5060", fail_closed = false }`.
+    #[serde(default, deserialize_with = "siprec_entry")]
+    pub siprec: Option<SiprecOptions>,
 }
 
 /// `transfer` of a trunk.
@@ -612,6 +616,36 @@ pub struct NumberEntry {
     /// rate = 8000|16000|24000, headers = { Authorization = "..." } }`.
     #[serde(default, deserialize_with = "fork_entry")]
     pub fork: Option<ForkOptions>,
+    /// Record its calls through an external recording server (SIPREC, RFC
+    /// 7866) from routing on: `{ srs = "sip:srs@192.0.2.9:5060;transport=tcp",
+    /// fail_closed = false }`. With `fail_closed` a call the SRS does not
+    /// take is refused (503), or ended if it was answered.
+    #[serde(default, deserialize_with = "siprec_entry")]
+    pub siprec: Option<SiprecOptions>,
+}
+
+/// `siprec = { srs, fail_closed }` (a number's, a trunk's, or a routing
+/// answer's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiprecEntry {
+    srs: String,
+    #[serde(default, alias = "failClosed")]
+    fail_closed: bool,
+}
+
+impl SiprecEntry {
+    /// The options it names.
+    pub fn options(self) -> Result<SiprecOptions, String> {
+        SiprecOptions::parse(&self.srs, self.fail_closed)
+    }
+}
+
+fn siprec_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SiprecOptions>, D::Error> {
+    SiprecEntry::deserialize(d)?
+        .options()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `fork = { url, tracks, framing, rate, headers }` (a number's, or a
@@ -1212,6 +1246,7 @@ impl SbcConfig {
                     ringback: n.ringback,
                     record: n.record,
                     fork: n.fork.clone(),
+                    siprec: n.siprec.clone(),
                 },
                 capabilities: n.capabilities.resolve(),
                 room: n.room,
@@ -1294,6 +1329,7 @@ impl SbcConfig {
                         bridge_on_failure: f == ReferFailure::Bridge,
                     },
                 },
+                siprec: t.siprec.clone(),
             });
         }
         if found.is_empty() {
@@ -1702,6 +1738,41 @@ mod tests {
             "[[numbers]]\nid = \"x\"\ne164 = \"+15550400\"\nrecord = { rate = 44100 }\n",
             "numbers[0].record",
             "rate 44100",
+        );
+    }
+
+    #[test]
+    fn numbers_and_trunks_name_a_siprec_server() {
+        let cfg = SbcConfig::parse(&format!(
+            "{MINIMAL}{TRUNK}siprec = {{ srs = \"sip:srs@192.0.2.9:5080;transport=tcp\" }}\n\
+             [[numbers]]\nid = \"a\"\ne164 = \"+15550400\"\n\
+             siprec = {{ srs = \"sip:rec@192.0.2.8\", fail_closed = true }}\n"
+        ))
+        .unwrap();
+        let n = cfg.number_configs();
+        assert_eq!(
+            n[0].plan.siprec,
+            Some(SiprecOptions {
+                srs: "sip:rec@192.0.2.8".into(),
+                fail_closed: true
+            })
+        );
+        let t = cfg.trunk_configs(|_| Ok(vec![])).unwrap();
+        let s = t[0].siprec.as_ref().unwrap();
+        assert_eq!(
+            (s.srs.as_str(), s.fail_closed),
+            ("sip:srs@192.0.2.9:5080;transport=tcp", false)
+        );
+        // The core resolves no names: an SRS is an address.
+        rejects(
+            "[[numbers]]\nid = \"x\"\ne164 = \"+15550400\"\nsiprec = { srs = \"sip:srs@rec.example\" }\n",
+            "numbers[0].siprec",
+            "not an IP address",
+        );
+        rejects(
+            "[[numbers]]\nid = \"x\"\ne164 = \"+15550400\"\nsiprec = { srs = \"http://x\" }\n",
+            "numbers[0].siprec",
+            "sip: URI",
         );
     }
 

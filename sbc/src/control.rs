@@ -412,6 +412,15 @@ fn record(ev: &CallEvent) {
             let state = ev.transfer.as_ref().map_or("unknown", |t| t.state);
             metrics::counter!("sbc_transfers_total", "state" => state).increment(1)
         }
+        CallEventKind::Siprec => {
+            let state = ev.recording.as_ref().map_or("unknown", |r| r.state);
+            metrics::counter!("sbc_siprec_sessions_total", "state" => state).increment(1);
+            match state {
+                "started" => metrics::gauge!("sbc_siprec_sessions_active").increment(1.0),
+                "stopped" => metrics::gauge!("sbc_siprec_sessions_active").decrement(1.0),
+                _ => {}
+            }
+        }
         CallEventKind::Quality => {
             if let Some(q) = &ev.quality {
                 tracing::info!(target: "cdr", "quality call={} operator={} summary={}", ev.call_id, q.operator, q.summary);
@@ -460,6 +469,7 @@ mod tests {
     /// Number `+15550100` rings `plan`; one trunk, from `CARRIER`.
     fn harness(plan: DialPlan, tweak: impl FnOnce(&mut BridgeConfig)) -> Harness {
         let trunk = TrunkConfig {
+            siprec: None,
             name: "carrier".into(),
             host: "carrier.example".into(),
             peers: vec![CARRIER.parse().unwrap()],

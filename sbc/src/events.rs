@@ -91,6 +91,11 @@ pub fn event_json(ev: &CallEvent) -> serde_json::Value {
             "via": r.via,
             "reason": r.reason,
         })),
+        "siprec": ev.recording.as_ref().filter(|_| ev.kind == CallEventKind::Siprec).map(|r| serde_json::json!({
+            "id": r.id,
+            "state": r.state,
+            "reason": r.reason,
+        })),
         "timestamp": clock::rfc3339_ms(ev.unix_ms),
     })
 }

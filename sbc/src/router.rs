@@ -124,6 +124,10 @@ struct WireAnswer {
     /// With `dial`: stream the call's audio live from its answer.
     #[serde(default)]
     fork: Option<crate::config::ForkEntry>,
+    /// With `dial`: record through this SIPREC server (instead of the
+    /// number's or trunk's; without it, theirs stands).
+    #[serde(default)]
+    siprec: Option<crate::config::SiprecEntry>,
 }
 
 /// Reads a router's answer.
@@ -154,9 +158,17 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
                 ),
                 None => None,
             };
+            let siprec = match a.siprec {
+                Some(s) => Some(
+                    s.options()
+                        .map_err(|e| RouterError::BadJson(format!("siprec: {e}")))?,
+                ),
+                None => None,
+            };
             let mut plan = DialPlan {
                 record,
                 fork,
+                siprec,
                 ..DialPlan::default()
             };
             if let Some(r) = a.ringback.as_deref() {
@@ -278,6 +290,22 @@ impl Router for HttpRouter {
 mod tests {
     use super::*;
     use sip_bridge::plan::RecordOptions;
+
+    #[test]
+    fn a_plan_may_name_a_siprec_server() {
+        let plan = |body: &[u8]| match parse_answer(body) {
+            Ok(RouteDecision::Plan(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let p = plan(br#"{"dial": [{"ring": ["operators"]}], "siprec": {"srs": "sip:srs@192.0.2.9", "failClosed": true}}"#);
+        let s = p.siprec.unwrap();
+        assert_eq!((s.srs.as_str(), s.fail_closed), ("sip:srs@192.0.2.9", true));
+        assert_eq!(plan(br#"{"dial": [{"ring": ["operators"]}]}"#).siprec, None);
+        let bad = parse_answer(
+            br#"{"dial": [{"ring": ["operators"]}], "siprec": {"srs": "sip:x@name.example"}}"#,
+        );
+        assert!(matches!(bad, Err(RouterError::BadJson(e)) if e.starts_with("siprec:")));
+    }
 
     #[test]
     fn a_plan_may_record() {

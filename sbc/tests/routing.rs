@@ -53,6 +53,8 @@ async fn call(h: &ServerHandle, events: &Events, to: &str) -> (u16, Option<Strin
     .unwrap();
     let sbc = Peer::udp(h.sip_udp.unwrap());
     let p = InviteParams {
+        body_type: None,
+        contact_params: None,
         request_uri: format!("sip:{to}@127.0.0.1"),
         from: "<sip:+15550111@127.0.0.1>".into(),
         to: format!("<sip:{to}@127.0.0.1>"),

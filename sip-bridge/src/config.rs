@@ -134,6 +134,9 @@ pub struct TrunkConfig {
     /// How its parties are transferred: bridged through us, or handed to it
     /// with a REFER.
     pub transfer: TransferMode,
+    /// Its inbound calls are recorded through this SIPREC server unless
+    /// their number names one.
+    pub siprec: Option<crate::plan::SiprecOptions>,
 }
 
 /// How a blind transfer moves a party of a trunk to a phone number or a SIP

@@ -58,6 +58,8 @@
 //!         sdp: None,
 //!         headers: vec![],
 //!         credentials: None,
+//!         body_type: None,
+//!         contact_params: None,
 //!     })
 //!     .unwrap();
 //! // The driver's job: move bytes between them, and act on events.
@@ -87,6 +89,8 @@ pub mod roles;
 pub mod sdp;
 pub mod signalling;
 pub mod sip;
+pub mod siprec;
 pub mod stream;
+pub mod time;
 pub mod token;
 pub mod webrtc;

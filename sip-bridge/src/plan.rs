@@ -240,6 +240,43 @@ pub struct DialPlan {
     pub record: Option<RecordOptions>,
     /// Stream the call's audio live from its answer, so.
     pub fork: Option<ForkOptions>,
+    /// Record through an external recording server (SIPREC) from routing on.
+    /// A number's or trunk's setting stands when the router's plan has none.
+    pub siprec: Option<SiprecOptions>,
+}
+
+/// A SIPREC recording server (RFC 7866) for a number, a trunk or the
+/// routing webhook's plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiprecOptions {
+    /// The SRS: `sip:user@ip:port`, `;transport=tcp` for TCP.
+    pub srs: String,
+    /// Compliance: refuse the call (or end it) when the SRS does not record
+    /// it. Default: the call goes on and a `siprec` event says it failed.
+    pub fail_closed: bool,
+}
+
+impl SiprecOptions {
+    /// Checked options: a `sip:` URI with an IP address (the sans-IO core
+    /// resolves no names).
+    pub fn parse(srs: &str, fail_closed: bool) -> Result<SiprecOptions, String> {
+        if srs.len() > 512 || !srs.to_ascii_lowercase().starts_with("sip:") {
+            return Err("srs must be a sip: URI".into());
+        }
+        let uri: rsipstack::sip::Uri = srs.parse().map_err(|_| "srs: not a SIP URI")?;
+        let host = uri.host_with_port.host.to_string();
+        if host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return Err(format!("srs: `{host}` is not an IP address"));
+        }
+        Ok(SiprecOptions {
+            srs: srs.into(),
+            fail_closed,
+        })
+    }
 }
 
 /// A live media fork (`fork` in a number's config, the routing webhook's
@@ -364,6 +401,7 @@ impl DialPlan {
             ringback: None,
             record: None,
             fork: None,
+            siprec: None,
         }
     }
 

@@ -139,6 +139,8 @@ impl Caller {
         let (mtx, mrx) = mpsc::unbounded_channel();
         tokio::spawn(media(sock, source, log.clone(), mrx));
         let p = InviteParams {
+            body_type: None,
+            contact_params: None,
             request_uri: format!("sip:{NUMBER}@{sbc}"),
             from: format!("<sip:{FROM}@{ip}>"),
             to: format!("<sip:{NUMBER}@{sbc}>"),

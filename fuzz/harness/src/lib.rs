@@ -749,6 +749,8 @@ pub fn sip_dialog(data: &[u8]) {
                 if let Ok(leg) = ua.invite(
                     now,
                     InviteParams {
+                        body_type: None,
+                        contact_params: None,
                         request_uri: "sip:+15550100@192.0.2.9".into(),
                         from: "<sip:+15550111@192.0.2.1>".into(),
                         to: "<sip:+15550100@192.0.2.9>".into(),
@@ -1042,8 +1044,14 @@ pub fn call(data: &[u8]) {
         ringback: None,
         record: None,
         fork: None,
+        // A SIPREC session beside every call, its SRS the fuzzed carrier.
+        siprec: Some(sip_bridge::plan::SiprecOptions {
+            srs: "sip:srs@192.0.2.20:5060".into(),
+            fail_closed: false,
+        }),
     };
     let trunk = sip_bridge::bridge::TrunkConfig {
+        siprec: None,
         name: "c".into(),
         host: "carrier.example".into(),
         peers: vec!["192.0.2.20:5060".parse().unwrap()],
@@ -1271,6 +1279,8 @@ pub fn call(data: &[u8]) {
                 if let Ok(leg) = carrier.invite(
                     now,
                     InviteParams {
+                        body_type: None,
+                        contact_params: None,
                         request_uri: format!("sip:{to}@192.0.2.10"),
                         from: "<sip:+15550111@192.0.2.20>".into(),
                         to: format!("<sip:{to}@192.0.2.10>"),
@@ -1549,6 +1559,8 @@ pub fn call(data: &[u8]) {
                 if let Ok(leg) = carrier.invite(
                     now,
                     InviteParams {
+                        body_type: None,
+                        contact_params: None,
                         request_uri: "sip:+15550100@192.0.2.10".into(),
                         from: "<sip:+15550112@192.0.2.20>".into(),
                         to: "<sip:+15550100@192.0.2.10>".into(),

@@ -116,6 +116,7 @@ mod tests {
 
     fn config() -> BridgeConfig {
         let trunk = TrunkConfig {
+            siprec: None,
             name: "carrier".into(),
             host: "carrier.example".into(),
             peers: vec!["192.0.2.1:5060".parse().unwrap()],

@@ -524,7 +524,7 @@ impl Bridge {
     /// SIP work for party `leg` of call `id`, through the UA.
     fn sip_action(&mut self, now: Instant, id: CallId, leg: LegKey, action: SipAction) {
         if let SipAction::Invite(params) = action {
-            match self.ua.invite(now, params) {
+            match self.ua.invite(now, *params) {
                 Ok(ua_leg) => {
                     self.sip_legs.insert(ua_leg, (id, leg));
                     self.call_legs.insert((id, leg), ua_leg);

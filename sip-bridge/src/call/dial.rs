@@ -46,6 +46,9 @@ impl Call {
         call.caller_name = display_name_of(&from_hdr);
         let key = call.sip_caller(ctx, req, source, trunk)?;
         call.caller = key;
+        if call.siprec_default.is_none() {
+            call.siprec_default = trunk.and_then(|t| ctx.cfg.trunks[t].siprec.clone());
+        }
         call.event(now, CallEventKind::Initiated, None, None, None);
         call.record_joined(now, ctx, key);
         if call.room {
@@ -66,6 +69,7 @@ impl Call {
             if let Some(o) = call.plan.fork.clone() {
                 let _ = call.start_fork(now, ctx, &o, super::record::Asker::Plan);
             }
+            call.start_siprec(now, ctx);
             call.settle(now, ctx);
             return Ok(call);
         }
@@ -374,10 +378,17 @@ impl Call {
             };
             self.push(CallOutput::Route(facts));
         } else {
-            self.state = CallState::Dialing(Dial::at(0));
-            self.start_step(now, ctx);
+            self.dial_plan(now, ctx);
         }
         self.settle(now, ctx);
+    }
+
+    /// Routed: the SIPREC session (if any) is asked first, so the SRS is
+    /// ready before anyone answers; then the plan's first step rings.
+    fn dial_plan(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        self.state = CallState::Dialing(Dial::at(0));
+        self.start_siprec(now, ctx);
+        self.start_step(now, ctx);
     }
 
     /// The router's decision.
@@ -390,14 +401,10 @@ impl Call {
             return;
         }
         match decision {
-            RouteDecision::Default => {
-                self.state = CallState::Dialing(Dial::at(0));
-                self.start_step(now, ctx);
-            }
+            RouteDecision::Default => self.dial_plan(now, ctx),
             RouteDecision::Plan(plan) => {
                 self.plan = plan;
-                self.state = CallState::Dialing(Dial::at(0));
-                self.start_step(now, ctx);
+                self.dial_plan(now, ctx);
             }
             RouteDecision::Reject(status) => {
                 let status = if (400..700).contains(&status) {
@@ -668,6 +675,8 @@ impl Call {
             headers.push(("Require".into(), "100rel".into()));
         }
         let params = InviteParams {
+            body_type: None,
+            contact_params: None,
             request_uri: uri.clone(),
             from: format!(
                 "<sip:{}@{host}>",
@@ -709,7 +718,7 @@ impl Call {
                 Some(target),
             ),
         );
-        self.sip(key, SipAction::Invite(params));
+        self.sip(key, SipAction::Invite(Box::new(params)));
         Ok(1)
     }
 
@@ -1341,7 +1350,7 @@ fn display_name_of(v: &str) -> Option<String> {
         .then(|| name.chars().filter(|c| !c.is_control()).take(64).collect())
 }
 
-fn sip_target_peer(uri: &str) -> Option<Peer> {
+pub(crate) fn sip_target_peer(uri: &str) -> Option<Peer> {
     let u: rsipstack::sip::Uri = uri.parse().ok()?;
     let host = u.host_with_port.host.to_string();
     let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;

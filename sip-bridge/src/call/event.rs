@@ -53,6 +53,9 @@ pub enum CallEventKind {
     Recording,
     /// A live media fork started, stopped or failed ([`RecordingReport`]).
     Fork,
+    /// A SIPREC session started, stopped or failed ([`RecordingReport`];
+    /// `code` the SRS's status).
+    Siprec,
 }
 
 impl CallEventKind {
@@ -69,6 +72,7 @@ impl CallEventKind {
             CallEventKind::Transfer => "transfer",
             CallEventKind::Recording => "recording",
             CallEventKind::Fork => "fork",
+            CallEventKind::Siprec => "siprec",
         }
     }
 }

@@ -32,6 +32,7 @@ mod ports;
 mod record;
 mod route;
 mod sip;
+mod siprec;
 mod state;
 mod transfer;
 
@@ -291,6 +292,10 @@ pub struct Call {
     recording: Option<record::CallRecording>,
     /// Live media forks (at most [`fork::MAX_FORKS`]).
     forks: Vec<record::CallRecording>,
+    /// Its SIPREC session, and the SRS its number or trunk names (the
+    /// router's plan may name another).
+    siprec: Option<siprec::SiprecSession>,
+    siprec_default: Option<crate::plan::SiprecOptions>,
     out: VecDeque<CallOutput>,
 }
 
@@ -336,6 +341,8 @@ impl Call {
             hold_music: ctx.cfg.hold_music,
             recording: None,
             forks: Vec::new(),
+            siprec: None,
+            siprec_default: number.plan.siprec.clone(),
             out: VecDeque::new(),
         }
     }
@@ -682,6 +689,7 @@ impl Call {
         }
         self.sync_media();
         self.sync_recording();
+        self.sync_siprec(now, ctx);
         self.sync_sip_holds(now, ctx);
         self.sync_operator_views(None, None);
     }
@@ -709,6 +717,7 @@ impl Call {
         if self.is_ended() {
             return;
         }
+        self.end_siprec(now, ctx);
         let caller = self.caller;
         let keys: Vec<LegKey> = self.parties.keys().copied().collect();
         for k in keys {

@@ -103,6 +103,7 @@ impl Call {
             p.role = Role::Customer;
         }
         call.event(now, CallEventKind::Initiated, None, None, None);
+        call.start_siprec(now, ctx);
         if call
             .parties
             .get(&call.caller)

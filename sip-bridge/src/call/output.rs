@@ -14,7 +14,7 @@ use crate::sip::dialog::InviteParams;
 #[non_exhaustive]
 pub enum SipAction {
     /// Start the leg: an INVITE.
-    Invite(InviteParams),
+    Invite(Box<InviteParams>),
     /// Answer the leg's INVITE (provisional or final).
     Respond {
         /// Status.

@@ -202,22 +202,8 @@ impl Call {
         if self.recording.is_none() && self.forks.is_empty() {
             return;
         }
+        let (want, held) = self.tapped_channels();
         let customer = self.customer();
-        let held = customer.is_some_and(|c| self.party_on_hold(c));
-        let others: Vec<Feed> = match customer {
-            Some(c) if !held => self
-                .heard
-                .get(&c)
-                .map(|f| {
-                    f.iter()
-                        .filter(|f| matches!(f.from, FeedSource::Leg(k) if k != c))
-                        .copied()
-                        .collect()
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let want = [customer.map(Feed::leg).into_iter().collect(), others];
         let mut changed = Vec::new();
         for r in self.recording.iter_mut().chain(self.forks.iter_mut()) {
             if r.channels != want {
@@ -238,6 +224,31 @@ impl Call {
         if let Some(r) = self.recording.as_mut() {
             r.customer_held = held;
         }
+    }
+
+    /// What a tap of the call hears (recordings, forks, SIPREC streams):
+    /// channel 1 the customer, channel 2 what the customer hears without
+    /// tones (nothing while the customer is held); and whether it is held.
+    pub(crate) fn tapped_channels(&self) -> ([Vec<Feed>; 2], bool) {
+        let customer = self.customer();
+        let held = customer.is_some_and(|c| self.party_on_hold(c));
+        let others: Vec<Feed> = match customer {
+            Some(c) if !held => self
+                .heard
+                .get(&c)
+                .map(|f| {
+                    f.iter()
+                        .filter(|f| matches!(f.from, FeedSource::Leg(k) if k != c))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        (
+            [customer.map(Feed::leg).into_iter().collect(), others],
+            held,
+        )
     }
 
     /// A timeline entry of the recording now (none when nothing records).

@@ -59,6 +59,9 @@ impl Call {
         if self.is_ended() {
             return;
         }
+        if self.is_siprec(key) {
+            return self.siprec_sip(now, ctx, ev);
+        }
         if let Some(&port) = self.ending.get(&key) {
             // A leg we cancelled: its 200 crossing our CANCEL is ended too; its
             // port comes back once it is gone.

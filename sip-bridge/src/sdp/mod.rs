@@ -42,7 +42,8 @@ impl Direction {
         }
     }
 
-    fn from_attr(name: &str) -> Option<Direction> {
+    /// The direction an attribute name (`sendonly`...) states, if it is one.
+    pub fn from_attr(name: &str) -> Option<Direction> {
         Some(match name {
             "sendrecv" => Direction::SendRecv,
             "sendonly" => Direction::SendOnly,

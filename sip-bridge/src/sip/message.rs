@@ -58,6 +58,8 @@ pub struct ValidationConfig {
     pub max_message: usize,
     /// Option tags we support (anything else in Require gets 420).
     pub supported: Vec<String>,
+    /// Content types an INVITE may carry (anything else gets 415).
+    pub invite_bodies: Vec<String>,
 }
 
 impl Default for ValidationConfig {
@@ -66,6 +68,7 @@ impl Default for ValidationConfig {
             max_message: super::framing::DEFAULT_MAX_MESSAGE,
             // Session timers (RFC 4028), run by the UA.
             supported: vec!["100rel".into(), "timer".into()],
+            invite_bodies: vec!["application/sdp".into()],
         }
     }
 }
@@ -585,12 +588,13 @@ fn classify_any(bytes: &[u8], transport: Transport, cfg: &ValidationConfig) -> I
     if method == "INVITE" {
         if !body.is_empty()
             && let Some(ct) = raw.first(Name::ContentType)
-            && !ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/sdp")
+            && !cfg.invite_bodies.iter().any(|b| {
+                ct.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case(b)
+            })
         {
             return Inbound::Reject(reject_response(
                 &raw,

@@ -57,6 +57,7 @@ pub fn ms(v: u64) -> Duration {
 /// The test deployment's numbers and trunk.
 pub fn config(plan: DialPlan) -> BridgeConfig {
     let trunk = TrunkConfig {
+        siprec: None,
         name: "carrier".into(),
         host: "carrier.example".into(),
         peers: vec![addr(CARRIER_SIP)],
@@ -189,6 +190,10 @@ pub struct CarrierMedia {
     dtmf_rx: DtmfReceiver,
     dtmf_tx: DtmfSender,
     pub packets_in: usize,
+    /// Every SSRC it received, once each.
+    pub ssrcs: Vec<u32>,
+    /// When each packet came, and its RTP timestamp.
+    pub stamps: Vec<(Instant, u32)>,
 }
 
 impl CarrierMedia {
@@ -207,17 +212,23 @@ impl CarrierMedia {
             dtmf_rx: DtmfReceiver::new(),
             dtmf_tx: DtmfSender::new(ClockRate(8000), 10),
             packets_in: 0,
+            ssrcs: Vec::new(),
+            stamps: Vec::new(),
         }
     }
 
-    fn receive(&mut self, data: &[u8]) {
+    fn receive(&mut self, now: Instant, data: &[u8]) {
         let Ok(p) = RtpPacket::parse(Bytes::copy_from_slice(data)) else {
             return;
         };
+        self.stamps.push((now, p.timestamp().0));
         if std::env::var("WORLD_DEBUG").is_ok() && p.payload_type().value() != 0 {
             eprintln!("CARRIER RX pt {}", p.payload_type().value());
         }
         self.packets_in += 1;
+        if !self.ssrcs.contains(&p.ssrc().0) {
+            self.ssrcs.push(p.ssrc().0);
+        }
         if Some(p.payload_type().value()) == self.te {
             if let Ok(ev) = TelephoneEvent::parse(p.payload_bytes())
                 && let Some(d) = self.dtmf_rx.handle(p.timestamp(), &ev)
@@ -316,21 +327,66 @@ pub struct Carrier {
     pub auto_answer: Option<Vec<(u16, bool)>>,
     /// Called numbers (Request-URI users) answered with PCMA instead of PCMU.
     pub answer_pcma: Vec<String>,
+    /// A SIPREC recording server at the same address: INVITEs that say
+    /// `Require: siprec` are its.
+    pub srs: Srs,
+}
+
+/// A SIPREC recording server (RFC 7866) as the tests need one.
+#[derive(Debug, Default)]
+pub struct Srs {
+    /// How it answers its INVITE: 200 records both labels (PCMU); another
+    /// status refuses; `None` never answers.
+    pub status: Option<u16>,
+    /// Its INVITE as received (headers and body), then the body of every
+    /// re-INVITE.
+    pub invites: Vec<String>,
+    /// Its dialog.
+    pub leg: Option<LegId>,
+    /// The receivers of labels 1 and 2.
+    pub streams: Vec<CarrierMedia>,
+    version: u64,
 }
 
 impl Carrier {
     fn new() -> Self {
+        let mut cfg = UaConfig::new(LocalAddr::udp(CARRIER_IP.parse().unwrap(), 5060), 77);
+        // It is an SRS too (RFC 7866): recording sessions are its.
+        cfg.validation.supported.push("siprec".into());
+        cfg.validation.invite_bodies.push("multipart/mixed".into());
         Carrier {
-            ua: UserAgent::new(UaConfig::new(
-                LocalAddr::udp(CARRIER_IP.parse().unwrap(), 5060),
-                77,
-            )),
+            ua: UserAgent::new(cfg),
             events: Vec::new(),
             media: HashMap::new(),
             next_port: 30000,
             auto_answer: None,
             answer_pcma: Vec::new(),
+            srs: Srs::default(),
         }
+    }
+
+    /// The SRS's answer: both labels `recvonly`, PCMU, on its two ports.
+    fn srs_answer(&mut self) -> String {
+        if self.srs.streams.is_empty() {
+            for _ in 0..2 {
+                let mut m = CarrierMedia::new(self.port());
+                m.pt = 0;
+                self.srs.streams.push(m);
+            }
+        }
+        self.srs.version += 1;
+        let mut a = format!(
+            "v=0\r\no=srs 7 {} IN IP4 {CARRIER_IP}\r\ns=-\r\nc=IN IP4 {CARRIER_IP}\r\nt=0 0\r\n",
+            self.srs.version
+        );
+        for (i, m) in self.srs.streams.iter().enumerate() {
+            a += &format!(
+                "m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=label:{}\r\na=recvonly\r\n",
+                m.local.port(),
+                i + 1
+            );
+        }
+        a
     }
 
     fn port(&mut self) -> SocketAddr {
@@ -774,6 +830,8 @@ impl World {
             .invite(
                 self.now,
                 InviteParams {
+                    body_type: None,
+                    contact_params: None,
                     request_uri: format!("sip:{to}@{SBC_IP}"),
                     from: "\"Carrier Caller\" <sip:+15550111@10.0.0.2>".into(),
                     to: format!("<sip:{to}@{SBC_IP}>"),
@@ -985,6 +1043,40 @@ impl World {
     fn on_carrier(&mut self, e: UaEvent) {
         let now = self.now;
         match &e {
+            UaEvent::IncomingInvite { leg, request, .. }
+                if request
+                    .headers
+                    .iter()
+                    .any(|h| h.to_string().eq_ignore_ascii_case("Require: siprec")) =>
+            {
+                let srs = &mut self.carrier.srs;
+                srs.invites.push(request.to_string());
+                srs.leg = Some(*leg);
+                match srs.status {
+                    Some(200) => {
+                        let a = self.carrier.srs_answer();
+                        let _ = self
+                            .carrier
+                            .ua
+                            .respond(now, *leg, 200, Some(a.as_bytes()), &[]);
+                    }
+                    Some(status) => {
+                        let _ = self.carrier.ua.respond(now, *leg, status, None, &[]);
+                    }
+                    None => {}
+                }
+            }
+            UaEvent::Offer { leg, sdp } if self.carrier.srs.leg == Some(*leg) => {
+                self.carrier
+                    .srs
+                    .invites
+                    .push(String::from_utf8_lossy(sdp).into_owned());
+                let a = self.carrier.srs_answer();
+                let _ = self
+                    .carrier
+                    .ua
+                    .answer_offer(now, *leg, 200, Some(a.as_bytes()));
+            }
             UaEvent::IncomingInvite { leg, request, .. } => {
                 if let Some(plan) = self.carrier.auto_answer.clone() {
                     let user = request.uri.to_string();
@@ -1125,8 +1217,14 @@ impl World {
                 .ua
                 .handle_bytes(now, &d.bytes, Peer::udp(d.from));
         } else if d.to.ip().to_string() == CARRIER_IP {
-            if let Some(m) = self.carrier.media.values_mut().find(|m| m.local == d.to) {
-                m.receive(&d.bytes);
+            if let Some(m) = self
+                .carrier
+                .media
+                .values_mut()
+                .chain(self.carrier.srs.streams.iter_mut())
+                .find(|m| m.local == d.to)
+            {
+                m.receive(now, &d.bytes);
             }
         } else if let Some(b) = self.browsers.iter_mut().find(|b| b.addr == d.to) {
             let t = self.epoch + Duration::from_micros(now.as_micros());

@@ -819,6 +819,8 @@ impl Carrier {
         );
         let ip = self.common.rtp_ip;
         let p = InviteParams {
+            body_type: None,
+            contact_params: None,
             request_uri: format!("sip:{to}@{sbc}"),
             from: format!("<sip:{from}@{ip}>"),
             to: format!("<sip:{to}@{sbc}>"),

@@ -43,6 +43,8 @@ use session_timer::{MIN_SE_FLOOR, SessionExpires, SessionTimer, allows_update};
 /// Early dialogs tracked per outgoing INVITE; more forks than this are still
 /// answered correctly but not matched for in-dialog requests before the 2xx.
 const MAX_FORKS: usize = 16;
+/// The Content-Type of an SDP body.
+const SDP: &str = "application/sdp";
 
 /// One call leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -161,6 +163,11 @@ pub struct InviteParams {
     pub headers: Vec<(String, String)>,
     /// For 401/407 challenges.
     pub credentials: Option<Credentials>,
+    /// Content-Type of `sdp` and of our later offers in this dialog when it
+    /// is not plain SDP (SIPREC's `multipart/mixed`, RFC 7866 section 8.1.1).
+    pub body_type: Option<String>,
+    /// Feature tags after our Contact URI (RFC 3840; SIPREC's `+sip.src`).
+    pub contact_params: Option<String>,
 }
 
 /// A REGISTER binding to keep (RFC 3261 section 10).
@@ -451,6 +458,10 @@ struct Leg {
     extra: Vec<(String, String)>,
     /// Our SDP as last sent (a refresh re-INVITE offers it again).
     local_sdp: Vec<u8>,
+    /// Content-Type of our offers (`application/sdp` but for SIPREC).
+    body_type: String,
+    /// Feature tags after our Contact URI in INVITEs and UPDATEs.
+    contact_params: String,
     /// The session timer, once negotiated.
     session: Option<SessionTimer>,
     /// UAC: the session interval we ask for, and the `Min-SE` we send.
@@ -716,6 +727,8 @@ impl UserAgent {
             auth_tries: 0,
             extra,
             local_sdp: p.sdp.clone().unwrap_or_default(),
+            body_type: p.body_type.unwrap_or_else(|| SDP.into()),
+            contact_params: p.contact_params.unwrap_or_default(),
             session: None,
             se_ask,
             peer_update: false,
@@ -765,7 +778,7 @@ impl UserAgent {
             ));
         }
         let from = format!("{};tag={}", l.local_addr, l.local_tag);
-        let contact = self.cfg.local.contact(&l.peer);
+        let contact = self.cfg.local.contact(&l.peer) + &l.contact_params;
         let req = build_request(
             &self.cfg.local,
             &RequestSpec {
@@ -781,7 +794,7 @@ impl UserAgent {
                 contact: Some(&contact),
                 extra: &extra,
                 body: (!l.invite.body.is_empty())
-                    .then_some(("application/sdp", &l.invite.body[..])),
+                    .then_some((l.body_type.as_str(), &l.invite.body[..])),
                 user_agent: &self.cfg.user_agent,
             },
         )
@@ -848,7 +861,7 @@ impl UserAgent {
             Role::Uas => (with_tag(&l.local_addr, &l.local_tag), l.remote_addr.clone()),
         };
         let contact = (method == Method::Invite || method == Method::Update)
-            .then(|| self.cfg.local.contact(&hop));
+            .then(|| self.cfg.local.contact(&hop) + &l.contact_params);
         let req = build_request(
             &self.cfg.local,
             &RequestSpec {
@@ -925,7 +938,8 @@ impl UserAgent {
             return Err(UaError::WrongState("an offer is already in progress"));
         }
         let headers = self.session_request_headers(leg);
-        let tx = self.in_dialog(now, leg, method, Some(("application/sdp", &sdp)), &headers)?;
+        let body_type = l.body_type.clone();
+        let tx = self.in_dialog(now, leg, method, Some((&body_type, &sdp)), &headers)?;
         if let Some(l) = self.legs.get_mut(&leg) {
             l.offer_tx = Some((tx, true));
             l.local_sdp = sdp;
@@ -1370,6 +1384,8 @@ impl UserAgent {
                     auth_tries: 0,
                     extra: Vec::new(),
                     local_sdp: Vec::new(),
+                    body_type: SDP.into(),
+                    contact_params: String::new(),
                     session: None,
                     se_ask: None,
                     peer_update: allows_update(&req),

@@ -337,12 +337,13 @@ impl UserAgent {
         };
         let update = l.peer_update;
         let sdp = l.local_sdp.clone();
+        let body_type = l.body_type.clone();
         let mut headers = self.session_request_headers(leg);
         headers.push(("Min-SE".into(), self.min_se().as_secs().to_string()));
         let sent = if update {
             self.in_dialog(now, leg, Method::Update, None, &headers)
         } else {
-            let body = (!sdp.is_empty()).then_some(("application/sdp", &sdp[..]));
+            let body = (!sdp.is_empty()).then_some((body_type.as_str(), &sdp[..]));
             self.in_dialog(now, leg, Method::Invite, body, &headers)
         };
         let Ok(tx) = sent else {
