@@ -233,7 +233,8 @@ fn fail_closed_refuses_the_call_when_the_srs_answers_503() {
     assert_eq!(w.operator("alice", &["support"]), 0);
     let leg = w.carrier_call("+15550100", CALLER);
     w.run(ms(500));
-    // The caller gets 503 and alice stops ringing (or never rang).
+    // The caller gets 503; alice never rang (nothing rings unrecorded).
+    assert!(w.last_incoming(0).is_none());
     assert!(
         w.carrier_events()
             .iter()
@@ -270,5 +271,53 @@ fn fail_closed_ends_an_answered_call_when_the_srs_hangs_up() {
         w.carrier_events()
     );
     assert_eq!(siprec_states(&w), ["started", "stopped"]);
+    w.assert_idle();
+}
+
+#[test]
+fn fail_closed_rings_nobody_before_the_srs_records_and_gives_up_after_5_s() {
+    let mut w = World::new(siprec_config(true));
+    w.carrier.srs.status = None;
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    let leg = w.carrier_call("+15550100", CALLER);
+    w.run(ms(4800));
+    assert!(
+        w.last_incoming(0).is_none(),
+        "alice rang before the SRS answered"
+    );
+    w.run(ms(400));
+    assert!(
+        w.carrier_events()
+            .iter()
+            .any(|e| matches!(e, UaEvent::Failed { leg: l, status: 503, .. } if *l == leg)),
+        "{:?}",
+        w.carrier_events()
+    );
+    let ev: Vec<_> = w
+        .events
+        .iter()
+        .filter(|e| e.kind == CallEventKind::Siprec)
+        .collect();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].code, Some(408));
+    w.run(ms(1000));
+    w.assert_idle();
+}
+
+#[test]
+fn fail_open_rings_at_once_and_an_srs_that_never_answers_is_given_up() {
+    let mut w = World::new(siprec_config(false));
+    w.carrier.srs.status = None;
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    w.carrier_call("+15550100", CALLER);
+    w.run(ms(200));
+    let call = w.last_incoming(0).expect("alice rings at once");
+    w.accept(0, &call);
+    w.run(ms(6000));
+    assert_eq!(w.got(0, "connected").len(), 1);
+    assert!(w.got(0, "ended").is_empty());
+    assert_eq!(siprec_states(&w), ["failed"]);
+    w.api(&["support"], ApiRequest::Hangup { call }).unwrap();
+    w.run(ms(1000));
     w.assert_idle();
 }

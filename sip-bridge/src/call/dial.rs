@@ -384,11 +384,19 @@ impl Call {
     }
 
     /// Routed: the SIPREC session (if any) is asked first, so the SRS is
-    /// ready before anyone answers; then the plan's first step rings.
+    /// ready before anyone answers; then the plan's first step rings (with
+    /// `fail_closed`, once the SRS answered).
     fn dial_plan(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
         self.state = CallState::Dialing(Dial::at(0));
         self.start_siprec(now, ctx);
-        self.start_step(now, ctx);
+        if !self.siprec_holds_dial() {
+            self.start_step(now, ctx);
+        }
+    }
+
+    /// Whether the plan is ringing (or about to).
+    pub(crate) fn dialing(&self) -> bool {
+        matches!(self.state, CallState::Dialing(_))
     }
 
     /// The router's decision.

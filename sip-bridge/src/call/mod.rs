@@ -538,6 +538,9 @@ impl Call {
         if let Some(d) = self.transfer_deadline() {
             t = t.min(d);
         }
+        if let Some(d) = self.siprec_deadline() {
+            t = t.min(d);
+        }
         for p in self.parties.values() {
             if let (Origin::Added { deadline, .. }, Stage::Ringing) = (&p.origin, p.stage) {
                 t = t.min(*deadline);
@@ -580,6 +583,7 @@ impl Call {
             _ => {}
         }
         self.transfer_timed_out(now, ctx);
+        self.siprec_timed_out(now, ctx);
         let due: Vec<LegKey> = self
             .parties
             .iter()

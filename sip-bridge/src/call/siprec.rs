@@ -25,6 +25,10 @@ use crate::signalling::EndReason;
 use crate::sip::dialog::InviteParams;
 use crate::siprec::{self, Label, Metadata, Participant};
 
+/// How long a SRS has to answer its INVITE (Timer B is 32 s; a caller
+/// kept waiting by `fail_closed` should not be).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where the session stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SrsState {
@@ -57,6 +61,10 @@ pub(crate) struct SiprecSession {
     updating: bool,
     /// The metadata changed since the SRS last got it.
     dirty: bool,
+    /// When an unanswered INVITE is given up.
+    deadline: Instant,
+    /// `fail_closed`: the plan rings once the SRS records.
+    dial_waits: bool,
 }
 
 impl Call {
@@ -122,6 +130,8 @@ impl Call {
             meta,
             updating: false,
             dirty: false,
+            deadline: now + ANSWER_TIMEOUT,
+            dial_waits: false,
         };
         let at = ctx.unix_ms(now);
         self.siprec_participants(ctx, at, &mut s.meta);
@@ -147,6 +157,37 @@ impl Call {
         };
         self.siprec = Some(s);
         self.sip(key, SipAction::Invite(Box::new(params)));
+    }
+
+    /// Whether the plan waits for the SRS (`fail_closed`: nothing rings
+    /// before the call is recorded); marks it so that its answer rings.
+    pub(crate) fn siprec_holds_dial(&mut self) -> bool {
+        match self.siprec.as_mut() {
+            Some(s) if s.opts.fail_closed && s.state == SrsState::Inviting => {
+                s.dial_waits = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When the SRS's INVITE is given up, while it is unanswered.
+    pub(crate) fn siprec_deadline(&self) -> Option<Instant> {
+        self.siprec
+            .as_ref()
+            .filter(|s| s.state == SrsState::Inviting)
+            .map(|s| s.deadline)
+    }
+
+    /// The SRS did not answer in time: CANCEL, and it failed.
+    pub(crate) fn siprec_timed_out(&mut self, now: Instant, ctx: &mut CallCtx<'_>) {
+        if self.siprec_deadline().is_some_and(|t| t <= now) {
+            let key = self.siprec.as_ref().map(|s| s.key);
+            if let Some(key) = key {
+                self.sip(key, SipAction::Hangup);
+            }
+            self.siprec_ended(now, ctx, Some(408), "the SRS did not answer", false);
+        }
     }
 
     /// Whether `key` is the SIPREC dialog (its events go to
@@ -180,13 +221,18 @@ impl Call {
                                 rtcp_mux: n.rtcp_mux,
                             });
                         }
-                        let id = self
+                        let (id, waits) = self
                             .siprec
-                            .as_ref()
-                            .map(|s| s.id.clone())
+                            .as_mut()
+                            .map(|s| (s.id.clone(), std::mem::take(&mut s.dial_waits)))
                             .unwrap_or_default();
                         self.siprec_event(now, &id, "started", None, None);
                         self.sync_siprec(now, ctx);
+                        if waits && self.dialing() {
+                            // Recorded: now the plan rings.
+                            self.start_step(now, ctx);
+                            self.settle(now, ctx);
+                        }
                     }
                     Err(e) => {
                         let key = s.key;
