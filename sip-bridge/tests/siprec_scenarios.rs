@@ -321,3 +321,61 @@ fn fail_open_rings_at_once_and_an_srs_that_never_answers_is_given_up() {
     w.run(ms(1000));
     w.assert_idle();
 }
+
+#[test]
+fn the_srs_pauses_a_label_by_re_invite_and_resumes_it() {
+    let mut w = World::new(siprec_config(false));
+    w.carrier.srs.status = Some(200);
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    w.carrier_call("+15550100", CALLER);
+    w.run(ms(200));
+    let call = w.last_incoming(0).unwrap();
+    w.accept(0, &call);
+    w.talk(0, ALICE);
+    w.run(ms(2000));
+    let srs = w.carrier.srs.leg.unwrap();
+    let (p1, p2) = (
+        w.carrier.srs.streams[0].local.port(),
+        w.carrier.srs.streams[1].local.port(),
+    );
+    let offer = |two: &str, v: u32| {
+        format!(
+            "v=0\r\no=srs 7 {v} IN IP4 {CARRIER_IP}\r\ns=-\r\nc=IN IP4 {CARRIER_IP}\r\nt=0 0\r\n\
+             m=audio {p1} RTP/AVP 0\r\na=label:1\r\na=recvonly\r\n\
+             m=audio {p2} RTP/AVP 0\r\na=label:2\r\na={two}\r\n"
+        )
+    };
+    let now = w.now;
+    w.carrier
+        .ua
+        .reinvite(now, srs, offer("inactive", 10).into_bytes())
+        .unwrap();
+    w.run(ms(200));
+    let answered = w.carrier_events().iter().rev().find_map(|e| match e {
+        UaEvent::OfferAnswered { leg, status, sdp } if *leg == srs => Some((*status, sdp.clone())),
+        _ => None,
+    });
+    let (status, sdp) = answered.expect("the SRS's re-INVITE is answered");
+    let sdp = String::from_utf8(sdp.unwrap().to_vec()).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(sdp.matches("a=sendonly").count(), 1, "{sdp}");
+    assert_eq!(sdp.matches("a=inactive").count(), 1, "{sdp}");
+    let (one, two) = (
+        w.carrier.srs.streams[0].packets_in,
+        w.carrier.srs.streams[1].packets_in,
+    );
+    w.run(ms(2000));
+    assert!(w.carrier.srs.streams[0].packets_in >= one + 90, "label 1 goes on");
+    assert_eq!(w.carrier.srs.streams[1].packets_in, two, "label 2 paused");
+    let now = w.now;
+    w.carrier
+        .ua
+        .reinvite(now, srs, offer("recvonly", 11).into_bytes())
+        .unwrap();
+    w.run(ms(2000));
+    assert!(w.carrier.srs.streams[1].packets_in >= two + 90, "label 2 resumed");
+    assert_eq!(w.carrier.srs.streams[1].ssrcs.len(), 1);
+    w.api(&["support"], ApiRequest::Hangup { call }).unwrap();
+    w.run(ms(1000));
+    w.assert_idle();
+}
