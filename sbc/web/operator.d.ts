@@ -230,6 +230,10 @@ export interface CallInfo {
   direction: 'inbound' | 'outbound' | string | null;
   startedAt: number | null;
   participants: Participant[];
+  /** Its recording, or null. */
+  recording: RecordingInfo | null;
+  /** The ids of its live media forks. */
+  forks: string[];
 }
 
 /** One quality sample (about every second while the call is connected). Times in ms. */

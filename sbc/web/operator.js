@@ -568,6 +568,15 @@ export class Call extends Emitter {
     }
   }
 
+  /** The recording as a `ready.calls[]` entry says (a reloaded page, a reconnect): `recording` on a change. */
+  _setRecording(info) {
+    const same = (this.recording && info && this.recording.id === info.id && this.recording.status === info.status) || (!this.recording && !info);
+    if (same) return;
+    const was = this.recording;
+    this.recording = info;
+    this._emit('recording', info ?? { id: was.id, status: 'stopped' });
+  }
+
   /** A `participants` message (or a `ready.calls[]` entry): the whole list and my capabilities. */
   _setParties(info) {
     if (Array.isArray(info.participants)) {
@@ -1100,7 +1109,8 @@ export class Operator extends Emitter {
 
   /**
    * The calls on numbers this token allows, for a supervisor: resolves with
-   * [{callId, number, from, to, direction, startedAt, participants}].
+   * [{callId, number, from, to, direction, startedAt, participants, recording, forks}]
+   * (`recording`: {id, status} or null; `forks`: the ids of its live media forks).
    */
   async listCalls() {
     try {
@@ -1711,6 +1721,7 @@ export class Operator extends Emitter {
       if (typeof info.held === 'boolean') call.held = info.held;
       if (typeof info.remoteHeld === 'boolean') call.remoteHeld = info.remoteHeld;
       call._setParties(info);
+      call._setRecording(info.recording ? recordingOf({ recordingId: info.recording.id, status: info.recording.status }) : null);
       const offered = call.direction === 'inbound' && state === 'ringing';
       if (!offered) {
         if (!this._current) this._setCurrent(call);
@@ -2514,6 +2525,8 @@ function callInfoOf(c) {
     direction: c.direction ?? null,
     startedAt: typeof c.startedAt === 'number' ? c.startedAt : null,
     participants: Array.isArray(c.participants) ? c.participants.map(participantOf).filter(Boolean) : [],
+    recording: c.recording ? recordingOf({ recordingId: c.recording.id, status: c.recording.status }) : null,
+    forks: Array.isArray(c.forks) ? c.forks.filter((f) => typeof f === 'string') : [],
   };
 }
 

@@ -581,3 +581,24 @@ fn forks_stream_the_tracks_asked_their_insights_reach_the_operators_and_a_dead_o
     w.run(ms(100));
     assert!(w.recordings[&both].stopped.is_some());
 }
+
+#[test]
+fn an_operator_back_after_a_reload_is_told_the_recording_in_ready() {
+    let (mut w, call, _leg) = answered_by_alice();
+    let rec = record(&mut w, &call, RecordOptions::default());
+    set(&mut w, &call, rec, "paused", Some("silence"));
+    w.drop_ws(0);
+    w.run(ms(1000));
+    w.connect(0, &["support"]);
+    let ready = w.got(0, "ready");
+    let resumed = &ready.last().unwrap()["calls"][0];
+    assert_eq!(resumed["callId"], call.as_str());
+    assert_eq!(resumed["recording"]["id"], rec.to_string().as_str());
+    assert_eq!(resumed["recording"]["status"], "paused");
+    set(&mut w, &call, rec, "stopped", None);
+    w.drop_ws(0);
+    w.run(ms(1000));
+    w.connect(0, &["support"]);
+    let ready = w.got(0, "ready");
+    assert!(ready.last().unwrap()["calls"][0].get("recording").is_none());
+}

@@ -365,7 +365,10 @@ fn the_srs_pauses_a_label_by_re_invite_and_resumes_it() {
         w.carrier.srs.streams[1].packets_in,
     );
     w.run(ms(2000));
-    assert!(w.carrier.srs.streams[0].packets_in >= one + 90, "label 1 goes on");
+    assert!(
+        w.carrier.srs.streams[0].packets_in >= one + 90,
+        "label 1 goes on"
+    );
     assert_eq!(w.carrier.srs.streams[1].packets_in, two, "label 2 paused");
     let now = w.now;
     w.carrier
@@ -373,7 +376,10 @@ fn the_srs_pauses_a_label_by_re_invite_and_resumes_it() {
         .reinvite(now, srs, offer("recvonly", 11).into_bytes())
         .unwrap();
     w.run(ms(2000));
-    assert!(w.carrier.srs.streams[1].packets_in >= two + 90, "label 2 resumed");
+    assert!(
+        w.carrier.srs.streams[1].packets_in >= two + 90,
+        "label 2 resumed"
+    );
     assert_eq!(w.carrier.srs.streams[1].ssrcs.len(), 1);
     w.api(&["support"], ApiRequest::Hangup { call }).unwrap();
     w.run(ms(1000));

@@ -4,7 +4,7 @@
 
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { makeEnv, makeOperator, flush, goOnline, connectedInbound, recordCall } from './fakes.mjs';
+import { makeEnv, makeOperator, flush, goOnline, connectedInbound, recordCall, serveReady } from './fakes.mjs';
 
 const ME = { id: 'p-1', role: 'agent', state: 'joined', kind: 'operator', operatorRef: 'alice' };
 const CUSTOMER = { id: 'p-0', role: 'customer', state: 'joined', kind: 'sip', address: '+15550111' };
@@ -256,5 +256,64 @@ describe('record requests', () => {
     const n = ws2.sent.length;
     await assert.rejects(offer.startRecording(), { code: 'BAD_REQUEST', message: /startRecording: the call is not connected/ });
     assert.equal(ws2.sent.length, n);
+  });
+});
+
+describe('recording across reconnects and in listCalls', () => {
+  test('ready.calls[] carries the recording: a reloaded page shows it, a reconnect catches up on a change', async () => {
+    // A reload: the adopted call knows its recording at once.
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    op.goOnline(['support']);
+    const ws = await serveReady(env, {
+      calls: [{ callId: 'c-19', direction: 'inbound', state: 'connected', muted: false, held: false, recording: { id: REC, status: 'paused' } }],
+    });
+    ws.push({ type: 'answer', callId: 'c-19', sdp: 'v=0', ref: ws.ofType('reoffer')[0].ref });
+    await flush();
+    assert.deepEqual(op.currentCall.recording, { id: REC, status: 'paused' });
+
+    // Reconnects: what changed while the socket was down fires `recording`, once.
+    const { env: env2, ws: ws2, call, seen } = await recCall();
+    ws2.push(recording('in-progress'));
+    await flush();
+    const reconnect = async (entry) => {
+      env2.sockets[env2.sockets.length - 1].serverClose(1006);
+      await env2.clock.advance(500);
+      await serveReady(env2, { calls: [{ callId: 'c-2', direction: 'inbound', state: 'connected', muted: false, held: false, ...entry }] });
+    };
+    await reconnect({});
+    assert.equal(call.recording, null, 'stopped while away');
+    await reconnect({ recording: { id: REC, status: 'in-progress' } });
+    assert.deepEqual(call.recording, { id: REC, status: 'in-progress' });
+    await reconnect({ recording: { id: REC, status: 'in-progress' } });
+    assert.equal(call.state, 'connected');
+    assert.deepEqual(seen('recording'), [
+      { id: REC, status: 'in-progress' },
+      { id: REC, status: 'stopped' },
+      { id: REC, status: 'in-progress' },
+    ], 'one event per change, none for the same state');
+  });
+
+  test('listCalls gives each call its recording and forks', async () => {
+    const env = makeEnv();
+    const { op } = makeOperator(env);
+    const ws = await goOnline(env, op);
+    const listing = op.listCalls();
+    await flush();
+    ws.push({
+      type: 'calls',
+      ref: ws.last().ref,
+      calls: [
+        { callId: 'c-7', participants: [], recording: { id: REC, status: 'in-progress' }, forks: ['rec-fork1', 3] },
+        { callId: 'c-8', participants: [], recording: { id: REC, status: 'bogus' } },
+        { callId: 'c-9', participants: [] },
+      ],
+    });
+    const calls = await listing;
+    assert.deepEqual(calls.map((c) => [c.recording, c.forks]), [
+      [{ id: REC, status: 'in-progress' }, ['rec-fork1']],
+      [null, []],
+      [null, []],
+    ]);
   });
 });

@@ -448,6 +448,7 @@ impl Call {
             self_id: Some(key.to_string()),
             capabilities: self.capabilities_of(ctx, key).names(),
             mode: p.monitor.map(|(m, _)| m.as_str()),
+            recording: self.recording_info(),
         })
     }
 
@@ -486,6 +487,15 @@ impl Call {
             .collect()
     }
 
+    /// Its recording as the protocol shows it.
+    fn recording_info(&self) -> Option<crate::signalling::RecordingInfo> {
+        self.recording_state()
+            .map(|(id, paused)| crate::signalling::RecordingInfo {
+                id: id.to_string(),
+                status: if paused { "paused" } else { "in-progress" },
+            })
+    }
+
     /// Its summary for `listCalls`.
     pub fn summary(&self, now: Instant, ctx: CallView<'_>) -> crate::signalling::CallSummary {
         crate::signalling::CallSummary {
@@ -501,12 +511,7 @@ impl Call {
                 "ringing"
             },
             participants: self.participant_infos(now, ctx),
-            recording: self.recording_state().map(|(id, paused)| {
-                crate::signalling::RecordingInfo {
-                    id: id.to_string(),
-                    status: if paused { "paused" } else { "in-progress" },
-                }
-            }),
+            recording: self.recording_info(),
             forks: self.fork_ids().iter().map(|f| f.to_string()).collect(),
         }
     }

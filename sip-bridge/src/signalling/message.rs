@@ -554,6 +554,9 @@ pub struct CallInfo {
     /// A supervisor's mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// Its recording, while there is one (a reloaded page shows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingInfo>,
 }
 
 /// A participant of a call (protocol.md, "Participants").
