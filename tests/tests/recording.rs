@@ -2,9 +2,10 @@
 //! each play their own tone (SIPp's `rtp_stream`, raw u-law written by the
 //! test); the file the sbc writes is read back by the test and by `sox`,
 //! checked against the webhook's SHA-256, served by the API (ranges, scope,
-//! delete); a `kill -9` mid-recording leaves a WAV `sox` reads; a disk that
-//! fills (a tiny tmpfs) leaves every call whole and the recording marked
-//! incomplete, its lost frames counted.
+//! delete); a 2 kHz burst both sides play 3 s into the call lands at the
+//! same offset in both channels; a `kill -9` mid-recording leaves a WAV
+//! `sox` reads; a disk that fills (a tiny tmpfs) leaves every call whole and
+//! the recording marked incomplete, its lost frames counted.
 //!
 //! Needs `target/debug/sbc`, SIPp and sox. Addresses as in `sbc_sipp.rs`: the
 //! SBC 127.0.0.1, the carrier's caller 127.0.0.2, the far end 127.0.0.3.
@@ -530,4 +531,61 @@ fn an_ogg_opus_recording_is_valid_for_ffprobe_and_opusinfo() {
     let (one, two) = (channel(&pcm, 0, 1.0, 4.0), channel(&pcm, 1, 1.0, 4.0));
     assert_tone_over(&one, 8000, 440.0, 1000.0, "channel 1");
     assert_tone_over(&two, 8000, 1000.0, 440.0, "channel 2");
+}
+
+/// 10 s of raw u-law: `hz`, with a 200 ms burst of 2 kHz at 3.0 s.
+fn tone_with_burst(hz: f64) -> Vec<u8> {
+    let mut pcm = media_core::analysis::sine(8000, hz, 8000.0, 80_000);
+    let burst = media_core::analysis::sine(8000, 2000.0, 8000.0, 1600);
+    pcm[24_000..25_600].copy_from_slice(&burst);
+    let mut ulaw = vec![0u8; pcm.len()];
+    media_core::codec::g711::ulaw_encode(&pcm, &mut ulaw);
+    ulaw
+}
+
+#[test]
+fn over_real_sockets_a_burst_played_by_both_sides_at_once_lands_within_a_frame_in_both_channels() {
+    let _serial = serial();
+    let hook = HttpReceiver::start(lo(1));
+    let dir = TempDir::new("recordings-burst");
+    // Each side starts its file as the call is answered (the far end on our
+    // ACK, the caller on our 200: a few ms apart on loopback), so both play
+    // the burst 3 s later.
+    let mut far = callee("rec-burst-callee")
+        .file("tone.ul", tone_with_burst(1000.0))
+        .spawn();
+    let toml = config(far.addr, &hook.url("/events"), dir.path(), "");
+    let sbc = Sbc::start(&SbcSpec::new("recording-burst", rtp(58), toml));
+    let mut carrier = caller("rec-burst-caller", &sbc, 5000)
+        .file("tone.ul", tone_with_burst(440.0))
+        .spawn();
+    carrier.assert_success(SIPP_DONE);
+    far.assert_success(SIPP_DONE);
+    let (ev, ..) = wait_recording(&hook, &sbc);
+    let id = ev["recordingId"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(dir.join(&format!("{id}.wav"))).expect("the file");
+    let (_, _, pcm) = read_wav(&bytes);
+    let lvl = |w: &[i16], hz| media_core::analysis::goertzel_level_db(w, 8000, hz);
+    // The burst's onset per channel: the first 5 ms window where 2 kHz leads.
+    let onset = |c: usize, other: f64| {
+        let ch = channel(&pcm, c, 0.0, pcm.len() as f64 / 16_000.0);
+        (0..ch.len() / 40)
+            .find(|i| {
+                let w = &ch[i * 40..(i + 1) * 40];
+                lvl(w, 2000.0) > -25.0 && lvl(w, 2000.0) > lvl(w, other)
+            })
+            .map(|i| i as u64 * 5)
+            .expect("the burst is in the file")
+    };
+    let (one, two) = (onset(0, 440.0), onset(1, 1000.0));
+    eprintln!("burst onsets: channel 1 at {one} ms, channel 2 at {two} ms");
+    // One frame, plus the 5 ms window the onset is found in (the two SIPp
+    // start a few ms apart: 0-15 ms measured).
+    assert!(
+        one.abs_diff(two) <= 25,
+        "channel 1 at {one} ms, channel 2 at {two} ms"
+    );
+    // And near where it was played: 3 s after the answer, which the
+    // recording starts with.
+    assert!((2950..=3150).contains(&one), "channel 1 burst at {one} ms");
 }
