@@ -5,7 +5,8 @@
 //! parsed without a copy, and its output is split off a per-session block that
 //! is reused once the driver has sent (dropped) what was split off it. A
 //! conference (3 and 5 parties, PCMU and Opus) allocates nothing per 20 ms
-//! tick either: every party's packet in, the mix, a packet out to each.
+//! tick either: every party's packet in, the mix, a packet out to each; nor
+//! does a recorded call (relayed or transcoded) per packet and frame.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait.
 
 // media-core's counting allocator, shared by path: a test crate of its own for
@@ -163,6 +164,73 @@ fn a_packet_through_a_jitter_buffer_allocates_nothing() {
             "{b:?}: {out} of {MEASURED} packets transcoded"
         );
         assert_eq!(allocs, 0, "{b:?}: allocations for {out} packets");
+    }
+}
+
+/// Starts recording leg 0 (channel 1) and leg 1 (channel 2), two channels
+/// at 8 kHz, as the call does.
+fn record(s: &mut MediaSession) {
+    let id = sip_bridge::contract::RecordingId(7);
+    let spec = sip_bridge::contract::RecordSpec {
+        channels: sip_bridge::contract::RecordChannels::Dual,
+        format: sip_bridge::contract::RecordFormat::Wav,
+        rate: 8000,
+        call: sip_bridge::contract::CallId(1),
+        number: None,
+        from: "+15550111".into(),
+        to: "+15550100".into(),
+        source: "plan".into(),
+        fork: None,
+    };
+    s.handle_command(
+        Instant::ZERO,
+        MediaCommand::RecordStart {
+            id,
+            spec: Box::new(spec),
+        },
+    );
+    s.handle_command(
+        Instant::ZERO,
+        MediaCommand::RecordFeeds {
+            id,
+            channels: [vec![Feed::leg(LegKey(0))], vec![Feed::leg(LegKey(1))]],
+        },
+    );
+}
+
+#[test]
+fn a_recorded_call_allocates_nothing_per_packet_or_frame() {
+    // What the driver reads (each frame into its own buffer) is counted too.
+    for b in [Codec::Pcma, Codec::Opus, Codec::Pcmu] {
+        let mut s = session(b);
+        record(&mut s);
+        let from: SocketAddr = PEER_A.parse().unwrap();
+        let mut now = Instant::ZERO;
+        let mut pcm = [0i16; sip_bridge::media::RECORD_FRAME_MAX];
+        let (mut allocs, mut frames) = (0, 0);
+        for (i, p) in pcmu_packets(WARM_UP + MEASURED).into_iter().enumerate() {
+            let mut got = 0;
+            let n = allocations_during(|| {
+                s.handle_rtp(now, 20000, from, p);
+                now += Duration::from_millis(20);
+                while s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                while s.poll_transmit().is_some() {}
+                while let Some(o) = s.poll_record(&mut pcm) {
+                    got += usize::from(matches!(o, sip_bridge::media::RecordOut::Frame { .. }));
+                }
+            });
+            if i >= WARM_UP {
+                allocs += n;
+                frames += got;
+            }
+        }
+        assert!(
+            frames >= MEASURED - 2,
+            "{b:?}: {frames} frames for {MEASURED} packets"
+        );
+        assert_eq!(allocs, 0, "{b:?}: allocations for {frames} recorded frames");
     }
 }
 

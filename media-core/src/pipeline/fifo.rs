@@ -22,6 +22,12 @@ impl PcmFifo {
         self.len
     }
 
+    /// Empties it.
+    pub(crate) fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+
     /// Appends `pcm`; returns how many old samples were dropped to make room.
     pub(crate) fn push(&mut self, pcm: &[i16]) -> usize {
         let cap = self.buf.len();

@@ -241,19 +241,30 @@ impl MediaPipeline {
         }
     }
 
-    /// Starts copying every 20 ms frame this transcoder encodes (after mute)
-    /// for a reader on the call clock, or stops (`false`); a relay decodes
-    /// nothing and has no tap. Frames are read with [`Self::pop_tap`].
+    /// Starts copying every 20 ms frame this pipeline passes on (after mute)
+    /// for a reader on the call clock, or stops (`false`): a transcoder's
+    /// encoded frames, a G.711 relay's payloads decoded. Frames are read with
+    /// [`Self::pop_tap`]; see [`Self::can_tap`].
     pub fn set_tap(&mut self, on: bool) {
-        if let Mode::Transcode(t) = &mut self.mode {
-            t.set_tap(on);
+        match &mut self.mode {
+            Mode::Relay(r) => r.set_tap(on),
+            Mode::Transcode(t) => t.set_tap(on),
+        }
+    }
+
+    /// Whether it can be tapped: a transcoder, or a relay of G.711 (an Opus
+    /// relay would need a decoder of its own: the call's mix has one).
+    pub fn can_tap(&self) -> bool {
+        match &self.mode {
+            Mode::Relay(r) => r.can_tap(),
+            Mode::Transcode(_) => true,
         }
     }
 
     /// The rate of the tapped frames, while tapped.
     pub fn tap_rate(&self) -> Option<SampleRate> {
         match &self.mode {
-            Mode::Relay(_) => None,
+            Mode::Relay(r) => r.tapped().then_some(SampleRate::HZ_8000),
             Mode::Transcode(t) => t.tap_rate(),
         }
     }
@@ -263,7 +274,7 @@ impl MediaPipeline {
     /// one-frame cushion against arrival jitter, or ran dry), `None` untapped.
     pub fn pop_tap(&mut self, out: &mut [i16]) -> Option<bool> {
         match &mut self.mode {
-            Mode::Relay(_) => None,
+            Mode::Relay(r) => r.pop_tap(out),
             Mode::Transcode(t) => t.pop_tap(out),
         }
     }

@@ -5,8 +5,9 @@
 use std::collections::VecDeque;
 
 use super::fifo::{PacketRing, SLOT};
+use super::tap::Tap;
 use super::{PipelineError, PipelineEvent, PipelineStats, RtpFormat, push_event, receive_dtmf};
-use crate::codec::Codec;
+use crate::codec::{Codec, g711};
 use crate::dtmf::{DtmfReceiver, DtmfSender, EventPacket, TelephoneEvent};
 use crate::rtp::{RtpHeader, RtpPacket, RtpTimestamp, RtpWriter, SeqNo, SeqUnwrapper, Ssrc};
 
@@ -30,7 +31,15 @@ pub(crate) struct Relay {
     dtmf_tx: Option<DtmfSender>,
     pub(crate) muted: bool,
     pub(crate) ring: PacketRing,
+    /// G.711 only: the audio it passes on, decoded (a table lookup) for a
+    /// reader on the call clock, and the buffer it is decoded into.
+    tap: Option<(Tap, Vec<i16>)>,
 }
+
+/// 20 ms at 8 kHz: the tap's frame.
+const TAP_FRAME: usize = 160;
+/// The longest G.711 packet the tap decodes (120 ms).
+const TAP_MAX: usize = 960;
 
 impl Relay {
     pub(crate) fn new(input: RtpFormat, output: RtpFormat, ssrc: Ssrc, seq: u16, ts: u32) -> Self {
@@ -49,7 +58,33 @@ impl Relay {
             dtmf_tx: output.telephone_event.map(|_| DtmfSender::new(clock, 10)),
             muted: false,
             ring: PacketRing::new(8),
+            tap: None,
         }
+    }
+
+    /// Whether it can be tapped: its input is G.711.
+    pub(crate) fn can_tap(&self) -> bool {
+        matches!(self.input.codec, Codec::Pcmu | Codec::Pcma)
+    }
+
+    /// Starts (or stops) decoding what it relays for a tick reader.
+    pub(crate) fn set_tap(&mut self, on: bool) {
+        match (on && self.can_tap(), self.tap.is_some()) {
+            (true, false) => self.tap = Some((Tap::new(TAP_FRAME), vec![0; TAP_MAX])),
+            (false, true) => self.tap = None,
+            _ => {}
+        }
+    }
+
+    /// Whether it is tapped (8 kHz frames).
+    pub(crate) fn tapped(&self) -> bool {
+        self.tap.is_some()
+    }
+
+    /// This tick's tapped frame (see [`Tap::pop_tick`]).
+    pub(crate) fn pop_tap(&mut self, out: &mut [i16]) -> Option<bool> {
+        let (t, _) = self.tap.as_mut()?;
+        Some(out.len() >= TAP_FRAME && t.pop_tick(out))
     }
 
     pub(crate) fn dtmf_sender(&mut self) -> Option<&mut DtmfSender> {
@@ -140,6 +175,20 @@ impl Relay {
             stats.packets_out += 1;
             stats.bytes_out += buf.len() as u64;
             return Ok(Some(buf.len()));
+        }
+        // The tap hears what goes out (silence when muted), newest packets
+        // only: a late one is not played twice.
+        if is_newest && let Some((t, pcm)) = self.tap.as_mut() {
+            let payload = &buf[h.payload_range()];
+            let n = payload.len().min(TAP_MAX);
+            if self.muted {
+                pcm[..n].fill(0);
+            } else if self.input.codec == Codec::Pcma {
+                g711::alaw_decode(&payload[..n], &mut pcm[..n]);
+            } else {
+                g711::ulaw_decode(&payload[..n], &mut pcm[..n]);
+            }
+            t.push(&pcm[..n]);
         }
         if let Some(n) = self.inject_dtmf(buf, out_ts, stats)? {
             return Ok(Some(n));

@@ -1172,8 +1172,9 @@ impl MediaSession {
 
     /// Where each recording channel is heard from: a channel that hears one
     /// leg as it comes, which a transcoding pipeline already decodes toward
-    /// some listener, reads that pipeline's tap (no second decode); any other
-    /// hears its slot of the mix. Pipelines are tapped exactly while read.
+    /// some listener (or a G.711 relay passes on), reads that pipeline's tap
+    /// (no second decode, no copy of the packet); any other hears its slot of
+    /// the mix. Pipelines are tapped exactly while read.
     fn sync_record_sources(&mut self) {
         let mut tapped: Vec<LegKey> = Vec::new();
         let plans: Vec<(RecordingId, [Source; 2])> = self
@@ -1189,7 +1190,7 @@ impl MediaSession {
                         .find(|(_, l)| {
                             l.route.source_leg() == Some(k)
                                 && matches!(l.kind, Kind::Rtp { .. } | Kind::WebRtc { .. })
-                                && l.route.pipeline_ref().is_some_and(|p| !p.is_relay())
+                                && l.route.pipeline_ref().is_some_and(|p| p.can_tap())
                         })
                         .map_or(Source::Mix, |(l, _)| Source::Tap(*l)),
                     _ => Source::Mix,

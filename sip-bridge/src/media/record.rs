@@ -72,8 +72,9 @@ pub(crate) enum Source {
     Silent,
     /// Its slot of the call's mix (several feeds, or a feed nobody decodes).
     Mix,
-    /// The one feed it hears, as the transcoding pipeline toward this
-    /// listener leg decoded it anyway: its tap, no second decode.
+    /// The one feed it hears, as the pipeline toward this listener leg
+    /// decoded it anyway (a transcoder) or decodes it by table (a G.711
+    /// relay): its tap.
     Tap(crate::contract::LegKey),
 }
 
