@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use sip_bridge::bridge::{ApiRequest, BridgeConfig, CallEventKind, PartyUpdate};
 use sip_bridge::plan::SiprecOptions;
-use sip_bridge::sip::dialog::UaEvent;
+use sip_bridge::sip::dialog::{LegId, UaEvent};
 
 const CALLER: f64 = 440.0;
 const ALICE: f64 = 1000.0;
@@ -53,6 +53,47 @@ fn metadata(body: &str) -> String {
     let start = body.find("<?xml").expect("metadata part");
     let end = body.find("</recording>").expect("metadata end") + "</recording>".len();
     body[start..end].to_string()
+}
+
+/// Alice online; a carrier call to `support`, whose SRS answers `status`
+/// (`None`: never), run for `ms`. Returns the world and the caller's leg.
+fn srs_call(fail_closed: bool, status: Option<u16>, run_ms: u64) -> (World, LegId) {
+    let mut w = World::new(siprec_config(fail_closed));
+    w.carrier.srs.status = status;
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    let leg = w.carrier_call("+15550100", CALLER);
+    w.run(ms(run_ms));
+    (w, leg)
+}
+
+/// Alice answers the call ringing her and plays her tone for `run_ms`.
+fn alice_answers(w: &mut World, run_ms: u64) -> String {
+    let call = w.last_incoming(0).expect("alice rings");
+    w.accept(0, &call);
+    w.talk(0, ALICE);
+    w.run(ms(run_ms));
+    assert_eq!(w.got(0, "connected").len(), 1);
+    call
+}
+
+/// The carrier saw its call to us fail with `status`.
+fn caller_got(w: &World, leg: LegId, status: u16) {
+    assert!(
+        w.carrier_events().iter().any(
+            |e| matches!(e, UaEvent::Failed { leg: l, status: s, .. } if *l == leg && *s == status)
+        ),
+        "{:?}",
+        w.carrier_events()
+    );
+}
+
+/// The `siprec` events so far: (state, SIP status).
+fn siprec_events(w: &World) -> Vec<(String, Option<u16>)> {
+    w.events
+        .iter()
+        .filter(|e| e.kind == CallEventKind::Siprec)
+        .map(|e| (e.recording.as_ref().unwrap().state.to_string(), e.code))
+        .collect()
 }
 
 fn siprec_states(w: &World) -> Vec<String> {
@@ -203,24 +244,9 @@ fn the_srs_gets_both_labels_and_new_metadata_after_a_transfer() {
 
 #[test]
 fn a_refusing_srs_fails_open_by_default() {
-    let mut w = World::new(siprec_config(false));
-    w.carrier.srs.status = Some(503);
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("alice rings");
-    w.accept(0, &call);
-    w.talk(0, ALICE);
-    w.run(ms(1500));
-    assert_eq!(w.got(0, "connected").len(), 1);
-    let failed: Vec<_> = w
-        .events
-        .iter()
-        .filter(|e| e.kind == CallEventKind::Siprec)
-        .collect();
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].recording.as_ref().unwrap().state, "failed");
-    assert_eq!(failed[0].code, Some(503));
+    let (mut w, _) = srs_call(false, Some(503), 200);
+    let call = alice_answers(&mut w, 1500);
+    assert_eq!(siprec_events(&w), [("failed".to_string(), Some(503))]);
     w.api(&["support"], ApiRequest::Hangup { call }).unwrap();
     w.run(ms(500));
     w.assert_idle();
@@ -228,36 +254,18 @@ fn a_refusing_srs_fails_open_by_default() {
 
 #[test]
 fn fail_closed_refuses_the_call_when_the_srs_answers_503() {
-    let mut w = World::new(siprec_config(true));
-    w.carrier.srs.status = Some(503);
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(500));
+    let (mut w, leg) = srs_call(true, Some(503), 500);
     // The caller gets 503; alice never rang (nothing rings unrecorded).
     assert!(w.last_incoming(0).is_none());
-    assert!(
-        w.carrier_events()
-            .iter()
-            .any(|e| matches!(e, UaEvent::Failed { leg: l, status: 503, .. } if *l == leg)),
-        "{:?}",
-        w.carrier_events()
-    );
-    assert!(w.got(0, "connected").is_empty());
-    assert_eq!(siprec_states(&w), ["failed"]);
+    caller_got(&w, leg, 503);
+    assert_eq!(siprec_events(&w), [("failed".to_string(), Some(503))]);
     w.assert_idle();
 }
 
 #[test]
 fn fail_closed_ends_an_answered_call_when_the_srs_hangs_up() {
-    let mut w = World::new(siprec_config(true));
-    w.carrier.srs.status = Some(200);
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("alice rings");
-    w.accept(0, &call);
-    w.run(ms(1500));
-    assert_eq!(w.got(0, "connected").len(), 1);
+    let (mut w, leg) = srs_call(true, Some(200), 200);
+    alice_answers(&mut w, 1500);
     let now = w.now;
     let srs = w.carrier.srs.leg.unwrap();
     w.carrier.ua.hangup(now, srs).unwrap();
@@ -276,47 +284,24 @@ fn fail_closed_ends_an_answered_call_when_the_srs_hangs_up() {
 
 #[test]
 fn fail_closed_rings_nobody_before_the_srs_records_and_gives_up_after_5_s() {
-    let mut w = World::new(siprec_config(true));
-    w.carrier.srs.status = None;
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(4800));
+    let (mut w, leg) = srs_call(true, None, 4800);
     assert!(
         w.last_incoming(0).is_none(),
         "alice rang before the SRS answered"
     );
     w.run(ms(400));
-    assert!(
-        w.carrier_events()
-            .iter()
-            .any(|e| matches!(e, UaEvent::Failed { leg: l, status: 503, .. } if *l == leg)),
-        "{:?}",
-        w.carrier_events()
-    );
-    let ev: Vec<_> = w
-        .events
-        .iter()
-        .filter(|e| e.kind == CallEventKind::Siprec)
-        .collect();
-    assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0].code, Some(408));
+    caller_got(&w, leg, 503);
+    assert_eq!(siprec_events(&w), [("failed".to_string(), Some(408))]);
     w.run(ms(1000));
     w.assert_idle();
 }
 
 #[test]
 fn fail_open_rings_at_once_and_an_srs_that_never_answers_is_given_up() {
-    let mut w = World::new(siprec_config(false));
-    w.carrier.srs.status = None;
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("alice rings at once");
-    w.accept(0, &call);
-    w.run(ms(6000));
-    assert_eq!(w.got(0, "connected").len(), 1);
+    let (mut w, _) = srs_call(false, None, 200);
+    let call = alice_answers(&mut w, 6000);
     assert!(w.got(0, "ended").is_empty());
-    assert_eq!(siprec_states(&w), ["failed"]);
+    assert_eq!(siprec_events(&w), [("failed".to_string(), Some(408))]);
     w.api(&["support"], ApiRequest::Hangup { call }).unwrap();
     w.run(ms(1000));
     w.assert_idle();
@@ -324,15 +309,8 @@ fn fail_open_rings_at_once_and_an_srs_that_never_answers_is_given_up() {
 
 #[test]
 fn the_srs_pauses_a_label_by_re_invite_and_resumes_it() {
-    let mut w = World::new(siprec_config(false));
-    w.carrier.srs.status = Some(200);
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).unwrap();
-    w.accept(0, &call);
-    w.talk(0, ALICE);
-    w.run(ms(2000));
+    let (mut w, _) = srs_call(false, Some(200), 200);
+    let call = alice_answers(&mut w, 2000);
     let srs = w.carrier.srs.leg.unwrap();
     let (p1, p2) = (
         w.carrier.srs.streams[0].local.port(),

@@ -2,8 +2,8 @@
 //! each play their own tone (SIPp's `rtp_stream`, raw u-law written by the
 //! test); the file the sbc writes is read back by the test and by `sox`,
 //! checked against the webhook's SHA-256, served by the API (ranges, scope,
-//! delete); a 2 kHz burst both sides play 3 s into the call lands at the
-//! same offset in both channels; a `kill -9` mid-recording leaves a WAV
+//! delete); a 2 kHz burst each side plays 3 s into its stream lands 3 s
+//! after that side's start in both channels; a `kill -9` mid-recording leaves a WAV
 //! `sox` reads; a disk that fills (a tiny tmpfs) leaves every call whole and
 //! the recording marked incomplete, its lost frames counted.
 //!
@@ -544,13 +544,13 @@ fn tone_with_burst(hz: f64) -> Vec<u8> {
 }
 
 #[test]
-fn over_real_sockets_a_burst_played_by_both_sides_at_once_lands_within_a_frame_in_both_channels() {
+fn over_real_sockets_a_burst_each_side_plays_3_s_into_its_stream_lands_3_s_after_its_start_in_both_channels()
+ {
     let _serial = serial();
     let hook = HttpReceiver::start(lo(1));
     let dir = TempDir::new("recordings-burst");
     // Each side starts its file as the call is answered (the far end on our
-    // ACK, the caller on our 200: a few ms apart on loopback), so both play
-    // the burst 3 s later.
+    // ACK, the caller on our 200) and plays the burst 3 s later.
     let mut far = callee("rec-burst-callee")
         .file("tone.ul", tone_with_burst(1000.0))
         .spawn();
@@ -566,26 +566,43 @@ fn over_real_sockets_a_burst_played_by_both_sides_at_once_lands_within_a_frame_i
     let bytes = std::fs::read(dir.join(&format!("{id}.wav"))).expect("the file");
     let (_, _, pcm) = read_wav(&bytes);
     let lvl = |w: &[i16], hz| media_core::analysis::goertzel_level_db(w, 8000, hz);
-    // The burst's onset per channel: the first 5 ms window where 2 kHz leads.
-    let onset = |c: usize, other: f64| {
+    // Per channel, the first 5 ms window where `hz` leads `other`: where its
+    // party's stream begins (its tone, from the file's first sample) and
+    // where its burst does.
+    let onset = |c: usize, hz: f64, other: f64| {
         let ch = channel(&pcm, c, 0.0, pcm.len() as f64 / 16_000.0);
         (0..ch.len() / 40)
             .find(|i| {
                 let w = &ch[i * 40..(i + 1) * 40];
-                lvl(w, 2000.0) > -25.0 && lvl(w, 2000.0) > lvl(w, other)
+                lvl(w, hz) > -25.0 && lvl(w, hz) > lvl(w, other)
             })
-            .map(|i| i as u64 * 5)
-            .expect("the burst is in the file")
+            .map(|i| i as i64 * 5)
+            .expect("the tone is in the file")
     };
-    let (one, two) = (onset(0, 440.0), onset(1, 1000.0));
-    eprintln!("burst onsets: channel 1 at {one} ms, channel 2 at {two} ms");
-    // One frame, plus the 5 ms window the onset is found in (the two SIPp
-    // start a few ms apart: 0-15 ms measured).
-    assert!(
-        one.abs_diff(two) <= 25,
-        "channel 1 at {one} ms, channel 2 at {two} ms"
+    let (s1, b1) = (onset(0, 440.0, 2000.0), onset(0, 2000.0, 440.0));
+    let (s2, b2) = (onset(1, 1000.0, 2000.0), onset(1, 2000.0, 1000.0));
+    eprintln!(
+        "channel 1: stream at {s1} ms, burst at {b1} ms; channel 2: stream at {s2} ms, burst at {b2} ms"
     );
-    // And near where it was played: 3 s after the answer, which the
-    // recording starts with.
-    assert!((2950..=3150).contains(&one), "channel 1 burst at {one} ms");
+    // Each party plays its burst 3 s into its stream: in the file it is 3 s
+    // after that party's first audio in both channels, within a frame (and
+    // the 5 ms window the onset is found in), so neither channel slid
+    // against the call clock while the call went on.
+    for (c, s, b) in [(1, s1, b1), (2, s2, b2)] {
+        assert!(
+            (b - s - 3000).abs() <= 25,
+            "channel {c}: burst {} ms after the stream began",
+            b - s
+        );
+    }
+    // The two bursts are as far apart as the two streams' starts (SIPp
+    // starts each when the call is answered: 0-20 ms apart in most runs,
+    // 120 ms in some), which the file shows as it was.
+    assert!(
+        ((b2 - b1) - (s2 - s1)).abs() <= 25,
+        "bursts {} ms apart, starts {} ms",
+        b2 - b1,
+        s2 - s1
+    );
+    assert!((2950..=3200).contains(&b1), "channel 1 burst at {b1} ms");
 }
