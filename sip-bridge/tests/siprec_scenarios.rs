@@ -254,7 +254,7 @@ fn a_refusing_srs_fails_open_by_default() {
 
 #[test]
 fn fail_closed_refuses_the_call_when_the_srs_answers_503() {
-    let (mut w, leg) = srs_call(true, Some(503), 500);
+    let (w, leg) = srs_call(true, Some(503), 500);
     // The caller gets 503; alice never rang (nothing rings unrecorded).
     assert!(w.last_incoming(0).is_none());
     caller_got(&w, leg, 503);
