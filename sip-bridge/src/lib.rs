@@ -85,6 +85,7 @@ pub mod fork;
 pub mod media;
 pub mod plan;
 pub mod presence;
+pub mod registrar;
 pub mod roles;
 pub mod sdp;
 pub mod signalling;

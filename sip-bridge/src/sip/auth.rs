@@ -23,7 +23,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    fn parse(s: &str) -> Option<Algorithm> {
+    pub(crate) fn parse(s: &str) -> Option<Algorithm> {
         Some(match s.to_ascii_uppercase().as_str() {
             "MD5" => Algorithm::Md5,
             "MD5-SESS" => Algorithm::Md5Sess,
@@ -43,7 +43,8 @@ impl Algorithm {
         }
     }
 
-    fn hash(self, data: &str) -> String {
+    /// Hex digest of `data`.
+    pub(crate) fn hash(self, data: &str) -> String {
         let bytes: Vec<u8> = match self {
             Algorithm::Md5 | Algorithm::Md5Sess => Md5::digest(data.as_bytes()).to_vec(),
             Algorithm::Sha256 | Algorithm::Sha256Sess => Sha256::digest(data.as_bytes()).to_vec(),
@@ -96,7 +97,7 @@ pub struct Challenge {
 }
 
 /// Splits `a=b, c="d, e"` into pairs, honouring quotes and escapes.
-fn params(s: &str) -> Result<Vec<(String, String)>, AuthError> {
+pub(crate) fn digest_params(s: &str) -> Result<Vec<(String, String)>, AuthError> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -174,7 +175,7 @@ impl Challenge {
         let mut algorithm = Algorithm::Md5;
         let mut qop = None;
         let mut stale = false;
-        for (k, v) in params(rest)? {
+        for (k, v) in digest_params(rest)? {
             match k.as_str() {
                 "realm" => realm = Some(v),
                 "nonce" => nonce = Some(v),
@@ -229,7 +230,21 @@ pub fn response(
     uri: &str,
     qop: Option<(&str, u32, &str)>, // (qop, nc, cnonce)
 ) -> String {
-    let mut ha1 = alg.hash(&format!("{}:{}:{}", creds.username, realm, creds.password));
+    let ha1 = alg.hash(&format!("{}:{}:{}", creds.username, realm, creds.password));
+    response_with_ha1(alg, &ha1, nonce, method, uri, qop)
+}
+
+/// The `response` value from a stored HA1 (a registrar keeps HA1, never the
+/// password).
+pub fn response_with_ha1(
+    alg: Algorithm,
+    ha1: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+    qop: Option<(&str, u32, &str)>,
+) -> String {
+    let mut ha1 = ha1.to_string();
     if alg.is_sess() {
         let cnonce = qop.map_or("", |q| q.2);
         ha1 = alg.hash(&format!("{ha1}:{nonce}:{cnonce}"));
@@ -425,7 +440,7 @@ mod tests {
         let second = client.authorize(&ch, "INVITE", "sip:+15550100@sip.example");
         assert!(second.contains("nc=00000002"));
         // A server can verify: recompute from the sent parameters.
-        let p: Vec<(String, String)> = params(second.trim_start_matches("Digest ")).unwrap();
+        let p: Vec<(String, String)> = digest_params(second.trim_start_matches("Digest ")).unwrap();
         let get = |k: &str| {
             p.iter()
                 .find(|(n, _)| n == k)
