@@ -89,6 +89,12 @@ pub struct SbcConfig {
     /// `[recording]`: where recordings go and for how long.
     #[serde(default)]
     pub recording: RecordingSection,
+    /// `[registrar]`: how SIP phones' registrations are kept.
+    #[serde(default)]
+    pub registrar: RegistrarSection,
+    /// `[[phones]]`: SIP phones that register as operators.
+    #[serde(default)]
+    pub phones: Vec<PhoneEntry>,
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
@@ -763,6 +769,70 @@ impl Default for RecordingSection {
     }
 }
 
+/// `[registrar]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarSection {
+    /// The digest realm phones authenticate in (their HA1s are computed
+    /// with it).
+    pub realm: String,
+    /// Shorter registrations get 423 with `Min-Expires`.
+    #[serde(deserialize_with = "values::one")]
+    pub min_expires: Duration,
+    /// Longer ones are granted this.
+    #[serde(deserialize_with = "values::one")]
+    pub max_expires: Duration,
+    /// A REGISTER without `Expires`.
+    #[serde(deserialize_with = "values::one")]
+    pub default_expires: Duration,
+    /// Contacts one operator may register.
+    pub max_per_operator: usize,
+    /// Refused REGISTERs from one address, within `ban_window`, before it
+    /// is banned for `ban_for` (its requests dropped unanswered).
+    pub ban_after: u32,
+    /// See `ban_after`.
+    #[serde(deserialize_with = "values::one")]
+    pub ban_window: Duration,
+    /// See `ban_after`.
+    #[serde(deserialize_with = "values::one")]
+    pub ban_for: Duration,
+    /// Offer the SHA-256 digest challenge before the MD5 one (RFC 8760);
+    /// default false: phones that read only the first know MD5.
+    pub sha256_first: bool,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        let d = sip_bridge::registrar::RegistrarConfig::default();
+        RegistrarSection {
+            realm: d.realm,
+            min_expires: d.min_expires,
+            max_expires: d.max_expires,
+            default_expires: d.default_expires,
+            max_per_operator: d.max_per_operator,
+            ban_after: d.ban_after,
+            ban_window: d.ban_window,
+            ban_for: d.ban_for,
+            sha256_first: d.sha256_first,
+        }
+    }
+}
+
+/// `[[phones]]`: a SIP phone account, an operator's. Its password is not
+/// kept, only digest HA1 values of `username:realm:password`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneEntry {
+    /// The digest user name (its REGISTERs' To user).
+    pub username: String,
+    /// The operator it is (`ref` as tokens name it).
+    pub operator: String,
+    /// MD5 of `username:realm:password`, 32 hex digits.
+    pub ha1_md5: String,
+    /// SHA-256 of the same, 64 hex digits.
+    pub ha1_sha256: String,
+}
+
 /// `[numbers.capabilities]`: capability names by role; a role left out keeps
 /// its default.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1363,6 +1433,29 @@ impl SbcConfig {
         b.max_operators = self.limits.max_operators;
         b.open_inbound = self.sip.open_inbound;
         b.seed = seed;
+        let r = &self.registrar;
+        b.registrar = sip_bridge::registrar::RegistrarConfig {
+            realm: r.realm.clone(),
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            default_expires: r.default_expires,
+            max_per_operator: r.max_per_operator,
+            ban_after: r.ban_after,
+            ban_window: r.ban_window,
+            ban_for: r.ban_for,
+            sha256_first: r.sha256_first,
+            ..Default::default()
+        };
+        b.phones = self
+            .phones
+            .iter()
+            .map(|p| sip_bridge::registrar::PhoneAccount {
+                username: p.username.clone(),
+                operator: p.operator.clone(),
+                ha1_md5: p.ha1_md5.to_ascii_lowercase(),
+                ha1_sha256: p.ha1_sha256.to_ascii_lowercase(),
+            })
+            .collect();
         b.streams = self
             .streams
             .iter()

@@ -19,6 +19,7 @@ use sip_bridge::bridge::{
     Bridge, CallEvent, CallEventKind, CallId, MediaCommand, Origin, PortStats, RouteDecision,
 };
 use sip_bridge::presence::SessionId;
+use sip_bridge::registrar::RegistrarEvent;
 use sip_bridge::sip::message::{self, Inbound, Peer, SipHeaders, SipMessage, ValidationConfig};
 use sip_bridge::sip::transaction::Transmit;
 use tokio::sync::mpsc;
@@ -253,6 +254,20 @@ impl ControlCore {
             record(&ev);
             let _ = self.events.send(ev);
         }
+        while let Some(ev) = self.bridge.poll_phone_event() {
+            match ev {
+                RegistrarEvent::Registered { operator } => {
+                    tracing::info!(%operator, "phone registered")
+                }
+                RegistrarEvent::Unregistered { operator, why } => {
+                    tracing::info!(%operator, ?why, "phone unregistered")
+                }
+                RegistrarEvent::Banned { source } => {
+                    tracing::warn!(%source, "registrar: banned after repeated authentication failures")
+                }
+                _ => {}
+            }
+        }
     }
 
     fn export_gauges(&mut self, now: Instant) {
@@ -285,6 +300,16 @@ impl ControlCore {
         metrics::gauge!("sbc_sip_bans").set(p.bans as f64);
         metrics::gauge!("sbc_sip_banned_drops").set(p.banned_drops as f64);
         metrics::gauge!("sbc_sip_scanner_drops").set(p.scanner_drops as f64);
+        if let Some(r) = self.bridge.registrar() {
+            let s = r.stats();
+            metrics::gauge!("sbc_registrations_active").set(r.len() as f64);
+            metrics::gauge!("sbc_registrar_accepted").set(s.accepted as f64);
+            metrics::gauge!("sbc_registrar_challenges").set(s.challenged as f64);
+            metrics::gauge!("sbc_registrar_auth_failures").set(s.auth_failures as f64);
+            metrics::gauge!("sbc_registrar_bans").set(s.bans as f64);
+            metrics::gauge!("sbc_registrar_banned_drops").set(s.dropped_banned as f64);
+            metrics::gauge!("sbc_registrations_expired").set(s.expired as f64);
+        }
     }
 
     /// Ports skipped (held by another process) and calls refused for want of
@@ -364,6 +389,11 @@ impl SipCore for ControlCore {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.handle(now, ControlIn::Timeout);
+    }
+
+    fn handle_connection_closed(&mut self, conn: u64) {
+        self.bridge.handle_connection_closed(conn);
+        self.drain_events();
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -226,6 +226,10 @@ pub struct BridgeConfig {
     pub external_routing: bool,
     /// Seeds ids.
     pub seed: u64,
+    /// SIP phones that register as operators (none: REGISTER gets 405).
+    pub phones: Vec<crate::registrar::PhoneAccount>,
+    /// How their registrations are kept.
+    pub registrar: crate::registrar::RegistrarConfig,
 }
 
 impl BridgeConfig {
@@ -257,6 +261,8 @@ impl BridgeConfig {
             open_inbound: false,
             external_routing: false,
             seed: 1,
+            phones: Vec::new(),
+            registrar: Default::default(),
         }
     }
 

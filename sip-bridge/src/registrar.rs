@@ -4,7 +4,9 @@
 //! * **Who**: each phone account belongs to an operator; its credentials are
 //!   kept as digest HA1 values (MD5 and SHA-256 of `user:realm:password`, RFC
 //!   7616), never the password. The To of a REGISTER must be the account's.
-//! * **Digest** (RFC 7616, RFC 8760): challenges offer SHA-256 and MD5, `qop=auth`.
+//! * **Digest** (RFC 7616, RFC 8760): challenges offer MD5 and SHA-256 (MD5
+//!   first unless `sha256_first`: phones that read one challenge read the
+//!   first), `qop=auth`.
 //!   Nonces are stateless (a time and a keyed hash of it and the source
 //!   address), valid for `nonce_ttl` (`stale=true` after), and each nonce
 //!   count is taken once: a replayed response is refused.
@@ -63,6 +65,11 @@ pub struct RegistrarConfig {
     pub ban_for: Duration,
     /// Addresses whose refusals are counted at once (the oldest go first).
     pub max_tracked: usize,
+    /// Offer the SHA-256 challenge first (RFC 8760 prefers it). Off by
+    /// default: phones that read only the first challenge (SIPp, older
+    /// desk phones) know MD5 alone, and a client that knows both takes it
+    /// either way.
+    pub sha256_first: bool,
 }
 
 impl Default for RegistrarConfig {
@@ -79,6 +86,7 @@ impl Default for RegistrarConfig {
             ban_window: Duration::from_secs(60),
             ban_for: Duration::from_secs(600),
             max_tracked: 10_000,
+            sha256_first: false,
         }
     }
 }
@@ -576,14 +584,19 @@ impl Registrar {
         }
     }
 
-    /// 401 with fresh nonces for SHA-256 and MD5 (RFC 8760 section 3: the
-    /// preferred first).
+    /// 401 with a fresh nonce, one challenge for MD5 and one for SHA-256
+    /// (RFC 8760 section 2.4), in `sha256_first`'s order.
     fn challenge(&mut self, unix_ms: u64, ip: IpAddr, stale: bool) -> RegisterReply {
         self.stats.challenged += 1;
         let nonce = self.nonce(unix_ms, ip);
         let stale = if stale { ", stale=true" } else { "" };
         let realm = &self.cfg.realm;
-        let headers = [Algorithm::Sha256, Algorithm::Md5]
+        let order = if self.cfg.sha256_first {
+            [Algorithm::Sha256, Algorithm::Md5]
+        } else {
+            [Algorithm::Md5, Algorithm::Sha256]
+        };
+        let headers = order
             .iter()
             .map(|a| {
                 (
@@ -1329,6 +1342,28 @@ mod tests {
             403
         );
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn md5_is_offered_first_unless_sha256_is_preferred() {
+        let algs = |reg: &mut Registrar| {
+            let r = reg.handle_register(
+                at(0),
+                UNIX,
+                &register("alice-desk", &["<sip:a@10.0.0.5>"], None, 1, None),
+                peer(PHONE),
+            );
+            respond(&r)
+                .1
+                .iter()
+                .map(|(_, v)| Challenge::parse(v).unwrap().algorithm.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(algs(&mut registrar()), ["MD5", "SHA-256"]);
+        let mut cfg = RegistrarConfig::default();
+        cfg.sha256_first = true;
+        let mut reg = Registrar::new(cfg, Vec::new(), [1; 32]);
+        assert_eq!(algs(&mut reg), ["SHA-256", "MD5"]);
     }
 
     #[test]

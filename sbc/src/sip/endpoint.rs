@@ -42,6 +42,8 @@ pub trait SipCore: Send + 'static {
     fn poll_timeout(&self) -> Option<Instant>;
     /// The next message to send.
     fn poll_sip_transmit(&mut self) -> Option<Transmit>;
+    /// A stream connection (TCP, TLS) closed: flows on it are gone.
+    fn handle_connection_closed(&mut self, _conn: u64) {}
     /// After every input or timer: move the core's other outputs out.
     fn after_io(&mut self, _now: Instant) {}
     /// Whether the core has stopped; the task then ends.
@@ -674,6 +676,7 @@ impl<C: SipCore> Task<C> {
                 tracing::debug!(%addr, %error, "closing SIP connection");
             }
             ConnEvent::Closed { id } => {
+                self.core.handle_connection_closed(id);
                 if let Some((addr, _)) = self.conns.remove(&id) {
                     if self.by_addr.get(&addr) == Some(&id) {
                         self.by_addr.remove(&addr);

@@ -48,6 +48,7 @@ use media_core::{Instant, SeededRng};
 
 use crate::call::{Call, CallCtx, CallOutput, SipAction, SipLegEvent};
 use crate::presence::{Presence, PresenceEvent, SessionId};
+use crate::registrar::{RegisterReply, Registrar, RegistrarEvent};
 use crate::signalling::{NumberInfo, Request, ServerMessage, Session, SessionOutput};
 use crate::sip::dialog::{LegId, LocalAddr, RegisterParams, UaConfig, UaError, UaEvent, UserAgent};
 use crate::sip::message::Peer;
@@ -88,6 +89,8 @@ const ENDED_KEPT: usize = 1024;
 pub struct Bridge {
     cfg: BridgeConfig,
     ua: UserAgent,
+    /// Phones' registrations, when phones are configured.
+    registrar: Option<Registrar>,
     presence: Presence,
     tokens: TokenIssuer,
     sessions: BTreeMap<SessionId, Session>,
@@ -135,7 +138,17 @@ impl Bridge {
         let local_host = local.host.clone();
         let mut ua_cfg = UaConfig::new(local, cfg.seed);
         ua_cfg.max_legs = cfg.max_calls * 4;
+        ua_cfg.registrar = !cfg.phones.is_empty();
+        let mut rng = SeededRng::new(cfg.seed ^ 0xb41d);
+        let registrar = (!cfg.phones.is_empty()).then(|| {
+            let mut secret = [0u8; 32];
+            for c in secret.chunks_mut(8) {
+                c.copy_from_slice(&rng.next_u64().to_be_bytes());
+            }
+            Registrar::new(cfg.registrar.clone(), cfg.phones.clone(), secret)
+        });
         Bridge {
+            registrar,
             ua: UserAgent::new(ua_cfg),
             presence: Presence::new(cfg.grace, cfg.max_operators),
             tokens,
@@ -153,7 +166,7 @@ impl Bridge {
             media_out: VecDeque::new(),
             routes_out: VecDeque::new(),
             events: VecDeque::new(),
-            rng: SeededRng::new(cfg.seed ^ 0xb41d),
+            rng,
             next_call: 1,
             unix_base,
             local_host,
@@ -351,6 +364,7 @@ impl Bridge {
             self.timers.peek().map(|Reverse((t, _))| *t),
             self.ua.poll_timeout(),
             self.presence.poll_timeout(),
+            self.registrar.as_ref().and_then(Registrar::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -361,6 +375,9 @@ impl Bridge {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ua.handle_timeout(now);
         self.presence.handle_timeout(now);
+        if let Some(r) = self.registrar.as_mut() {
+            r.handle_timeout(now);
+        }
         while let Some(&Reverse((at, t))) = self.timers.peek() {
             if at > now {
                 break;
@@ -609,6 +626,9 @@ impl Bridge {
 
     fn on_ua_event(&mut self, now: Instant, ev: UaEvent) {
         let ev = match ev {
+            UaEvent::Register { tx, request, from } => {
+                return self.on_register(now, tx, &request, from);
+            }
             UaEvent::IncomingInvite { leg, request, from } => {
                 return self.inbound_call(now, leg, &request, from);
             }
@@ -633,6 +653,43 @@ impl Bridge {
             return;
         };
         self.drive(now, id, |c, ctx| c.handle_sip(now, ctx, key, ev));
+    }
+
+    /// A phone's REGISTER: the registrar answers it, or it is dropped.
+    fn on_register(
+        &mut self,
+        now: Instant,
+        tx: crate::sip::transaction::TxId,
+        request: &crate::sip::message::Request,
+        from: Peer,
+    ) {
+        let unix_ms = self.unix_base * 1000 + now.as_micros() / 1000;
+        let Some(r) = self.registrar.as_mut() else {
+            return self.ua.answer_request(now, tx, request, 405, &[]);
+        };
+        match r.handle_register(now, unix_ms, request, from) {
+            RegisterReply::Respond { status, headers } => {
+                self.ua.answer_request(now, tx, request, status, &headers)
+            }
+            RegisterReply::Drop => self.ua.drop_request(tx),
+        }
+    }
+
+    /// The registrar (when phones are configured): its bindings and counters.
+    pub fn registrar(&self) -> Option<&Registrar> {
+        self.registrar.as_ref()
+    }
+
+    /// What phones' registrations did (a phone came or went, a ban).
+    pub fn poll_phone_event(&mut self) -> Option<RegistrarEvent> {
+        self.registrar.as_mut()?.poll_event()
+    }
+
+    /// A stream connection (TCP, TLS) closed: the RFC 5626 flows on it end.
+    pub fn handle_connection_closed(&mut self, conn: u64) {
+        if let Some(r) = self.registrar.as_mut() {
+            r.handle_flow_closed(conn);
+        }
     }
 
     fn inbound_call(

@@ -126,6 +126,9 @@ pub struct UaConfig {
     /// The shortest session interval we accept (`Min-SE`, RFC 4028 section 5;
     /// never below 90 s): shorter asks get 422.
     pub min_se: Duration,
+    /// REGISTER requests go to the driver ([`UaEvent::Register`]) instead
+    /// of getting 405: a registrar answers them.
+    pub registrar: bool,
 }
 
 impl UaConfig {
@@ -141,6 +144,7 @@ impl UaConfig {
             validation: ValidationConfig::default(),
             seed,
             min_se: MIN_SE_FLOOR,
+            registrar: false,
         }
     }
 }
@@ -209,6 +213,17 @@ pub enum EndReason {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum UaEvent {
+    /// A REGISTER (with [`UaConfig::registrar`]): answer it with
+    /// [`UserAgent::answer_request`] or drop it with
+    /// [`UserAgent::drop_request`].
+    Register {
+        /// Its server transaction.
+        tx: TxId,
+        /// The request.
+        request: Box<Request>,
+        /// Its source (the flow it came on).
+        from: Peer,
+    },
     /// A new INVITE: answer with [`UserAgent::respond`].
     IncomingInvite {
         /// The leg.
@@ -1295,6 +1310,29 @@ impl UserAgent {
         }
     }
 
+    /// Answers an out-of-dialog request the driver was given
+    /// ([`UaEvent::Register`]).
+    pub fn answer_request(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: &Request,
+        status: u16,
+        extra: &[(String, String)],
+    ) {
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.reply(now, tx, req, status, &extra);
+        self.pump(now);
+    }
+
+    /// Leaves such a request unanswered (its transaction is forgotten).
+    pub fn drop_request(&mut self, tx: TxId) {
+        self.tl.abandon(tx);
+    }
+
     fn reply(
         &mut self,
         now: Instant,
@@ -1334,6 +1372,13 @@ impl UserAgent {
             return self.on_in_dialog(now, tx, req, from);
         }
         match req.method {
+            Method::Register if self.cfg.registrar => {
+                self.events.push_back(UaEvent::Register {
+                    tx,
+                    request: Box::new(req),
+                    from,
+                });
+            }
             Method::Invite => {
                 if self.legs.len() >= self.cfg.max_legs {
                     self.stats.overload_rejects += 1;

@@ -510,6 +510,18 @@ impl TransactionLayer {
         }
     }
 
+    /// Forgets a server transaction of a request that gets no answer (a
+    /// REGISTER from a banned address): nothing is sent, nothing waits.
+    pub fn abandon(&mut self, id: TxId) {
+        if self
+            .txs
+            .get(&id)
+            .is_some_and(|t| t.role == Role::NonInviteServer && t.state == State::Trying)
+        {
+            self.remove(id);
+        }
+    }
+
     /// Takes a validated message that arrived from `from`.
     pub fn handle_message(&mut self, now: Instant, msg: SipMessage, from: Peer) {
         match msg {

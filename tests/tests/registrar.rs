@@ -1,0 +1,171 @@
+//! System tests of the registrar with the real `sbc` binary and SIPp as the
+//! phone: a phone registers with digest credentials and un-registers; a
+//! password guesser is banned after the configured number of refusals and
+//! then gets no answer at all, not even to the right password; an unknown
+//! user is refused exactly like a known one with a wrong password.
+//!
+//! Needs `target/debug/sbc` and SIPp. The SBC is 127.0.0.1; phones are
+//! 127.0.0.2 to .5.
+
+use std::time::Duration;
+
+use integration_tests::sbc_process::{Sbc, SbcSpec, SippCmd, lo, rtp, serial, wait_until};
+use sip_bridge::registrar::PhoneAccount;
+
+const WAIT: Duration = Duration::from_secs(20);
+const SIPP_DONE: Duration = Duration::from_secs(60);
+
+/// One phone account, alice's desk phone (password `s3cret`), and a
+/// registrar that bans after 5 refusals.
+fn config() -> String {
+    let a = PhoneAccount::new("alice-desk", "alice", "sbc", "s3cret");
+    format!(
+        "[registrar]\nrealm = \"sbc\"\nban_after = 5\nban_for = \"60s\"\n\n\
+         [[phones]]\nusername = \"alice-desk\"\noperator = \"alice\"\n\
+         ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n",
+        a.ha1_md5, a.ha1_sha256
+    )
+}
+
+fn phone(name: &str, scenario: &str, n: u8, sbc: &Sbc, user: &str, password: &str) -> SippCmd {
+    SippCmd::new(name, scenario, lo(n))
+        .remote(sbc.sip)
+        .service(user)
+        .arg("-au", user)
+        .arg("-ap", password)
+        .timeout_secs(30)
+}
+
+#[test]
+fn a_phone_registers_with_digest_and_unregisters() {
+    let _serial = serial();
+    let sbc = Sbc::start(&SbcSpec::new("registrar", rtp(60), config()));
+    let mut p = phone(
+        "reg-phone",
+        "register_auth.xml",
+        2,
+        &sbc,
+        "alice-desk",
+        "s3cret",
+    )
+    .calls(1)
+    .spawn();
+    p.assert_success(SIPP_DONE);
+    // The sbc granted 300 s, then removed the binding.
+    let logged = wait_until(WAIT, || {
+        let l = sbc.logs();
+        l.contains("phone registered") && l.contains("phone unregistered")
+    });
+    assert!(logged, "{}", sbc.logs());
+    let accepted = sbc.wait_metric("sbc_registrar_accepted", &[], WAIT, |v| v >= 2.0);
+    assert_eq!(accepted, 2.0);
+    assert_eq!(sbc.metric("sbc_registrations_active", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_registrar_auth_failures", &[]), 0.0);
+}
+
+#[test]
+fn a_guesser_is_banned_and_an_unknown_user_looks_like_a_wrong_password() {
+    let _serial = serial();
+    let sbc = Sbc::start(&SbcSpec::new("registrar-ban", rtp(61), config()));
+    // An unknown user and a known one with a wrong password, from two
+    // addresses: the same 401 (but for the nonce and the dialog's own ids).
+    let mut unknown = phone("reg-unknown", "register_guess.xml", 3, &sbc, "nobody", "x")
+        .calls(1)
+        .spawn();
+    unknown.assert_success(SIPP_DONE);
+    let mut wrong = phone(
+        "reg-wrong",
+        "register_guess.xml",
+        4,
+        &sbc,
+        "alice-desk",
+        "x",
+    )
+    .calls(1)
+    .spawn();
+    wrong.assert_success(SIPP_DONE);
+    let shape = |sipp: &integration_tests::sbc_process::Sipp| {
+        let last = sipp
+            .received()
+            .into_iter()
+            .filter(|m| m.start_line().starts_with("SIP/2.0 401"))
+            .last()
+            .expect("a 401");
+        last.text
+            .lines()
+            .filter(|l| {
+                let name = l
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                ![
+                    "via",
+                    "from",
+                    "to",
+                    "call-id",
+                    "cseq",
+                    "content-length",
+                    "l",
+                    "v",
+                    "f",
+                    "t",
+                    "i",
+                ]
+                .contains(&name.as_str())
+            })
+            .map(|l| l.split("nonce=").next().unwrap_or(l).trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&unknown), shape(&wrong));
+
+    // A guesser from one address: 5 refusals ban it; after that nothing is
+    // answered, not even the right password.
+    let mut guesser = phone(
+        "reg-guesser",
+        "register_guess.xml",
+        5,
+        &sbc,
+        "alice-desk",
+        "guess",
+    )
+    .calls(8)
+    .rate(20)
+    .arg("-recv_timeout", 1500)
+    .spawn();
+    let _ = guesser.wait(SIPP_DONE);
+    let bans = sbc.wait_metric("sbc_registrar_bans", &[], WAIT, |v| v >= 1.0);
+    assert_eq!(bans, 1.0);
+    // Two before (one each), five from the guesser: then it was banned.
+    assert_eq!(sbc.metric("sbc_registrar_auth_failures", &[]), 7.0);
+    let mut right = phone(
+        "reg-banned",
+        "register_auth.xml",
+        5,
+        &sbc,
+        "alice-desk",
+        "s3cret",
+    )
+    .calls(1)
+    .arg("-recv_timeout", 1500)
+    .spawn();
+    let st = right.wait(SIPP_DONE);
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "a banned address registered\n{}",
+        right.report()
+    );
+    assert!(
+        right.received().is_empty(),
+        "the banned address got an answer"
+    );
+    let drops = sbc.wait_metric("sbc_registrar_banned_drops", &[], WAIT, |v| v >= 3.0);
+    assert!(drops >= 3.0, "{drops} dropped");
+    assert_eq!(sbc.metric("sbc_registrations_active", &[]), 0.0);
+    assert!(
+        sbc.logs()
+            .contains("banned after repeated authentication failures")
+    );
+}
