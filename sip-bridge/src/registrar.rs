@@ -1360,8 +1360,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(algs(&mut registrar()), ["MD5", "SHA-256"]);
-        let mut cfg = RegistrarConfig::default();
-        cfg.sha256_first = true;
+        let cfg = RegistrarConfig {
+            sha256_first: true,
+            ..Default::default()
+        };
         let mut reg = Registrar::new(cfg, Vec::new(), [1; 32]);
         assert_eq!(algs(&mut reg), ["SHA-256", "MD5"]);
     }
