@@ -88,8 +88,7 @@ fn a_guesser_is_banned_and_an_unknown_user_looks_like_a_wrong_password() {
         let last = sipp
             .received()
             .into_iter()
-            .filter(|m| m.start_line().starts_with("SIP/2.0 401"))
-            .last()
+            .rfind(|m| m.start_line().starts_with("SIP/2.0 401"))
             .expect("a 401");
         last.text
             .lines()
