@@ -667,6 +667,69 @@ fn is_log_filter(s: &str) -> bool {
         })
 }
 
+/// `[registrar]` and `[[phones]]`: bounds, HA1s that are hex of the right
+/// length, user names once each.
+fn phones(c: &SbcConfig, f: &mut Found) {
+    let r = &c.registrar;
+    if r.realm.is_empty() || r.realm.contains(['"', '\\']) {
+        f.push((
+            "registrar.realm".into(),
+            "a non-empty name without quotes".into(),
+        ));
+    }
+    if r.min_expires.is_zero() || r.min_expires > r.max_expires {
+        f.push((
+            "registrar.min_expires".into(),
+            "above 0 and at most max_expires".into(),
+        ));
+    }
+    if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+        f.push((
+            "registrar.default_expires".into(),
+            "between min_expires and max_expires".into(),
+        ));
+    }
+    if r.max_per_operator == 0 || r.ban_after == 0 {
+        f.push((
+            "registrar".into(),
+            "max_per_operator and ban_after must be above 0".into(),
+        ));
+    }
+    let hex = |v: &str, n: usize| v.len() == n && v.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in c.phones.iter().enumerate() {
+        if p.username.is_empty()
+            || !p
+                .username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+        {
+            f.push((
+                format!("phones[{i}].username"),
+                "letters, digits and - _ . + only".into(),
+            ));
+        }
+        if !seen.insert(p.username.to_ascii_lowercase()) {
+            f.push((format!("phones[{i}].username"), "used twice".into()));
+        }
+        if p.operator.is_empty() {
+            f.push((format!("phones[{i}].operator"), "names no operator".into()));
+        }
+        if !hex(&p.ha1_md5, 32) {
+            f.push((
+                format!("phones[{i}].ha1_md5"),
+                "32 hex digits: MD5 of username:realm:password".into(),
+            ));
+        }
+        if !hex(&p.ha1_sha256, 64) {
+            f.push((
+                format!("phones[{i}].ha1_sha256"),
+                "64 hex digits: SHA-256 of username:realm:password".into(),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,68 +793,5 @@ mod tests {
         assert!(is_name("carrier-2.eu_west") && !is_name("a@b") && !is_name(""));
         assert!(is_e164("+15550100") && !is_e164("15550100") && !is_e164("+1"));
         assert!(is_header_text("sbc/1.0") && !is_header_text("a\r\nb"));
-    }
-}
-
-/// `[registrar]` and `[[phones]]`: bounds, HA1s that are hex of the right
-/// length, user names once each.
-fn phones(c: &SbcConfig, f: &mut Found) {
-    let r = &c.registrar;
-    if r.realm.is_empty() || r.realm.contains(['"', '\\']) {
-        f.push((
-            "registrar.realm".into(),
-            "a non-empty name without quotes".into(),
-        ));
-    }
-    if r.min_expires.is_zero() || r.min_expires > r.max_expires {
-        f.push((
-            "registrar.min_expires".into(),
-            "above 0 and at most max_expires".into(),
-        ));
-    }
-    if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
-        f.push((
-            "registrar.default_expires".into(),
-            "between min_expires and max_expires".into(),
-        ));
-    }
-    if r.max_per_operator == 0 || r.ban_after == 0 {
-        f.push((
-            "registrar".into(),
-            "max_per_operator and ban_after must be above 0".into(),
-        ));
-    }
-    let hex = |v: &str, n: usize| v.len() == n && v.bytes().all(|b| b.is_ascii_hexdigit());
-    let mut seen = std::collections::HashSet::new();
-    for (i, p) in c.phones.iter().enumerate() {
-        if p.username.is_empty()
-            || !p
-                .username
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
-        {
-            f.push((
-                format!("phones[{i}].username"),
-                "letters, digits and - _ . + only".into(),
-            ));
-        }
-        if !seen.insert(p.username.to_ascii_lowercase()) {
-            f.push((format!("phones[{i}].username"), "used twice".into()));
-        }
-        if p.operator.is_empty() {
-            f.push((format!("phones[{i}].operator"), "names no operator".into()));
-        }
-        if !hex(&p.ha1_md5, 32) {
-            f.push((
-                format!("phones[{i}].ha1_md5"),
-                "32 hex digits: MD5 of username:realm:password".into(),
-            ));
-        }
-        if !hex(&p.ha1_sha256, 64) {
-            f.push((
-                format!("phones[{i}].ha1_sha256"),
-                "64 hex digits: SHA-256 of username:realm:password".into(),
-            ));
-        }
     }
 }
