@@ -1835,6 +1835,33 @@ mod tests {
     }
 
     #[test]
+    fn phones_keep_ha1s_and_bad_ones_are_named() {
+        let a = sip_bridge::registrar::PhoneAccount::new("alice-desk", "alice", "sbc", "pw");
+        let cfg = SbcConfig::parse(&format!(
+            "{MINIMAL}[registrar]\nrealm = \"sbc\"\nmin_expires = \"30s\"\nsha256_first = true\n\
+             [[phones]]\nusername = \"alice-desk\"\noperator = \"alice\"\n\
+             ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n",
+            a.ha1_md5,
+            a.ha1_sha256.to_ascii_uppercase()
+        ))
+        .unwrap();
+        let b = cfg.bridge_config(1, |_| Ok(vec![])).unwrap();
+        assert_eq!(b.phones, vec![a]);
+        assert_eq!(b.registrar.min_expires, Duration::from_secs(30));
+        assert!(b.registrar.sha256_first);
+        rejects(
+            "[[phones]]\nusername = \"bob\"\noperator = \"bob\"\nha1_md5 = \"xyz\"\nha1_sha256 = \"00\"\n",
+            "phones[0].ha1_md5",
+            "32 hex digits",
+        );
+        rejects(
+            "[registrar]\nmin_expires = \"2h\"\n",
+            "registrar.min_expires",
+            "at most max_expires",
+        );
+    }
+
+    #[test]
     fn numbers_and_trunks_name_a_siprec_server() {
         let cfg = SbcConfig::parse(&format!(
             "{MINIMAL}{TRUNK}siprec = {{ srs = \"sip:srs@192.0.2.9:5080;transport=tcp\" }}\n\
