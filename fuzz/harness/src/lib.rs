@@ -1661,6 +1661,139 @@ pub fn call(data: &[u8]) {
     assert!(b.presence().is_empty(), "operators left");
 }
 
+/// One step of a registrar's life.
+#[derive(Arbitrary, Debug)]
+enum RegOp {
+    /// A REGISTER from phone `from` (0-3), its parts fuzzed; `answer` uses
+    /// the last challenge with the right password (else garbage).
+    Register {
+        from: u8,
+        user: u8,
+        contacts: Vec<String>,
+        expires: Option<u32>,
+        cseq: u16,
+        answer: Option<bool>,
+        extra: String,
+    },
+    /// Raw bytes as a datagram.
+    Raw(Vec<u8>),
+    /// Time passes (ms).
+    Wait(u16),
+    /// A connection closes.
+    Closed(u8),
+}
+
+/// The registrar: fuzzed REGISTERs (contacts and their parameters, Path,
+/// Expires, CSeq, right and wrong answers, raw bytes) from four addresses
+/// over time. Never a panic; its count of bindings is the sum of its
+/// operators', each within the limit; once time passes every expiry,
+/// nothing is left.
+pub fn registrar(data: &[u8]) {
+    use sip_bridge::registrar::{PhoneAccount, RegisterReply, Registrar, RegistrarConfig};
+    use sip_bridge::sip::auth::{Challenge, Credentials, DigestClient};
+    let mut u = Unstructured::new(data);
+    let Ok(ops) = Vec::<RegOp>::arbitrary(&mut u) else {
+        return;
+    };
+    let cfg = RegistrarConfig {
+        ban_after: 4,
+        ..Default::default()
+    };
+    let max = cfg.max_per_operator;
+    let users = ["alice-desk", "bob-desk", "nobody"];
+    let mut reg = Registrar::new(
+        cfg,
+        vec![
+            PhoneAccount::new("alice-desk", "alice", "sbc", "pw-a"),
+            PhoneAccount::new("bob-desk", "bob", "sbc", "pw-b"),
+        ],
+        [9; 32],
+    );
+    let mut now = Instant::ZERO;
+    let mut challenge: Option<Challenge> = None;
+    let vcfg = ValidationConfig::default();
+    for op in ops.into_iter().take(64) {
+        match op {
+            RegOp::Register {
+                from,
+                user,
+                contacts,
+                expires,
+                cseq,
+                answer,
+                extra,
+            } => {
+                let user = users[user as usize % users.len()];
+                let source = Peer::udp(format!("192.0.2.{}:5060", from % 4 + 1).parse().unwrap());
+                let mut m = format!(
+                    "REGISTER sip:sbc SIP/2.0\r\nVia: SIP/2.0/UDP {}:5060;branch=z9hG4bK{cseq}\r\n\
+                     From: <sip:{user}@sbc>;tag=1\r\nTo: <sip:{user}@sbc>\r\nCall-ID: c{from}\r\n\
+                     CSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n",
+                    source.addr.ip()
+                );
+                for c in contacts.iter().take(8) {
+                    m += &format!("Contact: {}\r\n", c.replace(['\r', '\n'], ""));
+                }
+                if let Some(e) = expires {
+                    m += &format!("Expires: {e}\r\n");
+                }
+                if !extra.is_empty() {
+                    m += &format!("{}\r\n", extra.replace(['\r', '\n'], ""));
+                }
+                if let (Some(right), Some(ch)) = (answer, &challenge) {
+                    let mut c = DigestClient::new(
+                        Credentials {
+                            username: user.into(),
+                            password: if right {
+                                format!("pw-{}", &user[..1])
+                            } else {
+                                "x".into()
+                            },
+                        },
+                        7,
+                    );
+                    m += &format!(
+                        "Authorization: {}\r\n",
+                        c.authorize(ch, "REGISTER", "sip:sbc")
+                    );
+                }
+                m += "Content-Length: 0\r\n\r\n";
+                if let Inbound::Request(r) = sipmsg::classify(m.as_bytes(), Transport::Udp, &vcfg) {
+                    let unix = 1_795_000_000_000 + now.as_micros() / 1000;
+                    if let RegisterReply::Respond {
+                        status: 401,
+                        headers,
+                    } = reg.handle_register(now, unix, &*r, source)
+                    {
+                        challenge = headers.first().and_then(|(_, v)| Challenge::parse(v).ok());
+                    }
+                }
+            }
+            RegOp::Raw(bytes) => {
+                if let Inbound::Request(r) = sipmsg::classify(&bytes, Transport::Udp, &vcfg) {
+                    let source = Peer::udp("192.0.2.9:5060".parse().unwrap());
+                    let _ = reg.handle_register(now, 1_795_000_000_000, &*r, source);
+                }
+            }
+            RegOp::Wait(ms) => {
+                now += std::time::Duration::from_millis(ms as u64 * 50);
+                if reg.poll_timeout().is_some_and(|t| t <= now) {
+                    reg.handle_timeout(now);
+                }
+            }
+            RegOp::Closed(c) => reg.handle_flow_closed(c as u64),
+        }
+        let per: usize = ["alice", "bob"].iter().map(|o| reg.bindings(o).len()).sum();
+        assert_eq!(per, reg.len(), "bindings counted twice or lost");
+        for o in ["alice", "bob"] {
+            assert!(reg.bindings(o).len() <= max, "{o} over the limit");
+        }
+        while reg.poll_event().is_some() {}
+    }
+    reg.handle_timeout(now + std::time::Duration::from_secs(7200));
+    assert!(reg.is_empty(), "bindings outlived their expiry");
+}
+
 /// All targets by name, for replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("rtp_packet", rtp_packet),
@@ -1675,6 +1808,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("signalling", signalling),
     ("token", token),
     ("call", call),
+    ("registrar", registrar),
 ];
 
 #[cfg(test)]
