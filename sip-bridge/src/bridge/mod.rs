@@ -573,6 +573,7 @@ impl Bridge {
                     .respond(now, ua_leg, status, sdp.as_deref().map(str::as_bytes), &h)
             }
             SipAction::Hangup => self.ua.hangup(now, ua_leg),
+            SipAction::HangupElsewhere => self.ua.hangup_elsewhere(now, ua_leg),
             SipAction::AnswerRefer { status } => self.ua.answer_refer(now, ua_leg, status),
             SipAction::Refer { refer_to } => self.ua.refer(now, ua_leg, &refer_to, true),
             SipAction::Notify {

@@ -932,7 +932,12 @@ impl Call {
         match &p.leg {
             Leg::Sip(s) if s.state == SipState::Ending => ctx.ports.give(s.port),
             Leg::Sip(s) => {
-                self.sip(key, SipAction::Hangup);
+                let action = if reason == EndReason::TakenByOther {
+                    SipAction::HangupElsewhere
+                } else {
+                    SipAction::Hangup
+                };
+                self.sip(key, action);
                 self.ending.insert(key, s.port);
                 if p.in_media {
                     self.media(MediaCommand::Remove { leg: key });

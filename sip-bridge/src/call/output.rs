@@ -26,6 +26,9 @@ pub enum SipAction {
     },
     /// End it: CANCEL, BYE or a final response, as the leg's state wants.
     Hangup,
+    /// End a leg that rang and lost to another answer: its CANCEL says
+    /// `Call completed elsewhere` (RFC 3326).
+    HangupElsewhere,
     /// ACK a 2xx that carried an offer, with our answer (`None`: the offer
     /// was unusable; a [`SipAction::Hangup`] follows).
     Ack {

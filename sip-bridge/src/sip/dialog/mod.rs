@@ -825,6 +825,16 @@ impl UserAgent {
     /// Cancels an unanswered call (RFC 3261 section 9.1). A 2xx that crosses the
     /// CANCEL is ACKed and the call ended with BYE.
     pub fn cancel(&mut self, now: Instant, leg: LegId) -> Result<(), UaError> {
+        self.cancel_with(now, leg, None)
+    }
+
+    /// [`Self::cancel`] saying why (RFC 3326 `Reason`).
+    pub fn cancel_with(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        reason: Option<String>,
+    ) -> Result<(), UaError> {
         let l = self.legs.get_mut(&leg).ok_or(UaError::UnknownLeg)?;
         if l.role != Role::Uac || !matches!(l.state, LegState::Calling | LegState::Early) {
             return Err(UaError::WrongState(
@@ -833,10 +843,25 @@ impl UserAgent {
         }
         l.cancelled = true;
         if let Some(tx) = l.invite_tx {
-            let _ = self.tl.cancel(now, tx);
+            let _ = self.tl.cancel_with(now, tx, reason);
         }
         self.pump(now);
         Ok(())
+    }
+
+    /// [`Self::hangup`] of an outgoing call that rang and lost to another
+    /// (a fork, an operator's other device): its CANCEL says `Call completed
+    /// elsewhere` (RFC 3326), so a phone shows no missed call.
+    pub fn hangup_elsewhere(&mut self, now: Instant, leg: LegId) -> Result<(), UaError> {
+        let l = self.legs.get(&leg).ok_or(UaError::UnknownLeg)?;
+        match (l.role, l.state) {
+            (Role::Uac, LegState::Calling | LegState::Early) => self.cancel_with(
+                now,
+                leg,
+                Some("SIP ;cause=200 ;text=\"Call completed elsewhere\"".into()),
+            ),
+            _ => self.hangup(now, leg),
+        }
     }
 
     /// Ends a call: BYE when confirmed, CANCEL when ringing out, 480 when ringing in.

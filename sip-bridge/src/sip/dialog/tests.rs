@@ -364,6 +364,41 @@ fn cancel_before_answer() {
 }
 
 #[test]
+fn a_call_that_lost_to_another_answer_is_cancelled_as_completed_elsewhere() {
+    // RFC 3326: the phone shows no missed call.
+    let mut net = Net::pair(5);
+    let cancels = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = cancels.clone();
+    net.drop = Some(Box::new(move |_, b| {
+        let t = String::from_utf8_lossy(b);
+        if t.starts_with("CANCEL") {
+            seen.borrow_mut().push(t.into_owned());
+        }
+        false
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let now = net.now;
+    net.ua(0).hangup_elsewhere(now, leg).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteCancel));
+    let c = cancels.borrow();
+    assert_eq!(c.len(), 1);
+    assert!(
+        c[0].contains("Reason: SIP ;cause=200 ;text=\"Call completed elsewhere\"\r\n"),
+        "{}",
+        c[0]
+    );
+    drop(c);
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
 fn cancel_before_any_provisional_waits_for_one() {
     // RFC 3261 9.1: no CANCEL before a provisional response.
     let mut net = Net::pair(4);

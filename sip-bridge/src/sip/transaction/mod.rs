@@ -222,6 +222,8 @@ struct Tx {
     interval: Duration,
     /// ICT: a CANCEL waits for the first provisional response (RFC 3261 9.1).
     cancel_pending: bool,
+    /// The `Reason` of our CANCEL (RFC 3326), if it has one.
+    cancel_reason: Option<String>,
     /// ICT: CANCEL sent; the INVITE gets 64*T1 more for its final response (9.1).
     cancel_sent: bool,
     /// ICT: the ACK for a non-2xx final, to resend on its retransmissions.
@@ -372,6 +374,7 @@ impl TransactionLayer {
                 timers: TimerTable::default(),
                 interval: self.cfg.t1,
                 cancel_pending: false,
+                cancel_reason: None,
                 cancel_sent: false,
                 ack: None,
             },
@@ -404,9 +407,23 @@ impl TransactionLayer {
     /// out now if a provisional response was seen, else as soon as one is. Returns
     /// false if the INVITE has already completed.
     pub fn cancel(&mut self, now: Instant, invite: TxId) -> Result<bool, TxError> {
+        self.cancel_with(now, invite, None)
+    }
+
+    /// [`Self::cancel`] with a `Reason` header (RFC 3326): a lost fork's
+    /// `SIP ;cause=200 ;text="Call completed elsewhere"`.
+    pub fn cancel_with(
+        &mut self,
+        now: Instant,
+        invite: TxId,
+        reason: Option<String>,
+    ) -> Result<bool, TxError> {
         let tx = self.txs.get_mut(&invite).ok_or(TxError::Unknown)?;
         if tx.role != Role::InviteClient {
             return Err(TxError::Unknown);
+        }
+        if reason.is_some() {
+            tx.cancel_reason = reason;
         }
         match tx.state {
             State::Calling => {
@@ -441,6 +458,9 @@ impl TransactionLayer {
         }
         let (n, _) = orig.cseq().ok_or(TxError::BadRequest("no CSeq"))?;
         headers.push(Header::CSeq(format!("{n} CANCEL").into()));
+        if let Some(r) = &tx.cancel_reason {
+            headers.push(rsipstack::sip::headers::make_header("Reason", r.clone()));
+        }
         let cancel = Request {
             method: Method::Cancel,
             uri: orig.uri.clone(),
@@ -614,6 +634,7 @@ impl TransactionLayer {
                 timers: TimerTable::default(),
                 interval: self.cfg.t1,
                 cancel_pending: false,
+                cancel_reason: None,
                 cancel_sent: false,
                 ack: None,
             },
