@@ -831,6 +831,9 @@ pub struct PhoneEntry {
     pub ha1_md5: String,
     /// SHA-256 of the same, 64 hex digits.
     pub ha1_sha256: String,
+    /// Number ids it takes calls on (their `operators` steps ring it).
+    #[serde(default)]
+    pub numbers: Vec<String>,
 }
 
 /// `[numbers.capabilities]`: capability names by role; a role left out keeps
@@ -1454,6 +1457,12 @@ impl SbcConfig {
                 operator: p.operator.clone(),
                 ha1_md5: p.ha1_md5.to_ascii_lowercase(),
                 ha1_sha256: p.ha1_sha256.to_ascii_lowercase(),
+                numbers: p
+                    .numbers
+                    .iter()
+                    .filter_map(|n| self.numbers.iter().find(|c| c.id == *n || c.e164 == *n))
+                    .map(|c| c.id.clone())
+                    .collect(),
             })
             .collect();
         b.streams = self

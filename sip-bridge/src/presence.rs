@@ -73,6 +73,10 @@ pub struct Presence {
     operators: BTreeMap<String, Operator>,
     by_session: BTreeMap<SessionId, String>,
     events: VecDeque<PresenceEvent>,
+    /// Operators with a registered phone: the numbers it takes calls on.
+    phones: BTreeMap<String, BTreeSet<String>>,
+    /// The call of an operator busy on a phone with no browser session.
+    phone_calls: BTreeMap<String, CallId>,
 }
 
 /// Presence refusals.
@@ -99,7 +103,56 @@ impl Presence {
             operators: BTreeMap::new(),
             by_session: BTreeMap::new(),
             events: VecDeque::new(),
+            phones: BTreeMap::new(),
+            phone_calls: BTreeMap::new(),
         }
+    }
+
+    /// The operator's phone registered (its first binding): it takes calls
+    /// on `numbers` by phone, beside any browser.
+    pub fn set_phone(&mut self, operator: &str, numbers: &[String]) {
+        self.phones
+            .insert(operator.into(), numbers.iter().cloned().collect());
+    }
+
+    /// Its last phone binding went.
+    pub fn clear_phone(&mut self, operator: &str) {
+        self.phones.remove(operator);
+    }
+
+    /// Whether the operator has a registered phone.
+    pub fn has_phone(&self, operator: &str) -> bool {
+        self.phones.contains_key(operator)
+    }
+
+    /// Whether its phone takes calls on `number` and it is not busy.
+    pub fn phone_ready_for(&self, operator: &str, number: &str) -> bool {
+        self.phones
+            .get(operator)
+            .is_some_and(|n| n.contains(number))
+            && self.active_call(operator).is_none()
+    }
+
+    /// Whether its phone can be rung now (an `operator:` target).
+    pub fn phone_ready(&self, operator: &str) -> bool {
+        self.has_phone(operator) && self.active_call(operator).is_none()
+    }
+
+    /// Whether its browser takes calls on `number` now.
+    pub fn browser_ready_for(&self, operator: &str, number: &str) -> bool {
+        self.active_call(operator).is_none()
+            && self.operators.get(operator).is_some_and(|o| {
+                matches!(o.state, OperatorState::Online(_)) && o.available.contains(number)
+            })
+    }
+
+    /// Whether its browser can take a call now.
+    pub fn browser_ready(&self, operator: &str) -> bool {
+        self.active_call(operator).is_none()
+            && self
+                .operators
+                .get(operator)
+                .is_some_and(|o| matches!(o.state, OperatorState::Online(_)))
     }
 
     /// Operators known (online or reconnecting).
@@ -253,26 +306,40 @@ impl Presence {
     /// Operators who can take a new call on `number` now: online (not
     /// reconnecting), available on it, and not busy. Sorted by operatorRef.
     pub fn ready_for(&self, number: &str) -> Vec<String> {
-        self.operators
-            .iter()
-            .filter(|(_, o)| {
-                matches!(o.state, OperatorState::Online(_))
-                    && o.active_call.is_none()
-                    && o.available.contains(number)
-            })
-            .map(|(n, _)| n.clone())
-            .collect()
+        let mut v: Vec<String> = self
+            .operators
+            .keys()
+            .filter(|n| self.browser_ready_for(n, number))
+            .chain(
+                self.phones
+                    .keys()
+                    .filter(|n| self.phone_ready_for(n, number)),
+            )
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
-    /// Whether `operator` can take a call now (for `operator:REF` targets).
+    /// Whether `operator` can take a call now (for `operator:REF` targets),
+    /// in a browser or on a phone.
     pub fn is_ready(&self, operator: &str) -> bool {
-        self.operators
-            .get(operator)
-            .is_some_and(|o| matches!(o.state, OperatorState::Online(_)) && o.active_call.is_none())
+        self.browser_ready(operator) || self.phone_ready(operator)
     }
 
     /// Marks the operator busy with `call` (accepted, or dialled out).
     pub fn set_busy(&mut self, operator: &str, call: CallId) -> Result<(), PresenceError> {
+        if !self.operators.contains_key(operator) && self.phones.contains_key(operator) {
+            // On its phone, no browser: busy all the same.
+            return match self.phone_calls.get(operator) {
+                Some(c) if *c != call => Err(PresenceError::Busy),
+                _ => {
+                    self.phone_calls.insert(operator.into(), call);
+                    Ok(())
+                }
+            };
+        }
         let op = self
             .operators
             .get_mut(operator)
@@ -286,6 +353,9 @@ impl Presence {
 
     /// The operator's call `call` ended.
     pub fn set_free(&mut self, operator: &str, call: CallId) {
+        if self.phone_calls.get(operator) == Some(&call) {
+            self.phone_calls.remove(operator);
+        }
         let Some(op) = self.operators.get_mut(operator) else {
             return;
         };
@@ -307,7 +377,10 @@ impl Presence {
 
     /// The operator's active call.
     pub fn active_call(&self, operator: &str) -> Option<CallId> {
-        self.operators.get(operator)?.active_call
+        self.operators
+            .get(operator)
+            .and_then(|o| o.active_call)
+            .or_else(|| self.phone_calls.get(operator).copied())
     }
 
     /// `offline`: no more calls on any number (the active call stays).

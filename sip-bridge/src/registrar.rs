@@ -102,6 +102,8 @@ pub struct PhoneAccount {
     pub ha1_md5: String,
     /// SHA-256(`username:realm:password`), hex.
     pub ha1_sha256: String,
+    /// Number ids it takes calls on (as an `operators` step rings them).
+    pub numbers: Vec<String>,
 }
 
 impl std::fmt::Debug for PhoneAccount {
@@ -122,6 +124,7 @@ impl PhoneAccount {
             operator: operator.into(),
             ha1_md5: Algorithm::Md5.hash(&a1),
             ha1_sha256: Algorithm::Sha256.hash(&a1),
+            numbers: Vec::new(),
         }
     }
 
@@ -302,6 +305,19 @@ impl Registrar {
     /// Whether nothing is registered.
     pub fn is_empty(&self) -> bool {
         self.total == 0
+    }
+
+    /// The numbers an operator's phones take calls on.
+    pub fn numbers_of(&self, operator: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .accounts
+            .values()
+            .filter(|a| a.operator == operator)
+            .flat_map(|a| a.numbers.iter().cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// An operator's bindings.

@@ -715,6 +715,11 @@ fn phones(c: &SbcConfig, f: &mut Found) {
         if p.operator.is_empty() {
             f.push((format!("phones[{i}].operator"), "names no operator".into()));
         }
+        for n in &p.numbers {
+            if !c.numbers.iter().any(|x| x.id == *n || x.e164 == *n) {
+                f.push((format!("phones[{i}].numbers"), format!("no number \"{n}\"")));
+            }
+        }
         if !hex(&p.ha1_md5, 32) {
             f.push((
                 format!("phones[{i}].ha1_md5"),

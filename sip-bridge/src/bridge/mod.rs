@@ -91,6 +91,8 @@ pub struct Bridge {
     ua: UserAgent,
     /// Phones' registrations, when phones are configured.
     registrar: Option<Registrar>,
+    /// What they did, for the driver (logs).
+    phone_out: VecDeque<RegistrarEvent>,
     presence: Presence,
     tokens: TokenIssuer,
     sessions: BTreeMap<SessionId, Session>,
@@ -149,6 +151,7 @@ impl Bridge {
         });
         Bridge {
             registrar,
+            phone_out: VecDeque::new(),
             ua: UserAgent::new(ua_cfg),
             presence: Presence::new(cfg.grace, cfg.max_operators),
             tokens,
@@ -378,6 +381,7 @@ impl Bridge {
         if let Some(r) = self.registrar.as_mut() {
             r.handle_timeout(now);
         }
+        self.phone_events();
         while let Some(&Reverse((at, t))) = self.timers.peek() {
             if at > now {
                 break;
@@ -450,6 +454,7 @@ impl Bridge {
             local_host,
             trunks,
             unix_base,
+            registrar,
             ..
         } = self;
         let ctx = CallCtx {
@@ -460,6 +465,7 @@ impl Bridge {
             local_host,
             live_peer: trunks.live_peers(),
             unix_base: *unix_base,
+            phones: registrar.as_ref(),
         };
         (calls, ctx)
     }
@@ -674,6 +680,30 @@ impl Bridge {
             }
             RegisterReply::Drop => self.ua.drop_request(tx),
         }
+        self.phone_events();
+    }
+
+    /// Presence follows the phones: an operator whose first phone registered
+    /// takes calls on its numbers by phone, until its last one goes.
+    fn phone_events(&mut self) {
+        let Some(r) = self.registrar.as_mut() else {
+            return;
+        };
+        while let Some(ev) = r.poll_event() {
+            match &ev {
+                RegistrarEvent::Registered { operator } => {
+                    let numbers = r.numbers_of(operator);
+                    self.presence.set_phone(operator, &numbers);
+                }
+                RegistrarEvent::Unregistered { operator, .. } => {
+                    self.presence.clear_phone(operator)
+                }
+                _ => {}
+            }
+            if self.phone_out.len() < 1024 {
+                self.phone_out.push_back(ev);
+            }
+        }
     }
 
     /// The registrar (when phones are configured): its bindings and counters.
@@ -683,7 +713,7 @@ impl Bridge {
 
     /// What phones' registrations did (a phone came or went, a ban).
     pub fn poll_phone_event(&mut self) -> Option<RegistrarEvent> {
-        self.registrar.as_mut()?.poll_event()
+        self.phone_out.pop_front()
     }
 
     /// A stream connection (TCP, TLS) closed: the RFC 5626 flows on it end.
@@ -691,6 +721,7 @@ impl Bridge {
         if let Some(r) = self.registrar.as_mut() {
             r.handle_flow_closed(conn);
         }
+        self.phone_events();
     }
 
     fn inbound_call(

@@ -220,6 +220,7 @@ impl Call {
                 open_offer: Some(offer.to_string()),
                 late_offer: false,
                 ipv6,
+                operator: None,
             }),
             Origin::Caller,
             None,
@@ -272,6 +273,7 @@ impl Call {
                 open_offer: None,
                 late_offer: true,
                 ipv6,
+                operator: None,
             }),
             Origin::Caller,
             None,
@@ -518,20 +520,33 @@ impl Call {
                 };
                 let mut n = 0;
                 for op in ctx.presence.ready_for(&number) {
-                    if self.party_of(&op).is_none() {
+                    if self.party_of(&op).is_some() || self.rings_phone_of(&op) {
+                        continue;
+                    }
+                    // In a browser, on the phones, or both: the first answer wins.
+                    if ctx.presence.browser_ready_for(&op, &number) {
                         self.ring_operator(&op, target.clone(), role, origin.clone());
                         n += 1;
+                    }
+                    if ctx.presence.phone_ready_for(&op, &number) {
+                        n += self.ring_phones(now, ctx, &op, target, role, &origin);
                     }
                 }
                 Ok(n)
             }
             Target::Operator(op) => {
-                if ctx.presence.is_ready(op) && self.party_of(op).is_none() {
-                    self.ring_operator(op, target.clone(), role, origin);
-                    Ok(1)
-                } else {
-                    Ok(0)
+                if self.party_of(op).is_some() || self.rings_phone_of(op) {
+                    return Ok(0);
                 }
+                let mut n = 0;
+                if ctx.presence.browser_ready(op) {
+                    self.ring_operator(op, target.clone(), role, origin.clone());
+                    n += 1;
+                }
+                if ctx.presence.phone_ready(op) {
+                    n += self.ring_phones(now, ctx, op, target, role, &origin);
+                }
+                Ok(n)
             }
             Target::Sip(uri) => self.ring_sip_at(
                 now,
@@ -589,6 +604,51 @@ impl Call {
         }
     }
 
+    /// Whether a phone of operator `op` is a party (ringing or in).
+    fn rings_phone_of(&self, op: &str) -> bool {
+        self.parties
+            .values()
+            .any(|p| p.sip().and_then(|s| s.operator.as_deref()) == Some(op))
+    }
+
+    /// Rings every registered phone of operator `op` (forking: each binding
+    /// its own INVITE, to the address its REGISTER came from); how many.
+    fn ring_phones(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        op: &str,
+        target: &Target,
+        role: Role,
+        origin: &Origin,
+    ) -> usize {
+        let bindings: Vec<(String, Peer)> = ctx
+            .phones
+            .map(|r| {
+                r.bindings(op)
+                    .iter()
+                    .map(|b| (b.contact.clone(), b.received))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut n = 0;
+        for (contact, peer) in bindings {
+            let phone = Some((op, peer));
+            if let Ok(k) = self.ring_sip_via(
+                now,
+                ctx,
+                target.clone(),
+                contact,
+                phone,
+                role,
+                origin.clone(),
+            ) {
+                n += k;
+            }
+        }
+        n
+    }
+
     fn ring_operator(&mut self, op: &str, target: Target, role: Role, origin: Origin) {
         let key = self.leg_key();
         let invited_by = match &origin {
@@ -621,12 +681,45 @@ impl Call {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn ring_sip_at(
         &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        target: Target,
+        uri: String,
+        trunk: Option<usize>,
+        attempt: Option<usize>,
+        role: Role,
+        origin: Origin,
+    ) -> Result<usize, u16> {
+        self.ring_sip(now, ctx, target, uri, trunk, attempt, None, role, origin)
+    }
+
+    /// Rings operator `phone.0`'s registered phone at `uri`, through the
+    /// address its REGISTER came from (`phone.1`: behind NAT, not the
+    /// Contact's host).
+    #[allow(clippy::too_many_arguments)]
+    fn ring_sip_via(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        target: Target,
+        uri: String,
+        phone: Option<(&str, Peer)>,
+        role: Role,
+        origin: Origin,
+    ) -> Result<usize, u16> {
+        self.ring_sip(now, ctx, target, uri, None, None, phone, role, origin)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ring_sip(
+        &mut self,
         _now: Instant,
         ctx: &mut CallCtx<'_>,
         target: Target,
         uri: String,
         trunk: Option<usize>,
         attempt: Option<usize>,
+        phone: Option<(&str, Peer)>,
         role: Role,
         origin: Origin,
     ) -> Result<usize, u16> {
@@ -647,9 +740,10 @@ impl Call {
         codecs.sort_by_key(|c| !caller_takes.contains(c)); // stable: keeps the trunk's order
         let attempt = attempt
             .unwrap_or_else(|| trunk.map_or(0, |t| ctx.live_peer.get(t).copied().unwrap_or(0)));
-        let peer = match trunk {
-            Some(t) => ctx.cfg.trunks[t].peer(attempt),
-            None => sip_target_peer(&uri),
+        let peer = match (phone, trunk) {
+            (Some((_, p)), _) => Some(p),
+            (None, Some(t)) => ctx.cfg.trunks[t].peer(attempt),
+            (None, None) => sip_target_peer(&uri),
         };
         let Some(peer) = peer else {
             ctx.ports.give(port);
@@ -721,6 +815,7 @@ impl Call {
                     open_offer: None,
                     late_offer,
                     ipv6,
+                    operator: phone.map(|(op, _)| op.to_string()),
                 }),
                 origin,
                 Some(target),
@@ -1053,7 +1148,7 @@ impl Call {
         if let Some(op) = self
             .parties
             .get(&key)
-            .and_then(|p| p.op())
+            .and_then(|p| p.busy_operator())
             .map(String::from)
         {
             self.push(CallOutput::Busy { op });
@@ -1219,6 +1314,13 @@ impl Call {
                 }
                 ctx.ports.give(s.port);
                 self.media(MediaCommand::Remove { leg: key });
+                if let Some(op) = s
+                    .operator
+                    .clone()
+                    .filter(|_| free && p.stage == Stage::Joined)
+                {
+                    self.push(CallOutput::Free { op });
+                }
             }
             Leg::Operator(o) => {
                 let msg = ServerMessage::Ended {

@@ -83,6 +83,8 @@ pub struct CallCtx<'a> {
     pub live_peer: &'a [usize],
     /// Unix time (seconds) at driver time zero, for the `at` of events.
     pub unix_base: u64,
+    /// Registered phones (operators' bindings), when phones are configured.
+    pub phones: Option<&'a crate::registrar::Registrar>,
 }
 
 impl CallCtx<'_> {
@@ -757,6 +759,9 @@ impl Call {
                         self.sip(k, action);
                     }
                     ctx.ports.give(s.port);
+                    if let Some(op) = s.operator.clone().filter(|_| p.joined()) {
+                        self.push(CallOutput::Free { op });
+                    }
                 }
                 Leg::Operator(o) => {
                     let code = if k == caller { code } else { None };

@@ -57,6 +57,9 @@ pub(crate) struct SipLeg {
     /// Its peer is reached over IPv6: our SDP toward it names our IPv6 media
     /// address when we have one (a call may join an IPv4 and an IPv6 peer).
     pub ipv6: bool,
+    /// A registered phone of this operator (it is the operator once it
+    /// answers: busy, free, `operator:` in events).
+    pub operator: Option<String>,
 }
 
 /// An operator's browser.
@@ -217,6 +220,16 @@ impl Party {
         self.operator().map(|o| o.op.as_str())
     }
 
+    /// The operator it is, in a browser or on a registered phone: busy while
+    /// it is in the call.
+    pub(crate) fn busy_operator(&self) -> Option<&str> {
+        match &self.leg {
+            Leg::Operator(o) => Some(&o.op),
+            Leg::Sip(s) => s.operator.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether its presence keeps the call going: everyone but supervisors in
     /// listen or whisper mode.
     pub(crate) fn keeps_alive(&self) -> bool {
@@ -236,6 +249,12 @@ impl Party {
     pub(crate) fn label(&self) -> String {
         match (&self.leg, &self.target) {
             (Leg::Operator(o), _) => format!("operator:{}", o.op),
+            (
+                Leg::Sip(SipLeg {
+                    operator: Some(op), ..
+                }),
+                _,
+            ) => format!("operator:{op}"),
             (_, Some(t)) => t.to_string(),
             _ => "unknown".into(),
         }

@@ -72,6 +72,7 @@ impl Fixture {
             local_host: "192.0.2.1",
             live_peer: &[],
             unix_base: 1_795_000_000,
+            phones: None,
         }
     }
 
