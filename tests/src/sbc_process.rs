@@ -712,6 +712,13 @@ impl SippCmd {
         self
     }
 
+    /// Its SIP port (default: a free one): a phone's second scenario takes
+    /// calls where its first registered from.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     /// Where SIPp sends (a UAC's target). Without it SIPp waits for calls.
     pub fn remote(mut self, addr: SocketAddr) -> Self {
         self.remote = Some(addr);

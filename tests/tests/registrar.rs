@@ -168,3 +168,87 @@ fn a_guesser_is_banned_and_an_unknown_user_looks_like_a_wrong_password() {
             .contains("banned after repeated authentication failures")
     );
 }
+
+/// A tone on `lo(2)` calls `+15550100`, whose `operators` step rings alice;
+/// alice has no browser, only her desk phone (behind "NAT": its Contact
+/// names 203.0.113.9), which takes the call. The call is recorded, so both
+/// directions are checked in the file: the caller's 440 Hz in channel 1, the
+/// phone's 1000 Hz in channel 2.
+#[test]
+fn a_registered_phone_behind_nat_is_rung_where_it_registered_from_and_talks() {
+    let _serial = serial();
+    let dir = integration_tests::sbc_process::TempDir::new("phone-rec");
+    let a = PhoneAccount::new("alice-desk", "alice", "sbc", "s3cret");
+    let toml = format!(
+        "[recording]\ndir = \"{}\"\n\n\
+         [[phones]]\nusername = \"alice-desk\"\noperator = \"alice\"\nnumbers = [\"service\"]\n\
+         ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n\n\
+         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\nrecord = true\n\
+         dial = [ {{ ring = [\"operators\"], timeout = \"20s\" }} ]\n\n\
+         [[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"127.0.0.9:5060\"]\n\
+         inbound = [\"127.0.0.2/32\"]\n",
+        dir.path().display(),
+        a.ha1_md5,
+        a.ha1_sha256
+    );
+    let sbc = Sbc::start(&SbcSpec::new("registrar-phone", rtp(62), toml));
+    let mut reg = phone(
+        "phone-reg",
+        "phone_register.xml",
+        3,
+        &sbc,
+        "alice-desk",
+        "s3cret",
+    )
+    .calls(1)
+    .spawn();
+    reg.assert_success(SIPP_DONE);
+    let port = reg.addr.port();
+    drop(reg);
+    // The phone takes calls on the address and port it registered from.
+    let mut desk = SippCmd::tone_callee("phone-desk", lo(3), 1000.0)
+        .port(port)
+        .spawn();
+    let mut carrier =
+        SippCmd::tone_caller("phone-caller", lo(2), sbc.sip, "+15550100", 440.0, 4000).spawn();
+    carrier.assert_success(SIPP_DONE);
+    desk.assert_success(SIPP_DONE);
+    // Rung at the Contact as written, sent where the REGISTER came from.
+    let invite = desk
+        .received()
+        .into_iter()
+        .find(|m| m.start_line().starts_with("INVITE "))
+        .expect("the phone rang");
+    assert!(
+        invite.start_line().contains("@203.0.113.9"),
+        "{}",
+        invite.start_line()
+    );
+    // Both ways, in the recording.
+    let mut wav = None;
+    let found = wait_until(WAIT, || {
+        wav = std::fs::read_dir(dir.path()).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "wav"))
+        });
+        wav.is_some()
+    });
+    assert!(found, "no recording\n{}", sbc.logs());
+    let bytes = std::fs::read(wav.unwrap()).unwrap();
+    let pcm: Vec<i16> = bytes[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let ch = |c: usize| -> Vec<i16> {
+        pcm.iter()
+            .skip(c)
+            .step_by(2)
+            .skip(8000)
+            .take(16_000)
+            .copied()
+            .collect()
+    };
+    integration_tests::sbc_process::assert_tone_over(&ch(0), 8000, 440.0, 1000.0, "caller");
+    integration_tests::sbc_process::assert_tone_over(&ch(1), 8000, 1000.0, 440.0, "phone");
+}
