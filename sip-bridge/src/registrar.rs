@@ -901,6 +901,25 @@ mod tests {
             .unwrap()
     }
 
+    /// Alice's desk phone asks from `source` at time zero and is challenged:
+    /// its digest client (the right password) and the `alg` challenge.
+    fn alice_challenged(reg: &mut Registrar, alg: &str, source: Peer) -> (DigestClient, Challenge) {
+        let first = reg.handle_register(
+            at(0),
+            UNIX,
+            &register("alice-desk", &["<sip:a@10.0.0.5>"], Some(300), 1, None),
+            source,
+        );
+        let client = DigestClient::new(
+            Credentials {
+                username: "alice-desk".into(),
+                password: "s3cret".into(),
+            },
+            3,
+        );
+        (client, challenge(&first, alg))
+    }
+
     /// Registers `contacts` as `user` with `password` (challenge, answer)
     /// at `now`; the second reply.
     fn login(
@@ -1216,20 +1235,7 @@ mod tests {
     #[test]
     fn a_stale_nonce_is_challenged_again_and_a_replay_refused() {
         let mut reg = registrar();
-        let first = reg.handle_register(
-            at(0),
-            UNIX,
-            &register("alice-desk", &["<sip:a@10.0.0.5>"], Some(300), 1, None),
-            peer(PHONE),
-        );
-        let ch = challenge(&first, "MD5");
-        let mut client = DigestClient::new(
-            Credentials {
-                username: "alice-desk".into(),
-                password: "s3cret".into(),
-            },
-            3,
-        );
+        let (mut client, ch) = alice_challenged(&mut reg, "MD5", peer(PHONE));
         let auth = client.authorize(&ch, "REGISTER", "sip:sbc.example");
         let req = register(
             "alice-desk",
@@ -1271,20 +1277,7 @@ mod tests {
         tcp.transport = Transport::Tcp;
         tcp.conn = Some(7);
         let unix = UNIX;
-        let first = reg.handle_register(
-            at(0),
-            unix,
-            &register("alice-desk", &[c1], Some(300), 1, None),
-            tcp,
-        );
-        let ch = challenge(&first, "SHA-256");
-        let mut client = DigestClient::new(
-            Credentials {
-                username: "alice-desk".into(),
-                password: "s3cret".into(),
-            },
-            3,
-        );
+        let (mut client, ch) = alice_challenged(&mut reg, "SHA-256", tcp);
         let auth = client.authorize(&ch, "REGISTER", "sip:sbc.example");
         let r = reg.handle_register(
             at(0),
@@ -1326,20 +1319,7 @@ mod tests {
     #[test]
     fn the_to_must_be_the_accounts_own() {
         let mut reg = registrar();
-        let first = reg.handle_register(
-            at(0),
-            UNIX,
-            &register("alice-desk", &["<sip:a@10.0.0.5>"], Some(300), 1, None),
-            peer(PHONE),
-        );
-        let ch = challenge(&first, "SHA-256");
-        let mut client = DigestClient::new(
-            Credentials {
-                username: "alice-desk".into(),
-                password: "s3cret".into(),
-            },
-            3,
-        );
+        let (mut client, ch) = alice_challenged(&mut reg, "SHA-256", peer(PHONE));
         let auth = client.authorize(&ch, "REGISTER", "sip:sbc.example");
         let mut req = register(
             "alice-desk",

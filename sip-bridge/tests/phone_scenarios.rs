@@ -56,16 +56,8 @@ fn phone_rings(w: &World) -> sip_bridge::sip::dialog::LegId {
     incoming[0].0
 }
 
-#[test]
-fn the_phone_answers_first_and_the_browser_hears_taken_by_other() {
-    let mut w = World::new(phone_config());
-    assert_eq!(w.operator("alice", &["support"]), 0);
-    register_phone(&mut w);
-    let leg = w.carrier_call("+15550100", CALLER);
-    w.run(ms(200));
-    let call = w.last_incoming(0).expect("the browser rings");
-    let phone = phone_rings(&w);
-    // The phone picks up.
+/// The phone picks up (PCMU) and plays its tone.
+fn phone_answers(w: &mut World, phone: sip_bridge::sip::dialog::LegId) {
     let offer = w.carrier_incoming()[0].1.clone();
     let answer = w.carrier.answer_for(phone, &offer);
     let now = w.now;
@@ -77,6 +69,18 @@ fn the_phone_answers_first_and_the_browser_hears_taken_by_other() {
         8000,
         &[(PHONE, 6000.0)],
     ));
+}
+
+#[test]
+fn the_phone_answers_first_and_the_browser_hears_taken_by_other() {
+    let mut w = World::new(phone_config());
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    register_phone(&mut w);
+    let leg = w.carrier_call("+15550100", CALLER);
+    w.run(ms(200));
+    let call = w.last_incoming(0).expect("the browser rings");
+    let phone = phone_rings(&w);
+    phone_answers(&mut w, phone);
     w.run(ms(2000));
     assert_eq!(w.ended_reason(0, &call).as_deref(), Some("taken_by_other"));
     World::assert_hears(
@@ -154,17 +158,7 @@ fn a_phone_only_operator_is_rung_and_gone_when_its_registration_lapses() {
     let leg = w.carrier_call("+15550100", CALLER);
     w.run(ms(200));
     let phone = phone_rings(&w);
-    let offer = w.carrier_incoming()[0].1.clone();
-    let answer = w.carrier.answer_for(phone, &offer);
-    let now = w.now;
-    w.carrier
-        .ua
-        .respond(now, phone, 200, Some(answer.as_bytes()), &[])
-        .unwrap();
-    w.carrier.media.get_mut(&phone).unwrap().tone = Some(media_core::analysis::ToneGenerator::new(
-        8000,
-        &[(PHONE, 6000.0)],
-    ));
+    phone_answers(&mut w, phone);
     w.run(ms(1500));
     World::assert_hears(&w.carrier.media[&leg].heard, 8000, &[PHONE], &[], "caller");
     assert!(w.bridge.presence().active_call("alice").is_some());
