@@ -796,9 +796,23 @@ pub struct RegistrarSection {
     /// See `ban_after`.
     #[serde(deserialize_with = "values::one")]
     pub ban_for: Duration,
-    /// Offer the SHA-256 digest challenge before the MD5 one (RFC 8760);
-    /// default false: phones that read only the first know MD5.
-    pub sha256_first: bool,
+    /// The SHA-256 digest challenge (RFC 8760): `"off"` (default: MD5
+    /// alone, which every phone answers; baresip 1.0 refuses a 401 that
+    /// also offers SHA-256), `"after"` (MD5, then SHA-256) or `"first"`.
+    pub sha256: Sha256Setting,
+}
+
+/// `[registrar] sha256`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sha256Setting {
+    /// MD5 alone.
+    #[default]
+    Off,
+    /// MD5, then SHA-256.
+    After,
+    /// SHA-256, then MD5.
+    First,
 }
 
 impl Default for RegistrarSection {
@@ -813,7 +827,7 @@ impl Default for RegistrarSection {
             ban_after: d.ban_after,
             ban_window: d.ban_window,
             ban_for: d.ban_for,
-            sha256_first: d.sha256_first,
+            sha256: Sha256Setting::Off,
         }
     }
 }
@@ -1446,7 +1460,11 @@ impl SbcConfig {
             ban_after: r.ban_after,
             ban_window: r.ban_window,
             ban_for: r.ban_for,
-            sha256_first: r.sha256_first,
+            sha256: match r.sha256 {
+                Sha256Setting::Off => sip_bridge::registrar::Sha256Offer::Off,
+                Sha256Setting::After => sip_bridge::registrar::Sha256Offer::After,
+                Sha256Setting::First => sip_bridge::registrar::Sha256Offer::First,
+            },
             ..Default::default()
         };
         b.phones = self
@@ -1847,7 +1865,7 @@ mod tests {
     fn phones_keep_ha1s_and_bad_ones_are_named() {
         let a = sip_bridge::registrar::PhoneAccount::new("alice-desk", "alice", "sbc", "pw");
         let cfg = SbcConfig::parse(&format!(
-            "{MINIMAL}[registrar]\nrealm = \"sbc\"\nmin_expires = \"30s\"\nsha256_first = true\n\
+            "{MINIMAL}[registrar]\nrealm = \"sbc\"\nmin_expires = \"30s\"\nsha256 = \"after\"\n\
              [[phones]]\nusername = \"alice-desk\"\noperator = \"alice\"\n\
              ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n",
             a.ha1_md5,
@@ -1857,7 +1875,10 @@ mod tests {
         let b = cfg.bridge_config(1, |_| Ok(vec![])).unwrap();
         assert_eq!(b.phones, vec![a]);
         assert_eq!(b.registrar.min_expires, Duration::from_secs(30));
-        assert!(b.registrar.sha256_first);
+        assert_eq!(
+            b.registrar.sha256,
+            sip_bridge::registrar::Sha256Offer::After
+        );
         rejects(
             "[[phones]]\nusername = \"bob\"\noperator = \"bob\"\nha1_md5 = \"xyz\"\nha1_sha256 = \"00\"\n",
             "phones[0].ha1_md5",

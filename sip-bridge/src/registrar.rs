@@ -4,9 +4,10 @@
 //! * **Who**: each phone account belongs to an operator; its credentials are
 //!   kept as digest HA1 values (MD5 and SHA-256 of `user:realm:password`, RFC
 //!   7616), never the password. The To of a REGISTER must be the account's.
-//! * **Digest** (RFC 7616, RFC 8760): challenges offer MD5 and SHA-256 (MD5
-//!   first unless `sha256_first`: phones that read one challenge read the
-//!   first), `qop=auth`.
+//! * **Digest** (RFC 7616, RFC 8760): challenges offer MD5, and SHA-256 when
+//!   asked (`sha256`): a second challenge breaks some phones (baresip 1.0
+//!   refuses the whole 401 when one challenge is SHA-256, SIPp reads only the
+//!   first), so by default MD5 alone; `qop=auth`.
 //!   Nonces are stateless (a time and a keyed hash of it and the source
 //!   address), valid for `nonce_ttl` (`stale=true` after), and each nonce
 //!   count is taken once: a replayed response is refused.
@@ -65,11 +66,21 @@ pub struct RegistrarConfig {
     pub ban_for: Duration,
     /// Addresses whose refusals are counted at once (the oldest go first).
     pub max_tracked: usize,
-    /// Offer the SHA-256 challenge first (RFC 8760 prefers it). Off by
-    /// default: phones that read only the first challenge (SIPp, older
-    /// desk phones) know MD5 alone, and a client that knows both takes it
-    /// either way.
-    pub sha256_first: bool,
+    /// Whether a SHA-256 challenge goes with the MD5 one, and where.
+    pub sha256: Sha256Offer,
+}
+
+/// The SHA-256 digest challenge (RFC 8760).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sha256Offer {
+    /// MD5 alone: every phone answers it (baresip 1.0 refuses a 401 that
+    /// also offers SHA-256; SIPp and older desk phones read the first only).
+    #[default]
+    Off,
+    /// MD5, then SHA-256: a phone that knows both may take SHA-256.
+    After,
+    /// SHA-256, then MD5 (RFC 8760's preference), for phones that all know it.
+    First,
 }
 
 impl Default for RegistrarConfig {
@@ -86,7 +97,7 @@ impl Default for RegistrarConfig {
             ban_window: Duration::from_secs(60),
             ban_for: Duration::from_secs(600),
             max_tracked: 10_000,
-            sha256_first: false,
+            sha256: Sha256Offer::Off,
         }
     }
 }
@@ -600,17 +611,17 @@ impl Registrar {
         }
     }
 
-    /// 401 with a fresh nonce, one challenge for MD5 and one for SHA-256
-    /// (RFC 8760 section 2.4), in `sha256_first`'s order.
+    /// 401 with a fresh nonce: a challenge for MD5 and, as `sha256` says,
+    /// one for SHA-256 (RFC 8760 section 2.4).
     fn challenge(&mut self, unix_ms: u64, ip: IpAddr, stale: bool) -> RegisterReply {
         self.stats.challenged += 1;
         let nonce = self.nonce(unix_ms, ip);
         let stale = if stale { ", stale=true" } else { "" };
         let realm = &self.cfg.realm;
-        let order = if self.cfg.sha256_first {
-            [Algorithm::Sha256, Algorithm::Md5]
-        } else {
-            [Algorithm::Md5, Algorithm::Sha256]
+        let order: &[Algorithm] = match self.cfg.sha256 {
+            Sha256Offer::Off => &[Algorithm::Md5],
+            Sha256Offer::After => &[Algorithm::Md5, Algorithm::Sha256],
+            Sha256Offer::First => &[Algorithm::Sha256, Algorithm::Md5],
         };
         let headers = order
             .iter()
@@ -841,9 +852,13 @@ mod tests {
     const UNIX: u64 = 1_795_000_000_000;
     const PHONE: &str = "198.51.100.7:5062";
 
+    /// Both challenges, so both algorithms are tested.
     fn registrar() -> Registrar {
         Registrar::new(
-            RegistrarConfig::default(),
+            RegistrarConfig {
+                sha256: Sha256Offer::After,
+                ..Default::default()
+            },
             vec![PhoneAccount::new("alice-desk", "alice", "sbc", "s3cret")],
             [7; 32],
         )
@@ -1341,7 +1356,7 @@ mod tests {
     }
 
     #[test]
-    fn md5_is_offered_first_unless_sha256_is_preferred() {
+    fn md5_alone_unless_sha256_is_asked_for() {
         let algs = |reg: &mut Registrar| {
             let r = reg.handle_register(
                 at(0),
@@ -1355,13 +1370,16 @@ mod tests {
                 .map(|(_, v)| Challenge::parse(v).unwrap().algorithm.as_str())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(algs(&mut registrar()), ["MD5", "SHA-256"]);
-        let cfg = RegistrarConfig {
-            sha256_first: true,
-            ..Default::default()
+        let with = |sha256| {
+            let cfg = RegistrarConfig {
+                sha256,
+                ..Default::default()
+            };
+            Registrar::new(cfg, Vec::new(), [1; 32])
         };
-        let mut reg = Registrar::new(cfg, Vec::new(), [1; 32]);
-        assert_eq!(algs(&mut reg), ["SHA-256", "MD5"]);
+        assert_eq!(algs(&mut with(Sha256Offer::Off)), ["MD5"]);
+        assert_eq!(algs(&mut with(Sha256Offer::After)), ["MD5", "SHA-256"]);
+        assert_eq!(algs(&mut with(Sha256Offer::First)), ["SHA-256", "MD5"]);
     }
 
     #[test]

@@ -26,6 +26,9 @@
 //! [`dtmf_from_an_opus_caller_reaches_the_far_end`]: the digits of an Opus
 //! caller whose events run at 8 kHz reach a G.711 far end.
 //!
+//! [`baresip_registered_as_an_operators_phone_takes_a_carrier_call_from_linphone`]:
+//! baresip registers as an operator's desk phone and takes linphonec's call.
+//!
 //! [`baresip_as_the_far_end_blind_transfers_the_call_with_refer`]: a second
 //! baresip (127.0.0.5) is the far end, on a trunk whose REFERs are followed;
 //! it blind-transfers the call (its `transfer` command: REFER) to linphonec,
@@ -1158,4 +1161,71 @@ fn baresip_as_the_far_end_blind_transfers_the_call_with_refer() {
         m.samples
     );
     sbc.assert_idle(IDLE);
+}
+
+/// **A phone as an operator**: baresip registers to the SBC as alice's desk
+/// phone (digest, `answermode=auto`); linphonec, now the carrier's caller at
+/// 127.0.0.3, calls +15550100, whose `operators` step rings alice, who has no
+/// browser: her phone answers and both hear each other. (It found that
+/// baresip 1.0 refuses a 401 that offers SHA-256 besides MD5.)
+#[test]
+fn baresip_registered_as_an_operators_phone_takes_a_carrier_call_from_linphone() {
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua-phone");
+    let a = sip_bridge::registrar::PhoneAccount::new("alice-desk", "alice", "sbc", "s3cret");
+    let toml = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"127.0.0.9:5060\"]\n\
+         inbound = [\"127.0.0.3/32\"]\ncodecs = [\"PCMU\"]\n\n\
+         [[phones]]\nusername = \"alice-desk\"\noperator = \"alice\"\nnumbers = [\"service\"]\n\
+         ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n\n\
+         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\n\
+         dial = [ {{ ring = [\"operators\"], timeout = \"20s\" }} ]\n",
+        a.ha1_md5, a.ha1_sha256
+    );
+    let sbc = Sbc::start(&SbcSpec::new("real-ua-phone", rtp(63), toml));
+    let caller_tone = work.join("caller-440.wav");
+    let phone_tone = work.join("phone-1000.wav");
+    write_tone(&caller_tone, 8_000, CALLER_HZ, TONE_SECS);
+    write_tone(&phone_tone, 48_000, CALLEE_HZ, TONE_SECS);
+    // The phone: SIP on 127.0.0.5, registering at the SBC.
+    let phone_sip = SocketAddr::new(lo(5), free_port(lo(5)));
+    let account = format!(
+        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
+        sbc.sip
+    );
+    let baresip = Baresip::start_at(
+        &work.join("phone"),
+        phone_sip,
+        "40200-40299",
+        &account,
+        &phone_tone,
+        false,
+    );
+    let registered = sbc.wait_metric("sbc_registrations_active", &[], WAIT, |v| v >= 1.0);
+    assert_eq!(
+        registered,
+        1.0,
+        "baresip did not register\n{}",
+        baresip.logs()
+    );
+    // The carrier's caller: linphonec calls the number.
+    let callee_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let mut linphone = Linphone::start(&work.join("caller"), callee_sip, &caller_tone);
+    linphone.type_line(&format!("call sip:+15550100@{}", sbc.sip));
+    baresip.wait_events("CALL_ESTABLISHED", 1);
+    linphone.wait_transitions("Connected", "StreamsRunning", 1);
+    let at_phone = wait_tone(&baresip.received_wav(), None, 0, CALLER_HZ);
+    let at_caller = wait_tone(&linphone.received_wav(), LINPHONE_REC, 0, CALLEE_HZ);
+    assert!(
+        at_phone >= HEARD_MS && at_caller >= HEARD_MS,
+        "the phone heard {at_phone} ms of the caller, the caller {at_caller} ms of the phone\n{}\n{}",
+        baresip.logs(),
+        linphone.logs()
+    );
+    // Still registered while it talks.
+    let metrics = sbc.http_get("/metrics").unwrap_or_default();
+    assert!(metrics.contains("sbc_registrations_active 1"), "{metrics}");
+    linphone.type_line("terminate");
+    baresip.wait_events("CALL_CLOSED", 1);
 }
