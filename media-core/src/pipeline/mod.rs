@@ -95,6 +95,10 @@ pub struct PipelineConfig {
     /// of the same SSRC that an earlier pipeline sent (a receiver sees one
     /// stream whatever feeds it); `None`: random (RFC 3550 section 5.1).
     pub start: Option<(u16, u32)>,
+    /// The instant `start`'s timestamp stands for: when the first input comes
+    /// later, the first timestamp moves on by the difference, so the stream's
+    /// timeline keeps the whole gap.
+    pub start_at: Option<Instant>,
 }
 
 impl PipelineConfig {
@@ -108,6 +112,7 @@ impl PipelineConfig {
             opus: OpusEncoderConfig::default(),
             jitter: None,
             start: None,
+            start_at: None,
         }
     }
 }
@@ -207,6 +212,9 @@ pub struct MediaPipeline {
     stats: PipelineStats,
     events: VecDeque<PipelineEvent>,
     last_input: Option<Instant>,
+    /// Until the first input: the instant its start timestamp stands for,
+    /// and the output's clock rate ([`PipelineConfig::start_at`]).
+    pending_start: Option<(Instant, u32)>,
 }
 
 const MAX_EVENTS: usize = 16;
@@ -224,12 +232,34 @@ impl MediaPipeline {
             }
             _ => Mode::Transcode(Transcode::new(&config, seq, ts)?),
         };
+        let pending_start = match (config.start.and(config.start_at), config.output) {
+            (Some(at), Endpoint::Rtp(f)) => Some((at, f.codec.clock_rate().0)),
+            _ => None,
+        };
         Ok(MediaPipeline {
             mode,
             stats: PipelineStats::default(),
             events: VecDeque::with_capacity(MAX_EVENTS),
             last_input: None,
+            pending_start,
         })
+    }
+
+    /// The first input: the start timestamp moves on by the time since the
+    /// instant it stood for.
+    fn stamp_start(&mut self, now: Instant) {
+        let Some((at, rate)) = self.pending_start.take() else {
+            return;
+        };
+        if self.stats.packets_out > 0 {
+            return;
+        }
+        let us = now.saturating_duration_since(at).as_micros() as u64;
+        let ticks = (us * u64::from(rate) / 1_000_000) as u32;
+        match &mut self.mode {
+            Mode::Relay(r) => r.shift_start(ticks),
+            Mode::Transcode(t) => t.shift_start(ticks),
+        }
     }
 
     /// The settings of the Opus encoder producing the output, if there is one
@@ -347,6 +377,7 @@ impl MediaPipeline {
         now: Instant,
         buf: &mut [u8],
     ) -> Result<Option<usize>, PipelineError> {
+        self.stamp_start(now);
         let Mode::Relay(r) = &mut self.mode else {
             return Err(PipelineError::WrongInput(
                 "relay_in_place on a transcoding pipeline",
@@ -364,6 +395,7 @@ impl MediaPipeline {
     /// Transcoding path: takes one received RTP packet. Output is ready to poll
     /// right after. A relay pipeline takes this too (the packet is copied once).
     pub fn handle_rtp(&mut self, now: Instant, packet: &RtpPacket) -> Result<(), PipelineError> {
+        self.stamp_start(now);
         self.last_input = Some(now);
         match &mut self.mode {
             Mode::Transcode(t) => t.handle_rtp(now, packet, &mut self.stats, &mut self.events),
@@ -406,6 +438,7 @@ impl MediaPipeline {
     /// Fails (`WrongInput`) on a pipeline without a jitter buffer or with one on
     /// its own clock.
     pub fn tick(&mut self, now: Instant) -> Result<(), PipelineError> {
+        self.stamp_start(now);
         match &mut self.mode {
             Mode::Transcode(t) => t.tick(now, &mut self.stats),
             Mode::Relay(_) => Err(PipelineError::WrongInput("tick on a relay")),
@@ -426,6 +459,7 @@ impl MediaPipeline {
     /// encoder and its own from one tick to the next (give `handle_pcm` whole
     /// frames, so nothing waits in its FIFO).
     pub fn handle_encoded(&mut self, now: Instant, payload: &[u8]) -> Result<(), PipelineError> {
+        self.stamp_start(now);
         let Mode::Transcode(t) = &mut self.mode else {
             return Err(PipelineError::WrongInput("encoded audio into a relay"));
         };
@@ -444,6 +478,7 @@ impl MediaPipeline {
 
     /// Takes PCM at the input rate (PCM-input pipelines only), any length.
     pub fn handle_pcm(&mut self, now: Instant, pcm: &[i16]) -> Result<(), PipelineError> {
+        self.stamp_start(now);
         let Mode::Transcode(t) = &mut self.mode else {
             return Err(PipelineError::WrongInput("PCM into a relay"));
         };
@@ -582,6 +617,39 @@ mod tests {
         MediaPipeline::new(cfg).unwrap()
     }
 
+    #[test]
+    fn a_continued_stream_keeps_the_time_until_its_first_input() {
+        // A stream taken over at 1 s whose new source speaks at 1.1 s: the
+        // first timestamp is the start's plus 100 ms (800 ticks at 8 kHz),
+        // relayed or transcoded.
+        let pcmu = Endpoint::Rtp(RtpFormat::new(Codec::Pcmu, PayloadType::PCMU));
+        let pcma = Endpoint::Rtp(RtpFormat::new(Codec::Pcma, PayloadType::PCMA));
+        for output in [pcmu, pcma] {
+            let mut cfg = PipelineConfig::new(pcmu, output, Ssrc(9), 3);
+            cfg.start = Some((500, 10_000));
+            cfg.start_at = Some(Instant::from_millis(1000));
+            let mut p = MediaPipeline::new(cfg).unwrap();
+            let w = RtpWriter::new(PayloadType::PCMU, SeqNo(7), RtpTimestamp(4242), Ssrc(1));
+            let mut buf = [0u8; 200];
+            let n = w.write_packet(&[0xff; 160], &mut buf).unwrap();
+            let now = Instant::from_millis(1100);
+            let h = if p.is_relay() {
+                let len = p.relay_in_place(now, &mut buf[..n]).unwrap().unwrap();
+                RtpHeader::parse(&buf[..len]).unwrap()
+            } else {
+                let pkt = RtpPacket::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+                p.handle_rtp(now, &pkt).unwrap();
+                let out = p.poll_packet().unwrap();
+                RtpHeader::parse(out.bytes).unwrap()
+            };
+            assert_eq!(
+                (h.sequence_number.0, h.timestamp.0),
+                (500, 10_800),
+                "{output:?}"
+            );
+            assert_eq!(h.ssrc, Ssrc(9));
+        }
+    }
     #[test]
     fn relay_rewrites_the_header_in_place_only() {
         let mut p = pipeline(

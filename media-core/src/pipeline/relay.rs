@@ -210,6 +210,13 @@ impl Relay {
         Ok(Some(len))
     }
 
+    /// Moves the first packet's timestamp on (before anything was sent).
+    pub(crate) fn shift_start(&mut self, ticks: u32) {
+        if self.last_out.is_none() {
+            self.initial.1 = self.initial.1.wrapping_add(ticks);
+        }
+    }
+
     /// The sequence number and timestamp of the packet after the last sent.
     pub(crate) fn next_output(&self) -> Option<(u16, u32)> {
         self.last_out

@@ -126,6 +126,13 @@ pub(crate) struct Transcode {
 }
 
 impl Transcode {
+    /// Moves the first packet's timestamp on (before anything was sent).
+    pub(crate) fn shift_start(&mut self, ticks: u32) {
+        if let Some(o) = self.back.output.as_mut() {
+            o.ts = o.ts.wrapping_add(ticks);
+        }
+    }
+
     /// The sequence number and timestamp of the next packet out.
     pub(crate) fn next_output(&self) -> Option<(u16, u32)> {
         self.back.output.as_ref().map(|o| (o.seq, o.ts))

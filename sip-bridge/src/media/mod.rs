@@ -965,8 +965,8 @@ impl MediaSession {
         let output = l.endpoint();
         let to_sip = matches!(l.kind, Kind::Rtp { .. });
         // Toward a SIP peer the leg's stream goes on where it stopped, its
-        // timestamps moved on by the time between, so a recorder's timeline
-        // keeps the gap. (A browser's stream is made one by its WebRTC leg,
+        // timestamps moved on by the time between (until the new pipeline's
+        // first input), so a recorder's timeline keeps the gap. (A browser's stream is made one by its WebRTC leg,
         // which maps each new SSRC on; an agent's has none.)
         let ssrc = if to_sip {
             l.ssrc
@@ -978,6 +978,7 @@ impl MediaSession {
             let gap = now.saturating_duration_since(e.at).as_micros() as u64;
             let ticks = gap * u64::from(f.codec.clock_rate().0) / 1_000_000;
             cfg.start = Some((e.seq, e.ts.wrapping_add(ticks as u32)));
+            cfg.start_at = Some(now);
         }
         cfg.opus = self.cfg.opus;
         if (!(from_sip && to_sip) || self.cfg.sip_jitter_buffer)
