@@ -956,7 +956,6 @@ impl MediaSession {
     /// if configured (both ends buffer; as rtpengine does).
     fn pipeline_to(
         &mut self,
-        now: Instant,
         to: LegKey,
         input: Endpoint,
         from_sip: bool,
@@ -964,21 +963,20 @@ impl MediaSession {
         let l = self.legs.get(&to)?;
         let output = l.endpoint();
         let to_sip = matches!(l.kind, Kind::Rtp { .. });
-        // Toward a SIP peer the leg's stream goes on where it stopped, its
-        // timestamps moved on by the time between (until the new pipeline's
-        // first input), so a recorder's timeline keeps the gap. (A browser's stream is made one by its WebRTC leg,
-        // which maps each new SSRC on; an agent's has none.)
+        // Toward a SIP peer the leg's stream goes on where it stopped; the
+        // pipeline moves its timestamp on by the time until its first input,
+        // so a recorder's timeline keeps the gap. (A browser's stream is made
+        // one by its WebRTC leg, which maps each new SSRC on; an agent's has
+        // none.)
         let ssrc = if to_sip {
             l.ssrc
         } else {
             Ssrc(self.rng.next_u32())
         };
         let mut cfg = PipelineConfig::new(input, output, ssrc, self.rng.next_u64());
-        if let (Some(e), Endpoint::Rtp(f), true) = (l.ended, output, to_sip) {
-            let gap = now.saturating_duration_since(e.at).as_micros() as u64;
-            let ticks = gap * u64::from(f.codec.clock_rate().0) / 1_000_000;
-            cfg.start = Some((e.seq, e.ts.wrapping_add(ticks as u32)));
-            cfg.start_at = Some(now);
+        if let Some(e) = l.ended.filter(|_| to_sip) {
+            cfg.start = Some((e.seq, e.ts));
+            cfg.start_at = Some(e.at);
         }
         cfg.opus = self.cfg.opus;
         if (!(from_sip && to_sip) || self.cfg.sip_jitter_buffer)
@@ -1037,7 +1035,7 @@ impl MediaSession {
                 let input = src.map(MLeg::endpoint);
                 let from_sip = src.is_some_and(|s| matches!(s.kind, Kind::Rtp { .. }));
                 let muted = src.is_some_and(|s| s.muted);
-                let mut pipeline = input.and_then(|i| self.pipeline_to(now, listener, i, from_sip));
+                let mut pipeline = input.and_then(|i| self.pipeline_to(listener, i, from_sip));
                 if let Some(p) = pipeline.as_mut() {
                     p.set_muted(muted);
                 }
@@ -1050,14 +1048,13 @@ impl MediaSession {
                     tone,
                     generator: mix::tone_generator(tone, SampleRate::HZ_8000),
                     started: now,
-                    pipeline: self.pipeline_to(now, listener, input, false),
+                    pipeline: self.pipeline_to(listener, input, false),
                 }
             }
             (None, false) => {
                 let rate = self.mix.as_ref().map(Mix::rate);
                 Route::Mixed {
-                    encoder: rate
-                        .and_then(|r| self.pipeline_to(now, listener, Endpoint::Pcm(r), false)),
+                    encoder: rate.and_then(|r| self.pipeline_to(listener, Endpoint::Pcm(r), false)),
                 }
             }
         };
@@ -1124,7 +1121,7 @@ impl MediaSession {
 
             for k in &mixed {
                 self.end_stream(now, *k);
-                let enc = self.pipeline_to(now, *k, Endpoint::Pcm(rate), false);
+                let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
                 if let Some(l) = self.legs.get_mut(k) {
                     l.route = Route::Mixed { encoder: enc };
                 }
@@ -1163,7 +1160,7 @@ impl MediaSession {
         // A mixed listener whose encoder is missing (its leg came after the mix).
         for k in &mixed {
             if matches!(self.legs[k].route, Route::Mixed { encoder: None }) {
-                let enc = self.pipeline_to(now, *k, Endpoint::Pcm(rate), false);
+                let enc = self.pipeline_to(*k, Endpoint::Pcm(rate), false);
                 if let Some(l) = self.legs.get_mut(k) {
                     l.route = Route::Mixed { encoder: enc };
                 }
