@@ -268,6 +268,8 @@ pub struct Registrar {
     count_order: VecDeque<String>,
     strikes: HashMap<IpAddr, Strikes>,
     strike_order: VecDeque<IpAddr>,
+    /// The next binding to lapse or ban to end.
+    due: Option<Instant>,
     events: VecDeque<RegistrarEvent>,
     stats: RegistrarStats,
 }
@@ -293,6 +295,7 @@ impl Registrar {
             count_order: VecDeque::new(),
             strikes: HashMap::new(),
             strike_order: VecDeque::new(),
+            due: None,
             events: VecDeque::new(),
             stats: RegistrarStats::default(),
         }
@@ -343,13 +346,28 @@ impl Registrar {
 
     /// The next binding to lapse, or ban to lift.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// The next expiry or ban's end, found again after a change (the
+    /// driver asks [`Self::poll_timeout`] after every input of every call:
+    /// that must not walk every binding).
+    fn find_due(&mut self) {
         let b = self.bindings.values().flatten().map(|b| b.expires).min();
         let s = self.strikes.values().filter_map(|s| s.banned_until).min();
-        b.into_iter().chain(s).min()
+        self.due = b.into_iter().chain(s).min();
     }
 
     /// Lapses what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.due.is_none_or(|t| t > now) {
+            return;
+        }
+        self.lapse(now);
+        self.find_due();
+    }
+
+    fn lapse(&mut self, now: Instant) {
         let ops: Vec<String> = self.bindings.keys().cloned().collect();
         for op in ops {
             let n = self.remove_where(&op, |b| b.expires <= now, Gone::Expired);
@@ -371,6 +389,7 @@ impl Registrar {
                 Gone::FlowClosed,
             );
         }
+        self.find_due();
     }
 
     /// Removes `op`'s bindings that match; tells presence when none is left.
@@ -397,6 +416,18 @@ impl Registrar {
     /// A REGISTER from `source` at `now` (`unix_ms`: the wall clock, for
     /// nonces that outlive a restart of the monotonic clock).
     pub fn handle_register(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        req: &impl SipHeaders,
+        source: Peer,
+    ) -> RegisterReply {
+        let reply = self.register(now, unix_ms, req, source);
+        self.find_due();
+        reply
+    }
+
+    fn register(
         &mut self,
         now: Instant,
         unix_ms: u64,
