@@ -483,6 +483,13 @@ pub struct TrunkEntry {
     /// refused REFER or NOTIFYs that never come fall back to bridging).
     #[serde(default)]
     pub transfer: TransferSetting,
+    /// Where its RTP is taken from before the first packet latches:
+    /// `"strict"` (default: the SDP's address, any source when that is a
+    /// private one) or `"signalling"` (also the address its SIP comes from,
+    /// for a carrier behind NAT whose SDP names an address it does not send
+    /// from).
+    #[serde(default)]
+    pub latch: LatchSetting,
     /// With `transfer = "refer"`, when its NOTIFY says the target failed:
     /// `"report"` (default: the transfer failed, the transferor is back) or
     /// `"bridge"` (we try the target ourselves).
@@ -800,6 +807,21 @@ pub struct RegistrarSection {
     /// alone, which every phone answers; baresip 1.0 refuses a 401 that
     /// also offers SHA-256), `"after"` (MD5, then SHA-256) or `"first"`.
     pub sha256: Sha256Setting,
+    /// An operator online in a browser and on phones rings on both, the
+    /// first answer winning (default); false: its phones ring only while
+    /// none of its browsers takes the call.
+    pub ring_both: bool,
+}
+
+/// `[[trunks]] latch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatchSetting {
+    /// The SDP's address.
+    #[default]
+    Strict,
+    /// Also the SIP peer's address.
+    Signalling,
 }
 
 /// `[registrar] sha256`.
@@ -828,6 +850,7 @@ impl Default for RegistrarSection {
             ban_window: d.ban_window,
             ban_for: d.ban_for,
             sha256: Sha256Setting::Off,
+            ring_both: d.ring_both,
         }
     }
 }
@@ -1417,6 +1440,10 @@ impl SbcConfig {
                     },
                 },
                 siprec: t.siprec.clone(),
+                latch: match t.latch {
+                    LatchSetting::Strict => sip_bridge::config::Latch::Strict,
+                    LatchSetting::Signalling => sip_bridge::config::Latch::Signalling,
+                },
             });
         }
         if found.is_empty() {
@@ -1465,6 +1492,7 @@ impl SbcConfig {
                 Sha256Setting::After => sip_bridge::registrar::Sha256Offer::After,
                 Sha256Setting::First => sip_bridge::registrar::Sha256Offer::First,
             },
+            ring_both: r.ring_both,
             ..Default::default()
         };
         b.phones = self

@@ -68,6 +68,10 @@ pub struct RegistrarConfig {
     pub max_tracked: usize,
     /// Whether a SHA-256 challenge goes with the MD5 one, and where.
     pub sha256: Sha256Offer,
+    /// An operator online in a browser and on phones rings on both (the
+    /// first answer wins); false: its phones ring only while no browser of it
+    /// takes the call.
+    pub ring_both: bool,
 }
 
 /// The SHA-256 digest challenge (RFC 8760).
@@ -98,6 +102,7 @@ impl Default for RegistrarConfig {
             ban_for: Duration::from_secs(600),
             max_tracked: 10_000,
             sha256: Sha256Offer::Off,
+            ring_both: true,
         }
     }
 }
@@ -223,6 +228,48 @@ impl RegisterReply {
         RegisterReply::Respond {
             status,
             headers: Vec::new(),
+        }
+    }
+}
+
+/// Who challenges: the registrar (401, RFC 3261 22.2) or, for a call a
+/// phone places, the SBC as its proxy (407, RFC 3261 22.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asker {
+    Registrar,
+    Proxy,
+}
+
+impl Asker {
+    fn status(self) -> u16 {
+        match self {
+            Asker::Registrar => 401,
+            Asker::Proxy => 407,
+        }
+    }
+
+    fn challenge(self) -> &'static str {
+        match self {
+            Asker::Registrar => "WWW-Authenticate",
+            Asker::Proxy => "Proxy-Authenticate",
+        }
+    }
+
+    fn credentials(self) -> &'static str {
+        match self {
+            Asker::Registrar => "Authorization",
+            Asker::Proxy => "Proxy-Authorization",
+        }
+    }
+
+    /// The method the digest response covers.
+    fn method(self, req: &impl SipHeaders) -> String {
+        match self {
+            Asker::Registrar => "REGISTER".into(),
+            Asker::Proxy => req
+                .cseq()
+                .map(|(_, m)| m.to_string())
+                .unwrap_or_else(|| "INVITE".into()),
         }
     }
 }
@@ -435,49 +482,9 @@ impl Registrar {
         source: Peer,
     ) -> RegisterReply {
         let ip = source.addr.ip().to_canonical();
-        if self
-            .strikes
-            .get(&ip)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|t| t > now)
-        {
-            self.stats.dropped_banned += 1;
-            return RegisterReply::Drop;
-        }
-        // RFC 3261 22.2: the credentials, or a challenge.
-        let Some(auth) = req
-            .lines("Authorization")
-            .into_iter()
-            .find_map(Authorization::parse)
-        else {
-            return self.challenge(unix_ms, ip, false);
-        };
-        let account = self.accounts.get(&auth.username).cloned();
-        let nonce_ok = self.nonce_age(&auth.nonce, ip, unix_ms);
-        let valid = match &account {
-            // Unknown users are checked against a made-up account, so both
-            // refusals cost and look the same.
-            None => {
-                let ghost = PhoneAccount::new(&auth.username, "", &self.cfg.realm, "\u{1}");
-                let _ = auth.verify(&ghost, "REGISTER");
-                false
-            }
-            Some(a) => auth.realm == self.cfg.realm && auth.verify(a, "REGISTER"),
-        };
-        if !valid {
-            return self.refuse(now, unix_ms, ip);
-        }
-        match nonce_ok {
-            Some(age) if age <= self.cfg.nonce_ttl => {}
-            // Right credentials on an old nonce: a new one (RFC 7616 3.3).
-            _ => return self.challenge(unix_ms, ip, true),
-        }
-        if !self.take_count(&auth) {
-            // A replay: the nonce count was used.
-            return self.refuse(now, unix_ms, ip);
-        }
-        let Some(account) = account else {
-            return self.refuse(now, unix_ms, ip);
+        let account = match self.authenticate(now, unix_ms, req, ip, Asker::Registrar) {
+            Ok(a) => a,
+            Err(reply) => return reply,
         };
         // The AOR is the account's (RFC 3261 10.3 step 5).
         let to_user = req
@@ -488,8 +495,92 @@ impl Registrar {
         if to_user != Some(account.username.as_str()) {
             return RegisterReply::status(403);
         }
-        self.strikes.remove(&ip);
         self.bind(now, req, source, &account.operator)
+    }
+
+    /// The phone account whose credentials `req` carries (RFC 3261 22.2), or
+    /// the reply: a challenge, a refusal (counted against `ip`), nothing for a
+    /// banned address.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        req: &impl SipHeaders,
+        ip: IpAddr,
+        asker: Asker,
+    ) -> Result<PhoneAccount, RegisterReply> {
+        if self
+            .strikes
+            .get(&ip)
+            .and_then(|s| s.banned_until)
+            .is_some_and(|t| t > now)
+        {
+            self.stats.dropped_banned += 1;
+            return Err(RegisterReply::Drop);
+        }
+        let method = asker.method(req);
+        let Some(auth) = req
+            .lines(asker.credentials())
+            .into_iter()
+            .find_map(Authorization::parse)
+        else {
+            return Err(self.challenge(unix_ms, ip, false, asker));
+        };
+        let account = self.accounts.get(&auth.username).cloned();
+        let nonce_ok = self.nonce_age(&auth.nonce, ip, unix_ms);
+        let valid = match &account {
+            // Unknown users are checked against a made-up account, so both
+            // refusals cost and look the same.
+            None => {
+                let ghost = PhoneAccount::new(&auth.username, "", &self.cfg.realm, "\u{1}");
+                let _ = auth.verify(&ghost, &method);
+                false
+            }
+            Some(a) => auth.realm == self.cfg.realm && auth.verify(a, &method),
+        };
+        if !valid {
+            return Err(self.refuse(now, unix_ms, ip, asker));
+        }
+        match nonce_ok {
+            Some(age) if age <= self.cfg.nonce_ttl => {}
+            // Right credentials on an old nonce: a new one (RFC 7616 3.3).
+            _ => return Err(self.challenge(unix_ms, ip, true, asker)),
+        }
+        if !self.take_count(&auth) {
+            // A replay: the nonce count was used.
+            return Err(self.refuse(now, unix_ms, ip, asker));
+        }
+        let Some(account) = account else {
+            return Err(self.refuse(now, unix_ms, ip, asker));
+        };
+        self.strikes.remove(&ip);
+        Ok(account)
+    }
+
+    /// A phone's INVITE (a call it places): the account it authenticated as,
+    /// or the reply (a 407 challenge, RFC 3261 22.3, or nothing when banned).
+    /// Wrong credentials count toward the same ban as REGISTERs'.
+    pub fn authorize_call(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        req: &impl SipHeaders,
+        source: Peer,
+    ) -> Result<PhoneAccount, RegisterReply> {
+        let ip = source.addr.ip().to_canonical();
+        let r = self.authenticate(now, unix_ms, req, ip, Asker::Proxy);
+        self.find_due();
+        r
+    }
+
+    /// Whether `username` is one of the phone accounts.
+    pub fn is_account(&self, username: &str) -> bool {
+        self.accounts.contains_key(username)
+    }
+
+    /// The operator of phone account `username`.
+    pub fn operator_of(&self, username: &str) -> Option<&str> {
+        self.accounts.get(username).map(|a| a.operator.as_str())
     }
 
     /// Steps 6-8 of RFC 3261 10.3: the bindings as the request asks.
@@ -644,7 +735,7 @@ impl Registrar {
 
     /// 401 with a fresh nonce: a challenge for MD5 and, as `sha256` says,
     /// one for SHA-256 (RFC 8760 section 2.4).
-    fn challenge(&mut self, unix_ms: u64, ip: IpAddr, stale: bool) -> RegisterReply {
+    fn challenge(&mut self, unix_ms: u64, ip: IpAddr, stale: bool, asker: Asker) -> RegisterReply {
         self.stats.challenged += 1;
         let nonce = self.nonce(unix_ms, ip);
         let stale = if stale { ", stale=true" } else { "" };
@@ -658,7 +749,7 @@ impl Registrar {
             .iter()
             .map(|a| {
                 (
-                    "WWW-Authenticate".to_string(),
+                    asker.challenge().to_string(),
                     format!(
                         "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{stale}",
                         a.as_str()
@@ -667,14 +758,14 @@ impl Registrar {
             })
             .collect();
         RegisterReply::Respond {
-            status: 401,
+            status: asker.status(),
             headers,
         }
     }
 
     /// A refusal: counted against the address (a ban past `ban_after`), and
     /// answered as a first request is, with a new challenge.
-    fn refuse(&mut self, now: Instant, unix_ms: u64, ip: IpAddr) -> RegisterReply {
+    fn refuse(&mut self, now: Instant, unix_ms: u64, ip: IpAddr, asker: Asker) -> RegisterReply {
         self.stats.auth_failures += 1;
         if !self.strikes.contains_key(&ip) {
             if self.strike_order.len() >= self.cfg.max_tracked
@@ -703,7 +794,7 @@ impl Registrar {
             self.events.push_back(RegistrarEvent::Banned { source: ip });
             return RegisterReply::Drop;
         }
-        self.challenge(unix_ms, ip, false)
+        self.challenge(unix_ms, ip, false, asker)
     }
 
     /// `base64(unix ms, 8 bytes | a counter, 4 | keyed hash of both and the
@@ -1425,5 +1516,52 @@ mod tests {
         );
         assert_eq!(contact_param("<sip:a@10.0.0.5>", "expires"), None);
         assert_eq!(contact_param("\"x\"", "expires"), None);
+    }
+
+    #[test]
+    fn a_phones_invite_is_challenged_with_407_and_its_digest_covers_invite() {
+        let mut reg = registrar();
+        let invite = |auth: Option<&str>| {
+            let mut m = "INVITE sip:+15557770@sbc.example SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-i1\r\nMax-Forwards: 70\r\n\
+                 From: <sip:alice-desk@sbc.example>;tag=f1\r\nTo: <sip:+15557770@sbc.example>\r\n\
+                 Call-ID: call-1@198.51.100.7\r\nCSeq: 2 INVITE\r\n\
+                 Contact: <sip:a@198.51.100.7:5062>\r\n"
+                .to_string();
+            if let Some(a) = auth {
+                m += &format!("Proxy-Authorization: {a}\r\n");
+            }
+            m += "Content-Length: 0\r\n\r\n";
+            match classify(m.as_bytes(), Transport::Udp, &ValidationConfig::default()) {
+                Inbound::Request(r) => *r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = reg.authorize_call(at(0), UNIX, &invite(None), peer(PHONE));
+        let Err(RegisterReply::Respond { status, headers }) = first else {
+            panic!("{first:?}");
+        };
+        assert_eq!(status, 407);
+        let ch = headers
+            .iter()
+            .find(|(k, _)| k == "Proxy-Authenticate")
+            .map(|(_, v)| Challenge::parse(v).unwrap())
+            .expect("a Proxy-Authenticate");
+        let mut client = DigestClient::new(
+            Credentials {
+                username: "alice-desk".into(),
+                password: "s3cret".into(),
+            },
+            3,
+        );
+        // A response computed for REGISTER does not open an INVITE.
+        let wrong = client.authorize(&ch, "REGISTER", "sip:+15557770@sbc.example");
+        let r = reg.authorize_call(at(0), UNIX, &invite(Some(&wrong)), peer(PHONE));
+        assert!(matches!(r, Err(RegisterReply::Respond { status: 407, .. })));
+        assert_eq!(reg.stats().auth_failures, 1);
+        let right = client.authorize(&ch, "INVITE", "sip:+15557770@sbc.example");
+        let r = reg.authorize_call(at(0), UNIX, &invite(Some(&right)), peer(PHONE));
+        assert_eq!(r.map(|a| a.operator), Ok("alice".to_string()));
+        assert_eq!(reg.len(), 0, "placing a call binds nothing");
     }
 }

@@ -14,7 +14,7 @@ use sip_bridge::bridge::{ApiRequest, BridgeConfig};
 use sip_bridge::registrar::PhoneAccount;
 use sip_bridge::sip::auth::Credentials;
 use sip_bridge::sip::dialog::{RegisterParams, UaEvent};
-use sip_bridge::sip::message::Peer;
+use sip_bridge::sip::message::{Peer, SipHeaders};
 
 const CALLER: f64 = 440.0;
 const ALICE: f64 = 1000.0;
@@ -175,4 +175,175 @@ fn a_phone_only_operator_is_rung_and_gone_when_its_registration_lapses() {
     assert!(!w.bridge.presence().has_phone("alice"));
     assert_eq!(w.bridge.registrar().map(|r| r.len()), Some(0));
     assert!(!w.bridge.presence().is_ready("alice"));
+}
+
+/// The phone at [`PHONE_SIP`] registers as alice's desk phone.
+fn register_desk_phone(w: &mut World) {
+    w.add_phone();
+    let now = w.now;
+    w.phone.as_mut().unwrap().ua.register(
+        now,
+        RegisterParams {
+            registrar: format!("sip:{SBC_IP}"),
+            aor: format!("sip:alice-desk@{SBC_IP}"),
+            expires: Duration::from_secs(600),
+            peer: Peer::udp(addr(SBC_SIP)),
+            credentials: Some(desk_credentials("pw")),
+        },
+    );
+    w.run(ms(300));
+    assert!(w.bridge.presence().has_phone("alice"));
+}
+
+fn desk_credentials(password: &str) -> Credentials {
+    Credentials {
+        username: "alice-desk".into(),
+        password: password.into(),
+    }
+}
+
+/// The final status of the phone's call `leg`, once it failed.
+fn phone_failed(w: &World, leg: sip_bridge::sip::dialog::LegId) -> Option<u16> {
+    w.phone.as_ref()?.events.iter().find_map(|e| match e {
+        UaEvent::Failed { leg: l, status, .. } if *l == leg => Some(*status),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_phone_dials_out_through_the_trunk_showing_its_operators_number() {
+    let mut w = World::new(phone_config());
+    register_desk_phone(&mut w);
+    w.carrier.auto_answer = Some(vec![(200, true)]);
+    let challenged = w.bridge.registrar().unwrap().stats().challenged;
+    let from = format!("sip:alice-desk@{SBC_IP}");
+    let leg = w.phone_dials("+15557770", &from, PHONE, Some(desk_credentials("pw")));
+    w.run(ms(300));
+    // Challenged (407), then placed: the carrier sees support's number.
+    assert_eq!(
+        w.bridge.registrar().unwrap().stats().challenged,
+        challenged + 1
+    );
+    let invite = w
+        .carrier_events()
+        .iter()
+        .find_map(|e| match e {
+            UaEvent::IncomingInvite { leg, request, .. } => Some((*leg, request.clone())),
+            _ => None,
+        })
+        .expect("the call goes out through the trunk");
+    assert!(invite.1.uri.to_string().starts_with("sip:+15557770@"));
+    let from = invite.1.header_from().unwrap().to_string();
+    assert!(from.contains("+15550100"), "caller ID: {from}");
+    w.carrier.media.get_mut(&invite.0).unwrap().tone = Some(
+        media_core::analysis::ToneGenerator::new(8000, &[(CALLER, 6000.0)]),
+    );
+    w.run(ms(2000));
+    let phone = w.phone.as_ref().unwrap();
+    World::assert_hears(&phone.media[&leg].heard, 8000, &[CALLER], &[], "phone");
+    World::assert_hears(
+        &w.carrier.media[&invite.0].heard,
+        8000,
+        &[PHONE],
+        &[],
+        "far end",
+    );
+    // Alice is busy on it: a call to support does not ring her phone again.
+    let call = w.bridge.presence().active_call("alice").expect("busy");
+    let incoming = w.phone.as_ref().unwrap().events.len();
+    w.carrier.auto_answer = None;
+    w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    assert!(
+        !w.phone.as_ref().unwrap().events[incoming..]
+            .iter()
+            .any(|e| matches!(e, UaEvent::IncomingInvite { .. })),
+        "a busy operator's phone is not rung"
+    );
+    // The events tell the call as alice's, outbound, from support.
+    let ev = w
+        .events
+        .iter()
+        .find(|e| e.call_id == call)
+        .expect("events of the phone's call");
+    assert_eq!(ev.direction, sip_bridge::bridge::Direction::Outbound);
+    assert_eq!(
+        (ev.from.as_str(), ev.to.as_str()),
+        ("+15550100", "+15557770")
+    );
+    let now = w.now;
+    w.phone.as_mut().unwrap().ua.hangup(now, leg).unwrap();
+    w.run(ms(500));
+    assert_ne!(w.bridge.presence().active_call("alice"), Some(call));
+}
+
+#[test]
+fn a_phone_may_not_show_a_number_it_does_not_own_nor_call_unauthenticated() {
+    let mut w = World::new(phone_config());
+    register_desk_phone(&mut w);
+    w.carrier.auto_answer = Some(vec![(200, true)]);
+    // `sales` is not alice's number.
+    let leg = w.phone_dials(
+        "+15557770",
+        &format!("sip:+15550200@{SBC_IP}"),
+        PHONE,
+        Some(desk_credentials("pw")),
+    );
+    w.run(ms(300));
+    assert_eq!(phone_failed(&w, leg), Some(403));
+    // Without credentials: the 407 is final; with a wrong password too, and
+    // it counts toward the ban.
+    let from = format!("sip:alice-desk@{SBC_IP}");
+    let leg = w.phone_dials("+15557770", &from, PHONE, None);
+    w.run(ms(300));
+    assert_eq!(phone_failed(&w, leg), Some(407));
+    let failures = w.bridge.registrar().unwrap().stats().auth_failures;
+    let leg = w.phone_dials("+15557770", &from, PHONE, Some(desk_credentials("nope")));
+    w.run(ms(300));
+    assert_eq!(phone_failed(&w, leg), Some(407));
+    // Each wrong answer counts (our UA answers a fresh nonce once more).
+    let counted = w.bridge.registrar().unwrap().stats().auth_failures - failures;
+    assert!((1..=2).contains(&counted), "{counted}");
+    // Nothing dialled we do not know.
+    let leg = w.phone_dials("nobody", &from, PHONE, Some(desk_credentials("pw")));
+    w.run(ms(300));
+    assert_eq!(phone_failed(&w, leg), Some(404));
+    assert!(
+        !w.carrier_events()
+            .iter()
+            .any(|e| matches!(e, UaEvent::IncomingInvite { .. })),
+        "nothing reached the trunk"
+    );
+    assert!(w.bridge.presence().active_call("alice").is_none());
+}
+
+#[test]
+fn with_ring_both_off_the_phone_rings_only_while_no_browser_takes_calls() {
+    let mut cfg = phone_config();
+    cfg.registrar.ring_both = false;
+    let mut w = World::new(cfg);
+    assert_eq!(w.operator("alice", &["support"]), 0);
+    register_desk_phone(&mut w);
+    let first = w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    assert!(w.last_incoming(0).is_some(), "the browser rings");
+    let rung = |w: &World| {
+        w.phone
+            .as_ref()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| matches!(e, UaEvent::IncomingInvite { .. }))
+            .count()
+    };
+    assert_eq!(rung(&w), 0, "not the phone");
+    let now = w.now;
+    w.carrier.ua.hangup(now, first).unwrap();
+    w.run(ms(300));
+    // The browser takes no more calls: the next call rings the phone.
+    w.send(0, serde_json::json!({"type": "offline"}));
+    w.run(ms(300));
+    w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    assert_eq!(rung(&w), 1);
 }

@@ -133,6 +133,7 @@ mod tests {
             require_100rel: false,
             update_offers: false,
             accept_refer: false,
+            latch: Default::default(),
             transfer: Default::default(),
         };
         let mut cfg = BridgeConfig::new(Vec::new(), vec![trunk], "10.0.0.1".parse().unwrap());

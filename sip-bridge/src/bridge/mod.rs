@@ -21,6 +21,7 @@
 mod admit;
 mod api;
 mod operators;
+mod phones;
 mod trunks;
 
 pub use crate::call::{
@@ -731,6 +732,9 @@ impl Bridge {
         req: &crate::sip::message::Request,
         from: Peer,
     ) {
+        if self.is_phone_call(req, from) {
+            return self.phone_call(now, leg, req, from);
+        }
         if let Err(refusal) = self.admission(Origin::Sip(from.addr.ip())) {
             if refusal != Refusal::NotATrunk {
                 self.stats.calls_rejected_capacity += 1;

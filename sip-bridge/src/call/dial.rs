@@ -101,6 +101,60 @@ impl Call {
         Ok(call)
     }
 
+    /// A call a registered phone of operator `op` placed (`req`, from
+    /// `source`) to `to`, with caller ID `number`, ringing `plan`. The phone
+    /// is the caller, answered when the far end answers; its operator is busy
+    /// meanwhile. `Err` is the status refusing it (488, 503).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_phone(
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        id: CallId,
+        req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
+        op: &str,
+        number: &NumberConfig,
+        to: &str,
+        plan: DialPlan,
+    ) -> Result<Call, u16> {
+        let mut call = Call::new(
+            now,
+            ctx,
+            id,
+            Direction::Outbound,
+            number,
+            number.e164.clone(),
+            to.to_string(),
+        );
+        call.plan = plan;
+        let key = call.sip_caller(ctx, req, source, None)?;
+        call.caller = key;
+        if let Some(p) = call.parties.get_mut(&key) {
+            p.role = Role::Agent;
+            p.name.get_or_insert_with(|| op.to_string());
+            if let Some(s) = p.sip_mut() {
+                s.operator = Some(op.to_string());
+            }
+        }
+        call.push(CallOutput::Busy { op: op.to_string() });
+        call.event(now, CallEventKind::Initiated, None, None, None);
+        call.record_joined(now, ctx, key);
+        let facts = RouteFacts {
+            call_id: id,
+            direction: Direction::Outbound,
+            from: call.from.clone(),
+            to: call.to.clone(),
+            number: call.number.clone(),
+            trunk: None,
+            operator: Some(op.to_string()),
+            headers: Vec::new(),
+            default_plan: call.plan.clone(),
+            transfer: false,
+        };
+        call.begin(now, ctx, facts);
+        Ok(call)
+    }
+
     /// Operator `op`'s dial (its `ref` waits for the `answer`) to `to` with
     /// caller ID `number`, ringing `plan`, its browser offering `sdp`.
     #[allow(clippy::too_many_arguments)]
@@ -177,7 +231,7 @@ impl Call {
     ) -> Result<LegKey, u16> {
         let ipv6 = source.to_canonical().is_ipv6();
         if req.body.is_empty() {
-            return self.late_offer_caller(ctx, req, ipv6, trunk);
+            return self.late_offer_caller(ctx, req, source, trunk);
         }
         let Ok(offer) = std::str::from_utf8(&req.body)
             .map_err(|_| ())
@@ -204,6 +258,7 @@ impl Call {
         let format = format_of(&negotiated);
         let remote = negotiated.remote;
         let rtcp_mux = negotiated.rtcp_mux;
+        let latch_from = latch_from(ctx, trunk, source);
         let mut p = Party::new(
             Role::Customer,
             Leg::Sip(SipLeg {
@@ -221,6 +276,7 @@ impl Call {
                 late_offer: false,
                 ipv6,
                 operator: None,
+                latch_from,
             }),
             Origin::Caller,
             None,
@@ -234,6 +290,7 @@ impl Call {
             remote,
             format,
             rtcp_mux,
+            latch_from,
         });
         Ok(key)
     }
@@ -245,9 +302,10 @@ impl Call {
         &mut self,
         ctx: &mut CallCtx<'_>,
         req: &crate::sip::message::Request,
-        ipv6: bool,
+        source: std::net::IpAddr,
         trunk: Option<usize>,
     ) -> Result<LegKey, u16> {
+        let ipv6 = source.to_canonical().is_ipv6();
         let Some(port) = ctx.ports.take() else {
             return Err(503);
         };
@@ -274,6 +332,7 @@ impl Call {
                 late_offer: true,
                 ipv6,
                 operator: None,
+                latch_from: latch_from(ctx, trunk, source),
             }),
             Origin::Caller,
             None,
@@ -524,11 +583,12 @@ impl Call {
                         continue;
                     }
                     // In a browser, on the phones, or both: the first answer wins.
-                    if ctx.presence.browser_ready_for(&op, &number) {
+                    let browser = ctx.presence.browser_ready_for(&op, &number);
+                    if browser {
                         self.ring_operator(&op, target.clone(), role, origin.clone());
                         n += 1;
                     }
-                    if ctx.presence.phone_ready_for(&op, &number) {
+                    if (ring_both(ctx) || !browser) && ctx.presence.phone_ready_for(&op, &number) {
                         n += self.ring_phones(now, ctx, &op, target, role, &origin);
                     }
                 }
@@ -539,11 +599,12 @@ impl Call {
                     return Ok(0);
                 }
                 let mut n = 0;
-                if ctx.presence.browser_ready(op) {
+                let browser = ctx.presence.browser_ready(op);
+                if browser {
                     self.ring_operator(op, target.clone(), role, origin.clone());
                     n += 1;
                 }
-                if ctx.presence.phone_ready(op) {
+                if (ring_both(ctx) || !browser) && ctx.presence.phone_ready(op) {
                     n += self.ring_phones(now, ctx, op, target, role, &origin);
                 }
                 Ok(n)
@@ -816,6 +877,10 @@ impl Call {
                     late_offer,
                     ipv6,
                     operator: phone.map(|(op, _)| op.to_string()),
+                    latch_from: match (phone, trunk) {
+                        (Some(_), _) => Some(peer.addr.ip()),
+                        (None, t) => latch_from(ctx, t, peer.addr.ip()),
+                    },
                 }),
                 origin,
                 Some(target),
@@ -1452,6 +1517,26 @@ pub(crate) fn format_of(n: &sdp::NegotiatedAudio) -> media_core::pipeline::RtpFo
 }
 
 /// The user part of a SIP URI or name-addr (`"A" <sip:+1555@h>;tag=x` -> `+1555`).
+/// The SIP address a leg's media may latch to besides its SDP's: a trunk's
+/// when it is set to `Latch::Signalling`; any caller's from no trunk (phones,
+/// open inbound).
+fn latch_from(
+    ctx: &CallCtx<'_>,
+    trunk: Option<usize>,
+    ip: std::net::IpAddr,
+) -> Option<std::net::IpAddr> {
+    match trunk.and_then(|t| ctx.cfg.trunks.get(t)) {
+        Some(t) if t.latch == crate::config::Latch::Strict => None,
+        _ => Some(ip),
+    }
+}
+
+/// Whether an operator rings on its phones while its browser rings too
+/// (`[registrar] ring_both`).
+fn ring_both(ctx: &CallCtx<'_>) -> bool {
+    ctx.phones.is_none_or(|r| r.config().ring_both)
+}
+
 pub(crate) fn user_of(v: &str) -> String {
     let uri = crate::sip::message::header_uri(v);
     let rest = uri.split_once(':').map_or(uri, |(_, r)| r);

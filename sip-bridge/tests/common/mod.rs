@@ -43,6 +43,9 @@ pub const SBC_WEBRTC: &str = "10.0.0.1:3478";
 pub const SBC_IP: &str = "10.0.0.1";
 pub const CARRIER_SIP: &str = "10.0.0.2:5060";
 pub const CARRIER_IP: &str = "10.0.0.2";
+/// A SIP phone (not a trunk's address), when a test adds one.
+pub const PHONE_SIP: &str = "10.0.0.9:5060";
+pub const PHONE_IP: &str = "10.0.0.9";
 pub const ONE_WAY: Duration = Duration::from_millis(2);
 pub const UNIX: u64 = 1_795_000_000;
 
@@ -77,6 +80,7 @@ pub fn config(plan: DialPlan) -> BridgeConfig {
         require_100rel: false,
         update_offers: false,
         accept_refer: false,
+        latch: Default::default(),
         transfer: Default::default(),
     };
     let mut cfg = BridgeConfig::new(
@@ -319,6 +323,7 @@ impl CarrierMedia {
 
 /// The carrier: a UA plus media per call.
 pub struct Carrier {
+    ip: std::net::IpAddr,
     pub ua: UserAgent,
     pub events: Vec<UaEvent>,
     pub media: HashMap<LegId, CarrierMedia>,
@@ -350,11 +355,18 @@ pub struct Srs {
 
 impl Carrier {
     fn new() -> Self {
-        let mut cfg = UaConfig::new(LocalAddr::udp(CARRIER_IP.parse().unwrap(), 5060), 77);
+        Carrier::at(CARRIER_IP)
+    }
+
+    /// A UA at `ip` (SIP on 5060, media on even ports from 30002).
+    fn at(ip: &str) -> Self {
+        let ip = ip.parse().unwrap();
+        let mut cfg = UaConfig::new(LocalAddr::udp(ip, 5060), 77);
         // It is an SRS too (RFC 7866): recording sessions are its.
         cfg.validation.supported.push("siprec".into());
         cfg.validation.invite_bodies.push("multipart/mixed".into());
         Carrier {
+            ip,
             ua: UserAgent::new(cfg),
             events: Vec::new(),
             media: HashMap::new(),
@@ -391,7 +403,7 @@ impl Carrier {
 
     fn port(&mut self) -> SocketAddr {
         self.next_port += 2;
-        SocketAddr::new(CARRIER_IP.parse().unwrap(), self.next_port)
+        SocketAddr::new(self.ip, self.next_port)
     }
 
     /// An SDP offer (PCMU, PCMA, telephone-event) on a new port, remembered for `leg` later.
@@ -488,6 +500,9 @@ pub struct World {
     webrtc: WebRtcConfig,
     net: Vec<Datagram>,
     pub carrier: Carrier,
+    /// A SIP phone at [`PHONE_SIP`] ([`World::add_phone`]): it answers and
+    /// re-offers as the carrier does.
+    pub phone: Option<Carrier>,
     pub browsers: Vec<Browser>,
     pub events: Vec<CallEvent>,
     next_session: u64,
@@ -582,6 +597,7 @@ impl World {
             webrtc,
             net: Vec::new(),
             carrier: Carrier::new(),
+            phone: None,
             browsers: Vec::new(),
             events: Vec::new(),
             next_session: 1,
@@ -849,6 +865,47 @@ impl World {
         leg
     }
 
+    /// Adds the SIP phone at [`PHONE_SIP`].
+    pub fn add_phone(&mut self) {
+        self.phone = Some(Carrier::at(PHONE_IP));
+    }
+
+    /// The phone calls `to` as `from` (a `sip:` URI), playing a tone of
+    /// `hz`, with `credentials` for the challenge.
+    pub fn phone_dials(
+        &mut self,
+        to: &str,
+        from: &str,
+        hz: f64,
+        credentials: Option<sip_bridge::sip::auth::Credentials>,
+    ) -> LegId {
+        let now = self.now;
+        let phone = self.phone.as_mut().expect("add_phone first");
+        let (local, sdp) = phone.offer();
+        let leg = phone
+            .ua
+            .invite(
+                now,
+                InviteParams {
+                    body_type: None,
+                    contact_params: None,
+                    request_uri: format!("sip:{to}@{SBC_IP}"),
+                    from: format!("<{from}>"),
+                    to: format!("<sip:{to}@{SBC_IP}>"),
+                    peer: Peer::udp(addr(SBC_SIP)),
+                    sdp: Some(sdp.into_bytes()),
+                    headers: vec![],
+                    credentials,
+                },
+            )
+            .unwrap();
+        let mut m = CarrierMedia::new(local);
+        m.tone = Some(ToneGenerator::new(8000, &[(hz, 6000.0)]));
+        phone.media.insert(leg, m);
+        self.pump();
+        leg
+    }
+
     pub fn carrier_events(&self) -> &[UaEvent] {
         &self.carrier.events
     }
@@ -1028,6 +1085,25 @@ impl World {
             while let Some(e) = self.carrier.ua.poll_event() {
                 any = true;
                 self.on_carrier(e);
+            }
+            if let Some(mut phone) = self.phone.take() {
+                while let Some(t) = phone.ua.poll_transmit() {
+                    any = true;
+                    self.net.push(Datagram {
+                        at: now + ONE_WAY,
+                        from: addr(PHONE_SIP),
+                        to: t.to.addr,
+                        bytes: t.bytes,
+                    });
+                }
+                // The phone reacts as the carrier does: its handler, on it.
+                std::mem::swap(&mut self.carrier, &mut phone);
+                while let Some(e) = self.carrier.ua.poll_event() {
+                    any = true;
+                    self.on_carrier(e);
+                }
+                std::mem::swap(&mut self.carrier, &mut phone);
+                self.phone = Some(phone);
             }
             // Browsers.
             for i in 0..self.browsers.len() {
@@ -1212,6 +1288,18 @@ impl World {
             {
                 s.handle_rtp(now, d.to.port(), d.from, BytesMut::from(&d.bytes[..]));
             }
+        } else if d.to == addr(PHONE_SIP) {
+            if let Some(p) = self.phone.as_mut() {
+                p.ua.handle_bytes(now, &d.bytes, Peer::udp(d.from));
+            }
+        } else if d.to.ip().to_string() == PHONE_IP {
+            if let Some(m) = self
+                .phone
+                .as_mut()
+                .and_then(|p| p.media.values_mut().find(|m| m.local == d.to))
+            {
+                m.receive(now, &d.bytes);
+            }
         } else if d.to == addr(CARRIER_SIP) {
             self.carrier
                 .ua
@@ -1243,7 +1331,8 @@ impl World {
     /// Sends one 20 ms frame from every talking party.
     fn tick_audio(&mut self) {
         let now = self.now;
-        for m in self.carrier.media.values_mut() {
+        let phone = self.phone.iter_mut().flat_map(|p| p.media.values_mut());
+        for m in self.carrier.media.values_mut().chain(phone) {
             if m.tone.is_some() || !m.dtmf_tx.is_idle() {
                 for pkt in m.frame() {
                     if let Some(to) = m.remote {
@@ -1316,6 +1405,7 @@ impl World {
             };
             consider(self.bridge.poll_timeout());
             consider(self.carrier.ua.poll_timeout());
+            consider(self.phone.as_ref().and_then(|p| p.ua.poll_timeout()));
             for s in self.media.values() {
                 consider(s.poll_timeout());
             }
@@ -1342,6 +1432,11 @@ impl World {
             }
             if self.carrier.ua.poll_timeout().is_some_and(|t| t <= now) {
                 self.carrier.ua.handle_timeout(now);
+            }
+            if let Some(p) = self.phone.as_mut()
+                && p.ua.poll_timeout().is_some_and(|t| t <= now)
+            {
+                p.ua.handle_timeout(now);
             }
             for s in self.media.values_mut() {
                 if s.poll_timeout().is_some_and(|t| t <= now) {
