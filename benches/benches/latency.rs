@@ -84,6 +84,7 @@ impl Call {
                 remote: Some(addr("10.0.0.2:30000")),
                 format: RtpFormat::new(Codec::Pcmu, PayloadType::PCMU),
                 rtcp_mux: false,
+                latch_from: None,
             },
         );
         session.handle_command(

@@ -326,6 +326,7 @@ fn session_benches(c: &mut Criterion) {
                     remote,
                     format,
                     rtcp_mux: false,
+                    latch_from: None,
                 },
             );
         }

@@ -324,6 +324,7 @@ fn call_session(codecs: &[Codec]) -> MediaSession {
             remote: Some(call_peer(k)),
             format: call_format(codec),
             rtcp_mux: false,
+            latch_from: None,
         };
         s.handle_command(Instant::ZERO, cmd);
     }

@@ -79,6 +79,7 @@ fn session(record: bool, other: Codec) -> MediaSession {
                 remote: Some(remote.parse().unwrap()),
                 format: formats[leg as usize],
                 rtcp_mux: false,
+                latch_from: None,
             },
         );
     }

@@ -516,6 +516,7 @@ mod tests {
             require_100rel: false,
             update_offers: false,
             accept_refer: false,
+            latch: Default::default(),
             transfer: Default::default(),
         };
         let number = NumberConfig {

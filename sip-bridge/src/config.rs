@@ -137,6 +137,21 @@ pub struct TrunkConfig {
     /// Its inbound calls are recorded through this SIPREC server unless
     /// their number names one.
     pub siprec: Option<crate::plan::SiprecOptions>,
+    /// Where its media is taken from before the first packet latches.
+    pub latch: Latch,
+}
+
+/// Which first RTP source a SIP leg latches to (its later packets must come
+/// from there; see [`crate::media`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Latch {
+    /// From the SDP's address (any source when that is private), like
+    /// rtpengine's strict-source: a carrier's media comes from where it says.
+    #[default]
+    Strict,
+    /// Also from the address its SIP comes from: a peer behind NAT whose SDP
+    /// names an address it does not send from (phones always latch so).
+    Signalling,
 }
 
 /// How a blind transfer moves a party of a trunk to a phone number or a SIP

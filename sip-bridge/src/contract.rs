@@ -5,7 +5,7 @@
 //! decides call state.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use media_core::pipeline::RtpFormat;
 
@@ -288,6 +288,9 @@ pub enum MediaCommand {
         format: RtpFormat,
         /// RTCP shares the RTP port (RFC 5761), else it is on port + 1.
         rtcp_mux: bool,
+        /// Also latch to the first source from this address (the peer's SIP
+        /// address: a phone behind NAT), not only the SDP's.
+        latch_from: Option<IpAddr>,
     },
     /// New SDP for an RTP leg (re-INVITE, early media to final answer).
     UpdateRtp {

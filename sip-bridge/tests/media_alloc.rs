@@ -57,6 +57,7 @@ fn session_with(cfg: MediaConfig, b: Codec) -> MediaSession {
             remote: Some(remote.parse().unwrap()),
             format: format(codec),
             rtcp_mux: false,
+            latch_from: None,
         };
         s.handle_command(Instant::ZERO, cmd);
     }
@@ -268,6 +269,7 @@ fn conference(codecs: &[Codec]) -> MediaSession {
                 c => format(c),
             },
             rtcp_mux: false,
+            latch_from: None,
         };
         s.handle_command(Instant::ZERO, cmd);
     }

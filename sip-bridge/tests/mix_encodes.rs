@@ -51,6 +51,7 @@ fn conference(codecs: &[Codec]) -> MediaSession {
             remote: Some(peer(k)),
             format: format(codec),
             rtcp_mux: false,
+            latch_from: None,
         };
         s.handle_command(Instant::ZERO, cmd);
     }

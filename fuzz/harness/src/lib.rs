@@ -1068,6 +1068,7 @@ pub fn call(data: &[u8]) {
         require_100rel: false,
         update_offers: false,
         accept_refer: kind_refer_in(data),
+        latch: Default::default(),
         // REFER out (and its fallbacks) on every blind transfer of the caller.
         transfer: sip_bridge::bridge::TransferMode::Refer {
             bridge_on_failure: data.len().is_multiple_of(2),

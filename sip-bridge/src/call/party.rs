@@ -60,6 +60,9 @@ pub(crate) struct SipLeg {
     /// A registered phone of this operator (it is the operator once it
     /// answers: busy, free, `operator:` in events).
     pub operator: Option<String>,
+    /// Its media may latch to the first packet from this address (its SIP
+    /// peer's) even when the SDP names another (NAT; `Latch`).
+    pub latch_from: Option<std::net::IpAddr>,
 }
 
 /// An operator's browser.

@@ -48,6 +48,14 @@ pub(crate) fn caller_status(status: DialStatus, code: Option<u16>) -> u16 {
 }
 
 impl Call {
+    /// The SIP address party `key`'s media may latch to besides its SDP's.
+    fn latch_from_of(&self, key: LegKey) -> Option<std::net::IpAddr> {
+        self.parties
+            .get(&key)
+            .and_then(|p| p.sip())
+            .and_then(|s| s.latch_from)
+    }
+
     /// An event of SIP leg `key`.
     pub fn handle_sip(
         &mut self,
@@ -276,6 +284,7 @@ impl Call {
                 remote: n.remote,
                 format,
                 rtcp_mux: n.rtcp_mux,
+                latch_from: self.latch_from_of(key),
             }
         };
         if let Some(p) = self.parties.get_mut(&key) {
@@ -398,6 +407,7 @@ impl Call {
             remote: n.remote,
             format: format_of(&n),
             rtcp_mux: n.rtcp_mux,
+            latch_from: self.latch_from_of(key),
         });
         if let Some(p) = self.parties.get_mut(&key) {
             p.in_media = true;

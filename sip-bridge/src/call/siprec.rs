@@ -219,6 +219,7 @@ impl Call {
                                 remote: n.remote,
                                 format: format_of(n),
                                 rtcp_mux: n.rtcp_mux,
+                                latch_from: None,
                             });
                         }
                         let (id, waits) = self

@@ -8,8 +8,10 @@
 //! RTP legs latch to their peer like rtpengine's strict-source: packets are taken
 //! from the signalled address, or, when that is a private or unspecified address
 //! (a NATed peer), from the first source with the signalled IP... or the first
-//! source at all when the IP cannot match; once latched, other sources are dropped
-//! so a stray sender cannot hijack the stream. Each RTP leg also speaks RTCP
+//! source at all when the IP cannot match; a leg may also trust its peer's SIP
+//! address (`latch_from`: a phone behind NAT whose SDP names an address it does
+//! not send from, or a trunk set to `Latch::Signalling`); once latched, other
+//! sources are dropped so a stray sender cannot hijack the stream. Each RTP leg also speaks RTCP
 //! on its port + 1 (`rtcp.rs`): our reports out, the peer's in ([`LegQuality`]).
 
 mod mix;
@@ -204,6 +206,8 @@ enum Kind {
         port: u16,
         signalled: Option<SocketAddr>,
         latched: Option<SocketAddr>,
+        /// The peer's SIP address, also trusted for the first packet.
+        latch_from: Option<IpAddr>,
         format: RtpFormat,
         rtcp: Box<rtcp::RtcpLeg>,
     },
@@ -629,6 +633,7 @@ impl MediaSession {
                 remote,
                 format,
                 rtcp_mux,
+                latch_from,
             } => {
                 let mut rtcp = Box::new(rtcp::RtcpLeg::new(
                     now,
@@ -640,6 +645,7 @@ impl MediaSession {
                     port: local_port,
                     signalled: remote,
                     latched: None,
+                    latch_from: latch_from.map(|ip| ip.to_canonical()),
                     format,
                     rtcp,
                 };
@@ -1281,6 +1287,7 @@ impl MediaSession {
         let Kind::Rtp {
             signalled,
             latched,
+            latch_from,
             rtcp,
             ..
         } = &mut l.kind
@@ -1291,6 +1298,7 @@ impl MediaSession {
         if latched
             .or(*signalled)
             .is_some_and(|a| a.ip() != source.ip())
+            && (latched.is_some() || *latch_from != Some(source.ip().to_canonical()))
         {
             self.stats.foreign_source += 1;
             return;
@@ -1329,6 +1337,7 @@ impl MediaSession {
         let Kind::Rtp {
             signalled,
             latched,
+            latch_from,
             rtcp,
             ..
         } = &mut l.kind
@@ -1347,7 +1356,11 @@ impl MediaSession {
             }
             (Some(_), _) => {}
             (None, Some(s)) if s == source => *latched = Some(source),
-            (None, Some(s)) if s.ip() == source.ip() || is_private(s.ip()) => {
+            (None, Some(s))
+                if s.ip() == source.ip()
+                    || is_private(s.ip())
+                    || *latch_from == Some(source.ip().to_canonical()) =>
+            {
                 *latched = Some(source)
             }
             (None, Some(_)) => {
@@ -1947,6 +1960,7 @@ mod tests {
                 remote,
                 format,
                 rtcp_mux: false,
+                latch_from: None,
             };
             s.handle_command(now, cmd);
         }
@@ -2061,6 +2075,7 @@ mod tests {
                 remote: Some(c),
                 format,
                 rtcp_mux: false,
+                latch_from: None,
             };
             s.handle_command(Instant::ZERO, cmd);
             s.handle_command(
@@ -2147,6 +2162,60 @@ mod tests {
         );
         let back = sent(&mut s);
         assert_eq!(back[0].to, "203.0.113.77:61000".parse().unwrap());
+    }
+
+    #[test]
+    fn a_phone_behind_nat_latches_to_its_sip_address_not_a_wrong_public_sdp() {
+        // Its SDP names a public-looking address it never sends from; its SIP
+        // came from 203.0.113.7 (the NAT's outside).
+        let sdp: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+        let nat: SocketAddr = "203.0.113.7:61000".parse().unwrap();
+        for latch_from in [None, Some(nat.ip())] {
+            let mut s = MediaSession::new(MediaConfig::new(None, 1));
+            for (leg, port, remote, latch_from) in [
+                (0, 20000, sdp, latch_from),
+                (1, 20002, "198.51.100.9:4000".parse().unwrap(), None),
+            ] {
+                let cmd = MediaCommand::AddRtp {
+                    leg: LegKey(leg),
+                    local_port: port,
+                    remote: Some(remote),
+                    format: pcmu(),
+                    rtcp_mux: false,
+                    latch_from,
+                };
+                s.handle_command(Instant::ZERO, cmd);
+            }
+            for cmd in MediaCommand::connect(LegKey(0), LegKey(1)) {
+                s.handle_command(Instant::ZERO, cmd);
+            }
+            // A stray from elsewhere first: never taken.
+            let stray: SocketAddr = "192.0.2.66:5000".parse().unwrap();
+            s.handle_rtp(Instant::ZERO, 20000, stray, packet(1));
+            assert!(sent(&mut s).is_empty());
+            s.handle_rtp(Instant::ZERO, 20000, nat, packet(2));
+            let through = sent(&mut s);
+            if latch_from.is_none() {
+                // Strict (a carrier's rule): not from where it said.
+                assert!(through.is_empty());
+                assert_eq!(s.stats().foreign_source, 2);
+                continue;
+            }
+            assert_eq!(through.len(), 1, "the phone's audio goes through");
+            // The far end's audio goes back through the NAT, not to the SDP.
+            s.handle_rtp(
+                Instant::ZERO,
+                20002,
+                "198.51.100.9:4000".parse().unwrap(),
+                packet(1),
+            );
+            assert_eq!(sent(&mut s)[0].to, nat);
+            // Latched: the stray stays out, another port of the NAT too.
+            s.handle_rtp(Instant::ZERO, 20000, stray, packet(3));
+            let other: SocketAddr = "203.0.113.7:61002".parse().unwrap();
+            s.handle_rtp(Instant::ZERO, 20000, other, packet(4));
+            assert!(sent(&mut s).is_empty());
+        }
     }
 
     #[test]

@@ -292,6 +292,7 @@ mod tests {
                         remote: Some(remote),
                         format,
                         rtcp_mux: false,
+                        latch_from: None,
                     },
                 );
             }
