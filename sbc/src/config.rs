@@ -811,6 +811,11 @@ pub struct RegistrarSection {
     /// first answer winning (default); false: its phones ring only while
     /// none of its browsers takes the call.
     pub ring_both: bool,
+    /// OPTIONS to every phone registered over UDP this often (default
+    /// `"30s"`; `"0s"` off): keeps its NAT binding open, and a phone that
+    /// answers none of 3 in a row is unregistered (offline).
+    #[serde(deserialize_with = "values::interval")]
+    pub keepalive: Option<Duration>,
 }
 
 /// `[[trunks]] latch`.
@@ -851,6 +856,7 @@ impl Default for RegistrarSection {
             ban_for: d.ban_for,
             sha256: Sha256Setting::Off,
             ring_both: d.ring_both,
+            keepalive: d.keepalive,
         }
     }
 }
@@ -1493,6 +1499,7 @@ impl SbcConfig {
                 Sha256Setting::First => sip_bridge::registrar::Sha256Offer::First,
             },
             ring_both: r.ring_both,
+            keepalive: r.keepalive,
             ..Default::default()
         };
         b.phones = self

@@ -309,6 +309,8 @@ impl ControlCore {
             metrics::gauge!("sbc_registrar_bans").set(s.bans as f64);
             metrics::gauge!("sbc_registrar_banned_drops").set(s.dropped_banned as f64);
             metrics::gauge!("sbc_registrations_expired").set(s.expired as f64);
+            metrics::gauge!("sbc_registrar_keepalives").set(s.keepalives as f64);
+            metrics::gauge!("sbc_registrations_unreachable").set(s.unreachable as f64);
         }
     }
 

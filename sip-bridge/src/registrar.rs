@@ -39,7 +39,7 @@ use media_core::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::sip::auth::Algorithm;
-use crate::sip::message::{Peer, SipHeaders, header_uri};
+use crate::sip::message::{Peer, SipHeaders, Transport, header_uri};
 
 /// Limits and timings.
 #[derive(Clone, Debug)]
@@ -72,6 +72,29 @@ pub struct RegistrarConfig {
     /// first answer wins); false: its phones ring only while no browser of it
     /// takes the call.
     pub ring_both: bool,
+    /// OPTIONS to each UDP binding this often (Kamailio's nathelper pings,
+    /// Asterisk's qualify): the phone's NAT binding stays open, and a phone
+    /// that misses [`KEEPALIVE_MISSES`] in a row is gone. `None`: never.
+    pub keepalive: Option<Duration>,
+}
+
+/// Unanswered keep-alives in a row that end a UDP binding.
+pub const KEEPALIVE_MISSES: u32 = 3;
+
+/// How often the bindings are looked over for keep-alives due (each binding
+/// keeps its own time, so pings spread over the interval).
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// A keep-alive to send: OPTIONS to `contact` at `peer`; its outcome goes
+/// back through [`Registrar::handle_keepalive_result`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// The binding's operator.
+    pub operator: String,
+    /// Its Contact URI (the OPTIONS' Request-URI).
+    pub contact: String,
+    /// Where its REGISTER came from.
+    pub peer: Peer,
 }
 
 /// The SHA-256 digest challenge (RFC 8760).
@@ -103,6 +126,7 @@ impl Default for RegistrarConfig {
             max_tracked: 10_000,
             sha256: Sha256Offer::Off,
             ring_both: true,
+            keepalive: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -171,6 +195,11 @@ pub struct Binding {
     pub reg_id: Option<u32>,
     /// `Path` (RFC 3327), in order.
     pub path: Vec<String>,
+    /// Its next keep-alive (UDP only: a stream's connection says itself
+    /// when it dies).
+    pub next_keepalive: Option<Instant>,
+    /// Keep-alives unanswered in a row.
+    pub misses: u32,
 }
 
 /// Why an operator's last binding went.
@@ -183,6 +212,8 @@ pub enum Gone {
     Unregistered,
     /// Its connection (RFC 5626 flow) closed.
     FlowClosed,
+    /// It answered none of [`KEEPALIVE_MISSES`] keep-alives in a row.
+    Unreachable,
 }
 
 /// What presence hears.
@@ -289,6 +320,10 @@ pub struct RegistrarStats {
     pub bans: u64,
     /// Bindings that lapsed.
     pub expired: u64,
+    /// Keep-alives sent.
+    pub keepalives: u64,
+    /// Bindings ended for missed keep-alives.
+    pub unreachable: u64,
 }
 
 /// Refusals of one address.
@@ -317,9 +352,16 @@ pub struct Registrar {
     strike_order: VecDeque<IpAddr>,
     /// The next binding to lapse or ban to end.
     due: Option<Instant>,
+    /// The next look for keep-alives due, while any UDP binding has one.
+    next_sweep: Option<Instant>,
+    keepalives: VecDeque<Keepalive>,
     events: VecDeque<RegistrarEvent>,
     stats: RegistrarStats,
 }
+
+/// Keep-alives waiting to be sent at most (a driver that stopped polling
+/// does not grow them).
+const MAX_KEEPALIVES_QUEUED: usize = 20_000;
 
 /// Nonces remembered for their counts.
 const MAX_NONCES: usize = 50_000;
@@ -343,6 +385,8 @@ impl Registrar {
             strikes: HashMap::new(),
             strike_order: VecDeque::new(),
             due: None,
+            next_sweep: None,
+            keepalives: VecDeque::new(),
             events: VecDeque::new(),
             stats: RegistrarStats::default(),
         }
@@ -393,7 +437,7 @@ impl Registrar {
 
     /// The next binding to lapse, or ban to lift.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.due
+        self.due.into_iter().chain(self.next_sweep).min()
     }
 
     /// The next expiry or ban's end, found again after a change (the
@@ -407,11 +451,76 @@ impl Registrar {
 
     /// Lapses what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.sweep(now);
+        }
         if self.due.is_none_or(|t| t > now) {
             return;
         }
         self.lapse(now);
         self.find_due();
+    }
+
+    /// Queues the keep-alives due; the next look when the next is due (a
+    /// [`SWEEP`] later at the soonest) while any binding has one.
+    fn sweep(&mut self, now: Instant) {
+        let Some(every) = self.cfg.keepalive else {
+            self.next_sweep = None;
+            return;
+        };
+        let mut next: Option<Instant> = None;
+        for (op, list) in self.bindings.iter_mut() {
+            for b in list.iter_mut() {
+                let Some(at) = b.next_keepalive else {
+                    continue;
+                };
+                // At most one outstanding per binding: its result comes
+                // within the transaction's 32 s, before its next is due.
+                if at <= now && self.keepalives.len() < MAX_KEEPALIVES_QUEUED {
+                    b.next_keepalive = Some(now + every);
+                    self.stats.keepalives += 1;
+                    self.keepalives.push_back(Keepalive {
+                        operator: op.clone(),
+                        contact: b.contact.clone(),
+                        peer: b.received,
+                    });
+                }
+                next = next.min(b.next_keepalive).or(b.next_keepalive);
+            }
+        }
+        // Many phones: one look a second at most, not one per phone.
+        self.next_sweep = next.map(|t| t.max(now + SWEEP));
+    }
+
+    /// The next keep-alive to send.
+    pub fn poll_keepalive(&mut self) -> Option<Keepalive> {
+        self.keepalives.pop_front()
+    }
+
+    /// A keep-alive's outcome: any response means the phone is there;
+    /// silence counts, and [`KEEPALIVE_MISSES`] in a row end the binding.
+    pub fn handle_keepalive_result(&mut self, operator: &str, contact: &str, answered: bool) {
+        let Some(b) = self
+            .bindings
+            .get_mut(operator)
+            .and_then(|l| l.iter_mut().find(|b| b.contact == contact))
+        else {
+            return;
+        };
+        if answered {
+            b.misses = 0;
+            return;
+        }
+        b.misses += 1;
+        if b.misses >= KEEPALIVE_MISSES {
+            let n = self.remove_where(
+                operator,
+                |b| b.contact == contact && b.misses >= KEEPALIVE_MISSES,
+                Gone::Unreachable,
+            );
+            self.stats.unreachable += n as u64;
+            self.find_due();
+        }
     }
 
     fn lapse(&mut self, now: Instant) {
@@ -677,6 +786,12 @@ impl Registrar {
                 instance: inst,
                 reg_id: reg,
                 path: path.clone(),
+                // A REGISTER is a sign of life: the next keep-alive waits.
+                next_keepalive: match (self.cfg.keepalive, source.transport) {
+                    (Some(every), Transport::Udp) => Some(now + every),
+                    _ => None,
+                },
+                misses: 0,
             });
         }
         let grown = list.len().saturating_sub(before);
@@ -685,6 +800,9 @@ impl Registrar {
             return RegisterReply::status(403);
         }
         self.total = self.total + list.len() - before;
+        if let Some(t) = list.iter().filter_map(|b| b.next_keepalive).min() {
+            self.next_sweep = Some(self.next_sweep.map_or(t, |s| s.min(t)));
+        }
         let now_empty = list.is_empty();
         if now_empty {
             self.bindings.remove(op);
@@ -979,6 +1097,7 @@ mod tests {
         Registrar::new(
             RegistrarConfig {
                 sha256: Sha256Offer::After,
+                keepalive: None,
                 ..Default::default()
             },
             vec![PhoneAccount::new("alice-desk", "alice", "sbc", "s3cret")],
@@ -1563,5 +1682,59 @@ mod tests {
         let r = reg.authorize_call(at(0), UNIX, &invite(Some(&right)), peer(PHONE));
         assert_eq!(r.map(|a| a.operator), Ok("alice".to_string()));
         assert_eq!(reg.len(), 0, "placing a call binds nothing");
+    }
+
+    #[test]
+    fn udp_phones_get_keepalives_and_three_missed_in_a_row_unregister_them() {
+        let mut reg = registrar();
+        reg.cfg.keepalive = Some(Duration::from_secs(30));
+        let r = login(
+            &mut reg,
+            at(0),
+            "alice-desk",
+            "s3cret",
+            &["<sip:a@10.0.0.5>"],
+            Some(3600),
+            1,
+        );
+        assert_eq!(respond(&r).0, 200);
+        let _ = std::iter::from_fn(|| reg.poll_event()).count();
+        let run = |reg: &mut Registrar, until: Instant| {
+            while let Some(t) = reg.poll_timeout().filter(|t| *t <= until) {
+                reg.handle_timeout(t);
+            }
+        };
+        // Nothing before 30 s: the REGISTER itself was a sign of life.
+        run(&mut reg, at(29));
+        assert_eq!(reg.poll_keepalive(), None);
+        run(&mut reg, at(31));
+        let k = reg.poll_keepalive().expect("a keep-alive at 30 s");
+        assert_eq!(
+            (k.operator.as_str(), k.contact.as_str(), k.peer),
+            ("alice", "sip:a@10.0.0.5", peer(PHONE))
+        );
+        assert_eq!(reg.poll_keepalive(), None, "one per binding");
+        // Answered: the count starts over; two misses then an answer keep it.
+        reg.handle_keepalive_result("alice", "sip:a@10.0.0.5", false);
+        reg.handle_keepalive_result("alice", "sip:a@10.0.0.5", false);
+        reg.handle_keepalive_result("alice", "sip:a@10.0.0.5", true);
+        reg.handle_keepalive_result("alice", "sip:a@10.0.0.5", false);
+        reg.handle_keepalive_result("alice", "sip:a@10.0.0.5", false);
+        assert_eq!(reg.len(), 1);
+        assert_eq!(reg.poll_event(), None);
+        // The third in a row: gone, and presence hears why.
+        reg.handle_keepalive_result("alice", "sip:a@10.0.0.5", false);
+        assert_eq!(reg.len(), 0);
+        assert_eq!(
+            reg.poll_event(),
+            Some(RegistrarEvent::Unregistered {
+                operator: "alice".into(),
+                why: Gone::Unreachable
+            })
+        );
+        assert_eq!(reg.stats().unreachable, 1);
+        // No binding left: no more looks.
+        run(&mut reg, at(120));
+        assert_eq!(reg.poll_timeout(), None);
     }
 }

@@ -152,7 +152,10 @@ fn the_browser_answers_first_and_the_phone_is_cancelled_as_completed_elsewhere()
 
 #[test]
 fn a_phone_only_operator_is_rung_and_gone_when_its_registration_lapses() {
-    let mut w = World::new(phone_config());
+    // No keep-alives: only the registration's expiry tells.
+    let mut cfg = phone_config();
+    cfg.registrar.keepalive = None;
+    let mut w = World::new(cfg);
     register_phone(&mut w);
     // No browser: the phone alone rings for `operators`.
     let leg = w.carrier_call("+15550100", CALLER);
@@ -346,4 +349,37 @@ fn with_ring_both_off_the_phone_rings_only_while_no_browser_takes_calls() {
     w.carrier_call("+15550100", CALLER);
     w.run(ms(300));
     assert_eq!(rung(&w), 1);
+}
+
+#[test]
+fn a_vanished_phone_misses_three_keepalives_and_is_offline_long_before_its_expiry() {
+    let mut w = World::new(phone_config());
+    register_desk_phone(&mut w);
+    // It answers the keep-alives (OPTIONS every 30 s) while it is there.
+    w.run(Duration::from_secs(100));
+    let r = w.bridge.registrar().unwrap();
+    assert_eq!(r.stats().keepalives, 3);
+    assert_eq!(r.bindings("alice")[0].misses, 0);
+    assert!(w.bridge.presence().has_phone("alice"));
+    // Gone (unplugged, its NAT closed): the third keep-alive unanswered in a
+    // row ends it, about two minutes later, not at its 600 s expiry.
+    w.blackhole = Some(addr(PHONE_SIP));
+    w.run(Duration::from_secs(90));
+    assert!(w.bridge.presence().has_phone("alice"), "two misses");
+    w.run(Duration::from_secs(40));
+    assert!(!w.bridge.presence().has_phone("alice"));
+    assert_eq!(w.bridge.registrar().unwrap().stats().unreachable, 1);
+    // Nobody to ring: a call to support is not answered by a phone.
+    w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    assert_eq!(
+        w.phone
+            .as_ref()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| matches!(e, UaEvent::IncomingInvite { .. }))
+            .count(),
+        0
+    );
 }

@@ -94,6 +94,8 @@ pub struct Bridge {
     registrar: Option<Registrar>,
     /// What they did, for the driver (logs).
     phone_out: VecDeque<RegistrarEvent>,
+    /// Keep-alives in flight to phones: (operator, contact).
+    phone_pings: HashMap<crate::sip::dialog::PingId, (String, String)>,
     presence: Presence,
     tokens: TokenIssuer,
     sessions: BTreeMap<SessionId, Session>,
@@ -153,6 +155,7 @@ impl Bridge {
         Bridge {
             registrar,
             phone_out: VecDeque::new(),
+            phone_pings: HashMap::new(),
             ua: UserAgent::new(ua_cfg),
             presence: Presence::new(cfg.grace, cfg.max_operators),
             tokens,
@@ -382,6 +385,7 @@ impl Bridge {
         if let Some(r) = self.registrar.as_mut() {
             r.handle_timeout(now);
         }
+        self.keep_phones_alive(now);
         self.phone_events();
         while let Some(&Reverse((at, t))) = self.timers.peek() {
             if at > now {
@@ -641,6 +645,12 @@ impl Bridge {
                 return self.inbound_call(now, leg, &request, from);
             }
             UaEvent::OptionsResult { ping, status } => {
+                if let Some((op, contact)) = self.phone_pings.remove(&ping) {
+                    if let Some(r) = self.registrar.as_mut() {
+                        r.handle_keepalive_result(&op, &contact, status.is_some());
+                    }
+                    return self.phone_events();
+                }
                 return self.trunks.on_ping_result(ping, status);
             }
             other => other,

@@ -41,7 +41,26 @@ impl Refused {
     }
 }
 
+/// Keep-alives in flight at most (each ends within 32 s).
+const MAX_PINGS: usize = 20_000;
+
 impl Bridge {
+    /// Sends the registrar's keep-alives (OPTIONS to the phone's contact, at
+    /// the address it registered from).
+    pub(super) fn keep_phones_alive(&mut self, now: Instant) {
+        let Some(r) = self.registrar.as_mut() else {
+            return;
+        };
+        while let Some(k) = r.poll_keepalive() {
+            if self.phone_pings.len() >= MAX_PINGS {
+                continue;
+            }
+            if let Ok(ping) = self.ua.options(now, &k.contact, k.peer) {
+                self.phone_pings.insert(ping, (k.operator, k.contact));
+            }
+        }
+    }
+
     /// Whether the INVITE `req` from `from` is a phone's call (module docs).
     pub(super) fn is_phone_call(&self, req: &Request, from: Peer) -> bool {
         let Some(r) = self.registrar.as_ref() else {
