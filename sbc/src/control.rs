@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use media_core::Instant;
 use sip_bridge::bridge::{
-    Bridge, CallEvent, CallEventKind, CallId, MediaCommand, Origin, PortStats, RouteDecision,
+    Bridge, CallEvent, CallEventKind, CallId, MediaCommand, Origin, PortStats, Refusal,
+    RouteDecision,
 };
 use sip_bridge::presence::SessionId;
 use sip_bridge::registrar::RegistrarEvent;
@@ -169,7 +170,9 @@ impl ControlCore {
         if initial_invite(bytes) {
             // The bridge's admission policy, applied before any transaction
             // exists: no state for strangers, nor for calls it would refuse.
-            if let Err(refusal) = self.bridge.admission(Origin::Sip(from.addr.ip())) {
+            if let Err(refusal) = self.bridge.admission(Origin::Sip(from.addr.ip()))
+                && !(refusal == Refusal::NotATrunk && self.bridge.is_phone_invite(bytes, from))
+            {
                 let status = if refusal.status() == 403 {
                     "403"
                 } else {

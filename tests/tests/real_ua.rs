@@ -29,6 +29,14 @@
 //! [`baresip_registered_as_an_operators_phone_takes_a_carrier_call_from_linphone`]:
 //! baresip registers as an operator's desk phone and takes linphonec's call.
 //!
+//! [`a_carrier_call_rings_a_browser_and_two_phones_and_the_first_phone_to_answer_talks`]:
+//! SIPp's call rings a headless browser operator, baresip and a registered
+//! linphonec at once; baresip answers, the others hear "completed elsewhere".
+//!
+//! [`a_registered_phone_dials_out_with_its_operators_number_holds_and_sends_dtmf`]:
+//! baresip, registered, dials out through the trunk (407, then its operator's
+//! number as caller ID), holds, resumes and sends DTMF to linphonec.
+//!
 //! [`baresip_as_the_far_end_blind_transfers_the_call_with_refer`]: a second
 //! baresip (127.0.0.5) is the far end, on a trunk whose REFERs are followed;
 //! it blind-transfers the call (its `transfer` command: REFER) to linphonec,
@@ -504,6 +512,18 @@ impl Linphone {
 
     /// [`Linphone::start`] with its RTP on `rtp_ports`.
     fn start_with_rtp(dir: &Path, sip: SocketAddr, rtp_ports: &str, tone: &Path) -> Linphone {
+        Linphone::launch(dir, sip, rtp_ports, tone, true)
+    }
+
+    /// Starts linphonec; `auto_answer`: it answers every call (`-a`), else
+    /// it only rings.
+    fn launch(
+        dir: &Path,
+        sip: SocketAddr,
+        rtp_ports: &str,
+        tone: &Path,
+        auto_answer: bool,
+    ) -> Linphone {
         let home = dir.join("home");
         // liblinphone stays in its startup state when it cannot create its
         // database here.
@@ -513,16 +533,19 @@ impl Linphone {
         let config = template(
             "linphonerc",
             &[
+                ("BIND", sip.ip().to_string()),
                 ("SIP_PORT", sip.port().to_string()),
                 ("RTP_PORTS", rtp_ports.into()),
             ],
         );
         std::fs::write(&rc, config).expect("write the linphonerc");
         let log = File::create(dir.join("linphonec.log")).expect("create linphonec.log");
-        let child = Command::new("linphonec")
-            .arg("-c")
-            .arg(&rc)
-            .arg("-a") // answer every call
+        let mut cmd = Command::new("linphonec");
+        cmd.arg("-c").arg(&rc);
+        if auto_answer {
+            cmd.arg("-a"); // answer every call
+        }
+        let child = cmd
             .arg("-d")
             .arg("6")
             .env("HOME", &home)
@@ -547,6 +570,17 @@ impl Linphone {
                 && log.contains("Using wav files instead of soundcard.")
         });
         linphone
+    }
+
+    /// Registers at the SBC `registrar` as `user` with `password` (its
+    /// `register` command: digest on the 401) and waits for the 200.
+    fn register(&mut self, registrar: SocketAddr, user: &str, password: &str) {
+        self.type_line(&format!(
+            "register sip:{user}@{registrar} sip:{registrar} {password}"
+        ));
+        self.wait_log("registration", |log| {
+            log.contains("to [LinphoneRegistrationOk]")
+        });
     }
 
     /// Types a line on its console.
@@ -1228,4 +1262,190 @@ fn baresip_registered_as_an_operators_phone_takes_a_carrier_call_from_linphone()
     assert!(metrics.contains("sbc_registrations_active 1"), "{metrics}");
     linphone.type_line("terminate");
     baresip.wait_events("CALL_CLOSED", 1);
+}
+
+/// Two phone accounts (alice's desk phone, bob's softphone) on number
+/// `service`, whose `operators` step rings everyone online on it, and a trunk
+/// whose inbound calls come from 127.0.0.2 and whose peer is `peer`.
+fn phones_config(peer: SocketAddr) -> String {
+    let desk = sip_bridge::registrar::PhoneAccount::new("alice-desk", "alice", "sbc", "s3cret");
+    let soft = sip_bridge::registrar::PhoneAccount::new("bob-soft", "bob", "sbc", "s3cret2");
+    let mut toml = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"{peer}\"]\n\
+         inbound = [\"127.0.0.2/32\"]\ncodecs = [\"PCMU\"]\n\n\
+         [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\n\
+         dial = [ {{ ring = [\"operators\"], timeout = \"20s\" }} ]\n\n"
+    );
+    for a in [desk, soft] {
+        toml += &format!(
+            "[[phones]]\nusername = \"{}\"\noperator = \"{}\"\nnumbers = [\"service\"]\n\
+             ha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n\n",
+            a.username, a.operator, a.ha1_md5, a.ha1_sha256
+        );
+    }
+    toml
+}
+
+/// baresip as alice's desk phone (127.0.0.5), answering by itself, playing
+/// `tone`, registered at the SBC.
+fn desk_phone(work: &TempDir, sbc: &Sbc, tone: &Path) -> (Baresip, SocketAddr) {
+    let sip = SocketAddr::new(lo(5), free_port(lo(5)));
+    let account = format!(
+        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
+        sbc.sip
+    );
+    let phone = Baresip::start_at(
+        &work.join("desk"),
+        sip,
+        "40200-40299",
+        &account,
+        tone,
+        false,
+    );
+    (phone, sip)
+}
+
+/// Issue 22's race: a carrier's call (SIPp, 127.0.0.2) to `service` rings
+/// alice in a browser (a headless operator on the SDK's WebSocket) and on her
+/// desk phone (baresip), and bob on his softphone (linphonec, which only
+/// rings). baresip answers first: the browser is told `taken_by_other`,
+/// linphonec gets a CANCEL saying `Reason: SIP ;cause=200 ;text="Call
+/// completed elsewhere"` (RFC 3326), so it shows "answered elsewhere", not a
+/// missed call. Audio both ways: SIPp mirrors every RTP packet it gets
+/// (`-rtp_echo`), so baresip's 1 kHz comes back to it through the carrier.
+#[test]
+fn a_carrier_call_rings_a_browser_and_two_phones_and_the_first_phone_to_answer_talks() {
+    use integration_tests::operator::HeadlessOperator;
+    use integration_tests::sbc_process::SippCmd;
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua-race");
+    let sbc = Sbc::start(&SbcSpec::new(
+        "real-ua-race",
+        rtp(66),
+        phones_config("127.0.0.9:5060".parse().unwrap()),
+    ));
+    let phone_tone = work.join("phone-1000.wav");
+    let soft_tone = work.join("soft-440.wav");
+    write_tone(&phone_tone, 48_000, CALLEE_HZ, TONE_SECS);
+    write_tone(&soft_tone, 8_000, CALLER_HZ, TONE_SECS);
+
+    let browser = HeadlessOperator::online(sbc.http, "alice", &["service"]);
+    let (mut desk, _) = desk_phone(&work, &sbc, &phone_tone);
+    let soft_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let mut soft = Linphone::launch(
+        &work.join("soft"),
+        soft_sip,
+        "40300-40399",
+        &soft_tone,
+        false,
+    );
+    soft.register(sbc.sip, "bob-soft", "s3cret2");
+    let registered = sbc.wait_metric("sbc_registrations_active", &[], WAIT, |v| v >= 2.0);
+    assert_eq!(registered, 2.0, "both phones registered\n{}", desk.logs());
+
+    let mut carrier = SippCmd::new("race-caller", "caller_echo.xml", lo(2))
+        .remote(sbc.sip)
+        .service("+15550100")
+        .calls(1)
+        .timeout_secs(120)
+        .flag("-rtp_echo")
+        .spawn();
+    desk.wait_events("CALL_ESTABLISHED", 1);
+    // The browser rang and was told another took it.
+    let rang = browser.wait("incoming", |m| m["type"] == "incoming");
+    let ended = browser.wait("ended", |m| m["type"] == "ended");
+    assert_eq!(ended["callId"], rang["callId"]);
+    assert_eq!(ended["reason"], "taken_by_other", "{ended}");
+    // The softphone rang and was cancelled as answered elsewhere.
+    soft.wait_log("its CANCEL, completed elsewhere", |log| {
+        log.contains("LinphoneCallIncomingReceived") && log.contains("Call completed elsewhere")
+    });
+    soft.wait_log("the cancelled call's end", |log| {
+        log.contains("to LinphoneCallEnd") || log.contains("to LinphoneCallReleased")
+    });
+    assert!(
+        !soft.log().contains("to LinphoneCallStreamsRunning"),
+        "the softphone never talked\n{}",
+        soft.logs()
+    );
+    // baresip's tone went to the carrier and came back.
+    let heard = wait_tone(&desk.received_wav(), None, 0, CALLEE_HZ);
+    assert!(
+        heard >= HEARD_MS,
+        "the desk phone heard {heard} ms of its own {CALLEE_HZ} Hz back from the carrier\n{}",
+        desk.logs()
+    );
+    desk.command("hangup", "");
+    desk.wait_events("CALL_CLOSED", 1);
+    carrier.assert_success(WAIT);
+    let cdr = cdr_line(&sbc);
+    assert!(cdr.contains("answered_by=operator:alice"), "{cdr}");
+}
+
+/// A registered phone places a call (issue 22): baresip, alice's desk phone,
+/// dials +15557770; its INVITE is challenged (407) and, authenticated, goes
+/// out through the trunk to its peer, linphonec at 127.0.0.3 (answering by
+/// itself), showing alice's number +15550100, not the phone's name. Audio
+/// both ways, then hold and resume (baresip's re-INVITEs reach linphonec) and
+/// DTMF (RFC 4733) from the phone to the far end.
+#[test]
+fn a_registered_phone_dials_out_with_its_operators_number_holds_and_sends_dtmf() {
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua-dial-out");
+    let far_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let sbc = Sbc::start(&SbcSpec::new(
+        "real-ua-dial-out",
+        rtp(67),
+        phones_config(far_sip),
+    ));
+    let phone_tone = work.join("phone-440.wav");
+    let far_tone = work.join("far-1000.wav");
+    write_tone(&phone_tone, 48_000, CALLER_HZ, TONE_SECS);
+    write_tone(&far_tone, 8_000, CALLEE_HZ, TONE_SECS);
+    let far = Linphone::start(&work.join("far"), far_sip, &far_tone);
+    let (mut desk, desk_sip) = desk_phone(&work, &sbc, &phone_tone);
+    let registered = sbc.wait_metric("sbc_registrations_active", &[], WAIT, |v| v >= 1.0);
+    assert_eq!(registered, 1.0, "baresip registered\n{}", desk.logs());
+
+    desk.command("dial", &format!("sip:+15557770@{}", sbc.sip));
+    desk.wait_events("CALL_ESTABLISHED", 1);
+    far.wait_transitions("Connected", "StreamsRunning", 1);
+    // Challenged, then through: the far end sees alice's number.
+    let trace = sip_trace(&read_lossy(&desk.dir.join("baresip.log")), desk_sip);
+    assert!(
+        trace
+            .iter()
+            .any(|(to_us, m)| *to_us && m.starts_with("SIP/2.0 407")),
+        "no 407 challenge\n{}",
+        desk.logs()
+    );
+    let log = far.log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("From:") && l.contains("sip:+15550100@")),
+        "the far end did not see alice's number\n{}",
+        far.logs()
+    );
+    assert_audio_both_ways(&desk, &far, "phone -> trunk");
+    // Hold and resume from the phone reach the far end.
+    desk.command("hold", "");
+    far.wait_transitions("StreamsRunning", "PausedByRemote", 1);
+    desk.command("resume", "");
+    far.wait_transitions("PausedByRemote", "StreamsRunning", 1);
+    // DTMF (RFC 4733) from the phone.
+    desk.command("sndcode", "4");
+    desk.command("sndcode", "2");
+    let ok = wait_until(WAIT, || far.digits_received().contains("42"));
+    assert!(
+        ok,
+        "the far end got digits {:?}, not 42\n{}",
+        far.digits_received(),
+        far.logs()
+    );
+    hang_up(&mut desk, &far);
+    let cdr = cdr_line(&sbc);
+    assert!(cdr.contains("from=\"+15550100\""), "{cdr}");
+    assert!(cdr.contains("direction=outbound"), "{cdr}");
 }
