@@ -99,6 +99,7 @@ fn bench(c: &mut Criterion) {
     let params = InviteParams {
         body_type: None,
         contact_params: None,
+        flow: false,
         request_uri: "sip:+15550100@10.0.0.2".into(),
         from: "<sip:+15550111@10.0.0.1>".into(),
         to: "<sip:+15550100@10.0.0.2>".into(),

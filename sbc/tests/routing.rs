@@ -55,6 +55,7 @@ async fn call(h: &ServerHandle, events: &Events, to: &str) -> (u16, Option<Strin
     let p = InviteParams {
         body_type: None,
         contact_params: None,
+        flow: false,
         request_uri: format!("sip:{to}@127.0.0.1"),
         from: "<sip:+15550111@127.0.0.1>".into(),
         to: format!("<sip:{to}@127.0.0.1>"),

@@ -50,6 +50,7 @@ async fn a_call_over_tls() {
     let p = InviteParams {
         body_type: None,
         contact_params: None,
+        flow: false,
         request_uri: "sip:+15550001@127.0.0.1;transport=tls".into(),
         from: "<sip:+15550111@127.0.0.1>".into(),
         to: "<sip:+15550001@127.0.0.1>".into(),

@@ -271,6 +271,7 @@ async fn our_uac_against_sipp_uas(transport: &str, loss: Option<f64>, calls: usi
         let p = InviteParams {
             body_type: None,
             contact_params: None,
+            flow: false,
             request_uri: format!("sip:service@{sipp_addr}"),
             from: format!("<sip:+1555010{i:04}@127.0.0.1>"),
             to: format!("<sip:service@{sipp_addr}>"),

@@ -60,6 +60,7 @@
 //!         credentials: None,
 //!         body_type: None,
 //!         contact_params: None,
+//!         flow: false,
 //!     })
 //!     .unwrap();
 //! // The driver's job: move bytes between them, and act on events.

@@ -141,6 +141,7 @@ impl Caller {
         let p = InviteParams {
             body_type: None,
             contact_params: None,
+            flow: false,
             request_uri: format!("sip:{NUMBER}@{sbc}"),
             from: format!("<sip:{FROM}@{ip}>"),
             to: format!("<sip:{NUMBER}@{sbc}>"),

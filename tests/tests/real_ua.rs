@@ -277,6 +277,15 @@ fn wait_tone(path: &Path, pending: Option<(u32, usize)>, from: usize, hz: f64) -
 
 /// baresip, driven over its ctrl_tcp socket.
 #[derive(Debug)]
+/// Where a baresip runs: in the host's network or namespace `netns`, its
+/// SIP and control addresses, and the address it names in SDP.
+struct Ua {
+    netns: Option<String>,
+    sip: SocketAddr,
+    ctrl: SocketAddr,
+    net: String,
+}
+
 struct Baresip {
     child: Child,
     dir: PathBuf,
@@ -307,8 +316,28 @@ impl Baresip {
         tone: &Path,
         rtcp_mux: bool,
     ) -> Baresip {
-        std::fs::create_dir_all(dir.join("rec")).expect("create the baresip dirs");
         let ctrl_addr = SocketAddr::new(sip.ip(), free_tcp_port(sip.ip()));
+        let ua = Ua {
+            netns: None,
+            sip,
+            ctrl: ctrl_addr,
+            net: "127.0.0.1".into(),
+        };
+        Baresip::launch(dir, &ua, rtp_ports, account, tone, rtcp_mux)
+    }
+
+    /// Starts baresip as `ua` says (its network namespace, SIP and control
+    /// addresses); the rest as [`Baresip::start_at`].
+    fn launch(
+        dir: &Path,
+        ua: &Ua,
+        rtp_ports: &str,
+        account: &str,
+        tone: &Path,
+        rtcp_mux: bool,
+    ) -> Baresip {
+        std::fs::create_dir_all(dir.join("rec")).expect("create the baresip dirs");
+        let (sip, ctrl_addr) = (ua.sip, ua.ctrl);
         let config = template(
             "baresip.conf",
             &[
@@ -318,13 +347,22 @@ impl Baresip {
                 ("RTP_PORTS", rtp_ports.into()),
                 ("REC", dir.join("rec").display().to_string()),
                 ("RTCP_MUX", if rtcp_mux { "yes" } else { "no" }.into()),
+                ("NET", ua.net.clone()),
             ],
         );
         std::fs::write(dir.join("config"), config).expect("write the baresip config");
         std::fs::write(dir.join("accounts"), format!("{account}\n"))
             .expect("write the baresip accounts");
         let log = File::create(dir.join("baresip.log")).expect("create baresip.log");
-        let child = Command::new("baresip")
+        let mut cmd = match &ua.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "baresip"]);
+                c
+            }
+            None => Command::new("baresip"),
+        };
+        let child = cmd
             .arg("-v") // what it does with the media
             .arg("-s") // SIP trace
             .arg("-f")
@@ -1448,4 +1486,185 @@ fn a_registered_phone_dials_out_with_its_operators_number_holds_and_sends_dtmf()
     let cdr = cdr_line(&sbc);
     assert!(cdr.contains("from=\"+15550100\""), "{cdr}");
     assert!(cdr.contains("direction=outbound"), "{cdr}");
+}
+
+/// A phone's network behind NAT, for one test: namespace `nat<pid>` holding
+/// the phone at `198.18.N.2` (a public-looking address, not a private one)
+/// whose packets leave SNATed to `198.19.N.7`, as a home router's do; the
+/// host is `198.18.N.1`. A stateful filter drops what was not asked for, so
+/// nothing reaches the phone at the address it writes in its SIP and SDP:
+/// only replies to what it sent come in. Gone (namespace, veth, route) when
+/// dropped.
+struct Nat {
+    ns: String,
+    host: std::net::IpAddr,
+    inside: std::net::IpAddr,
+    outside: std::net::IpAddr,
+}
+
+impl Nat {
+    /// The phone's control port (baresip's ctrl_tcp), the only thing the
+    /// host may open toward it.
+    const CTRL: u16 = 4444;
+
+    fn create() -> Nat {
+        let id = std::process::id();
+        let n = 20 + id % 200;
+        let ns = format!("nat{id}");
+        let (vh, vn) = (format!("nh{id}"), format!("nn{id}"));
+        let host: std::net::IpAddr = format!("198.18.{n}.1").parse().unwrap();
+        let inside: std::net::IpAddr = format!("198.18.{n}.2").parse().unwrap();
+        let outside: std::net::IpAddr = format!("198.19.{n}.7").parse().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => panic!(
+                    "{}: {} (the NAT test needs root, iproute2 and nftables: tests/ci.sh \
+                     installs them)",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => panic!("{}: {e}", args[0]),
+            }
+        };
+        let nat = Nat {
+            ns: ns.clone(),
+            host,
+            inside,
+            outside,
+        };
+        run(&["ip", "netns", "add", &ns]);
+        run(&[
+            "ip", "link", "add", &vh, "type", "veth", "peer", "name", &vn,
+        ]);
+        run(&["ip", "link", "set", &vn, "netns", &ns]);
+        run(&["ip", "addr", "add", &format!("{host}/24"), "dev", &vh]);
+        run(&["ip", "link", "set", &vh, "up"]);
+        let inns = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", &ns];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        inns(&["ip", "addr", "add", &format!("{inside}/24"), "dev", &vn]);
+        inns(&["ip", "link", "set", &vn, "up"]);
+        inns(&["ip", "link", "set", "lo", "up"]);
+        inns(&["ip", "route", "add", "default", "via", &host.to_string()]);
+        // Replies to the NAT's outside address go back into the namespace.
+        run(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{outside}/32"),
+            "via",
+            &inside.to_string(),
+        ]);
+        let rules = format!(
+            "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  \
+             oifname \"{vn}\" snat to {outside}\n }}\n}}\n\
+             table ip filter {{\n chain input {{\n  type filter hook input priority 0; policy drop;\n  \
+             ct state established,related accept\n  iifname \"lo\" accept\n  \
+             tcp dport {} accept\n }}\n}}\n",
+            Nat::CTRL
+        );
+        let rules_file = std::env::temp_dir().join(format!("nat{id}.nft"));
+        std::fs::write(&rules_file, rules).expect("write the nft rules");
+        inns(&["nft", "-f", &rules_file.display().to_string()]);
+        let _ = std::fs::remove_file(&rules_file);
+        nat
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        // The veth pair and the route through it go with the namespace.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["route", "del", &format!("{}/32", self.outside)])
+            .output();
+    }
+}
+
+/// A phone behind NAT (issue 22): baresip registers from inside a network
+/// namespace whose packets leave SNATed (198.18.N.2 -> 198.19.N.7); it writes
+/// its inside address in its Contact and SDP, an address the SBC cannot reach
+/// and that is not where its packets come from. The SBC keeps the address
+/// the REGISTER came from (rport, RFC 3581) and rings the phone there; the
+/// phone answers; its RTP latches by its SIP address (strict latching, a
+/// carrier's rule, would drop it: it is neither the SDP's address nor a
+/// private one) and the SBC's RTP goes back through the NAT. Audio both
+/// ways: SIPp mirrors it (`-rtp_echo`), so baresip hears its own tone.
+#[test]
+fn a_phone_behind_nat_registers_is_rung_and_talks_both_ways() {
+    use integration_tests::sbc_process::SippCmd;
+    let _serial = serial();
+    require_user_agents();
+    let nat = Nat::create();
+    let work = TempDir::new("real-ua-nat");
+    let mut spec = SbcSpec::new(
+        "real-ua-nat",
+        rtp(68),
+        phones_config("127.0.0.9:5060".parse().unwrap()),
+    );
+    spec.ip = nat.host;
+    let sbc = Sbc::start(&spec);
+    let tone = work.join("phone-1000.wav");
+    write_tone(&tone, 48_000, CALLEE_HZ, TONE_SECS);
+    let ua = Ua {
+        netns: Some(nat.ns.clone()),
+        sip: SocketAddr::new(nat.inside, 5060),
+        ctrl: SocketAddr::new(nat.inside, Nat::CTRL),
+        net: nat.inside.to_string(),
+    };
+    let account = format!(
+        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
+        sbc.sip
+    );
+    let mut phone = Baresip::launch(
+        &work.join("phone"),
+        &ua,
+        "40000-40099",
+        &account,
+        &tone,
+        false,
+    );
+    let registered = sbc.wait_metric("sbc_registrations_active", &[], WAIT, |v| v >= 1.0);
+    assert_eq!(registered, 1.0, "the phone registered\n{}", phone.logs());
+    // What it wrote is its inside address; where it came from, the NAT's.
+    let log = read_lossy(&phone.dir.join("baresip.log"));
+    assert!(
+        log.contains(&format!("@{}:5060", nat.inside)),
+        "its Contact names its inside address\n{}",
+        phone.logs()
+    );
+    let mut carrier = SippCmd::new("nat-caller", "caller_echo.xml", lo(2))
+        .remote(sbc.sip)
+        .service("+15550100")
+        .calls(1)
+        .timeout_secs(120)
+        .flag("-rtp_echo")
+        .spawn();
+    phone.wait_events("CALL_ESTABLISHED", 1);
+    let heard = wait_tone(&phone.received_wav(), None, 0, CALLEE_HZ);
+    assert!(
+        heard >= HEARD_MS,
+        "the phone behind NAT heard {heard} ms of its own {CALLEE_HZ} Hz back through the \
+         carrier\n{}\n{}",
+        phone.logs(),
+        sbc.logs()
+    );
+    // Its INVITE went to the NAT's address, not the Contact's.
+    let trace = sip_trace(&read_lossy(&phone.dir.join("baresip.log")), ua.sip);
+    assert!(
+        trace
+            .iter()
+            .any(|(to_us, m)| *to_us && m.starts_with("INVITE ")),
+        "the INVITE reached the phone through the NAT\n{}",
+        phone.logs()
+    );
+    phone.command("hangup", "");
+    phone.wait_events("CALL_CLOSED", 1);
+    carrier.assert_success(WAIT);
+    let cdr = cdr_line(&sbc);
+    assert!(cdr.contains("answered_by=operator:alice"), "{cdr}");
 }

@@ -751,6 +751,7 @@ pub fn sip_dialog(data: &[u8]) {
                     InviteParams {
                         body_type: None,
                         contact_params: None,
+                        flow: false,
                         request_uri: "sip:+15550100@192.0.2.9".into(),
                         from: "<sip:+15550111@192.0.2.1>".into(),
                         to: "<sip:+15550100@192.0.2.9>".into(),
@@ -1282,6 +1283,7 @@ pub fn call(data: &[u8]) {
                     InviteParams {
                         body_type: None,
                         contact_params: None,
+                        flow: false,
                         request_uri: format!("sip:{to}@192.0.2.10"),
                         from: "<sip:+15550111@192.0.2.20>".into(),
                         to: format!("<sip:{to}@192.0.2.10>"),
@@ -1562,6 +1564,7 @@ pub fn call(data: &[u8]) {
                     InviteParams {
                         body_type: None,
                         contact_params: None,
+                        flow: false,
                         request_uri: "sip:+15550100@192.0.2.10".into(),
                         from: "<sip:+15550112@192.0.2.20>".into(),
                         to: "<sip:+15550100@192.0.2.10>".into(),

@@ -840,6 +840,8 @@ impl Call {
         let params = InviteParams {
             body_type: None,
             contact_params: None,
+            // A phone is reached where it registered from, its whole call.
+            flow: phone.is_some(),
             request_uri: uri.clone(),
             from: format!(
                 "<sip:{}@{host}>",

@@ -154,6 +154,7 @@ impl Call {
             credentials: None,
             body_type: Some(content_type),
             contact_params: Some(siprec::SRC_FEATURE.into()),
+            flow: false,
         };
         self.siprec = Some(s);
         self.sip(key, SipAction::Invite(Box::new(params)));

@@ -848,6 +848,7 @@ impl World {
                 InviteParams {
                     body_type: None,
                     contact_params: None,
+                    flow: false,
                     request_uri: format!("sip:{to}@{SBC_IP}"),
                     from: "\"Carrier Caller\" <sip:+15550111@10.0.0.2>".into(),
                     to: format!("<sip:{to}@{SBC_IP}>"),
@@ -889,6 +890,7 @@ impl World {
                 InviteParams {
                     body_type: None,
                     contact_params: None,
+                    flow: false,
                     request_uri: format!("sip:{to}@{SBC_IP}"),
                     from: format!("<{from}>"),
                     to: format!("<sip:{to}@{SBC_IP}>"),

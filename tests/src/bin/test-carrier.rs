@@ -821,6 +821,7 @@ impl Carrier {
         let p = InviteParams {
             body_type: None,
             contact_params: None,
+            flow: false,
             request_uri: format!("sip:{to}@{sbc}"),
             from: format!("<sip:{from}@{ip}>"),
             to: format!("<sip:{to}@{sbc}>"),

@@ -172,6 +172,11 @@ pub struct InviteParams {
     pub body_type: Option<String>,
     /// Feature tags after our Contact URI (RFC 3840; SIPREC's `+sip.src`).
     pub contact_params: Option<String>,
+    /// Every request of the dialog goes to `peer`, whatever its Contact says:
+    /// a registered phone reached over its flow (RFC 5626 section 5.3), the
+    /// address its REGISTER came from, since behind NAT its Contact is
+    /// unreachable. See [`UserAgent::use_flow`].
+    pub flow: bool,
 }
 
 /// A REGISTER binding to keep (RFC 3261 section 10).
@@ -431,6 +436,16 @@ struct Retx {
     cseq: u32,
 }
 
+/// Where a leg's in-dialog requests go: its flow when it keeps to one,
+/// else the route set or the remote target ([`next_hop`]).
+fn hop_of(l: &Leg) -> Peer {
+    if l.flow && l.routes.is_empty() {
+        l.peer
+    } else {
+        next_hop(&l.routes, &l.remote_target, l.peer)
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Leg {
     role: Role,
@@ -477,6 +492,8 @@ struct Leg {
     body_type: String,
     /// Feature tags after our Contact URI in INVITEs and UPDATEs.
     contact_params: String,
+    /// In-dialog requests go to `peer` (no route set): [`InviteParams::flow`].
+    flow: bool,
     /// The session timer, once negotiated.
     session: Option<SessionTimer>,
     /// UAC: the session interval we ask for, and the `Min-SE` we send.
@@ -744,6 +761,7 @@ impl UserAgent {
             local_sdp: p.sdp.clone().unwrap_or_default(),
             body_type: p.body_type.unwrap_or_else(|| SDP.into()),
             contact_params: p.contact_params.unwrap_or_default(),
+            flow: p.flow,
             session: None,
             se_ask,
             peer_update: false,
@@ -892,7 +910,7 @@ impl UserAgent {
             .clone()
             .ok_or(UaError::WrongState("no dialog"))?;
         l.local_cseq += 1;
-        let hop = next_hop(&l.routes, &l.remote_target, l.peer);
+        let hop = hop_of(l);
         let (from, to) = match l.role {
             Role::Uac => (
                 format!("{};tag={}", l.local_addr, l.local_tag),
@@ -1456,6 +1474,7 @@ impl UserAgent {
                     local_sdp: Vec::new(),
                     body_type: SDP.into(),
                     contact_params: String::new(),
+                    flow: false,
                     session: None,
                     se_ask: None,
                     peer_update: allows_update(&req),
@@ -2022,7 +2041,7 @@ impl UserAgent {
         let Some(l) = self.legs.get_mut(&leg) else {
             return;
         };
-        let hop = next_hop(&l.routes, &l.remote_target, l.peer);
+        let hop = hop_of(l);
         let from = format!("{};tag={}", l.local_addr, l.local_tag);
         let to = with_tag(&l.remote_addr, tag);
         let Some(req) = build_request(
@@ -2050,6 +2069,14 @@ impl UserAgent {
         self.out.push_back(Transmit { to: hop, bytes });
     }
 
+    /// Keeps every later request of `leg` (a phone's incoming call) on the
+    /// address its INVITE came from: [`InviteParams::flow`].
+    pub fn use_flow(&mut self, leg: LegId) {
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.flow = true;
+        }
+    }
+
     /// Resends the ACK for a retransmitted 2xx with `cseq`; `false` if we have none.
     fn resend_ack(&mut self, leg: LegId, cseq: u32) -> bool {
         let Some(l) = self.legs.get(&leg) else {
@@ -2059,7 +2086,7 @@ impl UserAgent {
         if *n != cseq {
             return false;
         }
-        let hop = next_hop(&l.routes, &l.remote_target, l.peer);
+        let hop = hop_of(l);
         self.out.push_back(Transmit {
             to: hop,
             bytes: ack.clone(),

@@ -388,7 +388,11 @@ impl UserAgent {
         let target = resp.contact_uri().unwrap_or(&l.remote_target).to_string();
         let mut routes = resp.values("Record-Route");
         routes.reverse();
-        let hop = next_hop(&routes, &target, l.peer);
+        let hop = if l.flow && routes.is_empty() {
+            l.peer
+        } else {
+            next_hop(&routes, &target, l.peer)
+        };
         let from = format!("{};tag={}", l.local_addr, l.local_tag);
         let to = resp.header_to().unwrap_or(&l.remote_addr).to_string();
         let rack = format!(

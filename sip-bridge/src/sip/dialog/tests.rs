@@ -30,6 +30,7 @@ fn params(to: u8) -> InviteParams {
     InviteParams {
         body_type: None,
         contact_params: None,
+        flow: false,
         request_uri: format!("sip:+15550100@10.0.0.{to}"),
         from: "\"Alice\" <sip:+15550111@10.0.0.1>".into(),
         to: format!("<sip:+15550100@10.0.0.{to}>"),
