@@ -682,11 +682,6 @@ impl Registrar {
         r
     }
 
-    /// Whether `username` is one of the phone accounts.
-    pub fn is_account(&self, username: &str) -> bool {
-        self.accounts.contains_key(username)
-    }
-
     /// The operator of phone account `username`.
     pub fn operator_of(&self, username: &str) -> Option<&str> {
         self.accounts.get(username).map(|a| a.operator.as_str())

@@ -30,10 +30,7 @@ impl HeadlessOperator {
     /// `online`. Panics (naming what) when it cannot.
     pub fn online(http: SocketAddr, op: &str, numbers: &[&str]) -> HeadlessOperator {
         let issuer = TokenIssuer::new(TEST_TOKEN_SECRET.as_bytes());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = sbc::clock::Clock::unix_secs();
         let (token, _) = issuer
             .issue(
                 now,

@@ -3,9 +3,10 @@
 //! numbers, and what it dialled goes through the dial plan as an operator's
 //! `dial` does.
 //!
-//! Which INVITEs are a phone's: from no trunk's source, with proxy
-//! credentials or a From naming a phone account. Any other INVITE from a
-//! stranger is a caller as before (403 unless inbound is open).
+//! Which INVITEs are a phone's: every one from no trunk's source (a
+//! stranger's too: it is challenged like a phone whose user is unknown, so
+//! the 407 tells nothing). With inbound open to anyone, a call to one of our
+//! numbers without credentials stays a caller's.
 
 use media_core::Instant;
 
@@ -62,13 +63,19 @@ impl Bridge {
     }
 
     /// Whether the INVITE `req` from `from` is a phone's call (module docs).
+    /// Never decided by the From: an INVITE naming an account must be
+    /// answered like one naming nobody, or `svwar -m INVITE` enumerates the
+    /// accounts by who gets the 407.
     pub(super) fn is_phone_call(&self, req: &Request, from: Peer) -> bool {
-        let Some(r) = self.registrar.as_ref() else {
+        if self.registrar.is_none() || self.cfg.trunk_for_source(from.addr.ip()).is_some() {
             return false;
-        };
-        self.cfg.trunk_for_source(from.addr.ip()).is_none()
-            && (!req.lines("Proxy-Authorization").is_empty()
-                || r.is_account(&user_of(req.header_from().unwrap_or(""))))
+        }
+        // Inbound open to anyone: a call to one of our numbers may be a
+        // stranger's; only what goes elsewhere, or carries credentials, is
+        // a phone's.
+        !self.cfg.open_inbound
+            || !req.lines("Proxy-Authorization").is_empty()
+            || self.cfg.number(&user_of(&req.uri.to_string())).is_none()
     }
 
     /// Whether the raw initial INVITE `bytes` from `from` is a phone's (see
@@ -112,6 +119,9 @@ impl Bridge {
         let op = account.operator.clone();
         match self.place_phone_call(now, req, from, &account.username, &op) {
             Ok(id) => {
+                // Behind NAT its Contact is unreachable: the whole dialog
+                // keeps to where its INVITE came from.
+                self.ua.use_flow(leg);
                 let caller = self.calls.get(&id).map(|c| c.caller());
                 if let Some(caller) = caller {
                     self.sip_legs.insert(leg, (id, caller));
