@@ -383,3 +383,74 @@ fn a_vanished_phone_misses_three_keepalives_and_is_offline_long_before_its_expir
         0
     );
 }
+
+#[test]
+fn a_phone_transfers_its_caller_with_its_transfer_key() {
+    let mut w = World::new(phone_config());
+    register_desk_phone(&mut w);
+    let caller = w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    let (phone_leg, offer) = {
+        let p = w.phone.as_ref().unwrap();
+        p.events
+            .iter()
+            .find_map(|e| match e {
+                UaEvent::IncomingInvite { leg, request, .. } => Some((*leg, request.body.clone())),
+                _ => None,
+            })
+            .expect("the phone rings")
+    };
+    let now = w.now;
+    let p = w.phone.as_mut().unwrap();
+    let answer = p.answer_for(phone_leg, &offer);
+    p.ua.respond(now, phone_leg, 200, Some(answer.as_bytes()), &[])
+        .unwrap();
+    p.media.get_mut(&phone_leg).unwrap().tone = Some(media_core::analysis::ToneGenerator::new(
+        8000,
+        &[(PHONE, 6000.0)],
+    ));
+    w.run(ms(1000));
+    // Alice presses Transfer and dials +15557770 (a blind REFER, RFC 3515).
+    w.carrier.auto_answer = Some(vec![(180, false), (200, true)]);
+    let now = w.now;
+    w.phone
+        .as_mut()
+        .unwrap()
+        .ua
+        .refer(now, phone_leg, &format!("sip:+15557770@{SBC_IP}"), true)
+        .unwrap();
+    w.run(ms(500));
+    let target = w
+        .carrier_events()
+        .iter()
+        .find_map(|e| match e {
+            UaEvent::IncomingInvite { leg, request, .. }
+                if request.uri.to_string().starts_with("sip:+15557770@") =>
+            {
+                Some(*leg)
+            }
+            _ => None,
+        })
+        .expect("the target is called through the trunk");
+    w.carrier.media.get_mut(&target).unwrap().tone = Some(
+        media_core::analysis::ToneGenerator::new(8000, &[(ALICE, 6000.0)]),
+    );
+    w.run(ms(1500));
+    // The phone is released; the caller talks to the target.
+    assert!(
+        w.phone.as_ref().unwrap().events.iter().any(|e| matches!(
+            e,
+            UaEvent::Terminated { leg, .. } if *leg == phone_leg
+        )),
+        "the phone left once the target answered"
+    );
+    let heard = &w.carrier.media[&caller].heard;
+    World::assert_hears(
+        &heard[heard.len() / 2..],
+        8000,
+        &[ALICE],
+        &[PHONE],
+        "caller",
+    );
+    assert!(w.bridge.presence().active_call("alice").is_none());
+}

@@ -170,8 +170,9 @@ impl Call {
     }
 
     /// A REFER from SIP party `key` (RFC 3515): a blind transfer of the
-    /// others to the Refer-To target, if its trunk allows it (else 403),
-    /// reported to it in NOTIFYs; it leaves once the target answered.
+    /// others to the Refer-To target, if its trunk allows it or it is an
+    /// operator's registered phone (its Transfer key; else 403), reported to
+    /// it in NOTIFYs; it leaves once the target answered.
     pub(crate) fn sip_refer(
         &mut self,
         now: Instant,
@@ -179,13 +180,13 @@ impl Call {
         key: LegKey,
         refer_to: &str,
     ) {
-        let allowed = self
-            .parties
-            .get(&key)
-            .and_then(|p| p.sip())
-            .and_then(|s| s.trunk)
-            .and_then(|t| ctx.cfg.trunks.get(t))
-            .is_some_and(|t| t.accept_refer);
+        let sip = self.parties.get(&key).and_then(|p| p.sip());
+        let phone = sip.is_some_and(|s| s.operator.is_some());
+        let allowed = phone
+            || sip
+                .and_then(|s| s.trunk)
+                .and_then(|t| ctx.cfg.trunks.get(t))
+                .is_some_and(|t| t.accept_refer);
         let refuse = |status: u16| SipAction::AnswerRefer { status };
         if !allowed {
             return self.sip(key, refuse(403));
@@ -202,7 +203,11 @@ impl Call {
                 Target::Sip(refer_to.trim().to_string())
             }
             Ok((_, Some(_))) => return self.sip(key, refuse(400)),
-            Ok((uri, None)) => match refer_target(&uri) {
+            Ok((uri, None)) => match if phone {
+                phone_refer_target(ctx, &uri)
+            } else {
+                refer_target(&uri)
+            } {
                 Some(t) => t,
                 None => return self.sip(key, refuse(400)),
             },
@@ -1053,6 +1058,32 @@ fn refer_target(uri: &str) -> Option<Target> {
         });
     }
     Some(Target::Sip(uri.to_string()))
+}
+
+/// Where a phone's Transfer key sends the call: the user part as the phone
+/// dialled it: another phone account or operator (`operator:REF`), one of
+/// our numbers (its operators), or digits for the trunk.
+fn phone_refer_target(ctx: &CallCtx<'_>, uri: &str) -> Option<Target> {
+    if uri.trim().starts_with("tel:") {
+        return refer_target(uri);
+    }
+    let user = super::user_of(uri);
+    if let Some(op) = ctx.phones.and_then(|r| r.operator_of(&user)) {
+        return Some(Target::Operator(op.to_string()));
+    }
+    if ctx.presence.is_ready(&user) {
+        return Some(Target::Operator(user));
+    }
+    if let Some(n) = ctx.cfg.number(&user) {
+        return Some(Target::OperatorsOf(n.id.clone()));
+    }
+    let digits = user.strip_prefix('+').unwrap_or(&user);
+    (!digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(
+        || Target::Pstn {
+            number: user.clone(),
+            trunk: None,
+        },
+    )
 }
 
 fn is_e164(n: &str) -> bool {
