@@ -1685,13 +1685,17 @@ enum RegOp {
     Wait(u16),
     /// A connection closes.
     Closed(u8),
+    /// Raw bytes as a phone's INVITE (a call it places).
+    Call(Vec<u8>),
+    /// The next keep-alive's outcome.
+    Keepalive(bool),
 }
 
 /// The registrar: fuzzed REGISTERs (contacts and their parameters, Path,
 /// Expires, CSeq, right and wrong answers, raw bytes) from four addresses
-/// over time. Never a panic; its count of bindings is the sum of its
-/// operators', each within the limit; once time passes every expiry,
-/// nothing is left.
+/// over time, raw INVITEs (calls phones place) and keep-alive outcomes.
+/// Never a panic; its count of bindings is the sum of its operators', each
+/// within the limit; once time passes every expiry, nothing is left.
 pub fn registrar(data: &[u8]) {
     use sip_bridge::registrar::{PhoneAccount, RegisterReply, Registrar, RegistrarConfig};
     use sip_bridge::sip::auth::{Challenge, Credentials, DigestClient};
@@ -1786,6 +1790,18 @@ pub fn registrar(data: &[u8]) {
                 }
             }
             RegOp::Closed(c) => reg.handle_flow_closed(c as u64),
+            RegOp::Call(bytes) => {
+                if let Inbound::Request(r) = sipmsg::classify(&bytes, Transport::Udp, &vcfg) {
+                    let source = Peer::udp("192.0.2.2:5060".parse().unwrap());
+                    let unix = 1_795_000_000_000 + now.as_micros() / 1000;
+                    let _ = reg.authorize_call(now, unix, &*r, source);
+                }
+            }
+            RegOp::Keepalive(answered) => {
+                if let Some(k) = reg.poll_keepalive() {
+                    reg.handle_keepalive_result(&k.operator, &k.contact, answered);
+                }
+            }
         }
         let per: usize = ["alice", "bob"].iter().map(|o| reg.bindings(o).len()).sum();
         assert_eq!(per, reg.len(), "bindings counted twice or lost");
