@@ -816,6 +816,20 @@ pub struct RegistrarSection {
     /// answers none of 3 in a row is unregistered (offline).
     #[serde(deserialize_with = "values::interval")]
     pub keepalive: Option<Duration>,
+    /// Phone accounts the config does not list are asked of the customer's
+    /// backend here (POST `{"username", "realm"}`, signed with
+    /// `accounts_secret` like webhooks; see `sbc::directory`).
+    pub accounts_url: Option<String>,
+    /// Signs the `accounts_url` requests (`X-Sbc-Signature`).
+    pub accounts_secret: Option<Secret>,
+    /// How long the backend's answer about a username is kept (found or
+    /// not: a guesser's names cost one request each).
+    #[serde(deserialize_with = "values::one")]
+    pub accounts_ttl: Duration,
+    /// How long a REGISTER waits for the backend before the phone is told
+    /// to come back (503).
+    #[serde(deserialize_with = "values::one")]
+    pub accounts_timeout: Duration,
 }
 
 /// `[[trunks]] latch`.
@@ -857,6 +871,10 @@ impl Default for RegistrarSection {
             sha256: Sha256Setting::Off,
             ring_both: d.ring_both,
             keepalive: d.keepalive,
+            accounts_url: None,
+            accounts_secret: None,
+            accounts_ttl: Duration::from_secs(300),
+            accounts_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -1500,6 +1518,7 @@ impl SbcConfig {
             },
             ring_both: r.ring_both,
             keepalive: r.keepalive,
+            lookup_ttl: r.accounts_url.as_ref().map(|_| r.accounts_ttl),
             ..Default::default()
         };
         b.phones = self

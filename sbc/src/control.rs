@@ -46,6 +46,7 @@ pub struct ControlCore {
     stateless: VecDeque<Transmit>,
     seed: u64,
     router: Option<Arc<dyn Router>>,
+    directory: Option<Arc<dyn crate::directory::PhoneDirectory>>,
     trunks_exported: Option<Instant>,
     /// The port pool's counts at the last export.
     ports_exported: PortStats,
@@ -80,6 +81,7 @@ impl ControlCore {
             stateless: VecDeque::new(),
             seed,
             router: None,
+            directory: None,
             trunks_exported: None,
             ports_exported: PortStats::default(),
             stopped: false,
@@ -89,6 +91,11 @@ impl ControlCore {
     /// Routes every call through `router` (the bridge asks before ringing).
     pub fn set_router(&mut self, router: Arc<dyn Router>) {
         self.router = Some(router);
+    }
+
+    /// Asks `directory` about phone accounts the config does not list.
+    pub fn set_directory(&mut self, directory: Arc<dyn crate::directory::PhoneDirectory>) {
+        self.directory = Some(directory);
     }
 
     /// Where the tasks this core starts (media, routing) send their inputs back.
@@ -118,6 +125,9 @@ impl ControlCore {
         match input {
             ControlIn::Sip { bytes, from } => self.on_sip(now, &bytes, from),
             ControlIn::Timeout => self.bridge.handle_timeout(now),
+            ControlIn::Lookup { username, answer } => {
+                self.bridge.handle_phone_lookup(now, &username, answer)
+            }
             ControlIn::WsOpen { session, tx } => {
                 self.ws.insert(session, tx);
                 self.bridge.handle_ws_open(now, session);
@@ -150,6 +160,7 @@ impl ControlCore {
         self.drain_ws();
         self.drain_media();
         self.drain_routes(now);
+        self.drain_lookups(now);
         self.drain_events();
         self.export_gauges(now);
     }
@@ -248,6 +259,32 @@ impl ControlCore {
                 _ => self
                     .bridge
                     .handle_route(now, facts.call_id, RouteDecision::Default),
+            }
+        }
+    }
+
+    /// Phone accounts to ask the backend about, each on a task of its own
+    /// (the REGISTER waits, nothing else does); without a directory, none.
+    fn drain_lookups(&mut self, now: Instant) {
+        let realm = self
+            .bridge
+            .registrar()
+            .map(|r| r.config().realm.clone())
+            .unwrap_or_default();
+        while let Some(username) = self.bridge.poll_phone_lookup() {
+            match (&self.directory, &self.inbox) {
+                (Some(d), Some(inbox)) => {
+                    let (d, inbox, realm) = (d.clone(), inbox.clone(), realm.clone());
+                    tokio::spawn(async move {
+                        let answer = d.lookup(username.clone(), realm).await;
+                        let _ = inbox.send(ControlIn::Lookup { username, answer });
+                    });
+                }
+                _ => self.bridge.handle_phone_lookup(
+                    now,
+                    &username,
+                    sip_bridge::registrar::Lookup::Unavailable,
+                ),
             }
         }
     }

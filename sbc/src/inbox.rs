@@ -32,6 +32,13 @@ pub enum ControlIn {
     },
     /// The control task's timer is due (`ControlCore`'s `poll_timeout`).
     Timeout,
+    /// The backend's answer about a phone account.
+    Lookup {
+        /// The username asked about.
+        username: String,
+        /// What it said.
+        answer: sip_bridge::registrar::Lookup,
+    },
     /// An operator WebSocket opened; what the bridge says to it goes to `tx`.
     WsOpen {
         /// Its signalling session.

@@ -44,6 +44,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod directory;
 pub mod dual_stack;
 pub mod events;
 pub mod fork_ws;

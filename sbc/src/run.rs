@@ -176,6 +176,17 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
             .as_ref()
             .map(|w| (w.url.clone(), w.secret.expose().as_bytes().to_vec())),
         demo: cfg.demo.enabled,
+        phone_accounts: cfg.registrar.accounts_url.as_ref().map(|u| {
+            (
+                u.clone(),
+                cfg.registrar
+                    .accounts_secret
+                    .as_ref()
+                    .map(|s| s.expose().as_bytes().to_vec())
+                    .unwrap_or_default(),
+                cfg.registrar.accounts_timeout,
+            )
+        }),
         routing: cfg.routing.as_ref().map(|r| {
             (
                 r.url.clone(),

@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub demo: bool,
     /// The routing webhook: URL, signing secret, timeout.
     pub routing: Option<(String, Vec<u8>, Duration)>,
+    /// Phone accounts from the backend: URL, signing secret, timeout.
+    pub phone_accounts: Option<(String, Vec<u8>, Duration)>,
     /// Recordings: where, how long, how many.
     pub recording: RecorderConfig,
 }
@@ -100,6 +102,7 @@ pub struct ServerBuilder {
     cfg: ServerConfig,
     sinks: Vec<Arc<dyn EventSink>>,
     router: Option<Arc<dyn Router>>,
+    directory: Option<Arc<dyn crate::directory::PhoneDirectory>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -121,6 +124,7 @@ impl Server {
             cfg,
             sinks: Vec::new(),
             router: None,
+            directory: None,
         }
     }
 }
@@ -146,6 +150,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Asks `directory` who a phone is when the config does not list its
+    /// username (instead of `[registrar] accounts_url`); the bridge's
+    /// `registrar.lookup_ttl` must be set.
+    pub fn directory(mut self, directory: Arc<dyn crate::directory::PhoneDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
     fn events_all(mut self, sinks: Vec<Arc<dyn EventSink>>) -> Self {
         self.sinks.extend(sinks);
         self
@@ -163,13 +175,18 @@ impl ServerBuilder {
             mut cfg,
             mut sinks,
             router,
+            directory,
         } = self;
+        let directory =
+            directory.or_else(|| crate::directory::from_config(cfg.phone_accounts.clone()));
         if router.is_none()
             && let Some((url, secret, timeout)) = cfg.routing.clone()
         {
             // The config's routing webhook, unless the embedder gave its own router.
             let http = Arc::new(HttpRouter::new(url, secret, timeout));
-            return Box::pin(Server::builder(cfg).router(http).events_all(sinks).start()).await;
+            let mut b = Server::builder(cfg).router(http).events_all(sinks);
+            b.directory = directory;
+            return Box::pin(b.start()).await;
         }
         cfg.bridge.external_routing = router.is_some();
         let metrics_handle = prometheus();
@@ -239,6 +256,9 @@ impl ServerBuilder {
             c.set_inbox(me.unbounded());
             if let Some(r) = router {
                 c.set_router(r);
+            }
+            if let Some(d) = directory {
+                c.set_directory(d);
             }
         });
 

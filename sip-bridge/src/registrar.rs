@@ -76,6 +76,28 @@ pub struct RegistrarConfig {
     /// Asterisk's qualify): the phone's NAT binding stays open, and a phone
     /// that misses [`KEEPALIVE_MISSES`] in a row is gone. `None`: never.
     pub keepalive: Option<Duration>,
+    /// Accounts not in the config are asked of the customer's backend
+    /// ([`Registrar::poll_lookup`]); what it says is kept this long (found
+    /// or not: a guesser's usernames cost one question each).
+    pub lookup_ttl: Option<Duration>,
+}
+
+/// Usernames being asked of the backend at most; more are unknown.
+const MAX_LOOKUPS: usize = 256;
+
+/// Answers of the backend kept at most (the oldest go first).
+const MAX_LOOKED_UP: usize = 50_000;
+
+/// What the backend said of a username ([`Registrar::handle_lookup`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// This account.
+    Found(PhoneAccount),
+    /// No such account: refused like a wrong password.
+    NotFound,
+    /// The backend did not answer (down, slow, bad answer): the phone is
+    /// asked to come back later (503), and nothing is counted against it.
+    Unavailable,
 }
 
 /// Unanswered keep-alives in a row that end a UDP binding.
@@ -127,6 +149,7 @@ impl Default for RegistrarConfig {
             sha256: Sha256Offer::Off,
             ring_both: true,
             keepalive: Some(Duration::from_secs(30)),
+            lookup_ttl: None,
         }
     }
 }
@@ -252,6 +275,12 @@ pub enum RegisterReply {
     },
     /// Drop it.
     Drop,
+    /// Wait: its username is being asked of the backend; run the request
+    /// again once [`Registrar::handle_lookup`] has the answer.
+    Wait {
+        /// The username asked about.
+        username: String,
+    },
 }
 
 impl RegisterReply {
@@ -326,6 +355,13 @@ pub struct RegistrarStats {
     pub unreachable: u64,
 }
 
+/// Whether a username is an account.
+enum Known {
+    Yes(PhoneAccount),
+    No,
+    Asking,
+}
+
 /// Refusals of one address.
 #[derive(Clone, Copy, Debug)]
 struct Strikes {
@@ -339,6 +375,15 @@ struct Strikes {
 pub struct Registrar {
     cfg: RegistrarConfig,
     accounts: HashMap<String, PhoneAccount>,
+    /// Usernames of each operator's accounts.
+    by_operator: HashMap<String, Vec<String>>,
+    /// The backend's answers: until when each is good (`None` in
+    /// `accounts`: it said no such account), oldest first.
+    looked_up: HashMap<String, Instant>,
+    looked_up_order: VecDeque<String>,
+    /// Usernames asked of the backend, unanswered; and to ask.
+    asking: std::collections::HashSet<String>,
+    lookups: VecDeque<String>,
     bindings: BTreeMap<String, Vec<Binding>>,
     total: usize,
     secret: [u8; 32],
@@ -370,12 +415,24 @@ impl Registrar {
     /// A registrar for `accounts`; `secret` keys its nonces (random per
     /// process: a restart only makes phones answer one more challenge).
     pub fn new(cfg: RegistrarConfig, accounts: Vec<PhoneAccount>, secret: [u8; 32]) -> Registrar {
+        let mut by_operator: HashMap<String, Vec<String>> = HashMap::new();
+        for a in &accounts {
+            by_operator
+                .entry(a.operator.clone())
+                .or_default()
+                .push(a.username.clone());
+        }
         Registrar {
             cfg,
             accounts: accounts
                 .into_iter()
                 .map(|a| (a.username.clone(), a))
                 .collect(),
+            by_operator,
+            looked_up: HashMap::new(),
+            looked_up_order: VecDeque::new(),
+            asking: Default::default(),
+            lookups: VecDeque::new(),
             bindings: BTreeMap::new(),
             total: 0,
             secret,
@@ -415,9 +472,11 @@ impl Registrar {
     /// The numbers an operator's phones take calls on.
     pub fn numbers_of(&self, operator: &str) -> Vec<String> {
         let mut v: Vec<String> = self
-            .accounts
-            .values()
-            .filter(|a| a.operator == operator)
+            .by_operator
+            .get(operator)
+            .into_iter()
+            .flatten()
+            .filter_map(|u| self.accounts.get(u))
             .flat_map(|a| a.numbers.iter().cloned())
             .collect();
         v.sort();
@@ -635,7 +694,15 @@ impl Registrar {
         else {
             return Err(self.challenge(unix_ms, ip, false, asker));
         };
-        let account = self.accounts.get(&auth.username).cloned();
+        let account = match self.account(now, &auth.username) {
+            Known::Yes(a) => Some(a),
+            Known::No => None,
+            Known::Asking => {
+                return Err(RegisterReply::Wait {
+                    username: auth.username,
+                });
+            }
+        };
         let nonce_ok = self.nonce_age(&auth.nonce, ip, unix_ms);
         let valid = match &account {
             // Unknown users are checked against a made-up account, so both
@@ -685,6 +752,86 @@ impl Registrar {
     /// The operator of phone account `username`.
     pub fn operator_of(&self, username: &str) -> Option<&str> {
         self.accounts.get(username).map(|a| a.operator.as_str())
+    }
+
+    /// Whether `username` is an account: the config's, or the backend's
+    /// answer while it is good; else it is asked (when there is a backend).
+    fn account(&mut self, now: Instant, username: &str) -> Known {
+        let fresh = self.looked_up.get(username).map(|t| *t > now);
+        match (self.accounts.get(username), fresh) {
+            (Some(a), None | Some(true)) => return Known::Yes(a.clone()),
+            (None, Some(true)) => return Known::No,
+            _ => {}
+        }
+        if self.cfg.lookup_ttl.is_none() || username.is_empty() || username.len() > 128 {
+            return Known::No;
+        }
+        if !self.asking.contains(username) {
+            if self.asking.len() >= MAX_LOOKUPS {
+                return Known::No;
+            }
+            self.asking.insert(username.to_string());
+            self.lookups.push_back(username.to_string());
+        }
+        Known::Asking
+    }
+
+    /// The next username to ask the backend about (its answer goes to
+    /// [`Registrar::handle_lookup`]).
+    pub fn poll_lookup(&mut self) -> Option<String> {
+        self.lookups.pop_front()
+    }
+
+    /// The backend's answer about `username`. A found account's operator and
+    /// numbers are its own (it may not claim another's username: the answer
+    /// is for the name asked).
+    pub fn handle_lookup(&mut self, now: Instant, username: &str, answer: Lookup) {
+        if !self.asking.remove(username) {
+            return;
+        }
+        let Some(ttl) = self.cfg.lookup_ttl else {
+            return;
+        };
+        let found = match answer {
+            Lookup::Unavailable => return,
+            Lookup::Found(a) if a.username == username => Some(a),
+            Lookup::Found(_) | Lookup::NotFound => None,
+        };
+        if !self.looked_up.contains_key(username) {
+            if self.looked_up_order.len() >= MAX_LOOKED_UP
+                && let Some(old) = self.looked_up_order.pop_front()
+            {
+                self.looked_up.remove(&old);
+                self.forget(&old);
+            }
+            self.looked_up_order.push_back(username.to_string());
+        }
+        self.looked_up.insert(username.to_string(), now + ttl);
+        self.forget(username);
+        if let Some(a) = found {
+            self.by_operator
+                .entry(a.operator.clone())
+                .or_default()
+                .push(a.username.clone());
+            self.accounts.insert(a.username.clone(), a);
+        }
+    }
+
+    /// Removes a looked-up account (its bindings stay until they lapse).
+    fn forget(&mut self, username: &str) {
+        if let Some(a) = self.accounts.remove(username)
+            && let Some(list) = self.by_operator.get_mut(&a.operator)
+        {
+            list.retain(|u| u != username);
+            if list.is_empty() {
+                self.by_operator.remove(&a.operator);
+            }
+        }
+    }
+
+    /// Whether a lookup for `username` is outstanding.
+    pub fn asking(&self, username: &str) -> bool {
+        self.asking.contains(username)
     }
 
     /// Steps 6-8 of RFC 3261 10.3: the bindings as the request asks.
@@ -1137,7 +1284,7 @@ mod tests {
     fn respond(r: &RegisterReply) -> (u16, Vec<(String, String)>) {
         match r {
             RegisterReply::Respond { status, headers } => (*status, headers.clone()),
-            RegisterReply::Drop => (0, Vec::new()),
+            RegisterReply::Drop | RegisterReply::Wait { .. } => (0, Vec::new()),
         }
     }
 

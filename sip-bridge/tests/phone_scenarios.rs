@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use sip_bridge::bridge::{ApiRequest, BridgeConfig};
-use sip_bridge::registrar::PhoneAccount;
+use sip_bridge::registrar::{Lookup, PhoneAccount};
 use sip_bridge::sip::auth::Credentials;
 use sip_bridge::sip::dialog::{RegisterParams, UaEvent};
 use sip_bridge::sip::message::{Peer, SipHeaders};
@@ -453,4 +453,103 @@ fn a_phone_transfers_its_caller_with_its_transfer_key() {
         "caller",
     );
     assert!(w.bridge.presence().active_call("alice").is_none());
+}
+
+/// The phone at [`PHONE_SIP`] registers as `user` with `password`.
+fn register_as(w: &mut World, user: &str, password: &str) {
+    if w.phone.is_none() {
+        w.add_phone();
+    }
+    let now = w.now;
+    w.phone.as_mut().unwrap().ua.register(
+        now,
+        RegisterParams {
+            registrar: format!("sip:{SBC_IP}"),
+            aor: format!("sip:{user}@{SBC_IP}"),
+            expires: Duration::from_secs(600),
+            peer: Peer::udp(addr(SBC_SIP)),
+            credentials: Some(Credentials {
+                username: user.into(),
+                password: password.into(),
+            }),
+        },
+    );
+    w.run(ms(300));
+}
+
+#[test]
+fn accounts_not_in_the_config_are_asked_of_the_backend_once_per_ttl() {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.registrar.lookup_ttl = Some(Duration::from_secs(300));
+    let mut w = World::new(cfg);
+    // carol's desk phone: the backend knows it.
+    register_as(&mut w, "carol-desk", "pw");
+    assert_eq!(
+        w.bridge.poll_phone_lookup().as_deref(),
+        Some("carol-desk"),
+        "its credentials wait for the backend"
+    );
+    assert_eq!(w.bridge.poll_phone_lookup(), None, "asked once");
+    let mut carol = PhoneAccount::new("carol-desk", "carol", "sbc", "pw");
+    carol.numbers = vec!["support".into()];
+    let now = w.now;
+    w.bridge
+        .handle_phone_lookup(now, "carol-desk", Lookup::Found(carol));
+    w.run(ms(300));
+    assert!(w.bridge.presence().has_phone("carol"));
+    // Rung for support like a configured phone.
+    w.carrier_call("+15550100", CALLER);
+    w.run(ms(300));
+    let rung = |w: &World| {
+        w.phone
+            .as_ref()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| matches!(e, UaEvent::IncomingInvite { .. }))
+            .count()
+    };
+    assert_eq!(rung(&w), 1);
+    let stats = w.bridge.registrar().unwrap().stats();
+    // A username the backend does not know is refused like a wrong password.
+    register_as(&mut w, "mallory", "guess");
+    assert_eq!(w.bridge.poll_phone_lookup().as_deref(), Some("mallory"));
+    let now = w.now;
+    w.bridge
+        .handle_phone_lookup(now, "mallory", Lookup::NotFound);
+    w.run(ms(300));
+    let after = w.bridge.registrar().unwrap().stats();
+    assert!(after.auth_failures > stats.auth_failures);
+    assert!(!w.bridge.presence().has_phone("mallory"));
+    // Asked again: the answer is kept, no second question.
+    register_as(&mut w, "mallory", "guess2");
+    assert_eq!(w.bridge.poll_phone_lookup(), None);
+    // The backend is down: 503, nothing counted against the phone.
+    let failures = w.bridge.registrar().unwrap().stats().auth_failures;
+    register_as(&mut w, "dave-desk", "pw");
+    assert_eq!(w.bridge.poll_phone_lookup().as_deref(), Some("dave-desk"));
+    let now = w.now;
+    w.bridge
+        .handle_phone_lookup(now, "dave-desk", Lookup::Unavailable);
+    w.run(ms(300));
+    assert_eq!(
+        w.bridge.registrar().unwrap().stats().auth_failures,
+        failures
+    );
+    assert!(
+        w.phone
+            .as_ref()
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| format!("{e:?}").contains("503")),
+        "the phone was told to come back later"
+    );
+    // After the ttl carol's account is asked again at her next refresh
+    // (dave's phone, told to come back, is asked about again too).
+    w.run(Duration::from_secs(301));
+    register_as(&mut w, "carol-desk", "pw");
+    let asked: Vec<String> = std::iter::from_fn(|| w.bridge.poll_phone_lookup()).collect();
+    assert!(asked.contains(&"carol-desk".to_string()), "{asked:?}");
+    assert!(!asked.contains(&"mallory".to_string()), "{asked:?}");
 }

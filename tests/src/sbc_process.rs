@@ -1248,8 +1248,17 @@ pub struct HttpReceiver {
 }
 
 impl HttpReceiver {
-    /// Listens on `ip` (a port of its own) in a thread.
+    /// Listens on `ip` (a port of its own) in a thread; answers 200.
     pub fn start(ip: IpAddr) -> HttpReceiver {
+        HttpReceiver::start_with(ip, |_| (200, String::new()))
+    }
+
+    /// [`HttpReceiver::start`] answering each request with `answer`'s
+    /// status and JSON body (a customer's backend).
+    pub fn start_with(
+        ip: IpAddr,
+        answer: impl Fn(&ReceivedRequest) -> (u16, String) + Send + 'static,
+    ) -> HttpReceiver {
         let listener = TcpListener::bind((ip, 0)).expect("bind the HTTP receiver");
         let addr = listener.local_addr().expect("its address");
         let requests = std::sync::Arc::new(Mutex::new(Vec::new()));
@@ -1262,9 +1271,13 @@ impl HttpReceiver {
                 }
                 let Ok(mut conn) = conn else { continue };
                 if let Some(r) = read_request(&mut conn) {
+                    let (status, body) = answer(&r);
                     reqs.lock().unwrap_or_else(|e| e.into_inner()).push(r);
-                    let _ = conn.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
                     );
                 }
             }

@@ -252,3 +252,72 @@ fn a_registered_phone_behind_nat_is_rung_where_it_registered_from_and_talks() {
     integration_tests::sbc_process::assert_tone_over(&ch(0), 8000, 440.0, 1000.0, "caller");
     integration_tests::sbc_process::assert_tone_over(&ch(1), 8000, 1000.0, 440.0, "phone");
 }
+
+/// A phone the config does not list is asked of the customer's backend
+/// (`[registrar] accounts_url`, a signed POST): carol's desk phone registers
+/// once the backend answers with her account (HA1s only); a name the
+/// backend does not know (404) is refused like a wrong password, and asked
+/// about once per `accounts_ttl`, not once per guess.
+#[test]
+fn accounts_not_in_the_config_come_from_the_customers_backend() {
+    use integration_tests::sbc_process::HttpReceiver;
+    let _serial = serial();
+    let carol = PhoneAccount::new("carol-desk", "carol", "sbc", "s3cret");
+    let body = format!(
+        r#"{{"operator": "carol", "numbers": [], "ha1Md5": "{}", "ha1Sha256": "{}"}}"#,
+        carol.ha1_md5, carol.ha1_sha256
+    );
+    let backend = HttpReceiver::start_with(lo(1), move |r| {
+        if r.body.contains("\"carol-desk\"") {
+            (200, body.clone())
+        } else {
+            (404, String::new())
+        }
+    });
+    let toml = format!(
+        "[registrar]\nrealm = \"sbc\"\nban_after = 50\naccounts_url = \"{}\"\n\
+         accounts_secret = \"backend-signing-secret-0123456789\"\naccounts_ttl = \"5m\"\n",
+        backend.url("/phones")
+    );
+    let sbc = Sbc::start(&SbcSpec::new("registrar-backend", rtp(69), toml));
+    let mut p = phone(
+        "carol",
+        "register_auth.xml",
+        6,
+        &sbc,
+        "carol-desk",
+        "s3cret",
+    )
+    .calls(1)
+    .spawn();
+    p.assert_success(SIPP_DONE);
+    let accepted = sbc.wait_metric("sbc_registrar_accepted", &[], WAIT, |v| v >= 2.0);
+    assert_eq!(accepted, 2.0, "registered and unregistered\n{}", sbc.logs());
+    // A guesser's unknown name: three guesses, one question to the backend.
+    let mut g = phone("mallory", "register_guess.xml", 7, &sbc, "mallory", "x")
+        .calls(3)
+        .spawn();
+    g.assert_success(SIPP_DONE);
+    let failures = sbc.wait_metric("sbc_registrar_auth_failures", &[], WAIT, |v| v >= 3.0);
+    assert_eq!(failures, 3.0);
+    let asked: Vec<String> = backend.requests().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(
+        asked
+            .iter()
+            .filter(|b| b.contains("\"carol-desk\""))
+            .count(),
+        1,
+        "carol asked about once (her un-REGISTER used the answer): {asked:?}"
+    );
+    assert_eq!(
+        asked.iter().filter(|b| b.contains("\"mallory\"")).count(),
+        1,
+        "{asked:?}"
+    );
+    let signed = backend.requests().iter().all(|r| {
+        r.headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("x-sbc-signature"))
+    });
+    assert!(signed, "every request is signed");
+}

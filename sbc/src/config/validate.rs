@@ -689,6 +689,23 @@ fn phones(c: &SbcConfig, f: &mut Found) {
             "between min_expires and max_expires".into(),
         ));
     }
+    match (&r.accounts_url, &r.accounts_secret) {
+        (Some(u), _) if !(u.starts_with("http://") || u.starts_with("https://")) => f.push((
+            "registrar.accounts_url".into(),
+            "an http:// or https:// URL".into(),
+        )),
+        (Some(_), None) => f.push((
+            "registrar.accounts_secret".into(),
+            "needed with accounts_url (it signs the requests)".into(),
+        )),
+        _ => {}
+    }
+    if r.accounts_ttl.is_zero() || r.accounts_timeout.is_zero() {
+        f.push((
+            "registrar".into(),
+            "accounts_ttl and accounts_timeout must be above 0".into(),
+        ));
+    }
     if r.max_per_operator == 0 || r.ban_after == 0 {
         f.push((
             "registrar".into(),

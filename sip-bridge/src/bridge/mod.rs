@@ -96,6 +96,8 @@ pub struct Bridge {
     phone_out: VecDeque<RegistrarEvent>,
     /// Keep-alives in flight to phones: (operator, contact).
     phone_pings: HashMap<crate::sip::dialog::PingId, (String, String)>,
+    /// Phones' requests waiting for the backend to say who they are.
+    parked: Vec<(String, phones::Parked)>,
     presence: Presence,
     tokens: TokenIssuer,
     sessions: BTreeMap<SessionId, Session>,
@@ -143,9 +145,11 @@ impl Bridge {
         let local_host = local.host.clone();
         let mut ua_cfg = UaConfig::new(local, cfg.seed);
         ua_cfg.max_legs = cfg.max_calls * 4;
-        ua_cfg.registrar = !cfg.phones.is_empty();
+        // Phones in the config, or asked of the customer's backend.
+        let phones = !cfg.phones.is_empty() || cfg.registrar.lookup_ttl.is_some();
+        ua_cfg.registrar = phones;
         let mut rng = SeededRng::new(cfg.seed ^ 0xb41d);
-        let registrar = (!cfg.phones.is_empty()).then(|| {
+        let registrar = phones.then(|| {
             let mut secret = [0u8; 32];
             for c in secret.chunks_mut(8) {
                 c.copy_from_slice(&rng.next_u64().to_be_bytes());
@@ -156,6 +160,7 @@ impl Bridge {
             registrar,
             phone_out: VecDeque::new(),
             phone_pings: HashMap::new(),
+            parked: Vec::new(),
             ua: UserAgent::new(ua_cfg),
             presence: Presence::new(cfg.grace, cfg.max_operators),
             tokens,
@@ -690,6 +695,15 @@ impl Bridge {
                 self.ua.answer_request(now, tx, request, status, &headers)
             }
             RegisterReply::Drop => self.ua.drop_request(tx),
+            RegisterReply::Wait { username } => self.park(
+                now,
+                username,
+                phones::Parked::Register {
+                    tx,
+                    request: Box::new(request.clone()),
+                    from,
+                },
+            ),
         }
         self.phone_events();
     }

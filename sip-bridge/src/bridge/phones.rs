@@ -14,9 +14,10 @@ use super::{Bridge, Origin};
 use crate::call::{Call, user_of};
 use crate::contract::CallId;
 use crate::plan::{DialPlan, Target};
-use crate::registrar::RegisterReply;
+use crate::registrar::{Lookup, RegisterReply};
 use crate::sip::dialog::LegId;
 use crate::sip::message::{Peer, Request, SipHeaders};
+use crate::sip::transaction::TxId;
 
 /// Why a phone's call is refused, and with what.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,27 @@ impl Refused {
 
 /// Keep-alives in flight at most (each ends within 32 s).
 const MAX_PINGS: usize = 20_000;
+
+/// Requests waiting for the backend at most; more get 503.
+const MAX_PARKED: usize = 1024;
+
+/// `Retry-After` of a 503 when the backend could not say who a phone is.
+const LOOKUP_RETRY: &str = "30";
+
+/// A phone's request waiting for the backend's answer about its username.
+#[derive(Debug)]
+pub(super) enum Parked {
+    Register {
+        tx: TxId,
+        request: Box<Request>,
+        from: Peer,
+    },
+    Call {
+        leg: LegId,
+        request: Box<Request>,
+        from: Peer,
+    },
+}
 
 impl Bridge {
     /// Sends the registrar's keep-alives (OPTIONS to the phone's contact, at
@@ -78,6 +100,58 @@ impl Bridge {
             || self.cfg.number(&user_of(&req.uri.to_string())).is_none()
     }
 
+    /// Keeps a request until the backend says who `username` is.
+    pub(super) fn park(&mut self, now: Instant, username: String, p: Parked) {
+        if self.parked.len() < MAX_PARKED {
+            return self.parked.push((username, p));
+        }
+        self.refuse_parked(now, p);
+    }
+
+    fn refuse_parked(&mut self, now: Instant, p: Parked) {
+        let retry = [("Retry-After", LOOKUP_RETRY)];
+        match p {
+            Parked::Register { tx, request, .. } => {
+                let h = [("Retry-After".to_string(), LOOKUP_RETRY.to_string())];
+                self.ua.answer_request(now, tx, &request, 503, &h)
+            }
+            Parked::Call { leg, .. } => {
+                let _ = self.ua.respond(now, leg, 503, None, &retry);
+            }
+        }
+    }
+
+    /// The next username whose account to ask the customer's backend about
+    /// (`[registrar] accounts_url`, or an embedder's directory); its answer
+    /// goes to [`Bridge::handle_phone_lookup`].
+    pub fn poll_phone_lookup(&mut self) -> Option<String> {
+        self.registrar.as_mut()?.poll_lookup()
+    }
+
+    /// The backend's answer about `username`: the requests waiting for it go
+    /// on (or get 503 with `Retry-After` when it could not say).
+    pub fn handle_phone_lookup(&mut self, now: Instant, username: &str, answer: Lookup) {
+        let unavailable = answer == Lookup::Unavailable;
+        if let Some(r) = self.registrar.as_mut() {
+            r.handle_lookup(now, username, answer);
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(u, _)| u == username);
+        self.parked = rest;
+        for (_, p) in mine {
+            if unavailable {
+                self.refuse_parked(now, p);
+                continue;
+            }
+            match p {
+                Parked::Register { tx, request, from } => self.on_register(now, tx, &request, from),
+                Parked::Call { leg, request, from } => self.phone_call(now, leg, &request, from),
+            }
+        }
+        self.pump(now);
+    }
+
     /// Whether the raw initial INVITE `bytes` from `from` is a phone's (see
     /// the module docs), for a driver's stateless front door: a stranger's
     /// INVITE is refused there, a phone's must reach its challenge.
@@ -107,6 +181,10 @@ impl Bridge {
                     .collect();
                 let _ = self.ua.respond(now, leg, status, None, &h);
                 return self.phone_events();
+            }
+            Err(RegisterReply::Wait { username }) => {
+                let request = Box::new(req.clone());
+                return self.park(now, username, Parked::Call { leg, request, from });
             }
             // Banned: the INVITE transaction needs a final answer; it says
             // nothing of the account.
