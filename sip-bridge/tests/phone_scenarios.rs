@@ -545,6 +545,24 @@ fn accounts_not_in_the_config_are_asked_of_the_backend_once_per_ttl() {
             .any(|e| format!("{e:?}").contains("503")),
         "the phone was told to come back later"
     );
+    // A backend that never answers: after 10 s the phone is told to come
+    // back, as if it were down.
+    let told = |w: &World| {
+        w.phone
+            .as_ref()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| format!("{e:?}").contains("503"))
+            .count()
+    };
+    let before = told(&w);
+    register_as(&mut w, "erin-desk", "pw");
+    assert_eq!(w.bridge.poll_phone_lookup().as_deref(), Some("erin-desk"));
+    w.run(Duration::from_secs(9));
+    assert_eq!(told(&w), before, "still waiting");
+    w.run(Duration::from_secs(2));
+    assert!(told(&w) > before, "503 once the wait is over");
     // After the ttl carol's account is asked again at her next refresh
     // (dave's phone, told to come back, is asked about again too).
     w.run(Duration::from_secs(301));

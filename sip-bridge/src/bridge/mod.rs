@@ -97,7 +97,7 @@ pub struct Bridge {
     /// Keep-alives in flight to phones: (operator, contact).
     phone_pings: HashMap<crate::sip::dialog::PingId, (String, String)>,
     /// Phones' requests waiting for the backend to say who they are.
-    parked: Vec<(String, phones::Parked)>,
+    parked: Vec<(String, Instant, phones::Parked)>,
     presence: Presence,
     tokens: TokenIssuer,
     sessions: BTreeMap<SessionId, Session>,
@@ -377,6 +377,10 @@ impl Bridge {
             self.ua.poll_timeout(),
             self.presence.poll_timeout(),
             self.registrar.as_ref().and_then(Registrar::poll_timeout),
+            self.parked
+                .iter()
+                .map(|(_, at, _)| *at + phones::LOOKUP_WAIT)
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -391,6 +395,7 @@ impl Bridge {
             r.handle_timeout(now);
         }
         self.keep_phones_alive(now);
+        self.give_up_lookups(now);
         self.phone_events();
         while let Some(&Reverse((at, t))) = self.timers.peek() {
             if at > now {

@@ -52,6 +52,10 @@ const MAX_PARKED: usize = 1024;
 /// `Retry-After` of a 503 when the backend could not say who a phone is.
 const LOOKUP_RETRY: &str = "30";
 
+/// How long a request waits for a backend answer that never comes (a
+/// directory that hangs): then it is unavailable.
+pub(super) const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A phone's request waiting for the backend's answer about its username.
 #[derive(Debug)]
 pub(super) enum Parked {
@@ -103,7 +107,7 @@ impl Bridge {
     /// Keeps a request until the backend says who `username` is.
     pub(super) fn park(&mut self, now: Instant, username: String, p: Parked) {
         if self.parked.len() < MAX_PARKED {
-            return self.parked.push((username, p));
+            return self.parked.push((username, now, p));
         }
         self.refuse_parked(now, p);
     }
@@ -137,9 +141,9 @@ impl Bridge {
         }
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
-            .partition(|(u, _)| u == username);
+            .partition(|(u, _, _)| u == username);
         self.parked = rest;
-        for (_, p) in mine {
+        for (_, _, p) in mine {
             if unavailable {
                 self.refuse_parked(now, p);
                 continue;
@@ -150,6 +154,20 @@ impl Bridge {
             }
         }
         self.pump(now);
+    }
+
+    /// Requests that waited [`LOOKUP_WAIT`] for the backend: it is
+    /// unavailable for them (503, `Retry-After`).
+    pub(super) fn give_up_lookups(&mut self, now: Instant) {
+        let late: Vec<String> = self
+            .parked
+            .iter()
+            .filter(|(_, at, _)| *at + LOOKUP_WAIT <= now)
+            .map(|(u, _, _)| u.clone())
+            .collect();
+        for u in late {
+            self.handle_phone_lookup(now, &u, Lookup::Unavailable);
+        }
     }
 
     /// Whether the raw initial INVITE `bytes` from `from` is a phone's (see
