@@ -18,9 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sip_bridge::registrar::{Lookup, PhoneAccount};
 
-use crate::clock::Clock;
 use crate::router::BoxFuture;
-use crate::sign::signature;
+use crate::sign::signed_post;
 
 /// Who a phone account is, asked by username.
 pub trait PhoneDirectory: Send + Sync + 'static {
@@ -83,18 +82,7 @@ impl HttpDirectory {
 
     async fn ask(&self, username: &str, realm: &str) -> Result<Lookup, String> {
         let body = serde_json::json!({"username": username, "realm": realm}).to_string();
-        let ts = Clock::unix_secs();
-        let send = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("x-sbc-timestamp", ts.to_string())
-            .header(
-                "x-sbc-signature",
-                signature(&self.secret, ts, body.as_bytes()),
-            )
-            .body(body)
-            .send();
+        let send = signed_post(&self.client, &self.url, Some(&self.secret), body).send();
         let r = tokio::time::timeout(self.timeout, send)
             .await
             .map_err(|_| "timeout".to_string())?

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 
 use crate::clock::{self, Clock};
 use crate::recorder::RecordingDone;
-use crate::sign::signature;
 
 /// Receives every call event. Must not block: hand work to a task.
 pub trait EventSink: Send + Sync + 'static {
@@ -153,16 +152,7 @@ fn client() -> reqwest::Client {
 async fn post(client: &reqwest::Client, url: &str, secret: Option<&[u8]>, body: &str) -> bool {
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
-        let ts = Clock::unix_secs();
-        let mut req = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(secret) = secret {
-            req = req
-                .header("x-sbc-timestamp", ts.to_string())
-                .header("x-sbc-signature", signature(secret, ts, body.as_bytes()));
-        }
+        let req = crate::sign::signed_post(client, url, secret, body.to_string());
         match req.send().await {
             Ok(r) if r.status().is_success() => return true,
             _ if attempt == ATTEMPTS => {}

@@ -1261,19 +1261,7 @@ fn baresip_registered_as_an_operators_phone_takes_a_carrier_call_from_linphone()
     write_tone(&caller_tone, 8_000, CALLER_HZ, TONE_SECS);
     write_tone(&phone_tone, 48_000, CALLEE_HZ, TONE_SECS);
     // The phone: SIP on 127.0.0.5, registering at the SBC.
-    let phone_sip = SocketAddr::new(lo(5), free_port(lo(5)));
-    let account = format!(
-        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
-        sbc.sip
-    );
-    let baresip = Baresip::start_at(
-        &work.join("phone"),
-        phone_sip,
-        "40200-40299",
-        &account,
-        &phone_tone,
-        false,
-    );
+    let (baresip, _) = desk_phone(&work, &sbc, &phone_tone);
     let registered = sbc.wait_metric("sbc_registrations_active", &[], WAIT, |v| v >= 1.0);
     assert_eq!(
         registered,
@@ -1324,14 +1312,20 @@ fn phones_config(peer: SocketAddr) -> String {
     toml
 }
 
+/// baresip's account line for alice's desk phone (password `s3cret`),
+/// answering by itself, PCMU.
+fn desk_account(sbc: &Sbc) -> String {
+    format!(
+        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
+        sbc.sip
+    )
+}
+
 /// baresip as alice's desk phone (127.0.0.5), answering by itself, playing
 /// `tone`, registered at the SBC.
 fn desk_phone(work: &TempDir, sbc: &Sbc, tone: &Path) -> (Baresip, SocketAddr) {
     let sip = SocketAddr::new(lo(5), free_port(lo(5)));
-    let account = format!(
-        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
-        sbc.sip
-    );
+    let account = desk_account(sbc);
     let phone = Baresip::start_at(
         &work.join("desk"),
         sip,
@@ -1354,7 +1348,6 @@ fn desk_phone(work: &TempDir, sbc: &Sbc, tone: &Path) -> (Baresip, SocketAddr) {
 #[test]
 fn a_carrier_call_rings_a_browser_and_two_phones_and_the_first_phone_to_answer_talks() {
     use integration_tests::operator::HeadlessOperator;
-    use integration_tests::sbc_process::SippCmd;
     let _serial = serial();
     require_user_agents();
     let work = TempDir::new("real-ua-race");
@@ -1382,13 +1375,7 @@ fn a_carrier_call_rings_a_browser_and_two_phones_and_the_first_phone_to_answer_t
     let registered = sbc.wait_metric("sbc_registrations_active", &[], WAIT, |v| v >= 2.0);
     assert_eq!(registered, 2.0, "both phones registered\n{}", desk.logs());
 
-    let mut carrier = SippCmd::new("race-caller", "caller_echo.xml", lo(2))
-        .remote(sbc.sip)
-        .service("+15550100")
-        .calls(1)
-        .timeout_secs(120)
-        .flag("-rtp_echo")
-        .spawn();
+    let mut carrier = echo_caller("race-caller", &sbc);
     desk.wait_events("CALL_ESTABLISHED", 1);
     // The browser rang and was told another took it.
     let rang = browser.wait("incoming", |m| m["type"] == "incoming");
@@ -1419,6 +1406,18 @@ fn a_carrier_call_rings_a_browser_and_two_phones_and_the_first_phone_to_answer_t
     carrier.assert_success(WAIT);
     let cdr = cdr_line(&sbc);
     assert!(cdr.contains("answered_by=operator:alice"), "{cdr}");
+}
+
+/// SIPp at 127.0.0.2 calling +15550100 and sending back every RTP packet
+/// it gets (`tests/sipp/caller_echo.xml` with `-rtp_echo`).
+fn echo_caller(name: &str, sbc: &Sbc) -> integration_tests::sbc_process::Sipp {
+    integration_tests::sbc_process::SippCmd::new(name, "caller_echo.xml", lo(2))
+        .remote(sbc.sip)
+        .service("+15550100")
+        .calls(1)
+        .timeout_secs(120)
+        .flag("-rtp_echo")
+        .spawn()
 }
 
 /// A registered phone places a call (issue 22): baresip, alice's desk phone,
@@ -1596,7 +1595,6 @@ impl Drop for Nat {
 /// ways: SIPp mirrors it (`-rtp_echo`), so baresip hears its own tone.
 #[test]
 fn a_phone_behind_nat_registers_is_rung_and_talks_both_ways() {
-    use integration_tests::sbc_process::SippCmd;
     let _serial = serial();
     require_user_agents();
     let nat = Nat::create();
@@ -1616,10 +1614,7 @@ fn a_phone_behind_nat_registers_is_rung_and_talks_both_ways() {
         ctrl: SocketAddr::new(nat.inside, Nat::CTRL),
         net: nat.inside.to_string(),
     };
-    let account = format!(
-        "<sip:alice-desk@{}>;auth_pass=s3cret;regint=300;answermode=auto;audio_codecs=PCMU/8000/1",
-        sbc.sip
-    );
+    let account = desk_account(&sbc);
     let mut phone = Baresip::launch(
         &work.join("phone"),
         &ua,
@@ -1637,13 +1632,7 @@ fn a_phone_behind_nat_registers_is_rung_and_talks_both_ways() {
         "its Contact names its inside address\n{}",
         phone.logs()
     );
-    let mut carrier = SippCmd::new("nat-caller", "caller_echo.xml", lo(2))
-        .remote(sbc.sip)
-        .service("+15550100")
-        .calls(1)
-        .timeout_secs(120)
-        .flag("-rtp_echo")
-        .spawn();
+    let mut carrier = echo_caller("nat-caller", &sbc);
     phone.wait_events("CALL_ESTABLISHED", 1);
     let heard = wait_tone(&phone.received_wav(), None, 0, CALLEE_HZ);
     assert!(

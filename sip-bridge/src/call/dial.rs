@@ -136,23 +136,35 @@ impl Call {
                 s.operator = Some(op.to_string());
             }
         }
-        call.push(CallOutput::Busy { op: op.to_string() });
-        call.event(now, CallEventKind::Initiated, None, None, None);
-        call.record_joined(now, ctx, key);
+        call.operators_call_begins(now, ctx, key, op);
+        Ok(call)
+    }
+
+    /// An operator's own call (dialled in a browser or on a phone, party
+    /// `key`) begins: the operator is busy, and the plan is routed.
+    fn operators_call_begins(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        key: LegKey,
+        op: &str,
+    ) {
+        self.push(CallOutput::Busy { op: op.to_string() });
+        self.event(now, CallEventKind::Initiated, None, None, None);
+        self.record_joined(now, ctx, key);
         let facts = RouteFacts {
-            call_id: id,
+            call_id: self.id,
             direction: Direction::Outbound,
-            from: call.from.clone(),
-            to: call.to.clone(),
-            number: call.number.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            number: self.number.clone(),
             trunk: None,
             operator: Some(op.to_string()),
             headers: Vec::new(),
-            default_plan: call.plan.clone(),
+            default_plan: self.plan.clone(),
             transfer: false,
         };
-        call.begin(now, ctx, facts);
-        Ok(call)
+        self.begin(now, ctx, facts);
     }
 
     /// Operator `op`'s dial (its `ref` waits for the `answer`) to `to` with
@@ -195,26 +207,11 @@ impl Call {
         );
         p.in_media = true;
         call.parties.insert(key, p);
-        call.push(CallOutput::Busy { op: op.to_string() });
         call.media(MediaCommand::AddWebRtc {
             leg: key,
             offer: sdp,
         });
-        call.event(now, CallEventKind::Initiated, None, None, None);
-        call.record_joined(now, ctx, key);
-        let facts = RouteFacts {
-            call_id: id,
-            direction: Direction::Outbound,
-            from: call.from.clone(),
-            to: call.to.clone(),
-            number: call.number.clone(),
-            trunk: None,
-            operator: Some(op.to_string()),
-            headers: Vec::new(),
-            default_plan: call.plan.clone(),
-            transfer: false,
-        };
-        call.begin(now, ctx, facts);
+        call.operators_call_begins(now, ctx, key, op);
         call
     }
 
