@@ -29,7 +29,8 @@
 //! * **Events**: an operator's first binding (`Registered`) and its last one
 //!   going (`Unregistered`, with why): presence follows them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -355,6 +356,32 @@ pub struct RegistrarStats {
     pub unreachable: u64,
 }
 
+/// A nonce count, taken or not.
+enum Count {
+    Taken,
+    /// Used before.
+    Replay,
+    /// Its nonce's counts may have been forgotten.
+    Forgotten,
+}
+
+/// When a nonce of ours was issued (Unix ms), if it is one.
+fn nonce_stamp(nonce: &str) -> Option<u64> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(nonce)
+        .ok()?;
+    Some(u64::from_be_bytes(raw.get(..8)?.try_into().ok()?))
+}
+
+/// What may be due in the registrar's queue.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// An operator's binding may have lapsed.
+    Lapse(String),
+    /// An address's ban may have ended.
+    Unban(IpAddr),
+}
+
 /// Whether a username is an account.
 enum Known {
     Yes(PhoneAccount),
@@ -393,10 +420,17 @@ pub struct Registrar {
     /// a nonce past its ttl is stale anyway).
     counts: HashMap<String, u32>,
     count_order: VecDeque<String>,
+    /// The newest issue time (Unix ms) of a nonce whose counts were
+    /// forgotten for room: nonces up to it are challenged again.
+    forgotten_until: u64,
+    /// Nonces whose counts are kept ([`MAX_NONCES`]).
+    max_nonces: usize,
     strikes: HashMap<IpAddr, Strikes>,
     strike_order: VecDeque<IpAddr>,
-    /// The next binding to lapse or ban to end.
-    due: Option<Instant>,
+    /// When something may lapse or a ban end, soonest first: an entry per
+    /// binding written (a refresh leaves its old one behind, which finds
+    /// nothing to do), so no walk over every binding per REGISTER.
+    due: BinaryHeap<Reverse<(Instant, Due)>>,
     /// The next look for keep-alives due, while any UDP binding has one.
     next_sweep: Option<Instant>,
     keepalives: VecDeque<Keepalive>,
@@ -439,9 +473,11 @@ impl Registrar {
             nonce_seq: 0,
             counts: HashMap::new(),
             count_order: VecDeque::new(),
+            forgotten_until: 0,
+            max_nonces: MAX_NONCES,
             strikes: HashMap::new(),
             strike_order: VecDeque::new(),
-            due: None,
+            due: BinaryHeap::new(),
             next_sweep: None,
             keepalives: VecDeque::new(),
             events: VecDeque::new(),
@@ -496,16 +532,50 @@ impl Registrar {
 
     /// The next binding to lapse, or ban to lift.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.due.into_iter().chain(self.next_sweep).min()
+        let due = self.due.peek().map(|Reverse((t, _))| *t);
+        due.into_iter().chain(self.next_sweep).min()
     }
 
-    /// The next expiry or ban's end, found again after a change (the
-    /// driver asks [`Self::poll_timeout`] after every input of every call:
-    /// that must not walk every binding).
-    fn find_due(&mut self) {
-        let b = self.bindings.values().flatten().map(|b| b.expires).min();
-        let s = self.strikes.values().filter_map(|s| s.banned_until).min();
-        self.due = b.into_iter().chain(s).min();
+    /// Remembers that `what` may be due at `at`; the queue is rebuilt from
+    /// the bindings and bans when stale entries (refreshes) pile up.
+    fn due_at(&mut self, at: Instant, what: Due) {
+        self.due.push(Reverse((at, what)));
+        if self.due.len() > 4 * (self.total + self.strikes.len()) + 4096 {
+            let mut fresh = BinaryHeap::new();
+            for (op, list) in &self.bindings {
+                for b in list {
+                    fresh.push(Reverse((b.expires, Due::Lapse(op.clone()))));
+                }
+            }
+            for (ip, s) in &self.strikes {
+                if let Some(t) = s.banned_until {
+                    fresh.push(Reverse((t, Due::Unban(*ip))));
+                }
+            }
+            self.due = fresh;
+        }
+    }
+
+    /// Drops the queue's first entries while they are stale (a binding
+    /// refreshed or gone, a ban lifted), so that [`Self::poll_timeout`] is
+    /// the next real deadline.
+    fn tidy_due(&mut self) {
+        while let Some(Reverse((at, what))) = self.due.peek() {
+            let live = match what {
+                Due::Lapse(op) => self
+                    .bindings
+                    .get(op)
+                    .is_some_and(|l| l.iter().any(|b| b.expires <= *at)),
+                Due::Unban(ip) => self
+                    .strikes
+                    .get(ip)
+                    .is_some_and(|s| s.banned_until.is_some_and(|t| t <= *at)),
+            };
+            if live {
+                break;
+            }
+            self.due.pop();
+        }
     }
 
     /// Lapses what is due.
@@ -513,11 +583,31 @@ impl Registrar {
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.sweep(now);
         }
-        if self.due.is_none_or(|t| t > now) {
-            return;
+        while let Some(Reverse((at, _))) = self.due.peek()
+            && *at <= now
+        {
+            let Some(Reverse((_, what))) = self.due.pop() else {
+                break;
+            };
+            match what {
+                Due::Lapse(op) => {
+                    let n = self.remove_where(&op, |b| b.expires <= now, Gone::Expired);
+                    self.stats.expired += n as u64;
+                }
+                Due::Unban(ip) => {
+                    if self
+                        .strikes
+                        .get(&ip)
+                        .and_then(|s| s.banned_until)
+                        .is_some_and(|t| t <= now)
+                    {
+                        self.strikes.remove(&ip);
+                        self.strike_order.retain(|i| *i != ip);
+                    }
+                }
+            }
         }
-        self.lapse(now);
-        self.find_due();
+        self.tidy_due();
     }
 
     /// Queues the keep-alives due; the next look when the next is due (a
@@ -578,20 +668,8 @@ impl Registrar {
                 Gone::Unreachable,
             );
             self.stats.unreachable += n as u64;
-            self.find_due();
+            self.tidy_due();
         }
-    }
-
-    fn lapse(&mut self, now: Instant) {
-        let ops: Vec<String> = self.bindings.keys().cloned().collect();
-        for op in ops {
-            let n = self.remove_where(&op, |b| b.expires <= now, Gone::Expired);
-            self.stats.expired += n as u64;
-        }
-        self.strikes
-            .retain(|_, s| s.banned_until.is_none_or(|t| t > now));
-        let strikes = &self.strikes;
-        self.strike_order.retain(|ip| strikes.contains_key(ip));
     }
 
     /// The connection `conn` closed: its RFC 5626 flows are gone.
@@ -604,7 +682,7 @@ impl Registrar {
                 Gone::FlowClosed,
             );
         }
-        self.find_due();
+        self.tidy_due();
     }
 
     /// Removes `op`'s bindings that match; tells presence when none is left.
@@ -638,7 +716,7 @@ impl Registrar {
         source: Peer,
     ) -> RegisterReply {
         let reply = self.register(now, unix_ms, req, source);
-        self.find_due();
+        self.tidy_due();
         reply
     }
 
@@ -722,9 +800,12 @@ impl Registrar {
             // Right credentials on an old nonce: a new one (RFC 7616 3.3).
             _ => return Err(self.challenge(unix_ms, ip, true, asker)),
         }
-        if !self.take_count(&auth) {
+        match self.take_count(&auth) {
+            Count::Taken => {}
             // A replay: the nonce count was used.
-            return Err(self.refuse(now, unix_ms, ip, asker));
+            Count::Replay => return Err(self.refuse(now, unix_ms, ip, asker)),
+            // Its counts were forgotten (too many nonces at once): a new one.
+            Count::Forgotten => return Err(self.challenge(unix_ms, ip, true, asker)),
         }
         let Some(account) = account else {
             return Err(self.refuse(now, unix_ms, ip, asker));
@@ -745,7 +826,7 @@ impl Registrar {
     ) -> Result<PhoneAccount, RegisterReply> {
         let ip = source.addr.ip().to_canonical();
         let r = self.authenticate(now, unix_ms, req, ip, Asker::Proxy);
-        self.find_due();
+        self.tidy_due();
         r
     }
 
@@ -949,7 +1030,11 @@ impl Registrar {
         if now_empty {
             self.bindings.remove(op);
         } else {
+            let at: Vec<Instant> = list.iter().map(|b| b.expires).collect();
             self.bindings.insert(op.into(), list);
+            for t in at {
+                self.due_at(t, Due::Lapse(op.to_string()));
+            }
         }
         match (was_empty, now_empty) {
             (true, false) => self.events.push_back(RegistrarEvent::Registered {
@@ -1049,7 +1134,9 @@ impl Registrar {
         }
         s.count += 1;
         if s.count >= self.cfg.ban_after {
-            s.banned_until = Some(now + self.cfg.ban_for);
+            let until = now + self.cfg.ban_for;
+            s.banned_until = Some(until);
+            self.due_at(until, Due::Unban(ip));
             self.stats.bans += 1;
             self.events.push_back(RegistrarEvent::Banned { source: ip });
             return RegisterReply::Drop;
@@ -1094,23 +1181,30 @@ impl Registrar {
 
     /// Takes the response's nonce count; false when it was taken (or, without
     /// qop, when the nonce was used at all).
-    fn take_count(&mut self, auth: &Authorization) -> bool {
+    fn take_count(&mut self, auth: &Authorization) -> Count {
         let nc = auth.nc.unwrap_or(1);
         match self.counts.get_mut(&auth.nonce) {
-            Some(last) if nc <= *last => false,
+            Some(last) if nc <= *last => Count::Replay,
             Some(last) => {
                 *last = nc;
-                true
+                Count::Taken
+            }
+            // Issued no later than one whose counts were forgotten: its own
+            // may have been too, so no count of it is trusted.
+            None if nonce_stamp(&auth.nonce).is_none_or(|t| t <= self.forgotten_until) => {
+                Count::Forgotten
             }
             None => {
-                if self.count_order.len() >= MAX_NONCES
+                if self.count_order.len() >= self.max_nonces
                     && let Some(old) = self.count_order.pop_front()
                 {
                     self.counts.remove(&old);
+                    let t = nonce_stamp(&old).unwrap_or(u64::MAX);
+                    self.forgotten_until = self.forgotten_until.max(t);
                 }
                 self.count_order.push_back(auth.nonce.clone());
                 self.counts.insert(auth.nonce.clone(), nc);
-                true
+                Count::Taken
             }
         }
     }
@@ -1878,5 +1972,64 @@ mod tests {
         // No binding left: no more looks.
         run(&mut reg, at(120));
         assert_eq!(reg.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_nonce_whose_counts_were_forgotten_for_room_is_challenged_not_replayed() {
+        let mut reg = registrar();
+        reg.max_nonces = 2;
+        let contacts = ["<sip:a@10.0.0.5>"];
+        let mut client = DigestClient::new(
+            Credentials {
+                username: "alice-desk".into(),
+                password: "s3cret".into(),
+            },
+            3,
+        );
+        // Three phones' worth of nonces, each used once, in order.
+        let mut answers = Vec::new();
+        for i in 0..3u32 {
+            let first = reg.handle_register(
+                at(0),
+                UNIX + u64::from(i),
+                &register("alice-desk", &contacts, Some(300), 10 * i + 1, None),
+                peer(PHONE),
+            );
+            let ch = challenge(&first, "SHA-256");
+            let auth = client.authorize(&ch, "REGISTER", "sip:sbc.example");
+            let r = reg.handle_register(
+                at(0),
+                UNIX + u64::from(i),
+                &register("alice-desk", &contacts, Some(300), 10 * i + 2, Some(&auth)),
+                peer(PHONE),
+            );
+            assert_eq!(respond(&r).0, 200);
+            answers.push(auth);
+        }
+        // The first nonce's count made room for the third: its answer sent
+        // again is neither taken nor counted as a guess, but challenged.
+        let failures = reg.stats().auth_failures;
+        let r = reg.handle_register(
+            at(1),
+            UNIX + 1000,
+            &register("alice-desk", &contacts, Some(300), 99, Some(&answers[0])),
+            peer(PHONE),
+        );
+        let (status, headers) = respond(&r);
+        assert_eq!(status, 401);
+        assert!(
+            headers.iter().any(|(_, v)| v.contains("stale=true")),
+            "{headers:?}"
+        );
+        assert_eq!(reg.stats().auth_failures, failures);
+        // A remembered one is still a replay.
+        let r = reg.handle_register(
+            at(1),
+            UNIX + 1000,
+            &register("alice-desk", &contacts, Some(300), 100, Some(&answers[2])),
+            peer(PHONE),
+        );
+        assert_eq!(respond(&r).0, 401);
+        assert_eq!(reg.stats().auth_failures, failures + 1);
     }
 }
