@@ -167,7 +167,12 @@ impl ControlCore {
 
     /// SIP through the front door and the admission pre-filter, into the bridge.
     fn on_sip(&mut self, now: Instant, bytes: &[u8], from: Peer) {
-        match self.protect.check(now, from.addr.ip(), bytes) {
+        let trunk = self
+            .bridge
+            .config()
+            .trunk_for_source(from.addr.ip())
+            .is_some();
+        match self.protect.check_from(now, from.addr.ip(), trunk, bytes) {
             Verdict::Drop => {
                 metrics::counter!("sbc_sip_dropped_total").increment(1);
                 return;

@@ -157,9 +157,19 @@ impl Protection {
     /// Decides about one message from `ip`. Responses pass (they belong to our
     /// own transactions); requests are counted.
     pub fn check(&mut self, now: Instant, ip: IpAddr, bytes: &[u8]) -> Verdict {
+        self.check_from(now, ip, false, bytes)
+    }
+
+    /// [`Protection::check`]; a `trusted` source (a trunk's) is not limited
+    /// per source: a carrier sends a few requests per call, so 50 a second
+    /// would ban one above ~16 calls a second. Calls per second still apply.
+    pub fn check_from(&mut self, now: Instant, ip: IpAddr, trusted: bool, bytes: &[u8]) -> Verdict {
         let (method, initial_invite, ua) = scan(bytes);
         if method.is_none() {
             return Verdict::Pass;
+        }
+        if trusted {
+            return self.cps(now, initial_invite);
         }
         if let Some(ua) = ua {
             let ua = String::from_utf8_lossy(ua).to_ascii_lowercase();
@@ -199,6 +209,11 @@ impl Protection {
             tracing::warn!(%ip, "SIP flood: source banned for {:?}", self.cfg.ban);
             return Verdict::Drop;
         }
+        self.cps(now, initial_invite)
+    }
+
+    /// New calls per second, for everyone.
+    fn cps(&mut self, now: Instant, initial_invite: bool) -> Verdict {
         if initial_invite {
             if now.saturating_duration_since(self.cps_second) >= Duration::from_secs(1) {
                 self.cps_second = now;
@@ -326,5 +341,39 @@ mod tests {
             p.check(ms(u64::from(i) * 10), ip, OPTIONS);
             assert!(p.sources.len() <= 100);
         }
+    }
+
+    #[test]
+    fn a_trunk_is_not_limited_per_source_but_by_calls_per_second() {
+        let mut p = Protection::new(ProtectionConfig {
+            requests: 5,
+            max_cps: 100,
+            ..ProtectionConfig::default()
+        });
+        let carrier: IpAddr = "192.0.2.1".parse().unwrap();
+        // 60 requests in a second from a trunk (20 calls: INVITE, ACK, BYE).
+        for i in 0..60 {
+            assert_eq!(
+                p.check_from(ms(i * 15), carrier, true, OPTIONS),
+                Verdict::Pass
+            );
+        }
+        assert_eq!(p.stats().bans, 0);
+        // The same from a stranger: banned after 5.
+        let stranger: IpAddr = "203.0.113.5".parse().unwrap();
+        let verdicts: Vec<Verdict> = (0..6)
+            .map(|i| p.check_from(ms(i), stranger, false, OPTIONS))
+            .collect();
+        assert_eq!(verdicts[5], Verdict::Drop);
+        assert_eq!(p.stats().bans, 1);
+        // Calls per second hold for trunks too.
+        let mut p = Protection::new(ProtectionConfig {
+            max_cps: 2,
+            ..ProtectionConfig::default()
+        });
+        let v: Vec<Verdict> = (0..3)
+            .map(|i| p.check_from(ms(i), carrier, true, INVITE))
+            .collect();
+        assert_eq!(v, [Verdict::Pass, Verdict::Pass, Verdict::Overload]);
     }
 }
