@@ -794,6 +794,8 @@ pub struct RegistrarSection {
     pub default_expires: Duration,
     /// Contacts one operator may register.
     pub max_per_operator: usize,
+    /// Contacts in all (a REGISTER beyond gets 403).
+    pub max_bindings: usize,
     /// Refused REGISTERs from one address, within `ban_window`, before it
     /// is banned for `ban_for` (its requests dropped unanswered).
     pub ban_after: u32,
@@ -865,6 +867,7 @@ impl Default for RegistrarSection {
             max_expires: d.max_expires,
             default_expires: d.default_expires,
             max_per_operator: d.max_per_operator,
+            max_bindings: d.max_bindings,
             ban_after: d.ban_after,
             ban_window: d.ban_window,
             ban_for: d.ban_for,
@@ -1508,6 +1511,7 @@ impl SbcConfig {
             max_expires: r.max_expires,
             default_expires: r.default_expires,
             max_per_operator: r.max_per_operator,
+            max_bindings: r.max_bindings,
             ban_after: r.ban_after,
             ban_window: r.ban_window,
             ban_for: r.ban_for,

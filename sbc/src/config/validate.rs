@@ -706,10 +706,10 @@ fn phones(c: &SbcConfig, f: &mut Found) {
             "accounts_ttl and accounts_timeout must be above 0".into(),
         ));
     }
-    if r.max_per_operator == 0 || r.ban_after == 0 {
+    if r.max_per_operator == 0 || r.ban_after == 0 || r.max_bindings == 0 {
         f.push((
             "registrar".into(),
-            "max_per_operator and ban_after must be above 0".into(),
+            "max_per_operator, max_bindings and ban_after must be above 0".into(),
         ));
     }
     let hex = |v: &str, n: usize| v.len() == n && v.bytes().all(|b| b.is_ascii_hexdigit());
