@@ -106,7 +106,12 @@ pub const KEEPALIVE_MISSES: u32 = 3;
 
 /// How often the bindings are looked over for keep-alives due (each binding
 /// keeps its own time, so pings spread over the interval).
-const SWEEP: Duration = Duration::from_secs(1);
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// Keep-alives sent per look at most (1,000 a second: 30,000 phones at 30 s):
+/// a burst of them brings a burst of answers, which overflowed the SIP
+/// socket's buffer at 500 a look (the 10,000-phone load run).
+const KEEPALIVES_PER_SWEEP: usize = 100;
 
 /// A keep-alive to send: OPTIONS to `contact` at `peer`; its outcome goes
 /// back through [`Registrar::handle_keepalive_result`].
@@ -618,6 +623,7 @@ impl Registrar {
             return;
         };
         let mut next: Option<Instant> = None;
+        let mut sent = 0;
         for (op, list) in self.bindings.iter_mut() {
             for b in list.iter_mut() {
                 let Some(at) = b.next_keepalive else {
@@ -625,7 +631,11 @@ impl Registrar {
                 };
                 // At most one outstanding per binding: its result comes
                 // within the transaction's 32 s, before its next is due.
-                if at <= now && self.keepalives.len() < MAX_KEEPALIVES_QUEUED {
+                if at <= now
+                    && sent < KEEPALIVES_PER_SWEEP
+                    && self.keepalives.len() < MAX_KEEPALIVES_QUEUED
+                {
+                    sent += 1;
                     b.next_keepalive = Some(now + every);
                     self.stats.keepalives += 1;
                     self.keepalives.push_back(Keepalive {
@@ -637,7 +647,7 @@ impl Registrar {
                 next = next.min(b.next_keepalive).or(b.next_keepalive);
             }
         }
-        // Many phones: one look a second at most, not one per phone.
+        // Many phones: one look per SWEEP at most, not one per phone.
         self.next_sweep = next.map(|t| t.max(now + SWEEP));
     }
 
