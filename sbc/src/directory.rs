@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sip_bridge::registrar::{Lookup, PhoneAccount};
 
+use crate::clock::Clock;
 use crate::router::BoxFuture;
 use crate::sign::signed_post;
 
@@ -82,7 +83,8 @@ impl HttpDirectory {
 
     async fn ask(&self, username: &str, realm: &str) -> Result<Lookup, String> {
         let body = serde_json::json!({"username": username, "realm": realm}).to_string();
-        let send = signed_post(&self.client, &self.url, Some(&self.secret), body).send();
+        let ts = Clock::unix_secs();
+        let send = signed_post(&self.client, &self.url, Some(&self.secret), ts, body).send();
         let r = tokio::time::timeout(self.timeout, send)
             .await
             .map_err(|_| "timeout".to_string())?

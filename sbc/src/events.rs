@@ -152,7 +152,8 @@ fn client() -> reqwest::Client {
 async fn post(client: &reqwest::Client, url: &str, secret: Option<&[u8]>, body: &str) -> bool {
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
-        let req = crate::sign::signed_post(client, url, secret, body.to_string());
+        let ts = Clock::unix_secs();
+        let req = crate::sign::signed_post(client, url, secret, ts, body.to_string());
         match req.send().await {
             Ok(r) if r.status().is_success() => return true,
             _ if attempt == ATTEMPTS => {}

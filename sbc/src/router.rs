@@ -22,6 +22,7 @@ use sip_bridge::bridge::{
     DialPlan, Join, Ringback, RouteDecision, RouteFacts, Step, Target, parse_duration,
 };
 
+use crate::clock::Clock;
 use crate::sign::signed_post;
 
 /// A boxed future, for the object-safe trait.
@@ -237,7 +238,8 @@ impl HttpRouter {
     /// One request: the decision, or why the static plan applies.
     pub async fn ask(&self, facts: &RouteFacts) -> Result<RouteDecision, RouterError> {
         let body = facts_json(facts).to_string();
-        let send = signed_post(&self.client, &self.url, Some(&self.secret), body).send();
+        let ts = Clock::unix_secs();
+        let send = signed_post(&self.client, &self.url, Some(&self.secret), ts, body).send();
         let r = match tokio::time::timeout(self.timeout, send).await {
             Err(_) => return Err(RouterError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_timeout() => return Err(RouterError::Timeout(self.timeout)),

@@ -14,17 +14,17 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 }
 
 /// A JSON POST of `body` to `url`, signed with `secret` when there is one
-/// (`X-Sbc-Timestamp`, `X-Sbc-Signature`): every request to a customer's
-/// backend.
+/// (`X-Sbc-Timestamp`: `ts`, Unix seconds; `X-Sbc-Signature`): every request
+/// to a customer's backend.
 pub fn signed_post(
     client: &reqwest::Client,
     url: &str,
     secret: Option<&[u8]>,
+    ts: u64,
     body: String,
 ) -> reqwest::RequestBuilder {
     let mut req = client.post(url).header("content-type", "application/json");
     if let Some(secret) = secret {
-        let ts = crate::clock::Clock::unix_secs();
         req = req
             .header("x-sbc-timestamp", ts.to_string())
             .header("x-sbc-signature", signature(secret, ts, body.as_bytes()));
