@@ -355,9 +355,11 @@ impl Baresip {
             .expect("write the baresip accounts");
         let log = File::create(dir.join("baresip.log")).expect("create baresip.log");
         let mut cmd = match &ua.netns {
+            // nsenter, not `ip netns exec`: it enters the network namespace
+            // only, so it also runs where / is no mount point (a chroot).
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "baresip"]);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("baresip");
                 c
             }
             None => Command::new("baresip"),
@@ -1540,8 +1542,9 @@ impl Nat {
         run(&["ip", "link", "set", &vn, "netns", &ns]);
         run(&["ip", "addr", "add", &format!("{host}/24"), "dev", &vh]);
         run(&["ip", "link", "set", &vh, "up"]);
+        let netns = format!("--net=/run/netns/{ns}");
         let inns = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", &ns];
+            let mut all = vec!["nsenter", netns.as_str()];
             all.extend_from_slice(args);
             run(&all);
         };
