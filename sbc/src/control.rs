@@ -187,7 +187,9 @@ impl ControlCore {
             // The bridge's admission policy, applied before any transaction
             // exists: no state for strangers, nor for calls it would refuse.
             if let Err(refusal) = self.bridge.admission(Origin::Sip(from.addr.ip()))
-                && !(refusal == Refusal::NotATrunk && self.bridge.is_phone_invite(bytes, from))
+                // With phones, a stranger's INVITE is challenged like a
+                // phone's (no 403 that would tell the two apart).
+                && !(refusal == Refusal::NotATrunk && self.bridge.registrar().is_some())
             {
                 let status = if refusal.status() == 403 {
                     "403"

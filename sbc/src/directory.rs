@@ -20,7 +20,7 @@ use sip_bridge::registrar::{Lookup, PhoneAccount};
 
 use crate::clock::Clock;
 use crate::router::BoxFuture;
-use crate::sign::signed_post;
+use crate::sign::Backend;
 
 /// Who a phone account is, asked by username.
 pub trait PhoneDirectory: Send + Sync + 'static {
@@ -30,12 +30,7 @@ pub trait PhoneDirectory: Send + Sync + 'static {
 
 /// Asks an HTTP endpoint; see the module docs.
 #[derive(Debug, Clone)]
-pub struct HttpDirectory {
-    url: String,
-    secret: Vec<u8>,
-    timeout: Duration,
-    client: reqwest::Client,
-}
+pub struct HttpDirectory(Backend);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -70,35 +65,21 @@ impl HttpDirectory {
     /// A directory POSTing to `url`, signing with `secret`, waiting at most
     /// `timeout`.
     pub fn new(url: String, secret: Vec<u8>, timeout: Duration) -> Self {
-        HttpDirectory {
-            url,
-            secret,
-            timeout,
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .unwrap_or_default(),
-        }
+        HttpDirectory(Backend::new(url, secret, timeout))
     }
 
     async fn ask(&self, username: &str, realm: &str) -> Result<Lookup, String> {
         let body = serde_json::json!({"username": username, "realm": realm}).to_string();
-        let ts = Clock::unix_secs();
-        let send = signed_post(&self.client, &self.url, Some(&self.secret), ts, body).send();
-        let r = tokio::time::timeout(self.timeout, send)
+        let (status, body) = self
+            .0
+            .ask(Clock::unix_secs(), body)
             .await
-            .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
-        match r.status().as_u16() {
-            404 => return Ok(Lookup::NotFound),
-            200..=299 => {}
-            s => return Err(format!("status {s}")),
+            .map_err(|e| format!("{e:?}"))?;
+        match status {
+            404 => Ok(Lookup::NotFound),
+            200..=299 => parse_account(username, &body).map(Lookup::Found),
+            s => Err(format!("status {s}")),
         }
-        let body = tokio::time::timeout(self.timeout, r.bytes())
-            .await
-            .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
-        parse_account(username, &body).map(Lookup::Found)
     }
 }
 
@@ -120,7 +101,7 @@ impl PhoneDirectory for HttpDirectory {
                 Err(e) => {
                     metrics::counter!("sbc_registrar_lookups_total", "result" => "unavailable")
                         .increment(1);
-                    tracing::warn!(%username, url = %me.url, error = %e, "phone account lookup failed");
+                    tracing::warn!(%username, url = %me.0.url, error = %e, "phone account lookup failed");
                     Lookup::Unavailable
                 }
             }

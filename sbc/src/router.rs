@@ -23,7 +23,7 @@ use sip_bridge::bridge::{
 };
 
 use crate::clock::Clock;
-use crate::sign::signed_post;
+use crate::sign::{AskError, Backend};
 
 /// A boxed future, for the object-safe trait.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -214,45 +214,25 @@ pub fn parse_answer(body: &[u8]) -> Result<RouteDecision, RouterError> {
 
 /// Asks an HTTP endpoint; see the module docs.
 #[derive(Debug, Clone)]
-pub struct HttpRouter {
-    url: String,
-    secret: Vec<u8>,
-    timeout: Duration,
-    client: reqwest::Client,
-}
+pub struct HttpRouter(Backend);
 
 impl HttpRouter {
     /// A router POSTing to `url`, signing with `secret`, waiting at most `timeout`.
     pub fn new(url: String, secret: Vec<u8>, timeout: Duration) -> Self {
-        HttpRouter {
-            url,
-            secret,
-            timeout,
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .unwrap_or_default(),
-        }
+        HttpRouter(Backend::new(url, secret, timeout))
     }
 
     /// One request: the decision, or why the static plan applies.
     pub async fn ask(&self, facts: &RouteFacts) -> Result<RouteDecision, RouterError> {
         let body = facts_json(facts).to_string();
-        let ts = Clock::unix_secs();
-        let send = signed_post(&self.client, &self.url, Some(&self.secret), ts, body).send();
-        let r = match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => return Err(RouterError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(RouterError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(RouterError::Request(e.to_string())),
-            Ok(Ok(r)) => r,
+        let (status, body) = match self.0.ask(Clock::unix_secs(), body).await {
+            Err(AskError::Timeout) => return Err(RouterError::Timeout(self.0.timeout)),
+            Err(AskError::Request(e)) => return Err(RouterError::Request(e)),
+            Ok(a) => a,
         };
-        if !r.status().is_success() {
-            return Err(RouterError::Status(r.status().as_u16()));
+        if !(200..300).contains(&status) {
+            return Err(RouterError::Status(status));
         }
-        let body = tokio::time::timeout(self.timeout, r.bytes())
-            .await
-            .map_err(|_| RouterError::Timeout(self.timeout))?
-            .map_err(|e| RouterError::Request(e.to_string()))?;
         parse_answer(&body)
     }
 }
@@ -268,7 +248,7 @@ impl Router for HttpRouter {
                 }
                 Err(e) => {
                     metrics::counter!("sbc_router_errors_total", "kind" => e.kind()).increment(1);
-                    tracing::warn!(call = %facts.call_id, url = %me.url, error = %e, "routing webhook failed; using the static plan");
+                    tracing::warn!(call = %facts.call_id, url = %me.0.url, error = %e, "routing webhook failed; using the static plan");
                     RouteDecision::Default
                 }
             }

@@ -32,6 +32,60 @@ pub fn signed_post(
     req.body(body)
 }
 
+/// A customer's backend that answers what the SBC asks (the routing
+/// webhook, phone accounts): one URL, POSTs signed with `secret`, each
+/// given at most `timeout` to be sent and answered.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Where requests go.
+    pub url: String,
+    secret: Vec<u8>,
+    /// How long a request and its answer may take.
+    pub timeout: std::time::Duration,
+    client: reqwest::Client,
+}
+
+/// Why a backend gave no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AskError {
+    /// None within the timeout.
+    Timeout,
+    /// Not reachable, or the connection broke.
+    Request(String),
+}
+
+impl Backend {
+    /// A backend at `url`.
+    pub fn new(url: String, secret: Vec<u8>, timeout: std::time::Duration) -> Self {
+        Backend {
+            url,
+            secret,
+            timeout,
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// POSTs `body` (stamped `ts`, Unix seconds): the status and body.
+    pub async fn ask(&self, ts: u64, body: String) -> Result<(u16, bytes::Bytes), AskError> {
+        let send = signed_post(&self.client, &self.url, Some(&self.secret), ts, body).send();
+        let r = match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => return Err(AskError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(AskError::Timeout),
+            Ok(Err(e)) => return Err(AskError::Request(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        let status = r.status().as_u16();
+        let body = tokio::time::timeout(self.timeout, r.bytes())
+            .await
+            .map_err(|_| AskError::Timeout)?
+            .map_err(|e| AskError::Request(e.to_string()))?;
+        Ok((status, body))
+    }
+}
+
 /// Hex HMAC-SHA256 of the concatenated `parts`.
 pub fn hmac_hex(secret: &[u8], parts: &[&[u8]]) -> String {
     let mut mac =

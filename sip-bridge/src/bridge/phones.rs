@@ -170,20 +170,6 @@ impl Bridge {
         }
     }
 
-    /// Whether the raw initial INVITE `bytes` from `from` is a phone's (see
-    /// the module docs), for a driver's stateless front door: a stranger's
-    /// INVITE is refused there, a phone's must reach its challenge.
-    pub fn is_phone_invite(&self, bytes: &[u8], from: Peer) -> bool {
-        if self.registrar.is_none() {
-            return false;
-        }
-        let cfg = crate::sip::message::ValidationConfig::default();
-        match crate::sip::message::classify(bytes, from.transport, &cfg) {
-            crate::sip::message::Inbound::Request(r) => self.is_phone_call(&r, from),
-            _ => false,
-        }
-    }
-
     /// A phone's INVITE: challenged, then placed as its operator's call.
     pub(super) fn phone_call(&mut self, now: Instant, leg: LegId, req: &Request, from: Peer) {
         let unix_ms = self.unix_base * 1000 + now.as_micros() / 1000;

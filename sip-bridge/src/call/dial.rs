@@ -117,16 +117,7 @@ impl Call {
         to: &str,
         plan: DialPlan,
     ) -> Result<Call, u16> {
-        let mut call = Call::new(
-            now,
-            ctx,
-            id,
-            Direction::Outbound,
-            number,
-            number.e164.clone(),
-            to.to_string(),
-        );
-        call.plan = plan;
+        let mut call = Call::from_our_number(now, ctx, id, number, to, plan);
         let key = call.sip_caller(ctx, req, source, None)?;
         call.caller = key;
         if let Some(p) = call.parties.get_mut(&key) {
@@ -138,6 +129,29 @@ impl Call {
         }
         call.operators_call_begins(now, ctx, key, op);
         Ok(call)
+    }
+
+    /// A call we place to `to` showing `number`, ringing `plan` (an
+    /// operator's dial, a phone's, the API's).
+    pub(crate) fn from_our_number(
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        id: CallId,
+        number: &NumberConfig,
+        to: &str,
+        plan: DialPlan,
+    ) -> Call {
+        let mut call = Call::new(
+            now,
+            ctx,
+            id,
+            Direction::Outbound,
+            number,
+            number.e164.clone(),
+            to.to_string(),
+        );
+        call.plan = plan;
+        call
     }
 
     /// An operator's own call (dialled in a browser or on a phone, party
@@ -181,16 +195,7 @@ impl Call {
         plan: DialPlan,
         sdp: String,
     ) -> Call {
-        let mut call = Call::new(
-            now,
-            ctx,
-            id,
-            Direction::Outbound,
-            number,
-            number.e164.clone(),
-            to.to_string(),
-        );
-        call.plan = plan;
+        let mut call = Call::from_our_number(now, ctx, id, number, to, plan);
         let key = call.leg_key();
         call.caller = key;
         let mut p = Party::new(

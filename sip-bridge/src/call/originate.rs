@@ -74,16 +74,7 @@ impl Call {
         ring: Duration,
         callback: Option<Arc<StatusCallback>>,
     ) -> Result<Call, OriginateError> {
-        let mut call = Call::new(
-            now,
-            ctx,
-            id,
-            Direction::Outbound,
-            number,
-            number.e164.clone(),
-            first.to_string(),
-        );
-        call.plan = plan;
+        let mut call = Call::from_our_number(now, ctx, id, number, &first.to_string(), plan);
         call.originated = Some(Originated {
             callback,
             ringing_told: false,
