@@ -920,11 +920,6 @@ impl Registrar {
         }
     }
 
-    /// Whether a lookup for `username` is outstanding.
-    pub fn asking(&self, username: &str) -> bool {
-        self.asking.contains(username)
-    }
-
     /// Steps 6-8 of RFC 3261 10.3: the bindings as the request asks.
     fn bind(
         &mut self,
