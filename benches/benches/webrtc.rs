@@ -153,7 +153,11 @@ impl Pair {
         loop {
             match self.browser.poll_output().unwrap() {
                 Output::Timeout(t) => {
-                    let d = t.saturating_duration_since(self.epoch).as_micros();
+                    // Rounded up: a deadline handed back early is asked for again.
+                    let d = t
+                        .saturating_duration_since(self.epoch)
+                        .as_nanos()
+                        .div_ceil(1000);
                     self.browser_deadline = Instant::from_micros(d.min(u64::MAX as u128) as u64);
                     return;
                 }

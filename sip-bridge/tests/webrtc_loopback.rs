@@ -161,8 +161,10 @@ impl Sim {
             match self.browser.poll_output().expect("browser output") {
                 Output::Timeout(t) => {
                     let d = t.saturating_duration_since(self.cfg.epoch);
-                    self.browser_deadline =
-                        Instant::from_micros(d.as_micros().min(u64::MAX as u128) as u64);
+                    // Rounded up: a deadline handed back early is asked for again.
+                    self.browser_deadline = Instant::from_micros(
+                        d.as_nanos().div_ceil(1000).min(u64::MAX as u128) as u64,
+                    );
                     break;
                 }
                 Output::Transmit(t) => {

@@ -107,13 +107,16 @@ impl WebRtcConfig {
     }
 
     /// A str0m deadline on our clock; `None` for "never" (str0m says so with a
-    /// time a century ahead).
+    /// time a century ahead). Rounded up to the microsecond: rounded down, a
+    /// deadline with nanoseconds would be handed back before it is due, str0m
+    /// would do nothing and ask for the same instant again, and a virtual clock
+    /// would never move past it.
     pub(crate) fn ours_from_std(&self, t: std::time::Instant) -> Option<Instant> {
         let d = t.saturating_duration_since(self.epoch);
         if d >= FAR_FUTURE {
             return None;
         }
-        Some(Instant::from_micros(d.as_micros() as u64))
+        Some(Instant::from_micros(d.as_nanos().div_ceil(1000) as u64))
     }
 }
 
@@ -154,6 +157,16 @@ mod tests {
         // Far future is "never", and huge inputs do not overflow.
         let far = cfg.to_std(Instant::from_micros(u64::MAX));
         assert_eq!(cfg.ours_from_std(far), None);
+    }
+
+    #[test]
+    fn a_deadline_between_microseconds_is_not_handed_back_early() {
+        let id = DtlsIdentity::generate().expect("cert");
+        let cfg = WebRtcConfig::new("192.0.2.1:3478".parse().unwrap(), id, epoch());
+        let deadline = cfg.epoch + Duration::from_nanos(1_206_015_400);
+        let ours = cfg.ours_from_std(deadline).unwrap();
+        assert_eq!(ours, Instant::from_micros(1_206_016));
+        assert!(cfg.to_std(ours) >= deadline);
     }
 
     use super::test_epoch as epoch;
