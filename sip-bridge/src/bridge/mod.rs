@@ -269,6 +269,7 @@ impl Bridge {
     /// dials an error; calls in progress go on.
     pub fn set_draining(&mut self, on: bool) {
         self.draining = on;
+        self.ua.set_draining(on);
     }
 
     /// Ends every call (shutdown past its deadline): BYE, CANCEL or a final

@@ -551,6 +551,9 @@ pub struct UserAgent {
     rng: SeededRng,
     next_id: u64,
     stats: UaStats,
+    /// Out-of-dialog OPTIONS get 503: a front proxy's probes (Kamailio's
+    /// dispatcher) then stop sending new calls here while these finish.
+    draining: bool,
 }
 
 fn body_of(body: &[u8]) -> Option<Bytes> {
@@ -575,7 +578,14 @@ impl UserAgent {
             events: VecDeque::new(),
             next_id: 1,
             stats: UaStats::default(),
+            draining: false,
         }
+    }
+
+    /// While on, out-of-dialog OPTIONS are answered 503 with `Retry-After`
+    /// (RFC 3261 11.2: as an INVITE would be); in-dialog ones stay 200.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
     }
 
     /// Live legs.
@@ -1495,6 +1505,13 @@ impl UserAgent {
                     from,
                 });
             }
+            Method::Options if self.draining => self.reply(
+                now,
+                tx,
+                &req,
+                503,
+                &[("Allow", message::ALLOW), ("Retry-After", "5")],
+            ),
             Method::Options => self.reply(
                 now,
                 tx,

@@ -794,6 +794,27 @@ fn in_dialog_request_for_unknown_dialog_gets_481_and_stray_methods_405() {
 }
 
 #[test]
+fn a_draining_ua_answers_probes_503_and_recovers() {
+    let mut ua = ua(2, 12);
+    let from = Peer::udp("10.0.0.9:5060".parse().unwrap());
+    let probe = |ua: &mut UserAgent, branch: &str| {
+        let text = format!(
+            "OPTIONS sip:sbc@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
+             From: <sip:dispatcher@10.0.0.9>;tag=1\r\nTo: <sip:sbc@10.0.0.2>\r\nCall-ID: {branch}@10.0.0.9\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        ua.handle_bytes(Instant::ZERO, text.as_bytes(), from);
+        String::from_utf8_lossy(&ua.poll_transmit().expect("a response").bytes).to_string()
+    };
+    ua.set_draining(true);
+    let text = probe(&mut ua, "d1");
+    assert!(text.starts_with("SIP/2.0 503"), "{text}");
+    assert!(text.contains("Retry-After: 5"), "{text}");
+    ua.set_draining(false);
+    assert!(probe(&mut ua, "d2").starts_with("SIP/2.0 200"));
+}
+
+#[test]
 fn options_ping_reports_status_or_timeout() {
     let mut net = Net::pair(12);
     let ping = net
