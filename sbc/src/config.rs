@@ -95,6 +95,9 @@ pub struct SbcConfig {
     /// `[[phones]]`: SIP phones that register as operators.
     #[serde(default)]
     pub phones: Vec<PhoneEntry>,
+    /// `[admin]`: the operations listener and this node's name.
+    #[serde(default)]
+    pub admin: AdminSection,
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
@@ -1003,6 +1006,19 @@ pub struct WebhooksSection {
     pub url: String,
     /// Signs each request so the receiver can tell it is ours.
     pub secret: Secret,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Serve `/metrics`, `/healthz` and `/readyz` here, and `/metrics` no longer
+    /// on `[http] listen` (which browsers and the API reach). Unset: all on
+    /// `[http] listen`.
+    #[serde(deserialize_with = "values::opt")]
+    pub listen: Option<SocketAddr>,
+    /// This node's name, the `node` label of every metric (default: the host name).
+    pub node: Option<String>,
 }
 
 /// `[log]`.

@@ -342,22 +342,22 @@ impl ControlCore {
         metrics::gauge!("sbc_sip_dialogs").set(ua.dialogs() as f64);
         metrics::gauge!("sbc_sip_transactions").set(ua.transactions() as f64);
         let tx = ua.transaction_stats();
-        metrics::gauge!("sbc_sip_retransmissions").set(tx.retransmissions as f64);
+        metrics::counter!("sbc_sip_retransmissions_total").absolute(tx.retransmissions);
         let p = self.protect.stats();
-        metrics::gauge!("sbc_sip_bans").set(p.bans as f64);
-        metrics::gauge!("sbc_sip_banned_drops").set(p.banned_drops as f64);
-        metrics::gauge!("sbc_sip_scanner_drops").set(p.scanner_drops as f64);
+        metrics::counter!("sbc_sip_bans_total").absolute(p.bans);
+        metrics::counter!("sbc_sip_banned_drops_total").absolute(p.banned_drops);
+        metrics::counter!("sbc_sip_scanner_drops_total").absolute(p.scanner_drops);
         if let Some(r) = self.bridge.registrar() {
             let s = r.stats();
             metrics::gauge!("sbc_registrations_active").set(r.len() as f64);
-            metrics::gauge!("sbc_registrar_accepted").set(s.accepted as f64);
-            metrics::gauge!("sbc_registrar_challenges").set(s.challenged as f64);
-            metrics::gauge!("sbc_registrar_auth_failures").set(s.auth_failures as f64);
-            metrics::gauge!("sbc_registrar_bans").set(s.bans as f64);
-            metrics::gauge!("sbc_registrar_banned_drops").set(s.dropped_banned as f64);
-            metrics::gauge!("sbc_registrations_expired").set(s.expired as f64);
-            metrics::gauge!("sbc_registrar_keepalives").set(s.keepalives as f64);
-            metrics::gauge!("sbc_registrations_unreachable").set(s.unreachable as f64);
+            metrics::counter!("sbc_registrar_accepted_total").absolute(s.accepted);
+            metrics::counter!("sbc_registrar_challenges_total").absolute(s.challenged);
+            metrics::counter!("sbc_registrar_auth_failures_total").absolute(s.auth_failures);
+            metrics::counter!("sbc_registrar_bans_total").absolute(s.bans);
+            metrics::counter!("sbc_registrar_banned_drops_total").absolute(s.dropped_banned);
+            metrics::counter!("sbc_registrations_expired_total").absolute(s.expired);
+            metrics::counter!("sbc_registrar_keepalives_total").absolute(s.keepalives);
+            metrics::counter!("sbc_registrations_unreachable_total").absolute(s.unreachable);
         }
     }
 

@@ -447,10 +447,43 @@ async fn numbers(State(app): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
 }
 
 async fn metrics(State(app): State<Arc<HttpState>>) -> Response {
-    match &app.metrics {
+    render_metrics(app.metrics.as_ref())
+}
+
+fn render_metrics(h: Option<&metrics_exporter_prometheus::PrometheusHandle>) -> Response {
+    match h {
         Some(h) => asset_owned("text/plain; version=0.0.4", h.render()),
-        None => (StatusCode::NOT_FOUND, "metrics disabled\n").into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are off here (see [admin] listen)\n",
+        )
+            .into_response(),
     }
+}
+
+/// The admin listener's routes (`[admin] listen`): `/metrics`, `/healthz` and
+/// `/readyz`, kept off the public listener that browsers and the API reach.
+pub fn admin_router(
+    control: Handle<ControlIn>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    let ready = control.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { render_metrics(m.as_ref()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let c = ready.clone();
+                async move { ready_of(&c).await }
+            }),
+        )
 }
 
 fn asset_owned(content_type: &'static str, body: String) -> Response {
@@ -464,7 +497,14 @@ fn asset_owned(content_type: &'static str, body: String) -> Response {
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn readyz(State(app): State<Arc<HttpState>>) -> Response {
-    let status = app.control.ask(|reply| ControlIn::Status { reply });
+    ready_of(&app.control).await
+}
+
+/// 200 unless draining or the control task does not answer. Never asks
+/// anything outside this process (a shared store's outage must not take a
+/// healthy node out of its balancer).
+async fn ready_of(control: &Handle<ControlIn>) -> Response {
+    let status = control.ask(|reply| ControlIn::Status { reply });
     match tokio::time::timeout(READY_TIMEOUT, status).await {
         Ok(Ok(s)) if !s.draining => "ready\n".into_response(),
         Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),

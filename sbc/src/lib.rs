@@ -59,5 +59,6 @@ pub mod run;
 pub mod server;
 pub mod sign;
 pub mod sip;
+pub mod telemetry;
 pub mod tools;
 pub mod webrtc_port;

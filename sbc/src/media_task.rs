@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -280,7 +281,7 @@ async fn run(
         }
         while let Some((leg, q)) = session.poll_quality() {
             // A SIP peer's RTCP report: metrics now, the CDR at the end.
-            metrics::histogram!("sbc_rtcp_fraction_lost")
+            metrics::histogram!("sbc_rtcp_fraction_lost_ratio")
                 .record(f64::from(q.fraction_lost) / 256.0);
             metrics::histogram!("sbc_rtcp_jitter_seconds").record(q.jitter.as_secs_f64());
             if let Some(rtt) = q.rtt {
@@ -434,10 +435,15 @@ impl Exported {
             .increment(d(s.mix_encodes, self.stats.mix_encodes));
         metrics::counter!("sbc_media_lost_packets_total").increment(d(t.lost, self.totals.lost));
         metrics::counter!("sbc_media_late_packets_total").increment(d(t.late, self.totals.late));
-        metrics::counter!("sbc_media_concealed_ms_total")
-            .increment(d(t.concealed_ms, self.totals.concealed_ms));
+        // Seconds, the base unit, from a process-wide sum of milliseconds: no
+        // call's remainder is lost (`absolute` only ever raises the counter).
+        static CONCEALED_MS: AtomicU64 = AtomicU64::new(0);
+        let add = d(t.concealed_ms, self.totals.concealed_ms);
+        let ms = CONCEALED_MS.fetch_add(add, Ordering::Relaxed) + add;
+        metrics::counter!("sbc_media_concealed_seconds_total").absolute(ms / 1000);
         if t.max_jitter_delay_ms > 0 {
-            metrics::histogram!("sbc_jitter_delay_ms").record(f64::from(t.max_jitter_delay_ms));
+            metrics::histogram!("sbc_jitter_delay_seconds")
+                .record(f64::from(t.max_jitter_delay_ms) / 1000.0);
         }
         // Transcoding pipelines: a gauge maintained by differences.
         let tr = t.transcoding as f64 - self.totals.transcoding as f64;

@@ -151,6 +151,12 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
         bridge,
         http: cfg.http.listen,
         http_tls: http_tls_config(cfg)?,
+        admin: cfg.admin.listen,
+        node: cfg
+            .admin
+            .node
+            .clone()
+            .unwrap_or_else(crate::telemetry::hostname),
         allowed_origins: cfg.websocket_origins(),
         webrtc: cfg.media.webrtc,
         webrtc_advertise: Some(cfg.webrtc_advertise()),
@@ -252,10 +258,16 @@ pub fn banner(cfg: &SbcConfig, h: &ServerHandle) -> String {
         "  {:<8} {} (browsers reach {})\n",
         "WebRTC", h.webrtc, h.webrtc_public
     ));
-    s.push_str(&format!(
-        "  {:<8} {http}  (metrics: {page}metrics)\n",
-        "HTTP"
-    ));
+    match h.admin {
+        Some(admin) => s.push_str(&format!(
+            "  {:<8} {http}\n  {:<8} {admin}  (metrics: http://{admin}/metrics)\n",
+            "HTTP", "admin"
+        )),
+        None => s.push_str(&format!(
+            "  {:<8} {http}  (metrics: {page}metrics)\n",
+            "HTTP"
+        )),
+    }
     if cfg.demo.enabled {
         s.push_str(&format!(
             "\nDemo: open {page} , type a name, go online, then dial one of:\n"

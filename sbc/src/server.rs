@@ -4,8 +4,8 @@
 //! binary is a thin shell over this.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use media_core::codec::OpusEncoderConfig;
@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub phone_accounts: Option<(String, Vec<u8>, Duration)>,
     /// Recordings: where, how long, how many.
     pub recording: RecorderConfig,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: those
+    /// are on the main HTTP listener.
+    pub admin: Option<SocketAddr>,
+    /// This node's name: the `node` label of every metric.
+    pub node: String,
 }
 
 /// Startup failures.
@@ -129,19 +134,6 @@ impl Server {
     }
 }
 
-/// The process-wide Prometheus recorder (metrics has one global recorder).
-fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
-        OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|_| handle)
-        })
-        .clone()
-}
-
 impl ServerBuilder {
     /// Decides each call's plan with `router` instead of the static config (a
     /// router answering `Default` falls back to it).
@@ -189,7 +181,7 @@ impl ServerBuilder {
             return Box::pin(b.start()).await;
         }
         cfg.bridge.external_routing = router.is_some();
-        let metrics_handle = prometheus();
+        let metrics_handle = crate::telemetry::install(&cfg.node);
         let clock = Clock::new();
         let unix_base = Clock::unix_secs();
 
@@ -298,6 +290,24 @@ impl ServerBuilder {
             addr: cfg.http,
             source,
         })?;
+        let admin = match cfg.admin {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        what: "admin HTTP",
+                        addr,
+                        source,
+                    })?;
+                let local = l.local_addr().map_err(|source| ServerError::Bind {
+                    what: "admin HTTP",
+                    addr,
+                    source,
+                })?;
+                Some((l, local))
+            }
+            None => None,
+        };
         let state = Arc::new(HttpState {
             control: control.clone(),
             tokens: TokenIssuer::new(&cfg.token_secret),
@@ -315,7 +325,11 @@ impl ServerBuilder {
             demo: cfg.demo,
             allowed_origins: cfg.allowed_origins.clone(),
             max_message: cfg.bridge.session.max_message,
-            metrics: metrics_handle,
+            metrics: if admin.is_some() {
+                None
+            } else {
+                metrics_handle.clone()
+            },
             next_session: AtomicU64::new(1),
             api: Arc::new(crate::api::ApiState {
                 control: control.clone(),
@@ -333,7 +347,22 @@ impl ServerBuilder {
                 let _ = stop_rx.wait_for(|s| *s).await;
             },
         ));
+        let mut tasks = vec![port_task, events_task];
+        let admin_addr = admin.as_ref().map(|(_, a)| *a);
+        if let Some((l, _)) = admin {
+            let mut stop = stop_tx.subscribe();
+            let app = http::admin_router(control.clone(), metrics_handle);
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = http::serve(l, None, app, shutdown).await {
+                    tracing::error!(error = %e, "admin listener stopped");
+                }
+            }));
+        }
         Ok(ServerHandle {
+            admin: admin_addr,
             sip_udp,
             sip_tcp,
             sip_tls,
@@ -343,7 +372,7 @@ impl ServerBuilder {
             control,
             stop: stop_tx,
             control_task: sip_task,
-            tasks: vec![port_task, events_task],
+            tasks,
             http_task,
         })
     }
@@ -360,6 +389,8 @@ pub struct ServerHandle {
     pub sip_tls: Option<SocketAddr>,
     /// HTTP address.
     pub http: SocketAddr,
+    /// The admin listener's address, if any.
+    pub admin: Option<SocketAddr>,
     /// The WebRTC port (bound).
     pub webrtc: SocketAddr,
     /// The WebRTC port as browsers reach it.

@@ -202,10 +202,10 @@ sampled_metrics() {
     k[1] == "sbc_calls_ended_total" { if (index($1, "status=\"completed\"")) ok += $NF; else other += $NF }
     END { if (!seen) exit 1
       printf "%s%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f%s\n", pre,
-      v["sbc_registrations_active"], v["sbc_registrar_accepted"], v["sbc_registrar_challenges"],
-      v["sbc_registrar_auth_failures"], v["sbc_registrar_bans"], v["sbc_registrar_banned_drops"],
-      v["sbc_registrations_expired"], v["sbc_sip_transactions"], v["sbc_calls_active"], ok, other,
-      v["sbc_sip_bans"], v["sbc_sip_dropped_total"], v["sbc_sip_retransmissions"], post }'
+      v["sbc_registrations_active"], v["sbc_registrar_accepted_total"], v["sbc_registrar_challenges_total"],
+      v["sbc_registrar_auth_failures_total"], v["sbc_registrar_bans_total"], v["sbc_registrar_banned_drops_total"],
+      v["sbc_registrations_expired_total"], v["sbc_sip_transactions"], v["sbc_calls_active"], ok, other,
+      v["sbc_sip_bans_total"], v["sbc_sip_dropped_total"], v["sbc_sip_retransmissions_total"], post }'
 }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 now() { date +%s.%N; }
@@ -464,8 +464,8 @@ BEGIN {
     i = MARK[j]
     printf "%-22s %9d %9d %10d %9d %6d %8d %8d %9d %9d %9d\n", MNAME[j], S[i, 4], S[i, 5], S[i, 6], S[i, 7], S[i, 8], S[i, 9], S[i, 10], S[i, 15], S[i, 16], S[i, 18]
   }
-  printf "  (sbc_registrations_active, sbc_registrar_accepted, _challenges, _auth_failures, _bans, _banned_drops, sbc_registrations_expired;\n"
-  printf "   the front door'"'"'s sbc_sip_bans and sbc_sip_dropped_total; datagrams dropped at the sbc'"'"'s SIP socket, from /proc/net/udp)\n"
+  printf "  (sbc_registrations_active, sbc_registrar_accepted_total, _challenges, _auth_failures, _bans, _banned_drops, sbc_registrations_expired_total;\n"
+  printf "   the front door'"'"'s sbc_sip_bans_total and sbc_sip_dropped_total; datagrams dropped at the sbc'"'"'s SIP socket, from /proc/net/udp)\n"
 
   printf "\n%-22s %8s %9s %8s %8s %8s\n", "machine (% of a core)", "sbc", "phones", "caller", "far end", "others"
   for (j = 1; j <= marks; j++) {

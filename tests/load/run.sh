@@ -380,7 +380,7 @@ t1=$(now)
 read -r udp_in1 udp_noport1 udp_rcvbuf1 < <(udp_counters)
 cpu1=$(cpu_ticks "$sbc_pid")
 hwm=$(status_kb "$sbc_pid" VmHWM)
-retrans_sbc=$(metric sbc_sip_retransmissions)
+retrans_sbc=$(metric sbc_sip_retransmissions_total)
 media=$(http_get /metrics | awk '
   /^#/ { next }
   { split($1, k, "{") }
@@ -388,7 +388,7 @@ media=$(http_get /metrics | awk '
   k[1] == "sbc_rtp_packets_total" && /direction="out"/ { o += $NF }
   k[1] == "sbc_media_late_packets_total" { l += $NF }
   k[1] == "sbc_media_lost_packets_total" { x += $NF }
-  k[1] == "sbc_media_concealed_ms_total" { c += $NF }
+  k[1] == "sbc_media_concealed_seconds_total" { c += $NF }
   END { printf "%.0f %.0f %.0f %.0f %.0f", i, o, l, x, c }')
 recordings=$(http_get /metrics | awk '
   /^#/ { next }
@@ -486,7 +486,7 @@ BEGIN {
   if (conf) printf "; the second far end %d", f2drops
   printf "\n"
   split(media, M, " ")
-  printf "sbc RTP: %d packets in, %d out (%.0f and %.0f per completed call); late (dropped) %d, lost %d, concealed %d ms\n", M[1], M[2], M[1] / (ok > 0 ? ok : 1), M[2] / (ok > 0 ? ok : 1), M[3], M[4], M[5]
+  printf "sbc RTP: %d packets in, %d out (%.0f and %.0f per completed call); late (dropped) %d, lost %d, concealed %d s\n", M[1], M[2], M[1] / (ok > 0 ? ok : 1), M[2] / (ok > 0 ? ok : 1), M[3], M[4], M[5]
   printf "sbc CPU: %.2f s (user+system) in %.2f s wall = %.1f %% of a core on average; %.3f ms per call\n", cpu, wall, 100 * cpu / wall, 1000 * cpu / (ok > 0 ? ok : 1)
   if (conf) printf "SIPp CPU (last 1 s sample): caller %.2f s, far ends %.2f s and %.2f s\n", uacT / hz, uasT / hz, uas2T / hz
   else printf "SIPp CPU (last 1 s sample): caller %.2f s, far end %.2f s\n", uacT / hz, uasT / hz

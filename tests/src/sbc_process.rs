@@ -344,6 +344,12 @@ pub struct SbcSpec {
     /// (IPv4) to IPv4 peers and `::1` to IPv6 ones; [`Sbc::sip`] is then
     /// `ip` and the port, also reachable at `[::1]` and that port.
     pub dual_stack: bool,
+    /// An `[admin]` listener (`/metrics`, `/healthz`, `/readyz`) on a free
+    /// port of `ip`, the node named after the spec; [`Sbc::metrics`] reads it.
+    pub admin: bool,
+    /// The SIP port (UDP and TCP), for a node restarted where a proxy's
+    /// list expects it; default a free one.
+    pub sip_port: Option<u16>,
 }
 
 impl SbcSpec {
@@ -358,6 +364,8 @@ impl SbcSpec {
             log: "info".into(),
             media: String::new(),
             dual_stack: false,
+            admin: false,
+            sip_port: None,
         }
     }
 }
@@ -372,6 +380,8 @@ pub struct Sbc {
     pub sip: SocketAddr,
     /// HTTP (`/healthz`, `/metrics`).
     pub http: SocketAddr,
+    /// The admin listener, if the spec asked for one.
+    pub admin: Option<SocketAddr>,
     /// Where the config and the logs are.
     pub dir: TempDir,
     exit: Option<ExitStatus>,
@@ -400,17 +410,24 @@ impl Sbc {
                     format!("advertise = \"{}\"\nadvertise6 = \"::1\"\n", spec.ip),
                 )
             } else {
-                let sip = SocketAddr::new(spec.ip, free_port(spec.ip));
+                let sip =
+                    SocketAddr::new(spec.ip, spec.sip_port.unwrap_or_else(|| free_port(spec.ip)));
                 (sip, sip, spec.ip, String::new())
             };
             let http = SocketAddr::new(spec.ip, free_tcp_port(spec.ip));
             let webrtc = SocketAddr::new(spec.ip, free_udp_port(spec.ip));
+            let admin = spec
+                .admin
+                .then(|| SocketAddr::new(spec.ip, free_tcp_port(spec.ip)));
+            let admin_toml = admin.map_or(String::new(), |a| {
+                format!("[admin]\nlisten = \"{a}\"\nnode = \"{}\"\n\n", spec.name)
+            });
             let config = format!(
                 "# written by tests/src/sbc_process.rs for {name}\n\
                  [sip]\nudp = \"{bind}\"\ntcp = \"{bind}\"\nuser_agent = \"sbc-under-test\"\n{families}\n\
                  [media]\nrtp_bind = \"{rtp_bind}\"\nrtp_ports = \"{lo}-{hi}\"\nwebrtc = \"{webrtc}\"\n{media}\n\
                  [http]\nlisten = \"{http}\"\n\n\
-                 [auth]\ntoken_secret = \"{TEST_TOKEN_SECRET}\"\n\n{toml}\n",
+                 [auth]\ntoken_secret = \"{TEST_TOKEN_SECRET}\"\n\n{admin_toml}{toml}\n",
                 name = spec.name,
                 lo = spec.rtp_ports.0,
                 hi = spec.rtp_ports.1,
@@ -438,6 +455,7 @@ impl Sbc {
                 pid,
                 sip,
                 http,
+                admin,
                 dir,
                 exit: None,
             };
@@ -480,26 +498,13 @@ impl Sbc {
     /// GET `path` from its HTTP listener (HTTP/1.0, so no chunking); the body of
     /// a 200.
     pub fn http_get(&self, path: &str) -> Result<String, String> {
-        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(2))
-            .map_err(|e| format!("connect {}: {e}", self.http))?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.http)
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            return Err(head.lines().next().unwrap_or("").to_string());
-        }
-        Ok(body.to_string())
+        http_get_at(self.http, path)
     }
 
-    /// `/metrics` as parsed samples.
+    /// `/metrics` as parsed samples (from the admin listener when there is one).
     pub fn metrics(&self) -> Metrics {
         Metrics::parse(
-            &self
-                .http_get("/metrics")
+            &http_get_at(self.admin.unwrap_or(self.http), "/metrics")
                 .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.logs())),
         )
     }
@@ -633,6 +638,23 @@ impl Metrics {
             .map(|(_, _, v)| v)
             .sum()
     }
+}
+
+/// GET `path` from `addr` (HTTP/1.0, so no chunking): the body of a 200, or
+/// the status line.
+pub fn http_get_at(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.to_string())
 }
 
 // ----- SIPp -----

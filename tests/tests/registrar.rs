@@ -57,10 +57,10 @@ fn a_phone_registers_with_digest_and_unregisters() {
         l.contains("phone registered") && l.contains("phone unregistered")
     });
     assert!(logged, "{}", sbc.logs());
-    let accepted = sbc.wait_metric("sbc_registrar_accepted", &[], WAIT, |v| v >= 2.0);
+    let accepted = sbc.wait_metric("sbc_registrar_accepted_total", &[], WAIT, |v| v >= 2.0);
     assert_eq!(accepted, 2.0);
     assert_eq!(sbc.metric("sbc_registrations_active", &[]), 0.0);
-    assert_eq!(sbc.metric("sbc_registrar_auth_failures", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_registrar_auth_failures_total", &[]), 0.0);
 }
 
 #[test]
@@ -135,10 +135,10 @@ fn a_guesser_is_banned_and_an_unknown_user_looks_like_a_wrong_password() {
     .arg("-recv_timeout", 1500)
     .spawn();
     let _ = guesser.wait(SIPP_DONE);
-    let bans = sbc.wait_metric("sbc_registrar_bans", &[], WAIT, |v| v >= 1.0);
+    let bans = sbc.wait_metric("sbc_registrar_bans_total", &[], WAIT, |v| v >= 1.0);
     assert_eq!(bans, 1.0);
     // Two before (one each), five from the guesser: then it was banned.
-    assert_eq!(sbc.metric("sbc_registrar_auth_failures", &[]), 7.0);
+    assert_eq!(sbc.metric("sbc_registrar_auth_failures_total", &[]), 7.0);
     let mut right = phone(
         "reg-banned",
         "register_auth.xml",
@@ -160,7 +160,7 @@ fn a_guesser_is_banned_and_an_unknown_user_looks_like_a_wrong_password() {
         right.received().is_empty(),
         "the banned address got an answer"
     );
-    let drops = sbc.wait_metric("sbc_registrar_banned_drops", &[], WAIT, |v| v >= 3.0);
+    let drops = sbc.wait_metric("sbc_registrar_banned_drops_total", &[], WAIT, |v| v >= 3.0);
     assert!(drops >= 3.0, "{drops} dropped");
     assert_eq!(sbc.metric("sbc_registrations_active", &[]), 0.0);
     assert!(
@@ -291,14 +291,14 @@ fn accounts_not_in_the_config_come_from_the_customers_backend() {
     .calls(1)
     .spawn();
     p.assert_success(SIPP_DONE);
-    let accepted = sbc.wait_metric("sbc_registrar_accepted", &[], WAIT, |v| v >= 2.0);
+    let accepted = sbc.wait_metric("sbc_registrar_accepted_total", &[], WAIT, |v| v >= 2.0);
     assert_eq!(accepted, 2.0, "registered and unregistered\n{}", sbc.logs());
     // A guesser's unknown name: three guesses, one question to the backend.
     let mut g = phone("mallory", "register_guess.xml", 7, &sbc, "mallory", "x")
         .calls(3)
         .spawn();
     g.assert_success(SIPP_DONE);
-    let failures = sbc.wait_metric("sbc_registrar_auth_failures", &[], WAIT, |v| v >= 3.0);
+    let failures = sbc.wait_metric("sbc_registrar_auth_failures_total", &[], WAIT, |v| v >= 3.0);
     assert_eq!(failures, 3.0);
     let asked: Vec<String> = backend.requests().iter().map(|r| r.body.clone()).collect();
     assert_eq!(

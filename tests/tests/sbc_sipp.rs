@@ -1051,7 +1051,7 @@ fn a_stranger_gets_a_stateless_403() {
         "sbc_sip_dialogs",
         "sbc_calls_active",
         "sbc_calls_started_total",
-        "sbc_sip_retransmissions",
+        "sbc_sip_retransmissions_total",
     ] {
         assert_eq!(m.value(g, &[]), 0.0, "{g}: {:?}", m.samples);
     }
@@ -1196,7 +1196,9 @@ fn a_flood_is_banned_while_another_source_completes_its_calls() {
         .calls(flood_total)
         .rate(500)
         .spawn();
-    let bans = sbc.wait_metric("sbc_sip_bans", &[], Duration::from_secs(20), |v| v >= 1.0);
+    let bans = sbc.wait_metric("sbc_sip_bans_total", &[], Duration::from_secs(20), |v| {
+        v >= 1.0
+    });
     assert_eq!(bans, 1.0, "the flood was not banned\n{}", sbc.logs());
     // The carrier calls while the flood goes on (3 requests per call at 10 calls
     // per second: well within its limit of 100 per second).
@@ -1213,8 +1215,8 @@ fn a_flood_is_banned_while_another_source_completes_its_calls() {
         m.value("sbc_calls_ended_total", &["status=\"completed\""]),
         calls as f64
     );
-    assert_eq!(m.value("sbc_sip_bans", &[]), 1.0, "only the flooder");
-    let dropped = m.value("sbc_sip_banned_drops", &[]);
+    assert_eq!(m.value("sbc_sip_bans_total", &[]), 1.0, "only the flooder");
+    let dropped = m.value("sbc_sip_banned_drops_total", &[]);
     assert!(
         dropped >= (flood_total - 100 - 200) as f64,
         "only {dropped} of {flood_total} flood messages were dropped: {:?}",

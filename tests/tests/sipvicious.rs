@@ -4,7 +4,7 @@
 //! failures and finds no password; `svwar` enumerates no extension.
 //!
 //! * As they come (User-Agent `friendly-scanner`): the SIP front door drops
-//!   every request unanswered (`sbc_sip_scanner_drops`); the registrar never
+//!   every request unanswered (`sbc_sip_scanner_drops_total`); the registrar never
 //!   sees one, so they learn nothing, not even a password that is first in the
 //!   dictionary.
 //! * Disguised as a phone: the tools have no option for their User-Agent, so
@@ -13,7 +13,7 @@
 //!   `svwar` (REGISTER, OPTIONS, INVITE) gets the same answer for the real
 //!   users 1001 and 1002 as for a random one and finds none; `svcrack` with
 //!   the right password 20th is banned after `ban_after` = 5 refusals
-//!   (`sbc_registrar_bans`), and the front door's flood limit is raised so
+//!   (`sbc_registrar_bans_total`), and the front door's flood limit is raised so
 //!   that it is the registrar, not the limiter, that stops it. A control run
 //!   with the right password 3rd cracks it: the disguised tool works, so its
 //!   failure is the ban's doing.
@@ -264,7 +264,7 @@ fn read_lossy(path: &Path) -> String {
 fn show_metrics(sbc: &Sbc) {
     for (name, _, v) in sbc.metrics().samples {
         if (name.starts_with("sbc_sip_") && name.contains("ban"))
-            || name == "sbc_sip_scanner_drops"
+            || name == "sbc_sip_scanner_drops_total"
             || name.starts_with("sbc_registrar_")
         {
             eprintln!("{name} {v}");
@@ -302,16 +302,16 @@ fn sipvicious_as_it_comes_is_dropped_unanswered_and_learns_nothing() {
 
     // One request each, dropped for its User-Agent; nothing reached the
     // registrar or the flood limiter.
-    let drops = sbc.wait_metric("sbc_sip_scanner_drops", &[], WAIT, |v| v >= 2.0);
+    let drops = sbc.wait_metric("sbc_sip_scanner_drops_total", &[], WAIT, |v| v >= 2.0);
     show_metrics(&sbc);
     assert!(drops >= 2.0, "{drops} scanner drops\n{}", sbc.logs());
     for zero in [
-        "sbc_registrar_challenges",
-        "sbc_registrar_auth_failures",
-        "sbc_registrar_bans",
-        "sbc_registrar_accepted",
-        "sbc_sip_bans",
-        "sbc_sip_banned_drops",
+        "sbc_registrar_challenges_total",
+        "sbc_registrar_auth_failures_total",
+        "sbc_registrar_bans_total",
+        "sbc_registrar_accepted_total",
+        "sbc_sip_bans_total",
+        "sbc_sip_banned_drops_total",
     ] {
         assert_eq!(sbc.metric(zero, &[]), 0.0, "{zero}\n{}", sbc.logs());
     }
@@ -322,7 +322,7 @@ fn sipvicious_disguised_as_a_phone_enumerates_nothing_and_svcrack_is_banned_by_t
     let _serial = serial();
     // Once banned, svcrack sends a REGISTER every 5 ms (its select timeout)
     // for --maximumtime: 200/s, over the default 50/s. Raised so that the
-    // registrar alone stops it (sbc_sip_bans stays 0).
+    // registrar alone stops it (sbc_sip_bans_total stays 0).
     let sbc = Sbc::start(&SbcSpec::new(
         "sipvicious-disguised",
         rtp(65),
@@ -378,11 +378,11 @@ fn sipvicious_disguised_as_a_phone_enumerates_nothing_and_svcrack_is_banned_by_t
     }
     // Its REGISTERs reached the registrar (challenged, never refused: it
     // sends no credentials), not dropped at the front door.
-    let challenges = sbc.wait_metric("sbc_registrar_challenges", &[], WAIT, |v| v >= 3.0);
+    let challenges = sbc.wait_metric("sbc_registrar_challenges_total", &[], WAIT, |v| v >= 3.0);
     show_metrics(&sbc);
     assert!(challenges >= 3.0, "{challenges} challenges");
-    assert_eq!(sbc.metric("sbc_registrar_auth_failures", &[]), 0.0);
-    assert_eq!(sbc.metric("sbc_sip_scanner_drops", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_registrar_auth_failures_total", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_sip_scanner_drops_total", &[]), 0.0);
 
     // Control, from 127.0.0.32: the right password 3rd, within ban_after,
     // is found: the disguised svcrack and our digest agree.
@@ -401,9 +401,9 @@ fn sipvicious_disguised_as_a_phone_enumerates_nothing_and_svcrack_is_banned_by_t
         control.report()
     );
     assert!(control.stdout.contains(PASSWORD), "{}", control.report());
-    let accepted = sbc.wait_metric("sbc_registrar_accepted", &[], WAIT, |v| v >= 1.0);
+    let accepted = sbc.wait_metric("sbc_registrar_accepted_total", &[], WAIT, |v| v >= 1.0);
     assert_eq!(accepted, 1.0);
-    let before = sbc.wait_metric("sbc_registrar_auth_failures", &[], WAIT, |v| v >= 2.0);
+    let before = sbc.wait_metric("sbc_registrar_auth_failures_total", &[], WAIT, |v| v >= 2.0);
     assert_eq!(before, 2.0, "1234 and 1001 refused");
 
     // The attack, from 127.0.0.33: the right password 20th.
@@ -432,22 +432,22 @@ fn sipvicious_disguised_as_a_phone_enumerates_nothing_and_svcrack_is_banned_by_t
         crack.report()
     );
     eprintln!("svcrack sent {:?}", crack.tried());
-    let bans = sbc.wait_metric("sbc_registrar_bans", &[], WAIT, |v| v >= 1.0);
+    let bans = sbc.wait_metric("sbc_registrar_bans_total", &[], WAIT, |v| v >= 1.0);
     assert_eq!(bans, 1.0, "{}", sbc.logs());
     // Exactly ban_after: the 5th refusal bans (and is not answered); every
     // REGISTER after it from that address is dropped before it is checked,
     // so passwords in flight (svcrack sends one per challenge it holds) are
     // never checked.
     show_metrics(&sbc);
-    let failures = sbc.metric("sbc_registrar_auth_failures", &[]) - before;
+    let failures = sbc.metric("sbc_registrar_auth_failures_total", &[]) - before;
     assert_eq!(failures, f64::from(BAN_AFTER));
-    let dropped = sbc.wait_metric("sbc_registrar_banned_drops", &[], WAIT, |v| v >= 1.0);
+    let dropped = sbc.wait_metric("sbc_registrar_banned_drops_total", &[], WAIT, |v| v >= 1.0);
     assert!(dropped >= 1.0, "{dropped} dropped");
-    assert_eq!(sbc.metric("sbc_registrar_accepted", &[]), 1.0);
+    assert_eq!(sbc.metric("sbc_registrar_accepted_total", &[]), 1.0);
     // The registrar, not the front door.
-    assert_eq!(sbc.metric("sbc_sip_bans", &[]), 0.0);
-    assert_eq!(sbc.metric("sbc_sip_banned_drops", &[]), 0.0);
-    assert_eq!(sbc.metric("sbc_sip_scanner_drops", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_sip_bans_total", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_sip_banned_drops_total", &[]), 0.0);
+    assert_eq!(sbc.metric("sbc_sip_scanner_drops_total", &[]), 0.0);
     // Banned where it came from (its own address: -b honoured).
     let log = sbc_log(&sbc);
     let banned: Vec<&str> = log
