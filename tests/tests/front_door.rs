@@ -1,0 +1,228 @@
+//! The shipped front doors (`sbc/deploy/`) with the real programs from Debian:
+//! the Kamailio and haproxy configurations pass their own checks, and a rolling
+//! upgrade of two `sbc` nodes behind Kamailio's dispatcher drops no call (each
+//! node in turn is drained with SIGTERM: its probes get 503, new calls go to
+//! the other node, its calls finish, it exits and comes back).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::sbc_process::{
+    Sbc, SbcSpec, SippCmd, TempDir, free_port, lo, rtp, serial, tail_file, wait_until,
+};
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sbc/deploy")
+        .join(file)
+}
+
+#[test]
+fn the_kamailio_config_passes_kamailio_c() {
+    let out = Command::new("kamailio")
+        .arg("-c")
+        .arg("-f")
+        .arg(deploy("kamailio/kamailio.cfg"))
+        .output()
+        .expect("kamailio (Debian package kamailio) runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+#[test]
+fn the_haproxy_config_passes_haproxy_c() {
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(deploy("haproxy/haproxy.cfg"))
+        .output()
+        .expect("haproxy (Debian package haproxy) runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Configuration file is valid"), "{text}");
+}
+
+/// Kamailio with the shipped config on `addr` (UDP and TCP), its nodes in
+/// `list`, killed when dropped.
+struct Kamailio {
+    child: Child,
+    dir: TempDir,
+    ctl: String,
+}
+
+impl Kamailio {
+    fn start(addr: SocketAddr, nodes: &[SocketAddr]) -> Kamailio {
+        let dir = TempDir::new("kamailio");
+        let list = dir.join("dispatcher.list");
+        let lines: String = nodes
+            .iter()
+            .map(|n| format!("1 sip:{n};transport=tcp\n"))
+            .collect();
+        std::fs::write(&list, lines).unwrap();
+        let ctl = format!("unix:{}", dir.join("ctl.sock").display());
+        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
+        let child = Command::new("kamailio")
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-f"])
+            .arg(deploy("kamailio/kamailio.cfg"))
+            .arg("-Y")
+            .arg(dir.path())
+            .arg("-A")
+            .arg(format!("LISTEN_UDP=udp:{addr}"))
+            .arg("-A")
+            .arg(format!("LISTEN_TCP=tcp:{addr}"))
+            .arg("-A")
+            .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
+            .arg("-A")
+            .arg(format!("CTL_SOCKET=\"{ctl}\""))
+            .arg("-A")
+            .arg(format!("CARRIER=\"sip:{addr}\""))
+            .arg("-A")
+            .arg(format!("TCP_SOURCE={}", addr.ip()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio (Debian package kamailio) runs");
+        Kamailio { child, dir, ctl }
+    }
+
+    /// The dispatcher's view: (node URI, flags) per node (`AP` = active, probing).
+    fn states(&self) -> Vec<(String, String)> {
+        let out = Command::new("kamcmd")
+            .args(["-s", &self.ctl, "dispatcher.list"])
+            .output();
+        let Ok(out) = out else { return Vec::new() };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut states = Vec::new();
+        let mut uri = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(u) = line.strip_prefix("URI: ") {
+                uri = Some(u.to_string());
+            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
+                states.push((u, f.to_string()));
+            }
+        }
+        states
+    }
+
+    /// Waits until the dispatcher sees `node` active.
+    fn wait_active(&self, node: SocketAddr) {
+        let want = format!("sip:{node};transport=tcp");
+        let ok = wait_until(Duration::from_secs(15), || {
+            self.states()
+                .iter()
+                .any(|(u, f)| *u == want && f.starts_with('A'))
+        });
+        assert!(
+            ok,
+            "the dispatcher never saw {node} active: {:?}\n{}",
+            self.states(),
+            tail_file(&self.dir.join("kamailio.log"), 40)
+        );
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_spec(name: &str, n: u8, range: u16, sip_port: u16, callee: SocketAddr) -> SbcSpec {
+    SbcSpec {
+        ip: lo(n),
+        admin: true,
+        sip_port: Some(sip_port),
+        drain_secs: 30,
+        ..SbcSpec::new(
+            name,
+            rtp(range),
+            format!(
+                "[[trunks]]\nname = \"front\"\nhost = \"front.test\"\npeers = [\"{callee}\"]\n\
+                 inbound = [\"127.0.0.2/32\"]\n\n\
+                 [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\n\
+                 dial = [ {{ ring = [\"sip:service@{callee}\"], timeout = \"20s\" }} ]\n"
+            ),
+        )
+    }
+}
+
+/// SIGTERM, the process leaves once its calls have ended, and it starts again
+/// on the same address.
+fn drain_and_restart(node: &mut Sbc, spec: &SbcSpec, kamailio: &Kamailio) {
+    // While draining, the admin listener's /readyz says so (a balancer's cue).
+    let admin = node.admin.expect("admin listener");
+    node.terminate();
+    let drained = wait_until(Duration::from_secs(10), || {
+        integration_tests::sbc_process::http_get_at(admin, "/readyz").is_err()
+    });
+    assert!(drained, "/readyz still 200 after SIGTERM\n{}", node.logs());
+    let exit = node.wait_exit(Duration::from_secs(40));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "exit {exit:?}\n{}",
+        node.logs()
+    );
+    *node = Sbc::start(spec);
+    kamailio.wait_active(node.sip);
+}
+
+#[test]
+fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
+    let _serial = serial();
+    let calls = 150;
+    let callee = SippCmd::new("upgrade-callee", "callee.xml", lo(3))
+        .calls(calls)
+        .key("answer_pt", "0")
+        .key("answer_codec", "PCMU/8000")
+        .key("answer_ptime", "20");
+    let callee_addr = callee.addr();
+    let spec_a = node_spec("node-a", 11, 70, free_port(lo(11)), callee_addr);
+    let spec_b = node_spec("node-b", 12, 71, free_port(lo(12)), callee_addr);
+    let mut a = Sbc::start(&spec_a);
+    let mut b = Sbc::start(&spec_b);
+    let front = SocketAddr::new(lo(2), free_port(lo(2)));
+    let kamailio = Kamailio::start(front, &[a.sip, b.sip]);
+    kamailio.wait_active(a.sip);
+    kamailio.wait_active(b.sip);
+
+    let mut callee = callee.spawn();
+    // 10 calls a second for 15 s, each 2 s long, through Kamailio.
+    let mut caller = SippCmd::new("upgrade-caller", "caller_rr.xml", lo(5))
+        .remote(front)
+        .service("+15550100")
+        .calls(calls)
+        .rate(10)
+        .hold_ms(2000)
+        .spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    drain_and_restart(&mut a, &spec_a, &kamailio);
+    drain_and_restart(&mut b, &spec_b, &kamailio);
+    caller.assert_success(Duration::from_secs(90));
+    callee.assert_success(Duration::from_secs(90));
+
+    // Both nodes carried calls (the callee saw INVITEs from each).
+    let invites: Vec<String> = callee
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("INVITE"))
+        .filter_map(|m| m.header("Via").map(str::to_string))
+        .collect();
+    assert_eq!(invites.len(), calls);
+    for node in [lo(11), lo(12)] {
+        assert!(
+            invites.iter().any(|v| v.contains(&format!("{node}:"))),
+            "no call went through {node}"
+        );
+    }
+    a.assert_idle(Duration::from_secs(20));
+    b.assert_idle(Duration::from_secs(20));
+}
