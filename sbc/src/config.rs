@@ -98,6 +98,10 @@ pub struct SbcConfig {
     /// `[admin]`: the operations listener and this node's name.
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[cluster]`: this node among others, through Redis. Absent: one node,
+    /// nothing of it runs.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
@@ -1019,6 +1023,49 @@ pub struct AdminSection {
     pub listen: Option<SocketAddr>,
     /// This node's name, the `node` label of every metric (default: the host name).
     pub node: Option<String>,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's name, unique in the cluster (letters, digits, `-`, `_`, `.`);
+    /// also the `node` label of its metrics unless `[admin] node` says otherwise.
+    pub node: String,
+    /// `redis://HOST:PORT/DB` (or `redis://:PASSWORD@HOST:PORT/DB`).
+    pub redis_url: String,
+    /// Lease renewal (default `"500ms"`).
+    #[serde(
+        default = "ClusterSection::default_heartbeat",
+        deserialize_with = "values::one"
+    )]
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is not live (default `"1500ms"`;
+    /// at least twice `heartbeat`).
+    #[serde(
+        default = "ClusterSection::default_lease",
+        deserialize_with = "values::one"
+    )]
+    pub lease: Duration,
+    /// Deadline of one exchange with Redis (default `"250ms"`): a slow Redis
+    /// costs a counted miss, never a stalled node.
+    #[serde(
+        default = "ClusterSection::default_timeout",
+        deserialize_with = "values::one"
+    )]
+    pub redis_timeout: Duration,
+}
+
+impl ClusterSection {
+    fn default_heartbeat() -> Duration {
+        Duration::from_millis(500)
+    }
+    fn default_lease() -> Duration {
+        Duration::from_millis(1500)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_millis(250)
+    }
 }
 
 /// `[log]`.

@@ -116,6 +116,7 @@ impl ControlCore {
             sip_legs: self.bridge.ua().legs(),
             media_tasks: self.media.len(),
             operator_sockets: self.ws.len(),
+            operators: self.bridge.presence().len(),
             draining: self.bridge.draining(),
         }
     }

@@ -461,14 +461,26 @@ fn render_metrics(h: Option<&metrics_exporter_prometheus::PrometheusHandle>) -> 
     }
 }
 
-/// The admin listener's routes (`[admin] listen`): `/metrics`, `/healthz` and
-/// `/readyz`, kept off the public listener that browsers and the API reach.
+/// The admin listener's routes (`[admin] listen`): `/metrics`, `/healthz`,
+/// `/readyz` and `/cluster` (the live nodes as this one last read them from
+/// Redis), kept off the public listener that browsers and the API reach.
 pub fn admin_router(
     control: Handle<ControlIn>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    cluster: crate::cluster::SharedView,
 ) -> Router {
     let ready = control.clone();
     Router::new()
+        .route(
+            "/cluster",
+            get(move || {
+                let view = cluster
+                    .lock()
+                    .map(|v| v.clone())
+                    .unwrap_or_else(|e| e.into_inner().clone());
+                async move { axum::Json(view) }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

@@ -117,6 +117,8 @@ pub struct ControlStatus {
     pub media_tasks: usize,
     /// Operator WebSockets open.
     pub operator_sockets: usize,
+    /// Operators present (browsers and phones).
+    pub operators: usize,
     /// Taking no new calls.
     pub draining: bool,
 }

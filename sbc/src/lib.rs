@@ -42,6 +42,7 @@ pub mod agent_ws;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod directory;

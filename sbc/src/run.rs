@@ -156,7 +156,18 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
             .admin
             .node
             .clone()
+            .or_else(|| cfg.cluster.as_ref().map(|k| k.node.clone()))
             .unwrap_or_else(crate::telemetry::hostname),
+        cluster: cfg
+            .cluster
+            .as_ref()
+            .map(|k| crate::server::ClusterSettings {
+                node: k.node.clone(),
+                redis_url: k.redis_url.clone(),
+                heartbeat: k.heartbeat,
+                lease: k.lease,
+                timeout: k.redis_timeout,
+            }),
         allowed_origins: cfg.websocket_origins(),
         webrtc: cfg.media.webrtc,
         webrtc_advertise: Some(cfg.webrtc_advertise()),

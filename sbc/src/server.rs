@@ -78,6 +78,24 @@ pub struct ServerConfig {
     pub admin: Option<SocketAddr>,
     /// This node's name: the `node` label of every metric.
     pub node: String,
+    /// Its place in a cluster (`None`: a single node).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: see [`crate::cluster`]. The addresses other nodes reach this
+/// one at are the bound listeners (the SIP TCP one first).
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// This node's name.
+    pub node: String,
+    /// Redis.
+    pub redis_url: String,
+    /// Lease renewal.
+    pub heartbeat: Duration,
+    /// Lease length.
+    pub lease: Duration,
+    /// Deadline of one exchange with Redis.
+    pub timeout: Duration,
 }
 
 /// Startup failures.
@@ -348,10 +366,38 @@ impl ServerBuilder {
             },
         ));
         let mut tasks = vec![port_task, events_task];
+        let cluster_view = crate::cluster::SharedView::default();
+        let mut cluster_task = None;
+        if let Some(k) = &cfg.cluster {
+            let advertised = |a: SocketAddr| {
+                if a.ip().is_unspecified() {
+                    SocketAddr::new(cfg.bridge.media_ip, a.port())
+                } else {
+                    a
+                }
+            };
+            let sip = sip_tcp.or(sip_udp).or(sip_tls).map(advertised);
+            if let Some(sip) = sip {
+                cluster_task = Some(crate::cluster::spawn(
+                    crate::cluster::ClusterConfig {
+                        node: k.node.clone(),
+                        redis_url: k.redis_url.clone(),
+                        sip,
+                        http: advertised(http_addr),
+                        heartbeat: k.heartbeat,
+                        lease: k.lease,
+                        timeout: k.timeout,
+                    },
+                    control.clone(),
+                    cluster_view.clone(),
+                    stop_tx.subscribe(),
+                ));
+            }
+        }
         let admin_addr = admin.as_ref().map(|(_, a)| *a);
         if let Some((l, _)) = admin {
             let mut stop = stop_tx.subscribe();
-            let app = http::admin_router(control.clone(), metrics_handle);
+            let app = http::admin_router(control.clone(), metrics_handle, cluster_view);
             tasks.push(tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -362,6 +408,7 @@ impl ServerBuilder {
             }));
         }
         Ok(ServerHandle {
+            cluster_task,
             admin: admin_addr,
             sip_udp,
             sip_tcp,
@@ -400,6 +447,8 @@ pub struct ServerHandle {
     pub control: Handle<ControlIn>,
     stop: watch::Sender<bool>,
     control_task: tokio::task::JoinHandle<()>,
+    /// Leaves the cluster (removes this node's record) once stopped.
+    cluster_task: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -440,6 +489,9 @@ impl ServerHandle {
         }
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+        if let Some(t) = self.cluster_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
         // The control task ends (its media tasks with it); the others are stopped.
         let mut control_task = self.control_task;
         let stopped = self.control.send(ControlIn::Shutdown).await.is_ok()

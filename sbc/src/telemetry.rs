@@ -335,6 +335,32 @@ pub const METRICS: &[Metric] = &[
         "sbc_siprec_sessions_total",
         "SIPREC sessions, by state reached.",
     ),
+    // Cluster ([cluster]; zero without one).
+    m(
+        G,
+        "sbc_cluster_nodes_alive",
+        "Nodes whose lease is live, as this node last read them.",
+    ),
+    m(
+        G,
+        "sbc_cluster_nodes_draining",
+        "Live nodes that are draining.",
+    ),
+    m(
+        G,
+        "sbc_cluster_redis_up",
+        "1 while this node's heartbeats reach Redis.",
+    ),
+    m(
+        C,
+        "sbc_cluster_redis_errors_total",
+        "Heartbeats Redis did not answer in time or refused.",
+    ),
+    m(
+        C,
+        "sbc_cluster_bad_records_total",
+        "Malformed node records read from Redis, skipped.",
+    ),
     // HTTP, API, webhooks, routing.
     dynamic(
         C,

@@ -5,6 +5,7 @@
 //! the other node, its calls finish, it exits and comes back).
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -88,6 +89,8 @@ impl Kamailio {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: Kamailio forks workers, and they all go.
+            .process_group(0)
             .spawn()
             .expect("kamailio (Debian package kamailio) runs");
         Kamailio { child, dir, ctl }
@@ -131,8 +134,16 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The whole group (main process and workers): TERM, then KILL.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let gone = wait_until(Duration::from_secs(3), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        if !gone {
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub(super) fn check(c: &SbcConfig) -> Found {
     trunks(c, &mut f);
     numbers(c, &mut f);
     phones(c, &mut f);
+    cluster(c, &mut f);
     if let Some(r) = &c.routing {
         if !is_url(&r.url) {
             f.push(("routing.url".into(), not_url(&r.url)));
@@ -665,6 +666,38 @@ fn is_log_filter(s: &str) -> bool {
             }
             None => level(d),
         })
+}
+
+/// `[cluster]`: a usable name, a Redis URL, a lease that outlives two heartbeats.
+fn cluster(c: &SbcConfig, f: &mut Found) {
+    let Some(k) = &c.cluster else { return };
+    if k.node.is_empty()
+        || k.node.len() > 64
+        || !k
+            .node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        f.push((
+            "cluster.node".into(),
+            "1-64 letters, digits, '-', '_' or '.'".into(),
+        ));
+    }
+    if !(k.redis_url.starts_with("redis://") || k.redis_url.starts_with("unix://")) {
+        f.push(("cluster.redis_url".into(), "a redis:// URL".into()));
+    }
+    if k.heartbeat.is_zero() || k.lease < k.heartbeat * 2 {
+        f.push((
+            "cluster.lease".into(),
+            "at least twice cluster.heartbeat (above 0)".into(),
+        ));
+    }
+    if k.redis_timeout.is_zero() || k.redis_timeout >= k.heartbeat {
+        f.push((
+            "cluster.redis_timeout".into(),
+            "above 0 and below cluster.heartbeat".into(),
+        ));
+    }
 }
 
 /// `[registrar]` and `[[phones]]`: bounds, HA1s that are hex of the right

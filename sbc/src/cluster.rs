@@ -1,0 +1,364 @@
+//! This node's place in a cluster of `sbc` nodes, through Redis (`[cluster]`).
+//!
+//! Every `heartbeat` one script renews this node's lease and record and reads
+//! back every live node's record (one round trip, one command):
+//!
+//! * `sbc:nodes`, a sorted set: node name -> its last heartbeat (ms, Redis's own
+//!   `TIME`, so node clocks never matter). A node is live while its score is
+//!   younger than `lease`.
+//! * `sbc:node:{name}`, a hash: `sip`, `http`, `state` (`serving`/`draining`),
+//!   `calls`, `operators`, `version`, `boot`; it expires with the lease.
+//!
+//! Redis is never on a call's path. Every exchange has its own deadline
+//! (`timeout`); when Redis is slow or gone the node goes on from memory, counts
+//! it (`sbc_cluster_redis_errors_total`, `sbc_cluster_redis_up 0`) and keeps
+//! its last view, and its next successful heartbeat writes its whole record
+//! again (a restarted Redis has forgotten everything). `/healthz` and
+//! `/readyz` never ask Redis. A node that stops cleanly removes its record.
+//!
+//! Records other nodes wrote are read defensively: a malformed one is skipped
+//! and counted (`sbc_cluster_bad_records_total`), never trusted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::Value;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::inbox::ControlIn;
+use crate::sip::Handle;
+
+/// `[cluster]` as the task takes it.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's name (unique in the cluster).
+    pub node: String,
+    /// `redis://host:port/db`.
+    pub redis_url: String,
+    /// SIP address other nodes and the proxy reach this node at.
+    pub sip: SocketAddr,
+    /// HTTP address (the API, operator WebSockets).
+    pub http: SocketAddr,
+    /// How often the lease is renewed.
+    pub heartbeat: Duration,
+    /// A node whose lease is older than this is not live.
+    pub lease: Duration,
+    /// Deadline of one exchange with Redis.
+    pub timeout: Duration,
+}
+
+/// A node as its record says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    /// Its name.
+    pub node: String,
+    /// Its SIP address.
+    pub sip: SocketAddr,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Draining: taking no new calls.
+    pub draining: bool,
+    /// Calls in progress.
+    pub calls: u64,
+    /// Operators present.
+    pub operators: u64,
+    /// Its `sbc` version.
+    pub version: String,
+}
+
+/// The cluster as this node last saw it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterView {
+    /// Live nodes (this one included once Redis has its record), by name.
+    pub nodes: Vec<NodeInfo>,
+    /// Whether the last exchange with Redis succeeded.
+    pub redis_up: bool,
+    /// Heartbeats that failed (timeout, connection, error) since start.
+    pub redis_errors: u64,
+}
+
+/// The view shared with the admin listener (`GET /cluster`).
+pub type SharedView = Arc<Mutex<ClusterView>>;
+
+/// The most node records read per heartbeat: a bound on what a flood of
+/// records (or a hostile writer) costs us.
+const MAX_NODES: usize = 256;
+
+/// Renews the lease and reads the live nodes (see the module docs). KEYS:
+/// `sbc:nodes`, `sbc:node:{me}`. ARGV: name, sip, http, state, calls,
+/// operators, version, boot, lease (ms), max nodes.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[9])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], 'sip', ARGV[2], 'http', ARGV[3], 'state', ARGV[4],
+  'calls', ARGV[5], 'operators', ARGV[6], 'version', ARGV[7], 'boot', ARGV[8])
+redis.call('PEXPIRE', KEYS[2], lease)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * lease)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - lease, '+inf', 'LIMIT', 0, tonumber(ARGV[10]))
+local out = {}
+for _, id in ipairs(live) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGETALL', 'sbc:node:' .. id)
+end
+return out
+";
+
+/// Starts the cluster task; it stops (removing this node's record) when `stop`
+/// turns true.
+pub fn spawn(
+    cfg: ClusterConfig,
+    control: Handle<ControlIn>,
+    view: SharedView,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(cfg, control, view, stop))
+}
+
+async fn run(
+    cfg: ClusterConfig,
+    control: Handle<ControlIn>,
+    view: SharedView,
+    mut stop: watch::Receiver<bool>,
+) {
+    let script = redis::Script::new(HEARTBEAT);
+    let boot = crate::clock::Clock::unix_secs().to_string();
+    let mut redis = Redis::new(&cfg);
+    let mut tick = tokio::time::interval(cfg.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let Ok(status) = control.ask(|reply| ControlIn::Status { reply }).await else {
+            break;
+        };
+        let state = if status.draining {
+            "draining"
+        } else {
+            "serving"
+        };
+        let mut inv = script.key("sbc:nodes");
+        inv.key(format!("sbc:node:{}", cfg.node))
+            .arg(&cfg.node)
+            .arg(cfg.sip.to_string())
+            .arg(cfg.http.to_string())
+            .arg(state)
+            .arg(status.calls)
+            .arg(status.operators)
+            .arg(env!("CARGO_PKG_VERSION"))
+            .arg(&boot)
+            .arg(cfg.lease.as_millis() as u64)
+            .arg(MAX_NODES);
+        let answer = match redis.connection().await {
+            Some(conn) => {
+                match tokio::time::timeout(cfg.timeout, inv.invoke_async::<Value>(conn)).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+                }
+            }
+            None => Err("not connected".into()),
+        };
+        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(value) => {
+                if !v.redis_up {
+                    tracing::info!(node = %cfg.node, "cluster: Redis answers; this node's record is written");
+                }
+                let (nodes, bad) = parse_nodes(&value);
+                if bad > 0 {
+                    metrics::counter!("sbc_cluster_bad_records_total").increment(bad);
+                    tracing::warn!(bad, "cluster: malformed node records skipped");
+                }
+                v.nodes = nodes;
+                v.redis_up = true;
+            }
+            Err(e) => {
+                if v.redis_up || v.redis_errors == 0 {
+                    tracing::warn!(error = %e, "cluster: Redis unreachable; going on from memory");
+                }
+                v.redis_up = false;
+                v.redis_errors += 1;
+                metrics::counter!("sbc_cluster_redis_errors_total").increment(1);
+                redis.failed();
+            }
+        }
+        metrics::gauge!("sbc_cluster_redis_up").set(if v.redis_up { 1.0 } else { 0.0 });
+        metrics::gauge!("sbc_cluster_nodes_alive").set(v.nodes.len() as f64);
+        metrics::gauge!("sbc_cluster_nodes_draining")
+            .set(v.nodes.iter().filter(|n| n.draining).count() as f64);
+    }
+    // Leaving on purpose: others see it at once rather than at the lease's end.
+    if let Some(conn) = redis.connection().await {
+        let leave = redis::pipe()
+            .zrem("sbc:nodes", &cfg.node)
+            .del(format!("sbc:node:{}", cfg.node))
+            .to_owned();
+        let _ = tokio::time::timeout(cfg.timeout, leave.exec_async(conn)).await;
+    }
+}
+
+/// A connection that is made again, under the deadline, after a failure.
+struct Redis {
+    client: Option<redis::Client>,
+    conn: Option<redis::aio::MultiplexedConnection>,
+    timeout: Duration,
+}
+
+impl Redis {
+    fn new(cfg: &ClusterConfig) -> Redis {
+        let client = match redis::Client::open(cfg.redis_url.as_str()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, url = %cfg.redis_url, "cluster: bad redis_url");
+                None
+            }
+        };
+        Redis {
+            client,
+            conn: None,
+            timeout: cfg.timeout,
+        }
+    }
+
+    async fn connection(&mut self) -> Option<&mut redis::aio::MultiplexedConnection> {
+        if self.conn.is_none() {
+            let client = self.client.as_ref()?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout));
+            let connect = client.get_multiplexed_async_connection_with_config(&config);
+            if let Ok(Ok(c)) = tokio::time::timeout(self.timeout, connect).await {
+                self.conn = Some(c);
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// Drops the connection: the next heartbeat connects again.
+    fn failed(&mut self) {
+        self.conn = None;
+    }
+}
+
+/// The records of the script's answer, and how many were malformed.
+fn parse_nodes(value: &Value) -> (Vec<NodeInfo>, u64) {
+    let Value::Array(items) = value else {
+        return (Vec::new(), 1);
+    };
+    let mut nodes = Vec::new();
+    let mut bad = 0;
+    for pair in items.chunks(2) {
+        let [id, fields] = pair else {
+            bad += 1;
+            continue;
+        };
+        match node_info(id, fields) {
+            Some(n) => nodes.push(n),
+            None => bad += 1,
+        }
+    }
+    (nodes, bad)
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// One node's record; `None` if anything in it is missing or malformed (a node
+/// whose record expired between the two reads has an empty one).
+fn node_info(id: &Value, fields: &Value) -> Option<NodeInfo> {
+    let node = text(id)?;
+    if node.is_empty() || node.len() > 128 {
+        return None;
+    }
+    let fields: BTreeMap<String, String> = match fields {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .filter_map(|p| Some((text(p.first()?)?, text(p.get(1)?)?)))
+            .collect(),
+        Value::Map(kv) => kv
+            .iter()
+            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+            .collect(),
+        _ => return None,
+    };
+    Some(NodeInfo {
+        node,
+        sip: fields.get("sip")?.parse().ok()?,
+        http: fields.get("http")?.parse().ok()?,
+        draining: match fields.get("state")?.as_str() {
+            "serving" => false,
+            "draining" => true,
+            _ => return None,
+        },
+        calls: fields.get("calls")?.parse().ok()?,
+        operators: fields.get("operators")?.parse().ok()?,
+        version: fields.get("version")?.chars().take(32).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Value {
+        Value::BulkString(x.as_bytes().to_vec())
+    }
+
+    fn record(state: &str, calls: &str) -> Value {
+        Value::Array(
+            [
+                ("sip", "127.0.0.11:5060"),
+                ("http", "127.0.0.11:8080"),
+                ("state", state),
+                ("calls", calls),
+                ("operators", "4"),
+                ("version", "0.1.0"),
+                ("boot", "1"),
+            ]
+            .iter()
+            .flat_map(|(k, v)| [s(k), s(v)])
+            .collect(),
+        )
+    }
+
+    #[test]
+    fn records_are_read_and_malformed_ones_skipped_and_counted() {
+        let answer = Value::Array(vec![
+            s("a"),
+            record("serving", "3"),
+            s("b"),
+            record("draining", "0"),
+            // Expired between the two reads: an empty record.
+            s("c"),
+            Value::Array(vec![]),
+            // Hostile or broken: a negative count, an unknown state.
+            s("d"),
+            record("serving", "-1"),
+            s("e"),
+            record("on fire", "1"),
+            // Odd trailing member.
+            s("f"),
+        ]);
+        let (nodes, bad) = parse_nodes(&answer);
+        assert_eq!(bad, 4);
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].node, "a");
+        assert_eq!(nodes[0].calls, 3);
+        assert!(!nodes[0].draining);
+        assert!(nodes[1].draining);
+        assert_eq!(nodes[1].sip, "127.0.0.11:5060".parse().unwrap());
+        assert_eq!(parse_nodes(&Value::Nil), (Vec::new(), 1));
+    }
+}
