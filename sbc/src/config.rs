@@ -1926,6 +1926,56 @@ mod tests {
     }
 
     #[test]
+    fn cluster_and_admin_sections_default_and_are_checked() {
+        let c = SbcConfig::parse(MINIMAL).unwrap();
+        assert!(c.cluster.is_none() && c.admin.listen.is_none());
+        let example = example_text().replace("# [cluster]", "[cluster]").replace(
+            "# node = \"sbc-1\"                          # unique",
+            "node = \"sbc-1\" # unique",
+        );
+        let example = example
+            .replace("# redis_url", "redis_url")
+            .replace("# heartbeat", "heartbeat")
+            .replace("# lease", "lease")
+            .replace("# redis_timeout", "redis_timeout");
+        let c = SbcConfig::parse(&example).unwrap_or_else(|e| panic!("{e}"));
+        let k = c.cluster.unwrap();
+        assert_eq!(
+            (k.node.as_str(), k.redis_url.as_str()),
+            ("sbc-1", "redis://10.0.0.5:6379/0")
+        );
+        assert_eq!(k.heartbeat, Duration::from_millis(500));
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let with = |extra: &str| {
+            format!("[cluster]\nnode = \"n1\"\nredis_url = \"redis://r:6379\"\n{extra}")
+        };
+        let k = SbcConfig::parse(&format!("{MINIMAL}{}", with("")))
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (k.lease, k.redis_timeout),
+            (Duration::from_millis(1500), Duration::from_millis(250))
+        );
+        rejects(&with("lease = \"600ms\"\n"), "cluster.lease", "twice");
+        rejects(
+            &with("redis_timeout = \"1s\"\n"),
+            "cluster.redis_timeout",
+            "below",
+        );
+        rejects(
+            "[cluster]\nnode = \"a b\"\nredis_url = \"redis://r\"\n",
+            "cluster.node",
+            "letters",
+        );
+        rejects(
+            "[cluster]\nnode = \"a\"\nredis_url = \"http://r\"\n",
+            "cluster.redis_url",
+            "redis://",
+        );
+    }
+
+    #[test]
     fn opus_complexity_is_auto_unless_a_number_is_given() {
         let media = |extra: &str| {
             SbcConfig::parse(&format!("{MINIMAL}{extra}"))
