@@ -22,6 +22,7 @@ use crate::sbc_process::{TEST_TOKEN_SECRET, wait_until};
 pub struct HeadlessOperator {
     messages: Arc<Mutex<Vec<Value>>>,
     send: mpsc::UnboundedSender<Value>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl HeadlessOperator {
@@ -46,6 +47,8 @@ impl HeadlessOperator {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (send, mut outbox) = mpsc::unbounded_channel::<Value>();
         let sink = Arc::clone(&messages);
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gone = Arc::clone(&closed);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -88,9 +91,14 @@ impl HeadlessOperator {
                         }
                     }
                 }
+                gone.store(true, std::sync::atomic::Ordering::Relaxed);
             });
         });
-        let o = HeadlessOperator { messages, send };
+        let o = HeadlessOperator {
+            messages,
+            send,
+            closed,
+        };
         o.send(json!({"type": "hello", "token": token, "protocol": 1}));
         o.wait("ready", |m| m["type"] == "ready");
         o.send(json!({"type": "online", "numbers": numbers, "ref": "online"}));
@@ -98,6 +106,11 @@ impl HeadlessOperator {
             m["ref"] == "online" && m["accepted"].as_array().is_some_and(|a| !a.is_empty())
         });
         o
+    }
+
+    /// Whether its WebSocket has closed (either side, or the connection broke).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends one signalling message.

@@ -1,8 +1,11 @@
 //! The shipped front doors (`sbc/deploy/`) with the real programs from Debian:
-//! the Kamailio and haproxy configurations pass their own checks, and a rolling
+//! the Kamailio and haproxy configurations pass their own checks; a rolling
 //! upgrade of two `sbc` nodes behind Kamailio's dispatcher drops no call (each
 //! node in turn is drained with SIGTERM: its probes get 503, new calls go to
-//! the other node, its calls finish, it exits and comes back).
+//! the other node, its calls finish, it exits and comes back); behind haproxy,
+//! a draining node is taken out by its `/readyz` while its call goes on, its
+//! operators' WebSockets are closed (they reconnect through haproxy to the
+//! other node) and new requests go to the other node.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -10,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use integration_tests::operator::HeadlessOperator;
 use integration_tests::sbc_process::{
-    Sbc, SbcSpec, SippCmd, TempDir, free_port, lo, rtp, serial, tail_file, wait_until,
+    Sbc, SbcSpec, SippCmd, TempDir, free_port, free_tcp_port, http_get_at, lo, rtp, serial,
+    tail_file, wait_until,
 };
 
 fn deploy(file: &str) -> PathBuf {
@@ -236,4 +241,167 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     }
     a.assert_idle(Duration::from_secs(20));
     b.assert_idle(Duration::from_secs(20));
+}
+
+/// haproxy running the shipped config, its listener and servers moved to the
+/// test's addresses; its whole process group is stopped when dropped.
+struct Haproxy {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Haproxy {
+    fn start(listen: SocketAddr, nodes: &[SocketAddr]) -> Haproxy {
+        let dir = TempDir::new("haproxy");
+        let shipped = std::fs::read_to_string(deploy("haproxy/haproxy.cfg")).unwrap();
+        let mut cfg = String::new();
+        let mut servers_written = false;
+        for line in shipped.lines() {
+            let t = line.trim_start();
+            if t.starts_with("bind ") {
+                cfg.push_str(&format!("    bind {listen}\n"));
+            } else if t.starts_with("server ") {
+                if !servers_written {
+                    for (i, n) in nodes.iter().enumerate() {
+                        cfg.push_str(&format!("    server sbc{} {n} check\n", i + 1));
+                    }
+                    servers_written = true;
+                }
+            } else {
+                cfg.push_str(line);
+                cfg.push('\n');
+            }
+        }
+        assert!(
+            servers_written,
+            "no server lines in the shipped haproxy.cfg"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("haproxy (Debian package haproxy) runs");
+        Haproxy { child, dir }
+    }
+
+    fn log(&self) -> String {
+        tail_file(&self.dir.join("haproxy.log"), 30)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn ha_node(name: &str, n: u8, range: u16) -> SbcSpec {
+    SbcSpec {
+        ip: lo(n),
+        drain_secs: 30,
+        ..SbcSpec::new(
+            name,
+            rtp(range),
+            format!(
+                "[admin]\nnode = \"{name}\"\n\n\
+                 [[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"127.0.0.3:5060\"]\n\
+                 inbound = [\"127.0.0.2/32\"]\n\n\
+                 [[numbers]]\nid = \"support\"\ne164 = \"+15550100\"\n\
+                 dial = [ {{ ring = [\"operators\"], timeout = \"20s\" }} ]\n\n\
+                 [[numbers]]\nid = \"echo\"\ne164 = \"+15550001\"\n\
+                 dial = [ {{ ring = [\"echo\"], timeout = \"20s\" }} ]\n"
+            ),
+        )
+    }
+}
+
+/// Which node answered a `/metrics` through haproxy (its `node` label).
+fn served_by(front: SocketAddr) -> Option<String> {
+    let text = http_get_at(front, "/metrics").ok()?;
+    let at = text.find("sbc_calls_active{node=\"")? + "sbc_calls_active{node=\"".len();
+    Some(text[at..].split('"').next()?.to_string())
+}
+
+#[test]
+fn behind_haproxy_a_draining_node_is_taken_out_while_its_call_goes_on() {
+    let _serial = serial();
+    let mut a = Sbc::start(&ha_node("ha-a", 31, 74));
+    let b = Sbc::start(&ha_node("ha-b", 32, 75));
+    let front = SocketAddr::new(lo(4), free_tcp_port(lo(4)));
+    let haproxy = Haproxy::start(front, &[a.http, b.http]);
+    let both = wait_until(Duration::from_secs(15), || {
+        let seen: std::collections::BTreeSet<String> =
+            (0..6).filter_map(|_| served_by(front)).collect();
+        seen.len() == 2
+    });
+    assert!(both, "haproxy never sent to both nodes\n{}", haproxy.log());
+
+    // Operators through haproxy (least connections: they spread over both).
+    let ops: Vec<HeadlessOperator> = (0..4)
+        .map(|i| HeadlessOperator::online(front, &format!("op{i}"), &["support"]))
+        .collect();
+    let on_a = a.metric("sbc_operator_sessions", &[]);
+    assert!(on_a >= 1.0, "no operator landed on a");
+
+    // A call on a, then a drains: it stays up for its call.
+    let mut caller = SippCmd::new("ha-caller", "caller.xml", lo(2))
+        .remote(a.sip)
+        .service("+15550001")
+        .calls(1)
+        .hold_ms(6000)
+        .spawn();
+    assert!(
+        wait_until(Duration::from_secs(5), || a.metric("sbc_calls_active", &[])
+            == 1.0),
+        "the call did not reach a"
+    );
+    a.terminate();
+
+    // haproxy's /readyz checks take a out (500 ms apart, 2 failures), and its
+    // operators' WebSockets are closed, while a still runs its call.
+    let out = wait_until(Duration::from_secs(5), || {
+        (0..4).all(|_| served_by(front).as_deref() == Some("ha-b"))
+    });
+    assert!(
+        out,
+        "haproxy still sends to the draining node\n{}",
+        haproxy.log()
+    );
+    let cut = wait_until(Duration::from_secs(5), || {
+        ops.iter().filter(|o| o.is_closed()).count() as f64 == on_a
+    });
+    assert!(
+        cut,
+        "{} of the {on_a} operators on a were cut\n{}",
+        ops.iter().filter(|o| o.is_closed()).count(),
+        haproxy.log()
+    );
+    assert!(a.exited().is_none(), "a left before its call ended");
+    assert!(ops.iter().filter(|o| !o.is_closed()).count() as f64 == 4.0 - on_a);
+
+    // They come back through haproxy, to b.
+    let back: Vec<HeadlessOperator> = (0..on_a as usize)
+        .map(|i| HeadlessOperator::online(front, &format!("back{i}"), &["support"]))
+        .collect();
+    assert_eq!(b.metric("sbc_operator_sessions", &[]), 4.0);
+    drop(back);
+
+    // The call finished as it would have; then a left on its own.
+    caller.assert_success(Duration::from_secs(30));
+    let exit = a.wait_exit(Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "exit {exit:?}\n{}",
+        a.logs()
+    );
 }
