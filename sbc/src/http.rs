@@ -63,6 +63,9 @@ pub struct HttpState {
     pub next_session: AtomicU64,
     /// The REST call control's state.
     pub api: Arc<crate::api::ApiState>,
+    /// The cluster as last read (with `[cluster]`): `/readyz` says degraded
+    /// while Redis is unreachable.
+    pub cluster: Option<crate::cluster::SharedView>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -467,18 +470,24 @@ fn render_metrics(h: Option<&metrics_exporter_prometheus::PrometheusHandle>) -> 
 pub fn admin_router(
     control: Handle<ControlIn>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    cluster: crate::cluster::SharedView,
+    cluster: Option<crate::cluster::SharedView>,
 ) -> Router {
-    let ready = control.clone();
+    let ready = (control.clone(), cluster.clone());
     Router::new()
         .route(
             "/cluster",
             get(move || {
-                let view = cluster
-                    .lock()
-                    .map(|v| v.clone())
-                    .unwrap_or_else(|e| e.into_inner().clone());
-                async move { axum::Json(view) }
+                let view = cluster.as_ref().map(|v| {
+                    v.lock()
+                        .map(|v| v.clone())
+                        .unwrap_or_else(|e| e.into_inner().clone())
+                });
+                async move {
+                    match view {
+                        Some(v) => axum::Json(v).into_response(),
+                        None => (StatusCode::NOT_FOUND, "no [cluster] section\n").into_response(),
+                    }
+                }
             }),
         )
         .route(
@@ -492,8 +501,8 @@ pub fn admin_router(
         .route(
             "/readyz",
             get(move || {
-                let c = ready.clone();
-                async move { ready_of(&c).await }
+                let (c, v) = ready.clone();
+                async move { ready_of(&c, v.as_ref()).await }
             }),
         )
 }
@@ -509,16 +518,29 @@ fn asset_owned(content_type: &'static str, body: String) -> Response {
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn readyz(State(app): State<Arc<HttpState>>) -> Response {
-    ready_of(&app.control).await
+    ready_of(&app.control, app.cluster.as_ref()).await
 }
 
 /// 200 unless draining or the control task does not answer. Never asks
 /// anything outside this process (a shared store's outage must not take a
 /// healthy node out of its balancer).
-async fn ready_of(control: &Handle<ControlIn>) -> Response {
+async fn ready_of(
+    control: &Handle<ControlIn>,
+    cluster: Option<&crate::cluster::SharedView>,
+) -> Response {
     let status = control.ask(|reply| ControlIn::Status { reply });
     match tokio::time::timeout(READY_TIMEOUT, status).await {
-        Ok(Ok(s)) if !s.draining => "ready\n".into_response(),
+        // Still 200 with Redis gone: the node takes calls from memory, and a
+        // balancer must not take a whole cluster out for its store.
+        Ok(Ok(s)) if !s.draining => match cluster.map(|v| {
+            let v = v.lock().unwrap_or_else(|e| e.into_inner());
+            !v.redis_up && v.redis_errors > 0
+        }) {
+            Some(true) => {
+                "ready (degraded: Redis unreachable, going on from memory)\n".into_response()
+            }
+            _ => "ready\n".into_response(),
+        },
         Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,

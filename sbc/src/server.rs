@@ -326,7 +326,12 @@ impl ServerBuilder {
             }
             None => None,
         };
+        let cluster_view = cfg
+            .cluster
+            .as_ref()
+            .map(|_| crate::cluster::SharedView::default());
         let state = Arc::new(HttpState {
+            cluster: cluster_view.clone(),
             control: control.clone(),
             tokens: TokenIssuer::new(&cfg.token_secret),
             api_keys: cfg.api_keys.clone(),
@@ -366,9 +371,8 @@ impl ServerBuilder {
             },
         ));
         let mut tasks = vec![port_task, events_task];
-        let cluster_view = crate::cluster::SharedView::default();
         let mut cluster_task = None;
-        if let Some(k) = &cfg.cluster {
+        if let (Some(k), Some(view)) = (&cfg.cluster, &cluster_view) {
             let advertised = |a: SocketAddr| {
                 if a.ip().is_unspecified() {
                     SocketAddr::new(cfg.bridge.media_ip, a.port())
@@ -389,7 +393,7 @@ impl ServerBuilder {
                         timeout: k.timeout,
                     },
                     control.clone(),
-                    cluster_view.clone(),
+                    view.clone(),
                     stop_tx.subscribe(),
                 ));
             }

@@ -201,7 +201,8 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
     b.kill();
     wait_view(&a, &["a"]);
 
-    // Redis gone: a stays healthy and ready, counts the misses, takes a call.
+    // Redis gone: a stays healthy and ready (saying degraded), counts the
+    // misses, takes a call.
     redis.stop();
     let errors = a.wait_metric(
         "sbc_cluster_redis_errors_total",
@@ -215,10 +216,9 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
         http_get_at(a.admin.unwrap(), "/healthz").unwrap().trim(),
         "ok"
     );
-    assert_eq!(
-        http_get_at(a.admin.unwrap(), "/readyz").unwrap().trim(),
-        "ready"
-    );
+    // Still 200 (a balancer keeps it), saying it is degraded.
+    let ready = http_get_at(a.admin.unwrap(), "/readyz").unwrap();
+    assert!(ready.starts_with("ready (degraded"), "{ready}");
     call("cluster-during-outage", &a);
 
     // Redis back (empty, as after a restart): a writes its record again.
@@ -234,6 +234,10 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
         a.wait_metric("sbc_cluster_redis_up", &[], WAIT, |v| v == 1.0),
         1.0
     );
+    let ready = wait_until(WAIT, || {
+        http_get_at(a.admin.unwrap(), "/readyz").is_ok_and(|r| r == "ready\n")
+    });
+    assert!(ready, "/readyz still degraded after Redis returned");
     call("cluster-after-outage", &a);
     callee.assert_success(Duration::from_secs(30));
     a.assert_idle(Duration::from_secs(20));
