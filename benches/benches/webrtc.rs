@@ -153,12 +153,7 @@ impl Pair {
         loop {
             match self.browser.poll_output().unwrap() {
                 Output::Timeout(t) => {
-                    // Rounded up: a deadline handed back early is asked for again.
-                    let d = t
-                        .saturating_duration_since(self.epoch)
-                        .as_nanos()
-                        .div_ceil(1000);
-                    self.browser_deadline = Instant::from_micros(d.min(u64::MAX as u128) as u64);
+                    self.browser_deadline = sip_bridge::webrtc::deadline_from_std(self.epoch, t);
                     return;
                 }
                 Output::Transmit(t) => self.to_server.push((t.source, t.contents.into())),

@@ -160,11 +160,8 @@ impl Sim {
         loop {
             match self.browser.poll_output().expect("browser output") {
                 Output::Timeout(t) => {
-                    let d = t.saturating_duration_since(self.cfg.epoch);
-                    // Rounded up: a deadline handed back early is asked for again.
-                    self.browser_deadline = Instant::from_micros(
-                        d.as_nanos().div_ceil(1000).min(u64::MAX as u128) as u64,
-                    );
+                    self.browser_deadline =
+                        sip_bridge::webrtc::deadline_from_std(self.cfg.epoch, t);
                     break;
                 }
                 Output::Transmit(t) => {

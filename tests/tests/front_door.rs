@@ -25,33 +25,33 @@ fn deploy(file: &str) -> PathBuf {
         .join(file)
 }
 
-#[test]
-fn the_kamailio_config_passes_kamailio_c() {
-    let out = Command::new("kamailio")
+/// `program -c -f FILE` on a shipped file: its exit status and what it printed.
+fn check(program: &str, file: &str) -> (bool, String) {
+    let out = Command::new(program)
         .arg("-c")
         .arg("-f")
-        .arg(deploy("kamailio/kamailio.cfg"))
+        .arg(deploy(file))
         .output()
-        .expect("kamailio (Debian package kamailio) runs");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(!text.contains("ERROR"), "{text}");
-}
-
-#[test]
-fn the_haproxy_config_passes_haproxy_c() {
-    let out = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(deploy("haproxy/haproxy.cfg"))
-        .output()
-        .expect("haproxy (Debian package haproxy) runs");
+        .unwrap_or_else(|e| panic!("{program} (its Debian package) runs: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{text}");
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_kamailio_config_passes_kamailio_c() {
+    let (ok, text) = check("kamailio", "kamailio/kamailio.cfg");
+    assert!(ok, "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+#[test]
+fn the_haproxy_config_passes_haproxy_c() {
+    let (ok, text) = check("haproxy", "haproxy/haproxy.cfg");
+    assert!(ok, "{text}");
     assert!(text.contains("Configuration file is valid"), "{text}");
 }
 
@@ -139,16 +139,21 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        // The whole group (main process and workers): TERM, then KILL.
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let gone = wait_until(Duration::from_secs(3), || {
-            self.child.try_wait().ok().flatten().is_some()
-        });
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        if !gone {
-            let _ = self.child.wait();
-        }
+        stop_group(&mut self.child);
+    }
+}
+
+/// Stops `child`'s whole process group (Kamailio forks workers): TERM, up to
+/// 3 s for it to go, then KILL for whatever is left.
+fn stop_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+    let gone = wait_until(Duration::from_secs(3), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    if !gone {
+        let _ = child.wait();
     }
 }
 
@@ -299,9 +304,7 @@ impl Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
 }
 

@@ -107,17 +107,23 @@ impl WebRtcConfig {
     }
 
     /// A str0m deadline on our clock; `None` for "never" (str0m says so with a
-    /// time a century ahead). Rounded up to the microsecond: rounded down, a
-    /// deadline with nanoseconds would be handed back before it is due, str0m
-    /// would do nothing and ask for the same instant again, and a virtual clock
-    /// would never move past it.
+    /// time a century ahead).
     pub(crate) fn ours_from_std(&self, t: std::time::Instant) -> Option<Instant> {
-        let d = t.saturating_duration_since(self.epoch);
-        if d >= FAR_FUTURE {
+        if t.saturating_duration_since(self.epoch) >= FAR_FUTURE {
             return None;
         }
-        Some(Instant::from_micros(d.as_nanos().div_ceil(1000) as u64))
+        Some(deadline_from_std(self.epoch, t))
     }
+}
+
+/// A str0m deadline `t` on the clock that starts at `epoch` (saturating),
+/// rounded up to the microsecond: rounded down, a deadline with nanoseconds
+/// would be handed back before it is due, str0m would do nothing and ask for
+/// the same instant again, and a virtual clock would never move past it. For
+/// every driver of an `Rtc`, ours and the test browsers'.
+pub fn deadline_from_std(epoch: std::time::Instant, t: std::time::Instant) -> Instant {
+    let micros = t.saturating_duration_since(epoch).as_nanos().div_ceil(1000);
+    Instant::from_micros(micros.min(u128::from(u64::MAX)) as u64)
 }
 
 /// Beyond this, a deadline means "never" (str0m's is 100 years ahead).

@@ -37,7 +37,7 @@ mod mux;
 mod offer;
 mod stun;
 
-pub use config::{DtlsIdentity, WebRtcConfig};
+pub use config::{DtlsIdentity, WebRtcConfig, deadline_from_std};
 pub use leg::{DisconnectReason, FailReason, WebRtcEvent, WebRtcLeg, WebRtcStats};
 pub use mux::{MuxConfig, MuxCredentials, MuxError, MuxStats, WebRtcMux};
 pub use offer::PayloadTypes;

@@ -1237,11 +1237,7 @@ impl World {
         loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
-                    // Rounded up: a deadline handed back early is asked for again.
-                    let d = t.saturating_duration_since(self.epoch);
-                    b.deadline = Instant::from_micros(
-                        d.as_nanos().div_ceil(1000).min(u64::MAX as u128 / 2) as u64,
-                    );
+                    b.deadline = sip_bridge::webrtc::deadline_from_std(self.epoch, t);
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
