@@ -454,7 +454,15 @@ impl Call {
         if let Some(s) = p.sip() {
             self.ending.insert(key, s.port);
         }
-        self.sip(key, SipAction::Hangup);
+        // A fork that answered too late hears why (RFC 3326 cause 200).
+        self.sip(
+            key,
+            if usable {
+                SipAction::HangupElsewhere
+            } else {
+                SipAction::Hangup
+            },
+        );
         if p.in_media {
             self.media(MediaCommand::Remove { leg: key });
         }
@@ -597,8 +605,12 @@ impl Call {
                 SipEnd::Failed(c) => (DialStatus::Failed, Some(c)),
                 _ => (DialStatus::Canceled, None),
             };
+            // A caller that was a fork of a call on another node, which
+            // someone else answered (RFC 3326 cause 200).
             let op_reason = if status == DialStatus::Failed {
                 EndReason::Failed
+            } else if reason == SipEnd::CompletedElsewhere {
+                EndReason::TakenByOther
             } else {
                 EndReason::RemoteHangup
             };
@@ -606,6 +618,20 @@ impl Call {
                 s.state = SipState::Ending; // nothing more to send it
             }
             return self.end_call(now, ctx, status, op_reason, code);
+        }
+        if key == self.caller && reason == SipEnd::CompletedElsewhere {
+            // Our answer lost the race at the node that forked to us: every
+            // operator here hears `taken_by_other`, not a hang-up.
+            if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+                s.state = SipState::Ending;
+            }
+            return self.end_call(
+                now,
+                ctx,
+                DialStatus::Canceled,
+                EndReason::TakenByOther,
+                None,
+            );
         }
         if p.joined() {
             // The peer hung up (its BYE is answered by the UA): it leaves.

@@ -194,6 +194,25 @@ pub struct RegisterParams {
     pub credentials: Option<Credentials>,
 }
 
+/// The `Reason` of a CANCEL or BYE for a fork that lost (RFC 3326 section 2;
+/// RFC 3261's 200 "answered elsewhere").
+pub const COMPLETED_ELSEWHERE: &str = "SIP ;cause=200 ;text=\"Call completed elsewhere\"";
+
+/// Whether a `Reason` header value says `SIP ;cause=200` (RFC 3326 section 2):
+/// the protocol token is case-insensitive, parameters may be spaced and in
+/// any order.
+pub fn completed_elsewhere(reason: Option<&str>) -> bool {
+    let Some(r) = reason else {
+        return false;
+    };
+    let mut parts = r.split(';').map(str::trim);
+    parts.next().is_some_and(|p| p.eq_ignore_ascii_case("SIP"))
+        && parts.any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("cause") && v.trim() == "200")
+        })
+}
+
 /// Why a leg ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -204,6 +223,9 @@ pub enum EndReason {
     RemoteBye,
     /// The other side cancelled before answer.
     RemoteCancel,
+    /// The other side cancelled, or sent BYE, saying the call was answered
+    /// elsewhere (RFC 3326 `Reason: SIP ;cause=200`): a fork that lost.
+    CompletedElsewhere,
     /// The call failed or was rejected with this status.
     Failed(u16),
     /// Our 2xx was never ACKed.
@@ -476,6 +498,9 @@ struct Leg {
     /// UAC glare retry: when, and the SDP to offer again.
     glare_retry: Option<(Instant, Vec<u8>)>,
     cancelled: bool,
+    /// The `Reason` our CANCEL gave: a 2xx crossing it gets a BYE saying
+    /// the same (RFC 3326).
+    cancel_reason: Option<String>,
     /// UAS: a final response to the initial INVITE has been sent.
     final_sent: bool,
     /// UAS: hung up while our 2xx waits for its ACK; BYE goes after it (15).
@@ -760,6 +785,7 @@ impl UserAgent {
             offer_tx: None,
             glare_retry: None,
             cancelled: false,
+            cancel_reason: None,
             final_sent: false,
             bye_after_ack: false,
             end_reason: None,
@@ -870,6 +896,7 @@ impl UserAgent {
             ));
         }
         l.cancelled = true;
+        l.cancel_reason.clone_from(&reason);
         if let Some(tx) = l.invite_tx {
             let _ = self.tl.cancel_with(now, tx, reason);
         }
@@ -878,16 +905,19 @@ impl UserAgent {
     }
 
     /// [`Self::hangup`] of an outgoing call that rang and lost to another
-    /// (a fork, an operator's other device): its CANCEL says `Call completed
-    /// elsewhere` (RFC 3326), so a phone shows no missed call.
+    /// (a fork, an operator's other device): its CANCEL, or its BYE when it
+    /// answered too late, says `Call completed elsewhere` (RFC 3326), so a
+    /// phone shows no missed call and another node tells its operator
+    /// `taken_by_other`.
     pub fn hangup_elsewhere(&mut self, now: Instant, leg: LegId) -> Result<(), UaError> {
         let l = self.legs.get(&leg).ok_or(UaError::UnknownLeg)?;
         match (l.role, l.state) {
-            (Role::Uac, LegState::Calling | LegState::Early) => self.cancel_with(
-                now,
-                leg,
-                Some("SIP ;cause=200 ;text=\"Call completed elsewhere\"".into()),
-            ),
+            (Role::Uac, LegState::Calling | LegState::Early) => {
+                self.cancel_with(now, leg, Some(COMPLETED_ELSEWHERE.into()))
+            }
+            (_, LegState::Confirmed) => {
+                self.bye_with(now, leg, &[("Reason".into(), COMPLETED_ELSEWHERE.into())])
+            }
             _ => self.hangup(now, leg),
         }
     }
@@ -956,6 +986,17 @@ impl UserAgent {
 
     /// Sends BYE on a confirmed dialog.
     pub fn bye(&mut self, now: Instant, leg: LegId) -> Result<(), UaError> {
+        self.bye_with(now, leg, &[])
+    }
+
+    /// [`Self::bye`] with extra headers (a `Reason`). Deferred until the ACK,
+    /// a BYE goes without them.
+    fn bye_with(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        headers: &[(String, String)],
+    ) -> Result<(), UaError> {
         let l = self.legs.get_mut(&leg).ok_or(UaError::UnknownLeg)?;
         if l.state != LegState::Confirmed {
             return Err(UaError::WrongState("BYE needs a confirmed dialog"));
@@ -972,7 +1013,7 @@ impl UserAgent {
             // A 2xx with an offer we never answered: ACK it before the BYE.
             self.send_ack_with(leg, cseq, &tag, None);
         }
-        let tx = self.in_dialog(now, leg, Method::Bye, None, &[])?;
+        let tx = self.in_dialog(now, leg, Method::Bye, None, headers)?;
         self.purposes.insert(tx, Purpose::Bye(leg));
         self.pump(now);
         Ok(())
@@ -1352,7 +1393,7 @@ impl UserAgent {
                         self.on_stray_2xx(now, *response, from);
                     }
                 }
-                TxEvent::Cancelled { invite } => self.on_cancelled(now, invite),
+                TxEvent::Cancelled { invite, reason } => self.on_cancelled(now, invite, reason),
                 TxEvent::Timeout { id } => self.on_failure(now, id, 408, "Request Timeout"),
                 TxEvent::NoAck { .. } => {}
                 TxEvent::Terminated { id } => {
@@ -1475,6 +1516,7 @@ impl UserAgent {
                     offer_tx: None,
                     glare_retry: None,
                     cancelled: false,
+                    cancel_reason: None,
                     final_sent: false,
                     bye_after_ack: false,
                     end_reason: None,
@@ -1549,7 +1591,12 @@ impl UserAgent {
                         l.final_sent = true;
                     }
                 }
-                self.end(now, leg, EndReason::RemoteBye);
+                let why = if completed_elsewhere(req.lines("Reason").first().copied()) {
+                    EndReason::CompletedElsewhere
+                } else {
+                    EndReason::RemoteBye
+                };
+                self.end(now, leg, why);
             }
             Method::PRack => self.on_prack(now, tx, leg, &req),
             Method::Invite | Method::Update => {
@@ -1644,7 +1691,7 @@ impl UserAgent {
         }
     }
 
-    fn on_cancelled(&mut self, now: Instant, invite: TxId) {
+    fn on_cancelled(&mut self, now: Instant, invite: TxId, reason: Option<String>) {
         let Some(l) = self
             .by_invite
             .get(&invite)
@@ -1676,7 +1723,12 @@ impl UserAgent {
         let req = l.invite.clone();
         let resp = self.uas_response(leg, &req, 487, None, &[]);
         let _ = self.tl.respond(now, invite, resp);
-        self.end(now, leg, EndReason::RemoteCancel);
+        let why = if completed_elsewhere(reason.as_deref()) {
+            EndReason::CompletedElsewhere
+        } else {
+            EndReason::RemoteCancel
+        };
+        self.end(now, leg, why);
     }
 
     fn retransmit_2xx(&mut self, now: Instant, leg: LegId) {
@@ -1938,8 +1990,14 @@ impl UserAgent {
                     }
                     self.send_ack(now, leg, &resp);
                     if cancelled {
-                        // 200 crossed our CANCEL: ACK then BYE (RFC 3261 9.1).
-                        let _ = self.bye(now, leg);
+                        // 200 crossed our CANCEL: ACK then BYE (RFC 3261 9.1),
+                        // saying why as the CANCEL did.
+                        let reason = self.legs.get(&leg).and_then(|l| l.cancel_reason.clone());
+                        let headers: Vec<(String, String)> = reason
+                            .into_iter()
+                            .map(|r| ("Reason".to_string(), r))
+                            .collect();
+                        let _ = self.bye_with(now, leg, &headers);
                     } else {
                         self.session_from_response(now, leg, &resp, true);
                         let sdp = body_of(&resp.body).or_else(|| self.early_answer(leg, &tag));

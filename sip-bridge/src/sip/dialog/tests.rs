@@ -386,7 +386,11 @@ fn a_call_that_lost_to_another_answer_is_cancelled_as_completed_elsewhere() {
     let now = net.now;
     net.ua(0).hangup_elsewhere(now, leg).unwrap();
     net.run_for(Duration::from_millis(100));
-    assert_eq!(net.terminated(1, b_leg), Some(EndReason::RemoteCancel));
+    // The callee (another node's fork) learns why.
+    assert_eq!(
+        net.terminated(1, b_leg),
+        Some(EndReason::CompletedElsewhere)
+    );
     let c = cancels.borrow();
     assert_eq!(c.len(), 1);
     assert!(
@@ -397,6 +401,53 @@ fn a_call_that_lost_to_another_answer_is_cancelled_as_completed_elsewhere() {
     drop(c);
     net.run_for(Duration::from_secs(40));
     net.assert_idle();
+}
+
+#[test]
+fn a_fork_that_answered_too_late_gets_a_bye_saying_completed_elsewhere() {
+    let mut net = Net::pair(5);
+    let byes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = byes.clone();
+    net.drop = Some(Box::new(move |_, b| {
+        let t = String::from_utf8_lossy(b);
+        if t.starts_with("BYE") {
+            seen.borrow_mut().push(t.into_owned());
+        }
+        false
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 200, Some(SDP_B), &[])
+        .unwrap();
+    net.run_for(Duration::from_millis(50));
+    let now = net.now;
+    net.ua(0).hangup_elsewhere(now, leg).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.terminated(1, b_leg),
+        Some(EndReason::CompletedElsewhere)
+    );
+    assert_eq!(byes.borrow().len(), 1);
+    assert!(byes.borrow()[0].contains("Reason: SIP ;cause=200 ;"));
+    // A plain BYE is a plain hang-up.
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
+}
+
+#[test]
+fn reason_cause_200_is_read_as_rfc_3326_writes_it() {
+    use super::completed_elsewhere as ce;
+    assert!(ce(Some(super::COMPLETED_ELSEWHERE)));
+    assert!(ce(Some("sip;cause=200")));
+    assert!(ce(Some("SIP ; text=\"x\" ; cause = 200")));
+    assert!(!ce(Some("Q.850 ;cause=200")));
+    assert!(!ce(Some("SIP ;cause=2000")));
+    assert!(!ce(Some("SIP ;text=\"cause=200\"")));
+    assert!(!ce(Some("")));
+    assert!(!ce(None));
 }
 
 #[test]
@@ -2072,4 +2123,47 @@ fn refer_sub_false_gets_no_notify_and_bad_refers_are_refused() {
         (net.terminated(0, leg), net.terminated(1, b_leg)),
         (None, None)
     );
+}
+
+#[test]
+fn a_2xx_crossing_a_completed_elsewhere_cancel_gets_a_bye_saying_so() {
+    // RFC 3261 9.1: ACK and BYE the 2xx; RFC 3326: the BYE gives the CANCEL's reason.
+    let mut net = Net::pair(5);
+    let byes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = byes.clone();
+    let mut cancels = 0;
+    net.drop = Some(Box::new(move |_, b| {
+        let t = String::from_utf8_lossy(b);
+        if t.starts_with("BYE") {
+            seen.borrow_mut().push(t.to_string());
+        }
+        // The first CANCEL is lost: the callee answers meanwhile.
+        if t.starts_with("CANCEL") {
+            cancels += 1;
+            return cancels == 1;
+        }
+        false
+    }));
+    let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let b_leg = net.incoming(1)[0];
+    let now = net.now;
+    net.ua(1).respond(now, b_leg, 180, None, &[]).unwrap();
+    net.run_for(Duration::from_millis(50));
+    let now = net.now;
+    net.ua(0).hangup_elsewhere(now, leg).unwrap();
+    net.run_for(Duration::from_millis(10));
+    let now = net.now;
+    net.ua(1)
+        .respond(now, b_leg, 200, Some(SDP_B), &[])
+        .unwrap();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(
+        net.terminated(1, b_leg),
+        Some(EndReason::CompletedElsewhere)
+    );
+    assert_eq!(byes.borrow().len(), 1, "{:?}", byes.borrow());
+    assert!(byes.borrow()[0].contains("Reason: SIP ;cause=200 ;"));
+    net.run_for(Duration::from_secs(40));
+    net.assert_idle();
 }

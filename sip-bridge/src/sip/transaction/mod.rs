@@ -157,6 +157,8 @@ pub enum TxEvent {
     Cancelled {
         /// The INVITE server transaction.
         invite: TxId,
+        /// The CANCEL's `Reason` header (RFC 3326), if any.
+        reason: Option<String>,
     },
     /// A client transaction got no final response (Timer B or F): act as on 408.
     Timeout {
@@ -653,7 +655,8 @@ impl TransactionLayer {
             let status = if live.is_some() { 200 } else { 481 };
             let _ = self.respond(now, id, response_to(&req, status, Some("c")));
             if let Some(invite) = live {
-                self.events.push_back(TxEvent::Cancelled { invite });
+                let reason = req.lines("Reason").first().map(|r| r.to_string());
+                self.events.push_back(TxEvent::Cancelled { invite, reason });
             }
             return;
         }
@@ -1189,7 +1192,7 @@ mod tests {
         assert!(
             events(&mut tl)
                 .iter()
-                .any(|e| matches!(e, TxEvent::Cancelled { invite } if *invite == id))
+                .any(|e| matches!(e, TxEvent::Cancelled { invite, .. } if *invite == id))
         );
         // The TU answers the INVITE 487.
         tl.respond(at(20), id, response_for(&inv, 487)).unwrap();
