@@ -7,7 +7,14 @@
 //!   `TIME`, so node clocks never matter). A node is live while its score is
 //!   younger than `lease`.
 //! * `sbc:node:{name}`, a hash: `sip`, `http`, `state` (`serving`/`draining`),
-//!   `calls`, `operators`, `version`, `boot`; it expires with the lease.
+//!   `calls`, `operators`, `version`, `boot`, and who can be rung there:
+//!   `ready` (number ids with an operator ready) and `ops` (operators ready),
+//!   comma-separated; it expires with the lease.
+//!
+//! After each heartbeat the control task gets the other serving nodes
+//! ([`sip_bridge::cluster::Peers`]): its calls ring their operators (see
+//! that module). A presence change here reaches the others within one
+//! heartbeat of theirs and one of ours.
 //!
 //! Redis is never on a call's path. Every exchange has its own deadline
 //! (`timeout`); when Redis is slow or gone the node goes on from memory, counts
@@ -19,7 +26,6 @@
 //! Records other nodes wrote are read defensively: a malformed one is skipped
 //! and counted (`sbc_cluster_bad_records_total`), never trusted.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +33,8 @@ use std::time::Duration;
 use redis::Value;
 use serde::Serialize;
 use tokio::sync::watch;
+
+use sip_bridge::cluster::Peers;
 
 use crate::inbox::ControlIn;
 use crate::sip::Handle;
@@ -48,26 +56,13 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// Deadline of one exchange with Redis.
     pub timeout: Duration,
+    /// Address blocks other nodes' SIP addresses must be in (empty: any).
+    pub allow: Vec<sip_bridge::config::Cidr>,
 }
 
-/// A node as its record says.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NodeInfo {
-    /// Its name.
-    pub node: String,
-    /// Its SIP address.
-    pub sip: SocketAddr,
-    /// Its HTTP address.
-    pub http: SocketAddr,
-    /// Draining: taking no new calls.
-    pub draining: bool,
-    /// Calls in progress.
-    pub calls: u64,
-    /// Operators present.
-    pub operators: u64,
-    /// Its `sbc` version.
-    pub version: String,
-}
+/// A node as its record says (the record's format and checks are the
+/// sans-IO core's, fuzzed there).
+pub use sip_bridge::cluster::NodeRecord as NodeInfo;
 
 /// The cluster as this node last saw it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -89,14 +84,16 @@ const MAX_NODES: usize = 256;
 
 /// Renews the lease and reads the live nodes (see the module docs). KEYS:
 /// `sbc:nodes`, `sbc:node:{me}`. ARGV: name, sip, http, state, calls,
-/// operators, version, boot, lease (ms), max nodes.
+/// operators, version, boot, lease (ms), max nodes, ready numbers, ready
+/// operators.
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[9])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], 'sip', ARGV[2], 'http', ARGV[3], 'state', ARGV[4],
-  'calls', ARGV[5], 'operators', ARGV[6], 'version', ARGV[7], 'boot', ARGV[8])
+  'calls', ARGV[5], 'operators', ARGV[6], 'version', ARGV[7], 'boot', ARGV[8],
+  'ready', ARGV[11], 'ops', ARGV[12])
 redis.call('PEXPIRE', KEYS[2], lease)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * lease)
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - lease, '+inf', 'LIMIT', 0, tonumber(ARGV[10]))
@@ -110,19 +107,28 @@ return out
 
 /// Starts the cluster task; it stops (removing this node's record) when `stop`
 /// turns true.
+/// `ready` moves when who is ready here may have changed: the record is
+/// written then (at most every [`MIN_WRITE_GAP`]), not only at the
+/// heartbeat, so other nodes ring a freed operator sooner.
 pub fn spawn(
     cfg: ClusterConfig,
     control: Handle<ControlIn>,
     view: SharedView,
+    ready: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(cfg, control, view, stop))
+    tokio::spawn(run(cfg, control, view, ready, stop))
 }
+
+/// The least time between two writes of the record when presence changes
+/// often (a busy call centre): a bound on Redis commands per node.
+const MIN_WRITE_GAP: Duration = Duration::from_millis(50);
 
 async fn run(
     cfg: ClusterConfig,
     control: Handle<ControlIn>,
     view: SharedView,
+    mut ready: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let script = redis::Script::new(HEARTBEAT);
@@ -131,9 +137,16 @@ async fn run(
     let mut tick = tokio::time::interval(cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let changed = tokio::select! {
+            _ = tick.tick() => false,
+            Ok(()) = ready.changed() => true,
             _ = stop.wait_for(|s| *s) => break,
+        };
+        if changed {
+            // Changes in a burst make one write.
+            tokio::time::sleep(MIN_WRITE_GAP).await;
+            ready.mark_unchanged();
+            tick.reset();
         }
         let Ok(status) = control.ask(|reply| ControlIn::Status { reply }).await else {
             break;
@@ -154,7 +167,9 @@ async fn run(
             .arg(env!("CARGO_PKG_VERSION"))
             .arg(&boot)
             .arg(cfg.lease.as_millis() as u64)
-            .arg(MAX_NODES);
+            .arg(MAX_NODES)
+            .arg(status.ready_numbers.join(","))
+            .arg(status.ready_operators.join(","));
         let answer = match redis.connection().await {
             Some(conn) => {
                 match tokio::time::timeout(cfg.timeout, inv.invoke_async::<Value>(conn)).await {
@@ -176,6 +191,12 @@ async fn run(
                     metrics::counter!("sbc_cluster_bad_records_total").increment(bad);
                     tracing::warn!(bad, "cluster: malformed node records skipped");
                 }
+                let (peers, outside) = Peers::from_records(&cfg.node, &nodes, &cfg.allow);
+                if outside > 0 {
+                    metrics::counter!("sbc_cluster_bad_records_total").increment(outside as u64);
+                    tracing::warn!(outside, "cluster: nodes outside cluster.allow ignored");
+                }
+                let _ = control.try_send(ControlIn::Peers(peers));
                 v.nodes = nodes;
                 v.redis_up = true;
             }
@@ -279,10 +300,7 @@ fn text(v: &Value) -> Option<String> {
 /// whose record expired between the two reads has an empty one).
 fn node_info(id: &Value, fields: &Value) -> Option<NodeInfo> {
     let node = text(id)?;
-    if node.is_empty() || node.len() > 128 {
-        return None;
-    }
-    let fields: BTreeMap<String, String> = match fields {
+    let fields: Vec<(String, String)> = match fields {
         Value::Array(kv) => kv
             .chunks(2)
             .filter_map(|p| Some((text(p.first()?)?, text(p.get(1)?)?)))
@@ -293,24 +311,13 @@ fn node_info(id: &Value, fields: &Value) -> Option<NodeInfo> {
             .collect(),
         _ => return None,
     };
-    Some(NodeInfo {
-        node,
-        sip: fields.get("sip")?.parse().ok()?,
-        http: fields.get("http")?.parse().ok()?,
-        draining: match fields.get("state")?.as_str() {
-            "serving" => false,
-            "draining" => true,
-            _ => return None,
-        },
-        calls: fields.get("calls")?.parse().ok()?,
-        operators: fields.get("operators")?.parse().ok()?,
-        version: fields.get("version")?.chars().take(32).collect(),
-    })
+    NodeInfo::from_fields(&node, fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sip_bridge::cluster::MAX_READY;
 
     fn s(x: &str) -> Value {
         Value::BulkString(x.as_bytes().to_vec())
@@ -326,6 +333,8 @@ mod tests {
                 ("operators", "4"),
                 ("version", "0.1.0"),
                 ("boot", "1"),
+                ("ready", "support,sales"),
+                ("ops", "alice,bob@example.com"),
             ]
             .iter()
             .flat_map(|(k, v)| [s(k), s(v)])
@@ -359,6 +368,54 @@ mod tests {
         assert!(!nodes[0].draining);
         assert!(nodes[1].draining);
         assert_eq!(nodes[1].sip, "127.0.0.11:5060".parse().unwrap());
+        assert_eq!(nodes[0].ready, ["support", "sales"]);
+        assert_eq!(nodes[0].ops, ["alice", "bob@example.com"]);
         assert_eq!(parse_nodes(&Value::Nil), (Vec::new(), 1));
+    }
+
+    #[test]
+    fn ready_lists_are_bounded_and_checked() {
+        let with = |ready: &str| {
+            let Value::Array(mut kv) = record("serving", "1") else {
+                unreachable!()
+            };
+            let i = kv.iter().position(|v| *v == s("ready")).unwrap();
+            kv[i + 1] = s(ready);
+            Value::Array(vec![s("a"), Value::Array(kv)])
+        };
+        assert_eq!(parse_nodes(&with("")).0[0].ready, Vec::<String>::new());
+        let many = vec!["n"; MAX_READY].join(",");
+        assert_eq!(parse_nodes(&with(&many)).0[0].ready.len(), MAX_READY);
+        let too_many = vec!["n"; MAX_READY + 1].join(",");
+        for hostile in [
+            too_many.as_str(),
+            "support,,sales",
+            "sup port",
+            "a\r\nINVITE",
+            &"x".repeat(129),
+            "\u{202e}evil",
+        ] {
+            assert_eq!(parse_nodes(&with(hostile)), (Vec::new(), 1), "{hostile:?}");
+        }
+        // An older node's record has no lists: nobody to ring there.
+        let old = Value::Array(vec![
+            s("a"),
+            Value::Array(
+                [
+                    ("sip", "127.0.0.11:5060"),
+                    ("http", "127.0.0.11:8080"),
+                    ("state", "serving"),
+                    ("calls", "0"),
+                    ("operators", "0"),
+                    ("version", "0.1.0"),
+                ]
+                .iter()
+                .flat_map(|(k, v)| [s(k), s(v)])
+                .collect(),
+            ),
+        ]);
+        let (nodes, bad) = parse_nodes(&old);
+        assert_eq!((nodes.len(), bad), (1, 0));
+        assert!(nodes[0].ready.is_empty() && nodes[0].ops.is_empty());
     }
 }

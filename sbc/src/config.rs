@@ -1054,6 +1054,11 @@ pub struct ClusterSection {
         deserialize_with = "values::one"
     )]
     pub redis_timeout: Duration,
+    /// Address blocks the other nodes' SIP addresses must be in (default:
+    /// any). A node record in Redis pointing elsewhere is ignored and
+    /// counted, so a write to Redis cannot draw calls off the cluster.
+    #[serde(default, deserialize_with = "values::list")]
+    pub allow: Vec<Cidr>,
 }
 
 impl ClusterSection {
@@ -1949,7 +1954,9 @@ mod tests {
         let with = |extra: &str| {
             format!("[cluster]\nnode = \"n1\"\nredis_url = \"redis://r:6379\"\n{extra}")
         };
-        let k = SbcConfig::parse(&format!("{MINIMAL}{}", with("")))
+        rejects(&with(""), "sip.tcp", "TCP");
+        let tcp = MINIMAL.replace("[auth]", "tcp = \"127.0.0.1:5060\"\n[auth]");
+        let k = SbcConfig::parse(&format!("{tcp}{}", with("")))
             .unwrap()
             .cluster
             .unwrap();

@@ -51,6 +51,8 @@ pub struct ControlCore {
     /// The port pool's counts at the last export.
     ports_exported: PortStats,
     stopped: bool,
+    /// Told when presence changes (a cluster node's record follows it).
+    ready_watch: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -85,7 +87,15 @@ impl ControlCore {
             trunks_exported: None,
             ports_exported: PortStats::default(),
             stopped: false,
+            ready_watch: None,
         }
+    }
+
+    /// Tells `watch` whenever who is ready here may have changed (the
+    /// cluster task then writes this node's record at once rather than at
+    /// its next heartbeat).
+    pub fn set_ready_watch(&mut self, watch: tokio::sync::watch::Sender<u64>) {
+        self.ready_watch = Some(watch);
     }
 
     /// Routes every call through `router` (the bridge asks before ringing).
@@ -111,6 +121,7 @@ impl ControlCore {
 
     /// The figures [`ControlIn::Status`] answers with.
     pub fn status(&self) -> ControlStatus {
+        let (ready_numbers, ready_operators) = self.bridge.ready_summary();
         ControlStatus {
             calls: self.bridge.calls(),
             sip_legs: self.bridge.ua().legs(),
@@ -118,6 +129,8 @@ impl ControlCore {
             operator_sockets: self.ws.len(),
             operators: self.bridge.presence().len(),
             draining: self.bridge.draining(),
+            ready_numbers,
+            ready_operators,
         }
     }
 
@@ -149,6 +162,7 @@ impl ControlCore {
                 let _ = reply.send(self.bridge.handle_api(now, &numbers, *req));
             }
             ControlIn::Drain(on) => self.bridge.set_draining(on),
+            ControlIn::Peers(peers) => self.bridge.set_peers(peers),
             ControlIn::EndAll { reply } => {
                 let _ = reply.send(self.bridge.calls());
                 self.bridge.end_all(now);
@@ -163,16 +177,24 @@ impl ControlCore {
         self.drain_routes(now);
         self.drain_lookups(now);
         self.drain_events();
+        if let Some(w) = &self.ready_watch {
+            let changes = self.bridge.presence().changes();
+            w.send_if_modified(|last| std::mem::replace(last, changes) != changes);
+        }
         self.export_gauges(now);
     }
 
     /// SIP through the front door and the admission pre-filter, into the bridge.
     fn on_sip(&mut self, now: Instant, bytes: &[u8], from: Peer) {
-        let trunk = self
-            .bridge
-            .config()
-            .trunk_for_source(from.addr.ip())
-            .is_some();
+        // Another node of the cluster is as trusted as a trunk at the door;
+        // the bridge checks its INVITEs' signature.
+        let peer = self.bridge.peers().is_node(from.addr.ip());
+        let trunk = peer
+            || self
+                .bridge
+                .config()
+                .trunk_for_source(from.addr.ip())
+                .is_some();
         match self.protect.check_from(now, from.addr.ip(), trunk, bytes) {
             Verdict::Drop => {
                 metrics::counter!("sbc_sip_dropped_total").increment(1);
@@ -191,6 +213,7 @@ impl ControlCore {
                 // With phones, a stranger's INVITE is challenged like a
                 // phone's (no 403 that would tell the two apart).
                 && !(refusal == Refusal::NotATrunk && self.bridge.registrar().is_some())
+                && !(refusal == Refusal::NotATrunk && peer)
             {
                 let status = if refusal.status() == 403 {
                     "403"
@@ -344,6 +367,16 @@ impl ControlCore {
         metrics::gauge!("sbc_sip_transactions").set(ua.transactions() as f64);
         let tx = ua.transaction_stats();
         metrics::counter!("sbc_sip_retransmissions_total").absolute(tx.retransmissions);
+        let b = self.bridge.stats();
+        metrics::counter!("sbc_cluster_peer_calls_total").absolute(b.peer_calls);
+        metrics::counter!("sbc_cluster_peer_refused_total").absolute(b.peer_refused);
+        let ready = self
+            .bridge
+            .peers()
+            .nodes
+            .iter()
+            .filter(|n| !n.operators.is_empty());
+        metrics::gauge!("sbc_cluster_peers_ready").set(ready.count() as f64);
         let p = self.protect.stats();
         metrics::counter!("sbc_sip_bans_total").absolute(p.bans);
         metrics::counter!("sbc_sip_banned_drops_total").absolute(p.banned_drops);

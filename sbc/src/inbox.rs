@@ -91,6 +91,8 @@ pub enum ControlIn {
     },
     /// Stop (`true`) or resume taking new calls: INVITEs get 503, dials an error.
     Drain(bool),
+    /// The other nodes of the cluster and who is ready there (each heartbeat).
+    Peers(sip_bridge::cluster::Peers),
     /// End every call (shutdown past its deadline); replies how many there were.
     EndAll {
         /// The number of calls ended.
@@ -106,7 +108,7 @@ pub enum ControlIn {
 }
 
 /// The control task's figures, in answer to [`ControlIn::Status`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ControlStatus {
     /// Calls in progress.
@@ -121,6 +123,10 @@ pub struct ControlStatus {
     pub operators: usize,
     /// Taking no new calls.
     pub draining: bool,
+    /// Number ids with an operator ready here (for the other nodes).
+    pub ready_numbers: Vec<String>,
+    /// Operators ready here.
+    pub ready_operators: Vec<String>,
 }
 
 /// What media tasks and the router's tasks send to control on: unbounded, so

@@ -167,6 +167,7 @@ pub async fn server_config(cfg: &SbcConfig) -> Result<ServerConfig, String> {
                 heartbeat: k.heartbeat,
                 lease: k.lease,
                 timeout: k.redis_timeout,
+                allow: k.allow.clone(),
             }),
         allowed_origins: cfg.websocket_origins(),
         webrtc: cfg.media.webrtc,

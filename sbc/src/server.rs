@@ -96,6 +96,8 @@ pub struct ClusterSettings {
     pub lease: Duration,
     /// Deadline of one exchange with Redis.
     pub timeout: Duration,
+    /// Address blocks the other nodes must be in (empty: any).
+    pub allow: Vec<sip_bridge::config::Cidr>,
 }
 
 /// Startup failures.
@@ -243,8 +245,13 @@ impl ServerBuilder {
 
         let sockets = SipSockets::bind(cfg.sip.clone()).await?;
         let (sip_udp, sip_tcp, sip_tls) = (sockets.udp_addr, sockets.tcp_addr, sockets.tls_addr);
+        let mut bridge_cfg = cfg.bridge.clone();
+        if cfg.cluster.is_some() && bridge_cfg.peer_key.is_none() {
+            // Every node shares the token secret, so every node has this key.
+            bridge_cfg.peer_key = Some(sip_bridge::cluster::PeerKey::derive(&cfg.token_secret));
+        }
         let mut bridge = Bridge::new(
-            cfg.bridge.clone(),
+            bridge_cfg,
             sockets.local.clone(),
             TokenIssuer::new(&cfg.token_secret),
             unix_base,
@@ -261,9 +268,14 @@ impl ServerBuilder {
             events_tx,
             cfg.bridge.seed,
         );
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(0u64);
+        let clustered = cfg.cluster.is_some();
         // Inbox and router in place before the first datagram is read.
         let (control, sip_task) = sockets.spawn_with_init(core, clock, move |c, me| {
             c.set_inbox(me.unbounded());
+            if clustered {
+                c.set_ready_watch(ready_tx);
+            }
             if let Some(r) = router {
                 c.set_router(r);
             }
@@ -391,9 +403,11 @@ impl ServerBuilder {
                         heartbeat: k.heartbeat,
                         lease: k.lease,
                         timeout: k.timeout,
+                        allow: k.allow.clone(),
                     },
                     control.clone(),
                     view.clone(),
+                    ready_rx,
                     stop_tx.subscribe(),
                 ));
             }

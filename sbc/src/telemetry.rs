@@ -359,7 +359,22 @@ pub const METRICS: &[Metric] = &[
     m(
         C,
         "sbc_cluster_bad_records_total",
-        "Malformed node records read from Redis, skipped.",
+        "Node records read from Redis that were malformed or outside cluster.allow, skipped.",
+    ),
+    m(
+        C,
+        "sbc_cluster_peer_calls_total",
+        "Calls other nodes forked here to ring operators of this node.",
+    ),
+    m(
+        C,
+        "sbc_cluster_peer_refused_total",
+        "INVITEs claiming to come from a node, refused (bad or stale signature, unknown address).",
+    ),
+    m(
+        G,
+        "sbc_cluster_peers_ready",
+        "Other serving nodes with an operator ready, as this node last read them.",
     ),
     // HTTP, API, webhooks, routing.
     dynamic(

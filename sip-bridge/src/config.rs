@@ -245,6 +245,9 @@ pub struct BridgeConfig {
     pub phones: Vec<crate::registrar::PhoneAccount>,
     /// How their registrations are kept.
     pub registrar: crate::registrar::RegistrarConfig,
+    /// In a cluster: the key nodes sign their INVITEs to each other with
+    /// (see [`crate::cluster`]); `None`: a single node, no peer is trusted.
+    pub peer_key: Option<crate::cluster::PeerKey>,
 }
 
 impl BridgeConfig {
@@ -278,6 +281,7 @@ impl BridgeConfig {
             seed: 1,
             phones: Vec::new(),
             registrar: Default::default(),
+            peer_key: None,
         }
     }
 

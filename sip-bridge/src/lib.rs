@@ -80,6 +80,7 @@
 
 pub mod bridge;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod contract;
 pub mod fork;

@@ -77,6 +77,8 @@ pub struct Presence {
     phones: BTreeMap<String, BTreeSet<String>>,
     /// The call of an operator busy on a phone with no browser session.
     phone_calls: BTreeMap<String, CallId>,
+    /// Counts changes that may change who is ready ([`Self::changes`]).
+    changes: u64,
 }
 
 /// Presence refusals.
@@ -105,18 +107,21 @@ impl Presence {
             events: VecDeque::new(),
             phones: BTreeMap::new(),
             phone_calls: BTreeMap::new(),
+            changes: 0,
         }
     }
 
     /// The operator's phone registered (its first binding): it takes calls
     /// on `numbers` by phone, beside any browser.
     pub fn set_phone(&mut self, operator: &str, numbers: &[String]) {
+        self.changes += 1;
         self.phones
             .insert(operator.into(), numbers.iter().cloned().collect());
     }
 
     /// Its last phone binding went.
     pub fn clear_phone(&mut self, operator: &str) {
+        self.changes += 1;
         self.phones.remove(operator);
     }
 
@@ -173,6 +178,7 @@ impl Presence {
         display_name: &str,
         allowed: &[String],
     ) -> Result<Connected, PresenceError> {
+        self.changes += 1;
         let allowed: BTreeSet<String> = allowed.iter().cloned().collect();
         if let Some(op) = self.operators.get_mut(operator) {
             let (replaced, resumed) = match op.state {
@@ -219,6 +225,7 @@ impl Presence {
     /// The connection of `session` is gone (closed, failed, or timed out).
     /// Operators with availability or a call wait in `reconnecting`; others leave.
     pub fn disconnect(&mut self, now: Instant, session: SessionId) {
+        self.changes += 1;
         let Some(name) = self.by_session.remove(&session) else {
             return;
         };
@@ -273,6 +280,7 @@ impl Presence {
         session: SessionId,
         numbers: &[String],
     ) -> Result<(Vec<String>, Vec<String>), PresenceError> {
+        self.changes += 1;
         let name = self
             .by_session
             .get(&session)
@@ -322,6 +330,38 @@ impl Presence {
         v
     }
 
+    /// A count that moves whenever who is ready may have changed: a driver
+    /// that tells other nodes (a cluster) compares it rather than the lists.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// What other nodes of a cluster need to ring here: the numbers with an
+    /// operator ready, and the operators ready (in a browser or on a phone),
+    /// each sorted and at most `max` long.
+    pub fn ready_summary(&self, max: usize) -> (Vec<String>, Vec<String>) {
+        let ready: Vec<String> = self
+            .operators
+            .keys()
+            .chain(self.phones.keys())
+            .filter(|op| self.is_ready(op))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .take(max)
+            .collect();
+        let mut numbers = BTreeSet::new();
+        for op in &ready {
+            if let Some(o) = self.operators.get(op).filter(|_| self.browser_ready(op)) {
+                numbers.extend(o.available.iter().cloned());
+            }
+            if self.phone_ready(op) {
+                numbers.extend(self.phones[op].iter().cloned());
+            }
+        }
+        (numbers.into_iter().take(max).collect(), ready)
+    }
+
     /// Whether `operator` can take a call now (for `operator:REF` targets),
     /// in a browser or on a phone.
     pub fn is_ready(&self, operator: &str) -> bool {
@@ -330,6 +370,7 @@ impl Presence {
 
     /// Marks the operator busy with `call` (accepted, or dialled out).
     pub fn set_busy(&mut self, operator: &str, call: CallId) -> Result<(), PresenceError> {
+        self.changes += 1;
         if !self.operators.contains_key(operator) && self.phones.contains_key(operator) {
             // On its phone, no browser: busy all the same.
             return match self.phone_calls.get(operator) {
@@ -353,6 +394,7 @@ impl Presence {
 
     /// The operator's call `call` ended.
     pub fn set_free(&mut self, operator: &str, call: CallId) {
+        self.changes += 1;
         if self.phone_calls.get(operator) == Some(&call) {
             self.phone_calls.remove(operator);
         }
@@ -385,6 +427,7 @@ impl Presence {
 
     /// `offline`: no more calls on any number (the active call stays).
     pub fn clear_available(&mut self, session: SessionId) -> Result<(), PresenceError> {
+        self.changes += 1;
         let name = self
             .by_session
             .get(&session)
@@ -408,6 +451,7 @@ impl Presence {
 
     /// Ends grace periods that ran out.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // (A reconnecting operator is not ready: its expiry changes nothing.)
         let gone: Vec<String> = self
             .operators
             .iter()
@@ -562,6 +606,36 @@ mod tests {
         p.disconnect(at(0), 1);
         p.connect(2, "alice", "Alice", &nums(&["sales"])).unwrap();
         assert_eq!(p.available("alice"), nums(&["sales"]));
+    }
+
+    #[test]
+    fn other_nodes_learn_who_is_ready_here_and_when_it_changed() {
+        let mut p = Presence::new(Duration::from_secs(30), 10);
+        assert_eq!(p.ready_summary(10), (vec![], vec![]));
+        let c0 = p.changes();
+        p.connect(1, "bob", "Bob", &nums(&["support", "sales"]))
+            .unwrap();
+        p.set_available(1, &nums(&["support"])).unwrap();
+        p.connect(2, "amy", "Amy", &nums(&["sales"])).unwrap();
+        p.set_available(2, &nums(&["sales"])).unwrap();
+        p.set_phone("carl", &nums(&["billing"]));
+        assert!(p.changes() > c0);
+        assert_eq!(
+            p.ready_summary(10),
+            (
+                nums(&["billing", "sales", "support"]),
+                nums(&["amy", "bob", "carl"])
+            )
+        );
+        // Busy is not ready; the bound holds.
+        let c1 = p.changes();
+        p.set_busy("bob", CallId(1)).unwrap();
+        assert!(p.changes() > c1);
+        assert_eq!(p.ready_summary(10).1, nums(&["amy", "carl"]));
+        assert_eq!(p.ready_summary(1), (nums(&["sales"]), nums(&["amy"])));
+        // Reconnecting is not ready either.
+        p.disconnect(at(1), 2);
+        assert_eq!(p.ready_summary(10), (nums(&["billing"]), nums(&["carl"])));
     }
 
     #[test]

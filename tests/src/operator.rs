@@ -1,8 +1,9 @@
 //! A headless browser operator for system tests: the SDK's signalling over
 //! the sbc's WebSocket (`/v1/operator`: `hello` with a token, `online` on its
-//! numbers, a `ping` every 10 s) without WebRTC. It rings and hears how its
-//! calls end (`taken_by_other` when a phone answered first), which is all a
-//! race against phones needs; it never answers.
+//! numbers, a `ping` every 10 s). It rings and hears how its calls end
+//! (`taken_by_other` when a phone or another node's operator answered first),
+//! and it can accept with a real WebRTC offer (str0m's) whose media never
+//! flows: enough to race for a call and to hold one, not to hear it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,30 @@ impl HeadlessOperator {
             m["ref"] == "online" && m["accepted"].as_array().is_some_and(|a| !a.is_empty())
         });
         o
+    }
+
+    /// Accepts call `call_id` with a fresh WebRTC audio offer (Opus), as the
+    /// SDK does.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "str0m's clock; this offer is never driven"
+    )]
+    pub fn accept(&self, call_id: &str) {
+        use str0m::media::{Direction, MediaKind};
+        let mut rtc = str0m::Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(std::time::Instant::now());
+        let host = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        if let Ok(c) = str0m::Candidate::host(host, "udp") {
+            rtc.add_local_candidate(c);
+        }
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let Some((offer, _)) = change.apply() else {
+            return;
+        };
+        self.send(json!({"type": "accept", "callId": call_id, "sdp": offer.to_sdp_string()}));
     }
 
     /// Whether its WebSocket has closed (either side, or the connection broke).

@@ -2,12 +2,15 @@
 //! other through their leases; a node that leaves, or dies, drops out of the
 //! other's view; a hostile record is skipped and counted; with Redis gone the
 //! node stays healthy and ready and keeps taking calls, counting the misses,
-//! and writes its record again when Redis is back.
+//! and writes its record again when Redis is back. A call on one node rings
+//! the ready operators on the others; the first answer wins and the others
+//! hear `taken_by_other`, also when they all accept at once.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use integration_tests::operator::HeadlessOperator;
 use integration_tests::sbc_process::{
     Sbc, SbcSpec, SippCmd, TempDir, free_tcp_port, http_get_at, lo, rtp, serial, wait_until,
 };
@@ -241,4 +244,198 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
     call("cluster-after-outage", &a);
     callee.assert_success(Duration::from_secs(30));
     a.assert_idle(Duration::from_secs(20));
+}
+
+/// A node whose number `support` rings its operators (and, through the
+/// cluster, those of the other nodes); the carrier calls from 127.0.0.2.
+fn ringing_node(name: &str, n: u8, range: u16, redis: &str) -> SbcSpec {
+    SbcSpec {
+        ip: lo(n),
+        admin: true,
+        ..SbcSpec::new(
+            name,
+            rtp(range),
+            format!(
+                "[cluster]\nnode = \"{name}\"\nredis_url = \"{redis}\"\n\
+                 heartbeat = \"200ms\"\nlease = \"600ms\"\nredis_timeout = \"100ms\"\n\
+                 allow = [\"127.0.0.0/8\"]\n\n\
+                 [[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"127.0.0.2:5060\"]\n\
+                 inbound = [\"127.0.0.2/32\"]\n\n\
+                 [[numbers]]\nid = \"support\"\ne164 = \"+15550100\"\n\
+                 dial = [ {{ ring = [\"operators\"], timeout = \"20s\" }} ]\n"
+            ),
+        )
+    }
+}
+
+/// Waits until `sbc`'s view lists `node` with `ready` as its ready numbers.
+fn wait_ready(sbc: &Sbc, node: &str, ready: &[&str]) {
+    let mut last = serde_json::Value::Null;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = view(sbc).2;
+        last["nodes"].as_array().is_some_and(|a| {
+            a.iter().any(|n| {
+                n["node"] == node
+                    && n["ready"].as_array().is_some_and(|r| {
+                        r.iter()
+                            .map(|x| x.as_str())
+                            .eq(ready.iter().map(|s| Some(*s)))
+                    })
+            })
+        })
+    });
+    assert!(ok, "{node} not ready on {ready:?} in the view: {last}");
+}
+
+/// How each call an operator was rung for ended: call id -> (accepted, reason).
+fn outcomes(
+    op: &HeadlessOperator,
+    accepted: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeMap<String, (bool, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in op.messages() {
+        if m["type"] == "ended" {
+            let id = m["callId"].as_str().unwrap_or_default().to_string();
+            let reason = m["reason"].as_str().unwrap_or_default().to_string();
+            out.insert(id.clone(), (accepted.contains(&id), reason));
+        }
+    }
+    out
+}
+
+/// Accepts every call `ops` are rung for, at once, until `sipp` exits; then
+/// waits until every rung call ended for every operator. Returns the ids
+/// each operator accepted.
+fn accept_all(
+    ops: &[&HeadlessOperator],
+    sipp: &mut integration_tests::sbc_process::Sipp,
+    timeout: Duration,
+) -> Vec<std::collections::BTreeSet<String>> {
+    let mut accepted = vec![std::collections::BTreeSet::new(); ops.len()];
+    let incoming = |op: &HeadlessOperator| -> Vec<String> {
+        op.messages()
+            .iter()
+            .filter(|m| m["type"] == "incoming")
+            .filter_map(|m| m["callId"].as_str().map(String::from))
+            .collect()
+    };
+    let mut exited = false;
+    let _ = wait_until(timeout, || {
+        for (i, op) in ops.iter().enumerate() {
+            for id in incoming(op) {
+                if accepted[i].insert(id.clone()) {
+                    op.accept(&id);
+                }
+            }
+        }
+        exited = exited || sipp.wait(Duration::from_millis(5)).is_some();
+        exited
+    });
+    assert!(exited, "SIPp did not finish in {timeout:?}");
+    let settled = wait_until(Duration::from_secs(10), || {
+        ops.iter().all(|op| {
+            let ended = outcomes(op, &Default::default());
+            incoming(op).iter().all(|id| ended.contains_key(id))
+        })
+    });
+    assert!(settled, "some rung calls never ended for their operator");
+    accepted
+}
+
+#[test]
+fn a_call_rings_operators_on_the_other_nodes_and_the_first_answer_wins() {
+    let _serial = serial();
+    let redis = Redis::start(free_tcp_port(lo(1)));
+    let a = Sbc::start(&ringing_node("a", 23, 76, &redis.url()));
+    let b = Sbc::start(&ringing_node("b", 24, 77, &redis.url()));
+    let c = Sbc::start(&ringing_node("c", 25, 78, &redis.url()));
+    wait_view(&a, &["a", "b", "c"]);
+    // Nobody on a; bob on b, carol on c.
+    let bob = HeadlessOperator::online(b.http, "bob", &["support"]);
+    let carol = HeadlessOperator::online(c.http, "carol", &["support"]);
+    wait_ready(&a, "b", &["support"]);
+    wait_ready(&a, "c", &["support"]);
+    wait_ready(&a, "a", &[]);
+
+    // One call to a: both ring; bob answers; carol hears taken_by_other.
+    let mut caller = SippCmd::new("cluster-ring", "caller.xml", lo(2))
+        .remote(a.sip)
+        .service("+15550100")
+        .calls(1)
+        .hold_ms(1000)
+        .spawn();
+    let rung_b = bob.wait("incoming", |m| m["type"] == "incoming");
+    let rung_c = carol.wait("incoming", |m| m["type"] == "incoming");
+    // The caller's number is shown on the other nodes.
+    assert_eq!(rung_b["from"], "+15550111", "{rung_b}");
+    bob.accept(rung_b["callId"].as_str().unwrap());
+    let lost = carol.wait("ended", |m| m["type"] == "ended");
+    assert_eq!(lost["reason"], "taken_by_other", "{lost}");
+    assert_eq!(lost["callId"], rung_c["callId"]);
+    caller.assert_success(Duration::from_secs(30));
+    let won = bob.wait("ended", |m| m["type"] == "ended");
+    assert_ne!(won["reason"], "taken_by_other", "{won}");
+    assert_eq!(
+        b.wait_metric("sbc_cluster_peer_calls_total", &[], WAIT, |v| v >= 1.0),
+        1.0
+    );
+    assert_eq!(a.metric("sbc_cluster_peer_calls_total", &[]), 0.0);
+
+    // Racing accepts: both accept every call the moment it rings. Each call
+    // the carrier completes is held by exactly one operator; the other hears
+    // taken_by_other. CLUSTER_RACES sets how many (tests/cluster/run.sh: 1000).
+    let races: usize = std::env::var("CLUSTER_RACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    drop((bob, carol));
+    let (bob, carol) = (
+        HeadlessOperator::online(b.http, "bob2", &["support"]),
+        HeadlessOperator::online(c.http, "carol2", &["support"]),
+    );
+    wait_ready(&a, "b", &["support"]);
+    wait_ready(&a, "c", &["support"]);
+    let mut caller = SippCmd::new("cluster-race", "caller.xml", lo(2))
+        .remote(a.sip)
+        .service("+15550100")
+        .calls(races)
+        .rate(2)
+        .arg("-l", 1)
+        .hold_ms(100)
+        .spawn();
+    let accepted = accept_all(
+        &[&bob, &carol],
+        &mut caller,
+        Duration::from_secs(60 + races as u64),
+    );
+    let ends = [outcomes(&bob, &accepted[0]), outcomes(&carol, &accepted[1])];
+    let held = ends
+        .iter()
+        .flat_map(|e| e.values())
+        .filter(|(acc, reason)| *acc && reason != "taken_by_other")
+        .count();
+    let lost = ends
+        .iter()
+        .flat_map(|e| e.values())
+        .filter(|(_, reason)| reason == "taken_by_other")
+        .count();
+    let both_rung = ends[0].len() + ends[1].len() - races;
+    eprintln!(
+        "cluster race: {races} calls, {both_rung} rang both, {held} held, {lost} taken_by_other"
+    );
+    let status = caller.wait(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "some carrier calls failed"
+    );
+    // 0 double answers: one holder per completed call.
+    assert_eq!(held, races, "double or missing answers");
+    assert_eq!(lost, both_rung);
+    assert!(
+        both_rung * 2 >= races,
+        "the race hardly ran: {both_rung} of {races} rang both"
+    );
+    for n in [&a, &b, &c] {
+        n.assert_idle(Duration::from_secs(20));
+    }
 }

@@ -1814,6 +1814,64 @@ pub fn registrar(data: &[u8]) {
     assert!(reg.is_empty(), "bindings outlived their expiry");
 }
 
+/// Node records as read from Redis, and node-to-node INVITE signatures.
+/// Data: blank-line separated records of `key=value` lines (`name=` names
+/// the node), then anything as a peer header. A record is taken whole or
+/// not at all; what becomes a peer is serving, another node, inside the
+/// allowed block; a signature edited in any way never verifies as other
+/// than what was signed.
+pub fn cluster(data: &[u8]) {
+    use sip_bridge::cluster::{MAX_READY, NodeRecord, PeerKey, PeerRing, Peers};
+    use sip_bridge::config::Cidr;
+    let text = String::from_utf8_lossy(data);
+    let mut records = Vec::new();
+    for (i, block) in text.split("\n\n").enumerate().take(64) {
+        let fields: Vec<(&str, &str)> = block.lines().filter_map(|l| l.split_once('=')).collect();
+        let name = fields
+            .iter()
+            .find(|(k, _)| *k == "name")
+            .map_or_else(|| format!("n{i}"), |(_, v)| v.to_string());
+        if let Some(r) = NodeRecord::from_fields(&name, fields.iter().copied()) {
+            assert!(r.ready.len() <= MAX_READY && r.ops.len() <= MAX_READY);
+            assert!(
+                r.ready
+                    .iter()
+                    .chain(&r.ops)
+                    .all(|x| !x.is_empty() && !x.contains(','))
+            );
+            records.push(r);
+        }
+    }
+    let allow: Cidr = "127.0.0.0/8".parse().expect("a block");
+    let (peers, outside) = Peers::from_records("me", &records, &[allow]);
+    assert!(outside <= records.len());
+    for n in &peers.nodes {
+        assert!(
+            allow.contains(n.sip.ip()),
+            "a node outside the block: {n:?}"
+        );
+        assert_ne!(n.node, "me");
+        assert!(records.iter().any(|r| r.node == n.node && !r.draining));
+    }
+    let key = PeerKey::derive(FUZZ_SECRET);
+    let ring = PeerRing::Operator("alice".into());
+    let good = key.sign("a", UNIX, "support", &ring);
+    let original = key.verify(&good, UNIX).expect("our signature verifies");
+    assert!(key.verify(&text, UNIX).is_err() || text.contains(&good[good.len() - 64..]));
+    let mut bytes = good.into_bytes();
+    for pair in data.chunks(2) {
+        if let [pos, val] = pair {
+            let n = bytes.len();
+            bytes[*pos as usize % n] = *val;
+        }
+    }
+    if let Ok(edited) = String::from_utf8(bytes)
+        && let Ok(got) = key.verify(&edited, UNIX)
+    {
+        assert_eq!(got, original, "an edited signature verified as another");
+    }
+}
+
 /// All targets by name, for replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("rtp_packet", rtp_packet),
@@ -1829,6 +1887,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("call", call),
     ("registrar", registrar),
+    ("cluster", cluster),
 ];
 
 #[cfg(test)]

@@ -668,7 +668,8 @@ fn is_log_filter(s: &str) -> bool {
         })
 }
 
-/// `[cluster]`: a usable name, a Redis URL, a lease that outlives two heartbeats.
+/// `[cluster]`: a usable name, a Redis URL, a lease that outlives two
+/// heartbeats, a TCP listener for the other nodes.
 fn cluster(c: &SbcConfig, f: &mut Found) {
     let Some(k) = &c.cluster else { return };
     if k.node.is_empty()
@@ -696,6 +697,12 @@ fn cluster(c: &SbcConfig, f: &mut Found) {
         f.push((
             "cluster.redis_timeout".into(),
             "above 0 and below cluster.heartbeat".into(),
+        ));
+    }
+    if c.sip.tcp.is_none() {
+        f.push((
+            "sip.tcp".into(),
+            "required with [cluster]: nodes ring each other's operators over TCP".into(),
         ));
     }
 }

@@ -372,6 +372,11 @@ impl SipSockets {
             tcp: self.tcp,
             tls: self.tls,
             tls_client: TlsConnector::from(client),
+            connect_from: self
+                .tcp_addr
+                .or(self.tls_addr)
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified()),
             limits: ConnLimits {
                 max_message: self.cfg.max_message,
                 idle: self.cfg.idle_timeout,
@@ -521,6 +526,10 @@ struct Task<C> {
     tcp: Option<TcpListener>,
     tls: Option<(TcpListener, TlsAcceptor)>,
     tls_client: TlsConnector,
+    /// The address outgoing connections leave from: the stream listener's
+    /// when it is bound to one (a peer that trusts our signalling address,
+    /// another node or a carrier's ACL, sees it), else the kernel's choice.
+    connect_from: Option<IpAddr>,
     limits: ConnLimits,
     max_connections: usize,
     conns: HashMap<ConnId, (SocketAddr, mpsc::Sender<Bytes>)>,
@@ -751,8 +760,11 @@ impl<C: SipCore> Task<C> {
         let limits = self.limits;
         let events = conn_tx.clone();
         let tls = (transport == Transport::Tls).then(|| self.tls_client.clone());
+        let from = self
+            .connect_from
+            .filter(|ip| ip.is_ipv4() == addr.is_ipv4());
         tokio::spawn(async move {
-            let opened = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, connect_from(from, addr)).await;
             let Ok(Ok(stream)) = opened else {
                 let _ = events.send(ConnEvent::Failed { addr });
                 return;
@@ -790,6 +802,20 @@ impl<C: SipCore> Task<C> {
             }
         });
     }
+}
+
+/// A TCP connection to `addr`, from `from` (any port) when given.
+async fn connect_from(from: Option<IpAddr>, addr: SocketAddr) -> io::Result<TcpStream> {
+    let Some(ip) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
 }
 
 async fn recv_from(s: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {

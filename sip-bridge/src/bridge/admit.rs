@@ -30,6 +30,9 @@ pub enum Origin {
     Sip(IpAddr),
     /// An operator's `dial` (already authenticated by its token).
     Operator,
+    /// Another node of the cluster (its INVITE signed and from a node's
+    /// address; see [`crate::cluster`]).
+    Peer,
 }
 
 /// The node's state that admission looks at.

@@ -67,6 +67,11 @@ pub struct BridgeStats {
     pub calls_outbound: u64,
     /// Calls refused at the limit.
     pub calls_rejected_capacity: u64,
+    /// Forks of other nodes' calls taken in (see [`crate::cluster`]).
+    pub peer_calls: u64,
+    /// INVITEs claiming to be a node's that were refused (403): bad or stale
+    /// signature, or not from a live node's address.
+    pub peer_refused: u64,
     /// Calls ended, by outcome (index: [`DialStatus`] order).
     pub ended: [u64; 6],
 }
@@ -124,6 +129,8 @@ pub struct Bridge {
     unix_base: u64,
     local_host: String,
     draining: bool,
+    /// The other nodes of a cluster, as the driver last read them.
+    peers: crate::cluster::Peers,
     stats: BridgeStats,
 }
 
@@ -183,6 +190,7 @@ impl Bridge {
             unix_base,
             local_host,
             draining: false,
+            peers: Default::default(),
             stats: BridgeStats::default(),
             cfg,
         }
@@ -270,6 +278,26 @@ impl Bridge {
     pub fn set_draining(&mut self, on: bool) {
         self.draining = on;
         self.ua.set_draining(on);
+    }
+
+    /// The other nodes of a cluster and who is ready on each (the driver's
+    /// last read of them); calls ring them from now on. Ignored without
+    /// [`BridgeConfig::peer_key`].
+    pub fn set_peers(&mut self, peers: crate::cluster::Peers) {
+        if self.cfg.peer_key.is_some() {
+            self.peers = peers;
+        }
+    }
+
+    /// The other nodes of a cluster ([`Self::set_peers`]).
+    pub fn peers(&self) -> &crate::cluster::Peers {
+        &self.peers
+    }
+
+    /// What the other nodes need to ring operators here: numbers with one
+    /// ready, and those ready (see [`Presence::ready_summary`]).
+    pub fn ready_summary(&self) -> (Vec<String>, Vec<String>) {
+        self.presence.ready_summary(crate::cluster::MAX_READY)
     }
 
     /// Ends every call (shutdown past its deadline): BYE, CANCEL or a final
@@ -471,6 +499,7 @@ impl Bridge {
             trunks,
             unix_base,
             registrar,
+            peers,
             ..
         } = self;
         let ctx = CallCtx {
@@ -482,6 +511,7 @@ impl Bridge {
             live_peer: trunks.live_peers(),
             unix_base: *unix_base,
             phones: registrar.as_ref(),
+            peers,
         };
         (calls, ctx)
     }
@@ -762,6 +792,12 @@ impl Bridge {
         req: &crate::sip::message::Request,
         from: Peer,
     ) {
+        if self.cfg.peer_key.is_some()
+            && let Some(value) =
+                crate::sip::message::SipHeaders::lines(req, crate::cluster::PEER_HEADER).first()
+        {
+            return self.peer_call(now, leg, req, from, value);
+        }
         if self.is_phone_call(req, from) {
             return self.phone_call(now, leg, req, from);
         }
@@ -821,6 +857,57 @@ impl Bridge {
                 if call.is_room() {
                     self.rooms.insert(number.id.clone(), id);
                 }
+                self.calls.insert(id, call);
+                self.sip_legs.insert(leg, (id, caller));
+                self.call_legs.insert((id, caller), leg);
+                self.apply(now, id);
+            }
+            Err(status) => {
+                let _ = self.ua.respond(now, leg, status, None, &[]);
+            }
+        }
+    }
+
+    /// Another node's fork of its call (see [`crate::cluster`]): rings the
+    /// operators here it names. 403 unless it is signed with our key, fresh,
+    /// and from a live node's address; then admission as for any call.
+    fn peer_call(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        req: &crate::sip::message::Request,
+        from: Peer,
+        value: &str,
+    ) {
+        let unix = self.unix_base + now.as_micros() / 1_000_000;
+        let verified = self.cfg.peer_key.as_ref().map(|k| k.verify(value, unix));
+        let Some(Ok(peer)) = verified.filter(|_| self.peers.is_node(from.addr.ip())) else {
+            self.stats.peer_refused += 1;
+            let _ = self.ua.respond(now, leg, 403, None, &[]);
+            return;
+        };
+        if let Err(refusal) = self.admission(Origin::Peer) {
+            self.stats.calls_rejected_capacity += 1;
+            let _ = self
+                .ua
+                .respond(now, leg, refusal.status(), None, refusal.headers());
+            return;
+        }
+        let Some(number) = self.cfg.number(&peer.number).cloned() else {
+            let _ = self.ua.respond(now, leg, 404, None, &[]);
+            return;
+        };
+        let id = CallId(self.next_call);
+        let call = {
+            let (_, mut ctx) = self.split();
+            Call::from_peer(now, &mut ctx, id, req, from.addr.ip(), &number, &peer)
+        };
+        match call {
+            Ok(call) => {
+                self.next_call += 1;
+                self.stats.calls_inbound += 1;
+                self.stats.peer_calls += 1;
+                let caller = call.caller();
                 self.calls.insert(id, call);
                 self.sip_legs.insert(leg, (id, caller));
                 self.call_legs.insert((id, caller), leg);

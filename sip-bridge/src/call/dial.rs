@@ -18,6 +18,10 @@ use crate::signalling::{EndReason, ServerMessage};
 use crate::sip::dialog::InviteParams;
 use crate::sip::message::{Peer, SipHeaders};
 
+/// How long a fork of another node's call rings here at most (the owner's
+/// plan decides; it cancels sooner).
+const PEER_RING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Call {
     /// A call from a SIP caller (`req`, from `trunk`) to `number`. Its offer is
     /// answered at once (the 183 and the 200 carry that answer); `Err` is the
@@ -31,6 +35,36 @@ impl Call {
         trunk: Option<usize>,
         number: &NumberConfig,
     ) -> Result<Call, u16> {
+        Call::inbound_as(now, ctx, id, req, source, trunk, number, None)
+    }
+
+    /// A fork of a call that node `peer.node` owns (see [`crate::cluster`]):
+    /// it rings the operators here that `peer` names, for as long as the
+    /// owner rings, with no routing, recording or second hop; the owner
+    /// does all of that.
+    pub(crate) fn from_peer(
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        id: CallId,
+        req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
+        number: &NumberConfig,
+        peer: &crate::cluster::PeerInvite,
+    ) -> Result<Call, u16> {
+        Call::inbound_as(now, ctx, id, req, source, None, number, Some(peer))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn inbound_as(
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        id: CallId,
+        req: &crate::sip::message::Request,
+        source: std::net::IpAddr,
+        trunk: Option<usize>,
+        number: &NumberConfig,
+        peer: Option<&crate::cluster::PeerInvite>,
+    ) -> Result<Call, u16> {
         let from_hdr = req.header_from().unwrap_or("").to_string();
         let mut call = Call::new(
             now,
@@ -43,6 +77,19 @@ impl Call {
         );
         call.plan = number.plan.clone();
         call.room = number.room;
+        if let Some(p) = peer {
+            let target = match &p.ring {
+                crate::cluster::PeerRing::Number => Target::OperatorsOf(number.id.clone()),
+                crate::cluster::PeerRing::Operator(op) => Target::Operator(op.clone()),
+            };
+            // The owner's own ring time ends it (CANCEL); this is a backstop.
+            call.plan = DialPlan {
+                steps: vec![Step::new(vec![target], PEER_RING_TIMEOUT)],
+                ..DialPlan::default()
+            };
+            call.room = false;
+            call.from_peer = true;
+        }
         call.caller_name = display_name_of(&from_hdr);
         let key = call.sip_caller(ctx, req, source, trunk)?;
         call.caller = key;
@@ -84,6 +131,11 @@ impl Call {
             if n.len() > 2 && n[..2].eq_ignore_ascii_case("x-") && headers.len() < 32 {
                 headers.push((n.to_string(), v.to_string()));
             }
+        }
+        if call.from_peer {
+            call.dial_plan(now, ctx);
+            call.settle(now, ctx);
+            return Ok(call);
         }
         let facts = RouteFacts {
             call_id: id,
@@ -594,6 +646,11 @@ impl Call {
                         n += self.ring_phones(now, ctx, &op, target, role, &origin);
                     }
                 }
+                let nodes: Vec<_> = ctx.peers.ready_for(&number).cloned().collect();
+                for node in nodes {
+                    let ring = crate::cluster::PeerRing::Number;
+                    n += self.ring_peer(now, ctx, &node, &number, ring, target, role, &origin);
+                }
                 Ok(n)
             }
             Target::Operator(op) => {
@@ -608,6 +665,20 @@ impl Call {
                 }
                 if (ring_both(ctx) || !browser) && ctx.presence.phone_ready(op) {
                     n += self.ring_phones(now, ctx, op, target, role, &origin);
+                }
+                // Ready on another node (it moved there, or signed in there).
+                let number = self
+                    .number
+                    .clone()
+                    .or_else(|| ctx.cfg.numbers.first().map(|n| n.id.clone()));
+                if n == 0
+                    && let Some(number) = number
+                {
+                    let nodes: Vec<_> = ctx.peers.with_operator(op).cloned().collect();
+                    for node in nodes {
+                        let ring = crate::cluster::PeerRing::Operator(op.clone());
+                        n += self.ring_peer(now, ctx, &node, &number, ring, target, role, &origin);
+                    }
                 }
                 Ok(n)
             }
@@ -712,6 +783,43 @@ impl Call {
         n
     }
 
+    /// Rings `ring` on another node of the cluster: an INVITE over TCP to its
+    /// SIP address, signed (see [`crate::cluster`]). A fork of a peer's call
+    /// rings no further node. How many legs it started (0 or 1).
+    #[allow(clippy::too_many_arguments)]
+    fn ring_peer(
+        &mut self,
+        now: Instant,
+        ctx: &mut CallCtx<'_>,
+        node: &crate::cluster::PeerNode,
+        number: &str,
+        ring: crate::cluster::PeerRing,
+        target: &Target,
+        role: Role,
+        origin: &Origin,
+    ) -> usize {
+        let Some(key) = ctx.cfg.peer_key.as_ref().filter(|_| !self.from_peer) else {
+            return 0;
+        };
+        let unix = ctx.unix_ms(now) / 1000;
+        let header = key.sign(&ctx.peers.me, unix, number, &ring);
+        let uri = format!("sip:{number}@{};transport=tcp", node.sip);
+        let extra = vec![(crate::cluster::PEER_HEADER.to_string(), header)];
+        self.ring_sip(
+            now,
+            ctx,
+            target.clone(),
+            uri,
+            None,
+            None,
+            None,
+            role,
+            origin.clone(),
+            extra,
+        )
+        .unwrap_or(0)
+    }
+
     fn ring_operator(&mut self, op: &str, target: Target, role: Role, origin: Origin) {
         let key = self.leg_key();
         let invited_by = match &origin {
@@ -753,7 +861,18 @@ impl Call {
         role: Role,
         origin: Origin,
     ) -> Result<usize, u16> {
-        self.ring_sip(now, ctx, target, uri, trunk, attempt, None, role, origin)
+        self.ring_sip(
+            now,
+            ctx,
+            target,
+            uri,
+            trunk,
+            attempt,
+            None,
+            role,
+            origin,
+            Vec::new(),
+        )
     }
 
     /// Rings operator `phone.0`'s registered phone at `uri`, through the
@@ -770,7 +889,18 @@ impl Call {
         role: Role,
         origin: Origin,
     ) -> Result<usize, u16> {
-        self.ring_sip(now, ctx, target, uri, None, None, phone, role, origin)
+        self.ring_sip(
+            now,
+            ctx,
+            target,
+            uri,
+            None,
+            None,
+            phone,
+            role,
+            origin,
+            Vec::new(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -785,6 +915,7 @@ impl Call {
         phone: Option<(&str, Peer)>,
         role: Role,
         origin: Origin,
+        extra: Vec<(String, String)>,
     ) -> Result<usize, u16> {
         let Some(port) = ctx.ports.take() else {
             return Err(503);
@@ -828,7 +959,7 @@ impl Call {
         let host = ctx.local_host;
         let trunk_cfg = trunk.and_then(|t| ctx.cfg.trunks.get(t));
         let late_offer = trunk_cfg.is_some_and(|t| t.late_offer);
-        let mut headers = Vec::new();
+        let mut headers = extra;
         if let Some(r) = replaces {
             headers.push(("Replaces".into(), r.to_header()));
         }

@@ -85,6 +85,8 @@ pub struct CallCtx<'a> {
     pub unix_base: u64,
     /// Registered phones (operators' bindings), when phones are configured.
     pub phones: Option<&'a crate::registrar::Registrar>,
+    /// The other nodes of a cluster and their ready operators.
+    pub peers: &'a crate::cluster::Peers,
 }
 
 impl CallCtx<'_> {
@@ -278,6 +280,9 @@ pub struct Call {
     adds: u32,
     /// A number's meet-me room: callers join, nothing rings.
     room: bool,
+    /// A fork of a call another node of the cluster owns: it rings only
+    /// operators here (no second hop).
+    from_peer: bool,
     /// What the media session was last told, per listener: the graph's edges
     /// and the (muted, held) flags.
     heard: BTreeMap<LegKey, Vec<Feed>>,
@@ -335,6 +340,7 @@ impl Call {
             ending: BTreeMap::new(),
             adds: 0,
             room: false,
+            from_peer: false,
             heard: BTreeMap::new(),
             flags: BTreeMap::new(),
             told: BTreeMap::new(),

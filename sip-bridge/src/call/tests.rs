@@ -23,6 +23,7 @@ struct Fixture {
     ports: PortPool,
     rng: SeededRng,
     next_session: u64,
+    peers: crate::cluster::Peers,
 }
 
 impl Fixture {
@@ -48,6 +49,7 @@ impl Fixture {
             ports: PortPool::new(20000, 20100),
             rng: SeededRng::new(1),
             next_session: 1,
+            peers: Default::default(),
         };
         for op in ops {
             f.online(op);
@@ -73,6 +75,7 @@ impl Fixture {
             live_peer: &[],
             unix_base: 1_795_000_000,
             phones: None,
+            peers: &self.peers,
         }
     }
 
@@ -546,5 +549,148 @@ fn a_late_offer_caller_gets_our_offer_in_the_200_and_its_media_starts_with_the_a
             assert_eq!(sip_actions(&out, caller), vec![SipAction::Hangup]);
             assert!(call.is_ended());
         }
+    }
+}
+
+/// Node `b` of a cluster with `ops` ready on `support`.
+fn peer_b(ops: &[&str]) -> crate::cluster::Peers {
+    crate::cluster::Peers {
+        me: "a".into(),
+        nodes: vec![crate::cluster::PeerNode {
+            node: "b".into(),
+            sip: "127.0.0.12:5070".parse().unwrap(),
+            numbers: vec!["support".into()],
+            operators: ops.iter().map(|s| s.to_string()).collect(),
+        }],
+    }
+}
+
+fn invites(out: &[CallOutput]) -> Vec<(LegKey, crate::sip::dialog::InviteParams)> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::Sip {
+                leg,
+                action: SipAction::Invite(p),
+            } => Some((*leg, (**p).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_call_rings_operators_here_and_forks_a_signed_invite_to_a_node_with_more() {
+    let mut f = Fixture::new(&["alice"]);
+    let key = crate::cluster::PeerKey::derive(b"cluster secret");
+    f.cfg.peer_key = Some(key.clone());
+    f.peers = peer_b(&["bob"]);
+    let now = Instant::ZERO;
+    let number = f.cfg.numbers[0].clone();
+    let mut call = Call::inbound(
+        now,
+        &mut f.ctx(),
+        CallId(1),
+        &late_offer_invite(),
+        [192, 0, 2, 9].into(),
+        None,
+        &number,
+    )
+    .expect("taken");
+    let out = f.drain(&mut call);
+    assert!(
+        to_ops(&out)
+            .iter()
+            .any(|(op, t, _)| op == "alice" && t == "incoming")
+    );
+    let inv = invites(&out);
+    assert_eq!(inv.len(), 1, "one INVITE, to node b: {inv:?}");
+    let (leg, p) = &inv[0];
+    assert_eq!(p.request_uri, "sip:support@127.0.0.12:5070;transport=tcp");
+    assert_eq!(p.peer.transport, crate::sip::message::Transport::Tcp);
+    // The caller's number is shown, as to an operator here.
+    assert!(p.from.contains("+15550111"), "{}", p.from);
+    let header = p
+        .headers
+        .iter()
+        .find(|(n, _)| n == crate::cluster::PEER_HEADER)
+        .map(|(_, v)| v.clone())
+        .expect("signed");
+    let got = key.verify(&header, 1_795_000_000).expect("verifies");
+    assert_eq!(
+        (got.node.as_str(), got.number.as_str(), got.ring),
+        ("a", "support", crate::cluster::PeerRing::Number)
+    );
+    assert_eq!(call.parties[leg].role, Role::Agent);
+    // Without the key (one node), nothing forks.
+    let mut g = Fixture::new(&["alice"]);
+    g.peers = peer_b(&["bob"]);
+    let mut call = Call::inbound(
+        now,
+        &mut g.ctx(),
+        CallId(2),
+        &late_offer_invite(),
+        [192, 0, 2, 9].into(),
+        None,
+        &number,
+    )
+    .expect("taken");
+    assert!(invites(&g.drain(&mut call)).is_empty());
+}
+
+#[test]
+fn a_fork_from_another_node_rings_only_operators_here_and_a_lost_race_is_taken_by_other() {
+    let mut f = Fixture::new(&["alice"]);
+    f.cfg.peer_key = Some(crate::cluster::PeerKey::derive(b"cluster secret"));
+    // b is ready too: a fork never hops on.
+    f.peers = peer_b(&["bob"]);
+    let now = Instant::ZERO;
+    let number = f.cfg.numbers[0].clone();
+    let peer = crate::cluster::PeerInvite {
+        node: "b".into(),
+        number: "support".into(),
+        ring: crate::cluster::PeerRing::Number,
+    };
+    for cancelled in [true, false] {
+        let mut call = Call::from_peer(
+            now,
+            &mut f.ctx(),
+            CallId(1),
+            &late_offer_invite(),
+            [127, 0, 0, 12].into(),
+            &number,
+            &peer,
+        )
+        .expect("taken");
+        let out = f.drain(&mut call);
+        assert!(invites(&out).is_empty(), "no second hop: {out:?}");
+        assert!(
+            to_ops(&out)
+                .iter()
+                .any(|(op, t, _)| op == "alice" && t == "incoming")
+        );
+        if !cancelled {
+            // Alice answered, but the owner took another answer first: its
+            // BYE says so.
+            call.handle_operator(now, &mut f.ctx(), "alice", None, accept());
+            f.drain(&mut call);
+            answer(&mut f, &mut call, now, 1);
+        }
+        let caller = call.caller();
+        call.handle_sip(
+            now,
+            &mut f.ctx(),
+            caller,
+            SipLegEvent::Terminated {
+                reason: SipEnd::CompletedElsewhere,
+            },
+        );
+        let out = f.drain(&mut call);
+        let ended: Vec<_> = to_ops(&out)
+            .into_iter()
+            .filter(|(op, t, _)| op == "alice" && t == "ended")
+            .map(|(_, _, v)| v["reason"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ended, ["taken_by_other"], "cancelled: {cancelled}");
+        assert!(call.is_ended());
+        assert!(f.presence.is_ready("alice"), "alice is free again");
     }
 }
