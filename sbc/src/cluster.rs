@@ -34,7 +34,10 @@ use redis::Value;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use sip_bridge::cluster::Peers;
+use std::collections::BTreeMap;
+
+use sip_bridge::cluster::{ClusterOut, Peers};
+use sip_bridge::sip::message::{Peer, Transport};
 
 use crate::inbox::ControlIn;
 use crate::sip::Handle;
@@ -105,19 +108,45 @@ end
 return out
 ";
 
+/// Claims a dead node's ringing calls, once across the cluster: the first
+/// survivor to set the claim (per node and boot) takes and deletes them.
+/// KEYS: `sbc:claim:{node}:{boot}`, `sbc:ringing:{node}`. ARGV: me, claim
+/// lifetime (ms). Returns the calls (field, value, ...) or nil.
+const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
+  local calls = redis.call('HGETALL', KEYS[2])
+  redis.call('DEL', KEYS[2])
+  return calls
+end
+return false
+";
+
+/// Room for records between the control task and this one.
+pub const RECORD_QUEUE: usize = 4096;
+
 /// Starts the cluster task; it stops (removing this node's record) when `stop`
 /// turns true.
 /// `ready` moves when who is ready here may have changed: the record is
 /// written then (at most every [`MIN_WRITE_GAP`]), not only at the
-/// heartbeat, so other nodes ring a freed operator sooner.
+/// heartbeat, so other nodes ring a freed operator sooner. `records` are
+/// the calls ringing here that a survivor would answer for
+/// ([`ClusterOut`]): written to `sbc:ringing:{node}` as they come.
 pub fn spawn(
     cfg: ClusterConfig,
     control: Handle<ControlIn>,
     view: SharedView,
     ready: watch::Receiver<u64>,
+    records: tokio::sync::mpsc::Receiver<ClusterOut>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(cfg, control, view, ready, stop))
+    tokio::spawn(run(cfg, control, view, ready, records, stop))
+}
+
+/// What wakes the task.
+enum Wake {
+    Heartbeat,
+    PresenceChanged,
+    Records(ClusterOut),
 }
 
 /// The least time between two writes of the record when presence changes
@@ -129,24 +158,37 @@ async fn run(
     control: Handle<ControlIn>,
     view: SharedView,
     mut ready: watch::Receiver<u64>,
+    mut records: tokio::sync::mpsc::Receiver<ClusterOut>,
     mut stop: watch::Receiver<bool>,
 ) {
     let script = redis::Script::new(HEARTBEAT);
+    let claim = redis::Script::new(CLAIM);
     let boot = crate::clock::Clock::unix_secs().to_string();
     let mut redis = Redis::new(&cfg);
     let mut tick = tokio::time::interval(cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The other live nodes at the last good read: one that drops out is
+    // checked, and if dead, taken over.
+    let mut known: BTreeMap<String, NodeInfo> = BTreeMap::new();
     loop {
-        let changed = tokio::select! {
-            _ = tick.tick() => false,
-            Ok(()) = ready.changed() => true,
+        let wake = tokio::select! {
+            _ = tick.tick() => Wake::Heartbeat,
+            Ok(()) = ready.changed() => Wake::PresenceChanged,
+            Some(r) = records.recv() => Wake::Records(r),
             _ = stop.wait_for(|s| *s) => break,
         };
-        if changed {
-            // Changes in a burst make one write.
-            tokio::time::sleep(MIN_WRITE_GAP).await;
-            ready.mark_unchanged();
-            tick.reset();
+        match wake {
+            Wake::Heartbeat => {}
+            Wake::PresenceChanged => {
+                // Changes in a burst make one write.
+                tokio::time::sleep(MIN_WRITE_GAP).await;
+                ready.mark_unchanged();
+                tick.reset();
+            }
+            Wake::Records(first) => {
+                write_records(&cfg, &mut redis, first, &mut records).await;
+                continue;
+            }
         }
         let Ok(status) = control.ask(|reply| ControlIn::Status { reply }).await else {
             break;
@@ -180,49 +222,189 @@ async fn run(
             }
             None => Err("not connected".into()),
         };
-        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
-        match answer {
-            Ok(value) => {
-                if !v.redis_up {
-                    tracing::info!(node = %cfg.node, "cluster: Redis answers; this node's record is written");
+        let mut vanished = Vec::new();
+        {
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            match answer {
+                Ok(value) => {
+                    if !v.redis_up {
+                        tracing::info!(node = %cfg.node, "cluster: Redis answers; this node's record is written");
+                    }
+                    let (nodes, bad) = parse_nodes(&value);
+                    if bad > 0 {
+                        metrics::counter!("sbc_cluster_bad_records_total").increment(bad);
+                        tracing::warn!(bad, "cluster: malformed node records skipped");
+                    }
+                    let now: BTreeMap<String, NodeInfo> = nodes
+                        .iter()
+                        .filter(|n| n.node != cfg.node)
+                        .map(|n| (n.node.clone(), n.clone()))
+                        .collect();
+                    vanished = std::mem::replace(&mut known, now)
+                        .into_values()
+                        .filter(|n| !known.contains_key(&n.node))
+                        .collect();
+                    let (peers, outside) = Peers::from_records(&cfg.node, &nodes, &cfg.allow);
+                    if outside > 0 {
+                        metrics::counter!("sbc_cluster_bad_records_total")
+                            .increment(outside as u64);
+                        tracing::warn!(outside, "cluster: nodes outside cluster.allow ignored");
+                    }
+                    let _ = control.try_send(ControlIn::Peers(peers));
+                    v.nodes = nodes;
+                    v.redis_up = true;
                 }
-                let (nodes, bad) = parse_nodes(&value);
-                if bad > 0 {
-                    metrics::counter!("sbc_cluster_bad_records_total").increment(bad);
-                    tracing::warn!(bad, "cluster: malformed node records skipped");
+                Err(e) => {
+                    if v.redis_up || v.redis_errors == 0 {
+                        tracing::warn!(error = %e, "cluster: Redis unreachable; going on from memory");
+                    }
+                    v.redis_up = false;
+                    v.redis_errors += 1;
+                    metrics::counter!("sbc_cluster_redis_errors_total").increment(1);
+                    redis.failed();
                 }
-                let (peers, outside) = Peers::from_records(&cfg.node, &nodes, &cfg.allow);
-                if outside > 0 {
-                    metrics::counter!("sbc_cluster_bad_records_total").increment(outside as u64);
-                    tracing::warn!(outside, "cluster: nodes outside cluster.allow ignored");
-                }
-                let _ = control.try_send(ControlIn::Peers(peers));
-                v.nodes = nodes;
-                v.redis_up = true;
             }
-            Err(e) => {
-                if v.redis_up || v.redis_errors == 0 {
-                    tracing::warn!(error = %e, "cluster: Redis unreachable; going on from memory");
-                }
-                v.redis_up = false;
-                v.redis_errors += 1;
-                metrics::counter!("sbc_cluster_redis_errors_total").increment(1);
-                redis.failed();
-            }
+            metrics::gauge!("sbc_cluster_redis_up").set(if v.redis_up { 1.0 } else { 0.0 });
+            metrics::gauge!("sbc_cluster_nodes_alive").set(v.nodes.len() as f64);
+            metrics::gauge!("sbc_cluster_nodes_draining")
+                .set(v.nodes.iter().filter(|n| n.draining).count() as f64);
         }
-        metrics::gauge!("sbc_cluster_redis_up").set(if v.redis_up { 1.0 } else { 0.0 });
-        metrics::gauge!("sbc_cluster_nodes_alive").set(v.nodes.len() as f64);
-        metrics::gauge!("sbc_cluster_nodes_draining")
-            .set(v.nodes.iter().filter(|n| n.draining).count() as f64);
+        for gone in &vanished {
+            take_over(&cfg, &mut redis, &claim, &control, gone).await;
+        }
     }
     // Leaving on purpose: others see it at once rather than at the lease's end.
     if let Some(conn) = redis.connection().await {
         let leave = redis::pipe()
             .zrem("sbc:nodes", &cfg.node)
             .del(format!("sbc:node:{}", cfg.node))
+            .del(format!("sbc:ringing:{}", cfg.node))
             .to_owned();
         let _ = tokio::time::timeout(cfg.timeout, leave.exec_async(conn)).await;
     }
+}
+
+/// How long the calls of a ringing record are kept if nobody settles them
+/// (a node that lost Redis mid-call never deletes its records).
+const RINGING_TTL_MS: u64 = 3_600_000;
+
+/// Writes `first` and whatever else is queued (up to 256) in one pipeline.
+/// Redis slow or gone: they are dropped and counted; a survivor then cannot
+/// retry those calls, which is all they were for.
+async fn write_records(
+    cfg: &ClusterConfig,
+    redis: &mut Redis,
+    first: ClusterOut,
+    rest: &mut tokio::sync::mpsc::Receiver<ClusterOut>,
+) {
+    let key = format!("sbc:ringing:{}", cfg.node);
+    let mut pipe = redis::pipe();
+    let mut n = 0u64;
+    let mut next = Some(first);
+    while let Some(r) = next.take() {
+        match r {
+            ClusterOut::Ringing { id, to, response } => {
+                let mut value = format!("{} {}\n", to.transport.via_token(), to.addr).into_bytes();
+                value.extend_from_slice(&response);
+                pipe.hset(&key, id, value).ignore();
+            }
+            ClusterOut::Settled { id } => {
+                pipe.hdel(&key, id).ignore();
+            }
+            _ => {}
+        }
+        n += 1;
+        if n < 256 {
+            next = rest.try_recv().ok();
+        }
+    }
+    pipe.pexpire(&key, RINGING_TTL_MS as i64).ignore();
+    let done = match redis.connection().await {
+        Some(conn) => matches!(
+            tokio::time::timeout(cfg.timeout, pipe.exec_async(conn)).await,
+            Ok(Ok(()))
+        ),
+        None => false,
+    };
+    if !done {
+        metrics::counter!("sbc_cluster_records_dropped_total").increment(n);
+        redis.failed();
+    }
+}
+
+/// Node `gone` dropped out of the live set. If it answers on its SIP
+/// address it is alive (cut off from Redis, or frozen: a stopped process's
+/// socket still accepts) and nothing is done. Otherwise it is dead: every
+/// survivor ends the forks of its calls, and the first to claim it sends
+/// the proxy the 503 it left for each of its ringing calls, so the proxy
+/// tries them on another node.
+async fn take_over(
+    cfg: &ClusterConfig,
+    redis: &mut Redis,
+    claim: &redis::Script,
+    control: &Handle<ControlIn>,
+    gone: &NodeInfo,
+) {
+    let probe = tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(gone.sip)).await;
+    if matches!(probe, Ok(Ok(_))) {
+        tracing::warn!(node = %gone.node, "cluster: a node's lease lapsed but it answers; not taken over");
+        return;
+    }
+    metrics::counter!("sbc_cluster_nodes_lost_total").increment(1);
+    let _ = control.try_send(ControlIn::NodeLost(gone.node.clone()));
+    let mut inv = claim.key(format!("sbc:claim:{}:{}", gone.node, gone.boot));
+    inv.key(format!("sbc:ringing:{}", gone.node))
+        .arg(&cfg.node)
+        .arg(60_000);
+    let answer = match redis.connection().await {
+        Some(conn) => tokio::time::timeout(cfg.timeout, inv.invoke_async::<Value>(conn)).await,
+        None => return,
+    };
+    let calls = match answer {
+        Ok(Ok(Value::Array(kv))) => kv,
+        Ok(Ok(_)) => return, // another survivor claimed it
+        _ => {
+            redis.failed();
+            return;
+        }
+    };
+    let mut retried = 0u64;
+    for pair in calls.chunks(2) {
+        let [_, Value::BulkString(v)] = pair else {
+            continue;
+        };
+        if let Some((to, bytes)) = ringing_record(v) {
+            let _ = control.try_send(ControlIn::Transmit { to, bytes });
+            retried += 1;
+        }
+    }
+    metrics::counter!("sbc_cluster_ringing_retried_total").increment(retried);
+    tracing::warn!(node = %gone.node, retried, "cluster: node dead; its ringing calls handed back to the proxy");
+}
+
+/// A ringing record's value: `udp|tcp|tls ADDR\n` and the response.
+fn ringing_record(v: &[u8]) -> Option<(Peer, bytes::Bytes)> {
+    let nl = v.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&v[..nl]).ok()?;
+    let (t, addr) = head.split_once(' ')?;
+    let transport = match t {
+        "UDP" => Transport::Udp,
+        "TCP" => Transport::Tcp,
+        "TLS" => Transport::Tls,
+        _ => return None,
+    };
+    let body = &v[nl + 1..];
+    if !body.starts_with(b"SIP/2.0 ") || body.len() > 8192 {
+        return None;
+    }
+    Some((
+        Peer {
+            transport,
+            addr: addr.parse().ok()?,
+            conn: None,
+        },
+        bytes::Bytes::copy_from_slice(body),
+    ))
 }
 
 /// A connection that is made again, under the deadline, after a failure.
@@ -371,6 +553,30 @@ mod tests {
         assert_eq!(nodes[0].ready, ["support", "sales"]);
         assert_eq!(nodes[0].ops, ["alice", "bob@example.com"]);
         assert_eq!(parse_nodes(&Value::Nil), (Vec::new(), 1));
+    }
+
+    #[test]
+    fn ringing_records_are_read_back_or_refused() {
+        let (to, bytes) =
+            ringing_record(b"TCP 127.0.0.1:5060\nSIP/2.0 503 Service Unavailable\r\n\r\n").unwrap();
+        assert_eq!(
+            (to.transport, to.addr),
+            (Transport::Tcp, "127.0.0.1:5060".parse().unwrap())
+        );
+        assert!(bytes.starts_with(b"SIP/2.0 503"));
+        for hostile in [
+            &b""[..],
+            b"TCP 127.0.0.1:5060",
+            b"SCTP 127.0.0.1:5060\nSIP/2.0 503 x\r\n\r\n",
+            b"TCP nowhere\nSIP/2.0 503 x\r\n\r\n",
+            // Only responses: never a request sent in a dead node's name.
+            b"UDP 127.0.0.1:5060\nINVITE sip:x@y SIP/2.0\r\n\r\n",
+            b"\xff\xfe 1\nSIP/2.0 503",
+        ] {
+            assert!(ringing_record(hostile).is_none(), "{hostile:?}");
+        }
+        let big = [&b"UDP 127.0.0.1:5060\nSIP/2.0 503 x\r\n"[..], &[b'a'; 9000]].concat();
+        assert!(ringing_record(&big).is_none());
     }
 
     #[test]

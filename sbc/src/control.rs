@@ -53,6 +53,8 @@ pub struct ControlCore {
     stopped: bool,
     /// Told when presence changes (a cluster node's record follows it).
     ready_watch: Option<tokio::sync::watch::Sender<u64>>,
+    /// Records for the cluster task to write.
+    cluster_records: Option<mpsc::Sender<sip_bridge::cluster::ClusterOut>>,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -88,7 +90,15 @@ impl ControlCore {
             ports_exported: PortStats::default(),
             stopped: false,
             ready_watch: None,
+            cluster_records: None,
         }
+    }
+
+    /// Sends the records survivors need ([`sip_bridge::cluster::ClusterOut`])
+    /// to the cluster task; when it does not keep up they are dropped and
+    /// counted, never waited for.
+    pub fn set_cluster_records(&mut self, tx: mpsc::Sender<sip_bridge::cluster::ClusterOut>) {
+        self.cluster_records = Some(tx);
     }
 
     /// Tells `watch` whenever who is ready here may have changed (the
@@ -163,6 +173,8 @@ impl ControlCore {
             }
             ControlIn::Drain(on) => self.bridge.set_draining(on),
             ControlIn::Peers(peers) => self.bridge.set_peers(peers),
+            ControlIn::NodeLost(node) => self.bridge.node_lost(now, &node),
+            ControlIn::Transmit { to, bytes } => self.stateless.push_back(Transmit { to, bytes }),
             ControlIn::EndAll { reply } => {
                 let _ = reply.send(self.bridge.calls());
                 self.bridge.end_all(now);
@@ -177,6 +189,13 @@ impl ControlCore {
         self.drain_routes(now);
         self.drain_lookups(now);
         self.drain_events();
+        while let Some(out) = self.bridge.poll_cluster_out() {
+            if let Some(tx) = &self.cluster_records
+                && tx.try_send(out).is_err()
+            {
+                metrics::counter!("sbc_cluster_records_dropped_total").increment(1);
+            }
+        }
         if let Some(w) = &self.ready_watch {
             let changes = self.bridge.presence().changes();
             w.send_if_modified(|last| std::mem::replace(last, changes) != changes);
@@ -370,6 +389,7 @@ impl ControlCore {
         let b = self.bridge.stats();
         metrics::counter!("sbc_cluster_peer_calls_total").absolute(b.peer_calls);
         metrics::counter!("sbc_cluster_peer_refused_total").absolute(b.peer_refused);
+        metrics::counter!("sbc_cluster_peer_calls_orphaned_total").absolute(b.peer_calls_orphaned);
         let ready = self
             .bridge
             .peers()

@@ -93,6 +93,15 @@ pub enum ControlIn {
     Drain(bool),
     /// The other nodes of the cluster and who is ready there (each heartbeat).
     Peers(sip_bridge::cluster::Peers),
+    /// A node is dead (lease lapsed, no answer): forks of its calls end.
+    NodeLost(String),
+    /// SIP bytes to send as they are (a dead node's 503 to the proxy).
+    Transmit {
+        /// Where.
+        to: sip_bridge::sip::message::Peer,
+        /// What.
+        bytes: bytes::Bytes,
+    },
     /// End every call (shutdown past its deadline); replies how many there were.
     EndAll {
         /// The number of calls ended.

@@ -269,12 +269,14 @@ impl ServerBuilder {
             cfg.bridge.seed,
         );
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(0u64);
+        let (records_tx, records_rx) = mpsc::channel(crate::cluster::RECORD_QUEUE);
         let clustered = cfg.cluster.is_some();
         // Inbox and router in place before the first datagram is read.
         let (control, sip_task) = sockets.spawn_with_init(core, clock, move |c, me| {
             c.set_inbox(me.unbounded());
             if clustered {
                 c.set_ready_watch(ready_tx);
+                c.set_cluster_records(records_tx);
             }
             if let Some(r) = router {
                 c.set_router(r);
@@ -408,6 +410,7 @@ impl ServerBuilder {
                     control.clone(),
                     view.clone(),
                     ready_rx,
+                    records_rx,
                     stop_tx.subscribe(),
                 ));
             }

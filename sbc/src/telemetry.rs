@@ -372,6 +372,26 @@ pub const METRICS: &[Metric] = &[
         "INVITEs claiming to come from a node, refused (bad or stale signature, unknown address).",
     ),
     m(
+        C,
+        "sbc_cluster_peer_calls_orphaned_total",
+        "Forks of calls whose owner node died, ended here.",
+    ),
+    m(
+        C,
+        "sbc_cluster_records_dropped_total",
+        "Ringing-call records not written to Redis (queue full, Redis slow or gone).",
+    ),
+    m(
+        C,
+        "sbc_cluster_nodes_lost_total",
+        "Nodes whose lease lapsed and that did not answer a probe: dead.",
+    ),
+    m(
+        C,
+        "sbc_cluster_ringing_retried_total",
+        "A dead node's ringing calls handed back to the proxy (503) by this node.",
+    ),
+    m(
         G,
         "sbc_cluster_peers_ready",
         "Other serving nodes with an operator ready, as this node last read them.",

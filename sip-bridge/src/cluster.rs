@@ -21,6 +21,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::config::Cidr;
+use crate::sip::message::Peer;
 
 /// The header of a node's INVITE to another.
 pub const PEER_HEADER: &str = "X-Sbc-Peer";
@@ -65,6 +66,9 @@ pub struct NodeRecord {
     pub operators: u64,
     /// Its `sbc` version.
     pub version: String,
+    /// When it started (Unix seconds): tells a restarted node from the one
+    /// that died under the same name.
+    pub boot: u64,
     /// Number ids with an operator ready there.
     pub ready: Vec<String>,
     /// Operators ready there.
@@ -96,6 +100,7 @@ impl NodeRecord {
             calls: get("calls")?.parse().ok()?,
             operators: get("operators")?.parse().ok()?,
             version: get("version")?.chars().take(32).collect(),
+            boot: get("boot").map_or(Some(0), |b| b.parse().ok())?,
             ready: names(get("ready"))?,
             ops: names(get("ops"))?,
         })
@@ -218,6 +223,73 @@ pub enum PeerError {
     /// Its time is more than [`MAX_SKEW_SECS`] from ours.
     #[error("stale peer header")]
     Stale,
+}
+
+/// What a node keeps in the shared store about its calls so that a survivor
+/// can act for it if it dies (the driver writes and deletes the records).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterOut {
+    /// A call from a proxy rings here. If this node dies before answering
+    /// it, a survivor sends `response` (a 503 this node rendered) to `to`,
+    /// the INVITE's previous hop: a proxy with a failure route (Kamailio's
+    /// dispatcher, `sbc/deploy/kamailio`) then tries the next node, where
+    /// the call rings again. A proxy matches a response by its Via branch,
+    /// whatever address it comes from (spike 1, issue 21).
+    Ringing {
+        /// The record's key (the INVITE's Call-ID and From tag).
+        id: String,
+        /// Where the response goes (RFC 3261 18.2.2, from the top Via).
+        to: Peer,
+        /// The whole response, ready to send.
+        response: Vec<u8>,
+    },
+    /// The call was answered or ended: the record goes.
+    Settled {
+        /// The record's key.
+        id: String,
+    },
+}
+
+/// Where responses to `req` go (RFC 3261 section 18.2.2, RFC 3581): its top
+/// Via's sent-by, with `received` and `rport` when the previous hop was
+/// behind a NAT. `None` for a host name (the sans-IO core resolves none).
+pub fn response_target(req: &crate::sip::message::Request) -> Option<Peer> {
+    use crate::sip::message::{SipHeaders, Transport, header_param};
+    let via = *SipHeaders::lines(req, "Via").first()?;
+    let via = via.split(',').next()?.trim();
+    let (proto, rest) = via.split_once(char::is_whitespace)?;
+    let transport = match proto.rsplit('/').next()?.to_ascii_uppercase().as_str() {
+        "UDP" => Transport::Udp,
+        "TCP" => Transport::Tcp,
+        "TLS" => Transport::Tls,
+        _ => return None,
+    };
+    let sent_by = rest.trim().split(';').next()?.trim();
+    let (host, port) = match sent_by.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h, Some(p)),
+            Err(_) if sent_by.starts_with('[') => (sent_by, None),
+            Err(_) => return None,
+        },
+        _ => (sent_by, None),
+    };
+    let host = header_param(rest, "received").unwrap_or(host);
+    let ip: IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+    let default = if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    let port = header_param(rest, "rport")
+        .and_then(|p| p.parse().ok())
+        .or(port)
+        .unwrap_or(default);
+    Some(Peer {
+        transport,
+        addr: SocketAddr::new(ip, port),
+        conn: None,
+    })
 }
 
 /// The key nodes sign their INVITEs to each other with.
@@ -449,6 +521,52 @@ mod tests {
         assert!(ok("a,,b").is_none());
         assert!(ok("a b").is_none());
         assert!(ok(&vec!["n"; MAX_READY + 1].join(",")).is_none());
+    }
+
+    fn invite(via: &str) -> crate::sip::message::Request {
+        let raw = format!(
+            "INVITE sip:support@127.0.0.11 SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP 10.9.9.9;branch=z9hG4bKc\r\n\
+             From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        match crate::sip::message::classify(
+            raw.as_bytes(),
+            crate::sip::message::Transport::Tcp,
+            &Default::default(),
+        ) {
+            crate::sip::message::Inbound::Request(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn responses_go_where_the_top_via_says() {
+        use crate::sip::message::Transport::{Tcp, Tls, Udp};
+        let t =
+            |via: &str| response_target(&invite(via)).map(|p| (p.transport, p.addr.to_string()));
+        assert_eq!(
+            t("SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKk"),
+            Some((Tcp, "127.0.0.1:5060".into()))
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKk"),
+            Some((Udp, "192.0.2.1:5060".into()))
+        );
+        assert_eq!(
+            t("SIP/2.0/TLS 192.0.2.1;branch=z9hG4bKk"),
+            Some((Tls, "192.0.2.1:5061".into()))
+        );
+        // RFC 3581: where it came from, not what it said.
+        assert_eq!(
+            t("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKk;received=198.51.100.7;rport=40000"),
+            Some((Udp, "198.51.100.7:40000".into()))
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKk"),
+            Some((Udp, "[2001:db8::1]:5070".into()))
+        );
+        assert_eq!(t("SIP/2.0/UDP proxy.example.com;branch=z9hG4bKk"), None);
+        assert_eq!(t("SIP/2.0/SCTP 192.0.2.1;branch=z9hG4bKk"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod fork_consumer;
+pub mod front;
 pub mod operator;
 pub mod sbc_process;
 

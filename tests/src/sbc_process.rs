@@ -37,7 +37,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Test `n`'s own SBC RTP range: 50 port pairs from 12000 + 100 * n. Taken:
 /// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, 63, 66-68, `rest_api.rs` 40-41,
 /// `recording.rs` 50-53, 58, `fork.rs` 54-55, `siprec.rs` 56-57, `registrar.rs`
-/// 60-62, 69, `sipvicious.rs` 64-65, `front_door.rs` 70-71, 74-75, `cluster.rs` 72-73, 76-78.
+/// 60-62, 69, `sipvicious.rs` 64-65, `front_door.rs` 70-71, 74-75, `cluster.rs` 72-73, 76-80.
 pub fn rtp(n: u16) -> (u16, u16) {
     let lo = 12_000 + n * 100;
     (lo, lo + 99)
@@ -487,6 +487,14 @@ impl Sbc {
     pub fn kill(&mut self) {
         kill_child(&mut self.child);
         self.exit = self.child.try_wait().ok().flatten();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) with kill(1): a frozen node is
+    /// `STOP`, one that comes back `CONT`.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status();
     }
 
     /// The exit status, if it has exited.

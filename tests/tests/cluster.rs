@@ -7,68 +7,13 @@
 //! hear `taken_by_other`, also when they all accept at once.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use integration_tests::front::{Kamailio, Redis};
 use integration_tests::operator::HeadlessOperator;
 use integration_tests::sbc_process::{
-    Sbc, SbcSpec, SippCmd, TempDir, free_tcp_port, http_get_at, lo, rtp, serial, wait_until,
+    Sbc, SbcSpec, SippCmd, free_tcp_port, http_get_at, lo, rtp, serial, wait_until,
 };
-
-/// A throwaway `redis-server` on a free port of 127.0.0.1 (no persistence).
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let dir = TempDir::new("redis");
-        let log = std::fs::File::create(dir.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) runs");
-        let r = Redis { child, port, dir };
-        assert!(
-            wait_until(Duration::from_secs(10), || r.cli(&["PING"]).trim()
-                == "PONG"),
-            "redis-server did not come up: {:?}",
-            std::fs::read_to_string(r.dir.join("redis.log"))
-        );
-        r
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -438,4 +383,87 @@ fn a_call_rings_operators_on_the_other_nodes_and_the_first_answer_wins() {
     for n in [&a, &b, &c] {
         n.assert_idle(Duration::from_secs(20));
     }
+}
+
+#[test]
+fn a_call_ringing_when_its_node_dies_rings_again_on_a_survivor() {
+    let _serial = serial();
+    let redis = Redis::start(free_tcp_port(lo(1)));
+    let mut a = Sbc::start(&ringing_node("a", 26, 79, &redis.url()));
+    let b = Sbc::start(&ringing_node("b", 27, 80, &redis.url()));
+    // Kamailio running the shipped config; by priority: a first, then b.
+    let front = SocketAddr::new(lo(2), free_tcp_port(lo(2)));
+    let kamailio = Kamailio::start_with(front, &[a.sip, b.sip], Some("8"));
+    kamailio.wait_active(a.sip);
+    kamailio.wait_active(b.sip);
+    let bob = HeadlessOperator::online(b.http, "bob", &["support"]);
+    wait_ready(&a, "b", &["support"]);
+
+    // A frozen node is not dead: a rings bob; a is stopped (SIGSTOP) for
+    // three leases, during which its lease lapses but its port still takes
+    // connections; b does not take its call over; a comes back (SIGCONT) and
+    // the call goes on with one owner: bob answers it through a.
+    let mut caller = SippCmd::new("cluster-ringing-frozen", "caller_rr.xml", lo(5))
+        .remote(front)
+        .service("+15550100")
+        .calls(1)
+        .hold_ms(500)
+        .spawn();
+    let rung = bob.wait("incoming", |m| m["type"] == "incoming");
+    a.signal("STOP");
+    let lapsed = wait_until(Duration::from_secs(5), || !view(&b).0.contains(&"a".into()));
+    std::thread::sleep(Duration::from_millis(600));
+    a.signal("CONT");
+    assert!(lapsed, "a's lease never lapsed while it was stopped");
+    assert_eq!(b.metric("sbc_cluster_nodes_lost_total", &[]), 0.0);
+    assert_eq!(b.metric("sbc_cluster_ringing_retried_total", &[]), 0.0);
+    bob.accept(rung["callId"].as_str().unwrap());
+    caller.assert_success(Duration::from_secs(30));
+    let done = bob.wait("the call ended", |m| {
+        m["type"] == "ended" && m["callId"] == rung["callId"]
+    });
+    assert_ne!(done["reason"], "taken_by_other", "{done}");
+    wait_view(&b, &["a", "b"]);
+    wait_ready(&a, "b", &["support"]);
+
+    // The call reaches a, which forks it to bob on b.
+    let mut caller = SippCmd::new("cluster-ringing-kill", "caller_rr.xml", lo(5))
+        .remote(front)
+        .service("+15550100")
+        .calls(1)
+        .hold_ms(1000)
+        .spawn();
+    let first = bob.wait("incoming", |m| {
+        m["type"] == "incoming" && m["callId"] != rung["callId"]
+    });
+    // a dies (kill -9) while it rings.
+    a.kill();
+    let killed = integration_tests::agent::now();
+    // b finds a dead (lease lapsed, no answer on its SIP address), ends the
+    // fork, and sends Kamailio the 503 a left for the call; Kamailio tries b,
+    // where the call rings bob again.
+    let ended = bob.wait("the fork ended", |m| {
+        m["type"] == "ended" && m["callId"] == first["callId"]
+    });
+    let again = bob.wait("incoming again", |m| {
+        m["type"] == "incoming" && m["callId"] != first["callId"] && m["callId"] != rung["callId"]
+    });
+    let gap = killed.elapsed();
+    eprintln!("ringing takeover: rang again {gap:?} after kill -9 (fork ended: {ended})");
+    bob.accept(again["callId"].as_str().unwrap());
+    caller.assert_success(Duration::from_secs(30));
+    for (name, want) in [
+        ("sbc_cluster_nodes_lost_total", 1.0),
+        ("sbc_cluster_ringing_retried_total", 1.0),
+        ("sbc_cluster_peer_calls_orphaned_total", 1.0),
+    ] {
+        assert_eq!(
+            b.wait_metric(name, &[], WAIT, |v| v >= want),
+            want,
+            "{name}"
+        );
+    }
+    // A lost lease and a closed port: detection within 3 leases.
+    assert!(gap < Duration::from_secs(5), "{gap:?}\n{}", kamailio.log());
+    b.assert_idle(Duration::from_secs(20));
 }

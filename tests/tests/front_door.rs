@@ -8,22 +8,14 @@
 //! other node) and new requests go to the other node.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use integration_tests::front::{Haproxy, Kamailio, deploy};
 use integration_tests::operator::HeadlessOperator;
 use integration_tests::sbc_process::{
-    Sbc, SbcSpec, SippCmd, TempDir, free_port, free_tcp_port, http_get_at, lo, rtp, serial,
-    tail_file, wait_until,
+    Sbc, SbcSpec, SippCmd, free_port, free_tcp_port, http_get_at, lo, rtp, serial, wait_until,
 };
-
-fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../sbc/deploy")
-        .join(file)
-}
 
 /// `program -c -f FILE` on a shipped file: its exit status and what it printed.
 fn check(program: &str, file: &str) -> (bool, String) {
@@ -57,106 +49,6 @@ fn the_haproxy_config_passes_haproxy_c() {
 
 /// Kamailio with the shipped config on `addr` (UDP and TCP), its nodes in
 /// `list`, killed when dropped.
-struct Kamailio {
-    child: Child,
-    dir: TempDir,
-    ctl: String,
-}
-
-impl Kamailio {
-    fn start(addr: SocketAddr, nodes: &[SocketAddr]) -> Kamailio {
-        let dir = TempDir::new("kamailio");
-        let list = dir.join("dispatcher.list");
-        let lines: String = nodes
-            .iter()
-            .map(|n| format!("1 sip:{n};transport=tcp\n"))
-            .collect();
-        std::fs::write(&list, lines).unwrap();
-        let ctl = format!("unix:{}", dir.join("ctl.sock").display());
-        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
-        let child = Command::new("kamailio")
-            .args(["-DD", "-E", "-m", "64", "-M", "8", "-f"])
-            .arg(deploy("kamailio/kamailio.cfg"))
-            .arg("-Y")
-            .arg(dir.path())
-            .arg("-A")
-            .arg(format!("LISTEN_UDP=udp:{addr}"))
-            .arg("-A")
-            .arg(format!("LISTEN_TCP=tcp:{addr}"))
-            .arg("-A")
-            .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
-            .arg("-A")
-            .arg(format!("CTL_SOCKET=\"{ctl}\""))
-            .arg("-A")
-            .arg(format!("CARRIER=\"sip:{addr}\""))
-            .arg("-A")
-            .arg(format!("TCP_SOURCE={}", addr.ip()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Its own process group: Kamailio forks workers, and they all go.
-            .process_group(0)
-            .spawn()
-            .expect("kamailio (Debian package kamailio) runs");
-        Kamailio { child, dir, ctl }
-    }
-
-    /// The dispatcher's view: (node URI, flags) per node (`AP` = active, probing).
-    fn states(&self) -> Vec<(String, String)> {
-        let out = Command::new("kamcmd")
-            .args(["-s", &self.ctl, "dispatcher.list"])
-            .output();
-        let Ok(out) = out else { return Vec::new() };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut states = Vec::new();
-        let mut uri = None;
-        for line in text.lines().map(str::trim) {
-            if let Some(u) = line.strip_prefix("URI: ") {
-                uri = Some(u.to_string());
-            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
-                states.push((u, f.to_string()));
-            }
-        }
-        states
-    }
-
-    /// Waits until the dispatcher sees `node` active.
-    fn wait_active(&self, node: SocketAddr) {
-        let want = format!("sip:{node};transport=tcp");
-        let ok = wait_until(Duration::from_secs(15), || {
-            self.states()
-                .iter()
-                .any(|(u, f)| *u == want && f.starts_with('A'))
-        });
-        assert!(
-            ok,
-            "the dispatcher never saw {node} active: {:?}\n{}",
-            self.states(),
-            tail_file(&self.dir.join("kamailio.log"), 40)
-        );
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        stop_group(&mut self.child);
-    }
-}
-
-/// Stops `child`'s whole process group (Kamailio forks workers): TERM, up to
-/// 3 s for it to go, then KILL for whatever is left.
-fn stop_group(child: &mut Child) {
-    let group = format!("-{}", child.id());
-    let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-    let gone = wait_until(Duration::from_secs(3), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-    if !gone {
-        let _ = child.wait();
-    }
-}
-
 fn node_spec(name: &str, n: u8, range: u16, sip_port: u16, callee: SocketAddr) -> SbcSpec {
     SbcSpec {
         ip: lo(n),
@@ -246,66 +138,6 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     }
     a.assert_idle(Duration::from_secs(20));
     b.assert_idle(Duration::from_secs(20));
-}
-
-/// haproxy running the shipped config, its listener and servers moved to the
-/// test's addresses; its whole process group is stopped when dropped.
-struct Haproxy {
-    child: Child,
-    dir: TempDir,
-}
-
-impl Haproxy {
-    fn start(listen: SocketAddr, nodes: &[SocketAddr]) -> Haproxy {
-        let dir = TempDir::new("haproxy");
-        let shipped = std::fs::read_to_string(deploy("haproxy/haproxy.cfg")).unwrap();
-        let mut cfg = String::new();
-        let mut servers_written = false;
-        for line in shipped.lines() {
-            let t = line.trim_start();
-            if t.starts_with("bind ") {
-                cfg.push_str(&format!("    bind {listen}\n"));
-            } else if t.starts_with("server ") {
-                if !servers_written {
-                    for (i, n) in nodes.iter().enumerate() {
-                        cfg.push_str(&format!("    server sbc{} {n} check\n", i + 1));
-                    }
-                    servers_written = true;
-                }
-            } else {
-                cfg.push_str(line);
-                cfg.push('\n');
-            }
-        }
-        assert!(
-            servers_written,
-            "no server lines in the shipped haproxy.cfg"
-        );
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("haproxy (Debian package haproxy) runs");
-        Haproxy { child, dir }
-    }
-
-    fn log(&self) -> String {
-        tail_file(&self.dir.join("haproxy.log"), 30)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        stop_group(&mut self.child);
-    }
 }
 
 fn ha_node(name: &str, n: u8, range: u16) -> SbcSpec {

@@ -72,6 +72,11 @@ pub struct BridgeStats {
     /// INVITEs claiming to be a node's that were refused (403): bad or stale
     /// signature, or not from a live node's address.
     pub peer_refused: u64,
+    /// Records for the shared store dropped because the driver did not take
+    /// them ([`Bridge::poll_cluster_out`]).
+    pub cluster_out_dropped: u64,
+    /// Forks of calls whose owner node died, ended ([`Bridge::node_lost`]).
+    pub peer_calls_orphaned: u64,
     /// Calls ended, by outcome (index: [`DialStatus`] order).
     pub ended: [u64; 6],
 }
@@ -131,6 +136,10 @@ pub struct Bridge {
     draining: bool,
     /// The other nodes of a cluster, as the driver last read them.
     peers: crate::cluster::Peers,
+    /// Calls from a proxy still ringing, with their record's key (cluster).
+    ringing: HashMap<CallId, String>,
+    /// Records for the driver to write to the shared store (bounded).
+    cluster_out: VecDeque<crate::cluster::ClusterOut>,
     stats: BridgeStats,
 }
 
@@ -191,6 +200,8 @@ impl Bridge {
             local_host,
             draining: false,
             peers: Default::default(),
+            ringing: HashMap::new(),
+            cluster_out: VecDeque::new(),
             stats: BridgeStats::default(),
             cfg,
         }
@@ -566,6 +577,12 @@ impl Bridge {
                 _ => {}
             }
         }
+        if self.ringing.contains_key(&id)
+            && self.calls.get(&id).is_none_or(Call::caller_settled)
+            && let Some(key) = self.ringing.remove(&id)
+        {
+            self.cluster_push(crate::cluster::ClusterOut::Settled { id: key });
+        }
         match self.calls.get(&id) {
             Some(c) if c.is_ended() => {
                 if self.ended.len() == ENDED_KEPT {
@@ -856,6 +873,8 @@ impl Bridge {
                 let caller = call.caller();
                 if call.is_room() {
                     self.rooms.insert(number.id.clone(), id);
+                } else {
+                    self.record_ringing(id, req);
                 }
                 self.calls.insert(id, call);
                 self.sip_legs.insert(leg, (id, caller));
@@ -866,6 +885,65 @@ impl Bridge {
                 let _ = self.ua.respond(now, leg, status, None, &[]);
             }
         }
+    }
+
+    /// In a cluster, a call from a proxy that rings here is recorded so that
+    /// a survivor can send the proxy a 503 for it if this node dies (see
+    /// [`crate::cluster::ClusterOut::Ringing`]).
+    fn record_ringing(&mut self, id: CallId, req: &crate::sip::message::Request) {
+        use crate::sip::message::SipHeaders;
+        if self.cfg.peer_key.is_none() {
+            return;
+        }
+        let Some(to) = crate::cluster::response_target(req) else {
+            return;
+        };
+        let key = format!(
+            "{}/{}",
+            SipHeaders::call_id(req).unwrap_or_default(),
+            SipHeaders::from_tag(req).unwrap_or_default()
+        );
+        let tag = format!("{:x}", self.rng.next_u64());
+        let mut resp = crate::sip::message::response_to(req, 503, Some(&tag));
+        resp.headers
+            .push(crate::sip::message::make_header("Retry-After", "0"));
+        let response = crate::sip::message::to_wire(&rsipstack::sip::SipMessage::Response(resp));
+        self.ringing.insert(id, key.clone());
+        self.cluster_push(crate::cluster::ClusterOut::Ringing {
+            id: key,
+            to,
+            response: response.to_vec(),
+        });
+    }
+
+    fn cluster_push(&mut self, out: crate::cluster::ClusterOut) {
+        if self.cluster_out.len() >= 4096 {
+            self.cluster_out.pop_front();
+            self.stats.cluster_out_dropped += 1;
+        }
+        self.cluster_out.push_back(out);
+    }
+
+    /// Records for the shared store (see [`crate::cluster::ClusterOut`]).
+    pub fn poll_cluster_out(&mut self) -> Option<crate::cluster::ClusterOut> {
+        self.cluster_out.pop_front()
+    }
+
+    /// Node `node` is dead (its lease lapsed and it does not answer): the
+    /// forks of its calls ringing here end (their caller is gone; the proxy
+    /// may bring the call here again).
+    pub fn node_lost(&mut self, now: Instant, node: &str) {
+        let orphans: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.peer_owner() == Some(node))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.stats.peer_calls_orphaned += 1;
+            self.drive(now, id, |c, ctx| c.end(now, ctx));
+        }
+        self.pump(now);
     }
 
     /// Another node's fork of its call (see [`crate::cluster`]): rings the

@@ -88,7 +88,7 @@ impl Call {
                 ..DialPlan::default()
             };
             call.room = false;
-            call.from_peer = true;
+            call.from_peer = Some(p.node.clone());
         }
         call.caller_name = display_name_of(&from_hdr);
         let key = call.sip_caller(ctx, req, source, trunk)?;
@@ -132,7 +132,7 @@ impl Call {
                 headers.push((n.to_string(), v.to_string()));
             }
         }
-        if call.from_peer {
+        if call.from_peer.is_some() {
             call.dial_plan(now, ctx);
             call.settle(now, ctx);
             return Ok(call);
@@ -798,7 +798,12 @@ impl Call {
         role: Role,
         origin: &Origin,
     ) -> usize {
-        let Some(key) = ctx.cfg.peer_key.as_ref().filter(|_| !self.from_peer) else {
+        let Some(key) = ctx
+            .cfg
+            .peer_key
+            .as_ref()
+            .filter(|_| self.from_peer.is_none())
+        else {
             return 0;
         };
         let unix = ctx.unix_ms(now) / 1000;

@@ -280,9 +280,9 @@ pub struct Call {
     adds: u32,
     /// A number's meet-me room: callers join, nothing rings.
     room: bool,
-    /// A fork of a call another node of the cluster owns: it rings only
-    /// operators here (no second hop).
-    from_peer: bool,
+    /// A fork of a call another node of the cluster (this one) owns: it
+    /// rings only operators here (no second hop).
+    from_peer: Option<String>,
     /// What the media session was last told, per listener: the graph's edges
     /// and the (muted, held) flags.
     heard: BTreeMap<LegKey, Vec<Feed>>,
@@ -340,7 +340,7 @@ impl Call {
             ending: BTreeMap::new(),
             adds: 0,
             room: false,
-            from_peer: false,
+            from_peer: None,
             heard: BTreeMap::new(),
             flags: BTreeMap::new(),
             told: BTreeMap::new(),
@@ -709,6 +709,17 @@ impl Call {
         self.sync_siprec(now, ctx);
         self.sync_sip_holds(now, ctx);
         self.sync_operator_views(None, None);
+    }
+
+    /// The node that owns this call when it is another node's fork.
+    pub fn peer_owner(&self) -> Option<&str> {
+        self.from_peer.as_deref()
+    }
+
+    /// Whether the SIP caller has had its final answer (or the call is
+    /// over): a proxy can no longer try another node for it.
+    pub fn caller_settled(&self) -> bool {
+        self.answered_at.is_some() || self.is_connected() || self.is_ended()
     }
 
     /// The outcome status of a call that ends now without a plan outcome.

@@ -1,0 +1,143 @@
+//! One node of a cluster through the whole bridge on virtual time: what it
+//! records for survivors while a call from the proxy rings (a 503 ready to
+//! send, gone once the call is answered or over), the forks other nodes send
+//! it (signed, from a node's address, or 403), and what becomes of a fork
+//! whose owner died.
+
+mod common;
+
+use common::*;
+use sip_bridge::bridge::BridgeConfig;
+use sip_bridge::cluster::{ClusterOut, PEER_HEADER, PeerKey, PeerNode, PeerRing, Peers};
+use sip_bridge::sip::dialog::{EndReason, UaEvent};
+use sip_bridge::sip::message::Transport;
+
+const SECRET: &[u8] = b"the cluster's token secret, 32 bytes+";
+
+fn cluster_config() -> BridgeConfig {
+    let mut cfg = config(plan(&[(&["operators"], 20)]));
+    cfg.peer_key = Some(PeerKey::derive(SECRET));
+    cfg
+}
+
+fn outs(w: &mut World) -> Vec<ClusterOut> {
+    std::iter::from_fn(|| w.bridge.poll_cluster_out()).collect()
+}
+
+/// The carrier's address is node `b`'s in this world.
+fn carrier_is_node_b(w: &mut World) {
+    w.bridge.set_peers(Peers {
+        me: "a".into(),
+        nodes: vec![PeerNode {
+            node: "b".into(),
+            sip: addr(CARRIER_SIP),
+            numbers: vec![],
+            operators: vec![],
+        }],
+    });
+}
+
+fn final_status(w: &World, leg: sip_bridge::sip::dialog::LegId) -> Option<u16> {
+    w.carrier_events().iter().find_map(|e| match e {
+        UaEvent::Terminated {
+            leg: l,
+            reason: EndReason::Failed(code),
+        } if *l == leg => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_ringing_call_leaves_a_503_for_survivors_until_it_is_answered_or_over() {
+    for answered in [true, false] {
+        let mut w = World::new(cluster_config());
+        w.operator("alice", &["support"]);
+        let leg = w.carrier_call("+15550100", 440.0);
+        w.run(ms(200));
+        let rec = outs(&mut w);
+        let [ClusterOut::Ringing { id, to, response }] = &rec[..] else {
+            panic!("{rec:?}");
+        };
+        // To the INVITE's previous hop, as its Via says.
+        assert_eq!((to.transport, to.addr), (Transport::Udp, addr(CARRIER_SIP)));
+        let text = String::from_utf8_lossy(response);
+        assert!(text.starts_with("SIP/2.0 503 "), "{text}");
+        for h in [
+            "Via: ",
+            "Call-ID: ",
+            "CSeq: 1 INVITE",
+            "Retry-After: 0",
+            ";tag=",
+        ] {
+            assert!(text.contains(h), "no {h} in {text}");
+        }
+        let call = w.last_incoming(0).expect("alice rings");
+        if answered {
+            w.accept(0, &call);
+        } else {
+            let now = w.now;
+            w.carrier.ua.hangup(now, leg).unwrap();
+        }
+        w.run(ms(500));
+        assert_eq!(outs(&mut w), [ClusterOut::Settled { id: id.clone() }]);
+    }
+    // One node: nothing recorded.
+    let mut w = World::new(config(plan(&[(&["operators"], 20)])));
+    w.operator("alice", &["support"]);
+    w.carrier_call("+15550100", 440.0);
+    w.run(ms(200));
+    assert!(outs(&mut w).is_empty());
+}
+
+#[test]
+fn forks_from_other_nodes_are_taken_only_signed_and_from_a_node() {
+    let key = PeerKey::derive(SECRET);
+    let header = |node: &str, unix: u64| {
+        vec![(
+            PEER_HEADER.to_string(),
+            key.sign(node, unix, "support", &PeerRing::Number),
+        )]
+    };
+    // Signed, but the carrier's address is no node's (yet).
+    let mut w = World::new(cluster_config());
+    w.operator("alice", &["support"]);
+    let leg = w.carrier_call_with("+15550100", 440.0, header("b", UNIX));
+    w.run(ms(300));
+    assert_eq!(final_status(&w, leg), Some(403));
+    // From node b, but signed with another key, or stale.
+    carrier_is_node_b(&mut w);
+    let other = PeerKey::derive(b"another cluster's secret............");
+    let forged = vec![(
+        PEER_HEADER.to_string(),
+        other.sign("b", UNIX, "support", &PeerRing::Number),
+    )];
+    let leg = w.carrier_call_with("+15550100", 440.0, forged);
+    w.run(ms(300));
+    assert_eq!(final_status(&w, leg), Some(403));
+    let leg = w.carrier_call_with("+15550100", 440.0, header("b", UNIX - 600));
+    w.run(ms(300));
+    assert_eq!(final_status(&w, leg), Some(403));
+    assert_eq!(w.bridge.stats().peer_refused, 3);
+    assert!(w.last_incoming(0).is_none(), "alice never rang");
+
+    // Signed and from b: alice rings; b dies before anyone answers: the fork
+    // ends and alice is free for the next call.
+    let leg = w.carrier_call_with("+15550100", 440.0, header("b", UNIX));
+    w.run(ms(300));
+    assert!(w.last_incoming(0).is_some(), "alice rings for b's call");
+    assert_eq!(w.bridge.stats().peer_calls, 1);
+    // A fork records nothing: its owner does.
+    assert!(outs(&mut w).is_empty());
+    let now = w.now;
+    w.bridge.node_lost(now, "b");
+    w.run(ms(300));
+    assert_eq!(w.bridge.stats().peer_calls_orphaned, 1);
+    let ended = w.got(0, "ended");
+    assert_eq!(ended.len(), 1, "alice hears the call is gone");
+    assert!(w.bridge.presence().is_ready("alice"));
+    assert!(
+        final_status(&w, leg).is_some(),
+        "b's INVITE got a final answer"
+    );
+    assert_eq!(w.bridge.calls(), 0);
+}
