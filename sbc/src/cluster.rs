@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use std::collections::BTreeMap;
 
 use sip_bridge::cluster::{ClusterOut, Peers};
+use sip_bridge::sip::dialog::snapshot::DialogSnapshot;
 use sip_bridge::sip::message::{Peer, Transport};
 
 use crate::inbox::ControlIn;
@@ -146,7 +147,7 @@ pub fn spawn(
 enum Wake {
     Heartbeat,
     PresenceChanged,
-    Records(ClusterOut),
+    Records(Box<ClusterOut>),
 }
 
 /// The least time between two writes of the record when presence changes
@@ -174,7 +175,7 @@ async fn run(
         let wake = tokio::select! {
             _ = tick.tick() => Wake::Heartbeat,
             Ok(()) = ready.changed() => Wake::PresenceChanged,
-            Some(r) = records.recv() => Wake::Records(r),
+            Some(r) = records.recv() => Wake::Records(Box::new(r)),
             _ = stop.wait_for(|s| *s) => break,
         };
         match wake {
@@ -186,7 +187,7 @@ async fn run(
                 tick.reset();
             }
             Wake::Records(first) => {
-                write_records(&cfg, &mut redis, first, &mut records).await;
+                write_records(&cfg, &mut redis, &control, *first, &mut records).await;
                 continue;
             }
         }
@@ -294,10 +295,12 @@ const RINGING_TTL_MS: u64 = 3_600_000;
 async fn write_records(
     cfg: &ClusterConfig,
     redis: &mut Redis,
+    control: &Handle<ControlIn>,
     first: ClusterOut,
     rest: &mut tokio::sync::mpsc::Receiver<ClusterOut>,
 ) {
     let key = format!("sbc:ringing:{}", cfg.node);
+    let mut reanchor = Vec::new();
     let mut pipe = redis::pipe();
     let mut n = 0u64;
     let mut next = Some(first);
@@ -310,6 +313,27 @@ async fn write_records(
             }
             ClusterOut::Settled { id } => {
                 pipe.hdel(&key, id).ignore();
+            }
+            ClusterOut::Anchor {
+                node,
+                key: call,
+                snapshot,
+            } => {
+                let anchors = format!("sbc:anchor:{node}");
+                if let Ok(json) = serde_json::to_string(&snapshot) {
+                    pipe.hset(&anchors, call, json).ignore();
+                    pipe.pexpire(&anchors, RINGING_TTL_MS as i64).ignore();
+                }
+            }
+            ClusterOut::Unanchor { node, key: call } => {
+                pipe.hdel(format!("sbc:anchor:{node}"), call).ignore();
+            }
+            ClusterOut::Reanchor {
+                call,
+                key: dialog,
+                owner,
+            } => {
+                reanchor.push((call, owner, dialog));
             }
             _ => {}
         }
@@ -330,6 +354,36 @@ async fn write_records(
         metrics::counter!("sbc_cluster_records_dropped_total").increment(n);
         redis.failed();
     }
+    for (call, owner, dialog) in reanchor {
+        let snapshot = anchor_of(cfg, redis, &dialog).await;
+        tracing::warn!(%owner, found = snapshot.is_some(), "cluster: a call's owner died; carrying it on here");
+        let _ = control.try_send(ControlIn::Reanchor { call, snapshot });
+    }
+}
+
+/// The anchor a dead owner left here for its dialog `dialog` with us, taken
+/// (read and deleted) so it is used once; `None` when there is none, Redis
+/// does not answer in time, or the record is not a sane dialog.
+async fn anchor_of(cfg: &ClusterConfig, redis: &mut Redis, dialog: &str) -> Option<DialogSnapshot> {
+    let anchors = format!("sbc:anchor:{}", cfg.node);
+    let mut pipe = redis::pipe();
+    pipe.hget(&anchors, dialog).hdel(&anchors, dialog).ignore();
+    let conn = redis.connection().await?;
+    let got: Option<(Option<Vec<u8>>,)> =
+        match tokio::time::timeout(cfg.timeout, pipe.query_async(conn)).await {
+            Ok(Ok(v)) => Some(v),
+            _ => {
+                redis.failed();
+                None
+            }
+        };
+    let bytes = got?.0?;
+    if bytes.len() > 16 * 1024 {
+        return None;
+    }
+    serde_json::from_slice::<DialogSnapshot>(&bytes)
+        .ok()
+        .filter(DialogSnapshot::is_sane)
 }
 
 /// Node `gone` dropped out of the live set. If it answers on its SIP

@@ -174,6 +174,9 @@ impl ControlCore {
             ControlIn::Drain(on) => self.bridge.set_draining(on),
             ControlIn::Peers(peers) => self.bridge.set_peers(peers),
             ControlIn::NodeLost(node) => self.bridge.node_lost(now, &node),
+            ControlIn::Reanchor { call, snapshot } => {
+                self.bridge.handle_reanchor(now, call, snapshot)
+            }
             ControlIn::Transmit { to, bytes } => self.stateless.push_back(Transmit { to, bytes }),
             ControlIn::EndAll { reply } => {
                 let _ = reply.send(self.bridge.calls());
@@ -390,6 +393,8 @@ impl ControlCore {
         metrics::counter!("sbc_cluster_peer_calls_total").absolute(b.peer_calls);
         metrics::counter!("sbc_cluster_peer_refused_total").absolute(b.peer_refused);
         metrics::counter!("sbc_cluster_peer_calls_orphaned_total").absolute(b.peer_calls_orphaned);
+        metrics::counter!("sbc_cluster_calls_reanchored_total").absolute(b.calls_reanchored);
+        metrics::counter!("sbc_cluster_calls_lost_total").absolute(b.calls_lost);
         let ready = self
             .bridge
             .peers()

@@ -93,8 +93,16 @@ pub enum ControlIn {
     Drain(bool),
     /// The other nodes of the cluster and who is ready there (each heartbeat).
     Peers(sip_bridge::cluster::Peers),
-    /// A node is dead (lease lapsed, no answer): forks of its calls end.
+    /// A node is dead (lease lapsed, no answer): forks of its calls end, or
+    /// are carried on here.
     NodeLost(String),
+    /// The anchor a dead owner left for one of our calls (`None`: none).
+    Reanchor {
+        /// Our call.
+        call: sip_bridge::contract::CallId,
+        /// The caller's dialog.
+        snapshot: Option<sip_bridge::sip::dialog::snapshot::DialogSnapshot>,
+    },
     /// SIP bytes to send as they are (a dead node's 503 to the proxy).
     Transmit {
         /// Where.

@@ -378,6 +378,16 @@ pub const METRICS: &[Metric] = &[
     ),
     m(
         C,
+        "sbc_cluster_calls_reanchored_total",
+        "Calls whose owner node died, carried on by this node (their caller re-INVITEd here).",
+    ),
+    m(
+        C,
+        "sbc_cluster_calls_lost_total",
+        "Calls whose owner node died that this node could not carry on: ended cleanly.",
+    ),
+    m(
+        C,
         "sbc_cluster_records_dropped_total",
         "Ringing-call records not written to Redis (queue full, Redis slow or gone).",
     ),

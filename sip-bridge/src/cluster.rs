@@ -21,6 +21,8 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::config::Cidr;
+use crate::contract::CallId;
+use crate::sip::dialog::snapshot::DialogSnapshot;
 use crate::sip::message::Peer;
 
 /// The header of a node's INVITE to another.
@@ -248,6 +250,35 @@ pub enum ClusterOut {
     Settled {
         /// The record's key.
         id: String,
+    },
+    /// A connected call whose answering party is on node `node`: if this
+    /// node dies, `node` carries the caller's dialog on from `snapshot`
+    /// (written again whenever the dialog changes).
+    Anchor {
+        /// The node that would take over (it holds the other party).
+        node: String,
+        /// The Call-ID of our dialog with that node (how it finds this).
+        key: String,
+        /// The caller's dialog.
+        snapshot: DialogSnapshot,
+    },
+    /// That call ended: its anchor goes.
+    Unanchor {
+        /// The node.
+        node: String,
+        /// The Call-ID of our dialog with it.
+        key: String,
+    },
+    /// Node `owner`, whose call `call` forked here and was answered here,
+    /// died: the driver looks up the anchor it left (`key`: the Call-ID of
+    /// its dialog with us) and answers with [`crate::bridge::Bridge::handle_reanchor`].
+    Reanchor {
+        /// Our call.
+        call: CallId,
+        /// The dead owner.
+        owner: String,
+        /// The Call-ID of the owner's dialog with us.
+        key: String,
     },
 }
 

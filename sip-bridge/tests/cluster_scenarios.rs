@@ -141,3 +141,103 @@ fn forks_from_other_nodes_are_taken_only_signed_and_from_a_node() {
     );
     assert_eq!(w.bridge.calls(), 0);
 }
+
+#[test]
+fn a_call_answered_on_another_node_leaves_an_anchor_of_its_callers_dialog() {
+    // This node (a) owns the call; the carrier's UA also plays node b, whose
+    // operator answers the fork.
+    let mut w = World::new(cluster_config());
+    w.bridge.set_peers(Peers {
+        me: "a".into(),
+        nodes: vec![PeerNode {
+            node: "b".into(),
+            sip: addr(CARRIER_SIP),
+            numbers: vec!["support".into()],
+            operators: vec!["bob".into()],
+        }],
+    });
+    let caller = w.carrier_call("+15550100", 440.0);
+    w.run(ms(200));
+    let fork = w.carrier_incoming();
+    assert_eq!(fork.len(), 1, "b is rung");
+    let (fork_leg, offer) = fork[0].clone();
+    let answer = w.carrier.answer_for(fork_leg, &offer);
+    let now = w.now;
+    w.carrier
+        .ua
+        .respond(now, fork_leg, 200, Some(answer.as_bytes()), &[])
+        .unwrap();
+    w.run(ms(500));
+    let fork_call_id = w.carrier.ua.leg_info(fork_leg).unwrap().call_id;
+    let caller_call_id = w.carrier.ua.leg_info(caller).unwrap().call_id;
+    let anchors: Vec<_> = outs(&mut w)
+        .into_iter()
+        .filter_map(|o| match o {
+            ClusterOut::Anchor {
+                node,
+                key,
+                snapshot,
+            } => Some((node, key, snapshot)),
+            _ => None,
+        })
+        .collect();
+    let [(node, key, snap)] = &anchors[..] else {
+        panic!("{anchors:?}");
+    };
+    assert_eq!((node.as_str(), key), ("b", &fork_call_id));
+    // The caller's dialog, from our side: we answered it.
+    assert!(snap.uas && snap.is_sane());
+    assert_eq!(snap.call_id, caller_call_id);
+    assert!(snap.local_sdp.contains("m=audio "), "{}", snap.local_sdp);
+    // The caller hangs up: the anchor goes.
+    let now = w.now;
+    w.carrier.ua.hangup(now, caller).unwrap();
+    w.run(ms(500));
+    assert!(outs(&mut w).contains(&ClusterOut::Unanchor {
+        node: "b".into(),
+        key: fork_call_id
+    }));
+}
+
+#[test]
+fn when_the_owner_dies_a_call_answered_here_asks_for_its_anchor_and_without_one_ends() {
+    let key = PeerKey::derive(SECRET);
+    let mut w = World::new(cluster_config());
+    w.operator("alice", &["support"]);
+    carrier_is_node_b(&mut w);
+    let signed = vec![(
+        PEER_HEADER.to_string(),
+        key.sign("b", UNIX, "support", &PeerRing::Number),
+    )];
+    let leg = w.carrier_call_with("+15550100", 440.0, signed);
+    w.run(ms(300));
+    let call = w.last_incoming(0).expect("alice rings");
+    w.accept(0, &call);
+    w.run(ms(1500));
+    assert_eq!(w.got(0, "connected").len(), 1);
+    outs(&mut w);
+    let now = w.now;
+    w.bridge.node_lost(now, "b");
+    let asks = outs(&mut w);
+    let [
+        ClusterOut::Reanchor {
+            call: id,
+            owner,
+            key,
+        },
+    ] = &asks[..]
+    else {
+        panic!("{asks:?}");
+    };
+    assert_eq!(owner, "b");
+    assert_eq!(*key, w.carrier.ua.leg_info(leg).unwrap().call_id);
+    // Still connected while the anchor is looked up.
+    assert!(w.got(0, "ended").is_empty());
+    // No anchor (the owner never wrote one, or Redis did not answer).
+    let now = w.now;
+    w.bridge.handle_reanchor(now, *id, None);
+    w.run(ms(300));
+    assert_eq!(w.bridge.stats().calls_lost, 1);
+    assert_eq!(w.got(0, "ended").len(), 1);
+    assert_eq!(w.bridge.calls(), 0);
+}

@@ -24,10 +24,11 @@ const cluster = (node, redis) =>
     'allow = ["127.0.0.0/8"]',
   ].join('\n');
 
-test('a call to node A rings a page on node B; audio both ways across the nodes', { timeout: 120000 }, async (t) => {
+/** Redis, node B (the harness's sbc, Bob's page on it) and node A (the carrier's). */
+async function twoNodes(t, name) {
   const redisPort = await freePort();
   // Node B: the page's node (the harness's own sbc).
-  const env = await Env.start('16-cluster', {
+  const env = await Env.start(name, {
     tcp: true,
     extra: cluster('b', redisPort),
     trunks: [{ name: 'carrier', peers: ['127.0.0.1:9'] }],
@@ -72,7 +73,11 @@ test('a call to node A rings a page on node B; audio both ways across the nodes'
     await sleep(100);
   }
   assert.ok(view?.nodes?.some((n) => n.node === 'b' && n.ready?.includes('support')), `A's view: ${JSON.stringify(view)}`);
+  return { env, a, adminA, sipA, bob };
+}
 
+test('a call to node A rings a page on node B; audio both ways across the nodes', { timeout: 120000 }, async (t) => {
+  const { env, adminA, sipA, bob } = await twoNodes(t, '16-cluster');
   const carrier = await env.carrier('caller', ['call', '--sbc', `127.0.0.1:${sipA}`, '--to', '+15550100', '--from', '+15557770111', '--tone', '1000']);
   const inc = await bob.waitEvent((e) => e.type === 'incomingCall', { what: 'incomingCall on node B' });
   assert.equal(inc.from, '+15557770111', 'the caller is shown on the other node');
@@ -100,4 +105,44 @@ test('a call to node A rings a page on node B; audio both ways across the nodes'
   const metrics = await fetch(`http://127.0.0.1:${adminA}/metrics`).then((r) => r.text());
   assert.match(metrics, /sbc_calls_media_total\{node="a",path="relayed"\} 1\n/);
   assert.doesNotMatch(metrics, /sbc_calls_media_total\{node="a",path="transcoded"\}/);
+});
+
+test('node A dies mid-call: node B carries the call on, audio back within a second or two', { timeout: 120000 }, async (t) => {
+  const { env, a, adminA, sipA, bob } = await twoNodes(t, '16-cluster-failover');
+  const carrier = await env.carrier('caller', ['call', '--sbc', `127.0.0.1:${sipA}`, '--to', '+15550100', '--from', '+15557770111', '--tone', '1000']);
+  await bob.waitEvent((e) => e.type === 'incomingCall', { what: 'incomingCall on node B' });
+  await bob.page.click('#answer');
+  await bob.waitCallState('connected');
+  const answered = await carrier.waitFor((e) => e.event === 'answered', { what: 'answered (200 OK through A)' });
+  await carrier.hears(440, { afterMs: answered.t_ms + 1000 });
+  // A's anchor for the call is in Redis before A dies.
+  let anchored = false;
+  for (let i = 0; i < 50 && !anchored; i++) {
+    const m = await fetch(`http://127.0.0.1:${adminA}/metrics`).then((r) => r.text());
+    anchored = /sbc_calls_active\{node="a"\} 1/.test(m);
+    await sleep(50);
+  }
+  assert.ok(anchored, 'the call is up on A');
+  await sleep(300);
+
+  // kill -9 of the call's owner.
+  const killedAt = performance.now();
+  a.child.kill('SIGKILL');
+  // B sees A's lease lapse and its port closed, takes the caller's dialog over
+  // and re-INVITEs the carrier to its own address.
+  const re = await carrier.waitFor((e) => e.event === 'reinvite', { what: 're-INVITE from node B', timeout: 15000 });
+  t.diagnostic(`carrier re-INVITEd ${Math.round(re.at - killedAt)} ms after kill -9 of A`);
+  // Audio both ways again: the page's 440 Hz at the carrier, the carrier's
+  // 1 kHz in the page.
+  const back = await carrier.hears(440, { afterMs: re.t_ms });
+  const gap = back.at - killedAt;
+  t.diagnostic(`carrier hears the page again ${Math.round(gap)} ms after the kill (${back.freq} Hz)`);
+  const heard = await bob.hear(1000);
+  assert.ok(heard.ok, `Bob should hear 1000 Hz after the takeover, heard ${JSON.stringify(heard.readings.slice(-5))}`);
+  assert.equal((await bob.callState()).state, 'connected', 'the page never saw the call end');
+  assert.ok(gap < 5000, `media back ${gap} ms after the kill`);
+  // The page hangs up: the carrier's BYE now comes from B.
+  await bob.page.click('#hangup');
+  const bye = await carrier.waitFor((e) => e.event === 'ended', { what: 'ended' });
+  assert.equal(bye.reason, 'remote_bye');
 });

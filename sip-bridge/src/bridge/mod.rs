@@ -77,6 +77,11 @@ pub struct BridgeStats {
     pub cluster_out_dropped: u64,
     /// Forks of calls whose owner node died, ended ([`Bridge::node_lost`]).
     pub peer_calls_orphaned: u64,
+    /// Calls whose owner died carried on here ([`Bridge::handle_reanchor`]).
+    pub calls_reanchored: u64,
+    /// Calls whose owner died that could not be carried on (no anchor, or
+    /// it was refused): ended cleanly.
+    pub calls_lost: u64,
     /// Calls ended, by outcome (index: [`DialStatus`] order).
     pub ended: [u64; 6],
 }
@@ -140,6 +145,11 @@ pub struct Bridge {
     ringing: HashMap<CallId, String>,
     /// Records for the driver to write to the shared store (bounded).
     cluster_out: VecDeque<crate::cluster::ClusterOut>,
+    /// Connected calls anchored on another node: (node, key, the caller's
+    /// dialog as last written).
+    anchored: HashMap<CallId, (String, String, crate::sip::dialog::snapshot::DialogSnapshot)>,
+    /// Calls whose owner died, waiting for its anchor.
+    reanchoring: std::collections::HashSet<CallId>,
     stats: BridgeStats,
 }
 
@@ -202,6 +212,8 @@ impl Bridge {
             peers: Default::default(),
             ringing: HashMap::new(),
             cluster_out: VecDeque::new(),
+            anchored: HashMap::new(),
+            reanchoring: Default::default(),
             stats: BridgeStats::default(),
             cfg,
         }
@@ -577,6 +589,7 @@ impl Bridge {
                 _ => {}
             }
         }
+        self.anchor(id);
         if self.ringing.contains_key(&id)
             && self.calls.get(&id).is_none_or(Call::caller_settled)
             && let Some(key) = self.ringing.remove(&id)
@@ -929,20 +942,112 @@ impl Bridge {
         self.cluster_out.pop_front()
     }
 
-    /// Node `node` is dead (its lease lapsed and it does not answer): the
-    /// forks of its calls ringing here end (their caller is gone; the proxy
-    /// may bring the call here again).
+    /// Keeps the anchor of call `id` (see [`crate::cluster::ClusterOut::Anchor`])
+    /// in step with its caller's dialog; drops it when the call ends.
+    fn anchor(&mut self, id: CallId) {
+        if self.cfg.peer_key.is_none() {
+            return;
+        }
+        let want = self.calls.get(&id).and_then(|c| {
+            let (peer, node) = c.peer_anchor()?;
+            let caller = *self.call_legs.get(&(id, c.caller()))?;
+            let to_peer = *self.call_legs.get(&(id, peer))?;
+            let key = self.ua.leg_info(to_peer)?.call_id;
+            Some((node, key, self.ua.snapshot(caller)?))
+        });
+        match (want, self.anchored.get(&id)) {
+            (Some(w), Some(had)) if w == *had => {}
+            (Some((node, key, snapshot)), _) => {
+                self.anchored
+                    .insert(id, (node.clone(), key.clone(), snapshot.clone()));
+                self.cluster_push(crate::cluster::ClusterOut::Anchor {
+                    node,
+                    key,
+                    snapshot,
+                });
+            }
+            (None, Some(_)) => {
+                if let Some((node, key, _)) = self.anchored.remove(&id) {
+                    self.cluster_push(crate::cluster::ClusterOut::Unanchor { node, key });
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Node `node` is dead (its lease lapsed and it does not answer). The
+    /// forks of its calls still ringing here end (their caller is gone; the
+    /// proxy may bring the call here again). Those answered here ask for the
+    /// anchor it left ([`crate::cluster::ClusterOut::Reanchor`]): this node
+    /// carries the caller's dialog on.
     pub fn node_lost(&mut self, now: Instant, node: &str) {
-        let orphans: Vec<CallId> = self
+        let orphans: Vec<(CallId, bool)> = self
             .calls
             .iter()
             .filter(|(_, c)| c.peer_owner() == Some(node))
-            .map(|(id, _)| *id)
+            .map(|(id, c)| (*id, c.is_connected()))
             .collect();
-        for id in orphans {
-            self.stats.peer_calls_orphaned += 1;
-            self.drive(now, id, |c, ctx| c.end(now, ctx));
+        for (id, connected) in orphans {
+            let key = self
+                .calls
+                .get(&id)
+                .and_then(|c| self.call_legs.get(&(id, c.caller())))
+                .and_then(|leg| self.ua.leg_info(*leg))
+                .map(|i| i.call_id);
+            match key {
+                Some(key) if connected => {
+                    if self.reanchoring.insert(id) {
+                        self.cluster_push(crate::cluster::ClusterOut::Reanchor {
+                            call: id,
+                            owner: node.to_string(),
+                            key,
+                        });
+                    }
+                }
+                _ => {
+                    self.stats.peer_calls_orphaned += 1;
+                    self.drive(now, id, |c, ctx| c.end(now, ctx));
+                }
+            }
         }
+        self.pump(now);
+    }
+
+    /// The anchor of call `id` whose owner died (`None`: none was found, or
+    /// Redis did not answer): with one, this node takes the caller's dialog
+    /// over and re-INVITEs it to here; without, the call ends cleanly.
+    pub fn handle_reanchor(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        snapshot: Option<crate::sip::dialog::snapshot::DialogSnapshot>,
+    ) {
+        if !self.reanchoring.remove(&id) {
+            return;
+        }
+        let Some(caller) = self.calls.get(&id).map(Call::caller) else {
+            return;
+        };
+        let adopted = snapshot.and_then(|s| self.ua.adopt(&s).ok().map(|leg| (leg, s)));
+        let Some((leg, s)) = adopted else {
+            self.stats.calls_lost += 1;
+            self.drive(now, id, |c, ctx| c.end(now, ctx));
+            return self.pump(now);
+        };
+        // The caller is now the adopted dialog; the dead node's goes (a BYE
+        // nobody may hear).
+        if let Some(old) = self.call_legs.insert((id, caller), leg) {
+            self.sip_legs.remove(&old);
+            let _ = self.ua.hangup(now, old);
+        }
+        self.sip_legs.insert(leg, (id, caller));
+        self.stats.calls_reanchored += 1;
+        let sdp = s.local_sdp;
+        self.drive(now, id, |c, ctx| {
+            if !c.reanchor_caller(ctx, &sdp) {
+                c.end(now, ctx);
+            }
+        });
         self.pump(now);
     }
 

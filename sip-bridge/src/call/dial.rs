@@ -331,6 +331,7 @@ impl Call {
                 ipv6,
                 operator: None,
                 latch_from,
+                peer_node: None,
             }),
             Origin::Caller,
             None,
@@ -387,6 +388,7 @@ impl Call {
                 ipv6,
                 operator: None,
                 latch_from: latch_from(ctx, trunk, source),
+                peer_node: None,
             }),
             Origin::Caller,
             None,
@@ -922,6 +924,19 @@ impl Call {
         origin: Origin,
         extra: Vec<(String, String)>,
     ) -> Result<usize, u16> {
+        // A node of the cluster is rung with a signed header (`ring_peer`).
+        let peer_node = extra
+            .iter()
+            .any(|(n, _)| n == crate::cluster::PEER_HEADER)
+            .then(|| sip_target_peer(&uri))
+            .flatten()
+            .and_then(|p| {
+                ctx.peers
+                    .nodes
+                    .iter()
+                    .find(|n| n.sip == p.addr)
+                    .map(|n| n.node.clone())
+            });
         let Some(port) = ctx.ports.take() else {
             return Err(503);
         };
@@ -1021,6 +1036,7 @@ impl Call {
                         (Some(_), _) => Some(peer.addr.ip()),
                         (None, t) => latch_from(ctx, t, peer.addr.ip()),
                     },
+                    peer_node,
                 }),
                 origin,
                 Some(target),

@@ -63,6 +63,9 @@ pub(crate) struct SipLeg {
     /// Its media may latch to the first packet from this address (its SIP
     /// peer's) even when the SDP names another (NAT; `Latch`).
     pub latch_from: Option<std::net::IpAddr>,
+    /// Another node of the cluster rung for its operators (see
+    /// [`crate::cluster`]): its name.
+    pub peer_node: Option<String>,
 }
 
 /// An operator's browser.

@@ -713,6 +713,67 @@ impl Call {
         );
     }
 
+    /// The party a node of the cluster answered for (its SIP leg to that
+    /// node), while the caller is a SIP leg and the call is connected: what a
+    /// survivor needs to carry the caller's dialog on (see
+    /// [`crate::cluster`]).
+    pub fn peer_anchor(&self) -> Option<(LegKey, String)> {
+        if !self.is_connected()
+            || self
+                .parties
+                .get(&self.caller)
+                .and_then(|p| p.sip())
+                .is_none()
+        {
+            return None;
+        }
+        self.parties.iter().find_map(|(k, p)| {
+            let node = p.sip()?.peer_node.clone()?;
+            (p.joined() && *k != self.caller).then_some((*k, node))
+        })
+    }
+
+    /// The owner of this call (another node) died, and this node took its
+    /// dialog with the caller over (the UA adopted it, see
+    /// [`crate::sip::dialog::snapshot`]): the caller is re-INVITEd with the
+    /// dead node's SDP moved to our address and port, its version moved on,
+    /// so its media comes here (RFC 3264 section 8). Whether it went out.
+    pub fn reanchor_caller(&mut self, ctx: &CallCtx<'_>, their_sdp: &str) -> bool {
+        let key = self.caller;
+        let Some(s) = self.parties.get(&key).and_then(|p| p.sip()) else {
+            return false;
+        };
+        let Ok(mut sd) = SessionDescription::parse(their_sdp) else {
+            return false;
+        };
+        let ip = ctx.cfg.media_ip_for(s.ipv6).to_string();
+        let version =
+            sd.origin.session_version + u64::from(crate::sip::dialog::snapshot::CSEQ_JUMP);
+        sd.origin.session_version = version;
+        sd.origin.address.clone_from(&ip);
+        if let Some(c) = sd.connection.as_mut() {
+            c.address.clone_from(&ip);
+        }
+        let Some(m) = sd.media.iter_mut().find(|m| m.media == "audio") else {
+            return false;
+        };
+        m.port = s.port;
+        if let Some(c) = m.connection.as_mut() {
+            c.address.clone_from(&ip);
+        }
+        let offer = sd.to_string();
+        // This node owns the call now.
+        self.from_peer = None;
+        if let Some(s) = self.parties.get_mut(&key).and_then(|p| p.sip_mut()) {
+            s.local_sdp = offer.clone();
+            s.sdp_version = version;
+            s.peer_node = None;
+            s.trunk = None;
+        }
+        self.sip(key, SipAction::Reinvite { sdp: offer });
+        true
+    }
+
     /// Our hold/resume toward SIP leg `key`: a re-INVITE with `sendonly` or
     /// `sendrecv`. Returns whether it went out.
     pub(crate) fn hold_sip(&mut self, ctx: &CallCtx<'_>, key: LegKey, on: bool) -> bool {

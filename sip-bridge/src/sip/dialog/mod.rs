@@ -20,6 +20,7 @@ mod refer;
 pub mod reliable;
 pub mod replaces;
 pub mod session_timer;
+pub mod snapshot;
 
 pub use build::LocalAddr;
 

@@ -2167,3 +2167,85 @@ fn a_2xx_crossing_a_completed_elsewhere_cancel_gets_a_bye_saying_so() {
     net.run_for(Duration::from_secs(40));
     net.assert_idle();
 }
+
+#[test]
+fn a_dialog_carried_to_another_node_goes_on_there() {
+    // Issue 21: node A answered the carrier and dies; node B adopts A's
+    // dialog from its snapshot and re-INVITEs with its own address.
+    let mut net = Net::new(vec![ua(1, 5), ua(2, 6), ua(3, 7)], 5);
+    net.nodes[1].auto.answer = Some(200);
+    net.nodes[0].auto.offers = true;
+    let carrier_leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let a_leg = net.incoming(1)[0];
+    let snap = net.ua(1).snapshot(a_leg).expect("confirmed");
+    assert!(snap.uas && snap.is_sane());
+    // The record crosses the cluster as JSON.
+    let json = serde_json::to_string(&snap).unwrap();
+    let snap: super::snapshot::DialogSnapshot = serde_json::from_str(&json).unwrap();
+    // A is gone without a word.
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(String::new()));
+    let b_sent = seen.clone();
+    net.drop = Some(Box::new(move |from, b| {
+        if from == 2 && b.starts_with(b"INVITE") {
+            *b_sent.borrow_mut() = String::from_utf8_lossy(b).into_owned();
+        }
+        from == 1
+    }));
+    let b_leg = net.ua(2).adopt(&snap).unwrap();
+    assert!(net.ua(2).adopt(&snap).is_err(), "once");
+    let now = net.now;
+    net.ua(2).reinvite(now, b_leg, SDP_B.to_vec()).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let reinvite = seen.borrow().clone();
+    let cseq = format!("CSeq: {} INVITE", snap.local_cseq + 101);
+    assert!(reinvite.contains(&cseq), "{cseq} in {reinvite}");
+    assert!(reinvite.contains(&format!("Call-ID: {}", snap.call_id)));
+    assert!(reinvite.contains(&format!(";tag={}", snap.local_tag)));
+    assert!(
+        net.events(2)
+            .iter()
+            .any(|e| matches!(e, UaEvent::OfferAnswered { leg, status: 200, .. } if *leg == b_leg)),
+        "the carrier took B's offer in A's dialog: {:?}",
+        net.events(0)
+    );
+    // B's CSeq jumped past A's; the carrier's BYE now goes to B.
+    let now = net.now;
+    net.ua(0).hangup(now, carrier_leg).unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(net.terminated(2, b_leg), Some(EndReason::RemoteBye));
+    assert_eq!(net.terminated(0, carrier_leg), Some(EndReason::Local));
+}
+
+#[test]
+fn a_hostile_snapshot_is_refused() {
+    let mut net = Net::pair(5);
+    net.nodes[1].auto.answer = Some(200);
+    net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let a_leg = net.incoming(1)[0];
+    let good = net.ua(1).snapshot(a_leg).unwrap();
+    let mut bad = Vec::new();
+    let mut s = good.clone();
+    s.call_id = "x\r\nVia: evil".into();
+    bad.push(s);
+    let mut s = good.clone();
+    s.routes = vec!["<sip:r@192.0.2.1;lr>".into(); 17];
+    bad.push(s);
+    let mut s = good.clone();
+    s.remote_target = "http://evil".into();
+    bad.push(s);
+    let mut s = good.clone();
+    s.peer = "SCTP 192.0.2.1:5060".into();
+    bad.push(s);
+    let mut s = good.clone();
+    s.local_tag.clear();
+    bad.push(s);
+    let mut s = good;
+    s.local_sdp = "v=0\r\n".repeat(2000);
+    bad.push(s);
+    let mut other = ua(9, 1);
+    for s in bad {
+        assert!(other.adopt(&s).is_err(), "{s:?}");
+    }
+}
