@@ -144,8 +144,14 @@ fn forks_from_other_nodes_are_taken_only_signed_and_from_a_node() {
 
 #[test]
 fn a_call_answered_on_another_node_leaves_an_anchor_of_its_callers_dialog() {
-    // This node (a) owns the call; the carrier's UA also plays node b, whose
-    // operator answers the fork.
+    for b_dies in [false, true] {
+        anchored_call(b_dies);
+    }
+}
+
+/// This node (a) owns the call; the carrier's UA also plays node b, whose
+/// operator answers the fork. Then the caller hangs up, or b dies.
+fn anchored_call(b_dies: bool) {
     let mut w = World::new(cluster_config());
     w.bridge.set_peers(Peers {
         me: "a".into(),
@@ -189,14 +195,33 @@ fn a_call_answered_on_another_node_leaves_an_anchor_of_its_callers_dialog() {
     assert!(snap.uas && snap.is_sane());
     assert_eq!(snap.call_id, caller_call_id);
     assert!(snap.local_sdp.contains("m=audio "), "{}", snap.local_sdp);
-    // The caller hangs up: the anchor goes.
     let now = w.now;
-    w.carrier.ua.hangup(now, caller).unwrap();
-    w.run(ms(500));
+    if b_dies {
+        // The operator's node is gone: its party leaves as node_failure and
+        // the caller, alone, gets a BYE at once (not at the media timeout).
+        w.bridge.node_lost(now, "b");
+        w.run(ms(500));
+        let bye = w.carrier_events().iter().any(|e| {
+            matches!(e, UaEvent::Terminated { leg, reason: EndReason::RemoteBye } if *leg == caller)
+        });
+        assert!(bye, "the caller got a BYE");
+        let left = w.events.iter().find_map(|e| {
+            e.parties
+                .iter()
+                .find(|p| p.reason.as_deref() == Some("node_failure"))
+        });
+        assert!(left.is_some(), "{:?}", w.events.last());
+    } else {
+        // The caller hangs up.
+        w.carrier.ua.hangup(now, caller).unwrap();
+        w.run(ms(500));
+    }
+    // Either way the anchor goes.
     assert!(outs(&mut w).contains(&ClusterOut::Unanchor {
         node: "b".into(),
         key: fork_call_id
     }));
+    assert_eq!(w.bridge.calls(), 0);
 }
 
 #[test]

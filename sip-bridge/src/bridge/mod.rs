@@ -1010,6 +1010,14 @@ impl Bridge {
                 }
             }
         }
+        // Our calls with a party there (its operator's browser was on it):
+        // that party is gone; a call left alone ends now, not at the media
+        // timeout.
+        for id in self.call_ids() {
+            self.drive(now, id, |c, ctx| {
+                c.peer_node_lost(now, ctx, node);
+            });
+        }
         self.pump(now);
     }
 

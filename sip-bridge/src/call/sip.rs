@@ -733,6 +733,25 @@ impl Call {
         })
     }
 
+    /// Node `node` died: the parties this call had there (joined or still
+    /// ringing) leave as `node_failure`; a call left with one party ends
+    /// (its caller gets a BYE), as when any party hangs up. How many left.
+    pub fn peer_node_lost(&mut self, now: Instant, ctx: &mut CallCtx<'_>, node: &str) -> usize {
+        let gone: Vec<LegKey> = self
+            .parties
+            .iter()
+            .filter(|(_, p)| p.sip().and_then(|s| s.peer_node.as_deref()) == Some(node))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &gone {
+            self.leave_as(now, ctx, *k, EndReason::Failed, true, "node_failure");
+        }
+        if !gone.is_empty() {
+            self.settle(now, ctx);
+        }
+        gone.len()
+    }
+
     /// The owner of this call (another node) died, and this node took its
     /// dialog with the caller over (the UA adopted it, see
     /// [`crate::sip::dialog::snapshot`]): the caller is re-INVITEd with the
