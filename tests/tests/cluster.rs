@@ -467,3 +467,125 @@ fn a_call_ringing_when_its_node_dies_rings_again_on_a_survivor() {
     assert!(gap < Duration::from_secs(5), "{gap:?}\n{}", kamailio.log());
     b.assert_idle(Duration::from_secs(20));
 }
+
+/// `test-carrier` (tests/src/bin/test-carrier.rs) placing one call, its JSON
+/// events collected as they come.
+struct TestCarrier {
+    child: std::process::Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl TestCarrier {
+    fn call(to: SocketAddr, number: &str) -> TestCarrier {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_test-carrier"))
+            .args(["call", "--sbc", &to.to_string(), "--to", number])
+            .args([
+                "--bind",
+                "127.0.0.6:0",
+                "--rtp-ip",
+                "127.0.0.6",
+                "--tone",
+                "1000",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("test-carrier runs");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                }
+            }
+        });
+        TestCarrier { child, events }
+    }
+
+    fn wait(&self, what: &str, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut found = None;
+        wait_until(Duration::from_secs(15), || {
+            found = self
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|e| want(e))
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "carrier: no {what}; got {:?}",
+                self.events.lock().unwrap_or_else(|e| e.into_inner())
+            )
+        })
+    }
+}
+
+impl Drop for TestCarrier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_call_whose_owner_dies_mid_call_is_carried_on_through_kamailio() {
+    let _serial = serial();
+    let redis = Redis::start(free_tcp_port(lo(1)));
+    let mut a = Sbc::start(&ringing_node("a", 28, 81, &redis.url()));
+    let b = Sbc::start(&ringing_node("b", 29, 82, &redis.url()));
+    let front = SocketAddr::new(lo(2), free_tcp_port(lo(2)));
+    let kamailio = Kamailio::start_with(front, &[a.sip, b.sip], Some("8"));
+    kamailio.wait_active(a.sip);
+    kamailio.wait_active(b.sip);
+    let bob = HeadlessOperator::online(b.http, "bob", &["support"]);
+    wait_ready(&a, "b", &["support"]);
+
+    // The carrier calls through Kamailio (which record-routes); a owns the
+    // call, bob on b answers it.
+    let carrier = TestCarrier::call(front, "+15550100");
+    let rung = bob.wait("incoming", |m| m["type"] == "incoming");
+    let call = rung["callId"].as_str().unwrap().to_string();
+    bob.accept(&call);
+    carrier.wait("answered", |e| e["event"] == "answered");
+    // a's anchor is written once the call is up.
+    let anchored = wait_until(WAIT, || redis.cli(&["HLEN", "sbc:anchor:b"]).trim() == "1");
+    assert!(anchored, "no anchor for b\n{}", a.logs());
+
+    a.kill();
+    let killed = integration_tests::agent::now();
+    // b takes the carrier's dialog over: a re-INVITE through Kamailio's
+    // route, same Call-ID and tags, b's media address.
+    let re = carrier.wait("re-INVITE", |e| e["event"] == "reinvite");
+    let took = killed.elapsed();
+    let media = carrier.wait("media moved to b", |e| {
+        e["event"] == "media" && e["t_ms"].as_f64() >= re["t_ms"].as_f64()
+    });
+    eprintln!(
+        "mid-call takeover through Kamailio: re-INVITE {took:?} after kill -9; media now {}",
+        media["remote"]
+    );
+    assert!(
+        media["remote"].as_str().unwrap().starts_with("127.0.0.29:"),
+        "{media}"
+    );
+    assert_eq!(
+        b.wait_metric("sbc_cluster_calls_reanchored_total", &[], WAIT, |v| v
+            >= 1.0),
+        1.0
+    );
+    // The anchor was used once.
+    assert_eq!(redis.cli(&["HLEN", "sbc:anchor:b"]).trim(), "0");
+    // bob hangs up on b: the carrier gets the BYE through Kamailio.
+    bob.send(serde_json::json!({"type": "hangup", "callId": call}));
+    let ended = carrier.wait("ended", |e| e["event"] == "ended");
+    assert_eq!(ended["reason"], "remote_bye", "{ended}\n{}", kamailio.log());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    b.assert_idle(Duration::from_secs(20));
+}

@@ -1042,11 +1042,10 @@ impl Bridge {
             self.drive(now, id, |c, ctx| c.end(now, ctx));
             return self.pump(now);
         };
-        // The caller is now the adopted dialog; the dead node's goes (a BYE
-        // nobody may hear).
+        // The caller is now the adopted dialog; the dead node's goes.
         if let Some(old) = self.call_legs.insert((id, caller), leg) {
             self.sip_legs.remove(&old);
-            let _ = self.ua.hangup(now, old);
+            self.ua.forget(now, old);
         }
         self.sip_legs.insert(leg, (id, caller));
         self.stats.calls_reanchored += 1;

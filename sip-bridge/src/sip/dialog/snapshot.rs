@@ -122,6 +122,12 @@ impl UserAgent {
         })
     }
 
+    /// Drops leg `leg` without a word to its peer: a dead node, which no BYE
+    /// reaches (one would wait out its transaction's 32 s for nothing).
+    pub fn forget(&mut self, now: Instant, leg: LegId) {
+        self.end(now, leg, EndReason::Local);
+    }
+
     /// Takes over a dialog another node had (see the module docs): a new
     /// confirmed leg whose next request carries a CSeq [`CSEQ_JUMP`] above
     /// the snapshot's. Refused when the snapshot is not sane or the dialog
