@@ -208,7 +208,7 @@ fn anchored_call(b_dies: bool) {
         let left = w.events.iter().find_map(|e| {
             e.parties
                 .iter()
-                .find(|p| p.reason.as_deref() == Some("node_failure"))
+                .find(|p| p.reason == Some("node_failure"))
         });
         assert!(left.is_some(), "{:?}", w.events.last());
     } else {
