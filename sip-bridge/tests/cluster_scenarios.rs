@@ -205,11 +205,10 @@ fn anchored_call(b_dies: bool) {
             matches!(e, UaEvent::Terminated { leg, reason: EndReason::RemoteBye } if *leg == caller)
         });
         assert!(bye, "the caller got a BYE");
-        let left = w.events.iter().find_map(|e| {
-            e.parties
-                .iter()
-                .find(|p| p.reason == Some("node_failure"))
-        });
+        let left = w
+            .events
+            .iter()
+            .find_map(|e| e.parties.iter().find(|p| p.reason == Some("node_failure")));
         assert!(left.is_some(), "{:?}", w.events.last());
     } else {
         // The caller hangs up.

@@ -214,10 +214,18 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
+        Redis::start_on(port, &["127.0.0.1"])
+    }
+
+    /// [`Redis::start`] listening on each of `ips` (a node given another of
+    /// them can be cut off alone, by its destination address).
+    pub fn start_on(port: u16, ips: &[&str]) -> Redis {
         let dir = TempDir::new("redis");
         let log = std::fs::File::create(dir.join("redis.log")).unwrap();
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--bind")
+            .args(ips)
+            .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())
             .stdin(Stdio::null())

@@ -82,8 +82,15 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
     let _serial = serial();
     let redis_port = free_tcp_port(lo(1));
     let mut redis = Redis::start(redis_port);
+    // How long Redis stays down (tests/cluster/run.sh: 10 s), with two calls
+    // a second going through a all along.
+    let outage: u64 = std::env::var("CLUSTER_REDIS_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let outage_calls = (2 * outage + 2) as usize;
     let callee = SippCmd::new("cluster-callee", "callee.xml", lo(3))
-        .calls(2)
+        .calls(1 + outage_calls)
         .key("answer_pt", "0")
         .key("answer_codec", "PCMU/8000")
         .key("answer_ptime", "20");
@@ -150,7 +157,17 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
     wait_view(&a, &["a"]);
 
     // Redis gone: a stays healthy and ready (saying degraded), counts the
-    // misses, takes a call.
+    // misses, takes calls: those in progress and new ones, for the whole
+    // outage.
+    let mut during = SippCmd::new("cluster-outage-load", "caller.xml", lo(2))
+        .remote(a.sip)
+        .service("+15550100")
+        .calls(outage_calls)
+        .rate(2)
+        .hold_ms(1500)
+        .spawn();
+    std::thread::sleep(Duration::from_millis(700));
+    let stopped = integration_tests::agent::now();
     redis.stop();
     let errors = a.wait_metric(
         "sbc_cluster_redis_errors_total",
@@ -167,7 +184,12 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
     // Still 200 (a balancer keeps it), saying it is degraded.
     let ready = http_get_at(a.admin.unwrap(), "/readyz").unwrap();
     assert!(ready.starts_with("ready (degraded"), "{ready}");
-    call("cluster-during-outage", &a);
+    let rest = Duration::from_secs(outage).saturating_sub(stopped.elapsed());
+    std::thread::sleep(rest);
+    eprintln!(
+        "redis outage: {:?} down, {outage_calls} calls through a during it",
+        stopped.elapsed()
+    );
 
     // Redis back (empty, as after a restart): a writes its record again.
     let redis = Redis::start(redis_port);
@@ -187,6 +209,8 @@ fn nodes_see_each_other_through_redis_and_a_redis_outage_costs_no_call() {
     });
     assert!(ready, "/readyz still degraded after Redis returned");
     call("cluster-after-outage", &a);
+    // Not one call of those around the outage failed.
+    during.assert_success(Duration::from_secs(60));
     callee.assert_success(Duration::from_secs(30));
     a.assert_idle(Duration::from_secs(20));
 }
@@ -656,4 +680,81 @@ fn calls_whose_owner_dies_mid_call_are_carried_on_through_kamailio() {
     }
     assert!(pct(0.95) < 2000.0, "{delays:?}");
     b.assert_idle(Duration::from_secs(20));
+}
+
+/// An nftables table dropping what goes to one address and port, removed
+/// when dropped.
+struct Cut(&'static str);
+
+impl Cut {
+    fn new(table: &'static str, daddr: &str, port: u16) -> Option<Cut> {
+        let nft = |args: &str| {
+            std::process::Command::new("nft")
+                .args(args.split(' '))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = nft(&format!("add table inet {table}"))
+            && nft(&format!(
+                "add chain inet {table} out {{ type filter hook output priority 0 ; }}"
+            ))
+            && nft(&format!(
+                "add rule inet {table} out ip daddr {daddr} tcp dport {port} drop"
+            ));
+        ok.then_some(Cut(table))
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", self.0])
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs root and nftables: tests/cluster/run.sh runs it"]
+fn a_node_cut_off_from_redis_keeps_its_calls_and_is_not_taken_over() {
+    let _serial = serial();
+    let port = free_tcp_port(lo(1));
+    let redis = Redis::start_on(port, &["127.0.0.1", "127.0.0.30"]);
+    let url_a = format!("redis://127.0.0.30:{port}/0");
+    let a = Sbc::start(&ringing_node("a", 33, 85, &url_a));
+    let b = Sbc::start(&ringing_node("b", 34, 86, &redis.url()));
+    let bob = HeadlessOperator::online(b.http, "bob", &["support"]);
+    wait_ready(&a, "b", &["support"]);
+    let mut caller = SippCmd::new("cluster-cut", "caller.xml", lo(2))
+        .remote(a.sip)
+        .service("+15550100")
+        .calls(1)
+        .hold_ms(6000)
+        .spawn();
+    let rung = bob.wait("incoming", |m| m["type"] == "incoming");
+    bob.accept(rung["callId"].as_str().unwrap());
+    // a loses Redis (its packets to it dropped), b does not.
+    let cut = Cut::new("sbc_test_cut", "127.0.0.30", port).expect("nft (as root)");
+    let gone = wait_until(Duration::from_secs(5), || {
+        !view(&b).0.contains(&"a".to_string())
+    });
+    assert!(gone, "a's lease never lapsed in b's view");
+    assert_eq!(
+        a.wait_metric("sbc_cluster_redis_up", &[], WAIT, |v| v == 0.0),
+        0.0
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // a answers on its port: alive, never taken over.
+    assert_eq!(b.metric("sbc_cluster_nodes_lost_total", &[]), 0.0);
+    assert_eq!(b.metric("sbc_cluster_calls_reanchored_total", &[]), 0.0);
+    drop(cut);
+    wait_view(&b, &["a", "b"]);
+    assert_eq!(
+        a.wait_metric("sbc_cluster_redis_up", &[], WAIT, |v| v == 1.0),
+        1.0
+    );
+    // The call went on throughout, with one owner.
+    caller.assert_success(Duration::from_secs(30));
+    eprintln!(
+        "redis cut: a cut off from Redis for ~3 s mid-call; not taken over; its call completed"
+    );
 }
