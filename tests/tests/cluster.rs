@@ -515,18 +515,18 @@ struct TestCarrier {
 }
 
 impl TestCarrier {
-    fn call(to: SocketAddr, number: &str) -> TestCarrier {
+    /// Calls `number` at `to`, from `from` (its SIP and RTP address).
+    fn call(to: SocketAddr, number: &str, from: std::net::IpAddr) -> TestCarrier {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_test-carrier"))
             .args(["call", "--sbc", &to.to_string(), "--to", number])
             .args([
                 "--bind",
-                "127.0.0.6:0",
+                &format!("{from}:0"),
                 "--rtp-ip",
-                "127.0.0.6",
-                "--tone",
-                "1000",
+                &from.to_string(),
             ])
+            .args(["--tone", "1000"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -606,7 +606,7 @@ fn calls_whose_owner_dies_mid_call_are_carried_on_through_kamailio() {
     let mut carriers = Vec::new();
     let mut calls: Vec<(usize, String)> = Vec::new();
     for _ in 0..n {
-        let carrier = TestCarrier::call(front, "+15550100");
+        let carrier = TestCarrier::call(front, "+15550100", lo(6));
         let mut answered = None;
         let ok = wait_until(Duration::from_secs(15), || {
             for (i, op) in ops.iter().enumerate() {
@@ -757,4 +757,44 @@ fn a_node_cut_off_from_redis_keeps_its_calls_and_is_not_taken_over() {
     eprintln!(
         "redis cut: a cut off from Redis for ~3 s mid-call; not taken over; its call completed"
     );
+}
+
+#[test]
+fn a_call_whose_operator_node_dies_ends_at_once_with_node_failure() {
+    // Until the SDK can resume a call on another node (a new peer
+    // connection), the call whose browser leg died ends cleanly, fast: the
+    // caller gets a BYE when the node is found dead, not at the media timeout.
+    let _serial = serial();
+    let redis = Redis::start(free_tcp_port(lo(1)));
+    let a = Sbc::start(&ringing_node("a", 35, 87, &redis.url()));
+    let mut b = Sbc::start(&ringing_node("b", 36, 88, &redis.url()));
+    let bob = HeadlessOperator::online(b.http, "bob", &["support"]);
+    wait_ready(&a, "b", &["support"]);
+    // (From the trunk's address: no proxy here.)
+    let carrier = TestCarrier::call(a.sip, "+15550100", lo(2));
+    carrier.wait("ringing", |e| e["event"] == "progress");
+    let rung = bob.wait("incoming", |m| m["type"] == "incoming");
+    bob.accept(rung["callId"].as_str().unwrap());
+    carrier.wait("answered", |e| e["event"] == "answered");
+    b.kill();
+    let killed = ARRIVALS.with_epoch();
+    let ended = carrier.wait("ended", |e| e["event"] == "ended");
+    let after = ended["arrived"]
+        .as_u64()
+        .unwrap_or(killed)
+        .saturating_sub(killed)
+        / 1000;
+    eprintln!("operator node killed: the caller got its BYE {after} ms after kill -9");
+    assert_eq!(ended["reason"], "remote_bye", "{ended}");
+    assert!(after < 5000, "{after} ms");
+    assert_eq!(
+        a.wait_metric("sbc_cluster_nodes_lost_total", &[], WAIT, |v| v >= 1.0),
+        1.0
+    );
+    assert!(
+        a.logs().contains("node_failure"),
+        "the CDR says why\n{}",
+        a.logs()
+    );
+    a.assert_idle(Duration::from_secs(20));
 }

@@ -656,6 +656,10 @@ impl Bridge {
             }
             SipAction::Hangup => self.ua.hangup(now, ua_leg),
             SipAction::HangupElsewhere => self.ua.hangup_elsewhere(now, ua_leg),
+            SipAction::Forget => {
+                self.ua.forget(now, ua_leg);
+                Ok(())
+            }
             SipAction::AnswerRefer { status } => self.ua.answer_refer(now, ua_leg, status),
             SipAction::Refer { refer_to } => self.ua.refer(now, ua_leg, &refer_to, true),
             SipAction::Notify {

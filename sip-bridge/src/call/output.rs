@@ -29,6 +29,9 @@ pub enum SipAction {
     /// End a leg that rang and lost to another answer: its CANCEL says
     /// `Call completed elsewhere` (RFC 3326).
     HangupElsewhere,
+    /// Drop a leg whose peer is a dead node, sending nothing (nobody would
+    /// answer; its transaction would wait 32 s).
+    Forget,
     /// ACK a 2xx that carried an offer, with our answer (`None`: the offer
     /// was unusable; a [`SipAction::Hangup`] follows).
     Ack {

@@ -744,6 +744,11 @@ impl Call {
             .map(|(k, _)| *k)
             .collect();
         for k in &gone {
+            // Nothing is sent to a dead node: its leg is dropped as it is.
+            if let Some(s) = self.parties.get_mut(k).and_then(|p| p.sip_mut()) {
+                s.state = SipState::Ending;
+            }
+            self.sip(*k, SipAction::Forget);
             self.leave_as(now, ctx, *k, EndReason::Failed, true, "node_failure");
         }
         if !gone.is_empty() {
