@@ -371,6 +371,7 @@ fn a_call_rings_operators_on_the_other_nodes_and_the_first_answer_wins() {
         .rate(2)
         .arg("-l", 1)
         .hold_ms(100)
+        .timeout_secs(60 + races as u64)
         .spawn();
     let accepted = accept_all(
         &[&bob, &carol],
@@ -388,7 +389,7 @@ fn a_call_rings_operators_on_the_other_nodes_and_the_first_answer_wins() {
         .flat_map(|e| e.values())
         .filter(|(_, reason)| reason == "taken_by_other")
         .count();
-    let both_rung = ends[0].len() + ends[1].len() - races;
+    let both_rung = (ends[0].len() + ends[1].len()).saturating_sub(races);
     eprintln!(
         "cluster race: {races} calls, {both_rung} rang both, {held} held, {lost} taken_by_other"
     );
@@ -447,6 +448,9 @@ fn a_call_ringing_when_its_node_dies_rings_again_on_a_survivor() {
         m["type"] == "ended" && m["callId"] == rung["callId"]
     });
     assert_ne!(done["reason"], "taken_by_other", "{done}");
+    eprintln!(
+        "frozen node: a stopped (SIGSTOP) while ringing until its lease lapsed; its port answered, so not taken over; after SIGCONT bob answered through a, one owner"
+    );
     wait_view(&b, &["a", "b"]);
     wait_ready(&a, "b", &["support"]);
 

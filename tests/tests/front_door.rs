@@ -1,6 +1,6 @@
 //! The shipped front doors (`sbc/deploy/`) with the real programs from Debian:
 //! the Kamailio and haproxy configurations pass their own checks; a rolling
-//! upgrade of two `sbc` nodes behind Kamailio's dispatcher drops no call (each
+//! upgrade of three `sbc` nodes behind Kamailio's dispatcher drops no call (each
 //! node in turn is drained with SIGTERM: its probes get 503, new calls go to
 //! the other node, its calls finish, it exits and comes back); behind haproxy,
 //! a draining node is taken out by its `/readyz` while its call goes on, its
@@ -91,7 +91,7 @@ fn drain_and_restart(node: &mut Sbc, spec: &SbcSpec, kamailio: &Kamailio) {
 #[test]
 fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     let _serial = serial();
-    let calls = 150;
+    let calls = 200;
     let callee = SippCmd::new("upgrade-callee", "callee.xml", lo(3))
         .calls(calls)
         .key("answer_pt", "0")
@@ -100,15 +100,19 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     let callee_addr = callee.addr();
     let spec_a = node_spec("node-a", 11, 70, free_port(lo(11)), callee_addr);
     let spec_b = node_spec("node-b", 12, 71, free_port(lo(12)), callee_addr);
+    let spec_c = node_spec("node-c", 13, 89, free_port(lo(13)), callee_addr);
     let mut a = Sbc::start(&spec_a);
     let mut b = Sbc::start(&spec_b);
+    let mut c = Sbc::start(&spec_c);
     let front = SocketAddr::new(lo(2), free_port(lo(2)));
-    let kamailio = Kamailio::start(front, &[a.sip, b.sip]);
+    let kamailio = Kamailio::start(front, &[a.sip, b.sip, c.sip]);
     kamailio.wait_active(a.sip);
     kamailio.wait_active(b.sip);
+    kamailio.wait_active(c.sip);
 
     let mut callee = callee.spawn();
-    // 10 calls a second for 15 s, each 2 s long, through Kamailio.
+    // 10 calls a second for 20 s, each 2 s long, through Kamailio, while the
+    // three nodes are drained and restarted in turn.
     let mut caller = SippCmd::new("upgrade-caller", "caller_rr.xml", lo(5))
         .remote(front)
         .service("+15550100")
@@ -119,6 +123,7 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     std::thread::sleep(Duration::from_millis(1500));
     drain_and_restart(&mut a, &spec_a, &kamailio);
     drain_and_restart(&mut b, &spec_b, &kamailio);
+    drain_and_restart(&mut c, &spec_c, &kamailio);
     caller.assert_success(Duration::from_secs(90));
     callee.assert_success(Duration::from_secs(90));
 
@@ -130,7 +135,7 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
         .filter_map(|m| m.header("Via").map(str::to_string))
         .collect();
     assert_eq!(invites.len(), calls);
-    for node in [lo(11), lo(12)] {
+    for node in [lo(11), lo(12), lo(13)] {
         assert!(
             invites.iter().any(|v| v.contains(&format!("{node}:"))),
             "no call went through {node}"
@@ -138,6 +143,10 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     }
     a.assert_idle(Duration::from_secs(20));
     b.assert_idle(Duration::from_secs(20));
+    c.assert_idle(Duration::from_secs(20));
+    eprintln!(
+        "rolling upgrade: {calls} of {calls} calls completed at 10 calls/s while 3 nodes were drained and restarted in turn"
+    );
 }
 
 fn ha_node(name: &str, n: u8, range: u16) -> SbcSpec {
@@ -238,5 +247,8 @@ fn behind_haproxy_a_draining_node_is_taken_out_while_its_call_goes_on() {
         exit.is_some_and(|s| s.success()),
         "exit {exit:?}\n{}",
         a.logs()
+    );
+    eprintln!(
+        "haproxy drain: {on_a} operators on the draining node cut and back on the other, 0 lost; its call completed"
     );
 }
