@@ -127,7 +127,9 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
     caller.assert_success(Duration::from_secs(90));
     callee.assert_success(Duration::from_secs(90));
 
-    // Both nodes carried calls (the callee saw INVITEs from each).
+    // The calls moved: the dispatcher hashes the called number, so one node
+    // takes them until it drains, then another (the callee saw INVITEs from
+    // at least two).
     let invites: Vec<String> = callee
         .received()
         .into_iter()
@@ -135,12 +137,14 @@ fn a_rolling_upgrade_behind_kamailio_drops_no_call() {
         .filter_map(|m| m.header("Via").map(str::to_string))
         .collect();
     assert_eq!(invites.len(), calls);
-    for node in [lo(11), lo(12), lo(13)] {
-        assert!(
-            invites.iter().any(|v| v.contains(&format!("{node}:"))),
-            "no call went through {node}"
-        );
-    }
+    let carried = [lo(11), lo(12), lo(13)]
+        .iter()
+        .filter(|node| invites.iter().any(|v| v.contains(&format!("{node}:"))))
+        .count();
+    assert!(
+        carried >= 2,
+        "the calls never moved: {carried} node(s) carried them"
+    );
     a.assert_idle(Duration::from_secs(20));
     b.assert_idle(Duration::from_secs(20));
     c.assert_idle(Duration::from_secs(20));

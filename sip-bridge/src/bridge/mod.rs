@@ -885,23 +885,29 @@ impl Bridge {
         };
         match call {
             Ok(call) => {
-                self.next_call += 1;
-                self.stats.calls_inbound += 1;
-                let caller = call.caller();
                 if call.is_room() {
                     self.rooms.insert(number.id.clone(), id);
                 } else {
                     self.record_ringing(id, req);
                 }
-                self.calls.insert(id, call);
-                self.sip_legs.insert(leg, (id, caller));
-                self.call_legs.insert((id, caller), leg);
-                self.apply(now, id);
+                self.start_sip_call(now, id, call, leg);
             }
             Err(status) => {
                 let _ = self.ua.respond(now, leg, status, None, &[]);
             }
         }
+    }
+
+    /// A call whose caller is SIP leg `leg` starts: it is ours, mapped both
+    /// ways, and what it asked for is done.
+    fn start_sip_call(&mut self, now: Instant, id: CallId, call: Call, leg: LegId) {
+        self.next_call += 1;
+        self.stats.calls_inbound += 1;
+        let caller = call.caller();
+        self.calls.insert(id, call);
+        self.sip_legs.insert(leg, (id, caller));
+        self.call_legs.insert((id, caller), leg);
+        self.apply(now, id);
     }
 
     /// In a cluster, a call from a proxy that rings here is recorded so that
@@ -1098,14 +1104,8 @@ impl Bridge {
         };
         match call {
             Ok(call) => {
-                self.next_call += 1;
-                self.stats.calls_inbound += 1;
                 self.stats.peer_calls += 1;
-                let caller = call.caller();
-                self.calls.insert(id, call);
-                self.sip_legs.insert(leg, (id, caller));
-                self.call_legs.insert((id, caller), leg);
-                self.apply(now, id);
+                self.start_sip_call(now, id, call, leg);
             }
             Err(status) => {
                 let _ = self.ua.respond(now, leg, status, None, &[]);

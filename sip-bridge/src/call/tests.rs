@@ -79,6 +79,22 @@ impl Fixture {
         }
     }
 
+    /// The carrier calls `support` (a late offer), as call `id`.
+    fn carrier_calls_support(&mut self, now: Instant, id: u64) -> Call {
+        let number = self.cfg.numbers[0].clone();
+        let req = late_offer_invite();
+        Call::inbound(
+            now,
+            &mut self.ctx(),
+            CallId(id),
+            &req,
+            [192, 0, 2, 9].into(),
+            None,
+            &number,
+        )
+        .expect("taken")
+    }
+
     /// Applies the presence marks a bridge would, and returns every output.
     fn drain(&mut self, call: &mut Call) -> Vec<CallOutput> {
         let out: Vec<CallOutput> = std::iter::from_fn(|| call.poll_output()).collect();
@@ -490,17 +506,7 @@ fn a_late_offer_caller_gets_our_offer_in_the_200_and_its_media_starts_with_the_a
     for ack_has_answer in [true, false] {
         let mut f = Fixture::new(&["alice"]);
         let now = Instant::ZERO;
-        let number = f.cfg.numbers[0].clone();
-        let mut call = Call::inbound(
-            now,
-            &mut f.ctx(),
-            CallId(1),
-            &late_offer_invite(),
-            [192, 0, 2, 9].into(),
-            None,
-            &number,
-        )
-        .expect("taken");
+        let mut call = f.carrier_calls_support(now, 1);
         let out = f.drain(&mut call);
         let caller = LegKey(0);
         // Operators ring: a 180 without SDP (an offer cannot go in an unreliable
@@ -584,17 +590,7 @@ fn a_call_rings_operators_here_and_forks_a_signed_invite_to_a_node_with_more() {
     f.cfg.peer_key = Some(key.clone());
     f.peers = peer_b(&["bob"]);
     let now = Instant::ZERO;
-    let number = f.cfg.numbers[0].clone();
-    let mut call = Call::inbound(
-        now,
-        &mut f.ctx(),
-        CallId(1),
-        &late_offer_invite(),
-        [192, 0, 2, 9].into(),
-        None,
-        &number,
-    )
-    .expect("taken");
+    let mut call = f.carrier_calls_support(now, 1);
     let out = f.drain(&mut call);
     assert!(
         to_ops(&out)
@@ -623,16 +619,7 @@ fn a_call_rings_operators_here_and_forks_a_signed_invite_to_a_node_with_more() {
     // Without the key (one node), nothing forks.
     let mut g = Fixture::new(&["alice"]);
     g.peers = peer_b(&["bob"]);
-    let mut call = Call::inbound(
-        now,
-        &mut g.ctx(),
-        CallId(2),
-        &late_offer_invite(),
-        [192, 0, 2, 9].into(),
-        None,
-        &number,
-    )
-    .expect("taken");
+    let mut call = g.carrier_calls_support(now, 2);
     assert!(invites(&g.drain(&mut call)).is_empty());
 }
 

@@ -212,6 +212,21 @@ impl Net {
         self.run_until(until, |_| false);
     }
 
+    /// Every message starting with `prefix` that any node sends, in full
+    /// (nothing dropped).
+    fn capture(&mut self, prefix: &'static str) -> std::rc::Rc<std::cell::RefCell<Vec<String>>> {
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = seen.clone();
+        self.drop = Some(Box::new(move |_, b| {
+            if b.starts_with(prefix.as_bytes()) {
+                sink.borrow_mut()
+                    .push(String::from_utf8_lossy(b).into_owned());
+            }
+            false
+        }));
+        seen
+    }
+
     fn ua(&mut self, i: usize) -> &mut UserAgent {
         &mut self.nodes[i].ua
     }
@@ -368,15 +383,7 @@ fn cancel_before_answer() {
 fn a_call_that_lost_to_another_answer_is_cancelled_as_completed_elsewhere() {
     // RFC 3326: the phone shows no missed call.
     let mut net = Net::pair(5);
-    let cancels = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let seen = cancels.clone();
-    net.drop = Some(Box::new(move |_, b| {
-        let t = String::from_utf8_lossy(b);
-        if t.starts_with("CANCEL") {
-            seen.borrow_mut().push(t.into_owned());
-        }
-        false
-    }));
+    let cancels = net.capture("CANCEL");
     let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
     net.run_for(Duration::from_millis(50));
     let b_leg = net.incoming(1)[0];
@@ -406,15 +413,7 @@ fn a_call_that_lost_to_another_answer_is_cancelled_as_completed_elsewhere() {
 #[test]
 fn a_fork_that_answered_too_late_gets_a_bye_saying_completed_elsewhere() {
     let mut net = Net::pair(5);
-    let byes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let seen = byes.clone();
-    net.drop = Some(Box::new(move |_, b| {
-        let t = String::from_utf8_lossy(b);
-        if t.starts_with("BYE") {
-            seen.borrow_mut().push(t.into_owned());
-        }
-        false
-    }));
+    let byes = net.capture("BYE");
     let leg = net.ua(0).invite(Instant::ZERO, params(2)).unwrap();
     net.run_for(Duration::from_millis(50));
     let b_leg = net.incoming(1)[0];
