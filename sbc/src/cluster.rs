@@ -128,7 +128,7 @@ pub const RECORD_QUEUE: usize = 4096;
 /// Starts the cluster task; it stops (removing this node's record) when `stop`
 /// turns true.
 /// `ready` moves when who is ready here may have changed: the record is
-/// written then (at most every [`MIN_WRITE_GAP`]), not only at the
+/// written then (at most every 50 ms), not only at the
 /// heartbeat, so other nodes ring a freed operator sooner. `records` are
 /// the calls ringing here that a survivor would answer for
 /// ([`ClusterOut`]): written to `sbc:ringing:{node}` as they come.

@@ -400,7 +400,7 @@ impl ControlCore {
             .peers()
             .nodes
             .iter()
-            .filter(|n| !n.operators.is_empty());
+            .filter(|n| !n.draining && !n.operators.is_empty());
         metrics::gauge!("sbc_cluster_peers_ready").set(ready.count() as f64);
         let p = self.protect.stats();
         metrics::counter!("sbc_sip_bans_total").absolute(p.bans);

@@ -47,6 +47,8 @@ pub struct PeerNode {
     pub numbers: Vec<String>,
     /// Operators ready there.
     pub operators: Vec<String>,
+    /// Draining: still a node (its calls' requests are taken), rung no more.
+    pub draining: bool,
 }
 
 /// A node's record in the shared store, as any node reads it: checked field
@@ -115,6 +117,7 @@ impl NodeRecord {
             sip: self.sip,
             numbers: self.ready.clone(),
             operators: self.ops.clone(),
+            draining: self.draining,
         }
     }
 }
@@ -135,7 +138,7 @@ fn names(list: Option<&str>) -> Option<Vec<String>> {
     (v.len() <= MAX_READY && v.iter().all(plausible)).then_some(v)
 }
 
-/// The other live, serving nodes.
+/// The other live nodes.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     /// This node's name (in what it signs).
@@ -145,15 +148,16 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The nodes of `records` a call from node `me` may ring: serving, not
-    /// `me`, and at an address inside `allow` (when it lists any), so a
-    /// record someone else wrote cannot draw calls elsewhere. Also how many
-    /// records were left out for their address.
+    /// The nodes of `records` other than `me` at an address inside `allow`
+    /// (when it lists any), so that a record someone else wrote cannot draw
+    /// calls elsewhere; draining ones are kept (their forks in progress are
+    /// still theirs) but never rung. Also how many records were left out for
+    /// their address.
     pub fn from_records(me: &str, records: &[NodeRecord], allow: &[Cidr]) -> (Peers, usize) {
         let mut outside = 0;
         let nodes = records
             .iter()
-            .filter(|r| r.node != me && !r.draining)
+            .filter(|r| r.node != me)
             .filter(|r| {
                 let ok = allow.is_empty() || allow.iter().any(|c| c.contains(r.sip.ip()));
                 outside += usize::from(!ok);
@@ -170,18 +174,18 @@ impl Peers {
         )
     }
 
-    /// Nodes with an operator ready for number `id`.
+    /// Serving nodes with an operator ready for number `id`.
     pub fn ready_for<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a PeerNode> + 'a {
         self.nodes
             .iter()
-            .filter(move |n| n.numbers.iter().any(|x| x == id))
+            .filter(move |n| !n.draining && n.numbers.iter().any(|x| x == id))
     }
 
-    /// Nodes where operator `op` is ready.
+    /// Serving nodes where operator `op` is ready.
     pub fn with_operator<'a>(&'a self, op: &'a str) -> impl Iterator<Item = &'a PeerNode> + 'a {
         self.nodes
             .iter()
-            .filter(move |n| n.operators.iter().any(|x| x == op))
+            .filter(move |n| !n.draining && n.operators.iter().any(|x| x == op))
     }
 
     /// Whether `ip` is a node's address (the source a peer INVITE must have).
@@ -519,11 +523,16 @@ mod tests {
         let allow = ["127.0.0.0/8".parse::<Cidr>().unwrap()];
         let (p, outside) = Peers::from_records("a", &records, &allow);
         let names: Vec<_> = p.nodes.iter().map(|n| n.node.as_str()).collect();
-        assert_eq!((names, outside), (vec!["b"], 1));
+        assert_eq!((names, outside), (vec!["b", "c"], 1));
         assert_eq!(p.nodes[0].numbers, ["support"]);
+        // The draining one is a node (its requests are taken), never rung.
+        let rung: Vec<_> = p.ready_for("support").map(|n| n.node.as_str()).collect();
+        assert_eq!(rung, ["b"]);
+        assert!(p.is_node("127.0.0.13".parse().unwrap()));
+        assert!(p.with_operator("bob").all(|n| n.node == "b"));
         // No list: every address (a single test machine, a trusted network).
         let (p, outside) = Peers::from_records("a", &records, &[]);
-        assert_eq!((p.nodes.len(), outside), (2, 0));
+        assert_eq!((p.nodes.len(), outside), (3, 0));
     }
 
     #[test]
@@ -610,12 +619,14 @@ mod tests {
                     sip: "127.0.0.12:5060".parse().unwrap(),
                     numbers: vec!["support".into()],
                     operators: vec!["bob".into()],
+                    draining: false,
                 },
                 PeerNode {
                     node: "c".into(),
                     sip: "127.0.0.13:5060".parse().unwrap(),
                     numbers: vec!["support".into(), "sales".into()],
                     operators: vec!["carol".into()],
+                    draining: false,
                 },
             ],
         };

@@ -33,6 +33,7 @@ fn carrier_is_node_b(w: &mut World) {
             sip: addr(CARRIER_SIP),
             numbers: vec![],
             operators: vec![],
+            draining: false,
         }],
     });
 }
@@ -160,6 +161,7 @@ fn anchored_call(b_dies: bool) {
             sip: addr(CARRIER_SIP),
             numbers: vec!["support".into()],
             operators: vec!["bob".into()],
+            draining: false,
         }],
     });
     let caller = w.carrier_call("+15550100", 440.0);

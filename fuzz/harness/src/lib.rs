@@ -1817,9 +1817,9 @@ pub fn registrar(data: &[u8]) {
 /// Node records as read from Redis, and node-to-node INVITE signatures.
 /// Data: blank-line separated records of `key=value` lines (`name=` names
 /// the node), then anything as a peer header. A record is taken whole or
-/// not at all; what becomes a peer is serving, another node, inside the
-/// allowed block; a signature edited in any way never verifies as other
-/// than what was signed.
+/// not at all; what becomes a peer is another node inside the allowed
+/// block, and only a serving one is rung; a signature edited in any way
+/// never verifies as other than what was signed.
 pub fn cluster(data: &[u8]) {
     use sip_bridge::cluster::{MAX_READY, NodeRecord, PeerKey, PeerRing, Peers};
     use sip_bridge::config::Cidr;
@@ -1851,7 +1851,14 @@ pub fn cluster(data: &[u8]) {
             "a node outside the block: {n:?}"
         );
         assert_ne!(n.node, "me");
-        assert!(records.iter().any(|r| r.node == n.node && !r.draining));
+        assert!(
+            records
+                .iter()
+                .any(|r| r.node == n.node && r.draining == n.draining)
+        );
+    }
+    for n in peers.ready_for("support") {
+        assert!(!n.draining, "a draining node rung: {n:?}");
     }
     let key = PeerKey::derive(FUZZ_SECRET);
     let ring = PeerRing::Operator("alice".into());

@@ -567,6 +567,7 @@ fn peer_b(ops: &[&str]) -> crate::cluster::Peers {
             sip: "127.0.0.12:5070".parse().unwrap(),
             numbers: vec!["support".into()],
             operators: ops.iter().map(|s| s.to_string()).collect(),
+            draining: false,
         }],
     }
 }
