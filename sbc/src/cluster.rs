@@ -213,16 +213,9 @@ async fn run(
             .arg(MAX_NODES)
             .arg(status.ready_numbers.join(","))
             .arg(status.ready_operators.join(","));
-        let answer = match redis.connection().await {
-            Some(conn) => {
-                match tokio::time::timeout(cfg.timeout, inv.invoke_async::<Value>(conn)).await {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
-                }
-            }
-            None => Err("not connected".into()),
-        };
+        let answer = redis
+            .exchange(|mut c| async move { inv.invoke_async::<Value>(&mut c).await })
+            .await;
         let mut vanished = Vec::new();
         {
             let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
@@ -262,7 +255,6 @@ async fn run(
                     v.redis_up = false;
                     v.redis_errors += 1;
                     metrics::counter!("sbc_cluster_redis_errors_total").increment(1);
-                    redis.failed();
                 }
             }
             metrics::gauge!("sbc_cluster_redis_up").set(if v.redis_up { 1.0 } else { 0.0 });
@@ -275,19 +267,19 @@ async fn run(
         }
     }
     // Leaving on purpose: others see it at once rather than at the lease's end.
-    if let Some(conn) = redis.connection().await {
-        let leave = redis::pipe()
-            .zrem("sbc:nodes", &cfg.node)
-            .del(format!("sbc:node:{}", cfg.node))
-            .del(format!("sbc:ringing:{}", cfg.node))
-            .to_owned();
-        let _ = tokio::time::timeout(cfg.timeout, leave.exec_async(conn)).await;
-    }
+    let leave = redis::pipe()
+        .zrem("sbc:nodes", &cfg.node)
+        .del(format!("sbc:node:{}", cfg.node))
+        .del(format!("sbc:ringing:{}", cfg.node))
+        .to_owned();
+    let _ = redis
+        .exchange(|mut c| async move { leave.exec_async(&mut c).await })
+        .await;
 }
 
-/// How long the calls of a ringing record are kept if nobody settles them
-/// (a node that lost Redis mid-call never deletes its records).
-const RINGING_TTL_MS: u64 = 3_600_000;
+/// How long ringing records and anchors are kept if nobody deletes them (a
+/// node that lost Redis mid-call never does).
+const RECORD_TTL_MS: u64 = 3_600_000;
 
 /// Writes `first` and whatever else is queued (up to 256) in one pipeline.
 /// Redis slow or gone: they are dropped and counted; a survivor then cannot
@@ -307,7 +299,7 @@ async fn write_records(
     while let Some(r) = next.take() {
         match r {
             ClusterOut::Ringing { id, to, response } => {
-                let mut value = format!("{} {}\n", to.transport.via_token(), to.addr).into_bytes();
+                let mut value = format!("{}\n", to.label()).into_bytes();
                 value.extend_from_slice(&response);
                 pipe.hset(&key, id, value).ignore();
             }
@@ -322,7 +314,7 @@ async fn write_records(
                 let anchors = format!("sbc:anchor:{node}");
                 if let Ok(json) = serde_json::to_string(&snapshot) {
                     pipe.hset(&anchors, call, json).ignore();
-                    pipe.pexpire(&anchors, RINGING_TTL_MS as i64).ignore();
+                    pipe.pexpire(&anchors, RECORD_TTL_MS as i64).ignore();
                 }
             }
             ClusterOut::Unanchor { node, key: call } => {
@@ -342,17 +334,12 @@ async fn write_records(
             next = rest.try_recv().ok();
         }
     }
-    pipe.pexpire(&key, RINGING_TTL_MS as i64).ignore();
-    let done = match redis.connection().await {
-        Some(conn) => matches!(
-            tokio::time::timeout(cfg.timeout, pipe.exec_async(conn)).await,
-            Ok(Ok(()))
-        ),
-        None => false,
-    };
-    if !done {
+    pipe.pexpire(&key, RECORD_TTL_MS as i64).ignore();
+    let written = redis
+        .exchange(|mut c| async move { pipe.exec_async(&mut c).await })
+        .await;
+    if written.is_err() {
         metrics::counter!("sbc_cluster_records_dropped_total").increment(n);
-        redis.failed();
     }
     for (call, owner, dialog) in reanchor {
         let snapshot = anchor_of(cfg, redis, &dialog).await;
@@ -368,16 +355,11 @@ async fn anchor_of(cfg: &ClusterConfig, redis: &mut Redis, dialog: &str) -> Opti
     let anchors = format!("sbc:anchor:{}", cfg.node);
     let mut pipe = redis::pipe();
     pipe.hget(&anchors, dialog).hdel(&anchors, dialog).ignore();
-    let conn = redis.connection().await?;
-    let got: Option<(Option<Vec<u8>>,)> =
-        match tokio::time::timeout(cfg.timeout, pipe.query_async(conn)).await {
-            Ok(Ok(v)) => Some(v),
-            _ => {
-                redis.failed();
-                None
-            }
-        };
-    let bytes = got?.0?;
+    let (bytes,): (Option<Vec<u8>>,) = redis
+        .exchange(|mut c| async move { pipe.query_async(&mut c).await })
+        .await
+        .ok()?;
+    let bytes = bytes?;
     if bytes.len() > 16 * 1024 {
         return None;
     }
@@ -410,17 +392,12 @@ async fn take_over(
     inv.key(format!("sbc:ringing:{}", gone.node))
         .arg(&cfg.node)
         .arg(60_000);
-    let answer = match redis.connection().await {
-        Some(conn) => tokio::time::timeout(cfg.timeout, inv.invoke_async::<Value>(conn)).await,
-        None => return,
-    };
-    let calls = match answer {
-        Ok(Ok(Value::Array(kv))) => kv,
-        Ok(Ok(_)) => return, // another survivor claimed it
-        _ => {
-            redis.failed();
-            return;
-        }
+    let answer = redis
+        .exchange(|mut c| async move { inv.invoke_async::<Value>(&mut c).await })
+        .await;
+    // Nothing: another survivor claimed it, or Redis did not answer.
+    let Ok(Value::Array(calls)) = answer else {
+        return;
     };
     let mut retried = 0u64;
     for pair in calls.chunks(2) {
@@ -439,26 +416,17 @@ async fn take_over(
 /// A ringing record's value: `udp|tcp|tls ADDR\n` and the response.
 fn ringing_record(v: &[u8]) -> Option<(Peer, bytes::Bytes)> {
     let nl = v.iter().position(|&b| b == b'\n')?;
-    let head = std::str::from_utf8(&v[..nl]).ok()?;
-    let (t, addr) = head.split_once(' ')?;
-    let transport = match t {
-        "UDP" => Transport::Udp,
-        "TCP" => Transport::Tcp,
-        "TLS" => Transport::Tls,
-        _ => return None,
-    };
+    let to = Peer::from_label(std::str::from_utf8(&v[..nl]).ok()?).filter(|p| {
+        matches!(
+            p.transport,
+            Transport::Udp | Transport::Tcp | Transport::Tls
+        )
+    })?;
     let body = &v[nl + 1..];
     if !body.starts_with(b"SIP/2.0 ") || body.len() > 8192 {
         return None;
     }
-    Some((
-        Peer {
-            transport,
-            addr: addr.parse().ok()?,
-            conn: None,
-        },
-        bytes::Bytes::copy_from_slice(body),
-    ))
+    Some((to, bytes::Bytes::copy_from_slice(body)))
 }
 
 /// A connection that is made again, under the deadline, after a failure.
@@ -501,6 +469,27 @@ impl Redis {
     /// Drops the connection: the next heartbeat connects again.
     fn failed(&mut self) {
         self.conn = None;
+    }
+
+    /// One exchange, `send` on the connection (made first if need be), under
+    /// the deadline; a failure of either drops the connection.
+    async fn exchange<T, F>(
+        &mut self,
+        send: impl FnOnce(redis::aio::MultiplexedConnection) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(conn) = self.connection().await.cloned() else {
+            return Err("not connected".into());
+        };
+        let answer = match tokio::time::timeout(self.timeout, send(conn)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        self.failed();
+        Err(answer)
     }
 }
 

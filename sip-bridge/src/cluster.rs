@@ -294,12 +294,8 @@ pub fn response_target(req: &crate::sip::message::Request) -> Option<Peer> {
     let via = *SipHeaders::lines(req, "Via").first()?;
     let via = via.split(',').next()?.trim();
     let (proto, rest) = via.split_once(char::is_whitespace)?;
-    let transport = match proto.rsplit('/').next()?.to_ascii_uppercase().as_str() {
-        "UDP" => Transport::Udp,
-        "TCP" => Transport::Tcp,
-        "TLS" => Transport::Tls,
-        _ => return None,
-    };
+    let transport = Transport::from_via_token(proto.rsplit('/').next()?)
+        .filter(|t| matches!(t, Transport::Udp | Transport::Tcp | Transport::Tls))?;
     let sent_by = rest.trim().split(';').next()?.trim();
     let (host, port) = match sent_by.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
@@ -362,7 +358,7 @@ impl PeerKey {
     pub fn sign(&self, node: &str, unix: u64, number: &str, ring: &PeerRing) -> String {
         let ring = ring_text(ring);
         let mac = self.mac(node, unix, number, &ring).finalize().into_bytes();
-        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::token::to_hex(&mac);
         format!("node={node};ts={unix};num={number};ring={ring};mac={hex}")
     }
 
@@ -392,7 +388,7 @@ impl PeerKey {
             return Err(PeerError::Malformed);
         };
         let unix: u64 = ts.parse().map_err(|_| PeerError::Malformed)?;
-        let mac = hex_bytes(mac).ok_or(PeerError::Malformed)?;
+        let mac = crate::token::hex32(mac).ok_or(PeerError::Malformed)?;
         if node.is_empty() || number.is_empty() {
             return Err(PeerError::Malformed);
         }
@@ -420,16 +416,6 @@ fn ring_text(ring: &PeerRing) -> String {
         PeerRing::Number => "number".into(),
         PeerRing::Operator(op) => format!("operator:{op}"),
     }
-}
-
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -212,8 +212,24 @@ impl TokenIssuer {
 
 /// SHA-256 of an API key, hex: what the config stores.
 pub fn hash_api_key(key: &str) -> String {
-    let d = Sha256::digest(key.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    to_hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from 64 hex digits (a SHA-256, an HMAC-SHA256).
+pub(crate) fn hex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// One configured API key (by hash) and what it may grant.
@@ -230,14 +246,7 @@ pub struct ApiKey {
 impl ApiKey {
     /// Parses a hex SHA-256 hash as written in the config.
     pub fn from_hex(name: &str, hex: &str, numbers: Vec<String>) -> Option<ApiKey> {
-        let hex = hex.trim();
-        if hex.len() != 64 {
-            return None;
-        }
-        let mut sha256 = [0u8; 32];
-        for (i, out) in sha256.iter_mut().enumerate() {
-            *out = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        let sha256 = hex32(hex.trim())?;
         Some(ApiKey {
             name: name.into(),
             sha256,

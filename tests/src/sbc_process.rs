@@ -35,9 +35,10 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Test `n`'s own SBC RTP range: 50 port pairs from 12000 + 100 * n. Taken:
-/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, 63, 66-68, `rest_api.rs` 40-41,
-/// `recording.rs` 50-53, 58, `fork.rs` 54-55, `siprec.rs` 56-57, `registrar.rs`
-/// 60-62, 69, `sipvicious.rs` 64-65, `front_door.rs` 70-71, 74-75, 89, `cluster.rs` 72-73, 76-88.
+/// `sbc_sipp.rs` 0-29, `real_ua.rs` 30-32, 63, 66-68, 90-91, `rest_api.rs`
+/// 40-41, `recording.rs` 50-53, 58, `fork.rs` 54-55, `siprec.rs` 56-57,
+/// `registrar.rs` 60-62, 69, `sipvicious.rs` 64-65, `front_door.rs` 70-71,
+/// 74-75, 89, `cluster.rs` 72-73, 76-88.
 pub fn rtp(n: u16) -> (u16, u16) {
     let lo = 12_000 + n * 100;
     (lo, lo + 99)

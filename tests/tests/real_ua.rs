@@ -1659,3 +1659,69 @@ fn a_phone_behind_nat_registers_is_rung_and_talks_both_ways() {
     let cdr = cdr_line(&sbc);
     assert!(cdr.contains("answered_by=operator:alice"), "{cdr}");
 }
+
+/// Issue 21 with a real carrier stack: linphonec calls node a, whose fork
+/// bob answers on node b; a is killed; b adopts a's dialog with linphone
+/// and re-INVITEs it (same Call-ID and tags, CSeq 100 higher, b's media
+/// address). linphone takes it as an update of its call (a stack that saw
+/// a stranger's request would answer 481), moves its audio to b, and later
+/// ends the call on b's BYE.
+#[test]
+fn linphone_as_the_carrier_takes_the_survivors_re_invite_when_the_calls_owner_dies() {
+    let _serial = serial();
+    require_user_agents();
+    let work = TempDir::new("real-ua-takeover");
+    let redis = integration_tests::front::Redis::start(free_tcp_port(lo(1)));
+    let node = |name: &str, n: u8, range: u16| SbcSpec {
+        ip: lo(n),
+        admin: true,
+        ..SbcSpec::new(
+            name,
+            rtp(range),
+            format!(
+                "[cluster]\nnode = \"{name}\"\nredis_url = \"{}\"\n\
+                 heartbeat = \"200ms\"\nlease = \"600ms\"\nredis_timeout = \"100ms\"\n\n\
+                 [[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\npeers = [\"127.0.0.9:5060\"]\n\
+                 inbound = [\"127.0.0.3/32\"]\ncodecs = [\"PCMU\"]\n\n\
+                 [[numbers]]\nid = \"service\"\ne164 = \"+15550100\"\n\
+                 dial = [ {{ ring = [\"operators\"], timeout = \"20s\" }} ]\n",
+                redis.url()
+            ),
+        )
+    };
+    let mut a = Sbc::start(&node("a", 37, 90));
+    let b = Sbc::start(&node("b", 38, 91));
+    let bob = integration_tests::operator::HeadlessOperator::online(b.http, "bob", &["service"]);
+    let b_ready = wait_until(WAIT, || {
+        integration_tests::sbc_process::http_get_at(a.admin.unwrap(), "/cluster")
+            .is_ok_and(|v| v.contains("\"ready\":[\"service\"]"))
+    });
+    assert!(b_ready, "a never saw bob ready on b\n{}", a.logs());
+    let caller_tone = work.join("caller-440.wav");
+    write_tone(&caller_tone, 8_000, CALLER_HZ, TONE_SECS);
+    let caller_sip = SocketAddr::new(lo(3), free_port(lo(3)));
+    let mut linphone = Linphone::start(&work.join("caller"), caller_sip, &caller_tone);
+    linphone.type_line(&format!("call sip:+15550100@{}", a.sip));
+    let rung = bob.wait("incoming", |m| m["type"] == "incoming");
+    let call = rung["callId"].as_str().unwrap().to_string();
+    bob.accept(&call);
+    linphone.wait_transitions("Connected", "StreamsRunning", 1);
+    let anchored = wait_until(WAIT, || redis.cli(&["HLEN", "sbc:anchor:b"]).trim() == "1");
+    assert!(anchored, "a left no anchor for b\n{}", a.logs());
+
+    a.kill();
+    linphone.wait_transitions("StreamsRunning", "UpdatedByRemote", 1);
+    linphone.wait_log("its audio moved to b", |log| {
+        log.contains(&format!("Change audio stream destination: RTP={}:", lo(38)))
+    });
+    linphone.wait_transitions("UpdatedByRemote", "StreamsRunning", 1);
+    assert_eq!(
+        b.wait_metric("sbc_cluster_calls_reanchored_total", &[], WAIT, |v| v
+            >= 1.0),
+        1.0
+    );
+    // bob hangs up on b: linphone gets b's BYE in the same dialog.
+    bob.send(serde_json::json!({"type": "hangup", "callId": call}));
+    linphone.wait_transitions("StreamsRunning", "End", 1);
+    b.assert_idle(IDLE);
+}

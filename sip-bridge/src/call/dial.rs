@@ -811,7 +811,6 @@ impl Call {
         let unix = ctx.unix_ms(now) / 1000;
         let header = key.sign(&ctx.peers.me, unix, number, &ring);
         let uri = format!("sip:{number}@{};transport=tcp", node.sip);
-        let extra = vec![(crate::cluster::PEER_HEADER.to_string(), header)];
         self.ring_sip(
             now,
             ctx,
@@ -822,7 +821,7 @@ impl Call {
             None,
             role,
             origin.clone(),
-            extra,
+            Some((&node.node, header)),
         )
         .unwrap_or(0)
     }
@@ -869,16 +868,7 @@ impl Call {
         origin: Origin,
     ) -> Result<usize, u16> {
         self.ring_sip(
-            now,
-            ctx,
-            target,
-            uri,
-            trunk,
-            attempt,
-            None,
-            role,
-            origin,
-            Vec::new(),
+            now, ctx, target, uri, trunk, attempt, None, role, origin, None,
         )
     }
 
@@ -896,18 +886,7 @@ impl Call {
         role: Role,
         origin: Origin,
     ) -> Result<usize, u16> {
-        self.ring_sip(
-            now,
-            ctx,
-            target,
-            uri,
-            None,
-            None,
-            phone,
-            role,
-            origin,
-            Vec::new(),
-        )
+        self.ring_sip(now, ctx, target, uri, None, None, phone, role, origin, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -922,21 +901,8 @@ impl Call {
         phone: Option<(&str, Peer)>,
         role: Role,
         origin: Origin,
-        extra: Vec<(String, String)>,
+        node: Option<(&str, String)>,
     ) -> Result<usize, u16> {
-        // A node of the cluster is rung with a signed header (`ring_peer`).
-        let peer_node = extra
-            .iter()
-            .any(|(n, _)| n == crate::cluster::PEER_HEADER)
-            .then(|| sip_target_peer(&uri))
-            .flatten()
-            .and_then(|p| {
-                ctx.peers
-                    .nodes
-                    .iter()
-                    .find(|n| n.sip == p.addr)
-                    .map(|n| n.node.clone())
-            });
         let Some(port) = ctx.ports.take() else {
             return Err(503);
         };
@@ -979,7 +945,13 @@ impl Call {
         let host = ctx.local_host;
         let trunk_cfg = trunk.and_then(|t| ctx.cfg.trunks.get(t));
         let late_offer = trunk_cfg.is_some_and(|t| t.late_offer);
-        let mut headers = extra;
+        let mut headers = Vec::new();
+        // Another node of the cluster (`ring_peer`): its name, and the signed
+        // header that proves who rings it.
+        let peer_node = node.map(|(name, signed)| {
+            headers.push((crate::cluster::PEER_HEADER.to_string(), signed));
+            name.to_string()
+        });
         if let Some(r) = replaces {
             headers.push(("Replaces".into(), r.to_header()));
         }

@@ -46,6 +46,19 @@ impl Transport {
             Transport::Wss => "WSS",
         }
     }
+
+    /// The transport a Via token names (case-insensitive), if ours.
+    pub fn from_via_token(token: &str) -> Option<Transport> {
+        [
+            Transport::Udp,
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Ws,
+            Transport::Wss,
+        ]
+        .into_iter()
+        .find(|t| t.via_token().eq_ignore_ascii_case(token))
+    }
 }
 
 /// Methods this element implements (sent in `Allow`).
@@ -807,6 +820,22 @@ impl Peer {
             addr,
             conn: None,
         }
+    }
+
+    /// `TCP 192.0.2.1:5060`: how a peer is written down for another node (a
+    /// record in the shared store; no connection, which is ours alone).
+    pub fn label(&self) -> String {
+        format!("{} {}", self.transport.via_token(), self.addr)
+    }
+
+    /// The peer a [`Peer::label`] names.
+    pub fn from_label(label: &str) -> Option<Peer> {
+        let (t, addr) = label.split_once(' ')?;
+        Some(Peer {
+            transport: Transport::from_via_token(t)?,
+            addr: addr.parse().ok()?,
+            conn: None,
+        })
     }
 }
 

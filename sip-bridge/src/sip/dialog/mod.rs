@@ -532,6 +532,63 @@ struct Leg {
     refer: Option<refer::ReferState>,
 }
 
+impl Leg {
+    /// A leg of `role` in `state` with its dialog's identity (RFC 3261 12):
+    /// nothing sent or negotiated yet; callers set what they know beyond.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        role: Role,
+        state: LegState,
+        call_id: String,
+        local_tag: String,
+        local_addr: String,
+        remote_addr: String,
+        remote_target: String,
+        peer: Peer,
+        invite: Request,
+    ) -> Leg {
+        Leg {
+            role,
+            state,
+            call_id,
+            local_tag,
+            remote_tag: None,
+            local_addr,
+            remote_addr,
+            local_cseq: 0,
+            remote_cseq: 0,
+            remote_target,
+            routes: Vec::new(),
+            peer,
+            invite,
+            invite_tx: None,
+            early: Vec::new(),
+            ack: None,
+            ack_owed: None,
+            retx: None,
+            offer_tx: None,
+            glare_retry: None,
+            cancelled: false,
+            cancel_reason: None,
+            final_sent: false,
+            bye_after_ack: false,
+            end_reason: None,
+            auth: None,
+            auth_tries: 0,
+            extra: Vec::new(),
+            local_sdp: Vec::new(),
+            body_type: SDP.into(),
+            contact_params: String::new(),
+            flow: false,
+            session: None,
+            se_ask: None,
+            peer_update: false,
+            rel: Reliable::default(),
+            refer: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Registration {
     params: RegisterParams,
@@ -755,55 +812,38 @@ impl UserAgent {
                     .any(|h| k.eq_ignore_ascii_case(h))
             })
             .collect();
+        let invite = Request {
+            method: Method::Invite,
+            uri: p
+                .request_uri
+                .parse()
+                .map_err(|_| UaError::BadParams("Request-URI"))?,
+            version: rsipstack::sip::Version::V2,
+            headers: Default::default(),
+            body: p.sdp.clone().unwrap_or_default(),
+        };
         let mut l = Leg {
-            role: Role::Uac,
-            state: LegState::Calling,
-            call_id,
-            local_tag,
-            remote_tag: None,
-            local_addr: p.from.clone(),
-            remote_addr: p.to.clone(),
             local_cseq: 1,
-            remote_cseq: 0,
-            remote_target: p.request_uri.clone(),
-            routes: Vec::new(),
-            peer: p.peer,
-            invite: Request {
-                method: Method::Invite,
-                uri: p
-                    .request_uri
-                    .parse()
-                    .map_err(|_| UaError::BadParams("Request-URI"))?,
-                version: rsipstack::sip::Version::V2,
-                headers: Default::default(),
-                body: p.sdp.clone().unwrap_or_default(),
-            },
-            invite_tx: None,
-            early: Vec::new(),
-            ack: None,
-            ack_owed: None,
-            retx: None,
-            offer_tx: None,
-            glare_retry: None,
-            cancelled: false,
-            cancel_reason: None,
-            final_sent: false,
-            bye_after_ack: false,
-            end_reason: None,
             auth: p
                 .credentials
                 .map(|c| DigestClient::new(c, self.rng.next_u64())),
-            auth_tries: 0,
             extra,
             local_sdp: p.sdp.clone().unwrap_or_default(),
             body_type: p.body_type.unwrap_or_else(|| SDP.into()),
             contact_params: p.contact_params.unwrap_or_default(),
             flow: p.flow,
-            session: None,
             se_ask,
-            peer_update: false,
-            rel: Reliable::default(),
-            refer: None,
+            ..Leg::new(
+                Role::Uac,
+                LegState::Calling,
+                call_id,
+                local_tag,
+                p.from.clone(),
+                p.to.clone(),
+                p.request_uri.clone(),
+                p.peer,
+                invite,
+            )
         };
         let tx = self.send_invite(now, &mut l, None)?;
         self.purposes.insert(tx, Purpose::Invite(leg));
@@ -1495,44 +1535,24 @@ impl UserAgent {
                 let leg = LegId(self.id());
                 let local_tag = self.token();
                 let l = Leg {
-                    role: Role::Uas,
-                    state: LegState::Calling,
-                    call_id: req.call_id().unwrap_or("").to_string(),
-                    local_tag: local_tag.clone(),
                     // No From tag (RFC 2543): its value is null (RFC 3261 12.1.1).
                     remote_tag: Some(req.from_tag().unwrap_or("").to_string()),
-                    local_addr: req.header_to().unwrap_or("").to_string(),
-                    remote_addr: req.header_from().unwrap_or("").to_string(),
-                    local_cseq: 0,
                     remote_cseq: req.cseq().map_or(0, |c| c.0),
-                    remote_target: contact,
                     routes: req.values("Record-Route"),
-                    peer: from,
-                    invite: req.clone(),
                     invite_tx: Some(tx),
-                    early: Vec::new(),
-                    ack: None,
-                    ack_owed: None,
-                    retx: None,
-                    offer_tx: None,
-                    glare_retry: None,
-                    cancelled: false,
-                    cancel_reason: None,
-                    final_sent: false,
-                    bye_after_ack: false,
-                    end_reason: None,
-                    auth: None,
-                    auth_tries: 0,
-                    extra: Vec::new(),
-                    local_sdp: Vec::new(),
-                    body_type: SDP.into(),
-                    contact_params: String::new(),
-                    flow: false,
-                    session: None,
-                    se_ask: None,
                     peer_update: allows_update(&req),
                     rel: Reliable::uas(&req, self.rng.next_u32()),
-                    refer: None,
+                    ..Leg::new(
+                        Role::Uas,
+                        LegState::Calling,
+                        req.call_id().unwrap_or("").to_string(),
+                        local_tag.clone(),
+                        req.header_to().unwrap_or("").to_string(),
+                        req.header_from().unwrap_or("").to_string(),
+                        contact,
+                        from,
+                        req.clone(),
+                    )
                 };
                 if let Some(rt) = &l.remote_tag {
                     self.dialogs

@@ -12,7 +12,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::sip::message::Transport;
 
 /// How far a survivor moves the local CSeq (and the SDP version) on from a
 /// snapshot: more than the requests a node sends between two snapshots.
@@ -83,18 +82,7 @@ impl DialogSnapshot {
     }
 
     fn peer(&self) -> Option<Peer> {
-        let (t, addr) = self.peer.split_once(' ')?;
-        let transport = match t {
-            "UDP" => Transport::Udp,
-            "TCP" => Transport::Tcp,
-            "TLS" => Transport::Tls,
-            _ => return None,
-        };
-        Some(Peer {
-            transport,
-            addr: addr.parse().ok()?,
-            conn: None,
-        })
+        Peer::from_label(&self.peer)
     }
 }
 
@@ -117,7 +105,7 @@ impl UserAgent {
             remote_cseq: l.remote_cseq,
             remote_target: l.remote_target.clone(),
             routes: l.routes.clone(),
-            peer: format!("{} {}", l.peer.transport.via_token(), l.peer.addr),
+            peer: l.peer.label(),
             local_sdp: String::from_utf8_lossy(&l.local_sdp).into_owned(),
         })
     }
@@ -144,68 +132,37 @@ impl UserAgent {
             return Err(UaError::Overloaded);
         }
         let peer = s.peer().ok_or(UaError::BadParams("dialog snapshot"))?;
-        // The initial INVITE as the dialog implies it (responses to it are
-        // long sent; a glare retry reuses its body).
-        let (from, to) = if s.uas {
-            (
-                with_tag(&s.remote_addr, &s.remote_tag),
-                with_tag(&s.local_addr, &s.local_tag),
-            )
-        } else {
-            (
-                with_tag(&s.local_addr, &s.local_tag),
-                with_tag(&s.remote_addr, &s.remote_tag),
-            )
-        };
-        let raw = format!(
-            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKadopted\r\n\
-             From: {from}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\n\
-             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-            s.remote_target, s.call_id
-        );
-        let invite = match message::classify(raw.as_bytes(), Transport::Udp, &Default::default()) {
-            message::Inbound::Request(r) => *r,
-            _ => return Err(UaError::BadParams("dialog snapshot")),
+        // The initial INVITE, as far as a leg still needs it: the body a glare
+        // retry offers again (its responses are long sent).
+        let invite = Request {
+            method: Method::Invite,
+            uri: s
+                .remote_target
+                .parse()
+                .map_err(|_| UaError::BadParams("dialog snapshot"))?,
+            version: rsipstack::sip::Version::V2,
+            headers: Default::default(),
+            body: s.local_sdp.clone().into_bytes(),
         };
         let leg = LegId(self.id());
         let l = Leg {
-            role: if s.uas { Role::Uas } else { Role::Uac },
-            state: LegState::Confirmed,
-            call_id: s.call_id.clone(),
-            local_tag: s.local_tag.clone(),
             remote_tag: Some(s.remote_tag.clone()),
-            local_addr: s.local_addr.clone(),
-            remote_addr: s.remote_addr.clone(),
             local_cseq: s.local_cseq.saturating_add(CSEQ_JUMP),
             remote_cseq: s.remote_cseq,
-            remote_target: s.remote_target.clone(),
             routes: s.routes.clone(),
-            peer,
-            invite,
-            invite_tx: None,
-            early: Vec::new(),
-            ack: None,
-            ack_owed: None,
-            retx: None,
-            offer_tx: None,
-            glare_retry: None,
-            cancelled: false,
-            cancel_reason: None,
             final_sent: true,
-            bye_after_ack: false,
-            end_reason: None,
-            auth: None,
-            auth_tries: 0,
-            extra: Vec::new(),
             local_sdp: s.local_sdp.clone().into_bytes(),
-            body_type: SDP.into(),
-            contact_params: String::new(),
-            flow: false,
-            session: None,
-            se_ask: None,
-            peer_update: false,
-            rel: Reliable::default(),
-            refer: None,
+            ..Leg::new(
+                if s.uas { Role::Uas } else { Role::Uac },
+                LegState::Confirmed,
+                s.call_id.clone(),
+                s.local_tag.clone(),
+                s.local_addr.clone(),
+                s.remote_addr.clone(),
+                s.remote_target.clone(),
+                peer,
+                invite,
+            )
         };
         self.dialogs.insert(key, leg);
         self.legs.insert(leg, l);
